@@ -1,0 +1,3 @@
+from appliance.api.main import main
+
+main()

@@ -1,0 +1,102 @@
+"""The Quart application factory shared by every API process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from quart import Quart, Response, g, request
+
+from appliance.api import health
+from appliance.api.errors import install_error_handlers
+from appliance.api.state import ApiState, state_of
+from appliance.config import Settings
+from appliance.db.database import Database
+from appliance.ipc.client import WorkerClient
+from appliance.observability.context import (
+    child_traceparent,
+    request_id_var,
+    safe_request_id,
+    traceparent_var,
+)
+from appliance.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from appliance.secrets import Secrets
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("appliance.access")
+
+
+def create_app(
+    settings: Settings, secrets: Secrets, *, worker: WorkerClient | None = None
+) -> Quart:
+    app = Quart(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["JSON_SORT_KEYS"] = False
+    worker = worker or WorkerClient(settings.worker_socket, timeout_s=settings.ipc_timeout_s)
+    app.extensions["appliance"] = ApiState(settings=settings, secrets=secrets, worker=worker)
+
+    @app.before_serving
+    async def _open() -> None:
+        state = state_of(app)
+        state.db = await Database.open(
+            settings.database_path,
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        )
+        # Serve only once the worker link is up (or the short wait is over), so a
+        # freshly restarted process does not report itself unready for no reason.
+        try:
+            await state.worker.start(wait_s=2.0)
+        except BaseException:
+            await state.db.close()  # aiosqlite's threads would keep the process alive
+            raise
+
+    @app.after_serving
+    async def _close() -> None:
+        state = state_of(app)
+        await state.worker.stop()
+        if state.db is not None:
+            await state.db.close()
+
+    @app.before_request
+    async def _begin() -> None:
+        g.started = time.perf_counter()
+        request_id_var.set(safe_request_id(request.headers.get("X-Request-ID")))
+        traceparent_var.set(child_traceparent(request.headers.get("traceparent")))
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        HTTP_REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, rule).observe(elapsed)
+        response.headers["X-Request-ID"] = request_id_var.get() or ""
+        response.headers["traceparent"] = traceparent_var.get() or ""
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        if settings.access_log:
+            access_log.info(
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
+            )
+        return response
+
+    install_error_handlers(app)
+    app.register_blueprint(health.bp)
+    if settings.enable_test_routes:
+        _install_test_routes(app)
+    return app
+
+
+def _install_test_routes(app: Quart) -> None:
+    """Routes that only the test suite enables (ENABLE_TEST_ROUTES=true)."""
+
+    @app.get("/_test/sleep")
+    async def _sleep() -> dict[str, object]:
+        seconds = min(float(request.args.get("seconds", "1")), 30.0)
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}

@@ -1,0 +1,43 @@
+"""One error shape for every 4xx and 5xx: ``{"error": ..., "requestId": ...}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from appliance.errors import ApplianceError
+from appliance.observability.context import request_id_var
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    body = {"error": message, "requestId": request_id_var.get(), **extra}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def install_error_handlers(app: Quart) -> None:
+    @app.errorhandler(HTTPException)
+    async def _http(exc: HTTPException) -> Response:
+        response = error_response(exc.code or 500, (exc.description or exc.name or "error"))
+        if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(ApplianceError)
+    async def _appliance(exc: ApplianceError) -> Response:
+        if exc.http_status >= 500:
+            log.error("request failed: %s", exc)
+            return error_response(exc.http_status, "service unavailable")
+        return error_response(exc.http_status, str(exc))
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        # Internals go to the log, never to the client.
+        log.exception("unhandled error")
+        return error_response(500, "internal error")

@@ -1,0 +1,89 @@
+"""Liveness, readiness and the metrics exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from typing import Any
+
+from quart import Blueprint, Response, jsonify, request
+
+from appliance.api.errors import error_response
+from appliance.api.state import state_of
+from appliance.db.migrate import latest_version
+from appliance.errors import IpcError
+from appliance.observability.metrics import exposition
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+async def healthz() -> Response:
+    """Liveness: this process and its event loop answer. No dependency checks."""
+    return jsonify({"status": "ok", "pid": os.getpid()})
+
+
+async def _check_database() -> dict[str, Any]:
+    state = state_of()
+    if state.db is None:
+        return {"ok": False, "error": "database not open"}
+    expected = latest_version()
+    try:
+        version = await state.db.scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    except Exception as exc:  # missing table, locked file, I/O error
+        return {"ok": False, "error": type(exc).__name__, "expected_version": expected}
+    ok = int(version) == expected
+    result: dict[str, Any] = {
+        "ok": ok,
+        "schema_version": int(version),
+        "expected_version": expected,
+    }
+    if not ok:
+        result["error"] = "schema not current"
+    return result
+
+
+async def _check_worker() -> dict[str, Any]:
+    state = state_of()
+    try:
+        pong = await state.worker.ping(timeout_s=state.settings.ready_worker_timeout_s)
+    except IpcError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "pid": pong.pid}
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    """Readiness: database current, worker answering, not shutting down."""
+    state = state_of()
+    database, worker = await asyncio.gather(_check_database(), _check_worker())
+    checks = {
+        "database": database,
+        "worker": worker,
+        "shutdown": {"ok": not state.shutting_down},
+    }
+    failing = sorted(name for name, check in checks.items() if not check["ok"])
+    if state.shutting_down:
+        status = "shutting_down"
+    else:
+        status = "not_ready" if failing else "ready"
+    body = {"status": status, "pid": os.getpid(), "checks": checks, "failing": failing}
+    response = jsonify(body)
+    response.status_code = 200 if not failing else 503
+    return response
+
+
+@bp.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus exposition of every process; Bearer metrics token required."""
+    state = state_of()
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = state.secrets.metrics_token
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+        response = error_response(401, "metrics require Authorization: Bearer <metrics-token>")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = await asyncio.to_thread(exposition)
+    return Response(body, content_type=content_type)

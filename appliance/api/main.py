@@ -1,0 +1,61 @@
+"""Entry point of one API process: Quart on Hypercorn with uvloop.
+
+Under supervisord the listening socket arrives as fd 0 (``[fcgi-program:api]``);
+for development, ``--bind HOST:PORT`` opens one itself. On SIGTERM or SIGINT the
+process first answers /readyz with 503 ``shutting_down``, then Hypercorn closes its
+listener, lets in-flight requests finish within API_GRACEFUL_TIMEOUT_S, runs the
+shutdown hooks and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from appliance.api.app import create_app
+from appliance.api.state import state_of
+from appliance.observability.metrics import mark_started
+from appliance.runtime import boot
+
+log = logging.getLogger(__name__)
+
+
+async def run(bind: str) -> None:
+    ctx = boot("api")
+    app = create_app(ctx.settings, ctx.secrets)
+    config = Config()
+    config.bind = [bind]
+    config.graceful_timeout = ctx.settings.api_graceful_timeout_s
+    config.accesslog = None  # our after_request hook logs each request as JSON
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = 5.0
+
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            state_of(app).shutting_down = True  # readyz answers 503 from now on
+            log.info("shutting down", extra={"graceful_timeout_s": config.graceful_timeout})
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    mark_started("api")
+    await serve(app, config, shutdown_trigger=stop.wait)
+    log.info("stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="appliance-api")
+    parser.add_argument("--fd", type=int, help="serve on an inherited listening socket")
+    parser.add_argument("--bind", help="HOST:PORT to listen on (development)")
+    args = parser.parse_args()
+    bind = f"fd://{args.fd}" if args.fd is not None else (args.bind or "127.0.0.1:8080")
+    uvloop.run(run(bind))

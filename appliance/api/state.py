@@ -1,0 +1,26 @@
+"""What an API process holds while serving: settings, secrets, database, worker client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quart import Quart, current_app
+
+from appliance.config import Settings
+from appliance.db.database import Database
+from appliance.ipc.client import WorkerClient
+from appliance.secrets import Secrets
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    secrets: Secrets
+    worker: WorkerClient
+    db: Database | None = None
+    shutting_down: bool = False
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+def state_of(app: Quart | None = None) -> ApiState:
+    return (app or current_app).extensions["appliance"]  # type: ignore[no-any-return]

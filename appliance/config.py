@@ -1,0 +1,205 @@
+"""Settings from `<etc>/appliance.env` and the environment, validated once at start.
+
+Where things live is derived from one installation prefix (``/`` for a system
+install, any directory for ``install.sh --prefix DIR``):
+
+    <prefix>/opt/appliance/venv         code
+    <prefix>/etc/appliance/appliance.env non-secret settings
+    <prefix>/etc/appliance/secrets/     one file per secret
+    <prefix>/var/lib/appliance/         database, media, engine sessions
+    <prefix>/var/log/appliance/         supervisord's rotated logs
+    <prefix>/run/appliance/             sockets, pid file, metrics files
+
+Secrets never go through this module: see ``appliance.secrets``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+ENV_ETC = "APPLIANCE_ETC"  # set by appliancectl for every supervised process
+# A setting KEY in appliance.env is overridden by the environment variable APPLIANCE_KEY;
+# the prefix keeps generic names such as PORT in a shell from leaking in.
+ENV_PREFIX = "APPLIANCE_"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every filesystem location of one installation."""
+
+    prefix: Path
+
+    @classmethod
+    def discover(cls, prefix: str | os.PathLike[str] | None = None) -> Paths:
+        """Find the installation: explicit prefix, then $APPLIANCE_ETC, then our venv."""
+        if prefix is not None:
+            return cls(Path(prefix).resolve())
+        etc = os.environ.get(ENV_ETC)
+        if etc:
+            return cls(Path(etc).resolve().parents[1])
+        # sys.prefix is <prefix>/opt/appliance/venv when run from an installation.
+        return cls(Path(sys.prefix).resolve().parents[2])
+
+    @property
+    def etc(self) -> Path:
+        return self.prefix / "etc" / "appliance"
+
+    @property
+    def env_file(self) -> Path:
+        return self.etc / "appliance.env"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.etc / "secrets"
+
+    @property
+    def opt(self) -> Path:
+        return self.prefix / "opt" / "appliance"
+
+    @property
+    def venv(self) -> Path:
+        return self.opt / "venv"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.opt / "supervisord.conf"
+
+    @property
+    def default_data_dir(self) -> Path:
+        return self.prefix / "var" / "lib" / "appliance"
+
+    @property
+    def default_log_dir(self) -> Path:
+        return self.prefix / "var" / "log" / "appliance"
+
+    @property
+    def default_run_dir(self) -> Path:
+        return self.prefix / "run" / "appliance"
+
+
+class Settings(BaseModel):
+    """Validated settings. Field names are the lower-cased keys of appliance.env."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bind: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    public_url: str = ""
+    api_processes: Annotated[int, Field(ge=0, le=64)] = 0  # 0: CPU count, at least 2
+    data_dir: Path
+    log_dir: Path
+    run_dir: Path
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+    api_graceful_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    worker_drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
+    ipc_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    ready_worker_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    sqlite_busy_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 5000
+    enable_test_routes: bool = False
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_is_ip(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    # Derived locations: one place decides each path.
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "appliance.db"
+
+    @property
+    def worker_socket(self) -> Path:
+        return self.run_dir / "worker.sock"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.run_dir / "metrics"
+
+    @property
+    def effective_api_processes(self) -> int:
+        return self.api_processes or max(2, os.cpu_count() or 1)
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        return f"http://{host}:{self.port}"
+
+
+KNOWN_KEYS = {name.upper() for name in Settings.model_fields}
+
+
+def _describe(error: dict[str, object]) -> str:
+    msg = str(error.get("msg", "invalid"))
+    ctx = error.get("ctx")
+    if isinstance(ctx, dict) and "expected" in ctx:
+        return f"{msg} (allowed: {ctx['expected']})"
+    return msg
+
+
+def load_settings(paths: Paths, environ: dict[str, str] | None = None) -> Settings:
+    """Read appliance.env, let the environment override known keys, validate.
+
+    Raises ConfigError naming the file, the key and what is allowed.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    raw: dict[str, object] = {}
+    source: dict[str, str] = {}
+    env_file = paths.env_file
+    if env_file.exists():
+        for key, value in dotenv_values(env_file).items():
+            if key not in KNOWN_KEYS:
+                allowed = ", ".join(sorted(KNOWN_KEYS))
+                raise ConfigError(
+                    f"{env_file}: unknown setting {key!r}. Known settings: {allowed}. "
+                    f"Fix the spelling or remove the line."
+                )
+            raw[key.lower()] = value if value is not None else ""
+            source[key.lower()] = str(env_file)
+    for key in KNOWN_KEYS:
+        env_key = ENV_PREFIX + key
+        if env_key in environ:
+            raw[key.lower()] = environ[env_key]
+            source[key.lower()] = f"environment variable {env_key}"
+    raw.setdefault("data_dir", str(paths.default_data_dir))
+    raw.setdefault("log_dir", str(paths.default_log_dir))
+    raw.setdefault("run_dir", str(paths.default_run_dir))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        where = source.get(key, str(env_file))
+        value = raw.get(key, "<unset>")
+        raise ConfigError(
+            f"{where}: setting {key.upper()}={value!r} is invalid: {_describe(dict(first))}. "
+            f"Edit {env_file} and restart."
+        ) from None

@@ -1,0 +1,95 @@
+"""SQLite access: one writer connection and one reader connection per process.
+
+Every connection gets WAL, busy_timeout, foreign keys and the chosen synchronous
+level. Writes go through ``Database.write()``, which holds a per-process lock and runs
+``BEGIN IMMEDIATE`` so that a read-then-write transaction never hits SQLITE_BUSY
+past the busy timeout. Transactions are short and never span network I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+
+async def open_connection(
+    path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def open_sync(path: Path | str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the same pragmas, for the CLI and tests."""
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Database:
+    """The process's handle on the database file."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+    ) -> Database:
+        writer = await open_connection(
+            path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+        )
+        reader = await open_connection(
+            path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
+        )
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._reader.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        async with self._reader.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        """The raw writer connection, for code that manages its own statements (migrations)."""
+        return self._writer

@@ -1,0 +1,359 @@
+"""A lease-based durable queue in one SQLite table (``queue_jobs``).
+
+Life of a job::
+
+    enqueue ──> queued ──claim──> leased ──ack──> done
+                  ^                  │
+                  └──nack / lease────┤
+                     expiry          └──nack(permanent) or attempts used up──> dead
+    dead ──replay──> queued
+
+- ``enqueue`` takes an optional unique key: a second enqueue with the same key in the
+  same queue returns the existing job instead of adding one (producer-side dedupe).
+- ``claim`` leases due jobs inside one ``BEGIN IMMEDIATE`` transaction, so two
+  processes never lease the same row. Each lease has a fresh random token.
+- ``ack``, ``nack`` and ``extend`` only act when the token still matches (fencing):
+  a claimer whose lease expired and was re-claimed gets ``LeaseLost``.
+- Expired leases go back to ``queued`` (or ``dead`` when attempts are used up).
+- Retries wait ``backoff_delay``: exponential with full jitter.
+
+Times are Unix seconds from an injectable clock so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.db.database import Database
+from appliance.errors import LeaseLost
+
+STATES = ("queued", "leased", "done", "dead")
+_COLUMNS = (
+    "id, queue, unique_key, payload, state, attempts, max_attempts, run_at, "
+    "lease_token, lease_expires_at, last_error, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    queue: str
+    unique_key: str | None
+    payload: Any
+    state: str
+    attempts: int
+    max_attempts: int
+    run_at: float
+    lease_token: str | None
+    lease_expires_at: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        values = dict(zip(_COLUMNS.split(", "), tuple(row), strict=True))
+        values["payload"] = orjson.loads(values["payload"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    id: int
+    created: bool  # False when the unique key already named a job
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base_s: float,
+    cap_s: float,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))] for attempt >= 1."""
+    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return rand() * ceiling
+
+
+async def enqueue_in(
+    conn: aiosqlite.Connection,
+    queue: str,
+    payload: Any,
+    *,
+    now: float,
+    unique_key: str | None = None,
+    run_at: float | None = None,
+    max_attempts: int = 10,
+) -> Enqueued:
+    """Enqueue inside a transaction the caller holds (for outbox writes)."""
+    async with conn.execute(
+        "INSERT INTO queue_jobs (queue, unique_key, payload, max_attempts, run_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (queue, unique_key) DO NOTHING RETURNING id",
+        (
+            queue,
+            unique_key,
+            orjson.dumps(payload).decode(),
+            max_attempts,
+            now if run_at is None else run_at,
+            now,
+            now,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is not None:
+        return Enqueued(int(row[0]), True)
+    async with conn.execute(
+        "SELECT id FROM queue_jobs WHERE queue = ? AND unique_key = ?", (queue, unique_key)
+    ) as cur:
+        existing = await cur.fetchone()
+    assert existing is not None  # the conflict proves the row exists
+    return Enqueued(int(existing[0]), False)
+
+
+async def expire_leases(conn: aiosqlite.Connection, now: float, *, queue: str | None = None) -> int:
+    """Return expired leases to ``queued`` (or ``dead`` when attempts are used up).
+
+    Runs inside the caller's write transaction; ``queue=None`` covers every queue.
+    """
+    cur = await conn.execute(
+        "UPDATE queue_jobs SET "
+        "state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, "
+        "last_error = CASE WHEN attempts >= max_attempts "
+        "  THEN 'lease expired after the last attempt' ELSE 'lease expired' END, "
+        "lease_token = NULL, lease_expires_at = NULL, updated_at = ? "
+        "WHERE state = 'leased' AND lease_expires_at <= ? AND (? IS NULL OR queue = ?)",
+        (now, now, queue, queue),
+    )
+    return cur.rowcount
+
+
+class DurableQueue:
+    """One named queue. Every method is one short write or read transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        *,
+        lease_s: float = 30.0,
+        max_attempts: int = 10,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.db = db
+        self.name = name
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.clock = clock
+        self.rand = rand
+
+    async def enqueue(
+        self,
+        payload: Any,
+        *,
+        unique_key: str | None = None,
+        delay_s: float = 0.0,
+        max_attempts: int | None = None,
+    ) -> Enqueued:
+        now = self.clock()
+        async with self.db.write() as conn:
+            return await enqueue_in(
+                conn,
+                self.name,
+                payload,
+                now=now,
+                unique_key=unique_key,
+                run_at=now + delay_s,
+                max_attempts=max_attempts or self.max_attempts,
+            )
+
+    async def claim(self, limit: int = 1, *, lease_s: float | None = None) -> list[Job]:
+        """Lease up to ``limit`` due jobs, oldest first; expired leases count as due."""
+        now = self.clock()
+        lease = self.lease_s if lease_s is None else lease_s
+        jobs: list[Job] = []
+        async with self.db.write() as conn:
+            await expire_leases(conn, now, queue=self.name)
+            async with conn.execute(
+                "SELECT id FROM queue_jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? "
+                "ORDER BY run_at, id LIMIT ?",
+                (self.name, now, limit),
+            ) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
+            for job_id in ids:
+                async with conn.execute(
+                    "UPDATE queue_jobs SET state = 'leased', lease_token = ?, "
+                    "lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
+                    f"WHERE id = ? AND state = 'queued' RETURNING {_COLUMNS}",
+                    (secrets.token_hex(16), now + lease, now, job_id),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    jobs.append(Job.from_row(row))
+        return jobs
+
+    async def ack(self, job_id: int, token: str) -> None:
+        """Mark done. Raises LeaseLost if ``token`` no longer holds the lease."""
+        await self._finish(job_id, token, "state = 'done', last_error = NULL", ())
+
+    async def nack(
+        self,
+        job_id: int,
+        token: str,
+        *,
+        error: str,
+        permanent: bool = False,
+        retry_after_s: float | None = None,
+    ) -> str:
+        """Give the job back after a failure. Returns the new state: queued or dead.
+
+        ``retry_after_s`` overrides the backoff (a receiver's Retry-After, say).
+        """
+        now = self.clock()
+        async with self.db.write() as conn:
+            row = await self._leased_row(conn, job_id, token)
+            attempts, max_attempts = int(row["attempts"]), int(row["max_attempts"])
+            if permanent or attempts >= max_attempts:
+                state, run_at = "dead", float(row["run_at"])
+            else:
+                delay = (
+                    retry_after_s
+                    if retry_after_s is not None
+                    else backoff_delay(
+                        attempts,
+                        base_s=self.backoff_base_s,
+                        cap_s=self.backoff_cap_s,
+                        rand=self.rand,
+                    )
+                )
+                state, run_at = "queued", now + delay
+            await conn.execute(
+                "UPDATE queue_jobs SET state = ?, run_at = ?, lease_token = NULL, "
+                "lease_expires_at = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+                (state, run_at, error[:2000], now, job_id),
+            )
+            return state
+
+    async def extend(self, job_id: int, token: str, lease_s: float | None = None) -> float:
+        """Heartbeat a long job: push its lease expiry out. Returns the new expiry."""
+        now = self.clock()
+        expires = now + (self.lease_s if lease_s is None else lease_s)
+        async with self.db.write() as conn:
+            await self._leased_row(conn, job_id, token)
+            await conn.execute(
+                "UPDATE queue_jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                (expires, now, job_id),
+            )
+        return expires
+
+    async def requeue_expired(self) -> int:
+        """Return expired leases to the queue (or to dead). Returns how many moved."""
+        async with self.db.write() as conn:
+            return await expire_leases(conn, self.clock(), queue=self.name)
+
+    async def replay(
+        self,
+        ids: Sequence[int] | None = None,
+        *,
+        states: Sequence[str] = ("dead",),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> int:
+        """Queue again, with fresh attempts, the given jobs or those matching the filter."""
+        now = self.clock()
+        where, params = ["queue = ?"], [self.name]
+        if ids is not None:
+            if not ids:
+                return 0
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        bad = [s for s in states if s not in ("dead", "done")]
+        if bad:
+            raise ValueError(f"only dead or done jobs can be replayed, not {bad}")
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        params.extend(states)
+        if since is not None:
+            where.append("updated_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("updated_at < ?")
+            params.append(until)
+        async with self.db.write() as conn:
+            cur = await conn.execute(
+                "UPDATE queue_jobs SET state = 'queued', attempts = 0, run_at = ?, "
+                "lease_token = NULL, lease_expires_at = NULL, updated_at = ? "
+                f"WHERE {' AND '.join(where)}",
+                (now, now, *params),
+            )
+            return cur.rowcount
+
+    async def get(self, job_id: int) -> Job | None:
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM queue_jobs WHERE id = ? AND queue = ?", (job_id, self.name)
+        )
+        return None if row is None else Job.from_row(row)
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall(
+            "SELECT state, COUNT(*) FROM queue_jobs WHERE queue = ? GROUP BY state", (self.name,)
+        )
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    async def oldest_pending_age_s(self) -> float:
+        oldest = await self.db.scalar(
+            "SELECT MIN(created_at) FROM queue_jobs WHERE queue = ? AND state IN "
+            "('queued', 'leased')",
+            (self.name,),
+        )
+        return 0.0 if oldest is None else max(0.0, self.clock() - float(oldest))
+
+    async def purge(self, *, older_than_s: float, states: Sequence[str] = ("done",)) -> int:
+        """Delete finished jobs last touched before now - older_than_s."""
+        cutoff = self.clock() - older_than_s
+        async with self.db.write() as conn:
+            cur = await conn.execute(
+                f"DELETE FROM queue_jobs WHERE queue = ? AND state IN "
+                f"({','.join('?' * len(states))}) AND updated_at < ?",
+                (self.name, *states, cutoff),
+            )
+            return cur.rowcount
+
+    async def _leased_row(self, conn: aiosqlite.Connection, job_id: int, token: str) -> Any:
+        async with conn.execute(
+            "SELECT attempts, max_attempts, run_at FROM queue_jobs "
+            "WHERE id = ? AND queue = ? AND state = 'leased' AND lease_token = ?",
+            (job_id, self.name, token),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise LeaseLost(f"job {job_id} in queue {self.name!r} is not leased with that token")
+        return row
+
+    async def _finish(self, job_id: int, token: str, assignment: str, params: tuple) -> None:
+        now = self.clock()
+        async with self.db.write() as conn:
+            cur = await conn.execute(
+                f"UPDATE queue_jobs SET {assignment}, lease_token = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
+                "WHERE id = ? AND queue = ? AND state = 'leased' AND lease_token = ?",
+                (*params, now, job_id, self.name, token),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(
+                    f"job {job_id} in queue {self.name!r} is not leased with that token"
+                )

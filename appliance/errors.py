@@ -1,0 +1,65 @@
+"""One hierarchy for every error the appliance raises on purpose.
+
+    ApplianceError
+    ├── StartupError            the process must not start (config, secrets, database)
+    │   ├── ConfigError
+    │   └── SecretFileError
+    ├── DatabaseError
+    │   └── LeaseLost           ack/nack/extend with a token that no longer holds the lease
+    └── IpcError                talking to the worker failed
+        ├── WorkerUnavailable   no connection, or the call timed out
+        └── RpcError            the worker answered with a JSON-RPC error
+
+Each carries the HTTP status an API handler should answer with, so one handler turns
+any of them into the standard error shape.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every deliberate error."""
+
+    http_status: int = 500
+
+
+class StartupError(ApplianceError):
+    """The process refuses to start; the message names the file and the fix."""
+
+
+class ConfigError(StartupError):
+    """A setting in appliance.env or the environment is invalid."""
+
+
+class SecretFileError(StartupError):
+    """A secret file is missing, a link, too open, or owned by someone else."""
+
+
+class DatabaseError(ApplianceError):
+    """The database cannot be used as required."""
+
+
+class LeaseLost(DatabaseError):
+    """The lease token no longer matches: another claimer owns the job now."""
+
+    http_status = 409
+
+
+class IpcError(ApplianceError):
+    """Talking to the worker over the Unix socket failed."""
+
+    http_status = 503
+
+
+class WorkerUnavailable(IpcError):
+    """No connection to the worker, or the call timed out."""
+
+
+class RpcError(IpcError):
+    """The worker answered with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: object | None = None) -> None:
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+        self.data = data

@@ -1,0 +1,191 @@
+"""A persistent JSON-RPC client for API processes, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import RpcError, WorkerUnavailable
+from appliance.ipc import protocol
+from appliance.observability.context import (
+    child_traceparent,
+    request_id_var,
+    traceparent_var,
+)
+from appliance.observability.metrics import IPC_CALLS, IPC_LATENCY
+
+log = logging.getLogger(__name__)
+
+NotificationHandler = Callable[[str, Any, dict[str, Any]], None]
+
+
+class WorkerClient:
+    """One connection to the worker, shared by every request of this process.
+
+    ``call`` fails fast with WorkerUnavailable when there is no connection, so a
+    readiness probe never hangs on a dead worker; a background task reconnects
+    with exponential backoff and full jitter.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        timeout_s: float = 5.0,
+        topics: tuple[str, ...] = (),
+        on_notification: NotificationHandler | None = None,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+        self.topics = topics
+        self.on_notification = on_notification
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.reconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self, wait_s: float = 0.0) -> None:
+        self._task = asyncio.create_task(self._run(), name="worker-client")
+        if wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), wait_s)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_pending("client stopped")
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> Any:
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._call(method, params or {}, timeout_s or self.timeout_s)
+        except WorkerUnavailable:
+            outcome = "unavailable"
+            raise
+        except RpcError:
+            outcome = "error"
+            raise
+        finally:
+            IPC_CALLS.labels(method=method, outcome=outcome).inc()
+            IPC_LATENCY.labels(method=method).observe(time.perf_counter() - start)
+
+    async def ping(self, *, timeout_s: float | None = None) -> protocol.PingResult:
+        return protocol.PingResult.model_validate(await self.call("ping", timeout_s=timeout_s))
+
+    async def status(self) -> protocol.StatusResult:
+        return protocol.StatusResult.model_validate(await self.call("status"))
+
+    async def _call(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
+        writer = self._writer
+        if writer is None or not self._connected.is_set():
+            raise WorkerUnavailable("no connection to the worker")
+        id_ = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[id_] = future
+        meta = {
+            "request_id": request_id_var.get(),
+            "traceparent": child_traceparent(traceparent_var.get()),
+        }
+        try:
+            writer.write(protocol.request(id_, method, params, meta))
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise WorkerUnavailable(f"worker did not answer {method!r} in {timeout_s}s") from None
+        finally:
+            self._pending.pop(id_, None)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                reader, writer = await asyncio.open_unix_connection(
+                    str(self.socket_path), limit=protocol.MAX_FRAME_BYTES
+                )
+            except OSError:
+                attempt += 1
+                ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 16))
+                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                continue
+            attempt = 0
+            self._writer = writer
+            try:
+                if self.topics:
+                    writer.write(
+                        protocol.request(0, "subscribe", {"topics": list(self.topics)}, {})
+                    )
+                self._connected.set()
+                log.info("connected to worker", extra={"socket": str(self.socket_path)})
+                await self._read(reader)
+            except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+                pass
+            finally:
+                self._connected.clear()
+                self._writer = None
+                writer.close()
+                self._fail_pending("connection to the worker closed")
+            if not self._stopping:
+                self.reconnects += 1
+                log.warning("lost connection to worker; reconnecting")
+                await asyncio.sleep(random.uniform(0, self.backoff_base_s))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            frame = protocol.decode(line)
+            id_ = frame.get("id")
+            if id_ is None and "method" in frame:
+                if self.on_notification is not None:
+                    try:
+                        self.on_notification(
+                            frame["method"], frame.get("params"), frame.get("meta") or {}
+                        )
+                    except Exception:
+                        log.exception("notification handler failed")
+                continue
+            future = self._pending.get(id_)
+            if future is None or future.done():
+                continue  # late answer to a call that timed out, or the subscribe ack
+            if "error" in frame:
+                err = frame["error"]
+                if err.get("code") == protocol.SHUTTING_DOWN:
+                    future.set_exception(WorkerUnavailable(err.get("message", "shutting down")))
+                else:
+                    future.set_exception(
+                        RpcError(int(err.get("code", 0)), str(err.get("message")), err.get("data"))
+                    )
+            else:
+                future.set_result(frame.get("result"))
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerUnavailable(reason))
+        self._pending.clear()

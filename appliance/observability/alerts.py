@@ -1,0 +1,67 @@
+"""supervisord event listener: logs crashes, counts restarts, tidies metrics files.
+
+stdin/stdout carry supervisord's listener protocol, so every log line goes to
+stderr. On PROCESS_STATE_EXITED it calls prometheus_client's ``mark_process_dead``
+for the exited pid, so per-pid live gauges of dead processes disappear.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from prometheus_client import multiprocess
+from supervisor import childutils
+
+from appliance.observability.logging import setup_logging
+from appliance.observability.metrics import PROCESS_CRASHES, PROCESS_RESTARTS
+
+log = logging.getLogger("appliance.alerts")
+
+
+def handle(headers: dict[str, str], payload: str) -> None:
+    event = headers.get("eventname", "")
+    fields, _ = childutils.eventdata(payload + "\n")
+    program = fields.get("groupname", "?")
+    name = fields.get("processname", "?")
+    if event == "PROCESS_STATE_EXITED":
+        pid = int(fields.get("pid", "0") or 0)
+        expected = fields.get("expected") == "1"
+        if pid and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(pid)
+        if not expected:
+            PROCESS_CRASHES.labels(program=program).inc()
+            log.error(
+                "process crashed",
+                extra={
+                    "program": program,
+                    "process": name,
+                    "pid": pid,
+                    "from_state": fields.get("from_state"),
+                },
+            )
+    elif event == "PROCESS_STATE_STARTING" and fields.get("from_state") in ("EXITED", "BACKOFF"):
+        PROCESS_RESTARTS.labels(program=program).inc()
+        log.warning("process restarting", extra={"program": program, "process": name})
+    elif event == "PROCESS_STATE_FATAL":
+        log.critical(
+            "process FATAL: supervisord gave up restarting it; fix the cause, then "
+            "`appliancectl start`",
+            extra={"program": program, "process": name},
+        )
+
+
+def main() -> None:
+    setup_logging("alerts", stream=sys.stderr)
+    while True:
+        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
+        try:
+            handle(headers, payload)
+        except Exception:
+            log.exception("event handling failed")
+        childutils.listener.ok(sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""What every appliance process does before its own work: settings, secrets, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from appliance.config import Paths, Settings, load_settings
+from appliance.errors import StartupError
+from appliance.observability.logging import setup_logging
+from appliance.secrets import Secrets, load_secrets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Boot:
+    paths: Paths
+    settings: Settings
+    secrets: Secrets
+
+
+def boot(role: str) -> Boot:
+    """Load and check everything; on a problem log it and exit 78 (EX_CONFIG)."""
+    setup_logging(role)
+    try:
+        paths = Paths.discover()
+        settings = load_settings(paths)
+        setup_logging(role, settings.log_level)
+        secrets = load_secrets(paths.secrets_dir)
+    except StartupError as exc:
+        log.critical(str(exc))
+        # 78 (EX_CONFIG) tells supervisord's operator this is not a crash to retry away.
+        sys.exit(78)
+    return Boot(paths, settings, secrets)

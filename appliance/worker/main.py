@@ -1,0 +1,144 @@
+"""The worker process: owns the database schema, background work and the IPC server.
+
+Lifecycle: ``initialize`` (migrate, start the RPC server) → ``run`` until the
+shutdown trigger fires → ``shutdown`` (stop taking work, drain up to the timeout,
+close the database). SIGTERM and SIGINT fire the trigger; exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+import uvloop
+
+from appliance.config import Settings
+from appliance.db.database import Database
+from appliance.db.migrate import current_version, migrate
+from appliance.db.queue import STATES, expire_leases
+from appliance.ipc import protocol
+from appliance.ipc.server import RpcServer
+from appliance.observability.metrics import mark_started
+from appliance.runtime import boot
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_INTERVAL_S = 15.0
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.time()
+        self.db: Database | None = None
+        self.rpc = RpcServer(settings.worker_socket)
+        self.schema_version = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    async def initialize(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = await Database.open(
+            self.settings.database_path,
+            synchronous=self.settings.sqlite_synchronous,
+            busy_timeout_ms=self.settings.sqlite_busy_timeout_ms,
+        )
+        applied = await migrate(self.db.writer)
+        self.schema_version = await current_version(self.db.writer)
+        if applied:
+            log.info("applied migrations", extra={"versions": applied})
+        self.rpc.register("ping", self.ping)
+        self.rpc.register("status", self.status)
+        await self.rpc.start()
+        self._spawn(self._maintenance())
+        log.info("worker ready", extra={"schema_version": self.schema_version})
+
+    async def run(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def shutdown(self) -> None:
+        log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
+        await self.rpc.drain(self.settings.worker_drain_timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.db is not None:
+            await self.db.close()
+        log.info("worker stopped")
+
+    async def ping(self, _: protocol.PingParams) -> protocol.PingResult:
+        return protocol.PingResult(pong=True, pid=os.getpid())
+
+    async def status(self, _: protocol.StatusParams) -> protocol.StatusResult:
+        assert self.db is not None
+        rows = await self.db.fetchall(
+            "SELECT queue, state, COUNT(*) AS n FROM queue_jobs GROUP BY queue, state"
+        )
+        queues: dict[str, dict[str, int]] = {}
+        for row in rows:
+            counts = queues.setdefault(row["queue"], dict.fromkeys(STATES, 0))
+            counts[row["state"]] = int(row["n"])
+        return protocol.StatusResult(
+            pid=os.getpid(),
+            role="worker",
+            started_at=self.started_at,
+            uptime_s=time.time() - self.started_at,
+            schema_version=self.schema_version,
+            connections=self.rpc.connection_count,
+            subscribers=self.rpc.subscriber_count,
+            draining=self.rpc.draining,
+            queues={k: protocol.QueueCounts(**v) for k, v in queues.items()},
+        )
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _maintenance(self) -> None:
+        """Return expired leases of every queue; writes nothing when none expired."""
+        assert self.db is not None
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                now = time.time()
+                expired = await self.db.scalar(
+                    "SELECT COUNT(*) FROM queue_jobs "
+                    "WHERE state = 'leased' AND lease_expires_at <= ?",
+                    (now,),
+                )
+                if expired:
+                    async with self.db.write() as conn:
+                        await expire_leases(conn, now)
+                    log.warning("requeued expired leases", extra={"count": expired})
+            except Exception:
+                log.exception("maintenance pass failed")
+
+
+async def serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        await worker.initialize()
+        mark_started("worker")
+        await worker.run()
+    finally:
+        # Also after a failed start: aiosqlite's threads would keep the process alive.
+        await worker.shutdown()
+
+
+def main() -> None:
+    ctx = boot("worker")
+    try:
+        uvloop.run(serve(Worker(ctx.settings)))
+    except Exception:
+        log.exception("worker failed")
+        sys.exit(1)

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Install, upgrade or remove the WhatsApp gateway appliance.
+#
+#   sudo ./install.sh                          system install (production), starts it
+#   ./install.sh --prefix DIR [--port P]       the same layout under DIR, no root needed
+#   ./install.sh [--prefix DIR] --uninstall    remove code (and unit); keep data, config, secrets
+#   ./install.sh [--prefix DIR] --purge        remove everything, data included
+#
+# Re-running upgrades the code and keeps the database, appliance.env and secrets
+# untouched. Production default socket: 0.0.0.0:8080; prefix installs: 127.0.0.1:8080.
+set -euo pipefail
+umask 027
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PREFIX=""
+PORT=""
+BIND=""
+ACTION="install"
+START=1
+MIN_FREE_MB="${APPLIANCE_MIN_FREE_MB:-500}"
+SERVICE_USER="appliance"
+UNIT="appliance.service"
+
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+usage() {
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'USAGE'
+Options:
+  --prefix DIR      install under DIR (no root, no system user, no systemd unit)
+  --port PORT       listening port (written to a new appliance.env only)
+  --bind ADDR       listening address (written to a new appliance.env only)
+  --no-start        install or upgrade without starting the appliance
+  --uninstall       remove code and unit, keep data, config and secrets
+  --purge           remove code, unit, data, config, secrets and logs
+  -h, --help        this help
+USAGE
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; PREFIX="$2"; shift 2 ;;
+    --prefix=*) PREFIX="${1#*=}"; shift ;;
+    --port) [ $# -ge 2 ] || die "--port needs a number"; PORT="$2"; shift 2 ;;
+    --port=*) PORT="${1#*=}"; shift ;;
+    --bind) [ $# -ge 2 ] || die "--bind needs an address"; BIND="$2"; shift 2 ;;
+    --bind=*) BIND="${1#*=}"; shift ;;
+    --no-start) START=0; shift ;;
+    --uninstall) ACTION="uninstall"; shift ;;
+    --purge) ACTION="purge"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+
+SYSTEM=0
+if [ -z "$PREFIX" ]; then
+  [ "$(id -u)" -eq 0 ] || die "a system install needs root (sudo ./install.sh), or use --prefix DIR"
+  SYSTEM=1
+  ROOT=""
+  DEFAULT_BIND="0.0.0.0"
+else
+  mkdir -p "$PREFIX" || die "cannot create prefix $PREFIX"
+  ROOT="$(cd "$PREFIX" && pwd)"
+  DEFAULT_BIND="127.0.0.1"
+fi
+
+OPT="$ROOT/opt/appliance"
+VENV="$OPT/venv"
+ETC="$ROOT/etc/appliance"
+SECRETS="$ETC/secrets"
+DATA="$ROOT/var/lib/appliance"
+LOGS="$ROOT/var/log/appliance"
+RUN="$ROOT/run/appliance"
+CTL="$VENV/bin/appliancectl"
+UNIT_FILE="/etc/systemd/system/$UNIT"
+
+have_systemd() { [ "$SYSTEM" -eq 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+running() {
+  # Our supervisord is alive when its pid file names a living process.
+  local pidfile="$RUN/supervisord.pid"
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+stop_appliance() {
+  if have_systemd && [ -f "$UNIT_FILE" ]; then
+    systemctl stop "$UNIT" || true
+  elif [ -x "$CTL" ] && running; then
+    "$CTL" --prefix "${ROOT:-/}" stop || true
+  fi
+}
+
+# -- uninstall / purge -------------------------------------------------------------------
+if [ "$ACTION" != "install" ]; then
+  stop_appliance
+  if have_systemd && [ -f "$UNIT_FILE" ]; then
+    systemctl disable "$UNIT" >/dev/null 2>&1 || true
+    rm -f "$UNIT_FILE"
+    systemctl daemon-reload
+  fi
+  rm -rf "$OPT" "$RUN"
+  if [ "$ACTION" = "purge" ]; then
+    rm -rf "$DATA" "$ETC" "$LOGS"
+    say "purged: code, data, config, secrets and logs removed"
+  else
+    say "uninstalled code; kept data ($DATA), config and secrets ($ETC), logs ($LOGS)"
+  fi
+  exit 0
+fi
+
+# -- pre-flight checks: fail early with the fix ------------------------------------------
+PYTHON=""
+for candidate in "${APPLIANCE_PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+  [ -n "$candidate" ] || continue
+  if command -v "$candidate" >/dev/null 2>&1 &&
+     "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+    PYTHON="$(command -v "$candidate")"; break
+  fi
+done
+[ -n "$PYTHON" ] || die "Python 3.11 or newer is required (found: $(python3 --version 2>&1 || echo none)). On Debian/Ubuntu: apt-get install python3 python3-venv"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "the Python venv module is missing. On Debian/Ubuntu: apt-get install python3-venv"
+
+if [ -n "$PORT" ]; then
+  case "$PORT" in ''|*[!0-9]*) die "--port must be a number between 1 and 65535, got '$PORT'" ;; esac
+  [ "$PORT" -ge 1 ] && [ "$PORT" -le 65535 ] || die "--port must be between 1 and 65535, got $PORT"
+fi
+if [ -n "$BIND" ]; then
+  "$PYTHON" -c 'import ipaddress,sys; ipaddress.ip_address(sys.argv[1])' "$BIND" 2>/dev/null ||
+    die "--bind must be an IP address such as 127.0.0.1 or 0.0.0.0, got '$BIND'"
+fi
+
+mkdir -p "$ROOT/opt" "$ROOT/var/lib"
+free_mb=$(df -Pm "$ROOT/var/lib" | awk 'NR==2 {print $4}')
+[ "${free_mb:-0}" -ge "$MIN_FREE_MB" ] || die "only ${free_mb} MB free under $ROOT/var/lib; at least $MIN_FREE_MB MB are needed. Free some disk space and re-run."
+
+# The port is checked only when the appliance is not already the one holding it.
+if [ -f "$ETC/appliance.env" ]; then
+  CHECK_PORT="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
+  CHECK_BIND="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+fi
+CHECK_PORT="${CHECK_PORT:-${PORT:-8080}}"
+CHECK_BIND="${CHECK_BIND:-${BIND:-$DEFAULT_BIND}}"
+if ! running; then
+  "$PYTHON" - "$CHECK_BIND" "$CHECK_PORT" <<'PY' || die "port $CHECK_PORT on $CHECK_BIND is already in use by another program; choose another with --port, or stop that program (see: ss -ltnp 'sport = :$CHECK_PORT')"
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((sys.argv[1], int(sys.argv[2])))
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+fi
+
+# -- service user and layout -------------------------------------------------------------
+if [ "$SYSTEM" -eq 1 ] && ! id "$SERVICE_USER" >/dev/null 2>&1; then
+  useradd --system --home-dir "$DATA" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+  say "created system user $SERVICE_USER"
+fi
+
+install -d -m 0755 "$OPT"
+install -d -m 0750 "$ETC" "$DATA" "$DATA/media" "$DATA/sessions" "$LOGS" "$RUN"
+install -d -m 0700 "$SECRETS"
+
+# -- code: a venv with this source installed into it (re-run = upgrade) ------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+say "installing the appliance into $VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  ${APPLIANCE_PIP_ARGS:-} --upgrade --force-reinstall --no-deps "$SRC" \
+  || die "installing the appliance package failed (see pip's message above)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$SRC" \
+  || die "installing the appliance's dependencies failed (see pip's message above)"
+install -m 0644 "$SRC/supervisord.conf" "$OPT/supervisord.conf"
+
+# -- config: written once, never overwritten -----------------------------------------------
+if [ ! -f "$ETC/appliance.env" ]; then
+  cat > "$ETC/appliance.env" <<ENV
+# Appliance settings (non-secret). Edit, then: appliancectl restart
+# Every key can be overridden by an environment variable APPLIANCE_<KEY>.
+BIND=${BIND:-$DEFAULT_BIND}
+PORT=${PORT:-8080}
+# Public URL people and Meta use to reach this appliance (https recommended).
+PUBLIC_URL=
+# Number of API processes; 0 means the CPU count, at least 2.
+API_PROCESSES=0
+DATA_DIR=$DATA
+LOG_DIR=$LOGS
+RUN_DIR=$RUN
+LOG_LEVEL=INFO
+ENV
+  chmod 0640 "$ETC/appliance.env"
+  say "wrote $ETC/appliance.env"
+elif [ -n "$PORT$BIND" ]; then
+  say "kept the existing $ETC/appliance.env; --port/--bind apply only to a new one. Edit PORT= or BIND= there and run: $CTL restart"
+fi
+
+# -- secrets: created once, 0600 in a 0700 directory, never overwritten ------------------
+new_secret() {
+  local name="$1" path="$SECRETS/$1"
+  [ -e "$path" ] || [ -L "$path" ] && return 0
+  ( umask 077; "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$path.tmp" )
+  mv "$path.tmp" "$path"
+  say "created secret $path"
+}
+for secret in session-key metrics-token data-key admin-password; do
+  new_secret "$secret"
+done
+
+if [ "$SYSTEM" -eq 1 ]; then
+  chown -R "$SERVICE_USER:$SERVICE_USER" "$ETC" "$DATA" "$LOGS" "$RUN"
+  chown root:root "$ETC"; chmod 0755 "$ETC"
+  chown root:"$SERVICE_USER" "$ETC/appliance.env"
+fi
+
+# -- run it -------------------------------------------------------------------------------
+if have_systemd; then
+  cat > "$UNIT_FILE" <<UNITFILE
+[Unit]
+Description=WhatsApp gateway appliance (supervisord)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=$SERVICE_USER
+Group=$SERVICE_USER
+RuntimeDirectory=appliance
+RuntimeDirectoryMode=0750
+UMask=0027
+ExecStart=$CTL supervisord --foreground
+ExecStop=$CTL stop
+KillMode=mixed
+TimeoutStopSec=120
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNITFILE
+  systemctl daemon-reload
+  systemctl enable "$UNIT" >/dev/null
+  if [ "$START" -eq 1 ]; then
+    systemctl restart "$UNIT"
+    "$CTL" --prefix / status >/dev/null 2>&1 || true
+  fi
+elif [ "$START" -eq 1 ]; then
+  if running; then
+    stop_appliance
+  fi
+  if [ "$SYSTEM" -eq 1 ]; then
+    "$CTL" --prefix / start --wait 90
+  else
+    "$CTL" --prefix "$ROOT" start --wait 90
+  fi
+fi
+
+PORT_NOW="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
+BIND_NOW="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+HOST_NOW="$BIND_NOW"; [ "$BIND_NOW" = "0.0.0.0" ] && HOST_NOW="$(hostname -I 2>/dev/null | awk '{print $1}')"
+say "done."
+echo "  URL:                  http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
+echo "  first admin password: $SECRETS/admin-password (user: admin)"
+echo "  control:              $CTL status | restart | stop | tail | check"
