@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import AsyncIterator
 
 from quart import Quart, Response, g, request
 
@@ -93,10 +95,16 @@ def create_app(
 
 
 def _install_test_routes(app: Quart) -> None:
-    """Routes that only the test suite enables (ENABLE_TEST_ROUTES=true)."""
+    """Routes only the test suite enables (ENABLE_TEST_ROUTES=true); never in production."""
 
     @app.get("/_test/sleep")
-    async def _sleep() -> dict[str, object]:
+    async def _sleep() -> Response:
+        # Streams its pid first, so a test knows which process holds the request.
         seconds = min(float(request.args.get("seconds", "1")), 30.0)
-        await asyncio.sleep(seconds)
-        return {"slept": seconds}
+
+        async def body() -> AsyncIterator[bytes]:
+            yield f"pid={os.getpid()}\n".encode()
+            await asyncio.sleep(seconds)
+            yield b"done\n"
+
+        return Response(body(), content_type="text/plain")

@@ -42,20 +42,25 @@ def latest_version() -> int:
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split a script into complete statements (sqlite3 decides where one ends)."""
-    statements, buffer = [], ""
-    for line in sql.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip() and not all(
-        ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()
-    ):
-        raise ValueError(f"incomplete SQL statement at end of migration: {buffer[:80]!r}")
+    """Split a script into complete statements; sqlite3 decides where one ends.
+
+    Every ``;`` is a candidate end, so statements sharing a line split too, and a
+    ``;`` inside a string, comment or trigger body does not end a statement.
+    """
+    statements, start = [], 0
+    for pos, char in enumerate(sql):
+        if char == ";" and sqlite3.complete_statement(sql[start : pos + 1]):
+            statement = sql[start : pos + 1].strip()
+            if _COMMENTS.sub("", statement).strip(" \t\r\n;"):
+                statements.append(statement)
+            start = pos + 1
+    rest = _COMMENTS.sub("", sql[start:]).strip()
+    if rest:
+        raise ValueError(f"incomplete SQL statement at end of migration: {rest[:80]!r}")
     return statements
 
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -79,7 +79,8 @@ def backoff_delay(
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))] for attempt >= 1."""
-    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    # The exponent is clamped: 2**1024 overflows a float long after the cap applies.
+    ceiling = min(cap_s, base_s * (2 ** min(max(0, attempt - 1), 60)))
     return rand() * ceiling
 
 

@@ -36,19 +36,25 @@ def handle(headers: dict[str, str], payload: str) -> None:
                 "process crashed",
                 extra={
                     "program": program,
-                    "process": name,
-                    "pid": pid,
+                    "process_name": name,
+                    "exited_pid": pid,
                     "from_state": fields.get("from_state"),
                 },
             )
+    elif event == "PROCESS_STATE_BACKOFF":
+        # Died before startsecs: a failed start, usually config or secrets (see its log).
+        PROCESS_CRASHES.labels(program=program).inc()
+        log.error(
+            "process crashed while starting", extra={"program": program, "process_name": name}
+        )
     elif event == "PROCESS_STATE_STARTING" and fields.get("from_state") in ("EXITED", "BACKOFF"):
         PROCESS_RESTARTS.labels(program=program).inc()
-        log.warning("process restarting", extra={"program": program, "process": name})
+        log.warning("process restarting", extra={"program": program, "process_name": name})
     elif event == "PROCESS_STATE_FATAL":
         log.critical(
             "process FATAL: supervisord gave up restarting it; fix the cause, then "
             "`appliancectl start`",
-            extra={"program": program, "process": name},
+            extra={"program": program, "process_name": name},
         )
 
 

@@ -25,7 +25,9 @@ from appliance.db.migrate import (
 
 MIGRATIONS_DIR = Path(migrate_mod.__file__).parent / "migrations"
 _CREATE_TABLE_RE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
-_CREATE_INDEX_RE = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+_CREATE_INDEX_RE = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I
+)
 
 
 def _created(pattern: re.Pattern[str], migrations: list[Migration]) -> set[str]:
@@ -48,24 +50,23 @@ async def _recorded(db: Database) -> list[tuple[int, str, float]]:
 
 
 def test_all_migrations_apply_on_the_runtime_sqlite(db_path: Path, open_db: Any) -> None:
-    """No test polyfill here: the migrations must run on the SQLite Python links against.
+    """The migrations must run on the SQLite that Python links against here.
 
-    BUG (appliance/db/migrations/0001_meta.sql, line 9): ``unixepoch('subsec')`` needs
-    SQLite >= 3.42.0. Older SQLite (e.g. 3.40.1, Debian 12 / this venv) returns NULL for
-    it, so the INSERT into app_meta fails with "NOT NULL constraint failed:
-    app_meta.updated_at" and a fresh database can never be migrated.
+    Regression guard: an earlier 0001_meta.sql used ``unixepoch('subsec')``, which needs
+    SQLite >= 3.42.0; older SQLite (3.40.1 on Debian 12 and in this venv) returns NULL for
+    it, so the INSERT into app_meta failed with "NOT NULL constraint failed:
+    app_meta.updated_at" and a fresh database could not be migrated.
     """
 
     async def body() -> None:
-        async with open_db(db_path, migrated=False, compat=False) as db:
+        async with open_db(db_path, migrated=False) as db:
             try:
                 applied = await migrate(db.writer)
             except sqlite3.Error as exc:
                 pytest.fail(
                     "BUG: migrate() fails on a fresh database with SQLite "
-                    f"{sqlite3.sqlite_version}: {type(exc).__name__}: {exc}. "
-                    "appliance/db/migrations/0001_meta.sql:9 uses unixepoch('subsec'), "
-                    "which needs SQLite >= 3.42.0 and returns NULL on older versions."
+                    f"{sqlite3.sqlite_version}: {type(exc).__name__}: {exc} "
+                    "(date functions such as unixepoch('subsec') need SQLite >= 3.42.0)"
                 )
             assert applied == list(range(1, latest_version() + 1))
 
@@ -303,7 +304,7 @@ def test_split_statements_comments_and_multiline() -> None:
     assert "CREATE TABLE a (" in statements[0]
     assert statements[1].startswith("/* a block comment")
     assert "line; string');" in statements[1]
-    assert statements[2] == "CREATE INDEX a_note ON a (note);  -- after the statement"
+    assert statements[2] == "CREATE INDEX a_note ON a (note);"
     assert all(s == s.strip() and sqlite3.complete_statement(s) for s in statements)
 
     conn = sqlite3.connect(":memory:")
@@ -388,8 +389,6 @@ def test_bundled_migrations_split_into_single_statements() -> None:
         statements = split_statements(migration.sql)
         assert statements, migration.name
         conn = sqlite3.connect(":memory:")
-        # 0001 calls unixepoch('subsec'); give old SQLite a stand-in (see conftest.py)
-        conn.create_function("unixepoch", 1, lambda _v: time.time())
         for earlier in available_migrations()[: migration.version - 1]:
             for statement in split_statements(earlier.sql):
                 conn.execute(statement)

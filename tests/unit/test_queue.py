@@ -81,7 +81,7 @@ async def _claim_one(q: DurableQueue, **kwargs: Any) -> Job:
 
 def test_enqueue_claim_ack_happy_path(env: Any) -> None:
     async def body() -> None:
-        async with env(lease_s=30.0) as (db, q, clock):
+        async with env(lease_s=30.0) as (_db, q, clock):
             payload = {"to": "+4915112345678", "text": "hällo ✓", "parts": [1, 2, {"x": None}]}
             enq = await q.enqueue(payload)
             assert isinstance(enq, Enqueued)
@@ -699,9 +699,13 @@ def test_backoff_delay_exact_ceilings() -> None:
         assert backoff_delay(attempt, base_s=1.0, cap_s=300.0, rand=lambda: 0.0) == 0.0
 
     # another base, growth still doubles per attempt
-    assert [
-        backoff_delay(a, base_s=0.5, cap_s=3.0, rand=lambda: 1.0) for a in range(1, 6)
-    ] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert [backoff_delay(a, base_s=0.5, cap_s=3.0, rand=lambda: 1.0) for a in range(1, 6)] == [
+        0.5,
+        1.0,
+        2.0,
+        3.0,
+        3.0,
+    ]
     # attempt 0 (or below) counts as the first attempt
     assert backoff_delay(0, base_s=2.0, cap_s=10.0, rand=lambda: 1.0) == 2.0
     assert backoff_delay(-3, base_s=2.0, cap_s=10.0, rand=lambda: 1.0) == 2.0
@@ -948,6 +952,7 @@ def test_oldest_pending_age_ignores_dead_and_done(env: Any) -> None:
 def test_purge(env: Any) -> None:
     async def body() -> None:
         async with env() as (db, q, clock):
+
             async def finish(payload: str) -> int:
                 enq = await q.enqueue(payload)
                 job = await _claim_one(q)
@@ -1043,9 +1048,7 @@ def test_two_processes_never_claim_the_same_job(
 
     go = tmp_path / "go"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     procs = []
     for i, limit in enumerate((1, 3)):
         ready = tmp_path / f"ready{i}"

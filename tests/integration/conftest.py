@@ -1,0 +1,162 @@
+"""One real installation per test session: install.sh --prefix into a temp dir,
+supervisord with two API processes and the worker, real sockets, real SQLite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.supervisor_client import proxy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Appliance:
+    prefix: Path
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def etc(self) -> Path:
+        return self.prefix / "etc" / "appliance"
+
+    @property
+    def secrets(self) -> Path:
+        return self.etc / "secrets"
+
+    @property
+    def data(self) -> Path:
+        return self.prefix / "var" / "lib" / "appliance"
+
+    @property
+    def logs(self) -> Path:
+        return self.prefix / "var" / "log" / "appliance"
+
+    @property
+    def run(self) -> Path:
+        return self.prefix / "run" / "appliance"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data / "appliance.db"
+
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        argv = [
+            str(self.prefix / "opt/appliance/venv/bin/appliancectl"),
+            "--prefix",
+            str(self.prefix),
+            *args,
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{argv} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    @property
+    def supervisor(self):
+        return proxy(self.run / "supervisor.sock")
+
+    def pid_of(self, name: str) -> int:
+        return int(self.supervisor.getProcessInfo(name)["pid"])
+
+    def api_names(self) -> list[str]:
+        infos = self.supervisor.getAllProcessInfo()
+        return sorted(f"{p['group']}:{p['name']}" for p in infos if p["group"] == "api")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10, **kwargs)
+
+    def readyz(self) -> httpx.Response:
+        with httpx.Client(base_url=self.base_url, timeout=5) as c:
+            return c.get("/readyz")
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.readyz()
+                if last.status_code == 200:
+                    return
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout_s}s: {getattr(last, 'text', last)}")
+
+    def wait_running(self, name: str, timeout_s: float = 30) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = self.supervisor.getProcessInfo(name)
+            if info["statename"] == "RUNNING":
+                return int(info["pid"])
+            time.sleep(0.1)
+        raise AssertionError(f"{name} not RUNNING after {timeout_s}s")
+
+    def metrics_token(self) -> str:
+        return (self.secrets / "metrics-token").read_text().strip()
+
+    def log_text(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def run_install(prefix: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["bash", str(REPO / "install.sh"), "--prefix", str(prefix), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"install.sh failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    # Short path: AF_UNIX socket paths are limited to about 107 bytes.
+    prefix = Path(tmp_path_factory.mktemp("appl"))
+    port = free_port()
+    run_install(prefix, "--port", str(port), "--no-start")
+    env_file = prefix / "etc/appliance/appliance.env"
+    with env_file.open("a") as fh:
+        fh.write("API_PROCESSES=2\nENABLE_TEST_ROUTES=true\nAPI_GRACEFUL_TIMEOUT_S=10\n")
+    app = Appliance(prefix, port)
+    app.ctl("start", "--wait", "60")
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.ctl("stop", check=False)
+        if os.environ.get("KEEP_APPLIANCE") is None:
+            shutil.rmtree(prefix, ignore_errors=True)
+
+
+def fault_text(exc: BaseException) -> str:
+    if isinstance(exc, xmlrpc.client.Fault):
+        return exc.faultString
+    return str(exc)

@@ -1,0 +1,224 @@
+"""The runtime against a real installation: supervision, restarts, health, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Appliance, run_install
+
+pytestmark = pytest.mark.integration
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checkpoint(db_path) -> None:
+    # Move WAL content into the main file so the file alone holds the data.
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def test_ready_and_reinstall_keeps_data_and_secrets(appliance: Appliance) -> None:
+    assert appliance.readyz().status_code == 200
+    _checkpoint(appliance.db_path)
+    files = [appliance.db_path, appliance.etc / "appliance.env"]
+    files += sorted(appliance.secrets.iterdir())
+    before = {p.name: _digest(p) for p in files}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in appliance.secrets.iterdir()}
+    assert set(modes) == {"session-key", "metrics-token", "data-key", "admin-password"}
+    assert all(mode == 0o600 for mode in modes.values()), modes
+    assert appliance.secrets.stat().st_mode & 0o777 == 0o700
+
+    run_install(appliance.prefix, "--port", str(appliance.port))  # upgrade in place
+    appliance.wait_ready()
+    _checkpoint(appliance.db_path)
+    after = {p.name: _digest(p) for p in files}
+    assert after == before
+
+
+def test_two_api_processes_share_the_port(appliance: Appliance) -> None:
+    pids = set()
+    deadline = time.monotonic() + 20
+    while len(pids) < 2 and time.monotonic() < deadline:
+        # A new connection each time, so the kernel spreads them over the processes.
+        with httpx.Client(base_url=appliance.base_url, timeout=5) as c:
+            pids.add(c.get("/healthz").json()["pid"])
+    assert len(pids) >= 2
+    assert pids <= {appliance.pid_of(n) for n in appliance.api_names()}
+
+
+def test_kill_9_api_process_is_restarted(appliance: Appliance) -> None:
+    name = appliance.api_names()[0]
+    old = appliance.wait_running(name)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = appliance.supervisor.getProcessInfo(name)
+        if info["statename"] == "RUNNING" and info["pid"] != old:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"{name} was not restarted")
+    appliance.wait_ready()
+    assert "crashed" in appliance.log_text("alerts")
+
+
+def test_kill_9_worker_readyz_names_worker_then_recovers(appliance: Appliance) -> None:
+    old = appliance.wait_running("worker:worker")
+    os.kill(old, signal.SIGKILL)
+    seen_worker_failing = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        response = appliance.readyz()
+        if response.status_code == 503:
+            body = response.json()
+            assert body["status"] == "not_ready"
+            if "worker" in body["failing"]:
+                seen_worker_failing = True
+        elif response.status_code == 200 and seen_worker_failing:
+            break
+        time.sleep(0.02)
+    assert seen_worker_failing, "readyz never reported the worker check failing"
+    assert appliance.readyz().status_code == 200
+    assert appliance.pid_of("worker:worker") != old
+
+
+def _request_loop(
+    appliance: Appliance,
+    stop: threading.Event,
+    tally: dict,
+    lock: threading.Lock,
+    max_requests: int,
+    deadline: float,
+) -> None:
+    sent = 0
+    while not stop.is_set() and sent < max_requests and time.monotonic() < deadline:
+        sent += 1
+        # A fresh TCP connection per request: every connect is a chance to be refused.
+        conn = http.client.HTTPConnection("127.0.0.1", appliance.port, timeout=10)
+        try:
+            conn.request("GET", "/healthz", headers={"Connection": "close"})
+            status = conn.getresponse().status
+            key = "5xx" if status >= 500 else "ok" if status == 200 else f"status_{status}"
+        except ConnectionRefusedError:
+            key = "refused"
+        except OSError as exc:
+            key = f"error_{type(exc).__name__}"
+        finally:
+            conn.close()
+        with lock:
+            tally[key] = tally.get(key, 0) + 1
+
+
+def test_rolling_restart_refuses_nothing(appliance: Appliance) -> None:
+    before = {n: appliance.pid_of(n) for n in appliance.api_names()}
+    stop, lock, tally = threading.Event(), threading.Lock(), {}
+    deadline = time.monotonic() + 120
+    threads = [
+        threading.Thread(
+            target=_request_loop, args=(appliance, stop, tally, lock, 20_000, deadline)
+        )
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        appliance.ctl("restart", "api")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    after = {n: appliance.pid_of(n) for n in appliance.api_names()}
+    assert all(after[n] != before[n] for n in before), "every API process was restarted"
+    assert tally.get("ok", 0) > 100
+    assert set(tally) == {"ok"}, tally
+    appliance.wait_ready()
+
+
+def test_sigterm_lets_a_slow_request_finish(appliance: Appliance) -> None:
+    with httpx.Client(base_url=appliance.base_url, timeout=30) as c:
+        with c.stream("GET", "/_test/sleep", params={"seconds": "3"}) as response:
+            assert response.status_code == 200
+            chunks = response.iter_bytes()
+            first = next(chunks)
+            pid = int(first.split(b"pid=")[1].split(b"\n")[0])
+            assert pid in {appliance.pid_of(n) for n in appliance.api_names()}
+            os.kill(pid, signal.SIGTERM)
+            rest = b"".join(chunks)
+    assert b"done" in rest
+    # The process exited on its own (exit 0) and supervisord started a new one.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("API process did not exit after SIGTERM")
+    for name in appliance.api_names():
+        appliance.wait_running(name)
+    appliance.wait_ready()
+    log = "\n".join(appliance.log_text(n.split(":")[1]) for n in appliance.api_names())
+    assert "shutting down" in log
+    sup_log = appliance.log_text("supervisord")
+    assert "exited: api_0" in sup_log and "(exit status 0; expected)" in sup_log
+
+
+def test_open_secret_file_refuses_start_and_check_says_so(appliance: Appliance) -> None:
+    secret = appliance.secrets / "data-key"
+    os.chmod(secret, 0o644)
+    try:
+        result = appliance.ctl("check", check=False)
+        assert result.returncode != 0
+        assert str(secret) in result.stdout and f"chmod 600 {secret}" in result.stdout
+
+        restarted = appliance.ctl("restart", "worker", "--wait", "0", check=False)
+        assert restarted.returncode != 0
+        log = appliance.log_text("worker")
+        assert "refusing to start" in log and str(secret) in log and f"chmod 600 {secret}" in log
+        assert appliance.readyz().status_code == 503
+    finally:
+        os.chmod(secret, 0o600)
+    appliance.ctl("start", "--wait", "60")
+    assert appliance.ctl("check").returncode == 0
+
+
+def test_metrics_need_the_token_and_cover_every_process(appliance: Appliance) -> None:
+    with appliance.client() as c:
+        denied = c.get("/metrics")
+        assert denied.status_code == 401
+        assert set(denied.json()) == {"error", "requestId"}
+        assert c.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        for _ in range(10):
+            c.get("/healthz")
+            c.get("/readyz")
+        ok = c.get("/metrics", headers={"Authorization": f"Bearer {appliance.metrics_token()}"})
+    assert ok.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(ok.text)}
+    pids = {s.labels["pid"] for s in families["appliance_process_start_time_seconds"].samples}
+    roles = {s.labels["role"] for s in families["appliance_process_start_time_seconds"].samples}
+    assert len(pids) >= 3 and roles == {"api", "worker"}
+    requests = families["appliance_http_requests"].samples
+    assert any(s.labels.get("route") == "/healthz" and s.value >= 10 for s in requests)
+    assert "appliance_http_request_duration_seconds" in families
+    assert any(s.labels.get("method") == "ping" for s in families["appliance_ipc_calls"].samples)
+    assert "appliance_ipc_call_duration_seconds" in families
+    assert "appliance_process_restarts" in families
+    assert appliance.metrics_token() not in ok.text
