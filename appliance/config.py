@@ -21,9 +21,17 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.errors import ConfigError
 
@@ -108,6 +116,15 @@ class Settings(BaseModel):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 5000
     enable_test_routes: bool = False
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
+    session_idle_timeout_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 8 * 3600
+    session_absolute_timeout_s: Annotated[int, Field(ge=300, le=90 * 86400)] = 24 * 3600
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
+    api_rate_limit_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 1200
+    api_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 2400
+    trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
 
     @field_validator("bind")
     @classmethod
@@ -124,6 +141,52 @@ class Settings(BaseModel):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        for item in _split(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8") from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for item in _split(value):
+            if item != "*" and not item.startswith(("http://", "https://")):
+                raise ValueError(f"{item!r} is not an origin such as https://panel.example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _no_wildcard_cors_in_public(self) -> Settings:
+        host = urlsplit(self.effective_public_url).hostname or ""
+        local = host in ("localhost", "127.0.0.1", "::1")
+        if "*" in _split(self.cors_origins) and not local:
+            raise ValueError(
+                "CORS_ORIGINS=* is refused unless PUBLIC_URL is on localhost; list the origins"
+            )
+        if self.session_idle_timeout_s > self.session_absolute_timeout_s:
+            raise ValueError("SESSION_IDLE_TIMEOUT_S must not exceed SESSION_ABSOLUTE_TIMEOUT_S")
+        return self
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in _split(self.trusted_proxies)]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.rstrip("/") for o in _split(self.cors_origins)]
+
+    @property
+    def https(self) -> bool:
+        return self.effective_public_url.startswith("https://")
+
+    @property
+    def ratelimit_db_path(self) -> Path:
+        return self.run_dir / "ratelimit.db"
 
     # Derived locations: one place decides each path.
     @property
@@ -152,6 +215,10 @@ class Settings(BaseModel):
             return self.public_url
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
         return f"http://{host}:{self.port}"
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 KNOWN_KEYS = {name.upper() for name in Settings.model_fields}
@@ -196,7 +263,11 @@ def load_settings(paths: Paths, environ: dict[str, str] | None = None) -> Settin
         return Settings.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else "?"
+        if not first["loc"]:  # a rule across settings
+            raise ConfigError(
+                f"{env_file}: {_describe(dict(first))}. Edit it and restart."
+            ) from None
+        key = str(first["loc"][0])
         where = source.get(key, str(env_file))
         value = raw.get(key, "<unset>")
         raise ConfigError(

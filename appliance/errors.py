@@ -6,9 +6,17 @@
     │   └── SecretFileError
     ├── DatabaseError
     │   └── LeaseLost           ack/nack/extend with a token that no longer holds the lease
-    └── IpcError                talking to the worker failed
-        ├── WorkerUnavailable   no connection, or the call timed out
-        └── RpcError            the worker answered with a JSON-RPC error
+    ├── IpcError                talking to the worker failed
+    │   ├── WorkerUnavailable   no connection, or the call timed out
+    │   └── RpcError            the worker answered with a JSON-RPC error
+    └── ClientError             the caller's request cannot be served (4xx)
+        ├── InvalidInput        400, with issues [{path, message, code}]
+        ├── Unauthenticated     401
+        ├── Forbidden           403
+        ├── NotFound            404
+        ├── Conflict            409
+        ├── Unprocessable       422
+        └── RateLimited         429, with Retry-After
 
 Each carries the HTTP status an API handler should answer with, so one handler turns
 any of them into the standard error shape.
@@ -63,3 +71,49 @@ class RpcError(IpcError):
         self.code = code
         self.message = message
         self.data = data
+
+
+class ClientError(ApplianceError):
+    """A 4xx: the message is safe to show to the caller."""
+
+    http_status = 400
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class InvalidInput(ClientError):
+    http_status = 400
+
+    def __init__(self, message: str, issues: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message, issues=issues or [])
+
+
+class Unauthenticated(ClientError):
+    http_status = 401
+
+
+class Forbidden(ClientError):
+    http_status = 403
+
+
+class NotFound(ClientError):
+    http_status = 404
+
+
+class Conflict(ClientError):
+    http_status = 409
+
+
+class Unprocessable(ClientError):
+    http_status = 422
+
+
+class RateLimited(ClientError):
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))

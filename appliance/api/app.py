@@ -7,13 +7,20 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from quart import Quart, Response, g, request
+from quart_schema import Info, OpenAPIProvider, QuartSchema
 
+from appliance import __version__
 from appliance.api import health
+from appliance.api.access import SECURITY_SCHEMES, install_access_control, public, route_requirement
 from appliance.api.errors import install_error_handlers
+from appliance.api.ratelimit import RateLimiter
+from appliance.api.routes import api_keys, audit, auth, docs, users
 from appliance.api.state import ApiState, state_of
 from appliance.config import Settings
+from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.ipc.client import WorkerClient
 from appliance.observability.context import (
@@ -33,14 +40,35 @@ def create_app(
     settings: Settings, secrets: Secrets, *, worker: WorkerClient | None = None
 ) -> Quart:
     app = Quart(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     worker = worker or WorkerClient(settings.worker_socket, timeout_s=settings.ipc_timeout_s)
-    app.extensions["appliance"] = ApiState(settings=settings, secrets=secrets, worker=worker)
+    app.extensions["appliance"] = ApiState(
+        settings=settings,
+        secrets=secrets,
+        worker=worker,
+        cipher=DataCipher(secrets.data_key),
+    )
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info=Info(
+            title="WhatsApp gateway appliance",
+            version=__version__,
+            description=API_DESCRIPTION,
+        ),
+        security_schemes=SECURITY_SCHEMES,
+        openapi_provider_class=AccessAwareOpenAPIProvider,
+    )
 
     @app.before_serving
     async def _open() -> None:
         state = state_of(app)
+        state.limiter = RateLimiter(settings.ratelimit_db_path)
+        await state.limiter.open()
         state.db = await Database.open(
             settings.database_path,
             synchronous=settings.sqlite_synchronous,
@@ -60,6 +88,8 @@ def create_app(
         await state.worker.stop()
         if state.db is not None:
             await state.db.close()
+        if state.limiter is not None:
+            await state.limiter.close()
 
     @app.before_request
     async def _begin() -> None:
@@ -75,7 +105,6 @@ def create_app(
         HTTP_LATENCY.labels(request.method, rule).observe(elapsed)
         response.headers["X-Request-ID"] = request_id_var.get() or ""
         response.headers["traceparent"] = traceparent_var.get() or ""
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
         if settings.access_log:
             access_log.info(
@@ -88,16 +117,48 @@ def create_app(
         return response
 
     install_error_handlers(app)
-    app.register_blueprint(health.bp)
+    install_access_control(app)
+    for blueprint in (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp):
+        app.register_blueprint(blueprint)
     if settings.enable_test_routes:
         _install_test_routes(app)
     return app
+
+
+API_DESCRIPTION = """HTTP API of the WhatsApp gateway appliance.
+
+Errors: every 4xx and 5xx is JSON `{"error": ..., "requestId": ...}`; validation
+failures (400) add `issues: [{path, message, code}]`. Unknown fields are refused.
+
+Authentication: a panel session cookie (from `POST /auth/login`; unsafe methods also
+need the `X-CSRF-Token` header) or `Authorization: Bearer apk_...`. Each operation's
+`x-access` names what it needs: `public`, `authenticated`, `metrics-token`, or a
+permission such as `users.manage` (see the runbook's roles table).
+
+Accounts outside the caller's grants answer 404, like accounts that do not exist.
+Lists answer `{"items": [...], "next": cursor-or-null}`; pass `cursor=next` for more.
+`Idempotency-Key` is honoured where documented (kept 24 h per caller).
+Rate limits answer 429 with `Retry-After`.
+"""
+
+
+class AccessAwareOpenAPIProvider(OpenAPIProvider):
+    """Adds ``x-access`` to every operation: what the route requires."""
+
+    def build_paths(self, rule: Any) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        requirement = route_requirement(self._app.view_functions[rule.endpoint])
+        for operations in paths.values():
+            for operation in operations.values():
+                operation["x-access"] = requirement
+        return paths, components
 
 
 def _install_test_routes(app: Quart) -> None:
     """Routes only the test suite enables (ENABLE_TEST_ROUTES=true); never in production."""
 
     @app.get("/_test/sleep")
+    @public
     async def _sleep() -> Response:
         # Streams its pid first, so a test knows which process holds the request.
         seconds = min(float(request.args.get("seconds", "1")), 30.0)

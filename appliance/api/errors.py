@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pydantic import ValidationError
 from quart import Quart, Response, jsonify
+from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ClientError, RateLimited
 from appliance.observability.context import request_id_var
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,26 @@ def install_error_handlers(app: Quart) -> None:
         response = error_response(exc.code or 500, (exc.description or exc.name or "error"))
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _invalid(exc: RequestSchemaValidationError) -> Response:
+        from appliance.api.validation import issues_from
+
+        cause = exc.validation_error
+        if isinstance(cause, ValidationError):
+            issues = issues_from(cause)
+        else:
+            issues = [{"path": "(body)", "message": str(cause or "invalid"), "code": "invalid"}]
+        return error_response(400, "the request is invalid; see issues", issues=issues)
+
+    @app.errorhandler(ClientError)
+    async def _client(exc: ClientError) -> Response:
+        response = error_response(exc.http_status, exc.message, **exc.extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        if exc.http_status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
         return response
 
     @app.errorhandler(ApplianceError)

@@ -9,6 +9,7 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
+from appliance.api.access import metrics_token, public
 from appliance.api.errors import error_response
 from appliance.api.state import state_of
 from appliance.db.migrate import latest_version
@@ -19,6 +20,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 async def healthz() -> Response:
     """Liveness: this process and its event loop answer. No dependency checks."""
     return jsonify({"status": "ok", "pid": os.getpid()})
@@ -54,6 +56,7 @@ async def _check_worker() -> dict[str, Any]:
 
 
 @bp.get("/readyz")
+@public
 async def readyz() -> Response:
     """Readiness: database current, worker answering, not shutting down."""
     state = state_of()
@@ -75,6 +78,7 @@ async def readyz() -> Response:
 
 
 @bp.get("/metrics")
+@metrics_token
 async def metrics() -> Response:
     """Prometheus exposition of every process; Bearer metrics token required."""
     state = state_of()

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from quart import Quart, current_app
 
+from appliance.api.ratelimit import RateLimiter
 from appliance.config import Settings
+from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.ipc.client import WorkerClient
 from appliance.secrets import Secrets
@@ -17,7 +19,9 @@ class ApiState:
     settings: Settings
     secrets: Secrets
     worker: WorkerClient
+    cipher: DataCipher
     db: Database | None = None
+    limiter: RateLimiter | None = None
     shutting_down: bool = False
     extras: dict[str, object] = field(default_factory=dict)
 

@@ -16,6 +16,9 @@ import time
 
 import uvloop
 
+from appliance.auth import store
+from appliance.auth.passwords import hash_password
+from appliance.auth.permissions import Role
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
@@ -24,6 +27,7 @@ from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
+from appliance.secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,9 @@ MAINTENANCE_INTERVAL_S = 15.0
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, secrets: Secrets) -> None:
         self.settings = settings
+        self.secrets = secrets
         self.started_at = time.time()
         self.db: Database | None = None
         self.rpc = RpcServer(settings.worker_socket)
@@ -51,6 +56,7 @@ class Worker:
         self.schema_version = await current_version(self.db.writer)
         if applied:
             log.info("applied migrations", extra={"versions": applied})
+        await self._bootstrap_admin()
         self.rpc.register("ping", self.ping)
         self.rpc.register("status", self.status)
         await self.rpc.start()
@@ -97,6 +103,31 @@ class Worker:
             queues={k: protocol.QueueCounts(**v) for k, v in queues.items()},
         )
 
+    async def _bootstrap_admin(self) -> None:
+        """At first start, create user ``admin`` from the admin-password secret."""
+        assert self.db is not None
+        async with self.db.write() as conn:
+            if await store.user_count(conn):
+                return
+        password_hash = await asyncio.to_thread(hash_password, self.secrets.admin_password)
+        now = time.time()
+        async with self.db.write() as conn:
+            if await store.user_count(conn):
+                return  # cannot happen with one worker; kept for safety
+            user_id = await store.create_user(
+                conn,
+                username="admin",
+                password_hash=password_hash,
+                role=Role.ADMIN,
+                all_accounts=True,
+                accounts=[],
+                now=now,
+            )
+            await store.audit(
+                conn, action="user.bootstrap", now=now, actor="system", target=f"user:{user_id}"
+            )
+        log.info("created the first admin user 'admin' from the admin-password secret")
+
     def _spawn(self, coro: object) -> None:
         task = asyncio.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -118,8 +149,24 @@ class Worker:
                     async with self.db.write() as conn:
                         await expire_leases(conn, now)
                     log.warning("requeued expired leases", extra={"count": expired})
+                await self._purge(now)
             except Exception:
                 log.exception("maintenance pass failed")
+
+    async def _purge(self, now: float) -> None:
+        """Forget expired sessions and idempotency records (writes only when there are)."""
+        assert self.db is not None
+        stale = await self.db.scalar(
+            "SELECT (SELECT COUNT(*) FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?)"
+            " + (SELECT COUNT(*) FROM idempotency_keys WHERE expires_at <= ?)",
+            (now, now - self.settings.session_idle_timeout_s, now),
+        )
+        if stale:
+            async with self.db.write() as conn:
+                await store.purge_sessions(
+                    conn, now=now, idle_s=self.settings.session_idle_timeout_s
+                )
+                await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
 
 
 async def serve(worker: Worker) -> None:
@@ -138,7 +185,7 @@ async def serve(worker: Worker) -> None:
 def main() -> None:
     ctx = boot("worker")
     try:
-        uvloop.run(serve(Worker(ctx.settings)))
+        uvloop.run(serve(Worker(ctx.settings, ctx.secrets)))
     except Exception:
         log.exception("worker failed")
         sys.exit(1)

@@ -1,0 +1,251 @@
+"""Authentication, authorisation, CSRF and rate limits for every route.
+
+A route declares what it needs with one decorator, and a before-request hook does
+the rest, so a new route cannot forget it:
+
+    @bp.get("/api/users")
+    @requires(Permission.USERS_MANAGE)
+    async def list_users(): ...
+
+    @bp.get("/healthz")
+    @public
+    async def healthz(): ...
+
+A route under /api, /auth or /docs with neither decorator is refused (403), and a
+test lists every route and its declaration. The principal is loaded from the
+database on each request, so role changes and revocations apply at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from quart import Quart, Response, current_app, g, request
+from quart_schema import document_response, security_scheme
+
+from appliance.api.schemas import ErrorBody
+from appliance.api.state import state_of
+from appliance.auth import store
+from appliance.auth.permissions import Permission
+from appliance.auth.principal import Principal
+from appliance.errors import Forbidden, RateLimited, Unauthenticated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SESSION_COOKIE = "appliance_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PERMISSION_ATTR = "_appliance_permission"
+PUBLIC_ATTR = "_appliance_public"
+METRICS_ATTR = "_appliance_metrics_token"
+AUTHENTICATED_ATTR = "_appliance_authenticated"
+PROTECTED_PREFIXES = ("/api", "/auth", "/docs")
+# Writes of last-used and last-seen times are spread out; exact to this many seconds.
+TOUCH_INTERVAL_S = 60.0
+
+SECURITY = [{"session": []}, {"bearer": []}]
+# Described in the spec's top-level description (quart-schema's schemes have no text).
+SECURITY_SCHEMES = {
+    "session": {"type": "apiKey", "in_": "cookie", "name": SESSION_COOKIE},
+    "metricsToken": {"type": "http", "scheme": "bearer"},
+    "bearer": {"type": "http", "scheme": "bearer", "bearer_format": "apk_..."},
+}
+
+
+def requires(permission: Permission) -> Callable[[F], F]:
+    """The route needs an authenticated principal whose role has ``permission``."""
+
+    def decorator(func: F) -> F:
+        setattr(func, PERMISSION_ATTR, permission)
+        func = security_scheme(SECURITY)(func)
+        for status in (401, 403, 429):
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorator
+
+
+def authenticated(func: F) -> F:
+    """The route needs any authenticated principal (e.g. GET /auth/me)."""
+    setattr(func, AUTHENTICATED_ATTR, True)
+    func = security_scheme(SECURITY)(func)
+    for status in (401, 429):
+        func = document_response(ErrorBody, status)(func)
+    return func
+
+
+def public(func: F) -> F:
+    """The route answers without authentication."""
+    setattr(func, PUBLIC_ATTR, True)
+    return security_scheme([])(func)
+
+
+def metrics_token(func: F) -> F:
+    """The route needs the metrics token (checked by the route itself)."""
+    setattr(func, METRICS_ATTR, True)
+    return security_scheme([{"metricsToken": []}])(func)
+
+
+def principal() -> Principal:
+    """The authenticated caller of this request."""
+    found = g.get("principal")
+    if found is None:
+        raise Unauthenticated("authentication required")
+    return found  # type: ignore[no-any-return]
+
+
+def client_addr() -> str:
+    """The client's address: the socket peer, or X-Forwarded-For behind a trusted proxy."""
+    peer = (request.remote_addr or "").split("%")[0]
+    networks = state_of().settings.trusted_proxy_networks
+    if not networks:
+        return peer
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+def route_requirement(func: Callable[..., Any]) -> str:
+    """'public', 'authenticated', 'metrics-token', a permission name, or 'undeclared'."""
+    if getattr(func, PUBLIC_ATTR, False):
+        return "public"
+    permission = getattr(func, PERMISSION_ATTR, None)
+    if permission is not None:
+        return str(permission.value)
+    if getattr(func, AUTHENTICATED_ATTR, False):
+        return "authenticated"
+    if getattr(func, METRICS_ATTR, False):
+        return "metrics-token"
+    return "undeclared"
+
+
+async def _load_principal(now: float) -> tuple[Principal, str] | None:
+    state = state_of()
+    assert state.db is not None
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("use Authorization: Bearer <API key>")
+        found = await store.api_key_principal(state.db, token.strip())
+        if found is None:
+            raise Unauthenticated("invalid or revoked API key")
+        key_principal, last_used = found
+        if last_used is None or now - last_used > TOUCH_INTERVAL_S:
+            async with state.db.write() as conn:
+                await store.mark_api_key_used(conn, key_principal.id, now)
+        return key_principal, "bearer"
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    token_hash = store.session_hash(state.secrets.session_key, cookie)
+    settings = state.settings
+    found_session = await store.session_principal(
+        state.db, token_hash, now=now, idle_s=settings.session_idle_timeout_s
+    )
+    if found_session is None:
+        raise Unauthenticated("session expired or logged out; log in again")
+    user_principal, last_seen = found_session
+    if now - last_seen > TOUCH_INTERVAL_S:
+        async with state.db.write() as conn:
+            await store.touch_session(conn, token_hash, now)
+    return user_principal, "cookie"
+
+
+async def _rate_limit(who: Principal | None, now: float) -> None:
+    state = state_of()
+    limiter = state.limiter
+    if limiter is None:
+        return
+    settings = state.settings
+    checks = [(f"addr:{client_addr()}", settings.api_rate_limit_per_addr_per_min)]
+    if who is not None:
+        checks.append((f"principal:{who.key}", settings.api_rate_limit_per_min))
+    for key, limit in checks:
+        wait = await limiter.hit(key, limit=limit, window_s=60, now=now)
+        if wait is not None:
+            raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
+
+
+async def authorize_request() -> None:
+    """before_request: authenticate, check the route's declaration, CSRF, rate limits."""
+    if request.routing_exception is not None or request.url_rule is None:
+        return  # 404 / 405 answer as they are
+    if not request.path.startswith(PROTECTED_PREFIXES):
+        return
+    if request.method == "OPTIONS":
+        return  # CORS preflight; answered without side effects
+    func = current_app.view_functions[request.endpoint]  # type: ignore[index]
+    requirement = route_requirement(func)
+    now = time.time()
+    if requirement == "public":
+        if request.path.startswith("/api"):
+            await _rate_limit(None, now)
+        return
+    if requirement == "undeclared":
+        raise Forbidden("this route declares no access rule")
+    loaded = await _load_principal(now)
+    if loaded is None:
+        raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    who, method = loaded
+    g.principal = who
+    g.auth_method = method
+    if method == "cookie" and request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not (who.csrf_token and hmac.compare_digest(sent.encode(), who.csrf_token.encode())):
+            raise Forbidden(f"missing or wrong {CSRF_HEADER} header for this session")
+    if requirement != "authenticated" and not who.can(Permission(requirement)):
+        raise Forbidden(f"your role ({who.role.value}) lacks the permission {requirement}")
+    await _rate_limit(who, now)
+
+
+def apply_browser_headers(response: Response) -> Response:
+    """after_request: CORS for allowed origins, and security headers on everything."""
+    settings = state_of().settings
+    origin = request.headers.get("Origin")
+    if origin and origin.rstrip("/") in settings.cors_origin_list:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Vary"] = "Origin"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = (
+                f"Authorization, Content-Type, Idempotency-Key, X-Request-ID, {CSRF_HEADER}"
+            )
+            response.headers["Access-Control-Max-Age"] = "600"
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.mimetype == "text/html":
+        headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        )
+    else:
+        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    if settings.https:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    return response
+
+
+def install_access_control(app: Quart) -> None:
+    app.before_request(authorize_request)
+    app.after_request(apply_browser_headers)

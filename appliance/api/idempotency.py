@@ -1,0 +1,149 @@
+"""Idempotency-Key (IETF draft-ietf-httpapi-idempotency-key-header) for any route.
+
+    @bp.post("/api/users")
+    @requires(Permission.USERS_MANAGE)
+    @idempotent
+    async def create_user(): ...
+
+- The key is scoped to the caller (user or API key) and kept 24 hours.
+- Same key, same method, path and body: the stored status and body are replayed
+  byte for byte, with ``Idempotent-Replayed: true``.
+- Same key, different request: 422. Same key while the first is still running: 409.
+- A 5xx, or an error raised by the handler, forgets the key so the client can retry.
+Stored bodies are encrypted with the data key (they may hold a secret shown once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field
+from quart import Response, make_response, request
+from quart_schema import document_headers, document_response
+
+from appliance.api.access import principal
+from appliance.api.schemas import ErrorBody
+from appliance.api.state import state_of
+from appliance.errors import Conflict, InvalidInput, Unprocessable
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+TTL_S = 24 * 3600
+# An in-flight record older than this belongs to a process that died mid-request.
+ABANDONED_AFTER_S = 300
+_KEY = re.compile(r'^"?([\x21\x23-\x7e]{1,255})"?$')
+
+
+class IdempotencyHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        description="Optional. Retrying with the same key and body replays the first "
+        "answer instead of acting twice; kept 24 hours per caller.",
+    )
+
+
+def parse_key(raw: str) -> str:
+    match = _KEY.match(raw.strip())
+    if match is None:
+        raise InvalidInput(
+            f"{HEADER} must be 1 to 255 visible ASCII characters, e.g. a UUID",
+            issues=[{"path": HEADER, "message": "invalid key", "code": "invalid_header"}],
+        )
+    return match.group(1)
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def idempotent(func: F) -> F:
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        raw = request.headers.get(HEADER)
+        if raw is None:
+            return await func(*args, **kwargs)
+        key = parse_key(raw)
+        state = state_of()
+        assert state.db is not None
+        scope = principal().key
+        body = await request.get_data(as_text=False)
+        print_ = fingerprint(request.method, request.path, body)
+        now = time.time()
+        async with state.db.write() as conn:
+            async with conn.execute(
+                "SELECT fingerprint, state, status, content_type, body, created_at "
+                "FROM idempotency_keys "
+                "WHERE principal = ? AND key = ? AND expires_at > ?",
+                (scope, key, now),
+            ) as cur:
+                row = await cur.fetchone()
+            abandoned = (
+                row is not None
+                and row["state"] == "in_flight"
+                and row["created_at"] < now - ABANDONED_AFTER_S
+            )
+            if row is None or abandoned:
+                row = None
+                await conn.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, "
+                    "state, created_at, expires_at) VALUES (?, ?, ?, 'in_flight', ?, ?)",
+                    (scope, key, print_, now, now + TTL_S),
+                )
+        if row is not None:
+            if row["fingerprint"] != print_:
+                raise Unprocessable(f"this {HEADER} was used with a different request")
+            if row["state"] == "in_flight":
+                raise Conflict(f"a request with this {HEADER} is still being processed")
+            stored = state.cipher.decrypt(row["body"], context=f"{scope}|{key}".encode())
+            replay = Response(stored, status=row["status"], content_type=row["content_type"])
+            replay.headers[REPLAYED_HEADER] = "true"
+            return replay
+        try:
+            response = await make_response(await func(*args, **kwargs))
+        except BaseException:
+            await _forget(scope, key)
+            raise
+        if response.status_code >= 500:
+            await _forget(scope, key)
+            return response
+        data = await response.get_data(as_text=False)
+        sealed = state.cipher.encrypt(data, context=f"{scope}|{key}".encode())
+        async with state.db.write() as conn:
+            await conn.execute(
+                "UPDATE idempotency_keys SET state = 'done', status = ?, content_type = ?, "
+                "body = ? WHERE principal = ? AND key = ?",
+                (response.status_code, response.content_type, sealed, scope, key),
+            )
+        return response
+
+    wrapper = document_headers(IdempotencyHeaders)(wrapper)
+    wrapper = document_response(ErrorBody, 409)(wrapper)
+    wrapper = document_response(ErrorBody, 422)(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+async def _forget(scope: str, key: str) -> None:
+    state = state_of()
+    assert state.db is not None
+    try:
+        async with state.db.write() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE principal = ? AND key = ? "
+                "AND state = 'in_flight'",
+                (scope, key),
+            )
+    except sqlite3.Error:
+        pass  # it expires in 24 h anyway

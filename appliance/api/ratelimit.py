@@ -1,0 +1,92 @@
+"""Rate limits shared by every API process, kept in a small SQLite file under run/.
+
+The counters need no durability (a reboot may forget them), so the file uses
+``synchronous=OFF``; WAL and a busy timeout make it safe across processes.
+
+- ``hit``: fixed one-window counters for /api requests per principal and per address.
+- ``failures`` / ``record_failure`` / ``clear``: a sliding window of login failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from pathlib import Path
+
+import aiosqlite
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS counters (key TEXT NOT NULL, window INTEGER NOT NULL, "
+    "count INTEGER NOT NULL, PRIMARY KEY (key, window)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS failures_key ON failures (key, at)",
+)
+
+
+class RateLimiter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=OFF")
+        for statement in _SCHEMA:
+            await conn.execute(statement)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        assert self._conn is not None, "RateLimiter.open() first"
+        return self._conn
+
+    async def hit(self, key: str, *, limit: int, window_s: int, now: float) -> float | None:
+        """Count one request; returns seconds to wait if over the limit, else None."""
+        window = int(now // window_s)
+        async with (
+            self._lock,
+            self.conn.execute(
+                "INSERT INTO counters (key, window, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING count",
+                (key, window),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        if random.random() < 0.001:  # now and then, forget old windows
+            async with self._lock:
+                await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
+        count = int(row[0]) if row else 0
+        if count > limit:
+            return (window + 1) * window_s - now
+        return None
+
+    async def failures(self, key: str, *, window_s: float, now: float) -> tuple[int, float]:
+        """Failures in the window and seconds until the oldest of them leaves it."""
+        async with self.conn.execute(
+            "SELECT COUNT(*), MIN(at) FROM failures WHERE key = ? AND at > ?",
+            (key, now - window_s),
+        ) as cur:
+            row = await cur.fetchone()
+        count = int(row[0]) if row else 0
+        oldest = row[1] if row and row[1] is not None else now
+        return count, max(1.0, math.ceil(oldest + window_s - now))
+
+    async def record_failure(self, *keys: str, now: float) -> None:
+        async with self._lock:
+            await self.conn.executemany(
+                "INSERT INTO failures (key, at) VALUES (?, ?)", [(k, now) for k in keys]
+            )
+            await self.conn.execute("DELETE FROM failures WHERE at < ?", (now - 86400,))
+
+    async def clear(self, key: str) -> None:
+        async with self._lock:
+            await self.conn.execute("DELETE FROM failures WHERE key = ?", (key,))

@@ -1,0 +1,121 @@
+"""API keys for integrations (admins only). The key is shown once, at creation."""
+
+from __future__ import annotations
+
+import time
+
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from appliance.api.access import principal, requires
+from appliance.api.idempotency import idempotent
+from appliance.api.routes.auth import audit
+from appliance.api.routes.models import (
+    ApiKeyCreated,
+    ApiKeyCreateIn,
+    ApiKeyOut,
+    ApiKeyPage,
+    PageQuery,
+)
+from appliance.api.schemas import ErrorBody
+from appliance.api.state import state_of
+from appliance.api.validation import json_body, query
+from appliance.auth import store
+from appliance.auth.permissions import Permission
+from appliance.db.database import Database
+from appliance.errors import NotFound
+
+bp = Blueprint("api_keys", __name__)
+
+
+def _db() -> Database:
+    db = state_of().db
+    assert db is not None
+    return db
+
+
+def key_out(row: store.ApiKeyRow) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=row.id,
+        name=row.name,
+        prefix=store.API_KEY_PREFIX + row.prefix,
+        role=row.role,
+        all_accounts=row.all_accounts,
+        accounts=list(row.accounts),
+        created_by=row.created_by,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+@bp.get("/api/api-keys")
+@requires(Permission.API_KEYS_MANAGE)
+@query(PageQuery)
+@document_response(ApiKeyPage, 200)
+@tag(["api-keys"])
+async def list_keys(query_args: PageQuery) -> ApiKeyPage:
+    """List API keys (never the keys themselves)."""
+    rows = await store.list_api_keys(
+        _db(), after=int(query_args.cursor or 0), limit=query_args.limit + 1
+    )
+    page = rows[: query_args.limit]
+    more = len(rows) > query_args.limit
+    return ApiKeyPage(items=[key_out(r) for r in page], next=str(page[-1].id) if more else None)
+
+
+@bp.post("/api/api-keys")
+@requires(Permission.API_KEYS_MANAGE)
+@idempotent
+@json_body(ApiKeyCreateIn)
+@document_response(ApiKeyCreated, 201)
+@tag(["api-keys"])
+async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
+    """Create an API key; the answer holds the key, shown this once."""
+    who = principal()
+    async with _db().write() as conn:
+        key_id, key, _ = await store.create_api_key(
+            conn,
+            name=data.name,
+            role=data.role,
+            all_accounts=data.all_accounts,
+            accounts=list(data.accounts),
+            created_by=who.key,
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "api_key.create",
+            target=f"key:{key_id}",
+            name=data.name,
+            role=data.role.value,
+            accounts=list(data.accounts),
+            all_accounts=data.all_accounts,
+        )
+    row = await store.get_api_key(_db(), key_id)
+    return ApiKeyCreated(**key_out(row).model_dump(), key=key), 201
+
+
+@bp.get("/api/api-keys/<int:key_id>")
+@requires(Permission.API_KEYS_MANAGE)
+@document_response(ApiKeyOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["api-keys"])
+async def get_key(key_id: int) -> ApiKeyOut:
+    """One API key."""
+    return key_out(await store.get_api_key(_db(), key_id))
+
+
+@bp.delete("/api/api-keys/<int:key_id>")
+@requires(Permission.API_KEYS_MANAGE)
+@document_response(ErrorBody, 404)
+@tag(["api-keys"])
+async def revoke_key(key_id: int) -> Response:
+    """Revoke an API key; it stops working at once."""
+    async with _db().write() as conn:
+        if not await store.revoke_api_key(conn, key_id, time.time()):
+            async with conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) as cur:
+                if await cur.fetchone() is None:
+                    raise NotFound("no such API key")
+        await audit(conn, "api_key.revoke", target=f"key:{key_id}")
+    return Response(status=204)

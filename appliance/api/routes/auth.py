@@ -1,0 +1,183 @@
+"""Panel sessions: log in, log out, who am I, change my password."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from quart import Blueprint, Response, g, jsonify
+from quart_schema import document_response, tag
+
+from appliance.api.access import (
+    SESSION_COOKIE,
+    authenticated,
+    client_addr,
+    principal,
+    public,
+)
+from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, UserOut
+from appliance.api.schemas import ErrorBody
+from appliance.api.state import state_of
+from appliance.api.validation import json_body
+from appliance.auth import store
+from appliance.auth.passwords import hash_password, verify_password
+from appliance.auth.permissions import ROLE_PERMISSIONS
+from appliance.errors import Forbidden, RateLimited, Unauthenticated
+from appliance.observability.context import request_id_var
+
+bp = Blueprint("auth", __name__)
+
+
+def user_out(user: store.UserRow) -> UserOut:
+    return UserOut(
+        id=user.id,
+        username=user.username,
+        role=user.role,
+        all_accounts=user.all_accounts,
+        accounts=list(user.accounts),
+        active=user.active,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+    )
+
+
+async def audit(conn: Any, action: str, *, target: str | None = None, **details: Any) -> None:
+    """An audit row for this request, with its actor, address and request id."""
+    who = g.get("principal")
+    await store.audit(
+        conn,
+        action=action,
+        now=time.time(),
+        actor=who.key if who else None,
+        actor_name=who.name if who else None,
+        target=target,
+        details=details,
+        client_addr=client_addr(),
+        request_id=request_id_var.get(),
+    )
+
+
+@bp.post("/auth/login")
+@public
+@json_body(LoginIn)
+@document_response(LoginOut, 200)
+@document_response(ErrorBody, 401)
+@document_response(ErrorBody, 429)
+@tag(["auth"])
+async def login(data: LoginIn) -> Response:
+    """Log in to the panel: sets the session cookie and returns the CSRF token."""
+    state = state_of()
+    assert state.db is not None and state.limiter is not None
+    settings = state.settings
+    now = time.time()
+    addr = client_addr()
+    user_key, addr_key = f"login:user:{data.username.lower()}", f"login:addr:{addr}"
+    for key in (user_key, addr_key):
+        count, retry = await state.limiter.failures(key, window_s=settings.login_window_s, now=now)
+        if count >= settings.login_max_failures:
+            raise RateLimited("too many failed logins; try again later", retry_after_s=retry)
+    found = await store.user_for_login(state.db, data.username)
+    # argon2 takes tens of milliseconds of CPU: off the event loop.
+    ok = await asyncio.to_thread(verify_password, found[1] if found else None, data.password)
+    if not ok or found is None or not found[2]:
+        await state.limiter.record_failure(user_key, addr_key, now=now)
+        async with state.db.write() as conn:
+            await audit(conn, "login.failed", target=f"username:{data.username[:64]}")
+        raise Unauthenticated("invalid username or password")
+    await state.limiter.clear(user_key)
+    token = secrets.token_urlsafe(32)  # a new session id at every login
+    token_hash = store.session_hash(state.secrets.session_key, token)
+    async with state.db.write() as conn:
+        csrf = await store.create_session(
+            conn,
+            user_id=found[0],
+            token_hash=token_hash,
+            now=now,
+            absolute_s=settings.session_absolute_timeout_s,
+            client_addr=addr,
+        )
+        user = await store.locked_user(conn, found[0])
+        await store.audit(
+            conn,
+            action="login.succeeded",
+            now=now,
+            actor=f"user:{user.id}",
+            actor_name=user.username,
+            client_addr=addr,
+            request_id=request_id_var.get(),
+        )
+    response = jsonify(LoginOut(user=user_out(user), csrf_token=csrf).model_dump(mode="json"))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_absolute_timeout_s,
+        httponly=True,
+        secure=settings.https,
+        samesite="Lax",
+        path="/",
+    )
+    return response
+
+
+@bp.post("/auth/logout")
+@authenticated
+@document_response(ErrorBody, 403)
+@tag(["auth"])
+async def logout() -> Response:
+    """End this session everywhere at once (every API process reads sessions from SQLite)."""
+    state = state_of()
+    assert state.db is not None
+    who = principal()
+    if who.session_hash is not None:
+        async with state.db.write() as conn:
+            await store.delete_session(conn, who.session_hash)
+            await audit(conn, "logout")
+    response = Response(status=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Lax")
+    return response
+
+
+@bp.get("/auth/me")
+@authenticated
+@document_response(MeOut, 200)
+@tag(["auth"])
+async def me() -> MeOut:
+    """The caller: user or API key, role, permissions, granted accounts, CSRF token."""
+    who = principal()
+    return MeOut(
+        kind=who.kind,
+        id=who.id,
+        name=who.name,
+        role=who.role,
+        permissions=sorted(p.value for p in ROLE_PERMISSIONS[who.role]),
+        all_accounts=who.all_accounts,
+        accounts=sorted(who.accounts),
+        csrf_token=who.csrf_token,
+    )
+
+
+@bp.post("/auth/password")
+@authenticated
+@json_body(PasswordChangeIn)
+@document_response(ErrorBody, 403)
+@tag(["auth"])
+async def change_password(data: PasswordChangeIn) -> Response:
+    """Change your own password; your other sessions end."""
+    state = state_of()
+    assert state.db is not None
+    who = principal()
+    if who.kind != "user":
+        raise Forbidden("API keys have no password")
+    found = await store.user_for_login(state.db, who.name)
+    if found is None or not await asyncio.to_thread(
+        verify_password, found[1], data.current_password
+    ):
+        raise Forbidden("the current password is wrong")
+    new_hash = await asyncio.to_thread(hash_password, data.new_password)
+    async with state.db.write() as conn:
+        await store.set_password(conn, who.id, new_hash, time.time())
+        ended = await store.delete_user_sessions(conn, who.id, keep=who.session_hash)
+        await audit(conn, "password.change", target=who.key, ended_sessions=ended)
+    return Response(status=204)

@@ -1,0 +1,175 @@
+"""Users and roles (admins only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from appliance.api.access import principal, requires
+from appliance.api.idempotency import idempotent
+from appliance.api.routes.auth import audit, user_out
+from appliance.api.routes.models import (
+    PageQuery,
+    PasswordResetIn,
+    UserCreateIn,
+    UserOut,
+    UserPage,
+    UserUpdateIn,
+)
+from appliance.api.schemas import ErrorBody
+from appliance.api.state import state_of
+from appliance.api.validation import json_body, query
+from appliance.auth import store
+from appliance.auth.passwords import hash_password
+from appliance.auth.permissions import Permission, Role
+from appliance.db.database import Database
+from appliance.errors import Conflict
+
+bp = Blueprint("users", __name__)
+
+
+def _db() -> Database:
+    db = state_of().db
+    assert db is not None
+    return db
+
+
+async def _guard_last_admin(conn: object, user: store.UserRow, action: str) -> None:
+    """The last active admin can be neither deleted, deactivated nor demoted."""
+    if (
+        user.role == Role.ADMIN
+        and user.active
+        and not await store.other_active_admins(conn, user.id)
+    ):  # type: ignore[arg-type]
+        raise Conflict(f"cannot {action} the last active admin; make another admin first")
+
+
+@bp.get("/api/users")
+@requires(Permission.USERS_MANAGE)
+@query(PageQuery)
+@document_response(UserPage, 200)
+@tag(["users"])
+async def list_users(query_args: PageQuery) -> UserPage:
+    """List users, oldest first."""
+    after = int(query_args.cursor or 0)
+    users = await store.list_users(_db(), after=after, limit=query_args.limit + 1)
+    page = users[: query_args.limit]
+    more = len(users) > query_args.limit
+    return UserPage(items=[user_out(u) for u in page], next=str(page[-1].id) if more else None)
+
+
+@bp.post("/api/users")
+@requires(Permission.USERS_MANAGE)
+@idempotent
+@json_body(UserCreateIn)
+@document_response(UserOut, 201)
+@tag(["users"])
+async def create_user(data: UserCreateIn) -> tuple[UserOut, int]:
+    """Create a user with a role and account grants."""
+    password_hash = await asyncio.to_thread(hash_password, data.password)
+    now = time.time()
+    async with _db().write() as conn:
+        user_id = await store.create_user(
+            conn,
+            username=data.username,
+            password_hash=password_hash,
+            role=data.role,
+            all_accounts=data.all_accounts,
+            accounts=list(data.accounts),
+            now=now,
+        )
+        user = await store.locked_user(conn, user_id)
+        await audit(
+            conn,
+            "user.create",
+            target=f"user:{user_id}",
+            username=user.username,
+            role=user.role.value,
+            all_accounts=user.all_accounts,
+            accounts=list(user.accounts),
+        )
+    return user_out(user), 201
+
+
+@bp.get("/api/users/<int:user_id>")
+@requires(Permission.USERS_MANAGE)
+@document_response(UserOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["users"])
+async def get_user(user_id: int) -> UserOut:
+    """One user."""
+    return user_out(await store.get_user(_db(), user_id))
+
+
+@bp.patch("/api/users/<int:user_id>")
+@requires(Permission.USERS_MANAGE)
+@json_body(UserUpdateIn)
+@document_response(UserOut, 200)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 409)
+@tag(["users"])
+async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
+    """Change role, active flag or account grants. Deactivating ends the user's sessions."""
+    now = time.time()
+    async with _db().write() as conn:
+        user = await store.locked_user(conn, user_id)
+        if data.role is not None and data.role != Role.ADMIN:
+            await _guard_last_admin(conn, user, "demote")
+        if data.active is False:
+            await _guard_last_admin(conn, user, "deactivate")
+        await store.update_user(
+            conn,
+            user_id,
+            now=now,
+            role=data.role,
+            active=data.active,
+            all_accounts=data.all_accounts,
+            accounts=list(data.accounts) if data.accounts is not None else None,
+        )
+        if data.active is False:
+            await store.delete_user_sessions(conn, user_id)
+        updated = await store.locked_user(conn, user_id)
+        changes = data.model_dump(exclude_none=True)
+        action = "user.grants" if set(changes) <= {"accounts", "all_accounts"} else "user.update"
+        await audit(conn, action, target=f"user:{user_id}", **changes)
+    return user_out(updated)
+
+
+@bp.delete("/api/users/<int:user_id>")
+@requires(Permission.USERS_MANAGE)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 409)
+@tag(["users"])
+async def delete_user(user_id: int) -> Response:
+    """Delete a user and end their sessions."""
+    async with _db().write() as conn:
+        user = await store.locked_user(conn, user_id)
+        await _guard_last_admin(conn, user, "delete")
+        await store.delete_user(conn, user_id)
+        await audit(conn, "user.delete", target=f"user:{user_id}", username=user.username)
+    return Response(status=204)
+
+
+@bp.post("/api/users/<int:user_id>/password")
+@requires(Permission.USERS_MANAGE)
+@json_body(PasswordResetIn)
+@document_response(ErrorBody, 404)
+@tag(["users"])
+async def reset_password(user_id: int, data: PasswordResetIn) -> Response:
+    """Set another user's password; all their sessions end."""
+    password_hash = await asyncio.to_thread(hash_password, data.password)
+    async with _db().write() as conn:
+        await store.locked_user(conn, user_id)
+        await store.set_password(conn, user_id, password_hash, time.time())
+        ended = await store.delete_user_sessions(conn, user_id)
+        await audit(
+            conn,
+            "password.reset",
+            target=f"user:{user_id}",
+            by=principal().key,
+            ended_sessions=ended,
+        )
+    return Response(status=204)

@@ -1,0 +1,80 @@
+"""Roles and what each may do: the one table the code and the runbook agree on.
+
+Account-scoped actions also need a grant for the account: admins and principals
+with ``all_accounts`` see every account; others only those granted. An account
+outside the grants answers **404**, exactly as an account that does not exist, so
+its existence is not revealed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MANAGER = "manager"
+    AGENT = "agent"
+
+
+class Permission(StrEnum):
+    USERS_MANAGE = "users.manage"
+    API_KEYS_MANAGE = "api_keys.manage"
+    AUDIT_READ = "audit.read"
+    DOCS_READ = "docs.read"
+    ACCOUNTS_MANAGE = "accounts.manage"
+    ACCOUNTS_READ = "accounts.read"
+    MESSAGES_SEND = "messages.send"
+    MESSAGES_READ = "messages.read"
+    WEBHOOKS_MANAGE = "webhooks.manage"
+    AUTOMATIONS_MANAGE = "automations.manage"
+
+
+_ALL = frozenset(Permission)
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: _ALL,
+    Role.MANAGER: frozenset(
+        {
+            Permission.ACCOUNTS_MANAGE,
+            Permission.ACCOUNTS_READ,
+            Permission.MESSAGES_SEND,
+            Permission.MESSAGES_READ,
+            Permission.WEBHOOKS_MANAGE,
+            Permission.AUTOMATIONS_MANAGE,
+        }
+    ),
+    Role.AGENT: frozenset(
+        {Permission.ACCOUNTS_READ, Permission.MESSAGES_SEND, Permission.MESSAGES_READ}
+    ),
+}
+
+DESCRIPTIONS: dict[Permission, str] = {
+    Permission.USERS_MANAGE: "create, change, deactivate and delete users; reset passwords",
+    Permission.API_KEYS_MANAGE: "create, list and revoke API keys",
+    Permission.AUDIT_READ: "read the audit log",
+    Permission.DOCS_READ: "open the interactive API docs at /docs",
+    Permission.ACCOUNTS_MANAGE: "create, change, connect, log out and delete granted accounts",
+    Permission.ACCOUNTS_READ: "see granted accounts and their status",
+    Permission.MESSAGES_SEND: "send messages from granted accounts",
+    Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",
+    Permission.WEBHOOKS_MANAGE: "manage webhook endpoints and replay deliveries",
+    Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates, scripts",
+}
+
+
+def allows(role: Role | str, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[Role(role)]
+
+
+def permission_table_markdown() -> str:
+    """The table printed in runbook/access.md (a test keeps them equal)."""
+    roles = list(Role)
+    lines = [
+        "| permission | what it allows | " + " | ".join(r.value for r in roles) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in roles) + " |",
+    ]
+    for perm in Permission:
+        marks = " | ".join("yes" if allows(r, perm) else "no" for r in roles)
+        lines.append(f"| `{perm.value}` | {DESCRIPTIONS[perm]} | {marks} |")
+    return "\n".join(lines)

@@ -1,0 +1,420 @@
+"""Users, sessions, API keys and the audit log in SQLite. No HTTP here.
+
+Functions taking ``conn`` run inside the caller's write transaction
+(``async with db.write() as conn``); functions taking ``db`` only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.auth.permissions import Role
+from appliance.auth.principal import Principal
+from appliance.db.database import Database
+from appliance.errors import Conflict, NotFound
+
+API_KEY_PREFIX = "apk_"
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    username: str
+    role: Role
+    all_accounts: bool
+    accounts: tuple[str, ...]
+    active: bool
+    created_at: float
+    updated_at: float
+
+
+async def _grants(db_or_conn: Any, table: str, column: str, owner_id: int) -> tuple[str, ...]:
+    sql = f"SELECT account_id FROM {table} WHERE {column} = ? ORDER BY account_id"
+    if isinstance(db_or_conn, Database):
+        rows = await db_or_conn.fetchall(sql, (owner_id,))
+    else:
+        async with db_or_conn.execute(sql, (owner_id,)) as cur:
+            rows = await cur.fetchall()
+    return tuple(r[0] for r in rows)
+
+
+async def _set_grants(
+    conn: aiosqlite.Connection, table: str, column: str, owner_id: int, accounts: list[str]
+) -> None:
+    await conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (owner_id,))
+    await conn.executemany(
+        f"INSERT INTO {table} ({column}, account_id) VALUES (?, ?)",
+        [(owner_id, a) for a in sorted(set(accounts))],
+    )
+
+
+def _user(row: Any, accounts: tuple[str, ...]) -> UserRow:
+    return UserRow(
+        id=row["id"],
+        username=row["username"],
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=accounts,
+        active=bool(row["active"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+# -- users -------------------------------------------------------------------------------
+
+_USER_COLS = "id, username, role, all_accounts, active, created_at, updated_at"
+
+
+async def create_user(
+    conn: aiosqlite.Connection,
+    *,
+    username: str,
+    password_hash: str,
+    role: Role,
+    all_accounts: bool,
+    accounts: list[str],
+    now: float,
+) -> int:
+    try:
+        async with conn.execute(
+            "INSERT INTO users (username, password_hash, role, all_accounts, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (username, password_hash, role.value, int(all_accounts), now, now),
+        ) as cur:
+            row = await cur.fetchone()
+    except sqlite3.IntegrityError:
+        raise Conflict(f"a user named {username!r} already exists") from None
+    assert row is not None
+    await _set_grants(conn, "user_grants", "user_id", row[0], accounts)
+    return int(row[0])
+
+
+async def user_count(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("SELECT COUNT(*) FROM users") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def get_user(db: Database, user_id: int) -> UserRow:
+    row = await db.fetchone(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,))
+    if row is None:
+        raise NotFound("no such user")
+    return _user(row, await _grants(db, "user_grants", "user_id", user_id))
+
+
+async def list_users(db: Database, *, after: int, limit: int) -> list[UserRow]:
+    rows = await db.fetchall(
+        f"SELECT {_USER_COLS} FROM users WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+    )
+    return [_user(r, await _grants(db, "user_grants", "user_id", r["id"])) for r in rows]
+
+
+async def user_for_login(db: Database, username: str) -> tuple[int, str, bool] | None:
+    row = await db.fetchone(
+        "SELECT id, password_hash, active FROM users WHERE username = ?", (username,)
+    )
+    return None if row is None else (row["id"], row["password_hash"], bool(row["active"]))
+
+
+async def locked_user(conn: aiosqlite.Connection, user_id: int) -> UserRow:
+    async with conn.execute(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound("no such user")
+    return _user(row, await _grants(conn, "user_grants", "user_id", user_id))
+
+
+async def other_active_admins(conn: aiosqlite.Connection, user_id: int) -> int:
+    async with conn.execute(
+        "SELECT COUNT(*) FROM users WHERE role = 'admin' AND active = 1 AND id != ?", (user_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def update_user(
+    conn: aiosqlite.Connection,
+    user_id: int,
+    *,
+    now: float,
+    role: Role | None = None,
+    active: bool | None = None,
+    all_accounts: bool | None = None,
+    accounts: list[str] | None = None,
+) -> None:
+    sets, params = ["updated_at = ?"], [now]
+    if role is not None:
+        sets.append("role = ?")
+        params.append(role.value)
+    if active is not None:
+        sets.append("active = ?")
+        params.append(int(active))
+    if all_accounts is not None:
+        sets.append("all_accounts = ?")
+        params.append(int(all_accounts))
+    await conn.execute(f"UPDATE users SET {', '.join(sets)} WHERE id = ?", (*params, user_id))
+    if accounts is not None:
+        await _set_grants(conn, "user_grants", "user_id", user_id, accounts)
+
+
+async def set_password(
+    conn: aiosqlite.Connection, user_id: int, password_hash: str, now: float
+) -> None:
+    await conn.execute(
+        "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+        (password_hash, now, user_id),
+    )
+
+
+async def delete_user(conn: aiosqlite.Connection, user_id: int) -> None:
+    await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+def session_hash(session_key: bytes, token: str) -> str:
+    """What the database stores for a session cookie: an HMAC, never the cookie."""
+    return hmac.new(session_key, token.encode(), hashlib.sha256).hexdigest()
+
+
+async def create_session(
+    conn: aiosqlite.Connection,
+    *,
+    user_id: int,
+    token_hash: str,
+    now: float,
+    absolute_s: float,
+    client_addr: str | None,
+) -> str:
+    csrf = secrets.token_urlsafe(32)
+    await conn.execute(
+        "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, last_seen_at, "
+        "expires_at, client_addr) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (token_hash, user_id, csrf, now, now, now + absolute_s, client_addr),
+    )
+    return csrf
+
+
+async def session_principal(
+    db: Database, token_hash: str, *, now: float, idle_s: float
+) -> tuple[Principal, float] | None:
+    """The principal of a live session and its last-seen time; None if gone or expired."""
+    row = await db.fetchone(
+        "SELECT s.csrf_token, s.last_seen_at, s.expires_at, u.id, u.username, u.role, "
+        "u.all_accounts, u.active FROM sessions s JOIN users u ON u.id = s.user_id "
+        "WHERE s.token_hash = ?",
+        (token_hash,),
+    )
+    if row is None or not row["active"]:
+        return None
+    if row["expires_at"] <= now or row["last_seen_at"] + idle_s <= now:
+        return None
+    accounts = await _grants(db, "user_grants", "user_id", row["id"])
+    principal = Principal(
+        kind="user",
+        id=row["id"],
+        name=row["username"],
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=frozenset(accounts),
+        session_hash=token_hash,
+        csrf_token=row["csrf_token"],
+    )
+    return principal, float(row["last_seen_at"])
+
+
+async def touch_session(conn: aiosqlite.Connection, token_hash: str, now: float) -> None:
+    await conn.execute(
+        "UPDATE sessions SET last_seen_at = ? WHERE token_hash = ?", (now, token_hash)
+    )
+
+
+async def delete_session(conn: aiosqlite.Connection, token_hash: str) -> None:
+    await conn.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
+
+
+async def delete_user_sessions(
+    conn: aiosqlite.Connection, user_id: int, *, keep: str | None = None
+) -> int:
+    cur = await conn.execute(
+        "DELETE FROM sessions WHERE user_id = ? AND token_hash IS NOT ?", (user_id, keep)
+    )
+    return cur.rowcount
+
+
+async def purge_sessions(conn: aiosqlite.Connection, *, now: float, idle_s: float) -> int:
+    cur = await conn.execute(
+        "DELETE FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?", (now, now - idle_s)
+    )
+    return cur.rowcount
+
+
+# -- API keys ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKeyRow:
+    id: int
+    name: str
+    prefix: str
+    role: Role
+    all_accounts: bool
+    accounts: tuple[str, ...]
+    created_by: str | None
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+def new_api_key() -> tuple[str, str, str]:
+    """A fresh key: (the key shown once, its lookup prefix, the hash stored)."""
+    prefix = secrets.token_hex(6)
+    key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    return key, prefix, hashlib.sha256(key.encode()).hexdigest()
+
+
+def split_api_key(key: str) -> str | None:
+    """The lookup prefix of a well-formed key, else None."""
+    if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
+        return None
+    prefix, sep, _ = key[len(API_KEY_PREFIX) :].partition("_")
+    return prefix if sep and len(prefix) == 12 else None
+
+
+_KEY_COLS = "id, name, prefix, role, all_accounts, created_by, created_at, last_used_at, revoked_at"
+
+
+def _key(row: Any, accounts: tuple[str, ...]) -> ApiKeyRow:
+    return ApiKeyRow(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=accounts,
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+async def create_api_key(
+    conn: aiosqlite.Connection,
+    *,
+    name: str,
+    role: Role,
+    all_accounts: bool,
+    accounts: list[str],
+    created_by: str,
+    now: float,
+) -> tuple[int, str, str]:
+    """Store a new key; returns (id, the key to show once, its prefix)."""
+    key, prefix, digest = new_api_key()
+    async with conn.execute(
+        "INSERT INTO api_keys (name, prefix, secret_hash, role, all_accounts, created_by, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (name, prefix, digest, role.value, int(all_accounts), created_by, now),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    await _set_grants(conn, "api_key_grants", "api_key_id", row[0], accounts)
+    return int(row[0]), key, prefix
+
+
+async def list_api_keys(db: Database, *, after: int, limit: int) -> list[ApiKeyRow]:
+    rows = await db.fetchall(
+        f"SELECT {_KEY_COLS} FROM api_keys WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+    )
+    return [_key(r, await _grants(db, "api_key_grants", "api_key_id", r["id"])) for r in rows]
+
+
+async def get_api_key(db: Database, key_id: int) -> ApiKeyRow:
+    row = await db.fetchone(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ?", (key_id,))
+    if row is None:
+        raise NotFound("no such API key")
+    return _key(row, await _grants(db, "api_key_grants", "api_key_id", key_id))
+
+
+async def revoke_api_key(conn: aiosqlite.Connection, key_id: int, now: float) -> bool:
+    cur = await conn.execute(
+        "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id)
+    )
+    return cur.rowcount == 1
+
+
+async def api_key_principal(db: Database, key: str) -> tuple[Principal, float | None] | None:
+    """The principal of a valid, unrevoked key and when it was last used; else None."""
+    prefix = split_api_key(key)
+    if prefix is None:
+        return None
+    row = await db.fetchone(
+        f"SELECT {_KEY_COLS}, secret_hash FROM api_keys WHERE prefix = ?", (prefix,)
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    if row is None or not hmac.compare_digest(digest, row["secret_hash"]) or row["revoked_at"]:
+        return None
+    accounts = await _grants(db, "api_key_grants", "api_key_id", row["id"])
+    principal = Principal(
+        kind="key",
+        id=row["id"],
+        name=row["name"],
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=frozenset(accounts),
+    )
+    return principal, row["last_used_at"]
+
+
+async def mark_api_key_used(conn: aiosqlite.Connection, key_id: int, now: float) -> None:
+    await conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+async def audit(
+    conn: aiosqlite.Connection,
+    *,
+    action: str,
+    now: float,
+    actor: str | None = None,
+    actor_name: str | None = None,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+    client_addr: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, actor_name, action, target, details, client_addr, "
+        "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            actor,
+            actor_name,
+            action,
+            target,
+            orjson.dumps(details or {}).decode(),
+            client_addr,
+            request_id,
+        ),
+    )
+
+
+async def list_audit(db: Database, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetchall(
+        "SELECT id, at, actor, actor_name, action, target, details, client_addr, request_id "
+        "FROM audit_log WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        (before, before, limit),
+    )
+    return [{**dict(r), "details": orjson.loads(r["details"])} for r in rows]
