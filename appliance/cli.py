@@ -7,6 +7,7 @@ or from ``--prefix``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import pwd
@@ -304,6 +305,146 @@ def cmd_version(paths: Paths, settings: Settings | None, args: argparse.Namespac
     return 0
 
 
+def _drop_to_service_user(paths: Paths) -> None:
+    """Root writing the database would leave root-owned -wal/-shm files behind."""
+    if os.geteuid() != 0 or paths.prefix != Path("/"):
+        return
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+async def _with_db(settings: Settings, action: Any) -> Any:
+    from appliance.db.database import Database
+
+    if not settings.database_path.exists():
+        raise StartupError(
+            f"database {settings.database_path} does not exist; start the appliance once first"
+        )
+    db = await Database.open(
+        settings.database_path,
+        synchronous=settings.sqlite_synchronous,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
+    try:
+        if await db.scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") != (
+            latest_version()
+        ):
+            raise StartupError("the database schema is not current; start the appliance first")
+        return await action(db)
+    finally:
+        await db.close()
+
+
+def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.auth import store
+    from appliance.auth.permissions import Role
+
+    _drop_to_service_user(paths)
+    now = time.time()
+
+    async def create(db: Any) -> str:
+        async with db.write() as conn:
+            key_id, key, _ = await store.create_api_key(
+                conn,
+                name=args.name,
+                role=Role(args.role),
+                all_accounts=args.all_accounts,
+                accounts=args.account or [],
+                created_by="cli",
+                now=now,
+            )
+            await store.audit(
+                conn,
+                action="api_key.create",
+                now=now,
+                actor="cli",
+                actor_name=pwd.getpwuid(os.getuid()).pw_name,
+                target=f"key:{key_id}",
+                details={"name": args.name, "role": args.role, "accounts": args.account or []},
+            )
+        return key
+
+    async def listing(db: Any) -> list[Any]:
+        return await store.list_api_keys(db, after=0, limit=10_000)
+
+    async def revoke(db: Any) -> bool:
+        async with db.write() as conn:
+            done = await store.revoke_api_key(conn, args.id, now)
+            if done:
+                await store.audit(
+                    conn, action="api_key.revoke", now=now, actor="cli", target=f"key:{args.id}"
+                )
+        return done
+
+    try:
+        if args.keys_command == "create":
+            print(asyncio.run(_with_db(settings, create)))  # the key alone, for scripts
+        elif args.keys_command == "list":
+            for row in asyncio.run(_with_db(settings, listing)):
+                state = "revoked" if row.revoked_at else "active"
+                grants = "all" if row.all_accounts else (",".join(row.accounts) or "-")
+                print(
+                    f"{row.id}\t{store.API_KEY_PREFIX}{row.prefix}\t{row.name}\t{row.role}"
+                    f"\t{grants}\t{state}"
+                )
+        elif not asyncio.run(_with_db(settings, revoke)):
+            return _fail(f"no active API key with id {args.id}")
+    except StartupError as exc:
+        return _fail(str(exc), 78)
+    return 0
+
+
+def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    import secrets as pysecrets
+
+    from appliance.auth import store
+    from appliance.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
+
+    _drop_to_service_user(paths)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            return _fail(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+        generated = False
+    else:
+        password, generated = pysecrets.token_urlsafe(15), True
+    now = time.time()
+
+    async def reset(db: Any) -> bool:
+        found = await store.user_for_login(db, args.username)
+        if found is None:
+            return False
+        password_hash = hash_password(password)
+        async with db.write() as conn:
+            await store.set_password(conn, found[0], password_hash, now)
+            # An admin locked out by deactivation gets back in too.
+            await store.update_user(conn, found[0], now=now, active=True)
+            ended = await store.delete_user_sessions(conn, found[0])
+            await store.audit(
+                conn,
+                action="password.reset",
+                now=now,
+                actor="cli",
+                actor_name=pwd.getpwuid(os.getuid()).pw_name,
+                target=f"user:{found[0]}",
+                details={"ended_sessions": ended},
+            )
+        return True
+
+    try:
+        if not asyncio.run(_with_db(settings, reset)):
+            return _fail(f"no user named {args.username!r}")
+    except StartupError as exc:
+        return _fail(str(exc), 78)
+    if generated:
+        print(password)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliancectl", description=__doc__)
     parser.add_argument("--prefix", help="installation prefix (default: found from this program)")
@@ -334,6 +475,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check, no_settings=True)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)
+    p = sub.add_parser("api-keys", help="create, list and revoke API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="create a key and print it (the key alone) on stdout")
+    k.add_argument("name")
+    k.add_argument("--role", required=True, choices=("admin", "manager", "agent"))
+    k.add_argument("--account", action="append", help="grant an account id (repeatable)")
+    k.add_argument("--all-accounts", action="store_true", help="grant every account")
+    k = keys.add_parser("list", help="list keys: id, prefix, name, role, grants, state")
+    k = keys.add_parser("revoke", help="revoke a key by id")
+    k.add_argument("id", type=int)
+    p.set_defaults(func=cmd_api_keys)
+    p = sub.add_parser("users", help="user administration from the shell")
+    users = p.add_subparsers(dest="users_command", required=True)
+    u = users.add_parser(
+        "reset-password",
+        help="set a new password (printed, or read from stdin), reactivate, end sessions",
+    )
+    u.add_argument("username")
+    u.add_argument("--password-stdin", action="store_true")
+    p.set_defaults(func=cmd_users)
     p = sub.add_parser("supervisord", help="run supervisord (used by the systemd unit)")
     p.add_argument("--foreground", action="store_true")
     p.set_defaults(func=cmd_supervisord)

@@ -120,6 +120,8 @@ class Settings(BaseModel):
     session_idle_timeout_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 8 * 3600
     session_absolute_timeout_s: Annotated[int, Field(ge=300, le=90 * 86400)] = 24 * 3600
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    # Per client address: higher, so one person's typos do not lock out a shared office NAT.
+    login_max_failures_per_addr: Annotated[int, Field(ge=1, le=10_000)] = 20
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
     api_rate_limit_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 1200
     api_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 2400

@@ -202,12 +202,13 @@ def run_wrk(port: int, args: argparse.Namespace, duration_s: float, tmp: Path) -
     script = tmp / "bound.lua"
     script.write_text(WRK_LUA.format(limit=limit))
     argv = [
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration_s:g}s",
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(duration_s))}s",
         "--latency", "-s", str(script), f"http://127.0.0.1:{port}/healthz",
     ]  # fmt: skip
-    out = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration_s + 60, check=True
-    ).stdout
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}")
+    out = proc.stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"\s(50|90|99)%\s+(\S+)", out)}
@@ -417,8 +418,8 @@ def _print_summary(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 2 s per variant")
-    parser.add_argument("--duration", type=float, help="seconds per variant (10, smoke 2)")
-    parser.add_argument("--warmup", type=float, help="warm-up seconds before each (2, smoke 0.5)")
+    parser.add_argument("--duration", type=int, help="seconds per variant (10, smoke 2)")
+    parser.add_argument("--warmup", type=int, help="warm-up seconds before each (2, smoke 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
@@ -438,9 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res))
         return 0
     if args.duration is None:
-        args.duration = 2.0 if args.smoke else 10.0
+        args.duration = 2 if args.smoke else 10
     if args.warmup is None:
-        args.warmup = 0.5 if args.smoke else 2.0
+        args.warmup = 1 if args.smoke else 2
+    if args.duration < 1 or args.warmup < 1:
+        parser.error("--duration and --warmup are whole seconds, at least 1 (wrk needs that)")
     if args.loader == "auto":
         args.loader = "wrk" if shutil.which("wrk") else "python"
     elif args.loader == "wrk" and not shutil.which("wrk"):

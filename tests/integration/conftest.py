@@ -10,6 +10,7 @@ import subprocess
 import time
 import xmlrpc.client
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,24 +137,74 @@ def run_install(prefix: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.fixture(scope="session")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    # Short path: AF_UNIX socket paths are limited to about 107 bytes.
-    prefix = Path(tmp_path_factory.mktemp("appl"))
+def install_appliance(prefix: Path, extra_env: str = "") -> Appliance:
     port = free_port()
     run_install(prefix, "--port", str(port), "--no-start")
     env_file = prefix / "etc/appliance/appliance.env"
     with env_file.open("a") as fh:
         fh.write("API_PROCESSES=2\nENABLE_TEST_ROUTES=true\nAPI_GRACEFUL_TIMEOUT_S=10\n")
+        fh.write(extra_env)
     app = Appliance(prefix, port)
     app.ctl("start", "--wait", "60")
+    app.wait_ready()
+    return app
+
+
+@contextmanager
+def running_appliance(
+    factory: pytest.TempPathFactory, name: str, extra_env: str = ""
+) -> Iterator[Appliance]:
+    # Short path: AF_UNIX socket paths are limited to about 107 bytes.
+    prefix = Path(factory.mktemp(name))
+    app = None
     try:
-        app.wait_ready()
+        app = install_appliance(prefix, extra_env)
         yield app
     finally:
-        app.ctl("stop", check=False)
+        subprocess.run(
+            [str(prefix / "opt/appliance/venv/bin/appliancectl"), "--prefix", str(prefix), "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         if os.environ.get("KEEP_APPLIANCE") is None:
             shutil.rmtree(prefix, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    with running_appliance(tmp_path_factory, "appl") as app:
+        yield app
+
+
+def admin_password(app: Appliance) -> str:
+    return (app.secrets / "admin-password").read_text().strip()
+
+
+def login(app: Appliance, username: str, password: str) -> httpx.Client:
+    """A client holding a session cookie and sending its CSRF token."""
+    with httpx.Client(base_url=app.base_url, timeout=15) as once:
+        response = once.post("/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    # A client not yet opened, so callers may use it in a with block.
+    return httpx.Client(
+        base_url=app.base_url,
+        timeout=15,
+        cookies=response.cookies,
+        headers={"X-CSRF-Token": response.json()["csrf_token"]},
+    )
+
+
+def new_api_key(app: Appliance, name: str, role: str, *accounts: str) -> str:
+    args = ["api-keys", "create", name, "--role", role]
+    for account in accounts:
+        args += ["--account", account]
+    return app.ctl(*args).stdout.strip()
+
+
+def bearer(app: Appliance, key: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=app.base_url, timeout=15, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def fault_text(exc: BaseException) -> str:

@@ -152,15 +152,17 @@ def test_rolling_restart_refuses_nothing(appliance: Appliance) -> None:
 
 
 def test_sigterm_lets_a_slow_request_finish(appliance: Appliance) -> None:
-    with httpx.Client(base_url=appliance.base_url, timeout=30) as c:
-        with c.stream("GET", "/_test/sleep", params={"seconds": "3"}) as response:
-            assert response.status_code == 200
-            chunks = response.iter_bytes()
-            first = next(chunks)
-            pid = int(first.split(b"pid=")[1].split(b"\n")[0])
-            assert pid in {appliance.pid_of(n) for n in appliance.api_names()}
-            os.kill(pid, signal.SIGTERM)
-            rest = b"".join(chunks)
+    with (
+        httpx.Client(base_url=appliance.base_url, timeout=30) as c,
+        c.stream("GET", "/_test/sleep", params={"seconds": "3"}) as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        pid = int(first.split(b"pid=")[1].split(b"\n")[0])
+        assert pid in {appliance.pid_of(n) for n in appliance.api_names()}
+        os.kill(pid, signal.SIGTERM)
+        rest = b"".join(chunks)
     assert b"done" in rest
     # The process exited on its own (exit 0) and supervisord started a new one.
     deadline = time.monotonic() + 30

@@ -74,9 +74,13 @@ async def login(data: LoginIn) -> Response:
     now = time.time()
     addr = client_addr()
     user_key, addr_key = f"login:user:{data.username.lower()}", f"login:addr:{addr}"
-    for key in (user_key, addr_key):
+    limits = (
+        (user_key, settings.login_max_failures),
+        (addr_key, settings.login_max_failures_per_addr),
+    )
+    for key, limit in limits:
         count, retry = await state.limiter.failures(key, window_s=settings.login_window_s, now=now)
-        if count >= settings.login_max_failures:
+        if count >= limit:
             raise RateLimited("too many failed logins; try again later", retry_after_s=retry)
     found = await store.user_for_login(state.db, data.username)
     # argon2 takes tens of milliseconds of CPU: off the event loop.

@@ -1,0 +1,138 @@
+"""Unit tests for appliance/api/ratelimit.py (the SQLite file shared by API processes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from appliance.api.ratelimit import RateLimiter
+
+WINDOW = 60
+# The start of a fixed window, plus a little, so window arithmetic is exact.
+T0 = float(WINDOW * 28_333_334 + 5)
+
+
+@pytest.fixture
+def rl_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "ratelimit.db"  # parent created by open()
+
+
+@asynccontextmanager
+async def _limiter(path: Path) -> AsyncIterator[RateLimiter]:
+    limiter = RateLimiter(path)
+    await limiter.open()
+    try:
+        yield limiter
+    finally:
+        await limiter.close()
+
+
+def test_hit_under_then_over_the_limit(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            for i in range(3):
+                assert await rl.hit("k", limit=3, window_s=WINDOW, now=T0 + i) is None
+            wait = await rl.hit("k", limit=3, window_s=WINDOW, now=T0 + 10)
+            assert wait is not None
+            assert 0 < wait <= WINDOW
+            assert wait == pytest.approx(WINDOW - 15)  # until the window ends
+            # Still over at the window's last moment, with a small but positive wait.
+            late = await rl.hit("k", limit=3, window_s=WINDOW, now=T0 + WINDOW - 5.5)
+            assert late is not None and 0 < late <= 0.5 + 1e-9
+            # Other keys are counted separately.
+            assert await rl.hit("other", limit=3, window_s=WINDOW, now=T0 + 11) is None
+        assert rl_path.exists()
+
+    asyncio.run(body())
+
+
+def test_hit_new_window_resets(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            assert await rl.hit("k", limit=1, window_s=WINDOW, now=T0) is None
+            assert await rl.hit("k", limit=1, window_s=WINDOW, now=T0 + 1) is not None
+            next_window = T0 - 5 + WINDOW  # exactly the next window's start
+            assert await rl.hit("k", limit=1, window_s=WINDOW, now=next_window) is None
+            assert await rl.hit("k", limit=1, window_s=WINDOW, now=next_window + 1) is not None
+
+    asyncio.run(body())
+
+
+def test_failures_sliding_window(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            assert await rl.failures("u", window_s=100, now=T0) == (0, 100)
+            await rl.record_failure("u", "a", now=T0)
+            await rl.record_failure("u", now=T0 + 10)
+            assert await rl.failures("u", window_s=100, now=T0 + 20) == (2, 80)
+            assert await rl.failures("a", window_s=100, now=T0 + 20) == (1, 80)
+            # The first failure leaves the window; the retry time follows the next oldest.
+            assert await rl.failures("u", window_s=100, now=T0 + 100) == (1, 10)
+            count, retry = await rl.failures("u", window_s=100, now=T0 + 109.5)
+            assert (count, retry) == (1, 1)  # at least one second
+            assert (await rl.failures("u", window_s=100, now=T0 + 110))[0] == 0
+            assert (await rl.failures("a", window_s=100, now=T0 + 110))[0] == 0
+
+    asyncio.run(body())
+
+
+def test_clear_forgets_one_key_only(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            await rl.record_failure("login:user:maria", "login:addr:192.0.2.1", now=T0)
+            await rl.record_failure("login:user:maria", now=T0 + 1)
+            await rl.clear("login:user:maria")
+            assert (await rl.failures("login:user:maria", window_s=900, now=T0 + 2))[0] == 0
+            assert (await rl.failures("login:addr:192.0.2.1", window_s=900, now=T0 + 2))[0] == 1
+
+    asyncio.run(body())
+
+
+def test_two_limiters_on_one_file_share_counts(rl_path: Path) -> None:
+    """Two API processes: each has its own connection to the same file."""
+
+    async def body() -> None:
+        async with _limiter(rl_path) as one, _limiter(rl_path) as two:
+            assert await one.hit("principal:user:1", limit=3, window_s=WINDOW, now=T0) is None
+            assert await two.hit("principal:user:1", limit=3, window_s=WINDOW, now=T0) is None
+            assert await one.hit("principal:user:1", limit=3, window_s=WINDOW, now=T0) is None
+            assert await two.hit("principal:user:1", limit=3, window_s=WINDOW, now=T0) is not None
+            assert await one.hit("principal:user:1", limit=3, window_s=WINDOW, now=T0) is not None
+
+            await one.record_failure("login:user:maria", now=T0)
+            await two.record_failure("login:user:maria", now=T0 + 1)
+            assert (await one.failures("login:user:maria", window_s=900, now=T0 + 2))[0] == 2
+            assert (await two.failures("login:user:maria", window_s=900, now=T0 + 2))[0] == 2
+            await two.clear("login:user:maria")
+            assert (await one.failures("login:user:maria", window_s=900, now=T0 + 2))[0] == 0
+
+    asyncio.run(body())
+
+
+def test_concurrent_hits_are_all_counted(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as one, _limiter(rl_path) as two:
+            results = await asyncio.gather(
+                *(
+                    (one if i % 2 else two).hit("k", limit=10, window_s=WINDOW, now=T0)
+                    for i in range(30)
+                )
+            )
+            assert sum(r is None for r in results) == 10
+            assert sum(r is not None for r in results) == 20
+
+    asyncio.run(body())
+
+
+def test_counters_survive_reopen(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            await rl.hit("k", limit=1, window_s=WINDOW, now=T0)
+        async with _limiter(rl_path) as rl:
+            assert await rl.hit("k", limit=1, window_s=WINDOW, now=T0) is not None
+
+    asyncio.run(body())
