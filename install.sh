@@ -112,14 +112,17 @@ fi
 
 # -- pre-flight checks: fail early with the fix ------------------------------------------
 PYTHON=""
-for candidate in "${APPLIANCE_PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+# APPLIANCE_PYTHON, when set, is the only interpreter considered.
+candidates="python3.13 python3.12 python3.11 python3"
+[ -n "${APPLIANCE_PYTHON:-}" ] && candidates="$APPLIANCE_PYTHON"
+for candidate in $candidates; do
   [ -n "$candidate" ] || continue
   if command -v "$candidate" >/dev/null 2>&1 &&
      "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
     PYTHON="$(command -v "$candidate")"; break
   fi
 done
-[ -n "$PYTHON" ] || die "Python 3.11 or newer is required (found: $(python3 --version 2>&1 || echo none)). On Debian/Ubuntu: apt-get install python3 python3-venv"
+[ -n "$PYTHON" ] || die "Python 3.11 or newer is required (found: $(${APPLIANCE_PYTHON:-python3} --version 2>&1 || echo none)). On Debian/Ubuntu: apt-get install python3 python3-venv"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "the Python venv module is missing. On Debian/Ubuntu: apt-get install python3-venv"
 
 if [ -n "$PORT" ]; then

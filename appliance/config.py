@@ -165,7 +165,10 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _no_wildcard_cors_in_public(self) -> Settings:
         host = urlsplit(self.effective_public_url).hostname or ""
-        local = host in ("localhost", "127.0.0.1", "::1")
+        # Without PUBLIC_URL a wildcard bind is reachable from anywhere, whatever the
+        # derived URL says.
+        wildcard_bind = not self.public_url and self.bind in ("0.0.0.0", "::")
+        local = host in ("localhost", "127.0.0.1", "::1") and not wildcard_bind
         if "*" in _split(self.cors_origins) and not local:
             raise ValueError(
                 "CORS_ORIGINS=* is refused unless PUBLIC_URL is on localhost; list the origins"

@@ -219,10 +219,14 @@ def apply_browser_headers(response: Response) -> Response:
     """after_request: CORS for allowed origins, and security headers on everything."""
     settings = state_of().settings
     origin = request.headers.get("Origin")
-    if origin and origin.rstrip("/") in settings.cors_origin_list:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Vary"] = "Origin"
+    allowed = settings.cors_origin_list
+    if origin and (origin.rstrip("/") in allowed or "*" in allowed):
+        if origin.rstrip("/") in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+        else:  # "*" (local development only): any origin, never with credentials
+            response.headers["Access-Control-Allow-Origin"] = "*"
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
             response.headers["Access-Control-Allow-Headers"] = (

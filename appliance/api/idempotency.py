@@ -39,7 +39,8 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 TTL_S = 24 * 3600
 # An in-flight record older than this belongs to a process that died mid-request.
 ABANDONED_AFTER_S = 300
-_KEY = re.compile(r'^"?([\x21\x23-\x7e]{1,255})"?$')
+# A bare token or an RFC 8941 sf-string; quotes must be balanced.
+_KEY = re.compile(r'^(?:"([\x21\x23-\x7e]{1,255})"|([\x21\x23-\x7e]{1,255}))$')
 
 
 class IdempotencyHeaders(BaseModel):
@@ -58,7 +59,7 @@ def parse_key(raw: str) -> str:
             f"{HEADER} must be 1 to 255 visible ASCII characters, e.g. a UUID",
             issues=[{"path": HEADER, "message": "invalid key", "code": "invalid_header"}],
         )
-    return match.group(1)
+    return match.group(1) or match.group(2)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

@@ -68,16 +68,19 @@ def test_issues_use_dotted_paths_with_list_indexes() -> None:
 
 def test_issues_for_the_whole_body() -> None:
     issues = issues_from(_error(Person, [1, 2]))
-    assert issues == [
-        {"path": "(body)", "message": issues[0]["message"], "code": "model_type"}
-    ]
+    assert issues == [{"path": "(body)", "message": issues[0]["message"], "code": "model_type"}]
 
 
 def test_issues_from_the_real_request_models() -> None:
     err = _error(
         UserCreateIn,
-        {"username": "bad name", "password": "short", "role": "root", "accounts": ["ok", "n o"],
-         "extra": True},
+        {
+            "username": "bad name",
+            "password": "short",
+            "role": "root",
+            "accounts": ["ok", "n o"],
+            "extra": True,
+        },
     )
     by_path = {i["path"]: i["code"] for i in issues_from(err)}
     assert by_path == {

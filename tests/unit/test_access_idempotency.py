@@ -50,7 +50,7 @@ def test_parse_key_accepts_a_uuid4() -> None:
         "a\x1fb",
         "a\x7fb",
         "a\nb",
-        "a\"b",
+        'a"b',
         "ключ",  # non-ASCII
         "café",
     ],

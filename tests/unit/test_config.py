@@ -64,6 +64,7 @@ def test_defaults_without_an_env_file(paths: Paths) -> None:
     assert s.session_idle_timeout_s == 8 * 3600
     assert s.session_absolute_timeout_s == 24 * 3600
     assert s.login_max_failures == 5 and s.login_window_s == 900
+    assert s.login_max_failures_per_addr == 20
     assert s.api_rate_limit_per_min == 1200 and s.api_rate_limit_per_addr_per_min == 2400
     assert s.trusted_proxy_networks == [] and s.cors_origin_list == []
     assert s.enable_test_routes is False
@@ -190,6 +191,28 @@ def test_cors_wildcard_allowed_with_local_public_url(paths: Paths, url: str) -> 
 
 def test_cors_wildcard_allowed_by_default_local_bind(paths: Paths) -> None:
     assert _load(paths, "CORS_ORIGINS=*\n").cors_origin_list == ["*"]
+
+
+def test_cors_wildcard_refused_when_bound_to_every_interface(paths: Paths) -> None:
+    # No PUBLIC_URL, BIND=0.0.0.0: the API answers on the network, yet the derived
+    # effective_public_url is http://127.0.0.1:PORT, which the localhost rule accepts.
+    for bind in ("0.0.0.0", "::"):
+        try:
+            s = _load(paths, f"BIND={bind}\nCORS_ORIGINS=*\n")
+        except ConfigError as exc:
+            assert "CORS_ORIGINS=*" in str(exc)
+            continue
+        pytest.fail(
+            f"BUG: BIND={bind} without PUBLIC_URL plus CORS_ORIGINS=* is accepted: "
+            f"appliance/config.py Settings._no_wildcard_cors_in_public checks "
+            f"effective_public_url ({s.effective_public_url}), which falls back to 127.0.0.1 "
+            f"for a wildcard bind, so the API listens on every interface with CORS '*'"
+        )
+
+
+def test_cors_wildcard_refused_when_bound_to_a_network_address(paths: Paths) -> None:
+    msg = _error(paths, "BIND=10.1.2.3\nCORS_ORIGINS=*\n")
+    assert "CORS_ORIGINS=*" in msg
 
 
 def test_session_idle_longer_than_absolute_refused(paths: Paths) -> None:

@@ -22,7 +22,7 @@ def test_roundtrip(cipher: DataCipher, plaintext: bytes) -> None:
     assert cipher.decrypt(blob, context=CTX) == plaintext
     assert DataCipher(KEY).decrypt(blob, context=CTX) == plaintext  # same key, new instance
     assert len(blob) == 1 + 12 + len(plaintext) + 16
-    if plaintext:
+    if len(plaintext) >= 8:  # shorter ones may occur in random bytes by chance
         assert plaintext not in blob
 
 
