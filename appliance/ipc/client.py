@@ -42,7 +42,7 @@ class WorkerClient:
         topics: tuple[str, ...] = (),
         on_notification: NotificationHandler | None = None,
         backoff_base_s: float = 0.05,
-        backoff_cap_s: float = 2.0,
+        backoff_cap_s: float = 1.0,
     ) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s

@@ -95,13 +95,16 @@ class Appliance:
         with httpx.Client(base_url=self.base_url, timeout=5) as c:
             return c.get("/readyz")
 
-    def wait_ready(self, timeout_s: float = 30) -> None:
+    def wait_ready(self, timeout_s: float = 30, consecutive: int = 1) -> None:
+        """Until /readyz answers 200 ``consecutive`` times in a row (fresh connections)."""
         deadline = time.monotonic() + timeout_s
         last = None
+        streak = 0
         while time.monotonic() < deadline:
             try:
                 last = self.readyz()
-                if last.status_code == 200:
+                streak = streak + 1 if last.status_code == 200 else 0
+                if streak >= consecutive:
                     return
             except httpx.HTTPError as exc:
                 last = exc
