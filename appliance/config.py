@@ -125,6 +125,11 @@ class Settings(BaseModel):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
     api_rate_limit_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 1200
     api_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 2400
+    media_max_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
+    send_chat_interval_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
+    send_account_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    # CIDRs that webhooks and media-by-URL may reach although they are not public.
+    webhook_allow_networks: str = ""
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
 
@@ -144,7 +149,7 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "webhook_allow_networks")
     @classmethod
     def _cidrs(cls, value: str) -> str:
         for item in _split(value):
@@ -180,6 +185,14 @@ class Settings(BaseModel):
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in _split(self.trusted_proxies)]
+
+    @property
+    def allowed_private_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in _split(self.webhook_allow_networks)]
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -17,7 +17,18 @@ from appliance.api import health
 from appliance.api.access import SECURITY_SCHEMES, install_access_control, public, route_requirement
 from appliance.api.errors import install_error_handlers
 from appliance.api.ratelimit import RateLimiter
-from appliance.api.routes import api_keys, audit, auth, docs, users
+from appliance.api.routes import (
+    accounts,
+    api_keys,
+    audit,
+    auth,
+    chats,
+    docs,
+    events,
+    media,
+    messages,
+    users,
+)
 from appliance.api.state import ApiState, state_of
 from appliance.config import Settings
 from appliance.crypto import DataCipher
@@ -118,7 +129,9 @@ def create_app(
 
     install_error_handlers(app)
     install_access_control(app)
-    for blueprint in (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp):
+    blueprints = (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp)
+    blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:
         _install_test_routes(app)

@@ -18,10 +18,10 @@ Methods, their parameter and result models, are listed in ``METHODS``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 
@@ -78,11 +78,51 @@ class SubscribeResult(_Model):
     subscribed: list[str]
 
 
+class PokeParams(_Model):
+    """Wake the worker: new durable work is waiting (the API never waits for it)."""
+
+    topic: Literal["send", "accounts", "sandbox_inbox"]
+    account_id: str | None = None
+
+
+class PokeResult(_Model):
+    ok: bool
+
+
+class SandboxLoadParams(_Model):
+    account_id: str
+    rate_per_s: float = Field(gt=0, le=20_000)
+    duration_s: float = Field(gt=0, le=600)
+
+
+class SandboxLoadResult(_Model):
+    started: bool
+
+
+class SandboxStatsParams(_Model):
+    account_id: str
+
+
+class SandboxStatsResult(_Model):
+    load_injected: int
+    load_committed: int
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    latency_ms_max: float | None
+    running: bool
+
+
 METHODS: dict[str, tuple[type[_Model], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
     "subscribe": (SubscribeParams, SubscribeResult),
+    "poke": (PokeParams, PokeResult),
+    "sandbox.load": (SandboxLoadParams, SandboxLoadResult),
+    "sandbox.stats": (SandboxStatsParams, SandboxStatsResult),
 }
+
+# Notifications the worker publishes (method name = topic):
+#   "events": {"last_id": N}  new rows in the event log, up to id N
 
 
 def encode(frame: dict[str, Any]) -> bytes:

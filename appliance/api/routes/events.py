@@ -1,0 +1,7 @@
+"""(being written)"""
+
+from __future__ import annotations
+
+from quart import Blueprint
+
+bp = Blueprint("events", __name__)

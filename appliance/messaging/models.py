@@ -1,0 +1,262 @@
+"""Typed shapes of the messaging core: accounts, message content, events.
+
+Message content follows the WhatsApp Cloud API, which integrators already know::
+
+    {"to": "+905551112233", "type": "text", "text": {"body": "hi"}}
+    {"to": ..., "type": "image", "image": {"link": URL | "id": MEDIA_ID, "caption": ...}}
+    {"to": ..., "type": "reaction", "reaction": {"message_id": ID, "emoji": "👍"}}
+    a reply adds "context": {"message_id": ID}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from appliance.api.schemas import Strict
+
+AccountIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+MessageIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+MediaIdStr = Annotated[str, StringConstraints(pattern=r"^med_[A-Za-z0-9_-]{8,64}$")]
+
+ACCOUNT_STATES = ("disconnected", "connecting", "pairing", "connected", "logged_out", "failed")
+MESSAGE_STATES = ("queued", "sending", "sent", "delivered", "read", "failed", "received")
+MEDIA_TYPES = ("image", "document", "audio", "video")
+EVENT_TYPES = (
+    "message.received",
+    "message.sent",
+    "message.delivered",
+    "message.read",
+    "message.failed",
+    "account.status",
+)
+
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_JID = re.compile(r"^([0-9]{6,20}(-[0-9]{1,20})?)@(s\.whatsapp\.net|g\.us)$")
+
+
+def recipient_jid(value: str) -> str:
+    """An E.164 number (+905551112233) or a chat id (...@s.whatsapp.net, ...@g.us) as a jid.
+
+    Raises ValueError with a message meant for the caller.
+    """
+    value = value.strip()
+    if _E164.match(value):
+        return f"{value[1:]}@s.whatsapp.net"
+    if _JID.match(value):
+        return value
+    raise ValueError(
+        "must be an E.164 phone number such as +905551112233, or a chat id such as "
+        "905551112233@s.whatsapp.net or 120363025246125244@g.us"
+    )
+
+
+def jid_phone(jid: str) -> str | None:
+    user, _, server = jid.partition("@")
+    return f"+{user}" if server == "s.whatsapp.net" and user.isdigit() else None
+
+
+# -- accounts ----------------------------------------------------------------------------
+
+
+class AccountSettings(Strict):
+    """Per-account behaviour, kept from the original panel's settings."""
+
+    mark_as_read: bool = Field(default=False, description="Mark inbound messages read")
+    download_media: bool = Field(default=True, description="Store inbound media")
+    history_limit: int = Field(
+        default=0, ge=0, le=10_000_000, description="Messages kept per chat (0: all)"
+    )
+
+
+class SandboxSettings(Strict):
+    """The sandbox engine's simulation knobs (tests and try-outs)."""
+
+    pairing_delay_ms: int = Field(default=300, ge=0, le=60_000)
+    delivered_after_ms: int = Field(default=200, ge=0, le=3_600_000)
+    read_after_ms: int = Field(default=800, ge=0, le=3_600_000)
+    fail_transient_attempts: int = Field(
+        default=0, ge=0, le=100, description="Each send fails transiently this many times first"
+    )
+    fail_permanent_recipients: list[str] = Field(
+        default_factory=list, max_length=1000, description="Sends to these always fail"
+    )
+    phone: str = Field(default="+10000000000", pattern=r"^\+[1-9][0-9]{6,14}$")
+
+
+class AccountCreateIn(Strict):
+    id: AccountIdStr | None = Field(default=None, description="Chosen id; generated if absent")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    engine: Literal["sandbox", "web", "cloud"] = "sandbox"
+    engine_settings: dict[str, Any] = Field(default_factory=dict)
+    settings: AccountSettings = Field(default_factory=AccountSettings)
+
+
+class AccountUpdateIn(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    engine_settings: dict[str, Any] | None = None
+    settings: AccountSettings | None = None
+
+
+class AccountOut(BaseModel):
+    id: str
+    name: str
+    engine: str
+    engine_settings: dict[str, Any]
+    settings: AccountSettings
+    state: str
+    state_reason: str | None
+    phone: str | None
+    created_at: float
+    updated_at: float
+
+
+class AccountStatus(BaseModel):
+    id: str
+    state: Literal["disconnected", "connecting", "pairing", "connected", "logged_out", "failed"]
+    reason: str | None
+    phone: str | None
+    desired: str
+    updated_at: float
+
+
+# -- message content ---------------------------------------------------------------------
+
+
+class Text(Strict):
+    body: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    preview_url: bool = False
+
+
+class Media(Strict):
+    link: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    id: MediaIdStr | None = None
+    caption: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    filename: Annotated[str, StringConstraints(max_length=255)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Media:
+        if (self.link is None) == (self.id is None):
+            raise ValueError(
+                "give exactly one of link (an http(s) URL) or id (an uploaded media id)"
+            )
+        if self.link is not None and not self.link.startswith(("http://", "https://")):
+            raise ValueError("link must be an http:// or https:// URL")
+        return self
+
+
+class Reaction(Strict):
+    message_id: MessageIdStr
+    emoji: Annotated[str, StringConstraints(max_length=16)] = Field(
+        description="One emoji; empty removes the reaction"
+    )
+
+
+class Context(Strict):
+    message_id: MessageIdStr
+
+
+class MessageContent(Strict):
+    """The content shared by sends and sandbox inbound."""
+
+    type: Literal["text", "image", "document", "audio", "video", "reaction"]
+    text: Text | None = None
+    image: Media | None = None
+    document: Media | None = None
+    audio: Media | None = None
+    video: Media | None = None
+    reaction: Reaction | None = None
+    context: Context | None = None
+
+    @model_validator(mode="after")
+    def _matches_type(self) -> MessageContent:
+        parts = ("text", "image", "document", "audio", "video", "reaction")
+        given = [p for p in parts if getattr(self, p) is not None]
+        if given != [self.type]:
+            raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")
+        return self
+
+    @property
+    def media(self) -> Media | None:
+        return getattr(self, self.type) if self.type in MEDIA_TYPES else None
+
+    @property
+    def body(self) -> str | None:
+        if self.text is not None:
+            return self.text.body
+        media = self.media
+        return media.caption if media is not None else None
+
+
+class SendMessageIn(MessageContent):
+    messaging_product: Literal["whatsapp"] | None = None  # accepted for Cloud API clients
+    to: Annotated[str, StringConstraints(max_length=64)] = Field(
+        description="E.164 number (+905551112233) or chat id (...@s.whatsapp.net, ...@g.us)"
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _valid_recipient(cls, value: str) -> str:
+        recipient_jid(value)
+        return value
+
+
+class InboundIn(MessageContent):
+    """Sandbox inbound: the same shape with ``from`` instead of ``to``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Annotated[str, StringConstraints(max_length=64)] = Field(alias="from")
+    id: MessageIdStr | None = Field(default=None, description="WhatsApp id; generated if absent")
+    name: Annotated[str, StringConstraints(max_length=100)] | None = Field(
+        default=None, description="Sender's profile name"
+    )
+
+    @field_validator("from_")
+    @classmethod
+    def _valid_sender(cls, value: str) -> str:
+        recipient_jid(value)
+        return value
+
+
+class MessageOut(BaseModel):
+    id: str
+    account_id: str
+    chat_id: str
+    direction: Literal["in", "out"]
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    type: str
+    content: dict[str, Any]
+    status: str
+    error: str | None = None
+    reply_to: str | None = None
+    timestamp: float | None = None
+    created_at: float
+    updated_at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class SendAccepted(BaseModel):
+    id: str
+    status: Literal["queued"] = "queued"
+    account_id: str
+    to: str
+
+
+class EventOut(BaseModel):
+    id: int
+    type: str
+    account_id: str | None
+    created_at: float
+    data: dict[str, Any]

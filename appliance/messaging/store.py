@@ -1,0 +1,468 @@
+"""SQL of the messaging core. Functions taking ``conn`` run in the caller's write
+transaction; those taking ``db`` only read. Every externally visible change appends
+its event in the same transaction (``append_event``)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.db.database import Database
+from appliance.errors import Conflict, NotFound
+from appliance.messaging.models import AccountOut, AccountSettings, EventOut, MessageOut, jid_phone
+
+STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+
+
+def new_message_id() -> str:
+    """A WhatsApp-Web-like message id, generated before the engine is called."""
+    return "3EB0" + secrets.token_hex(10).upper()
+
+
+def new_account_id() -> str:
+    return "acc_" + secrets.token_hex(6)
+
+
+def new_media_id() -> str:
+    return "med_" + secrets.token_urlsafe(16)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+async def append_event(
+    conn: aiosqlite.Connection, type_: str, account_id: str | None, data: dict[str, Any], now: float
+) -> int:
+    async with conn.execute(
+        "INSERT INTO events (type, account_id, created_at, data) VALUES (?, ?, ?, ?) RETURNING id",
+        (type_, account_id, now, _json(data)),
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def event_out(row: Any) -> EventOut:
+    return EventOut(
+        id=row["id"],
+        type=row["type"],
+        account_id=row["account_id"],
+        created_at=row["created_at"],
+        data=orjson.loads(row["data"]),
+    )
+
+
+async def list_events(
+    db: Database,
+    *,
+    after: int,
+    limit: int,
+    types: Sequence[str] | None = None,
+    accounts: Sequence[str] | None = None,
+) -> list[EventOut]:
+    """Events with id > after, oldest first; ``accounts=None`` means every account."""
+    where, params = ["id > ?"], [after]
+    if types:
+        where.append(f"type IN ({','.join('?' * len(types))})")
+        params.extend(types)
+    if accounts is not None:
+        if not accounts:
+            return []
+        where.append(f"account_id IN ({','.join('?' * len(accounts))})")
+        params.extend(accounts)
+    rows = await db.fetchall(
+        f"SELECT id, type, account_id, created_at, data FROM events WHERE {' AND '.join(where)} "
+        "ORDER BY id LIMIT ?",
+        (*params, limit),
+    )
+    return [event_out(r) for r in rows]
+
+
+async def last_event_id(db: Database) -> int:
+    return int(await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events") or 0)
+
+
+# -- accounts ----------------------------------------------------------------------------
+
+_ACCOUNT_COLS = (
+    "id, name, engine, engine_settings, settings, desired, state, state_reason, phone, "
+    "engine_state, created_at, updated_at"
+)
+
+
+def account_out(row: Any) -> AccountOut:
+    return AccountOut(
+        id=row["id"],
+        name=row["name"],
+        engine=row["engine"],
+        engine_settings=orjson.loads(row["engine_settings"]),
+        settings=AccountSettings.model_validate(orjson.loads(row["settings"])),
+        state=row["state"],
+        state_reason=row["state_reason"],
+        phone=row["phone"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def create_account(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    name: str,
+    engine: str,
+    engine_settings: dict[str, Any],
+    settings: dict[str, Any],
+    now: float,
+) -> None:
+    try:
+        await conn.execute(
+            "INSERT INTO accounts (id, name, engine, engine_settings, settings, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account_id, name, engine, _json(engine_settings), _json(settings), now, now),
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(f"an account with id {account_id!r} already exists") from None
+
+
+async def account_row(db_or_conn: Database | aiosqlite.Connection, account_id: str) -> Any:
+    sql = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?"
+    if isinstance(db_or_conn, Database):
+        return await db_or_conn.fetchone(sql, (account_id,))
+    async with db_or_conn.execute(sql, (account_id,)) as cur:
+        return await cur.fetchone()
+
+
+async def list_account_rows(db: Database, accounts: Sequence[str] | None) -> list[Any]:
+    if accounts is None:
+        return await db.fetchall(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
+    if not accounts:
+        return []
+    marks = ",".join("?" * len(accounts))
+    return await db.fetchall(
+        f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id IN ({marks}) ORDER BY created_at, id",
+        tuple(accounts),
+    )
+
+
+async def update_account(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    now: float,
+    name: str | None = None,
+    engine_settings: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    desired: str | None = None,
+) -> None:
+    sets, params = ["updated_at = ?"], [now]
+    for column, value in (
+        ("name", name),
+        ("engine_settings", None if engine_settings is None else _json(engine_settings)),
+        ("settings", None if settings is None else _json(settings)),
+        ("desired", desired),
+    ):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            params.append(value)
+    cur = await conn.execute(
+        f"UPDATE accounts SET {', '.join(sets)} WHERE id = ?", (*params, account_id)
+    )
+    if cur.rowcount != 1:
+        raise NotFound("no such account")
+
+
+async def set_engine_state(
+    conn: aiosqlite.Connection, account_id: str, engine_state: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "UPDATE accounts SET engine_state = ? WHERE id = ?", (_json(engine_state), account_id)
+    )
+
+
+async def set_account_state(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    state: str,
+    reason: str | None,
+    phone: str | None,
+    now: float,
+) -> bool:
+    """Record a connection state change and its ``account.status`` event; False if unchanged."""
+    async with conn.execute(
+        "SELECT state, state_reason, phone FROM accounts WHERE id = ?", (account_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return False
+    phone = phone or row["phone"]
+    if (row["state"], row["state_reason"], row["phone"]) == (state, reason, phone):
+        return False
+    await conn.execute(
+        "UPDATE accounts SET state = ?, state_reason = ?, phone = ?, updated_at = ? WHERE id = ?",
+        (state, reason, phone, now, account_id),
+    )
+    await append_event(
+        conn,
+        "account.status",
+        account_id,
+        {"state": state, "previous": row["state"], "reason": reason, "phone": phone},
+        now,
+    )
+    return True
+
+
+async def delete_account(conn: aiosqlite.Connection, account_id: str) -> None:
+    cur = await conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+    if cur.rowcount != 1:
+        raise NotFound("no such account")
+    for table in ("sandbox_server_sent", "sandbox_server_inbox"):
+        await conn.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
+
+
+# -- messages ----------------------------------------------------------------------------
+
+_MESSAGE_COLS = (
+    "account_id, id, chat_jid, direction, sender_jid, type, body, content, reply_to, media_id, "
+    "status, error, wa_timestamp, created_at, updated_at"
+)
+
+
+def message_out(row: Any) -> MessageOut:
+    out = row["direction"] == "out"
+    chat = row["chat_jid"]
+    return MessageOut(
+        id=row["id"],
+        account_id=row["account_id"],
+        chat_id=chat,
+        direction=row["direction"],
+        **{"from": None if out else (row["sender_jid"] or chat)},
+        to=chat if out else None,
+        type=row["type"],
+        content=orjson.loads(row["content"]),
+        status=row["status"],
+        error=row["error"],
+        reply_to=row["reply_to"],
+        timestamp=row["wa_timestamp"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def message_row(
+    db_or_conn: Database | aiosqlite.Connection, account_id: str, message_id: str
+) -> Any:
+    sql = f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND id = ?"
+    if isinstance(db_or_conn, Database):
+        return await db_or_conn.fetchone(sql, (account_id, message_id))
+    async with db_or_conn.execute(sql, (account_id, message_id)) as cur:
+        return await cur.fetchone()
+
+
+async def message_by_client_key(conn: aiosqlite.Connection, account_id: str, key: str) -> Any:
+    async with conn.execute(
+        f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND client_key = ?",
+        (account_id, key),
+    ) as cur:
+        return await cur.fetchone()
+
+
+async def insert_outbound(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    message_id: str,
+    chat_jid: str,
+    type_: str,
+    body: str | None,
+    content: dict[str, Any],
+    reply_to: str | None,
+    media_id: str | None,
+    client_key: str | None,
+    now: float,
+) -> None:
+    await conn.execute(
+        "INSERT INTO messages (account_id, id, chat_jid, direction, type, body, content, "
+        "reply_to, media_id, status, client_key, created_at, updated_at) "
+        "VALUES (?, ?, ?, 'out', ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        (
+            account_id,
+            message_id,
+            chat_jid,
+            type_,
+            body,
+            _json(content),
+            reply_to,
+            media_id,
+            client_key,
+            now,
+            now,
+        ),
+    )
+    await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=False)
+
+
+async def insert_inbound(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    message_id: str,
+    chat_jid: str,
+    sender_jid: str,
+    sender_name: str | None,
+    type_: str,
+    body: str | None,
+    content: dict[str, Any],
+    reply_to: str | None,
+    media_id: str | None,
+    wa_timestamp: float,
+    now: float,
+) -> MessageOut | None:
+    """Store an inbound message once; None if this WhatsApp id was already stored."""
+    async with conn.execute(
+        "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
+        "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at) "
+        "VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?) "
+        f"ON CONFLICT (account_id, id) DO NOTHING RETURNING {_MESSAGE_COLS}",
+        (
+            account_id,
+            message_id,
+            chat_jid,
+            sender_jid,
+            type_,
+            body,
+            _json(content),
+            reply_to,
+            media_id,
+            wa_timestamp,
+            now,
+            now,
+        ),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=True)
+    await conn.execute(
+        "INSERT INTO contacts (account_id, jid, phone, name, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (account_id, jid) DO UPDATE SET name = COALESCE(excluded.name, name), "
+        "updated_at = excluded.updated_at",
+        (account_id, sender_jid, jid_phone(sender_jid), sender_name, now),
+    )
+    message = message_out(row)
+    await append_event(
+        conn, "message.received", account_id, message.model_dump(mode="json", by_alias=True), now
+    )
+    return message
+
+
+async def _touch_chat(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    jid: str,
+    message_id: str,
+    now: float,
+    *,
+    unread: bool,
+) -> None:
+    await conn.execute(
+        "INSERT INTO chats (account_id, jid, is_group, unread_count, last_message_id, "
+        "last_message_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (account_id, jid) DO UPDATE SET last_message_id = excluded.last_message_id, "
+        "last_message_at = excluded.last_message_at, "
+        "unread_count = unread_count + excluded.unread_count, archived = 0",
+        (account_id, jid, int(jid.endswith("@g.us")), int(unread), message_id, now, now),
+    )
+
+
+async def set_message_status(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    message_id: str,
+    status: str,
+    *,
+    now: float,
+    error: str | None = None,
+    event: bool = True,
+) -> MessageOut | None:
+    """Move an outbound message forward (never back); appends message.<status>.
+
+    Returns the message when it changed, else None (unknown, or already further on).
+    """
+    row = await message_row(conn, account_id, message_id)
+    if row is None or row["direction"] != "out":
+        return None
+    current = row["status"]
+    if current == "failed":
+        return None
+    if status == "failed":
+        if current not in ("queued", "sending"):
+            return None
+    elif STATUS_RANK[status] <= STATUS_RANK[current]:
+        return None
+    await conn.execute(
+        "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE account_id = ? AND id = ?",
+        (status, error, now, account_id, message_id),
+    )
+    updated = await message_row(conn, account_id, message_id)
+    message = message_out(updated)
+    if event and status != "sending":
+        await append_event(
+            conn,
+            f"message.{status}",
+            account_id,
+            message.model_dump(mode="json", by_alias=True),
+            now,
+        )
+    return message
+
+
+def page_of(rows: Sequence[Any], limit: int) -> tuple[list[Any], bool]:
+    return list(rows[:limit]), len(rows) > limit
+
+
+async def list_messages(
+    db: Database, account_id: str, chat_jid: str | None, *, before: int | None, limit: int
+) -> list[Any]:
+    """Newest first; ``before`` is the rowid cursor of the previous page's last item."""
+    where, params = ["account_id = ?"], [account_id]
+    if chat_jid is not None:
+        where.append("chat_jid = ?")
+        params.append(chat_jid)
+    if before is not None:
+        where.append("rowid < ?")
+        params.append(before)
+    return await db.fetchall(
+        f"SELECT rowid AS cursor, {_MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
+        "ORDER BY rowid DESC LIMIT ?",
+        (*params, limit + 1),
+    )
+
+
+async def search_messages(
+    db: Database, accounts: Iterable[str] | None, query: str, *, limit: int
+) -> list[Any]:
+    where, params = ["messages_fts MATCH ?"], [query]
+    if accounts is not None:
+        accounts = list(accounts)
+        if not accounts:
+            return []
+        where.append(f"m.account_id IN ({','.join('?' * len(accounts))})")
+        params.extend(accounts)
+    cols = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLS.split(","))
+    return await db.fetchall(
+        f"SELECT m.rowid AS cursor, {cols} FROM messages_fts JOIN messages m "
+        f"ON m.rowid = messages_fts.rowid WHERE {' AND '.join(where)} "
+        "ORDER BY m.rowid DESC LIMIT ?",
+        (*params, limit),
+    )
