@@ -137,6 +137,32 @@ async def expire_leases(conn: aiosqlite.Connection, now: float, *, queue: str | 
     return cur.rowcount
 
 
+async def release_all_leases(conn: aiosqlite.Connection, now: float) -> int:
+    """At the start of the only claimer (the worker): leases held now belong to a
+    process that died, so their jobs are due again at once (the attempt counts)."""
+    cur = await conn.execute(
+        "UPDATE queue_jobs SET state = 'queued', run_at = ?, lease_token = NULL, "
+        "lease_expires_at = NULL, last_error = 'claimer restarted', updated_at = ? "
+        "WHERE state = 'leased'",
+        (now, now),
+    )
+    return cur.rowcount
+
+
+async def ack_in(
+    conn: aiosqlite.Connection, queue: str, job_id: int, token: str, now: float
+) -> None:
+    """Ack inside the caller's transaction, so a job's effect and its ack commit together."""
+    cur = await conn.execute(
+        "UPDATE queue_jobs SET state = 'done', last_error = NULL, lease_token = NULL, "
+        "lease_expires_at = NULL, updated_at = ? "
+        "WHERE id = ? AND queue = ? AND state = 'leased' AND lease_token = ?",
+        (now, job_id, queue, token),
+    )
+    if cur.rowcount != 1:
+        raise LeaseLost(f"job {job_id} in queue {queue!r} is not leased with that token")
+
+
 class DurableQueue:
     """One named queue. Every method is one short write or read transaction."""
 
@@ -247,6 +273,19 @@ class DurableQueue:
                 (state, run_at, error[:2000], now, job_id),
             )
             return state
+
+    async def release(self, job_id: int, token: str, *, delay_s: float, note: str) -> None:
+        """Give the job back untried (not ready yet: pacing, account offline): the
+        attempt it was claimed with does not count."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            await self._leased_row(conn, job_id, token)
+            await conn.execute(
+                "UPDATE queue_jobs SET state = 'queued', attempts = MAX(0, attempts - 1), "
+                "run_at = ?, lease_token = NULL, lease_expires_at = NULL, last_error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (now + delay_s, note, now, job_id),
+            )
 
     async def extend(self, job_id: int, token: str, lease_s: float | None = None) -> float:
         """Heartbeat a long job: push its lease expiry out. Returns the new expiry."""

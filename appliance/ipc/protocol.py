@@ -32,6 +32,7 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SHUTTING_DOWN = -32000
+REFUSED = -32001  # the method refused the request; data.http_status says how to answer
 
 
 class _Model(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from appliance.errors import ClientError
 from appliance.ipc import protocol
 from appliance.observability.context import request_id_var, traceparent_var
 
@@ -161,6 +162,14 @@ class RpcServer:
                 value: BaseModel = protocol.SubscribeResult(subscribed=sorted(conn.topics))
             else:
                 value = await self._handlers[method](params)
+        except ClientError as exc:
+            # A refusal the caller should see (e.g. "no such sandbox account").
+            conn.send(
+                protocol.error(
+                    id_, protocol.REFUSED, exc.message, meta, data={"http_status": exc.http_status}
+                )
+            )
+            return
         except Exception:
             log.exception("IPC method failed", extra={"method": method})
             conn.send(protocol.error(id_, protocol.INTERNAL_ERROR, "internal error", meta))

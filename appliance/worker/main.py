@@ -23,11 +23,13 @@ from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import STATES, expire_leases
+from appliance.errors import Conflict
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
+from appliance.worker.messaging import MessagingService
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Worker:
         self.db: Database | None = None
         self.rpc = RpcServer(settings.worker_socket)
         self.schema_version = 0
+        self.messaging: MessagingService | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -59,7 +62,12 @@ class Worker:
         await self._bootstrap_admin()
         self.rpc.register("ping", self.ping)
         self.rpc.register("status", self.status)
+        self.rpc.register("poke", self.poke)
+        self.rpc.register("sandbox.load", self.sandbox_load)
+        self.rpc.register("sandbox.stats", self.sandbox_stats)
         await self.rpc.start()
+        self.messaging = MessagingService(self.db, self.settings, publish=self._publish_events)
+        await self.messaging.start()
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -71,6 +79,8 @@ class Worker:
 
     async def shutdown(self) -> None:
         log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
+        if self.messaging is not None:
+            await self.messaging.stop(self.settings.worker_drain_timeout_s)
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
         for task in self._tasks:
             task.cancel()
@@ -81,6 +91,30 @@ class Worker:
 
     async def ping(self, _: protocol.PingParams) -> protocol.PingResult:
         return protocol.PingResult(pong=True, pid=os.getpid())
+
+    async def poke(self, params: protocol.PokeParams) -> protocol.PokeResult:
+        if self.messaging is not None:
+            self.messaging.poke(params.topic, params.account_id)
+        return protocol.PokeResult(ok=True)
+
+    async def sandbox_load(self, params: protocol.SandboxLoadParams) -> protocol.SandboxLoadResult:
+        engine = self.messaging.sandbox(params.account_id) if self.messaging else None
+        if engine is None:
+            raise Conflict("no connected sandbox account with that id; is it connected?")
+        return protocol.SandboxLoadResult(
+            started=engine.start_load(params.rate_per_s, params.duration_s)
+        )
+
+    async def sandbox_stats(
+        self, params: protocol.SandboxStatsParams
+    ) -> protocol.SandboxStatsResult:
+        engine = self.messaging.sandbox(params.account_id) if self.messaging else None
+        if engine is None:
+            raise Conflict("no connected sandbox account with that id; is it connected?")
+        return protocol.SandboxStatsResult(**engine.load.summary())
+
+    async def _publish_events(self, last_id: int) -> None:
+        self.rpc.publish("events", {"last_id": last_id})
 
     async def status(self, _: protocol.StatusParams) -> protocol.StatusResult:
         assert self.db is not None

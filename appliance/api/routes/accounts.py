@@ -1,7 +1,230 @@
-"""(being written)"""
+"""WhatsApp accounts: create, list, read, change, delete; connect and log out."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+import contextlib
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.idempotency import idempotent
+from appliance.api.routes.auth import audit
+from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import state_of
+from appliance.api.validation import issues_from, json_body, query
+from appliance.auth.permissions import Permission
+from appliance.db.database import Database
+from appliance.errors import InvalidInput, IpcError
+from appliance.messaging import store
+from appliance.messaging.models import (
+    AccountCreateIn,
+    AccountOut,
+    AccountStatus,
+    AccountUpdateIn,
+    SandboxSettings,
+)
 
 bp = Blueprint("accounts", __name__)
+
+
+class AccountList(BaseModel):
+    items: list[AccountOut]
+    next: str | None = None
+
+
+class DeleteQuery(Strict):
+    confirm: str = Field(description="The account id again, to confirm deleting it with its data")
+
+
+def _db() -> Database:
+    db = state_of().db
+    assert db is not None
+    return db
+
+
+async def poke(topic: str, account_id: str | None = None) -> None:
+    """Wake the worker; if it is down it picks the change up when it starts."""
+    with contextlib.suppress(IpcError):
+        await state_of().worker.call(
+            "poke", {"topic": topic, "account_id": account_id}, timeout_s=1.0
+        )
+
+
+def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str, Any]:
+    if engine != "sandbox":
+        raise InvalidInput(
+            f"the {engine} engine is not available in this version; use sandbox",
+            issues=[{"path": "engine", "message": "not available yet", "code": "unsupported"}],
+        )
+    try:
+        return SandboxSettings.model_validate(settings).model_dump()
+    except ValidationError as exc:
+        issues = [{**i, "path": f"engine_settings.{i['path']}"} for i in issues_from(exc)]
+        raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
+
+
+@bp.get("/api/accounts")
+@requires(Permission.ACCOUNTS_READ)
+@document_response(AccountList, 200)
+@tag(["accounts"])
+async def list_accounts() -> AccountList:
+    """Accounts granted to the caller."""
+    rows = await store.list_account_rows(_db(), visible_accounts())
+    return AccountList(items=[store.account_out(r) for r in rows])
+
+
+@bp.post("/api/accounts")
+@requires(Permission.ACCOUNTS_MANAGE)
+@idempotent
+@json_body(AccountCreateIn)
+@document_response(AccountOut, 201)
+@document_response(ErrorBody, 409)
+@tag(["accounts"])
+async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
+    """Create an account (one WhatsApp number). The sandbox engine is the default."""
+    engine_settings = validate_engine_settings(data.engine, data.engine_settings)
+    account_id = data.id or store.new_account_id()
+    now = time.time()
+    who = principal()
+    async with _db().write() as conn:
+        await store.create_account(
+            conn,
+            account_id=account_id,
+            name=data.name,
+            engine=data.engine,
+            engine_settings=engine_settings,
+            settings=data.settings.model_dump(),
+            now=now,
+        )
+        if not who.sees_account(account_id):
+            # The creator keeps seeing what they created.
+            table, column = (
+                ("user_grants", "user_id")
+                if who.kind == "user"
+                else ("api_key_grants", "api_key_id")
+            )
+            await conn.execute(
+                f"INSERT OR IGNORE INTO {table} ({column}, account_id) VALUES (?, ?)",
+                (who.id, account_id),
+            )
+        await audit(conn, "account.create", target=f"account:{account_id}", engine=data.engine)
+        row = await store.account_row(conn, account_id)
+    await poke("accounts")
+    return store.account_out(row), 201
+
+
+@bp.get("/api/accounts/<account>")
+@requires(Permission.ACCOUNTS_READ)
+@document_response(AccountOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def get_account(account: str) -> AccountOut:
+    """One account."""
+    return store.account_out(await account_for(account))
+
+
+@bp.patch("/api/accounts/<account>")
+@requires(Permission.ACCOUNTS_MANAGE)
+@json_body(AccountUpdateIn)
+@document_response(AccountOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
+    """Rename, change engine settings or account settings (applied live)."""
+    row = await account_for(account)
+    engine_settings = None
+    if data.engine_settings is not None:
+        engine_settings = validate_engine_settings(row["engine"], data.engine_settings)
+    async with _db().write() as conn:
+        await store.update_account(
+            conn,
+            account,
+            now=time.time(),
+            name=data.name,
+            engine_settings=engine_settings,
+            settings=data.settings.model_dump() if data.settings is not None else None,
+        )
+        await audit(conn, "account.update", target=f"account:{account}")
+        updated = await store.account_row(conn, account)
+    await poke("accounts")
+    return store.account_out(updated)
+
+
+@bp.delete("/api/accounts/<account>")
+@requires(Permission.ACCOUNTS_MANAGE)
+@query(DeleteQuery)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def delete_account(account: str, query_args: DeleteQuery) -> Response:
+    """Delete the account with its chats, messages, media and events. Needs ?confirm=ID."""
+    await account_for(account)
+    if query_args.confirm != account:
+        raise InvalidInput(
+            "deleting an account removes its data; repeat its id in ?confirm=",
+            issues=[{"path": "confirm", "message": "must equal the account id", "code": "confirm"}],
+        )
+    async with _db().write() as conn:
+        # Its queued sends are acked by the worker when it finds their message gone.
+        await store.delete_account(conn, account)
+        await audit(conn, "account.delete", target=f"account:{account}")
+    media = state_of().extras.get("delete_account_media")
+    if callable(media):
+        await media(account)
+    await poke("accounts")
+    return Response(status=204)
+
+
+def _status(row: Any) -> AccountStatus:
+    return AccountStatus(
+        id=row["id"],
+        state=row["state"],
+        reason=row["state_reason"],
+        phone=row["phone"],
+        desired=row["desired"],
+        updated_at=row["updated_at"],
+    )
+
+
+@bp.get("/api/accounts/<account>/status")
+@requires(Permission.ACCOUNTS_READ)
+@document_response(AccountStatus, 200)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def account_status(account: str) -> AccountStatus:
+    """Connection state: disconnected, connecting, pairing, connected, logged_out, failed."""
+    return _status(await account_for(account))
+
+
+async def _set_desired(account: str, desired: str, action: str) -> tuple[AccountStatus, int]:
+    await account_for(account)
+    async with _db().write() as conn:
+        await store.update_account(conn, account, now=time.time(), desired=desired)
+        await audit(conn, action, target=f"account:{account}")
+        row = await store.account_row(conn, account)
+    await poke("accounts")
+    return _status(row), 202
+
+
+@bp.post("/api/accounts/<account>/connect")
+@requires(Permission.ACCOUNTS_MANAGE)
+@document_response(AccountStatus, 202)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def connect(account: str) -> tuple[AccountStatus, int]:
+    """Ask the worker to connect (pairing first if needed); follow account.status events."""
+    return await _set_desired(account, "connected", "account.connect")
+
+
+@bp.post("/api/accounts/<account>/logout")
+@requires(Permission.ACCOUNTS_MANAGE)
+@document_response(AccountStatus, 202)
+@document_response(ErrorBody, 404)
+@tag(["accounts"])
+async def logout(account: str) -> tuple[AccountStatus, int]:
+    """Log the account out of WhatsApp; linking again needs a new pairing."""
+    return await _set_desired(account, "logged_out", "account.logout")

@@ -1,7 +1,214 @@
-"""(being written)"""
+"""Sending messages, and the sandbox's inbound injection and load mode."""
 
 from __future__ import annotations
 
+import time
+
+import orjson
+from pydantic import BaseModel, Field
 from quart import Blueprint
+from quart_schema import document_response, tag
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import account_for
+from appliance.api.idempotency import HEADER, idempotent, parse_key
+from appliance.api.routes.accounts import poke
+from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import state_of
+from appliance.api.validation import json_body
+from appliance.auth.permissions import Permission
+from appliance.db.queue import enqueue_in
+from appliance.errors import ClientError, Conflict, InvalidInput, RpcError, WorkerUnavailable
+from appliance.ipc import protocol
+from appliance.messaging import store
+from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
+from appliance.worker.messaging import SEND_QUEUE
 
 bp = Blueprint("messages", __name__)
+
+
+class InboundAccepted(BaseModel):
+    id: str
+    status: str = "accepted"
+
+
+class LoadIn(Strict):
+    rate_per_s: float = Field(gt=0, le=20_000)
+    duration_s: float = Field(gt=0, le=600)
+
+
+class LoadStatus(BaseModel):
+    load_injected: int
+    load_committed: int
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    latency_ms_max: float | None
+    running: bool
+
+
+def _issue(path: str, message: str, code: str = "invalid") -> InvalidInput:
+    return InvalidInput(message, issues=[{"path": path, "message": message, "code": code}])
+
+
+@bp.post("/api/accounts/<account>/messages")
+@requires(Permission.MESSAGES_SEND)
+@idempotent
+@json_body(SendMessageIn)
+@document_response(SendAccepted, 202)
+@document_response(ErrorBody, 404)
+@tag(["messages"])
+async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
+    """Queue a message. Answers 202 once it is stored, even while the worker is down.
+
+    Follow it with `message.sent`, `message.delivered`, `message.read` or
+    `message.failed` events, or `GET .../messages/{id}`. Send `Idempotency-Key` to
+    make retries safe.
+    """
+    await account_for(account)
+    db = state_of().db
+    assert db is not None
+    chat = recipient_jid(data.to)
+    content = data.model_dump(mode="json", exclude_none=True, exclude={"to", "messaging_product"})
+    reply_to = data.context.message_id if data.context else None
+    media = data.media
+    media_id = media.id if media is not None else None
+    if data.reaction is not None:
+        reply_to = data.reaction.message_id
+    if media is not None and media.link is not None:
+        check = state_of().extras.get("validate_media_url")
+        if callable(check):
+            await check(media.link)  # raises a 400 naming the refused address
+    raw_key = None
+    from quart import request
+
+    if request.headers.get(HEADER):
+        raw_key = f"{principal().key}|{parse_key(request.headers[HEADER])}"
+    now = time.time()
+    async with db.write() as conn:
+        if raw_key is not None:
+            existing = await store.message_by_client_key(conn, account, raw_key)
+            if existing is not None:  # a retry whose first answer was lost
+                return SendAccepted(id=existing["id"], account_id=account, to=data.to), 202
+        for path, ref in (
+            ("context.message_id", data.context),
+            ("reaction.message_id", data.reaction),
+        ):
+            if ref is not None and await store.message_row(conn, account, ref.message_id) is None:
+                raise _issue(path, f"no message {ref.message_id!r} in this account")
+        if media_id is not None:
+            async with conn.execute(
+                "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media_id)
+            ) as cur:
+                if await cur.fetchone() is None:
+                    raise _issue(
+                        f"{data.type}.id", f"no uploaded media {media_id!r} in this account"
+                    )
+        message_id = store.new_message_id()
+        await store.insert_outbound(
+            conn,
+            account_id=account,
+            message_id=message_id,
+            chat_jid=chat,
+            type_=data.type,
+            body=data.body,
+            content=content,
+            reply_to=reply_to,
+            media_id=media_id,
+            client_key=raw_key,
+            now=now,
+        )
+        await enqueue_in(
+            conn,
+            SEND_QUEUE,
+            {"account_id": account, "message_id": message_id, "chat": chat},
+            now=now,
+            unique_key=f"{account}:{message_id}",
+            max_attempts=10,
+        )
+    await poke("send")
+    return SendAccepted(id=message_id, account_id=account, to=data.to), 202
+
+
+async def _sandbox_account(account: str) -> None:
+    row = await account_for(account)
+    if row["engine"] != "sandbox":
+        raise Conflict("only sandbox accounts accept injected messages or load")
+
+
+@bp.post("/api/accounts/<account>/sandbox/inbound")
+@requires(Permission.MESSAGES_SEND)
+@json_body(InboundIn)
+@document_response(InboundAccepted, 202)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 409)
+@tag(["sandbox"])
+async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepted, int]:
+    """Inject a message as if someone wrote to this sandbox account.
+
+    It waits in the simulated WhatsApp server until the account is connected, then
+    arrives as `message.received`. Re-sending the same `id` stores it once.
+    """
+    await _sandbox_account(account)
+    db = state_of().db
+    assert db is not None
+    message_id = data.id or store.new_message_id()
+    content = data.model_dump(mode="json", exclude_none=True, exclude={"from_", "id", "name"})
+    if data.name:
+        content["_name"] = data.name
+    async with db.write() as conn:
+        await conn.execute(
+            "INSERT INTO sandbox_server_inbox (account_id, message_id, from_jid, content, "
+            "injected_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_id) DO NOTHING",
+            (
+                account,
+                message_id,
+                recipient_jid(data.from_),
+                orjson.dumps(content).decode(),
+                time.time(),
+            ),
+        )
+    await poke("sandbox_inbox", account)
+    return InboundAccepted(id=message_id), 202
+
+
+async def _worker_call(method: str, params: dict[str, object]) -> dict[str, object]:
+    try:
+        return await state_of().worker.call(method, params)  # type: ignore[no-any-return]
+    except RpcError as exc:
+        if exc.code == protocol.REFUSED:
+            refused = ClientError(exc.message)
+            refused.http_status = int((exc.data or {}).get("http_status", 409))  # type: ignore[union-attr]
+            raise refused from None
+        raise
+    except WorkerUnavailable:
+        raise
+
+
+@bp.post("/api/accounts/<account>/sandbox/load")
+@requires(Permission.ACCOUNTS_MANAGE)
+@json_body(LoadIn)
+@document_response(LoadStatus, 202)
+@document_response(ErrorBody, 409)
+@tag(["sandbox"])
+async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
+    """Start the load mode: generated inbound messages at a rate, for a bounded time."""
+    await _sandbox_account(account)
+    result = await _worker_call(
+        "sandbox.load",
+        {"account_id": account, "rate_per_s": data.rate_per_s, "duration_s": data.duration_s},
+    )
+    if not result.get("started"):
+        raise Conflict("a load run is already going on for this account")
+    stats = await _worker_call("sandbox.stats", {"account_id": account})
+    return LoadStatus.model_validate(stats), 202
+
+
+@bp.get("/api/accounts/<account>/sandbox/load")
+@requires(Permission.ACCOUNTS_READ)
+@document_response(LoadStatus, 200)
+@document_response(ErrorBody, 409)
+@tag(["sandbox"])
+async def sandbox_load_status(account: str) -> LoadStatus:
+    """Progress of the current or last load run: injected, committed, latency."""
+    await _sandbox_account(account)
+    return LoadStatus.model_validate(await _worker_call("sandbox.stats", {"account_id": account}))

@@ -1,0 +1,114 @@
+"""The one interface every WhatsApp engine implements (sandbox, web, cloud).
+
+The worker owns one engine per account. It calls ``connect``, ``run_until_closed``,
+``send`` and ``logout``; the engine reports back through ``EngineHost``:
+connection states, inbound messages (acknowledged to WhatsApp only after the host
+has committed them) and receipts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    account_id: str
+    id: str  # pre-assigned WhatsApp id: a retry re-sends the same id
+    to_jid: str
+    type: str
+    content: dict[str, Any]
+    reply_to: str | None = None
+    media_path: str | None = None
+    media_type: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    id: str
+    chat_jid: str
+    sender_jid: str
+    type: str
+    content: dict[str, Any]
+    body: str | None = None
+    sender_name: str | None = None
+    reply_to: str | None = None
+    timestamp: float = 0.0
+    media: tuple[str, bytes] | None = None  # (content type, bytes) to store
+    received_at: float = field(default=0.0, compare=False)  # monotonic, for latency
+
+
+class SendError(Exception):
+    """A send failed. ``permanent`` failures are not retried."""
+
+    def __init__(self, reason: str, *, permanent: bool, retry_after_s: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.retry_after_s = retry_after_s
+
+
+class LoggedOut(Exception):
+    """WhatsApp ended the session: linking again is needed."""
+
+
+class EngineHost(Protocol):
+    async def on_state(
+        self,
+        state: Literal["connecting", "pairing", "connected"],
+        *,
+        reason: str | None = None,
+        phone: str | None = None,
+    ) -> None: ...
+
+    async def on_inbound(self, messages: list[InboundMessage]) -> list[bool]:
+        """Commit the messages; returns which were new. Returns only after the commit."""
+        ...
+
+    async def on_receipt(self, message_id: str, status: Literal["delivered", "read"]) -> None: ...
+
+    async def save_engine_state(self, state: dict[str, Any]) -> None: ...
+
+
+class Engine(ABC):
+    """One WhatsApp account's connection."""
+
+    def __init__(
+        self,
+        account_id: str,
+        settings: dict[str, Any],
+        engine_state: dict[str, Any],
+        host: EngineHost,
+    ) -> None:
+        self.account_id = account_id
+        self.settings = settings
+        self.engine_state = engine_state
+        self.host = host
+
+    @abstractmethod
+    async def connect(self) -> str | None:
+        """Connect (pairing first if needed); returns the account's phone number."""
+
+    @abstractmethod
+    async def run_until_closed(self) -> str:
+        """Serve the connection until it drops; returns why."""
+
+    @abstractmethod
+    async def send(self, message: OutboundMessage) -> None:
+        """Hand one message to WhatsApp under its pre-assigned id; raises SendError."""
+
+    async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:  # noqa: B027
+        """Tell WhatsApp the messages were read (optional)."""
+
+    @abstractmethod
+    async def logout(self) -> None:
+        """End the session at WhatsApp and forget local credentials."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect without logging out (shutdown, settings change)."""
+
+    def update_settings(self, settings: dict[str, Any]) -> None:
+        self.settings = settings

@@ -1,0 +1,481 @@
+"""The worker's messaging core: one runtime per account (connection state machine
+around its engine), the durable send loop, inbound commits and receipts.
+
+Guarantees (DESIGN section 3):
+- An outbound message's WhatsApp id is stored before the engine sees it; the job is
+  acked in the same transaction that records ``sent``. A crash in between re-sends
+  the same id, which WhatsApp (and the sandbox) de-duplicate.
+- Inbound messages are committed, with their events, before the engine is told;
+  a WhatsApp id is stored once per account.
+- Every state change writes its event in the same transaction, then API processes
+  are told over IPC that new events exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from appliance.config import Settings
+from appliance.db.database import Database
+from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases
+from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
+from appliance.engines.sandbox import SandboxEngine
+from appliance.messaging import store
+from appliance.worker.pipeline import Pipeline, PipelineContext, default_pipeline
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = "send"
+SEND_TIMEOUT_S = 60.0
+RECONNECT_CAP_S = 60.0
+
+
+def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
+    engine_settings = orjson.loads(row["engine_settings"])
+    engine_state = orjson.loads(row["engine_state"])
+    if row["engine"] == "sandbox":
+        return SandboxEngine(row["id"], engine_settings, engine_state, host, db=db)
+    raise ValueError(f"engine {row['engine']!r} is not available in this version")
+
+
+class TokenBucket:
+    """Per-account send rate: ``rate`` tokens a second, bursts up to ``rate``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.tokens = rate
+        self.at = clock()
+
+    def take(self) -> float:
+        """0 if a token was taken, else seconds until one is available."""
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class AccountRuntime:
+    """One account: its engine and the connection state machine around it.
+
+    disconnected -> connecting -> (pairing) -> connected -> disconnected | failed,
+    reconnecting with exponential backoff; logged_out waits for a new connect.
+    """
+
+    def __init__(self, service: MessagingService, row: Any) -> None:
+        self.service = service
+        self.account_id: str = row["id"]
+        self.row = row
+        self.settings: dict[str, Any] = orjson.loads(row["settings"])
+        self.desired: str = row["desired"]
+        self.state: str = row["state"]
+        self.connected = False
+        self.engine: Engine | None = None
+        self._desired_changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"account-{self.account_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.close()
+        self.connected = False
+
+    def update(self, row: Any) -> None:
+        self.row = row
+        self.settings = orjson.loads(row["settings"])
+        if self.engine is not None:
+            self.engine.update_settings(orjson.loads(row["engine_settings"]))
+        if row["desired"] != self.desired:
+            self.desired = row["desired"]
+            self._desired_changed.set()
+
+    # -- EngineHost --------------------------------------------------------------------
+
+    async def on_state(
+        self, state: str, *, reason: str | None = None, phone: str | None = None
+    ) -> None:
+        await self._set_state(state, reason, phone)
+
+    async def on_inbound(self, messages: list[InboundMessage]) -> list[bool]:
+        return await self.service.commit_inbound(self, messages)
+
+    async def on_receipt(self, message_id: str, status: str) -> None:
+        await self.service.record_receipt(self.account_id, message_id, status)
+
+    async def save_engine_state(self, state: dict[str, Any]) -> None:
+        async with self.service.db.write() as conn:
+            await store.set_engine_state(conn, self.account_id, state)
+
+    # -- the state machine ---------------------------------------------------------------
+
+    async def _set_state(self, state: str, reason: str | None, phone: str | None = None) -> None:
+        self.state = state
+        now = time.time()
+        async with self.service.db.write() as conn:
+            changed = await store.set_account_state(
+                conn, self.account_id, state=state, reason=reason, phone=phone, now=now
+            )
+        if changed:
+            await self.service.events_written()
+            log.info(
+                "account state",
+                extra={"account_id": self.account_id, "state": state, "reason": reason},
+            )
+
+    async def _wait_desired_change(self, timeout_s: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._desired_changed.wait(), timeout_s)
+        self._desired_changed.clear()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            self._desired_changed.clear()
+            if self.desired == "logged_out":
+                if self.engine is not None:
+                    try:
+                        await self.engine.logout()
+                    except Exception:
+                        log.exception("logout failed", extra={"account_id": self.account_id})
+                    self.engine = None
+                await self._set_state("logged_out", "logged out on request")
+                await self._wait_desired_change()
+                continue
+            if self.desired == "disconnected":
+                if self.engine is not None:
+                    await self.engine.close()
+                    self.engine = None
+                await self._set_state("disconnected", "disconnected on request")
+                await self._wait_desired_change()
+                continue
+            try:
+                await self._connect_and_serve()
+                attempt = 0
+                continue  # desired state changed while connected
+            except asyncio.CancelledError:
+                raise
+            except LoggedOut as exc:
+                self.engine = None
+                await self._set_state("logged_out", str(exc) or "logged out by WhatsApp")
+                self.desired = "logged_out"
+                await self._wait_desired_change()
+                continue
+            except Exception as exc:
+                # One account failing never disturbs the others: it is caught here.
+                log.warning(
+                    "account connection failed",
+                    extra={"account_id": self.account_id, "error": repr(exc)},
+                )
+                await self._set_state("failed", f"{type(exc).__name__}: {exc}")
+            finally:
+                self.connected = False
+            attempt += 1
+            delay = random.uniform(0, min(RECONNECT_CAP_S, 0.5 * 2**attempt))
+            await self._wait_desired_change(delay)
+
+    async def _connect_and_serve(self) -> None:
+        if self.engine is None:
+            row = await store.account_row(self.service.db, self.account_id)
+            self.engine = make_engine(row, self, self.service.db)
+        await self._set_state("connecting", None)
+        phone = await self.engine.connect()
+        await self._set_state("connected", None, phone)
+        self.connected = True
+        self.service.wake_sender()
+        serving = asyncio.create_task(self.engine.run_until_closed())
+        changed = asyncio.create_task(self._desired_changed.wait())
+        try:
+            done, _ = await asyncio.wait({serving, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.connected = False
+            changed.cancel()
+        if serving in done:
+            reason = serving.result()
+            await self._set_state("disconnected", f"connection closed: {reason}")
+            raise ConnectionError(reason)
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await serving
+        if self.desired != "logged_out":
+            await self.engine.close()
+            self.engine = None
+
+
+class MessagingService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        publish: Callable[[int], Awaitable[None]],
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.publish = publish
+        self.pipeline = pipeline or default_pipeline()
+        self.runtimes: dict[str, AccountRuntime] = {}
+        self.queue = DurableQueue(
+            db,
+            SEND_QUEUE,
+            lease_s=SEND_TIMEOUT_S * 2,
+            max_attempts=10,
+            backoff_base_s=1.0,
+            backoff_cap_s=300.0,
+        )
+        self._send_wake = asyncio.Event()
+        self._accounts_wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._last_sent: dict[tuple[str, str], float] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self.db.write() as conn:
+            released = await release_all_leases(conn, time.time())
+        if released:
+            log.info("re-queued sends leased by the previous worker", extra={"count": released})
+        await self.reconcile()
+        self._spawn(self._reconcile_loop())
+        self._spawn(self._send_loop())
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop claiming; let sends in flight finish within the timeout; close engines."""
+        self._stopping = True
+        self._send_wake.set()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=timeout_s)
+        for task in self._tasks | self._inflight:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._inflight, return_exceptions=True)
+        await asyncio.gather(*(rt.stop() for rt in self.runtimes.values()), return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def poke(self, topic: str, account_id: str | None = None) -> None:
+        if topic == "send":
+            self._send_wake.set()
+        elif topic == "accounts":
+            self._accounts_wake.set()
+        elif topic == "sandbox_inbox":
+            runtime = self.runtimes.get(account_id or "")
+            if runtime is not None and isinstance(runtime.engine, SandboxEngine):
+                runtime.engine.poke_inbox()
+
+    def wake_sender(self) -> None:
+        self._send_wake.set()
+
+    async def events_written(self) -> None:
+        await self.publish(await store.last_event_id(self.db))
+
+    # -- accounts ------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        rows = await store.list_account_rows(self.db, None)
+        seen = set()
+        for row in rows:
+            seen.add(row["id"])
+            runtime = self.runtimes.get(row["id"])
+            if runtime is None:
+                runtime = AccountRuntime(self, row)
+                self.runtimes[row["id"]] = runtime
+                runtime.start()
+            else:
+                runtime.update(row)
+        for account_id in set(self.runtimes) - seen:
+            await self.runtimes.pop(account_id).stop()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._accounts_wake.wait(), 10.0)
+            self._accounts_wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("account reconcile failed")
+
+    # -- inbound and receipts --------------------------------------------------------------
+
+    async def commit_inbound(
+        self, runtime: AccountRuntime, messages: list[InboundMessage]
+    ) -> list[bool]:
+        now = time.time()
+        stored = []
+        async with self.db.write() as conn:
+            for m in messages:
+                stored.append(
+                    await store.insert_inbound(
+                        conn,
+                        account_id=runtime.account_id,
+                        message_id=m.id,
+                        chat_jid=m.chat_jid,
+                        sender_jid=m.sender_jid,
+                        sender_name=m.sender_name,
+                        type_=m.type,
+                        body=m.body,
+                        content=m.content,
+                        reply_to=m.reply_to,
+                        media_id=None,
+                        wa_timestamp=m.timestamp or now,
+                        now=now,
+                    )
+                )
+        new = [m for m in stored if m is not None]
+        if new:
+            await self.events_written()
+            ctx = PipelineContext(runtime.account_id, runtime.settings, runtime.engine)
+            self._spawn(self._run_pipeline(ctx, new))
+        return [m is not None for m in stored]
+
+    async def _run_pipeline(self, ctx: PipelineContext, messages: list[Any]) -> None:
+        for message in messages:
+            await self.pipeline.run(ctx, message)
+
+    async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
+        async with self.db.write() as conn:
+            changed = await store.set_message_status(
+                conn, account_id, message_id, status, now=time.time()
+            )
+        if changed is not None:
+            await self.events_written()
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        while not self._stopping:
+            self._send_wake.clear()
+            try:
+                jobs = await self.queue.claim(limit=32)
+            except Exception:
+                log.exception("claiming sends failed")
+                jobs = []
+            if not jobs:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._send_wake.wait(), 1.0)
+                continue
+            by_chat: dict[tuple[str, str], list[Job]] = {}
+            for job in jobs:
+                key = (job.payload["account_id"], job.payload.get("chat", ""))
+                by_chat.setdefault(key, []).append(job)
+            for chat_jobs in by_chat.values():
+                task = asyncio.create_task(self._send_in_order(chat_jobs))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            # Back-pressure: do not claim more than a few batches ahead of the engines.
+            while len(self._inflight) > 64 and not self._stopping:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _send_in_order(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                await self._send_one(job)
+            except Exception:
+                log.exception("send failed unexpectedly", extra={"job": job.id})
+                with contextlib.suppress(Exception):
+                    await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+
+    async def _send_one(self, job: Job) -> None:
+        token = job.lease_token or ""
+        account_id = job.payload["account_id"]
+        message_id = job.payload["message_id"]
+        row = await store.message_row(self.db, account_id, message_id)
+        if row is None or row["status"] not in ("queued", "sending"):
+            await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
+            return
+        runtime = self.runtimes.get(account_id)
+        if runtime is None or not runtime.connected or runtime.engine is None:
+            await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
+            return
+        chat = row["chat_jid"]
+        interval = self.settings.send_chat_interval_ms / 1000
+        wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
+        if wait > 0:
+            await self.queue.release(job.id, token, delay_s=wait, note="per-chat pacing")
+            return
+        bucket = self._buckets.setdefault(
+            account_id, TokenBucket(self.settings.send_account_rate_per_s)
+        )
+        wait = bucket.take()
+        if wait > 0:
+            await self.queue.release(job.id, token, delay_s=wait, note="account rate")
+            return
+        self._last_sent[(account_id, chat)] = time.monotonic()
+        async with self.db.write() as conn:
+            await store.set_message_status(conn, account_id, message_id, "sending", now=time.time())
+        outbound = OutboundMessage(
+            account_id=account_id,
+            id=message_id,
+            to_jid=chat,
+            type=row["type"],
+            content=orjson.loads(row["content"]),
+            reply_to=row["reply_to"],
+        )
+        try:
+            await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
+        except SendError as exc:
+            await self._send_failed(
+                job, exc.reason, permanent=exc.permanent, retry_after=exc.retry_after_s
+            )
+            return
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            await self._send_failed(
+                job, f"engine error: {exc!r}", permanent=False, retry_after=None
+            )
+            return
+        async with self.db.write() as conn:
+            await store.set_message_status(conn, account_id, message_id, "sent", now=time.time())
+            await ack_in(conn, SEND_QUEUE, job.id, token, time.time())
+        await self.events_written()
+
+    async def _send_failed(
+        self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
+    ) -> None:
+        account_id = job.payload["account_id"]
+        message_id = job.payload["message_id"]
+        if permanent or job.attempts >= job.max_attempts:
+            if not permanent:
+                reason = f"{reason} (gave up after {job.attempts} attempts)"
+            now = time.time()
+            async with self.db.write() as conn:
+                await store.set_message_status(
+                    conn, account_id, message_id, "failed", now=now, error=reason
+                )
+                await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
+            await self.events_written()
+            return
+        await self.queue.nack(
+            job.id, job.lease_token or "", error=reason, retry_after_s=retry_after
+        )
+        log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
+
+    # -- sandbox controls ----------------------------------------------------------------
+
+    def sandbox(self, account_id: str) -> SandboxEngine | None:
+        runtime = self.runtimes.get(account_id)
+        engine = runtime.engine if runtime is not None else None
+        return engine if isinstance(engine, SandboxEngine) else None
