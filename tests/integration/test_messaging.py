@@ -276,9 +276,11 @@ def test_kill_9_worker_during_sends_and_inbound_loses_and_doubles_nothing(drill:
         while not done.is_set() and kills < 12 and time.monotonic() < deadline:
             time.sleep(random.uniform(0.5, 2.0))
             try:
-                pid = drill.pid_of("worker:worker")
-            except Exception:
+                info = drill.supervisor.getProcessInfo("worker:worker")
+            except Exception:  # noqa: BLE001 - supervisord busy restarting
                 continue
+            # Kill a running worker only: kills while it starts would make it FATAL.
+            pid = info["pid"] if info["statename"] == "RUNNING" else 0
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
