@@ -277,7 +277,7 @@ def test_kill_9_worker_during_sends_and_inbound_loses_and_doubles_nothing(drill:
             time.sleep(random.uniform(0.5, 2.0))
             try:
                 info = drill.supervisor.getProcessInfo("worker:worker")
-            except Exception:  # noqa: BLE001 - supervisord busy restarting
+            except Exception:
                 continue
             # Kill a running worker only: kills while it starts would make it FATAL.
             pid = info["pid"] if info["statename"] == "RUNNING" else 0
