@@ -445,6 +445,62 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """Inject a message into a sandbox account's simulated WhatsApp server."""
+    import orjson
+
+    from appliance.messaging import store
+    from appliance.messaging.models import InboundIn, recipient_jid
+
+    _drop_to_service_user(paths)
+    try:
+        message = InboundIn.model_validate(
+            {
+                "from": args.sender,
+                "type": "text",
+                "text": {"body": args.text},
+                **({"id": args.id} if args.id else {}),
+                **({"name": args.name} if args.name else {}),
+            }
+        )
+    except ValueError as exc:
+        return _fail(f"invalid message: {exc}", 2)
+    message_id = message.id or store.new_message_id()
+    content = message.model_dump(mode="json", exclude_none=True, exclude={"from_", "id", "name"})
+    if message.name:
+        content["_name"] = message.name
+
+    async def inject(db: Any) -> str | None:
+        row = await store.account_row(db, args.account)
+        if row is None:
+            return f"no account {args.account!r}"
+        if row["engine"] != "sandbox":
+            return f"account {args.account!r} uses the {row['engine']} engine, not sandbox"
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO sandbox_server_inbox (account_id, message_id, from_jid, content, "
+                "injected_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
+                "DO NOTHING",
+                (
+                    args.account,
+                    message_id,
+                    recipient_jid(message.from_),
+                    orjson.dumps(content).decode(),
+                    time.time(),
+                ),
+            )
+        return None
+
+    try:
+        problem = asyncio.run(_with_db(settings, inject))
+    except StartupError as exc:
+        return _fail(str(exc), 78)
+    if problem:
+        return _fail(problem)
+    print(message_id)  # the worker delivers it within a second, as message.received
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliancectl", description=__doc__)
     parser.add_argument("--prefix", help="installation prefix (default: found from this program)")
@@ -495,6 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("username")
     u.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_users)
+    p = sub.add_parser("sandbox", help="sandbox engine tools")
+    sandbox = p.add_subparsers(dest="sandbox_command", required=True)
+    s = sandbox.add_parser("inbound", help="inject a text message as if someone wrote to ACCOUNT")
+    s.add_argument("account")
+    s.add_argument("--from", dest="sender", required=True, help="E.164 number or chat id")
+    s.add_argument("--text", required=True)
+    s.add_argument("--id", help="WhatsApp message id (default: generated)")
+    s.add_argument("--name", help="sender's profile name")
+    p.set_defaults(func=cmd_sandbox)
     p = sub.add_parser("supervisord", help="run supervisord (used by the systemd unit)")
     p.add_argument("--foreground", action="store_true")
     p.set_defaults(func=cmd_supervisord)
