@@ -130,6 +130,10 @@ class Settings(BaseModel):
     send_account_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
     # CIDRs that webhooks and media-by-URL may reach although they are not public.
     webhook_allow_networks: str = ""
+    # Seconds to wait before each attempt: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 24 h.
+    webhook_retry_schedule_s: str = "0,5,300,1800,7200,18000,36000,36000,86400"
+    webhook_disable_after_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 5 * 86400
+    webhook_retention_days: Annotated[float, Field(gt=0, le=3650)] = 14
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
 
@@ -189,6 +193,21 @@ class Settings(BaseModel):
     @property
     def allowed_private_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in _split(self.webhook_allow_networks)]
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            steps = [float(v) for v in _split(value)]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds such as 0,5,300") from None
+        if not steps or len(steps) > 50 or any(s < 0 or s > 7 * 86400 for s in steps):
+            raise ValueError("needs 1 to 50 waits, each between 0 and 604800 seconds")
+        return value
+
+    @property
+    def webhook_retry_schedule(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in _split(self.webhook_retry_schedule_s))
 
     @property
     def media_dir(self) -> Path:

@@ -82,7 +82,7 @@ class SubscribeResult(_Model):
 class PokeParams(_Model):
     """Wake the worker: new durable work is waiting (the API never waits for it)."""
 
-    topic: Literal["send", "accounts", "sandbox_inbox"]
+    topic: Literal["send", "accounts", "sandbox_inbox", "webhooks"]
     account_id: str | None = None
 
 

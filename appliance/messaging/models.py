@@ -38,6 +38,8 @@ EVENT_TYPES = (
     "message.read",
     "message.failed",
     "account.status",
+    "webhook.endpoint_disabled",
+    "webhook.test",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

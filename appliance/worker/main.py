@@ -20,6 +20,7 @@ from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
 from appliance.config import Settings
+from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import STATES, expire_leases
@@ -29,6 +30,7 @@ from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
+from appliance.webhooks.dispatcher import Dispatcher
 from appliance.worker.messaging import MessagingService
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Worker:
         self.rpc = RpcServer(settings.worker_socket)
         self.schema_version = 0
         self.messaging: MessagingService | None = None
+        self.dispatcher: Dispatcher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -68,6 +71,13 @@ class Worker:
         await self.rpc.start()
         self.messaging = MessagingService(self.db, self.settings, publish=self._publish_events)
         await self.messaging.start()
+        self.dispatcher = Dispatcher(
+            self.db,
+            self.settings,
+            DataCipher(self.secrets.data_key),
+            on_events=self._events_from_dispatcher,
+        )
+        await self.dispatcher.start()
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -80,7 +90,9 @@ class Worker:
     async def shutdown(self) -> None:
         log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
         if self.messaging is not None:
-            await self.messaging.stop(self.settings.worker_drain_timeout_s)
+            await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(self.settings.worker_drain_timeout_s / 2)
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
         for task in self._tasks:
             task.cancel()
@@ -93,7 +105,10 @@ class Worker:
         return protocol.PingResult(pong=True, pid=os.getpid())
 
     async def poke(self, params: protocol.PokeParams) -> protocol.PokeResult:
-        if self.messaging is not None:
+        if params.topic == "webhooks":
+            if self.dispatcher is not None:
+                self.dispatcher.endpoints_changed()
+        elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)
 
@@ -115,6 +130,14 @@ class Worker:
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    async def _events_from_dispatcher(self) -> None:
+        assert self.db is not None
+        from appliance.messaging.store import last_event_id
+
+        await self._publish_events(await last_event_id(self.db))
 
     async def status(self, _: protocol.StatusParams) -> protocol.StatusResult:
         assert self.db is not None

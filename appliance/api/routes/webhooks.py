@@ -1,0 +1,573 @@
+"""Webhook endpoints: create (the signing secret is shown once), change, rotate the
+secret, test, list deliveries with every attempt, replay."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+from quart import Blueprint, Response
+from quart_schema import document_response, tag
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import visible_accounts
+from appliance.api.idempotency import idempotent
+from appliance.api.routes.accounts import poke
+from appliance.api.routes.auth import audit
+from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import state_of
+from appliance.api.validation import json_body, query
+from appliance.auth.permissions import Permission
+from appliance.db.database import Database
+from appliance.db.queue import DurableQueue
+from appliance.errors import InvalidInput, NotFound
+from appliance.messaging import store as messaging_store
+from appliance.messaging.models import EVENT_TYPES
+from appliance.net import ssrf
+from appliance.webhooks import store
+from appliance.webhooks.dispatcher import RESERVED_HEADERS, WEBHOOK_QUEUE
+from appliance.webhooks.signing import new_secret
+
+bp = Blueprint("webhooks", __name__)
+
+WEBHOOK_EVENT_TYPES = EVENT_TYPES
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def _check_events(value: list[str]) -> list[str]:
+    if value == ["*"]:
+        return value
+    unknown = [v for v in value if v not in WEBHOOK_EVENT_TYPES]
+    if unknown or not value:
+        raise ValueError(
+            f"unknown event types {unknown}; use ['*'] or some of {list(WEBHOOK_EVENT_TYPES)}"
+        )
+    return sorted(set(value))
+
+
+def _check_headers(value: dict[str, str]) -> dict[str, str]:
+    for name, header in value.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{name!r} is set by the appliance and cannot be overridden")
+        if len(header) > 1024 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in header):
+            raise ValueError(f"the value of {name!r} is too long or has control characters")
+    return value
+
+
+class EndpointIn(Strict):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    events: list[str] = Field(default_factory=lambda: ["*"], max_length=50)
+    accounts: list[AccountId] | None = Field(default=None, description="null: every account")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
+    timeout_s: float = Field(default=15.0, ge=1, le=60)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    enabled: bool = True
+
+    _events = field_validator("events")(classmethod(lambda cls, v: _check_events(v)))
+    _headers = field_validator("headers")(classmethod(lambda cls, v: _check_headers(v)))
+
+
+class EndpointPatch(Strict):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    description: Annotated[str, StringConstraints(max_length=500)] | None = None
+    events: list[str] | None = Field(default=None, max_length=50)
+    accounts: list[AccountId] | None = None
+    headers: dict[str, str] | None = Field(default=None, max_length=20)
+    timeout_s: float | None = Field(default=None, ge=1, le=60)
+    max_concurrency: int | None = Field(default=None, ge=1, le=64)
+
+    _events = field_validator("events")(
+        classmethod(lambda cls, v: None if v is None else _check_events(v))
+    )
+    _headers = field_validator("headers")(
+        classmethod(lambda cls, v: None if v is None else _check_headers(v))
+    )
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    description: str
+    events: list[str]
+    accounts: list[str] | None
+    headers: dict[str, str]
+    timeout_s: float
+    max_concurrency: int
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: float | None
+    secret_rotated_until: float | None = Field(
+        description="While set, the previous secret also signs (24 h after a rotation)"
+    )
+    created_at: float
+    updated_at: float
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="whsec_...: shown only here and on rotation")
+
+
+class EndpointList(BaseModel):
+    items: list[EndpointOut]
+    next: str | None = None
+
+
+class SecretOut(BaseModel):
+    secret: str
+    previous_valid_until: float
+
+
+class TestOut(BaseModel):
+    event_id: int
+
+
+class AttemptOut(BaseModel):
+    at: float
+    duration_ms: float
+    status: int | None
+    response: str | None
+    error: str | None
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    endpoint_id: str
+    event_id: int
+    event_type: str
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+    attempt_log: list[AttemptOut] | None = None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next: str | None
+
+
+class DeliveryQuery(Strict):
+    state: Literal["pending", "delivered", "dead"] | None = None
+    event_type: str | None = None
+    since: float | None = Field(default=None, description="created at or after (Unix time)")
+    until: float | None = Field(default=None, description="created before (Unix time)")
+    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class ReplayIn(Strict):
+    state: Literal["dead", "delivered", "any"] = "dead"
+    since: float | None = None
+    until: float | None = None
+
+
+class ReplayOut(BaseModel):
+    replayed: int
+
+
+def _db() -> Database:
+    db = state_of().db
+    assert db is not None
+    return db
+
+
+def endpoint_out(e: store.Endpoint) -> EndpointOut:
+    rotated = e.previous_expires_at if (e.previous_expires_at or 0) > time.time() else None
+    return EndpointOut(
+        id=e.id,
+        url=e.url,
+        description=e.description,
+        events=e.event_types,
+        accounts=e.accounts,
+        headers=e.headers,
+        timeout_s=e.timeout_s,
+        max_concurrency=e.max_concurrency,
+        enabled=e.enabled,
+        disabled_reason=e.disabled_reason,
+        failing_since=e.failing_since,
+        secret_rotated_until=rotated,
+        created_at=e.created_at,
+        updated_at=e.updated_at,
+    )
+
+
+def _visible(endpoint: store.Endpoint) -> bool:
+    """Endpoints limited to accounts the caller sees; every-account ones need every account."""
+    mine = visible_accounts()
+    if mine is None:
+        return True
+    return endpoint.accounts is not None and set(endpoint.accounts) <= set(mine)
+
+
+async def _endpoint(endpoint_id: str) -> store.Endpoint:
+    endpoint = await store.get_endpoint(_db(), endpoint_id)
+    if not _visible(endpoint):
+        raise NotFound("no such webhook endpoint")
+    return endpoint
+
+
+def _accounts_for_caller(accounts: list[str] | None) -> list[str] | None:
+    mine = visible_accounts()
+    if mine is None:
+        return accounts
+    if accounts is None:
+        return mine  # "every account" for a limited caller means every account it has
+    outside = sorted(set(accounts) - set(mine))
+    if outside:
+        raise InvalidInput(
+            "accounts outside your grants",
+            issues=[{"path": "accounts", "message": f"not granted: {outside}", "code": "grant"}],
+        )
+    return accounts
+
+
+async def _check_url(url: str) -> None:
+    try:
+        await ssrf.validate_url(url, state_of().settings.allowed_private_networks)
+    except ssrf.RefusedUrl as exc:
+        raise InvalidInput(
+            exc.message, issues=[{"path": "url", "message": exc.message, "code": "refused_url"}]
+        ) from None
+
+
+@bp.get("/api/webhooks")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(EndpointList, 200)
+@tag(["webhooks"])
+async def list_endpoints() -> EndpointList:
+    """Webhook endpoints (never their secrets)."""
+    endpoints = await store.all_endpoints(_db())
+    return EndpointList(items=[endpoint_out(e) for e in endpoints if _visible(e)])
+
+
+@bp.post("/api/webhooks")
+@requires(Permission.WEBHOOKS_MANAGE)
+@idempotent
+@json_body(EndpointIn)
+@document_response(EndpointCreated, 201)
+@tag(["webhooks"])
+async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
+    """Subscribe a URL to events. The answer holds the signing secret, shown once.
+
+    Deliveries are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+    `webhook-signature`); the URL must reach a public address unless its network is in
+    WEBHOOK_ALLOW_NETWORKS.
+    """
+    await _check_url(data.url)
+    accounts = _accounts_for_caller(data.accounts)
+    endpoint_id = store.new_endpoint_id()
+    secret = new_secret()
+    state = state_of()
+    async with _db().write() as conn:
+        await store.create_endpoint(
+            conn,
+            state.cipher,
+            endpoint_id=endpoint_id,
+            url=data.url,
+            description=data.description,
+            event_types=data.events,
+            accounts=accounts,
+            headers=data.headers,
+            timeout_s=data.timeout_s,
+            max_concurrency=data.max_concurrency,
+            secret=secret,
+            created_by=principal().key,
+            now=time.time(),
+        )
+        if not data.enabled:
+            await store.update_endpoint(
+                conn, endpoint_id, time.time(), enabled=False, disabled_reason="created disabled"
+            )
+        await audit(conn, "webhook.create", target=f"webhook:{endpoint_id}", url=data.url)
+        endpoint = await store.get_endpoint(conn, endpoint_id)
+    await poke("webhooks")
+    return EndpointCreated(**endpoint_out(endpoint).model_dump(), secret=secret), 201
+
+
+@bp.get("/api/webhooks/<endpoint_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(EndpointOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def get_endpoint(endpoint_id: str) -> EndpointOut:
+    """One endpoint."""
+    return endpoint_out(await _endpoint(endpoint_id))
+
+
+@bp.patch("/api/webhooks/<endpoint_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@json_body(EndpointPatch)
+@document_response(EndpointOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
+    """Change the URL, events, account filter, headers, timeout or concurrency."""
+    await _endpoint(endpoint_id)
+    fields: dict[str, Any] = {}
+    if data.url is not None:
+        await _check_url(data.url)
+        fields["url"] = data.url
+    for name in ("description", "timeout_s", "max_concurrency", "headers"):
+        if getattr(data, name) is not None:
+            fields[name] = getattr(data, name)
+    if data.events is not None:
+        fields["event_types"] = data.events
+    if "accounts" in data.model_fields_set:
+        fields["accounts"] = _accounts_for_caller(data.accounts)
+    async with _db().write() as conn:
+        await store.update_endpoint(conn, endpoint_id, time.time(), **fields)
+        await audit(conn, "webhook.update", target=f"webhook:{endpoint_id}", fields=sorted(fields))
+        endpoint = await store.get_endpoint(conn, endpoint_id)
+    await poke("webhooks")
+    return endpoint_out(endpoint)
+
+
+@bp.delete("/api/webhooks/<endpoint_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def delete_endpoint(endpoint_id: str) -> Response:
+    """Delete the endpoint with its delivery log."""
+    await _endpoint(endpoint_id)
+    async with _db().write() as conn:
+        await store.delete_endpoint(conn, endpoint_id)
+        await conn.execute(
+            "DELETE FROM queue_jobs WHERE queue = ? AND unique_key LIKE ?",
+            (WEBHOOK_QUEUE, f"{endpoint_id}:%"),
+        )
+        await audit(conn, "webhook.delete", target=f"webhook:{endpoint_id}")
+    await poke("webhooks")
+    return Response(status=204)
+
+
+async def _set_enabled(endpoint_id: str, enabled: bool) -> EndpointOut:
+    await _endpoint(endpoint_id)
+    async with _db().write() as conn:
+        await store.update_endpoint(
+            conn,
+            endpoint_id,
+            time.time(),
+            enabled=enabled,
+            disabled_reason=None if enabled else "disabled by a user",
+            failing_since=None,
+        )
+        await audit(
+            conn,
+            "webhook.enable" if enabled else "webhook.disable",
+            target=f"webhook:{endpoint_id}",
+        )
+        endpoint = await store.get_endpoint(conn, endpoint_id)
+    await poke("webhooks")
+    return endpoint_out(endpoint)
+
+
+@bp.post("/api/webhooks/<endpoint_id>/enable")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(EndpointOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def enable_endpoint(endpoint_id: str) -> EndpointOut:
+    """Enable (again). Deliveries that died while disabled can be replayed."""
+    return await _set_enabled(endpoint_id, True)
+
+
+@bp.post("/api/webhooks/<endpoint_id>/disable")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(EndpointOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def disable_endpoint(endpoint_id: str) -> EndpointOut:
+    """Disable: no new deliveries are made for it."""
+    return await _set_enabled(endpoint_id, False)
+
+
+@bp.post("/api/webhooks/<endpoint_id>/rotate-secret")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(SecretOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def rotate_secret(endpoint_id: str) -> SecretOut:
+    """A new signing secret, shown once; the previous one keeps signing for 24 hours."""
+    await _endpoint(endpoint_id)
+    secret = new_secret()
+    now = time.time()
+    async with _db().write() as conn:
+        await store.rotate_secret(conn, state_of().cipher, endpoint_id, secret, now)
+        await audit(conn, "webhook.rotate_secret", target=f"webhook:{endpoint_id}")
+    await poke("webhooks")
+    return SecretOut(secret=secret, previous_valid_until=now + store.ROTATION_GRACE_S)
+
+
+@bp.post("/api/webhooks/<endpoint_id>/test")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(TestOut, 202)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def test_endpoint(endpoint_id: str) -> tuple[TestOut, int]:
+    """Send a `webhook.test` event to this endpoint only."""
+    await _endpoint(endpoint_id)
+    async with _db().write() as conn:
+        event_id = await messaging_store.append_event(
+            conn,
+            "webhook.test",
+            None,
+            {"endpoint_id": endpoint_id, "requested_by": principal().key},
+            time.time(),
+        )
+    await poke("webhooks")
+    return TestOut(event_id=event_id), 202
+
+
+def _delivery(row: Any, attempts: list[Any] | None = None) -> DeliveryOut:
+    return DeliveryOut(
+        **{k: row[k] for k in DeliveryOut.model_fields if k != "attempt_log"},
+        attempt_log=None if attempts is None else [AttemptOut(**dict(a)) for a in attempts],
+    )
+
+
+_DELIVERY_COLS = (
+    "id, endpoint_id, event_id, event_type, state, attempts, last_status, last_error, "
+    "next_attempt_at, created_at, updated_at, delivered_at"
+)
+
+
+@bp.get("/api/webhooks/<endpoint_id>/deliveries")
+@requires(Permission.WEBHOOKS_MANAGE)
+@query(DeliveryQuery)
+@document_response(DeliveryPage, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> DeliveryPage:
+    """The delivery log, newest first, filtered by state, event type and time."""
+    await _endpoint(endpoint_id)
+    where, params = ["endpoint_id = ?"], [endpoint_id]
+    for clause, value in (
+        ("state = ?", query_args.state),
+        ("event_type = ?", query_args.event_type),
+        ("created_at >= ?", query_args.since),
+        ("created_at < ?", query_args.until),
+        ("id < ?", int(query_args.cursor) if query_args.cursor else None),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    rows = await _db().fetchall(
+        f"SELECT {_DELIVERY_COLS} FROM webhook_deliveries WHERE {' AND '.join(where)} "
+        "ORDER BY id DESC LIMIT ?",
+        (*params, query_args.limit + 1),
+    )
+    page = rows[: query_args.limit]
+    more = len(rows) > query_args.limit
+    return DeliveryPage(
+        items=[_delivery(r) for r in page], next=str(page[-1]["id"]) if more else None
+    )
+
+
+@bp.get("/api/webhooks/<endpoint_id>/deliveries/<int:delivery_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(DeliveryOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def get_delivery(endpoint_id: str, delivery_id: int) -> DeliveryOut:
+    """One delivery with every attempt (time, duration, status, answer, error)."""
+    await _endpoint(endpoint_id)
+    row = await _db().fetchone(
+        f"SELECT {_DELIVERY_COLS} FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
+        (delivery_id, endpoint_id),
+    )
+    if row is None:
+        raise NotFound("no such delivery")
+    attempts = await _db().fetchall(
+        "SELECT at, duration_ms, status, response, error FROM webhook_attempts "
+        "WHERE delivery_id = ? ORDER BY id",
+        (delivery_id,),
+    )
+    return _delivery(row, attempts)
+
+
+async def _replay(endpoint_id: str, rows: list[Any]) -> int:
+    if not rows:
+        return 0
+    keys = [f"{endpoint_id}:{r['event_id']}" for r in rows]
+    marks = ",".join("?" * len(keys))
+    jobs = await _db().fetchall(
+        f"SELECT id FROM queue_jobs WHERE queue = ? AND unique_key IN ({marks})",
+        (WEBHOOK_QUEUE, *keys),
+    )
+    now = time.time()
+    ids = [r["id"] for r in rows]
+    async with _db().write() as conn:
+        await conn.execute(
+            f"UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = ?, "
+            f"updated_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+            (now, now, *ids),
+        )
+        await audit(conn, "webhook.replay", target=f"webhook:{endpoint_id}", deliveries=len(ids))
+    queue = DurableQueue(_db(), WEBHOOK_QUEUE)
+    replayed = await queue.replay([j["id"] for j in jobs], states=("dead", "done"))
+    await poke("webhooks")
+    return replayed
+
+
+@bp.post("/api/webhooks/<endpoint_id>/deliveries/<int:delivery_id>/replay")
+@requires(Permission.WEBHOOKS_MANAGE)
+@document_response(ReplayOut, 202)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def replay_delivery(endpoint_id: str, delivery_id: int) -> tuple[ReplayOut, int]:
+    """Deliver this event again (a new first attempt; same webhook-id)."""
+    await _endpoint(endpoint_id)
+    rows = await _db().fetchall(
+        "SELECT id, event_id FROM webhook_deliveries WHERE id = ? AND endpoint_id = ? "
+        "AND state != 'pending'",
+        (delivery_id, endpoint_id),
+    )
+    if (
+        not rows
+        and await _db().fetchone(
+            "SELECT 1 FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
+            (delivery_id, endpoint_id),
+        )
+        is None
+    ):
+        raise NotFound("no such delivery")
+    return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202
+
+
+@bp.post("/api/webhooks/<endpoint_id>/replay")
+@requires(Permission.WEBHOOKS_MANAGE)
+@json_body(ReplayIn)
+@document_response(ReplayOut, 202)
+@document_response(ErrorBody, 404)
+@tag(["webhooks"])
+async def replay_range(endpoint_id: str, data: ReplayIn) -> tuple[ReplayOut, int]:
+    """Deliver again every finished delivery in a time range (by creation) and state.
+
+    After a receiver outage: `{"state": "dead", "since": <outage start>}`.
+    """
+    await _endpoint(endpoint_id)
+    where, params = ["endpoint_id = ?", "state != 'pending'"], [endpoint_id]
+    if data.state != "any":
+        where.append("state = ?")
+        params.append(data.state)
+    if data.since is not None:
+        where.append("created_at >= ?")
+        params.append(data.since)
+    if data.until is not None:
+        where.append("created_at < ?")
+        params.append(data.until)
+    rows = await _db().fetchall(
+        f"SELECT id, event_id FROM webhook_deliveries WHERE {' AND '.join(where)} LIMIT 100000",
+        tuple(params),
+    )
+    return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202

@@ -1,0 +1,219 @@
+"""Webhook endpoints, deliveries and attempts in SQLite. Secrets are stored encrypted
+with the data key and only decrypted to sign (worker) or to show once (API)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.crypto import DataCipher
+from appliance.db.database import Database
+from appliance.errors import NotFound
+
+ROTATION_GRACE_S = 24 * 3600
+_ENDPOINT_COLS = (
+    "id, url, description, event_types, accounts, headers, timeout_s, max_concurrency, "
+    "enabled, disabled_reason, secret, previous_secret, previous_expires_at, failing_since, "
+    "created_by, created_at, updated_at"
+)
+
+
+def new_endpoint_id() -> str:
+    return "wh_" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    accounts: list[str] | None
+    headers: dict[str, str]
+    timeout_s: float
+    max_concurrency: int
+    enabled: bool
+    disabled_reason: str | None
+    secret: bytes  # encrypted
+    previous_secret: bytes | None
+    previous_expires_at: float | None
+    failing_since: float | None
+    created_by: str | None
+    created_at: float
+    updated_at: float
+
+    def wants(self, event_type: str, account_id: str | None, data: dict[str, Any]) -> bool:
+        if not self.enabled:
+            return False
+        if event_type == "webhook.test":
+            return data.get("endpoint_id") == self.id  # a test goes to its endpoint only
+        if "*" not in self.event_types and event_type not in self.event_types:
+            return False
+        if self.accounts is not None and account_id is not None:
+            return account_id in self.accounts
+        return True
+
+    def signing_secrets(self, cipher: DataCipher, now: float) -> list[str]:
+        active = [decrypt_secret(cipher, self.id, self.secret)]
+        if self.previous_secret is not None and (self.previous_expires_at or 0) > now:
+            active.append(decrypt_secret(cipher, self.id, self.previous_secret))
+        return active
+
+
+def encrypt_secret(cipher: DataCipher, endpoint_id: str, secret: str) -> bytes:
+    return cipher.encrypt(secret.encode(), context=f"webhook:{endpoint_id}".encode())
+
+
+def decrypt_secret(cipher: DataCipher, endpoint_id: str, blob: bytes) -> str:
+    return cipher.decrypt(blob, context=f"webhook:{endpoint_id}".encode()).decode()
+
+
+def endpoint_from(row: Any) -> Endpoint:
+    return Endpoint(
+        id=row["id"],
+        url=row["url"],
+        description=row["description"],
+        event_types=orjson.loads(row["event_types"]),
+        accounts=None if row["accounts"] is None else orjson.loads(row["accounts"]),
+        headers=orjson.loads(row["headers"]),
+        timeout_s=row["timeout_s"],
+        max_concurrency=row["max_concurrency"],
+        enabled=bool(row["enabled"]),
+        disabled_reason=row["disabled_reason"],
+        secret=row["secret"],
+        previous_secret=row["previous_secret"],
+        previous_expires_at=row["previous_expires_at"],
+        failing_since=row["failing_since"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def all_endpoints(db: Database) -> list[Endpoint]:
+    rows = await db.fetchall(f"SELECT {_ENDPOINT_COLS} FROM webhook_endpoints ORDER BY created_at")
+    return [endpoint_from(r) for r in rows]
+
+
+async def get_endpoint(db_or_conn: Database | aiosqlite.Connection, endpoint_id: str) -> Endpoint:
+    sql = f"SELECT {_ENDPOINT_COLS} FROM webhook_endpoints WHERE id = ?"
+    if isinstance(db_or_conn, Database):
+        row = await db_or_conn.fetchone(sql, (endpoint_id,))
+    else:
+        async with db_or_conn.execute(sql, (endpoint_id,)) as cur:
+            row = await cur.fetchone()
+    if row is None:
+        raise NotFound("no such webhook endpoint")
+    return endpoint_from(row)
+
+
+async def create_endpoint(
+    conn: aiosqlite.Connection,
+    cipher: DataCipher,
+    *,
+    endpoint_id: str,
+    url: str,
+    description: str,
+    event_types: list[str],
+    accounts: list[str] | None,
+    headers: dict[str, str],
+    timeout_s: float,
+    max_concurrency: int,
+    secret: str,
+    created_by: str,
+    now: float,
+) -> None:
+    await conn.execute(
+        "INSERT INTO webhook_endpoints (id, url, description, event_types, accounts, headers, "
+        "timeout_s, max_concurrency, secret, created_by, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            endpoint_id,
+            url,
+            description,
+            orjson.dumps(event_types).decode(),
+            None if accounts is None else orjson.dumps(accounts).decode(),
+            orjson.dumps(headers).decode(),
+            timeout_s,
+            max_concurrency,
+            encrypt_secret(cipher, endpoint_id, secret),
+            created_by,
+            now,
+            now,
+        ),
+    )
+
+
+async def update_endpoint(
+    conn: aiosqlite.Connection, endpoint_id: str, now: float, **fields: Any
+) -> None:
+    sets, params = ["updated_at = ?"], [now]
+    for column, value in fields.items():
+        if column in ("event_types", "headers"):
+            value = orjson.dumps(value).decode()
+        elif column == "accounts":
+            value = None if value is None else orjson.dumps(value).decode()
+        elif column == "enabled":
+            value = int(value)
+        sets.append(f"{column} = ?")
+        params.append(value)
+    cur = await conn.execute(
+        f"UPDATE webhook_endpoints SET {', '.join(sets)} WHERE id = ?", (*params, endpoint_id)
+    )
+    if cur.rowcount != 1:
+        raise NotFound("no such webhook endpoint")
+
+
+async def rotate_secret(
+    conn: aiosqlite.Connection, cipher: DataCipher, endpoint_id: str, new_secret: str, now: float
+) -> None:
+    """The new secret signs from now on; the old one keeps signing for 24 hours."""
+    async with conn.execute(
+        "SELECT secret FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound("no such webhook endpoint")
+    await conn.execute(
+        "UPDATE webhook_endpoints SET previous_secret = ?, previous_expires_at = ?, secret = ?, "
+        "updated_at = ? WHERE id = ?",
+        (
+            row["secret"],
+            now + ROTATION_GRACE_S,
+            encrypt_secret(cipher, endpoint_id, new_secret),
+            now,
+            endpoint_id,
+        ),
+    )
+
+
+async def delete_endpoint(conn: aiosqlite.Connection, endpoint_id: str) -> None:
+    cur = await conn.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
+    if cur.rowcount != 1:
+        raise NotFound("no such webhook endpoint")
+
+
+async def record_attempt(
+    conn: aiosqlite.Connection,
+    delivery_id: int,
+    *,
+    at: float,
+    duration_ms: float,
+    status: int | None,
+    response: str | None,
+    error: str | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO webhook_attempts (delivery_id, at, duration_ms, status, response, error) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (delivery_id, at, duration_ms, status, response, error),
+    )
+
+
+def is_integrity_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.IntegrityError)
