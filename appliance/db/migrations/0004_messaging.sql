@@ -45,6 +45,9 @@ CREATE INDEX chats_recent ON chats (account_id, last_message_at DESC, jid);
 -- id is the WhatsApp message id: generated and stored before an outbound send, so a
 -- retry after a crash re-sends the same id; for inbound, the sender's id.
 CREATE TABLE messages (
+    -- An explicit INTEGER PRIMARY KEY: the full-text index and list cursors use it, and
+    -- unlike an implicit rowid it survives VACUUM.
+    seq          INTEGER PRIMARY KEY,
     account_id   TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     id           TEXT NOT NULL,
     chat_jid     TEXT NOT NULL,
@@ -62,25 +65,27 @@ CREATE TABLE messages (
     wa_timestamp REAL,
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
-    PRIMARY KEY (account_id, id)
+    UNIQUE (account_id, id)
 ) STRICT;
-CREATE INDEX messages_chat ON messages (account_id, chat_jid, created_at DESC);
+-- Newest-first pages walk these in seq order (the key's implicit last column).
+CREATE INDEX messages_account ON messages (account_id);
+CREATE INDEX messages_chat ON messages (account_id, chat_jid);
 CREATE UNIQUE INDEX messages_client_key ON messages (account_id, client_key)
     WHERE client_key IS NOT NULL;
 
 CREATE VIRTUAL TABLE messages_fts USING fts5 (
-    body, content = 'messages', content_rowid = 'rowid', tokenize = 'unicode61'
+    body, content = 'messages', content_rowid = 'seq', tokenize = 'unicode61'
 );
 CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages WHEN new.body IS NOT NULL BEGIN
-    INSERT INTO messages_fts (rowid, body) VALUES (new.rowid, new.body);
+    INSERT INTO messages_fts (rowid, body) VALUES (new.seq, new.body);
 END;
 CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages WHEN old.body IS NOT NULL BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.rowid, old.body);
+    INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.seq, old.body);
 END;
 CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, body)
-        SELECT 'delete', old.rowid, old.body WHERE old.body IS NOT NULL;
-    INSERT INTO messages_fts (rowid, body) SELECT new.rowid, new.body WHERE new.body IS NOT NULL;
+        SELECT 'delete', old.seq, old.body WHERE old.body IS NOT NULL;
+    INSERT INTO messages_fts (rowid, body) SELECT new.seq, new.body WHERE new.body IS NOT NULL;
 END;
 
 CREATE TABLE media (

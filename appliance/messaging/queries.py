@@ -1,0 +1,316 @@
+"""Read-side SQL of the messaging core: chats, messages, contacts and search, in cursor
+pages, plus the one chat write the read API needs (archive, mark read).
+
+Cursors are opaque to callers: url-safe base64 of a small JSON array whose first item
+names the list it belongs to. A cursor that does not decode, or belongs to another
+list, is refused with ``InvalidInput`` (400), never a 500.
+
+Orders (newest first everywhere):
+
+- messages and search results: by rowid, descending (insertion order);
+- chats: by ``last_message_at`` descending (chats without one last), then jid;
+- contacts: by jid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import sqlite3
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.db.database import Database
+from appliance.errors import InvalidInput
+
+# The column list message_out() reads; kept in one place (store.py).
+from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
+
+MAX_CURSOR_LENGTH = 1024
+MAX_SEARCH_TERMS = 32
+
+# -- cursors -----------------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, *values: Any) -> str:
+    raw = orjson.dumps([kind, *values])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput(
+        "invalid cursor; pass the `next` of the previous page unchanged",
+        issues=[
+            {
+                "path": "cursor",
+                "message": "not a cursor of this list",
+                "code": "invalid_cursor",
+            }
+        ],
+    )
+
+
+def decode_cursor(kind: str, cursor: str, *types: type | tuple[type, ...]) -> list[Any]:
+    """The values of a cursor made by ``encode_cursor(kind, ...)``; InvalidInput if not."""
+    if len(cursor) > MAX_CURSOR_LENGTH or not re.fullmatch(r"[A-Za-z0-9_-]+", cursor):
+        raise _bad_cursor()
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = orjson.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _bad_cursor() from None
+    if not isinstance(decoded, list) or len(decoded) != len(types) + 1 or decoded[0] != kind:
+        raise _bad_cursor()
+    values = decoded[1:]
+    for value, expected in zip(values, types, strict=True):
+        # bool is an int in Python; no cursor holds a bool.
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise _bad_cursor()
+    return values
+
+
+def rowid_cursor(kind: str, cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    (rowid,) = decode_cursor(kind, cursor, int)
+    if not 0 < rowid < 2**63:
+        raise _bad_cursor()
+    return int(rowid)
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+async def list_messages(
+    db: Database,
+    account_id: str,
+    *,
+    chat_jid: str | None = None,
+    direction: str | None = None,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: int,
+) -> tuple[list[Any], str | None]:
+    """A page of message rows, newest first, and the cursor of the next page."""
+    before = rowid_cursor("m", cursor)
+    where, params = ["account_id = ?"], [account_id]
+    for column, value in (("chat_jid", chat_jid), ("direction", direction), ("status", status)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append("rowid < ?")
+        params.append(before)
+    rows = await db.fetchall(
+        f"SELECT rowid AS cursor, {MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} "
+        "ORDER BY rowid DESC LIMIT ?",
+        (*params, limit + 1),
+    )
+    return _rowid_page("m", rows, limit)
+
+
+def _rowid_page(kind: str, rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
+    page = list(rows[:limit])
+    more = len(rows) > limit
+    return page, encode_cursor(kind, page[-1]["cursor"]) if more and page else None
+
+
+async def message_rows_by_id(
+    db: Database, account_id: str, message_ids: Sequence[str]
+) -> dict[str, Any]:
+    if not message_ids:
+        return {}
+    marks = ",".join("?" * len(message_ids))
+    rows = await db.fetchall(
+        f"SELECT {MESSAGE_COLS} FROM messages WHERE account_id = ? AND id IN ({marks})",
+        (account_id, *message_ids),
+    )
+    return {r["id"]: r for r in rows}
+
+
+# -- chats -------------------------------------------------------------------------------
+
+_CHAT_SELECT = (
+    "SELECT c.account_id, c.jid, COALESCE(c.name, ct.name) AS name, c.is_group, c.archived, "
+    "c.unread_count, c.last_message_id, c.last_message_at, c.created_at FROM chats c "
+    "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
+)
+
+
+async def list_chats(
+    db: Database,
+    account_id: str,
+    *,
+    archived: bool | None = None,
+    cursor: str | None = None,
+    limit: int,
+) -> tuple[list[Any], str | None]:
+    """A page of chat rows, most recent activity first, and the next page's cursor.
+
+    The name is the chat's own, else the contact's. Chats move to the top as messages
+    arrive, so a chat that gets a message while a client pages may show up twice or be
+    passed over; a fresh first page always shows it.
+    """
+    where: list[str] = ["c.account_id = ?"]
+    params: list[Any] = [account_id]
+    if archived is not None:
+        where.append("c.archived = ?")
+        params.append(int(archived))
+    if cursor is not None:
+        at, jid = decode_cursor("c", cursor, (int, float, type(None)), str)
+        if at is not None:
+            at = float(at)  # an int beyond 64 bits would not bind
+        if at is None:  # the previous page ended among the chats without activity
+            where.append("(c.last_message_at IS NULL AND c.jid > ?)")
+            params.append(jid)
+        else:
+            where.append(
+                "(c.last_message_at < ? OR (c.last_message_at = ? AND c.jid > ?) "
+                "OR c.last_message_at IS NULL)"
+            )
+            params.extend([at, at, jid])
+    rows = await db.fetchall(
+        f"{_CHAT_SELECT} WHERE {' AND '.join(where)} "
+        "ORDER BY c.last_message_at DESC, c.jid LIMIT ?",
+        (*params, limit + 1),
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    last = page[-1] if page else None
+    next_cursor = (
+        encode_cursor("c", last["last_message_at"], last["jid"]) if more and last else None
+    )
+    return page, next_cursor
+
+
+async def chat_row(db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str) -> Any:
+    sql = f"{_CHAT_SELECT} WHERE c.account_id = ? AND c.jid = ?"
+    if isinstance(db_or_conn, Database):
+        return await db_or_conn.fetchone(sql, (account_id, jid))
+    async with db_or_conn.execute(sql, (account_id, jid)) as cur:
+        return await cur.fetchone()
+
+
+async def update_chat(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    jid: str,
+    *,
+    archived: bool | None = None,
+    mark_read: bool = False,
+) -> bool:
+    """Archive or unarchive a chat, and/or set its unread count to 0; False if unknown."""
+    sets, params = [], []
+    if archived is not None:
+        sets.append("archived = ?")
+        params.append(int(archived))
+    if mark_read:
+        sets.append("unread_count = 0")
+    if not sets:
+        async with conn.execute(
+            "SELECT 1 FROM chats WHERE account_id = ? AND jid = ?", (account_id, jid)
+        ) as cur:
+            return await cur.fetchone() is not None
+    cur = await conn.execute(
+        f"UPDATE chats SET {', '.join(sets)} WHERE account_id = ? AND jid = ?",
+        (*params, account_id, jid),
+    )
+    return bool(cur.rowcount == 1)
+
+
+# -- contacts ----------------------------------------------------------------------------
+
+
+async def list_contacts(
+    db: Database, account_id: str, *, cursor: str | None = None, limit: int
+) -> tuple[list[Any], str | None]:
+    """A page of contacts by jid, and the next page's cursor."""
+    where, params = ["account_id = ?"], [account_id]
+    if cursor is not None:
+        (after,) = decode_cursor("k", cursor, str)
+        where.append("jid > ?")
+        params.append(after)
+    rows = await db.fetchall(
+        f"SELECT jid, phone, name, updated_at FROM contacts WHERE {' AND '.join(where)} "
+        "ORDER BY jid LIMIT ?",
+        (*params, limit + 1),
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return page, encode_cursor("k", page[-1]["jid"]) if more and page else None
+
+
+# -- full-text search --------------------------------------------------------------------
+
+
+def fts_query(text: str) -> str | None:
+    """User input as an FTS5 query that cannot be a syntax error, or None if it has no terms.
+
+    Every whitespace-separated word becomes a quoted phrase (so ``AND``, ``NEAR``, ``:``,
+    ``(``, ``"`` and ``-`` are plain text), the phrases must all match, and a trailing
+    ``*`` keeps its meaning of a prefix search. Control characters separate words.
+    """
+    cleaned = "".join(" " if unicodedata.category(ch)[0] in "CZ" else ch for ch in text)
+    terms = []
+    for word in cleaned.split():
+        prefix = word.endswith("*")
+        word = word.rstrip("*")
+        if not word:
+            continue
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+        if len(terms) == MAX_SEARCH_TERMS:
+            break
+    return " ".join(terms) or None
+
+
+def _fts_error(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return text.startswith("fts5") or any(
+        s in text for s in ("syntax error", "unterminated string", "no such column")
+    )
+
+
+async def search_messages(
+    db: Database,
+    accounts: Sequence[str] | None,
+    text: str,
+    *,
+    cursor: str | None = None,
+    limit: int,
+) -> tuple[list[Any], str | None]:
+    """Messages whose body matches every word of ``text``, newest first, in pages.
+
+    ``accounts=None`` searches every account; an empty list finds nothing.
+    """
+    before = rowid_cursor("s", cursor)
+    match = fts_query(text)
+    if match is None or (accounts is not None and not accounts):
+        return [], None
+    where, params = ["messages_fts MATCH ?"], [match]
+    if before is not None:
+        where.append("messages_fts.rowid < ?")
+        params.append(before)
+    if accounts is not None:
+        where.append(f"m.account_id IN ({','.join('?' * len(accounts))})")
+        params.extend(accounts)
+    cols = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLS.split(","))
+    try:
+        rows = await db.fetchall(
+            f"SELECT m.rowid AS cursor, {cols} FROM messages_fts JOIN messages m "
+            f"ON m.rowid = messages_fts.rowid WHERE {' AND '.join(where)} "
+            "ORDER BY messages_fts.rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+    except sqlite3.OperationalError as exc:
+        if not _fts_error(exc):
+            raise
+        raise InvalidInput(
+            "the search text cannot be used",
+            issues=[{"path": "q", "message": "not a valid search", "code": "invalid_search"}],
+        ) from None
+    return _rowid_page("s", rows, limit)
