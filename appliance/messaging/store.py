@@ -416,12 +416,19 @@ async def set_message_status(
     )
     updated = await message_row(conn, account_id, message_id)
     message = message_out(updated)
-    if event and status != "sending":
-        await append_event(
-            conn,
-            f"message.{status}",
-            account_id,
-            message.model_dump(mode="json", by_alias=True),
-            now,
-        )
+    if not event or status == "sending":
+        return message
+    if status == "failed":
+        steps = ["failed"]
+    else:
+        # A receipt can overtake the engine's own confirmation: every step passed gets
+        # its event, in order, so a subscriber always sees sent before delivered.
+        steps = [
+            s
+            for s in ("sent", "delivered", "read")
+            if STATUS_RANK[current] < STATUS_RANK[s] <= STATUS_RANK[status]
+        ]
+    payload = message.model_dump(mode="json", by_alias=True)
+    for step in steps:
+        await append_event(conn, f"message.{step}", account_id, {**payload, "status": step}, now)
     return message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import email.utils
 import logging
 import random
@@ -115,9 +116,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value.isdigit():
         return min(float(value), MAX_RETRY_AFTER_S)
     try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
+        parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if parsed.tzinfo is None:  # HTTP dates are GMT, even in the asctime form
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    when = parsed.timestamp()
     return min(max(0.0, when - now), MAX_RETRY_AFTER_S)
 
 
