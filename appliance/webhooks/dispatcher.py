@@ -486,6 +486,24 @@ class Dispatcher:
         PENDING.set(row["n"] if row else 0)
         OLDEST_PENDING.set(max(0.0, now - row["oldest"]) if row and row["oldest"] else 0.0)
         DISABLED.set(sum(1 for e in self._endpoints.values() if not e.enabled))
+        # A job whose leases kept expiring (the worker died in every attempt) ends dead
+        # in the queue without passing through _finish: mark its delivery dead too.
+        orphans = await self.db.scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries d JOIN queue_jobs j ON j.queue = ? "
+            "AND j.unique_key = d.endpoint_id || ':' || d.event_id "
+            "WHERE d.state = 'pending' AND j.state = 'dead'",
+            (WEBHOOK_QUEUE,),
+        )
+        if orphans:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET state = 'dead', updated_at = ?, "
+                    "last_error = COALESCE(last_error, 'lease expired after the last attempt') "
+                    "WHERE state = 'pending' AND EXISTS (SELECT 1 FROM queue_jobs j "
+                    "WHERE j.queue = ? AND j.unique_key = webhook_deliveries.endpoint_id "
+                    "|| ':' || webhook_deliveries.event_id AND j.state = 'dead')",
+                    (now, WEBHOOK_QUEUE),
+                )
         cutoff = now - self.settings.webhook_retention_days * 86400
         old = await self.db.scalar(
             "SELECT COUNT(*) FROM webhook_deliveries WHERE state != 'pending' AND updated_at < ?",
