@@ -4,6 +4,7 @@ never followed, and only the first bytes of the answer are kept."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,18 +26,40 @@ class AttemptResult:
 
 
 class Poster:
-    """A shared HTTP client (connections are pooled per checked address)."""
+    """HTTP clients for deliveries, one per receiver host name.
+
+    Requests go to the checked IP address, and httpx pools connections by address: a
+    client per host name keeps a TLS connection verified for one name from carrying
+    another name's deliveries (two hosts behind one CDN address).
+    """
+
+    MAX_CLIENTS = 256
 
     def __init__(self, *, resolver: ssrf.Resolver | None = None) -> None:
         self.resolver = resolver
-        self.client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
+
+    def _client(self, target: ssrf.Target) -> httpx.AsyncClient:
+        key = (target.scheme, target.host, target.port)
+        client = self._clients.get(key)
+        if client is None:
+            if len(self._clients) >= self.MAX_CLIENTS:  # forget the oldest receiver's pool
+                oldest = next(iter(self._clients))
+                old = self._clients.pop(oldest)
+                task = asyncio.get_running_loop().create_task(old.aclose())
+                task.add_done_callback(lambda _: None)
+            client = httpx.AsyncClient(
+                trust_env=False,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            )
+            self._clients[key] = client
+        return client
 
     async def close(self) -> None:
-        await self.client.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
 
     async def post(
         self,
@@ -70,7 +93,8 @@ class Poster:
         extensions = {}
         if target.scheme == "https" and not target.host_is_ip:
             extensions["sni_hostname"] = target.host
-        request = self.client.build_request(
+        client = self._client(target)
+        request = client.build_request(
             "POST",
             target.connect_url(),
             content=body,
@@ -79,7 +103,7 @@ class Poster:
             timeout=httpx.Timeout(timeout_s),
         )
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except httpx.TimeoutException:
             return done(error=f"timed out after {timeout_s:g} s")
         except httpx.HTTPError as exc:

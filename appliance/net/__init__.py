@@ -1,0 +1,1 @@
+"""Outbound network access: the SSRF guard every outbound HTTP request goes through."""
