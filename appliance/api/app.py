@@ -16,6 +16,7 @@ from appliance import __version__
 from appliance.api import health
 from appliance.api.access import SECURITY_SCHEMES, install_access_control, public, route_requirement
 from appliance.api.errors import install_error_handlers
+from appliance.api.live import EventBell
 from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
@@ -28,6 +29,7 @@ from appliance.api.routes import (
     media,
     messages,
     users,
+    webhooks,
 )
 from appliance.api.state import ApiState, state_of
 from appliance.config import Settings
@@ -53,12 +55,19 @@ def create_app(
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
-    worker = worker or WorkerClient(settings.worker_socket, timeout_s=settings.ipc_timeout_s)
+    bell = EventBell()  # rung by the worker's "events" notifications
+    worker = worker or WorkerClient(
+        settings.worker_socket,
+        timeout_s=settings.ipc_timeout_s,
+        topics=("events",),
+        on_notification=bell.on_notification,
+    )
     app.extensions["appliance"] = ApiState(
         settings=settings,
         secrets=secrets,
         worker=worker,
         cipher=DataCipher(secrets.data_key),
+        extras={"bell": bell},
     )
     QuartSchema(
         app,
@@ -130,7 +139,7 @@ def create_app(
     install_error_handlers(app)
     install_access_control(app)
     blueprints = (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp)
-    blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp)
+    blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

@@ -33,7 +33,7 @@ def test_no_server_errors_and_standard_error_shape(fuzz_target: tuple[Appliance,
 
     def check(case: schemathesis.Case) -> None:
         response = case.call(
-            base_url=app.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=15
+            base_url=app.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=45
         )
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         where = f"{case.method} {case.formatted_path} -> {response.status_code}"

