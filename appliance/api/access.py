@@ -23,8 +23,17 @@ import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from quart import Quart, Response, current_app, g, request
+from quart import (
+    Quart,
+    Response,
+    current_app,
+    g,
+    has_websocket_context,
+    request,
+    websocket,
+)
 from quart_schema import document_response, security_scheme
 
 from appliance.api.schemas import ErrorBody
@@ -98,9 +107,14 @@ def principal() -> Principal:
     return found  # type: ignore[no-any-return]
 
 
+def _conn() -> Any:
+    """The HTTP request or the websocket handshake being served (same headers API)."""
+    return websocket if has_websocket_context() else request
+
+
 def client_addr() -> str:
     """The client's address: the socket peer, or X-Forwarded-For behind a trusted proxy."""
-    peer = (request.remote_addr or "").split("%")[0]
+    peer = (_conn().remote_addr or "").split("%")[0]
     networks = state_of().settings.trusted_proxy_networks
     if not networks:
         return peer
@@ -114,7 +128,8 @@ def client_addr() -> str:
 
     if not trusted(peer):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    forwarded = _conn().headers.get("X-Forwarded-For", "")
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
     for hop in reversed(hops):
         if not trusted(hop):
             return hop
@@ -135,10 +150,17 @@ def route_requirement(func: Callable[..., Any]) -> str:
     return "undeclared"
 
 
-async def _load_principal(now: float) -> tuple[Principal, str] | None:
+async def load_principal(now: float, *, touch: bool = True) -> tuple[Principal, str] | None:
+    """The caller from ``Authorization: Bearer`` or the session cookie, with how it
+    authenticated ('bearer' or 'cookie'); None when it sent neither.
+
+    ``touch`` records the use (spread out by TOUCH_INTERVAL_S); a long-lived stream
+    re-checks access with touch=False so it does not keep an idle session alive.
+    """
     state = state_of()
     assert state.db is not None
-    header = request.headers.get("Authorization", "")
+    conn = _conn()
+    header = conn.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -147,13 +169,17 @@ async def _load_principal(now: float) -> tuple[Principal, str] | None:
         if found is None:
             raise Unauthenticated("invalid or revoked API key")
         key_principal, last_used = found
-        if last_used is None or now - last_used > TOUCH_INTERVAL_S:
+        if touch and (last_used is None or now - last_used > TOUCH_INTERVAL_S):
             async with state.db.write() as conn:
                 await store.mark_api_key_used(conn, key_principal.id, now)
         return key_principal, "bearer"
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = conn.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
+    if has_websocket_context():
+        # Browsers send cookies with websocket handshakes from any page, and there is
+        # no CSRF header: only our own origin and the CORS origins may use a session.
+        _check_websocket_origin()
     token_hash = store.session_hash(state.secrets.session_key, cookie)
     settings = state.settings
     found_session = await store.session_principal(
@@ -162,13 +188,30 @@ async def _load_principal(now: float) -> tuple[Principal, str] | None:
     if found_session is None:
         raise Unauthenticated("session expired or logged out; log in again")
     user_principal, last_seen = found_session
-    if now - last_seen > TOUCH_INTERVAL_S:
+    if touch and now - last_seen > TOUCH_INTERVAL_S:
         async with state.db.write() as conn:
             await store.touch_session(conn, token_hash, now)
     return user_principal, "cookie"
 
 
-async def _rate_limit(who: Principal | None, now: float) -> None:
+def _check_websocket_origin() -> None:
+    origin = websocket.headers.get("Origin")
+    if not origin:
+        return  # not a browser
+    origin = origin.rstrip("/")
+    settings = state_of().settings
+    public = urlsplit(settings.effective_public_url)
+    if origin in settings.cors_origin_list or origin == f"{public.scheme}://{public.netloc}":
+        return
+    host = websocket.headers.get("Host", "")
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and host and hmac.compare_digest(parts.netloc, host):
+        return
+    raise Forbidden("this origin may not use a session cookie here; use an API key")
+
+
+async def rate_limit(who: Principal | None, now: float) -> None:
+    """Count the request per client address and per principal; 429 past a limit."""
     state = state_of()
     limiter = state.limiter
     if limiter is None:
@@ -196,11 +239,11 @@ async def authorize_request() -> None:
     now = time.time()
     if requirement == "public":
         if request.path.startswith("/api"):
-            await _rate_limit(None, now)
+            await rate_limit(None, now)
         return
     if requirement == "undeclared":
         raise Forbidden("this route declares no access rule")
-    loaded = await _load_principal(now)
+    loaded = await load_principal(now)
     if loaded is None:
         raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
     who, method = loaded
@@ -212,7 +255,7 @@ async def authorize_request() -> None:
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header for this session")
     if requirement != "authenticated" and not who.can(Permission(requirement)):
         raise Forbidden(f"your role ({who.role.value}) lacks the permission {requirement}")
-    await _rate_limit(who, now)
+    await rate_limit(who, now)
 
 
 def apply_browser_headers(response: Response) -> Response:

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import logging
 import time
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from quart import Blueprint, g, websocket
 from quart_schema import document_response, tag
 
-from appliance.api import live
-from appliance.api.access import SESSION_COOKIE, TOUCH_INTERVAL_S, requires
+from appliance.api import access, live
+from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.schemas import ErrorBody, Strict
 from appliance.api.state import ApiState, state_of
 from appliance.api.validation import issues_from, query
-from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission, Role
 from appliance.auth.principal import Principal
 from appliance.errors import (
@@ -33,7 +29,6 @@ from appliance.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
-    RateLimited,
     Unauthenticated,
 )
 from appliance.messaging.models import EVENT_TYPES, EventOut
@@ -227,130 +222,37 @@ async def _scope(args: EventFilterQuery, *, check_exists: bool = True) -> live.S
     if args.account is not None:
         if check_exists:
             await account_for(args.account)  # 404 when absent or not granted
-        elif not _principal().sees_account(args.account):
+        elif not access.principal().sees_account(args.account):
             raise NotFound("no such account")
         return live.Scope(accounts=frozenset({args.account}), unassigned=False, types=types)
     visible = visible_accounts()
     return live.Scope(
         accounts=None if visible is None else frozenset(visible),
-        unassigned=_principal().role == Role.ADMIN,
+        unassigned=access.principal().role == Role.ADMIN,
         types=types,
     )
 
 
-def _principal() -> Principal:
-    who = g.get("principal")
-    if who is None:
-        raise Unauthenticated("authentication required")
-    return who  # type: ignore[no-any-return]
-
-
 # -- websocket authentication -------------------------------------------------------------
-# The same rules as appliance/api/access.py applies to HTTP requests, read from the
-# websocket's handshake instead of ``request`` (unbound in a websocket context).
+# before_request hooks do not run for websockets: the same functions of access.py are
+# called here, on the handshake.
 
 
 async def _authenticate_websocket(state: ApiState) -> Principal:
     now = time.time()
-    await _rate_limit(state, f"addr:{_websocket_client_addr(state)}", per_addr=True, now=now)
-    who = await _load_websocket_principal(state, touch=True)
-    if who is None:
+    loaded = await access.load_principal(now)
+    if loaded is None:
+        await access.rate_limit(None, now)
         raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    who, _ = loaded
     if not who.can(Permission.MESSAGES_READ):
         raise Forbidden(
             f"your role ({who.role.value}) lacks the permission {Permission.MESSAGES_READ.value}"
         )
-    await _rate_limit(state, f"principal:{who.key}", per_addr=False, now=now)
+    await access.rate_limit(who, now)
     return who
 
 
 async def _load_websocket_principal(state: ApiState, *, touch: bool) -> Principal | None:
-    db = state.db
-    assert db is not None
-    now = time.time()
-    header = websocket.headers.get("Authorization", "")
-    if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("use Authorization: Bearer <API key>")
-        found = await auth_store.api_key_principal(db, token.strip())
-        if found is None:
-            raise Unauthenticated("invalid or revoked API key")
-        key_principal, last_used = found
-        if touch and (last_used is None or now - last_used > TOUCH_INTERVAL_S):
-            async with db.write() as conn:
-                await auth_store.mark_api_key_used(conn, key_principal.id, now)
-        return key_principal
-    cookie = websocket.cookies.get(SESSION_COOKIE)
-    if not cookie:
-        return None
-    # Browsers send cookies with websocket handshakes from any page: only our own
-    # origin and the configured CORS origins may use a session (no CSRF header here).
-    _check_origin(state)
-    token_hash = auth_store.session_hash(state.secrets.session_key, cookie)
-    found_session = await auth_store.session_principal(
-        db, token_hash, now=now, idle_s=state.settings.session_idle_timeout_s
-    )
-    if found_session is None:
-        raise Unauthenticated("session expired or logged out; log in again")
-    user_principal, last_seen = found_session
-    # Only the handshake counts as activity: an open stream does not keep an idle
-    # session alive, and the stream ends when the session expires.
-    if touch and now - last_seen > TOUCH_INTERVAL_S:
-        async with db.write() as conn:
-            await auth_store.touch_session(conn, token_hash, now)
-    return user_principal
-
-
-def _check_origin(state: ApiState) -> None:
-    origin = websocket.headers.get("Origin")
-    if not origin:
-        return  # not a browser
-    origin = origin.rstrip("/")
-    settings = state.settings
-    public = urlsplit(settings.effective_public_url)
-    if origin in settings.cors_origin_list or origin == f"{public.scheme}://{public.netloc}":
-        return
-    host = websocket.headers.get("Host", "")
-    parts = urlsplit(origin)
-    if parts.scheme in ("http", "https") and host and hmac.compare_digest(parts.netloc, host):
-        return
-    raise Forbidden("this origin may not use a session cookie here; use an API key")
-
-
-def _websocket_client_addr(state: ApiState) -> str:
-    """As access.client_addr, from the websocket handshake."""
-    peer = (websocket.remote_addr or "").split("%")[0]
-    networks = state.settings.trusted_proxy_networks
-    if not networks:
-        return peer
-
-    def trusted(addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in networks)
-
-    if not trusted(peer):
-        return peer
-    forwarded = websocket.headers.get("X-Forwarded-For", "")
-    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not trusted(hop):
-            return hop
-    return hops[0] if hops else peer
-
-
-async def _rate_limit(state: ApiState, key: str, *, per_addr: bool, now: float) -> None:
-    limiter = state.limiter
-    if limiter is None:
-        return
-    settings = state.settings
-    if per_addr:
-        limit = settings.api_rate_limit_per_addr_per_min
-    else:
-        limit = settings.api_rate_limit_per_min
-    wait = await limiter.hit(key, limit=limit, window_s=60, now=now)
-    if wait is not None:
-        raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
+    loaded = await access.load_principal(time.time(), touch=touch)
+    return None if loaded is None else loaded[0]
