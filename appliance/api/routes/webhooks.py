@@ -473,7 +473,7 @@ async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> Delive
     )
 
 
-@bp.get("/api/webhooks/<endpoint_id>/deliveries/<int:delivery_id>")
+@bp.get("/api/webhooks/<string:endpoint_id>/deliveries/<int:delivery_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
 @document_response(DeliveryOut, 200)
 @document_response(ErrorBody, 404)
@@ -519,7 +519,7 @@ async def _replay(endpoint_id: str, rows: list[Any]) -> int:
     return replayed
 
 
-@bp.post("/api/webhooks/<endpoint_id>/deliveries/<int:delivery_id>/replay")
+@bp.post("/api/webhooks/<string:endpoint_id>/deliveries/<int:delivery_id>/replay")
 @requires(Permission.WEBHOOKS_MANAGE)
 @document_response(ReplayOut, 202)
 @document_response(ErrorBody, 404)
