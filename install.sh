@@ -134,6 +134,16 @@ if [ -n "$BIND" ]; then
     die "--bind must be an IP address such as 127.0.0.1 or 0.0.0.0, got '$BIND'"
 fi
 
+# The web engine (neonize) loads libmagic; the other engines do not need it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1'; then
+  if [ "$SYSTEM" -eq 1 ] && command -v apt-get >/dev/null; then
+    say "installing libmagic1 (needed by the web engine)"
+    apt-get install -y -q libmagic1 >/dev/null || die "apt-get install libmagic1 failed; install it and re-run"
+  else
+    say "warning: libmagic1 is missing: web engine accounts will fail until 'apt-get install libmagic1'"
+  fi
+fi
+
 mkdir -p "$ROOT/opt" "$ROOT/var/lib"
 free_mb=$(df -Pm "$ROOT/var/lib" | awk 'NR==2 {print $4}')
 [ "${free_mb:-0}" -ge "$MIN_FREE_MB" ] || die "only ${free_mb} MB free under $ROOT/var/lib; at least $MIN_FREE_MB MB are needed. Free some disk space and re-run."

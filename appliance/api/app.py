@@ -24,6 +24,7 @@ from appliance.api.routes import (
     audit,
     auth,
     chats,
+    cloud_webhook,
     docs,
     events,
     media,
@@ -140,6 +141,7 @@ def create_app(
     install_access_control(app)
     blueprints = (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
+    blueprints += (cloud_webhook.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

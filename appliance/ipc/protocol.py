@@ -113,6 +113,24 @@ class SandboxStatsResult(_Model):
     running: bool
 
 
+class WebQrParams(_Model):
+    account_id: str
+    format: Literal["raw", "png", "svg"] = "png"
+
+
+class WebQrResult(_Model):
+    qr: str  # the raw string, or base64 of the PNG / SVG
+
+
+class WebPairParams(_Model):
+    account_id: str
+    phone: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$")
+
+
+class WebPairResult(_Model):
+    code: str
+
+
 METHODS: dict[str, tuple[type[_Model], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -120,6 +138,8 @@ METHODS: dict[str, tuple[type[_Model], type[_Model]]] = {
     "poke": (PokeParams, PokeResult),
     "sandbox.load": (SandboxLoadParams, SandboxLoadResult),
     "sandbox.stats": (SandboxStatsParams, SandboxStatsResult),
+    "web.qr": (WebQrParams, WebQrResult),
+    "web.pair": (WebPairParams, WebPairResult),
 }
 
 # Notifications the worker publishes (method name = topic):

@@ -25,7 +25,8 @@ from pydantic import (
 from appliance.api.schemas import Strict
 
 AccountIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-MessageIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+# WhatsApp ids: Web ids are hex, Cloud API wamids are base64 (with + / =).
+MessageIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:+/=-]{1,256}$")]
 MediaIdStr = Annotated[str, StringConstraints(pattern=r"^med_[A-Za-z0-9_-]{8,64}$")]
 
 ACCOUNT_STATES = ("disconnected", "connecting", "pairing", "connected", "logged_out", "failed")
@@ -163,6 +164,18 @@ class Reaction(Strict):
     )
 
 
+class TemplateLanguage(Strict):
+    code: Annotated[str, StringConstraints(min_length=2, max_length=16)]
+
+
+class Template(Strict):
+    """A pre-approved template (Cloud API), required outside the 24-hour window."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    language: TemplateLanguage
+    components: list[dict[str, Any]] = Field(default_factory=list, max_length=20)
+
+
 class Context(Strict):
     message_id: MessageIdStr
 
@@ -170,18 +183,19 @@ class Context(Strict):
 class MessageContent(Strict):
     """The content shared by sends and sandbox inbound."""
 
-    type: Literal["text", "image", "document", "audio", "video", "reaction"]
+    type: Literal["text", "image", "document", "audio", "video", "reaction", "template"]
     text: Text | None = None
     image: Media | None = None
     document: Media | None = None
     audio: Media | None = None
     video: Media | None = None
     reaction: Reaction | None = None
+    template: Template | None = None
     context: Context | None = None
 
     @model_validator(mode="after")
     def _matches_type(self) -> MessageContent:
-        parts = ("text", "image", "document", "audio", "video", "reaction")
+        parts = ("text", "image", "document", "audio", "video", "reaction", "template")
         given = [p for p in parts if getattr(self, p) is not None]
         if given != [self.type]:
             raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")

@@ -104,7 +104,10 @@ def account_out(row: Any) -> AccountOut:
         id=row["id"],
         name=row["name"],
         engine=row["engine"],
-        engine_settings=orjson.loads(row["engine_settings"]),
+        # Stored secrets are encrypted (keys ending in _enc); answers show them masked only.
+        engine_settings={
+            k: v for k, v in orjson.loads(row["engine_settings"]).items() if not k.endswith("_enc")
+        },
         settings=AccountSettings.model_validate(orjson.loads(row["settings"])),
         state=row["state"],
         state_reason=row["state_reason"],

@@ -8,6 +8,7 @@ close the database). SIGTERM and SIGINT fire the trigger; exit code 0.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -68,8 +69,15 @@ class Worker:
         self.rpc.register("poke", self.poke)
         self.rpc.register("sandbox.load", self.sandbox_load)
         self.rpc.register("sandbox.stats", self.sandbox_stats)
+        self.rpc.register("web.qr", self.web_qr)
+        self.rpc.register("web.pair", self.web_pair)
         await self.rpc.start()
-        self.messaging = MessagingService(self.db, self.settings, publish=self._publish_events)
+        self.messaging = MessagingService(
+            self.db,
+            self.settings,
+            publish=self._publish_events,
+            cipher=DataCipher(self.secrets.data_key),
+        )
         await self.messaging.start()
         self.dispatcher = Dispatcher(
             self.db,
@@ -127,6 +135,26 @@ class Worker:
         if engine is None:
             raise Conflict("no connected sandbox account with that id; is it connected?")
         return protocol.SandboxStatsResult(**engine.load.summary())
+
+    async def web_qr(self, params: protocol.WebQrParams) -> protocol.WebQrResult:
+        engine = self.messaging.web(params.account_id) if self.messaging else None
+        if engine is None or not engine.qr_code:
+            raise Conflict("no QR code: the account is not a web account waiting to be linked")
+        if params.format == "raw":
+            return protocol.WebQrResult(qr=engine.qr_code)
+        data = engine.qr_png() if params.format == "png" else engine.qr_svg()
+        return protocol.WebQrResult(qr=base64.b64encode(data).decode())
+
+    async def web_pair(self, params: protocol.WebPairParams) -> protocol.WebPairResult:
+        from appliance.engines.web import WebEngineError
+
+        engine = self.messaging.web(params.account_id) if self.messaging else None
+        if engine is None:
+            raise Conflict("not a web account that is connecting; POST .../connect first")
+        try:
+            return protocol.WebPairResult(code=await engine.pair_phone(params.phone))
+        except (WebEngineError, ValueError) as exc:
+            raise Conflict(str(exc)) from None
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})

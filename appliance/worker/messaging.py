@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 
 from appliance.config import Settings
+from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases
 from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
@@ -43,6 +45,38 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
     engine_state = orjson.loads(row["engine_state"])
     if row["engine"] == "sandbox":
         return SandboxEngine(row["id"], engine_settings, engine_state, host, db=db)
+    if row["engine"] == "web":
+        from appliance.engines.web import WebEngine
+
+        return WebEngine(
+            row["id"],
+            engine_settings,
+            engine_state,
+            host,
+            session_root=host.service.settings.data_dir / "sessions",
+        )
+    if row["engine"] == "cloud":
+        from appliance.engines.cloud import CloudEngine
+        from appliance.messaging.media import open_media
+
+        service = host.service
+        if service.cipher is None:
+            raise ValueError("the cloud engine needs the data key; none was given")
+        account_id = row["id"]
+
+        async def media(media_id: str) -> Any:
+            return await open_media(db, service.settings, account_id, media_id)
+
+        return CloudEngine(
+            account_id,
+            engine_settings,
+            engine_state,
+            host,
+            db=db,
+            cipher=service.cipher,
+            open_media=media,
+            events_written=service.events_written,
+        )
     raise ValueError(f"engine {row['engine']!r} is not available in this version")
 
 
@@ -156,6 +190,11 @@ class AccountRuntime:
                     except Exception:
                         log.exception("logout failed", extra={"account_id": self.account_id})
                     self.engine = None
+                elif self.row["engine"] == "web":
+                    # No live engine (e.g. after a restart): still forget the session.
+                    shutil.rmtree(
+                        self.service.settings.data_dir / "sessions" / self.account_id, True
+                    )
                 await self._set_state("logged_out", "logged out on request")
                 await self._wait_desired_change()
                 continue
@@ -227,8 +266,10 @@ class MessagingService:
         *,
         publish: Callable[[int], Awaitable[None]],
         pipeline: Pipeline | None = None,
+        cipher: DataCipher | None = None,
     ) -> None:
         self.db = db
+        self.cipher = cipher  # decrypts stored engine credentials (cloud engine)
         self.settings = settings
         self.publish = publish
         self.pipeline = pipeline or default_pipeline()
@@ -307,7 +348,10 @@ class MessagingService:
             else:
                 runtime.update(row)
         for account_id in set(self.runtimes) - seen:
-            await self.runtimes.pop(account_id).stop()
+            runtime = self.runtimes.pop(account_id)
+            await runtime.stop()
+            if runtime.row["engine"] == "web":  # the account was deleted: so is its session
+                shutil.rmtree(self.settings.data_dir / "sessions" / account_id, True)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -474,6 +518,14 @@ class MessagingService:
         log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
 
     # -- sandbox controls ----------------------------------------------------------------
+
+    def web(self, account_id: str) -> Any:
+        """The account's WebEngine, or None."""
+        from appliance.engines.web import WebEngine
+
+        runtime = self.runtimes.get(account_id)
+        engine = runtime.engine if runtime is not None else None
+        return engine if isinstance(engine, WebEngine) else None
 
     def sandbox(self, account_id: str) -> SandboxEngine | None:
         runtime = self.runtimes.get(account_id)

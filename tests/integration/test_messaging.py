@@ -126,7 +126,7 @@ def test_bad_input(appliance: Appliance, admin: httpx.Client) -> None:
     )
     assert reply_unknown.status_code == 400
     assert reply_unknown.json()["issues"][0]["path"] == "context.message_id"
-    engine = admin.post("/api/accounts", json={"name": "x", "engine": "cloud"})
+    engine = admin.post("/api/accounts", json={"name": "x", "engine": "telegram"})
     assert engine.status_code == 400 and engine.json()["issues"][0]["path"] == "engine"
     not_confirmed = admin.delete("/api/accounts/bad")
     assert not_confirmed.status_code == 400

@@ -34,6 +34,7 @@ EXPECTED_PUBLIC = {
     "/auth/login",
     "/docs/init.js",
     "/docs/assets/<name>",
+    "/engines/cloud/<account>/webhook",
 }
 REQUIREMENTS = {"public", "authenticated", "metrics-token"} | {p.value for p in Permission}
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
@@ -19,7 +21,8 @@ from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
-from appliance.errors import InvalidInput, IpcError
+from appliance.errors import ClientError, InvalidInput, IpcError, RpcError
+from appliance.ipc import protocol
 from appliance.messaging import store
 from appliance.messaging.models import (
     AccountCreateIn,
@@ -56,15 +59,27 @@ async def poke(topic: str, account_id: str | None = None) -> None:
 
 
 def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str, Any]:
-    if engine != "sandbox":
+    if engine not in ("sandbox", "cloud", "web"):
         raise InvalidInput(
-            f"the {engine} engine is not available in this version; use sandbox",
-            issues=[{"path": "engine", "message": "not available yet", "code": "unsupported"}],
+            f"the {engine} engine is not available in this version",
+            issues=[{"path": "engine", "message": "not available", "code": "unsupported"}],
         )
     try:
+        if engine == "web":
+            from appliance.engines.web import WebSettings
+
+            return WebSettings.model_validate(settings).model_dump()
+        if engine == "cloud":
+            from appliance.engines.cloud import store_settings as cloud_store_settings
+
+            # Secrets are stored encrypted with the data key and shown masked.
+            return cloud_store_settings(settings, state_of().cipher)
         return SandboxSettings.model_validate(settings).model_dump()
     except ValidationError as exc:
         issues = [{**i, "path": f"engine_settings.{i['path']}"} for i in issues_from(exc)]
+        raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
+    except ValueError as exc:
+        issues = [{"path": "engine_settings", "message": str(exc), "code": "invalid"}]
         raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
 
 
@@ -139,7 +154,10 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
     row = await account_for(account)
     engine_settings = None
     if data.engine_settings is not None:
-        engine_settings = validate_engine_settings(row["engine"], data.engine_settings)
+        # Encrypted secrets are never shown; a masked value sent back keeps the stored one.
+        stored = orjson.loads(row["engine_settings"])
+        kept = {k: v for k, v in stored.items() if k.endswith("_enc")}
+        engine_settings = validate_engine_settings(row["engine"], {**kept, **data.engine_settings})
     async with _db().write() as conn:
         await store.update_account(
             conn,
@@ -228,3 +246,66 @@ async def connect(account: str) -> tuple[AccountStatus, int]:
 async def logout(account: str) -> tuple[AccountStatus, int]:
     """Log the account out of WhatsApp; linking again needs a new pairing."""
     return await _set_desired(account, "logged_out", "account.logout")
+
+
+class QrQuery(Strict):
+    format: Literal["png", "svg", "raw"] = Field(
+        default="png", description="png or svg image, or the raw string to render yourself"
+    )
+
+
+class PairIn(Strict):
+    phone: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="The phone's number, E.164")
+
+
+class PairingCode(BaseModel):
+    code: str = Field(description="Type it on the phone: Linked devices > Link with phone number")
+
+
+async def _worker_call(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask the worker; a refusal it explains becomes a 4xx in the standard shape."""
+    try:
+        return await state_of().worker.call(method, params)  # type: ignore[no-any-return]
+    except RpcError as exc:
+        if exc.code == protocol.REFUSED:
+            refused = ClientError(exc.message)
+            refused.http_status = int((exc.data or {}).get("http_status", 409))  # type: ignore[union-attr]
+            raise refused from None
+        raise
+
+
+@bp.get("/api/accounts/<account>/qr")
+@requires(Permission.ACCOUNTS_MANAGE)
+@query(QrQuery)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 409)
+@tag(["accounts"])
+async def account_qr(account: str, query_args: QrQuery) -> Response:
+    """The current linking QR code of a `web` account while it is pairing.
+
+    Each refresh is an `account.status` event (state `pairing`); fetch the code again
+    then. 409 when there is none (not a web account, or not pairing).
+    """
+    await account_for(account)
+    answer = await _worker_call("web.qr", {"account_id": account, "format": query_args.format})
+    headers = {"Cache-Control": "no-store"}
+    if query_args.format == "raw":
+        return Response(answer["qr"], content_type="text/plain", headers=headers)
+    content_type = "image/png" if query_args.format == "png" else "image/svg+xml"
+    return Response(base64.b64decode(answer["qr"]), content_type=content_type, headers=headers)
+
+
+@bp.post("/api/accounts/<account>/pairing-code")
+@requires(Permission.ACCOUNTS_MANAGE)
+@json_body(PairIn)
+@document_response(PairingCode, 200)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 409)
+@tag(["accounts"])
+async def pairing_code(account: str, data: PairIn) -> PairingCode:
+    """A code to link a `web` account by phone number instead of the QR code."""
+    await account_for(account)
+    async with _db().write() as conn:
+        await audit(conn, "account.pairing_code", target=f"account:{account}")
+    answer = await _worker_call("web.pair", {"account_id": account, "phone": data.phone})
+    return PairingCode(code=answer["code"])

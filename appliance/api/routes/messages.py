@@ -12,14 +12,13 @@ from quart_schema import document_response, tag
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import HEADER, idempotent, parse_key
-from appliance.api.routes.accounts import poke
+from appliance.api.routes.accounts import _worker_call, poke
 from appliance.api.schemas import ErrorBody, Strict
 from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
-from appliance.errors import ClientError, Conflict, InvalidInput, RpcError, WorkerUnavailable
-from appliance.ipc import protocol
+from appliance.errors import Conflict, InvalidInput
 from appliance.messaging import store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
 from appliance.worker.messaging import SEND_QUEUE
@@ -169,19 +168,6 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
         )
     await poke("sandbox_inbox", account)
     return InboundAccepted(id=message_id), 202
-
-
-async def _worker_call(method: str, params: dict[str, object]) -> dict[str, object]:
-    try:
-        return await state_of().worker.call(method, params)  # type: ignore[no-any-return]
-    except RpcError as exc:
-        if exc.code == protocol.REFUSED:
-            refused = ClientError(exc.message)
-            refused.http_status = int((exc.data or {}).get("http_status", 409))  # type: ignore[union-attr]
-            raise refused from None
-        raise
-    except WorkerUnavailable:
-        raise
 
 
 @bp.post("/api/accounts/<account>/sandbox/load")

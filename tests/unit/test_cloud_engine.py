@@ -1,0 +1,541 @@
+"""The cloud engine's pure parts, and the engine against an in-process fake Graph API.
+
+The signature check is cross-checked against pywa's validator (a third-party
+implementation of Meta's X-Hub-Signature-256 check). No network: the engine talks to
+an ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+from pywa.utils import webhook_updates_validator
+
+from appliance.crypto import DataCipher
+from appliance.engines.base import OutboundMessage, SendError
+from appliance.engines.cloud import (
+    ERROR_CLASSES,
+    MASK,
+    CloudConfig,
+    CloudEngine,
+    check_signature,
+    parse_webhook,
+    send_error_for,
+    signature_for,
+    store_settings,
+)
+from appliance.messaging import store
+
+PHONE_ID = "106540352242922"
+CIPHER = DataCipher(b"unit-test-data-key")
+RAW_SETTINGS = {
+    "phone_number_id": PHONE_ID,
+    "access_token": "EAAG-test-access-token-0123456789",
+    "app_secret": "test-app-secret-abcdef",
+    "verify_token": "verify-me",
+    "base_url": "http://127.0.0.1:9",
+}
+
+
+def _envelope(value: dict[str, Any]) -> dict[str, Any]:
+    """The documented webhook body around one ``changes[].value``."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550783881",
+                                "phone_number_id": PHONE_ID,
+                            },
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _contacts(name: str = "Sheena Nelson", wa_id: str = "16505551234") -> list[dict[str, Any]]:
+    return [{"profile": {"name": name}, "wa_id": wa_id}]
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+
+def test_signature_agrees_with_pywa() -> None:
+    for i in range(50):
+        secret = os.urandom(16).hex()
+        body = os.urandom(i * 7) + b'{"object":"whatsapp_business_account"}'
+        header = signature_for(secret, body)
+        assert header == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert webhook_updates_validator(secret, body, header) is True
+        assert check_signature(secret, body, header) == "ok"
+        changed = body + b" "
+        assert webhook_updates_validator(secret, changed, header) is False
+        assert check_signature(secret, changed, header) == "mismatch"
+        wrong = signature_for("other-secret", body)
+        assert webhook_updates_validator(secret, body, wrong) is False
+        assert check_signature(secret, body, wrong) == "mismatch"
+
+
+def test_signature_missing_or_malformed() -> None:
+    assert check_signature("s", b"{}", None) == "missing"
+    assert check_signature("s", b"{}", "") == "missing"
+    digest = hmac.new(b"s", b"{}", hashlib.sha256).hexdigest()
+    assert check_signature("s", b"{}", digest) == "mismatch"  # no "sha256=" prefix
+    assert check_signature("s", b"{}", "sha1=" + digest) == "mismatch"
+    assert check_signature("s", b"{}", "sha256=" + digest.upper()) == "ok"  # hex case
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def test_settings_are_stored_encrypted_and_shown_masked() -> None:
+    stored = store_settings(RAW_SETTINGS, CIPHER)
+    dumped = orjson.dumps(stored)
+    assert RAW_SETTINGS["access_token"].encode() not in dumped
+    assert RAW_SETTINGS["app_secret"].encode() not in dumped
+    assert stored["access_token"].startswith(MASK) and stored["app_secret"].startswith(MASK)
+    assert stored["api_version"] == "v21.0"
+    config = CloudConfig.load(stored, CIPHER)
+    assert config.access_token == RAW_SETTINGS["access_token"]
+    assert config.app_secret == RAW_SETTINGS["app_secret"]
+    assert config.url(PHONE_ID, "messages") == f"http://127.0.0.1:9/v21.0/{PHONE_ID}/messages"
+    # Sending the stored (masked) settings back keeps the secrets.
+    again = store_settings(stored, CIPHER)
+    assert CloudConfig.load(again, CIPHER).access_token == RAW_SETTINGS["access_token"]
+    # A new token replaces the old one.
+    renewed = store_settings({**stored, "access_token": "EAAG-new-token-999999999"}, CIPHER)
+    assert CloudConfig.load(renewed, CIPHER).access_token == "EAAG-new-token-999999999"
+    # Another appliance's ciphertext is refused.
+    with pytest.raises(ValueError, match="access_token_enc"):
+        store_settings(stored, DataCipher(b"another-key"))
+
+
+def test_settings_validation() -> None:
+    for missing in ("phone_number_id", "access_token", "app_secret", "verify_token"):
+        with pytest.raises(ValidationError):
+            store_settings({k: v for k, v in RAW_SETTINGS.items() if k != missing}, CIPHER)
+    with pytest.raises(ValidationError):
+        store_settings({**RAW_SETTINGS, "base_url": "ftp://x"}, CIPHER)
+    with pytest.raises(ValidationError):
+        store_settings({**RAW_SETTINGS, "unknown": 1}, CIPHER)
+    with pytest.raises(ValidationError):
+        store_settings({**RAW_SETTINGS, "api_version": "21"}, CIPHER)
+
+
+# -- payload mapping -----------------------------------------------------------------------
+
+
+def test_text_message_mapping() -> None:
+    body = _envelope(
+        {
+            "contacts": _contacts(),
+            "messages": [
+                {
+                    "from": "16505551234",
+                    "id": "wamid.HBgLMTY1MDUwNzY1MjAVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA",
+                    "timestamp": "1749416383",
+                    "type": "text",
+                    "text": {"body": "Does it come in another color?"},
+                }
+            ],
+        }
+    )
+    messages, statuses = parse_webhook(body, PHONE_ID)
+    assert statuses == []
+    (m,) = messages
+    assert m.id.startswith("wamid.")
+    assert m.chat_jid == m.sender_jid == "16505551234@s.whatsapp.net"
+    assert m.type == "text" and m.body == "Does it come in another color?"
+    assert m.sender_name == "Sheena Nelson"
+    assert m.timestamp == 1749416383.0
+    assert m.content == {"type": "text", "text": {"body": "Does it come in another color?"}}
+    assert m.reply_to is None
+
+
+def test_image_reply_and_reaction_mapping() -> None:
+    body = _envelope(
+        {
+            "contacts": _contacts(),
+            "messages": [
+                {
+                    "from": "16505551234",
+                    "id": "wamid.IMG1",
+                    "timestamp": "1749416383",
+                    "type": "image",
+                    "context": {"from": "15550783881", "id": "wamid.OURS1"},
+                    "image": {
+                        "caption": "this one",
+                        "mime_type": "image/jpeg",
+                        "sha256": "Ddl4T2e0pZ6i/ZJp9p+0Q+9qYDrpNGX4U9Jxgkx1Vxk=",
+                        "id": "1003383421387256",
+                    },
+                },
+                {
+                    "from": "16505551234",
+                    "id": "wamid.REACT1",
+                    "timestamp": "1749416390",
+                    "type": "reaction",
+                    "reaction": {"message_id": "wamid.OURS1", "emoji": "\U0001f44d"},
+                },
+                {
+                    "from": "16505551234",
+                    "id": "wamid.DOC1",
+                    "timestamp": "1749416391",
+                    "type": "document",
+                    "document": {
+                        "filename": "terms.pdf",
+                        "mime_type": "application/pdf",
+                        "id": "2003383421387256",
+                    },
+                },
+            ],
+        }
+    )
+    image, reaction, document = parse_webhook(body, PHONE_ID)[0]
+    assert image.type == "image" and image.body == "this one"
+    assert image.content["image"]["id"] == "1003383421387256"
+    assert image.content["context"] == {"message_id": "wamid.OURS1"}
+    assert image.reply_to == "wamid.OURS1"
+    assert reaction.type == "reaction" and reaction.reply_to == "wamid.OURS1"
+    assert reaction.content["reaction"]["emoji"] == "\U0001f44d"
+    assert document.body is None and document.content["document"]["filename"] == "terms.pdf"
+
+
+def test_status_mapping() -> None:
+    def status(value: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "id": "wamid.OUT1",
+            "status": value,
+            "timestamp": "1750263773",
+            "recipient_id": "16505551234",
+            **extra,
+        }
+
+    failed_error = {
+        "code": 131047,
+        "title": "Re-engagement message",
+        "message": "Re-engagement message",
+        "error_data": {"details": "Message failed to send because more than 24 hours have passed"},
+    }
+    body = _envelope(
+        {
+            "statuses": [
+                status("sent", biz_opaque_callback_data="msg_ours"),
+                status("delivered"),
+                status("read"),
+                status("failed", errors=[failed_error]),
+            ]
+        }
+    )
+    messages, statuses = parse_webhook(body, PHONE_ID)
+    assert messages == []
+    assert [s.status for s in statuses] == ["sent", "delivered", "read", "failed"]
+    assert all(s.wamid == "wamid.OUT1" for s in statuses)
+    assert statuses[0].our_id == "msg_ours"
+    assert statuses[3].error is not None and statuses[3].error.startswith("131047: Re-engagement")
+    assert "24 hours" in statuses[3].error
+
+
+def test_other_phone_number_is_skipped() -> None:
+    body = _envelope({"statuses": [{"id": "wamid.X", "status": "read"}]})
+    assert parse_webhook(body, "999")[1] == []
+    assert len(parse_webhook(body, PHONE_ID)[1]) == 1
+
+
+# -- error codes -----------------------------------------------------------------------------
+
+
+def _graph_error(code: int, message: str = "x") -> dict[str, Any]:
+    return {"error": {"message": message, "type": "OAuthException", "code": code}}
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "permanent", "retry_min"),
+    [
+        (400, 130429, False, 1.0),
+        (400, 131056, False, 6.0),
+        (400, 131047, True, None),
+        (400, 131026, True, None),
+        (500, 131000, False, None),
+        (503, 131016, False, None),
+        (400, 80007, False, 30.0),
+        (400, 4, False, 30.0),
+        (400, 100, True, None),  # invalid parameter: other 4xx
+        (404, 0, True, None),
+        (500, 1, False, None),
+        (502, 0, False, None),
+        (401, 190, False, None),
+    ],
+)
+def test_error_code_classes(
+    status: int, code: int, permanent: bool, retry_min: float | None
+) -> None:
+    error = send_error_for(status, _graph_error(code, f"(#{code}) boom"))
+    assert error.permanent is permanent
+    if retry_min is None:
+        assert error.retry_after_s is None
+    else:
+        assert error.retry_after_s is not None and error.retry_after_s >= retry_min
+    assert str(code) in error.reason or code == 0
+
+
+def test_error_without_json_body() -> None:
+    assert send_error_for(502, None).permanent is False
+    assert send_error_for(400, "<html>").permanent is True
+    assert 131047 in ERROR_CLASSES and "template" in ERROR_CLASSES[131047][2]
+
+
+# -- the engine against an in-process fake Graph ----------------------------------------------
+
+
+class FakeHost:
+    def __init__(self, db: Any, account_id: str) -> None:
+        self.db = db
+        self.account_id = account_id
+        self.receipts: list[tuple[str, str]] = []
+        self.inbound: list[Any] = []
+
+    async def on_state(self, state: str, **_: Any) -> None:
+        pass
+
+    async def on_inbound(self, messages: list[Any]) -> list[bool]:
+        new = []
+        async with self.db.write() as conn:
+            for m in messages:
+                stored = await store.insert_inbound(
+                    conn,
+                    account_id=self.account_id,
+                    message_id=m.id,
+                    chat_jid=m.chat_jid,
+                    sender_jid=m.sender_jid,
+                    sender_name=m.sender_name,
+                    type_=m.type,
+                    body=m.body,
+                    content=m.content,
+                    reply_to=m.reply_to,
+                    media_id=None,
+                    wa_timestamp=m.timestamp,
+                    now=time.time(),
+                )
+                new.append(stored is not None)
+        self.inbound.extend(m for m, n in zip(messages, new, strict=True) if n)
+        return new
+
+    async def on_receipt(self, message_id: str, status: str) -> None:
+        self.receipts.append((message_id, status))
+        async with self.db.write() as conn:
+            await store.set_message_status(conn, self.account_id, message_id, status, now=1.0)
+
+    async def save_engine_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def test_engine_send_status_and_inbox(open_db: Any, db_path: Path) -> None:
+    import httpx
+
+    requests: list[httpx.Request] = []
+    answers: list[httpx.Response] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        if request.method == "GET":
+            return httpx.Response(200, json={"display_phone_number": "+1 555-078-3881"})
+        if answers:
+            return answers.pop(0)
+        return httpx.Response(
+            200,
+            json={
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": "16505551234", "wa_id": "16505551234"}],
+                "messages": [{"id": f"wamid.OUT{len(requests)}"}],
+            },
+        )
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await store.create_account(
+                    conn,
+                    account_id="c1",
+                    name="c1",
+                    engine="cloud",
+                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
+                    settings={},
+                    now=1.0,
+                )
+                await store.insert_outbound(
+                    conn,
+                    account_id="c1",
+                    message_id="msg_1",
+                    chat_jid="16505551234@s.whatsapp.net",
+                    type_="text",
+                    body="hi",
+                    content={"type": "text", "text": {"body": "hi"}},
+                    reply_to=None,
+                    media_id=None,
+                    client_key=None,
+                    now=1.0,
+                )
+            row = await store.account_row(db, "c1")
+            host = FakeHost(db, "c1")
+            engine = CloudEngine(
+                "c1",
+                orjson.loads(row["engine_settings"]),
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(graph),
+            )
+            assert await engine.connect() == "+15550783881"
+            assert requests[0].headers["Authorization"] == f"Bearer {RAW_SETTINGS['access_token']}"
+            out = OutboundMessage(
+                account_id="c1",
+                id="msg_1",
+                to_jid="16505551234@s.whatsapp.net",
+                type="text",
+                content={"type": "text", "text": {"body": "hi"}},
+            )
+            await engine.send(out)
+            sent = orjson.loads(requests[1].content)
+            assert requests[1].url.path == f"/v21.0/{PHONE_ID}/messages"
+            assert sent == {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "16505551234",
+                "type": "text",
+                "text": {"body": "hi", "preview_url": False},
+                "biz_opaque_callback_data": "msg_1",
+            }
+            await engine.send(out)  # a retry after Graph accepted it: not sent again
+            assert len(requests) == 2
+            # A reply points at Graph's id of our message.
+            answers.append(httpx.Response(400, json=_graph_error(131047)))
+            reply = OutboundMessage(
+                account_id="c1",
+                id="msg_2",
+                to_jid="16505551234@s.whatsapp.net",
+                type="text",
+                content={
+                    "type": "text",
+                    "text": {"body": "re"},
+                    "context": {"message_id": "msg_1"},
+                },
+            )
+            with pytest.raises(SendError) as refused:
+                await engine.send(reply)
+            assert refused.value.permanent and "131047" in refused.value.reason
+            assert orjson.loads(requests[2].content)["context"] == {"message_id": "wamid.OUT2"}
+            # Status webhooks (twice, as Meta retries) and an inbound reply.
+            hook = _envelope(
+                {
+                    "statuses": [
+                        {"id": "wamid.OUT2", "status": "delivered", "timestamp": "1"},
+                        {"id": "wamid.OUT2", "status": "read", "timestamp": "2"},
+                    ],
+                    "contacts": _contacts(),
+                    "messages": [
+                        {
+                            "from": "16505551234",
+                            "id": "wamid.IN1",
+                            "timestamp": "3",
+                            "type": "text",
+                            "text": {"body": "thanks"},
+                            "context": {"from": "15550783881", "id": "wamid.OUT2"},
+                        }
+                    ],
+                }
+            )
+            async with db.write() as conn:
+                for _ in range(2):
+                    await conn.execute(
+                        "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                        "VALUES ('c1', ?, 0)",
+                        (orjson.dumps(hook),),
+                    )
+            assert await engine.process_inbox() == 2
+            assert await engine.process_inbox() == 0
+            assert len(host.inbound) == 1 and host.inbound[0].reply_to == "msg_1"
+            assert (await store.message_row(db, "c1", "msg_1"))["status"] == "read"
+            count = await db.scalar("SELECT count(*) FROM messages WHERE id = 'wamid.IN1'")
+            assert count == 1
+            await engine.close()
+
+    asyncio.run(body())
+
+
+def test_timeouts_and_pair_rate_are_transient(open_db: Any, db_path: Path) -> None:
+    import httpx
+
+    calls: list[str] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        to = orjson.loads(request.content)["to"]
+        calls.append(to)
+        if to == "1":
+            raise httpx.ReadTimeout("slow", request=request)
+        if to == "2":
+            return httpx.Response(400, json=_graph_error(131056, "pair rate"))
+        return httpx.Response(502, text="bad gateway")
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            engine = CloudEngine(
+                "c1",
+                store_settings(RAW_SETTINGS, CIPHER),
+                {},
+                FakeHost(db, "c1"),
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(graph),
+            )
+
+            def out(number: str, message_id: str) -> OutboundMessage:
+                return OutboundMessage(
+                    account_id="c1",
+                    id=message_id,
+                    to_jid=f"{number}@s.whatsapp.net",
+                    type="text",
+                    content={"type": "text", "text": {"body": "x"}},
+                )
+
+            for number, message_id in (("1", "m1"), ("2", "m2"), ("3", "m3")):
+                with pytest.raises(SendError) as failed:
+                    await engine.send(out(number, message_id))
+                assert failed.value.permanent is False
+            # The pair-rate block holds further sends to that recipient without calling Graph.
+            with pytest.raises(SendError) as held:
+                await engine.send(out("2", "m4"))
+            assert held.value.retry_after_s is not None and 0 < held.value.retry_after_s <= 6
+            assert calls == ["1", "2", "3"]
+            group = OutboundMessage(
+                account_id="c1",
+                id="m5",
+                to_jid="120363025246125244@g.us",
+                type="text",
+                content={"type": "text", "text": {"body": "x"}},
+            )
+            with pytest.raises(SendError) as refused:
+                await engine.send(group)
+            assert refused.value.permanent is True
+            await engine.close()
+
+    asyncio.run(body())
