@@ -26,6 +26,61 @@ REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from ``timeout``) into SystemExit, so ``finally`` blocks clean up."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def snapshot_source(dest: Path, source: str | None = None) -> None:
+    """Copy the work tree (``source`` None) or export a git revision into ``dest``."""
+    if source is None:
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+             "--exclude-standard"],
+            capture_output=True, timeout=60, check=True,
+        ).stdout.decode().split("\0")  # fmt: skip
+        for name in filter(None, listed):
+            src = REPO / name
+            if src.is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / name)
+        return
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", source],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, timeout=120, check=True)
+
+
+def source_revision(source: str | None = None) -> str:
+    """The commit of the code under test: ``source`` resolved, or the work tree's HEAD
+    with ``+dirty`` when the work tree differs from it."""
+    if source is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short=12", source],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.strip()  # fmt: skip
+        return source
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "appliance", "install.sh",
+             "supervisord.conf", "pyproject.toml"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +186,16 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def machine_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds from /proc/stat: busy (all processes) and steal."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {
+        "busy": (user + nice + system + irq + softirq) / CLK_TCK,
+        "steal": steal / CLK_TCK,
+    }
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
@@ -199,25 +264,32 @@ class Installation:
     started: dict[int, int] = field(default_factory=dict)  # pid -> start time
 
     @classmethod
-    def create(cls, port: int | None = None) -> Installation:
+    def create(cls, port: int | None = None, *, source: str | None = None) -> Installation:
+        """Install from a private snapshot of the source: the work tree, or a git revision.
+
+        ``source`` None: a copy of the work tree (tracked and untracked files, without
+        git-ignored ones such as ``build/`` and ``.venv``); else a revision such as
+        ``HEAD``, exported with ``git archive``. A private copy keeps concurrent installs
+        from the same work tree (tests, other benchmarks) from colliding in setuptools'
+        in-tree ``build/`` directory, and edits made during the run from leaking in.
+        """
+        snapshot = Path(tempfile.mkdtemp(prefix="applsrc-"))
         # Short path: AF_UNIX socket paths are limited to about 107 bytes.
         prefix = Path(tempfile.mkdtemp(prefix="applb-"))
         inst = cls(prefix, port or free_port())
         try:
-            argv = ["bash", str(REPO / "install.sh"), "--prefix", str(prefix)]
+            snapshot_source(snapshot, source)
+            argv = ["bash", str(snapshot / "install.sh"), "--prefix", str(prefix)]
             argv += ["--port", str(inst.port), "--no-start"]
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
             if result.returncode != 0:
                 raise RuntimeError(f"install.sh failed:\n{result.stdout}\n{result.stderr}")
             inst.base_env = inst.env_file.read_text()
         except BaseException:
             shutil.rmtree(prefix, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
         return inst
 
     @property
@@ -257,7 +329,7 @@ class Installation:
 
     def start(self) -> dict[str, int]:
         """Start and wait until ready; returns supervisor name -> pid (and supervisord)."""
-        self.ctl("start", "--wait", "60")
+        self.ctl("start", "--wait", "120")
         sup = self.supervisord_pid()
         if sup is None:
             raise RuntimeError("supervisord not running after appliancectl start")

@@ -45,8 +45,11 @@ from _common import (
     Installation,
     cpu_seconds,
     descendants,
+    exit_on_sigterm,
     free_port,
     identify,
+    machine_cpu,
+    source_revision,
     stop_pids,
     supervisor_proxy,
     wait_all_running,
@@ -327,20 +330,32 @@ def measure(
     tree = sorted(set().union(*(descendants(p) for p in pids.values())))
     before = {pid: cpu_seconds(pid) for pid in tree}
     loader_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine_before = machine_cpu()
     t0 = time.monotonic()
     result = load(args.duration)
     wall = time.monotonic() - t0
     loader_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    machine_after = machine_cpu()
     names = {pid: label for label, pid in pids.items()}
-    cpu: dict[str, float] = {}
+    used: dict[str, float] = {}  # CPU seconds during the measured run
     for pid in tree:
-        label = names.get(pid, f"other:{pid}")
-        cpu[label] = round((cpu_seconds(pid) - before[pid]) / wall, 3)
-    loader_cpu = (loader_after.ru_utime + loader_after.ru_stime) - (
+        used[names.get(pid, f"other:{pid}")] = cpu_seconds(pid) - before[pid]
+    server_cpu = sum(used.values())
+    used["load generator"] = (loader_after.ru_utime + loader_after.ru_stime) - (
         loader_before.ru_utime + loader_before.ru_stime
     )
-    cpu["load generator"] = round(loader_cpu / wall, 3)
-    result["cpu_cores_used"] = cpu  # CPU seconds per wall second, per process
+    result["wall_s"] = wall
+    result["cpu_s"] = used
+    result["cpu_cores_used"] = {k: round(v / wall, 3) for k, v in used.items()}
+    # Everything else this machine ran meanwhile (other sessions, tests, ...), and the
+    # time the hypervisor kept the vCPUs away: both lower req/s without being ours.
+    busy = machine_after["busy"] - machine_before["busy"]
+    result["other_cpu_cores"] = round(max(0.0, busy - sum(used.values())) / wall, 3)
+    result["steal_cores"] = round((machine_after["steal"] - machine_before["steal"]) / wall, 3)
+    requests = max(1, result["requests"])
+    # Server-side CPU per request: much less sensitive to other load than req/s.
+    result["server_cpu_us_per_request"] = round(server_cpu / requests * 1e6, 1)
+    result["cpu_us_per_request"] = {k: round(v / requests * 1e6, 1) for k, v in used.items()}
     result["name"] = name
     if result["socket_errors"] or result["non_2xx"]:
         print(
@@ -352,38 +367,80 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """Start every variant, then load them in turn, ``--rounds`` times (order alternating)."""
     tmp = Path(tempfile.mkdtemp(prefix="rpsb-"))
-    inst: Installation | None = None
+    installs: list[Installation] = []
     baseline: Baseline | None = None
+    rounds: dict[str, list[dict[str, Any]]] = {}
     try:
-        t0 = time.monotonic()
-        inst = Installation.create()
-        print(f"  installed the appliance in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        variants = [("appliance", {"API_PROCESSES": "2"})]
+        variants = {"appliance": {"API_PROCESSES": "2"}}
         if not args.skip_log_off:
-            variants.append(("appliance_no_access_log", {"API_PROCESSES": "2",
-                                                         "ACCESS_LOG": "false"}))  # fmt: skip
-        for name, extra in variants:
+            variants["appliance_no_access_log"] = {"API_PROCESSES": "2", "ACCESS_LOG": "false"}
+        targets: dict[str, tuple[int, dict[str, int]]] = {}
+        for name, extra in variants.items():
+            t0 = time.monotonic()
+            installs.append(Installation.create(source=args.source))
+            inst = installs[-1]
+            print(f"  installed {name} in {time.monotonic() - t0:.0f} s", file=sys.stderr)
             inst.configure(extra)
-            pids = inst.start()
-            try:
-                results[name] = measure(name, inst.port, pids, args, tmp)
-            finally:
-                inst.stop()
-        baseline = Baseline(inst.venv)
-        pids = baseline.start()
-        try:
-            results["baseline"] = measure("baseline", baseline.port, pids, args, tmp)
-        finally:
-            baseline.stop()
+            targets[name] = (inst.port, inst.start())
+        baseline = Baseline(installs[0].venv)
+        targets["baseline"] = (baseline.port, baseline.start())
+        order = list(targets)
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else reversed(order):
+                port, pids = targets[name]
+                rounds.setdefault(name, []).append(measure(name, port, pids, args, tmp))
     finally:
-        if baseline is not None:
-            baseline.remove()
-        if inst is not None:
-            inst.remove()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return results
+        try:
+            if baseline is not None:
+                baseline.remove()
+        finally:
+            for inst in installs:
+                inst.remove()
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {name: _combine(name, per_round) for name, per_round in rounds.items()}
+
+
+def _combine(name: str, per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the rounds of a variant: totals for rates, medians for latency."""
+    wall = sum(r["wall_s"] for r in per_round)
+    requests = sum(r["requests"] for r in per_round)
+    used: dict[str, float] = {}
+    for r in per_round:
+        for key, value in r["cpu_s"].items():
+            used[key] = used.get(key, 0.0) + value
+    server_cpu = sum(v for k, v in used.items() if k != "load generator")
+
+    def weighted(key: str) -> float:  # a per-round rate, averaged over the run
+        return round(sum(r[key] * r["wall_s"] for r in per_round) / wall, 3)
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in per_round if r.get(key) is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    # Keep-alive connections stay with the process that accepted them; a busy machine
+    # can leave one process with most of them. min/max CPU of the two server processes.
+    workers = [v for k, v in used.items() if k.startswith(("api:", "hello:"))]
+    balance = round(min(workers) / max(workers), 2) if len(workers) > 1 and max(workers) else None
+    return {
+        "name": name,
+        "requests": requests,
+        "process_balance": balance,
+        "rps": round(requests / wall, 2),
+        "rps_per_round": [r["rps"] for r in per_round],
+        "p50_ms": median("p50_ms"),
+        "p90_ms": median("p90_ms"),
+        "p99_ms": median("p99_ms"),
+        "socket_errors": sum(r["socket_errors"] for r in per_round),
+        "non_2xx": sum(r["non_2xx"] for r in per_round),
+        "count_capped": any(r["count_capped"] for r in per_round),
+        "cpu_cores_used": {k: round(v / wall, 3) for k, v in used.items()},
+        "server_cpu_us_per_request": round(server_cpu / max(1, requests) * 1e6, 1),
+        "cpu_us_per_request": {k: round(v / max(1, requests) * 1e6, 1) for k, v in used.items()},
+        "other_cpu_cores": weighted("other_cpu_cores"),
+        "steal_cores": weighted("steal_cores"),
+    }
 
 
 def _print_summary(
@@ -395,15 +452,34 @@ def _print_summary(
         else f"python asyncio loader ({args.threads} processes x "
         f"{args.connections // args.threads} connections, {args.duration:g} s)"
     )
-    print(f"healthz_rps: GET /healthz, {gen}, keep-alive, after a {args.warmup:g} s warm-up")
+    print(
+        f"healthz_rps: GET /healthz, {gen}, keep-alive, after a {args.warmup:g} s warm-up;"
+        f" {args.rounds} round(s), variants interleaved"
+    )
     print("  each: supervisord [fcgi-program] numprocs=2, Quart on Hypercorn+uvloop, fd://0")
     for name, r in results.items():
         lat = " ".join(
             f"{k[:-3]} {r[k]:.2f} ms" for k in ("p50_ms", "p99_ms") if r.get(k) is not None
         )
-        print(f"  {name:<24} {r['rps']:>9.0f} req/s   latency {lat}")
+        print(
+            f"  {name:<24} {r['rps']:>9.0f} req/s   latency {lat}   server CPU"
+            f" {r['server_cpu_us_per_request']:.0f} us/request"
+        )
+        if len(r["rps_per_round"]) > 1:
+            per = ", ".join(f"{x:.0f}" for x in r["rps_per_round"])
+            print(f"  {'':<24} req/s per round: {per}")
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_cores_used"].items() if v >= 0.01)
         print(f"  {'':<24} CPU cores used: {cpu}")
+        if r["other_cpu_cores"] >= 0.1 or r["steal_cores"] >= 0.1:
+            print(
+                f"  {'':<24} warning: other processes used {r['other_cpu_cores']:.2f} cores and"
+                f" steal took {r['steal_cores']:.2f}: req/s is skewed, trust CPU per request"
+            )
+        if r["process_balance"] is not None and r["process_balance"] < 0.5:
+            print(
+                f"  {'':<24} warning: load unevenly spread over the server processes"
+                f" (min/max CPU {r['process_balance']:.2f})"
+            )
         if r["count_capped"]:
             print(f"  {'':<24} note: the request-count bound was hit; rate is too low")
     for name, ratio in ratios.items():
@@ -420,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny run (CI): 2 s per variant")
     parser.add_argument("--duration", type=int, help="seconds per variant (10, smoke 2)")
     parser.add_argument("--warmup", type=int, help="warm-up seconds before each (2, smoke 1)")
+    parser.add_argument(
+        "--rounds", type=int, help="runs per variant, interleaved (default 2, smoke 1)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
@@ -427,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--skip-log-off", action="store_true", help="only the default (access log on) variant"
+    )
+    parser.add_argument(
+        "--source", help="install this git revision (e.g. HEAD~3) instead of the work tree"
     )
     parser.add_argument("--check", action="store_true", help=f"exit 1 if a ratio < {GOAL_RATIO}")
     parser.add_argument("--_pyload", nargs=4, help=argparse.SUPPRESS)
@@ -442,20 +524,33 @@ def main(argv: list[str] | None = None) -> int:
         args.duration = 2 if args.smoke else 10
     if args.warmup is None:
         args.warmup = 1 if args.smoke else 2
-    if args.duration < 1 or args.warmup < 1:
-        parser.error("--duration and --warmup are whole seconds, at least 1 (wrk needs that)")
+    if args.rounds is None:
+        args.rounds = 1 if args.smoke else 2
+    if args.duration < 1 or args.warmup < 1 or args.rounds < 1:
+        parser.error("--duration and --warmup are whole seconds (wrk needs that), --rounds a count;"
+                     " all at least 1")
     if args.loader == "auto":
         args.loader = "wrk" if shutil.which("wrk") else "python"
     elif args.loader == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not on PATH (apt-get install wrk), use --loader python")
 
+    exit_on_sigterm()
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results = run(args)
     base = results["baseline"]["rps"]
     ratios = {
         name: round(r["rps"] / base, 3) for name, r in results.items() if name != "baseline"
     }
+    base_cpu = results["baseline"]["server_cpu_us_per_request"]
+    cpu_ratios = {
+        name: round(base_cpu / r["server_cpu_us_per_request"], 3)
+        for name, r in results.items()
+        if name != "baseline"
+    }
     _print_summary(results, args, ratios)
+    for name, ratio in cpu_ratios.items():
+        print(f"  CPU efficiency {name}/baseline (baseline CPU per request / this): {ratio:.2f}x")
     print(f"  wall time {time.monotonic() - started:.0f} s")
     out = {
         "bench": "healthz_rps",
@@ -464,12 +559,21 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "connections": args.connections,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "rps": {name: r["rps"] for name, r in results.items()},
         "ratio": ratios,
+        "cpu_efficiency_ratio": cpu_ratios,
         "goal_ratio": GOAL_RATIO,
         "goal_met": all(r >= GOAL_RATIO for r in ratios.values()),
+        # False when other load or steal reached 0.1 cores in some variant (see warnings).
+        "rps_reliable": all(
+            r["other_cpu_cores"] < 0.1 and r["steal_cores"] < 0.1 for r in results.values()
+        ),
         "results": results,
         "cpus": os.cpu_count(),
+        "revision": source_revision(args.source),
+        # 1-minute load average before and after: other work on the machine skews results.
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "note": "load generator shares the CPUs with the servers",
     }
     print(json.dumps(out, separators=(",", ":")))

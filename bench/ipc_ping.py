@@ -11,8 +11,11 @@ Three processes, all on uvloop, all talking over Unix sockets in a private temp 
   same request frame bytes to the echo server.
 
 The client alternates between the two in rounds so that drift on a busy machine
-hits both alike. By default the client runs with ``PROMETHEUS_MULTIPROC_DIR`` set,
-as API processes do under supervisord (every call updates mmap'd metric files).
+hits both alike. All of it runs twice by default, pinned with sched_setaffinity: client
+and servers on different CPUs (``split``, the headline), then all on one CPU
+(``same``); waking a process on the other CPU costs as much as the raw round trip.
+The client runs with ``PROMETHEUS_MULTIPROC_DIR`` set, as API processes do under
+supervisord (every call updates mmap'd metric files).
 
 Output: a short human summary, then one line of JSON (the last line of stdout).
 
@@ -37,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import exit_on_sigterm, source_revision
 
 GOAL_RATIO_P50 = 2.0
 PLACEMENT_HELP = {
@@ -320,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.role:
         return _child_main(args)
 
+    exit_on_sigterm()
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results = {
         name: _summarize(run(args, client_cpu, server_cpu))
         for name, (client_cpu, server_cpu) in _placements(args.placement).items()
@@ -363,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": head["goal_met"],
         "placements": results,
         "cpus": os.cpu_count(),
+        "revision": source_revision(),
+        # 1-minute load average before and after: other work on the machine skews results.
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     print(json.dumps(out, separators=(",", ":")))
     return 1 if args.check and not all(r["goal_met"] for r in results.values()) else 0

@@ -258,7 +258,7 @@ async def authorize_request() -> None:
     await rate_limit(who, now)
 
 
-def apply_browser_headers(response: Response) -> Response:
+async def apply_browser_headers(response: Response) -> Response:
     """after_request: CORS for allowed origins, and security headers on everything."""
     settings = state_of().settings
     origin = request.headers.get("Origin")

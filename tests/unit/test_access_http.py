@@ -28,7 +28,9 @@ def _app(tmp_path: Path, env: str = "") -> Quart:
 async def _browser_headers(app: Quart, origin: str | None, method: str = "GET") -> Any:
     headers = {"Origin": origin} if origin else {}
     async with app.test_request_context("/api/users", method=method, headers=headers):
-        return apply_browser_headers(Response("{}", content_type="application/json")).headers
+        return (
+            await apply_browser_headers(Response("{}", content_type="application/json"))
+        ).headers
 
 
 async def _addr(app: Quart, peer: str, xff: str | None = None) -> str:
@@ -80,7 +82,7 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
         assert headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
         assert "Strict-Transport-Security" not in headers  # http public URL
         async with app.test_request_context("/docs"):
-            html = apply_browser_headers(Response("<p>", content_type="text/html")).headers
+            html = (await apply_browser_headers(Response("<p>", content_type="text/html"))).headers
         assert "script-src 'self'" in html["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in html["Content-Security-Policy"]
 
