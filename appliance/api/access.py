@@ -220,10 +220,9 @@ async def rate_limit(who: Principal | None, now: float) -> None:
     checks = [(f"addr:{client_addr()}", settings.api_rate_limit_per_addr_per_min)]
     if who is not None:
         checks.append((f"principal:{who.key}", settings.api_rate_limit_per_min))
-    for key, limit in checks:
-        wait = await limiter.hit(key, limit=limit, window_s=60, now=now)
-        if wait is not None:
-            raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
+    wait = await limiter.hit_many(checks, window_s=60, now=now)
+    if wait is not None:
+        raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
 
 
 async def authorize_request() -> None:

@@ -51,21 +51,27 @@ class RateLimiter:
 
     async def hit(self, key: str, *, limit: int, window_s: int, now: float) -> float | None:
         """Count one request; returns seconds to wait if over the limit, else None."""
+        return await self.hit_many([(key, limit)], window_s=window_s, now=now)
+
+    async def hit_many(
+        self, checks: list[tuple[str, int]], *, window_s: int, now: float
+    ) -> float | None:
+        """Count one request against several (key, limit) pairs in one statement; the
+        longest wait among those over their limit, else None."""
         window = int(now // window_s)
-        async with (
-            self._lock,
-            self.conn.execute(
-                "INSERT INTO counters (key, window, count) VALUES (?, ?, 1) "
-                "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING count",
-                (key, window),
-            ) as cur,
-        ):
-            row = await cur.fetchone()
+        values = ", ".join("(?, ?, 1)" for _ in checks)
+        params = [p for key, _ in checks for p in (key, window)]
+        async with self._lock, self.conn.execute(
+            f"INSERT INTO counters (key, window, count) VALUES {values} "
+            "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING key, count",
+            params,
+        ) as cur:
+            rows = await cur.fetchall()
+        counts = {row[0]: int(row[1]) for row in rows}
         if random.random() < 0.001:  # now and then, forget old windows
             async with self._lock:
                 await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
-        count = int(row[0]) if row else 0
-        if count > limit:
+        if any(counts.get(key, 0) > limit for key, limit in checks):
             return (window + 1) * window_s - now
         return None
 
