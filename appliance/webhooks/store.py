@@ -54,8 +54,10 @@ class Endpoint:
             return data.get("endpoint_id") == self.id  # a test goes to its endpoint only
         if "*" not in self.event_types and event_type not in self.event_types:
             return False
-        if self.accounts is not None and account_id is not None:
-            return account_id in self.accounts
+        if self.accounts is not None:
+            # Account-limited endpoints never get events without an account (about other
+            # endpoints, say): those go to every-account endpoints only.
+            return account_id is not None and account_id in self.accounts
         return True
 
     def signing_secrets(self, cipher: DataCipher, now: float) -> list[str]:
