@@ -9,6 +9,7 @@ past the busy timeout. Transactions are short and never span network I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -66,16 +67,38 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error."""
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error.
+
+        Cancellation (a client hanging up) can strike while a statement is already
+        queued in aiosqlite's thread; the transaction is then rolled back before the
+        lock is released, or the connection would stay inside it for good.
+        """
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            else:
                 await self._writer.execute("COMMIT")
+            except BaseException:
+                await self._rollback()
+                raise
+
+    async def _rollback(self) -> None:
+        """ROLLBACK, queued after whatever is in flight, finished even if cancelled again."""
+
+        async def rollback() -> None:
+            # OperationalError: no transaction was open (BEGIN failed, or COMMIT went through).
+            with contextlib.suppress(sqlite3.OperationalError):
+                await self._writer.execute("ROLLBACK")
+
+        task = asyncio.ensure_future(rollback())
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         async with self._reader.execute(sql, tuple(params)) as cur:
