@@ -61,11 +61,14 @@ class RateLimiter:
         window = int(now // window_s)
         values = ", ".join("(?, ?, 1)" for _ in checks)
         params = [p for key, _ in checks for p in (key, window)]
-        async with self._lock, self.conn.execute(
-            f"INSERT INTO counters (key, window, count) VALUES {values} "
-            "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING key, count",
-            params,
-        ) as cur:
+        async with (
+            self._lock,
+            self.conn.execute(
+                f"INSERT INTO counters (key, window, count) VALUES {values} "
+                "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING key, count",
+                params,
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         counts = {row[0]: int(row[1]) for row in rows}
         if random.random() < 0.001:  # now and then, forget old windows

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -23,6 +24,8 @@ import orjson
 from appliance.db.database import Database
 from appliance.engines.base import Engine, EngineHost, InboundMessage, OutboundMessage, SendError
 from appliance.messaging.models import SandboxSettings, jid_phone, recipient_jid
+
+log = logging.getLogger(__name__)
 
 INBOX_BATCH = 500
 INBOX_POLL_S = 0.5
@@ -152,10 +155,14 @@ class SandboxEngine(Engine):
     async def _receipts(self, message_id: str) -> None:
         delivered = self.config.delivered_after_ms / 1000
         read = max(0.0, self.config.read_after_ms / 1000 - delivered)
-        await asyncio.sleep(delivered)
-        await self.host.on_receipt(message_id, "delivered")
-        await asyncio.sleep(read)
-        await self.host.on_receipt(message_id, "read")
+        try:
+            await asyncio.sleep(delivered)
+            await self.host.on_receipt(message_id, "delivered")
+            await asyncio.sleep(read)
+            await self.host.on_receipt(message_id, "read")
+        except Exception:
+            # Like a receipt WhatsApp failed to deliver: the message stays at its last state.
+            log.exception("sandbox receipt not recorded", extra={"message_id": message_id})
 
     async def _deliver_inbox(self) -> None:
         """Hand waiting inbox entries to the host; delete them once committed."""

@@ -95,6 +95,20 @@ class WorkerClient:
             IPC_CALLS.labels(method=method, outcome=outcome).inc()
             IPC_LATENCY.labels(method=method).observe(time.perf_counter() - start)
 
+    def notify(self, method: str, params: dict[str, Any]) -> bool:
+        """A JSON-RPC notification (no answer awaited); False when not connected.
+
+        For hints whose loss is harmless, such as "new work is queued": the worker
+        also finds the work by polling.
+        """
+        writer = self._writer
+        if writer is None or not self._connected.is_set():
+            return False
+        meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
+        writer.write(protocol.notification(method, params, meta))
+        IPC_CALLS.labels(method=method, outcome="notified").inc()
+        return True
+
     async def ping(self, *, timeout_s: float | None = None) -> protocol.PingResult:
         return protocol.PingResult.model_validate(await self.call("ping", timeout_s=timeout_s))
 

@@ -137,10 +137,15 @@ class RpcServer:
         traceparent_var.set(meta.get("traceparent"))
         method = frame.get("method")
         if self.draining:
-            conn.send(protocol.error(id_, protocol.SHUTTING_DOWN, "worker is shutting down", meta))
+            if id_ is not None:
+                message = "worker is shutting down"
+                conn.send(protocol.error(id_, protocol.SHUTTING_DOWN, message, meta))
             return
         if method not in self._handlers or not isinstance(method, str):
-            conn.send(protocol.error(id_, protocol.METHOD_NOT_FOUND, f"no method {method!r}", meta))
+            if id_ is not None:  # notifications get no answer, not even an error
+                conn.send(
+                    protocol.error(id_, protocol.METHOD_NOT_FOUND, f"no method {method!r}", meta)
+                )
             return
         params_model, _ = protocol.METHODS[method]
         try:

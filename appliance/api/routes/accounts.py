@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import time
 from typing import Any, Literal
 
@@ -21,7 +20,7 @@ from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
-from appliance.errors import ClientError, InvalidInput, IpcError, RpcError
+from appliance.errors import ClientError, InvalidInput, RpcError
 from appliance.ipc import protocol
 from appliance.messaging import store
 from appliance.messaging.models import (
@@ -51,11 +50,9 @@ def _db() -> Database:
 
 
 async def poke(topic: str, account_id: str | None = None) -> None:
-    """Wake the worker; if it is down it picks the change up when it starts."""
-    with contextlib.suppress(IpcError):
-        await state_of().worker.call(
-            "poke", {"topic": topic, "account_id": account_id}, timeout_s=1.0
-        )
+    """Wake the worker without waiting for it; if it is down it finds the work when it
+    starts (and it polls anyway), so a lost poke only costs latency."""
+    state_of().worker.notify("poke", {"topic": topic, "account_id": account_id})
 
 
 def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str, Any]:
