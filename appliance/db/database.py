@@ -101,12 +101,14 @@ class Database:
             raise asyncio.CancelledError
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._reader.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        # Execute and fetch in one step of aiosqlite's thread. Two steps would let other
+        # tasks' queries run while this statement is still open, and on one connection
+        # an open statement keeps its read snapshot: those queries would see old data.
+        return list(await self._reader.execute_fetchall(sql, tuple(params)))
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        async with self._reader.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+        rows = list(await self._reader.execute_fetchall(sql, tuple(params)))
+        return rows[0] if rows else None
 
     async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
         row = await self.fetchone(sql, params)

@@ -175,10 +175,10 @@ class SandboxEngine(Engine):
             if rows:
                 messages = [self._from_inbox(r) for r in rows]
                 await self.host.on_inbound(messages)  # committed when this returns
-                async with self.db.write() as conn:
-                    await conn.execute(
-                        "DELETE FROM sandbox_server_inbox WHERE account_id = ? AND seq <= ?",
-                        (self.account_id, rows[-1]["seq"]),
+                async with self.db.write() as conn:  # exactly what was delivered
+                    await conn.executemany(
+                        "DELETE FROM sandbox_server_inbox WHERE account_id = ? AND seq = ?",
+                        [(self.account_id, r["seq"]) for r in rows],
                     )
                 continue
             self._inbox_wake.clear()

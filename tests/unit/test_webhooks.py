@@ -293,6 +293,18 @@ def test_wants_by_account() -> None:
     assert not typed.wants("message.received", "a", {})
 
 
+def test_events_without_an_account_go_to_every_account_endpoints_only() -> None:
+    """``webhook.endpoint_disabled`` names another endpoint and its URL: an endpoint limited
+    to accounts (a manager's, say) must not get it, as GET /api/events hides it from them."""
+    data = {"endpoint_id": "wh_other", "url": "https://x.example/?token=t", "reason": "410"}
+    assert not _endpoint(accounts=["a"]).wants("webhook.endpoint_disabled", None, data)
+    assert not _endpoint(accounts=[]).wants("webhook.endpoint_disabled", None, data)
+    assert _endpoint(accounts=None).wants("webhook.endpoint_disabled", None, data)
+    assert not _endpoint(accounts=None, event_types=["message.received"]).wants(
+        "webhook.endpoint_disabled", None, data
+    )
+
+
 def test_a_disabled_endpoint_wants_nothing() -> None:
     off = _endpoint(enabled=False)
     assert not off.wants("message.received", "a", {})

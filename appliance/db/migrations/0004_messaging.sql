@@ -123,7 +123,7 @@ CREATE TABLE sandbox_server_sent (
 ) STRICT;
 
 CREATE TABLE sandbox_server_inbox (
-    seq          INTEGER PRIMARY KEY,
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused
     account_id   TEXT NOT NULL,
     message_id   TEXT NOT NULL,
     from_jid     TEXT NOT NULL,
