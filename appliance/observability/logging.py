@@ -51,3 +51,7 @@ def setup_logging(role: str, level: str = "INFO", stream: object = None) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per webhook POST or media fetch would drown the worker log; our own
+    # records say what matters (outcome, status, error).
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
