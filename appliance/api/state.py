@@ -28,3 +28,10 @@ class ApiState:
 
 def state_of(app: Quart | None = None) -> ApiState:
     return (app or current_app).extensions["appliance"]  # type: ignore[no-any-return]
+
+
+def db() -> Database:
+    """The database of the API process serving this request."""
+    handle = state_of().db
+    assert handle is not None, "the database opens before serving starts"
+    return handle

@@ -16,10 +16,10 @@ from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.idempotency import idempotent
 from appliance.api.routes.auth import audit
 from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.auth.permissions import Permission
-from appliance.db.database import Database
 from appliance.errors import ClientError, InvalidInput, RpcError
 from appliance.ipc import protocol
 from appliance.messaging import store
@@ -41,12 +41,6 @@ class AccountList(BaseModel):
 
 class DeleteQuery(Strict):
     confirm: str = Field(description="The account id again, to confirm deleting it with its data")
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 async def poke(topic: str, account_id: str | None = None) -> None:

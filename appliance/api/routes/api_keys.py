@@ -18,20 +18,13 @@ from appliance.api.routes.models import (
     PageQuery,
 )
 from appliance.api.schemas import ErrorBody
-from appliance.api.state import state_of
+from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth import store
 from appliance.auth.permissions import Permission
-from appliance.db.database import Database
 from appliance.errors import NotFound
 
 bp = Blueprint("api_keys", __name__)
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 def key_out(row: store.ApiKeyRow) -> ApiKeyOut:

@@ -17,7 +17,7 @@ from quart_schema import document_response, tag
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.schemas import ErrorBody, Strict
-from appliance.api.state import state_of
+from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
@@ -114,12 +114,6 @@ class ChatUpdateIn(Strict):
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 def _json(model: BaseModel) -> dict[str, Any]:

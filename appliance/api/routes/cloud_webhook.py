@@ -18,8 +18,8 @@ from quart_schema import document_response, tag
 
 from appliance.api.access import public
 from appliance.api.schemas import ErrorBody
+from appliance.api.state import db as _db
 from appliance.api.state import state_of
-from appliance.db.database import Database
 from appliance.engines.cloud import SIGNATURE_HEADER, app_secret_of, check_signature
 from appliance.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from appliance.messaging import store
@@ -29,12 +29,6 @@ bp = Blueprint("cloud_webhook", __name__)
 
 class WebhookAccepted(BaseModel):
     status: str = "accepted"
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 async def _cloud_account(account: str) -> dict[str, Any]:

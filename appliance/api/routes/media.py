@@ -26,10 +26,10 @@ from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import idempotent
 from appliance.api.schemas import ErrorBody, Strict, ValidationErrorBody
+from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import query
 from appliance.auth.permissions import Permission
-from appliance.db.database import Database
 from appliance.errors import InvalidInput
 from appliance.messaging import media
 from appliance.messaging.media import MediaRecord, TooLarge
@@ -180,12 +180,6 @@ def media_out(record: MediaRecord) -> MediaOut:
         kind=record.kind,
         created_at=record.created_at,
     )
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 async def _read_upload(filename: str | None) -> tuple[bytes, str | None]:

@@ -20,21 +20,14 @@ from appliance.api.routes.models import (
     UserUpdateIn,
 )
 from appliance.api.schemas import ErrorBody
-from appliance.api.state import state_of
+from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Permission, Role
-from appliance.db.database import Database
 from appliance.errors import Conflict
 
 bp = Blueprint("users", __name__)
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 async def _guard_last_admin(conn: object, user: store.UserRow, action: str) -> None:

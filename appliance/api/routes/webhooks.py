@@ -17,10 +17,10 @@ from appliance.api.idempotency import idempotent
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
 from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
-from appliance.db.database import Database
 from appliance.db.queue import DurableQueue
 from appliance.errors import InvalidInput, NotFound
 from appliance.messaging import store as messaging_store
@@ -173,12 +173,6 @@ class ReplayIn(Strict):
 
 class ReplayOut(BaseModel):
     replayed: int
-
-
-def _db() -> Database:
-    db = state_of().db
-    assert db is not None
-    return db
 
 
 def endpoint_out(e: store.Endpoint) -> EndpointOut:
