@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, Installation, cpu_seconds, descendants, free_port, source_revision
+from _common import REPO, Installation, cpu_seconds, descendants, source_revision
 
 HERE = Path(__file__).resolve()
 ACCOUNT = "load"
@@ -123,52 +123,9 @@ def wait_connected(port: int, key: str, account: str, timeout_s: float = 30.0) -
 
 
 def create_installation(source: str | None) -> Installation:
-    """``install.sh --prefix <tmp> --no-start`` from a snapshot of the source.
-
-    ``source`` None: a copy of the work tree (tracked and untracked files, without the
-    git-ignored ones such as ``build/`` and ``.venv``). Otherwise a git revision such
-    as ``HEAD``, exported with ``git archive``. Installing from a private copy keeps
-    other installs from the same work tree (tests, other benchmarks) from colliding in
-    setuptools' in-tree ``build/`` directory, and edits made during the run from
-    leaking into it.
-    """
-    if source is None and not (REPO / ".git").exists():
-        return Installation.create()  # not a git checkout: install the tree in place
-    snapshot = Path(tempfile.mkdtemp(prefix="inlsrc-"))
-    prefix = Path(tempfile.mkdtemp(prefix="applb-"))  # short: AF_UNIX path limit
-    try:
-        if source is None:
-            listed = subprocess.run(
-                ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                 "--exclude-standard"],
-                capture_output=True, timeout=60, check=True,
-            ).stdout.decode().split("\0")  # fmt: skip
-            for name in filter(None, listed):
-                src = REPO / name
-                if src.is_file():
-                    (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(src, snapshot / name)
-        else:
-            archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", "--format=tar", source],
-                capture_output=True, timeout=120, check=True,
-            )  # fmt: skip
-            subprocess.run(
-                ["tar", "-x", "-C", str(snapshot)], input=archive.stdout, timeout=120, check=True
-            )
-        inst = Installation(prefix, free_port())
-        argv = ["bash", str(snapshot / "install.sh"), "--prefix", str(prefix)]
-        argv += ["--port", str(inst.port), "--no-start"]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"install.sh failed:\n{result.stdout}\n{result.stderr}")
-        inst.base_env = inst.env_file.read_text()
-        return inst
-    except BaseException:
-        shutil.rmtree(prefix, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
+    """``install.sh --prefix <tmp> --no-start`` from a private snapshot of the source
+    (the work tree, or a git revision such as ``HEAD``): see ``Installation.create``."""
+    return Installation.create(source=source)
 
 
 def revision_of(source: str | None) -> str:
