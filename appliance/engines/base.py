@@ -112,3 +112,11 @@ class Engine(ABC):
 
     def update_settings(self, settings: dict[str, Any]) -> None:
         self.settings = settings
+
+    def download_media_enabled(self, override: bool | None = None) -> bool:
+        """Whether inbound media is fetched: the engine's override, else the account's
+        ``download_media`` setting (default on)."""
+        if override is not None:
+            return override
+        account = getattr(self.host, "settings", None)
+        return bool(account.get("download_media", True)) if isinstance(account, dict) else True

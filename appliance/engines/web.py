@@ -668,16 +668,10 @@ class WebEngine(Engine):
         if mapped is None:
             return
         inbound, media = mapped
-        if media is not None and self._should_download():
+        if media is not None and self.download_media_enabled(self.config.download_media):
             inbound = await self._with_media(inbound, media)
         self._remember(inbound.id, inbound.chat_jid, inbound.sender_jid)
         await self.host.on_inbound([inbound])  # returns after the commit
-
-    def _should_download(self) -> bool:
-        if self.config.download_media is not None:
-            return self.config.download_media
-        account = getattr(self.host, "settings", None)
-        return bool(account.get("download_media", True)) if isinstance(account, dict) else True
 
     async def _with_media(self, inbound: InboundMessage, message: Any) -> InboundMessage:
         """Download the media; on failure keep the message and record why."""
