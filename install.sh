@@ -185,11 +185,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 say "installing the appliance into $VENV"
+# Build from a private copy: setuptools writes build/ into the tree it builds, so two
+# installs from one checkout at once (tests, CI) would otherwise race on it.
+BUILD_SRC=$(mktemp -d)
+trap 'rm -rf "$BUILD_SRC"' EXIT
+tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md appliance | tar -C "$BUILD_SRC" -xf -
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-  ${APPLIANCE_PIP_ARGS:-} --upgrade --force-reinstall --no-deps "$SRC" \
+  ${APPLIANCE_PIP_ARGS:-} --upgrade --force-reinstall --no-deps "$BUILD_SRC" \
   || die "installing the appliance package failed (see pip's message above)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$SRC" \
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
   || die "installing the appliance's dependencies failed (see pip's message above)"
 install -m 0644 "$SRC/supervisord.conf" "$OPT/supervisord.conf"
 
