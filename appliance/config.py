@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,9 @@ class Settings(BaseModel):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 5000
     enable_test_routes: bool = False
+    # Tests only: "module:callable" building the web engine's neonize client, so the
+    # real worker can run the web engine against a fake WhatsApp on loopback.
+    web_client_factory: str = ""
     max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 1024 * 1024
     session_idle_timeout_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 8 * 3600
     session_absolute_timeout_s: Annotated[int, Field(ge=300, le=90 * 86400)] = 24 * 3600
@@ -170,6 +174,22 @@ class Settings(BaseModel):
             if item != "*" and not item.startswith(("http://", "https://")):
                 raise ValueError(f"{item!r} is not an origin such as https://panel.example.com")
         return value
+
+    @field_validator("web_client_factory")
+    @classmethod
+    def _factory_path(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError("must be module:callable, such as fake_whatsapp:client_factory")
+        return value
+
+    @model_validator(mode="after")
+    def _test_factory_needs_test_mode(self) -> Settings:
+        if self.web_client_factory and not self.enable_test_routes:
+            raise ValueError(
+                "WEB_CLIENT_FACTORY is for the test suite only; remove it "
+                "(it needs ENABLE_TEST_ROUTES=true)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_wildcard_cors_in_public(self) -> Settings:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import random
 import shutil
@@ -48,12 +49,14 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
     if row["engine"] == "web":
         from appliance.engines.web import WebEngine
 
+        factory_path = host.service.settings.web_client_factory
         return WebEngine(
             row["id"],
             engine_settings,
             engine_state,
             host,
             session_root=host.service.settings.data_dir / "sessions",
+            client_factory=_load_callable(factory_path) if factory_path else None,
         )
     if row["engine"] == "cloud":
         from appliance.engines.cloud import CloudEngine
@@ -78,6 +81,12 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
             events_written=service.events_written,
         )
     raise ValueError(f"engine {row['engine']!r} is not available in this version")
+
+
+def _load_callable(path: str) -> Any:
+    """``module:callable`` (WEB_CLIENT_FACTORY, a test-only setting)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class TokenBucket:

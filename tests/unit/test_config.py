@@ -238,3 +238,12 @@ def test_settings_are_frozen(paths: Paths) -> None:
     s = _load(paths)
     with pytest.raises(ValidationError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_web_client_factory_is_refused_outside_test_mode(paths: Paths) -> None:
+    msg = _error(paths, "WEB_CLIENT_FACTORY=fake_whatsapp:client_factory\n")
+    assert "ENABLE_TEST_ROUTES" in msg and str(paths.env_file) in msg
+    msg = _error(paths, "ENABLE_TEST_ROUTES=true\nWEB_CLIENT_FACTORY=not a path\n")
+    assert "WEB_CLIENT_FACTORY" in msg and "module:callable" in msg
+    s = _load(paths, "ENABLE_TEST_ROUTES=true\nWEB_CLIENT_FACTORY=fake_whatsapp:client_factory\n")
+    assert s.web_client_factory == "fake_whatsapp:client_factory"
