@@ -527,8 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is None:
         args.rounds = 1 if args.smoke else 2
     if args.duration < 1 or args.warmup < 1 or args.rounds < 1:
-        parser.error("--duration and --warmup are whole seconds (wrk needs that), --rounds a count;"
-                     " all at least 1")
+        parser.error(
+            "--duration and --warmup are whole seconds (wrk needs that), --rounds a count;"
+            " all at least 1"
+        )
     if args.loader == "auto":
         args.loader = "wrk" if shutil.which("wrk") else "python"
     elif args.loader == "wrk" and not shutil.which("wrk"):
@@ -539,9 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     results = run(args)
     base = results["baseline"]["rps"]
-    ratios = {
-        name: round(r["rps"] / base, 3) for name, r in results.items() if name != "baseline"
-    }
+    ratios = {name: round(r["rps"] / base, 3) for name, r in results.items() if name != "baseline"}
     base_cpu = results["baseline"]["server_cpu_us_per_request"]
     cpu_ratios = {
         name: round(base_cpu / r["server_cpu_us_per_request"], 3)
