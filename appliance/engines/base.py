@@ -75,6 +75,10 @@ class EngineHost(Protocol):
 class Engine(ABC):
     """One WhatsApp account's connection."""
 
+    # True: media reaches send() as a stored file (OutboundMessage.media_path), links
+    # fetched by the worker; False: the engine handles ids and links itself.
+    needs_media_files = False
+
     def __init__(
         self,
         account_id: str,

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.errors import ClientError, InvalidInput, NotFound
@@ -396,6 +398,65 @@ def _write_atomic(directory: Path, name: str, data: bytes) -> Path:
     return final
 
 
+def check_size(settings: Settings, data: bytes) -> None:
+    """TooLarge (413) over MEDIA_MAX_BYTES, InvalidInput for an empty file."""
+    limit = settings.media_max_bytes
+    if len(data) > limit:
+        raise TooLarge(
+            f"the file is {len(data)} bytes; the limit is {limit} bytes (MEDIA_MAX_BYTES)",
+            limit=limit,
+        )
+    if not data:
+        raise InvalidInput(
+            "the file is empty",
+            issues=[{"path": "(body)", "message": "empty file", "code": "empty"}],
+        )
+
+
+async def write_media_file(
+    settings: Settings,
+    account_id: str,
+    data: bytes,
+    *,
+    content_type: str,
+    filename: str | None = None,
+    source_url: str | None = None,
+) -> tuple[MediaRecord, Path]:
+    """Write ``data`` under a new media id (atomically); the row is the caller's to insert
+    (``insert_media_row``) in its own transaction, or the file is an orphan to unlink."""
+    directory = _account_dir(settings, account_id)
+    media_id = new_media_id()
+    path = await asyncio.to_thread(_write_atomic, directory, media_id, data)
+    record = MediaRecord(
+        id=media_id,
+        account_id=account_id,
+        content_type=content_type,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        filename=clean_filename(filename),
+        source_url=source_url,
+        created_at=time.time(),
+    )
+    return record, path
+
+
+async def insert_media_row(conn: aiosqlite.Connection, record: MediaRecord) -> None:
+    await conn.execute(
+        "INSERT INTO media (account_id, id, content_type, size, sha256, filename, "
+        "source_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.account_id,
+            record.id,
+            record.content_type,
+            record.size,
+            record.sha256,
+            record.filename,
+            record.source_url,
+            record.created_at,
+        ),
+    )
+
+
 async def save_media(
     db: Database,
     settings: Settings,
@@ -410,46 +471,34 @@ async def save_media(
     Raises TooLarge (413) over MEDIA_MAX_BYTES, UnsupportedMedia (415), InvalidInput
     for an empty file, NotFound when the account does not exist.
     """
-    limit = settings.media_max_bytes
-    if len(data) > limit:
-        raise TooLarge(
-            f"the file is {len(data)} bytes; the limit is {limit} bytes (MEDIA_MAX_BYTES)",
-            limit=limit,
-        )
-    if not data:
-        raise InvalidInput(
-            "the file is empty",
-            issues=[{"path": "(body)", "message": "empty file", "code": "empty"}],
-        )
+    check_size(settings, data)
     content_type = sniff(data)
-    directory = _account_dir(settings, account_id)
-    media_id = new_media_id()
-    digest = hashlib.sha256(data).hexdigest()
-    name = clean_filename(filename)
-    now = time.time()
-    path = await asyncio.to_thread(_write_atomic, directory, media_id, data)
+    record, path = await write_media_file(
+        settings,
+        account_id,
+        data,
+        content_type=content_type,
+        filename=filename,
+        source_url=source_url,
+    )
     try:
         async with db.write() as conn:
-            await conn.execute(
-                "INSERT INTO media (account_id, id, content_type, size, sha256, filename, "
-                "source_url, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (account_id, media_id, content_type, len(data), digest, name, source_url, now),
-            )
+            await insert_media_row(conn, record)
     except BaseException as exc:
         await asyncio.to_thread(path.unlink, True)
         if isinstance(exc, sqlite3.IntegrityError):  # the account does not exist (any more)
             raise NotFound("no such account") from None
         raise
-    return MediaRecord(
-        id=media_id,
-        account_id=account_id,
-        content_type=content_type,
-        size=len(data),
-        sha256=digest,
-        filename=name,
-        source_url=source_url,
-        created_at=now,
-    )
+    return record
+
+
+def received_content_type(data: bytes) -> str:
+    """The type of received media: sniffed; what we would refuse to send is still kept,
+    as an opaque download (never a type a browser would render from our origin)."""
+    try:
+        return sniff(data)
+    except UnsupportedMedia:
+        return "application/octet-stream"
 
 
 async def save_media_from_url(

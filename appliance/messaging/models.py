@@ -38,6 +38,7 @@ EVENT_TYPES = (
     "message.delivered",
     "message.read",
     "message.failed",
+    "message.deleted",
     "account.status",
     "webhook.endpoint_disabled",
     "webhook.test",
@@ -259,6 +260,9 @@ class MessageOut(BaseModel):
     timestamp: float | None = None
     created_at: float
     updated_at: float
+    deleted_at: float | None = Field(
+        default=None, description="When the sender deleted it for everyone; content is kept"
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 

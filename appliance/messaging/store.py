@@ -237,7 +237,7 @@ async def delete_account(conn: aiosqlite.Connection, account_id: str) -> None:
 
 _MESSAGE_COLS = (
     "account_id, id, chat_jid, direction, sender_jid, type, body, content, reply_to, media_id, "
-    "status, error, wa_timestamp, created_at, updated_at"
+    "status, error, wa_timestamp, created_at, updated_at, deleted_at"
 )
 
 
@@ -259,6 +259,7 @@ def message_out(row: Any) -> MessageOut:
         timestamp=row["wa_timestamp"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
     )
 
 
@@ -355,6 +356,14 @@ async def insert_inbound(
         row = await cur.fetchone()
     if row is None:
         return None
+    revoked = await _revocation_of(conn, account_id, message_id)
+    if revoked is not None:  # the revoke overtook the message: it starts out deleted
+        async with conn.execute(
+            f"UPDATE messages SET deleted_at = ? WHERE account_id = ? AND id = ? "
+            f"RETURNING {_MESSAGE_COLS}",
+            (revoked, account_id, message_id),
+        ) as cur:
+            row = await cur.fetchone()
     await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=True)
     await conn.execute(
         "INSERT INTO contacts (account_id, jid, phone, name, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -366,6 +375,51 @@ async def insert_inbound(
     await append_event(
         conn, "message.received", account_id, message.model_dump(mode="json", by_alias=True), now
     )
+    return message
+
+
+async def _revocation_of(
+    conn: aiosqlite.Connection, account_id: str, message_id: str
+) -> float | None:
+    async with conn.execute(
+        "SELECT revoked_at FROM message_revocations WHERE account_id = ? AND message_id = ?",
+        (account_id, message_id),
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else float(row[0])
+
+
+async def revoke_message(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    message_id: str,
+    *,
+    revoked_by: str | None,
+    revoked_at: float,
+    now: float,
+) -> MessageOut | None:
+    """Flag a message deleted for everyone, keeping its content; appends message.deleted.
+
+    Returns the message when this call flagged it; None when it was flagged before or
+    is not stored (yet: the revoke is remembered and applied when it arrives).
+    """
+    async with conn.execute(
+        "INSERT INTO message_revocations (account_id, message_id, revoked_by, revoked_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (account_id, message_id, revoked_by, revoked_at),
+    ):
+        pass
+    async with conn.execute(
+        "UPDATE messages SET deleted_at = ?, updated_at = ? "
+        f"WHERE account_id = ? AND id = ? AND deleted_at IS NULL RETURNING {_MESSAGE_COLS}",
+        (revoked_at, now, account_id, message_id),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    message = message_out(row)
+    data = {**message.model_dump(mode="json", by_alias=True), "deleted_by": revoked_by}
+    await append_event(conn, "message.deleted", account_id, data, now)
     return message
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,7 +33,11 @@ from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases
 from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
 from appliance.engines.sandbox import SandboxEngine
+from appliance.errors import ClientError, NotFound
+from appliance.messaging import media as media_store
 from appliance.messaging import store
+from appliance.messaging.models import MEDIA_TYPES
+from appliance.net.ssrf import FetchFailed
 from appliance.worker.pipeline import Pipeline, PipelineContext, default_pipeline
 
 log = logging.getLogger(__name__)
@@ -377,14 +383,24 @@ class MessagingService:
     async def commit_inbound(
         self, runtime: AccountRuntime, messages: list[InboundMessage]
     ) -> list[bool]:
+        """Store inbound messages (their media first, as files) and apply revokes, in one
+        transaction with their events; returns which were new."""
+        account_id = runtime.account_id
         now = time.time()
-        stored = []
-        async with self.db.write() as conn:
-            for m in messages:
-                stored.append(
-                    await store.insert_inbound(
+        staged = [await self._stage_media(account_id, m) for m in messages]
+        results: list[bool] = []
+        new: list[Any] = []
+        orphans = [path for _, _, path in staged if path is not None]
+        try:
+            async with self.db.write() as conn:
+                for m, record, path in staged:
+                    if m.type == "revoke":
+                        await self._apply_revoke(conn, account_id, m, now)
+                        results.append(True)
+                        continue
+                    stored = await store.insert_inbound(
                         conn,
-                        account_id=runtime.account_id,
+                        account_id=account_id,
                         message_id=m.id,
                         chat_jid=m.chat_jid,
                         sender_jid=m.sender_jid,
@@ -393,17 +409,79 @@ class MessagingService:
                         body=m.body,
                         content=m.content,
                         reply_to=m.reply_to,
-                        media_id=None,
+                        media_id=record.id if record is not None else None,
                         wa_timestamp=m.timestamp or now,
                         now=now,
                     )
-                )
-        new = [m for m in stored if m is not None]
-        if new:
+                    results.append(stored is not None)
+                    if stored is not None:
+                        new.append(stored)
+                        if record is not None:
+                            await media_store.insert_media_row(conn, record)
+                            orphans.remove(path)
+        finally:
+            # Files of duplicates, or of a transaction that did not commit.
+            for path in orphans:
+                await asyncio.to_thread(path.unlink, True)
+        if any(results):
             await self.events_written()
-            ctx = PipelineContext(runtime.account_id, runtime.settings, runtime.engine)
+        if new:
+            ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
             self._spawn(self._run_pipeline(ctx, new))
-        return [m is not None for m in stored]
+        return results
+
+    async def _stage_media(
+        self, account_id: str, message: InboundMessage
+    ) -> tuple[InboundMessage, media_store.MediaRecord | None, Path | None]:
+        """Write a message's downloaded media to the media store and point its content at
+        it (``id`` becomes our media id); on failure keep the message and say why."""
+        if message.media is None:
+            return message, None, None
+        declared, data = message.media
+        part = dict(message.content.get(message.type) or {})
+        try:
+            media_store.check_size(self.settings, data)
+            record, path = await media_store.write_media_file(
+                self.settings,
+                account_id,
+                data,
+                content_type=media_store.received_content_type(data),
+                filename=part.get("filename"),
+            )
+        except (ClientError, OSError) as exc:
+            part["download_error"] = str(exc)
+            log.warning(
+                "inbound media not stored",
+                extra={"account_id": account_id, "message_id": message.id, "error": str(exc)},
+            )
+            content = {**message.content, message.type: part}
+            return dataclasses.replace(message, content=content, media=None), None, None
+        if part.get("id") and part["id"] != record.id:
+            part["engine_media_id"] = part["id"]
+        part.update(
+            id=record.id,
+            mime_type=part.get("mime_type") or declared or record.content_type,
+            sha256=record.sha256,
+            file_size=record.size,
+        )
+        part.pop("download_error", None)
+        content = {**message.content, message.type: part}
+        return dataclasses.replace(message, content=content, media=None), record, path
+
+    async def _apply_revoke(
+        self, conn: Any, account_id: str, message: InboundMessage, now: float
+    ) -> None:
+        target = (message.content.get("revoke") or {}).get("message_id") or message.reply_to
+        if not target:
+            return
+        await store.revoke_message(
+            conn,
+            account_id,
+            str(target),
+            revoked_by=message.sender_jid,
+            revoked_at=message.timestamp or now,
+            now=now,
+        )
 
     async def _run_pipeline(self, ctx: PipelineContext, messages: list[Any]) -> None:
         for message in messages:
@@ -480,15 +558,8 @@ class MessagingService:
         self._last_sent[(account_id, chat)] = time.monotonic()
         async with self.db.write() as conn:
             await store.set_message_status(conn, account_id, message_id, "sending", now=time.time())
-        outbound = OutboundMessage(
-            account_id=account_id,
-            id=message_id,
-            to_jid=chat,
-            type=row["type"],
-            content=orjson.loads(row["content"]),
-            reply_to=row["reply_to"],
-        )
         try:
+            outbound = await self._outbound(runtime.engine, row)
             await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
         except SendError as exc:
             await self._send_failed(
@@ -504,6 +575,52 @@ class MessagingService:
             await store.set_message_status(conn, account_id, message_id, "sent", now=time.time())
             await ack_in(conn, SEND_QUEUE, job.id, token, time.time())
         await self.events_written()
+
+    async def _outbound(self, engine: Engine, row: Any) -> OutboundMessage:
+        """The message as the engine gets it; media as a stored file when the engine
+        uploads files itself (a link is fetched once, through the SSRF guard, and kept)."""
+        account_id, message_id = row["account_id"], row["id"]
+        media_id = row["media_id"]
+        content = orjson.loads(row["content"])
+        media_path = media_type = None
+        part = content.get(row["type"]) if row["type"] in MEDIA_TYPES else None
+        if isinstance(part, dict) and engine.needs_media_files:
+            if media_id is None and part.get("link"):
+                media_id = await self._fetch_link(account_id, message_id, part)
+            if media_id is not None:
+                try:
+                    record, path = await media_store.open_media(
+                        self.db, self.settings, account_id, media_id
+                    )
+                except NotFound:
+                    raise SendError(f"media {media_id} is gone", permanent=True) from None
+                media_path, media_type = str(path), record.content_type
+        return OutboundMessage(
+            account_id=account_id,
+            id=message_id,
+            to_jid=row["chat_jid"],
+            type=row["type"],
+            content=content,
+            reply_to=row["reply_to"],
+            media_path=media_path,
+            media_type=media_type,
+        )
+
+    async def _fetch_link(self, account_id: str, message_id: str, part: dict[str, Any]) -> str:
+        try:
+            record = await media_store.save_media_from_url(
+                self.db, self.settings, account_id, str(part["link"]), filename=part.get("filename")
+            )
+        except FetchFailed as exc:
+            raise SendError(f"media link: {exc}", permanent=not exc.retryable) from None
+        except ClientError as exc:  # refused address, too large, unsupported type
+            raise SendError(f"media link: {exc}", permanent=True) from None
+        async with self.db.write() as conn:  # a retry re-uses the fetched file
+            await conn.execute(
+                "UPDATE messages SET media_id = ? WHERE account_id = ? AND id = ?",
+                (record.id, account_id, message_id),
+            )
+        return record.id
 
     async def _send_failed(
         self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
