@@ -400,6 +400,8 @@ CLIENT_START_WINDOW_S = 5.0  # how long a start holds the gate if no event comes
 
 
 class WebEngine(Engine):
+    needs_media_files = True  # neonize uploads bytes; it cannot send by link or our id
+
     def __init__(
         self,
         account_id: str,
