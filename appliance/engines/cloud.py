@@ -15,6 +15,13 @@ receipts, commits them through the host, then deletes the rows. Meta retries for
 days: a message id is stored once (the store ignores a repeated id), and a status
 only moves a message forward.
 
+Inbound media (image, video, audio, document, sticker) is fetched the documented
+way when the account downloads media: ``GET {base_url}/{api_version}/{media_id}``
+answers a short-lived URL with the mime type, sha256 and size; a GET of that URL
+(bearer token again) answers the bytes. The message is handed to the host with
+``media=(mime type, bytes)``; any failure keeps the message and records a short
+reason as ``download_error`` in its content part.
+
 Secrets (access token, app secret) are stored encrypted with the data key
 (``DataCipher``); API answers show them masked.
 """
@@ -23,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -60,6 +69,9 @@ INBOX_BATCH = 100
 INBOX_POLL_S = 0.25
 HTTP_TIMEOUT_S = 20.0
 MEDIA_TYPES = ("image", "document", "audio", "video")
+INBOUND_MEDIA_TYPES = (*MEDIA_TYPES, "sticker")
+MEDIA_CONCURRENCY = 4  # downloads at once; also the media messages held in memory at once
+MEDIA_TIMEOUT_S = 60.0  # one download, metadata and bytes together
 
 # Retry delays for the Cloud API's rate-limit codes (seconds).
 THROUGHPUT_RETRY_S = 2.0
@@ -84,6 +96,9 @@ class CloudSettings(Strict):
     verify_token: str = Field(min_length=1, max_length=512)
     api_version: str = Field(default="v21.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,3}$")
     base_url: str = Field(default="https://graph.facebook.com", max_length=2048)
+    download_media: bool | None = Field(
+        default=None, description="Override the account's download_media setting"
+    )
     access_token_enc: str | None = Field(default=None, max_length=16384)
     app_secret_enc: str | None = Field(default=None, max_length=4096)
 
@@ -147,6 +162,7 @@ class CloudConfig:
     verify_token: str
     api_version: str
     base_url: str
+    download_media: bool | None = None
 
     @classmethod
     def load(cls, stored: dict[str, Any], cipher: DataCipher) -> CloudConfig:
@@ -157,6 +173,7 @@ class CloudConfig:
             verify_token=str(stored["verify_token"]),
             api_version=str(stored.get("api_version") or "v21.0"),
             base_url=str(stored.get("base_url") or "https://graph.facebook.com").rstrip("/"),
+            download_media=stored.get("download_media"),
         )
 
     def url(self, *parts: str) -> str:
@@ -368,11 +385,13 @@ class CloudEngine(Engine):
         open_media: Callable[[str], Awaitable[tuple[Any, Any]]] | None = None,
         events_written: Callable[[], Awaitable[None]] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        media_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         super().__init__(account_id, settings, engine_state, host)
         self.db = db
         self.cipher = cipher
         self.config = CloudConfig.load(settings, cipher)
+        self.media_max_bytes = media_max_bytes
         self._open_media = open_media
         self._events_written = events_written
         self._transport = transport
@@ -631,7 +650,7 @@ class CloudEngine(Engine):
             messages.extend(found)
             statuses.extend(changed)
         if messages:
-            await self.host.on_inbound([await self._translate(m) for m in messages])
+            await self._deliver([await self._translate(m) for m in messages])
         for status in statuses:
             await self._apply_status(status)
         async with self.db.write() as conn:
@@ -655,18 +674,148 @@ class CloudEngine(Engine):
         ours = await self._our_id(message.reply_to)
         if ours is None:
             return message
-        return InboundMessage(
-            id=message.id,
-            chat_jid=message.chat_jid,
-            sender_jid=message.sender_jid,
-            type=message.type,
-            content=message.content,
-            body=message.body,
-            sender_name=message.sender_name,
-            reply_to=ours,
-            timestamp=message.timestamp,
-            received_at=message.received_at,
+        return dataclasses.replace(message, reply_to=ours)
+
+    # -- inbound media -------------------------------------------------------------------
+
+    async def _deliver(self, messages: list[InboundMessage]) -> None:
+        """Hand the messages to the host in order, media downloaded first when enabled.
+
+        At most MEDIA_CONCURRENCY downloads run at once, and the messages go to the host
+        in chunks holding at most that many downloads, so the bytes held in memory stay
+        below MEDIA_CONCURRENCY * media_max_bytes. A message already stored (Meta
+        retries) or repeated in the batch is not downloaded again.
+        """
+        if not self.download_media_enabled(self.config.download_media):
+            await self.host.on_inbound(messages)
+            return
+        wanted = [m for m in messages if _media_id(m) is not None]
+        if not wanted:
+            await self.host.on_inbound(messages)
+            return
+        seen = await self._stored_ids([m.id for m in wanted])
+        chunk: list[InboundMessage] = []
+        downloads: dict[int, Awaitable[InboundMessage]] = {}
+        for message in messages:
+            if _media_id(message) is not None and message.id not in seen:
+                seen.add(message.id)
+                downloads[len(chunk)] = self._with_media(message)
+            chunk.append(message)
+            if len(downloads) >= MEDIA_CONCURRENCY:
+                await self._deliver_chunk(chunk, downloads)
+                chunk, downloads = [], {}
+        if chunk:
+            await self._deliver_chunk(chunk, downloads)
+
+    async def _deliver_chunk(
+        self, chunk: list[InboundMessage], downloads: dict[int, Awaitable[InboundMessage]]
+    ) -> None:
+        done = await asyncio.gather(*downloads.values())
+        for index, message in zip(downloads, done, strict=True):
+            chunk[index] = message
+        await self.host.on_inbound(chunk)
+
+    async def _stored_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = await self.db.fetchall(
+            f"SELECT id FROM messages WHERE account_id = ? AND id IN ({marks})",
+            (self.account_id, *ids),
         )
+        return {str(row["id"]) for row in rows}
+
+    async def _with_media(self, message: InboundMessage) -> InboundMessage:
+        """The message with its media; on failure the message with ``download_error``."""
+        part = message.content.get(message.type)
+        media_id = _media_id(message)
+        if media_id is None or not isinstance(part, dict):
+            return message
+        try:
+            async with asyncio.timeout(MEDIA_TIMEOUT_S):
+                mime, data = await self._download(media_id, part)
+        except MediaDownloadError as exc:
+            reason = str(exc)
+        except (TimeoutError, httpx.TimeoutException):
+            reason = f"download timed out after {MEDIA_TIMEOUT_S:g}s"
+        except httpx.HTTPError as exc:
+            reason = f"media server unreachable: {type(exc).__name__}"
+        except Exception as exc:  # a bug must not lose the message
+            log.exception("inbound media download failed", extra={"account_id": self.account_id})
+            reason = f"download failed: {type(exc).__name__}"
+        else:
+            return dataclasses.replace(message, media=(mime, data))
+        log.warning(
+            "inbound media not downloaded",
+            extra={"account_id": self.account_id, "message_id": message.id, "reason": reason},
+        )
+        content = {**message.content, message.type: {**part, "download_error": reason}}
+        return dataclasses.replace(message, content=content)
+
+    async def _download(self, media_id: str, part: dict[str, Any]) -> tuple[str, bytes]:
+        """GET the media's metadata from Graph, then its bytes from the URL it names.
+
+        Redirects are never followed (a 3xx is a failure). The URL must be https, or on
+        the same origin as ``base_url`` (a local fake Graph in tests): the bearer token
+        goes with it, so it never travels in clear text to a host nobody configured.
+        """
+        http = self._http()
+        limit = self.media_max_bytes
+        response = await http.get(
+            self.config.url(media_id),
+            params={"phone_number_id": self.config.phone_number_id},
+            headers=self._auth(),
+        )
+        meta = _json_or_none(response)
+        if response.status_code != 200 or not isinstance(meta, dict):
+            detail = send_error_for(response.status_code, meta).reason
+            raise MediaDownloadError(f"media lookup failed: {detail}")
+        url = meta.get("url")
+        if not isinstance(url, str) or not url:
+            raise MediaDownloadError("media lookup answered no URL")
+        size = _int_or_none(meta.get("file_size"))
+        if size is not None and size > limit:
+            raise MediaDownloadError(_too_large(size, limit))
+        if not self._media_url_allowed(url):
+            raise MediaDownloadError("media URL refused: not https and not on the base_url's host")
+        chunks: list[bytes] = []
+        total = 0
+        headers = {**self._auth(), "Accept-Encoding": "identity"}
+        async with http.stream("GET", url, headers=headers) as answer:
+            if answer.is_redirect:
+                raise MediaDownloadError(
+                    f"media URL answered a redirect (HTTP {answer.status_code}); not followed"
+                )
+            if answer.status_code != 200:
+                raise MediaDownloadError(f"media download failed: HTTP {answer.status_code}")
+            length = _int_or_none(answer.headers.get("Content-Length"))
+            if length is not None and length > limit:
+                raise MediaDownloadError(_too_large(length, limit))
+            async for piece in answer.aiter_bytes():
+                total += len(piece)
+                if total > limit:
+                    raise MediaDownloadError(_too_large(total, limit, at_least=True))
+                chunks.append(piece)
+        data = b"".join(chunks)
+        if not data:
+            raise MediaDownloadError("media download was empty")
+        expected = _sha256_digest(meta.get("sha256")) or _sha256_digest(part.get("sha256"))
+        if expected is not None and hashlib.sha256(data).digest() != expected:
+            raise MediaDownloadError("sha256 mismatch: the downloaded bytes are not the media")
+        mime = meta.get("mime_type") or part.get("mime_type") or "application/octet-stream"
+        return str(mime), data
+
+    def _media_url_allowed(self, url: str) -> bool:
+        try:
+            target = httpx.URL(url)
+        except Exception:
+            return False
+        if not target.host:
+            return False
+        if target.scheme == "https":
+            return True
+        base = httpx.URL(self.config.base_url)
+        return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
 
     async def _apply_status(self, status: StatusUpdate) -> None:
         message_id = await self._our_id(status.wamid) or status.our_id
@@ -695,6 +844,44 @@ class CloudEngine(Engine):
                 await store.append_event(conn, "message.failed", self.account_id, payload, now)
         if changed and self._events_written is not None:
             await self._events_written()
+
+
+class MediaDownloadError(Exception):
+    """Why one inbound media was not downloaded: short, and never holds a secret."""
+
+
+def _media_id(message: InboundMessage) -> str | None:
+    if message.type not in INBOUND_MEDIA_TYPES:
+        return None
+    part = message.content.get(message.type)
+    media_id = part.get("id") if isinstance(part, dict) else None
+    return str(media_id) if media_id else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return f"media too large: {more}{size} bytes; the limit is {limit} (MEDIA_MAX_BYTES)"
+
+
+def _sha256_digest(value: Any) -> bytes | None:
+    """A sha256 as Graph gives it: hex (media lookup) or base64 (webhooks)."""
+    if not isinstance(value, str) or not value:
+        return None
+    value = value.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return bytes.fromhex(value)
+    try:
+        digest = base64.b64decode(value.replace("-", "+").replace("_", "/") + "==")
+    except (binascii.Error, ValueError):
+        return None
+    return digest if len(digest) == 32 else None
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -8,10 +8,14 @@ an ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import hashlib
 import hmac
 import os
+import struct
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from pydantic import ValidationError
 from pywa.utils import webhook_updates_validator
 
 from appliance.crypto import DataCipher
-from appliance.engines.base import OutboundMessage, SendError
+from appliance.engines.base import InboundMessage, OutboundMessage, SendError
 from appliance.engines.cloud import (
     ERROR_CLASSES,
     MASK,
@@ -310,13 +314,16 @@ class FakeHost:
     def __init__(self, db: Any, account_id: str) -> None:
         self.db = db
         self.account_id = account_id
+        self.settings: dict[str, Any] = {}  # the account's settings (download_media)
         self.receipts: list[tuple[str, str]] = []
         self.inbound: list[Any] = []
+        self.batches: list[list[Any]] = []  # every on_inbound call, as given
 
     async def on_state(self, state: str, **_: Any) -> None:
         pass
 
     async def on_inbound(self, messages: list[Any]) -> list[bool]:
+        self.batches.append(list(messages))
         new = []
         async with self.db.write() as conn:
             for m in messages:
@@ -536,6 +543,423 @@ def test_timeouts_and_pair_rate_are_transient(open_db: Any, db_path: Path) -> No
             with pytest.raises(SendError) as refused:
                 await engine.send(group)
             assert refused.value.permanent is True
+            await engine.close()
+
+    asyncio.run(body())
+
+
+# -- inbound media ---------------------------------------------------------------------------
+
+
+def _png(width: int = 2, height: int = 2) -> bytes:
+    """A real (tiny, red) PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+PNG = _png()
+TOKEN = RAW_SETTINGS["access_token"]
+
+
+class MediaGraph:
+    """Graph's media lookup (``GET /v21.0/{media_id}``) and the media URL it names
+    (``/media/{media_id}`` on the same fake host), with per-id overrides."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.meta: dict[str, dict[str, Any]] = {}  # media id -> lookup fields to change
+        self.answers: dict[str, Any] = {}  # media id -> the media URL's answer
+        self.requests: list[Any] = []
+        self.delay_s = 0.0
+        self.inflight = 0
+        self.max_inflight = 0
+
+    def add(self, media_id: str, data: bytes, **meta: Any) -> None:
+        self.files[media_id] = data
+        self.meta[media_id] = meta
+
+    async def __call__(self, request: Any) -> Any:
+        import httpx
+
+        self.requests.append(request)
+        path = request.url.path
+        if path.startswith("/v21.0/"):
+            media_id = path.removeprefix("/v21.0/")
+            if media_id not in self.files:
+                error = {
+                    "message": "Unsupported get request. Object with ID does not exist",
+                    "type": "GraphMethodException",
+                    "code": 100,
+                    "error_subcode": 33,
+                }
+                return httpx.Response(404, json={"error": error})
+            data = self.files[media_id]
+            answer = {
+                "messaging_product": "whatsapp",
+                "url": f"http://127.0.0.1:9/media/{media_id}?ext=1&hash=ATs",
+                "mime_type": "image/png",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": str(len(data)),
+                "id": media_id,
+            }
+            answer.update(self.meta[media_id])
+            return httpx.Response(200, json={k: v for k, v in answer.items() if v is not None})
+        if path.startswith("/media/"):
+            media_id = path.removeprefix("/media/")
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.inflight -= 1
+            if media_id in self.answers:
+                return self.answers[media_id]
+            return httpx.Response(200, content=self.files[media_id])
+        return httpx.Response(500)
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
+
+def _media_message(wamid: str, media_id: str, type_: str = "image", **part: Any) -> dict:
+    return {
+        "from": "16505551234",
+        "id": wamid,
+        "timestamp": "1749416383",
+        "type": type_,
+        type_: {"id": media_id, "mime_type": "image/png", **part},
+    }
+
+
+def _text_message(wamid: str, text: str) -> dict:
+    return {
+        "from": "16505551234",
+        "id": wamid,
+        "timestamp": "1749416383",
+        "type": "text",
+        "text": {"body": text},
+    }
+
+
+def _run_inbox(
+    open_db: Any,
+    db_path: Path,
+    graph: MediaGraph,
+    posts: list[list[dict[str, Any]]],
+    *,
+    settings: dict[str, Any] | None = None,
+    account_settings: dict[str, Any] | None = None,
+    media_max_bytes: int = 16 * 1024 * 1024,
+) -> FakeHost:
+    """Each post in ``posts`` (a list of messages) is one cloud_inbox row; the inbox is
+    processed once per row, in order. Returns the host with what it was given."""
+    import httpx
+
+    result: list[FakeHost] = []
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            stored = store_settings({**RAW_SETTINGS, **(settings or {})}, CIPHER)
+            async with db.write() as conn:
+                await store.create_account(
+                    conn,
+                    account_id="c1",
+                    name="c1",
+                    engine="cloud",
+                    engine_settings=stored,
+                    settings={},
+                    now=1.0,
+                )
+            host = FakeHost(db, "c1")
+            host.settings = dict(account_settings or {})
+            engine = CloudEngine(
+                "c1",
+                stored,
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(graph),
+                media_max_bytes=media_max_bytes,
+            )
+            for messages in posts:
+                hook = _envelope({"contacts": _contacts(), "messages": messages})
+                async with db.write() as conn:
+                    await conn.execute(
+                        "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                        "VALUES ('c1', ?, 0)",
+                        (orjson.dumps(hook),),
+                    )
+                assert await engine.process_inbox() == 1
+            await engine.close()
+            result.append(host)
+
+    asyncio.run(body())
+    return result[0]
+
+
+def _given(host: FakeHost) -> dict[str, Any]:
+    """Message id -> the InboundMessage the host was given first."""
+    out: dict[str, Any] = {}
+    for batch in host.batches:
+        for m in batch:
+            out.setdefault(m.id, m)
+    return out
+
+
+def test_inbound_media_is_downloaded(open_db: Any, db_path: Path) -> None:
+    graph = MediaGraph()
+    webp = b"RIFF\x1a\x00\x00\x00WEBPVP8L" + bytes(14)
+    graph.add("1001", PNG)
+    graph.add("1002", webp, mime_type="image/webp")
+    graph.add("1003", b"%PDF-1.4\n%%EOF\n", mime_type="application/pdf", sha256=None)
+    sha_b64 = base64.b64encode(hashlib.sha256(PNG).digest()).decode()
+    host = _run_inbox(
+        open_db,
+        db_path,
+        graph,
+        [
+            [
+                _text_message("wamid.T1", "before"),
+                _media_message("wamid.I1", "1001", caption="look", sha256=sha_b64),
+                _media_message("wamid.S1", "1002", "sticker", animated=False),
+                _media_message("wamid.D1", "1003", "document", filename="terms.pdf"),
+                _text_message("wamid.T2", "after"),
+            ]
+        ],
+    )
+    given = _given(host)
+    assert [m.id for b in host.batches for m in b] == [
+        "wamid.T1",
+        "wamid.I1",
+        "wamid.S1",
+        "wamid.D1",
+        "wamid.T2",
+    ]  # order kept
+    image, sticker, document = given["wamid.I1"], given["wamid.S1"], given["wamid.D1"]
+    assert image.media == ("image/png", PNG)
+    assert image.body == "look" and image.content["image"]["id"] == "1001"
+    assert "download_error" not in image.content["image"]
+    assert sticker.media == ("image/webp", webp)
+    assert document.media == ("application/pdf", b"%PDF-1.4\n%%EOF\n")
+    assert given["wamid.T1"].media is None and given["wamid.T2"].media is None
+    lookup = graph.requests[0]
+    assert lookup.method == "GET" and lookup.url.path == "/v21.0/1001"
+    assert lookup.url.params["phone_number_id"] == PHONE_ID
+    assert lookup.headers["Authorization"] == f"Bearer {TOKEN}"
+    fetches = [r for r in graph.requests if r.url.path.startswith("/media/")]
+    assert len(fetches) == 3
+    assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in fetches)
+    assert {r.url.params["hash"] for r in fetches} == {"ATs"}  # the URL as given
+
+
+def test_sha256_mismatch_keeps_the_message(open_db: Any, db_path: Path) -> None:
+    graph = MediaGraph()
+    graph.add("2001", PNG, sha256=hashlib.sha256(b"other").hexdigest())
+    graph.add("2002", PNG, sha256=None)  # only the webhook's (base64) sha256 is checked
+    wrong_b64 = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    host = _run_inbox(
+        open_db,
+        db_path,
+        graph,
+        [
+            [
+                _media_message("wamid.M1", "2001"),
+                _media_message("wamid.M2", "2002", sha256=wrong_b64),
+            ]
+        ],
+    )
+    for wamid, media_id in (("wamid.M1", "2001"), ("wamid.M2", "2002")):
+        message = _given(host)[wamid]
+        assert message.media is None
+        assert "sha256 mismatch" in message.content["image"]["download_error"]
+        assert message.content["image"]["id"] == media_id
+    assert {m.id for m in host.inbound} == {"wamid.M1", "wamid.M2"}  # stored anyway
+
+
+def test_too_large_media_is_refused(open_db: Any, db_path: Path) -> None:
+    import httpx
+
+    graph = MediaGraph()
+    big = PNG + bytes(5000)
+    graph.add("3001", big)  # the lookup says it is too large: the bytes are not fetched
+    graph.add("3002", big, file_size="100")  # the lookup understates it
+    graph.add("3003", big, file_size=None)
+    graph.answers["3003"] = httpx.Response(200, content=big, headers={"Content-Length": "100"})
+    graph.add("3004", PNG, file_size=None)  # just under the limit
+    host = _run_inbox(
+        open_db,
+        db_path,
+        graph,
+        [[_media_message(f"wamid.L{n}", f"300{n}") for n in (1, 2, 3, 4)]],
+        media_max_bytes=1024,
+    )
+    given = _given(host)
+    for n in (1, 2, 3):
+        error = given[f"wamid.L{n}"].content["image"]["download_error"]
+        assert error.startswith("media too large") and "1024" in error, error
+        assert given[f"wamid.L{n}"].media is None
+    assert given["wamid.L4"].media == ("image/png", PNG)
+    assert "/media/3001" not in graph.paths()
+
+
+def test_graph_404_and_refused_urls(open_db: Any, db_path: Path, caplog: Any) -> None:
+    import httpx
+
+    graph = MediaGraph()
+    graph.add("4002", PNG)
+    graph.answers["4002"] = httpx.Response(302, headers={"Location": "http://10.0.0.1/x"})
+    graph.add("4003", PNG, url="http://192.0.2.7/media/4003")  # not https, another host
+    graph.add("4004", PNG)
+    graph.answers["4004"] = httpx.Response(500, text="oops")
+    graph.add("4005", PNG, url="https://lookaside.example/media/4005")
+    graph.add("4006", PNG, url=None)
+    with caplog.at_level("DEBUG"):
+        host = _run_inbox(
+            open_db,
+            db_path,
+            graph,
+            [[_media_message(f"wamid.E{n}", f"400{n}") for n in range(1, 7)]],
+        )
+    given = _given(host)
+    errors = {n: given[f"wamid.E{n}"].content["image"].get("download_error") for n in range(1, 7)}
+    assert errors[1].startswith("media lookup failed") and "100" in errors[1]
+    assert "redirect" in errors[2] and "not followed" in errors[2]
+    assert errors[3].startswith("media URL refused")
+    assert errors[4] == "media download failed: HTTP 500"
+    assert errors[6] == "media lookup answered no URL"
+    # https to another host is allowed (Meta's CDN): the fake transport answers it.
+    assert errors[5] is None and given["wamid.E5"].media == ("image/png", PNG)
+    assert all(given[f"wamid.E{n}"].media is None for n in (1, 2, 3, 4, 6))
+    hosts = {r.url.host for r in graph.requests}
+    assert hosts == {"127.0.0.1", "lookaside.example"}  # neither redirect nor http host
+    assert TOKEN not in repr(errors) and TOKEN not in caplog.text
+    assert len(host.inbound) == 6
+
+
+def test_download_timeout(open_db: Any, db_path: Path, monkeypatch: Any) -> None:
+    import appliance.engines.cloud as cloud
+
+    monkeypatch.setattr(cloud, "MEDIA_TIMEOUT_S", 0.2)
+    graph = MediaGraph()
+    graph.add("5001", PNG)
+    graph.delay_s = 2.0
+    started = time.monotonic()
+    host = _run_inbox(open_db, db_path, graph, [[_media_message("wamid.SLOW", "5001")]])
+    assert time.monotonic() - started < 1.5
+    error = _given(host)["wamid.SLOW"].content["image"]["download_error"]
+    assert error == "download timed out after 0.2s"
+
+
+@pytest.mark.parametrize(
+    ("engine_override", "account_setting", "downloads"),
+    [(False, None, False), (None, False, False), (True, False, True), (None, None, True)],
+)
+def test_download_media_setting(
+    open_db: Any,
+    db_path: Path,
+    engine_override: bool | None,
+    account_setting: bool | None,
+    downloads: bool,
+) -> None:
+    graph = MediaGraph()
+    graph.add("6001", PNG)
+    host = _run_inbox(
+        open_db,
+        db_path,
+        graph,
+        [[_media_message("wamid.SET", "6001")]],
+        settings={} if engine_override is None else {"download_media": engine_override},
+        account_settings={} if account_setting is None else {"download_media": account_setting},
+    )
+    message = _given(host)["wamid.SET"]
+    if downloads:
+        assert message.media == ("image/png", PNG) and len(graph.requests) == 2
+    else:
+        assert graph.requests == []  # no request at all
+        assert message.media is None and "download_error" not in message.content["image"]
+
+
+def test_download_media_setting_is_validated() -> None:
+    assert store_settings(RAW_SETTINGS, CIPHER)["download_media"] is None
+    stored = store_settings({**RAW_SETTINGS, "download_media": False}, CIPHER)
+    assert CloudConfig.load(stored, CIPHER).download_media is False
+    with pytest.raises(ValidationError):
+        store_settings({**RAW_SETTINGS, "download_media": "sometimes"}, CIPHER)
+
+
+def test_downloads_are_bounded_and_not_repeated(open_db: Any, db_path: Path) -> None:
+    graph = MediaGraph()
+    graph.delay_s = 0.05
+    for n in range(10):
+        graph.add(f"70{n:02d}", PNG + bytes([n]))
+    first = [_media_message(f"wamid.B{n}", f"70{n:02d}") for n in range(10)]
+    # Meta's retry of B0 in the same post, and later a retry of the whole post.
+    host = _run_inbox(open_db, db_path, graph, [[*first, first[0]], first])
+    fetched = [p for p in graph.paths() if p.startswith("/media/")]
+    assert sorted(fetched) == sorted(f"/media/70{n:02d}" for n in range(10))  # once each
+    assert 1 < graph.max_inflight <= 4
+    assert all(sum(m.media is not None for m in b) <= 4 for b in host.batches)
+    given = _given(host)
+    assert all(given[f"wamid.B{n}"].media == ("image/png", PNG + bytes([n])) for n in range(10))
+    assert len(host.inbound) == 10
+
+
+def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
+    import httpx
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await store.create_account(
+                    conn,
+                    account_id="c1",
+                    name="c1",
+                    engine="cloud",
+                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
+                    settings={},
+                    now=1.0,
+                )
+                await conn.execute(
+                    "INSERT INTO cloud_wamids (account_id, wamid, message_id, created_at) "
+                    "VALUES ('c1', 'wamid.OURS', 'msg_ours', 0)"
+                )
+            engine = CloudEngine(
+                "c1",
+                store_settings(RAW_SETTINGS, CIPHER),
+                {},
+                FakeHost(db, "c1"),
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(lambda r: httpx.Response(500)),
+            )
+            message = InboundMessage(
+                id="wamid.IN",
+                chat_jid="1@s.whatsapp.net",
+                sender_jid="1@s.whatsapp.net",
+                type="image",
+                content={"type": "image", "image": {"id": "1"}},
+                body="cap",
+                sender_name="S",
+                reply_to="wamid.OURS",
+                timestamp=5.0,
+                media=("image/png", PNG),
+                received_at=7.0,
+            )
+            translated = await engine._translate(message)
+            assert translated == dataclasses.replace(message, reply_to="msg_ours")
+            assert translated.media == ("image/png", PNG) and translated.received_at == 7.0
             await engine.close()
 
     asyncio.run(body())
