@@ -1,23 +1,30 @@
 """The cloud engine against a fake Graph API and a fake Meta webhook sender, both on
 127.0.0.1 in this test (threads), with the real installed appliance.
 
-Nothing here connects to Meta: every Cloud API account's base_url is the fake.
+Nothing here connects to Meta: every Cloud API account's base_url is the fake, and
+the appliance's own webhooks go to a receiver on 127.0.0.1 (WEBHOOK_ALLOW_NETWORKS),
+which verifies every delivery with the ``standardwebhooks`` package.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.integration.conftest import Appliance, bearer, new_api_key, running_appliance
 
@@ -31,11 +38,14 @@ REFUSED_PHONE_ID = "401401"
 
 
 class FakeGraph:
-    """A minimal Graph API: phone number lookup and /messages, with scripted errors."""
+    """A minimal Graph API: phone number lookup, /messages with scripted errors, and
+    media: the lookup ``GET /v21.0/{media_id}`` and the URL it names (``/media/{id}``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sent: list[dict[str, Any]] = []  # {"path", "auth", "json"}
+        self.gets: list[dict[str, Any]] = []  # {"path", "query", "auth"}
+        self.media: dict[str, bytes] = {}
         self.script: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.counter = 0
         fake = self
@@ -54,16 +64,48 @@ class FakeGraph:
 
             def do_GET(self) -> None:
                 auth = self.headers.get("Authorization", "")
-                if f"/{REFUSED_PHONE_ID}" in self.path or auth != f"Bearer {TOKEN}":
+                path, _, query = self.path.partition("?")
+                with fake.lock:
+                    fake.gets.append({"path": path, "query": query, "auth": auth})
+                if f"/{REFUSED_PHONE_ID}" in path or auth != f"Bearer {TOKEN}":
                     self._answer(
                         401,
                         {"error": {"message": "Invalid OAuth access token", "code": 190}},
                     )
                     return
-                self._answer(
-                    200,
-                    {"display_phone_number": "+1 555-078-3881", "id": PHONE_ID},
-                )
+                object_id = path.rpartition("/")[2]
+                data = fake.media.get(object_id)
+                if path.startswith("/media/") and data is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif path.startswith("/v21.0/") and data is not None:
+                    self._answer(
+                        200,
+                        {
+                            "messaging_product": "whatsapp",
+                            "url": f"{fake.url}/media/{object_id}?ext=1&hash=ATsq",
+                            "mime_type": "image/png",
+                            "sha256": hashlib.sha256(data).hexdigest(),
+                            "file_size": str(len(data)),
+                            "id": object_id,
+                        },
+                    )
+                elif path == f"/v21.0/{PHONE_ID}":
+                    self._answer(
+                        200,
+                        {"display_phone_number": "+1 555-078-3881", "id": PHONE_ID},
+                    )
+                else:
+                    error = {
+                        "message": "Unsupported get request. Object does not exist",
+                        "type": "GraphMethodException",
+                        "code": 100,
+                        "error_subcode": 33,
+                    }
+                    self._answer(404, {"error": error})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -103,6 +145,10 @@ class FakeGraph:
     def to(self, number: str) -> list[dict[str, Any]]:
         with self.lock:
             return [s for s in self.sent if s["json"].get("to") == number]
+
+    def got(self, path: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [g for g in self.gets if g["path"] == path]
 
 
 class FakeMeta:
@@ -237,7 +283,8 @@ def graph() -> Iterator[FakeGraph]:
 
 @pytest.fixture(scope="module")
 def cloud_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    with running_appliance(tmp_path_factory, "cloud") as app:
+    env = "WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32\n"  # the appliance's webhooks to our receiver
+    with running_appliance(tmp_path_factory, "cloud", env) as app:
         yield app
 
 
@@ -523,3 +570,239 @@ def test_refused_token_is_logged_out(
 
     status = _wait(logged_out, 20, "logged_out")
     assert "access token" in status["reason"]
+
+
+# -- inbound media ---------------------------------------------------------------------------
+
+
+def _png(width: int = 3, height: int = 2) -> bytes:
+    """A real (tiny, red) PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+PNG = _png()
+
+
+def _image(wamid: str, media_id: str, caption: str) -> dict[str, Any]:
+    return {
+        "from": "16505551234",
+        "id": wamid,
+        "timestamp": str(int(time.time())),
+        "type": "image",
+        "image": {
+            "caption": caption,
+            "mime_type": "image/png",
+            "sha256": base64.b64encode(hashlib.sha256(PNG).digest()).decode(),
+            "id": media_id,
+        },
+    }
+
+
+def _inbox_drained(app: Appliance) -> None:
+    _wait(lambda: _query(app, "SELECT count(*) FROM cloud_inbox")[0][0] == 0, 20, "inbox drained")
+
+
+def test_inbound_image_is_downloaded_and_served(
+    cloud_app: Appliance, admin: httpx.Client, graph: FakeGraph
+) -> None:
+    graph.media["880001"] = PNG
+    body = envelope(
+        {
+            "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}],
+            "messages": [
+                _image("wamid.IMG1", "880001", "a red square"),
+                _image("wamid.IMG404", "880404", "gone at Graph"),  # lookup answers 404
+            ],
+        }
+    )
+    meta = FakeMeta(cloud_app, "cl")
+    assert meta.post(body).status_code == 200
+    row = _wait(lambda: _message(cloud_app, "cl", "wamid.IMG1"), 20, "image stored")
+    assert row["body"] == "a red square" and row["type"] == "image"
+    # Fetched the documented way, with the token, once.
+    (lookup,) = graph.got("/v21.0/880001")
+    assert lookup["auth"] == f"Bearer {TOKEN}" and f"phone_number_id={PHONE_ID}" in lookup["query"]
+    (fetch,) = graph.got("/media/880001")
+    assert fetch["auth"] == f"Bearer {TOKEN}" and fetch["query"] == "ext=1&hash=ATsq"
+    # A failed download keeps the message, with a reason and no secret.
+    failed = _wait(lambda: _message(cloud_app, "cl", "wamid.IMG404"), 20, "failed image stored")
+    failed_part = json.loads(failed["content"])["image"]
+    assert failed_part["download_error"].startswith("media lookup failed"), failed_part
+    assert "100" in failed_part["download_error"] and failed_part["id"] == "880404"
+    assert TOKEN not in failed["content"] and failed["body"] == "gone at Graph"
+    # Meta retries the post: stored once, not downloaded again.
+    assert meta.post(body).status_code == 200
+    _inbox_drained(cloud_app)
+    assert len(graph.got("/v21.0/880001")) == 1 and len(graph.got("/media/880001")) == 1
+    # The worker stores the bytes and points the part at our media id, keeping Graph's.
+    part = json.loads(row["content"])["image"]
+    assert str(part.get("id", "")).startswith("med_"), (
+        "the worker's commit_inbound stores InboundMessage.media and rewrites the part "
+        f"(id -> med_..., engine_media_id); stored part: {part}"
+    )
+    assert part["engine_media_id"] == "880001" and "download_error" not in part
+    assert part["mime_type"] == "image/png"
+    served = admin.get(f"/api/accounts/cl/media/{part['id']}")
+    assert served.status_code == 200, served.text
+    assert served.content == PNG
+    assert served.headers["content-type"] == "image/png"
+    shown = admin.get("/api/accounts/cl/messages/wamid.IMG1")
+    assert shown.status_code == 200 and shown.json()["content"]["image"]["id"] == part["id"]
+
+
+# -- the appliance's own webhooks for a cloud account ---------------------------------------
+
+
+class HookReceiver:
+    """Receives the appliance's webhooks on 127.0.0.1 and verifies each one with the
+    ``standardwebhooks`` package against the endpoint's secret."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.secret: str | None = None
+        self.envelopes: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.unverified = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    if receiver.secret is None:
+                        raise WebhookVerificationError("no secret yet")
+                    Webhook(receiver.secret).verify(body, headers)
+                    verified = True
+                except WebhookVerificationError:
+                    verified = False
+                with receiver.lock:
+                    if verified:
+                        receiver.envelopes.append(json.loads(body))
+                        receiver.headers.append(headers)
+                    else:
+                        receiver.unverified += 1
+                self.send_response(200 if verified else 400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def seen(self) -> dict[tuple[str, str], set[int]]:
+        """(type, message id) -> the event ids delivered for it."""
+        out: dict[tuple[str, str], set[int]] = {}
+        with self.lock:
+            for e in self.envelopes:
+                out.setdefault((e["type"], e["data"].get("id", "")), set()).add(e["id"])
+        return out
+
+
+@pytest.fixture
+def receiver() -> Iterator[HookReceiver]:
+    hooks = HookReceiver()
+    hooks.thread.start()
+    try:
+        yield hooks
+    finally:
+        hooks.server.shutdown()
+        hooks.server.server_close()
+        hooks.thread.join(timeout=10)
+
+
+def test_appliance_webhooks_for_a_cloud_account(
+    cloud_app: Appliance, admin: httpx.Client, graph: FakeGraph, receiver: HookReceiver
+) -> None:
+    types = ["message.received", "message.sent", "message.delivered", "message.read"]
+    created = admin.post(
+        "/api/webhooks", json={"url": receiver.url, "events": types, "accounts": ["cl"]}
+    )
+    assert created.status_code == 201, created.text
+    receiver.secret = created.json()["secret"]
+    try:
+        meta = FakeMeta(cloud_app, "cl")
+        assert meta.post(_inbound("wamid.HOOKIN1", "hello hooks")).status_code == 200
+        sent = admin.post(
+            "/api/accounts/cl/messages",
+            json={"to": "+15550000040", "type": "text", "text": {"body": "hooked"}},
+        )
+        assert sent.status_code == 202, sent.text
+        message_id = sent.json()["id"]
+        assert _final(cloud_app, "cl", message_id)["status"] == "sent"
+        wamid = _query(cloud_app, "SELECT wamid FROM cloud_wamids WHERE message_id = ?", message_id)
+        for status in ("sent", "delivered", "read"):
+            assert meta.post(status_hook(wamid[0][0], status)).status_code == 200
+        wanted = {
+            ("message.received", "wamid.HOOKIN1"),
+            ("message.sent", message_id),
+            ("message.delivered", message_id),
+            ("message.read", message_id),
+        }
+        _wait(lambda: wanted <= set(receiver.seen()), 30, f"webhooks {sorted(wanted)}")
+        time.sleep(0.5)  # a duplicate event, if any, would arrive by now
+        seen = receiver.seen()
+        assert all(len(seen[key]) == 1 for key in wanted), seen  # one event each
+        assert receiver.unverified == 0
+        with receiver.lock:
+            envelopes = list(zip(receiver.envelopes, receiver.headers, strict=True))
+        for envelope_, headers in envelopes:
+            assert set(envelope_) == {"id", "type", "account_id", "created_at", "data"}
+            assert envelope_["account_id"] == "cl" and envelope_["type"] in types
+            assert headers["webhook-id"] == str(envelope_["id"])
+        by_type = {e["type"]: e for e, _ in envelopes if e["data"].get("id") == message_id}
+        for kind in ("sent", "delivered", "read"):
+            assert by_type[f"message.{kind}"]["data"]["status"] == kind
+        received = next(e for e, _ in envelopes if e["data"].get("id") == "wamid.HOOKIN1")
+        assert received["data"]["content"]["text"]["body"] == "hello hooks"
+        assert TOKEN not in json.dumps([e for e, _ in envelopes])
+    finally:
+        admin.delete(f"/api/webhooks/{created.json()['id']}")
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------------
+
+
+def test_idempotent_send_reaches_graph_once(
+    cloud_app: Appliance, admin: httpx.Client, graph: FakeGraph
+) -> None:
+    number = "15550000050"
+    body = {"to": f"+{number}", "type": "text", "text": {"body": "exactly once"}}
+    headers = {"Idempotency-Key": "cloud-once-0001"}
+    first = admin.post("/api/accounts/cl/messages", json=body, headers=headers)
+    second = admin.post("/api/accounts/cl/messages", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
+    assert first.json()["id"] == second.json()["id"]
+    message_id = first.json()["id"]
+    assert _final(cloud_app, "cl", message_id)["status"] == "sent"
+    # The same key again after the send: still the one message.
+    third = admin.post("/api/accounts/cl/messages", json=body, headers=headers)
+    assert third.status_code == 202 and third.json()["id"] == message_id
+    time.sleep(1.0)  # a second send, if any, would reach the fake by now
+    assert len(graph.to(number)) == 1
+    count = _query(
+        cloud_app,
+        "SELECT count(*) FROM messages WHERE account_id = 'cl' AND direction = 'out' "
+        "AND body = 'exactly once'",
+    )
+    assert count[0][0] == 1
