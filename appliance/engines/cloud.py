@@ -818,7 +818,10 @@ class CloudEngine(Engine):
         return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
 
     async def _apply_status(self, status: StatusUpdate) -> None:
-        message_id = await self._our_id(status.wamid) or status.our_id
+        message_id = await self._our_id(status.wamid)
+        if message_id is None and status.our_id:
+            message_id = status.our_id
+            await self._learn_wamid(status.wamid, message_id)
         if message_id is None:
             log.info("status for an unknown Cloud API message", extra={"status": status.status})
             return
@@ -826,6 +829,20 @@ class CloudEngine(Engine):
             await self.host.on_receipt(message_id, status.status)  # type: ignore[arg-type]
         elif status.status == "failed":
             await self._mark_failed(message_id, status.error or "failed (no reason given)")
+
+    async def _learn_wamid(self, wamid: str, message_id: str) -> None:
+        """Record Graph's id of one of our sends, named by a status webhook
+        (``biz_opaque_callback_data``). When the worker died after Graph accepted the
+        send but before ``send`` recorded the wamid, a retry that runs after this
+        status arrived is not sent again."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                "INSERT INTO cloud_wamids (account_id, wamid, message_id, created_at) "
+                "SELECT account_id, ?, id, ? FROM messages "
+                "WHERE account_id = ? AND id = ? AND direction = 'out' "
+                "ON CONFLICT DO NOTHING",
+                (wamid, time.time(), self.account_id, message_id),
+            )
 
     async def _mark_failed(self, message_id: str, reason: str) -> None:
         """A failure reported after Graph accepted the send (status webhook)."""

@@ -963,3 +963,76 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
             await engine.close()
 
     asyncio.run(body())
+
+
+def test_a_status_webhook_records_the_wamid_of_a_send(open_db: Any, db_path: Path) -> None:
+    """The worker died after Graph accepted msg_9 and before send() recorded the wamid:
+    the status webhook (biz_opaque_callback_data) records it, so the retry is not sent."""
+    import httpx
+
+    posts: list[Any] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(200, json={"messages": [{"id": "wamid.AGAIN"}]})
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await store.create_account(
+                    conn,
+                    account_id="c1",
+                    name="c1",
+                    engine="cloud",
+                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
+                    settings={},
+                    now=1.0,
+                )
+                await store.insert_outbound(
+                    conn,
+                    account_id="c1",
+                    message_id="msg_9",
+                    chat_jid="16505551234@s.whatsapp.net",
+                    type_="text",
+                    body="hi",
+                    content={"type": "text", "text": {"body": "hi"}},
+                    reply_to=None,
+                    media_id=None,
+                    client_key=None,
+                    now=1.0,
+                )
+                statuses = [
+                    {"id": "wamid.X9", "status": "sent", "biz_opaque_callback_data": "msg_9"},
+                    {"id": "wamid.NOPE", "status": "sent", "biz_opaque_callback_data": "msg_x"},
+                ]
+                await conn.execute(
+                    "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                    "VALUES ('c1', ?, 0)",
+                    (orjson.dumps(_envelope({"statuses": statuses})),),
+                )
+            host = FakeHost(db, "c1")
+            engine = CloudEngine(
+                "c1",
+                store_settings(RAW_SETTINGS, CIPHER),
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(graph),
+            )
+            assert await engine.process_inbox() == 1
+            rows = await db.fetchall("SELECT wamid, message_id FROM cloud_wamids")
+            assert [(r["wamid"], r["message_id"]) for r in rows] == [("wamid.X9", "msg_9")]
+            assert ("msg_9", "sent") in host.receipts
+            retry = OutboundMessage(
+                account_id="c1",
+                id="msg_9",
+                to_jid="16505551234@s.whatsapp.net",
+                type="text",
+                content={"type": "text", "text": {"body": "hi"}},
+            )
+            await engine.send(retry)
+            assert posts == []  # not sent twice
+            await engine.close()
+
+    asyncio.run(body())
