@@ -85,6 +85,7 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
             cipher=service.cipher,
             open_media=media,
             events_written=service.events_written,
+            media_max_bytes=service.settings.media_max_bytes,
         )
     raise ValueError(f"engine {row['engine']!r} is not available in this version")
 
