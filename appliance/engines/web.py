@@ -429,6 +429,7 @@ class WebEngine(Engine):
         self._closed: asyncio.Future[str] | None = None
         self._first_event = asyncio.Event()
         self._last_traffic = time.monotonic()
+        self._probe_now = asyncio.Event()  # wakes the watchdog before its idle wait ends
         self._inflight: dict[str, asyncio.Task[str]] = {}
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> chat, sender
         self.update_settings(settings)
@@ -650,8 +651,9 @@ class WebEngine(Engine):
         self._fail(WebEngineError("WhatsApp says this client is outdated: upgrade neonize"))
 
     async def _on_keepalive_timeout(self, event: Any) -> None:
-        # Not traffic: let the watchdog probe soon.
+        # Not traffic: the watchdog probes now (it may be sleeping out a long idle wait).
         self._last_traffic = time.monotonic() - self.watchdog_idle_s
+        self._probe_now.set()
 
     async def _on_receipt(self, event: Any) -> None:
         if event.Type == RECEIPT_DELIVERED:
@@ -704,7 +706,16 @@ class WebEngine(Engine):
             return "not connected"
         while not closed.done():
             idle = time.monotonic() - self._last_traffic
-            await asyncio.wait({closed}, timeout=max(0.01, self.watchdog_idle_s - idle))
+            woken = asyncio.ensure_future(self._probe_now.wait())
+            try:
+                await asyncio.wait(
+                    {closed, woken},
+                    timeout=max(0.01, self.watchdog_idle_s - idle),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                woken.cancel()
+            self._probe_now.clear()
             if closed.done() or time.monotonic() - self._last_traffic < self.watchdog_idle_s:
                 continue
             problem = await self._probe()

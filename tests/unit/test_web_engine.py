@@ -630,6 +630,25 @@ def test_watchdog_probes_when_idle_and_reconnects_when_the_probe_fails(tmp_path:
     run(main())
 
 
+def test_a_keepalive_timeout_makes_the_watchdog_probe_at_once(tmp_path: Path) -> None:
+    """whatsmeow's KeepAliveTimeout: the probe comes now, not when the idle wait ends."""
+
+    async def main() -> None:
+        world = World()
+        engine = await connected(tmp_path, world)
+        engine.watchdog_idle_s = 30  # the smallest setting
+        serving = asyncio.create_task(engine.run_until_closed())
+        await asyncio.sleep(0.05)
+        world.probe_hangs = True
+        started = time.monotonic()
+        await world.client.emit(ev.KeepAliveTimeout(ErrorCount=1, LastSuccess=1))
+        reason = await asyncio.wait_for(serving, 5)
+        assert reason.startswith("watchdog:") and "no answer" in reason
+        assert time.monotonic() - started < 2 and world.probes == 1
+
+    run(main())
+
+
 def test_pairing_times_out_with_a_clear_error(tmp_path: Path) -> None:
     async def main() -> None:
         world = World()
