@@ -495,3 +495,264 @@ def test_inbound_text_group_and_lid_senders_are_stored_once(
     assert (context["stanzaID"], context["participant"]) == (plain, ALICE_JID)
     key = recent[1].message["reactionMessage"]["key"]
     assert key == {"remoteJID": ALICE_JID, "fromMe": False, "ID": plain}
+
+
+def test_outbound_image_is_uploaded_and_sent(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    png = _png()
+    uploaded = admin.post("/api/accounts/w1/media", params={"filename": "dot.png"}, content=png)
+    assert uploaded.status_code == 201, uploaded.text
+    media_id = uploaded.json()["id"]
+    body = {"to": ALICE, "type": "image", "image": {"id": media_id, "caption": "look"}}
+    message_id = _send(admin, "w1", body)
+    _wait_status(app, admin, "w1", message_id, "sent")
+    image = _sent_where(fake, "w1", lambda s: s.kind == "imageMessage").message["imageMessage"]
+    assert (image["caption"], image["mimetype"]) == ("look", "image/png")
+    assert int(image["fileLength"]) == len(png)
+    assert fake.uploads("w1")[-1] == png
+
+
+# -- failures stay with their account ---------------------------------------------------------
+
+
+def test_send_failures_are_retried_or_fail_and_stay_with_their_account(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer, receiver: Receiver
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    _linked(app, admin, fake, "w2", PHONE_2)
+    fake.fail_sends("w1", 2, "server returned error 479")
+    retried = _send(admin, "w1", _text(CAROL, "eventually"))
+    other = _send(admin, "w2", _text(CAROL, "at once"))
+    _wait_status(app, admin, "w2", other, "sent", timeout_s=10)
+    assert _message(admin, "w1", retried)["status"] in ("queued", "sending")
+    _wait_status(app, admin, "w1", retried, "sent", timeout_s=30)
+    assert [s.message for s in fake.sent("w1") if s.to == CAROL_JID] == [
+        {"conversation": "eventually"}
+    ]  # the failed attempts were refused, the third went through once
+
+    fake.fail_sends("w1", 1, "can't send message to invalid jid")
+    refused = _send(admin, "w1", _text(CAROL, "never"))
+    failed = _wait_status(app, admin, "w1", refused, "failed")
+    assert "invalid jid" in failed["error"]
+    _wait(
+        lambda: [e for e in receiver.events("message.failed") if e["data"]["id"] == refused],
+        20,
+        "the message.failed webhook",
+    )
+    for account in ("w1", "w2"):
+        assert _status(admin, account)["state"] == "connected"
+    still = _send(admin, "w2", _text(CAROL, "still here"))
+    _wait_status(app, admin, "w2", still, "sent")
+
+
+def test_a_dropped_connection_is_resumed(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    after = _last_event_id(admin, "w1")
+    hellos = len(fake.hellos("w1"))
+    fake.drop("w1")  # whatsmeow reconnects by itself within the grace period
+    _wait(lambda: len(fake.hellos("w1")) > hellos and fake.connected("w1"), 10, "a reconnect")
+    time.sleep(1.5)  # longer than reconnect_grace_s: the engine stayed with its client
+    assert _events(admin, "w1", "account.status", after=after) == []
+    quick = _send(admin, "w1", _text(ALICE, "after a blip"))
+    _wait_status(app, admin, "w1", quick, "sent")
+
+    fake.drop("w1", refuse_for_s=3)  # longer than the grace: the engine reconnects
+    _wait(
+        lambda: [
+            e
+            for e in _events(admin, "w1", "account.status", after=after)
+            if e["data"]["state"] == "disconnected"
+        ],
+        10,
+        "the disconnect to be noticed",
+        app,
+    )
+    _wait_state(app, admin, "w1", "connected", timeout_s=20)
+    assert None not in fake.hellos("w1")[hellos:]  # always with the stored session
+    states = [e["data"]["state"] for e in _events(admin, "w1", "account.status", after=after)]
+    assert states[0] == "disconnected" and states[-1] == "connected", states
+    assert "pairing" not in states
+    later = _send(admin, "w1", _text(ALICE, "after an outage"))
+    _wait_status(app, admin, "w1", later, "sent")
+
+
+# -- restarts and logging out -----------------------------------------------------------------
+
+
+def test_a_restarted_worker_resumes_without_a_qr_code_and_loses_nothing(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    _linked(app, admin, fake, "w2", PHONE_2)
+    qr_codes = {a: fake.qr_count(a) for a in ("w1", "w2")}
+    before = _send(admin, "w1", _text(ALICE, "before the restart"))
+    _wait_status(app, admin, "w1", before, "sent")
+    wa_before = _sent_where(
+        fake, "w1", lambda s: s.message == {"conversation": "before the restart"}
+    )
+
+    app.ctl("restart", "worker", "--wait", "60")
+    for account in ("w1", "w2"):
+        _wait(lambda a=account: fake.connected(a), 20, f"{account} to reconnect", app)
+        _wait_state(app, admin, account, "connected")
+        assert fake.hellos(account)[-1] is not None  # the stored session, no new QR code
+        assert fake.qr_count(account) == qr_codes[account]
+
+    # While the worker is down, WhatsApp holds what comes in and the API takes sends.
+    app.supervisor.stopProcess("worker:worker", True)
+    try:
+        _wait(lambda: not fake.connected("w1"), 10, "the client to go away")
+        held = fake.push_text("w1", ALICE_JID, "while you were away")
+        fake.receipt("w1", [wa_before.id], "read")
+        queued = _send(admin, "w1", _text(ALICE, "queued while down"))
+        assert _message(admin, "w1", queued)["status"] == "queued"
+        assert fake.acked("w1", held) == 0
+    finally:
+        app.supervisor.startProcess("worker:worker", True)
+    fake.wait_acked("w1", held)
+    assert _message(admin, "w1", held)["content"]["text"]["body"] == "while you were away"
+    _wait_status(app, admin, "w1", queued, "sent")
+    # ids.db survived: WhatsApp's id in the held receipt maps to the appliance's id
+    _wait_status(app, admin, "w1", before, "read")
+    assert fake.qr_count("w1") == qr_codes["w1"]
+
+
+def test_logout_forgets_the_session_and_linking_again_needs_a_new_qr_code(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w2", PHONE_2)
+    session = app.data / "sessions" / "w2"
+    assert session.is_dir()
+    logouts = fake.logouts("w2")
+    answer = admin.post("/api/accounts/w2/logout")
+    assert answer.status_code == 202, answer.text
+    _wait_state(app, admin, "w2", "logged_out")
+    assert not session.exists()
+    assert fake.logouts("w2") == logouts + 1 and not fake.linked("w2")
+
+    qr_codes = fake.qr_count("w2")
+    assert admin.post("/api/accounts/w2/connect").status_code == 202
+    fake.qr("w2", after=qr_codes)  # a new QR code: the old session is gone
+    assert fake.hellos("w2")[-1] is None
+    _wait_state(app, admin, "w2", "pairing")
+    fake.scan("w2", phone=PHONE_2)
+    _wait_state(app, admin, "w2", "connected")
+
+
+def test_the_phone_unlinking_the_device_logs_only_that_account_out(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    _linked(app, admin, fake, "w2", PHONE_2)
+    fake.log_out("w2")
+    status = _wait_state(app, admin, "w2", "logged_out")
+    assert "link the phone again" in status["reason"]
+    assert not (app.data / "sessions" / "w2").exists()
+    assert _status(admin, "w1")["state"] == "connected"
+    unaffected = _send(admin, "w1", _text(ALICE, "still linked"))
+    _wait_status(app, admin, "w1", unaffected, "sent")
+
+
+# -- inbound media, revokes, read receipts ---------------------------------------------------
+
+
+def test_inbound_image_is_stored_and_a_revoke_flags_the_original(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    after = _last_event_id(admin, "w1")
+    png = _png(3, 3)
+    image_id = fake.push_image("w1", ALICE_JID, png, caption="a dot", push_name="Alice")
+    fake.wait_acked("w1", image_id)
+    stored = _message(admin, "w1", image_id)
+    assert stored is not None and stored["type"] == "image"
+    part = stored["content"]["image"]
+    assert part["id"].startswith("med_"), part
+    assert (part["caption"], part["mime_type"]) == ("a dot", "image/png")
+    assert part["file_size"] == len(png)
+    media = admin.get(f"/api/accounts/w1/media/{part['id']}")
+    assert media.status_code == 200 and media.content == png
+    assert media.headers["content-type"] == "image/png"
+
+    # The media servers lost the file: the message is kept, with the reason.
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    gone = e2e.Message(
+        imageMessage=e2e.ImageMessage(mimetype="image/jpeg", directPath="/v/t62/missing.enc")
+    )
+    lost = fake.push_message("w1", gone, chat=ALICE_JID)
+    fake.wait_acked("w1", lost)
+    kept = _message(admin, "w1", lost)
+    assert kept is not None and "404" in kept["content"]["image"]["download_error"]
+    assert "id" not in kept["content"]["image"]
+
+    revoke = fake.push_revoke("w1", ALICE_JID, image_id, sender=ALICE_JID)
+    fake.wait_acked("w1", revoke)
+    deleted = _wait(
+        lambda: (m := _message(admin, "w1", image_id)) and m["deleted_at"] and m,
+        10,
+        "the original to be flagged deleted",
+    )
+    assert deleted["content"]["image"]["caption"] == "a dot"  # content is kept
+    assert _message(admin, "w1", revoke) is None  # the revoke is not a message of its own
+    flagged = _events(admin, "w1", "message.deleted", after=after)
+    assert [e["data"]["id"] for e in flagged] == [image_id]
+
+
+def test_mark_as_read_tells_whatsapp_who_sent_what(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    created = admin.post(
+        "/api/accounts",
+        json={
+            "id": "w3",
+            "name": "w3",
+            "engine": "web",
+            "engine_settings": FAST,
+            "settings": {"mark_as_read": True},
+        },
+    )
+    assert created.status_code == 201, created.text
+    fake.scan("w3", phone="15550003333")
+    _wait_state(app, admin, "w3", "connected")
+    direct = fake.push_text("w3", ALICE_JID, "read me")
+    group = fake.push_text("w3", GROUP, "read me too", sender=BOB_JID)
+    expected = {direct: (ALICE_JID, ALICE_JID), group: (GROUP, BOB_JID)}
+    _wait(
+        lambda: {i: (r.chat, r.sender) for r in fake.reads("w3") for i in r.ids} == expected,
+        10,
+        "read receipts naming each message's chat and sender",
+        app,
+    )
+
+
+def test_the_watchdog_replaces_a_client_whose_connection_stopped_answering(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    from neonize.proto import Neonize_pb2 as ev
+
+    _linked(app, admin, fake, "w3", "15550003333")
+    after = _last_event_id(admin, "w3")
+    hellos = len(fake.hellos("w3"))
+    probes = fake.probes("w3")
+    fake.hang_probes("w3")
+    try:
+        fake.push_event("w3", ev.KeepAliveTimeout(ErrorCount=1, LastSuccess=int(time.time())))
+        _wait(lambda: fake.probes("w3") > probes, 5, "the watchdog's probe", app)
+        _wait(lambda: len(fake.hellos("w3")) > hellos, 15, "a new client", app)
+    finally:
+        fake.hang_probes("w3", False)
+    _wait_state(app, admin, "w3", "connected")
+    reasons = [
+        e["data"]["reason"] or ""
+        for e in _events(admin, "w3", "account.status", after=after)
+        if e["data"]["state"] == "disconnected"
+    ]
+    assert len(reasons) == 1 and "watchdog" in reasons[0] and "no answer" in reasons[0], reasons
+    assert fake.hellos("w3")[-1] is not None
+    back = _send(admin, "w3", _text(ALICE, "watched"))
+    _wait_status(app, admin, "w3", back, "sent")
