@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
+
+from appliance.db.filelock import FileWriteLock, lock_path_for
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters (key TEXT NOT NULL, window INTEGER NOT NULL, "
@@ -29,6 +33,7 @@ class RateLimiter:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._file_lock: FileWriteLock | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,10 +44,25 @@ class RateLimiter:
         for statement in _SCHEMA:
             await conn.execute(statement)
         self._conn = conn
+        self._file_lock = FileWriteLock(lock_path_for(self.path))
 
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
+        if self._file_lock is not None:
+            self._file_lock.close()
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """This process's turn, then the cross-process one (see appliance/db/filelock.py)."""
+        async with self._lock:
+            if self._file_lock is not None:
+                await self._file_lock.acquire()
+            try:
+                yield
+            finally:
+                if self._file_lock is not None:
+                    self._file_lock.release()
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -62,7 +82,7 @@ class RateLimiter:
         values = ", ".join("(?, ?, 1)" for _ in checks)
         params = [p for key, _ in checks for p in (key, window)]
         async with (
-            self._lock,
+            self._writing(),
             self.conn.execute(
                 f"INSERT INTO counters (key, window, count) VALUES {values} "
                 "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING key, count",
@@ -72,7 +92,7 @@ class RateLimiter:
             rows = await cur.fetchall()
         counts = {row[0]: int(row[1]) for row in rows}
         if random.random() < 0.001:  # now and then, forget old windows
-            async with self._lock:
+            async with self._writing():
                 await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
         if any(counts.get(key, 0) > limit for key, limit in checks):
             return (window + 1) * window_s - now
@@ -90,12 +110,12 @@ class RateLimiter:
         return count, max(1.0, math.ceil(oldest + window_s - now))
 
     async def record_failure(self, *keys: str, now: float) -> None:
-        async with self._lock:
+        async with self._writing():
             await self.conn.executemany(
                 "INSERT INTO failures (key, at) VALUES (?, ?)", [(k, now) for k in keys]
             )
             await self.conn.execute("DELETE FROM failures WHERE at < ?", (now - 86400,))
 
     async def clear(self, key: str) -> None:
-        async with self._lock:
+        async with self._writing():
             await self.conn.execute("DELETE FROM failures WHERE key = ?", (key,))

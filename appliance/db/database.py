@@ -11,12 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
+
+from appliance.db.filelock import FileWriteLock, lock_path_for
+
+T = TypeVar("T")
+Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
+# Group commit: at most this many callers' work share one transaction.
+BATCH_MAX = 128
 
 
 async def open_connection(
@@ -44,10 +51,18 @@ def open_sync(path: Path | str, *, busy_timeout_ms: int = 5000) -> sqlite3.Conne
 class Database:
     """The process's handle on the database file."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        file_lock: FileWriteLock | None = None,
+    ) -> None:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._file_lock = file_lock
+        self._batch: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -59,11 +74,13 @@ class Database:
         reader = await open_connection(
             path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms
         )
-        return cls(writer, reader)
+        return cls(writer, reader, FileWriteLock(lock_path_for(path)))
 
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()
+        if self._file_lock is not None:
+            self._file_lock.close()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -74,6 +91,8 @@ class Database:
         lock is released, or the connection would stay inside it for good.
         """
         async with self._write_lock:
+            if self._file_lock is not None:
+                await self._file_lock.acquire()
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
@@ -81,6 +100,76 @@ class Database:
             except BaseException:
                 await self._rollback()
                 raise
+            finally:
+                if self._file_lock is not None:
+                    self._file_lock.release()
+
+    async def write_batched(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``work(conn)`` in a write transaction shared with other callers waiting at
+        the same time (group commit): one BEGIN/COMMIT, one fsync and one turn at
+        SQLite's file lock for many small writes. Returns ``work``'s result after the
+        commit.
+
+        Each caller's work runs inside its own SAVEPOINT, so an exception undoes only
+        that caller's changes and is raised to that caller alone. The work must be
+        short and do no I/O but SQL on ``conn``. A caller cancelled while waiting does
+        not undo its work: it may still commit, like a request whose answer was lost.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._batch.append((work, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_batches())
+        return await asyncio.shield(future)
+
+    async def _flush_batches(self) -> None:
+        try:
+            await self._flush_loop()
+        except BaseException:
+            # Cancelled (shutdown): callers still queued must not wait forever.
+            pending, self._batch = self._batch, []
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(RuntimeError("database closing; write not done"))
+            raise
+
+    async def _flush_loop(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch[:BATCH_MAX], self._batch[BATCH_MAX:]
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                async with self.write() as conn:
+                    for work, future in batch:
+                        outcomes.append((future, *await self._run_in_savepoint(conn, work)))
+            except BaseException as exc:  # the transaction itself failed: nothing committed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+    @staticmethod
+    async def _run_in_savepoint(
+        conn: aiosqlite.Connection, work: Work
+    ) -> tuple[Any, Exception | None]:
+        await conn.execute("SAVEPOINT batched")
+        try:
+            result = await work(conn)
+        except Exception as exc:
+            await conn.execute("ROLLBACK TO batched")
+            await conn.execute("RELEASE batched")
+            return None, exc
+        await conn.execute("RELEASE batched")
+        return result, None
 
     async def _rollback(self) -> None:
         """ROLLBACK, queued after whatever is in flight, finished even if cancelled again."""

@@ -117,13 +117,14 @@ class SandboxEngine(Engine):
             )
         self._transient_failures.pop(message.id, None)
         now = time.time()
-        async with self.db.write() as conn:
-            await conn.execute(
+        await self.db.write_batched(
+            lambda conn: conn.execute(
                 "INSERT INTO sandbox_server_sent (account_id, message_id, to_jid, first_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
                 "DO UPDATE SET attempts = attempts + 1",
                 (self.account_id, message.id, message.to_jid, now),
             )
+        )
         self._spawn(self._receipts(message.id))
 
     async def logout(self) -> None:

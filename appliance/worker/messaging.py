@@ -489,10 +489,10 @@ class MessagingService:
             await self.pipeline.run(ctx, message)
 
     async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
-        async with self.db.write() as conn:
-            changed = await store.set_message_status(
-                conn, account_id, message_id, status, now=time.time()
-            )
+        now = time.time()
+        changed = await self.db.write_batched(
+            lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
+        )
         if changed is not None:
             await self.events_written()
 
@@ -557,8 +557,10 @@ class MessagingService:
             await self.queue.release(job.id, token, delay_s=wait, note="account rate")
             return
         self._last_sent[(account_id, chat)] = time.monotonic()
-        async with self.db.write() as conn:
-            await store.set_message_status(conn, account_id, message_id, "sending", now=time.time())
+        now = time.time()
+        await self.db.write_batched(
+            lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now)
+        )
         try:
             outbound = await self._outbound(runtime.engine, row)
             await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
@@ -572,9 +574,13 @@ class MessagingService:
                 job, f"engine error: {exc!r}", permanent=False, retry_after=None
             )
             return
-        async with self.db.write() as conn:
-            await store.set_message_status(conn, account_id, message_id, "sent", now=time.time())
-            await ack_in(conn, SEND_QUEUE, job.id, token, time.time())
+        now = time.time()
+
+        async def sent(conn: Any) -> None:
+            await store.set_message_status(conn, account_id, message_id, "sent", now=now)
+            await ack_in(conn, SEND_QUEUE, job.id, token, now)
+
+        await self.db.write_batched(sent)
         await self.events_written()
 
     async def _outbound(self, engine: Engine, row: Any) -> OutboundMessage:
@@ -632,11 +638,14 @@ class MessagingService:
             if not permanent:
                 reason = f"{reason} (gave up after {job.attempts} attempts)"
             now = time.time()
-            async with self.db.write() as conn:
+
+            async def failed(conn: Any) -> None:
                 await store.set_message_status(
                     conn, account_id, message_id, "failed", now=now, error=reason
                 )
                 await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
+
+            await self.db.write_batched(failed)
             await self.events_written()
             return
         await self.queue.nack(

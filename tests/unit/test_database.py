@@ -1,12 +1,18 @@
 """Database.write under cancellation: a cancelled writer never leaves the connection
-inside a transaction (which would lock every other writer out)."""
+inside a transaction (which would lock every other writer out); write_batched (group
+commit): shared transactions, a failing caller undone alone, a failed commit reported
+to every caller, nobody left waiting."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from appliance.db.database import Database
+from appliance.db.database import BATCH_MAX, Database
 
 
 def test_cancel_at_any_point_leaves_no_open_transaction(tmp_path: Path) -> None:
@@ -54,6 +60,120 @@ def test_error_in_the_body_rolls_back(tmp_path: Path) -> None:
                 pass
             assert await db.scalar("SELECT COUNT(*) FROM t") == 0
             assert not db.writer.in_transaction
+        finally:
+            await db.close()
+
+    asyncio.run(body())
+
+
+def _batched_db(tmp_path: Path) -> Any:
+    async def open_() -> Database:
+        db = await Database.open(tmp_path / "b.db")
+        async with db.write() as conn:
+            await conn.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+        return db
+
+    return open_()
+
+
+def test_concurrent_batched_writes_share_transactions_and_fail_alone(tmp_path: Path) -> None:
+    async def body() -> None:
+        db = await _batched_db(tmp_path)
+        transactions = 0
+        real_write = db.write
+
+        @asynccontextmanager
+        async def counting_write() -> AsyncIterator[Any]:
+            nonlocal transactions
+            transactions += 1
+            async with real_write() as conn:
+                yield conn
+
+        db.write = counting_write  # type: ignore[method-assign]
+        try:
+
+            async def insert(n: int) -> int:
+                async def work(conn: Any) -> int:
+                    await conn.execute("INSERT INTO t VALUES (?)", (n,))
+                    if n == 7:  # after its own insert: the savepoint must undo it
+                        await conn.execute("INSERT INTO t VALUES (?)", (3,))
+                    return n * 10
+
+                return await db.write_batched(work)
+
+            results = await asyncio.gather(*(insert(n) for n in range(200)), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            assert len(failed) == 1 and isinstance(failed[0], sqlite3.IntegrityError)
+            assert results[7] is failed[0]
+            assert [r for r in results if not isinstance(r, BaseException)] == [
+                n * 10 for n in range(200) if n != 7
+            ]
+            rows = await db.fetchall("SELECT x FROM t ORDER BY x")
+            assert [r[0] for r in rows] == [n for n in range(200) if n != 7]
+            # 200 callers at once: far fewer transactions than callers (BATCH_MAX each).
+            assert 2 <= transactions <= 200 // BATCH_MAX + 2
+            assert not db.writer.in_transaction
+        finally:
+            await db.close()
+
+    asyncio.run(body())
+
+
+def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
+    async def body() -> None:
+        db = await _batched_db(tmp_path)
+        try:
+            async with db.write() as conn:
+                await conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+                await conn.execute(
+                    "CREATE TABLE child (p INTEGER REFERENCES parent (id) "
+                    "DEFERRABLE INITIALLY DEFERRED)"
+                )
+
+            async def orphan(conn: Any) -> None:  # only detected at COMMIT
+                await conn.execute("INSERT INTO child VALUES (99)")
+
+            async def fine(conn: Any) -> str:
+                await conn.execute("INSERT INTO t VALUES (1)")
+                return "ok"
+
+            results = await asyncio.gather(
+                db.write_batched(fine), db.write_batched(orphan), return_exceptions=True
+            )
+            assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+            assert await db.scalar("SELECT COUNT(*) FROM t") == 0
+            assert not db.writer.in_transaction
+            assert await db.write_batched(fine) == "ok"  # the next batch works
+        finally:
+            await db.close()
+
+    asyncio.run(body())
+
+
+def test_cancelling_the_flusher_never_leaves_a_caller_waiting(tmp_path: Path) -> None:
+    async def body() -> None:
+        db = await _batched_db(tmp_path)
+        try:
+
+            async def slow(conn: Any) -> None:
+                await conn.execute("INSERT INTO t VALUES (1)")
+                await asyncio.sleep(10)
+
+            async def quick(conn: Any) -> None:
+                await conn.execute("INSERT INTO t VALUES (2)")
+
+            waiting = [asyncio.create_task(db.write_batched(slow))]
+            await asyncio.sleep(0.05)
+            waiting.append(asyncio.create_task(db.write_batched(quick)))  # queued behind
+            await asyncio.sleep(0.05)
+            assert db._flusher is not None
+            db._flusher.cancel()
+            results = await asyncio.wait_for(
+                asyncio.gather(*waiting, return_exceptions=True), timeout=5
+            )
+            assert all(isinstance(r, Exception) for r in results)
+            assert not db.writer.in_transaction
+            assert await db.scalar("SELECT COUNT(*) FROM t") == 0
         finally:
             await db.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
@@ -83,11 +84,13 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
     if request.headers.get(HEADER):
         raw_key = f"{principal().key}|{parse_key(request.headers[HEADER])}"
     now = time.time()
-    async with db.write() as conn:
+
+    async def store_send(conn: Any) -> tuple[str, bool]:
+        """(message id, whether it is new); shares a transaction with concurrent sends."""
         if raw_key is not None:
             existing = await store.message_by_client_key(conn, account, raw_key)
             if existing is not None:  # a retry whose first answer was lost
-                return SendAccepted(id=existing["id"], account_id=account, to=data.to), 202
+                return existing["id"], False
         for path, ref in (
             ("context.message_id", data.context),
             ("reaction.message_id", data.reaction),
@@ -124,6 +127,11 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
             unique_key=f"{account}:{message_id}",
             max_attempts=10,
         )
+        return message_id, True
+
+    message_id, created = await db.write_batched(store_send)
+    if not created:
+        return SendAccepted(id=message_id, account_id=account, to=data.to), 202
     await poke("send")
     return SendAccepted(id=message_id, account_id=account, to=data.to), 202
 
