@@ -122,12 +122,15 @@ def idempotent(func: F) -> F:
             return response
         data = await response.get_data(as_text=False)
         sealed = state.cipher.encrypt(data, context=f"{scope}|{key}".encode())
-        async with state.db.write() as conn:
-            await conn.execute(
+        # Group-committed with concurrent requests; the claim above is not, so that a
+        # client hanging up before its claim commits leaves no key behind.
+        await state.db.write_batched(
+            lambda conn: conn.execute(
                 "UPDATE idempotency_keys SET state = 'done', status = ?, content_type = ?, "
                 "body = ? WHERE principal = ? AND key = ?",
                 (response.status_code, response.content_type, sealed, scope, key),
             )
+        )
         return response
 
     wrapper = document_headers(IdempotencyHeaders)(wrapper)
