@@ -34,8 +34,10 @@ import os
 import shutil
 import sqlite3
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +398,45 @@ GO_GATE = _GoGate()
 CLIENT_START_WINDOW_S = 5.0  # how long a start holds the gate if no event comes first
 
 
+class _GoThreads:
+    """Room for neonize in the event loop's default executor.
+
+    neonize runs every Go call with ``asyncio.to_thread``, and a connected client's
+    ``Neonize()`` call holds one of those threads until the client stops. The stock
+    executor has min(32, CPUs + 4) threads: on a 2-CPU machine six connected accounts
+    take them all, and every later Go call (a send, a download, stopping a client)
+    waits forever while holding GO_GATE, so the worker wedges. While clients live, the
+    loop's default executor is therefore one of ours, with room for the live clients
+    plus ``SPARE`` threads (threads start only when needed).
+    """
+
+    SPARE = 32
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[Any, tuple[ThreadPoolExecutor, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        live = self._live[loop] = self._live.get(loop, 0) + 1
+        pool, size = self._pools.get(loop, (None, 0))
+        if live + self.SPARE // 2 <= size:
+            return
+        size = 2 * live + self.SPARE
+        bigger = ThreadPoolExecutor(max_workers=size, thread_name_prefix="neonize")
+        loop.set_default_executor(bigger)
+        self._pools[loop] = (bigger, size)
+        if pool is not None:
+            pool.shutdown(wait=False)  # its threads finish what they run, then end
+
+    def release(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._live[loop] = max(0, self._live.get(loop, 0) - 1)
+
+
+GO_THREADS = _GoThreads()
+
+
 # -- the engine ----------------------------------------------------------------------------
 
 
@@ -479,6 +520,7 @@ class WebEngine(Engine):
         async with GO_GATE.exclusive():
             try:
                 client = self.client_factory(str(self.session_db), uuid)
+                GO_THREADS.acquire(loop)
                 self.client = client
                 self._register(client)
                 task = await client.connect()
@@ -968,6 +1010,7 @@ class WebEngine(Engine):
         self._generation += 1  # late events of the old client are ignored
         if client is None:
             return
+        GO_THREADS.release(asyncio.get_running_loop())
         async with GO_GATE.exclusive():
             try:
                 await asyncio.wait_for(client.stop(), self.probe_timeout_s)

@@ -13,6 +13,7 @@ import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -657,6 +658,66 @@ def test_pairing_times_out_with_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(WebEngineError, match="not linked within"):
             await engine.connect()
         assert world.client.stopped
+
+    run(main())
+
+
+class ThreadParkingClient(FakeClient):
+    """Like neonize: ``connect`` parks a default-executor thread for the client's life
+    (its Go ``Neonize()`` call blocks until ``stop``), and Go calls run there too."""
+
+    async def connect(self) -> asyncio.Future[None]:
+        task = await super().connect()
+        self.release = threading.Event()
+        self.parked = asyncio.get_running_loop().run_in_executor(None, self.release.wait)
+        return task
+
+    async def stop(self) -> None:
+        self.release.set()
+        await super().stop()
+
+    async def send_message(self, to: ev.JID, message: e2e.Message) -> ev.SendResponse:
+        await asyncio.to_thread(lambda: None)  # the Go call
+        return await super().send_message(to, message)
+
+
+def test_many_connected_clients_leave_threads_for_go_calls(tmp_path: Path) -> None:
+    """The stock default executor has min(32, CPUs + 4) threads: on a 2-CPU machine, six
+    connected accounts would park them all and every later Go call would wait forever."""
+
+    async def main() -> None:
+        small = ThreadPoolExecutor(max_workers=3, thread_name_prefix="small")
+        asyncio.get_running_loop().set_default_executor(small)
+        world = World()
+        world.linked.set()
+        engines = []
+        clients: list[ThreadParkingClient] = []
+
+        def factory(db: str, uuid: str) -> ThreadParkingClient:
+            clients.append(ThreadParkingClient(db, uuid, world))
+            return clients[-1]
+
+        for n in range(4):
+            engine = WebEngine(
+                f"acc{n}",
+                {},
+                {},
+                Host(),
+                session_root=tmp_path / "sessions",
+                client_factory=factory,
+            )
+            await asyncio.wait_for(engine.connect(), 3)
+            engines.append(engine)
+        try:
+            text = out("3EB0APP1", "text", {"type": "text", "text": {"body": "hi"}})
+            await asyncio.wait_for(engines[0].send(text), 3)
+            assert len(world.sent) == 1
+        finally:
+            for client in clients:  # unblock a starved executor, so closing cannot hang
+                client.release.set()
+            for engine in engines:
+                await engine.close()
+            small.shutdown(wait=False)
 
     run(main())
 
