@@ -859,6 +859,8 @@ class FakeClient:
         self._expect_close = False
         self._inbox: asyncio.Queue[ev.Message | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unpark = threading.Event()
+        self._parked: asyncio.Future[Any] | None = None
 
     # -- the session store: what neonize keeps in its sqlite file ------------------------
 
@@ -896,8 +898,12 @@ class FakeClient:
     # -- connecting ------------------------------------------------------------------------
 
     async def connect(self) -> asyncio.Task[None]:
-        """Like neonize: a task that runs while the client lives (until ``stop``)."""
-        self.connect_task = asyncio.get_running_loop().create_task(self._run())
+        """Like neonize: a task that runs while the client lives (until ``stop``). Like
+        neonize, the client also holds a thread of the loop's default executor for its
+        whole life (there, the blocking Go ``Neonize()`` call)."""
+        loop = asyncio.get_running_loop()
+        self._parked = loop.run_in_executor(None, self._unpark.wait)
+        self.connect_task = loop.create_task(self._run())
         self._spawn(self._consume())
         return self.connect_task
 
@@ -1016,6 +1022,8 @@ class FakeClient:
             self._writer.write(_dumps(frame))
 
     async def _request(self, op: str, error: str, **fields: Any) -> dict[str, Any]:
+        # neonize makes each Go call on the loop's default executor: so does the fake.
+        await asyncio.to_thread(_go_call)
         if self._writer is None or self._stopping:
             raise _exc(error, "websocket not connected")
         self._rid += 1
@@ -1048,6 +1056,8 @@ class FakeClient:
         return self._device() is not None
 
     async def stop(self) -> None:
+        await asyncio.to_thread(_go_call)
+        self._unpark.set()
         self._stopping = True
         self._stopped.set()
         self.connected = False
@@ -1172,6 +1182,10 @@ class FakeClient:
         await self._request("logout", "LogoutError")
         self._expect_close = True
         self._forget_device()
+
+
+def _go_call() -> None:
+    """Where neonize would run Go code (a thread of the loop's default executor)."""
 
 
 def _as_bytes(file: bytes | str) -> bytes:

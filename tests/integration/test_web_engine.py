@@ -756,3 +756,28 @@ def test_the_watchdog_replaces_a_client_whose_connection_stopped_answering(
     assert fake.hellos("w3")[-1] is not None
     back = _send(admin, "w3", _text(ALICE, "watched"))
     _wait_status(app, admin, "w3", back, "sent")
+
+
+def test_more_accounts_than_the_stock_thread_pool_all_keep_working(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    """neonize holds a thread per connected client; the stock executor has CPUs + 4."""
+    _linked(app, admin, fake, "w1", PHONE_1)
+    many = [f"m{n}" for n in range(min(32, (os.cpu_count() or 1) + 4))]
+    for account in many:
+        created = admin.post(
+            "/api/accounts",
+            json={"id": account, "name": account, "engine": "web", "engine_settings": FAST},
+        )
+        assert created.status_code == 201, created.text
+    try:
+        for n, account in enumerate(many):
+            fake.scan(account, phone=f"1555900{n:04d}")
+        for account in many:
+            _wait_state(app, admin, account, "connected")
+        ids = {a: _send(admin, a, _text(ALICE, f"from {a}")) for a in [*many, "w1"]}
+        for account, message_id in ids.items():
+            _wait_status(app, admin, account, message_id, "sent")
+    finally:
+        for account in many:
+            admin.delete(f"/api/accounts/{account}", params={"confirm": account})
