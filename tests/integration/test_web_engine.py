@@ -758,6 +758,25 @@ def test_the_watchdog_replaces_a_client_whose_connection_stopped_answering(
     _wait_status(app, admin, "w3", back, "sent")
 
 
+def test_a_device_unlinked_while_the_worker_was_down_is_logged_out_at_connect(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w1", PHONE_1)
+    _linked(app, admin, fake, "w3", "15550003333")
+    app.supervisor.stopProcess("worker:worker", True)
+    try:
+        fake.log_out("w3")  # the phone removed the linked device meanwhile
+    finally:
+        app.supervisor.startProcess("worker:worker", True)
+    status = _wait_state(app, admin, "w3", "logged_out")
+    assert "link the phone again" in status["reason"]
+    assert fake.hellos("w3")[-1] is not None  # it tried with the stored session
+    assert not (app.data / "sessions" / "w3").exists()
+    _wait_state(app, admin, "w1", "connected")
+    fine = _send(admin, "w1", _text(ALICE, "unaffected"))
+    _wait_status(app, admin, "w1", fine, "sent")
+
+
 def test_more_accounts_than_the_stock_thread_pool_all_keep_working(
     app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
 ) -> None:
