@@ -20,7 +20,12 @@ receipts and inbound replies/reactions that name WhatsApp's id are translated ba
 
 Inbound acknowledgement. For real clients, neonize's event callback is replaced by
 one that waits (bounded) for the host's commit of a message before returning to Go,
-so whatsmeow acknowledges the message only after it is stored.
+so whatsmeow acknowledges the message only after it is stored. whatsmeow acknowledges
+when the callback returns, stored or not, so a failed commit is retried a few times first.
+
+Threads. neonize makes every Go call on the event loop's default executor, and each
+connected client holds one of its threads; ``GO_THREADS`` keeps that executor large
+enough for the live clients (the stock one has CPUs + 4 threads).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ MEDIA_KINDS = {
     "stickerMessage": "sticker",
 }
 ACK_COMMIT_TIMEOUT_S = 60.0
+COMMIT_RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0)  # 23.7 s of waits, then the last try
 RECENT_INBOUND = 2000
 IDMAP_KEEP_S = 30 * 86400
 
@@ -717,7 +723,29 @@ class WebEngine(Engine):
         if media is not None and self.download_media_enabled(self.config.download_media):
             inbound = await self._with_media(inbound, media)
         self._remember(inbound.id, inbound.chat_jid, inbound.sender_jid)
-        await self.host.on_inbound([inbound])  # returns after the commit
+        await self._commit(inbound)
+
+    async def _commit(self, inbound: InboundMessage) -> None:
+        """Hand the message to the host (returns after its commit). whatsmeow acknowledges
+        the message once this handler returns, even if it failed, and never delivers it
+        again: so a failed commit (a locked database) is tried again a few times, well
+        within ACK_COMMIT_TIMEOUT_S, before giving up."""
+        for delay in (*COMMIT_RETRY_S, None):
+            try:
+                await self.host.on_inbound([inbound])
+                return
+            except Exception as exc:
+                if delay is None:
+                    raise
+                log.warning(
+                    "committing an inbound message failed; trying again",
+                    extra={
+                        "account_id": self.account_id,
+                        "message_id": inbound.id,
+                        "error": _describe(exc),
+                    },
+                )
+                await asyncio.sleep(delay)
 
     async def _with_media(self, inbound: InboundMessage, message: Any) -> InboundMessage:
         """Download the media; on failure keep the message and record why."""

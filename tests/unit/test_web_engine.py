@@ -398,6 +398,40 @@ def test_inbound_events_reach_the_host_with_media_downloaded(tmp_path: Path) -> 
     run(main())
 
 
+def test_a_failed_commit_is_retried_before_whatsapp_gets_its_acknowledgement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """whatsmeow acknowledges a message when the handler returns, however it ended: a
+    commit that failed once (database locked) must be tried again, not dropped."""
+    import sqlite3
+
+    from appliance.engines import web
+
+    monkeypatch.setattr(web, "COMMIT_RETRY_S", (0.01, 0.02, 0.05))
+
+    class FlakyHost(Host):
+        failures = 2
+
+        async def on_inbound(self, messages: list[Any]) -> list[bool]:
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return await super().on_inbound(messages)
+
+    async def main() -> None:
+        world, host = World(), FlakyHost()
+        engine = await connected(tmp_path, world, host)
+        await world.client.emit(message_event(e2e.Message(conversation="keep me")))
+        assert [m.body for m in host.inbound] == ["keep me"] and host.failures == 0
+
+        host.failures = 10  # more than the retries: the handler fails in the end
+        with pytest.raises(sqlite3.OperationalError):
+            await world.client.emit(message_event(e2e.Message(conversation="x"), id_="W2"))
+        await engine.close()
+
+    run(main())
+
+
 def test_receipts_are_mapped_to_the_appliance_ids(tmp_path: Path) -> None:
     async def main() -> None:
         world, host = World(), Host()
