@@ -756,6 +756,56 @@ def test_many_connected_clients_leave_threads_for_go_calls(tmp_path: Path) -> No
     run(main())
 
 
+# -- the fake WhatsApp of the integration tests, in process ---------------------------------
+
+
+def test_the_engine_against_the_fake_whatsapp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tests/fakes/fake_whatsapp.py end to end in one process: what the integration
+    tests rely on, checked in a second."""
+    from tests.fakes.fake_whatsapp import FakeWhatsAppServer, client_factory
+
+    async def main(fake: FakeWhatsAppServer) -> None:
+        host = Host()
+        engine = WebEngine(
+            "acc1", {}, {}, host, session_root=tmp_path / "sessions", client_factory=client_factory
+        )
+        engine.reconnect_grace_s = 2
+        linking = asyncio.create_task(engine.connect())
+        code = await asyncio.to_thread(fake.qr, "acc1")
+        while engine.qr_code != code:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(fake.scan, "acc1", "15550009999")
+        assert await linking == "+15550009999"
+
+        await engine.send(out("3EB0APP1", "text", {"type": "text", "text": {"body": "hi"}}))
+        (sent,) = fake.sent("acc1")
+        assert (sent.to, sent.message) == (ALICE, {"conversation": "hi"})
+        await asyncio.to_thread(fake.receipt, "acc1", [sent.id], "read")
+        inbound = await asyncio.to_thread(fake.push_text, "acc1", ALICE, "yo", reply_to=sent.id)
+        await asyncio.to_thread(fake.wait_acked, "acc1", inbound)
+        assert host.receipts == [("3EB0APP1", "read")]
+        assert host.inbound[-1].reply_to == "3EB0APP1"
+
+        serving = asyncio.create_task(engine.run_until_closed())
+        await asyncio.to_thread(fake.drop, "acc1")  # whatsmeow reconnects by itself
+        for _ in range(100):
+            if len(await asyncio.to_thread(fake.hellos, "acc1")) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (await asyncio.to_thread(fake.hellos, "acc1"))[-1] is not None
+        assert not serving.done()
+        await asyncio.to_thread(fake.log_out, "acc1")
+        with pytest.raises(LoggedOut):
+            await asyncio.wait_for(serving, 5)
+        assert not (tmp_path / "sessions" / "acc1").exists()
+
+    with FakeWhatsAppServer() as fake:
+        monkeypatch.setenv("FAKE_WHATSAPP_ADDR", fake.address)
+        run(main(fake))
+
+
 # -- the real neonize callback ---------------------------------------------------------------
 
 
