@@ -23,6 +23,7 @@ import email.utils
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 WEBHOOK_QUEUE = "webhook"
 USER_AGENT = f"whatsapp-gateway-appliance/{__version__} (webhooks)"
 FANOUT_BATCH = 500
+EVENT_CACHE = 4096  # events read for delivery, kept for the other endpoints of a fan-out
 MAX_RETRY_AFTER_S = 24 * 3600
 
 DELIVERIES = Counter(
@@ -160,6 +162,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._events: OrderedDict[int, Any] = OrderedDict()
+        self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -312,10 +316,7 @@ class Dispatcher:
         if not endpoint.enabled:
             await self._finish(job, endpoint, None, "dead", "endpoint is disabled")
             return
-        event = await self.db.fetchone(
-            "SELECT id, type, account_id, created_at, data FROM events WHERE id = ?",
-            (job.payload["event_id"],),
-        )
+        event = await self._event(job.payload["event_id"])
         if event is None:
             await self._finish(job, endpoint, None, "dead", "event no longer exists")
             return
@@ -325,6 +326,20 @@ class Dispatcher:
         async with semaphore:
             result = await self._attempt(endpoint, event)
         await self._record(job, endpoint, event, result)
+
+    async def _event(self, event_id: int) -> Any:
+        """The event row; events never change, so one read serves every endpoint."""
+        event = self._events.get(event_id)
+        if event is None:
+            event = await self.db.fetchone(
+                "SELECT id, type, account_id, created_at, data FROM events WHERE id = ?",
+                (event_id,),
+            )
+            if event is not None:
+                self._events[event_id] = event
+                while len(self._events) > EVENT_CACHE:
+                    self._events.popitem(last=False)
+        return event
 
     async def _attempt(self, endpoint: store.Endpoint, event: Any) -> AttemptResult:
         body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
@@ -339,7 +354,10 @@ class Dispatcher:
                 "webhook-id": msg_id,
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": signature_header(
-                    endpoint.signing_secrets(self.cipher, now), msg_id, timestamp, body
+                    endpoint.signing_secrets(self.cipher, now, cache=self._secrets),
+                    msg_id,
+                    timestamp,
+                    body,
                 ),
                 "traceparent": child_traceparent(None),
             }
@@ -376,7 +394,8 @@ class Dispatcher:
         if delay is None or job.attempts >= job.max_attempts:
             await self._finish(job, endpoint, result, "dead", f"{reason}; retries exhausted")
         else:
-            async with self.db.write() as conn:
+
+            async def retry_later(conn: Any) -> None:
                 await store.record_attempt(
                     conn,
                     job.payload["delivery_id"],
@@ -396,6 +415,8 @@ class Dispatcher:
                     "WHERE id = ?",
                     (now, endpoint.id),
                 )
+
+            await self.db.write_batched(retry_later)
             await self.queue.nack(job.id, job.lease_token or "", error=reason, retry_after_s=delay)
             DELIVERIES.labels(outcome="retry").inc()
         await self._maybe_disable_for_failing(endpoint.id, now)
@@ -410,7 +431,8 @@ class Dispatcher:
     ) -> None:
         now = self.clock()
         delivery_id = job.payload["delivery_id"]
-        async with self.db.write() as conn:
+
+        async def finish(conn: Any) -> None:
             if result is not None:
                 await store.record_attempt(
                     conn,
@@ -438,11 +460,15 @@ class Dispatcher:
             )
             if state == "delivered":
                 await conn.execute(
-                    "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ?",
+                    "UPDATE webhook_endpoints SET failing_since = NULL "
+                    "WHERE id = ? AND failing_since IS NOT NULL",
                     (endpoint.id,),
                 )
             with contextlib.suppress(Exception):
                 await ack_in(conn, WEBHOOK_QUEUE, job.id, job.lease_token or "", now)
+
+        # Group-committed with the other deliveries finishing at the same time.
+        await self.db.write_batched(finish)
         DELIVERIES.labels(outcome=state).inc()
 
     async def _disable(self, endpoint: store.Endpoint, reason: str) -> None:

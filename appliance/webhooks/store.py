@@ -60,10 +60,28 @@ class Endpoint:
             return account_id is not None and account_id in self.accounts
         return True
 
-    def signing_secrets(self, cipher: DataCipher, now: float) -> list[str]:
-        active = [decrypt_secret(cipher, self.id, self.secret)]
+    def signing_secrets(
+        self,
+        cipher: DataCipher,
+        now: float,
+        *,
+        cache: dict[tuple[str, bytes], str] | None = None,
+    ) -> list[str]:
+        """The secrets to sign with; ``cache`` ((endpoint, encrypted) -> plain) saves
+        decrypting the same stored secret for every delivery (rotation stores a new one)."""
+        blobs = [self.secret]
         if self.previous_secret is not None and (self.previous_expires_at or 0) > now:
-            active.append(decrypt_secret(cipher, self.id, self.previous_secret))
+            blobs.append(self.previous_secret)
+        active = []
+        for blob in blobs:
+            secret = cache.get((self.id, blob)) if cache is not None else None
+            if secret is None:
+                secret = decrypt_secret(cipher, self.id, blob)
+                if cache is not None:
+                    if len(cache) >= 1024:
+                        cache.clear()
+                    cache[(self.id, blob)] = secret
+            active.append(secret)
         return active
 
 

@@ -336,6 +336,26 @@ def test_signing_secrets_during_and_after_the_grace_period() -> None:
         moved.signing_secrets(cipher, NOW)
 
 
+def test_signing_secrets_cache_follows_rotation_and_endpoint() -> None:
+    cipher = DataCipher(b"k" * 32)
+    first, second = new_secret(), new_secret()
+    ep = _endpoint(secret=store.encrypt_secret(cipher, "wh_0123456789abcdef", first))
+    cache: dict[tuple[str, bytes], str] = {}
+    assert ep.signing_secrets(cipher, NOW, cache=cache) == [first]
+    assert ep.signing_secrets(cipher, NOW, cache=cache) == [first]
+    assert len(cache) == 1
+    rotated = _endpoint(
+        secret=store.encrypt_secret(cipher, "wh_0123456789abcdef", second),
+        previous_secret=ep.secret,
+        previous_expires_at=NOW + 10,
+    )
+    assert rotated.signing_secrets(cipher, NOW, cache=cache) == [second, first]
+    # The cache never lets a blob open for another endpoint.
+    moved = _endpoint(id="wh_fedcba9876543210", secret=ep.secret)
+    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
+        moved.signing_secrets(cipher, NOW, cache=cache)
+
+
 # -- the API's input models --------------------------------------------------------------
 
 URL = "https://hooks.example.com/in"
