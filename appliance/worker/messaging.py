@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SEND_QUEUE = "send"
 SEND_TIMEOUT_S = 60.0
 RECONNECT_CAP_S = 60.0
+DELETE_LOGOUT_TIMEOUT_S = 15.0
 
 
 def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
@@ -138,14 +139,23 @@ class AccountRuntime:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"account-{self.account_id}")
 
-    async def stop(self) -> None:
+    async def stop(self, *, logout: bool = False) -> None:
+        """Stop the account; ``logout`` (the account was deleted) also ends the session at
+        WhatsApp, bounded, so the phone does not keep a dead linked device."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.engine is not None:
-            with contextlib.suppress(Exception):
-                await self.engine.close()
+            try:
+                if logout:
+                    await asyncio.wait_for(self.engine.logout(), DELETE_LOGOUT_TIMEOUT_S)
+                else:
+                    await self.engine.close()
+            except Exception:
+                log.warning("closing the engine failed", extra={"account_id": self.account_id})
+                with contextlib.suppress(Exception):
+                    await self.engine.close()
         self.connected = False
 
     def update(self, row: Any) -> None:
@@ -365,7 +375,7 @@ class MessagingService:
                 runtime.update(row)
         for account_id in set(self.runtimes) - seen:
             runtime = self.runtimes.pop(account_id)
-            await runtime.stop()
+            await runtime.stop(logout=True)
             if runtime.row["engine"] == "web":  # the account was deleted: so is its session
                 shutil.rmtree(self.settings.data_dir / "sessions" / account_id, True)
 

@@ -682,6 +682,20 @@ def test_logout_forgets_the_session_and_linking_again_needs_a_new_qr_code(
     _wait_state(app, admin, "w2", "connected")
 
 
+def test_deleting_an_account_logs_its_device_out_at_whatsapp(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, "w9", "15550009999")
+    session = app.data / "sessions" / "w9"
+    assert session.is_dir()
+    logouts = fake.logouts("w9")
+    assert admin.delete("/api/accounts/w9", params={"confirm": "w9"}).status_code == 204
+    # The phone does not keep a dead entry under "Linked devices".
+    _wait(lambda: fake.logouts("w9") == logouts + 1, 20, "the device logged out at WhatsApp")
+    assert not fake.linked("w9")
+    _wait(lambda: not session.exists(), 20, "the session removed")
+
+
 def test_the_phone_unlinking_the_device_logs_only_that_account_out(
     app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
 ) -> None:
