@@ -13,10 +13,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +25,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.integration.conftest import Appliance, bearer, new_api_key, running_appliance
+from tests.samples import png as _png
 
 pytestmark = pytest.mark.integration
 
@@ -573,23 +572,6 @@ def test_refused_token_is_logged_out(
 
 
 # -- inbound media ---------------------------------------------------------------------------
-
-
-def _png(width: int = 3, height: int = 2) -> bytes:
-    """A real (tiny, red) PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 PNG = _png()

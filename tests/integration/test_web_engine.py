@@ -17,11 +17,9 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +40,7 @@ from tests.integration.conftest import (
     new_api_key,
     run_install,
 )
+from tests.samples import png as _png
 
 pytestmark = pytest.mark.integration
 
@@ -65,21 +64,6 @@ CAROL, CAROL_JID = "+15556667777", "15556667777@s.whatsapp.net"
 BOB_JID = "15554445555@s.whatsapp.net"
 BOB_LID = "208430004441234@lid"
 GROUP = "120363025246125244@g.us"
-
-
-def _png(width: int = 2, height: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 # -- installation -----------------------------------------------------------------------------

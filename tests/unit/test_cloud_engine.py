@@ -13,9 +13,7 @@ import dataclasses
 import hashlib
 import hmac
 import os
-import struct
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from appliance.engines.cloud import (
     store_settings,
 )
 from appliance.messaging import store
+from tests.samples import png as _png
 
 PHONE_ID = "106540352242922"
 CIPHER = DataCipher(b"unit-test-data-key")
@@ -549,23 +548,6 @@ def test_timeouts_and_pair_rate_are_transient(open_db: Any, db_path: Path) -> No
 
 
 # -- inbound media ---------------------------------------------------------------------------
-
-
-def _png(width: int = 2, height: int = 2) -> bytes:
-    """A real (tiny, red) PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 PNG = _png()

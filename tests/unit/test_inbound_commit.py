@@ -6,8 +6,6 @@ stored once and pointed at, failures kept with a reason, revokes flagging the or
 from __future__ import annotations
 
 import asyncio
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +18,11 @@ from appliance.engines.base import Engine, InboundMessage, OutboundMessage, Send
 from appliance.messaging import media as media_store
 from appliance.messaging import store
 from appliance.worker.messaging import AccountRuntime, MessagingService
+from tests.samples import png as _png
 from tests.unit.conftest import OpenDb
 
 ACCOUNT = "acc_inbound"
 ALICE = "905551110001@s.whatsapp.net"
-
-
-def _png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
 
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
