@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,28 +140,49 @@ def run_install(prefix: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def install_appliance(prefix: Path, extra_env: str = "") -> Appliance:
+def install_appliance(
+    prefix: Path,
+    extra_env: str = "",
+    *,
+    before_start: Callable[[Path], None] | None = None,
+    start_env: dict[str, str] | None = None,
+) -> Appliance:
+    """Install with install.sh --no-start, append settings, then start and wait ready.
+
+    ``before_start(prefix)`` runs between install and start; ``start_env`` is given to
+    ``appliancectl start``, which hands APPLIANCE_* variables on to every process.
+    """
     port = free_port()
     run_install(prefix, "--port", str(port), "--no-start")
     env_file = prefix / "etc/appliance/appliance.env"
     with env_file.open("a") as fh:
         fh.write("API_PROCESSES=2\nENABLE_TEST_ROUTES=true\nAPI_GRACEFUL_TIMEOUT_S=10\n")
         fh.write(extra_env)
+    if before_start is not None:
+        before_start(prefix)
     app = Appliance(prefix, port)
-    app.ctl("start", "--wait", "60")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in (start_env or {}).items():
+            env.setenv(key, value)
+        app.ctl("start", "--wait", "60")
     app.wait_ready()
     return app
 
 
 @contextmanager
 def running_appliance(
-    factory: pytest.TempPathFactory, name: str, extra_env: str = ""
+    factory: pytest.TempPathFactory,
+    name: str,
+    extra_env: str = "",
+    *,
+    before_start: Callable[[Path], None] | None = None,
+    start_env: dict[str, str] | None = None,
 ) -> Iterator[Appliance]:
     # Short path: AF_UNIX socket paths are limited to about 107 bytes.
     prefix = Path(factory.mktemp(name))
     app = None
     try:
-        app = install_appliance(prefix, extra_env)
+        app = install_appliance(prefix, extra_env, before_start=before_start, start_env=start_env)
         yield app
     finally:
         subprocess.run(

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +36,7 @@ from tests.integration.conftest import (
     bearer,
     free_port,
     new_api_key,
-    run_install,
+    running_appliance,
 )
 from tests.samples import png as _png
 
@@ -46,9 +44,6 @@ pytestmark = pytest.mark.integration
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 ENV = (
-    "API_PROCESSES=2\n"
-    "ENABLE_TEST_ROUTES=true\n"
-    "API_GRACEFUL_TIMEOUT_S=10\n"
     "WEB_CLIENT_FACTORY=fake_whatsapp:client_factory\n"
     "WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32\n"
     "WEBHOOK_RETRY_SCHEDULE_S=0,0.2,0.5,1,1\n"
@@ -71,31 +66,21 @@ GROUP = "120363025246125244@g.us"
 
 @contextlib.contextmanager
 def web_appliance(factory: pytest.TempPathFactory, fake: FakeWhatsAppServer) -> Iterator[Appliance]:
-    """Like conftest's running_appliance, plus, before the first start, the ``.pth``
-    that lets the worker import ``fake_whatsapp`` and the fake's address."""
-    prefix = Path(factory.mktemp("web"))
-    try:
-        port = free_port()
-        run_install(prefix, "--port", str(port), "--no-start")
-        with (prefix / "etc/appliance/appliance.env").open("a") as fh:
-            fh.write(ENV)
+    """conftest's running_appliance, plus, before the first start, the ``.pth`` that lets
+    the worker import ``fake_whatsapp``, and the fake's address for the worker."""
+
+    def add_fakes_to_path(prefix: Path) -> None:
         site = next((prefix / "opt/appliance/venv/lib").glob("python3*/site-packages"))
         (site / "appliance_test_fakes.pth").write_text(f"{FAKES}\n")
-        app = Appliance(prefix, port)
-        with pytest.MonkeyPatch.context() as env:
-            # appliancectl hands APPLIANCE_* variables on to supervisord and the worker.
-            env.setenv("APPLIANCE_FAKE_WHATSAPP_ADDR", fake.address)
-            app.ctl("start", "--wait", "60")
-        app.wait_ready()
+
+    with running_appliance(
+        factory,
+        "web",
+        ENV,
+        before_start=add_fakes_to_path,
+        start_env={"APPLIANCE_FAKE_WHATSAPP_ADDR": fake.address},
+    ) as app:
         yield app
-    finally:
-        subprocess.run(
-            [str(prefix / "opt/appliance/venv/bin/appliancectl"), "--prefix", str(prefix), "stop"],
-            capture_output=True,
-            timeout=120,
-        )
-        if os.environ.get("KEEP_APPLIANCE") is None:
-            shutil.rmtree(prefix, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
