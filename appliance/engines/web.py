@@ -468,7 +468,8 @@ class WebEngine(Engine):
         self.qr_code: str | None = None
         self.qr_refreshes = 0
         self.phone: str | None = None
-        self.banned_until: float = 0.0
+        # Kept in the engine state: reconnecting during a ban only earns a longer one.
+        self.banned_until: float = float(engine_state.get("banned_until") or 0.0)
         self._ids: IdMap | None = None
         self._generation = 0
         self._connect_task: asyncio.Future[Any] | None = None
@@ -681,6 +682,8 @@ class WebEngine(Engine):
 
     async def _on_temporary_ban(self, event: Any) -> None:
         self.banned_until = time.time() + max(0, int(event.Expire or 0))
+        self.engine_state = {**self.engine_state, "banned_until": self.banned_until}
+        await self.host.save_engine_state(self.engine_state)
         why = TEMP_BAN_REASONS.get(event.Code, f"code {event.Code}")
         self._fail(WebEngineError(f"{self._ban_reason()} ({why})"))
 

@@ -626,6 +626,35 @@ def test_logged_out_and_temporary_ban(tmp_path: Path) -> None:
     run(main())
 
 
+def test_a_temporary_ban_survives_a_worker_restart(tmp_path: Path) -> None:
+    async def main() -> None:
+        host = Host()
+        engine = await connected(tmp_path, World(), host)
+        serving = asyncio.create_task(engine.run_until_closed())
+        await engine.client.emit(ev.TemporaryBan(Code=1, Expire=3600))
+        with pytest.raises(WebEngineError, match="temporarily banned"):
+            await serving
+        state = host.saved[-1]
+        assert state["banned_until"] > time.time() + 3500
+        # A new engine (the worker restarted) starts from the stored state: no connect
+        # attempt until the ban ends, which would only earn a longer one.
+        world = World()
+        world.linked.set()
+        restarted = WebEngine(
+            "acc1",
+            {},
+            state,
+            host,
+            session_root=tmp_path / "sessions",
+            client_factory=world.factory,
+        )
+        with pytest.raises(WebEngineError, match="temporarily banned"):
+            await restarted.connect()
+        assert world.clients == []
+
+    run(main())
+
+
 def test_disconnect_waits_for_whatsmeows_own_reconnect_then_gives_up(tmp_path: Path) -> None:
     async def main() -> None:
         world = World()
