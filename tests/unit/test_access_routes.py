@@ -193,3 +193,15 @@ def test_runbook_names_only_settings_that_exist() -> None:
         f"{RUNBOOK_ACCESS.name} documents settings that appliance/config.py does not know "
         f"(an appliance.env using them is refused at start): {unknown}"
     )
+
+
+def test_openapi_describes_deleted_messages(app: Quart) -> None:
+    async def body() -> dict[str, Any]:
+        response = await app.test_client().get("/openapi.json")
+        return await response.get_json()  # type: ignore[no-any-return]
+
+    spec = asyncio.run(body())
+    message = spec["components"]["schemas"]["MessageOut"]["properties"]
+    assert "deleted_at" in message and "content is kept" in str(message["deleted_at"])
+    events = spec["paths"]["/api/events"]["get"]
+    assert "message.deleted" in str(events)
