@@ -120,6 +120,27 @@ async def enqueue_in(
     return Enqueued(int(existing[0]), False)
 
 
+async def enqueue_many_in(
+    conn: aiosqlite.Connection,
+    queue: str,
+    jobs: list[tuple[Any, str]],
+    *,
+    now: float,
+    max_attempts: int = 10,
+) -> None:
+    """Enqueue (payload, unique_key) pairs in one statement inside the caller's
+    transaction; keys already queued are skipped."""
+    await conn.executemany(
+        "INSERT INTO queue_jobs (queue, unique_key, payload, max_attempts, run_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (queue, unique_key) DO NOTHING",
+        [
+            (queue, key, orjson.dumps(payload).decode(), max_attempts, now, now, now)
+            for payload, key in jobs
+        ],
+    )
+
+
 async def expire_leases(conn: aiosqlite.Connection, now: float, *, queue: str | None = None) -> int:
     """Return expired leases to ``queued`` (or ``dead`` when attempts are used up).
 

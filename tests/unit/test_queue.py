@@ -28,6 +28,7 @@ from appliance.db.queue import (
     Job,
     backoff_delay,
     enqueue_in,
+    enqueue_many_in,
 )
 from appliance.errors import DatabaseError, LeaseLost
 
@@ -301,6 +302,26 @@ def test_enqueue_in_joins_the_callers_transaction(env: Any) -> None:
             assert enq.created and not again.created and again.id == enq.id
             job = await q.get(enq.id)
             assert job is not None and job.payload == {"n": 2}
+
+    asyncio.run(body())
+
+
+def test_enqueue_many_in_skips_keys_already_queued(env: Any) -> None:
+    async def body() -> None:
+        async with env() as (db, q, _clock):
+            async with db.write() as conn:
+                first = await enqueue_in(conn, "q", {"n": 0}, now=T0, unique_key="k0")
+                await enqueue_many_in(
+                    conn,
+                    "q",
+                    [({"n": 10}, "k0"), ({"n": 1}, "k1"), ({"n": 2}, "k2"), ({"n": 3}, "k1")],
+                    now=T0,
+                    max_attempts=3,
+                )
+            jobs = await q.claim(limit=10)
+            by_payload = sorted(j.payload["n"] for j in jobs)
+            assert by_payload == [0, 1, 2]  # k0 kept its first payload, k1 once
+            assert {j.max_attempts for j in jobs if j.id != first.id} == {3}
 
     asyncio.run(body())
 
