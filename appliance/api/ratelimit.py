@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from appliance.db.filelock import FileWriteLock, lock_path_for
+
+# Requests counted in one statement at the most (3 parameters per key).
+BATCH_MAX = 500
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters (key TEXT NOT NULL, window INTEGER NOT NULL, "
@@ -34,6 +39,8 @@ class RateLimiter:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._file_lock: FileWriteLock | None = None
+        self._pending: list[tuple[list[tuple[str, int]], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,27 +83,68 @@ class RateLimiter:
     async def hit_many(
         self, checks: list[tuple[str, int]], *, window_s: int, now: float
     ) -> float | None:
-        """Count one request against several (key, limit) pairs in one statement; the
-        longest wait among those over their limit, else None."""
+        """Count one request against several (key, limit) pairs; the longest wait among
+        those over their limit, else None.
+
+        Requests arriving together are counted in one statement (one turn at the file's
+        write lock), each seeing the count it would have seen one at a time.
+        """
         window = int(now // window_s)
-        values = ", ".join("(?, ?, 1)" for _ in checks)
-        params = [p for key, _ in checks for p in (key, window)]
-        async with (
-            self._writing(),
-            self.conn.execute(
-                f"INSERT INTO counters (key, window, count) VALUES {values} "
-                "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING key, count",
-                params,
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
-        counts = {row[0]: int(row[1]) for row in rows}
+        future: asyncio.Future[dict[tuple[str, int], int]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append(([(key, window) for key, _ in checks], future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        counts = await asyncio.shield(future)
         if random.random() < 0.001:  # now and then, forget old windows
             async with self._writing():
                 await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
-        if any(counts.get(key, 0) > limit for key, limit in checks):
+        if any(counts[(key, window)] > limit for key, limit in checks):
             return (window + 1) * window_s - now
         return None
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+                try:
+                    totals = await self._increment(batch)
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                # Backwards through the batch: a request's count is the total minus the
+                # hits that came after it.
+                running = dict(totals)
+                for keys, future in reversed(batch):
+                    mine = {k: running[k] for k in keys}
+                    for k in keys:
+                        running[k] -= 1
+                    if not future.done():
+                        future.set_result(mine)
+        except BaseException:
+            pending, self._pending = self._pending, []
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(RuntimeError("rate limiter closing"))
+            raise
+
+    async def _increment(
+        self, batch: list[tuple[list[tuple[str, int]], asyncio.Future[Any]]]
+    ) -> dict[tuple[str, int], int]:
+        increments = Counter(k for keys, _ in batch for k in keys)
+        values = ", ".join("(?, ?, ?)" for _ in increments)
+        params = [p for (key, window), n in increments.items() for p in (key, window, n)]
+        async with self._writing():
+            rows = await self.conn.execute_fetchall(
+                f"INSERT INTO counters (key, window, count) VALUES {values} "
+                "ON CONFLICT (key, window) DO UPDATE SET count = count + excluded.count "
+                "RETURNING key, window, count",
+                params,
+            )
+        return {(row[0], int(row[1])): int(row[2]) for row in rows}
 
     async def failures(self, key: str, *, window_s: float, now: float) -> tuple[int, float]:
         """Failures in the window and seconds until the oldest of them leaves it."""

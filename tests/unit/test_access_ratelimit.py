@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,6 +125,39 @@ def test_concurrent_hits_are_all_counted(rl_path: Path) -> None:
             )
             assert sum(r is None for r in results) == 10
             assert sum(r is not None for r in results) == 20
+
+    asyncio.run(body())
+
+
+def test_hits_arriving_together_share_one_statement_and_count_in_order(rl_path: Path) -> None:
+    async def body() -> None:
+        async with _limiter(rl_path) as rl:
+            statements = 0
+            real = rl._increment
+
+            async def counting(batch: Any) -> Any:
+                nonlocal statements
+                statements += 1
+                return await real(batch)
+
+            rl._increment = counting  # type: ignore[method-assign]
+            results = await asyncio.gather(
+                *(
+                    rl.hit_many(
+                        [("principal:a", 10), (f"addr:{i % 2}", 100)], window_s=WINDOW, now=T0
+                    )
+                    for i in range(50)
+                )
+            )
+            # In arrival order: the first ten pass, every later one waits.
+            assert [r is None for r in results] == [True] * 10 + [False] * 40
+            assert statements < 10  # far fewer statements than requests
+            rows = await rl.conn.execute_fetchall("SELECT key, count FROM counters ORDER BY key")
+            assert [tuple(r) for r in rows] == [
+                ("addr:0", 25),
+                ("addr:1", 25),
+                ("principal:a", 50),
+            ]
 
     asyncio.run(body())
 
