@@ -266,6 +266,33 @@ def test_other_phone_number_is_skipped() -> None:
 # -- error codes -----------------------------------------------------------------------------
 
 
+async def _cloud_account(conn: Any, *, outbound_id: str | None = None) -> None:
+    """Account c1 on the cloud engine, with one queued text to 16505551234 if asked."""
+    await store.create_account(
+        conn,
+        account_id="c1",
+        name="c1",
+        engine="cloud",
+        engine_settings=store_settings(RAW_SETTINGS, CIPHER),
+        settings={},
+        now=1.0,
+    )
+    if outbound_id is not None:
+        await store.insert_outbound(
+            conn,
+            account_id="c1",
+            message_id=outbound_id,
+            chat_jid="16505551234@s.whatsapp.net",
+            type_="text",
+            body="hi",
+            content={"type": "text", "text": {"body": "hi"}},
+            reply_to=None,
+            media_id=None,
+            client_key=None,
+            now=1.0,
+        )
+
+
 def _graph_error(code: int, message: str = "x") -> dict[str, Any]:
     return {"error": {"message": message, "type": "OAuthException", "code": code}}
 
@@ -378,28 +405,7 @@ def test_engine_send_status_and_inbox(open_db: Any, db_path: Path) -> None:
     async def body() -> None:
         async with open_db(db_path) as db:
             async with db.write() as conn:
-                await store.create_account(
-                    conn,
-                    account_id="c1",
-                    name="c1",
-                    engine="cloud",
-                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
-                    settings={},
-                    now=1.0,
-                )
-                await store.insert_outbound(
-                    conn,
-                    account_id="c1",
-                    message_id="msg_1",
-                    chat_jid="16505551234@s.whatsapp.net",
-                    type_="text",
-                    body="hi",
-                    content={"type": "text", "text": {"body": "hi"}},
-                    reply_to=None,
-                    media_id=None,
-                    client_key=None,
-                    now=1.0,
-                )
+                await _cloud_account(conn, outbound_id="msg_1")
             row = await store.account_row(db, "c1")
             host = FakeHost(db, "c1")
             engine = CloudEngine(
@@ -904,15 +910,7 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
     async def body() -> None:
         async with open_db(db_path) as db:
             async with db.write() as conn:
-                await store.create_account(
-                    conn,
-                    account_id="c1",
-                    name="c1",
-                    engine="cloud",
-                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
-                    settings={},
-                    now=1.0,
-                )
+                await _cloud_account(conn)
                 await conn.execute(
                     "INSERT INTO cloud_wamids (account_id, wamid, message_id, created_at) "
                     "VALUES ('c1', 'wamid.OURS', 'msg_ours', 0)"
@@ -961,28 +959,7 @@ def test_a_status_webhook_records_the_wamid_of_a_send(open_db: Any, db_path: Pat
     async def body() -> None:
         async with open_db(db_path) as db:
             async with db.write() as conn:
-                await store.create_account(
-                    conn,
-                    account_id="c1",
-                    name="c1",
-                    engine="cloud",
-                    engine_settings=store_settings(RAW_SETTINGS, CIPHER),
-                    settings={},
-                    now=1.0,
-                )
-                await store.insert_outbound(
-                    conn,
-                    account_id="c1",
-                    message_id="msg_9",
-                    chat_jid="16505551234@s.whatsapp.net",
-                    type_="text",
-                    body="hi",
-                    content={"type": "text", "text": {"body": "hi"}},
-                    reply_to=None,
-                    media_id=None,
-                    client_key=None,
-                    now=1.0,
-                )
+                await _cloud_account(conn, outbound_id="msg_9")
                 statuses = [
                     {"id": "wamid.X9", "status": "sent", "biz_opaque_callback_data": "msg_9"},
                     {"id": "wamid.NOPE", "status": "sent", "biz_opaque_callback_data": "msg_x"},
