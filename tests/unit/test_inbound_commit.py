@@ -6,6 +6,7 @@ stored once and pointed at, failures kept with a reason, revokes flagging the or
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,23 @@ async def _service(db: Database, settings: Settings) -> tuple[MessagingService, 
     return service, runtime
 
 
+def _run(
+    tmp_path: Path, open_db: OpenDb, db_path: Path, body: Callable[..., Awaitable[None]], **env: str
+) -> None:
+    """``body(db, service, runtime, settings)`` against a fresh database and media dir."""
+    settings = _settings(tmp_path, **env)
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            service, runtime = await _service(db, settings)
+            try:
+                await body(db, service, runtime, settings)
+            finally:
+                await service.stop(1)
+
+    asyncio.run(main())
+
+
 def _image(message_id: str, data: bytes | None, **part: Any) -> InboundMessage:
     part = {"mime_type": "image/png", "caption": "look", **part}
     return InboundMessage(
@@ -129,141 +147,129 @@ async def _events(db: Database, type_: str) -> list[dict[str, Any]]:
 def test_received_media_is_stored_once_and_pointed_at(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
     png = _png()
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            first = await service.commit_inbound(runtime, [_image("IMG1", png, id="graph-9")])
-            again = await service.commit_inbound(runtime, [_image("IMG1", png, id="graph-9")])
-            assert (first, again) == ([True], [False])
-            row = await store.message_row(db, ACCOUNT, "IMG1")
-            part = orjson.loads(row["content"])["image"]
-            assert part["id"] == row["media_id"] and part["id"].startswith("med_")
-            assert part["engine_media_id"] == "graph-9"
-            assert part["file_size"] == len(png) and part["caption"] == "look"
-            record, path = await media_store.open_media(db, settings, ACCOUNT, part["id"])
-            assert record.content_type == "image/png" and path.read_bytes() == png
-            # The duplicate's file was removed: exactly one file for one stored message.
-            assert _media_files(settings) == [path]
-            received = await _events(db, "message.received")
-            assert [e["content"]["image"]["id"] for e in received] == [part["id"]]
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        first = await service.commit_inbound(runtime, [_image("IMG1", png, id="graph-9")])
+        again = await service.commit_inbound(runtime, [_image("IMG1", png, id="graph-9")])
+        assert (first, again) == ([True], [False])
+        row = await store.message_row(db, ACCOUNT, "IMG1")
+        part = orjson.loads(row["content"])["image"]
+        assert part["id"] == row["media_id"] and part["id"].startswith("med_")
+        assert part["engine_media_id"] == "graph-9"
+        assert part["file_size"] == len(png) and part["caption"] == "look"
+        record, path = await media_store.open_media(db, settings, ACCOUNT, part["id"])
+        assert record.content_type == "image/png" and path.read_bytes() == png
+        # The duplicate's file was removed: exactly one file for one stored message.
+        assert _media_files(settings) == [path]
+        received = await _events(db, "message.received")
+        assert [e["content"]["image"]["id"] for e in received] == [part["id"]]
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 def test_media_that_cannot_be_stored_keeps_the_message_with_a_reason(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path, MEDIA_MAX_BYTES="2048")
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            big = _png() + b"\x00" * 4096
-            assert await service.commit_inbound(runtime, [_image("BIG", big)]) == [True]
-            row = await store.message_row(db, ACCOUNT, "BIG")
-            part = orjson.loads(row["content"])["image"]
-            assert row["media_id"] is None and "id" not in part
-            assert "MEDIA_MAX_BYTES" in part["download_error"]
-            assert _media_files(settings) == []
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        big = _png() + b"\x00" * 4096
+        assert await service.commit_inbound(runtime, [_image("BIG", big)]) == [True]
+        row = await store.message_row(db, ACCOUNT, "BIG")
+        part = orjson.loads(row["content"])["image"]
+        assert row["media_id"] is None and "id" not in part
+        assert "MEDIA_MAX_BYTES" in part["download_error"]
+        assert _media_files(settings) == []
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body, MEDIA_MAX_BYTES="2048")
 
 
 def test_unknown_formats_are_kept_as_opaque_downloads(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            webm = b"\x1aE\xdf\xa3" + b"\x01" * 64  # we refuse to send it, but keep it
-            message = InboundMessage(
-                id="VID1",
-                chat_jid=ALICE,
-                sender_jid=ALICE,
-                type="video",
-                content={"type": "video", "video": {"mime_type": "video/webm"}},
-                media=("video/webm", webm),
-            )
-            await service.commit_inbound(runtime, [message])
-            row = await store.message_row(db, ACCOUNT, "VID1")
-            record = await media_store.get_media(db, ACCOUNT, row["media_id"])
-            assert record.content_type == "application/octet-stream"
-            assert orjson.loads(row["content"])["video"]["mime_type"] == "video/webm"
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        webm = b"\x1aE\xdf\xa3" + b"\x01" * 64  # we refuse to send it, but keep it
+        message = InboundMessage(
+            id="VID1",
+            chat_jid=ALICE,
+            sender_jid=ALICE,
+            type="video",
+            content={"type": "video", "video": {"mime_type": "video/webm"}},
+            media=("video/webm", webm),
+        )
+        await service.commit_inbound(runtime, [message])
+        row = await store.message_row(db, ACCOUNT, "VID1")
+        record = await media_store.get_media(db, ACCOUNT, row["media_id"])
+        assert record.content_type == "application/octet-stream"
+        assert orjson.loads(row["content"])["video"]["mime_type"] == "video/webm"
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 def test_a_failed_commit_leaves_no_file(
     tmp_path: Path, open_db: OpenDb, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _settings(tmp_path)
 
     async def boom(*_: Any, **__: Any) -> None:
         raise RuntimeError("disk said no")
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            monkeypatch.setattr(store, "insert_inbound", boom)
-            with pytest.raises(RuntimeError):
-                await service.commit_inbound(runtime, [_image("IMG2", _png())])
-            assert _media_files(settings) == []
-            assert await db.scalar("SELECT COUNT(*) FROM media") == 0
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        monkeypatch.setattr(store, "insert_inbound", boom)
+        with pytest.raises(RuntimeError):
+            await service.commit_inbound(runtime, [_image("IMG2", _png())])
+        assert _media_files(settings) == []
+        assert await db.scalar("SELECT COUNT(*) FROM media") == 0
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 def test_revoke_flags_the_original_and_keeps_its_content(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            await service.commit_inbound(runtime, [_text("T1")])
-            await service.commit_inbound(runtime, [_revoke("R1", "T1")])
-            await service.commit_inbound(runtime, [_revoke("R1", "T1")])  # re-delivered
-            row = await store.message_row(db, ACCOUNT, "T1")
-            assert row["deleted_at"] == 200.0 and orjson.loads(row["content"])["text"]
-            assert await store.message_row(db, ACCOUNT, "R1") is None  # no row of its own
-            deleted = await _events(db, "message.deleted")
-            assert len(deleted) == 1
-            assert deleted[0]["id"] == "T1" and deleted[0]["deleted_by"] == ALICE
-            assert deleted[0]["deleted_at"] == 200.0
-            assert store.message_out(row).deleted_at == 200.0
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        await service.commit_inbound(runtime, [_text("T1")])
+        await service.commit_inbound(runtime, [_revoke("R1", "T1")])
+        await service.commit_inbound(runtime, [_revoke("R1", "T1")])  # re-delivered
+        row = await store.message_row(db, ACCOUNT, "T1")
+        assert row["deleted_at"] == 200.0 and orjson.loads(row["content"])["text"]
+        assert await store.message_row(db, ACCOUNT, "R1") is None  # no row of its own
+        deleted = await _events(db, "message.deleted")
+        assert len(deleted) == 1
+        assert deleted[0]["id"] == "T1" and deleted[0]["deleted_by"] == ALICE
+        assert deleted[0]["deleted_at"] == 200.0
+        assert store.message_out(row).deleted_at == 200.0
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 def test_a_revoke_that_overtakes_its_message_still_applies(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, runtime = await _service(db, settings)
-            await service.commit_inbound(runtime, [_revoke("R2", "T2")])
-            assert await _events(db, "message.deleted") == []
-            await service.commit_inbound(runtime, [_text("T2")])
-            row = await store.message_row(db, ACCOUNT, "T2")
-            assert row["deleted_at"] == 200.0
-            received = await _events(db, "message.received")
-            assert received[-1]["id"] == "T2" and received[-1]["deleted_at"] == 200.0
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        await service.commit_inbound(runtime, [_revoke("R2", "T2")])
+        assert await _events(db, "message.deleted") == []
+        await service.commit_inbound(runtime, [_text("T2")])
+        row = await store.message_row(db, ACCOUNT, "T2")
+        assert row["deleted_at"] == 200.0
+        received = await _events(db, "message.received")
+        assert received[-1]["id"] == "T2" and received[-1]["deleted_at"] == 200.0
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 async def _queued(db: Database, message_id: str, content: dict[str, Any], media_id: Any) -> Any:
@@ -287,44 +293,40 @@ async def _queued(db: Database, message_id: str, content: dict[str, Any], media_
 def test_stored_media_reaches_a_file_engine_as_a_path(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, _ = await _service(db, settings)
-            record = await media_store.save_media(db, settings, ACCOUNT, _png(), filename="a.png")
-            content = {"type": "image", "image": {"id": record.id, "caption": "c"}}
-            row = await _queued(db, "OUT1", content, record.id)
-            outbound = await service._outbound(_FileEngine(), row)
-            assert outbound.media_type == "image/png"
-            assert Path(outbound.media_path or "").read_bytes() == _png()
-            # Engines that handle media themselves get no file.
-            plain = _FileEngine()
-            plain.needs_media_files = False
-            assert (await service._outbound(plain, row)).media_path is None
-            # A file gone from disk is a permanent failure, not a crash loop.
-            Path(outbound.media_path or "").unlink()
-            with pytest.raises(SendError) as gone:
-                await service._outbound(_FileEngine(), row)
-            assert gone.value.permanent
-            await service.stop(1)
+    async def body(
+        db: Database, service: MessagingService, _runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        record = await media_store.save_media(db, settings, ACCOUNT, _png(), filename="a.png")
+        content = {"type": "image", "image": {"id": record.id, "caption": "c"}}
+        row = await _queued(db, "OUT1", content, record.id)
+        outbound = await service._outbound(_FileEngine(), row)
+        assert outbound.media_type == "image/png"
+        assert Path(outbound.media_path or "").read_bytes() == _png()
+        # Engines that handle media themselves get no file.
+        plain = _FileEngine()
+        plain.needs_media_files = False
+        assert (await service._outbound(plain, row)).media_path is None
+        # A file gone from disk is a permanent failure, not a crash loop.
+        Path(outbound.media_path or "").unlink()
+        with pytest.raises(SendError) as gone:
+            await service._outbound(_FileEngine(), row)
+        assert gone.value.permanent
 
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
 
 
 def test_a_refused_media_link_fails_permanently_without_fetching(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
-    settings = _settings(tmp_path)  # no WEBHOOK_ALLOW_NETWORKS: loopback is refused
+    # No WEBHOOK_ALLOW_NETWORKS in the settings: loopback is refused.
+    async def body(
+        db: Database, service: MessagingService, _runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        content = {"type": "image", "image": {"link": "http://127.0.0.1:9/x.png"}}
+        row = await _queued(db, "OUT2", content, None)
+        with pytest.raises(SendError) as refused:
+            await service._outbound(_FileEngine(), row)
+        assert refused.value.permanent and "media link" in refused.value.reason
 
-    async def main() -> None:
-        async with open_db(db_path) as db:
-            service, _ = await _service(db, settings)
-            content = {"type": "image", "image": {"link": "http://127.0.0.1:9/x.png"}}
-            row = await _queued(db, "OUT2", content, None)
-            with pytest.raises(SendError) as refused:
-                await service._outbound(_FileEngine(), row)
-            assert refused.value.permanent and "media link" in refused.value.reason
-            await service.stop(1)
-
-    asyncio.run(main())
+    _run(tmp_path, open_db, db_path, body)
