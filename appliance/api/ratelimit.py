@@ -16,11 +16,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
+from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
+
+Counts = dict[tuple[str, int], int]  # (key, window) -> count
 
 # Requests counted in one statement at the most (3 parameters per key).
 BATCH_MAX = 500
@@ -39,8 +41,12 @@ class RateLimiter:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._file_lock: FileWriteLock | None = None
-        self._pending: list[tuple[list[tuple[str, int]], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Looked up at call time, so a test may wrap _increment.
+        self._batcher: Batcher[list[tuple[str, int]], Counts] = Batcher(
+            lambda batch: self._count(batch),
+            max_size=BATCH_MAX,
+            closing_error="rate limiter closing",
+        )
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,13 +96,7 @@ class RateLimiter:
         write lock), each seeing the count it would have seen one at a time.
         """
         window = int(now // window_s)
-        future: asyncio.Future[dict[tuple[str, int], int]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending.append(([(key, window) for key, _ in checks], future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        counts = await asyncio.shield(future)
+        counts = await self._batcher.submit([(key, window) for key, _ in checks])
         if random.random() < 0.001:  # now and then, forget old windows
             async with self._writing():
                 await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
@@ -104,37 +104,20 @@ class RateLimiter:
             return (window + 1) * window_s - now
         return None
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
-                try:
-                    totals = await self._increment(batch)
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                # Backwards through the batch: a request's count is the total minus the
-                # hits that came after it.
-                running = dict(totals)
-                for keys, future in reversed(batch):
-                    mine = {k: running[k] for k in keys}
-                    for k in keys:
-                        running[k] -= 1
-                    if not future.done():
-                        future.set_result(mine)
-        except BaseException:
-            pending, self._pending = self._pending, []
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(RuntimeError("rate limiter closing"))
-            raise
+    async def _count(self, batch: list[list[tuple[str, int]]]) -> list[Outcome[Counts]]:
+        totals = await self._increment(batch)
+        # Backwards through the batch: a request's count is the total minus the hits
+        # that came after it.
+        outcomes: list[Outcome[Counts]] = []
+        for keys in reversed(batch):
+            outcomes.append(({k: totals[k] for k in keys}, None))
+            for k in keys:
+                totals[k] -= 1
+        outcomes.reverse()
+        return outcomes
 
-    async def _increment(
-        self, batch: list[tuple[list[tuple[str, int]], asyncio.Future[Any]]]
-    ) -> dict[tuple[str, int], int]:
-        increments = Counter(k for keys, _ in batch for k in keys)
+    async def _increment(self, batch: list[list[tuple[str, int]]]) -> Counts:
+        increments = Counter(k for keys in batch for k in keys)
         values = ", ".join("(?, ?, ?)" for _ in increments)
         params = [p for (key, window), n in increments.items() for p in (key, window, n)]
         async with self._writing():

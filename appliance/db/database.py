@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
 
 T = TypeVar("T")
@@ -61,8 +62,9 @@ class Database:
         self._reader = reader
         self._write_lock = asyncio.Lock()
         self._file_lock = file_lock
-        self._batch: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._batcher: Batcher[Work, Any] = Batcher(
+            self._write_batch, max_size=BATCH_MAX, closing_error="database closing; write not done"
+        )
 
     @classmethod
     async def open(
@@ -115,47 +117,15 @@ class Database:
         short and do no I/O but SQL on ``conn``. A caller cancelled while waiting does
         not undo its work: it may still commit, like a request whose answer was lost.
         """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._batch.append((work, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_batches())
-        return await asyncio.shield(future)
+        return await self._batcher.submit(work)  # type: ignore[no-any-return]
 
-    async def _flush_batches(self) -> None:
-        try:
-            await self._flush_loop()
-        except BaseException:
-            # Cancelled (shutdown): callers still queued must not wait forever.
-            pending, self._batch = self._batch, []
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(RuntimeError("database closing; write not done"))
-            raise
+    @property
+    def _flusher(self) -> asyncio.Task[None] | None:
+        return self._batcher.task
 
-    async def _flush_loop(self) -> None:
-        while self._batch:
-            batch, self._batch = self._batch[:BATCH_MAX], self._batch[BATCH_MAX:]
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            try:
-                async with self.write() as conn:
-                    for work, future in batch:
-                        outcomes.append((future, *await self._run_in_savepoint(conn, work)))
-            except BaseException as exc:  # the transaction itself failed: nothing committed
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(
-                            exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
-                        )
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for future, result, error in outcomes:
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
+    async def _write_batch(self, batch: list[Work]) -> list[Outcome[Any]]:
+        async with self.write() as conn:
+            return [await self._run_in_savepoint(conn, work) for work in batch]
 
     @staticmethod
     async def _run_in_savepoint(

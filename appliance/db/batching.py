@@ -1,0 +1,70 @@
+"""Group commit's waiting room: callers that arrive while one batch is being written
+wait together and are served by the next batch (Database.write_batched, the rate
+limiter). No timer: under light load a batch is one caller and nobody waits longer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+I = TypeVar("I")  # noqa: E741 - an item handed in
+R = TypeVar("R")
+
+# One outcome per item: (result, None) or (None, the exception for that caller).
+Outcome = tuple[R | None, Exception | None]
+
+
+class Batcher(Generic[I, R]):
+    def __init__(
+        self,
+        run: Callable[[list[I]], Awaitable[list[Outcome[R]]]],
+        *,
+        max_size: int,
+        closing_error: str,
+    ) -> None:
+        self._run = run
+        self._max_size = max_size
+        self._closing_error = closing_error
+        self._pending: list[tuple[I, asyncio.Future[R]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: I) -> R:
+        """``item``'s outcome once its batch ran; a cancelled caller's item still runs."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain())
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_size]
+                self._pending = self._pending[self._max_size :]
+                try:
+                    outcomes = await self._run([item for item, _ in batch])
+                    if len(outcomes) != len(batch):
+                        raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} items")
+                except BaseException as exc:  # the whole batch failed: every caller hears it
+                    error = exc if isinstance(exc, Exception) else RuntimeError(self._closing_error)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), (result, error) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)  # type: ignore[arg-type]
+        except BaseException:
+            # Cancelled (shutdown): callers still queued must not wait forever.
+            pending, self._pending = self._pending, []
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(RuntimeError(self._closing_error))
+            raise
