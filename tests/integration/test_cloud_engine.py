@@ -347,7 +347,11 @@ def test_verification_handshake(cloud_app: Appliance, admin: httpx.Client) -> No
         f"{cloud_app.base_url}/engines/cloud/nope/webhook",
         params={"hub.mode": "subscribe", "hub.verify_token": VERIFY, "hub.challenge": "1"},
     )
-    assert unknown.status_code == 404
+    # An unknown account answers exactly as a wrong token: existence is not revealed.
+    assert unknown.status_code == 403
+    assert {k: v for k, v in unknown.json().items() if k != "requestId"} == {
+        k: v for k, v in wrong.json().items() if k != "requestId"
+    }
 
 
 def _inbound(wamid: str, text: str) -> bytes:

@@ -1,0 +1,149 @@
+"""Security findings of the outside review, through the in-process HTTP app.
+
+The app is never served: its database is set by hand and callers use API keys
+created in that database; the worker is not running (pokes are lost, which the
+routes allow). Nothing here resolves a host name or opens a socket to another host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from quart import Quart
+
+from appliance.api.app import create_app
+from appliance.api.state import state_of
+from appliance.auth import store as auth_store
+from appliance.auth.permissions import Role
+from appliance.config import Paths, load_settings
+from appliance.crypto import DataCipher
+from appliance.db.database import Database
+from appliance.engines.cloud import CloudConfig, signature_for
+from appliance.engines.cloud import store_settings as cloud_store_settings
+from appliance.messaging import store
+from appliance.secrets import Secrets
+from tests.unit.conftest import OpenDb
+
+DATA_KEY = b"d" * 32
+CIPHER = DataCipher(DATA_KEY)
+CLOUD = {
+    "phone_number_id": "106540352242922",
+    "access_token": "EAAG-stored-access-token-0123456789",
+    "app_secret": "stored-app-secret-abcdef",
+    "verify_token": "verify-me",
+    "base_url": "https://graph.facebook.com",
+}
+
+
+def _app(etc_root: Path, env: str = "") -> Quart:
+    paths = Paths(etc_root)
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    paths.env_file.write_text(env, encoding="utf-8")
+    secrets = Secrets(
+        session_key=b"s" * 32, metrics_token="m" * 32, data_key=DATA_KEY, admin_password="pw"
+    )
+    return create_app(load_settings(paths, environ={}), secrets)
+
+
+async def _key(db: Database, role: Role) -> dict[str, str]:
+    async with db.write() as conn:
+        _, key, _ = await auth_store.create_api_key(
+            conn,
+            name=f"test-{role.value}-{time.monotonic_ns()}",
+            role=role,
+            all_accounts=True,
+            accounts=[],
+            created_by="test",
+            now=time.time(),
+        )
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _account(db: Database, account_id: str, engine: str = "sandbox") -> None:
+    settings = cloud_store_settings(CLOUD, CIPHER) if engine == "cloud" else {}
+    async with db.write() as conn:
+        await store.create_account(
+            conn,
+            account_id=account_id,
+            name=account_id,
+            engine=engine,
+            engine_settings=settings,
+            settings={},
+            now=time.time(),
+        )
+
+
+@asynccontextmanager
+async def _served(tmp_path: Path, db: Database, env: str = "") -> AsyncIterator[Quart]:
+    app = _app(tmp_path / "etc-root", env)
+    state_of(app).db = db
+    yield app
+
+
+def _run(open_db: OpenDb, db_path: Path, body: Callable[[Database], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await body(db)
+
+    asyncio.run(main())
+
+
+# -- 12: the public cloud webhook does not tell which accounts exist -------------------------
+
+
+def test_cloud_webhook_answers_alike_for_real_and_unknown_accounts(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _account(db, "real", engine="cloud")
+        await _account(db, "sandboxed")  # exists, but not a cloud account
+        async with _served(tmp_path, db) as app:
+            client = app.test_client()
+
+            async def shape(response: Any) -> tuple[int, dict[str, Any]]:
+                answer = await response.get_json()
+                assert answer is not None and "requestId" in answer, answer
+                return response.status_code, {k: v for k, v in answer.items() if k != "requestId"}
+
+            def verify(account: str, token: str = "wrong") -> Any:
+                return client.get(
+                    f"/engines/cloud/{account}/webhook",
+                    query_string={
+                        "hub.mode": "subscribe",
+                        "hub.verify_token": token,
+                        "hub.challenge": "123",
+                    },
+                )
+
+            def post(account: str, signature: str | None) -> Any:
+                headers = {"Content-Type": "application/json"}
+                if signature is not None:
+                    headers["X-Hub-Signature-256"] = signature
+                return client.post(
+                    f"/engines/cloud/{account}/webhook", data=b'{"object":"x"}', headers=headers
+                )
+
+            wrong_signature = signature_for("not-the-app-secret", b'{"object":"x"}')
+            for request in (
+                lambda a: verify(a),
+                lambda a: post(a, None),
+                lambda a: post(a, wrong_signature),
+                lambda a: post(a, "sha256=zz"),
+            ):
+                answers = [await shape(await request(a)) for a in ("real", "sandboxed", "nobody")]
+                assert answers[0][0] in (401, 403), answers
+                assert answers[1] == answers[0] and answers[2] == answers[0], answers
+            # The real account still works with the right credentials.
+            ok = await verify("real", token="verify-me")
+            assert ok.status_code == 200 and await ok.get_data() == b"123"
+            good = signature_for(CLOUD["app_secret"], b'{"object":"x"}')
+            accepted = await post("real", good)
+            assert accepted.status_code == 200, await accepted.get_data()
+
+    _run(open_db, db_path, body)
