@@ -1,8 +1,9 @@
 """The SSRF guard: outbound HTTP only to public addresses, or to networks the operator allows.
 
-Media fetched by URL and webhook deliveries go to addresses that callers choose, so
-the appliance must not become a way into its own network (the database's neighbours,
-the cloud metadata service, loopback admin ports). Three rules:
+Media fetched by URL, webhook deliveries and the cloud engine's Graph API calls go to
+addresses that callers choose, so the appliance must not become a way into its own
+network (the database's neighbours, the cloud metadata service, loopback admin
+ports). Three rules:
 
 - **Every resolved address is checked.** A host name that resolves to one public
   and one private address is refused: which one a later connection would use is not
@@ -14,7 +15,8 @@ the cloud metadata service, loopback admin ports). Three rules:
 - **Redirects are never followed.** A 3xx is an error naming the target; the caller
   decides whether to try that URL, which then goes through the same checks.
 
-``WEBHOOK_ALLOW_NETWORKS`` (``Settings.allowed_private_networks``) lists the
+``OUTBOUND_ALLOW_NETWORKS`` (old name ``WEBHOOK_ALLOW_NETWORKS``;
+``Settings.allowed_private_networks``) lists the
 non-public networks that may be reached nevertheless (an intranet CRM, a local test
 receiver). The cloud metadata addresses stay refused unless allowed as one exact
 address (``169.254.169.254/32``), so allowing a whole link-local range does not
@@ -53,7 +55,7 @@ _HOSTNAME = re.compile(
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
 )
 
-ALLOW_HINT = "list its network in WEBHOOK_ALLOW_NETWORKS to allow it"
+ALLOW_HINT = "list its network in OUTBOUND_ALLOW_NETWORKS to allow it"
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -147,3 +147,48 @@ def test_cloud_webhook_answers_alike_for_real_and_unknown_accounts(
             assert accepted.status_code == 200, await accepted.get_data()
 
     _run(open_db, db_path, body)
+
+
+# -- 11: a media link is checked when the send is accepted ----------------------------------
+
+
+def test_refused_media_link_answers_400_at_send_time(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _account(db, "acc")
+        manager = await _key(db, Role.MANAGER)
+
+        async def send(app: Quart, link: str, type_: str = "image") -> tuple[int, Any]:
+            response = await app.test_client().post(
+                "/api/accounts/acc/messages",
+                json={"to": "+905551110001", "type": type_, type_: {"link": link}},
+                headers=manager,
+            )
+            return response.status_code, await response.get_json()
+
+        async with _served(tmp_path / "strict", db) as app:
+            for link, type_ in (
+                ("http://169.254.169.254/latest/meta-data/", "image"),
+                ("http://10.0.0.1/x.png", "document"),
+                ("http://127.0.0.1:8080/x.png", "audio"),
+                ("http://[::1]/x.png", "video"),
+                ("http://user:pw@example.com/x.png", "image"),
+            ):
+                status, answer = await send(app, link, type_)
+                assert status == 400, (link, answer)
+                assert set(answer) >= {"error", "requestId", "issues"}, answer
+                assert [i["path"] for i in answer["issues"]] == [f"{type_}.link"], answer
+            queued = await db.scalar("SELECT count(*) FROM messages")
+            assert queued == 0  # nothing refused was stored
+            status, answer = await send(app, "https://93.184.215.14/x.png")  # public
+            assert status == 202, answer
+        # A network the operator allows is accepted; its metadata address still is not.
+        env = "OUTBOUND_ALLOW_NETWORKS=10.0.0.0/8\n"
+        async with _served(tmp_path / "allowing", db, env) as app:
+            status, answer = await send(app, "http://10.0.0.1/x.png")
+            assert status == 202, answer
+            status, answer = await send(app, "http://169.254.169.254/x")
+            assert status == 400, answer
+
+    _run(open_db, db_path, body)
