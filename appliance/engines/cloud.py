@@ -65,6 +65,8 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 MASK = "****"
 TOKEN_CONTEXT = b"cloud:access_token"
 SECRET_CONTEXT = b"cloud:app_secret"
+SECRET_FIELDS = ("access_token", "app_secret")
+DEFAULT_BASE_URL = "https://graph.facebook.com"
 INBOX_BATCH = 100
 INBOX_POLL_S = 0.25
 HTTP_TIMEOUT_S = 20.0
@@ -95,7 +97,13 @@ class CloudSettings(Strict):
     app_secret: str | None = Field(default=None, min_length=1, max_length=512)
     verify_token: str = Field(min_length=1, max_length=512)
     api_version: str = Field(default="v21.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,3}$")
-    base_url: str = Field(default="https://graph.facebook.com", max_length=2048)
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        max_length=2048,
+        description="Graph API root. Changing it needs the admin role and access_token and "
+        "app_secret entered again in the same request; reached through the SSRF guard "
+        "(OUTBOUND_ALLOW_NETWORKS)",
+    )
     download_media: bool | None = Field(
         default=None, description="Override the account's download_media setting"
     )
@@ -117,6 +125,31 @@ class CloudSettings(Strict):
             if (value is None or value.startswith(MASK)) and getattr(self, f"{name}_enc") is None:
                 raise ValueError(f"{name} is required")
         return self
+
+
+def base_url_change(
+    stored: dict[str, Any], given: dict[str, Any]
+) -> tuple[dict[str, Any], list[str] | None]:
+    """Settings given to PATCH, checked for a move of ``base_url``.
+
+    The access token goes to ``base_url`` with every request, so the stored secrets
+    never follow the account to another URL: a new ``base_url`` needs both secrets
+    entered again (the caller also needs the admin role). Answers the settings to
+    validate (``base_url`` kept when left out) and None when ``base_url`` does not
+    change, else the secret fields not re-entered (missing, empty or masked).
+    """
+    current = str(stored.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+    if "base_url" not in given:
+        return {**given, "base_url": current}, None
+    wanted = given["base_url"]
+    if isinstance(wanted, str) and wanted.rstrip("/") == current:
+        return given, None
+    missing = [
+        name
+        for name in SECRET_FIELDS
+        if not isinstance(given.get(name), str) or not given[name] or given[name].startswith(MASK)
+    ]
+    return given, missing
 
 
 def mask(value: str) -> str:
@@ -172,7 +205,7 @@ class CloudConfig:
             app_secret=_decrypt(cipher, stored["app_secret_enc"], SECRET_CONTEXT),
             verify_token=str(stored["verify_token"]),
             api_version=str(stored.get("api_version") or "v21.0"),
-            base_url=str(stored.get("base_url") or "https://graph.facebook.com").rstrip("/"),
+            base_url=str(stored.get("base_url") or DEFAULT_BASE_URL).rstrip("/"),
             download_media=stored.get("download_media"),
         )
 

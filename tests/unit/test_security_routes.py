@@ -192,3 +192,90 @@ def test_refused_media_link_answers_400_at_send_time(
             assert status == 400, answer
 
     _run(open_db, db_path, body)
+
+
+# -- 1: only an admin moves a cloud account's base_url, and only with its secrets -----------
+
+
+def test_changing_cloud_base_url_needs_admin_and_the_secrets_again(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _account(db, "cl", engine="cloud")
+        manager = await _key(db, Role.MANAGER)
+        admin = await _key(db, Role.ADMIN)
+
+        async def stored() -> dict[str, Any]:
+            row = await store.account_row(db, "cl")
+            return orjson.loads(row["engine_settings"])  # type: ignore[no-any-return]
+
+        async with _served(tmp_path, db) as app:
+            client = app.test_client()
+
+            async def patch(headers: dict[str, str], **settings: Any) -> tuple[int, Any]:
+                response = await client.patch(
+                    "/api/accounts/cl", json={"engine_settings": settings}, headers=headers
+                )
+                return response.status_code, await response.get_json()
+
+            shown = (await (await client.get("/api/accounts/cl", headers=admin)).get_json())[
+                "engine_settings"
+            ]
+            assert shown["access_token"].startswith("****")
+            before = await stored()
+            evil = "http://10.0.0.5:8080"
+            # A manager: refused, whether the masked secrets are sent back or not,
+            # and even with new secrets.
+            for extra in (
+                {},
+                {k: shown[k] for k in ("access_token", "app_secret")},
+                {"access_token": "EAAG-new-token-0123456789", "app_secret": "new-secret-1"},
+            ):
+                status, answer = await patch(manager, **{**shown, **extra, "base_url": evil})
+                assert status == 403, answer
+                assert set(answer) == {"error", "requestId"} and "admin" in answer["error"]
+            assert await stored() == before  # nothing changed
+            # An admin without re-entering the secrets (absent, or masked): 400 naming them.
+            for extra in ({}, {k: shown[k] for k in ("access_token", "app_secret")}):
+                settings = {k: v for k, v in shown.items() if k not in ("access_token", "app_secret")}
+                status, answer = await patch(admin, **{**settings, **extra, "base_url": evil})
+                assert status == 400, answer
+                paths = sorted(i["path"] for i in answer["issues"])
+                assert paths == ["engine_settings.access_token", "engine_settings.app_secret"]
+                assert "requestId" in answer and "error" in answer
+            # Only one of them re-entered: the other is named.
+            status, answer = await patch(
+                admin, **{**shown, "base_url": evil, "access_token": "EAAG-new-token-0123456789"}
+            )
+            assert status == 400 and [i["path"] for i in answer["issues"]] == [
+                "engine_settings.app_secret"
+            ], answer
+            assert await stored() == before
+            # With both: accepted, and the new secrets go with the new URL.
+            status, answer = await patch(
+                admin,
+                **{
+                    **shown,
+                    "base_url": evil + "/",
+                    "access_token": "EAAG-new-token-0123456789",
+                    "app_secret": "new-app-secret-1",
+                },
+            )
+            assert status == 200, answer
+            after = CloudConfig.load(await stored(), CIPHER)
+            assert after.base_url == evil and after.access_token == "EAAG-new-token-0123456789"
+            assert after.app_secret == "new-app-secret-1"
+            # Other changes by a manager keep working, with base_url unchanged or left out.
+            new_shown = (await (await client.get("/api/accounts/cl", headers=admin)).get_json())[
+                "engine_settings"
+            ]
+            status, answer = await patch(manager, **{**new_shown, "verify_token": "v2"})
+            assert status == 200, answer
+            left_out = {k: v for k, v in new_shown.items() if k != "base_url"}
+            status, answer = await patch(manager, **{**left_out, "verify_token": "v3"})
+            assert status == 200, answer
+            kept = CloudConfig.load(await stored(), CIPHER)
+            assert kept.base_url == evil and kept.verify_token == "v3"
+            assert kept.access_token == "EAAG-new-token-0123456789"
+
+    _run(open_db, db_path, body)
