@@ -237,7 +237,9 @@ def test_changing_cloud_base_url_needs_admin_and_the_secrets_again(
             assert await stored() == before  # nothing changed
             # An admin without re-entering the secrets (absent, or masked): 400 naming them.
             for extra in ({}, {k: shown[k] for k in ("access_token", "app_secret")}):
-                settings = {k: v for k, v in shown.items() if k not in ("access_token", "app_secret")}
+                settings = {
+                    k: v for k, v in shown.items() if k not in ("access_token", "app_secret")
+                }
                 status, answer = await patch(admin, **{**settings, **extra, "base_url": evil})
                 assert status == 400, answer
                 paths = sorted(i["path"] for i in answer["issues"])
