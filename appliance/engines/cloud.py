@@ -38,7 +38,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ from appliance.engines.base import (
     SendError,
 )
 from appliance.messaging import store
+from appliance.net import ssrf
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +420,8 @@ class CloudEngine(Engine):
         events_written: Callable[[], Awaitable[None]] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         media_max_bytes: int = 16 * 1024 * 1024,
+        allowed_networks: Iterable[ssrf.IPNetwork] = (),
+        resolver: ssrf.Resolver | None = None,
     ) -> None:
         super().__init__(account_id, settings, engine_state, host)
         self.db = db
@@ -427,7 +430,11 @@ class CloudEngine(Engine):
         self.media_max_bytes = media_max_bytes
         self._open_media = open_media
         self._events_written = events_written
+        # Every request (Graph API, media lookups and downloads) goes through the SSRF
+        # guard: base_url and media URLs must reach public addresses, or networks in
+        # OUTBOUND_ALLOW_NETWORKS. ``transport`` replaces the network in tests only.
         self._transport = transport
+        self._guard = ssrf.GuardedTransport(allowed_networks, resolver=resolver, inner=transport)
         self._client: httpx.AsyncClient | None = None
         self._closed = asyncio.Event()
         self._close_reason = "closed"
@@ -444,7 +451,7 @@ class CloudEngine(Engine):
                 trust_env=False,
                 follow_redirects=False,
                 timeout=HTTP_TIMEOUT_S,
-                transport=self._transport,
+                transport=self._guard,
             )
         return self._client
 
@@ -461,6 +468,8 @@ class CloudEngine(Engine):
                 params={"fields": "display_phone_number,verified_name"},
                 headers=self._auth(),
             )
+        except ssrf.RefusedUrl as exc:
+            raise ConnectionError(f"Graph API address refused ({exc.message})") from None
         except httpx.HTTPError as exc:
             raise ConnectionError(f"Graph API unreachable: {type(exc).__name__}") from None
         body = _json_or_none(response)
@@ -518,6 +527,8 @@ class CloudEngine(Engine):
                 content=orjson.dumps(payload),
                 headers={**self._auth(), "Content-Type": "application/json"},
             )
+        except ssrf.RefusedUrl as exc:
+            raise SendError(f"Graph API address refused ({exc.message})", permanent=True) from None
         except httpx.TimeoutException:
             raise SendError("Graph API timed out", permanent=False) from None
         except httpx.HTTPError as exc:
@@ -545,7 +556,7 @@ class CloudEngine(Engine):
 
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         for message_id in message_ids:
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ssrf.RefusedUrl):
                 await self._http().post(
                     self.config.url(self.config.phone_number_id, "messages"),
                     json={
@@ -564,7 +575,11 @@ class CloudEngine(Engine):
         self._closed.set()
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            await client.aclose()  # closes the guard's connection pools too
+            guard = self._guard
+            self._guard = ssrf.GuardedTransport(
+                guard.allowed_networks, resolver=guard.resolver, inner=self._transport
+            )
 
     # -- sending -------------------------------------------------------------------------
 
@@ -636,6 +651,8 @@ class CloudEngine(Engine):
                 files={"file": (record.download_name, data, record.content_type)},
                 headers=self._auth(),
             )
+        except ssrf.RefusedUrl as exc:
+            raise SendError(f"Graph API address refused ({exc.message})", permanent=True) from None
         except httpx.HTTPError as exc:
             raise SendError(f"media upload failed: {type(exc).__name__}", permanent=False) from None
         body = _json_or_none(response)
@@ -794,11 +811,14 @@ class CloudEngine(Engine):
         """
         http = self._http()
         limit = self.media_max_bytes
-        response = await http.get(
-            self.config.url(media_id),
-            params={"phone_number_id": self.config.phone_number_id},
-            headers=self._auth(),
-        )
+        try:
+            response = await http.get(
+                self.config.url(media_id),
+                params={"phone_number_id": self.config.phone_number_id},
+                headers=self._auth(),
+            )
+        except ssrf.RefusedUrl as exc:
+            raise MediaDownloadError(f"media lookup refused: {exc.message}") from None
         meta = _json_or_none(response)
         if response.status_code != 200 or not isinstance(meta, dict):
             detail = send_error_for(response.status_code, meta).reason
@@ -811,6 +831,19 @@ class CloudEngine(Engine):
             raise MediaDownloadError(_too_large(size, limit))
         if not self._media_url_allowed(url):
             raise MediaDownloadError("media URL refused: not https and not on the base_url's host")
+        try:
+            return await self._download_bytes(http, url, meta, part, limit)
+        except ssrf.RefusedUrl as exc:
+            raise MediaDownloadError(f"media URL refused: {exc.message}") from None
+
+    async def _download_bytes(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        meta: dict[str, Any],
+        part: dict[str, Any],
+        limit: int,
+    ) -> tuple[str, bytes]:
         chunks: list[bytes] = []
         total = 0
         headers = {**self._auth(), "Accept-Encoding": "identity"}
