@@ -281,3 +281,89 @@ def test_changing_cloud_base_url_needs_admin_and_the_secrets_again(
             assert kept.access_token == "EAAG-new-token-0123456789"
 
     _run(open_db, db_path, body)
+
+
+# -- 7: webhook custom header values are stored encrypted and shown masked ------------------
+
+HOOK_URL = "http://127.0.0.1:9/hook"  # allowlisted below; nothing is delivered here
+
+
+def test_webhook_header_values_are_encrypted_and_masked(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    from appliance.webhooks import store as hooks
+
+    token, other = "hdr-token-value-5f2c9e", "second-value-81aa"
+
+    async def body(db: Database) -> None:
+        admin = await _key(db, Role.ADMIN)
+        env = "OUTBOUND_ALLOW_NETWORKS=127.0.0.1/32\n"
+        async with _served(tmp_path, db, env) as app:
+            client = app.test_client()
+
+            async def call(method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+                response = await getattr(client, method)(path, headers=admin, **kwargs)
+                return response.status_code, await response.get_json()
+
+            status, created = await call(
+                "post", "/api/webhooks", json={"url": HOOK_URL, "headers": {"X-Api-Token": token}}
+            )
+            assert status == 201, created
+            endpoint_id = created["id"]
+            assert created["headers"] == {"X-Api-Token": hooks.HEADER_MASK}
+            status, shown = await call("get", f"/api/webhooks/{endpoint_id}")
+            assert status == 200 and shown["headers"] == {"X-Api-Token": hooks.HEADER_MASK}
+            status, listed = await call("get", "/api/webhooks")
+            assert [e["headers"] for e in listed["items"]] == [{"X-Api-Token": hooks.HEADER_MASK}]
+            for answer in (created, shown, listed):
+                assert token not in orjson.dumps(answer).decode()
+
+            async def row() -> str:
+                found = await db.fetchone(
+                    "SELECT headers FROM webhook_endpoints WHERE id = ?", (endpoint_id,)
+                )
+                return str(found["headers"])
+
+            assert token not in await row() and "X-Api-Token" in await row()
+            endpoint = await hooks.get_endpoint(db, endpoint_id)
+            assert endpoint.header_values(CIPHER) == {"X-Api-Token": token}
+
+            # PATCH: the mask sent back keeps the stored value; a new value replaces it.
+            status, patched = await call(
+                "patch",
+                f"/api/webhooks/{endpoint_id}",
+                json={"headers": {"X-Api-Token": hooks.HEADER_MASK, "X-Other": other}},
+            )
+            assert status == 200, patched
+            assert patched["headers"] == {
+                "X-Api-Token": hooks.HEADER_MASK,
+                "X-Other": hooks.HEADER_MASK,
+            }
+            stored = await row()
+            assert token not in stored and other not in stored
+            endpoint = await hooks.get_endpoint(db, endpoint_id)
+            assert endpoint.header_values(CIPHER) == {"X-Api-Token": token, "X-Other": other}
+            # The mask for a header that has no stored value: 400 naming it.
+            status, refused = await call(
+                "patch",
+                f"/api/webhooks/{endpoint_id}",
+                json={"headers": {"X-New": hooks.HEADER_MASK}},
+            )
+            assert status == 400, refused
+            assert [i["path"] for i in refused["issues"]] == ["headers.X-New"]
+            status, refused = await call(
+                "post", "/api/webhooks", json={"url": HOOK_URL, "headers": {"X-A": "****"}}
+            )
+            assert status == 400 and [i["path"] for i in refused["issues"]] == ["headers.X-A"]
+            # Leaving headers out keeps them; an empty object removes them.
+            status, _ = await call(
+                "patch", f"/api/webhooks/{endpoint_id}", json={"description": "d"}
+            )
+            endpoint = await hooks.get_endpoint(db, endpoint_id)
+            assert status == 200 and len(endpoint.header_values(CIPHER)) == 2
+            status, cleared = await call(
+                "patch", f"/api/webhooks/{endpoint_id}", json={"headers": {}}
+            )
+            assert status == 200 and cleared["headers"] == {}
+
+    _run(open_db, db_path, body)
