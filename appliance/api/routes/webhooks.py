@@ -295,7 +295,7 @@ async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
 
     Deliveries are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
     `webhook-signature`); the URL must reach a public address unless its network is in
-    WEBHOOK_ALLOW_NETWORKS.
+    OUTBOUND_ALLOW_NETWORKS.
     """
     await _check_url(data.url)
     _headers_to_store(data.headers, {})
