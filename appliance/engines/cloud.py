@@ -469,7 +469,7 @@ class CloudEngine(Engine):
                 headers=self._auth(),
             )
         except ssrf.RefusedUrl as exc:
-            raise ConnectionError(f"Graph API address refused ({exc.message})") from None
+            raise ConnectionError(f"Graph API address refused: {_refusal(exc)}") from None
         except httpx.HTTPError as exc:
             raise ConnectionError(f"Graph API unreachable: {type(exc).__name__}") from None
         body = _json_or_none(response)
@@ -528,7 +528,7 @@ class CloudEngine(Engine):
                 headers={**self._auth(), "Content-Type": "application/json"},
             )
         except ssrf.RefusedUrl as exc:
-            raise SendError(f"Graph API address refused ({exc.message})", permanent=True) from None
+            raise SendError(f"Graph API address refused: {_refusal(exc)}", permanent=True) from None
         except httpx.TimeoutException:
             raise SendError("Graph API timed out", permanent=False) from None
         except httpx.HTTPError as exc:
@@ -652,7 +652,7 @@ class CloudEngine(Engine):
                 headers=self._auth(),
             )
         except ssrf.RefusedUrl as exc:
-            raise SendError(f"Graph API address refused ({exc.message})", permanent=True) from None
+            raise SendError(f"Graph API address refused: {_refusal(exc)}", permanent=True) from None
         except httpx.HTTPError as exc:
             raise SendError(f"media upload failed: {type(exc).__name__}", permanent=False) from None
         body = _json_or_none(response)
@@ -818,7 +818,7 @@ class CloudEngine(Engine):
                 headers=self._auth(),
             )
         except ssrf.RefusedUrl as exc:
-            raise MediaDownloadError(f"media lookup refused: {exc.message}") from None
+            raise MediaDownloadError(f"media lookup refused: {_refusal(exc)}") from None
         meta = _json_or_none(response)
         if response.status_code != 200 or not isinstance(meta, dict):
             detail = send_error_for(response.status_code, meta).reason
@@ -834,7 +834,7 @@ class CloudEngine(Engine):
         try:
             return await self._download_bytes(http, url, meta, part, limit)
         except ssrf.RefusedUrl as exc:
-            raise MediaDownloadError(f"media URL refused: {exc.message}") from None
+            raise MediaDownloadError(f"media URL refused: {_refusal(exc)}") from None
 
     async def _download_bytes(
         self,
@@ -939,6 +939,11 @@ def _media_id(message: InboundMessage) -> str | None:
     part = message.content.get(message.type)
     media_id = part.get("id") if isinstance(part, dict) else None
     return str(media_id) if media_id else None
+
+
+def _refusal(exc: ssrf.RefusedUrl) -> str:
+    """Why the SSRF guard refused a URL, for a reason text (never the URL itself)."""
+    return exc.message.removeprefix("refused: ")
 
 
 def _int_or_none(value: Any) -> int | None:
