@@ -38,7 +38,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ from appliance.engines.base import (
     SendError,
 )
 from appliance.messaging import store
+from appliance.net import ssrf
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 MASK = "****"
 TOKEN_CONTEXT = b"cloud:access_token"
 SECRET_CONTEXT = b"cloud:app_secret"
+SECRET_FIELDS = ("access_token", "app_secret")
+DEFAULT_BASE_URL = "https://graph.facebook.com"
 INBOX_BATCH = 100
 INBOX_POLL_S = 0.25
 HTTP_TIMEOUT_S = 20.0
@@ -95,7 +98,13 @@ class CloudSettings(Strict):
     app_secret: str | None = Field(default=None, min_length=1, max_length=512)
     verify_token: str = Field(min_length=1, max_length=512)
     api_version: str = Field(default="v21.0", pattern=r"^v[0-9]{1,3}\.[0-9]{1,3}$")
-    base_url: str = Field(default="https://graph.facebook.com", max_length=2048)
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        max_length=2048,
+        description="Graph API root. Changing it needs the admin role and access_token and "
+        "app_secret entered again in the same request; reached through the SSRF guard "
+        "(OUTBOUND_ALLOW_NETWORKS)",
+    )
     download_media: bool | None = Field(
         default=None, description="Override the account's download_media setting"
     )
@@ -117,6 +126,31 @@ class CloudSettings(Strict):
             if (value is None or value.startswith(MASK)) and getattr(self, f"{name}_enc") is None:
                 raise ValueError(f"{name} is required")
         return self
+
+
+def base_url_change(
+    stored: dict[str, Any], given: dict[str, Any]
+) -> tuple[dict[str, Any], list[str] | None]:
+    """Settings given to PATCH, checked for a move of ``base_url``.
+
+    The access token goes to ``base_url`` with every request, so the stored secrets
+    never follow the account to another URL: a new ``base_url`` needs both secrets
+    entered again (the caller also needs the admin role). Answers the settings to
+    validate (``base_url`` kept when left out) and None when ``base_url`` does not
+    change, else the secret fields not re-entered (missing, empty or masked).
+    """
+    current = str(stored.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+    if "base_url" not in given:
+        return {**given, "base_url": current}, None
+    wanted = given["base_url"]
+    if isinstance(wanted, str) and wanted.rstrip("/") == current:
+        return given, None
+    missing = [
+        name
+        for name in SECRET_FIELDS
+        if not isinstance(given.get(name), str) or not given[name] or given[name].startswith(MASK)
+    ]
+    return given, missing
 
 
 def mask(value: str) -> str:
@@ -172,7 +206,7 @@ class CloudConfig:
             app_secret=_decrypt(cipher, stored["app_secret_enc"], SECRET_CONTEXT),
             verify_token=str(stored["verify_token"]),
             api_version=str(stored.get("api_version") or "v21.0"),
-            base_url=str(stored.get("base_url") or "https://graph.facebook.com").rstrip("/"),
+            base_url=str(stored.get("base_url") or DEFAULT_BASE_URL).rstrip("/"),
             download_media=stored.get("download_media"),
         )
 
@@ -386,6 +420,8 @@ class CloudEngine(Engine):
         events_written: Callable[[], Awaitable[None]] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         media_max_bytes: int = 16 * 1024 * 1024,
+        allowed_networks: Iterable[ssrf.IPNetwork] = (),
+        resolver: ssrf.Resolver | None = None,
     ) -> None:
         super().__init__(account_id, settings, engine_state, host)
         self.db = db
@@ -394,7 +430,11 @@ class CloudEngine(Engine):
         self.media_max_bytes = media_max_bytes
         self._open_media = open_media
         self._events_written = events_written
+        # Every request (Graph API, media lookups and downloads) goes through the SSRF
+        # guard: base_url and media URLs must reach public addresses, or networks in
+        # OUTBOUND_ALLOW_NETWORKS. ``transport`` replaces the network in tests only.
         self._transport = transport
+        self._guard = ssrf.GuardedTransport(allowed_networks, resolver=resolver, inner=transport)
         self._client: httpx.AsyncClient | None = None
         self._closed = asyncio.Event()
         self._close_reason = "closed"
@@ -411,7 +451,7 @@ class CloudEngine(Engine):
                 trust_env=False,
                 follow_redirects=False,
                 timeout=HTTP_TIMEOUT_S,
-                transport=self._transport,
+                transport=self._guard,
             )
         return self._client
 
@@ -428,6 +468,8 @@ class CloudEngine(Engine):
                 params={"fields": "display_phone_number,verified_name"},
                 headers=self._auth(),
             )
+        except ssrf.RefusedUrl as exc:
+            raise ConnectionError(f"Graph API address refused: {_refusal(exc)}") from None
         except httpx.HTTPError as exc:
             raise ConnectionError(f"Graph API unreachable: {type(exc).__name__}") from None
         body = _json_or_none(response)
@@ -485,6 +527,8 @@ class CloudEngine(Engine):
                 content=orjson.dumps(payload),
                 headers={**self._auth(), "Content-Type": "application/json"},
             )
+        except ssrf.RefusedUrl as exc:
+            raise SendError(f"Graph API address refused: {_refusal(exc)}", permanent=True) from None
         except httpx.TimeoutException:
             raise SendError("Graph API timed out", permanent=False) from None
         except httpx.HTTPError as exc:
@@ -512,7 +556,7 @@ class CloudEngine(Engine):
 
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         for message_id in message_ids:
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ssrf.RefusedUrl):
                 await self._http().post(
                     self.config.url(self.config.phone_number_id, "messages"),
                     json={
@@ -531,7 +575,11 @@ class CloudEngine(Engine):
         self._closed.set()
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            await client.aclose()  # closes the guard's connection pools too
+            guard = self._guard
+            self._guard = ssrf.GuardedTransport(
+                guard.allowed_networks, resolver=guard.resolver, inner=self._transport
+            )
 
     # -- sending -------------------------------------------------------------------------
 
@@ -603,6 +651,8 @@ class CloudEngine(Engine):
                 files={"file": (record.download_name, data, record.content_type)},
                 headers=self._auth(),
             )
+        except ssrf.RefusedUrl as exc:
+            raise SendError(f"Graph API address refused: {_refusal(exc)}", permanent=True) from None
         except httpx.HTTPError as exc:
             raise SendError(f"media upload failed: {type(exc).__name__}", permanent=False) from None
         body = _json_or_none(response)
@@ -761,11 +811,14 @@ class CloudEngine(Engine):
         """
         http = self._http()
         limit = self.media_max_bytes
-        response = await http.get(
-            self.config.url(media_id),
-            params={"phone_number_id": self.config.phone_number_id},
-            headers=self._auth(),
-        )
+        try:
+            response = await http.get(
+                self.config.url(media_id),
+                params={"phone_number_id": self.config.phone_number_id},
+                headers=self._auth(),
+            )
+        except ssrf.RefusedUrl as exc:
+            raise MediaDownloadError(f"media lookup refused: {_refusal(exc)}") from None
         meta = _json_or_none(response)
         if response.status_code != 200 or not isinstance(meta, dict):
             detail = send_error_for(response.status_code, meta).reason
@@ -778,6 +831,19 @@ class CloudEngine(Engine):
             raise MediaDownloadError(_too_large(size, limit))
         if not self._media_url_allowed(url):
             raise MediaDownloadError("media URL refused: not https and not on the base_url's host")
+        try:
+            return await self._download_bytes(http, url, meta, part, limit)
+        except ssrf.RefusedUrl as exc:
+            raise MediaDownloadError(f"media URL refused: {_refusal(exc)}") from None
+
+    async def _download_bytes(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        meta: dict[str, Any],
+        part: dict[str, Any],
+        limit: int,
+    ) -> tuple[str, bytes]:
         chunks: list[bytes] = []
         total = 0
         headers = {**self._auth(), "Accept-Encoding": "identity"}
@@ -873,6 +939,11 @@ def _media_id(message: InboundMessage) -> str | None:
     part = message.content.get(message.type)
     media_id = part.get("id") if isinstance(part, dict) else None
     return str(media_id) if media_id else None
+
+
+def _refusal(exc: ssrf.RefusedUrl) -> str:
+    """Why the SSRF guard refused a URL, for a reason text (never the URL itself)."""
+    return exc.message.removeprefix("refused: ")
 
 
 def _int_or_none(value: Any) -> int | None:

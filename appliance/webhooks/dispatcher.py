@@ -164,6 +164,7 @@ class Dispatcher:
         self._stopping = False
         self._events: OrderedDict[int, Any] = OrderedDict()
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
+        self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -349,7 +350,8 @@ class Dispatcher:
         now = self.clock()
         msg_id = str(event["id"])
         timestamp = int(now)
-        headers = {k: v for k, v in endpoint.headers.items() if k.lower() not in RESERVED_HEADERS}
+        custom = endpoint.header_values(self.cipher, cache=self._header_values)
+        headers = {k: v for k, v in custom.items() if k.lower() not in RESERVED_HEADERS}
         headers.update(
             {
                 "Content-Type": "application/json",

@@ -87,6 +87,7 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
             open_media=media,
             events_written=service.events_written,
             media_max_bytes=service.settings.media_max_bytes,
+            allowed_networks=service.settings.allowed_private_networks,
         )
     raise ValueError(f"engine {row['engine']!r} is not available in this version")
 

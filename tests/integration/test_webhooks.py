@@ -353,6 +353,12 @@ def test_deliveries_are_signed_and_carry_the_envelope_and_headers(
     listed = admin.get("/api/webhooks").json()["items"]
     assert created["id"] in [e["id"] for e in listed]
     assert created["secret"] not in json.dumps(listed)
+    # Custom header values are secrets too: stored encrypted, shown masked everywhere.
+    masked = {"X-Custom-Token": "****", "Authorization": "****"}
+    assert created["headers"] == shown["headers"] == masked
+    assert next(e for e in listed if e["id"] == created["id"])["headers"] == masked
+    row = _query(hooks, "SELECT headers FROM webhook_endpoints WHERE id = ?", created["id"])[0]
+    assert "abc123" not in row["headers"] and "Bearer xyz" not in row["headers"]
 
     sent = {_inject(admin, account, _uid("HDR"), f"hello {n} ✓") for n in range(3)}
     _wait(lambda: _message_ids(receiver.snapshot()) >= sent, 20, "three deliveries")
