@@ -559,6 +559,51 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
     run(main())
 
 
+def test_an_id_map_file_of_an_earlier_version_is_imported_when_the_engine_starts(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_web_idmap import legacy_file
+
+    async def main() -> None:
+        session = tmp_path / "sessions" / "acc1"
+        legacy_file(session, [("3EB0APP1", "3EB0WA0001", ALICE, 1, time.time())])
+        world, host = World(), Host()
+        engine = await connected(tmp_path, world, host)
+        assert not (session / "ids.db").exists() and (session / "ids.db.imported").is_file()
+        text = out("3EB0APP1", "text", {"type": "text", "text": {"body": "hi"}})
+        await engine.send(text)  # accepted before the upgrade: not sent again
+        assert world.sent == []
+        source = ev.MessageSource(Chat=jid(ALICE), Sender=jid(ALICE))
+        await world.client.emit(ev.Receipt(MessageSource=source, MessageIDs=["3EB0WA0001"], Type=4))
+        assert host.receipts == [("3EB0APP1", "read")]
+        await engine.close()
+
+    run(main())
+
+
+def test_our_id_is_stored_before_the_hand_over_and_whatsapps_id_when_accepted(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        world = World()
+        engine = await connected(tmp_path, world)
+        world.send_delay = 0.3
+        text = out("3EB0APP1", "text", {"type": "text", "text": {"body": "slow"}})
+        sending = asyncio.create_task(engine.send(text))
+        while not world.sent:  # WhatsApp has it, and has not answered yet
+            await asyncio.sleep(0.01)
+        row = await DATABASE["db"].fetchone(
+            "SELECT wa_id, attempts FROM web_ids WHERE account_id = 'acc1' AND message_id = ?",
+            ("3EB0APP1",),
+        )
+        assert tuple(row) == (None, 1)
+        await sending
+        assert await engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
+        await engine.close()
+
+    run(main())
+
+
 def test_a_retry_while_the_first_attempt_is_in_flight_sends_once(tmp_path: Path) -> None:
     async def main() -> None:
         world = World()
