@@ -368,6 +368,35 @@ def test_text_kinds_replies_and_group_senders() -> None:
     assert map_inbound(message_event(wrapped))[0].body == "poof"
 
 
+def test_naming_our_id_after_the_mapping_equals_naming_it_during() -> None:
+    """The engine maps first and looks WhatsApp's id up in the database afterwards."""
+    from appliance.engines.web.protobuf import replying_to
+
+    image = e2e.Message(
+        imageMessage=e2e.ImageMessage(
+            mimetype="image/png", contextInfo=e2e.ContextInfo(stanzaID="3EB0WA0001")
+        )
+    )
+    messages = [
+        e2e.Message(
+            extendedTextMessage=e2e.ExtendedTextMessage(
+                text="yes", contextInfo=e2e.ContextInfo(stanzaID="3EB0WA0001")
+            )
+        ),
+        e2e.Message(
+            reactionMessage=e2e.ReactionMessage(key=MessageKey(ID="3EB0WA0001"), text="👍")
+        ),
+        e2e.Message(protocolMessage=e2e.ProtocolMessage(type=0, key=MessageKey(ID="3EB0WA0001"))),
+        image,
+    ]
+    for msg in messages:
+        during, _ = map_inbound(message_event(msg), app_id_for=lambda i: "3EB0APP")
+        after = replying_to(map_inbound(message_event(msg))[0], "3EB0APP")
+        assert after == during and after.reply_to == "3EB0APP"
+    plain = map_inbound(message_event(e2e.Message(conversation="hi")))[0]
+    assert replying_to(plain, "3EB0APP") is plain
+
+
 def test_media_kinds_with_type_caption_and_mimetype() -> None:
     cases = {
         "image": e2e.Message(

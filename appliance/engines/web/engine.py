@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import shutil
 import time
@@ -55,6 +54,7 @@ from appliance.engines.web.protobuf import (
     reaction_message,
     receipt_status,
     reply_context,
+    replying_to,
     send_error,
     text_message,
     to_jid,
@@ -250,18 +250,9 @@ class WebEngine(Engine):
 
     async def _our_ids(self, inbound: InboundMessage) -> InboundMessage:
         """A reply, reaction or revoke naming WhatsApp's id of our message names ours."""
-        target = inbound.reply_to
-        if target is None:
+        if inbound.reply_to is None:
             return inbound
-        ours = await self._ids.app_id(target)
-        if ours == target:
-            return inbound
-        content = dict(inbound.content)
-        for key in ("context", "reaction", "revoke"):
-            part = content.get(key)
-            if isinstance(part, dict) and part.get("message_id") == target:
-                content[key] = {**part, "message_id": ours}
-        return dataclasses.replace(inbound, content=content, reply_to=ours)
+        return replying_to(inbound, await self._ids.app_id(inbound.reply_to))
 
     async def _commit(self, inbound: InboundMessage) -> None:
         """Hand the message to the host (returns after its commit). whatsmeow acknowledges

@@ -13,6 +13,7 @@ the engine package) imports without it; the enum values we need are copied below
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -193,6 +194,21 @@ def map_inbound(
         received_at=time.monotonic(),
     )
     return inbound, media
+
+
+def replying_to(inbound: InboundMessage, message_id: str) -> InboundMessage:
+    """``inbound`` naming ``message_id`` instead of the message it replies, reacts to or
+    revokes (``reply_to``): WhatsApp's id of our message becomes ours. ``map_inbound``
+    does the same with ``app_id_for`` when the lookup need not wait."""
+    target = inbound.reply_to
+    if target is None or message_id == target:
+        return inbound
+    content = dict(inbound.content)
+    for key in ("context", "reaction", "revoke"):
+        part = content.get(key)
+        if isinstance(part, dict) and part.get("message_id") == target:
+            content[key] = {**part, "message_id": message_id}
+    return dataclasses.replace(inbound, content=content, reply_to=message_id)
 
 
 def receipt_status(receipt_type: int) -> Literal["delivered", "read"] | None:
