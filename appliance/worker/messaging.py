@@ -63,6 +63,7 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
             engine_state,
             host,
             session_root=host.service.settings.data_dir / "sessions",
+            db=db,
             client_factory=_load_callable(factory_path) if factory_path else None,
         )
     if row["engine"] == "cloud":
