@@ -859,7 +859,7 @@ def test_graph_404_and_refused_urls(open_db: Any, db_path: Path, caplog: Any) ->
 
 
 def test_download_timeout(open_db: Any, db_path: Path, monkeypatch: Any) -> None:
-    import appliance.engines.cloud as cloud
+    import appliance.engines.cloud.inbox as cloud
 
     monkeypatch.setattr(cloud, "MEDIA_TIMEOUT_S", 0.2)
     graph = MediaGraph()
@@ -960,7 +960,7 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
                 media=("image/png", PNG),
                 received_at=7.0,
             )
-            translated = await engine._translate(message)
+            translated = await engine.inbox.translate(message)
             assert translated == dataclasses.replace(message, reply_to="msg_ours")
             assert translated.media == ("image/png", PNG) and translated.received_at == 7.0
             await engine.close()
