@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from quart import Quart
+from quart.testing.connections import WebsocketResponseError
 
 from appliance.api import access
 from appliance.api.app import create_app
@@ -502,5 +503,23 @@ def test_body_read_timeout_follows_the_setting(tmp_path: Path) -> None:
     async def body() -> None:
         async with serving(tmp_path, "REQUEST_BODY_TIMEOUT_S=7\n") as app:
             assert app.config["BODY_TIMEOUT"] == 7
+
+    asyncio.run(body())
+
+
+@pytest.mark.usefixtures("frozen_window")
+def test_websocket_handshakes_with_a_bad_key_are_counted_per_address(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving(tmp_path, "ANONYMOUS_RATE_LIMIT_PER_ADDR_PER_MIN=2\n") as app:
+            client = app.test_client()
+            statuses = []
+            for _ in range(3):
+                async with client.websocket(
+                    "/api/events/ws", headers={"Authorization": "Bearer apk_nope"}
+                ) as ws:
+                    with pytest.raises(WebsocketResponseError) as caught:
+                        await asyncio.wait_for(ws.receive(), 5)
+                statuses.append(caught.value.response.status_code)
+            assert statuses == [401, 401, 429]
 
     asyncio.run(body())
