@@ -53,39 +53,33 @@ def capped_issues(issues: list[dict[str, str]]) -> dict[str, Any]:
     return {"issues": issues[:MAX_ISSUES], "issuesTotal": len(issues)}
 
 
-def _depth_exceeds(raw: bytes, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``limit`` (one pass, no recursion)."""
-    depth, in_string, escaped = 0, False, False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """Whether parsed JSON nests containers deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((item, depth + 1) for item in value if isinstance(item, (dict, list)))
     return False
 
 
 def parse_json_body(raw: bytes) -> Any:
     """The body as JSON (strict UTF-8, no NaN, nested at most MAX_JSON_DEPTH), else a 400
     whose issue says the body is not valid JSON; logged at INFO, without a traceback."""
-    reason = None
-    if _depth_exceeds(raw, MAX_JSON_DEPTH):
-        reason = f"nested deeper than {MAX_JSON_DEPTH} levels"
+    try:
+        data = orjson.loads(raw)  # C, with its own nesting limit
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).split(":", 1)[0]  # the kind of error, not the input
     else:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            reason = str(exc).split(":", 1)[0]  # the kind of error, not the input
+        containers = raw.count(b"[") + raw.count(b"{")
+        if containers <= MAX_JSON_DEPTH or not _nested_deeper_than(data, MAX_JSON_DEPTH):
+            return data
+        reason = f"nested deeper than {MAX_JSON_DEPTH} levels"
     message = f"the body is not valid JSON ({reason})"
     log.info("refused a request body: %s", message)
     raise InvalidInput(
@@ -120,6 +114,7 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
             return await validated(*args, **kwargs)
 
         wrapper = document_response(ValidationErrorBody, 400)(wrapper)
+        wrapper = document_response(ErrorBody, 408)(wrapper)
         wrapper = document_response(ErrorBody, 413)(wrapper)
         wrapper = document_response(ErrorBody, 415)(wrapper)
         return wrapper  # type: ignore[return-value]

@@ -523,3 +523,26 @@ def test_websocket_handshakes_with_a_bad_key_are_counted_per_address(tmp_path: P
             assert statuses == [401, 401, 429]
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (b"[" * 64 + b"]" * 64, False),
+        (b"[" * 65 + b"]" * 65, True),
+        (b'{"a": ' * 65 + b"1" + b"}" * 65, True),
+        (b"[" * 5000 + b"]" * 5000, True),  # beyond the parser's own limit
+        (b'["' + b"[" * 500 + b'"]', False),  # brackets inside a string are text
+        (b"[" + b"[], " * 1000 + b"[]]", False),  # many containers, shallow
+    ],
+)
+def test_json_nesting_limit(raw: bytes, refused: bool) -> None:
+    from appliance.api.validation import parse_json_body
+    from appliance.errors import InvalidInput
+
+    if refused:
+        with pytest.raises(InvalidInput) as caught:
+            parse_json_body(raw)
+        assert caught.value.extra["issues"][0]["code"] == "json_invalid"
+    else:
+        parse_json_body(raw)
