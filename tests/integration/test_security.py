@@ -92,6 +92,27 @@ def test_a_body_that_stops_arriving_answers_408(sec: Appliance) -> None:
     assert received.startswith(b"HTTP/1.1 408"), received[:200]
 
 
+def test_headers_that_never_finish_do_not_hold_the_connection(sec: Appliance) -> None:
+    """Hypercorn's idle timer (keep_alive_timeout, 5 s) runs until a whole request head
+    has arrived: trickling header lines does not reset it."""
+    closed = False
+    with socket.create_connection(("127.0.0.1", sec.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sock.settimeout(1)
+        for i in range(60):  # a header line a second, for a minute at most
+            try:
+                sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                if sock.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset or broken pipe: closed too
+                closed = True
+                break
+    assert closed
+
+
 def test_a_deleted_admins_key_cannot_make_an_admin(sec: Appliance) -> None:
     sec.ctl("users", "create", "leaver", "--role", "admin")
     leaver_key = sec.ctl(
