@@ -26,7 +26,7 @@ from appliance.db.migrate import (
 
 MIGRATIONS_DIR = Path(migrate_mod.__file__).parent / "migrations"
 _CREATE_TABLE_RE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
-# A table rebuilt under a temporary name and renamed (e.g. 0008) exists under its new name.
+# A table rebuilt under a temporary name and renamed (e.g. 0010) exists under its new name.
 _RENAMED_RE = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+RENAME\s+TO\s+\w+", re.IGNORECASE)
 _CREATE_INDEX_RE = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I
