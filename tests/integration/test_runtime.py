@@ -53,7 +53,9 @@ def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
     assert all(mode == 0o600 for mode in modes.values()), modes
     assert appliance.secrets.stat().st_mode & 0o777 == 0o700
 
-    run_install(appliance.prefix, "--port", str(appliance.port))  # upgrade in place
+    # Upgrade in place. The same --port changes nothing, so no advice about changing it.
+    out = run_install(appliance.prefix, "--port", str(appliance.port)).stdout
+    assert "reload: rolling restart" in out and "to listen on" not in out, out
     appliance.wait_ready()
     _checkpoint(appliance.db_path)
     after = {p.name: _digest(p) for p in files}
