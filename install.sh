@@ -163,13 +163,39 @@ PYTHON=""
 # APPLIANCE_PYTHON, when set, is the only interpreter considered.
 candidates="python3.13 python3.12 python3.11 python3"
 [ -n "${APPLIANCE_PYTHON:-}" ] && candidates="$APPLIANCE_PYTHON"
+# A system install's venv is run by the service user: its interpreter and standard
+# library must be open to others (not, say, a pyenv build under root's 0700 home).
+open_to_others() {
+  "$1" - <<'PY' 2>/dev/null
+import os, stat, sys
+exe = os.path.realpath(sys.executable)
+for path in (exe, os.path.realpath(os.path.dirname(os.__file__))):
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            sys.exit(1)
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+print(exe)
+PY
+}
+CLOSED=""
 for candidate in $candidates; do
   [ -n "$candidate" ] || continue
-  if command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-    PYTHON="$(command -v "$candidate")"; break
-  fi
+  for found in $(type -ap "$candidate" 2>/dev/null); do
+    "$found" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || continue
+    if [ "$SYSTEM" -eq 0 ]; then
+      PYTHON="$found"; break 2
+    fi
+    if real="$(open_to_others "$found")" && [ -n "$real" ]; then
+      PYTHON="$real"; break 2
+    fi
+    CLOSED="$found"
+  done
 done
+if [ -z "$PYTHON" ] && [ -n "$CLOSED" ]; then
+  die "$CLOSED is Python 3.11+, but it lives where the $SERVICE_USER user cannot read it (the service runs the venv built on it). Install Debian's: apt-get install python3 python3-venv, or set APPLIANCE_PYTHON to an interpreter outside /root"
+fi
 [ -n "$PYTHON" ] || die "Python 3.11 or newer is required (found: $(${APPLIANCE_PYTHON:-python3} --version 2>&1 || echo none)). On Debian/Ubuntu: apt-get install python3 python3-venv"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "the Python venv module is missing. On Debian/Ubuntu: apt-get install python3-venv"
 
@@ -242,6 +268,12 @@ fi
 # Code is not secret: readable and executable by everyone (the service user runs it),
 # writable by the installing user only.
 umask 022
+# A venv an older install.sh built on an interpreter closed to the service user.
+if [ "$SYSTEM" -eq 1 ] && [ -f "$VENV/pyvenv.cfg" ] &&
+   ! grep -qxF "home = $(dirname "$PYTHON")" "$VENV/pyvenv.cfg"; then
+  say "rebuilding $VENV on $PYTHON"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
