@@ -31,6 +31,8 @@ from tests.integration.conftest import REPO, free_port, probing_healthz
 
 pytestmark = [
     pytest.mark.integration,
+    # Two venv builds (install, upgrade) and many starts and stops on a busy machine.
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(
         os.geteuid() != 0,
         reason="the system install (install.sh without --prefix) needs root; CI runs as root",

@@ -111,7 +111,7 @@ def test_reload_stops_and_starts_for_a_schema_change(installation: Paths) -> Non
 
 
 class _FakeSupervisor:
-    def getAllProcessInfo(self) -> list[dict[str, str]]:  # noqa: N802 (supervisord's name)
+    def getAllProcessInfo(self) -> list[dict[str, str]]:
         return [
             {"group": "worker", "name": "worker"},
             {"group": "api", "name": "api_00"},
