@@ -224,6 +224,15 @@ def cmd_supervisord(paths: Paths, settings: Settings, args: argparse.Namespace) 
     return 0  # not reached
 
 
+def _systemctl(action: str) -> bool:
+    """Ask systemd, which runs the unit; only root may."""
+    if subprocess.run(["systemctl", action, UNIT_NAME]).returncode == 0:
+        return True
+    who = "" if os.geteuid() == 0 else " (as root: sudo appliancectl ...)"
+    _fail(f"systemctl {action} {UNIT_NAME} failed{who}; see: journalctl -u {UNIT_NAME}")
+    return False
+
+
 def _running(settings: Settings) -> bool:
     return bool(supervisord_pid(settings.run_dir)) and is_responsive(settings.supervisor_socket)
 
@@ -268,7 +277,8 @@ def cmd_start(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
         if rc:
             return rc
     elif _systemd_managed(paths):
-        subprocess.run(["systemctl", "start", UNIT_NAME], check=True)
+        if not _systemctl("start"):
+            return 1
     elif _running(settings):
         proxy(settings.supervisor_socket).startAllProcesses(True)
     else:
@@ -292,8 +302,7 @@ def cmd_stop(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
     if args.names:
         return _each_process(settings, args.names, "stop")
     if _systemd_managed(paths):
-        subprocess.run(["systemctl", "stop", UNIT_NAME], check=True)
-        return 0
+        return 0 if _systemctl("stop") else 1
     pid = supervisord_pid(settings.run_dir)
     if pid is None:
         print("not running")
@@ -324,13 +333,43 @@ def _restart_one(sup: Any, name: str, out: Any) -> None:
     print(f"restarted {name}", file=out)
 
 
-def rolling_restart_api(settings: Settings, *, out: Any = sys.stdout) -> None:
-    """Restart API processes one at a time; the shared socket keeps accepting."""
+def _wait_serving(settings: Settings, pid: int, timeout_s: float) -> bool:
+    """Until API process ``pid`` itself answers /healthz on the shared socket.
+
+    supervisord calls a process RUNNING once it has lived ``startsecs``; on a busy
+    machine it may still be importing. Stopping the next one then would leave nobody
+    accepting: no connection is refused (supervisord keeps the socket), but they wait.
+    """
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
+    url = f"http://{host}:{settings.port}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # A fresh connection each time: the kernel hands it to any accepting process.
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if json.loads(resp.read()).get("pid") == pid:
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def rolling_restart_api(
+    settings: Settings, *, out: Any = sys.stdout, serve_timeout_s: float = 60.0
+) -> None:
+    """Restart API processes one at a time; the shared socket keeps accepting, and
+    the next one stops only once the restarted one answers."""
     sup = proxy(settings.supervisor_socket)
     infos = _process_infos(settings)
     names = sorted(f"{p['group']}:{p['name']}" for p in infos if p["group"] == "api")
     for name in names:
         _restart_one(sup, name, out)
+        pid = int(sup.getProcessInfo(name)["pid"])
+        if not _wait_serving(settings, pid, serve_timeout_s):
+            print(
+                f"warning: {name} (pid {pid}) not answering after {serve_timeout_s:.0f}s", file=out
+            )
 
 
 def rolling_restart(settings: Settings, *, out: Any = sys.stdout) -> None:
@@ -396,7 +435,8 @@ def cmd_reload(paths: Paths, settings: Settings, args: argparse.Namespace) -> in
     if plan == "rolling":
         rolling_restart(settings)
     elif _systemd_managed(paths):
-        subprocess.run(["systemctl", "restart", UNIT_NAME], check=True)
+        if not _systemctl("restart"):
+            return 1
     else:
         rc = cmd_stop(paths, settings, argparse.Namespace(names=[]))
         if rc:
