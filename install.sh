@@ -85,8 +85,9 @@ LOGS="$ROOT/var/log/appliance"
 RUN="$ROOT/run/appliance"
 CTL="$VENV/bin/appliancectl"
 UNIT_FILE="/etc/systemd/system/$UNIT"
-# Every directory install.sh created (parents included), one a line: --purge removes
-# those that are empty and nothing else.
+# Every directory install.sh created (parents included), one a line, and
+# "user:NAME" when it created the system user: --purge removes those (directories
+# only when empty) and nothing else.
 MADE_LIST="$ETC/.made-by-install"
 
 have_systemd() { [ "$SYSTEM" -eq 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
@@ -138,18 +139,22 @@ if [ "$ACTION" != "install" ]; then
   rm -rf "$OPT" "$RUN"
   if [ "$PURGE" -eq 1 ]; then
     made=()
-    if [ -f "$MADE_LIST" ]; then mapfile -t made < "$MADE_LIST"; fi
+    made_user=1  # an install.sh too old to keep the list always created the user
+    if [ -f "$MADE_LIST" ]; then
+      mapfile -t made < "$MADE_LIST"
+      grep -qxF "user:$SERVICE_USER" "$MADE_LIST" || made_user=0
+    fi
     rm -rf "$DATA" "$ETC" "$LOGS"
-    if [ "$SYSTEM" -eq 1 ] && id "$SERVICE_USER" >/dev/null 2>&1; then
+    if [ "$SYSTEM" -eq 1 ] && [ "$made_user" -eq 1 ] && id "$SERVICE_USER" >/dev/null 2>&1; then
       userdel "$SERVICE_USER" || die "could not remove the system user $SERVICE_USER (see userdel's message)"
       say "removed system user $SERVICE_USER"
     fi
-    if [ "$SYSTEM" -eq 1 ] && getent group "$SERVICE_USER" >/dev/null; then
+    if [ "$SYSTEM" -eq 1 ] && [ "$made_user" -eq 1 ] && getent group "$SERVICE_USER" >/dev/null; then
       groupdel "$SERVICE_USER" || die "could not remove the group $SERVICE_USER"
     fi
     # Deepest first; only empty directories install.sh made, never anything else.
     for ((i = ${#made[@]} - 1; i >= 0; i--)); do
-      [ -d "${made[i]}" ] && rmdir "${made[i]}" 2>/dev/null || true
+      case "${made[i]}" in /*) [ -d "${made[i]}" ] && rmdir "${made[i]}" 2>/dev/null || true ;; esac
     done
     say "purged: code, data, config, secrets and logs removed"
   else
@@ -253,6 +258,7 @@ fi
 # -- service user and layout -------------------------------------------------------------
 if [ "$SYSTEM" -eq 1 ] && ! id "$SERVICE_USER" >/dev/null 2>&1; then
   useradd --system --home-dir "$DATA" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+  MADE+=("user:$SERVICE_USER")
   say "created system user $SERVICE_USER"
 fi
 
