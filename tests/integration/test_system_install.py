@@ -301,6 +301,9 @@ def exercise_ctl(port: int, *, service: bool) -> None:
     ctl("start", service=service)
     wait_ready(port)
     check_processes_run_as_service_user()
+    # Commands that open the database or read the secrets leave nothing of root's.
+    assert "OK secrets" in ctl("check", service=service).stdout
+    ctl("api-keys", "list", service=service)
     assert layout_problems() == []
 
 
