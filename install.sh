@@ -4,18 +4,20 @@
 #   sudo ./install.sh                          system install (production), starts it
 #   ./install.sh --prefix DIR [--port P]       the same layout under DIR, no root needed
 #   ./install.sh [--prefix DIR] --uninstall    remove code (and unit); keep data, config, secrets
-#   ./install.sh [--prefix DIR] --purge        remove everything, data included
+#   ./install.sh [--prefix DIR] --purge        remove everything, data and service user included
 #
 # Re-running upgrades the code and keeps the database, appliance.env and secrets
-# untouched. Production default socket: 0.0.0.0:8080; prefix installs: 127.0.0.1:8080.
+# untouched; a running appliance gets `appliancectl reload` (rolling when it can).
+# Production default socket: 0.0.0.0:8080; prefix installs: 127.0.0.1:8080.
 set -euo pipefail
-umask 027
+umask 027  # data, config and logs; the code is made readable by everyone below
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PREFIX=""
 PORT=""
 BIND=""
 ACTION="install"
+PURGE=0
 START=1
 MIN_FREE_MB="${APPLIANCE_MIN_FREE_MB:-500}"
 SERVICE_USER="appliance"
@@ -25,7 +27,7 @@ die() { echo "install.sh: error: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'USAGE'
 Options:
   --prefix DIR      install under DIR (no root, no system user, no systemd unit)
@@ -33,7 +35,8 @@ Options:
   --bind ADDR       listening address (written to a new appliance.env only)
   --no-start        install or upgrade without starting the appliance
   --uninstall       remove code and unit, keep data, config and secrets
-  --purge           remove code, unit, data, config, secrets and logs
+  --purge           remove code, unit, data, config, secrets, logs, the service user
+                    and the directories install.sh made
   -h, --help        this help
 USAGE
 }
@@ -48,7 +51,7 @@ while [ $# -gt 0 ]; do
     --bind=*) BIND="${1#*=}"; shift ;;
     --no-start) START=0; shift ;;
     --uninstall) ACTION="uninstall"; shift ;;
-    --purge) ACTION="purge"; shift ;;
+    --purge) ACTION="uninstall"; PURGE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -61,8 +64,15 @@ if [ -z "$PREFIX" ]; then
   ROOT=""
   DEFAULT_BIND="0.0.0.0"
 else
+  if [ "$ACTION" != "install" ] && [ ! -d "$PREFIX" ]; then
+    say "nothing installed under $PREFIX"
+    exit 0
+  fi
+  PREFIX_MADE=""
+  [ -e "$PREFIX" ] || PREFIX_MADE=1
   mkdir -p "$PREFIX" || die "cannot create prefix $PREFIX"
   ROOT="$(cd "$PREFIX" && pwd)"
+  [ -z "$PREFIX_MADE" ] || PREFIX_MADE="$ROOT"
   DEFAULT_BIND="127.0.0.1"
 fi
 
@@ -75,8 +85,30 @@ LOGS="$ROOT/var/log/appliance"
 RUN="$ROOT/run/appliance"
 CTL="$VENV/bin/appliancectl"
 UNIT_FILE="/etc/systemd/system/$UNIT"
+# Every directory install.sh created (parents included), one a line, and
+# "user:NAME" when it created the system user: --purge removes those (directories
+# only when empty) and nothing else.
+MADE_LIST="$ETC/.made-by-install"
 
 have_systemd() { [ "$SYSTEM" -eq 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+MADE=()
+[ -z "${PREFIX_MADE:-}" ] || MADE+=("$PREFIX_MADE")
+# make_dirs MODE DIR...: install -d, remembering each directory that did not exist.
+make_dirs() {
+  local mode="$1" dir d missing
+  shift
+  for dir in "$@"; do
+    missing=()
+    d="$dir"
+    while [ ! -e "$d" ]; do missing=("$d" ${missing[@]+"${missing[@]}"}); d="$(dirname "$d")"; done
+    for d in ${missing[@]+"${missing[@]}"}; do
+      [ "$d" = "$dir" ] || install -d -m 0755 "$d"
+      MADE+=("$d")
+    done
+    install -d -m "$mode" "$dir"
+  done
+}
 
 running() {
   # Our supervisord is alive when its pid file names a living process.
@@ -87,22 +119,43 @@ running() {
 stop_appliance() {
   if have_systemd && [ -f "$UNIT_FILE" ]; then
     systemctl stop "$UNIT" || true
-  elif [ -x "$CTL" ] && running; then
+  fi
+  if [ -x "$CTL" ] && running; then
     "$CTL" --prefix "${ROOT:-/}" stop || true
   fi
+  ! running || die "the appliance (supervisord pid $(cat "$RUN/supervisord.pid")) did not stop; see $LOGS/supervisord.log"
 }
 
 # -- uninstall / purge -------------------------------------------------------------------
 if [ "$ACTION" != "install" ]; then
   stop_appliance
-  if have_systemd && [ -f "$UNIT_FILE" ]; then
-    systemctl disable "$UNIT" >/dev/null 2>&1 || true
+  if [ "$SYSTEM" -eq 1 ] && [ -f "$UNIT_FILE" ]; then
+    if have_systemd; then
+      systemctl disable "$UNIT" >/dev/null 2>&1 || true
+    fi
     rm -f "$UNIT_FILE"
-    systemctl daemon-reload
+    if have_systemd; then systemctl daemon-reload; fi
   fi
   rm -rf "$OPT" "$RUN"
-  if [ "$ACTION" = "purge" ]; then
+  if [ "$PURGE" -eq 1 ]; then
+    made=()
+    made_user=1  # an install.sh too old to keep the list always created the user
+    if [ -f "$MADE_LIST" ]; then
+      mapfile -t made < "$MADE_LIST"
+      grep -qxF "user:$SERVICE_USER" "$MADE_LIST" || made_user=0
+    fi
     rm -rf "$DATA" "$ETC" "$LOGS"
+    if [ "$SYSTEM" -eq 1 ] && [ "$made_user" -eq 1 ] && id "$SERVICE_USER" >/dev/null 2>&1; then
+      userdel "$SERVICE_USER" || die "could not remove the system user $SERVICE_USER (see userdel's message)"
+      say "removed system user $SERVICE_USER"
+    fi
+    if [ "$SYSTEM" -eq 1 ] && [ "$made_user" -eq 1 ] && getent group "$SERVICE_USER" >/dev/null; then
+      groupdel "$SERVICE_USER" || die "could not remove the group $SERVICE_USER"
+    fi
+    # Deepest first; only empty directories install.sh made, never anything else.
+    for ((i = ${#made[@]} - 1; i >= 0; i--)); do
+      case "${made[i]}" in /*) [ -d "${made[i]}" ] && rmdir "${made[i]}" 2>/dev/null || true ;; esac
+    done
     say "purged: code, data, config, secrets and logs removed"
   else
     say "uninstalled code; kept data ($DATA), config and secrets ($ETC), logs ($LOGS)"
@@ -115,13 +168,39 @@ PYTHON=""
 # APPLIANCE_PYTHON, when set, is the only interpreter considered.
 candidates="python3.13 python3.12 python3.11 python3"
 [ -n "${APPLIANCE_PYTHON:-}" ] && candidates="$APPLIANCE_PYTHON"
+# A system install's venv is run by the service user: its interpreter and standard
+# library must be open to others (not, say, a pyenv build under root's 0700 home).
+open_to_others() {
+  "$1" - <<'PY' 2>/dev/null
+import os, stat, sys
+exe = os.path.realpath(sys.executable)
+for path in (exe, os.path.realpath(os.path.dirname(os.__file__))):
+    while True:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            sys.exit(1)
+        if path == "/":
+            break
+        path = os.path.dirname(path)
+print(exe)
+PY
+}
+CLOSED=""
 for candidate in $candidates; do
   [ -n "$candidate" ] || continue
-  if command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-    PYTHON="$(command -v "$candidate")"; break
-  fi
+  for found in $(type -ap "$candidate" 2>/dev/null); do
+    "$found" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || continue
+    if [ "$SYSTEM" -eq 0 ]; then
+      PYTHON="$found"; break 2
+    fi
+    if real="$(open_to_others "$found")" && [ -n "$real" ]; then
+      PYTHON="$real"; break 2
+    fi
+    CLOSED="$found"
+  done
 done
+if [ -z "$PYTHON" ] && [ -n "$CLOSED" ]; then
+  die "$CLOSED is Python 3.11+, but it lives where the $SERVICE_USER user cannot read it (the service runs the venv built on it). Install Debian's: apt-get install python3 python3-venv, or set APPLIANCE_PYTHON to an interpreter outside /root"
+fi
 [ -n "$PYTHON" ] || die "Python 3.11 or newer is required (found: $(${APPLIANCE_PYTHON:-python3} --version 2>&1 || echo none)). On Debian/Ubuntu: apt-get install python3 python3-venv"
 "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || die "the Python venv module is missing. On Debian/Ubuntu: apt-get install python3-venv"
 
@@ -144,14 +223,20 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1'; then
   fi
 fi
 
-mkdir -p "$ROOT/opt" "$ROOT/var/lib"
+for parent in "$ROOT/opt" "$ROOT/var/lib"; do
+  [ -d "$parent" ] || make_dirs 0755 "$parent"
+done
 free_mb=$(df -Pm "$ROOT/var/lib" | awk 'NR==2 {print $4}')
 [ "${free_mb:-0}" -ge "$MIN_FREE_MB" ] || die "only ${free_mb} MB free under $ROOT/var/lib; at least $MIN_FREE_MB MB are needed. Free some disk space and re-run."
 
 # The port is checked only when the appliance is not already the one holding it.
+KEPT_PORT=""
+KEPT_BIND=""
 if [ -f "$ETC/appliance.env" ]; then
-  CHECK_PORT="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
-  CHECK_BIND="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+  KEPT_PORT="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
+  KEPT_BIND="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+  CHECK_PORT="$KEPT_PORT"
+  CHECK_BIND="$KEPT_BIND"
 fi
 CHECK_PORT="${CHECK_PORT:-${PORT:-8080}}"
 CHECK_BIND="${CHECK_BIND:-${BIND:-$DEFAULT_BIND}}"
@@ -173,14 +258,28 @@ fi
 # -- service user and layout -------------------------------------------------------------
 if [ "$SYSTEM" -eq 1 ] && ! id "$SERVICE_USER" >/dev/null 2>&1; then
   useradd --system --home-dir "$DATA" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+  MADE+=("user:$SERVICE_USER")
   say "created system user $SERVICE_USER"
 fi
 
-install -d -m 0755 "$OPT"
-install -d -m 0750 "$ETC" "$DATA" "$DATA/media" "$DATA/sessions" "$LOGS" "$RUN"
-install -d -m 0700 "$SECRETS"
+make_dirs 0755 "$OPT"
+make_dirs 0750 "$ETC" "$DATA" "$DATA/media" "$DATA/sessions" "$LOGS" "$RUN"
+make_dirs 0700 "$SECRETS"
+if [ "${#MADE[@]}" -gt 0 ]; then
+  printf '%s\n' "${MADE[@]}" >> "$MADE_LIST"
+  chmod 0640 "$MADE_LIST"
+fi
 
 # -- code: a venv with this source installed into it (re-run = upgrade) ------------------
+# Code is not secret: readable and executable by everyone (the service user runs it),
+# writable by the installing user only.
+umask 022
+# A venv an older install.sh built on an interpreter closed to the service user.
+if [ "$SYSTEM" -eq 1 ] && [ -f "$VENV/pyvenv.cfg" ] &&
+   ! grep -qxF "home = $(dirname "$PYTHON")" "$VENV/pyvenv.cfg"; then
+  say "rebuilding $VENV on $PYTHON"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
@@ -197,11 +296,17 @@ tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md appliance | t
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
   || die "installing the appliance's dependencies failed (see pip's message above)"
 install -m 0644 "$SRC/supervisord.conf" "$OPT/supervisord.conf"
+umask 027
+if [ "$SYSTEM" -eq 1 ]; then
+  # Also repairs a venv an older install.sh left closed to the service user.
+  chown -R root:root "$OPT"
+  chmod -R u+rwX,go+rX,go-w "$OPT"
+fi
 
 # -- config: written once, never overwritten -----------------------------------------------
 if [ ! -f "$ETC/appliance.env" ]; then
   cat > "$ETC/appliance.env" <<ENV
-# Appliance settings (non-secret). Edit, then: appliancectl restart
+# Appliance settings (non-secret). Edit, then: appliancectl reload
 # Every key can be overridden by an environment variable APPLIANCE_<KEY>.
 BIND=${BIND:-$DEFAULT_BIND}
 PORT=${PORT:-8080}
@@ -216,8 +321,14 @@ LOG_LEVEL=INFO
 ENV
   chmod 0640 "$ETC/appliance.env"
   say "wrote $ETC/appliance.env"
-elif [ -n "$PORT$BIND" ]; then
-  say "kept the existing $ETC/appliance.env; --port/--bind apply only to a new one. Edit PORT= or BIND= there and run: $CTL restart"
+fi
+# --port/--bind only write a new appliance.env; say how to change an existing one.
+SOCKET_HINT=""
+if [ -n "$PORT" ] && [ -n "$KEPT_PORT" ] && [ "$PORT" != "$KEPT_PORT" ]; then
+  SOCKET_HINT="PORT=$PORT"
+fi
+if [ -n "$BIND" ] && [ -n "$KEPT_BIND" ] && [ "$BIND" != "$KEPT_BIND" ]; then
+  SOCKET_HINT="${SOCKET_HINT:+$SOCKET_HINT and }BIND=$BIND"
 fi
 
 # -- secrets: created once, 0600 in a 0700 directory, never overwritten ------------------
@@ -233,14 +344,19 @@ for secret in session-key metrics-token data-key admin-password; do
 done
 
 if [ "$SYSTEM" -eq 1 ]; then
-  chown -R "$SERVICE_USER:$SERVICE_USER" "$ETC" "$DATA" "$LOGS" "$RUN"
+  # Owners and modes as runbook/operations.md lists them; re-running repairs them.
   chown root:root "$ETC"; chmod 0755 "$ETC"
-  chown root:"$SERVICE_USER" "$ETC/appliance.env"
+  [ ! -f "$MADE_LIST" ] || chown root:root "$MADE_LIST"
+  chown root:"$SERVICE_USER" "$ETC/appliance.env"; chmod 0640 "$ETC/appliance.env"
+  chown -R "$SERVICE_USER:$SERVICE_USER" "$SECRETS" "$DATA" "$LOGS" "$RUN"
+  chmod 0750 "$DATA" "$LOGS" "$RUN"
 fi
 
-# -- run it -------------------------------------------------------------------------------
-if have_systemd; then
-  cat > "$UNIT_FILE" <<UNITFILE
+# -- the systemd unit: written whenever systemd is installed, used when it runs ----------
+UNIT_CHANGED=0
+if [ "$SYSTEM" -eq 1 ] && [ -d "$(dirname "$UNIT_FILE")" ]; then
+  UNIT_NEW="$(mktemp)"
+  cat > "$UNIT_NEW" <<UNITFILE
 [Unit]
 Description=WhatsApp gateway appliance (supervisord)
 After=network-online.target
@@ -254,7 +370,7 @@ RuntimeDirectory=appliance
 RuntimeDirectoryMode=0750
 UMask=0027
 ExecStart=$CTL supervisord --foreground
-ExecStop=$CTL stop
+# No ExecStop: SIGTERM to supervisord stops the API processes first, the worker last.
 KillMode=mixed
 TimeoutStopSec=120
 Restart=on-failure
@@ -263,21 +379,29 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 UNITFILE
-  systemctl daemon-reload
-  systemctl enable "$UNIT" >/dev/null
-  if [ "$START" -eq 1 ]; then
+  cmp -s "$UNIT_NEW" "$UNIT_FILE" || UNIT_CHANGED=1
+  install -m 0644 -o root -g root "$UNIT_NEW" "$UNIT_FILE"
+  rm -f "$UNIT_NEW"
+  if have_systemd; then
+    systemctl daemon-reload
+    systemctl enable "$UNIT" >/dev/null
+  fi
+fi
+
+# -- run it: start, or apply the upgrade to the running appliance -------------------------
+if [ "$START" -eq 1 ]; then
+  if ! running; then
+    "$CTL" --prefix "${ROOT:-/}" start --wait 90
+  elif have_systemd && [ "$UNIT_CHANGED" -eq 1 ]; then
+    say "the systemd unit changed: restarting it"
     systemctl restart "$UNIT"
-    "$CTL" --prefix / status >/dev/null 2>&1 || true
-  fi
-elif [ "$START" -eq 1 ]; then
-  if running; then
-    stop_appliance
-  fi
-  if [ "$SYSTEM" -eq 1 ]; then
     "$CTL" --prefix / start --wait 90
   else
-    "$CTL" --prefix "$ROOT" start --wait 90
+    # Rolling (no refused connection) unless the schema or supervisord's settings changed.
+    "$CTL" --prefix "${ROOT:-/}" reload --wait 90
   fi
+elif running; then
+  say "not restarted (--no-start): the running processes use the old code until: $CTL reload"
 fi
 
 PORT_NOW="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
@@ -286,4 +410,8 @@ HOST_NOW="$BIND_NOW"; [ "$BIND_NOW" = "0.0.0.0" ] && HOST_NOW="$(hostname -I 2>/
 say "done."
 echo "  URL:                  http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
 echo "  first admin password: $SECRETS/admin-password (user: admin)"
-echo "  control:              $CTL status | restart | stop | tail | check"
+echo "  control:              $CTL status | reload | stop | start | tail | check"
+if [ -n "$SOCKET_HINT" ]; then
+  say "kept PORT=$KEPT_PORT BIND=$KEPT_BIND from $ETC/appliance.env (--port and --bind only apply to a new one)."
+  say "to listen on $SOCKET_HINT: set it in $ETC/appliance.env, then run: $CTL reload"
+fi

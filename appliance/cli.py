@@ -1,13 +1,15 @@
 """appliancectl: run and inspect one installation of the appliance.
 
-It finds the installation from its own location (``<prefix>/opt/appliance/venv``)
-or from ``--prefix``.
+It finds the installation from its own location (<prefix>/opt/appliance/venv) or
+from --prefix. Run as root on a system install, it does its work as the service
+user (except asking systemd to start or stop the unit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import pwd
@@ -31,6 +33,20 @@ from appliance.supervisor_client import is_responsive, proxy, supervisord_pid, w
 
 SERVICE_USER = "appliance"
 UNIT_NAME = "appliance.service"
+# What supervisord.conf reads from its environment: a change needs a new supervisord.
+SUPERVISORD_SETTINGS = (
+    "APPLIANCE_ETC",
+    "APPLIANCE_VENV",
+    "APPLIANCE_RUN_DIR",
+    "APPLIANCE_LOG_DIR",
+    "APPLIANCE_DATA_DIR",
+    "APPLIANCE_BIND",
+    "APPLIANCE_PORT",
+    "APPLIANCE_API_PROCESSES",
+    "APPLIANCE_API_STOPWAIT",
+    "APPLIANCE_WORKER_STOPWAIT",
+)
+STARTED_RECORD = "supervisord.json"  # in run/: how the running supervisord was started
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -81,12 +97,86 @@ def supervisord_environment(paths: Paths, settings: Settings) -> dict[str, str]:
     return env
 
 
-def _prepare_runtime_dirs(settings: Settings) -> None:
+def _service_account(paths: Paths) -> pwd.struct_passwd | None:
+    """The service user, when root runs appliancectl for the system install."""
+    if os.geteuid() != 0 or paths.prefix != Path("/"):
+        return None
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+
+
+def _give_runtime_dirs_to(settings: Settings, account: pwd.struct_passwd) -> None:
+    """As root, before dropping to the service user: the run, log and data directories
+    exist and belong to it, and run/ holds nothing of root's (it is rebuilt at every
+    start; an older appliancectl left run/metrics owned by root there)."""
+    owner = (account.pw_uid, account.pw_gid)
     for directory in (settings.run_dir, settings.log_dir, settings.data_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.exists():
+            directory.mkdir(mode=0o750, parents=True)
+            os.chmod(directory, 0o750)
+        st = directory.stat()
+        if (st.st_uid, st.st_gid) != owner:
+            os.chown(directory, *owner)
+    for path in settings.run_dir.rglob("*"):
+        st = path.lstat()
+        if (st.st_uid, st.st_gid) != owner:
+            os.lchown(path, *owner)
+
+
+def _become(account: pwd.struct_passwd) -> None:
+    """Drop root for good: groups, gid, uid, and the environment that names the user."""
+    os.initgroups(account.pw_name, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    os.environ.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
+    os.chdir("/")  # root's working directory may be closed to the service user
+
+
+def _prepare_runtime_dirs(settings: Settings) -> None:
+    """Run as the user supervisord will run as (never as root on a system install)."""
+    for directory in (settings.run_dir, settings.log_dir, settings.data_dir):
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     # Multiprocess metrics files of a previous run would be summed into this one.
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)
-    settings.metrics_dir.mkdir(mode=0o750)
+    try:
+        settings.metrics_dir.mkdir(mode=0o750)
+    except FileExistsError:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise StartupError(
+            f"{settings.metrics_dir} is left from an earlier start and {user} cannot remove "
+            f"it; fix: chown -R {user}: {settings.run_dir} (or run appliancectl start as root)"
+        ) from None
+
+
+def _record_start(paths: Paths, env: dict[str, str]) -> None:
+    """Note how supervisord is started, so `reload` can tell whether it must restart it."""
+    record = {
+        "config_sha256": _file_sha256(paths.supervisord_conf),
+        "env": {key: env.get(key, "") for key in SUPERVISORD_SETTINGS},
+    }
+    path = Path(env["APPLIANCE_RUN_DIR"]) / STARTED_RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
+
+
+def _launch_supervisord(
+    paths: Paths, settings: Settings, *, foreground: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Prepare run/ and return (argv, env) for supervisord; raises StartupError."""
+    _prepare_runtime_dirs(settings)
+    env = supervisord_environment(paths, settings)
+    _record_start(paths, env)
+    return _supervisord_argv(paths, foreground), env
 
 
 def _supervisord_argv(paths: Paths, foreground: bool) -> list[str]:
@@ -126,24 +216,76 @@ def _wait_ready(settings: Settings, timeout_s: float) -> bool:
 
 def cmd_supervisord(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
     """Run supervisord (in the foreground for systemd, else daemonised)."""
-    _prepare_runtime_dirs(settings)
-    env = supervisord_environment(paths, settings)
-    argv = _supervisord_argv(paths, args.foreground)
+    try:
+        argv, env = _launch_supervisord(paths, settings, foreground=args.foreground)
+    except StartupError as exc:
+        return _fail(str(exc), 78)
     os.execve(argv[0], argv, env)
     return 0  # not reached
 
 
+def _systemctl(action: str) -> bool:
+    """Ask systemd, which runs the unit; only root may."""
+    if subprocess.run(["systemctl", action, UNIT_NAME]).returncode == 0:
+        return True
+    who = "" if os.geteuid() == 0 else " (as root: sudo appliancectl ...)"
+    _fail(f"systemctl {action} {UNIT_NAME} failed{who}; see: journalctl -u {UNIT_NAME}")
+    return False
+
+
+def _running(settings: Settings) -> bool:
+    return bool(supervisord_pid(settings.run_dir)) and is_responsive(settings.supervisor_socket)
+
+
+def _namespec(sup: Any, name: str) -> str:
+    """supervisord's name for NAME: `api` (a group of several) means `api:*`."""
+    if ":" in name:
+        return name
+    groups: dict[str, set[str]] = {}
+    for info in sup.getAllProcessInfo():
+        groups.setdefault(info["group"], set()).add(info["name"])
+    if name in groups and name not in groups[name]:
+        return f"{name}:*"
+    return name
+
+
+def _each_process(settings: Settings, names: list[str], action: str) -> int:
+    """Start or stop the named processes (`worker`, `api:api_00`, `api`), in order."""
+    if not _running(settings):
+        return _fail("not running; use `appliancectl start`")
+    sup = proxy(settings.supervisor_socket)
+    for name in names:
+        try:
+            if action == "start":
+                sup.startProcess(_namespec(sup, name), True)
+            else:
+                sup.stopProcess(_namespec(sup, name), True)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode == 10:  # BAD_NAME
+                infos = _process_infos(settings)
+                known = ", ".join(sorted(f"{p['group']}:{p['name']}" for p in infos))
+                return _fail(f"no process named {name!r}; known: {known}")
+            if fault.faultCode not in (60, 70):  # ALREADY_STARTED, NOT_RUNNING
+                return _fail(f"{action} {name}: {fault.faultString}")
+        print(f"{'started' if action == 'start' else 'stopped'} {name}")
+    return 0
+
+
 def cmd_start(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
-    if _systemd_managed(paths):
-        subprocess.run(["systemctl", "start", UNIT_NAME], check=True)
-    elif supervisord_pid(settings.run_dir) and is_responsive(settings.supervisor_socket):
+    if args.names:
+        rc = _each_process(settings, args.names, "start")
+        if rc:
+            return rc
+    elif _systemd_managed(paths):
+        if not _systemctl("start"):
+            return 1
+    elif _running(settings):
         proxy(settings.supervisor_socket).startAllProcesses(True)
     else:
-        _prepare_runtime_dirs(settings)
-        env = supervisord_environment(paths, settings)
-        argv = _supervisord_argv(paths, foreground=False)
-        if os.geteuid() == 0 and paths.prefix == Path("/"):
-            argv = ["runuser", "-u", SERVICE_USER, "--", *argv]
+        try:
+            argv, env = _launch_supervisord(paths, settings, foreground=False)
+        except StartupError as exc:
+            return _fail(str(exc), 78)
         result = subprocess.run(argv, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             return _fail(f"supervisord did not start: {result.stderr.strip() or result.stdout}")
@@ -157,9 +299,10 @@ def cmd_start(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
 
 
 def cmd_stop(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    if args.names:
+        return _each_process(settings, args.names, "stop")
     if _systemd_managed(paths):
-        subprocess.run(["systemctl", "stop", UNIT_NAME], check=True)
-        return 0
+        return 0 if _systemctl("stop") else 1
     pid = supervisord_pid(settings.run_dir)
     if pid is None:
         print("not running")
@@ -179,15 +322,67 @@ def _process_infos(settings: Settings) -> list[dict[str, Any]]:
     return list(proxy(settings.supervisor_socket).getAllProcessInfo())
 
 
-def rolling_restart_api(settings: Settings, *, out: Any = sys.stdout) -> None:
-    """Restart API processes one at a time; the shared socket keeps accepting."""
+def _restart_one(sup: Any, name: str, out: Any) -> None:
+    """Stop (when running) and start one process, waiting for each step."""
+    try:
+        sup.stopProcess(name, True)
+    except xmlrpc.client.Fault as fault:
+        if fault.faultCode != 70:  # NOT_RUNNING: a stopped process is just started
+            raise
+    sup.startProcess(name, True)
+    print(f"restarted {name}", file=out)
+
+
+def _wait_serving(settings: Settings, pid: int, timeout_s: float) -> bool:
+    """Until API process ``pid`` itself answers /healthz on the shared socket.
+
+    supervisord calls a process RUNNING once it has lived ``startsecs``; on a busy
+    machine it may still be importing. Stopping the next one then would leave nobody
+    accepting: no connection is refused (supervisord keeps the socket), but they wait.
+    """
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
+    url = f"http://{host}:{settings.port}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # A fresh connection each time: the kernel hands it to any accepting process.
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if json.loads(resp.read()).get("pid") == pid:
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def rolling_restart_api(
+    settings: Settings, *, out: Any = sys.stdout, serve_timeout_s: float = 60.0
+) -> None:
+    """Restart API processes one at a time; the shared socket keeps accepting, and
+    the next one stops only once the restarted one answers."""
     sup = proxy(settings.supervisor_socket)
     infos = _process_infos(settings)
     names = sorted(f"{p['group']}:{p['name']}" for p in infos if p["group"] == "api")
     for name in names:
-        sup.stopProcess(name, True)
-        sup.startProcess(name, True)
-        print(f"restarted {name}", file=out)
+        _restart_one(sup, name, out)
+        pid = int(sup.getProcessInfo(name)["pid"])
+        if not _wait_serving(settings, pid, serve_timeout_s):
+            print(
+                f"warning: {name} (pid {pid}) not answering after {serve_timeout_s:.0f}s", file=out
+            )
+
+
+def rolling_restart(settings: Settings, *, out: Any = sys.stdout) -> None:
+    """Every process on new code without refusing a connection: the API processes one
+    at a time, then the worker, then the rest (the alerts listener)."""
+    rolling_restart_api(settings, out=out)
+    sup = proxy(settings.supervisor_socket)
+    others = sorted(
+        (f"{p['group']}:{p['name']}" for p in _process_infos(settings) if p["group"] != "api"),
+        key=lambda name: (name != "worker:worker", name),
+    )
+    for name in others:
+        _restart_one(sup, name, out)
 
 
 def cmd_restart(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
@@ -195,14 +390,75 @@ def cmd_restart(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         return _fail("not running; use `appliancectl start`")
     sup = proxy(settings.supervisor_socket)
     if args.target in ("worker", "all"):
-        sup.stopProcess("worker", True)
-        sup.startProcess("worker", True)
-        print("restarted worker")
+        _restart_one(sup, "worker", sys.stdout)
     if args.target in ("api", "all"):
         rolling_restart_api(settings)
     if args.wait > 0 and not _wait_ready(settings, args.wait):
         return _fail(f"not ready {args.wait}s after the restart")
     return 0
+
+
+def reload_plan(paths: Paths, settings: Settings) -> tuple[str, str]:
+    """("rolling" | "full", why) for applying the installed code and settings now.
+
+    Rolling (no refused connection) when the running supervisord was started from the
+    same supervisord.conf with the same settings it reads, and the database schema is
+    the one this code expects; otherwise supervisord itself must restart (a new port
+    needs a new listening socket) or the worker must migrate before the API runs.
+    """
+    try:
+        record = json.loads((settings.run_dir / STARTED_RECORD).read_text())
+        started_conf, started_env = record["config_sha256"], record["env"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "full", "no record of how the running supervisord was started"
+    if started_conf != _file_sha256(paths.supervisord_conf):
+        return "full", f"{paths.supervisord_conf} changed"
+    env = supervisord_environment(paths, settings)
+    changed = [key for key in SUPERVISORD_SETTINGS if started_env.get(key) != env[key]]
+    if changed:
+        names = ", ".join(key.removeprefix("APPLIANCE_") for key in changed)
+        return "full", f"settings supervisord uses changed: {names}"
+    version = _schema_version(settings.database_path)
+    if version is None:
+        return "full", "no database yet"
+    if version != latest_version():
+        return "full", f"database schema {version} -> {latest_version()}"
+    return "rolling", f"same schema ({version}) and supervisord settings"
+
+
+def cmd_reload(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """Apply new code and settings: rolling when possible, else stop and start."""
+    if not _running(settings):
+        return cmd_start(paths, settings, argparse.Namespace(names=[], wait=args.wait))
+    plan, why = reload_plan(paths, settings)
+    print(f"reload: {'rolling restart' if plan == 'rolling' else 'stop and start'} ({why})")
+    if plan == "rolling":
+        rolling_restart(settings)
+    elif _systemd_managed(paths):
+        if not _systemctl("restart"):
+            return 1
+    else:
+        rc = cmd_stop(paths, settings, argparse.Namespace(names=[]))
+        if rc:
+            return rc
+        return cmd_start(paths, settings, argparse.Namespace(names=[], wait=args.wait))
+    if args.wait > 0 and not _wait_ready(settings, args.wait):
+        return _fail(f"not ready {args.wait}s after the reload")
+    if args.wait > 0:
+        print(f"ready: {settings.effective_public_url}")
+    return 0
+
+
+def cmd_supervisorctl(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """supervisorctl with the environment supervisord.conf needs."""
+    argv = [
+        str(paths.venv / "bin" / "supervisorctl"),
+        "-c",
+        str(paths.supervisord_conf),
+        *args.arguments,
+    ]
+    os.execve(argv[0], argv, supervisord_environment(paths, settings))
+    return 0  # not reached
 
 
 def cmd_status(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
@@ -270,12 +526,7 @@ def check_installation(paths: Paths) -> list[str]:
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
             if integrity != "ok":
                 problems.append(f"database {db_path} failed integrity_check: {integrity}")
-            try:
-                version = conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
-                ).fetchone()[0]
-            except sqlite3.OperationalError:
-                version = 0
+            version = _read_schema_version(conn)
             if version != latest_version():
                 problems.append(
                     f"database schema is at version {version}, this code expects "
@@ -286,6 +537,28 @@ def check_installation(paths: Paths) -> list[str]:
     except sqlite3.Error as exc:
         problems.append(f"database {db_path} cannot be read: {exc}")
     return problems
+
+
+def _read_schema_version(conn: sqlite3.Connection) -> int:
+    try:
+        return int(
+            conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+        )
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _schema_version(db_path: Path) -> int | None:
+    """The database's schema version (0: none yet), None when there is no database."""
+    if not db_path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        return _read_schema_version(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace) -> int:
@@ -307,14 +580,9 @@ def cmd_version(paths: Paths, settings: Settings | None, args: argparse.Namespac
 
 def _drop_to_service_user(paths: Paths) -> None:
     """Root writing the database would leave root-owned -wal/-shm files behind."""
-    if os.geteuid() != 0 or paths.prefix != Path("/"):
-        return
-    try:
-        entry = pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        return
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    account = _service_account(paths)
+    if account is not None:
+        _become(account)
 
 
 async def _with_db(settings: Settings, action: Any) -> Any:
@@ -621,21 +889,46 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliancectl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="appliancectl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--prefix", help="installation prefix (default: found from this program)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("start", help="start supervisord and every process, wait until ready")
+    names_help = "only these processes: worker, api (all API processes), api:api_00, ..."
+    p = sub.add_parser(
+        "start", help="start supervisord and every stopped process, wait until ready"
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help=names_help)
     p.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for /readyz (0: no wait)"
     )
     p.set_defaults(func=cmd_start)
-    p = sub.add_parser("stop", help="stop gracefully: API processes first, worker last")
+    p = sub.add_parser(
+        "stop", help="stop gracefully (API processes first, worker last), or one process"
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help=names_help)
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("restart", help="restart processes; API restarts are rolling")
     p.add_argument("target", nargs="?", choices=("api", "worker", "all"), default="all")
     p.add_argument("--wait", type=float, default=60.0)
     p.set_defaults(func=cmd_restart)
+    p = sub.add_parser(
+        "reload",
+        help="apply new code and settings: a rolling restart (API processes one at a time, "
+        "then the worker) when the schema and supervisord's settings (PORT, BIND, "
+        "API_PROCESSES, ...) are unchanged; otherwise stop and start",
+    )
+    p.add_argument("--wait", type=float, default=90.0)
+    p.set_defaults(func=cmd_reload)
+    p = sub.add_parser(
+        "supervisorctl",
+        help="run supervisorctl on this installation's supervisord (arguments passed on)",
+    )
+    p.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.set_defaults(func=cmd_supervisorctl)
     p = sub.add_parser("status", help="processes and readiness; exit 0 only when all is well")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
@@ -708,6 +1001,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# As root on a system install these ask systemd (when it runs the unit) and keep root.
+SYSTEMD_COMMANDS = ("start", "stop", "reload")
+# These may start supervisord: root hands it the run, log and data directories first.
+STARTING_COMMANDS = ("start", "reload", "supervisord")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = Paths.discover(args.prefix)
@@ -717,6 +1016,14 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(paths)
         except StartupError as exc:
             return _fail(str(exc), 78)
+    # Whatever appliancectl creates is the service user's and closed to others, as
+    # the processes' own files are (supervisord's umask).
+    os.umask(0o027)
+    account = _service_account(paths)
+    if account is not None and not (args.command in SYSTEMD_COMMANDS and _systemd_managed(paths)):
+        if settings is not None and args.command in STARTING_COMMANDS:
+            _give_runtime_dirs_to(settings, account)
+        _become(account)
     return int(args.func(paths, settings, args) or 0)
 
 

@@ -3,10 +3,12 @@ supervisord with two API processes and the worker, real sockets, real SQLite."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
@@ -233,3 +235,54 @@ def fault_text(exc: BaseException) -> str:
     if isinstance(exc, xmlrpc.client.Fault):
         return exc.faultString
     return str(exc)
+
+
+@contextmanager
+def probing_healthz(
+    port: int, *, threads: int = 2, max_requests: int = 100_000, limit_s: float = 900
+) -> Iterator[dict[str, int]]:
+    """Hit /healthz on fresh connections until the block ends; yields the tally.
+
+    Keys: ``ok``, ``refused``, ``5xx``, ``status_NNN``, ``error_<Exception>``, and
+    ``exhausted`` (1 when a probe hit its request or time limit before the block ended,
+    so part of the block went unprobed). Bounded: ``max_requests`` per thread and
+    ``limit_s`` overall.
+    """
+    stop = threading.Event()
+    lock = threading.Lock()
+    tally: dict[str, int] = {}
+    deadline = time.monotonic() + limit_s
+
+    def count(key: str) -> None:
+        with lock:
+            tally[key] = tally.get(key, 0) + 1
+
+    def loop() -> None:
+        sent = 0
+        while not stop.is_set():
+            if sent >= max_requests or time.monotonic() >= deadline:
+                count("exhausted")
+                return
+            sent += 1
+            # A fresh TCP connection per request: every connect is a chance to be refused.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/healthz", headers={"Connection": "close"})
+                status = conn.getresponse().status
+                count("5xx" if status >= 500 else "ok" if status == 200 else f"status_{status}")
+            except ConnectionRefusedError:
+                count("refused")
+            except OSError as exc:
+                count(f"error_{type(exc).__name__}")
+            finally:
+                conn.close()
+
+    workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield tally
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)

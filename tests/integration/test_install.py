@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -74,6 +75,17 @@ def test_layout_uninstall_and_purge(tmp_path: Path) -> None:
     assert not (prefix / "opt/appliance").exists()
     assert (data / "keep.me").exists() and (etc / "secrets/data-key").exists()
 
+    (prefix / "var/lib/other").mkdir()  # not install.sh's: --purge leaves it alone
     result = _install(prefix, "--purge")
     assert result.returncode == 0, result.stderr
     assert not data.exists() and not etc.exists()
+    # The empty directories install.sh made go too; what holds something else stays.
+    assert sorted(str(p.relative_to(prefix)) for p in prefix.rglob("*")) == [
+        "var",
+        "var/lib",
+        "var/lib/other",
+    ]
+    shutil.rmtree(prefix)
+    result = _install(prefix, "--uninstall", "--purge")  # nothing there: nothing made
+    assert result.returncode == 0 and "nothing installed" in result.stdout, result.stderr
+    assert not prefix.exists()

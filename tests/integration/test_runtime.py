@@ -53,11 +53,41 @@ def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
     assert all(mode == 0o600 for mode in modes.values()), modes
     assert appliance.secrets.stat().st_mode & 0o777 == 0o700
 
-    run_install(appliance.prefix, "--port", str(appliance.port))  # upgrade in place
+    # Upgrade in place. The same --port changes nothing, so no advice about changing it.
+    out = run_install(appliance.prefix, "--port", str(appliance.port)).stdout
+    assert "reload: rolling restart" in out and "to listen on" not in out, out
     appliance.wait_ready()
     _checkpoint(appliance.db_path)
     after = {p.name: _digest(p) for p in files}
     assert after == before
+
+
+def test_supervisorctl_passthrough_and_stopping_one_process(fresh: Appliance) -> None:
+    states = fresh.ctl("supervisorctl", "status").stdout
+    for name in ("worker", "api:api_00", "api:api_01", "alerts"):
+        assert name in states, states
+    assert "RUNNING" in states and "ENV_APPLIANCE" not in states
+
+    def state(name: str) -> str:
+        return fresh.supervisor.getProcessInfo(name)["statename"]
+
+    assert "stopped worker" in fresh.ctl("stop", "worker").stdout
+    assert state("worker") == "STOPPED" and state("api:api_00") == "RUNNING"
+    fresh.ctl("stop", "api:api_00")
+    assert state("api:api_00") == "STOPPED" and state("api:api_01") == "RUNNING"
+    assert fresh.ctl("status", check=False).returncode == 3
+    unknown = fresh.ctl("stop", "nope", check=False)
+    assert unknown.returncode != 0 and "no process named 'nope'" in unknown.stderr
+    assert "api:api_01" in unknown.stderr  # says what the names are
+    fresh.ctl("start")  # everything stopped by name comes back
+    assert {state(n) for n in ("worker", "api:api_00", "api:api_01")} == {"RUNNING"}
+    fresh.wait_ready()
+
+    fresh.ctl("stop", "api")  # the whole group
+    assert {state("api:api_00"), state("api:api_01")} == {"STOPPED"}
+    fresh.ctl("start", "api")
+    assert {state("api:api_00"), state("api:api_01")} == {"RUNNING"}
+    fresh.wait_ready()
 
 
 def test_two_api_processes_share_the_port(appliance: Appliance) -> None:
