@@ -234,7 +234,7 @@ async def connect(account: str) -> tuple[AccountStatus, int]:
 @document_response(AccountStatus, 202)
 @document_response(ErrorBody, 404)
 @tag(["accounts"])
-async def logout(account: str) -> tuple[AccountStatus, int]:
+async def logout_account(account: str) -> tuple[AccountStatus, int]:
     """Log the account out of WhatsApp; linking again needs a new pairing."""
     return await _set_desired(account, "logged_out", "account.logout")
 
