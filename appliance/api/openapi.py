@@ -12,6 +12,7 @@ route is built is added here, so no route can forget it:
   headers, 500 everywhere;
 - request bodies and query parameters the server requires are marked ``required``
   (quart-schema leaves the model's ``required`` list out of its parameters);
+- named request and response models become components (``$ref``);
 - operationIds are checked unique;
 - the events websocket is an operation too (GET with a 101 answer).
 """
@@ -66,13 +67,17 @@ def responds(
     schema: dict[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Document an answer quart-schema cannot: none (204, 101), or a body that is not a
-    JSON model, e.g. ``@responds(200, "The image", "image/png", schema=BINARY)``."""
+    JSON model, e.g. ``@responds(200, "The image", "image/png")``. Bodies are text for
+    text/* types, binary for the others, unless ``schema`` says otherwise."""
 
     def decorator(func: F) -> F:
         found = dict(getattr(func, RESPONSES_ATTR, {}))
         response: dict[str, Any] = {"description": description}
         if media_types:
-            response["content"] = {m: {"schema": schema or BINARY} for m in media_types}
+            response["content"] = {
+                m: {"schema": schema or (TEXT if m.startswith("text/") else BINARY)}
+                for m in media_types
+            }
         found[str(status)] = response
         setattr(func, RESPONSES_ATTR, found)
         return func
@@ -164,7 +169,9 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         spec = super().schema()
-        spec["components"]["schemas"].update(error_components())
+        schemas = spec["components"]["schemas"]
+        schemas.update(error_components())
+        _hoist_bodies(spec["paths"], schemas)
         seen: dict[str, str] = {}
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
@@ -176,6 +183,27 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
                     )
                 seen[operation_id] = where
         return spec
+
+
+def _hoist_bodies(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """quart-schema inlines the top model of each body; named models become components
+    (``$ref``), so clients get one type per model instead of one per operation and
+    status. A title already taken by a different schema stays inline."""
+
+    def hoist(content: dict[str, Any]) -> None:
+        for media in content.values():
+            schema = media.get("schema", {})
+            title = schema.get("title")
+            if not title or "$ref" in schema or schema.get("type") != "object":
+                continue
+            if schemas.setdefault(title, schema) == schema:
+                media["schema"] = {"$ref": f"#/components/schemas/{title}"}
+
+    for operations in paths.values():
+        for operation in operations.values():
+            hoist(operation.get("requestBody", {}).get("content", {}))
+            for response in operation["responses"].values():
+                hoist(response.get("content", {}))
 
 
 def _is_error_schema(response: dict[str, Any]) -> bool:

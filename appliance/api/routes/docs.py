@@ -9,6 +9,7 @@ from quart import Blueprint, Response, send_from_directory
 from quart_schema import tag
 
 from appliance.api.access import public, requires
+from appliance.api.openapi import responds
 from appliance.auth.permissions import Permission
 from appliance.errors import NotFound
 
@@ -33,6 +34,7 @@ INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-u
 
 @bp.get("/docs")
 @requires(Permission.DOCS_READ)
+@responds(200, "The page", "text/html")
 @tag(["docs"])
 async def docs() -> Response:
     """Swagger UI over /openapi.json (admins)."""
@@ -41,6 +43,7 @@ async def docs() -> Response:
 
 @bp.get("/docs/init.js")
 @public
+@responds(200, "The script", "text/javascript")
 @tag(["docs"])
 async def docs_init() -> Response:
     """Script that starts Swagger UI (no inline script, so the CSP stays strict)."""
@@ -49,6 +52,7 @@ async def docs_init() -> Response:
 
 @bp.get("/docs/assets/<name>")
 @public
+@responds(200, "The file", "text/css", "text/javascript", "image/png")
 @tag(["docs"])
 async def docs_asset(name: str) -> Response:
     """Swagger UI's static files, shipped inside the appliance (no CDN)."""

@@ -182,7 +182,9 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
 @requires(Permission.ACCOUNTS_MANAGE)
 @json_body(LoadIn)
 @document_response(LoadStatus, 202)
+@document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["sandbox"])
 async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
     """Start the load mode: generated inbound messages at a rate, for a bounded time."""
@@ -200,7 +202,9 @@ async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
 @bp.get("/api/accounts/<account>/sandbox/load")
 @requires(Permission.ACCOUNTS_READ)
 @document_response(LoadStatus, 200)
+@document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["sandbox"])
 async def sandbox_load_status(account: str) -> LoadStatus:
     """Progress of the current or last load run: injected, committed, latency."""

@@ -14,6 +14,7 @@ from quart_schema import document_response, tag
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
 from appliance.api.schemas import ErrorBody, Strict
@@ -328,6 +329,7 @@ async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
 
 @bp.delete("/api/webhooks/<endpoint_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
+@responds(204, "Deleted, with its delivery log")
 @document_response(ErrorBody, 404)
 @tag(["webhooks"])
 async def delete_endpoint(endpoint_id: str) -> Response:
