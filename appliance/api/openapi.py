@@ -49,7 +49,8 @@ ERROR_DESCRIPTIONS = {
     "still in flight)",
     413: "The body is larger than the limit",
     415: "The body's media type is not accepted",
-    422: "This Idempotency-Key was used with a different request",
+    422: "Well-formed, but names something that does not exist here (e.g. a message "
+    "replied to), or reuses an Idempotency-Key with a different request",
     429: "Too many requests: retry after `Retry-After` seconds",
     500: "Unexpected error; the details are only in the server log (by `requestId`)",
     503: "The worker process is not answering; retry later",
@@ -172,6 +173,7 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
         schemas = spec["components"]["schemas"]
         schemas.update(error_components())
         _hoist_bodies(spec["paths"], schemas)
+        _drop_null_defaults(spec)
         seen: dict[str, str] = {}
         for path, operations in spec["paths"].items():
             for method, operation in operations.items():
@@ -183,6 +185,26 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
                     )
                 seen[operation_id] = where
         return spec
+
+
+def _allows_null(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(_allows_null(o) for o in schema.get("anyOf", []) if isinstance(o, dict))
+
+
+def _drop_null_defaults(node: Any) -> None:
+    """``default: null`` where null is not allowed (fields the spec keeps non-null that
+    are optional in the model) means "absent": leave the default out."""
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None and not _allows_null(node):
+            del node["default"]
+        for value in node.values():
+            _drop_null_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_null_defaults(value)
 
 
 def _hoist_bodies(paths: dict[str, Any], schemas: dict[str, Any]) -> None:

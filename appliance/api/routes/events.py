@@ -41,6 +41,10 @@ bp = Blueprint("events", __name__)
 
 MAX_WAIT_S = 30.0
 
+# The closed set in the spec: known types, comma-separated, nothing else.
+_ONE_TYPE = "|".join(t.replace(".", "\\.") for t in EVENT_TYPES)
+TYPES_PATTERN = f"^(?:{_ONE_TYPE})(?:,(?:{_ONE_TYPE}))*$"
+
 _TYPES_HELP = "Comma-separated event types, e.g. `message.received,account.status`: " + ", ".join(
     f"`{t}`" for t in EVENT_TYPES
 )
@@ -54,7 +58,7 @@ class EventFilterQuery(Strict):
         description="Only events with a larger id (the `next` of the previous answer)",
     )
     types: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
-        default=None, description=_TYPES_HELP
+        default=None, description=_TYPES_HELP, json_schema_extra={"pattern": TYPES_PATTERN}
     )
     account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = Field(
         default=None, description="Only this account's events (404 if not granted)"
@@ -63,7 +67,14 @@ class EventFilterQuery(Strict):
     @field_validator("types")
     @classmethod
     def _known_types(cls, value: str | None) -> str | None:
-        live.parse_types(value, EVENT_TYPES)
+        if value is None:
+            return value
+        unknown = [t for t in value.split(",") if t not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown event type(s) {', '.join(map(repr, unknown))}; known (comma-"
+                f"separated, no spaces): {', '.join(EVENT_TYPES)}"
+            )
         return value
 
 

@@ -19,7 +19,7 @@ from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
-from appliance.errors import Conflict, InvalidInput
+from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
 from appliance.worker.messaging import SEND_QUEUE
@@ -50,12 +50,18 @@ def _issue(path: str, message: str, code: str = "invalid") -> InvalidInput:
     return InvalidInput(message, issues=[{"path": path, "message": message, "code": code}])
 
 
+def _unknown(path: str, message: str) -> Unprocessable:
+    """Well-formed, but names something this account does not have: 422, with issues."""
+    return Unprocessable(message, issues=[{"path": path, "message": message, "code": "unknown"}])
+
+
 @bp.post("/api/accounts/<account>/messages")
 @requires(Permission.MESSAGES_SEND)
 @idempotent
 @json_body(SendMessageIn)
 @document_response(SendAccepted, 202)
 @document_response(ErrorBody, 404)
+@document_response(ErrorBody, 422)
 @tag(["messages"])
 async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
@@ -96,13 +102,13 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
             ("reaction.message_id", data.reaction),
         ):
             if ref is not None and await store.message_row(conn, account, ref.message_id) is None:
-                raise _issue(path, f"no message {ref.message_id!r} in this account")
+                raise _unknown(path, f"no message {ref.message_id!r} in this account")
         if media_id is not None:
             async with conn.execute(
                 "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media_id)
             ) as cur:
                 if await cur.fetchone() is None:
-                    raise _issue(
+                    raise _unknown(
                         f"{data.type}.id", f"no uploaded media {media_id!r} in this account"
                     )
         message_id = store.new_message_id()

@@ -7,7 +7,7 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, field_validator
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
@@ -17,7 +17,7 @@ from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.schemas import Bool, ErrorBody, Strict
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
@@ -36,6 +36,25 @@ bp = Blueprint("webhooks", __name__)
 WEBHOOK_EVENT_TYPES = EVENT_TYPES
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# The closed set in the spec: ["*"] alone, or some known event types.
+EventList = Annotated[
+    list[str],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"const": "*"}, "minItems": 1, "maxItems": 1},
+                {
+                    "type": "array",
+                    "items": {"enum": list(WEBHOOK_EVENT_TYPES)},
+                    "minItems": 1,
+                    "maxItems": 50,
+                },
+            ],
+            "description": '`["*"]` for every event type, or some of them',
+        }
+    ),
+]
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern="^https?://")]
 
 
 def _check_events(value: list[str]) -> list[str]:
@@ -61,23 +80,23 @@ def _check_headers(value: dict[str, str]) -> dict[str, str]:
 
 
 class EndpointIn(Strict):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: WebhookUrl
     description: Annotated[str, StringConstraints(max_length=500)] = ""
-    events: list[str] = Field(default_factory=lambda: ["*"], max_length=50)
+    events: EventList = Field(default_factory=lambda: ["*"], max_length=50)
     accounts: list[AccountId] | None = Field(default=None, description="null: every account")
     headers: dict[str, str] = Field(default_factory=dict, max_length=20)
     timeout_s: float = Field(default=15.0, ge=1, le=60)
     max_concurrency: int = Field(default=4, ge=1, le=64)
-    enabled: bool = True
+    enabled: Bool = True
 
     _events = field_validator("events")(classmethod(lambda cls, v: _check_events(v)))
     _headers = field_validator("headers")(classmethod(lambda cls, v: _check_headers(v)))
 
 
 class EndpointPatch(Strict):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    url: WebhookUrl | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
-    events: list[str] | None = Field(default=None, max_length=50)
+    events: EventList | None = Field(default=None, max_length=50)
     accounts: list[AccountId] | None = None
     headers: dict[str, str] | None = Field(default=None, max_length=20)
     timeout_s: float | None = Field(default=None, ge=1, le=60)
