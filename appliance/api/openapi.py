@@ -274,5 +274,9 @@ def _complete(
         responses.setdefault(str(code), error_response(code))
 
     operation["responses"] = dict(sorted(responses.items()))
+    security = operation.get("security")
+    if security:
+        # Integrations first: tools (schemathesis, client generators) take the first.
+        operation["security"] = sorted(security, key=lambda s: "bearer" not in s)
     if not parameters:
         operation.pop("parameters", None)

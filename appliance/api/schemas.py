@@ -59,5 +59,15 @@ def _query_bool(value: Any) -> Any:
     raise ValueError("use true or false")
 
 
+def _number(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# JSON bodies: numbers only (not `true` or "5"); 5.0 is the integer 5, as in JSON Schema.
+Int = Annotated[int, BeforeValidator(_number)]
+Float = Annotated[float, BeforeValidator(_number)]
+
 # Query strings: `true` or `false` only, as the spec's boolean is written in a URL.
 QueryBool = Annotated[bool, BeforeValidator(_query_bool)]

@@ -14,7 +14,7 @@ from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import HEADER, idempotent, parse_key
 from appliance.api.routes.accounts import _worker_call, poke
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.schemas import ErrorBody, Float, Strict
 from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.auth.permissions import Permission
@@ -33,8 +33,8 @@ class InboundAccepted(BaseModel):
 
 
 class LoadIn(Strict):
-    rate_per_s: float = Field(gt=0, le=20_000)
-    duration_s: float = Field(gt=0, le=600)
+    rate_per_s: Float = Field(gt=0, le=20_000)
+    duration_s: Float = Field(gt=0, le=600)
 
 
 class LoadStatus(BaseModel):

@@ -17,7 +17,7 @@ from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
-from appliance.api.schemas import Bool, ErrorBody, Strict
+from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
@@ -54,6 +54,33 @@ EventList = Annotated[
         }
     ),
 ]
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name)
+
+
+# Custom headers in the spec, as _check_headers checks them.
+Headers = Annotated[
+    dict[str, str],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 20,
+            "propertyNames": {
+                "pattern": _HEADER_NAME.pattern,
+                "not": {
+                    "pattern": "^(?:" + "|".join(map(_any_case, sorted(RESERVED_HEADERS))) + ")$"
+                },
+            },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": 1024,
+                "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+            },
+            "description": "Extra headers sent with each delivery (not the ones the "
+            "appliance sets: webhook-*, content-type, host, ...)",
+        }
+    ),
+]
 WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern="^https?://")]
 
 
@@ -84,9 +111,9 @@ class EndpointIn(Strict):
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     events: EventList = Field(default_factory=lambda: ["*"], max_length=50)
     accounts: list[AccountId] | None = Field(default=None, description="null: every account")
-    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
-    timeout_s: float = Field(default=15.0, ge=1, le=60)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
+    headers: Headers = Field(default_factory=dict, max_length=20)
+    timeout_s: Float = Field(default=15.0, ge=1, le=60)
+    max_concurrency: Int = Field(default=4, ge=1, le=64)
     enabled: Bool = True
 
     _events = field_validator("events")(classmethod(lambda cls, v: _check_events(v)))
@@ -98,9 +125,9 @@ class EndpointPatch(Strict):
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     events: EventList | None = Field(default=None, max_length=50)
     accounts: list[AccountId] | None = None
-    headers: dict[str, str] | None = Field(default=None, max_length=20)
-    timeout_s: float | None = Field(default=None, ge=1, le=60)
-    max_concurrency: int | None = Field(default=None, ge=1, le=64)
+    headers: Headers | None = Field(default=None, max_length=20)
+    timeout_s: Float | None = Field(default=None, ge=1, le=60)
+    max_concurrency: Int | None = Field(default=None, ge=1, le=64)
 
     _events = field_validator("events")(
         classmethod(lambda cls, v: None if v is None else _check_events(v))
@@ -187,8 +214,8 @@ class DeliveryQuery(Strict):
 
 class ReplayIn(Strict):
     state: Literal["dead", "delivered", "any"] = "dead"
-    since: float | None = None
-    until: float | None = None
+    since: Float | None = None
+    until: Float | None = None
 
 
 class ReplayOut(BaseModel):
