@@ -59,15 +59,17 @@ def _query_bool(value: Any) -> Any:
     raise ValueError("use true or false")
 
 
-def _number(value: Any) -> Any:
+def number_only(value: Any) -> Any:
     if isinstance(value, bool | str):
         raise ValueError("must be a JSON number")
     return value
 
 
 # JSON bodies: numbers only (not `true` or "5"); 5.0 is the integer 5, as in JSON Schema.
-Int = Annotated[int, BeforeValidator(_number)]
-Float = Annotated[float, BeforeValidator(_number)]
+# With constraints and None allowed, write Annotated[int, Field(ge=...), BeforeValidator(
+# number_only)] | None: constraints after the validator are lost to the JSON schema.
+Int = Annotated[int, BeforeValidator(number_only)]
+Float = Annotated[float, BeforeValidator(number_only)]
 
 # Query strings: `true` or `false` only, as the spec's boolean is written in a URL.
 QueryBool = Annotated[bool, BeforeValidator(_query_bool)]

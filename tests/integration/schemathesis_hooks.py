@@ -29,7 +29,7 @@ OUTBOUND_ENGINES = ("web", "cloud")
 OPAQUE_CURSOR_PATHS = re.compile(
     r"^/api/(search|accounts/\{account\}/(chats|contacts|messages|search|chats/\{chat_id\}/messages))$"
 )
-WELL_FORMED_CURSOR = re.compile(r"^[A-Za-z0-9_-]{1,512}$")
+WELL_FORMED_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _is_loopback_url(value: str) -> bool:

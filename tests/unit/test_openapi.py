@@ -60,6 +60,21 @@ def test_the_spec_is_valid(spec: dict[str, Any]) -> None:
     assert errors == []
 
 
+def test_no_pydantic_only_keywords_leak_into_schemas(spec: dict[str, Any]) -> None:
+    # `ge`/`le` are not JSON Schema: a constraint written so is lost to every tool.
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "type" in node:
+                assert not {"ge", "le", "gt", "lt"} & set(node), where
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(spec, "")
+
+
 def test_operation_ids_are_unique(spec: dict[str, Any]) -> None:
     ids = [op["operationId"] for _, _, op in _operations(spec)]
     assert len(ids) == len(set(ids)) and len(ids) >= 60

@@ -119,6 +119,8 @@ class ChatUpdateIn(Strict):
     def _something(self) -> ChatUpdateIn:
         if self.archived is None and self.unread_count is None:
             raise ValueError("give archived and/or unread_count")
+        if any(getattr(self, name) is None for name in self.model_fields_set):
+            raise ValueError("leave a field out instead of sending null")
         return self
 
 

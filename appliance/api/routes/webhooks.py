@@ -7,7 +7,14 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
@@ -17,7 +24,7 @@ from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
-from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict
+from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
@@ -126,8 +133,8 @@ class EndpointPatch(Strict):
     events: EventList | None = Field(default=None, max_length=50)
     accounts: list[AccountId] | None = None
     headers: Headers | None = Field(default=None, max_length=20)
-    timeout_s: Float | None = Field(default=None, ge=1, le=60)
-    max_concurrency: Int | None = Field(default=None, ge=1, le=64)
+    timeout_s: Annotated[float, Field(ge=1, le=60), BeforeValidator(number_only)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=64), BeforeValidator(number_only)] | None = None
 
     _events = field_validator("events")(
         classmethod(lambda cls, v: None if v is None else _check_events(v))
