@@ -209,6 +209,14 @@ def _schemathesis_config(target: Target) -> str:
             + " }"
         )
         lines.append("")
+    # /metrics takes the metrics token, not an API key.
+    token = target.app.metrics_token()
+    lines += [
+        "[[operations]]",
+        'include-name = "GET /metrics"',
+        f"headers = {{ Authorization = {_toml_value(f'Bearer {token}')} }}",
+        "",
+    ]
     allowed = POSITIVE_DEFAULTS + CHECK_ALLOWANCES["positive_data_acceptance"][0]
     for (method, path), (statuses, _why) in OPERATION_ALLOWANCES.items():
         lines += [

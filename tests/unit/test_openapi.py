@@ -191,6 +191,13 @@ def test_json_booleans_are_strict(value: object) -> None:
         assert getattr(model.model_validate({**base, field: True}), field) is True
 
 
+def test_mark_read_takes_the_number_zero_only() -> None:
+    assert ChatUpdateIn.model_validate({"unread_count": 0}).unread_count == 0
+    for bad in (False, "0", None, 1):
+        with pytest.raises(ValidationError):
+            ChatUpdateIn.model_validate({"unread_count": bad})
+
+
 @pytest.mark.parametrize("value", ["0", "1", "yes", "True", ""])
 def test_query_booleans_are_true_or_false_only(value: str) -> None:
     with pytest.raises(ValidationError):

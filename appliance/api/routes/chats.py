@@ -10,14 +10,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint
 from quart_schema import document_response, tag
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.schemas import Bool, ErrorBody, QueryBool, Strict
+from appliance.api.schemas import Bool, ErrorBody, QueryBool, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
@@ -111,8 +118,8 @@ class ChatUpdateIn(Strict):
     archived: Bool | SkipJsonSchema[None] = Field(
         default=None, description="Archive or unarchive the chat"
     )
-    unread_count: Literal[0] | SkipJsonSchema[None] = Field(
-        default=None, description="Only 0: mark the chat read"
+    unread_count: Annotated[Literal[0], BeforeValidator(number_only)] | SkipJsonSchema[None] = (
+        Field(default=None, description="Only 0: mark the chat read")
     )
 
     @model_validator(mode="after")
