@@ -179,6 +179,8 @@ def _schemathesis_config(target: Target) -> str:
         f"seed = {SEED}",
         "workers = 1",
         'hooks = "tests.integration.schemathesis_hooks"',
+        # Here, not on the command line, so that GET /metrics can send its own token.
+        f"headers = {{ Authorization = {_toml_value(f'Bearer {target.key}')} }}",
         "request-timeout = 60",
         "",
         "[generation]",
@@ -241,8 +243,6 @@ def test_schemathesis_finds_no_failures(target: Target, tmp_path: Path) -> None:
         f"{target.app.base_url}/openapi.json",
         "--checks",
         "all",
-        "-H",
-        f"Authorization: Bearer {target.key}",
         "--report",
         "json",
         "--report-json-path",
