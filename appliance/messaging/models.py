@@ -100,38 +100,16 @@ class SandboxSettings(Strict):
     phone: str = Field(default="+10000000000", pattern=r"^\+[1-9][0-9]{6,14}$")
 
 
-def _engine_settings_schemas() -> dict[str, dict[str, Any]]:
-    from appliance.engines.cloud import CloudSettings
-    from appliance.engines.web import WebSettings
-
-    models = {"sandbox": SandboxSettings, "web": WebSettings, "cloud": CloudSettings}
-    return {engine: model.model_json_schema() for engine, model in models.items()}
-
-
-def _settings_match_engine(schema: dict[str, Any]) -> None:
-    """In the spec: `engine_settings` are those of the `engine` given (sandbox if absent)."""
-    variants = []
-    for engine, settings in _engine_settings_schemas().items():
-        engine_schema: dict[str, Any] = {"const": engine}
-        variant: dict[str, Any] = {"properties": {"engine": engine_schema}}
-        if engine == "sandbox":
-            variant["properties"]["engine_settings"] = settings
-        else:
-            variant["required"] = ["engine"]
-            variant["properties"]["engine_settings"] = settings
-            if settings.get("required"):
-                variant["required"].append("engine_settings")
-        variants.append(variant)
-    schema["oneOf"] = variants
-
-
 class AccountCreateIn(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_settings_match_engine)
-
     id: AccountIdStr | None = Field(default=None, description="Chosen id; generated if absent")
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     engine: Literal["sandbox", "web", "cloud"] = "sandbox"
-    engine_settings: dict[str, Any] = Field(default_factory=dict)
+    engine_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The engine's own settings (see runbook/messaging.md): sandbox "
+        "simulation knobs, web pairing and watchdog times, cloud phone_number_id, "
+        "access_token, app_secret, verify_token, ...; unknown keys are refused",
+    )
     settings: AccountSettings = Field(default_factory=AccountSettings)
 
 
