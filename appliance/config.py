@@ -129,11 +129,17 @@ class Settings(BaseModel):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
     api_rate_limit_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 1200
     api_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 2400
+    # Per client address: public routes (login) and requests without valid credentials.
+    anonymous_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 300
+    # A request body not received in full within this many seconds answers 408.
+    request_body_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 30
     media_max_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
     send_chat_interval_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
     send_account_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
-    # CIDRs that webhooks and media-by-URL may reach although they are not public.
-    webhook_allow_networks: str = ""
+    # CIDRs that outbound HTTP (webhooks, media links, the cloud engine's Graph API and
+    # media downloads) may reach although they are not public.
+    outbound_allow_networks: str = ""
+    webhook_allow_networks: str = ""  # the old name of OUTBOUND_ALLOW_NETWORKS, still read
     # Seconds to wait before each attempt: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 24 h.
     webhook_retry_schedule_s: str = "0,5,300,1800,7200,18000,36000,36000,86400"
     webhook_disable_after_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 5 * 86400
@@ -157,7 +163,7 @@ class Settings(BaseModel):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("trusted_proxies", "webhook_allow_networks")
+    @field_validator("trusted_proxies", "outbound_allow_networks", "webhook_allow_networks")
     @classmethod
     def _cidrs(cls, value: str) -> str:
         for item in _split(value):
@@ -210,9 +216,20 @@ class Settings(BaseModel):
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in _split(self.trusted_proxies)]
 
+    @model_validator(mode="after")
+    def _one_outbound_allowlist(self) -> Settings:
+        new, old = _networks(self.outbound_allow_networks), _networks(self.webhook_allow_networks)
+        if new and old and set(new) != set(old):
+            raise ValueError(
+                "OUTBOUND_ALLOW_NETWORKS and its old name WEBHOOK_ALLOW_NETWORKS are both set, "
+                "to different networks; keep only OUTBOUND_ALLOW_NETWORKS"
+            )
+        return self
+
     @property
     def allowed_private_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(c, strict=False) for c in _split(self.webhook_allow_networks)]
+        """OUTBOUND_ALLOW_NETWORKS, else its old name WEBHOOK_ALLOW_NETWORKS."""
+        return _networks(self.outbound_allow_networks) or _networks(self.webhook_allow_networks)
 
     @field_validator("webhook_retry_schedule_s")
     @classmethod
@@ -276,6 +293,10 @@ class Settings(BaseModel):
 
 def _split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c, strict=False) for c in _split(value)]
 
 
 KNOWN_KEYS = {name.upper() for name in Settings.model_fields}

@@ -28,10 +28,11 @@ class Error(BaseModel):
     error: str = Field(description="What went wrong, in words")
     requestId: str | None = Field(description="The request's X-Request-ID, also in the logs")
     issues: list[Issue] | SkipJsonSchema[None] = Field(
-        default=None, description="Validation failures (400): what is wrong, and where"
+        default=None,
+        description="Validation failures (400): what is wrong, and where (the first 20)",
     )
     issuesTotal: int | SkipJsonSchema[None] = Field(
-        default=None, description="How many issues there were, when `issues` lists fewer"
+        default=None, description="How many issues there were, when more than `issues` lists"
     )
 
 

@@ -23,6 +23,7 @@ class Permission(StrEnum):
     AUDIT_READ = "audit.read"
     DOCS_READ = "docs.read"
     ACCOUNTS_MANAGE = "accounts.manage"
+    ACCOUNTS_ENDPOINT = "accounts.endpoint"
     ACCOUNTS_READ = "accounts.read"
     MESSAGES_SEND = "messages.send"
     MESSAGES_READ = "messages.read"
@@ -55,6 +56,8 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.AUDIT_READ: "read the audit log",
     Permission.DOCS_READ: "open the interactive API docs at /docs",
     Permission.ACCOUNTS_MANAGE: "create, change, connect, log out and delete granted accounts",
+    Permission.ACCOUNTS_ENDPOINT: "move a cloud account to another `base_url` (where its "
+    "access token is sent), entering its secrets again",
     Permission.ACCOUNTS_READ: "see granted accounts and their status",
     Permission.MESSAGES_SEND: "send messages from granted accounts",
     Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",

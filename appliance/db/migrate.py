@@ -1,20 +1,28 @@
-"""Numbered SQL migrations (``migrations/NNNN_name.sql``), recorded in the database.
+"""Numbered migrations (``migrations/NNNN_name.sql``), recorded in the database.
 
 Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with its
 ``schema_migrations`` row, so a crash leaves the schema at a whole version.
+
+A data change SQL cannot express (encrypting stored values with the data key) is a
+Python module ``migrations/NNNN_name.py`` with ``async def upgrade(conn, cipher)``,
+numbered and recorded like the others and run in the same kind of transaction.
+``cipher`` is the data key's ``DataCipher``, or None when the caller has none; a
+migration that needs it and finds rows to change raises RuntimeError saying so.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import aiosqlite
 
-_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 
 
 @dataclass(frozen=True)
@@ -22,14 +30,18 @@ class Migration:
     version: int
     name: str
     sql: str
+    module: str | None = None  # a Python data migration: its module, run instead of sql
 
 
 def available_migrations() -> list[Migration]:
     found = []
     for entry in resources.files("appliance.db.migrations").iterdir():
         match = _NAME.match(entry.name)
-        if match:
+        if match and match.group(3) == "sql":
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+        elif match:
+            module = f"{__package__}.migrations.{entry.name.removesuffix('.py')}"
+            found.append(Migration(int(match.group(1)), match.group(2), "", module))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
@@ -81,8 +93,12 @@ async def current_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> list[int]:
-    """Apply pending migrations up to ``target`` (default: all). Returns versions applied."""
+async def migrate(
+    conn: aiosqlite.Connection, *, target: int | None = None, cipher: Any = None
+) -> list[int]:
+    """Apply pending migrations up to ``target`` (default: all). Returns versions applied.
+
+    ``cipher`` (the data key's DataCipher) is handed to Python data migrations."""
     applied = []
     await conn.execute(_CREATE_TABLE)
     for migration in available_migrations():
@@ -94,6 +110,8 @@ async def migrate(conn: aiosqlite.Connection, *, target: int | None = None) -> l
             if migration.version <= await current_version(conn):
                 await conn.execute("ROLLBACK")
                 continue
+            if migration.module is not None:
+                await importlib.import_module(migration.module).upgrade(conn, cipher)
             for statement in split_statements(migration.sql):
                 await conn.execute(statement)
             await conn.execute(

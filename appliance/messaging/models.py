@@ -174,7 +174,12 @@ def _content_matches_type(schema: dict[str, Any]) -> None:
 class Media(Strict):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_one_media_source)
 
-    link: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    link: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        default=None,
+        description="An http(s) URL of the file. Refused with 400 when the send is made if "
+        "it reaches a non-public address outside OUTBOUND_ALLOW_NETWORKS (loopback, private, "
+        "link-local, cloud metadata), carries user:password@, or is not http(s).",
+    )
     id: MediaIdStr | None = None
     caption: Annotated[str, StringConstraints(max_length=1024)] | None = None
     filename: Annotated[str, StringConstraints(max_length=255)] | None = None

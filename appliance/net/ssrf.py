@@ -1,8 +1,9 @@
 """The SSRF guard: outbound HTTP only to public addresses, or to networks the operator allows.
 
-Media fetched by URL and webhook deliveries go to addresses that callers choose, so
-the appliance must not become a way into its own network (the database's neighbours,
-the cloud metadata service, loopback admin ports). Three rules:
+Media fetched by URL, webhook deliveries and the cloud engine's Graph API calls go to
+addresses that callers choose, so the appliance must not become a way into its own
+network (the database's neighbours, the cloud metadata service, loopback admin
+ports). Three rules:
 
 - **Every resolved address is checked.** A host name that resolves to one public
   and one private address is refused: which one a later connection would use is not
@@ -14,7 +15,8 @@ the cloud metadata service, loopback admin ports). Three rules:
 - **Redirects are never followed.** A 3xx is an error naming the target; the caller
   decides whether to try that URL, which then goes through the same checks.
 
-``WEBHOOK_ALLOW_NETWORKS`` (``Settings.allowed_private_networks``) lists the
+``OUTBOUND_ALLOW_NETWORKS`` (old name ``WEBHOOK_ALLOW_NETWORKS``;
+``Settings.allowed_private_networks``) lists the
 non-public networks that may be reached nevertheless (an intranet CRM, a local test
 receiver). The cloud metadata addresses stay refused unless allowed as one exact
 address (``169.254.169.254/32``), so allowing a whole link-local range does not
@@ -53,7 +55,7 @@ _HOSTNAME = re.compile(
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
 )
 
-ALLOW_HINT = "list its network in WEBHOOK_ALLOW_NETWORKS to allow it"
+ALLOW_HINT = "list its network in OUTBOUND_ALLOW_NETWORKS to allow it"
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -522,3 +524,89 @@ async def _read(
                 limit=max_bytes,
             )
     return response.headers.get("Content-Type"), bytes(body)
+
+
+# -- a guarded httpx transport -----------------------------------------------------------
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends every request through the guard.
+
+    For clients that make many requests to a configured host (the cloud engine's Graph
+    API and media downloads), where ``fetch`` (one GET) does not fit. Each request's
+    host is resolved and every address checked (RefusedUrl / RefusedAddress propagate
+    to the caller unchanged); the request then goes to the first checked address that
+    accepts a connection, with the original ``Host`` header and, for https, SNI and the
+    certificate check on the host name. A host that does not resolve (or not within
+    ``resolve_timeout_s``) is an ``httpx.ConnectError`` / ``ConnectTimeout``, as an
+    unreachable server is. Redirects are the client's business: build it with
+    ``follow_redirects=False``.
+
+    Connections are pooled per (scheme, host name, port), never per address alone, so
+    a TLS connection verified for one name never carries another name's requests.
+    ``inner`` replaces the network transport (tests); it then serves every host.
+    """
+
+    MAX_POOLS = 16
+
+    def __init__(
+        self,
+        allowed_networks: Iterable[IPNetwork],
+        *,
+        resolver: Resolver | None = None,
+        inner: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
+        resolve_timeout_s: float = 20.0,
+    ) -> None:
+        self.allowed_networks = list(allowed_networks)
+        self.resolver = resolver
+        self.resolve_timeout_s = resolve_timeout_s
+        self._inner = inner
+        self._verify = verify
+        self._pools: dict[tuple[str, str, int], httpx.AsyncBaseTransport] = {}
+
+    def _pool(self, target: Target) -> httpx.AsyncBaseTransport:
+        if self._inner is not None:
+            return self._inner
+        key = (target.scheme, target.host, target.port)
+        pool = self._pools.pop(key, None)
+        if pool is None:
+            if len(self._pools) >= self.MAX_POOLS:  # forget the least recently used host
+                oldest = next(iter(self._pools))
+                old = self._pools.pop(oldest)
+                task = asyncio.get_running_loop().create_task(old.aclose())
+                task.add_done_callback(lambda _: None)
+            pool = httpx.AsyncHTTPTransport(verify=self._verify, trust_env=False)
+        self._pools[key] = pool  # most recently used last
+        return pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        try:
+            async with asyncio.timeout(self.resolve_timeout_s):
+                target = await resolve_and_check(url, self.allowed_networks, resolver=self.resolver)
+        except TimeoutError:
+            host = request.url.host
+            raise httpx.ConnectTimeout(f"resolving {host} timed out", request=request) from None
+        except RefusedUrl:
+            raise
+        except FetchFailed as exc:  # the host does not resolve (now)
+            raise httpx.ConnectError(exc.message, request=request) from None
+        request.headers["Host"] = target.host_header
+        if target.scheme == "https" and not target.host_is_ip:
+            request.extensions = {**request.extensions, "sni_hostname": target.host}
+        pool = self._pool(target)
+        last: httpx.ConnectError | None = None
+        for ip in target.addresses:
+            request.url = httpx.URL(target.connect_url(ip))
+            try:
+                return await pool.handle_async_request(request)
+            except httpx.ConnectError as exc:
+                last = exc  # the next checked address may answer
+        assert last is not None
+        raise last
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()  # an ``inner`` transport belongs to whoever gave it

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_QUEUE = "webhook"
 USER_AGENT = f"whatsapp-gateway-appliance/{__version__} (webhooks)"
 FANOUT_BATCH = 500
+CLAIM_BATCH = 64  # jobs leased per claim
+MAX_INFLIGHT = 256  # delivery tasks (waiting for a slot, posting, recording) before claiming more
 EVENT_CACHE = 4096  # events read for delivery, kept for the other endpoints of a fan-out
 MAX_RETRY_AFTER_S = 24 * 3600
 
@@ -95,6 +97,19 @@ RESERVED_HEADERS = frozenset(
         "connection",
     }
 )
+
+
+def repeats_at_a_kill(max_concurrency: int) -> int:
+    """How many deliveries to one endpoint a kill -9 of the worker can make it send twice.
+
+    A delivery is repeated when it was POSTed but its outcome was not yet committed:
+    the restarted worker releases the dead worker's leases and sends it again. An
+    endpoint's slot (its ``max_concurrency`` semaphore) is held from the POST until the
+    outcome is committed, so at most ``max_concurrency`` deliveries per endpoint are in
+    that window. (Releasing the slot before the commit let every claimed task POST
+    while the single writer lagged: up to CLAIM_BATCH + MAX_INFLIGHT per kill.)
+    """
+    return max_concurrency
 
 
 def retry_delay(
@@ -164,6 +179,7 @@ class Dispatcher:
         self._stopping = False
         self._events: OrderedDict[int, Any] = OrderedDict()
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
+        self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -291,7 +307,7 @@ class Dispatcher:
         while not self._stopping:
             self._deliver_wake.clear()
             try:
-                jobs = await self.queue.claim(limit=64)
+                jobs = await self.queue.claim(limit=CLAIM_BATCH)
             except Exception:
                 log.exception("claiming webhook deliveries failed")
                 jobs = []
@@ -303,7 +319,7 @@ class Dispatcher:
                 task = asyncio.create_task(self._deliver(job))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
-            while len(self._inflight) > 256 and not self._stopping:
+            while len(self._inflight) > MAX_INFLIGHT and not self._stopping:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
     async def _deliver(self, job: Job) -> None:
@@ -328,7 +344,8 @@ class Dispatcher:
         )
         async with semaphore:
             result = await self._attempt(endpoint, event)
-        await self._record(job, endpoint, event, result)
+            # The slot is held until the outcome is committed: see repeats_at_a_kill().
+            await self._record(job, endpoint, event, result)
 
     async def _event(self, event_id: int) -> Any:
         """The event row; events never change, so one read serves every endpoint."""
@@ -349,7 +366,8 @@ class Dispatcher:
         now = self.clock()
         msg_id = str(event["id"])
         timestamp = int(now)
-        headers = {k: v for k, v in endpoint.headers.items() if k.lower() not in RESERVED_HEADERS}
+        custom = endpoint.header_values(self.cipher, cache=self._header_values)
+        headers = {k: v for k, v in custom.items() if k.lower() not in RESERVED_HEADERS}
         headers.update(
             {
                 "Content-Type": "application/json",

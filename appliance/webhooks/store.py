@@ -1,8 +1,15 @@
 """Webhook endpoints, deliveries and attempts in SQLite. Secrets are stored encrypted
-with the data key and only decrypted to sign (worker) or to show once (API)."""
+with the data key and only decrypted to sign (worker) or to show once (API).
+
+Custom header values (often a receiver's API key) are secrets too: the ``headers``
+column is a JSON object of header name -> base64 ciphertext of the value, each bound
+to its endpoint and header name. Answers show the names with ``HEADER_MASK``; only
+the worker decrypts them, to send.
+"""
 
 from __future__ import annotations
 
+import base64
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -16,6 +23,7 @@ from appliance.db.database import Database
 from appliance.errors import NotFound
 
 ROTATION_GRACE_S = 24 * 3600
+HEADER_MASK = "****"  # a header value as answers show it; sent back, it keeps the stored one
 _ENDPOINT_COLS = (
     "id, url, description, event_types, accounts, headers, timeout_s, max_concurrency, "
     "enabled, disabled_reason, secret, previous_secret, previous_expires_at, failing_since, "
@@ -34,7 +42,7 @@ class Endpoint:
     description: str
     event_types: list[str]
     accounts: list[str] | None
-    headers: dict[str, str]
+    headers: dict[str, str]  # name -> encrypted value (encrypt_headers)
     timeout_s: float
     max_concurrency: int
     enabled: bool
@@ -83,6 +91,49 @@ class Endpoint:
                     cache[(self.id, blob)] = secret
             active.append(secret)
         return active
+
+    def header_values(
+        self, cipher: DataCipher, *, cache: dict[tuple[str, str, str], str] | None = None
+    ) -> dict[str, str]:
+        """The custom headers with their values decrypted, to send. ``cache``
+        ((endpoint, name, encrypted) -> plain) saves decrypting for every delivery."""
+        values = {}
+        for name, blob in self.headers.items():
+            key = (self.id, name, blob)
+            value = cache.get(key) if cache is not None else None
+            if value is None:
+                value = decrypt_header(cipher, self.id, name, blob)
+                if cache is not None:
+                    if len(cache) >= 4096:
+                        cache.clear()
+                    cache[key] = value
+            values[name] = value
+        return values
+
+
+def _header_context(endpoint_id: str, name: str) -> bytes:
+    return f"webhook-header:{endpoint_id}:{name.lower()}".encode()
+
+
+def encrypt_header(cipher: DataCipher, endpoint_id: str, name: str, value: str) -> str:
+    blob = cipher.encrypt(value.encode(), context=_header_context(endpoint_id, name))
+    return base64.b64encode(blob).decode()
+
+
+def decrypt_header(cipher: DataCipher, endpoint_id: str, name: str, stored: str) -> str:
+    blob = base64.b64decode(stored)
+    return cipher.decrypt(blob, context=_header_context(endpoint_id, name)).decode()
+
+
+def encrypt_headers(
+    cipher: DataCipher, endpoint_id: str, headers: dict[str, str]
+) -> dict[str, str]:
+    """Plain header values -> what the ``headers`` column stores."""
+    return {name: encrypt_header(cipher, endpoint_id, name, v) for name, v in headers.items()}
+
+
+def masked_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {name: HEADER_MASK for name in headers}
 
 
 def encrypt_secret(cipher: DataCipher, endpoint_id: str, secret: str) -> bytes:
@@ -141,7 +192,7 @@ async def create_endpoint(
     description: str,
     event_types: list[str],
     accounts: list[str] | None,
-    headers: dict[str, str],
+    headers: dict[str, str],  # plain values: stored encrypted
     timeout_s: float,
     max_concurrency: int,
     secret: str,
@@ -158,7 +209,7 @@ async def create_endpoint(
             description,
             orjson.dumps(event_types).decode(),
             None if accounts is None else orjson.dumps(accounts).decode(),
-            orjson.dumps(headers).decode(),
+            orjson.dumps(encrypt_headers(cipher, endpoint_id, headers)).decode(),
             timeout_s,
             max_concurrency,
             encrypt_secret(cipher, endpoint_id, secret),
@@ -172,6 +223,7 @@ async def create_endpoint(
 async def update_endpoint(
     conn: aiosqlite.Connection, endpoint_id: str, now: float, **fields: Any
 ) -> None:
+    """Set columns; ``headers`` must already be encrypted (``encrypt_headers``)."""
     sets, params = ["updated_at = ?"], [now]
     for column, value in fields.items():
         if column in ("event_types", "headers"):

@@ -59,7 +59,7 @@ class Worker:
             synchronous=self.settings.sqlite_synchronous,
             busy_timeout_ms=self.settings.sqlite_busy_timeout_ms,
         )
-        applied = await migrate(self.db.writer)
+        applied = await migrate(self.db.writer, cipher=DataCipher(self.secrets.data_key))
         self.schema_version = await current_version(self.db.writer)
         if applied:
             log.info("applied migrations", extra={"versions": applied})

@@ -194,10 +194,8 @@ def running_appliance(
             shutil.rmtree(prefix, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    with running_appliance(tmp_path_factory, "appl") as app:
-        yield app
+# The session's shared installation, fixture ``appliance``, is in tests/conftest.py:
+# tests/browser uses the same one.
 
 
 def admin_password(app: Appliance) -> str:

@@ -359,7 +359,7 @@ def test_security_headers_and_docs(appliance: Appliance) -> None:
     with login(appliance, "admin", admin_password(appliance)) as admin:
         page = admin.get("/docs")
         assert page.status_code == 200 and "swagger-ui" in page.text
-        assert admin.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+        assert admin.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
 
 
 def test_cli_reset_password(appliance: Appliance) -> None:

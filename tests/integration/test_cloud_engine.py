@@ -2,7 +2,7 @@
 127.0.0.1 in this test (threads), with the real installed appliance.
 
 Nothing here connects to Meta: every Cloud API account's base_url is the fake, and
-the appliance's own webhooks go to a receiver on 127.0.0.1 (WEBHOOK_ALLOW_NETWORKS),
+the appliance's own webhooks go to a receiver on 127.0.0.1 (OUTBOUND_ALLOW_NETWORKS),
 which verifies every delivery with the ``standardwebhooks`` package.
 """
 
@@ -40,7 +40,7 @@ class FakeGraph:
     """A minimal Graph API: phone number lookup, /messages with scripted errors, and
     media: the lookup ``GET /v21.0/{media_id}`` and the URL it names (``/media/{id}``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.lock = threading.Lock()
         self.sent: list[dict[str, Any]] = []  # {"path", "auth", "json"}
         self.gets: list[dict[str, Any]] = []  # {"path", "query", "auth"}
@@ -134,12 +134,13 @@ class FakeGraph:
                     },
                 )
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
 
     def to(self, number: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -282,7 +283,8 @@ def graph() -> Iterator[FakeGraph]:
 
 @pytest.fixture(scope="module")
 def cloud_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
-    env = "WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32\n"  # the appliance's webhooks to our receiver
+    # The fake Graph and our webhook receiver; 127.0.0.2 (also loopback) stays refused.
+    env = "OUTBOUND_ALLOW_NETWORKS=127.0.0.1/32\n"
     with running_appliance(tmp_path_factory, "cloud", env) as app:
         yield app
 
@@ -347,7 +349,11 @@ def test_verification_handshake(cloud_app: Appliance, admin: httpx.Client) -> No
         f"{cloud_app.base_url}/engines/cloud/nope/webhook",
         params={"hub.mode": "subscribe", "hub.verify_token": VERIFY, "hub.challenge": "1"},
     )
-    assert unknown.status_code == 404
+    # An unknown account answers exactly as a wrong token: existence is not revealed.
+    assert unknown.status_code == 403
+    assert {k: v for k, v in unknown.json().items() if k != "requestId"} == {
+        k: v for k, v in wrong.json().items() if k != "requestId"
+    }
 
 
 def _inbound(wamid: str, text: str) -> bytes:
@@ -788,3 +794,50 @@ def test_idempotent_send_reaches_graph_once(
         "AND body = 'exactly once'",
     )
     assert count[0][0] == 1
+
+
+# -- base_url and the SSRF guard ---------------------------------------------------------------
+
+
+def test_worker_never_calls_a_graph_url_outside_the_allowlist(
+    cloud_app: Appliance, admin: httpx.Client, graph: FakeGraph
+) -> None:
+    """A cloud account whose base_url is a non-public address outside
+    OUTBOUND_ALLOW_NETWORKS (127.0.0.2: loopback, but only 127.0.0.1/32 is allowed)
+    fails to connect with the reason, and the server there never gets a request."""
+    elsewhere = FakeGraph("127.0.0.2")
+    elsewhere.thread.start()
+    try:
+        created = admin.post(
+            "/api/accounts",
+            json={
+                "id": "cx",
+                "name": "outside",
+                "engine": "cloud",
+                "engine_settings": {**_settings(graph), "base_url": elsewhere.url},
+            },
+        )
+        assert created.status_code == 201, created.text
+
+        def failed() -> sqlite3.Row | None:
+            row = _query(cloud_app, "SELECT state, state_reason FROM accounts WHERE id = 'cx'")[0]
+            return row if row["state"] == "failed" else None
+
+        row = _wait(failed, 30, "the account outside the allowlist failing")
+        assert "refused" in row["state_reason"] and "OUTBOUND_ALLOW_NETWORKS" in row["state_reason"]
+        assert TOKEN not in row["state_reason"]
+        # A manager cannot move the working account there either.
+        with bearer(cloud_app, new_api_key(cloud_app, "cloud-manager", "manager", "cl")) as m:
+            shown = m.get("/api/accounts/cl").json()["engine_settings"]
+            moved = m.patch(
+                "/api/accounts/cl", json={"engine_settings": {**shown, "base_url": elsewhere.url}}
+            )
+            assert moved.status_code == 403, moved.text
+        assert admin.get("/api/accounts/cl").json()["engine_settings"]["base_url"] == graph.url
+        time.sleep(1.0)  # a reconnect attempt, if any, would have reached the fake by now
+        with elsewhere.lock:
+            assert elsewhere.gets == [] and elsewhere.sent == []
+    finally:
+        admin.delete("/api/accounts/cx", params={"confirm": "cx"})
+        elsewhere.server.shutdown()
+        elsewhere.server.server_close()

@@ -32,8 +32,7 @@ EXPECTED_PUBLIC = {
     "/healthz",
     "/readyz",
     "/auth/login",
-    "/docs/init.js",
-    "/docs/assets/<name>",
+    "/",
     "/engines/cloud/<account>/webhook",
 }
 REQUIREMENTS = {"public", "authenticated", "metrics-token"} | {p.value for p in Permission}

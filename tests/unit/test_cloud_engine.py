@@ -12,7 +12,9 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,22 @@ from appliance.messaging import store
 from tests.samples import png as _png
 
 PHONE_ID = "106540352242922"
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """Names in these tests, never asked of DNS. lookaside.example stands for Meta's
+    CDN (a public address; the mock transport answers, nothing is sent)."""
+    table = {"lookaside.example": ["157.240.1.1"], "internal.example": ["10.1.2.3"]}
+    if host not in table:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return table[host]
+
+
+# The fake Graph is on 127.0.0.1, which the SSRF guard only reaches when allowlisted.
+GUARD: dict[str, Any] = {
+    "allowed_networks": [ipaddress.ip_network("127.0.0.1/32")],
+    "resolver": _resolve,
+}
 CIPHER = DataCipher(b"unit-test-data-key")
 RAW_SETTINGS = {
     "phone_number_id": PHONE_ID,
@@ -416,6 +434,7 @@ def test_engine_send_status_and_inbox(open_db: Any, db_path: Path) -> None:
                 db=db,
                 cipher=CIPHER,
                 transport=httpx.MockTransport(graph),
+                **GUARD,
             )
             assert await engine.connect() == "+15550783881"
             assert requests[0].headers["Authorization"] == f"Bearer {RAW_SETTINGS['access_token']}"
@@ -518,6 +537,7 @@ def test_timeouts_and_pair_rate_are_transient(open_db: Any, db_path: Path) -> No
                 db=db,
                 cipher=CIPHER,
                 transport=httpx.MockTransport(graph),
+                **GUARD,
             )
 
             def out(number: str, message_id: str) -> OutboundMessage:
@@ -679,6 +699,7 @@ def _run_inbox(
                 db=db,
                 cipher=CIPHER,
                 transport=httpx.MockTransport(graph),
+                **GUARD,
                 media_max_bytes=media_max_bytes,
             )
             for messages in posts:
@@ -830,14 +851,15 @@ def test_graph_404_and_refused_urls(open_db: Any, db_path: Path, caplog: Any) ->
     # https to another host is allowed (Meta's CDN): the fake transport answers it.
     assert errors[5] is None and given["wamid.E5"].media == ("image/png", PNG)
     assert all(given[f"wamid.E{n}"].media is None for n in (1, 2, 3, 4, 6))
-    hosts = {r.url.host for r in graph.requests}
-    assert hosts == {"127.0.0.1", "lookaside.example"}  # neither redirect nor http host
+    # Requests go to the checked address, named in the Host header.
+    hosts = {(r.url.host, r.headers["Host"]) for r in graph.requests}
+    assert hosts == {("127.0.0.1", "127.0.0.1:9"), ("157.240.1.1", "lookaside.example")}
     assert TOKEN not in repr(errors) and TOKEN not in caplog.text
     assert len(host.inbound) == 6
 
 
 def test_download_timeout(open_db: Any, db_path: Path, monkeypatch: Any) -> None:
-    import appliance.engines.cloud as cloud
+    import appliance.engines.cloud.inbox as cloud
 
     monkeypatch.setattr(cloud, "MEDIA_TIMEOUT_S", 0.2)
     graph = MediaGraph()
@@ -923,6 +945,7 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
                 db=db,
                 cipher=CIPHER,
                 transport=httpx.MockTransport(lambda r: httpx.Response(500)),
+                **GUARD,
             )
             message = InboundMessage(
                 id="wamid.IN",
@@ -937,7 +960,7 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
                 media=("image/png", PNG),
                 received_at=7.0,
             )
-            translated = await engine._translate(message)
+            translated = await engine.inbox.translate(message)
             assert translated == dataclasses.replace(message, reply_to="msg_ours")
             assert translated.media == ("image/png", PNG) and translated.received_at == 7.0
             await engine.close()
@@ -978,6 +1001,7 @@ def test_a_status_webhook_records_the_wamid_of_a_send(open_db: Any, db_path: Pat
                 db=db,
                 cipher=CIPHER,
                 transport=httpx.MockTransport(graph),
+                **GUARD,
             )
             assert await engine.process_inbox() == 1
             rows = await db.fetchall("SELECT wamid, message_id FROM cloud_wamids")
@@ -993,5 +1017,205 @@ def test_a_status_webhook_records_the_wamid_of_a_send(open_db: Any, db_path: Pat
             await engine.send(retry)
             assert posts == []  # not sent twice
             await engine.close()
+
+    asyncio.run(body())
+
+
+# -- the SSRF guard on every request -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base_url", "allowed"),
+    [
+        ("http://10.0.0.5:8080", []),  # a private address
+        ("http://127.0.0.1:9", []),  # loopback, not allowlisted
+        ("http://169.254.169.254", ["169.254.0.0/16"]),  # metadata needs an exact entry
+        ("https://internal.example", ["127.0.0.1/32"]),  # a name resolving to 10.1.2.3
+    ],
+)
+def test_engine_never_calls_a_refused_address(
+    open_db: Any, db_path: Path, base_url: str, allowed: list[str], caplog: Any
+) -> None:
+    import httpx
+
+    reached: list[httpx.Request] = []
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        reached.append(request)
+        return httpx.Response(200, json={"display_phone_number": "+1 555", "id": "1"})
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            settings = store_settings({**RAW_SETTINGS, "base_url": base_url}, CIPHER)
+            async with db.write() as conn:
+                await store.create_account(
+                    conn,
+                    account_id="c1",
+                    name="c1",
+                    engine="cloud",
+                    engine_settings=settings,
+                    settings={},
+                    now=1.0,
+                )
+            host = FakeHost(db, "c1")
+            engine = CloudEngine(
+                "c1",
+                settings,
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(graph),
+                allowed_networks=[ipaddress.ip_network(n) for n in allowed],
+                resolver=_resolve,
+            )
+            with pytest.raises(ConnectionError) as refused:
+                await engine.connect()
+            assert "refused" in str(refused.value)
+            assert "OUTBOUND_ALLOW_NETWORKS" in str(refused.value)
+            out = OutboundMessage(
+                account_id="c1",
+                id="msg_1",
+                to_jid="16505551234@s.whatsapp.net",
+                type="text",
+                content={"type": "text", "text": {"body": "hi"}},
+            )
+            with pytest.raises(SendError) as failed:
+                await engine.send(out)
+            assert failed.value.permanent and "refused" in failed.value.reason
+            await engine.mark_read("16505551234@s.whatsapp.net", ["wamid.X"])
+            hook = _envelope({"contacts": _contacts(), "messages": [_media_message("w1", "77")]})
+            async with db.write() as conn:
+                await conn.execute(
+                    "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                    "VALUES ('c1', ?, 0)",
+                    (orjson.dumps(hook),),
+                )
+            assert await engine.process_inbox() == 1
+            error = host.inbound[0].content["image"]["download_error"]
+            assert error.startswith("media lookup refused") and TOKEN not in error
+            await engine.close()
+
+    asyncio.run(body())
+    assert reached == []  # not one request, so the token went nowhere
+    assert TOKEN not in caplog.text
+
+
+def test_media_url_on_a_refused_address_is_not_fetched(open_db: Any, db_path: Path) -> None:
+    graph = MediaGraph()
+    graph.add("6001", PNG, url="https://internal.example/media/6001")  # resolves to 10.1.2.3
+    graph.add("6002", PNG, url="https://10.9.9.9/media/6002")
+    graph.add("6003", PNG, url="https://lookaside.example/media/6003")
+    host = _run_inbox(
+        open_db, db_path, graph, [[_media_message(f"wamid.R{n}", f"600{n}") for n in (1, 2, 3)]]
+    )
+    given = _given(host)
+    for n in (1, 2):
+        error = given[f"wamid.R{n}"].content["image"]["download_error"]
+        assert error.startswith("media URL refused") and "OUTBOUND_ALLOW_NETWORKS" in error
+        assert given[f"wamid.R{n}"].media is None
+    assert given["wamid.R3"].media == ("image/png", PNG)
+    fetched = [r.headers["Host"] for r in graph.requests if r.url.path.startswith("/media/")]
+    assert fetched == ["lookaside.example"]
+
+
+# -- the engine's seams: errors, host, store --------------------------------------------------
+
+
+def test_engine_errors_join_the_hierarchy() -> None:
+    from appliance.engines.base import LoggedOut
+    from appliance.engines.cloud import GraphRefused, MediaDownloadError
+    from appliance.errors import ApplianceError, EngineError
+
+    for cls in (SendError, LoggedOut, MediaDownloadError, GraphRefused):
+        assert issubclass(cls, EngineError) and issubclass(cls, ApplianceError)
+    refused = send_error_for(401, _graph_error(190))
+    assert isinstance(refused, GraphRefused) and isinstance(refused, SendError)
+    assert refused.token_refused and not refused.pair_rate_limited
+    assert send_error_for(400, _graph_error(131056)).pair_rate_limited
+    assert not send_error_for(502, None).token_refused
+
+
+class FailureHost(FakeHost):
+    def __init__(self, db: Any, account_id: str) -> None:
+        super().__init__(db, account_id)
+        self.failures: list[tuple[str, str]] = []
+
+    async def on_delivery_failed(self, message_id: str, reason: str) -> None:
+        self.failures.append((message_id, reason))
+
+
+def test_a_failed_status_is_reported_to_the_host(open_db: Any, db_path: Path) -> None:
+    """The engine writes no message state itself: a failure WhatsApp reports after the
+    send goes to EngineHost.on_delivery_failed."""
+    import httpx
+
+    error = {"code": 131047, "title": "Re-engagement message"}
+    statuses = [
+        {"id": "wamid.F1", "status": "failed", "errors": [error], "biz_opaque_callback_data": "m"},
+        {"id": "wamid.F1", "status": "failed"},  # no reason given
+    ]
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await _cloud_account(conn, outbound_id="m")
+                await store.set_message_status(conn, "c1", "m", "sent", now=2.0)
+                await conn.execute(
+                    "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                    "VALUES ('c1', ?, 0)",
+                    (orjson.dumps(_envelope({"statuses": statuses})),),
+                )
+            host = FailureHost(db, "c1")
+            engine = CloudEngine(
+                "c1",
+                store_settings(RAW_SETTINGS, CIPHER),
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(lambda r: httpx.Response(500)),
+                **GUARD,
+            )
+            assert await engine.process_inbox() == 1
+            assert host.failures == [
+                ("m", "131047: Re-engagement message"),
+                ("m", "failed (no reason given)"),
+            ]
+            assert (await store.message_row(db, "c1", "m"))["status"] == "sent"
+            await engine.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("status", "fails"),
+    [("queued", True), ("sent", True), ("delivered", True), ("read", False), ("failed", False)],
+)
+def test_report_failure(open_db: Any, db_path: Path, status: str, fails: bool) -> None:
+    """A failure reported after the send fails the message from any state but read and
+    failed, with one message.failed event."""
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await _cloud_account(conn, outbound_id="m")
+                if status != "queued":
+                    await store.set_message_status(conn, "c1", "m", "sending", now=2.0)
+                    await store.set_message_status(conn, "c1", "m", status, now=2.0)
+            before = await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+            async with db.write() as conn:
+                changed = await store.report_failure(
+                    conn, "c1", "m", "WhatsApp reported: 131026: gone", now=3.0
+                )
+            assert changed is fails
+            row = await store.message_row(db, "c1", "m")
+            failed = await db.fetchall("SELECT type FROM events WHERE id > ?", (before,))
+            if fails:
+                assert row["status"] == "failed"
+                assert row["error"] == "WhatsApp reported: 131026: gone"
+                assert [r["type"] for r in failed] == ["message.failed"]
+            else:
+                assert row["status"] == status and [r["type"] for r in failed] == []
 
     asyncio.run(body())

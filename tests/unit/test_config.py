@@ -247,3 +247,23 @@ def test_web_client_factory_is_refused_outside_test_mode(paths: Paths) -> None:
     assert "WEB_CLIENT_FACTORY" in msg and "module:callable" in msg
     s = _load(paths, "ENABLE_TEST_ROUTES=true\nWEB_CLIENT_FACTORY=fake_whatsapp:client_factory\n")
     assert s.web_client_factory == "fake_whatsapp:client_factory"
+
+
+def test_outbound_allowlist_and_its_old_name(paths: Paths) -> None:
+    net = ipaddress.ip_network
+    assert _load(paths, "").allowed_private_networks == []
+    new = _load(paths, "OUTBOUND_ALLOW_NETWORKS=127.0.0.1/32, 10.1.0.0/16\n")
+    assert new.allowed_private_networks == [net("127.0.0.1/32"), net("10.1.0.0/16")]
+    # The old name keeps working, in the file and as an environment override.
+    old = _load(paths, "WEBHOOK_ALLOW_NETWORKS=192.168.5.0/24\n")
+    assert old.allowed_private_networks == [net("192.168.5.0/24")]
+    env = _load(paths, "", APPLIANCE_WEBHOOK_ALLOW_NETWORKS="127.0.0.1/32")
+    assert env.allowed_private_networks == [net("127.0.0.1/32")]
+    # Both names with the same networks is harmless; different networks are refused.
+    same = _load(paths, "OUTBOUND_ALLOW_NETWORKS=127.0.0.1/32\nWEBHOOK_ALLOW_NETWORKS=127.0.0.1\n")
+    assert same.allowed_private_networks == [net("127.0.0.1/32")]
+    msg = _error(paths, "OUTBOUND_ALLOW_NETWORKS=127.0.0.1/32\nWEBHOOK_ALLOW_NETWORKS=10.0.0.0/8\n")
+    assert "OUTBOUND_ALLOW_NETWORKS" in msg and "WEBHOOK_ALLOW_NETWORKS" in msg
+    assert "keep only OUTBOUND_ALLOW_NETWORKS" in msg and str(paths.env_file) in msg
+    msg = _error(paths, "OUTBOUND_ALLOW_NETWORKS=10.0.0.0/33\n")
+    assert "OUTBOUND_ALLOW_NETWORKS" in msg and "CIDR" in msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import re
 import sqlite3
 import time
@@ -25,6 +26,8 @@ from appliance.db.migrate import (
 
 MIGRATIONS_DIR = Path(migrate_mod.__file__).parent / "migrations"
 _CREATE_TABLE_RE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE)
+# A table rebuilt under a temporary name and renamed (e.g. 0010) exists under its new name.
+_RENAMED_RE = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+RENAME\s+TO\s+\w+", re.IGNORECASE)
 _CREATE_INDEX_RE = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I
 )
@@ -91,7 +94,9 @@ def test_migrate_empty_database_applies_all_versions(db_path: Path, open_db: Any
             assert all(before - 1 <= at <= after + 1 for _, _, at in recorded)
 
             tables = await _objects(db, "table")
-            expected_tables = _created(_CREATE_TABLE_RE, migrations) | {"schema_migrations"}
+            expected_tables = _created(_CREATE_TABLE_RE, migrations) - _created(
+                _RENAMED_RE, migrations
+            ) | {"schema_migrations"}
             assert expected_tables <= tables
             assert {"app_meta", "queue_jobs", "schema_migrations"} <= tables
             assert _created(_CREATE_INDEX_RE, migrations) <= await _objects(db, "index")
@@ -147,7 +152,9 @@ def test_migrate_upgrades_a_database_at_the_previous_version(db_path: Path, open
     assert latest >= 2, "needs at least two migrations"
     last = migrations[-1]
     new_tables = _created(_CREATE_TABLE_RE, [last])
-    old_tables = _created(_CREATE_TABLE_RE, migrations[:-1])
+    old_tables = _created(_CREATE_TABLE_RE, migrations[:-1]) - _created(
+        _RENAMED_RE, migrations[:-1]
+    )
 
     async def body() -> None:
         async with open_db(db_path, migrated=False) as db:
@@ -386,6 +393,9 @@ def test_split_statements_accepts_a_trailing_block_comment() -> None:
 
 def test_bundled_migrations_split_into_single_statements() -> None:
     for migration in available_migrations():
+        if migration.module is not None:  # a Python data migration: no SQL
+            assert migration.sql == ""
+            continue
         statements = split_statements(migration.sql)
         assert statements, migration.name
         conn = sqlite3.connect(":memory:")
@@ -408,13 +418,22 @@ def test_available_migrations_are_numbered_without_gaps() -> None:
     assert len({m.name for m in migrations}) == len(migrations)
     for m in migrations:
         assert re.fullmatch(r"[a-z0-9_]+", m.name)
+        if m.module is not None:
+            assert (MIGRATIONS_DIR / f"{m.version:04d}_{m.name}.py").is_file()
+            assert callable(importlib.import_module(m.module).upgrade)
+            continue
         assert m.sql.strip()
         assert (MIGRATIONS_DIR / f"{m.version:04d}_{m.name}.sql").read_text("utf-8") == m.sql
 
 
 def test_no_sql_file_is_silently_ignored() -> None:
-    sql_files = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
-    assert sql_files == [f"{m.version:04d}_{m.name}.sql" for m in available_migrations()]
+    files = sorted(
+        p.name for p in [*MIGRATIONS_DIR.glob("*.sql"), *MIGRATIONS_DIR.glob("[0-9]*.py")]
+    )
+    expected = [
+        f"{m.version:04d}_{m.name}.{'py' if m.module else 'sql'}" for m in available_migrations()
+    ]
+    assert files == expected
 
 
 def _fake_package(monkeypatch: pytest.MonkeyPatch, directory: Path, files: dict[str, str]) -> None:
@@ -460,3 +479,68 @@ def test_available_migrations_sorts_and_ignores_other_files(
         Migration(2, "second", "SELECT 2;\n"),
     ]
     assert latest_version() == 2
+
+
+# --------------------------------------------------------------------------- data migrations
+
+
+def _header_migration() -> Migration:
+    found = [m for m in available_migrations() if m.name == "webhook_header_values_encrypted"]
+    assert len(found) == 1, [m.name for m in available_migrations()]
+    return found[0]
+
+
+async def _plain_endpoint(db: Database, endpoint_id: str, headers: str) -> None:
+    async with db.write() as conn:
+        await conn.execute(
+            "INSERT INTO webhook_endpoints (id, url, event_types, headers, secret, created_at, "
+            "updated_at) VALUES (?, 'https://hooks.example.com/in', '[\"*\"]', ?, x'00', 1, 1)",
+            (endpoint_id, headers),
+        )
+
+
+def test_webhook_header_values_are_encrypted_by_a_migration(db_path: Path, open_db: Any) -> None:
+    from appliance.crypto import DataCipher
+    from appliance.webhooks import store as hooks
+
+    cipher = DataCipher(b"k" * 32)
+    version = _header_migration().version
+
+    async def body() -> None:
+        async with open_db(db_path, migrated=False) as db:
+            await migrate(db.writer, target=version - 1)
+            await _plain_endpoint(db, "wh_a", '{"X-Api-Token": "plain-token-c0ffee", "X-B": "b2"}')
+            await _plain_endpoint(db, "wh_none", "{}")
+            # Without the data key the rows cannot be encrypted: refused, nothing changed.
+            with pytest.raises(RuntimeError, match="data key"):
+                await migrate(db.writer)
+            assert await current_version(db.writer) == version - 1
+            row = await db.fetchone("SELECT headers FROM webhook_endpoints WHERE id = 'wh_a'")
+            assert "plain-token-c0ffee" in row[0]
+            assert await migrate(db.writer, cipher=cipher) == list(
+                range(version, latest_version() + 1)
+            )
+            rows = {
+                r[0]: r[1] for r in await db.fetchall("SELECT id, headers FROM webhook_endpoints")
+            }
+            assert "plain-token-c0ffee" not in rows["wh_a"] and "X-Api-Token" in rows["wh_a"]
+            assert rows["wh_none"] == "{}"
+            endpoint = await hooks.get_endpoint(db, "wh_a")
+            assert endpoint.header_values(cipher) == {
+                "X-Api-Token": "plain-token-c0ffee",
+                "X-B": "b2",
+            }
+            # Each value is bound to its endpoint and name: moved elsewhere, it does not decrypt.
+            swapped = hooks.Endpoint(**{**endpoint.__dict__, "id": "wh_other"})
+            with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
+                swapped.header_values(cipher)
+
+    asyncio.run(body())
+
+
+def test_an_empty_database_needs_no_data_key(db_path: Path, open_db: Any) -> None:
+    async def body() -> None:
+        async with open_db(db_path, migrated=False) as db:
+            assert await migrate(db.writer) == list(range(1, latest_version() + 1))
+
+    asyncio.run(body())

@@ -608,3 +608,99 @@ def test_https_sends_sni_and_checks_the_certificate_against_the_host_name(
             assert "other.test" in str(info.value)
 
     run(body())
+
+
+# -- GuardedTransport: an httpx client whose every request goes through the guard ----------
+
+
+def _guarded(allowed: list[Any], resolver: Any = None, **kwargs: Any) -> Any:
+    import httpx
+
+    transport = ssrf.GuardedTransport(allowed, resolver=resolver, **kwargs)
+    return httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
+
+
+def test_guarded_client_refuses_addresses_outside_the_allowlist() -> None:
+    async def body() -> None:
+        async with LocalServer(respond("200 OK", b"token taken")) as server:
+            resolver = fake_resolver(
+                {"graph.test": ["127.0.0.1"], "mixed.test": ["8.8.8.8", "10.1.1.1"]}
+            )
+            async with _guarded([], resolver) as client:
+                for url in (
+                    f"http://127.0.0.1:{server.port}/v21.0/1/messages",
+                    f"http://graph.test:{server.port}/v21.0/1/messages",
+                    "http://169.254.169.254/latest/meta-data/",
+                    "http://10.0.0.5:8080/x",
+                    f"http://mixed.test:{server.port}/x",
+                ):
+                    with pytest.raises(RefusedAddress) as info:
+                        await client.post(url, headers={"Authorization": "Bearer secret"})
+                    assert "OUTBOUND_ALLOW_NETWORKS" in info.value.message
+            # Allowing 169.254.0.0/16 still does not reach the metadata address.
+            async with _guarded(net("169.254.0.0/16")) as client:
+                with pytest.raises(RefusedAddress):
+                    await client.get("http://169.254.169.254/latest/meta-data/")
+            assert server.connections == 0
+
+    run(body())
+
+
+def test_guarded_client_connects_to_the_checked_address_with_the_host_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    calls: list[str] = []
+    resolver = fake_resolver({"graph.test": ["127.0.0.1"]}, calls)
+
+    async def body() -> None:
+        async with LocalServer(respond("200 OK", b'{"id":"1"}')) as server:
+            async with _guarded(LOCAL, resolver) as client:
+                url = f"http://graph.test:{server.port}/v21.0/1/messages?x=1"
+                for _ in range(2):
+                    answer = await client.post(url, content=b"{}", headers={"Authorization": "B"})
+                    assert answer.status_code == 200 and answer.json() == {"id": "1"}
+            first = server.requests[0]
+            assert first["line"] == "POST /v21.0/1/messages?x=1 HTTP/1.1"
+            assert first["headers"]["host"] == f"graph.test:{server.port}"
+            assert first["headers"]["authorization"] == "B"
+        assert calls == ["graph.test", "graph.test"]  # resolved and checked at each request
+
+    run(body())
+
+
+def test_guarded_client_unresolvable_host_is_a_connect_error() -> None:
+    import httpx
+
+    async def body() -> None:
+        async with _guarded(LOCAL, fake_resolver({})) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get("http://nowhere.test/x")
+            assert "nowhere.test" in str(info.value)
+
+    run(body())
+
+
+def test_guarded_client_https_sends_sni_and_checks_the_host_name(tmp_path: Path) -> None:
+    import httpx
+
+    cert, key = _self_signed(tmp_path, "graph.test")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    seen_sni: list[str | None] = []
+    server_tls.sni_callback = lambda sock, name, ctx: seen_sni.append(name)  # type: ignore[assignment]
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    resolver = fake_resolver({"graph.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+
+    async def body() -> None:
+        async with (
+            LocalServer(respond("200 OK", b"tls"), tls=server_tls) as server,
+            _guarded(LOCAL, resolver, verify=client_tls) as client,
+        ):
+            answer = await client.get(f"https://graph.test:{server.port}/x")
+            assert answer.content == b"tls"
+            assert seen_sni == ["graph.test"]
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"https://other.test:{server.port}/x")
+
+    run(body())

@@ -2,7 +2,8 @@
 
 The neonize client is replaced at its boundary (the object the client factory returns)
 by ``FakeClient``: nothing here connects anywhere. One test builds a real neonize
-client object (never connected) to check the ack-after-commit callback.
+client object (never connected) to check the ack-after-commit callback. The id map is
+a table of a real (migrated) database in ``tmp_path``, opened by ``run``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from neonize.proto import Neonize_pb2 as ev  # noqa: E402
 from neonize.proto.waCommon.WACommon_pb2 import MessageKey  # noqa: E402
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e  # noqa: E402
 
+from appliance.db.database import Database  # noqa: E402
+from appliance.db.migrate import migrate  # noqa: E402
 from appliance.engines.base import LoggedOut, OutboundMessage, SendError  # noqa: E402
 from appliance.engines.web import (  # noqa: E402
     WebEngine,
@@ -203,6 +206,18 @@ class Host:
         self.saved.append(state)
 
 
+# The database of the running test (run() opens it; the engine keeps its id map there).
+DATABASE: dict[str, Any] = {}
+ACCOUNTS = ("acc0", "acc1", "acc2", "acc3", "broken", "healthy")
+
+
+@pytest.fixture(autouse=True)
+def _database_path(tmp_path: Path) -> Any:
+    DATABASE["path"] = tmp_path / "appliance.db"
+    yield
+    DATABASE.clear()
+
+
 def make(tmp_path: Path, world: World, host: Host | None = None, account: str = "acc1") -> Any:
     engine = WebEngine(
         account,
@@ -210,6 +225,7 @@ def make(tmp_path: Path, world: World, host: Host | None = None, account: str = 
         {},
         host or Host(),
         session_root=tmp_path / "sessions",
+        db=DATABASE["db"],
         client_factory=world.factory,
     )
     engine.probe_timeout_s = 0.2
@@ -217,8 +233,28 @@ def make(tmp_path: Path, world: World, host: Host | None = None, account: str = 
     return engine
 
 
+async def open_database(path: Path) -> Database:
+    db = await Database.open(path)
+    await migrate(db.writer)
+    async with db.write() as conn:
+        for account in ACCOUNTS:
+            await conn.execute(
+                "INSERT OR IGNORE INTO accounts (id, name, engine, created_at, updated_at) "
+                "VALUES (?, ?, 'web', 0, 0)",
+                (account, account),
+            )
+    return db
+
+
 def run(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 20))
+    async def with_database() -> Any:
+        DATABASE["db"] = db = await open_database(DATABASE["path"])
+        try:
+            return await asyncio.wait_for(coro, 20)
+        finally:
+            await db.close()
+
+    return asyncio.run(with_database())
 
 
 async def connected(tmp_path: Path, world: World, host: Host | None = None) -> Any:
@@ -248,7 +284,7 @@ def test_qr_linking_then_a_second_connect_resumes_without_qr(tmp_path: Path) -> 
         assert engine.qr_code == "2@fake-qr-ref,key1,key2,adv"
         assert engine.qr_png().startswith(b"\x89PNG")
         assert b"<svg" in engine.qr_svg()
-        await engine._on_qr("2@second")  # a refresh is a new account.status event
+        await engine.on_qr("2@second")  # a refresh is a new account.status event
         assert host.states[-1] == ("pairing", "scan the QR code (code 2)")
         world.linked.set()
         assert await connecting == f"+{ME}"
@@ -256,8 +292,8 @@ def test_qr_linking_then_a_second_connect_resumes_without_qr(tmp_path: Path) -> 
         assert host.saved[-1] == {"paired": True, "phone": f"+{ME}"}
         session = tmp_path / "sessions" / "acc1"
         assert stat.S_IMODE(session.stat().st_mode) == 0o700
-        for name in ("session.db", "ids.db"):
-            assert stat.S_IMODE((session / name).stat().st_mode) == 0o600
+        assert stat.S_IMODE((session / "session.db").stat().st_mode) == 0o600
+        assert not (session / "ids.db").exists()  # the id map is in the main database
         await engine.close()
 
         host2 = Host()
@@ -330,6 +366,35 @@ def test_text_kinds_replies_and_group_senders() -> None:
         ephemeralMessage=e2e.FutureProofMessage(message=e2e.Message(conversation="poof"))
     )
     assert map_inbound(message_event(wrapped))[0].body == "poof"
+
+
+def test_naming_our_id_after_the_mapping_equals_naming_it_during() -> None:
+    """The engine maps first and looks WhatsApp's id up in the database afterwards."""
+    from appliance.engines.web.protobuf import replying_to
+
+    image = e2e.Message(
+        imageMessage=e2e.ImageMessage(
+            mimetype="image/png", contextInfo=e2e.ContextInfo(stanzaID="3EB0WA0001")
+        )
+    )
+    messages = [
+        e2e.Message(
+            extendedTextMessage=e2e.ExtendedTextMessage(
+                text="yes", contextInfo=e2e.ContextInfo(stanzaID="3EB0WA0001")
+            )
+        ),
+        e2e.Message(
+            reactionMessage=e2e.ReactionMessage(key=MessageKey(ID="3EB0WA0001"), text="👍")
+        ),
+        e2e.Message(protocolMessage=e2e.ProtocolMessage(type=0, key=MessageKey(ID="3EB0WA0001"))),
+        image,
+    ]
+    for msg in messages:
+        during, _ = map_inbound(message_event(msg), app_id_for=lambda i: "3EB0APP")
+        after = replying_to(map_inbound(message_event(msg))[0], "3EB0APP")
+        assert after == during and after.reply_to == "3EB0APP"
+    plain = map_inbound(message_event(e2e.Message(conversation="hi")))[0]
+    assert replying_to(plain, "3EB0APP") is plain
 
 
 def test_media_kinds_with_type_caption_and_mimetype() -> None:
@@ -405,7 +470,7 @@ def test_a_failed_commit_is_retried_before_whatsapp_gets_its_acknowledgement(
     commit that failed once (database locked) must be tried again, not dropped."""
     import sqlite3
 
-    from appliance.engines import web
+    from appliance.engines.web import engine as web
 
     monkeypatch.setattr(web, "COMMIT_RETRY_S", (0.01, 0.02, 0.05))
 
@@ -465,7 +530,7 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
         await engine.send(text)  # the worker retries after a crash: WhatsApp has it
         assert len(world.sent) == 1
         assert world.sent[0] == (ALICE, e2e.Message(conversation="hi"))
-        assert engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
+        assert await engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
 
         # the id map survives a restart of the engine
         await engine.close()
@@ -523,6 +588,51 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
     run(main())
 
 
+def test_an_id_map_file_of_an_earlier_version_is_imported_when_the_engine_starts(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_web_idmap import legacy_file
+
+    async def main() -> None:
+        session = tmp_path / "sessions" / "acc1"
+        legacy_file(session, [("3EB0APP1", "3EB0WA0001", ALICE, 1, time.time())])
+        world, host = World(), Host()
+        engine = await connected(tmp_path, world, host)
+        assert not (session / "ids.db").exists() and (session / "ids.db.imported").is_file()
+        text = out("3EB0APP1", "text", {"type": "text", "text": {"body": "hi"}})
+        await engine.send(text)  # accepted before the upgrade: not sent again
+        assert world.sent == []
+        source = ev.MessageSource(Chat=jid(ALICE), Sender=jid(ALICE))
+        await world.client.emit(ev.Receipt(MessageSource=source, MessageIDs=["3EB0WA0001"], Type=4))
+        assert host.receipts == [("3EB0APP1", "read")]
+        await engine.close()
+
+    run(main())
+
+
+def test_our_id_is_stored_before_the_hand_over_and_whatsapps_id_when_accepted(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        world = World()
+        engine = await connected(tmp_path, world)
+        world.send_delay = 0.3
+        text = out("3EB0APP1", "text", {"type": "text", "text": {"body": "slow"}})
+        sending = asyncio.create_task(engine.send(text))
+        while not world.sent:  # WhatsApp has it, and has not answered yet
+            await asyncio.sleep(0.01)
+        row = await DATABASE["db"].fetchone(
+            "SELECT wa_id, attempts FROM web_ids WHERE account_id = 'acc1' AND message_id = ?",
+            ("3EB0APP1",),
+        )
+        assert tuple(row) == (None, 1)
+        await sending
+        assert await engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
+        await engine.close()
+
+    run(main())
+
+
 def test_a_retry_while_the_first_attempt_is_in_flight_sends_once(tmp_path: Path) -> None:
     async def main() -> None:
         world = World()
@@ -532,7 +642,7 @@ def test_a_retry_while_the_first_attempt_is_in_flight_sends_once(tmp_path: Path)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(engine.send(text), 0.05)  # the worker gave up waiting
         await engine.send(text)  # its retry joins the same hand-over
-        assert len(world.sent) == 1 and engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
+        assert len(world.sent) == 1 and await engine._ids.wa_id("3EB0APP1") == "3EB0WA0001"
         await engine.close()
 
     run(main())
@@ -555,7 +665,7 @@ def test_send_failures_become_send_errors(tmp_path: Path) -> None:
             await engine.send(text)
         await engine.send(text)  # the third attempt goes through under the same id
         assert [m for _, m in world.sent] == [e2e.Message(conversation="hi")] * 3
-        assert engine._ids.wa_id("3EB0APP1") == "3EB0WA0003"
+        assert await engine._ids.wa_id("3EB0APP1") == "3EB0WA0003"
         await engine.close()
 
     run(main())
@@ -646,6 +756,7 @@ def test_a_temporary_ban_survives_a_worker_restart(tmp_path: Path) -> None:
             state,
             host,
             session_root=tmp_path / "sessions",
+            db=DATABASE["db"],
             client_factory=world.factory,
         )
         with pytest.raises(WebEngineError, match="temporarily banned"):
@@ -767,6 +878,7 @@ def test_many_connected_clients_leave_threads_for_go_calls(tmp_path: Path) -> No
                 {},
                 Host(),
                 session_root=tmp_path / "sessions",
+                db=DATABASE["db"],
                 client_factory=factory,
             )
             await asyncio.wait_for(engine.connect(), 3)
@@ -798,7 +910,13 @@ def test_the_engine_against_the_fake_whatsapp(
     async def main(fake: FakeWhatsAppServer) -> None:
         host = Host()
         engine = WebEngine(
-            "acc1", {}, {}, host, session_root=tmp_path / "sessions", client_factory=client_factory
+            "acc1",
+            {},
+            {},
+            host,
+            session_root=tmp_path / "sessions",
+            db=DATABASE["db"],
+            client_factory=client_factory,
         )
         engine.reconnect_grace_s = 2
         linking = asyncio.create_task(engine.connect())

@@ -29,11 +29,13 @@ from appliance.messaging import store as messaging_store
 from appliance.webhooks import signing, store
 from appliance.webhooks.delivery import AttemptResult
 from appliance.webhooks.dispatcher import (
+    CLAIM_BATCH,
     MAX_RETRY_AFTER_S,
     RESERVED_HEADERS,
     USER_AGENT,
     Dispatcher,
     parse_retry_after,
+    repeats_at_a_kill,
     retry_delay,
 )
 from appliance.webhooks.signing import new_secret, sign, signature_header
@@ -708,5 +710,53 @@ def test_a_delivery_whose_job_died_by_lease_expiry_ends_dead_and_replayable(
         row = await _delivery(db)
         assert row["state"] == "dead" and "lease expired" in row["last_error"]
         assert poster.sent == []
+
+    _with_db(open_db, db_path, body)
+
+
+def test_a_slot_is_held_until_the_outcome_is_committed(
+    open_db: Callable[..., Any], db_path: Path, tmp_path: Path
+) -> None:
+    """While the writer lags, no more deliveries are POSTed than the endpoint's slots:
+    a kill -9 at that moment repeats at most repeats_at_a_kill(max_concurrency) of them
+    (POSTed, outcome not committed). Before, every claimed task POSTed and then queued
+    for the writer (281 repeats over 4 kills in the integration drill)."""
+    poster, clock = FakePoster([]), Clock()
+
+    async def body(db: Database) -> None:
+        dispatcher, _, _ = await _setup(db, tmp_path, poster, clock, schedule="0,1")
+        async with db.write() as conn:
+            for n in range(19):
+                await messaging_store.append_event(conn, "message.received", "acc", {"n": n}, 1)
+        await dispatcher.fan_out_once()
+        slots = dispatcher._endpoints["wh_unit"].max_concurrency
+        assert slots == 2
+        # The writer lags: outcomes wait at this gate instead of being committed.
+        gate, waiting = asyncio.Event(), []
+        write_batched = db.write_batched
+
+        async def lagging_writer(work: Any) -> Any:
+            waiting.append(work)
+            await gate.wait()
+            return await write_batched(work)
+
+        db.write_batched = lagging_writer  # type: ignore[method-assign]
+        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
+        assert len(jobs) == 20
+        tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
+        for _ in range(200):  # bounded: until the slots are taken
+            if len(waiting) >= slots:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # time enough for more POSTs, had the slots been freed
+        assert len(waiting) == slots  # outcomes waiting for the writer
+        assert len(poster.sent) == repeats_at_a_kill(slots) == slots  # POSTed, not recorded
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        assert len(poster.sent) == 20
+        states = await db.fetchall(
+            "SELECT state, COUNT(*) AS n FROM webhook_deliveries GROUP BY state"
+        )
+        assert [tuple(r) for r in states] == [("delivered", 20)]
 
     _with_db(open_db, db_path, body)

@@ -21,7 +21,7 @@ from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError, InvalidInput, RpcError
+from appliance.errors import ClientError, Forbidden, InvalidInput, RpcError
 from appliance.ipc import protocol
 from appliance.messaging import store
 from appliance.messaging.models import (
@@ -73,6 +73,36 @@ def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str,
     except ValueError as exc:
         issues = [{"path": "engine_settings", "message": str(exc), "code": "invalid"}]
         raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
+
+
+def _cloud_base_url_change(
+    stored: dict[str, Any], given: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The settings to store, and the new base_url when it changes (None otherwise).
+
+    The stored access token is sent to base_url: moving it needs the admin role
+    (403) and both secrets entered again in the same request (400 naming them).
+    """
+    from appliance.engines.cloud import base_url_change
+
+    given, missing = base_url_change(stored, given)
+    if missing is None:
+        return given, None
+    if not principal().can(Permission.ACCOUNTS_ENDPOINT):
+        raise Forbidden(
+            "changing engine_settings.base_url needs the admin role "
+            f"({Permission.ACCOUNTS_ENDPOINT.value}): the account's access token is sent there"
+        )
+    if missing:
+        message = "changing engine_settings.base_url needs the secrets entered again"
+        raise InvalidInput(
+            f"{message}: {', '.join(missing)}",
+            issues=[
+                {"path": f"engine_settings.{name}", "message": message, "code": "required"}
+                for name in missing
+            ],
+        )
+    return given, str(given["base_url"])
 
 
 @bp.get("/api/accounts")
@@ -145,11 +175,17 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
     """Rename, change engine settings or account settings (applied live)."""
     row = await account_for(account)
     engine_settings = None
+    moved_to = None
     if data.engine_settings is not None:
         # Encrypted secrets are never shown; a masked value sent back keeps the stored one.
         stored = orjson.loads(row["engine_settings"])
+        given = data.engine_settings
         kept = {k: v for k, v in stored.items() if k.endswith("_enc")}
-        engine_settings = validate_engine_settings(row["engine"], {**kept, **data.engine_settings})
+        if row["engine"] == "cloud":
+            given, moved_to = _cloud_base_url_change(stored, given)
+            if moved_to is not None:
+                kept = {}  # the new URL gets the secrets just entered, never the stored ones
+        engine_settings = validate_engine_settings(row["engine"], {**kept, **given})
     async with _db().write() as conn:
         await store.update_account(
             conn,
@@ -159,7 +195,8 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
             engine_settings=engine_settings,
             settings=data.settings.model_dump() if data.settings is not None else None,
         )
-        await audit(conn, "account.update", target=f"account:{account}")
+        details = {} if moved_to is None else {"base_url": moved_to}
+        await audit(conn, "account.update", target=f"account:{account}", **details)
         updated = await store.account_row(conn, account)
     await poke("accounts")
     return store.account_out(updated)

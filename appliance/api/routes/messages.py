@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -22,9 +23,12 @@ from appliance.db.queue import enqueue_in
 from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
+from appliance.net import ssrf
 from appliance.worker.messaging import SEND_QUEUE
 
 bp = Blueprint("messages", __name__)
+
+LINK_CHECK_TIMEOUT_S = 5.0  # resolving a media link's host at send time
 
 
 class InboundAccepted(BaseModel):
@@ -55,6 +59,20 @@ def _unknown(path: str, message: str) -> Unprocessable:
     return Unprocessable(message, issues=[{"path": path, "message": message, "code": "unknown"}])
 
 
+async def check_media_link(path: str, link: str) -> None:
+    """Refuse (400) a media link the SSRF guard refuses: a non-public address outside
+    OUTBOUND_ALLOW_NETWORKS, a metadata endpoint, user:password@, a bad port. A host
+    that does not resolve now is accepted: whoever fetches the link checks it again
+    (the worker through the same guard, with the send failing on its reason)."""
+    try:
+        async with asyncio.timeout(LINK_CHECK_TIMEOUT_S):
+            await ssrf.validate_url(link, state_of().settings.allowed_private_networks)
+    except ssrf.RefusedUrl as exc:
+        raise _issue(path, exc.message, "refused_url") from None
+    except (ssrf.FetchFailed, TimeoutError):
+        pass
+
+
 @bp.post("/api/accounts/<account>/messages")
 @requires(Permission.MESSAGES_SEND)
 @idempotent
@@ -81,9 +99,7 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
     if data.reaction is not None:
         reply_to = data.reaction.message_id
     if media is not None and media.link is not None:
-        check = state_of().extras.get("validate_media_url")
-        if callable(check):
-            await check(media.link)  # raises a 400 naming the refused address
+        await check_media_link(f"{data.type}.link", media.link)
     raw_key = None
     from quart import request
 

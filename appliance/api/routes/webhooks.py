@@ -118,7 +118,12 @@ class EndpointIn(Strict):
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     events: EventList = Field(default_factory=lambda: ["*"], max_length=50)
     accounts: list[AccountId] | None = Field(default=None, description="null: every account")
-    headers: Headers = Field(default_factory=dict, max_length=20)
+    headers: Headers = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Custom headers sent with every delivery. Values are stored encrypted and "
+        "never shown (answers give `****`); in a PATCH, `****` keeps a header's stored value",
+    )
     timeout_s: Float = Field(default=15.0, ge=1, le=60)
     max_concurrency: Int = Field(default=4, ge=1, le=64)
     enabled: Bool = True
@@ -132,7 +137,12 @@ class EndpointPatch(Strict):
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
     events: EventList | None = Field(default=None, max_length=50)
     accounts: list[AccountId] | None = None
-    headers: Headers | None = Field(default=None, max_length=20)
+    headers: Headers | None = Field(
+        default=None,
+        max_length=20,
+        description="Custom headers sent with every delivery. Values are stored encrypted and "
+        "never shown (answers give `****`); in a PATCH, `****` keeps a header's stored value",
+    )
     timeout_s: Annotated[float, Field(ge=1, le=60), BeforeValidator(number_only)] | None = None
     max_concurrency: Annotated[int, Field(ge=1, le=64), BeforeValidator(number_only)] | None = None
 
@@ -150,7 +160,9 @@ class EndpointOut(BaseModel):
     description: str
     events: list[str]
     accounts: list[str] | None
-    headers: dict[str, str]
+    headers: dict[str, str] = Field(
+        description="Custom header names, each with the value `****`: values are never shown"
+    )
     timeout_s: float
     max_concurrency: int
     enabled: bool
@@ -237,7 +249,7 @@ def endpoint_out(e: store.Endpoint) -> EndpointOut:
         description=e.description,
         events=e.event_types,
         accounts=e.accounts,
-        headers=e.headers,
+        headers=store.masked_headers(e.headers),
         timeout_s=e.timeout_s,
         max_concurrency=e.max_concurrency,
         enabled=e.enabled,
@@ -288,6 +300,34 @@ async def _check_url(url: str) -> None:
         ) from None
 
 
+def _headers_to_store(
+    given: dict[str, str], stored: dict[str, str], endpoint_id: str | None = None
+) -> dict[str, str]:
+    """Given header values encrypted for the ``headers`` column (with ``endpoint_id``;
+    without, only checked). A value equal to the mask keeps the stored value of that
+    header; the mask for a header without a stored value is a 400 naming it."""
+    unknown = [
+        name for name, value in given.items() if value == store.HEADER_MASK and name not in stored
+    ]
+    if unknown:
+        message = f"{store.HEADER_MASK} keeps a stored value, and this header has none"
+        raise InvalidInput(
+            f"headers {unknown} have no stored value to keep; send their values",
+            issues=[
+                {"path": f"headers.{n}", "message": message, "code": "masked"} for n in unknown
+            ],
+        )
+    if endpoint_id is None:
+        return {}
+    cipher = state_of().cipher
+    return {
+        name: stored[name]
+        if value == store.HEADER_MASK
+        else store.encrypt_header(cipher, endpoint_id, name, value)
+        for name, value in given.items()
+    }
+
+
 @bp.get("/api/webhooks")
 @requires(Permission.WEBHOOKS_MANAGE)
 @document_response(EndpointList, 200)
@@ -309,9 +349,10 @@ async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
 
     Deliveries are signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
     `webhook-signature`); the URL must reach a public address unless its network is in
-    WEBHOOK_ALLOW_NETWORKS.
+    OUTBOUND_ALLOW_NETWORKS.
     """
     await _check_url(data.url)
+    _headers_to_store(data.headers, {})
     accounts = _accounts_for_caller(data.accounts)
     endpoint_id = store.new_endpoint_id()
     secret = new_secret()
@@ -360,14 +401,16 @@ async def get_endpoint(endpoint_id: str) -> EndpointOut:
 @tag(["webhooks"])
 async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
     """Change the URL, events, account filter, headers, timeout or concurrency."""
-    await _endpoint(endpoint_id)
+    current = await _endpoint(endpoint_id)
     fields: dict[str, Any] = {}
     if data.url is not None:
         await _check_url(data.url)
         fields["url"] = data.url
-    for name in ("description", "timeout_s", "max_concurrency", "headers"):
+    for name in ("description", "timeout_s", "max_concurrency"):
         if getattr(data, name) is not None:
             fields[name] = getattr(data, name)
+    if data.headers is not None:
+        fields["headers"] = _headers_to_store(data.headers, current.headers, endpoint_id)
     if data.events is not None:
         fields["event_types"] = data.events
     if "accounts" in data.model_fields_set:

@@ -1,0 +1,75 @@
+"""Media of the web engine: downloading inbound media, uploading outbound media.
+
+Inbound: the bytes are fetched through the client (or an injected downloader); a
+failure keeps the message and records why as ``download_error`` in its content part.
+Outbound: neonize uploads bytes to WhatsApp's media servers and builds the message;
+it cannot send by link or by our media id, so the worker resolves media to a stored
+file first (``needs_media_files``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.engines.base import InboundMessage, OutboundMessage, SendError
+from appliance.engines.web.connection import GO_GATE
+from appliance.engines.web.protobuf import describe, send_error
+
+MediaDownloader = Callable[[Any, Any], Awaitable[bytes]]  # (client, message proto) -> bytes
+
+
+async def with_media(
+    inbound: InboundMessage, message: Any, client: Any, downloader: MediaDownloader | None
+) -> InboundMessage:
+    """``inbound`` with its media downloaded; on failure kept, with the reason recorded."""
+    part = inbound.content[inbound.type]
+    try:
+        if downloader is not None:
+            data = await downloader(client, message)
+        else:
+            async with GO_GATE.shared():
+                data = await client.download_any(message)
+    except Exception as exc:
+        part["download_error"] = describe(exc)
+        return inbound
+    mime = part.get("mime_type") or "application/octet-stream"
+    return dataclasses.replace(inbound, media=(mime, data))
+
+
+async def build_media(client: Any, message: OutboundMessage, context: Any) -> Any:
+    """Upload the message's stored file and build the media message (with ``context``)."""
+    part = message.content[message.type]
+    if not message.media_path:
+        raise SendError(
+            "media must be resolved to a stored file before the web engine sends it",
+            permanent=True,
+        )
+    try:
+        data = await asyncio.to_thread(Path(message.media_path).read_bytes)
+    except OSError as exc:
+        raise SendError(f"media file unreadable: {exc}", permanent=True) from exc
+    caption = part.get("caption")
+    try:
+        async with GO_GATE.shared():  # uploads to WhatsApp's media servers
+            if message.type == "image":
+                built = await client.build_image_message(data, caption=caption)
+            elif message.type == "video":
+                built = await client.build_video_message(data, caption=caption)
+            elif message.type == "audio":
+                built = await client.build_audio_message(data)
+            else:
+                built = await client.build_document_message(
+                    data,
+                    caption=caption,
+                    filename=part.get("filename") or "file",
+                    mimetype=message.media_type,
+                )
+    except Exception as exc:
+        raise send_error(exc) from exc
+    if context is not None:
+        getattr(built, f"{message.type}Message").contextInfo.MergeFrom(context)
+    return built
