@@ -7,16 +7,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from quart import Quart, Response, g, request
-from quart_schema import Info, OpenAPIProvider, QuartSchema
+from quart_schema import Info, QuartSchema
 
 from appliance import __version__
 from appliance.api import health
-from appliance.api.access import SECURITY_SCHEMES, install_access_control, public, route_requirement
+from appliance.api.access import SECURITY_SCHEMES, install_access_control, public
 from appliance.api.errors import install_error_handlers
 from appliance.api.live import EventBell
+from appliance.api.openapi import ApplianceOpenAPIProvider
 from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
@@ -83,7 +83,7 @@ def create_app(
             description=API_DESCRIPTION,
         ),
         security_schemes=SECURITY_SCHEMES,
-        openapi_provider_class=AccessAwareOpenAPIProvider,
+        openapi_provider_class=ApplianceOpenAPIProvider,
     )
 
     @app.before_serving
@@ -165,18 +165,6 @@ Lists answer `{"items": [...], "next": cursor-or-null}`; pass `cursor=next` for 
 `Idempotency-Key` is honoured where documented (kept 24 h per caller).
 Rate limits answer 429 with `Retry-After`.
 """
-
-
-class AccessAwareOpenAPIProvider(OpenAPIProvider):
-    """Adds ``x-access`` to every operation: what the route requires."""
-
-    def build_paths(self, rule: Any) -> tuple[dict, dict]:
-        paths, components = super().build_paths(rule)
-        requirement = route_requirement(self._app.view_functions[rule.endpoint])
-        for operations in paths.values():
-            for operation in operations.values():
-                operation["x-access"] = requirement
-        return paths, components
 
 
 def _install_test_routes(app: Quart) -> None:

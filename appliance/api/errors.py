@@ -66,6 +66,13 @@ def install_error_handlers(app: Quart) -> None:
             return error_response(exc.http_status, "service unavailable")
         return error_response(exc.http_status, str(exc))
 
+    @app.errorhandler(UnicodeDecodeError)
+    async def _not_utf8(exc: UnicodeDecodeError) -> Response:
+        # A JSON body that is not UTF-8 (Quart decodes it before parsing).
+        log.info("refused a request body: not UTF-8")
+        issue = {"path": "(body)", "message": "the body is not UTF-8", "code": "json_invalid"}
+        return error_response(400, "the request body is not valid JSON; see issues", issues=[issue])
+
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
         # Internals go to the log, never to the client.

@@ -7,10 +7,13 @@ import hmac
 import os
 from typing import Any
 
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, jsonify, request
+from quart_schema import document_response
 
 from appliance.api.access import metrics_token, public
 from appliance.api.errors import error_response
+from appliance.api.openapi import responds
 from appliance.api.state import state_of
 from appliance.db.migrate import latest_version
 from appliance.errors import IpcError
@@ -19,8 +22,27 @@ from appliance.observability.metrics import exposition
 bp = Blueprint("health", __name__)
 
 
+class Health(BaseModel):
+    """This process answers."""
+
+    status: str = Field(description="`ok`")
+    pid: int
+
+
+class Readiness(BaseModel):
+    """Ready (200), or not (503) with the checks that fail."""
+
+    status: str = Field(description="`ready`, `not_ready` or `shutting_down`")
+    pid: int
+    checks: dict[str, dict[str, Any]] = Field(
+        description="`database`, `worker`, `shutdown`: each with `ok` and details"
+    )
+    failing: list[str] = Field(description="Names of the checks that fail")
+
+
 @bp.get("/healthz")
 @public
+@document_response(Health, 200)
 async def healthz() -> Response:
     """Liveness: this process and its event loop answer. No dependency checks."""
     return jsonify({"status": "ok", "pid": os.getpid()})
@@ -57,6 +79,8 @@ async def _check_worker() -> dict[str, Any]:
 
 @bp.get("/readyz")
 @public
+@document_response(Readiness, 200)
+@document_response(Readiness, 503)
 async def readyz() -> Response:
     """Readiness: database current, worker answering, not shutting down."""
     state = state_of()
@@ -79,6 +103,7 @@ async def readyz() -> Response:
 
 @bp.get("/metrics")
 @metrics_token
+@responds(200, "Prometheus text exposition of every process", "text/plain")
 async def metrics() -> Response:
     """Prometheus exposition of every process; Bearer metrics token required."""
     state = state_of()

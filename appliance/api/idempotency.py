@@ -49,6 +49,7 @@ class IdempotencyHeaders(BaseModel):
         alias="Idempotency-Key",
         description="Optional. Retrying with the same key and body replays the first "
         "answer instead of acting twice; kept 24 hours per caller.",
+        json_schema_extra={"pattern": _KEY.pattern},
     )
 
 

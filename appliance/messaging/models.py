@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from appliance.api.schemas import Strict
+from appliance.api.schemas import Bool, Int, Strict
 
 AccountIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # WhatsApp ids: Web ids are hex, Cloud API wamids are base64 (with + / =).
@@ -46,6 +46,9 @@ EVENT_TYPES = (
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _JID = re.compile(r"^([0-9]{6,20}(-[0-9]{1,20})?)@(s\.whatsapp\.net|g\.us)$")
+# Either of the two, as the spec's pattern for `to` and `from`.
+RECIPIENT_PATTERN = r"^(\+[1-9][0-9]{6,14}|[0-9]{6,20}(-[0-9]{1,20})?@(s\.whatsapp\.net|g\.us))$"
+CONTENT_PARTS = ("text", "image", "document", "audio", "video", "reaction", "template")
 
 
 def recipient_jid(value: str) -> str:
@@ -75,9 +78,9 @@ def jid_phone(jid: str) -> str | None:
 class AccountSettings(Strict):
     """Per-account behaviour, kept from the original panel's settings."""
 
-    mark_as_read: bool = Field(default=False, description="Mark inbound messages read")
-    download_media: bool = Field(default=True, description="Store inbound media")
-    history_limit: int = Field(
+    mark_as_read: Bool = Field(default=False, description="Mark inbound messages read")
+    download_media: Bool = Field(default=True, description="Store inbound media")
+    history_limit: Int = Field(
         default=0, ge=0, le=10_000_000, description="Messages kept per chat (0: all)"
     )
 
@@ -101,7 +104,12 @@ class AccountCreateIn(Strict):
     id: AccountIdStr | None = Field(default=None, description="Chosen id; generated if absent")
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     engine: Literal["sandbox", "web", "cloud"] = "sandbox"
-    engine_settings: dict[str, Any] = Field(default_factory=dict)
+    engine_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The engine's own settings (see runbook/messaging.md): sandbox "
+        "simulation knobs, web pairing and watchdog times, cloud phone_number_id, "
+        "access_token, app_secret, verify_token, ...; unknown keys are refused",
+    )
     settings: AccountSettings = Field(default_factory=AccountSettings)
 
 
@@ -138,10 +146,34 @@ class AccountStatus(BaseModel):
 
 class Text(Strict):
     body: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-    preview_url: bool = False
+    preview_url: Bool = False
+
+
+def _one_media_source(schema: dict[str, Any]) -> None:
+    """In the spec: exactly one of `link` (http or https) and `id`, as _one_source checks."""
+    link = {"type": "string", "maxLength": 2048, "pattern": "^https?://"}
+    media_id = schema["properties"]["id"]["anyOf"][0]
+    schema["oneOf"] = [
+        {"required": ["link"], "properties": {"link": link, "id": {"type": "null"}}},
+        {"required": ["id"], "properties": {"id": media_id, "link": {"type": "null"}}},
+    ]
+
+
+def _content_matches_type(schema: dict[str, Any]) -> None:
+    """In the spec: `type` names the one content field given (as _matches_type checks)."""
+    variants = []
+    for part in CONTENT_PARTS:
+        properties: dict[str, Any] = {"type": {"const": part}}
+        for other in CONTENT_PARTS:
+            options = schema["properties"][other]["anyOf"]
+            properties[other] = options[0] if other == part else {"type": "null"}
+        variants.append({"required": ["type", part], "properties": properties})
+    schema["oneOf"] = variants
 
 
 class Media(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_media_source)
+
     link: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
         default=None,
         description="An http(s) URL of the file. Refused with 400 when the send is made if "
@@ -189,6 +221,8 @@ class Context(Strict):
 class MessageContent(Strict):
     """The content shared by sends and sandbox inbound."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_content_matches_type)
+
     type: Literal["text", "image", "document", "audio", "video", "reaction", "template"]
     text: Text | None = None
     image: Media | None = None
@@ -221,7 +255,7 @@ class MessageContent(Strict):
 
 class SendMessageIn(MessageContent):
     messaging_product: Literal["whatsapp"] | None = None  # accepted for Cloud API clients
-    to: Annotated[str, StringConstraints(max_length=64)] = Field(
+    to: Annotated[str, StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN)] = Field(
         description="E.164 number (+905551112233) or chat id (...@s.whatsapp.net, ...@g.us)"
     )
 
@@ -235,9 +269,13 @@ class SendMessageIn(MessageContent):
 class InboundIn(MessageContent):
     """Sandbox inbound: the same shape with ``from`` instead of ``to``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, json_schema_extra=_content_matches_type
+    )
 
-    from_: Annotated[str, StringConstraints(max_length=64)] = Field(alias="from")
+    from_: Annotated[str, StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN)] = Field(
+        alias="from"
+    )
     id: MessageIdStr | None = Field(default=None, description="WhatsApp id; generated if absent")
     name: Annotated[str, StringConstraints(max_length=100)] | None = Field(
         default=None, description="Sender's profile name"

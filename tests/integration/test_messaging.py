@@ -124,7 +124,7 @@ def test_bad_input(appliance: Appliance, admin: httpx.Client) -> None:
     reply_unknown = admin.post(
         "/api/accounts/bad/messages", json={**body, "context": {"message_id": "NOPE1234"}}
     )
-    assert reply_unknown.status_code == 400
+    assert reply_unknown.status_code == 422  # well-formed, names no message of the account
     assert reply_unknown.json()["issues"][0]["path"] == "context.message_id"
     engine = admin.post("/api/accounts", json={"name": "x", "engine": "telegram"})
     assert engine.status_code == 400 and engine.json()["issues"][0]["path"] == "engine"

@@ -14,6 +14,7 @@ from quart_schema import document_response, tag
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.routes.auth import audit
 from appliance.api.schemas import ErrorBody, Strict
 from appliance.api.state import db as _db
@@ -204,6 +205,7 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
 @bp.delete("/api/accounts/<account>")
 @requires(Permission.ACCOUNTS_MANAGE)
 @query(DeleteQuery)
+@responds(204, "Deleted, with its data")
 @document_response(ErrorBody, 404)
 @tag(["accounts"])
 async def delete_account(account: str, query_args: DeleteQuery) -> Response:
@@ -271,7 +273,7 @@ async def connect(account: str) -> tuple[AccountStatus, int]:
 @document_response(AccountStatus, 202)
 @document_response(ErrorBody, 404)
 @tag(["accounts"])
-async def logout(account: str) -> tuple[AccountStatus, int]:
+async def logout_account(account: str) -> tuple[AccountStatus, int]:
     """Log the account out of WhatsApp; linking again needs a new pairing."""
     return await _set_desired(account, "logged_out", "account.logout")
 
@@ -305,8 +307,16 @@ async def _worker_call(method: str, params: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/api/accounts/<account>/qr")
 @requires(Permission.ACCOUNTS_MANAGE)
 @query(QrQuery)
+@responds(
+    200,
+    "The QR code: a PNG or SVG image, or the raw string to render yourself (format=raw)",
+    "image/png",
+    "image/svg+xml",
+    "text/plain",
+)
 @document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["accounts"])
 async def account_qr(account: str, query_args: QrQuery) -> Response:
     """The current linking QR code of a `web` account while it is pairing.
@@ -329,6 +339,7 @@ async def account_qr(account: str, query_args: QrQuery) -> Response:
 @document_response(PairingCode, 200)
 @document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["accounts"])
 async def pairing_code(account: str, data: PairIn) -> PairingCode:
     """A code to link a `web` account by phone number instead of the QR code."""

@@ -9,6 +9,7 @@ from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.routes.auth import audit
 from appliance.api.routes.models import (
     ApiKeyCreated,
@@ -110,6 +111,7 @@ async def get_key(key_id: int) -> ApiKeyOut:
 
 @bp.delete("/api/api-keys/<int:key_id>")
 @requires(Permission.API_KEYS_MANAGE)
+@responds(204, "Revoked (also when it already was)")
 @document_response(ErrorBody, 404)
 @tag(["api-keys"])
 async def revoke_key(key_id: int) -> Response:

@@ -17,6 +17,7 @@ from appliance.api.access import (
     principal,
     public,
 )
+from appliance.api.openapi import responds
 from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, UserOut
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
@@ -142,6 +143,7 @@ async def login(data: LoginIn) -> Response:
 
 @bp.post("/auth/logout")
 @authenticated
+@responds(204, "Logged out (with an API key: nothing to end)")
 @document_response(ErrorBody, 403)
 @tag(["auth"])
 async def logout() -> Response:
@@ -180,6 +182,7 @@ async def me() -> MeOut:
 @bp.post("/auth/password")
 @authenticated
 @json_body(PasswordChangeIn, max_bytes=SMALL_BODY_BYTES)
+@responds(204, "Changed; your other sessions ended")
 @document_response(ErrorBody, 403)
 @tag(["auth"])
 async def change_password(data: PasswordChangeIn) -> Response:

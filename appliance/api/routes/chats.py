@@ -10,13 +10,21 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint
 from quart_schema import document_response, tag
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.schemas import Bool, ErrorBody, QueryBool, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
@@ -46,7 +54,7 @@ class PageQuery(Strict):
 
 
 class ChatListQuery(PageQuery):
-    archived: bool | None = Field(
+    archived: QueryBool | None = Field(
         default=None, description="true: archived chats only; false: the others; absent: all"
     )
 
@@ -103,13 +111,23 @@ class ContactPage(BaseModel):
 
 
 class ChatUpdateIn(Strict):
-    archived: bool | None = Field(default=None, description="Archive or unarchive the chat")
-    unread_count: Literal[0] | None = Field(default=None, description="Only 0: mark the chat read")
+    """At least one of the two."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    archived: Bool | SkipJsonSchema[None] = Field(
+        default=None, description="Archive or unarchive the chat"
+    )
+    unread_count: Annotated[Literal[0], BeforeValidator(number_only)] | SkipJsonSchema[None] = (
+        Field(default=None, description="Only 0: mark the chat read")
+    )
 
     @model_validator(mode="after")
     def _something(self) -> ChatUpdateIn:
         if self.archived is None and self.unread_count is None:
             raise ValueError("give archived and/or unread_count")
+        if any(getattr(self, name) is None for name in self.model_fields_set):
+            raise ValueError("leave a field out instead of sending null")
         return self
 
 

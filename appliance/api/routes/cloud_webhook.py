@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, request
-from quart_schema import document_response, tag
+from quart_schema import document_querystring, document_response, tag
 
 from appliance.api.access import public
+from appliance.api.openapi import responds
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
@@ -32,6 +33,14 @@ from appliance.errors import Forbidden, InvalidInput, Unauthenticated
 from appliance.messaging import store
 
 bp = Blueprint("cloud_webhook", __name__)
+
+
+class VerifyQuery(BaseModel):
+    """What Meta sends to check a subscription (documented; read by the route itself)."""
+
+    mode: str = Field(alias="hub.mode", description="`subscribe`")
+    verify_token: str = Field(alias="hub.verify_token", description="The account's verify_token")
+    challenge: str = Field(alias="hub.challenge", description="Answered back as it is")
 
 
 class WebhookAccepted(BaseModel):
@@ -54,6 +63,8 @@ async def _cloud_account(account: str) -> dict[str, Any] | None:
 
 @bp.get("/engines/cloud/<account>/webhook")
 @public
+@document_querystring(VerifyQuery)
+@responds(200, "`hub.challenge`, as sent", "text/plain")
 @document_response(ErrorBody, 403)
 @document_response(ErrorBody, 404)
 @tag(["cloud"])

@@ -13,6 +13,7 @@ from quart_schema import tag
 
 from appliance import __version__
 from appliance.api.access import public, requires
+from appliance.api.openapi import responds
 from appliance.auth.permissions import Permission
 
 bp = Blueprint("docs", __name__)
@@ -22,6 +23,7 @@ HTML = "text/html; charset=utf-8"
 
 @bp.get("/")
 @public
+@responds(200, "The landing page", "text/html")
 @tag(["docs"])
 async def home() -> Response:
     """What this appliance is, with links to the docs, the spec and the health checks."""
@@ -30,6 +32,7 @@ async def home() -> Response:
 
 @bp.get("/docs")
 @requires(Permission.DOCS_READ)
+@responds(200, "The page", "text/html")
 @tag(["docs"])
 async def docs() -> Response:
     """Swagger UI over /openapi.json (admins)."""

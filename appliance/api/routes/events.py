@@ -14,11 +14,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from quart import Blueprint, g, websocket
-from quart_schema import document_response, tag
+from quart_schema import document_querystring, document_response, tag
 
 from appliance.api import access, live
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.openapi import responds
 from appliance.api.schemas import ErrorBody, Strict
 from appliance.api.state import ApiState, state_of
 from appliance.api.validation import issues_from, query
@@ -40,6 +41,10 @@ bp = Blueprint("events", __name__)
 
 MAX_WAIT_S = 30.0
 
+# The closed set in the spec: known types, comma-separated, nothing else.
+_ONE_TYPE = "|".join(t.replace(".", "\\.") for t in EVENT_TYPES)
+TYPES_PATTERN = f"^(?:{_ONE_TYPE})(?:,(?:{_ONE_TYPE}))*$"
+
 _TYPES_HELP = "Comma-separated event types, e.g. `message.received,account.status`: " + ", ".join(
     f"`{t}`" for t in EVENT_TYPES
 )
@@ -53,7 +58,7 @@ class EventFilterQuery(Strict):
         description="Only events with a larger id (the `next` of the previous answer)",
     )
     types: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
-        default=None, description=_TYPES_HELP
+        default=None, description=_TYPES_HELP, json_schema_extra={"pattern": TYPES_PATTERN}
     )
     account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = Field(
         default=None, description="Only this account's events (404 if not granted)"
@@ -62,7 +67,14 @@ class EventFilterQuery(Strict):
     @field_validator("types")
     @classmethod
     def _known_types(cls, value: str | None) -> str | None:
-        live.parse_types(value, EVENT_TYPES)
+        if value is None:
+            return value
+        unknown = [t for t in value.split(",") if t not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"unknown event type(s) {', '.join(map(repr, unknown))}; known (comma-"
+                f"separated, no spaces): {', '.join(EVENT_TYPES)}"
+            )
         return value
 
 
@@ -105,20 +117,7 @@ async def list_events(query_args: EventsQuery) -> EventsPage:
     be beyond the last item (past events your filters skip). With `wait=S` (up to 30)
     the answer waits up to S seconds for a new event when there is none.
 
-    **Websocket** `GET /api/events/ws?after=ID&types=...&account=...` (not listed
-    separately here; OpenAPI does not describe websockets). Same authentication
-    (session cookie, or `Authorization: Bearer` header), permission `messages.read`,
-    filters and 400/401/403/404 answers before the upgrade. Each event is one JSON
-    text frame shaped like the items here: first the backlog after `after`, then live
-    events as they happen, in id order, each once. Other frames carry a `type` that is
-    not an event type: `{"type": "heartbeat", "after": N}` when idle, and
-    `{"type": "resume", "after": N}` just before the server closes the stream: with
-    code 1013 when the client fell behind (a frame took more than a few seconds to
-    send, or it lags far behind the newest event), 1012 when this server process
-    restarts, 1011 after a server error, 1008 when the credentials or grants were
-    withdrawn (no resume frame).
-    Reconnect with `after` = the larger of the last event id received and the `after`
-    of the last control frame: nothing is missed and nothing repeats.
+    The same events live: the websocket `GET /api/events/ws` (next operation).
     """
     state = state_of()
     db = state.db
@@ -138,13 +137,33 @@ async def list_events(query_args: EventsQuery) -> EventsPage:
 
 @bp.websocket("/api/events/ws")
 @requires(Permission.MESSAGES_READ)
+@document_querystring(EventFilterQuery)
+@responds(101, "Switching Protocols: the stream of events follows, as described above")
+@document_response(ErrorBody, 400)
+@document_response(ErrorBody, 404)
+@tag(["events"])
 async def events_ws() -> None:
-    """Websocket stream of the event log; documented under GET /api/events.
+    """Websocket: the event log live (backlog after `after`, then new events).
 
-    before_request hooks do not run for websockets, so authentication, permission,
-    CSRF-equivalent (Origin) and rate-limit checks happen here, before the upgrade;
-    an error before ``accept`` answers as a plain HTTP error in the standard shape.
+    A websocket handshake (`Upgrade: websocket`); a plain HTTP GET answers 400. Same
+    authentication as the rest (session cookie from an allowed Origin, or an
+    `Authorization: Bearer` header), permission `messages.read`, the filters of
+    `GET /api/events`, and 400/401/403/404/429 answers before the upgrade.
+
+    Each event is one JSON text frame shaped like the items of `GET /api/events`:
+    first the backlog after `after`, then live events as they happen, in id order,
+    each once. Other frames carry a `type` that is not an event type:
+    `{"type": "heartbeat", "after": N}` when idle, and `{"type": "resume", "after": N}`
+    just before the server closes the stream: with code 1013 when the client fell
+    behind (a frame took more than a few seconds to send, or it lags far behind the
+    newest event), 1012 when this server process restarts, 1011 after a server
+    error, 1008 when the credentials or grants were withdrawn (no resume frame).
+    Reconnect with `after` = the larger of the last event id received and the `after`
+    of the last control frame: nothing is missed and nothing repeats.
     """
+    # before_request hooks do not run for websockets, so authentication, permission,
+    # CSRF-equivalent (Origin) and rate-limit checks happen here, before the upgrade;
+    # an error before ``accept`` answers as a plain HTTP error in the standard shape.
     request_id_var.set(safe_request_id(websocket.headers.get("X-Request-ID")))
     state = state_of()
     db = state.db

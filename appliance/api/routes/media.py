@@ -25,6 +25,7 @@ from werkzeug.http import parse_options_header
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.schemas import ErrorBody, Strict, ValidationErrorBody
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
@@ -243,6 +244,12 @@ def content_disposition(kind: str, name: str) -> str:
 
 @bp.get("/api/accounts/<account>/media/<media_id>")
 @requires(Permission.MESSAGES_READ)
+@responds(
+    200,
+    "The file, with the type judged from its bytes when it was stored",
+    *media.SUPPORTED,
+    "application/octet-stream",
+)
 @document_response(ErrorBody, 404)
 @tag(["media"])
 async def download_media(account: str, media_id: str) -> Response:

@@ -15,12 +15,12 @@ from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import HEADER, idempotent, parse_key
 from appliance.api.routes.accounts import _worker_call, poke
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.schemas import ErrorBody, Float, Strict
 from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
-from appliance.errors import Conflict, InvalidInput
+from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
 from appliance.net import ssrf
@@ -37,8 +37,8 @@ class InboundAccepted(BaseModel):
 
 
 class LoadIn(Strict):
-    rate_per_s: float = Field(gt=0, le=20_000)
-    duration_s: float = Field(gt=0, le=600)
+    rate_per_s: Float = Field(gt=0, le=20_000)
+    duration_s: Float = Field(gt=0, le=600)
 
 
 class LoadStatus(BaseModel):
@@ -52,6 +52,11 @@ class LoadStatus(BaseModel):
 
 def _issue(path: str, message: str, code: str = "invalid") -> InvalidInput:
     return InvalidInput(message, issues=[{"path": path, "message": message, "code": code}])
+
+
+def _unknown(path: str, message: str) -> Unprocessable:
+    """Well-formed, but names something this account does not have: 422, with issues."""
+    return Unprocessable(message, issues=[{"path": path, "message": message, "code": "unknown"}])
 
 
 async def check_media_link(path: str, link: str) -> None:
@@ -74,6 +79,7 @@ async def check_media_link(path: str, link: str) -> None:
 @json_body(SendMessageIn)
 @document_response(SendAccepted, 202)
 @document_response(ErrorBody, 404)
+@document_response(ErrorBody, 422)
 @tag(["messages"])
 async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
@@ -112,13 +118,13 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
             ("reaction.message_id", data.reaction),
         ):
             if ref is not None and await store.message_row(conn, account, ref.message_id) is None:
-                raise _issue(path, f"no message {ref.message_id!r} in this account")
+                raise _unknown(path, f"no message {ref.message_id!r} in this account")
         if media_id is not None:
             async with conn.execute(
                 "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media_id)
             ) as cur:
                 if await cur.fetchone() is None:
-                    raise _issue(
+                    raise _unknown(
                         f"{data.type}.id", f"no uploaded media {media_id!r} in this account"
                     )
         message_id = store.new_message_id()
@@ -198,7 +204,9 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
 @requires(Permission.ACCOUNTS_MANAGE)
 @json_body(LoadIn)
 @document_response(LoadStatus, 202)
+@document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["sandbox"])
 async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
     """Start the load mode: generated inbound messages at a rate, for a bounded time."""
@@ -216,7 +224,9 @@ async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
 @bp.get("/api/accounts/<account>/sandbox/load")
 @requires(Permission.ACCOUNTS_READ)
 @document_response(LoadStatus, 200)
+@document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
+@document_response(ErrorBody, 503)
 @tag(["sandbox"])
 async def sandbox_load_status(account: str) -> LoadStatus:
     """Progress of the current or last load run: injected, committed, latency."""

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from appliance.api.schemas import Strict
+from appliance.api.schemas import Bool, Strict
 from appliance.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from appliance.auth.permissions import Role
 
@@ -67,14 +67,14 @@ class UserCreateIn(Strict):
     username: Username
     password: Password
     role: Role
-    all_accounts: bool = False
+    all_accounts: Bool = False
     accounts: list[AccountId] = Field(default_factory=list, max_length=1000)
 
 
 class UserUpdateIn(Strict):
     role: Role | None = None
-    active: bool | None = None
-    all_accounts: bool | None = None
+    active: Bool | None = None
+    all_accounts: Bool | None = None
     accounts: list[AccountId] | None = Field(default=None, max_length=1000)
 
 
@@ -86,7 +86,7 @@ class UserPage(BaseModel):
 class ApiKeyCreateIn(Strict):
     name: Name
     role: Role
-    all_accounts: bool = False
+    all_accounts: Bool = False
     accounts: list[AccountId] = Field(default_factory=list, max_length=1000)
 
 

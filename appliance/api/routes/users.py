@@ -11,6 +11,7 @@ from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.routes.auth import audit, user_out
 from appliance.api.routes.models import (
     PageQuery,
@@ -142,6 +143,7 @@ async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
 
 @bp.delete("/api/users/<int:user_id>")
 @requires(Permission.USERS_MANAGE)
+@responds(204, "Deleted; their sessions ended")
 @document_response(ErrorBody, 404)
 @document_response(ErrorBody, 409)
 @tag(["users"])
@@ -159,6 +161,7 @@ async def delete_user(user_id: int) -> Response:
 @bp.post("/api/users/<int:user_id>/password")
 @requires(Permission.USERS_MANAGE)
 @json_body(PasswordResetIn)
+@responds(204, "Password set; their sessions ended")
 @document_response(ErrorBody, 404)
 @tag(["users"])
 async def reset_password(user_id: int, data: PasswordResetIn) -> Response:

@@ -7,16 +7,24 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
 from appliance.api.idempotency import idempotent
+from appliance.api.openapi import responds
 from appliance.api.routes.accounts import poke
 from appliance.api.routes.auth import audit
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
@@ -35,6 +43,52 @@ bp = Blueprint("webhooks", __name__)
 WEBHOOK_EVENT_TYPES = EVENT_TYPES
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 AccountId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# The closed set in the spec: ["*"] alone, or some known event types.
+EventList = Annotated[
+    list[str],
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"const": "*"}, "minItems": 1, "maxItems": 1},
+                {
+                    "type": "array",
+                    "items": {"enum": list(WEBHOOK_EVENT_TYPES)},
+                    "minItems": 1,
+                    "maxItems": 50,
+                },
+            ],
+            "description": '`["*"]` for every event type, or some of them',
+        }
+    ),
+]
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name)
+
+
+# Custom headers in the spec, as _check_headers checks them.
+Headers = Annotated[
+    dict[str, str],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": 20,
+            "propertyNames": {
+                "pattern": _HEADER_NAME.pattern,
+                "not": {
+                    "pattern": "^(?:" + "|".join(map(_any_case, sorted(RESERVED_HEADERS))) + ")$"
+                },
+            },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": 1024,
+                "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+            },
+            "description": "Extra headers sent with each delivery (not the ones the "
+            "appliance sets: webhook-*, content-type, host, ...)",
+        }
+    ),
+]
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern="^https?://")]
 
 
 def _check_events(value: list[str]) -> list[str]:
@@ -60,37 +114,37 @@ def _check_headers(value: dict[str, str]) -> dict[str, str]:
 
 
 class EndpointIn(Strict):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    url: WebhookUrl
     description: Annotated[str, StringConstraints(max_length=500)] = ""
-    events: list[str] = Field(default_factory=lambda: ["*"], max_length=50)
+    events: EventList = Field(default_factory=lambda: ["*"], max_length=50)
     accounts: list[AccountId] | None = Field(default=None, description="null: every account")
-    headers: dict[str, str] = Field(
+    headers: Headers = Field(
         default_factory=dict,
         max_length=20,
         description="Custom headers sent with every delivery. Values are stored encrypted and "
         "never shown (answers give `****`); in a PATCH, `****` keeps a header's stored value",
     )
-    timeout_s: float = Field(default=15.0, ge=1, le=60)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    enabled: bool = True
+    timeout_s: Float = Field(default=15.0, ge=1, le=60)
+    max_concurrency: Int = Field(default=4, ge=1, le=64)
+    enabled: Bool = True
 
     _events = field_validator("events")(classmethod(lambda cls, v: _check_events(v)))
     _headers = field_validator("headers")(classmethod(lambda cls, v: _check_headers(v)))
 
 
 class EndpointPatch(Strict):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    url: WebhookUrl | None = None
     description: Annotated[str, StringConstraints(max_length=500)] | None = None
-    events: list[str] | None = Field(default=None, max_length=50)
+    events: EventList | None = Field(default=None, max_length=50)
     accounts: list[AccountId] | None = None
-    headers: dict[str, str] | None = Field(
+    headers: Headers | None = Field(
         default=None,
         max_length=20,
         description="Custom headers sent with every delivery. Values are stored encrypted and "
         "never shown (answers give `****`); in a PATCH, `****` keeps a header's stored value",
     )
-    timeout_s: float | None = Field(default=None, ge=1, le=60)
-    max_concurrency: int | None = Field(default=None, ge=1, le=64)
+    timeout_s: Annotated[float, Field(ge=1, le=60), BeforeValidator(number_only)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1, le=64), BeforeValidator(number_only)] | None = None
 
     _events = field_validator("events")(
         classmethod(lambda cls, v: None if v is None else _check_events(v))
@@ -179,8 +233,8 @@ class DeliveryQuery(Strict):
 
 class ReplayIn(Strict):
     state: Literal["dead", "delivered", "any"] = "dead"
-    since: float | None = None
-    until: float | None = None
+    since: Float | None = None
+    until: Float | None = None
 
 
 class ReplayOut(BaseModel):
@@ -371,6 +425,7 @@ async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
 
 @bp.delete("/api/webhooks/<endpoint_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
+@responds(204, "Deleted, with its delivery log")
 @document_response(ErrorBody, 404)
 @tag(["webhooks"])
 async def delete_endpoint(endpoint_id: str) -> Response:
