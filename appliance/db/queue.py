@@ -16,6 +16,12 @@ Life of a job::
   a claimer whose lease expired and was re-claimed gets ``LeaseLost``.
 - Expired leases go back to ``queued`` (or ``dead`` when attempts are used up).
 - Retries wait ``backoff_delay``: exponential with full jitter.
+- Per-key order: jobs enqueued with the same ``order_key`` (sends: one key per
+  (account, chat)) are claimed one at a time, in id (= enqueue) order. A job is
+  claimable only while no earlier job of its key is ``queued`` or ``leased``: a job
+  waiting for its retry, paced (``release``) or in flight (also one whose claimer died,
+  until its lease is expired or released) holds back the later jobs of its key until
+  it is ``done`` or ``dead``. Keys are independent of each other; ``NULL`` is unordered.
 
 Times are Unix seconds from an injectable clock so tests never sleep.
 """
@@ -38,7 +44,20 @@ from appliance.errors import LeaseLost
 STATES = ("queued", "leased", "done", "dead")
 _COLUMNS = (
     "id, queue, unique_key, payload, state, attempts, max_attempts, run_at, "
-    "lease_token, lease_expires_at, last_error, created_at, updated_at"
+    "lease_token, lease_expires_at, last_error, created_at, updated_at, order_key"
+)
+
+# Due jobs, oldest first, that are the head of their key: no earlier job of the same
+# key unfinished. The outer walk uses queue_jobs_due, the probe one seek in the
+# partial index queue_jobs_order (its WHERE is implied by the probe's terms).
+CLAIM_SQL = (
+    "SELECT id FROM queue_jobs AS j "
+    "WHERE j.queue = ? AND j.state = 'queued' AND j.run_at <= ? "
+    "AND (j.order_key IS NULL OR NOT EXISTS ("
+    "SELECT 1 FROM queue_jobs AS e INDEXED BY queue_jobs_order "
+    "WHERE e.queue = j.queue AND e.order_key = j.order_key AND e.id < j.id "
+    "AND e.order_key IS NOT NULL AND e.state IN ('queued', 'leased'))) "
+    "ORDER BY j.run_at, j.id LIMIT ?"
 )
 
 
@@ -57,6 +76,7 @@ class Job:
     last_error: str | None
     created_at: float
     updated_at: float
+    order_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -93,15 +113,21 @@ async def enqueue_in(
     unique_key: str | None = None,
     run_at: float | None = None,
     max_attempts: int = 10,
+    order_key: str | None = None,
 ) -> Enqueued:
-    """Enqueue inside a transaction the caller holds (for outbox writes)."""
+    """Enqueue inside a transaction the caller holds (for outbox writes).
+
+    Jobs with the same ``order_key`` are claimed one at a time in the order of their
+    ids, which follows commit order: enqueue them in the order they were accepted.
+    """
     async with conn.execute(
-        "INSERT INTO queue_jobs (queue, unique_key, payload, max_attempts, run_at, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO queue_jobs (queue, unique_key, order_key, payload, max_attempts, run_at, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (queue, unique_key) DO NOTHING RETURNING id",
         (
             queue,
             unique_key,
+            order_key,
             orjson.dumps(payload).decode(),
             max_attempts,
             now if run_at is None else run_at,
@@ -215,6 +241,7 @@ class DurableQueue:
         unique_key: str | None = None,
         delay_s: float = 0.0,
         max_attempts: int | None = None,
+        order_key: str | None = None,
     ) -> Enqueued:
         now = self.clock()
         async with self.db.write() as conn:
@@ -226,20 +253,20 @@ class DurableQueue:
                 unique_key=unique_key,
                 run_at=now + delay_s,
                 max_attempts=max_attempts or self.max_attempts,
+                order_key=order_key,
             )
 
     async def claim(self, limit: int = 1, *, lease_s: float | None = None) -> list[Job]:
-        """Lease up to ``limit`` due jobs, oldest first; expired leases count as due."""
+        """Lease up to ``limit`` due jobs, oldest first; expired leases count as due.
+
+        Of the jobs sharing an order key, only the earliest unfinished one can be
+        leased, and only when it is due and not leased already (see the module doc)."""
         now = self.clock()
         lease = self.lease_s if lease_s is None else lease_s
         jobs: list[Job] = []
         async with self.db.write() as conn:
             await expire_leases(conn, now, queue=self.name)
-            async with conn.execute(
-                "SELECT id FROM queue_jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? "
-                "ORDER BY run_at, id LIMIT ?",
-                (self.name, now, limit),
-            ) as cur:
+            async with conn.execute(CLAIM_SQL, (self.name, now, limit)) as cur:
                 ids = [int(r[0]) for r in await cur.fetchall()]
             for job_id in ids:
                 async with conn.execute(

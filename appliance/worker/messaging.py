@@ -9,6 +9,12 @@ Guarantees (DESIGN section 3):
   a WhatsApp id is stored once per account.
 - Every state change writes its event in the same transaction, then API processes
   are told over IPC that new events exist.
+- Per-chat order: every send job carries the order key of its (account, chat), and the
+  queue leases only the earliest unfinished job of a key (appliance/db/queue.py). So a
+  chat's sends reach the engine one at a time in accept order; a send waiting for a
+  retry (or for pacing, or for its account to connect) holds back the later ones of its
+  chat until it is sent or has failed for good; other chats go on meanwhile. The order
+  lives in the database, so restarts and kill -9 keep it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ from appliance.worker.pipeline import Pipeline, PipelineContext, default_pipelin
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = "send"
+
+
+def send_order_key(account_id: str, chat_jid: str) -> str:
+    """The queue order key of a chat: its sends go out one at a time, in accept order.
+    (Account ids cannot contain ':', so the key is unambiguous.)"""
+    return f"{account_id}:{chat_jid}"
+
+
 SEND_TIMEOUT_S = 60.0
 RECONNECT_CAP_S = 60.0
 DELETE_LOGOUT_TIMEOUT_S = 15.0
@@ -520,26 +534,25 @@ class MessagingService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._send_wake.wait(), 1.0)
                 continue
-            by_chat: dict[tuple[str, str], list[Job]] = {}
+            # At most one job per chat: the queue leases only the head of each chat.
             for job in jobs:
-                key = (job.payload["account_id"], job.payload.get("chat", ""))
-                by_chat.setdefault(key, []).append(job)
-            for chat_jobs in by_chat.values():
-                task = asyncio.create_task(self._send_in_order(chat_jobs))
+                task = asyncio.create_task(self._send_job(job))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
             # Back-pressure: do not claim more than a few batches ahead of the engines.
             while len(self._inflight) > 64 and not self._stopping:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _send_in_order(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            try:
-                await self._send_one(job)
-            except Exception:
-                log.exception("send failed unexpectedly", extra={"job": job.id})
-                with contextlib.suppress(Exception):
-                    await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+    async def _send_job(self, job: Job) -> None:
+        try:
+            await self._send_one(job)
+        except Exception:
+            log.exception("send failed unexpectedly", extra={"job": job.id})
+            with contextlib.suppress(Exception):
+                await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+        finally:
+            # The chat's next send may be claimable now (this one is done, dead or waits).
+            self._send_wake.set()
 
     async def _send_one(self, job: Job) -> None:
         token = job.lease_token or ""
