@@ -50,16 +50,15 @@ log = logging.getLogger(__name__)
 
 SEND_QUEUE = "send"
 
+SEND_TIMEOUT_S = 60.0
+RECONNECT_CAP_S = 60.0
+DELETE_LOGOUT_TIMEOUT_S = 15.0
+
 
 def send_order_key(account_id: str, chat_jid: str) -> str:
     """The queue order key of a chat: its sends go out one at a time, in accept order.
     (Account ids cannot contain ':', so the key is unambiguous.)"""
     return f"{account_id}:{chat_jid}"
-
-
-SEND_TIMEOUT_S = 60.0
-RECONNECT_CAP_S = 60.0
-DELETE_LOGOUT_TIMEOUT_S = 15.0
 
 
 def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
