@@ -49,7 +49,6 @@ from appliance.worker.pipeline import Pipeline, PipelineContext, default_pipelin
 log = logging.getLogger(__name__)
 
 SEND_QUEUE = "send"
-
 SEND_TIMEOUT_S = 60.0
 RECONNECT_CAP_S = 60.0
 DELETE_LOGOUT_TIMEOUT_S = 15.0
