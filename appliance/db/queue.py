@@ -17,11 +17,12 @@ Life of a job::
 - Expired leases go back to ``queued`` (or ``dead`` when attempts are used up).
 - Retries wait ``backoff_delay``: exponential with full jitter.
 - Per-key order: jobs enqueued with the same ``order_key`` (sends: one key per
-  (account, chat)) are claimed one at a time, in id (= enqueue) order. A job is
-  claimable only while no earlier job of its key is ``queued`` or ``leased``: a job
-  waiting for its retry, paced (``release``) or in flight (also one whose claimer died,
-  until its lease is expired or released) holds back the later jobs of its key until
-  it is ``done`` or ``dead``. Keys are independent of each other; ``NULL`` is unordered.
+  (account, chat)) are claimed one at a time, in id (= enqueue) order. Of a key's
+  unfinished (``queued`` or ``leased``) jobs only the head is not ``held``, and only
+  heads are claimed: a head waiting for its retry, paced (``release``) or in flight
+  (also one whose claimer died, until its lease is expired or released) holds back
+  the later jobs of its key until it is ``done`` or ``dead``; then triggers (migration
+  0008) release the next. Keys are independent of each other; ``NULL`` is unordered.
 
 Times are Unix seconds from an injectable clock so tests never sleep.
 """
@@ -47,12 +48,12 @@ _COLUMNS = (
     "lease_token, lease_expires_at, last_error, created_at, updated_at, order_key"
 )
 
-# Due jobs, oldest first, that are the head of their key: no earlier job of the same
-# key unfinished. The outer walk uses queue_jobs_due, the probe one seek in the
-# partial index queue_jobs_order (its WHERE is implied by the probe's terms).
+# Due heads, oldest first, from the index of not-held queued jobs (held jobs, a long
+# backlog in one chat, are not even looked at). The NOT EXISTS is a safety net for the
+# held bookkeeping: one seek in queue_jobs_order per candidate.
 CLAIM_SQL = (
-    "SELECT id FROM queue_jobs AS j "
-    "WHERE j.queue = ? AND j.state = 'queued' AND j.run_at <= ? "
+    "SELECT id FROM queue_jobs AS j INDEXED BY queue_jobs_ready "
+    "WHERE j.queue = ? AND j.state = 'queued' AND j.held = 0 AND j.run_at <= ? "
     "AND (j.order_key IS NULL OR NOT EXISTS ("
     "SELECT 1 FROM queue_jobs AS e INDEXED BY queue_jobs_order "
     "WHERE e.queue = j.queue AND e.order_key = j.order_key AND e.id < j.id "
@@ -122,7 +123,10 @@ async def enqueue_in(
     """
     async with conn.execute(
         "INSERT INTO queue_jobs (queue, unique_key, order_key, payload, max_attempts, run_at, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "created_at, updated_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        # Held behind any unfinished job of its key (all of them have smaller ids).
+        "?9 IS NOT NULL AND EXISTS (SELECT 1 FROM queue_jobs WHERE queue = ?1 "
+        "AND order_key = ?9 AND order_key IS NOT NULL AND state IN ('queued', 'leased'))) "
         "ON CONFLICT (queue, unique_key) DO NOTHING RETURNING id",
         (
             queue,
@@ -133,6 +137,7 @@ async def enqueue_in(
             now if run_at is None else run_at,
             now,
             now,
+            order_key,
         ),
     ) as cur:
         row = await cur.fetchone()
@@ -180,6 +185,25 @@ async def expire_leases(conn: aiosqlite.Connection, now: float, *, queue: str | 
         "lease_token = NULL, lease_expires_at = NULL, updated_at = ? "
         "WHERE state = 'leased' AND lease_expires_at <= ? AND (? IS NULL OR queue = ?)",
         (now, now, queue, queue),
+    )
+    return cur.rowcount
+
+
+async def restore_order(conn: aiosqlite.Connection, queue: str) -> int:
+    """Recompute ``held`` for a queue's unfinished keyed jobs, inside the caller's
+    transaction: the head of a key is its leased job if it has one, else its earliest
+    unfinished job. Run after a replay (which brings old jobs back) and at the start of
+    the worker (self-repair); the triggers keep it right in between. O(unfinished jobs)."""
+    cur = await conn.execute(
+        "UPDATE queue_jobs AS j SET held = (j.id IS NOT COALESCE("
+        "(SELECT MIN(e.id) FROM queue_jobs AS e WHERE e.queue = j.queue "
+        "AND e.order_key = j.order_key AND e.order_key IS NOT NULL "
+        "AND e.state IN ('queued', 'leased') AND e.state = 'leased'), "
+        "(SELECT MIN(e.id) FROM queue_jobs AS e WHERE e.queue = j.queue "
+        "AND e.order_key = j.order_key AND e.order_key IS NOT NULL "
+        "AND e.state IN ('queued', 'leased')))) "
+        "WHERE j.queue = ? AND j.order_key IS NOT NULL AND j.state IN ('queued', 'leased')",
+        (queue,),
     )
     return cur.rowcount
 
@@ -386,7 +410,10 @@ class DurableQueue:
                 f"WHERE {' AND '.join(where)}",
                 (now, now, *params),
             )
-            return cur.rowcount
+            replayed = cur.rowcount
+            if replayed:
+                await restore_order(conn, self.name)  # replayed jobs rejoin their keys
+            return replayed
 
     async def get(self, job_id: int) -> Job | None:
         row = await self.db.fetchone(

@@ -36,7 +36,7 @@ import orjson
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
-from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases
+from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
 from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
 from appliance.engines.sandbox import SandboxEngine
 from appliance.errors import ClientError, NotFound
@@ -333,6 +333,7 @@ class MessagingService:
     async def start(self) -> None:
         async with self.db.write() as conn:
             released = await release_all_leases(conn, time.time())
+            await restore_order(conn, SEND_QUEUE)
         if released:
             log.info("re-queued sends leased by the previous worker", extra={"count": released})
         await self.reconcile()
