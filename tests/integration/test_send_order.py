@@ -251,13 +251,21 @@ def test_sends_to_a_chat_reach_whatsapp_in_accept_order_through_retries_and_kill
             )
         }
         assert len(jids) == 1, jids
+        jid = jids.pop()
+        stored = _query(
+            app,
+            "SELECT id FROM messages WHERE account_id = 'ordered' AND chat_jid = ? "
+            "AND direction = 'out' ORDER BY seq",
+            jid,
+        )
+        assert [r["id"] for r in stored] == ids  # accept order is commit order
         offers = [
             r["message_id"]
             for r in _query(
                 app,
                 "SELECT message_id FROM sandbox_server_received WHERE account_id = 'ordered' "
                 "AND to_jid = ? ORDER BY seq",
-                jids.pop(),
+                jid,
             )
         ]
         collapsed = [m for n, m in enumerate(offers) if n == 0 or offers[n - 1] != m]
