@@ -326,3 +326,35 @@ def test_restore_order_repairs_the_held_flags(env: Any) -> None:
             assert await _held(db) == {"a1": 0, "a2": 1, "b1": 0, "b2": 1}
 
     asyncio.run(body())
+
+
+def test_sends_queued_before_the_upgrade_get_their_order(db_path: Path, open_db: Any) -> None:
+    """Migration 0008 keys the unfinished sends already queued and holds all but the
+    earliest of each chat (the version number may change when branches merge)."""
+
+    async def body() -> None:
+        from appliance.db.migrate import available_migrations, migrate
+
+        version = next(m.version for m in available_migrations() if m.name == "send_order")
+        async with open_db(db_path, migrated=False) as db:
+            await migrate(db.writer, target=version - 1)
+            async with db.write() as conn:
+                for n, (chat, state) in enumerate(
+                    [("c1", "leased"), ("c1", "queued"), ("c2", "queued"), ("c1", "done")]
+                ):
+                    await conn.execute(
+                        "INSERT INTO queue_jobs (queue, unique_key, payload, state, "
+                        "max_attempts, run_at, created_at, updated_at) "
+                        "VALUES ('send', ?, ?, ?, 10, 0, 0, 0)",
+                        (f"k{n}", f'{{"account_id": "acc", "chat": "{chat}", "n": {n}}}', state),
+                    )
+            await migrate(db.writer)
+            rows = await db.fetchall("SELECT order_key, held FROM queue_jobs ORDER BY id")
+            assert [(r["order_key"], r["held"]) for r in rows] == [
+                ("acc:c1", 0),
+                ("acc:c1", 1),
+                ("acc:c2", 0),
+                (None, 0),  # finished: no key needed
+            ]
+
+    asyncio.run(body())
