@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 SEND_QUEUE = "send"
 SEND_TIMEOUT_S = 60.0
+SEND_CLAIM_LIMIT = 32
 RECONNECT_CAP_S = 60.0
 DELETE_LOGOUT_TIMEOUT_S = 15.0
 
@@ -525,22 +526,29 @@ class MessagingService:
         while not self._stopping:
             self._send_wake.clear()
             try:
-                jobs = await self.queue.claim(limit=32)
+                jobs = await self.queue.claim(limit=SEND_CLAIM_LIMIT)
             except Exception:
                 log.exception("claiming sends failed")
                 jobs = []
-            if not jobs:
+            if len(jobs) < SEND_CLAIM_LIMIT:
+                # Nothing more is claimable until a send finishes (its chat's next one),
+                # a new send is poked, or a retry falls due: wait instead of claiming
+                # again at once (each claim is a write transaction).
+                self._start_sends(jobs)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._send_wake.wait(), 1.0)
                 continue
-            # At most one job per chat: the queue leases only the head of each chat.
-            for job in jobs:
-                task = asyncio.create_task(self._send_job(job))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            self._start_sends(jobs)
             # Back-pressure: do not claim more than a few batches ahead of the engines.
             while len(self._inflight) > 64 and not self._stopping:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+
+    def _start_sends(self, jobs: list[Job]) -> None:
+        # At most one job per chat: the queue leases only the head of each chat.
+        for job in jobs:
+            task = asyncio.create_task(self._send_job(job))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _send_job(self, job: Job) -> None:
         try:
