@@ -551,41 +551,58 @@ class MessagingService:
             task.add_done_callback(self._inflight.discard)
 
     async def _send_job(self, job: Job) -> None:
+        finished = False
         try:
-            await self._send_one(job)
+            finished = await self._send_one(job)
         except Exception:
             log.exception("send failed unexpectedly", extra={"job": job.id})
             with contextlib.suppress(Exception):
                 await self.queue.nack(job.id, job.lease_token or "", error="internal error")
-        finally:
-            # The chat's next send may be claimable now (this one is done, dead or waits).
+        # A finished send released its chat's next one (if any): claim it now rather
+        # than at the next poll. A send given back (retry, pacing) still holds its chat.
+        if finished and await self._chat_has_next(job):
             self._send_wake.set()
 
-    async def _send_one(self, job: Job) -> None:
+    async def _chat_has_next(self, job: Job) -> bool:
+        if job.order_key is None:
+            return True
+        try:
+            row = await self.db.fetchone(
+                "SELECT 1 FROM queue_jobs WHERE queue = ? AND order_key = ? "
+                "AND order_key IS NOT NULL AND state IN ('queued', 'leased') LIMIT 1",
+                (SEND_QUEUE, job.order_key),
+            )
+        except Exception:
+            return True
+        return row is not None
+
+    async def _send_one(self, job: Job) -> bool:
+        """Hand one send to its engine; True when the job finished (sent, failed for good
+        or nothing to do), False when it was given back to wait (retry, pacing)."""
         token = job.lease_token or ""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         row = await store.message_row(self.db, account_id, message_id)
         if row is None or row["status"] not in ("queued", "sending"):
             await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
-            return
+            return True
         runtime = self.runtimes.get(account_id)
         if runtime is None or not runtime.connected or runtime.engine is None:
             await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
-            return
+            return False
         chat = row["chat_jid"]
         interval = self.settings.send_chat_interval_ms / 1000
         wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="per-chat pacing")
-            return
+            return False
         bucket = self._buckets.setdefault(
             account_id, TokenBucket(self.settings.send_account_rate_per_s)
         )
         wait = bucket.take()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="account rate")
-            return
+            return False
         self._last_sent[(account_id, chat)] = time.monotonic()
         now = time.time()
         await self.db.write_batched(
@@ -595,15 +612,13 @@ class MessagingService:
             outbound = await self._outbound(runtime.engine, row)
             await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
         except SendError as exc:
-            await self._send_failed(
+            return await self._send_failed(
                 job, exc.reason, permanent=exc.permanent, retry_after=exc.retry_after_s
             )
-            return
         except (TimeoutError, ConnectionError, OSError) as exc:
-            await self._send_failed(
+            return await self._send_failed(
                 job, f"engine error: {exc!r}", permanent=False, retry_after=None
             )
-            return
         now = time.time()
 
         async def sent(conn: Any) -> None:
@@ -612,6 +627,7 @@ class MessagingService:
 
         await self.db.write_batched(sent)
         await self.events_written()
+        return True
 
     async def _outbound(self, engine: Engine, row: Any) -> OutboundMessage:
         """The message as the engine gets it; media as a stored file when the engine
@@ -661,7 +677,8 @@ class MessagingService:
 
     async def _send_failed(
         self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
-    ) -> None:
+    ) -> bool:
+        """Fail the message for good (True) or give the job back for a retry (False)."""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         if permanent or job.attempts >= job.max_attempts:
@@ -677,11 +694,12 @@ class MessagingService:
 
             await self.db.write_batched(failed)
             await self.events_written()
-            return
+            return True
         await self.queue.nack(
             job.id, job.lease_token or "", error=reason, retry_after_s=retry_after
         )
         log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
+        return False
 
     # -- sandbox controls ----------------------------------------------------------------
 
