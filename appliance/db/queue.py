@@ -16,6 +16,13 @@ Life of a job::
   a claimer whose lease expired and was re-claimed gets ``LeaseLost``.
 - Expired leases go back to ``queued`` (or ``dead`` when attempts are used up).
 - Retries wait ``backoff_delay``: exponential with full jitter.
+- Per-key order: jobs enqueued with the same ``order_key`` (sends: one key per
+  (account, chat)) are claimed one at a time, in id (= enqueue) order. Of a key's
+  unfinished (``queued`` or ``leased``) jobs only the head is not ``held``, and only
+  heads are claimed: a head waiting for its retry, paced (``release``) or in flight
+  (also one whose claimer died, until its lease is expired or released) holds back
+  the later jobs of its key until it is ``done`` or ``dead``; then triggers (migration
+  0008) release the next. Keys are independent of each other; ``NULL`` is unordered.
 
 Times are Unix seconds from an injectable clock so tests never sleep.
 """
@@ -38,7 +45,20 @@ from appliance.errors import LeaseLost
 STATES = ("queued", "leased", "done", "dead")
 _COLUMNS = (
     "id, queue, unique_key, payload, state, attempts, max_attempts, run_at, "
-    "lease_token, lease_expires_at, last_error, created_at, updated_at"
+    "lease_token, lease_expires_at, last_error, created_at, updated_at, order_key"
+)
+
+# Due heads, oldest first, from the index of not-held queued jobs (held jobs, a long
+# backlog in one chat, are not even looked at). The NOT EXISTS is a safety net for the
+# held bookkeeping: one seek in queue_jobs_order per candidate.
+CLAIM_SQL = (
+    "SELECT id FROM queue_jobs AS j INDEXED BY queue_jobs_ready "
+    "WHERE j.queue = ? AND j.state = 'queued' AND j.held = 0 AND j.run_at <= ? "
+    "AND (j.order_key IS NULL OR NOT EXISTS ("
+    "SELECT 1 FROM queue_jobs AS e INDEXED BY queue_jobs_order "
+    "WHERE e.queue = j.queue AND e.order_key = j.order_key AND e.id < j.id "
+    "AND e.order_key IS NOT NULL AND e.state IN ('queued', 'leased'))) "
+    "ORDER BY j.run_at, j.id LIMIT ?"
 )
 
 
@@ -57,6 +77,7 @@ class Job:
     last_error: str | None
     created_at: float
     updated_at: float
+    order_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -93,20 +114,30 @@ async def enqueue_in(
     unique_key: str | None = None,
     run_at: float | None = None,
     max_attempts: int = 10,
+    order_key: str | None = None,
 ) -> Enqueued:
-    """Enqueue inside a transaction the caller holds (for outbox writes)."""
+    """Enqueue inside a transaction the caller holds (for outbox writes).
+
+    Jobs with the same ``order_key`` are claimed one at a time in the order of their
+    ids, which follows commit order: enqueue them in the order they were accepted.
+    """
     async with conn.execute(
-        "INSERT INTO queue_jobs (queue, unique_key, payload, max_attempts, run_at, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "INSERT INTO queue_jobs (queue, unique_key, order_key, payload, max_attempts, run_at, "
+        "created_at, updated_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+        # Held behind any unfinished job of its key (all of them have smaller ids).
+        "?9 IS NOT NULL AND EXISTS (SELECT 1 FROM queue_jobs WHERE queue = ?1 "
+        "AND order_key = ?9 AND order_key IS NOT NULL AND state IN ('queued', 'leased'))) "
         "ON CONFLICT (queue, unique_key) DO NOTHING RETURNING id",
         (
             queue,
             unique_key,
+            order_key,
             orjson.dumps(payload).decode(),
             max_attempts,
             now if run_at is None else run_at,
             now,
             now,
+            order_key,
         ),
     ) as cur:
         row = await cur.fetchone()
@@ -154,6 +185,25 @@ async def expire_leases(conn: aiosqlite.Connection, now: float, *, queue: str | 
         "lease_token = NULL, lease_expires_at = NULL, updated_at = ? "
         "WHERE state = 'leased' AND lease_expires_at <= ? AND (? IS NULL OR queue = ?)",
         (now, now, queue, queue),
+    )
+    return cur.rowcount
+
+
+async def restore_order(conn: aiosqlite.Connection, queue: str) -> int:
+    """Recompute ``held`` for a queue's unfinished keyed jobs, inside the caller's
+    transaction: the head of a key is its leased job if it has one, else its earliest
+    unfinished job. Run after a replay (which brings old jobs back) and at the start of
+    the worker (self-repair); the triggers keep it right in between. O(unfinished jobs)."""
+    cur = await conn.execute(
+        "UPDATE queue_jobs AS j SET held = (j.id IS NOT COALESCE("
+        "(SELECT MIN(e.id) FROM queue_jobs AS e WHERE e.queue = j.queue "
+        "AND e.order_key = j.order_key AND e.order_key IS NOT NULL "
+        "AND e.state IN ('queued', 'leased') AND e.state = 'leased'), "
+        "(SELECT MIN(e.id) FROM queue_jobs AS e WHERE e.queue = j.queue "
+        "AND e.order_key = j.order_key AND e.order_key IS NOT NULL "
+        "AND e.state IN ('queued', 'leased')))) "
+        "WHERE j.queue = ? AND j.order_key IS NOT NULL AND j.state IN ('queued', 'leased')",
+        (queue,),
     )
     return cur.rowcount
 
@@ -215,6 +265,7 @@ class DurableQueue:
         unique_key: str | None = None,
         delay_s: float = 0.0,
         max_attempts: int | None = None,
+        order_key: str | None = None,
     ) -> Enqueued:
         now = self.clock()
         async with self.db.write() as conn:
@@ -226,20 +277,20 @@ class DurableQueue:
                 unique_key=unique_key,
                 run_at=now + delay_s,
                 max_attempts=max_attempts or self.max_attempts,
+                order_key=order_key,
             )
 
     async def claim(self, limit: int = 1, *, lease_s: float | None = None) -> list[Job]:
-        """Lease up to ``limit`` due jobs, oldest first; expired leases count as due."""
+        """Lease up to ``limit`` due jobs, oldest first; expired leases count as due.
+
+        Of the jobs sharing an order key, only the earliest unfinished one can be
+        leased, and only when it is due and not leased already (see the module doc)."""
         now = self.clock()
         lease = self.lease_s if lease_s is None else lease_s
         jobs: list[Job] = []
         async with self.db.write() as conn:
             await expire_leases(conn, now, queue=self.name)
-            async with conn.execute(
-                "SELECT id FROM queue_jobs WHERE queue = ? AND state = 'queued' AND run_at <= ? "
-                "ORDER BY run_at, id LIMIT ?",
-                (self.name, now, limit),
-            ) as cur:
+            async with conn.execute(CLAIM_SQL, (self.name, now, limit)) as cur:
                 ids = [int(r[0]) for r in await cur.fetchall()]
             for job_id in ids:
                 async with conn.execute(
@@ -359,7 +410,10 @@ class DurableQueue:
                 f"WHERE {' AND '.join(where)}",
                 (now, now, *params),
             )
-            return cur.rowcount
+            replayed = cur.rowcount
+            if replayed:
+                await restore_order(conn, self.name)  # replayed jobs rejoin their keys
+            return replayed
 
     async def get(self, job_id: int) -> Job | None:
         row = await self.db.fetchone(

@@ -4,6 +4,8 @@ Its "server side" is durable, like WhatsApp's, in two tables:
 
 - ``sandbox_server_sent``: every message id it accepted, once (WhatsApp
   de-duplicates by id), with how many times it was offered. Tests count sends here.
+- ``sandbox_server_received``: every accepted offer in the order it arrived (a
+  re-offer of an id is a second row), so tests can check a chat's send order.
 - ``sandbox_server_inbox``: messages written to the account (API, CLI) waiting for
   delivery; an entry is deleted only after the appliance committed it.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import Any
 
@@ -115,16 +118,25 @@ class SandboxEngine(Engine):
                 f"{self.config.fail_transient_attempts}",
                 permanent=False,
             )
+        if random.random() < self.config.fail_transient_probability:
+            raise SendError("simulated random transient failure", permanent=False)
         self._transient_failures.pop(message.id, None)
         now = time.time()
-        await self.db.write_batched(
-            lambda conn: conn.execute(
+
+        async def accept(conn: Any) -> None:
+            await conn.execute(
                 "INSERT INTO sandbox_server_sent (account_id, message_id, to_jid, first_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
                 "DO UPDATE SET attempts = attempts + 1",
                 (self.account_id, message.id, message.to_jid, now),
             )
-        )
+            await conn.execute(
+                "INSERT INTO sandbox_server_received (account_id, message_id, to_jid, type, "
+                "received_at) VALUES (?, ?, ?, ?, ?)",
+                (self.account_id, message.id, message.to_jid, message.type, now),
+            )
+
+        await self.db.write_batched(accept)
         self._spawn(self._receipts(message.id))
 
     async def logout(self) -> None:

@@ -94,6 +94,12 @@ class SandboxSettings(Strict):
     fail_transient_attempts: int = Field(
         default=0, ge=0, le=100, description="Each send fails transiently this many times first"
     )
+    fail_transient_probability: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Each send attempt also fails transiently with this probability",
+    )
     fail_permanent_recipients: list[str] = Field(
         default_factory=list, max_length=1000, description="Sends to these always fail"
     )

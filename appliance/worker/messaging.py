@@ -9,6 +9,12 @@ Guarantees (DESIGN section 3):
   a WhatsApp id is stored once per account.
 - Every state change writes its event in the same transaction, then API processes
   are told over IPC that new events exist.
+- Per-chat order: every send job carries the order key of its (account, chat), and the
+  queue leases only the earliest unfinished job of a key (appliance/db/queue.py). So a
+  chat's sends reach the engine one at a time in accept order; a send waiting for a
+  retry (or for pacing, or for its account to connect) holds back the later ones of its
+  chat until it is sent or has failed for good; other chats go on meanwhile. The order
+  lives in the database, so restarts and kill -9 keep it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import orjson
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
-from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases
+from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
 from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
 from appliance.engines.sandbox import SandboxEngine
 from appliance.errors import ClientError, NotFound
@@ -44,8 +50,15 @@ log = logging.getLogger(__name__)
 
 SEND_QUEUE = "send"
 SEND_TIMEOUT_S = 60.0
+SEND_CLAIM_LIMIT = 32
 RECONNECT_CAP_S = 60.0
 DELETE_LOGOUT_TIMEOUT_S = 15.0
+
+
+def send_order_key(account_id: str, chat_jid: str) -> str:
+    """The queue order key of a chat: its sends go out one at a time, in accept order.
+    (Account ids cannot contain ':', so the key is unambiguous.)"""
+    return f"{account_id}:{chat_jid}"
 
 
 def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
@@ -332,6 +345,7 @@ class MessagingService:
     async def start(self) -> None:
         async with self.db.write() as conn:
             released = await release_all_leases(conn, time.time())
+            await restore_order(conn, SEND_QUEUE)
         if released:
             log.info("re-queued sends leased by the previous worker", extra={"count": released})
         await self.reconcile()
@@ -523,60 +537,83 @@ class MessagingService:
         while not self._stopping:
             self._send_wake.clear()
             try:
-                jobs = await self.queue.claim(limit=32)
+                jobs = await self.queue.claim(limit=SEND_CLAIM_LIMIT)
             except Exception:
                 log.exception("claiming sends failed")
                 jobs = []
-            if not jobs:
+            if len(jobs) < SEND_CLAIM_LIMIT:
+                # Nothing more is claimable until a send finishes (its chat's next one),
+                # a new send is poked, or a retry falls due: wait instead of claiming
+                # again at once (each claim is a write transaction).
+                self._start_sends(jobs)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._send_wake.wait(), 1.0)
                 continue
-            by_chat: dict[tuple[str, str], list[Job]] = {}
-            for job in jobs:
-                key = (job.payload["account_id"], job.payload.get("chat", ""))
-                by_chat.setdefault(key, []).append(job)
-            for chat_jobs in by_chat.values():
-                task = asyncio.create_task(self._send_in_order(chat_jobs))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            self._start_sends(jobs)
             # Back-pressure: do not claim more than a few batches ahead of the engines.
             while len(self._inflight) > 64 and not self._stopping:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _send_in_order(self, jobs: list[Job]) -> None:
+    def _start_sends(self, jobs: list[Job]) -> None:
+        # At most one job per chat: the queue leases only the head of each chat.
         for job in jobs:
-            try:
-                await self._send_one(job)
-            except Exception:
-                log.exception("send failed unexpectedly", extra={"job": job.id})
-                with contextlib.suppress(Exception):
-                    await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+            task = asyncio.create_task(self._send_job(job))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
-    async def _send_one(self, job: Job) -> None:
+    async def _send_job(self, job: Job) -> None:
+        finished = False
+        try:
+            finished = await self._send_one(job)
+        except Exception:
+            log.exception("send failed unexpectedly", extra={"job": job.id})
+            with contextlib.suppress(Exception):
+                await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+        # A finished send released its chat's next one (if any): claim it now rather
+        # than at the next poll. A send given back (retry, pacing) still holds its chat.
+        if finished and await self._chat_has_next(job):
+            self._send_wake.set()
+
+    async def _chat_has_next(self, job: Job) -> bool:
+        if job.order_key is None:
+            return True
+        try:
+            row = await self.db.fetchone(
+                "SELECT 1 FROM queue_jobs WHERE queue = ? AND order_key = ? "
+                "AND order_key IS NOT NULL AND state IN ('queued', 'leased') LIMIT 1",
+                (SEND_QUEUE, job.order_key),
+            )
+        except Exception:
+            return True
+        return row is not None
+
+    async def _send_one(self, job: Job) -> bool:
+        """Hand one send to its engine; True when the job finished (sent, failed for good
+        or nothing to do), False when it was given back to wait (retry, pacing)."""
         token = job.lease_token or ""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         row = await store.message_row(self.db, account_id, message_id)
         if row is None or row["status"] not in ("queued", "sending"):
             await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
-            return
+            return True
         runtime = self.runtimes.get(account_id)
         if runtime is None or not runtime.connected or runtime.engine is None:
             await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
-            return
+            return False
         chat = row["chat_jid"]
         interval = self.settings.send_chat_interval_ms / 1000
         wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="per-chat pacing")
-            return
+            return False
         bucket = self._buckets.setdefault(
             account_id, TokenBucket(self.settings.send_account_rate_per_s)
         )
         wait = bucket.take()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="account rate")
-            return
+            return False
         self._last_sent[(account_id, chat)] = time.monotonic()
         now = time.time()
         await self.db.write_batched(
@@ -586,15 +623,13 @@ class MessagingService:
             outbound = await self._outbound(runtime.engine, row)
             await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
         except SendError as exc:
-            await self._send_failed(
+            return await self._send_failed(
                 job, exc.reason, permanent=exc.permanent, retry_after=exc.retry_after_s
             )
-            return
         except (TimeoutError, ConnectionError, OSError) as exc:
-            await self._send_failed(
+            return await self._send_failed(
                 job, f"engine error: {exc!r}", permanent=False, retry_after=None
             )
-            return
         now = time.time()
 
         async def sent(conn: Any) -> None:
@@ -603,6 +638,7 @@ class MessagingService:
 
         await self.db.write_batched(sent)
         await self.events_written()
+        return True
 
     async def _outbound(self, engine: Engine, row: Any) -> OutboundMessage:
         """The message as the engine gets it; media as a stored file when the engine
@@ -652,7 +688,8 @@ class MessagingService:
 
     async def _send_failed(
         self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
-    ) -> None:
+    ) -> bool:
+        """Fail the message for good (True) or give the job back for a retry (False)."""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         if permanent or job.attempts >= job.max_attempts:
@@ -668,11 +705,12 @@ class MessagingService:
 
             await self.db.write_batched(failed)
             await self.events_written()
-            return
+            return True
         await self.queue.nack(
             job.id, job.lease_token or "", error=reason, retry_after_s=retry_after
         )
         log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
+        return False
 
     # -- sandbox controls ----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
 from appliance.net import ssrf
-from appliance.worker.messaging import SEND_QUEUE
+from appliance.worker.messaging import SEND_QUEUE, send_order_key
 
 bp = Blueprint("messages", __name__)
 
@@ -83,6 +83,11 @@ async def check_media_link(path: str, link: str) -> None:
 @tag(["messages"])
 async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
+
+    Sends to one chat (text, media, replies, reactions and reaction removals alike)
+    go out in the order they were accepted, one at a time: a send waiting for a
+    retry holds back the later sends to its chat until it is sent or has failed for
+    good. Sends to different chats do not wait for each other.
 
     Follow it with `message.sent`, `message.delivered`, `message.read` or
     `message.failed` events, or `GET .../messages/{id}`. Send `Idempotency-Key` to
@@ -148,6 +153,7 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
             now=now,
             unique_key=f"{account}:{message_id}",
             max_attempts=10,
+            order_key=send_order_key(account, chat),
         )
         return message_id, True
 
