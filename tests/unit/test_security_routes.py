@@ -28,7 +28,7 @@ from appliance.engines.cloud import CloudConfig, signature_for
 from appliance.engines.cloud import store_settings as cloud_store_settings
 from appliance.messaging import store
 from appliance.secrets import Secrets
-from tests.unit.conftest import OpenDb
+from tests.unit.conftest import OpenDb, key_owner
 
 DATA_KEY = b"d" * 32
 CIPHER = DataCipher(DATA_KEY)
@@ -61,6 +61,7 @@ async def _key(db: Database, role: Role) -> dict[str, str]:
             accounts=[],
             created_by="test",
             now=time.time(),
+            owner_user_id=await key_owner(conn),
         )
     return {"Authorization": f"Bearer {key}"}
 
