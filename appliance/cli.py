@@ -339,6 +339,10 @@ async def _with_db(settings: Settings, action: Any) -> Any:
         await db.close()
 
 
+def _cli_actor() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
 def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
     from appliance.auth import store
     from appliance.auth.permissions import Role
@@ -346,7 +350,10 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
     _drop_to_service_user(paths)
     now = time.time()
 
-    async def create(db: Any) -> str:
+    async def create(db: Any) -> str | None:
+        owner = await store.user_for_login(db, args.user)
+        if owner is None or not owner[2]:
+            return None
         async with db.write() as conn:
             key_id, key, _ = await store.create_api_key(
                 conn,
@@ -355,6 +362,7 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
                 all_accounts=args.all_accounts,
                 accounts=args.account or [],
                 created_by="cli",
+                owner_user_id=owner[0],
                 now=now,
             )
             await store.audit(
@@ -362,9 +370,14 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
                 action="api_key.create",
                 now=now,
                 actor="cli",
-                actor_name=pwd.getpwuid(os.getuid()).pw_name,
+                actor_name=_cli_actor(),
                 target=f"key:{key_id}",
-                details={"name": args.name, "role": args.role, "accounts": args.account or []},
+                details={
+                    "name": args.name,
+                    "role": args.role,
+                    "accounts": args.account or [],
+                    "owner": f"user:{owner[0]}",
+                },
             )
         return key
 
@@ -382,14 +395,18 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
 
     try:
         if args.keys_command == "create":
-            print(asyncio.run(_with_db(settings, create)))  # the key alone, for scripts
+            key = asyncio.run(_with_db(settings, create))
+            if key is None:
+                return _fail(f"no active user named {args.user!r} to own the key (--user)")
+            print(key)  # the key alone, for scripts
         elif args.keys_command == "list":
+            print("ID\tPREFIX\tNAME\tROLE\tGRANTS\tOWNER\tSTATE")
             for row in asyncio.run(_with_db(settings, listing)):
                 state = "revoked" if row.revoked_at else "active"
                 grants = "all" if row.all_accounts else (",".join(row.accounts) or "-")
                 print(
-                    f"{row.id}\t{store.API_KEY_PREFIX}{row.prefix}\t{row.name}\t{row.role}"
-                    f"\t{grants}\t{state}"
+                    f"{row.id}\t{store.API_KEY_PREFIX}{row.prefix}\t{row.name}\t{row.role.value}"
+                    f"\t{grants}\t{row.owner or '-'}\t{state}"
                 )
         elif not asyncio.run(_with_db(settings, revoke)):
             return _fail(f"no active API key with id {args.id}")
@@ -398,27 +415,40 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
     return 0
 
 
-def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+def _read_or_generate_password(args: argparse.Namespace) -> tuple[str | None, bool]:
+    """(password, generated): read from stdin with --password-stdin, else generated;
+    (None, False) when the one read is too short."""
     import secrets as pysecrets
 
-    from appliance.auth import store
-    from appliance.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
+    from appliance.auth.passwords import MIN_PASSWORD_LENGTH
 
-    _drop_to_service_user(paths)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
         if len(password) < MIN_PASSWORD_LENGTH:
-            return _fail(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
-        generated = False
-    else:
-        password, generated = pysecrets.token_urlsafe(15), True
-    now = time.time()
+            return None, False
+        return password, False
+    return pysecrets.token_urlsafe(15), True
 
-    async def reset(db: Any) -> bool:
+
+def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.auth import store
+    from appliance.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
+    from appliance.auth.permissions import Role
+    from appliance.errors import Conflict
+
+    _drop_to_service_user(paths)
+    now = time.time()
+    password, generated = None, False
+    if args.users_command in ("create", "reset-password"):
+        password, generated = _read_or_generate_password(args)
+        if password is None:
+            return _fail(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+
+    async def reset(db: Any) -> str | None:
         found = await store.user_for_login(db, args.username)
         if found is None:
-            return False
-        password_hash = hash_password(password)
+            return f"no user named {args.username!r}"
+        password_hash = hash_password(password or "")
         async with db.write() as conn:
             await store.set_password(conn, found[0], password_hash, now)
             # An admin locked out by deactivation gets back in too.
@@ -429,19 +459,108 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
                 action="password.reset",
                 now=now,
                 actor="cli",
-                actor_name=pwd.getpwuid(os.getuid()).pw_name,
+                actor_name=_cli_actor(),
                 target=f"user:{found[0]}",
                 details={"ended_sessions": ended},
             )
-        return True
+        return None
+
+    async def create(db: Any) -> str | None:
+        password_hash = hash_password(password or "")
+        async with db.write() as conn:
+            try:
+                user_id = await store.create_user(
+                    conn,
+                    username=args.username,
+                    password_hash=password_hash,
+                    role=Role(args.role),
+                    all_accounts=args.all_accounts,
+                    accounts=args.account or [],
+                    now=now,
+                )
+            except Conflict as exc:
+                return exc.message
+            await store.audit(
+                conn,
+                action="user.create",
+                now=now,
+                actor="cli",
+                actor_name=_cli_actor(),
+                target=f"user:{user_id}",
+                details={
+                    "username": args.username,
+                    "role": args.role,
+                    "all_accounts": args.all_accounts,
+                    "accounts": args.account or [],
+                },
+            )
+        return None
+
+    async def listing(db: Any) -> list[Any]:
+        return await store.list_users(db, after=0, limit=100_000)
+
+    async def deactivate(db: Any) -> str:
+        async with db.write() as conn:
+            async with conn.execute(
+                "SELECT id FROM users WHERE username = ?", (args.username,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise LookupError(f"no user named {args.username!r}")
+            user = await store.locked_user(conn, row[0])
+            if (
+                user.role == Role.ADMIN
+                and user.active
+                and not await store.other_active_admins(conn, user.id)
+            ):
+                raise LookupError("cannot deactivate the last active admin; make another first")
+            await store.update_user(conn, user.id, now=now, active=False)
+            ended = await store.delete_user_sessions(conn, user.id)
+            revoked = await store.revoke_user_keys(conn, user.id, now)
+            actor = {"actor": "cli", "actor_name": _cli_actor(), "now": now}
+            await store.audit(
+                conn,
+                action="user.update",
+                target=f"user:{user.id}",
+                details={"active": False, "ended_sessions": ended},
+                **actor,
+            )
+            for key_id in revoked:
+                await store.audit(
+                    conn,
+                    action="api_key.revoke",
+                    target=f"key:{key_id}",
+                    details={"reason": "owner deactivated"},
+                    **actor,
+                )
+        return (
+            f"deactivated {user.username}: ended {ended} session(s), "
+            f"revoked {len(revoked)} API key(s)"
+        )
 
     try:
-        if not asyncio.run(_with_db(settings, reset)):
-            return _fail(f"no user named {args.username!r}")
+        if args.users_command == "list":
+            print("ID\tUSERNAME\tROLE\tACCOUNTS\tSTATE")
+            for user in asyncio.run(_with_db(settings, listing)):
+                grants = "all" if user.all_accounts else (",".join(user.accounts) or "-")
+                state = "active" if user.active else "inactive"
+                print(f"{user.id}\t{user.username}\t{user.role.value}\t{grants}\t{state}")
+            return 0
+        if args.users_command == "deactivate":
+            try:
+                print(asyncio.run(_with_db(settings, deactivate)))
+            except LookupError as exc:
+                return _fail(str(exc))
+            return 0
+        action = create if args.users_command == "create" else reset
+        problem = asyncio.run(_with_db(settings, action))
+        if problem:
+            return _fail(problem)
     except StartupError as exc:
         return _fail(str(exc), 78)
     if generated:
-        print(password)
+        print(f"generated a password for {args.username} (shown once):", file=sys.stderr)
+        print(password)  # the password alone on stdout, for scripts
     return 0
 
 
@@ -538,12 +657,35 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--role", required=True, choices=("admin", "manager", "agent"))
     k.add_argument("--account", action="append", help="grant an account id (repeatable)")
     k.add_argument("--all-accounts", action="store_true", help="grant every account")
-    k = keys.add_parser("list", help="list keys: id, prefix, name, role, grants, state")
+    k.add_argument(
+        "--user",
+        default="admin",
+        help="the user the key belongs to (default: admin); deactivating or deleting "
+        "that user revokes the key",
+    )
+    k = keys.add_parser(
+        "list", help="list keys, with a header row: id, prefix, name, role, grants, owner, state"
+    )
     k = keys.add_parser("revoke", help="revoke a key by id")
     k.add_argument("id", type=int)
     p.set_defaults(func=cmd_api_keys)
     p = sub.add_parser("users", help="user administration from the shell")
     users = p.add_subparsers(dest="users_command", required=True)
+    users.add_parser("list", help="list users, with a header row: id, name, role, grants, state")
+    u = users.add_parser(
+        "create",
+        help="create a user; prints a generated password (alone, on stdout), or with "
+        "--password-stdin reads one from stdin and prints nothing",
+    )
+    u.add_argument("username")
+    u.add_argument("--role", required=True, choices=("admin", "manager", "agent"))
+    u.add_argument("--account", action="append", help="grant an account id (repeatable)")
+    u.add_argument("--all-accounts", action="store_true", help="grant every account")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u = users.add_parser(
+        "deactivate", help="deactivate a user: ends their sessions, revokes their API keys"
+    )
+    u.add_argument("username")
     u = users.add_parser(
         "reset-password",
         help="set a new password (printed, or read from stdin), reactivate, end sessions",

@@ -129,6 +129,10 @@ class Settings(BaseModel):
     login_window_s: Annotated[int, Field(ge=10, le=86400)] = 900
     api_rate_limit_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 1200
     api_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 2400
+    # Per client address: public routes (login) and requests without valid credentials.
+    anonymous_rate_limit_per_addr_per_min: Annotated[int, Field(ge=1, le=1_000_000)] = 300
+    # A request body not received in full within this many seconds answers 408.
+    request_body_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 30
     media_max_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
     send_chat_interval_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
     send_account_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0

@@ -9,6 +9,10 @@
     ├── IpcError                talking to the worker failed
     │   ├── WorkerUnavailable   no connection, or the call timed out
     │   └── RpcError            the worker answered with a JSON-RPC error
+    ├── EngineError             a WhatsApp engine's report to the worker (never an answer)
+    │   ├── SendError           one send failed; ``permanent`` or retried (engines.base)
+    │   ├── LoggedOut           WhatsApp ended the session: link again (engines.base)
+    │   └── MediaDownloadError  one inbound media not fetched (engines.cloud.graph)
     └── ClientError             the caller's request cannot be served (4xx)
         ├── InvalidInput        400, with issues [{path, message, code}]
         ├── Unauthenticated     401
@@ -71,6 +75,12 @@ class RpcError(IpcError):
         self.code = code
         self.message = message
         self.data = data
+
+
+class EngineError(ApplianceError):
+    """An engine tells the worker why something did not happen. The subclasses live
+    with the engines (``appliance.engines.base``, ``appliance.engines.cloud.graph``);
+    the worker maps each to an account state or a message status, never to an answer."""
 
 
 class ClientError(ApplianceError):

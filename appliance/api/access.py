@@ -211,15 +211,22 @@ def _check_websocket_origin() -> None:
 
 
 async def rate_limit(who: Principal | None, now: float) -> None:
-    """Count the request per client address and per principal; 429 past a limit."""
+    """Count the request per client address and per principal; 429 past a limit.
+
+    Without a principal (public routes such as /auth/login, missing or invalid
+    credentials) the request also counts against the lower anonymous limit of its
+    address."""
     state = state_of()
     limiter = state.limiter
     if limiter is None:
         return
     settings = state.settings
-    checks = [(f"addr:{client_addr()}", settings.api_rate_limit_per_addr_per_min)]
+    addr = client_addr()
+    checks = [(f"addr:{addr}", settings.api_rate_limit_per_addr_per_min)]
     if who is not None:
         checks.append((f"principal:{who.key}", settings.api_rate_limit_per_min))
+    else:
+        checks.append((f"anon:{addr}", settings.anonymous_rate_limit_per_addr_per_min))
     wait = await limiter.hit_many(checks, window_s=60, now=now)
     if wait is not None:
         raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
@@ -237,14 +244,17 @@ async def authorize_request() -> None:
     requirement = route_requirement(func)
     now = time.time()
     if requirement == "public":
-        if request.path.startswith("/api"):
-            await rate_limit(None, now)
+        await rate_limit(None, now)
         return
     if requirement == "undeclared":
         raise Forbidden("this route declares no access rule")
-    loaded = await load_principal(now)
-    if loaded is None:
-        raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    try:
+        loaded = await load_principal(now)
+        if loaded is None:
+            raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    except Unauthenticated:
+        await rate_limit(None, now)  # 429 instead once the address is over its limit
+        raise
     who, method = loaded
     g.principal = who
     g.auth_method = method

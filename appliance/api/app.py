@@ -55,6 +55,7 @@ def create_app(
 ) -> Quart:
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.request_body_timeout_s  # then 408
     app.config["JSON_SORT_KEYS"] = False
     bell = EventBell()  # rung by the worker's "events" notifications
     worker = worker or WorkerClient(

@@ -26,25 +26,33 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def _http(exc: HTTPException) -> Response:
-        response = error_response(exc.code or 500, (exc.description or exc.name or "error"))
+        message = exc.description or exc.name or "error"
+        if exc.code == 408:
+            message = "the request body did not arrive in time (REQUEST_BODY_TIMEOUT_S)"
+        response = error_response(exc.code or 500, message)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
 
     @app.errorhandler(RequestSchemaValidationError)
     async def _invalid(exc: RequestSchemaValidationError) -> Response:
-        from appliance.api.validation import issues_from
+        from appliance.api.validation import capped_issues, issues_from
 
         cause = exc.validation_error
         if isinstance(cause, ValidationError):
             issues = issues_from(cause)
         else:
             issues = [{"path": "(body)", "message": str(cause or "invalid"), "code": "invalid"}]
-        return error_response(400, "the request is invalid; see issues", issues=issues)
+        return error_response(400, "the request is invalid; see issues", **capped_issues(issues))
 
     @app.errorhandler(ClientError)
     async def _client(exc: ClientError) -> Response:
-        response = error_response(exc.http_status, exc.message, **exc.extra)
+        extra = dict(exc.extra)
+        if isinstance(extra.get("issues"), list):
+            from appliance.api.validation import capped_issues
+
+            extra.update(capped_issues(extra["issues"]))
+        response = error_response(exc.http_status, exc.message, **extra)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after_s)
         if exc.http_status == 401:

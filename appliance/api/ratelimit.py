@@ -5,6 +5,9 @@ The counters need no durability (a reboot may forget them), so the file uses
 
 - ``hit``: fixed one-window counters for /api requests per principal and per address.
 - ``failures`` / ``record_failure`` / ``clear``: a sliding window of login failures.
+- ``reserve_failure`` / ``release``: take a failure slot *before* checking a password and
+  give it back if the password was right, so parallel guesses cannot all be checked:
+  at most the limit is ever verified per window, across every API process.
 """
 
 from __future__ import annotations
@@ -139,6 +142,49 @@ class RateLimiter:
         count = int(row[0]) if row else 0
         oldest = row[1] if row and row[1] is not None else now
         return count, max(1.0, math.ceil(oldest + window_s - now))
+
+    async def reserve_failure(
+        self, limits: list[tuple[str, int]], *, window_s: float, now: float
+    ) -> tuple[list[int] | None, float]:
+        """Atomically: when every key has fewer failures than its limit in the window,
+        record one failure for each and return their ids (for ``release``); else None
+        and the seconds until a slot frees up. One transaction under the cross-process
+        write lock, so no two callers can both take the last slot."""
+        async with self._writing():
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, limit in limits:
+                    async with self.conn.execute(
+                        "SELECT COUNT(*), MIN(at) FROM failures WHERE key = ? AND at > ?",
+                        (key, now - window_s),
+                    ) as cur:
+                        row = await cur.fetchone()
+                    count = int(row[0]) if row else 0
+                    if count >= limit:
+                        await self.conn.execute("ROLLBACK")
+                        oldest = row[1] if row and row[1] is not None else now
+                        return None, max(1.0, math.ceil(oldest + window_s - now))
+                ids = []
+                for key, _ in limits:
+                    async with self.conn.execute(
+                        "INSERT INTO failures (key, at) VALUES (?, ?) RETURNING rowid", (key, now)
+                    ) as cur:
+                        inserted = await cur.fetchone()
+                    assert inserted is not None
+                    ids.append(int(inserted[0]))
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+        return ids, 0.0
+
+    async def release(self, ids: list[int]) -> None:
+        """Give back slots taken by ``reserve_failure`` (the password was right)."""
+        if not ids:
+            return
+        marks = ", ".join("?" for _ in ids)
+        async with self._writing():
+            await self.conn.execute(f"DELETE FROM failures WHERE rowid IN ({marks})", ids)
 
     async def record_failure(self, *keys: str, now: float) -> None:
         async with self._writing():

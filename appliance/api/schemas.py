@@ -25,7 +25,10 @@ class ErrorBody(BaseModel):
 
 
 class ValidationErrorBody(ErrorBody):
-    issues: list[Issue]
+    issues: list[Issue] = Field(description="The first 20 issues")
+    issuesTotal: int | None = Field(
+        default=None, description="How many issues there were, when more than 20"
+    )
 
 
 class Cursor(BaseModel):

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from quart import request
 from quart_schema import document_response, validate_querystring, validate_request
 
 from appliance.api.schemas import ErrorBody, ValidationErrorBody
-from appliance.errors import ClientError
+from appliance.errors import ClientError, InvalidInput
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
+
+# A validation answer lists this many issues at the most, and says how many there were.
+MAX_ISSUES = 20
+# Bodies nested deeper than this are refused before anything walks them.
+MAX_JSON_DEPTH = 64
+# Bodies of the small forms anyone may post (login) or that carry passwords only.
+SMALL_BODY_BYTES = 8192  # two passwords of 256 characters, even \u-escaped
 
 
 class UnsupportedMediaType(ClientError):
     http_status = 415
+
+
+class PayloadTooLarge(ClientError):
+    http_status = 413
 
 
 def issues_from(error: ValidationError) -> list[dict[str, str]]:
@@ -27,12 +42,57 @@ def issues_from(error: ValidationError) -> list[dict[str, str]]:
             "message": e["msg"],
             "code": e["type"],
         }
-        for e in error.errors()
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
     ]
 
 
-def json_body(model: type[BaseModel]) -> Callable[[F], F]:
-    """Validate the JSON body into ``model``, passed to the view as ``data``."""
+def capped_issues(issues: list[dict[str, str]]) -> dict[str, Any]:
+    """``issues`` for an error body: the first MAX_ISSUES, and ``issuesTotal`` when cut."""
+    if len(issues) <= MAX_ISSUES:
+        return {"issues": issues}
+    return {"issues": issues[:MAX_ISSUES], "issuesTotal": len(issues)}
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """Whether parsed JSON nests containers deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((item, depth + 1) for item in value if isinstance(item, (dict, list)))
+    return False
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The body as JSON (strict UTF-8, no NaN, nested at most MAX_JSON_DEPTH), else a 400
+    whose issue says the body is not valid JSON; logged at INFO, without a traceback."""
+    try:
+        data = orjson.loads(raw)  # C, with its own nesting limit
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).split(":", 1)[0]  # the kind of error, not the input
+    else:
+        containers = raw.count(b"[") + raw.count(b"{")
+        if containers <= MAX_JSON_DEPTH or not _nested_deeper_than(data, MAX_JSON_DEPTH):
+            return data
+        reason = f"nested deeper than {MAX_JSON_DEPTH} levels"
+    message = f"the body is not valid JSON ({reason})"
+    log.info("refused a request body: %s", message)
+    raise InvalidInput(
+        "the request body is not valid JSON; see issues",
+        issues=[{"path": "(body)", "message": message, "code": "json_invalid"}],
+    )
+
+
+def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callable[[F], F]:
+    """Validate the JSON body into ``model``, passed to the view as ``data``.
+
+    ``max_bytes`` caps the body below MAX_BODY_BYTES (413), for routes anyone may call.
+    """
 
     def decorator(func: F) -> F:
         validated = validate_request(model)(func)
@@ -41,9 +101,20 @@ def json_body(model: type[BaseModel]) -> Callable[[F], F]:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not request.is_json:
                 raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
+            raw = await request.get_data(as_text=False)
+            if max_bytes is not None and len(raw) > max_bytes:
+                raise PayloadTooLarge(
+                    f"the body exceeds the limit of {max_bytes} bytes for this route"
+                )
+            data = parse_json_body(raw)
+            # quart-schema reads request.get_json(): hand it what was parsed here, so the
+            # body is never parsed by a decoder without these checks.
+            request._cached_json[False] = data  # type: ignore[attr-defined]
+            request._cached_json[True] = data  # type: ignore[attr-defined]
             return await validated(*args, **kwargs)
 
         wrapper = document_response(ValidationErrorBody, 400)(wrapper)
+        wrapper = document_response(ErrorBody, 408)(wrapper)
         wrapper = document_response(ErrorBody, 413)(wrapper)
         wrapper = document_response(ErrorBody, 415)(wrapper)
         return wrapper  # type: ignore[return-value]

@@ -275,6 +275,8 @@ class ApiKeyRow:
     created_at: float
     last_used_at: float | None
     revoked_at: float | None
+    owner_id: int | None = None  # the user it belongs to; None once that user is deleted
+    owner: str | None = None  # that user's name
 
 
 def new_api_key() -> tuple[str, str, str]:
@@ -292,7 +294,13 @@ def split_api_key(key: str) -> str | None:
     return prefix if sep and len(prefix) == 12 else None
 
 
-_KEY_COLS = "id, name, prefix, role, all_accounts, created_by, created_at, last_used_at, revoked_at"
+_KEY_COLS = (
+    "api_keys.id, name, prefix, api_keys.role, api_keys.all_accounts, created_by, "
+    "api_keys.created_at, last_used_at, revoked_at, owner_user_id, "
+    "owner.username AS owner_name"
+)
+# A key with its owner; a key whose owner was deleted keeps no owner.
+_KEY_FROM = "api_keys LEFT JOIN users owner ON owner.id = api_keys.owner_user_id"
 
 
 def _key(row: Any, accounts: tuple[str, ...]) -> ApiKeyRow:
@@ -307,6 +315,8 @@ def _key(row: Any, accounts: tuple[str, ...]) -> ApiKeyRow:
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        owner_id=row["owner_user_id"],
+        owner=row["owner_name"],
     )
 
 
@@ -318,14 +328,16 @@ async def create_api_key(
     all_accounts: bool,
     accounts: list[str],
     created_by: str,
+    owner_user_id: int,
     now: float,
 ) -> tuple[int, str, str]:
-    """Store a new key; returns (id, the key to show once, its prefix)."""
+    """Store a new key belonging to ``owner_user_id``; returns (id, the key to show once,
+    its prefix). The key works only while its owner exists and is active."""
     key, prefix, digest = new_api_key()
     async with conn.execute(
         "INSERT INTO api_keys (name, prefix, secret_hash, role, all_accounts, created_by, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (name, prefix, digest, role.value, int(all_accounts), created_by, now),
+        "created_at, owner_user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (name, prefix, digest, role.value, int(all_accounts), created_by, now, owner_user_id),
     ) as cur:
         row = await cur.fetchone()
     assert row is not None
@@ -335,13 +347,14 @@ async def create_api_key(
 
 async def list_api_keys(db: Database, *, after: int, limit: int) -> list[ApiKeyRow]:
     rows = await db.fetchall(
-        f"SELECT {_KEY_COLS} FROM api_keys WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        f"SELECT {_KEY_COLS} FROM {_KEY_FROM} WHERE api_keys.id > ? ORDER BY api_keys.id LIMIT ?",
+        (after, limit),
     )
     return [_key(r, await _grants(db, "api_key_grants", "api_key_id", r["id"])) for r in rows]
 
 
 async def get_api_key(db: Database, key_id: int) -> ApiKeyRow:
-    row = await db.fetchone(f"SELECT {_KEY_COLS} FROM api_keys WHERE id = ?", (key_id,))
+    row = await db.fetchone(f"SELECT {_KEY_COLS} FROM {_KEY_FROM} WHERE api_keys.id = ?", (key_id,))
     if row is None:
         raise NotFound("no such API key")
     return _key(row, await _grants(db, "api_key_grants", "api_key_id", key_id))
@@ -354,6 +367,17 @@ async def revoke_api_key(conn: aiosqlite.Connection, key_id: int, now: float) ->
     return cur.rowcount == 1
 
 
+async def revoke_user_keys(conn: aiosqlite.Connection, user_id: int, now: float) -> list[int]:
+    """Revoke every live key of a user (deactivated or about to be deleted); their ids."""
+    async with conn.execute(
+        "UPDATE api_keys SET revoked_at = ? WHERE owner_user_id = ? AND revoked_at IS NULL "
+        "RETURNING id",
+        (now, user_id),
+    ) as cur:
+        rows = await cur.fetchall()
+    return sorted(int(r[0]) for r in rows)
+
+
 async def api_key_principal(db: Database, key: str) -> tuple[Principal, float | None] | None:
     """The principal of a valid, unrevoked key and when it was last used; else None."""
     prefix = split_api_key(key)
@@ -361,13 +385,16 @@ async def api_key_principal(db: Database, key: str) -> tuple[Principal, float | 
         return None
     # One query with the grants folded in: this runs on every API request.
     row = await db.fetchone(
-        f"SELECT {_KEY_COLS}, secret_hash, (SELECT group_concat(account_id, char(31)) "
+        f"SELECT {_KEY_COLS}, secret_hash, owner.active AS owner_active, "
+        "(SELECT group_concat(account_id, char(31)) "
         "FROM api_key_grants g WHERE g.api_key_id = api_keys.id) AS grants "
-        "FROM api_keys WHERE prefix = ?",
+        f"FROM {_KEY_FROM} WHERE prefix = ?",
         (prefix,),
     )
     digest = hashlib.sha256(key.encode()).hexdigest()
     if row is None or not hmac.compare_digest(digest, row["secret_hash"]) or row["revoked_at"]:
+        return None
+    if not row["owner_active"]:  # owner deleted or deactivated: refused even if unrevoked
         return None
     accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
     principal = Principal(

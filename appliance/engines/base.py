@@ -3,7 +3,9 @@
 The worker owns one engine per account. It calls ``connect``, ``run_until_closed``,
 ``send`` and ``logout``; the engine reports back through ``EngineHost``:
 connection states, inbound messages (acknowledged to WhatsApp only after the host
-has committed them) and receipts.
+has committed them), receipts and failures reported after a send. An engine changes
+the appliance's state (accounts, messages, events) only through ``EngineHost``; its own
+tables, if any, it keeps through its own store module.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from appliance.errors import EngineError
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class InboundMessage:
     received_at: float = field(default=0.0, compare=False)  # monotonic, for latency
 
 
-class SendError(Exception):
+class SendError(EngineError):
     """A send failed. ``permanent`` failures are not retried."""
 
     def __init__(self, reason: str, *, permanent: bool, retry_after_s: float | None = None):
@@ -50,11 +54,14 @@ class SendError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class LoggedOut(Exception):
+class LoggedOut(EngineError):
     """WhatsApp ended the session: linking again is needed."""
 
 
 class EngineHost(Protocol):
+    # The account's own settings (``download_media``, ...), read by the engine.
+    settings: dict[str, Any]
+
     async def on_state(
         self,
         state: Literal["connecting", "pairing", "connected"],
@@ -67,9 +74,17 @@ class EngineHost(Protocol):
         """Commit the messages; returns which were new. Returns only after the commit."""
         ...
 
-    async def on_receipt(self, message_id: str, status: Literal["delivered", "read"]) -> None: ...
+    async def on_receipt(
+        self, message_id: str, status: Literal["sent", "delivered", "read"]
+    ) -> None: ...
 
     async def save_engine_state(self, state: dict[str, Any]) -> None: ...
+
+    async def on_delivery_failed(self, message_id: str, reason: str) -> None:
+        """WhatsApp reported, after it accepted the send, that the message failed: the
+        message becomes ``failed`` (error ``WhatsApp reported: <reason>``) unless it is
+        already failed or read, with a ``message.failed`` event."""
+        ...
 
 
 class Engine(ABC):
@@ -122,5 +137,4 @@ class Engine(ABC):
         ``download_media`` setting (default on)."""
         if override is not None:
             return override
-        account = getattr(self.host, "settings", None)
-        return bool(account.get("download_media", True)) if isinstance(account, dict) else True
+        return bool(self.host.settings.get("download_media", True))

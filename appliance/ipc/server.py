@@ -1,10 +1,17 @@
-"""The worker's JSON-RPC server on a Unix socket."""
+"""The worker's JSON-RPC server on a Unix socket.
+
+The socket is mode 0600 and every connection's peer credentials (SO_PEERCRED) are
+checked on accept: only the worker's own user (the API processes, appliancectl after
+dropping to the service user) and root are served; anyone else is disconnected at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,23 @@ Handler = Callable[[Any], Awaitable[BaseModel]]
 SUBSCRIBER_BUFFER_LIMIT = 1024 * 1024
 
 
+def peer_allowed(peer_uid: int, *, server_uid: int) -> bool:
+    """Whether a peer with this uid may call the worker: the same user, or root."""
+    return peer_uid in (server_uid, 0)
+
+
+def peer_uid(sock: socket.socket | None) -> int | None:
+    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    if sock is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
 class _Connection:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -35,9 +59,11 @@ class _Connection:
 
 
 class RpcServer:
-    def __init__(self, socket_path: Path, *, mode: int = 0o660) -> None:
+    def __init__(self, socket_path: Path, *, mode: int = 0o600) -> None:
         self.socket_path = socket_path
         self.mode = mode
+        self.server_uid = os.geteuid()
+        self.refused_peers = 0
         self._handlers: dict[str, Handler] = {}
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
@@ -101,6 +127,12 @@ class RpcServer:
         raise AssertionError("handled in _dispatch")  # needs the connection
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if uid is None or not peer_allowed(uid, server_uid=self.server_uid):
+            self.refused_peers += 1
+            log.warning("refused an IPC connection from another user", extra={"peer_uid": uid})
+            writer.close()
+            return
         conn = _Connection(writer)
         self._connections.add(conn)
         try:

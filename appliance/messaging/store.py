@@ -507,3 +507,37 @@ async def set_message_status(
     for step in steps:
         await append_event(conn, f"message.{step}", account_id, {**payload, "status": step}, now)
     return message
+
+
+async def report_failure(
+    conn: aiosqlite.Connection, account_id: str, message_id: str, error: str, *, now: float
+) -> bool:
+    """A failure WhatsApp reported after it accepted the send (a status webhook): the
+    outbound message becomes ``failed`` from any state but failed and read (unlike
+    ``set_message_status``, which fails only queued or sending messages), with a
+    ``message.failed`` event. Returns whether it changed."""
+    async with conn.execute(
+        "UPDATE messages SET status = 'failed', error = ?, updated_at = ? "
+        "WHERE account_id = ? AND id = ? AND direction = 'out' "
+        "AND status NOT IN ('failed', 'read')",
+        (error, now, account_id, message_id),
+    ) as cur:
+        changed = cur.rowcount
+    if not changed:
+        return False
+    row = await message_row(conn, account_id, message_id)
+    payload = message_out(row).model_dump(mode="json", by_alias=True)
+    await append_event(conn, "message.failed", account_id, payload, now)
+    return True
+
+
+async def stored_message_ids(db: Database, account_id: str, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` the account already has (any direction)."""
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    rows = await db.fetchall(
+        f"SELECT id FROM messages WHERE account_id = ? AND id IN ({marks})",
+        (account_id, *ids),
+    )
+    return {str(row["id"]) for row in rows}

@@ -86,7 +86,6 @@ def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
             db=db,
             cipher=service.cipher,
             open_media=media,
-            events_written=service.events_written,
             media_max_bytes=service.settings.media_max_bytes,
             allowed_networks=service.settings.allowed_private_networks,
         )
@@ -284,6 +283,16 @@ class AccountRuntime:
         if self.desired != "logged_out":
             await self.engine.close()
             self.engine = None
+
+    # -- EngineHost (continued) ----------------------------------------------------------
+
+    async def on_delivery_failed(self, message_id: str, reason: str) -> None:
+        async with self.service.db.write() as conn:
+            changed = await store.report_failure(
+                conn, self.account_id, message_id, f"WhatsApp reported: {reason}", now=time.time()
+            )
+        if changed:
+            await self.service.events_written()
 
 
 class MessagingService:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,23 @@ def open_db() -> OpenDb:
             await db.close()
 
     return _open
+
+
+async def key_owner(conn: Any) -> int:
+    """An active user for API keys to belong to (a key works only while its owner does)."""
+    from appliance.auth import store
+    from appliance.auth.permissions import Role
+
+    async with conn.execute("SELECT id FROM users WHERE username = 'key-owner'") as cur:
+        row = await cur.fetchone()
+    if row is not None:
+        return int(row[0])
+    return await store.create_user(
+        conn,
+        username="key-owner",
+        password_hash="x",
+        role=Role.ADMIN,
+        all_accounts=True,
+        accounts=[],
+        now=0.0,
+    )

@@ -170,3 +170,32 @@ def test_counters_survive_reopen(rl_path: Path) -> None:
             assert await rl.hit("k", limit=1, window_s=WINDOW, now=T0) is not None
 
     asyncio.run(body())
+
+
+def test_failure_slots_are_reserved_atomically_across_limiters(rl_path: Path) -> None:
+    """Sixty guesses racing through two API processes' limiters: exactly the limit get a
+    slot; released slots (right passwords) come back, kept ones count as failures."""
+
+    async def body() -> None:
+        async with _limiter(rl_path) as one, _limiter(rl_path) as two:
+            limits = [("login:user:maria", 5), ("login:addr:a", 1000)]
+            results = await asyncio.gather(
+                *(
+                    (one if i % 2 else two).reserve_failure(limits, window_s=900, now=T0)
+                    for i in range(60)
+                )
+            )
+            granted = [ids for ids, _ in results if ids is not None]
+            assert len(granted) == 5
+            assert all(len(ids) == 2 for ids in granted)
+            assert all(wait >= 1 for ids, wait in results if ids is None)
+            assert (await one.failures("login:user:maria", window_s=900, now=T0))[0] == 5
+            assert (await one.failures("login:addr:a", window_s=900, now=T0))[0] == 5
+            await two.release(granted[0])  # that one was the right password
+            assert (await one.failures("login:user:maria", window_s=900, now=T0))[0] == 4
+            again, _ = await one.reserve_failure(limits, window_s=900, now=T0 + 1)
+            assert again is not None
+            refused, wait = await two.reserve_failure(limits, window_s=900, now=T0 + 2)
+            assert refused is None and wait == 898  # until the oldest failure leaves
+
+    asyncio.run(body())

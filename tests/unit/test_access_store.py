@@ -14,6 +14,7 @@ from appliance.auth import store
 from appliance.auth.permissions import Role
 from appliance.db.database import Database
 from appliance.errors import Conflict, NotFound
+from tests.unit.conftest import key_owner
 
 T0 = 1_700_000_000.0
 SESSION_KEY = b"k" * 32
@@ -64,6 +65,7 @@ async def _key(db: Database, **kwargs: Any) -> tuple[int, str, str]:
     }
     args.update(kwargs)
     async with db.write() as conn:
+        args.setdefault("owner_user_id", await key_owner(conn))
         return await store.create_api_key(conn, **args)
 
 

@@ -859,7 +859,7 @@ def test_graph_404_and_refused_urls(open_db: Any, db_path: Path, caplog: Any) ->
 
 
 def test_download_timeout(open_db: Any, db_path: Path, monkeypatch: Any) -> None:
-    import appliance.engines.cloud as cloud
+    import appliance.engines.cloud.inbox as cloud
 
     monkeypatch.setattr(cloud, "MEDIA_TIMEOUT_S", 0.2)
     graph = MediaGraph()
@@ -960,7 +960,7 @@ def test_translate_keeps_every_field(open_db: Any, db_path: Path) -> None:
                 media=("image/png", PNG),
                 received_at=7.0,
             )
-            translated = await engine._translate(message)
+            translated = await engine.inbox.translate(message)
             assert translated == dataclasses.replace(message, reply_to="msg_ours")
             assert translated.media == ("image/png", PNG) and translated.received_at == 7.0
             await engine.close()
@@ -1117,3 +1117,105 @@ def test_media_url_on_a_refused_address_is_not_fetched(open_db: Any, db_path: Pa
     assert given["wamid.R3"].media == ("image/png", PNG)
     fetched = [r.headers["Host"] for r in graph.requests if r.url.path.startswith("/media/")]
     assert fetched == ["lookaside.example"]
+
+
+# -- the engine's seams: errors, host, store --------------------------------------------------
+
+
+def test_engine_errors_join_the_hierarchy() -> None:
+    from appliance.engines.base import LoggedOut
+    from appliance.engines.cloud import GraphRefused, MediaDownloadError
+    from appliance.errors import ApplianceError, EngineError
+
+    for cls in (SendError, LoggedOut, MediaDownloadError, GraphRefused):
+        assert issubclass(cls, EngineError) and issubclass(cls, ApplianceError)
+    refused = send_error_for(401, _graph_error(190))
+    assert isinstance(refused, GraphRefused) and isinstance(refused, SendError)
+    assert refused.token_refused and not refused.pair_rate_limited
+    assert send_error_for(400, _graph_error(131056)).pair_rate_limited
+    assert not send_error_for(502, None).token_refused
+
+
+class FailureHost(FakeHost):
+    def __init__(self, db: Any, account_id: str) -> None:
+        super().__init__(db, account_id)
+        self.failures: list[tuple[str, str]] = []
+
+    async def on_delivery_failed(self, message_id: str, reason: str) -> None:
+        self.failures.append((message_id, reason))
+
+
+def test_a_failed_status_is_reported_to_the_host(open_db: Any, db_path: Path) -> None:
+    """The engine writes no message state itself: a failure WhatsApp reports after the
+    send goes to EngineHost.on_delivery_failed."""
+    import httpx
+
+    error = {"code": 131047, "title": "Re-engagement message"}
+    statuses = [
+        {"id": "wamid.F1", "status": "failed", "errors": [error], "biz_opaque_callback_data": "m"},
+        {"id": "wamid.F1", "status": "failed"},  # no reason given
+    ]
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await _cloud_account(conn, outbound_id="m")
+                await store.set_message_status(conn, "c1", "m", "sent", now=2.0)
+                await conn.execute(
+                    "INSERT INTO cloud_inbox (account_id, payload, received_at) "
+                    "VALUES ('c1', ?, 0)",
+                    (orjson.dumps(_envelope({"statuses": statuses})),),
+                )
+            host = FailureHost(db, "c1")
+            engine = CloudEngine(
+                "c1",
+                store_settings(RAW_SETTINGS, CIPHER),
+                {},
+                host,
+                db=db,
+                cipher=CIPHER,
+                transport=httpx.MockTransport(lambda r: httpx.Response(500)),
+                **GUARD,
+            )
+            assert await engine.process_inbox() == 1
+            assert host.failures == [
+                ("m", "131047: Re-engagement message"),
+                ("m", "failed (no reason given)"),
+            ]
+            assert (await store.message_row(db, "c1", "m"))["status"] == "sent"
+            await engine.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(
+    ("status", "fails"),
+    [("queued", True), ("sent", True), ("delivered", True), ("read", False), ("failed", False)],
+)
+def test_report_failure(open_db: Any, db_path: Path, status: str, fails: bool) -> None:
+    """A failure reported after the send fails the message from any state but read and
+    failed, with one message.failed event."""
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await _cloud_account(conn, outbound_id="m")
+                if status != "queued":
+                    await store.set_message_status(conn, "c1", "m", "sending", now=2.0)
+                    await store.set_message_status(conn, "c1", "m", status, now=2.0)
+            before = await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+            async with db.write() as conn:
+                changed = await store.report_failure(
+                    conn, "c1", "m", "WhatsApp reported: 131026: gone", now=3.0
+                )
+            assert changed is fails
+            row = await store.message_row(db, "c1", "m")
+            failed = await db.fetchall("SELECT type FROM events WHERE id > ?", (before,))
+            if fails:
+                assert row["status"] == "failed"
+                assert row["error"] == "WhatsApp reported: 131026: gone"
+                assert [r["type"] for r in failed] == ["message.failed"]
+            else:
+                assert row["status"] == status and [r["type"] for r in failed] == []
+
+    asyncio.run(body())

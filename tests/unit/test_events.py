@@ -26,7 +26,7 @@ from appliance.db.database import Database
 from appliance.messaging import store
 from appliance.messaging.models import EVENT_TYPES
 from appliance.secrets import Secrets
-from tests.unit.conftest import OpenDb
+from tests.unit.conftest import OpenDb, key_owner
 
 ALL = Scope(accounts=None, unassigned=True)
 
@@ -474,6 +474,7 @@ async def _key(db: Database, role: Role, *accounts: str) -> dict[str, str]:
             all_accounts=False,
             accounts=list(accounts),
             created_by="test",
+            owner_user_id=await key_owner(conn),
             now=time.time(),
         )
     return {"Authorization": f"Bearer {key}"}

@@ -41,6 +41,7 @@ from appliance.messaging import store as messaging_store
 from appliance.messaging.media import TooLarge, UnsupportedMedia, kind_for, sniff
 from appliance.net.ssrf import RefusedAddress
 from appliance.secrets import Secrets
+from tests.unit.conftest import key_owner
 
 # -- samples -----------------------------------------------------------------------------
 
@@ -531,6 +532,7 @@ async def api(tmp_path: Path, **env: str) -> AsyncIterator[Api]:
                     all_accounts=False,
                     accounts=accounts,
                     created_by="test",
+                    owner_user_id=await key_owner(conn),
                     now=time.time(),
                 )
             keys.append(key)

@@ -33,7 +33,7 @@ from appliance.db.migrate import migrate
 from appliance.errors import InvalidInput
 from appliance.messaging import queries, store
 from appliance.secrets import Secrets
-from tests.unit.conftest import OpenDb
+from tests.unit.conftest import OpenDb, key_owner
 
 A, B = "acc_a", "acc_b"
 ALICE = "905551110001@s.whatsapp.net"
@@ -489,6 +489,7 @@ async def _key(db: Database, role: Role, *accounts: str, all_accounts: bool = Fa
             all_accounts=all_accounts,
             accounts=list(accounts),
             created_by="test",
+            owner_user_id=await key_owner(conn),
             now=time.time(),
         )
     return key

@@ -39,6 +39,8 @@ def key_out(row: store.ApiKeyRow) -> ApiKeyOut:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+        owner_id=row.owner_id,
+        owner=row.owner,
     )
 
 
@@ -64,8 +66,13 @@ async def list_keys(query_args: PageQuery) -> ApiKeyPage:
 @document_response(ApiKeyCreated, 201)
 @tag(["api-keys"])
 async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
-    """Create an API key; the answer holds the key, shown this once."""
+    """Create an API key; the answer holds the key, shown this once. The key belongs to
+    the calling user (or to the user owning the calling key) and is revoked when that
+    user is deactivated or deleted."""
     who = principal()
+    owner = who.id if who.kind == "user" else (await store.get_api_key(_db(), who.id)).owner_id
+    if owner is None:
+        raise NotFound("the calling key has no owner")
     async with _db().write() as conn:
         key_id, key, _ = await store.create_api_key(
             conn,
@@ -74,6 +81,7 @@ async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
             all_accounts=data.all_accounts,
             accounts=list(data.accounts),
             created_by=who.key,
+            owner_user_id=owner,
             now=time.time(),
         )
         await audit(
@@ -84,6 +92,7 @@ async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
             role=data.role.value,
             accounts=list(data.accounts),
             all_accounts=data.all_accounts,
+            owner=f"user:{owner}",
         )
     row = await store.get_api_key(_db(), key_id)
     return ApiKeyCreated(**key_out(row).model_dump(), key=key), 201

@@ -20,7 +20,7 @@ from appliance.api.access import (
 from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, UserOut
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
-from appliance.api.validation import json_body
+from appliance.api.validation import SMALL_BODY_BYTES, json_body
 from appliance.auth import store
 from appliance.auth.passwords import hash_password, verify_password
 from appliance.auth.permissions import ROLE_PERMISSIONS
@@ -59,9 +59,25 @@ async def audit(conn: Any, action: str, *, target: str | None = None, **details:
     )
 
 
+def login_key(username: str) -> str:
+    """The failure counter of one user, shared by login and password change."""
+    return f"login:user:{username.lower()}"
+
+
+async def _reserve(limits: list[tuple[str, int]], now: float) -> list[int]:
+    state = state_of()
+    assert state.limiter is not None
+    reserved, retry = await state.limiter.reserve_failure(
+        limits, window_s=state.settings.login_window_s, now=now
+    )
+    if reserved is None:
+        raise RateLimited("too many failed attempts; try again later", retry_after_s=int(retry))
+    return reserved
+
+
 @bp.post("/auth/login")
 @public
-@json_body(LoginIn)
+@json_body(LoginIn, max_bytes=SMALL_BODY_BYTES)
 @document_response(LoginOut, 200)
 @document_response(ErrorBody, 401)
 @document_response(ErrorBody, 429)
@@ -73,23 +89,22 @@ async def login(data: LoginIn) -> Response:
     settings = state.settings
     now = time.time()
     addr = client_addr()
-    user_key, addr_key = f"login:user:{data.username.lower()}", f"login:addr:{addr}"
-    limits = (
+    user_key, addr_key = login_key(data.username), f"login:addr:{addr}"
+    limits = [
         (user_key, settings.login_max_failures),
         (addr_key, settings.login_max_failures_per_addr),
-    )
-    for key, limit in limits:
-        count, retry = await state.limiter.failures(key, window_s=settings.login_window_s, now=now)
-        if count >= limit:
-            raise RateLimited("too many failed logins; try again later", retry_after_s=retry)
+    ]
+    # The failure is counted before the password is checked (and given back if it was
+    # right): parallel guesses cannot all be verified before the first one is counted.
+    reserved = await _reserve(limits, now)
     found = await store.user_for_login(state.db, data.username)
     # argon2 takes tens of milliseconds of CPU: off the event loop.
     ok = await asyncio.to_thread(verify_password, found[1] if found else None, data.password)
     if not ok or found is None or not found[2]:
-        await state.limiter.record_failure(user_key, addr_key, now=now)
         async with state.db.write() as conn:
             await audit(conn, "login.failed", target=f"username:{data.username[:64]}")
         raise Unauthenticated("invalid username or password")
+    await state.limiter.release(reserved)
     await state.limiter.clear(user_key)
     token = secrets.token_urlsafe(32)  # a new session id at every login
     token_hash = store.session_hash(state.secrets.session_key, token)
@@ -164,7 +179,7 @@ async def me() -> MeOut:
 
 @bp.post("/auth/password")
 @authenticated
-@json_body(PasswordChangeIn)
+@json_body(PasswordChangeIn, max_bytes=SMALL_BODY_BYTES)
 @document_response(ErrorBody, 403)
 @tag(["auth"])
 async def change_password(data: PasswordChangeIn) -> Response:
@@ -174,11 +189,19 @@ async def change_password(data: PasswordChangeIn) -> Response:
     who = principal()
     if who.kind != "user":
         raise Forbidden("API keys have no password")
+    # A stolen session must not make this a password oracle: wrong current passwords
+    # count against the user's login failures and are audited.
+    key = login_key(who.name)
+    reserved = await _reserve([(key, state.settings.login_max_failures)], time.time())
     found = await store.user_for_login(state.db, who.name)
     if found is None or not await asyncio.to_thread(
         verify_password, found[1], data.current_password
     ):
+        async with state.db.write() as conn:
+            await audit(conn, "password.change_failed", target=who.key)
         raise Forbidden("the current password is wrong")
+    assert state.limiter is not None
+    await state.limiter.release(reserved)
     new_hash = await asyncio.to_thread(hash_password, data.new_password)
     async with state.db.write() as conn:
         await store.set_password(conn, who.id, new_hash, time.time())

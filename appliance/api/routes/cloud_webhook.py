@@ -27,6 +27,7 @@ from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.engines.cloud import SIGNATURE_HEADER, app_secret_of, check_signature
+from appliance.engines.cloud import store as cloud_store
 from appliance.errors import Forbidden, InvalidInput, Unauthenticated
 from appliance.messaging import store
 
@@ -83,6 +84,7 @@ async def receive_webhook(account: str) -> WebhookAccepted:
     ``X-Hub-Signature-256``; stored durably before the 200 answer."""
     settings = await _cloud_account(account)
     body = await request.get_data(cache=False, as_text=False)
+    assert isinstance(body, bytes)  # as_text=False; for the type checker
     secret = None
     if settings is not None:
         try:
@@ -100,9 +102,5 @@ async def receive_webhook(account: str) -> WebhookAccepted:
         orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput("the body is not JSON", issues=[]) from None
-    async with _db().write() as conn:
-        await conn.execute(
-            "INSERT INTO cloud_inbox (account_id, payload, received_at) VALUES (?, ?, ?)",
-            (account, body, time.time()),
-        )
+    await cloud_store.add_webhook(_db(), account, body, time.time())
     return WebhookAccepted()

@@ -240,10 +240,13 @@ async def _scope(args: EventFilterQuery, *, check_exists: bool = True) -> live.S
 
 async def _authenticate_websocket(state: ApiState) -> Principal:
     now = time.time()
-    loaded = await access.load_principal(now)
-    if loaded is None:
-        await access.rate_limit(None, now)
-        raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    try:
+        loaded = await access.load_principal(now)
+        if loaded is None:
+            raise Unauthenticated("authentication required: log in, or send Authorization: Bearer")
+    except Unauthenticated:
+        await access.rate_limit(None, now)  # bad keys are counted per address too
+        raise
     who, _ = loaded
     if not who.can(Permission.MESSAGES_READ):
         raise Forbidden(

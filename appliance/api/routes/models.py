@@ -101,6 +101,11 @@ class ApiKeyOut(BaseModel):
     created_at: float
     last_used_at: float | None
     revoked_at: float | None
+    owner_id: int | None = Field(
+        description="The user the key belongs to (null once that user is deleted); "
+        "deactivating or deleting the user revokes the key"
+    )
+    owner: str | None = Field(description="That user's name")
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
@@ -38,6 +39,12 @@ async def _guard_last_admin(conn: object, user: store.UserRow, action: str) -> N
         and not await store.other_active_admins(conn, user.id)
     ):  # type: ignore[arg-type]
         raise Conflict(f"cannot {action} the last active admin; make another admin first")
+
+
+async def revoke_keys_of(conn: Any, user_id: int, now: float, reason: str) -> None:
+    """Revoke a user's API keys, one audit row each: keys never outlive their owner."""
+    for key_id in await store.revoke_user_keys(conn, user_id, now):
+        await audit(conn, "api_key.revoke", target=f"key:{key_id}", reason=reason)
 
 
 @bp.get("/api/users")
@@ -105,7 +112,8 @@ async def get_user(user_id: int) -> UserOut:
 @document_response(ErrorBody, 409)
 @tag(["users"])
 async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
-    """Change role, active flag or account grants. Deactivating ends the user's sessions."""
+    """Change role, active flag or account grants. Deactivating ends the user's sessions
+    and revokes their API keys."""
     now = time.time()
     async with _db().write() as conn:
         user = await store.locked_user(conn, user_id)
@@ -124,6 +132,7 @@ async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
         )
         if data.active is False:
             await store.delete_user_sessions(conn, user_id)
+            await revoke_keys_of(conn, user_id, now, "owner deactivated")
         updated = await store.locked_user(conn, user_id)
         changes = data.model_dump(exclude_none=True)
         action = "user.grants" if set(changes) <= {"accounts", "all_accounts"} else "user.update"
@@ -137,10 +146,11 @@ async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
 @document_response(ErrorBody, 409)
 @tag(["users"])
 async def delete_user(user_id: int) -> Response:
-    """Delete a user and end their sessions."""
+    """Delete a user, end their sessions and revoke their API keys."""
     async with _db().write() as conn:
         user = await store.locked_user(conn, user_id)
         await _guard_last_admin(conn, user, "delete")
+        await revoke_keys_of(conn, user_id, time.time(), "owner deleted")
         await store.delete_user(conn, user_id)
         await audit(conn, "user.delete", target=f"user:{user_id}", username=user.username)
     return Response(status=204)
