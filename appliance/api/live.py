@@ -32,7 +32,7 @@ import orjson
 
 from appliance.db.database import Database
 from appliance.messaging.models import EventOut
-from appliance.messaging.store import event_out
+from appliance.messaging.store import event_out, last_event_id
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Page:
 
 async def read_page(db: Database, scope: Scope, after: int, limit: int) -> Page:
     """Events in ``scope`` with id > ``after``, oldest first, at most ``limit``."""
-    newest = int(await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events") or 0)
+    newest = await last_event_id(db)
     where, params = _where(scope)
     if where is None:
         return Page([], max(after, newest), newest, False)

@@ -472,3 +472,51 @@ class DurableQueue:
                 raise LeaseLost(
                     f"job {job_id} in queue {self.name!r} is not leased with that token"
                 )
+
+    async def replay_keys(self, keys: Sequence[str], *, states: Sequence[str] = ("dead",)) -> int:
+        """``replay`` for the jobs with these unique keys (the producer's names for them)."""
+        ids: list[int] = []
+        for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+            chunk = keys[start : start + _KEYS_PER_STATEMENT]
+            rows = await self.db.fetchall(
+                f"SELECT id FROM queue_jobs WHERE queue = ? AND unique_key IN "
+                f"({','.join('?' * len(chunk))})",
+                (self.name, *chunk),
+            )
+            ids.extend(int(r[0]) for r in rows)
+        replayed = 0
+        for start in range(0, len(ids), _KEYS_PER_STATEMENT):
+            replayed += await self.replay(ids[start : start + _KEYS_PER_STATEMENT], states=states)
+        return replayed
+
+
+# Keys or ids bound in one IN (...): well under SQLite's variable limit (32766).
+_KEYS_PER_STATEMENT = 500
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+async def delete_prefix_in(conn: aiosqlite.Connection, queue: str, prefix: str) -> int:
+    """Delete, inside the caller's transaction, every job of ``queue`` (in any state)
+    whose unique key starts with ``prefix``; returns how many."""
+    cur = await conn.execute(
+        "DELETE FROM queue_jobs WHERE queue = ? AND unique_key LIKE ? ESCAPE '\\'",
+        (queue, _like_prefix(prefix)),
+    )
+    return cur.rowcount
+
+
+async def purge_in(
+    conn: aiosqlite.Connection, queue: str, *, before: float, states: Sequence[str] = ("done",)
+) -> int:
+    """``DurableQueue.purge`` inside the caller's transaction: delete finished jobs
+    last touched before ``before``."""
+    cur = await conn.execute(
+        f"DELETE FROM queue_jobs WHERE queue = ? AND state IN "
+        f"({','.join('?' * len(states))}) AND updated_at < ?",
+        (queue, *states, before),
+    )
+    return cur.rowcount

@@ -88,7 +88,25 @@ async def list_events(
 
 
 async def last_event_id(db: Database) -> int:
+    """The newest event's id; 0 before the first event."""
     return int(await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events") or 0)
+
+
+async def event_rows_after(db: Database, after: int, limit: int) -> list[sqlite3.Row]:
+    """Rows (id, type, account_id, created_at, data) of the events after ``after``,
+    oldest first, at most ``limit``."""
+    return await db.fetchall(
+        "SELECT id, type, account_id, created_at, data FROM events WHERE id > ? "
+        "ORDER BY id LIMIT ?",
+        (after, limit),
+    )
+
+
+async def event_row(db: Database, event_id: int) -> sqlite3.Row | None:
+    """The row (id, type, account_id, created_at, data) of one event."""
+    return await db.fetchone(
+        "SELECT id, type, account_id, created_at, data FROM events WHERE id = ?", (event_id,)
+    )
 
 
 # -- accounts ----------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Webhook endpoints, deliveries and attempts in SQLite. Secrets are stored encrypted
-with the data key and only decrypted to sign (worker) or to show once (API).
+"""Webhook endpoints, deliveries, attempts and the fan-out cursor in SQLite: all the
+SQL of these tables. Functions taking ``conn`` run in the caller's write transaction;
+those taking ``db`` only read. Secrets are stored encrypted with the data key and only
+decrypted to sign (worker) or to show once (API).
 
 Custom header values (often a receiver's API key) are secrets too: the ``headers``
 column is a JSON object of header name -> base64 ciphertext of the value, each bound
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import secrets
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ import orjson
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.errors import NotFound
+from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key_sql
 
 ROTATION_GRACE_S = 24 * 3600
 HEADER_MASK = "****"  # a header value as answers show it; sent back, it keeps the stored one
@@ -289,3 +293,282 @@ async def record_attempt(
 
 def is_integrity_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.IntegrityError)
+
+
+# -- fan-out -----------------------------------------------------------------------------
+
+
+async def fanout_cursor(db: Database) -> int:
+    """The id of the last event turned into deliveries."""
+    return int(await db.scalar("SELECT last_event_id FROM webhook_cursor") or 0)
+
+
+async def move_fanout_cursor(conn: aiosqlite.Connection, last_event_id: int) -> None:
+    await conn.execute("UPDATE webhook_cursor SET last_event_id = ? WHERE id = 1", (last_event_id,))
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: int
+    endpoint_id: str
+    event_id: int
+
+
+async def insert_deliveries(
+    conn: aiosqlite.Connection, wanted: Sequence[tuple[str, int, str]], now: float
+) -> list[NewDelivery]:
+    """One pending delivery per (endpoint id, event id, event type), in one statement
+    (per-row round trips through aiosqlite's thread were most of the fan-out's cost);
+    pairs that already have one are skipped. Returns those created, by id."""
+    rows = await conn.execute_fetchall(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, "
+        "next_attempt_at, created_at, updated_at) "
+        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        "json_extract(value, '$[2]'), ?, ?, ? FROM json_each(?) WHERE true "
+        "ON CONFLICT (endpoint_id, event_id) DO NOTHING "
+        "RETURNING id, endpoint_id, event_id",
+        (now, now, now, orjson.dumps(list(wanted)).decode()),
+    )
+    created = [NewDelivery(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+    created.sort(key=lambda d: d.id)
+    return created
+
+
+# -- delivery outcomes -------------------------------------------------------------------
+
+
+async def record_retry(
+    conn: aiosqlite.Connection,
+    delivery_id: int,
+    *,
+    status: int | None,
+    reason: str,
+    next_attempt_at: float,
+    now: float,
+) -> None:
+    """A failed attempt that will be retried at ``next_attempt_at``."""
+    await conn.execute(
+        "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = ?, "
+        "last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+        (status, reason[:1000], next_attempt_at, now, delivery_id),
+    )
+
+
+async def finish_delivery(
+    conn: aiosqlite.Connection,
+    delivery_id: int,
+    *,
+    state: str,
+    attempted: bool,
+    status: int | None,
+    error: str | None,
+    now: float,
+) -> None:
+    """The delivery ends ``delivered`` or ``dead``; ``attempted``: after an attempt."""
+    await conn.execute(
+        "UPDATE webhook_deliveries SET state = ?, attempts = attempts + ?, "
+        "last_status = COALESCE(?, last_status), last_error = ?, next_attempt_at = NULL, "
+        "updated_at = ?, delivered_at = CASE WHEN ? = 'delivered' THEN ? END WHERE id = ?",
+        (state, 1 if attempted else 0, status, error, now, state, now, delivery_id),
+    )
+
+
+async def mark_failing(conn: aiosqlite.Connection, endpoint_id: str, now: float) -> None:
+    """The endpoint failed an attempt: it is failing since now unless it already was."""
+    await conn.execute(
+        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+        (now, endpoint_id),
+    )
+
+
+async def clear_failing(conn: aiosqlite.Connection, endpoint_id: str) -> None:
+    await conn.execute(
+        "UPDATE webhook_endpoints SET failing_since = NULL "
+        "WHERE id = ? AND failing_since IS NOT NULL",
+        (endpoint_id,),
+    )
+
+
+async def failing_since(db: Database, endpoint_id: str) -> float | None:
+    """Since when an enabled endpoint fails every attempt; None when it does not."""
+    since = await db.scalar(
+        "SELECT failing_since FROM webhook_endpoints WHERE id = ? AND enabled = 1",
+        (endpoint_id,),
+    )
+    return None if since is None else float(since)
+
+
+async def disable_endpoint(
+    conn: aiosqlite.Connection, endpoint_id: str, reason: str, now: float
+) -> bool:
+    """Disable an enabled endpoint; False when it was not (any more) enabled."""
+    cur = await conn.execute(
+        "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? "
+        "WHERE id = ? AND enabled = 1",
+        (reason, now, endpoint_id),
+    )
+    return cur.rowcount == 1
+
+
+# -- housekeeping ------------------------------------------------------------------------
+
+
+async def pending_summary(db: Database) -> tuple[int, float | None]:
+    """How many deliveries are pending and when the oldest was created."""
+    row = await db.fetchone(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM webhook_deliveries "
+        "WHERE state = 'pending'"
+    )
+    if row is None:
+        return 0, None
+    return int(row["n"]), None if row["oldest"] is None else float(row["oldest"])
+
+
+# A pending delivery whose job is dead in the queue: its leases kept expiring (the
+# worker died in every attempt), so no outcome was ever recorded.
+_ORPHANED = (
+    f"state = 'pending' AND EXISTS (SELECT 1 FROM queue_jobs j WHERE j.queue = ? "
+    f"AND j.unique_key = {delivery_job_key_sql('webhook_deliveries')} AND j.state = 'dead')"
+)
+
+
+async def count_orphaned(db: Database) -> int:
+    return int(
+        await db.scalar(
+            f"SELECT COUNT(*) FROM webhook_deliveries WHERE {_ORPHANED}", (WEBHOOK_QUEUE,)
+        )
+        or 0
+    )
+
+
+async def mark_orphaned_dead(conn: aiosqlite.Connection, now: float) -> None:
+    await conn.execute(
+        "UPDATE webhook_deliveries SET state = 'dead', updated_at = ?, "
+        "last_error = COALESCE(last_error, 'lease expired after the last attempt') "
+        f"WHERE {_ORPHANED}",
+        (now, WEBHOOK_QUEUE),
+    )
+
+
+async def count_finished_before(db: Database, cutoff: float) -> int:
+    return int(
+        await db.scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE state != 'pending' AND updated_at < ?",
+            (cutoff,),
+        )
+        or 0
+    )
+
+
+async def delete_finished_before(conn: aiosqlite.Connection, cutoff: float) -> None:
+    """Delete finished deliveries (with their attempts) last changed before ``cutoff``."""
+    await conn.execute(
+        "DELETE FROM webhook_deliveries WHERE state != 'pending' AND updated_at < ?", (cutoff,)
+    )
+
+
+# -- delivery log (API) ------------------------------------------------------------------
+
+DELIVERY_COLS = (
+    "id, endpoint_id, event_id, event_type, state, attempts, last_status, last_error, "
+    "next_attempt_at, created_at, updated_at, delivered_at"
+)
+_IDS_PER_STATEMENT = 500  # ids bound in one IN (...): well under SQLite's variable limit
+
+
+async def list_deliveries(
+    db: Database,
+    endpoint_id: str,
+    *,
+    state: str | None,
+    event_type: str | None,
+    since: float | None,
+    until: float | None,
+    before_id: int | None,
+    limit: int,
+) -> list[sqlite3.Row]:
+    """An endpoint's deliveries (``DELIVERY_COLS``), newest first."""
+    where: list[str] = ["endpoint_id = ?"]
+    params: list[str | int | float] = [endpoint_id]
+    for clause, value in (
+        ("state = ?", state),
+        ("event_type = ?", event_type),
+        ("created_at >= ?", since),
+        ("created_at < ?", until),
+        ("id < ?", before_id),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return await db.fetchall(
+        f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE {' AND '.join(where)} "
+        "ORDER BY id DESC LIMIT ?",
+        (*params, limit),
+    )
+
+
+async def get_delivery(db: Database, endpoint_id: str, delivery_id: int) -> sqlite3.Row | None:
+    return await db.fetchone(
+        f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
+        (delivery_id, endpoint_id),
+    )
+
+
+async def delivery_attempts(db: Database, delivery_id: int) -> list[sqlite3.Row]:
+    """Rows (at, duration_ms, status, response, error), oldest first."""
+    return await db.fetchall(
+        "SELECT at, duration_ms, status, response, error FROM webhook_attempts "
+        "WHERE delivery_id = ? ORDER BY id",
+        (delivery_id,),
+    )
+
+
+async def finished_deliveries(
+    db: Database,
+    endpoint_id: str,
+    *,
+    delivery_id: int | None = None,
+    state: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100000,
+) -> list[sqlite3.Row]:
+    """Rows (id, event_id) of an endpoint's deliveries that are not pending."""
+    where: list[str] = ["endpoint_id = ?", "state != 'pending'"]
+    params: list[str | int | float] = [endpoint_id]
+    for clause, value in (
+        ("id = ?", delivery_id),
+        ("state = ?", state),
+        ("created_at >= ?", since),
+        ("created_at < ?", until),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return await db.fetchall(
+        f"SELECT id, event_id FROM webhook_deliveries WHERE {' AND '.join(where)} LIMIT ?",
+        (*params, limit),
+    )
+
+
+async def delivery_exists(db: Database, endpoint_id: str, delivery_id: int) -> bool:
+    return (
+        await db.fetchone(
+            "SELECT 1 FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
+            (delivery_id, endpoint_id),
+        )
+        is not None
+    )
+
+
+async def mark_for_replay(
+    conn: aiosqlite.Connection, delivery_ids: Sequence[int], now: float
+) -> None:
+    """The deliveries are pending again, due now (their jobs are replayed separately)."""
+    for start in range(0, len(delivery_ids), _IDS_PER_STATEMENT):
+        ids = delivery_ids[start : start + _IDS_PER_STATEMENT]
+        await conn.execute(
+            "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = ?, "
+            f"updated_at = ? WHERE id IN ({','.join('?' * len(ids))})",
+            (now, now, *ids),
+        )

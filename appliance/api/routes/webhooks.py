@@ -29,13 +29,18 @@ from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
-from appliance.db.queue import DurableQueue
+from appliance.db.queue import DurableQueue, delete_prefix_in
 from appliance.errors import InvalidInput, NotFound
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import EVENT_TYPES
 from appliance.net import ssrf
 from appliance.webhooks import store
-from appliance.webhooks.dispatcher import RESERVED_HEADERS, WEBHOOK_QUEUE
+from appliance.webhooks.contracts import (
+    RESERVED_HEADERS,
+    WEBHOOK_QUEUE,
+    delivery_job_key,
+    endpoint_job_prefix,
+)
 from appliance.webhooks.signing import new_secret
 
 bp = Blueprint("webhooks", __name__)
@@ -433,10 +438,7 @@ async def delete_endpoint(endpoint_id: str) -> Response:
     await _endpoint(endpoint_id)
     async with _db().write() as conn:
         await store.delete_endpoint(conn, endpoint_id)
-        await conn.execute(
-            "DELETE FROM queue_jobs WHERE queue = ? AND unique_key LIKE ?",
-            (WEBHOOK_QUEUE, f"{endpoint_id}:%"),
-        )
+        await delete_prefix_in(conn, WEBHOOK_QUEUE, endpoint_job_prefix(endpoint_id))
         await audit(conn, "webhook.delete", target=f"webhook:{endpoint_id}")
     await poke("webhooks")
     return Response(status=204)
@@ -527,12 +529,6 @@ def _delivery(row: Any, attempts: list[Any] | None = None) -> DeliveryOut:
     )
 
 
-_DELIVERY_COLS = (
-    "id, endpoint_id, event_id, event_type, state, attempts, last_status, last_error, "
-    "next_attempt_at, created_at, updated_at, delivered_at"
-)
-
-
 @bp.get("/api/webhooks/<endpoint_id>/deliveries")
 @requires(Permission.WEBHOOKS_MANAGE)
 @query(DeliveryQuery)
@@ -542,21 +538,15 @@ _DELIVERY_COLS = (
 async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> DeliveryPage:
     """The delivery log, newest first, filtered by state, event type and time."""
     await _endpoint(endpoint_id)
-    where, params = ["endpoint_id = ?"], [endpoint_id]
-    for clause, value in (
-        ("state = ?", query_args.state),
-        ("event_type = ?", query_args.event_type),
-        ("created_at >= ?", query_args.since),
-        ("created_at < ?", query_args.until),
-        ("id < ?", int(query_args.cursor) if query_args.cursor else None),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    rows = await _db().fetchall(
-        f"SELECT {_DELIVERY_COLS} FROM webhook_deliveries WHERE {' AND '.join(where)} "
-        "ORDER BY id DESC LIMIT ?",
-        (*params, query_args.limit + 1),
+    rows = await store.list_deliveries(
+        _db(),
+        endpoint_id,
+        state=query_args.state,
+        event_type=query_args.event_type,
+        since=query_args.since,
+        until=query_args.until,
+        before_id=int(query_args.cursor) if query_args.cursor else None,
+        limit=query_args.limit + 1,
     )
     page = rows[: query_args.limit]
     more = len(rows) > query_args.limit
@@ -573,40 +563,24 @@ async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> Delive
 async def get_delivery(endpoint_id: str, delivery_id: int) -> DeliveryOut:
     """One delivery with every attempt (time, duration, status, answer, error)."""
     await _endpoint(endpoint_id)
-    row = await _db().fetchone(
-        f"SELECT {_DELIVERY_COLS} FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
-        (delivery_id, endpoint_id),
-    )
+    row = await store.get_delivery(_db(), endpoint_id, delivery_id)
     if row is None:
         raise NotFound("no such delivery")
-    attempts = await _db().fetchall(
-        "SELECT at, duration_ms, status, response, error FROM webhook_attempts "
-        "WHERE delivery_id = ? ORDER BY id",
-        (delivery_id,),
-    )
+    attempts = await store.delivery_attempts(_db(), delivery_id)
     return _delivery(row, attempts)
 
 
 async def _replay(endpoint_id: str, rows: list[Any]) -> int:
     if not rows:
         return 0
-    keys = [f"{endpoint_id}:{r['event_id']}" for r in rows]
-    marks = ",".join("?" * len(keys))
-    jobs = await _db().fetchall(
-        f"SELECT id FROM queue_jobs WHERE queue = ? AND unique_key IN ({marks})",
-        (WEBHOOK_QUEUE, *keys),
-    )
+    keys = [delivery_job_key(endpoint_id, r["event_id"]) for r in rows]
     now = time.time()
     ids = [r["id"] for r in rows]
     async with _db().write() as conn:
-        await conn.execute(
-            f"UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = ?, "
-            f"updated_at = ? WHERE id IN ({','.join('?' * len(ids))})",
-            (now, now, *ids),
-        )
+        await store.mark_for_replay(conn, ids, now)
         await audit(conn, "webhook.replay", target=f"webhook:{endpoint_id}", deliveries=len(ids))
     queue = DurableQueue(_db(), WEBHOOK_QUEUE)
-    replayed = await queue.replay([j["id"] for j in jobs], states=("dead", "done"))
+    replayed = await queue.replay_keys(keys, states=("dead", "done"))
     await poke("webhooks")
     return replayed
 
@@ -619,19 +593,8 @@ async def _replay(endpoint_id: str, rows: list[Any]) -> int:
 async def replay_delivery(endpoint_id: str, delivery_id: int) -> tuple[ReplayOut, int]:
     """Deliver this event again (a new first attempt; same webhook-id)."""
     await _endpoint(endpoint_id)
-    rows = await _db().fetchall(
-        "SELECT id, event_id FROM webhook_deliveries WHERE id = ? AND endpoint_id = ? "
-        "AND state != 'pending'",
-        (delivery_id, endpoint_id),
-    )
-    if (
-        not rows
-        and await _db().fetchone(
-            "SELECT 1 FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
-            (delivery_id, endpoint_id),
-        )
-        is None
-    ):
+    rows = await store.finished_deliveries(_db(), endpoint_id, delivery_id=delivery_id)
+    if not rows and not await store.delivery_exists(_db(), endpoint_id, delivery_id):
         raise NotFound("no such delivery")
     return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202
 
@@ -648,18 +611,11 @@ async def replay_range(endpoint_id: str, data: ReplayIn) -> tuple[ReplayOut, int
     After a receiver outage: `{"state": "dead", "since": <outage start>}`.
     """
     await _endpoint(endpoint_id)
-    where, params = ["endpoint_id = ?", "state != 'pending'"], [endpoint_id]
-    if data.state != "any":
-        where.append("state = ?")
-        params.append(data.state)
-    if data.since is not None:
-        where.append("created_at >= ?")
-        params.append(data.since)
-    if data.until is not None:
-        where.append("created_at < ?")
-        params.append(data.until)
-    rows = await _db().fetchall(
-        f"SELECT id, event_id FROM webhook_deliveries WHERE {' AND '.join(where)} LIMIT 100000",
-        tuple(params),
+    rows = await store.finished_deliveries(
+        _db(),
+        endpoint_id,
+        state=None if data.state == "any" else data.state,
+        since=data.since,
+        until=data.until,
     )
     return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202
