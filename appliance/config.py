@@ -251,6 +251,12 @@ class Settings(BaseModel):
         return self.data_dir / "media"
 
     @property
+    def sessions_dir(self) -> Path:
+        """The web engine's linked-device sessions, one directory per account
+        (``account_session_dir``)."""
+        return self.data_dir / "sessions"
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return [o.rstrip("/") for o in _split(self.cors_origins)]
 
@@ -289,6 +295,13 @@ class Settings(BaseModel):
             return self.public_url
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
         return f"http://{host}:{self.port}"
+
+
+def account_session_dir(sessions_dir: Path, account_id: str) -> Path:
+    """The one place that names an account's session directory under ``sessions_dir``
+    (``Settings.sessions_dir``): the web engine keeps neonize's files there, the worker
+    removes it when the account logs out or is deleted."""
+    return sessions_dir / account_id
 
 
 def _split(value: str) -> list[str]:

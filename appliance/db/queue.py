@@ -429,6 +429,16 @@ class DurableQueue:
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
+    async def has_unfinished(self, order_key: str) -> bool:
+        """Whether a job of ``order_key`` is still queued or leased (after one of the
+        key finished: whether it released a next one to claim)."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM queue_jobs WHERE queue = ? AND order_key = ? "
+            "AND order_key IS NOT NULL AND state IN ('queued', 'leased') LIMIT 1",
+            (self.name, order_key),
+        )
+        return row is not None
+
     async def oldest_pending_age_s(self) -> float:
         oldest = await self.db.scalar(
             "SELECT MIN(created_at) FROM queue_jobs WHERE queue = ? AND state IN "

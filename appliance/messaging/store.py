@@ -291,6 +291,17 @@ async def message_row(
         return await cur.fetchone()
 
 
+async def set_message_media(
+    conn: aiosqlite.Connection, account_id: str, message_id: str, media_id: str
+) -> None:
+    """Point an outbound message at the stored copy of its media link (a retry re-uses
+    the fetched file)."""
+    await conn.execute(
+        "UPDATE messages SET media_id = ? WHERE account_id = ? AND id = ?",
+        (media_id, account_id, message_id),
+    )
+
+
 async def message_by_client_key(conn: aiosqlite.Connection, account_id: str, key: str) -> Any:
     async with conn.execute(
         f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND client_key = ?",

@@ -31,6 +31,7 @@ import orjson
 from appliance import __version__
 from appliance.config import Settings
 from appliance.crypto import DataCipher
+from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in
 from appliance.messaging import store as messaging_store
@@ -205,8 +206,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 
 class Deliverer:
-    """The delivery loop: claims jobs with back-pressure, attempts each in an endpoint
-    slot, records the outcome."""
+    """Delivery: the claim loop (appliance/db/claim_loop.py) hands each claimed job to
+    ``deliver``, which attempts it in an endpoint slot and records the outcome."""
 
     def __init__(
         self,
@@ -231,30 +232,21 @@ class Deliverer:
         self.clock = clock
         self.rand = rand
         self.schedule = settings.webhook_retry_schedule
-        self.wake = asyncio.Event()
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.claims = ClaimLoop(
+            queue,
+            self.deliver,
+            batch=CLAIM_BATCH,
+            max_inflight=MAX_INFLIGHT,
+            what="webhook deliveries",
+        )
         self._events: OrderedDict[int, sqlite3.Row] = OrderedDict()
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
         self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
-    async def run(self, stopping: Callable[[], bool]) -> None:
-        while not stopping():
-            self.wake.clear()
-            try:
-                jobs = await self.queue.claim(limit=CLAIM_BATCH)
-            except Exception:
-                log.exception("claiming webhook deliveries failed")
-                jobs = []
-            if not jobs:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), 1.0)
-                continue
-            for job in jobs:
-                task = asyncio.create_task(self.deliver(job))
-                self.inflight.add(task)
-                task.add_done_callback(self.inflight.discard)
-            while len(self.inflight) > MAX_INFLIGHT and not stopping():
-                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when deliveries may have become claimable."""
+        return self.claims.wake
 
     async def deliver(self, job: Job) -> None:
         token = job.lease_token or ""

@@ -106,24 +106,18 @@ class Dispatcher:
     async def start(self) -> None:
         await self.reload_endpoints()
         stopping = self._is_stopping
-        for loop in (
-            self.fanout.run(stopping),
-            self.delivery.run(stopping),
-            self.housekeeper.run(stopping),
-        ):
+        self.delivery.claims.start()
+        for loop in (self.fanout.run(stopping), self.housekeeper.run(stopping)):
             self._tasks.add(asyncio.create_task(loop))
 
     async def stop(self, timeout_s: float) -> None:
         """Stop claiming; attempts in flight finish within the timeout; the rest stay pending."""
         self._stopping = True
-        self.delivery.wake.set()
         self.fanout.wake.set()
-        inflight = self.delivery.inflight
-        if inflight:
-            await asyncio.wait(inflight, timeout=timeout_s)
-        for task in self._tasks | inflight:
+        await self.delivery.claims.stop(timeout_s)
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *inflight, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poster.close()
 
     def _is_stopping(self) -> bool:

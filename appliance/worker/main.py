@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import uvloop
 
@@ -143,6 +145,8 @@ class Worker:
         if params.format == "raw":
             return protocol.WebQrResult(qr=engine.qr_code)
         data = engine.qr_png() if params.format == "png" else engine.qr_svg()
+        if data is None:  # no code to draw (checked just above, so not expected)
+            raise Conflict("no QR code: the account is not a web account waiting to be linked")
         return protocol.WebQrResult(qr=base64.b64encode(data).decode())
 
     async def web_pair(self, params: protocol.WebPairParams) -> protocol.WebPairResult:
@@ -213,8 +217,8 @@ class Worker:
             )
         log.info("created the first admin user 'admin' from the admin-password secret")
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -1,7 +1,8 @@
 """The worker's inbound commit and outbound media resolution (appliance/worker/
-messaging.py) against a real migrated SQLite file and media directory: received media
-stored once and pointed at, failures kept with a reason, revokes flagging the original
-(also when the revoke overtakes it), and sends of stored media handed over as files."""
+inbound.py and send_loop.py, through MessagingService) against a real migrated SQLite
+file and media directory: received media stored once and pointed at, failures kept
+with a reason, revokes flagging the original (also when the revoke overtakes it), and
+sends of stored media handed over as files."""
 
 from __future__ import annotations
 

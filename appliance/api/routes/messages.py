@@ -22,9 +22,9 @@ from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
 from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
+from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
 from appliance.net import ssrf
-from appliance.worker.messaging import SEND_QUEUE, send_order_key
 
 bp = Blueprint("messages", __name__)
 
@@ -151,8 +151,8 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
             SEND_QUEUE,
             {"account_id": account, "message_id": message_id, "chat": chat},
             now=now,
-            unique_key=f"{account}:{message_id}",
-            max_attempts=10,
+            unique_key=send_job_key(account, message_id),
+            max_attempts=SEND_RETRY.max_attempts,
             order_key=send_order_key(account, chat),
         )
         return message_id, True

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from appliance.config import account_session_dir
 from appliance.db.database import Database
 from appliance.engines.base import (
     Engine,
@@ -83,7 +84,7 @@ class WebEngine(Engine):
         media_downloader: MediaDownloader | None = None,
     ) -> None:
         super().__init__(account_id, settings, engine_state, host)
-        self.session_dir = Path(session_root) / account_id
+        self.session_dir = account_session_dir(Path(session_root), account_id)
         self.media_downloader = media_downloader
         self.connection = Connection(account_id, self, client_factory or default_client_factory)
         self.linking = Linking(host)

@@ -1,0 +1,336 @@
+"""Account supervision: one ``AccountRuntime`` per account (its engine and the
+connection state machine around it, the ``EngineHost`` its engine reports to), and
+``Accounts``, which keeps the runtimes in step with the ``accounts`` table.
+
+Every state change writes its event in the same transaction, then API processes are
+told over IPC that new events exist (``AccountServices.events_written``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import random
+import shutil
+import sqlite3
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from appliance.config import Settings, account_session_dir
+from appliance.crypto import DataCipher
+from appliance.db.database import Database
+from appliance.engines.base import Engine, InboundMessage, LoggedOut
+from appliance.engines.sandbox import SandboxEngine
+from appliance.messaging import store
+
+log = logging.getLogger(__name__)
+
+RECONNECT_CAP_S = 60.0
+DELETE_LOGOUT_TIMEOUT_S = 15.0
+RECONCILE_INTERVAL_S = 10.0
+
+
+class AccountServices(Protocol):
+    """What an account's runtime needs from the messaging service around it."""
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def cipher(self) -> DataCipher | None: ...
+
+    async def commit_inbound(
+        self, runtime: AccountRuntime, messages: list[InboundMessage]
+    ) -> list[bool]: ...
+
+    async def record_receipt(self, account_id: str, message_id: str, status: str) -> None: ...
+
+    async def events_written(self) -> None: ...
+
+    def wake_sender(self) -> None: ...
+
+
+def make_engine(row: sqlite3.Row, host: AccountRuntime, db: Database) -> Engine:
+    engine_settings = orjson.loads(row["engine_settings"])
+    engine_state = orjson.loads(row["engine_state"])
+    if row["engine"] == "sandbox":
+        return SandboxEngine(row["id"], engine_settings, engine_state, host, db=db)
+    if row["engine"] == "web":
+        from appliance.engines.web import WebEngine
+
+        factory_path = host.service.settings.web_client_factory
+        return WebEngine(
+            row["id"],
+            engine_settings,
+            engine_state,
+            host,
+            session_root=host.service.settings.sessions_dir,
+            db=db,
+            client_factory=_load_callable(factory_path) if factory_path else None,
+        )
+    if row["engine"] == "cloud":
+        from appliance.engines.cloud import CloudEngine
+        from appliance.messaging.media import open_media
+
+        service = host.service
+        if service.cipher is None:
+            raise ValueError("the cloud engine needs the data key; none was given")
+        account_id = row["id"]
+
+        async def media(media_id: str) -> Any:
+            return await open_media(db, service.settings, account_id, media_id)
+
+        return CloudEngine(
+            account_id,
+            engine_settings,
+            engine_state,
+            host,
+            db=db,
+            cipher=service.cipher,
+            open_media=media,
+            media_max_bytes=service.settings.media_max_bytes,
+            allowed_networks=service.settings.allowed_private_networks,
+        )
+    raise ValueError(f"engine {row['engine']!r} is not available in this version")
+
+
+def _load_callable(path: str) -> Any:
+    """``module:callable`` (WEB_CLIENT_FACTORY, a test-only setting)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def forget_web_session(settings: Settings, account_id: str) -> None:
+    """Remove a web account's linked-device session (logged out, or deleted)."""
+    shutil.rmtree(account_session_dir(settings.sessions_dir, account_id), True)
+
+
+class AccountRuntime:
+    """One account: its engine and the connection state machine around it.
+
+    disconnected -> connecting -> (pairing) -> connected -> disconnected | failed,
+    reconnecting with exponential backoff; logged_out waits for a new connect.
+    """
+
+    def __init__(self, service: AccountServices, row: sqlite3.Row) -> None:
+        self.service = service
+        self.account_id: str = row["id"]
+        self.row = row
+        self.settings: dict[str, Any] = orjson.loads(row["settings"])
+        self.desired: str = row["desired"]
+        self.state: str = row["state"]
+        self.connected = False
+        self.engine: Engine | None = None
+        self._desired_changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"account-{self.account_id}")
+
+    async def stop(self, *, logout: bool = False) -> None:
+        """Stop the account; ``logout`` (the account was deleted) also ends the session at
+        WhatsApp, bounded, so the phone does not keep a dead linked device."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.engine is not None:
+            try:
+                if logout:
+                    await asyncio.wait_for(self.engine.logout(), DELETE_LOGOUT_TIMEOUT_S)
+                else:
+                    await self.engine.close()
+            except Exception:
+                log.warning("closing the engine failed", extra={"account_id": self.account_id})
+                with contextlib.suppress(Exception):
+                    await self.engine.close()
+        self.connected = False
+
+    def update(self, row: sqlite3.Row) -> None:
+        self.row = row
+        self.settings = orjson.loads(row["settings"])
+        if self.engine is not None:
+            self.engine.update_settings(orjson.loads(row["engine_settings"]))
+        if row["desired"] != self.desired:
+            self.desired = row["desired"]
+            self._desired_changed.set()
+
+    # -- EngineHost --------------------------------------------------------------------
+
+    async def on_state(
+        self, state: str, *, reason: str | None = None, phone: str | None = None
+    ) -> None:
+        await self._set_state(state, reason, phone)
+
+    async def on_inbound(self, messages: list[InboundMessage]) -> list[bool]:
+        return await self.service.commit_inbound(self, messages)
+
+    async def on_receipt(self, message_id: str, status: str) -> None:
+        await self.service.record_receipt(self.account_id, message_id, status)
+
+    async def save_engine_state(self, state: dict[str, Any]) -> None:
+        async with self.service.db.write() as conn:
+            await store.set_engine_state(conn, self.account_id, state)
+
+    async def on_delivery_failed(self, message_id: str, reason: str) -> None:
+        async with self.service.db.write() as conn:
+            changed = await store.report_failure(
+                conn, self.account_id, message_id, f"WhatsApp reported: {reason}", now=time.time()
+            )
+        if changed:
+            await self.service.events_written()
+
+    # -- the state machine ---------------------------------------------------------------
+
+    async def _set_state(self, state: str, reason: str | None, phone: str | None = None) -> None:
+        self.state = state
+        now = time.time()
+        async with self.service.db.write() as conn:
+            changed = await store.set_account_state(
+                conn, self.account_id, state=state, reason=reason, phone=phone, now=now
+            )
+        if changed:
+            await self.service.events_written()
+            log.info(
+                "account state",
+                extra={"account_id": self.account_id, "state": state, "reason": reason},
+            )
+
+    async def _wait_desired_change(self, timeout_s: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._desired_changed.wait(), timeout_s)
+        self._desired_changed.clear()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            self._desired_changed.clear()
+            if self.desired == "logged_out":
+                if self.engine is not None:
+                    try:
+                        await self.engine.logout()
+                    except Exception:
+                        log.exception("logout failed", extra={"account_id": self.account_id})
+                    self.engine = None
+                elif self.row["engine"] == "web":
+                    # No live engine (e.g. after a restart): still forget the session.
+                    forget_web_session(self.service.settings, self.account_id)
+                await self._set_state("logged_out", "logged out on request")
+                await self._wait_desired_change()
+                continue
+            if self.desired == "disconnected":
+                if self.engine is not None:
+                    await self.engine.close()
+                    self.engine = None
+                await self._set_state("disconnected", "disconnected on request")
+                await self._wait_desired_change()
+                continue
+            try:
+                await self._connect_and_serve()
+                attempt = 0
+                continue  # desired state changed while connected
+            except asyncio.CancelledError:
+                raise
+            except LoggedOut as exc:
+                self.engine = None
+                await self._set_state("logged_out", str(exc) or "logged out by WhatsApp")
+                self.desired = "logged_out"
+                await self._wait_desired_change()
+                continue
+            except Exception as exc:
+                # One account failing never disturbs the others: it is caught here.
+                log.warning(
+                    "account connection failed",
+                    extra={"account_id": self.account_id, "error": repr(exc)},
+                )
+                await self._set_state("failed", f"{type(exc).__name__}: {exc}")
+            finally:
+                self.connected = False
+            attempt += 1
+            delay = random.uniform(0, min(RECONNECT_CAP_S, 0.5 * 2**attempt))
+            await self._wait_desired_change(delay)
+
+    async def _connect_and_serve(self) -> None:
+        if self.engine is None:
+            row = await store.account_row(self.service.db, self.account_id)
+            self.engine = make_engine(row, self, self.service.db)
+        await self._set_state("connecting", None)
+        phone = await self.engine.connect()
+        await self._set_state("connected", None, phone)
+        self.connected = True
+        self.service.wake_sender()
+        serving = asyncio.create_task(self.engine.run_until_closed())
+        changed = asyncio.create_task(self._desired_changed.wait())
+        try:
+            done, _ = await asyncio.wait({serving, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.connected = False
+            changed.cancel()
+        if serving in done:
+            reason = serving.result()
+            await self._set_state("disconnected", f"connection closed: {reason}")
+            raise ConnectionError(reason)
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await serving
+        if self.desired != "logged_out":
+            await self.engine.close()
+            self.engine = None
+
+
+class Accounts:
+    """The runtimes, kept in step with the ``accounts`` table: a new row starts one, a
+    changed row updates it, a deleted row stops it (logging out at WhatsApp and
+    forgetting its session). Reconciles when poked and every few seconds."""
+
+    def __init__(self, service: AccountServices) -> None:
+        self.service = service
+        self.runtimes: dict[str, AccountRuntime] = {}
+        self.wake = asyncio.Event()
+
+    def get(self, account_id: str) -> AccountRuntime | None:
+        return self.runtimes.get(account_id)
+
+    def engine(self, account_id: str) -> Engine | None:
+        """The account's engine while it has one."""
+        runtime = self.runtimes.get(account_id)
+        return runtime.engine if runtime is not None else None
+
+    async def reconcile(self) -> None:
+        rows = await store.list_account_rows(self.service.db, None)
+        seen = set()
+        for row in rows:
+            seen.add(row["id"])
+            runtime = self.runtimes.get(row["id"])
+            if runtime is None:
+                runtime = AccountRuntime(self.service, row)
+                self.runtimes[row["id"]] = runtime
+                runtime.start()
+            else:
+                runtime.update(row)
+        for account_id in set(self.runtimes) - seen:
+            runtime = self.runtimes.pop(account_id)
+            await runtime.stop(logout=True)
+            if runtime.row["engine"] == "web":  # the account was deleted: so is its session
+                forget_web_session(self.service.settings, account_id)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), RECONCILE_INTERVAL_S)
+            self.wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("account reconcile failed")
+
+    async def stop(self) -> None:
+        """Stop every runtime (closing its engine); the sessions stay."""
+        await asyncio.gather(*(rt.stop() for rt in self.runtimes.values()), return_exceptions=True)

@@ -1,0 +1,164 @@
+"""Inbound commits and receipts.
+
+- Inbound messages are committed, with their events, before the engine is told (the
+  engine acknowledges them to WhatsApp only after ``commit`` returns); a WhatsApp id
+  is stored once per account. Received media is written to the media store first and
+  the message points at it; the files of duplicates are removed again.
+- Committed new messages then run through the message pipeline (auto-replies, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+from appliance.config import Settings
+from appliance.db.database import Database
+from appliance.engines.base import InboundMessage
+from appliance.errors import ClientError
+from appliance.messaging import media as media_store
+from appliance.messaging import store
+from appliance.messaging.models import MessageOut
+from appliance.worker.pipeline import Pipeline, PipelineContext
+
+if TYPE_CHECKING:
+    from appliance.worker.accounts import AccountRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Inbound:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        pipeline: Pipeline,
+        *,
+        events_written: Callable[[], Awaitable[None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.pipeline = pipeline
+        self.events_written = events_written
+        self.spawn = spawn  # runs the pipeline in a task the service owns
+
+    async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
+        """Store inbound messages (their media first, as files) and apply revokes, in one
+        transaction with their events; returns which were new."""
+        account_id = runtime.account_id
+        now = time.time()
+        staged = [await self._stage_media(account_id, m) for m in messages]
+        results: list[bool] = []
+        new: list[MessageOut] = []
+        orphans = [path for _, _, path in staged if path is not None]
+        try:
+            async with self.db.write() as conn:
+                for m, record, path in staged:
+                    if m.type == "revoke":
+                        await self._apply_revoke(conn, account_id, m, now)
+                        results.append(True)
+                        continue
+                    stored = await store.insert_inbound(
+                        conn,
+                        account_id=account_id,
+                        message_id=m.id,
+                        chat_jid=m.chat_jid,
+                        sender_jid=m.sender_jid,
+                        sender_name=m.sender_name,
+                        type_=m.type,
+                        body=m.body,
+                        content=m.content,
+                        reply_to=m.reply_to,
+                        media_id=record.id if record is not None else None,
+                        wa_timestamp=m.timestamp or now,
+                        now=now,
+                    )
+                    results.append(stored is not None)
+                    if stored is not None:
+                        new.append(stored)
+                        if record is not None and path is not None:
+                            await media_store.insert_media_row(conn, record)
+                            orphans.remove(path)
+        finally:
+            # Files of duplicates, or of a transaction that did not commit.
+            for orphan in orphans:
+                await asyncio.to_thread(orphan.unlink, True)
+        if any(results):
+            await self.events_written()
+        if new:
+            ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
+            self.spawn(self._run_pipeline(ctx, new))
+        return results
+
+    async def _stage_media(
+        self, account_id: str, message: InboundMessage
+    ) -> tuple[InboundMessage, media_store.MediaRecord | None, Path | None]:
+        """Write a message's downloaded media to the media store and point its content at
+        it (``id`` becomes our media id); on failure keep the message and say why."""
+        if message.media is None:
+            return message, None, None
+        declared, data = message.media
+        part = dict(message.content.get(message.type) or {})
+        try:
+            media_store.check_size(self.settings, data)
+            record, path = await media_store.write_media_file(
+                self.settings,
+                account_id,
+                data,
+                content_type=media_store.received_content_type(data),
+                filename=part.get("filename"),
+            )
+        except (ClientError, OSError) as exc:
+            part["download_error"] = str(exc)
+            log.warning(
+                "inbound media not stored",
+                extra={"account_id": account_id, "message_id": message.id, "error": str(exc)},
+            )
+            content = {**message.content, message.type: part}
+            return dataclasses.replace(message, content=content, media=None), None, None
+        if part.get("id") and part["id"] != record.id:
+            part["engine_media_id"] = part["id"]
+        part.update(
+            id=record.id,
+            mime_type=part.get("mime_type") or declared or record.content_type,
+            sha256=record.sha256,
+            file_size=record.size,
+        )
+        part.pop("download_error", None)
+        content = {**message.content, message.type: part}
+        return dataclasses.replace(message, content=content, media=None), record, path
+
+    async def _apply_revoke(
+        self, conn: aiosqlite.Connection, account_id: str, message: InboundMessage, now: float
+    ) -> None:
+        target = (message.content.get("revoke") or {}).get("message_id") or message.reply_to
+        if not target:
+            return
+        await store.revoke_message(
+            conn,
+            account_id,
+            str(target),
+            revoked_by=message.sender_jid,
+            revoked_at=message.timestamp or now,
+            now=now,
+        )
+
+    async def _run_pipeline(self, ctx: PipelineContext, messages: list[MessageOut]) -> None:
+        for message in messages:
+            await self.pipeline.run(ctx, message)
+
+    async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
+        now = time.time()
+        changed = await self.db.write_batched(
+            lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
+        )
+        if changed is not None:
+            await self.events_written()

@@ -1,0 +1,262 @@
+"""The durable send loop: claims send jobs (appliance/db/claim_loop.py) and hands each
+message to its account's engine, paced per chat and per account.
+
+Guarantees (DESIGN section 3):
+- An outbound message's WhatsApp id is stored before the engine sees it; the job is
+  acked in the same transaction that records ``sent``. A crash in between re-sends
+  the same id, which WhatsApp (and the sandbox) de-duplicate.
+- Per-chat order: every send job carries the order key of its (account, chat), and the
+  queue leases only the earliest unfinished job of a key (appliance/db/queue.py). So a
+  chat's sends reach the engine one at a time in accept order; a send waiting for a
+  retry (or for pacing, or for its account to connect) holds back the later ones of its
+  chat until it is sent or has failed for good; other chats go on meanwhile. The order
+  lives in the database, so restarts and kill -9 keep it.
+
+What the API shares with this loop (the queue's name, job keys, retry policy) is in
+appliance/messaging/contracts.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from appliance.config import Settings
+from appliance.db.claim_loop import ClaimLoop
+from appliance.db.database import Database
+from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
+from appliance.engines.base import Engine, OutboundMessage, SendError
+from appliance.errors import ClientError, NotFound
+from appliance.messaging import media as media_store
+from appliance.messaging import store
+from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
+from appliance.messaging.models import MEDIA_TYPES
+from appliance.net.ssrf import FetchFailed
+from appliance.worker.accounts import Accounts
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 60.0
+SEND_CLAIM_LIMIT = 32
+SEND_MAX_INFLIGHT = 64  # claimed sends (pacing, sending, recording) before claiming more
+
+
+class TokenBucket:
+    """Per-account send rate: ``rate`` tokens a second, bursts up to ``rate``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.tokens = rate
+        self.at = clock()
+
+    def take(self) -> float:
+        """0 if a token was taken, else seconds until one is available."""
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class SendLoop:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        accounts: Accounts,
+        *,
+        events_written: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.accounts = accounts
+        self.events_written = events_written
+        self.queue = DurableQueue(
+            db,
+            SEND_QUEUE,
+            lease_s=SEND_TIMEOUT_S * 2,
+            max_attempts=SEND_RETRY.max_attempts,
+            backoff_base_s=SEND_RETRY.backoff_base_s,
+            backoff_cap_s=SEND_RETRY.backoff_cap_s,
+        )
+        # At most one job per chat is claimed: the queue leases only the head of each
+        # chat. When a claim comes back short, nothing more is claimable until a send
+        # finishes (its chat's next one), a new send is poked, or a retry falls due: the
+        # loop waits for ``wake`` instead of claiming again at once (each claim is a
+        # write transaction). Back-pressure: it does not claim more than a few batches
+        # ahead of the engines.
+        self.claims = ClaimLoop(
+            self.queue,
+            self._send_job,
+            batch=SEND_CLAIM_LIMIT,
+            max_inflight=SEND_MAX_INFLIGHT,
+            what="sends",
+        )
+        self._last_sent: dict[tuple[str, str], float] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    async def recover(self) -> None:
+        """At the worker's start, before claiming: leases held now belong to a worker
+        that died (their jobs are due again), and the per-chat order is re-derived."""
+        async with self.db.write() as conn:
+            released = await release_all_leases(conn, time.time())
+            await restore_order(conn, SEND_QUEUE)
+        if released:
+            log.info("re-queued sends leased by the previous worker", extra={"count": released})
+
+    def wake(self) -> None:
+        self.claims.wake.set()
+
+    async def _send_job(self, job: Job) -> None:
+        finished = False
+        try:
+            finished = await self._send_one(job)
+        except Exception:
+            log.exception("send failed unexpectedly", extra={"job": job.id})
+            with contextlib.suppress(Exception):
+                await self.queue.nack(job.id, job.lease_token or "", error="internal error")
+        # A finished send released its chat's next one (if any): claim it now rather
+        # than at the next poll. A send given back (retry, pacing) still holds its chat.
+        if finished and await self._chat_has_next(job):
+            self.wake()
+
+    async def _chat_has_next(self, job: Job) -> bool:
+        if job.order_key is None:
+            return True
+        try:
+            return await self.queue.has_unfinished(job.order_key)
+        except Exception:
+            return True
+
+    async def _send_one(self, job: Job) -> bool:
+        """Hand one send to its engine; True when the job finished (sent, failed for good
+        or nothing to do), False when it was given back to wait (retry, pacing)."""
+        token = job.lease_token or ""
+        account_id = job.payload["account_id"]
+        message_id = job.payload["message_id"]
+        row = await store.message_row(self.db, account_id, message_id)
+        if row is None or row["status"] not in ("queued", "sending"):
+            await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
+            return True
+        runtime = self.accounts.get(account_id)
+        if runtime is None or not runtime.connected or runtime.engine is None:
+            await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
+            return False
+        chat = row["chat_jid"]
+        interval = self.settings.send_chat_interval_ms / 1000
+        wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
+        if wait > 0:
+            await self.queue.release(job.id, token, delay_s=wait, note="per-chat pacing")
+            return False
+        bucket = self._buckets.setdefault(
+            account_id, TokenBucket(self.settings.send_account_rate_per_s)
+        )
+        wait = bucket.take()
+        if wait > 0:
+            await self.queue.release(job.id, token, delay_s=wait, note="account rate")
+            return False
+        self._last_sent[(account_id, chat)] = time.monotonic()
+        now = time.time()
+        await self.db.write_batched(
+            lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now)
+        )
+        try:
+            outbound = await self.outbound(runtime.engine, row)
+            await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
+        except SendError as exc:
+            return await self._send_failed(
+                job, exc.reason, permanent=exc.permanent, retry_after=exc.retry_after_s
+            )
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            return await self._send_failed(
+                job, f"engine error: {exc!r}", permanent=False, retry_after=None
+            )
+        now = time.time()
+
+        async def sent(conn: aiosqlite.Connection) -> None:
+            await store.set_message_status(conn, account_id, message_id, "sent", now=now)
+            await ack_in(conn, SEND_QUEUE, job.id, token, now)
+
+        await self.db.write_batched(sent)
+        await self.events_written()
+        return True
+
+    async def outbound(self, engine: Engine, row: sqlite3.Row) -> OutboundMessage:
+        """The message as the engine gets it; media as a stored file when the engine
+        uploads files itself (a link is fetched once, through the SSRF guard, and kept)."""
+        account_id, message_id = row["account_id"], row["id"]
+        media_id = row["media_id"]
+        content = orjson.loads(row["content"])
+        media_path = media_type = None
+        part = content.get(row["type"]) if row["type"] in MEDIA_TYPES else None
+        if isinstance(part, dict) and engine.needs_media_files:
+            if media_id is None and part.get("link"):
+                media_id = await self._fetch_link(account_id, message_id, part)
+            if media_id is not None:
+                try:
+                    record, path = await media_store.open_media(
+                        self.db, self.settings, account_id, media_id
+                    )
+                except NotFound:
+                    raise SendError(f"media {media_id} is gone", permanent=True) from None
+                media_path, media_type = str(path), record.content_type
+        return OutboundMessage(
+            account_id=account_id,
+            id=message_id,
+            to_jid=row["chat_jid"],
+            type=row["type"],
+            content=content,
+            reply_to=row["reply_to"],
+            media_path=media_path,
+            media_type=media_type,
+        )
+
+    async def _fetch_link(self, account_id: str, message_id: str, part: dict[str, Any]) -> str:
+        try:
+            record = await media_store.save_media_from_url(
+                self.db, self.settings, account_id, str(part["link"]), filename=part.get("filename")
+            )
+        except FetchFailed as exc:
+            raise SendError(f"media link: {exc}", permanent=not exc.retryable) from None
+        except ClientError as exc:  # refused address, too large, unsupported type
+            raise SendError(f"media link: {exc}", permanent=True) from None
+        async with self.db.write() as conn:  # a retry re-uses the fetched file
+            await store.set_message_media(conn, account_id, message_id, record.id)
+        return record.id
+
+    async def _send_failed(
+        self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
+    ) -> bool:
+        """Fail the message for good (True) or give the job back for a retry (False)."""
+        account_id = job.payload["account_id"]
+        message_id = job.payload["message_id"]
+        if permanent or job.attempts >= job.max_attempts:
+            if not permanent:
+                reason = f"{reason} (gave up after {job.attempts} attempts)"
+            now = time.time()
+
+            async def failed(conn: aiosqlite.Connection) -> None:
+                await store.set_message_status(
+                    conn, account_id, message_id, "failed", now=now, error=reason
+                )
+                await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
+
+            await self.db.write_batched(failed)
+            await self.events_written()
+            return True
+        await self.queue.nack(
+            job.id, job.lease_token or "", error=reason, retry_after_s=retry_after
+        )
+        log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
+        return False
