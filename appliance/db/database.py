@@ -40,15 +40,6 @@ async def open_connection(
     return conn
 
 
-def open_sync(path: Path | str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """A plain sqlite3 connection with the same pragmas, for the CLI and tests."""
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
 class Database:
     """The process's handle on the database file."""
 

@@ -291,10 +291,6 @@ async def record_attempt(
     )
 
 
-def is_integrity_error(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.IntegrityError)
-
-
 # -- fan-out -----------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The worker's messaging core: one runtime per account (connection state machine
 around its engine), the durable send loop, inbound commits and receipts.
 
-Guarantees (DESIGN section 3):
+Guarantees:
 - An outbound message's WhatsApp id is stored before the engine sees it; the job is
   acked in the same transaction that records ``sent``. A crash in between re-sends
   the same id, which WhatsApp (and the sandbox) de-duplicate.
