@@ -151,7 +151,8 @@ async def update_user(
     all_accounts: bool | None = None,
     accounts: list[str] | None = None,
 ) -> None:
-    sets, params = ["updated_at = ?"], [now]
+    sets: list[str] = ["updated_at = ?"]
+    params: list[str | float] = [now]
     if role is not None:
         sets.append("role = ?")
         params.append(role.value)
