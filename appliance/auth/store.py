@@ -11,7 +11,7 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 import orjson
@@ -206,6 +206,29 @@ async def create_session(
     return csrf
 
 
+def _row_principal(
+    kind: Literal["user", "key"],
+    row: sqlite3.Row,
+    name: str,
+    *,
+    session_hash: str | None = None,
+    csrf_token: str | None = None,
+) -> Principal:
+    """A principal from a row with ``id``, ``role``, ``all_accounts`` and ``grants`` (the
+    granted account ids joined with U+001F by ``group_concat``)."""
+    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
+    return Principal(
+        kind=kind,
+        id=row["id"],
+        name=name,
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=frozenset(accounts),
+        session_hash=session_hash,
+        csrf_token=csrf_token,
+    )
+
+
 async def session_principal(
     db: Database, token_hash: str, *, now: float, idle_s: float
 ) -> tuple[Principal, float] | None:
@@ -221,16 +244,8 @@ async def session_principal(
         return None
     if row["expires_at"] <= now or row["last_seen_at"] + idle_s <= now:
         return None
-    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
-    principal = Principal(
-        kind="user",
-        id=row["id"],
-        name=row["username"],
-        role=Role(row["role"]),
-        all_accounts=bool(row["all_accounts"]),
-        accounts=frozenset(accounts),
-        session_hash=token_hash,
-        csrf_token=row["csrf_token"],
+    principal = _row_principal(
+        "user", row, row["username"], session_hash=token_hash, csrf_token=row["csrf_token"]
     )
     return principal, float(row["last_seen_at"])
 
@@ -397,15 +412,7 @@ async def api_key_principal(db: Database, key: str) -> tuple[Principal, float | 
         return None
     if not row["owner_active"]:  # owner deleted or deactivated: refused even if unrevoked
         return None
-    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
-    principal = Principal(
-        kind="key",
-        id=row["id"],
-        name=row["name"],
-        role=Role(row["role"]),
-        all_accounts=bool(row["all_accounts"]),
-        accounts=frozenset(accounts),
-    )
+    principal = _row_principal("key", row, row["name"])
     return principal, row["last_used_at"]
 
 
