@@ -18,7 +18,7 @@ import orjson
 
 from appliance.auth.permissions import Role
 from appliance.auth.principal import Principal
-from appliance.db.database import Database
+from appliance.db.database import Database, ReadSource, fetchall_from
 from appliance.errors import Conflict, NotFound
 
 API_KEY_PREFIX = "apk_"
@@ -36,14 +36,11 @@ class UserRow:
     updated_at: float
 
 
-async def _grants(db_or_conn: Any, table: str, column: str, owner_id: int) -> tuple[str, ...]:
+async def _grants(
+    db_or_conn: ReadSource, table: str, column: str, owner_id: int
+) -> tuple[str, ...]:
     sql = f"SELECT account_id FROM {table} WHERE {column} = ? ORDER BY account_id"
-    if isinstance(db_or_conn, Database):
-        rows = await db_or_conn.fetchall(sql, (owner_id,))
-    else:
-        async with db_or_conn.execute(sql, (owner_id,)) as cur:
-            rows = await cur.fetchall()
-    return tuple(r[0] for r in rows)
+    return tuple(r[0] for r in await fetchall_from(db_or_conn, sql, (owner_id,)))
 
 
 async def _set_grants(

@@ -168,3 +168,27 @@ class Database:
     def writer(self) -> aiosqlite.Connection:
         """The raw writer connection, for code that manages its own statements (migrations)."""
         return self._writer
+
+
+# Store functions that read either on their own (a Database: its reader connection) or
+# inside the caller's write transaction (a Connection: sees that transaction's writes).
+ReadSource = Database | aiosqlite.Connection
+
+
+async def fetchall_from(
+    source: ReadSource, sql: str, params: Iterable[Any] = ()
+) -> list[sqlite3.Row]:
+    if isinstance(source, Database):
+        return await source.fetchall(sql, params)
+    async with source.execute(sql, tuple(params)) as cur:
+        return list(await cur.fetchall())
+
+
+async def fetchone_from(
+    source: ReadSource, sql: str, params: Iterable[Any] = ()
+) -> sqlite3.Row | None:
+    if isinstance(source, Database):
+        return await source.fetchone(sql, params)
+    async with source.execute(sql, tuple(params)) as cur:
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
