@@ -159,7 +159,8 @@ async def update_account(
     settings: dict[str, Any] | None = None,
     desired: str | None = None,
 ) -> None:
-    sets, params = ["updated_at = ?"], [now]
+    sets: list[str] = ["updated_at = ?"]
+    params: list[str | float] = [now]
     for column, value in (
         ("name", name),
         ("engine_settings", None if engine_settings is None else _json(engine_settings)),
