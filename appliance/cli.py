@@ -785,7 +785,7 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
             await store.update_user(conn, user.id, now=now, active=False)
             ended = await store.delete_user_sessions(conn, user.id)
             revoked = await store.revoke_user_keys(conn, user.id, now)
-            actor = {"actor": "cli", "actor_name": _cli_actor(), "now": now}
+            actor: dict[str, Any] = {"actor": "cli", "actor_name": _cli_actor(), "now": now}
             await store.audit(
                 conn,
                 action="user.update",

@@ -360,8 +360,8 @@ def load_settings(paths: Paths, environ: dict[str, str] | None = None) -> Settin
             ) from None
         key = str(first["loc"][0])
         where = source.get(key, str(env_file))
-        value = raw.get(key, "<unset>")
+        shown = raw.get(key, "<unset>")
         raise ConfigError(
-            f"{where}: setting {key.upper()}={value!r} is invalid: {_describe(dict(first))}. "
+            f"{where}: setting {key.upper()}={shown!r} is invalid: {_describe(dict(first))}. "
             f"Edit {env_file} and restart."
         ) from None

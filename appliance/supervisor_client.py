@@ -47,5 +47,6 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
 
 def is_responsive(socket_path: Path) -> bool:
     with contextlib.suppress(OSError, xmlrpc.client.Error):
-        return proxy(socket_path).getState()["statename"] == "RUNNING"
+        state: str = proxy(socket_path).getState()["statename"]
+        return state == "RUNNING"
     return False

@@ -41,12 +41,6 @@ ErrorBody = Error
 ValidationErrorBody = Error
 
 
-class Cursor(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cursor: str | None = Field(default=None, description="`next` of the previous page")
-    limit: int = Field(default=50, ge=1, le=200)
-
-
 # -- strict input types ------------------------------------------------------------------
 # JSON bodies: `true`/`false` only (not 0, 1 or "yes"): the spec says boolean.
 Bool = StrictBool

@@ -11,14 +11,14 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 import orjson
 
 from appliance.auth.permissions import Role
 from appliance.auth.principal import Principal
-from appliance.db.database import Database
+from appliance.db.database import Database, ReadSource, fetchall_from
 from appliance.errors import Conflict, NotFound
 
 API_KEY_PREFIX = "apk_"
@@ -36,14 +36,11 @@ class UserRow:
     updated_at: float
 
 
-async def _grants(db_or_conn: Any, table: str, column: str, owner_id: int) -> tuple[str, ...]:
+async def _grants(
+    db_or_conn: ReadSource, table: str, column: str, owner_id: int
+) -> tuple[str, ...]:
     sql = f"SELECT account_id FROM {table} WHERE {column} = ? ORDER BY account_id"
-    if isinstance(db_or_conn, Database):
-        rows = await db_or_conn.fetchall(sql, (owner_id,))
-    else:
-        async with db_or_conn.execute(sql, (owner_id,)) as cur:
-            rows = await cur.fetchall()
-    return tuple(r[0] for r in rows)
+    return tuple(r[0] for r in await fetchall_from(db_or_conn, sql, (owner_id,)))
 
 
 async def _set_grants(
@@ -151,7 +148,8 @@ async def update_user(
     all_accounts: bool | None = None,
     accounts: list[str] | None = None,
 ) -> None:
-    sets, params = ["updated_at = ?"], [now]
+    sets: list[str] = ["updated_at = ?"]
+    params: list[str | float] = [now]
     if role is not None:
         sets.append("role = ?")
         params.append(role.value)
@@ -205,6 +203,29 @@ async def create_session(
     return csrf
 
 
+def _row_principal(
+    kind: Literal["user", "key"],
+    row: sqlite3.Row,
+    name: str,
+    *,
+    session_hash: str | None = None,
+    csrf_token: str | None = None,
+) -> Principal:
+    """A principal from a row with ``id``, ``role``, ``all_accounts`` and ``grants`` (the
+    granted account ids joined with U+001F by ``group_concat``)."""
+    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
+    return Principal(
+        kind=kind,
+        id=row["id"],
+        name=name,
+        role=Role(row["role"]),
+        all_accounts=bool(row["all_accounts"]),
+        accounts=frozenset(accounts),
+        session_hash=session_hash,
+        csrf_token=csrf_token,
+    )
+
+
 async def session_principal(
     db: Database, token_hash: str, *, now: float, idle_s: float
 ) -> tuple[Principal, float] | None:
@@ -220,16 +241,8 @@ async def session_principal(
         return None
     if row["expires_at"] <= now or row["last_seen_at"] + idle_s <= now:
         return None
-    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
-    principal = Principal(
-        kind="user",
-        id=row["id"],
-        name=row["username"],
-        role=Role(row["role"]),
-        all_accounts=bool(row["all_accounts"]),
-        accounts=frozenset(accounts),
-        session_hash=token_hash,
-        csrf_token=row["csrf_token"],
+    principal = _row_principal(
+        "user", row, row["username"], session_hash=token_hash, csrf_token=row["csrf_token"]
     )
     return principal, float(row["last_seen_at"])
 
@@ -396,15 +409,7 @@ async def api_key_principal(db: Database, key: str) -> tuple[Principal, float | 
         return None
     if not row["owner_active"]:  # owner deleted or deactivated: refused even if unrevoked
         return None
-    accounts = tuple(row["grants"].split("\x1f")) if row["grants"] else ()
-    principal = Principal(
-        kind="key",
-        id=row["id"],
-        name=row["name"],
-        role=Role(row["role"]),
-        all_accounts=bool(row["all_accounts"]),
-        accounts=frozenset(accounts),
-    )
+    principal = _row_principal("key", row, row["name"])
     return principal, row["last_used_at"]
 
 

@@ -47,10 +47,12 @@ class Batcher(Generic[I, R]):
                     if len(outcomes) != len(batch):
                         raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} items")
                 except BaseException as exc:  # the whole batch failed: every caller hears it
-                    error = exc if isinstance(exc, Exception) else RuntimeError(self._closing_error)
+                    failure = (
+                        exc if isinstance(exc, Exception) else RuntimeError(self._closing_error)
+                    )
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(error)
+                            future.set_exception(failure)
                     if not isinstance(exc, Exception):
                         raise
                     continue

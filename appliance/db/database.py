@@ -40,15 +40,6 @@ async def open_connection(
     return conn
 
 
-def open_sync(path: Path | str, *, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """A plain sqlite3 connection with the same pragmas, for the CLI and tests."""
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
 class Database:
     """The process's handle on the database file."""
 
@@ -177,3 +168,27 @@ class Database:
     def writer(self) -> aiosqlite.Connection:
         """The raw writer connection, for code that manages its own statements (migrations)."""
         return self._writer
+
+
+# Store functions that read either on their own (a Database: its reader connection) or
+# inside the caller's write transaction (a Connection: sees that transaction's writes).
+ReadSource = Database | aiosqlite.Connection
+
+
+async def fetchall_from(
+    source: ReadSource, sql: str, params: Iterable[Any] = ()
+) -> list[sqlite3.Row]:
+    if isinstance(source, Database):
+        return await source.fetchall(sql, params)
+    async with source.execute(sql, tuple(params)) as cur:
+        return list(await cur.fetchall())
+
+
+async def fetchone_from(
+    source: ReadSource, sql: str, params: Iterable[Any] = ()
+) -> sqlite3.Row | None:
+    if isinstance(source, Database):
+        return await source.fetchone(sql, params)
+    async with source.execute(sql, tuple(params)) as cur:
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row

@@ -101,7 +101,7 @@ def backoff_delay(
 ) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))] for attempt >= 1."""
     # The exponent is clamped: 2**1024 overflows a float long after the cap applies.
-    ceiling = min(cap_s, base_s * (2 ** min(max(0, attempt - 1), 60)))
+    ceiling = min(cap_s, base_s * float(2 ** min(max(0, attempt - 1), 60)))
     return rand() * ceiling
 
 
@@ -386,7 +386,8 @@ class DurableQueue:
     ) -> int:
         """Queue again, with fresh attempts, the given jobs or those matching the filter."""
         now = self.clock()
-        where, params = ["queue = ?"], [self.name]
+        where: list[str] = ["queue = ?"]
+        params: list[str | float] = [self.name]
         if ids is not None:
             if not ids:
                 return 0
@@ -469,7 +470,9 @@ class DurableQueue:
             raise LeaseLost(f"job {job_id} in queue {self.name!r} is not leased with that token")
         return row
 
-    async def _finish(self, job_id: int, token: str, assignment: str, params: tuple) -> None:
+    async def _finish(
+        self, job_id: int, token: str, assignment: str, params: tuple[object, ...]
+    ) -> None:
         now = self.clock()
         async with self.db.write() as conn:
             cur = await conn.execute(

@@ -98,7 +98,8 @@ async def list_messages(
 ) -> tuple[list[Any], str | None]:
     """A page of message rows, newest first, and the cursor of the next page."""
     before = rowid_cursor("m", cursor)
-    where, params = ["account_id = ?"], [account_id]
+    where: list[str] = ["account_id = ?"]
+    params: list[str | int] = [account_id]
     for column, value in (("chat_jid", chat_jid), ("direction", direction), ("status", status)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -230,7 +231,8 @@ async def list_contacts(
     db: Database, account_id: str, *, cursor: str | None = None, limit: int
 ) -> tuple[list[Any], str | None]:
     """A page of contacts by jid, and the next page's cursor."""
-    where, params = ["account_id = ?"], [account_id]
+    where: list[str] = ["account_id = ?"]
+    params: list[str | int] = [account_id]
     if cursor is not None:
         (after,) = decode_cursor("k", cursor, str)
         where.append("jid > ?")
@@ -291,7 +293,8 @@ async def search_messages(
     match = fts_query(text)
     if match is None or (accounts is not None and not accounts):
         return [], None
-    where, params = ["messages_fts MATCH ?"], [match]
+    where: list[str] = ["messages_fts MATCH ?"]
+    params: list[str | int] = [match]
     if before is not None:
         where.append("messages_fts.rowid < ?")
         params.append(before)

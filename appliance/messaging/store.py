@@ -61,32 +61,6 @@ def event_out(row: Any) -> EventOut:
     )
 
 
-async def list_events(
-    db: Database,
-    *,
-    after: int,
-    limit: int,
-    types: Sequence[str] | None = None,
-    accounts: Sequence[str] | None = None,
-) -> list[EventOut]:
-    """Events with id > after, oldest first; ``accounts=None`` means every account."""
-    where, params = ["id > ?"], [after]
-    if types:
-        where.append(f"type IN ({','.join('?' * len(types))})")
-        params.extend(types)
-    if accounts is not None:
-        if not accounts:
-            return []
-        where.append(f"account_id IN ({','.join('?' * len(accounts))})")
-        params.extend(accounts)
-    rows = await db.fetchall(
-        f"SELECT id, type, account_id, created_at, data FROM events WHERE {' AND '.join(where)} "
-        "ORDER BY id LIMIT ?",
-        (*params, limit),
-    )
-    return [event_out(r) for r in rows]
-
-
 async def last_event_id(db: Database) -> int:
     """The newest event's id; 0 before the first event."""
     return int(await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events") or 0)
@@ -185,7 +159,8 @@ async def update_account(
     settings: dict[str, Any] | None = None,
     desired: str | None = None,
 ) -> None:
-    sets, params = ["updated_at = ?"], [now]
+    sets: list[str] = ["updated_at = ?"]
+    params: list[str | float] = [now]
     for column, value in (
         ("name", name),
         ("engine_settings", None if engine_settings is None else _json(engine_settings)),

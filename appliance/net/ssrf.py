@@ -431,6 +431,14 @@ async def fetch(
         ) from None
 
 
+def _transport_error(exc: httpx.HTTPError, doing: str) -> Exception:
+    """What an httpx failure other than a refused connection becomes: a timeout stays a
+    timeout, anything else is a retryable protocol failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        return TimeoutError()
+    return FetchFailed(f"{doing} failed: {exc}", reason="protocol", retryable=True)
+
+
 async def _get(
     target: Target,
     max_bytes: int,
@@ -466,20 +474,12 @@ async def _get(
             except httpx.ConnectError as exc:
                 last = exc  # the next checked address may answer
                 continue
-            except httpx.TimeoutException:
-                raise TimeoutError from None
             except httpx.HTTPError as exc:
-                raise FetchFailed(
-                    f"fetching from {target.host} failed: {exc}", reason="protocol", retryable=True
-                ) from None
+                raise _transport_error(exc, f"fetching from {target.host}") from None
             try:
                 return await _read(target, response, max_bytes)
-            except httpx.TimeoutException:
-                raise TimeoutError from None
             except httpx.HTTPError as exc:
-                raise FetchFailed(
-                    f"reading from {target.host} failed: {exc}", reason="protocol", retryable=True
-                ) from None
+                raise _transport_error(exc, f"reading from {target.host}") from None
             finally:
                 await response.aclose()
     raise FetchFailed(

@@ -22,7 +22,7 @@ import aiosqlite
 import orjson
 
 from appliance.crypto import DataCipher
-from appliance.db.database import Database
+from appliance.db.database import Database, fetchone_from
 from appliance.errors import NotFound
 from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key_sql
 
@@ -177,11 +177,7 @@ async def all_endpoints(db: Database) -> list[Endpoint]:
 
 async def get_endpoint(db_or_conn: Database | aiosqlite.Connection, endpoint_id: str) -> Endpoint:
     sql = f"SELECT {_ENDPOINT_COLS} FROM webhook_endpoints WHERE id = ?"
-    if isinstance(db_or_conn, Database):
-        row = await db_or_conn.fetchone(sql, (endpoint_id,))
-    else:
-        async with db_or_conn.execute(sql, (endpoint_id,)) as cur:
-            row = await cur.fetchone()
+    row = await fetchone_from(db_or_conn, sql, (endpoint_id,))
     if row is None:
         raise NotFound("no such webhook endpoint")
     return endpoint_from(row)
@@ -289,10 +285,6 @@ async def record_attempt(
         "VALUES (?, ?, ?, ?, ?, ?)",
         (delivery_id, at, duration_ms, status, response, error),
     )
-
-
-def is_integrity_error(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.IntegrityError)
 
 
 # -- fan-out -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 and the lifecycle and IPC pokes around them. What the API shares with it (the send
 queue's name, job keys, retry policy) is in appliance/messaging/contracts.py.
 
-Guarantees (DESIGN section 3):
+Guarantees:
 - An outbound message's WhatsApp id is stored before the engine sees it; the job is
   acked in the same transaction that records ``sent`` (send_loop.py).
 - Inbound messages are committed, with their events, before the engine is told;
