@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import logging
 import random
 import shutil
@@ -37,6 +36,7 @@ from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
+from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut, OutboundMessage, SendError
 from appliance.engines.sandbox import SandboxEngine
 from appliance.errors import ClientError, NotFound
@@ -62,53 +62,14 @@ def send_order_key(account_id: str, chat_jid: str) -> str:
 
 
 def make_engine(row: Any, host: AccountRuntime, db: Database) -> Engine:
-    engine_settings = orjson.loads(row["engine_settings"])
-    engine_state = orjson.loads(row["engine_state"])
-    if row["engine"] == "sandbox":
-        return SandboxEngine(row["id"], engine_settings, engine_state, host, db=db)
-    if row["engine"] == "web":
-        from appliance.engines.web import WebEngine
-
-        factory_path = host.service.settings.web_client_factory
-        return WebEngine(
-            row["id"],
-            engine_settings,
-            engine_state,
-            host,
-            session_root=host.service.settings.data_dir / "sessions",
-            db=db,
-            client_factory=_load_callable(factory_path) if factory_path else None,
-        )
-    if row["engine"] == "cloud":
-        from appliance.engines.cloud import CloudEngine
-        from appliance.messaging.media import open_media
-
-        service = host.service
-        if service.cipher is None:
-            raise ValueError("the cloud engine needs the data key; none was given")
-        account_id = row["id"]
-
-        async def media(media_id: str) -> Any:
-            return await open_media(db, service.settings, account_id, media_id)
-
-        return CloudEngine(
-            account_id,
-            engine_settings,
-            engine_state,
-            host,
-            db=db,
-            cipher=service.cipher,
-            open_media=media,
-            media_max_bytes=service.settings.media_max_bytes,
-            allowed_networks=service.settings.allowed_private_networks,
-        )
-    raise ValueError(f"engine {row['engine']!r} is not available in this version")
-
-
-def _load_callable(path: str) -> Any:
-    """``module:callable`` (WEB_CLIENT_FACTORY, a test-only setting)."""
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    service = host.service
+    return engines.spec_of(row["engine"]).create(
+        row["id"],
+        orjson.loads(row["engine_settings"]),
+        orjson.loads(row["engine_state"]),
+        host,
+        engines.EngineContext(db=db, settings=service.settings, cipher=service.cipher),
+    )
 
 
 class TokenBucket:
@@ -230,10 +191,11 @@ class AccountRuntime:
                     except Exception:
                         log.exception("logout failed", extra={"account_id": self.account_id})
                     self.engine = None
-                elif self.row["engine"] == "web":
+                elif engines.capabilities(self.row["engine"]).session_files:
                     # No live engine (e.g. after a restart): still forget the session.
                     shutil.rmtree(
-                        self.service.settings.data_dir / "sessions" / self.account_id, True
+                        engines.session_dir(self.service.settings.data_dir, self.account_id),
+                        True,
                     )
                 await self._set_state("logged_out", "logged out on request")
                 await self._wait_desired_change()
@@ -401,8 +363,9 @@ class MessagingService:
         for account_id in set(self.runtimes) - seen:
             runtime = self.runtimes.pop(account_id)
             await runtime.stop(logout=True)
-            if runtime.row["engine"] == "web":  # the account was deleted: so is its session
-                shutil.rmtree(self.settings.data_dir / "sessions" / account_id, True)
+            if engines.capabilities(runtime.row["engine"]).session_files:
+                # The account was deleted: so is its session.
+                shutil.rmtree(engines.session_dir(self.settings.data_dir, account_id), True)
 
     async def _reconcile_loop(self) -> None:
         while True:
