@@ -83,15 +83,13 @@ class EngineSpec:
     factory: Factory
     # Validated settings in their stored form (secrets encrypted); raises
     # ``pydantic.ValidationError`` or ``ValueError`` for bad input.
-    store_settings: Callable[[dict[str, Any], DataCipher | None], dict[str, Any]] | None = None
+    store_settings: Callable[[dict[str, Any], DataCipher], dict[str, Any]] | None = None
 
     def settings_model(self) -> type[BaseModel]:
         model: type[BaseModel] = _load(self.settings_model_path)
         return model
 
-    def validate_settings(
-        self, settings: dict[str, Any], cipher: DataCipher | None
-    ) -> dict[str, Any]:
+    def validate_settings(self, settings: dict[str, Any], cipher: DataCipher) -> dict[str, Any]:
         """The settings to store: validated by the engine's settings model."""
         if self.store_settings is not None:
             return self.store_settings(settings, cipher)
@@ -185,7 +183,7 @@ def _cloud(
     )
 
 
-def _cloud_store_settings(settings: dict[str, Any], cipher: DataCipher | None) -> dict[str, Any]:
+def _cloud_store_settings(settings: dict[str, Any], cipher: DataCipher) -> dict[str, Any]:
     from appliance.engines.cloud.settings import store_settings
 
     # Secrets are stored encrypted with the data key and shown masked.

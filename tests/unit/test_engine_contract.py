@@ -492,8 +492,8 @@ def test_the_api_side_of_the_registry_loads_no_engine() -> None:
         "for name in registry.engine_names():\n"
         "    registry.capabilities(name)\n"
         "    registry.spec_of(name).settings_model()\n"
-        "registry.spec_of('sandbox').validate_settings({}, None)\n"
-        "registry.spec_of('web').validate_settings({}, None)\n"
+        "registry.spec_of('sandbox').validate_settings({}, DataCipher(b'k'))\n"
+        "registry.spec_of('web').validate_settings({}, DataCipher(b'k'))\n"
         "registry.spec_of('cloud').validate_settings(RAW_SETTINGS, DataCipher(b'k'))\n"
         "bad = [m for m in ('neonize', 'appliance.engines.sandbox',\n"
         "    'appliance.engines.web.engine', 'appliance.engines.web.connection',\n"
@@ -507,3 +507,11 @@ def test_the_api_side_of_the_registry_loads_no_engine() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"loaded: {done.stdout}"
+
+
+def test_the_spec_lists_the_registered_engines(tmp_path: Path) -> None:
+    from tests.unit.test_openapi import _spec
+
+    schema = _spec(tmp_path)["components"]["schemas"]["AccountCreateIn"]["properties"]["engine"]
+    assert schema["enum"] == list(registry.engine_names())
+    assert schema["default"] == registry.DEFAULT_ENGINE
