@@ -33,6 +33,8 @@ from appliance.config import ENV_PREFIX, Paths, load_settings
 from appliance.engines import registry
 from appliance.engines.base import Engine, OutboundMessage, SendError
 from appliance.messaging import store
+from appliance.messaging.media import open_media, save_media
+from tests.samples import png
 from tests.unit.test_cloud_engine import (
     CIPHER,
     GUARD,
@@ -86,6 +88,10 @@ class Harness:
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.tmp_path = tmp_path
         self.monkeypatch = monkeypatch
+        paths = Paths(tmp_path)
+        paths.etc.mkdir(parents=True, exist_ok=True)
+        paths.env_file.write_text(f"DATA_DIR={tmp_path / 'data'}\n", encoding="utf-8")
+        self.app_settings = load_settings(paths, environ={})
 
     def stored_settings(self) -> dict[str, Any]:
         return registry.spec_of(self.name).validate_settings(self.settings, CIPHER)
@@ -179,10 +185,13 @@ class WebHarness(Harness):
         await asyncio.to_thread(self.fake.enter_pairing_code, ACCOUNT, code)
 
     async def handed_over(self, message_id: str) -> bool:
-        return bool(self.fake.sent(ACCOUNT))
+        """A send reached the fake since the last time this was asked."""
+        count = len(self.fake.sent(ACCOUNT))
+        new, self.handed = count > getattr(self, "handed", 0), count
+        return new
 
     async def confirm_delivery(self, db: Any, message_id: str) -> None:
-        (sent,) = self.fake.sent(ACCOUNT)
+        sent = self.fake.sent(ACCOUNT)[-1]
         self.fake.receipt(ACCOUNT, [sent.id], "delivered")
 
     async def inbound(self, db: Any, engine: Engine, body: str) -> str:
@@ -204,6 +213,8 @@ class CloudHarness(Harness):
         self.requests.append(request)
         if request.method == "GET":
             return httpx.Response(200, json={"display_phone_number": "+1 555-000-1111"})
+        if request.url.path.endswith("/media"):
+            return httpx.Response(200, json={"id": f"graph-media-{len(self.requests)}"})
         return httpx.Response(
             200,
             json={
@@ -223,12 +234,13 @@ class CloudHarness(Harness):
             host,
             db=db,
             cipher=CIPHER,
+            open_media=lambda media_id: open_media(db, self.app_settings, ACCOUNT, media_id),
             transport=httpx.MockTransport(self.graph),
             **GUARD,
         )
 
     def _sent(self) -> list[dict[str, Any]]:
-        return [orjson.loads(r.content) for r in self.requests if r.method == "POST"]
+        return [orjson.loads(r.content) for r in self.requests if r.url.path.endswith("/messages")]
 
     async def handed_over(self, message_id: str) -> bool:
         return any(s.get("biz_opaque_callback_data") == message_id for s in self._sent())
@@ -241,7 +253,7 @@ class CloudHarness(Harness):
             )
 
     async def confirm_delivery(self, db: Any, message_id: str) -> None:
-        wamid = f"wamid.OUT{len(self.requests)}"
+        wamid = f"wamid.OUT{len(self.requests)}"  # the id Graph gave the last send
         await self._post(db, {"statuses": [{"id": wamid, "status": "delivered", "timestamp": "1"}]})
 
     async def inbound(self, db: Any, engine: Engine, body: str) -> str:
@@ -393,7 +405,7 @@ def test_declared_capabilities_are_implemented(
     assert ("base_url" in fields) is caps.secret_endpoint
 
     async def body(db: Any) -> None:
-        await setup_account(db, harness, "tpl_1")
+        await setup_account(db, harness, "tpl_1", "img_1")
         host = Host(db, ACCOUNT)
         engine = harness.make(db, host)
         kind = type(engine)
@@ -420,6 +432,25 @@ def test_declared_capabilities_are_implemented(
             with pytest.raises(SendError) as refused:
                 await engine.send(template)
             assert refused.value.permanent
+        # media_upload: an uploaded image (our media id) is sent; as a stored file where
+        # the engine needs_media_files (the worker hands it the path).
+        record = await save_media(db, harness.app_settings, ACCOUNT, png())
+        _, path = await open_media(db, harness.app_settings, ACCOUNT, record.id)
+        image = OutboundMessage(
+            account_id=ACCOUNT,
+            id="img_1",
+            to_jid=PEER_JID,
+            type="image",
+            content={"type": "image", "image": {"id": record.id, "caption": "a picture"}},
+            media_path=str(path) if caps.needs_media_files else None,
+            media_type=record.content_type if caps.needs_media_files else None,
+        )
+        if caps.media_upload:
+            await engine.send(image)
+            assert await harness.handed_over("img_1")
+        else:
+            with pytest.raises(SendError):
+                await engine.send(image)
         await engine.close()
         await asyncio.wait_for(running, TIMEOUT_S)
 
