@@ -27,6 +27,7 @@ from typing import Any
 from appliance import __version__
 from appliance.config import Paths, Settings, load_settings
 from appliance.db.migrate import latest_version
+from appliance.engines import registry as engines
 from appliance.errors import StartupError
 from appliance.secrets import check_secrets_dir
 from appliance.supervisor_client import is_responsive, proxy, supervisord_pid, wait_gone
@@ -861,7 +862,7 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         row = await store.account_row(db, args.account)
         if row is None:
             return f"no account {args.account!r}"
-        if row["engine"] != "sandbox":
+        if not engines.capabilities(row["engine"]).inbound_injection:
             return f"account {args.account!r} uses the {row['engine']} engine, not sandbox"
         async with db.write() as conn:
             await conn.execute(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-
-class Strict(BaseModel):
-    """Request bodies: unknown fields are refused, not ignored."""
-
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+# The base model and strict input types live in a bottom-layer module (engines and
+# messaging models use them too); re-exported here for the routes.
+from appliance.schemas_base import Bool as Bool
+from appliance.schemas_base import Float as Float
+from appliance.schemas_base import Int as Int
+from appliance.schemas_base import QueryBool as QueryBool
+from appliance.schemas_base import Strict as Strict
+from appliance.schemas_base import number_only as number_only
 
 
 class Issue(BaseModel):
@@ -39,32 +40,3 @@ class Error(BaseModel):
 # The names routes have always used; all are the one Error component in the spec.
 ErrorBody = Error
 ValidationErrorBody = Error
-
-
-# -- strict input types ------------------------------------------------------------------
-# JSON bodies: `true`/`false` only (not 0, 1 or "yes"): the spec says boolean.
-Bool = StrictBool
-
-
-def _query_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if value in ("true", "false"):
-        return value == "true"
-    raise ValueError("use true or false")
-
-
-def number_only(value: Any) -> Any:
-    if isinstance(value, bool | str):
-        raise ValueError("must be a JSON number")
-    return value
-
-
-# JSON bodies: numbers only (not `true` or "5"); 5.0 is the integer 5, as in JSON Schema.
-# With constraints and None allowed, write Annotated[int, Field(ge=...), BeforeValidator(
-# number_only)] | None: constraints after the validator are lost to the JSON schema.
-Int = Annotated[int, BeforeValidator(number_only)]
-Float = Annotated[float, BeforeValidator(number_only)]
-
-# Query strings: `true` or `false` only, as the spec's boolean is written in a URL.
-QueryBool = Annotated[bool, BeforeValidator(_query_bool)]

@@ -11,7 +11,7 @@ Message content follows the WhatsApp Cloud API, which integrators already know::
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,7 +22,14 @@ from pydantic import (
     model_validator,
 )
 
-from appliance.api.schemas import Bool, Int, Strict
+from appliance.engines import registry as engines
+from appliance.schemas_base import Bool, Int, Strict
+
+if TYPE_CHECKING:
+    EngineName = str
+else:
+    # The engines of this version (the `engine` enum of the spec), from the registry.
+    EngineName = Literal[engines.engine_names()]
 
 AccountIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # WhatsApp ids: Web ids are hex, Cloud API wamids are base64 (with + / =).
@@ -109,7 +116,7 @@ class SandboxSettings(Strict):
 class AccountCreateIn(Strict):
     id: AccountIdStr | None = Field(default=None, description="Chosen id; generated if absent")
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    engine: Literal["sandbox", "web", "cloud"] = "sandbox"
+    engine: EngineName = engines.DEFAULT_ENGINE
     engine_settings: dict[str, Any] = Field(
         default_factory=dict,
         description="The engine's own settings (see runbook/messaging.md): sandbox "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import random
 import shutil
@@ -23,8 +22,8 @@ import orjson
 from appliance.config import Settings, account_session_dir
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
+from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut
-from appliance.engines.sandbox import SandboxEngine
 from appliance.messaging import store
 
 log = logging.getLogger(__name__)
@@ -58,53 +57,14 @@ class AccountServices(Protocol):
 
 
 def make_engine(row: sqlite3.Row, host: AccountRuntime, db: Database) -> Engine:
-    engine_settings = orjson.loads(row["engine_settings"])
-    engine_state = orjson.loads(row["engine_state"])
-    if row["engine"] == "sandbox":
-        return SandboxEngine(row["id"], engine_settings, engine_state, host, db=db)
-    if row["engine"] == "web":
-        from appliance.engines.web import WebEngine
-
-        factory_path = host.service.settings.web_client_factory
-        return WebEngine(
-            row["id"],
-            engine_settings,
-            engine_state,
-            host,
-            session_root=host.service.settings.sessions_dir,
-            db=db,
-            client_factory=_load_callable(factory_path) if factory_path else None,
-        )
-    if row["engine"] == "cloud":
-        from appliance.engines.cloud import CloudEngine
-        from appliance.messaging.media import open_media
-
-        service = host.service
-        if service.cipher is None:
-            raise ValueError("the cloud engine needs the data key; none was given")
-        account_id = row["id"]
-
-        async def media(media_id: str) -> Any:
-            return await open_media(db, service.settings, account_id, media_id)
-
-        return CloudEngine(
-            account_id,
-            engine_settings,
-            engine_state,
-            host,
-            db=db,
-            cipher=service.cipher,
-            open_media=media,
-            media_max_bytes=service.settings.media_max_bytes,
-            allowed_networks=service.settings.allowed_private_networks,
-        )
-    raise ValueError(f"engine {row['engine']!r} is not available in this version")
-
-
-def _load_callable(path: str) -> Any:
-    """``module:callable`` (WEB_CLIENT_FACTORY, a test-only setting)."""
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    service = host.service
+    return engines.spec_of(row["engine"]).create(
+        row["id"],
+        orjson.loads(row["engine_settings"]),
+        orjson.loads(row["engine_state"]),
+        host,
+        engines.EngineContext(db=db, settings=service.settings, cipher=service.cipher),
+    )
 
 
 def forget_web_session(settings: Settings, account_id: str) -> None:
@@ -219,7 +179,7 @@ class AccountRuntime:
                     except Exception:
                         log.exception("logout failed", extra={"account_id": self.account_id})
                     self.engine = None
-                elif self.row["engine"] == "web":
+                elif engines.capabilities(self.row["engine"]).session_files:
                     # No live engine (e.g. after a restart): still forget the session.
                     forget_web_session(self.service.settings, self.account_id)
                 await self._set_state("logged_out", "logged out on request")
@@ -318,7 +278,8 @@ class Accounts:
         for account_id in set(self.runtimes) - seen:
             runtime = self.runtimes.pop(account_id)
             await runtime.stop(logout=True)
-            if runtime.row["engine"] == "web":  # the account was deleted: so is its session
+            if engines.capabilities(runtime.row["engine"]).session_files:
+                # The account was deleted: so is its session.
                 forget_web_session(self.service.settings, account_id)
 
     async def run(self) -> None:

@@ -21,6 +21,7 @@ from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.auth.permissions import Permission
+from appliance.engines import registry as engines
 from appliance.errors import ClientError, Forbidden, InvalidInput, RpcError
 from appliance.ipc import protocol
 from appliance.messaging import store
@@ -29,7 +30,6 @@ from appliance.messaging.models import (
     AccountOut,
     AccountStatus,
     AccountUpdateIn,
-    SandboxSettings,
 )
 
 bp = Blueprint("accounts", __name__)
@@ -51,22 +51,14 @@ async def poke(topic: str, account_id: str | None = None) -> None:
 
 
 def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str, Any]:
-    if engine not in ("sandbox", "cloud", "web"):
+    spec = engines.get(engine)
+    if spec is None:
         raise InvalidInput(
             f"the {engine} engine is not available in this version",
             issues=[{"path": "engine", "message": "not available", "code": "unsupported"}],
         )
     try:
-        if engine == "web":
-            from appliance.engines.web import WebSettings
-
-            return WebSettings.model_validate(settings).model_dump()
-        if engine == "cloud":
-            from appliance.engines.cloud import store_settings as cloud_store_settings
-
-            # Secrets are stored encrypted with the data key and shown masked.
-            return cloud_store_settings(settings, state_of().cipher)
-        return SandboxSettings.model_validate(settings).model_dump()
+        return spec.validate_settings(settings, state_of().cipher)
     except ValidationError as exc:
         issues = [{**i, "path": f"engine_settings.{i['path']}"} for i in issues_from(exc)]
         raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
@@ -83,7 +75,7 @@ def _cloud_base_url_change(
     The stored access token is sent to base_url: moving it needs the admin role
     (403) and both secrets entered again in the same request (400 naming them).
     """
-    from appliance.engines.cloud import base_url_change
+    from appliance.engines.cloud.settings import base_url_change
 
     given, missing = base_url_change(stored, given)
     if missing is None:
@@ -181,7 +173,7 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
         stored = orjson.loads(row["engine_settings"])
         given = data.engine_settings
         kept = {k: v for k, v in stored.items() if k.endswith("_enc")}
-        if row["engine"] == "cloud":
+        if engines.capabilities(row["engine"]).secret_endpoint:
             given, moved_to = _cloud_base_url_change(stored, given)
             if moved_to is not None:
                 kept = {}  # the new URL gets the secrets just entered, never the stored ones

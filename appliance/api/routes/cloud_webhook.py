@@ -27,8 +27,10 @@ from appliance.api.openapi import responds
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
-from appliance.engines.cloud import SIGNATURE_HEADER, app_secret_of, check_signature
+from appliance.engines import registry as engines
 from appliance.engines.cloud import store as cloud_store
+from appliance.engines.cloud.settings import app_secret_of
+from appliance.engines.cloud.signature import SIGNATURE_HEADER, check_signature
 from appliance.errors import Forbidden, InvalidInput, Unauthenticated
 from appliance.messaging import store
 
@@ -56,7 +58,7 @@ _NO_ACCOUNT_SECRET = secrets.token_hex(32)
 async def _cloud_account(account: str) -> dict[str, Any] | None:
     """The account's stored engine settings; None when there is no such cloud account."""
     row = await store.account_row(_db(), account)
-    if row is None or row["engine"] != "cloud":
+    if row is None or not engines.capabilities(row["engine"]).meta_webhook:
         return None
     return orjson.loads(row["engine_settings"])  # type: ignore[no-any-return]
 

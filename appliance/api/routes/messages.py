@@ -20,6 +20,7 @@ from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
+from appliance.engines import registry as engines
 from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
@@ -166,7 +167,7 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
 
 async def _sandbox_account(account: str) -> None:
     row = await account_for(account)
-    if row["engine"] != "sandbox":
+    if not engines.capabilities(row["engine"]).inbound_injection:
         raise Conflict("only sandbox accounts accept injected messages or load")
 
 

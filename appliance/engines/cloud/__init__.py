@@ -13,27 +13,75 @@ Modules, each owning one concern:
 uses them (account routes, the public webhook). Messages, events and account state
 change only through the engine's host (``EngineHost``).
 
-The names below are the ones the rest of the appliance and the tests import.
+The names below are the ones the rest of the appliance and the tests import; each is
+imported on first use, so the API process reading ``settings`` or ``signature`` does
+not load the engine, its Graph client or httpx code paths (see ``engines/registry.py``).
 """
 
-from appliance.engines.cloud.engine import CloudEngine
-from appliance.engines.cloud.graph import (
-    ERROR_CLASSES,
-    GraphClient,
-    GraphRefused,
-    MediaDownloadError,
-    send_error_for,
-)
-from appliance.engines.cloud.inbox import StatusUpdate, inbound_from_cloud, parse_webhook
-from appliance.engines.cloud.settings import (
-    MASK,
-    CloudConfig,
-    CloudSettings,
-    app_secret_of,
-    base_url_change,
-    store_settings,
-)
-from appliance.engines.cloud.signature import SIGNATURE_HEADER, check_signature, signature_for
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> submodule that defines it
+_EXPORTS = {
+    "CloudEngine": "engine",
+    "ERROR_CLASSES": "graph",
+    "GraphClient": "graph",
+    "GraphRefused": "graph",
+    "MediaDownloadError": "graph",
+    "send_error_for": "graph",
+    "StatusUpdate": "inbox",
+    "inbound_from_cloud": "inbox",
+    "parse_webhook": "inbox",
+    "MASK": "settings",
+    "CloudConfig": "settings",
+    "CloudSettings": "settings",
+    "app_secret_of": "settings",
+    "base_url_change": "settings",
+    "store_settings": "settings",
+    "SIGNATURE_HEADER": "signature",
+    "check_signature": "signature",
+    "signature_for": "signature",
+}
+
+if TYPE_CHECKING:
+    from appliance.engines.cloud.engine import CloudEngine
+    from appliance.engines.cloud.graph import (
+        ERROR_CLASSES,
+        GraphClient,
+        GraphRefused,
+        MediaDownloadError,
+        send_error_for,
+    )
+    from appliance.engines.cloud.inbox import (
+        StatusUpdate,
+        inbound_from_cloud,
+        parse_webhook,
+    )
+    from appliance.engines.cloud.settings import (
+        MASK,
+        CloudConfig,
+        CloudSettings,
+        app_secret_of,
+        base_url_change,
+        store_settings,
+    )
+    from appliance.engines.cloud.signature import (
+        SIGNATURE_HEADER,
+        check_signature,
+        signature_for,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ERROR_CLASSES",

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from appliance.api.schemas import Strict
 from appliance.crypto import DataCipher
+from appliance.schemas_base import Strict
 
 MASK = "****"
 TOKEN_CONTEXT = b"cloud:access_token"

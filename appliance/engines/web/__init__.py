@@ -11,19 +11,53 @@ Modules, each owning one concern (the dependencies point down this list):
 - ``media``: inbound downloads, outbound uploads.
 - ``engine``: ``WebEngine``, the Engine implementation composing them.
 
-The names other code imports are re-exported here.
+The names other code imports are re-exported here, imported on first use: the API
+process reads ``settings`` without loading the engine (see ``engines/registry.py``).
 """
 
-from appliance.engines.web.connection import (
-    GO_GATE,
-    GO_THREADS,
-    ClientFactory,
-    default_client_factory,
-    install_ack_after_commit,
-)
-from appliance.engines.web.engine import WebEngine
-from appliance.engines.web.protobuf import jid_str, map_inbound
-from appliance.engines.web.settings import WebEngineError, WebSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> submodule that defines it
+_EXPORTS = {
+    "GO_GATE": "connection",
+    "GO_THREADS": "connection",
+    "ClientFactory": "connection",
+    "default_client_factory": "connection",
+    "install_ack_after_commit": "connection",
+    "WebEngine": "engine",
+    "jid_str": "protobuf",
+    "map_inbound": "protobuf",
+    "WebEngineError": "settings",
+    "WebSettings": "settings",
+}
+
+if TYPE_CHECKING:
+    from appliance.engines.web.connection import (
+        GO_GATE,
+        GO_THREADS,
+        ClientFactory,
+        default_client_factory,
+        install_ack_after_commit,
+    )
+    from appliance.engines.web.engine import WebEngine
+    from appliance.engines.web.protobuf import jid_str, map_inbound
+    from appliance.engines.web.settings import (
+        WebEngineError,
+        WebSettings,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "GO_GATE",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from appliance.api.schemas import Strict
+from appliance.schemas_base import Strict
 
 
 class WebSettings(Strict):
