@@ -69,7 +69,7 @@ def create_app(
         secrets=secrets,
         worker=worker,
         cipher=DataCipher(secrets.data_key),
-        extras={"bell": bell},
+        bell=bell,
     )
     QuartSchema(
         app,
