@@ -835,10 +835,8 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
 
 def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
     """Inject a message into a sandbox account's simulated WhatsApp server."""
-    import orjson
-
     from appliance.messaging import store
-    from appliance.messaging.models import InboundIn, recipient_jid
+    from appliance.messaging.models import InboundIn
 
     _drop_to_service_user(paths)
     try:
@@ -853,10 +851,8 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         )
     except ValueError as exc:
         return _fail(f"invalid message: {exc}", 2)
-    message_id = message.id or store.new_message_id()
-    content = message.model_dump(mode="json", exclude_none=True, exclude={"from_", "id", "name"})
-    if message.name:
-        content["_name"] = message.name
+    if message.id is None:  # chosen here, so that it can be printed
+        message = message.model_copy(update={"id": store.new_message_id()})
 
     async def inject(db: Any) -> str | None:
         row = await store.account_row(db, args.account)
@@ -865,18 +861,7 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         if not engines.capabilities(row["engine"]).inbound_injection:
             return f"account {args.account!r} uses the {row['engine']} engine, not sandbox"
         async with db.write() as conn:
-            await conn.execute(
-                "INSERT INTO sandbox_server_inbox (account_id, message_id, from_jid, content, "
-                "injected_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
-                "DO NOTHING",
-                (
-                    args.account,
-                    message_id,
-                    recipient_jid(message.from_),
-                    orjson.dumps(content).decode(),
-                    time.time(),
-                ),
-            )
+            await store.inject_sandbox_inbound(conn, args.account, message, now=time.time())
         return None
 
     try:
@@ -885,7 +870,7 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         return _fail(str(exc), 78)
     if problem:
         return _fail(problem)
-    print(message_id)  # the worker delivers it within a second, as message.received
+    print(message.id)  # the worker delivers it within a second, as message.received
     return 0
 
 

@@ -127,3 +127,22 @@ class RateLimited(ClientError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = max(1, int(retry_after_s))
+
+
+# The class a worker's refusal (JSON-RPC error REFUSED, ``data.http_status``) becomes in
+# an API process; the worker only raises Conflict today. 400 stays the plain ClientError
+# (InvalidInput would add an empty ``issues`` list to the body).
+_REFUSALS: dict[int, type[ClientError]] = {
+    400: ClientError,
+    401: Unauthenticated,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: Unprocessable,
+}
+
+
+def refusal(http_status: object, message: str) -> ClientError:
+    """The ClientError for a refusal the worker explained; 409 when the status is unknown."""
+    cls = _REFUSALS.get(http_status, Conflict) if isinstance(http_status, int) else Conflict
+    return cls(message)

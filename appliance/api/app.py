@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from quart import Quart, Response, g, request
+from quart import Blueprint, Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from appliance import __version__
@@ -69,7 +69,7 @@ def create_app(
         secrets=secrets,
         worker=worker,
         cipher=DataCipher(secrets.data_key),
-        extras={"bell": bell},
+        bell=bell,
     )
     QuartSchema(
         app,
@@ -140,7 +140,8 @@ def create_app(
 
     install_error_handlers(app)
     install_access_control(app)
-    blueprints = (health.bp, auth.bp, users.bp, api_keys.bp, audit.bp, docs.bp)
+    blueprints: tuple[Blueprint, ...] = (health.bp, auth.bp, users.bp, api_keys.bp)
+    blueprints += (audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
     blueprints += (cloud_webhook.bp,)
     for blueprint in blueprints:

@@ -1,4 +1,8 @@
-"""What an API process holds while serving: settings, secrets, database, worker client."""
+"""What an API process holds while serving: settings, secrets, database, worker client.
+
+Everything a handler may need is a typed attribute here (no dictionary of extras):
+a missing dependency is then an error at construction, not a silent ``None`` later.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass, field
 
 from quart import Quart, current_app
 
+from appliance.api.live import EventBell
 from appliance.api.ratelimit import RateLimiter
 from appliance.config import Settings
 from appliance.crypto import DataCipher
@@ -23,7 +28,8 @@ class ApiState:
     db: Database | None = None
     limiter: RateLimiter | None = None
     shutting_down: bool = False
-    extras: dict[str, object] = field(default_factory=dict)
+    # Rung by the worker's "events" notifications; without them readers poll.
+    bell: EventBell = field(default_factory=EventBell)
 
 
 def state_of(app: Quart | None = None) -> ApiState:

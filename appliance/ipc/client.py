@@ -10,9 +10,9 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from appliance.errors import RpcError, WorkerUnavailable
+from appliance.errors import ClientError, RpcError, WorkerUnavailable, refusal
 from appliance.ipc import protocol
 from appliance.observability.context import (
     child_traceparent,
@@ -29,9 +29,12 @@ NotificationHandler = Callable[[str, Any, dict[str, Any]], None]
 class WorkerClient:
     """One connection to the worker, shared by every request of this process.
 
-    ``call`` fails fast with WorkerUnavailable when there is no connection, so a
-    readiness probe never hangs on a dead worker; a background task reconnects
-    with exponential backoff and full jitter.
+    ``call(params)`` sends the method that ``params``' class names in
+    ``protocol.METHODS`` and answers its result model. A refusal the worker explains
+    (``protocol.REFUSED``) raises the ClientError of its HTTP status (``errors.refusal``);
+    other JSON-RPC errors raise RpcError. ``call`` fails fast with WorkerUnavailable when
+    there is no connection, so a readiness probe never hangs on a dead worker; a
+    background task reconnects with exponential backoff and full jitter.
     """
 
     def __init__(
@@ -79,23 +82,29 @@ class WorkerClient:
         self._fail_pending("client stopped")
 
     async def call(
-        self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float | None = None
-    ) -> Any:
+        self, params: protocol.Request[protocol.ResultT], *, timeout_s: float | None = None
+    ) -> protocol.ResultT:
+        method = protocol.METHOD_OF[type(params)]
+        _, result_model = protocol.METHODS[method]
         start = time.perf_counter()
         outcome = "ok"
         try:
-            return await self._call(method, params or {}, timeout_s or self.timeout_s)
+            answer = await self._call(
+                method, params.model_dump(mode="json"), timeout_s or self.timeout_s
+            )
         except WorkerUnavailable:
             outcome = "unavailable"
             raise
-        except RpcError:
+        except (RpcError, ClientError):
             outcome = "error"
             raise
         finally:
             IPC_CALLS.labels(method=method, outcome=outcome).inc()
             IPC_LATENCY.labels(method=method).observe(time.perf_counter() - start)
+        # protocol checks at import that result_model is the Request's type argument.
+        return cast(protocol.ResultT, result_model.model_validate(answer))
 
-    def notify(self, method: str, params: dict[str, Any]) -> bool:
+    def notify(self, params: protocol.Request[Any]) -> bool:
         """A JSON-RPC notification (no answer awaited); False when not connected.
 
         For hints whose loss is harmless, such as "new work is queued": the worker
@@ -104,16 +113,17 @@ class WorkerClient:
         writer = self._writer
         if writer is None or not self._connected.is_set():
             return False
+        method = protocol.METHOD_OF[type(params)]
         meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
-        writer.write(protocol.notification(method, params, meta))
+        writer.write(protocol.notification(method, params.model_dump(mode="json"), meta))
         IPC_CALLS.labels(method=method, outcome="notified").inc()
         return True
 
     async def ping(self, *, timeout_s: float | None = None) -> protocol.PingResult:
-        return protocol.PingResult.model_validate(await self.call("ping", timeout_s=timeout_s))
+        return await self.call(protocol.PingParams(), timeout_s=timeout_s)
 
     async def status(self) -> protocol.StatusResult:
-        return protocol.StatusResult.model_validate(await self.call("status"))
+        return await self.call(protocol.StatusParams())
 
     async def _call(self, method: str, params: dict[str, Any], timeout_s: float) -> Any:
         writer = self._writer
@@ -150,9 +160,8 @@ class WorkerClient:
             self._writer = writer
             try:
                 if self.topics:
-                    writer.write(
-                        protocol.request(0, "subscribe", {"topics": list(self.topics)}, {})
-                    )
+                    subscribe = protocol.SubscribeParams(topics=list(self.topics))
+                    writer.write(protocol.request(0, "subscribe", subscribe.model_dump(), {}))
                 self._connected.set()
                 log.info("connected to worker", extra={"socket": str(self.socket_path)})
                 await self._read(reader)
@@ -189,11 +198,15 @@ class WorkerClient:
                 continue  # late answer to a call that timed out, or the subscribe ack
             if "error" in frame:
                 err = frame["error"]
+                data = err.get("data")
                 if err.get("code") == protocol.SHUTTING_DOWN:
                     future.set_exception(WorkerUnavailable(err.get("message", "shutting down")))
+                elif err.get("code") == protocol.REFUSED:
+                    status = data.get("http_status") if isinstance(data, dict) else None
+                    future.set_exception(refusal(status, str(err.get("message"))))
                 else:
                     future.set_exception(
-                        RpcError(int(err.get("code", 0)), str(err.get("message")), err.get("data"))
+                        RpcError(int(err.get("code", 0)), str(err.get("message")), data)
                     )
             else:
                 future.set_result(frame.get("result"))

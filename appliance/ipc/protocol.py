@@ -13,12 +13,14 @@ Notifications (no ``id``) flow from the worker to subscribed clients::
 
     <- {"jsonrpc": "2.0", "method": "event", "params": {...}, "meta": {...}}
 
-Methods, their parameter and result models, are listed in ``METHODS``.
+Methods, their parameter and result models, are listed in ``METHODS``. Each parameter
+model is a ``Request[Result]``: its class names the method and the type of the answer,
+so ``await client.call(WebQrParams(account_id="a1"))`` is typed ``WebQrResult``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,8 +41,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PingParams(_Model):
-    pass
+ResultT = TypeVar("ResultT", bound=_Model)
+
+
+class Request(_Model, Generic[ResultT]):
+    """The parameters of one method; the type argument is the model of its result."""
+
+
+# Field types shared with the HTTP API's request models, declared once here.
+QrFormat = Literal["png", "svg", "raw"]
+E164 = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")]
+MAX_LOAD_RATE_PER_S = 20_000  # sandbox load mode: generated messages per second
+MAX_LOAD_DURATION_S = 600
 
 
 class PingResult(_Model):
@@ -48,7 +60,7 @@ class PingResult(_Model):
     pid: int
 
 
-class StatusParams(_Model):
+class PingParams(Request[PingResult]):
     pass
 
 
@@ -71,37 +83,40 @@ class StatusResult(_Model):
     queues: dict[str, QueueCounts]
 
 
-class SubscribeParams(_Model):
-    topics: list[str]
+class StatusParams(Request[StatusResult]):
+    pass
 
 
 class SubscribeResult(_Model):
     subscribed: list[str]
 
 
-class PokeParams(_Model):
-    """Wake the worker: new durable work is waiting (the API never waits for it)."""
-
-    topic: Literal["send", "accounts", "sandbox_inbox", "webhooks"]
-    account_id: str | None = None
+class SubscribeParams(Request[SubscribeResult]):
+    topics: list[str]
 
 
 class PokeResult(_Model):
     ok: bool
 
 
-class SandboxLoadParams(_Model):
-    account_id: str
-    rate_per_s: float = Field(gt=0, le=20_000)
-    duration_s: float = Field(gt=0, le=600)
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks"]
+
+
+class PokeParams(Request[PokeResult]):
+    """Wake the worker: new durable work is waiting (the API never waits for it)."""
+
+    topic: PokeTopic
+    account_id: str | None = None
 
 
 class SandboxLoadResult(_Model):
     started: bool
 
 
-class SandboxStatsParams(_Model):
+class SandboxLoadParams(Request[SandboxLoadResult]):
     account_id: str
+    rate_per_s: float = Field(gt=0, le=MAX_LOAD_RATE_PER_S)
+    duration_s: float = Field(gt=0, le=MAX_LOAD_DURATION_S)
 
 
 class SandboxStatsResult(_Model):
@@ -113,25 +128,29 @@ class SandboxStatsResult(_Model):
     running: bool
 
 
-class WebQrParams(_Model):
+class SandboxStatsParams(Request[SandboxStatsResult]):
     account_id: str
-    format: Literal["raw", "png", "svg"] = "png"
 
 
 class WebQrResult(_Model):
     qr: str  # the raw string, or base64 of the PNG / SVG
 
 
-class WebPairParams(_Model):
+class WebQrParams(Request[WebQrResult]):
     account_id: str
-    phone: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$")
+    format: QrFormat = "png"
 
 
 class WebPairResult(_Model):
-    code: str
+    code: str = Field(description="Type it on the phone: Linked devices > Link with phone number")
 
 
-METHODS: dict[str, tuple[type[_Model], type[_Model]]] = {
+class WebPairParams(Request[WebPairResult]):
+    account_id: str
+    phone: E164
+
+
+METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
     "subscribe": (SubscribeParams, SubscribeResult),
@@ -141,6 +160,25 @@ METHODS: dict[str, tuple[type[_Model], type[_Model]]] = {
     "web.qr": (WebQrParams, WebQrResult),
     "web.pair": (WebPairParams, WebPairResult),
 }
+
+
+def result_model_of(params: type[Request[Any]]) -> type[_Model] | None:
+    """The type argument of the ``Request[...]`` that ``params`` derives from."""
+    for base in params.__mro__:
+        args = base.__pydantic_generic_metadata__["args"] if issubclass(base, BaseModel) else ()
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], _Model):
+            return args[0]
+    return None
+
+
+# The method a parameter model calls; each entry's result model is its type argument.
+METHOD_OF: dict[type[Request[Any]], str] = {}
+for _name, (_params, _result) in METHODS.items():
+    if result_model_of(_params) is not _result:
+        raise TypeError(
+            f"METHODS[{_name!r}]: {_params.__name__} is not Request[{_result.__name__}]"
+        )
+    METHOD_OF[_params] = _name
 
 # Notifications the worker publishes (method name = topic):
 #   "events": {"last_id": N}  new rows in the event log, up to id N

@@ -164,7 +164,8 @@ class RpcServer:
             conn.send(protocol.error(None, protocol.INVALID_REQUEST, message, {}))
             return
         id_ = frame.get("id")
-        meta = frame.get("meta") if isinstance(frame.get("meta"), dict) else {}
+        given_meta = frame.get("meta")
+        meta: dict[str, Any] = given_meta if isinstance(given_meta, dict) else {}
         request_id_var.set(meta.get("request_id"))
         traceparent_var.set(meta.get("traceparent"))
         method = frame.get("method")
@@ -194,7 +195,7 @@ class RpcServer:
             )
             return
         try:
-            if method == "subscribe":
+            if isinstance(params, protocol.SubscribeParams):
                 conn.topics.update(params.topics)
                 value: BaseModel = protocol.SubscribeResult(subscribed=sorted(conn.topics))
             else:

@@ -14,7 +14,15 @@ import orjson
 
 from appliance.db.database import Database
 from appliance.errors import Conflict, NotFound
-from appliance.messaging.models import AccountOut, AccountSettings, EventOut, MessageOut, jid_phone
+from appliance.messaging.models import (
+    AccountOut,
+    AccountSettings,
+    EventOut,
+    InboundIn,
+    MessageOut,
+    jid_phone,
+    recipient_jid,
+)
 
 STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
 
@@ -527,3 +535,22 @@ async def stored_message_ids(db: Database, account_id: str, ids: Sequence[str]) 
         (account_id, *ids),
     )
     return {str(row["id"]) for row in rows}
+
+
+async def inject_sandbox_inbound(
+    conn: aiosqlite.Connection, account_id: str, message: InboundIn, *, now: float
+) -> str:
+    """Put a message in a sandbox account's simulated WhatsApp server, as if someone
+    wrote to the account; the engine delivers it once connected. Answers its id (the
+    given one, or a new one); the same id is stored once. The caller checks that the
+    account uses the sandbox engine (the API route and ``appliancectl sandbox inbound``)."""
+    message_id = message.id or new_message_id()
+    content = message.model_dump(mode="json", exclude_none=True, exclude={"from_", "id", "name"})
+    if message.name:
+        content["_name"] = message.name
+    await conn.execute(
+        "INSERT INTO sandbox_server_inbox (account_id, message_id, from_jid, content, "
+        "injected_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_id) DO NOTHING",
+        (account_id, message_id, recipient_jid(message.from_), _json(content), now),
+    )
+    return message_id

@@ -572,7 +572,7 @@ def test_http_long_poll_wakes_on_the_bell(open_db: OpenDb, db_path: Path, tmp_pa
         app = _app(tmp_path, db)
         client = app.test_client()
         agent_a = await _key(db, Role.AGENT, "A")
-        bell = state_of(app).extras["bell"]
+        bell = state_of(app).bell
         assert isinstance(bell, EventBell)
 
         async def later() -> int:

@@ -718,7 +718,23 @@ def test_account_deletion_hook_removes_the_files(tmp_path: Path) -> None:
             )
             assert response.status_code == 201
             assert (a.settings.media_dir / "acme").is_dir()
-            await state_of(a.app).extras["delete_account_media"]("acme")
+            async with a.db.write() as conn:
+                _, admin_key, _ = await auth_store.create_api_key(
+                    conn,
+                    name="admin",
+                    role=Role.ADMIN,
+                    all_accounts=True,
+                    accounts=[],
+                    created_by="test",
+                    owner_user_id=await key_owner(conn),
+                    now=time.time(),
+                )
+            response = await client.delete(
+                "/api/accounts/acme",
+                query_string={"confirm": "acme"},
+                headers=a.auth(admin_key),
+            )
+            assert response.status_code == 204
             assert not (a.settings.media_dir / "acme").exists()
 
     asyncio.run(body())

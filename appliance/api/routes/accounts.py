@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError
@@ -13,18 +13,19 @@ from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.auth import audit
 from appliance.api.schemas import ErrorBody, Strict
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
+from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import ClientError, Forbidden, InvalidInput, RpcError
+from appliance.errors import Forbidden, InvalidInput
 from appliance.ipc import protocol
-from appliance.messaging import store
+from appliance.messaging import media, store
 from appliance.messaging.models import (
     AccountCreateIn,
     AccountOut,
@@ -42,12 +43,6 @@ class AccountList(BaseModel):
 
 class DeleteQuery(Strict):
     confirm: str = Field(description="The account id again, to confirm deleting it with its data")
-
-
-async def poke(topic: str, account_id: str | None = None) -> None:
-    """Wake the worker without waiting for it; if it is down it finds the work when it
-    starts (and it polls anyway), so a lost poke only costs latency."""
-    state_of().worker.notify("poke", {"topic": topic, "account_id": account_id})
 
 
 def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +207,7 @@ async def delete_account(account: str, query_args: DeleteQuery) -> Response:
         # Its queued sends are acked by the worker when it finds their message gone.
         await store.delete_account(conn, account)
         await audit(conn, "account.delete", target=f"account:{account}")
-    media = state_of().extras.get("delete_account_media")
-    if callable(media):
-        await media(account)
+    await media.delete_account_media(state_of().settings, account)
     await poke("accounts")
     return Response(status=204)
 
@@ -271,29 +264,18 @@ async def logout_account(account: str) -> tuple[AccountStatus, int]:
 
 
 class QrQuery(Strict):
-    format: Literal["png", "svg", "raw"] = Field(
+    format: protocol.QrFormat = Field(
         default="png", description="png or svg image, or the raw string to render yourself"
     )
 
 
 class PairIn(Strict):
-    phone: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="The phone's number, E.164")
+    phone: protocol.E164 = Field(description="The phone's number, E.164")
 
 
-class PairingCode(BaseModel):
-    code: str = Field(description="Type it on the phone: Linked devices > Link with phone number")
-
-
-async def _worker_call(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Ask the worker; a refusal it explains becomes a 4xx in the standard shape."""
-    try:
-        return await state_of().worker.call(method, params)  # type: ignore[no-any-return]
-    except RpcError as exc:
-        if exc.code == protocol.REFUSED:
-            refused = ClientError(exc.message)
-            refused.http_status = int((exc.data or {}).get("http_status", 409))  # type: ignore[union-attr]
-            raise refused from None
-        raise
+# The worker's answer to web.pair, under the name the API documents.
+class PairingCode(protocol.WebPairResult):
+    pass
 
 
 @bp.get("/api/accounts/<account>/qr")
@@ -317,12 +299,12 @@ async def account_qr(account: str, query_args: QrQuery) -> Response:
     then. 409 when there is none (not a web account, or not pairing).
     """
     await account_for(account)
-    answer = await _worker_call("web.qr", {"account_id": account, "format": query_args.format})
+    answer = await call(protocol.WebQrParams(account_id=account, format=query_args.format))
     headers = {"Cache-Control": "no-store"}
     if query_args.format == "raw":
-        return Response(answer["qr"], content_type="text/plain", headers=headers)
+        return Response(answer.qr, content_type="text/plain", headers=headers)
     content_type = "image/png" if query_args.format == "png" else "image/svg+xml"
-    return Response(base64.b64decode(answer["qr"]), content_type=content_type, headers=headers)
+    return Response(base64.b64decode(answer.qr), content_type=content_type, headers=headers)
 
 
 @bp.post("/api/accounts/<account>/pairing-code")
@@ -338,5 +320,5 @@ async def pairing_code(account: str, data: PairIn) -> PairingCode:
     await account_for(account)
     async with _db().write() as conn:
         await audit(conn, "account.pairing_code", target=f"account:{account}")
-    answer = await _worker_call("web.pair", {"account_id": account, "phone": data.phone})
-    return PairingCode(code=answer["code"])
+    answer = await call(protocol.WebPairParams(account_id=account, phone=data.phone))
+    return PairingCode(code=answer.code)

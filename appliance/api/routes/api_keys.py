@@ -8,9 +8,9 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
+from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.auth import audit
 from appliance.api.routes.models import (
     ApiKeyCreated,
     ApiKeyCreateIn,

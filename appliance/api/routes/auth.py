@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
 
-from quart import Blueprint, Response, g, jsonify
+from quart import Blueprint, Response, jsonify
 from quart_schema import document_response, tag
 
 from appliance.api.access import (
@@ -17,8 +16,9 @@ from appliance.api.access import (
     principal,
     public,
 )
+from appliance.api.audit import audit
 from appliance.api.openapi import responds
-from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, UserOut
+from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, user_out
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.api.validation import SMALL_BODY_BYTES, json_body
@@ -29,35 +29,6 @@ from appliance.errors import Forbidden, RateLimited, Unauthenticated
 from appliance.observability.context import request_id_var
 
 bp = Blueprint("auth", __name__)
-
-
-def user_out(user: store.UserRow) -> UserOut:
-    return UserOut(
-        id=user.id,
-        username=user.username,
-        role=user.role,
-        all_accounts=user.all_accounts,
-        accounts=list(user.accounts),
-        active=user.active,
-        created_at=user.created_at,
-        updated_at=user.updated_at,
-    )
-
-
-async def audit(conn: Any, action: str, *, target: str | None = None, **details: Any) -> None:
-    """An audit row for this request, with its actor, address and request id."""
-    who = g.get("principal")
-    await store.audit(
-        conn,
-        action=action,
-        now=time.time(),
-        actor=who.key if who else None,
-        actor_name=who.name if who else None,
-        target=target,
-        details=details,
-        client_addr=client_addr(),
-        request_id=request_id_var.get(),
-    )
 
 
 def login_key(username: str) -> str:

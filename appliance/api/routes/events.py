@@ -125,7 +125,7 @@ async def list_events(query_args: EventsQuery) -> EventsPage:
     scope = await _scope(query_args)
     page = await live.poll_page(
         db,
-        bell_of(state),
+        state.bell,
         scope,
         query_args.after,
         query_args.limit,
@@ -193,7 +193,7 @@ async def events_ws() -> None:
     try:
         end = await live.stream_events(
             db,
-            bell_of(state),
+            state.bell,
             scope,
             args.after,
             websocket.send,
@@ -225,14 +225,6 @@ async def _discard_client_frames() -> None:
     pile up in Quart's receive queue. Ends when the stream is cancelled."""
     while True:
         await websocket.receive()
-
-
-def bell_of(state: ApiState) -> live.EventBell:
-    bell = state.extras.get("bell")
-    if not isinstance(bell, live.EventBell):
-        bell = live.EventBell()  # no notifications: readers fall back to polling
-        state.extras["bell"] = bell
-    return bell
 
 
 async def _scope(args: EventFilterQuery, *, check_exists: bool = True) -> live.Scope:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -136,9 +135,6 @@ def install_upload_limit(app: Quart) -> None:
 
 def _on_register(state: BlueprintSetupState) -> None:
     install_upload_limit(state.app)
-    # DELETE /api/accounts/<account> calls this after the account's rows are gone.
-    api = state_of(state.app)
-    api.extras["delete_account_media"] = partial(media.delete_account_media, api.settings)
 
 
 bp.record_once(_on_register)

@@ -6,7 +6,6 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field
 from quart import Blueprint
 from quart_schema import document_response, tag
@@ -14,14 +13,16 @@ from quart_schema import document_response, tag
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import HEADER, idempotent, parse_key
-from appliance.api.routes.accounts import _worker_call, poke
 from appliance.api.schemas import ErrorBody, Float, Strict
+from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body
+from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.db.queue import enqueue_in
 from appliance.engines import registry as engines
 from appliance.errors import Conflict, InvalidInput, Unprocessable
+from appliance.ipc import protocol
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
@@ -38,17 +39,14 @@ class InboundAccepted(BaseModel):
 
 
 class LoadIn(Strict):
-    rate_per_s: Float = Field(gt=0, le=20_000)
-    duration_s: Float = Field(gt=0, le=600)
+    # Float refuses numbers sent as strings; the bounds are the worker's.
+    rate_per_s: Float = Field(gt=0, le=protocol.MAX_LOAD_RATE_PER_S)
+    duration_s: Float = Field(gt=0, le=protocol.MAX_LOAD_DURATION_S)
 
 
-class LoadStatus(BaseModel):
-    load_injected: int
-    load_committed: int
-    latency_ms_p50: float | None
-    latency_ms_p95: float | None
-    latency_ms_max: float | None
-    running: bool
+# The worker's answer to sandbox.stats, under the name the API documents.
+class LoadStatus(protocol.SandboxStatsResult):
+    pass
 
 
 def _issue(path: str, message: str, code: str = "invalid") -> InvalidInput:
@@ -185,24 +183,8 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
     arrives as `message.received`. Re-sending the same `id` stores it once.
     """
     await _sandbox_account(account)
-    db = state_of().db
-    assert db is not None
-    message_id = data.id or store.new_message_id()
-    content = data.model_dump(mode="json", exclude_none=True, exclude={"from_", "id", "name"})
-    if data.name:
-        content["_name"] = data.name
-    async with db.write() as conn:
-        await conn.execute(
-            "INSERT INTO sandbox_server_inbox (account_id, message_id, from_jid, content, "
-            "injected_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id, message_id) DO NOTHING",
-            (
-                account,
-                message_id,
-                recipient_jid(data.from_),
-                orjson.dumps(content).decode(),
-                time.time(),
-            ),
-        )
+    async with _db().write() as conn:
+        message_id = await store.inject_sandbox_inbound(conn, account, data, now=time.time())
     await poke("sandbox_inbox", account)
     return InboundAccepted(id=message_id), 202
 
@@ -218,14 +200,14 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
 async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
     """Start the load mode: generated inbound messages at a rate, for a bounded time."""
     await _sandbox_account(account)
-    result = await _worker_call(
-        "sandbox.load",
-        {"account_id": account, "rate_per_s": data.rate_per_s, "duration_s": data.duration_s},
+    result = await call(
+        protocol.SandboxLoadParams(
+            account_id=account, rate_per_s=data.rate_per_s, duration_s=data.duration_s
+        )
     )
-    if not result.get("started"):
+    if not result.started:
         raise Conflict("a load run is already going on for this account")
-    stats = await _worker_call("sandbox.stats", {"account_id": account})
-    return LoadStatus.model_validate(stats), 202
+    return await _load_status(account), 202
 
 
 @bp.get("/api/accounts/<account>/sandbox/load")
@@ -238,4 +220,9 @@ async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
 async def sandbox_load_status(account: str) -> LoadStatus:
     """Progress of the current or last load run: injected, committed, latency."""
     await _sandbox_account(account)
-    return LoadStatus.model_validate(await _worker_call("sandbox.stats", {"account_id": account}))
+    return await _load_status(account)
+
+
+async def _load_status(account: str) -> LoadStatus:
+    stats = await call(protocol.SandboxStatsParams(account_id=account))
+    return LoadStatus.model_validate(stats.model_dump())

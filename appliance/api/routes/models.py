@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 
 from appliance.api.schemas import Bool, Strict
+from appliance.auth import store
 from appliance.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from appliance.auth.permissions import Role
 
@@ -36,6 +37,19 @@ class UserOut(BaseModel):
     active: bool
     created_at: float
     updated_at: float
+
+
+def user_out(user: store.UserRow) -> UserOut:
+    return UserOut(
+        id=user.id,
+        username=user.username,
+        role=user.role,
+        all_accounts=user.all_accounts,
+        accounts=list(user.accounts),
+        active=user.active,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+    )
 
 
 class LoginOut(BaseModel):

@@ -10,9 +10,9 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
+from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.auth import audit, user_out
 from appliance.api.routes.models import (
     PageQuery,
     PasswordResetIn,
@@ -20,6 +20,7 @@ from appliance.api.routes.models import (
     UserOut,
     UserPage,
     UserUpdateIn,
+    user_out,
 )
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db

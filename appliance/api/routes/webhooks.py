@@ -20,14 +20,14 @@ from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
+from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.accounts import poke
-from appliance.api.routes.auth import audit
 from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
+from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.queue import DurableQueue, delete_prefix_in
 from appliance.errors import InvalidInput, NotFound
@@ -66,6 +66,8 @@ EventList = Annotated[
         }
     ),
 ]
+
+
 def _any_case(name: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in name)
 
