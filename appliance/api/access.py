@@ -56,19 +56,23 @@ PROTECTED_PREFIXES = ("/api", "/auth", "/docs")
 # Writes of last-used and last-seen times are spread out; exact to this many seconds.
 TOUCH_INTERVAL_S = 60.0
 
-SECURITY = [{"session": []}, {"bearer": []}]
+SECURITY: list[dict[str, list[str]]] = [{"session": []}, {"bearer": []}]
 # Described in the spec's top-level description (quart-schema's schemes have no text).
-SECURITY_SCHEMES = {
+SECURITY_SCHEMES: dict[str, Any] = {
     "session": {"type": "apiKey", "in_": "cookie", "name": SESSION_COOKIE},
     "metricsToken": {"type": "http", "scheme": "bearer"},
     "bearer": {"type": "http", "scheme": "bearer", "bearer_format": "apk_..."},
 }
 
 
-def requires(permission: Permission) -> Callable[[F], F]:
+# Route handlers return pydantic models, which quart-schema turns into responses; Quart's
+# route decorators (their ``T_route`` bound) know only Quart's own return values. The
+# access decorators below sit right under ``@bp.get``/``@bp.post`` on every route, so they
+# are where the two libraries' types meet: they hand Quart the handler typed ``Any``.
+def requires(permission: Permission) -> Callable[[F], Any]:
     """The route needs an authenticated principal whose role has ``permission``."""
 
-    def decorator(func: F) -> F:
+    def decorator(func: F) -> Any:
         setattr(func, PERMISSION_ATTR, permission)
         func = security_scheme(SECURITY)(func)
         for status in (401, 403, 429):
@@ -78,7 +82,7 @@ def requires(permission: Permission) -> Callable[[F], F]:
     return decorator
 
 
-def authenticated(func: F) -> F:
+def authenticated(func: F) -> Any:
     """The route needs any authenticated principal (e.g. GET /auth/me)."""
     setattr(func, AUTHENTICATED_ATTR, True)
     func = security_scheme(SECURITY)(func)
@@ -87,13 +91,13 @@ def authenticated(func: F) -> F:
     return func
 
 
-def public(func: F) -> F:
+def public(func: F) -> Any:
     """The route answers without authentication."""
     setattr(func, PUBLIC_ATTR, True)
     return security_scheme([])(func)
 
 
-def metrics_token(func: F) -> F:
+def metrics_token(func: F) -> Any:
     """The route needs the metrics token (checked by the route itself)."""
     setattr(func, METRICS_ATTR, True)
     return security_scheme([{"metricsToken": []}])(func)

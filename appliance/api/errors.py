@@ -48,10 +48,11 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(ClientError)
     async def _client(exc: ClientError) -> Response:
         extra = dict(exc.extra)
-        if isinstance(extra.get("issues"), list):
+        issues = extra.get("issues")
+        if isinstance(issues, list):
             from appliance.api.validation import capped_issues
 
-            extra.update(capped_issues(extra["issues"]))
+            extra.update(capped_issues(issues))
         response = error_response(exc.http_status, exc.message, **extra)
         if isinstance(exc, RateLimited):
             response.headers["Retry-After"] = str(exc.retry_after_s)

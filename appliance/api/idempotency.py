@@ -82,6 +82,7 @@ def idempotent(func: F) -> F:
         assert state.db is not None
         scope = principal().key
         body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)  # as_text=False
         print_ = fingerprint(request.method, request.path, body)
         now = time.time()
         async with state.db.write() as conn:
@@ -121,6 +122,9 @@ def idempotent(func: F) -> F:
         if response.status_code >= 500:
             await _forget(scope, key)
             return response
+        # make_response gives Quart's Response here (its get_data is a coroutine); the
+        # union in its annotation also allows werkzeug's, whose get_data is not.
+        assert isinstance(response, Response)
         data = await response.get_data(as_text=False)
         sealed = state.cipher.encrypt(data, context=f"{scope}|{key}".encode())
         # Group-committed with concurrent requests; the claim above is not, so that a

@@ -102,6 +102,7 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
             if not request.is_json:
                 raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
             raw = await request.get_data(as_text=False)
+            assert isinstance(raw, bytes)  # as_text=False
             if max_bytes is not None and len(raw) > max_bytes:
                 raise PayloadTooLarge(
                     f"the body exceeds the limit of {max_bytes} bytes for this route"

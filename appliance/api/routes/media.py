@@ -134,6 +134,7 @@ def install_upload_limit(app: Quart) -> None:
 
 
 def _on_register(state: BlueprintSetupState) -> None:
+    assert isinstance(state.app, Quart)
     install_upload_limit(state.app)
 
 
@@ -190,6 +191,7 @@ async def _read_upload(filename: str | None) -> tuple[bytes, str | None]:
             )
         return upload.stream.read(), filename or upload.filename
     data = await request.get_data(as_text=False)
+    assert isinstance(data, bytes)  # as_text=False
     if filename is None:
         disposition = request.headers.get("Content-Disposition")
         if disposition:

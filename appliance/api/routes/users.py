@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiosqlite
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
@@ -33,13 +34,13 @@ from appliance.errors import Conflict
 bp = Blueprint("users", __name__)
 
 
-async def _guard_last_admin(conn: object, user: store.UserRow, action: str) -> None:
+async def _guard_last_admin(conn: aiosqlite.Connection, user: store.UserRow, action: str) -> None:
     """The last active admin can be neither deleted, deactivated nor demoted."""
     if (
         user.role == Role.ADMIN
         and user.active
         and not await store.other_active_admins(conn, user.id)
-    ):  # type: ignore[arg-type]
+    ):
         raise Conflict(f"cannot {action} the last active admin; make another admin first")
 
 
