@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from quart import Blueprint, Quart, Response, g, request
+from quart.typing import ResponseTypes
 from quart_schema import Info, QuartSchema
 
 from appliance import __version__
@@ -136,6 +137,14 @@ def create_app(
                 response.status_code,
                 extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
             )
+        return response
+
+    @app.after_websocket
+    async def _finish_websocket(response: ResponseTypes | None) -> ResponseTypes | None:
+        # A refused handshake (401, 403, 404, 400) is an HTTP answer like any other: it
+        # echoes the request id (after_request hooks do not run for websockets).
+        if response is not None:
+            response.headers["X-Request-ID"] = request_id_var.get() or ""
         return response
 
     install_error_handlers(app)

@@ -615,7 +615,10 @@ async def _ws_refused(client: Any, headers: dict[str, str], **params: Any) -> tu
         with pytest.raises(WebsocketResponseError) as caught:
             await asyncio.wait_for(ws.receive(), 5)
     response = caught.value.response
-    return response.status_code, await response.get_json()
+    data = await response.get_json()
+    # A refused handshake echoes its request id like every other answer.
+    assert data["requestId"] and response.headers.get("X-Request-ID") == data["requestId"]
+    return response.status_code, data
 
 
 def test_websocket_authenticates_and_filters_by_grants(
