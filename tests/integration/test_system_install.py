@@ -123,6 +123,18 @@ def wait_ready(port: int, timeout_s: float = 90) -> None:
     raise AssertionError(f"/readyz on port {port} not 200 after {timeout_s}s")
 
 
+def wait_status_ok(service: bool, timeout_s: float = 60) -> str:
+    """`appliancectl status` exits 3 until every program is RUNNING, which comes up to
+    `startsecs` after /readyz already answers 200; wait for that, bounded."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = ctl("status", service=service, check=False)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            assert result.returncode == 0, f"status still {result.returncode}:\n{result.stdout}"
+            return result.stdout
+        time.sleep(0.5)
+
+
 def refused(port: int) -> bool:
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
@@ -279,7 +291,7 @@ def unit_exec_start() -> Iterator[subprocess.Popen]:
 
 def exercise_ctl(port: int, *, service: bool) -> None:
     """status, restart, stop NAME, supervisorctl, stop, start: as root or as the service user."""
-    assert "ready: yes" in ctl("status", service=service).stdout
+    assert "ready: yes" in wait_status_ok(service=service)
     worker_before = process_pids()["worker:worker"]
     ctl("restart", service=service)
     assert process_pids()["worker:worker"] != worker_before
@@ -328,7 +340,7 @@ def lifecycle(port: int) -> None:
         check_processes_run_as_service_user()
         assert layout_problems() == []
         for as_service in (False, True):
-            assert "ready: yes" in ctl("status", service=as_service).stdout
+            assert "ready: yes" in wait_status_ok(service=as_service)
             ctl("restart", "api", service=as_service)
             wait_ready(port)
         ctl("stop", "worker")
