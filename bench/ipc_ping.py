@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import exit_on_sigterm, source_revision
+from _common import exit_on_sigterm, snapshot_source, source_revision
 
 GOAL_RATIO_P50 = 2.0
 PLACEMENT_HELP = {
@@ -247,6 +247,19 @@ def _placements(mode: str) -> dict[str, tuple[int | None, int | None]]:
     return {mode: known[mode]}
 
 
+def _code_env(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """The children's environment: with ``--source``, an export of that revision comes
+    first on PYTHONPATH, so the roles import its ``appliance`` instead of the work tree's."""
+    env = dict(os.environ)
+    if args.source:
+        code = tmp / "code"
+        if not code.exists():
+            code.mkdir()
+            snapshot_source(code, args.source)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    return env
+
+
 def run(args: argparse.Namespace, client_cpu: int | None, server_cpu: int | None) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="ipcb-"))  # short: AF_UNIX paths are limited
     procs: list[subprocess.Popen[bytes]] = []
@@ -258,9 +271,9 @@ def run(args: argparse.Namespace, client_cpu: int | None, server_cpu: int | None
             argv += ["--_lifetime", str(lifetime)]
             if server_cpu is not None:
                 argv += ["--_cpu", str(server_cpu)]
-            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=_code_env(args, tmp)))
             _wait_for_socket(path, procs[-1], 15)
-        env = dict(os.environ)
+        env = _code_env(args, tmp)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if not args.no_multiproc_metrics:
             metrics_dir = tmp / "metrics"
@@ -292,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 4, smoke 2)")
     parser.add_argument("--warmup", type=int, help="unrecorded calls first (default 500)")
     parser.add_argument("--max-seconds", type=float, help="time cap (default 120, smoke 15)")
+    parser.add_argument(
+        "--source", help="import this git revision's appliance (e.g. HEAD~3), not the work tree's"
+    )
     parser.add_argument(
         "--placement",
         choices=("both", "split", "same", "os"),
@@ -370,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": head["goal_met"],
         "placements": results,
         "cpus": os.cpu_count(),
-        "revision": source_revision(),
+        "source": args.source or "work tree",
+        "revision": source_revision(args.source),
         # 1-minute load average before and after: other work on the machine skews results.
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }

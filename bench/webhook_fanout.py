@@ -541,7 +541,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         workdir = Path(tempfile.mkdtemp(prefix="whfo-", dir=tmp))
         t0 = time.monotonic()
-        inst = Installation.create()
+        inst = Installation.create(source=args.source)
         print(f"  installed the appliance in {time.monotonic() - t0:.0f} s", file=sys.stderr)
         port = free_port()
         receiver = subprocess.Popen(
@@ -662,6 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait-quiet", type=float, default=0.0, help="first wait up to N s for an idle machine"
     )
+    parser.add_argument(
+        "--source", help="install this git revision (e.g. HEAD~3) instead of the work tree"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 unless it kept up")
     parser.add_argument("--_receiver", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_baseline", nargs=4, help=argparse.SUPPRESS)
@@ -686,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "bench": "webhook_fanout",
         "smoke": args.smoke,
-        "revision": source_revision(),
+        "source": args.source or "work tree",
+        "revision": source_revision(args.source),
         "rate_per_s": args.rate,
         "duration_s": args.duration,
         "endpoints": args.endpoints,
