@@ -319,6 +319,11 @@ class MessageOut(BaseModel):
     deleted_at: float | None = Field(
         default=None, description="When the sender deleted it for everyone; content is kept"
     )
+    origin: Literal["api", "phone", "automation"] | None = Field(
+        default=None,
+        description="Who made an outbound message: the HTTP API, the phone (or another "
+        "linked device), or an automation; null for inbound",
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -238,7 +238,7 @@ async def delete_account(conn: aiosqlite.Connection, account_id: str) -> None:
 
 _MESSAGE_COLS = (
     "account_id, id, chat_jid, direction, sender_jid, type, body, content, reply_to, media_id, "
-    "status, error, wa_timestamp, created_at, updated_at, deleted_at"
+    "status, error, wa_timestamp, created_at, updated_at, deleted_at, origin"
 )
 
 
@@ -261,6 +261,7 @@ def message_out(row: Any) -> MessageOut:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
+        origin=row["origin"],
     )
 
 
@@ -306,11 +307,12 @@ async def insert_outbound(
     media_id: str | None,
     client_key: str | None,
     now: float,
+    origin: str = "api",
 ) -> None:
     await conn.execute(
         "INSERT INTO messages (account_id, id, chat_jid, direction, type, body, content, "
-        "reply_to, media_id, status, client_key, created_at, updated_at) "
-        "VALUES (?, ?, ?, 'out', ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        "reply_to, media_id, status, client_key, created_at, updated_at, origin) "
+        "VALUES (?, ?, ?, 'out', ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         (
             account_id,
             message_id,
@@ -323,9 +325,17 @@ async def insert_outbound(
             client_key,
             now,
             now,
+            origin,
         ),
     )
     await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=False)
+
+
+async def media_exists(conn: aiosqlite.Connection, account_id: str, media_id: str) -> bool:
+    async with conn.execute(
+        "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account_id, media_id)
+    ) as cur:
+        return await cur.fetchone() is not None
 
 
 async def insert_inbound(

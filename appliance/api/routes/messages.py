@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
+import aiosqlite
 from pydantic import BaseModel, Field
-from quart import Blueprint
+from quart import Blueprint, request
 from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
@@ -19,13 +19,11 @@ from appliance.api.state import state_of
 from appliance.api.validation import json_body
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
-from appliance.db.queue import enqueue_in
 from appliance.engines import registry as engines
-from appliance.errors import Conflict, InvalidInput, Unprocessable
+from appliance.errors import Conflict, InvalidInput
 from appliance.ipc import protocol
-from appliance.messaging import store
-from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
-from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn, recipient_jid
+from appliance.messaging import sends, store
+from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn
 from appliance.net import ssrf
 
 bp = Blueprint("messages", __name__)
@@ -51,11 +49,6 @@ class LoadStatus(protocol.SandboxStatsResult):
 
 def _issue(path: str, message: str, code: str = "invalid") -> InvalidInput:
     return InvalidInput(message, issues=[{"path": path, "message": message, "code": code}])
-
-
-def _unknown(path: str, message: str) -> Unprocessable:
-    """Well-formed, but names something this account does not have: 422, with issues."""
-    return Unprocessable(message, issues=[{"path": path, "message": message, "code": "unknown"}])
 
 
 async def check_media_link(path: str, link: str) -> None:
@@ -95,72 +88,24 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
     await account_for(account)
     db = state_of().db
     assert db is not None
-    chat = recipient_jid(data.to)
-    content = data.model_dump(mode="json", exclude_none=True, exclude={"to", "messaging_product"})
-    reply_to = data.context.message_id if data.context else None
     media = data.media
-    media_id = media.id if media is not None else None
-    if data.reaction is not None:
-        reply_to = data.reaction.message_id
     if media is not None and media.link is not None:
         await check_media_link(f"{data.type}.link", media.link)
-    raw_key = None
-    from quart import request
-
+    client_key = None
     if request.headers.get(HEADER):
-        raw_key = f"{principal().key}|{parse_key(request.headers[HEADER])}"
+        client_key = f"{principal().key}|{parse_key(request.headers[HEADER])}"
     now = time.time()
 
-    async def store_send(conn: Any) -> tuple[str, bool]:
-        """(message id, whether it is new); shares a transaction with concurrent sends."""
-        if raw_key is not None:
-            existing = await store.message_by_client_key(conn, account, raw_key)
-            if existing is not None:  # a retry whose first answer was lost
-                return existing["id"], False
-        for path, ref in (
-            ("context.message_id", data.context),
-            ("reaction.message_id", data.reaction),
-        ):
-            if ref is not None and await store.message_row(conn, account, ref.message_id) is None:
-                raise _unknown(path, f"no message {ref.message_id!r} in this account")
-        if media_id is not None:
-            async with conn.execute(
-                "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media_id)
-            ) as cur:
-                if await cur.fetchone() is None:
-                    raise _unknown(
-                        f"{data.type}.id", f"no uploaded media {media_id!r} in this account"
-                    )
-        message_id = store.new_message_id()
-        await store.insert_outbound(
-            conn,
-            account_id=account,
-            message_id=message_id,
-            chat_jid=chat,
-            type_=data.type,
-            body=data.body,
-            content=content,
-            reply_to=reply_to,
-            media_id=media_id,
-            client_key=raw_key,
-            now=now,
+    async def store_send(conn: aiosqlite.Connection) -> sends.Accepted:
+        # Shares a transaction with concurrent sends (group commit).
+        return await sends.accept_send(
+            conn, account_id=account, to=data.to, message=data, client_key=client_key, now=now
         )
-        await enqueue_in(
-            conn,
-            SEND_QUEUE,
-            {"account_id": account, "message_id": message_id, "chat": chat},
-            now=now,
-            unique_key=send_job_key(account, message_id),
-            max_attempts=SEND_RETRY.max_attempts,
-            order_key=send_order_key(account, chat),
-        )
-        return message_id, True
 
-    message_id, created = await db.write_batched(store_send)
-    if not created:
-        return SendAccepted(id=message_id, account_id=account, to=data.to), 202
-    await poke("send")
-    return SendAccepted(id=message_id, account_id=account, to=data.to), 202
+    accepted = await db.write_batched(store_send)
+    if accepted.created:
+        await poke("send")
+    return SendAccepted(id=accepted.message_id, account_id=account, to=data.to), 202
 
 
 async def _sandbox_account(account: str) -> None:

@@ -1,0 +1,99 @@
+"""Accepting a send: the one way a message enters the send queue.
+
+The HTTP API, and (in the worker) automations, all accept a send the same way: the
+message row and its queue job are written in the caller's transaction, so a send is
+either accepted whole or not at all, and an idempotency key that was seen before
+returns the first message instead of a second one. The caller then wakes the send loop
+(the API over IPC, the worker directly): a missed wake-up only delays the send until
+the loop's next poll.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosqlite
+
+from appliance.db.queue import enqueue_in
+from appliance.errors import Unprocessable
+from appliance.messaging import store
+from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
+from appliance.messaging.models import MessageContent, recipient_jid
+
+Origin = Literal["api", "phone", "automation"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message_id: str
+    created: bool  # False: the idempotency key was seen before; message_id is the first's
+
+
+def _unknown(path: str, message: str) -> Unprocessable:
+    """Well-formed, but names something this account does not have: 422, with issues."""
+    return Unprocessable(message, issues=[{"path": path, "message": message, "code": "unknown"}])
+
+
+async def accept_send(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    to: str,
+    message: MessageContent,
+    client_key: str | None,
+    now: float,
+    origin: Origin = "api",
+) -> Accepted:
+    """Store an outbound message and queue its send, in ``conn``'s transaction.
+
+    ``client_key`` makes it idempotent per account: the caller's identity plus its key
+    (e.g. ``<api key id>|<Idempotency-Key>``, or ``automation:<rule>:<trigger>``).
+    Raises ``Unprocessable`` (422) when the reply target, the reacted message or the
+    uploaded media is not in this account.
+    """
+    if client_key is not None:
+        existing = await store.message_by_client_key(conn, account_id, client_key)
+        if existing is not None:  # a retry whose first answer was lost
+            return Accepted(existing["id"], created=False)
+    for path, ref in (
+        ("context.message_id", message.context),
+        ("reaction.message_id", message.reaction),
+    ):
+        if ref is not None and await store.message_row(conn, account_id, ref.message_id) is None:
+            raise _unknown(path, f"no message {ref.message_id!r} in this account")
+    media = message.media
+    media_id = media.id if media is not None else None
+    if media_id is not None and not await store.media_exists(conn, account_id, media_id):
+        raise _unknown(f"{message.type}.id", f"no uploaded media {media_id!r} in this account")
+    reply_to = message.context.message_id if message.context else None
+    if message.reaction is not None:
+        reply_to = message.reaction.message_id
+    chat = recipient_jid(to)
+    message_id = store.new_message_id()
+    await store.insert_outbound(
+        conn,
+        account_id=account_id,
+        message_id=message_id,
+        chat_jid=chat,
+        type_=message.type,
+        body=message.body,
+        content=message.model_dump(
+            mode="json", exclude_none=True, exclude={"to", "messaging_product"}
+        ),
+        reply_to=reply_to,
+        media_id=media_id,
+        client_key=client_key,
+        origin=origin,
+        now=now,
+    )
+    await enqueue_in(
+        conn,
+        SEND_QUEUE,
+        {"account_id": account_id, "message_id": message_id, "chat": chat},
+        now=now,
+        unique_key=send_job_key(account_id, message_id),
+        max_attempts=SEND_RETRY.max_attempts,
+        order_key=send_order_key(account_id, chat),
+    )
+    return Accepted(message_id, created=True)
