@@ -1,0 +1,3 @@
+-- Reserved: filled in by the branch that builds contacts_retention (numbers assigned up front so
+-- parallel branches do not collide). Until then it changes nothing.
+SELECT 1;
