@@ -511,9 +511,7 @@ class ScriptRunner:
                     "direction": m.direction,
                     "from": m.from_,
                     "type": m.type,
-                    "body": (m.content.get("text") or {}).get("body")
-                    if m.type == "text"
-                    else None,
+                    "body": (m.content.get("text") or {}).get("body") if m.type == "text" else None,
                     "status": m.status,
                     "timestamp": m.timestamp,
                 }
@@ -544,9 +542,7 @@ class ScriptRunner:
             run.effects.append({"type": "storage.set", "detail": {"key": key, "value": value}})
             return True
         async with self.db.write() as conn:
-            refused = await store.storage_set(
-                conn, run.script_id, key, value_json, now=time.time()
-            )
+            refused = await store.storage_set(conn, run.script_id, key, value_json, now=time.time())
         if refused is not None:
             raise HostCallRefused(f"storage.set: {refused}")
         run.effects.append({"type": "storage.set", "detail": {"key": key}})
@@ -582,7 +578,10 @@ class ScriptRunner:
         except TimeoutError:
             raise HostCallRefused(f"http.fetch: no answer within {timeout_s:g} s") from None
         run.effects.append(
-            {"type": "http.fetch", "detail": {"method": method, "url": url, "status": result["status"]}}
+            {
+                "type": "http.fetch",
+                "detail": {"method": method, "url": url, "status": result["status"]},
+            }
         )
         return result
 

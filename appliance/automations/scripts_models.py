@@ -13,7 +13,9 @@ from appliance.schemas_base import Bool, Strict
 
 MAX_FILTER_CHATS = 200
 MAX_ALLOW_HOSTS = 20
-_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$")
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
 Chat = Annotated[str, StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 

@@ -72,7 +72,12 @@ def run_out(row: Any) -> RunOut:
 
 
 async def create_script(
-    conn: aiosqlite.Connection, account_id: str, data: ScriptIn, *, created_by: str | None, now: float
+    conn: aiosqlite.Connection,
+    account_id: str,
+    data: ScriptIn,
+    *,
+    created_by: str | None,
+    now: float,
 ) -> str:
     script_id = new_script_id()
     await conn.execute(
@@ -212,7 +217,18 @@ async def finish_run(
     await conn.execute(
         "UPDATE script_runs SET state = ?, error = ?, limit_hit = ?, logs = ?, effects = ?, "
         "host_calls = ?, wall_ms = ?, cpu_ms = ?, finished_at = ? WHERE id = ?",
-        (state, error, limit, _json(logs), _json(effects), host_calls, wall_ms, cpu_ms, now, run_id),
+        (
+            state,
+            error,
+            limit,
+            _json(logs),
+            _json(effects),
+            host_calls,
+            wall_ms,
+            cpu_ms,
+            now,
+            run_id,
+        ),
     )
 
 
@@ -261,9 +277,7 @@ async def interrupted_runs(conn: aiosqlite.Connection, now: float) -> int:
     return cur.rowcount
 
 
-async def list_runs(
-    db: Database, script_id: str, *, before: float | None, limit: int
-) -> list[Any]:
+async def list_runs(db: Database, script_id: str, *, before: float | None, limit: int) -> list[Any]:
     if before is None:
         return await db.fetchall(
             "SELECT * FROM script_runs WHERE script_id = ? ORDER BY started_at DESC, id LIMIT ?",

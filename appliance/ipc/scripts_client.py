@@ -19,12 +19,12 @@ from appliance.ipc import protocol
 from appliance.ipc.scripts_protocol import (
     HostCallParams,
     HostCallResult,
+    Peer,
     PeerClosed,
     PingParams,
     PingResult,
     RunParams,
     RunResult,
-    Peer,
 )
 
 log = logging.getLogger(__name__)

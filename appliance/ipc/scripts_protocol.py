@@ -175,9 +175,7 @@ class Peer:
         self._pending[id_] = future
         meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
         try:
-            self.writer.write(
-                protocol.request(id_, method, params.model_dump(mode="json"), meta)
-            )
+            self.writer.write(protocol.request(id_, method, params.model_dump(mode="json"), meta))
             answer = await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(id_, None)
@@ -246,7 +244,9 @@ class Peer:
         method = frame.get("method")
         handler = self.handlers.get(method) if isinstance(method, str) else None
         if handler is None or not isinstance(method, str):
-            self._send(protocol.error(id_, protocol.METHOD_NOT_FOUND, f"no method {method!r}", meta))
+            self._send(
+                protocol.error(id_, protocol.METHOD_NOT_FOUND, f"no method {method!r}", meta)
+            )
             return
         params_model, _ = METHODS[method]
         try:

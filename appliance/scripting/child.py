@@ -12,7 +12,7 @@ and spoken to over its stdin/stdout, one JSON object per line:
 What a script can reach: the ECMAScript built-ins and the host API the prelude below
 defines, nothing else (no Node, no ``require``, no ``process``, no file system, no
 network: V8 alone has none of them). ``eval`` and ``new Function`` are off
-(``--disallow-code-generation-from-strings``), WebAssembly is not exposed, and a
+(``--disallow-code-generation-from-strings``), ``WebAssembly`` is removed, and a
 regular expression that backtracks too much falls back to V8's linear-time engine.
 
 Limits the child enforces itself: the heap (V8's hard memory limit; the child exits
@@ -37,9 +37,7 @@ MB = 1024 * 1024
 V8_FLAGS = (
     "--single-threaded",
     "--disallow-code-generation-from-strings",
-    "--no-expose-wasm",
     "--enable-experimental-regexp-engine-on-excessive-backtracks",
-    "--stack-size=900",
 )
 
 # Installed in every fresh isolate before the script. ``bridge`` is the only way out
@@ -47,6 +45,9 @@ V8_FLAGS = (
 PRELUDE = r"""
 (bridge, messageJson) => {
   'use strict';
+  // Captured now: a script that replaces JSON.parse only fools itself, not the bridge.
+  const parse = JSON.parse;
+  const stringify = JSON.stringify;
   const deepFreeze = (o) => {
     if (o && typeof o === 'object' && !Object.isFrozen(o)) {
       Object.freeze(o);
@@ -55,18 +56,20 @@ PRELUDE = r"""
     return o;
   };
   const call = async (fn, args) => {
-    const raw = await bridge(fn, JSON.stringify(args === undefined ? [] : args));
-    const answer = JSON.parse(raw);
+    const raw = await bridge(fn, stringify(args === undefined ? [] : args));
+    const answer = parse(raw);
     if (!answer.ok) throw new Error(answer.error);
     return answer.value;
   };
   const show = (v) => {
     if (typeof v === 'string') return v;
-    try { return JSON.stringify(v); } catch (e) { return String(v); }
+    try { return stringify(v); } catch (e) { return String(v); }
   };
-  const logAt = (level) => (...parts) => { bridge('__log', JSON.stringify([level, parts.map(show).join(' ')])); };
+  const logAt = (level) => (...parts) => {
+    bridge('__log', stringify([level, parts.map(show).join(' ')]));
+  };
   const api = {
-    message: deepFreeze(JSON.parse(messageJson)),
+    message: deepFreeze(parse(messageJson)),
     reply: (body) => call('reply', [body]),
     send: (chat, body) => call('send', [chat, body]),
     getMessages: (chat, limit) => call('getMessages', [chat, limit === undefined ? 20 : limit]),
@@ -84,6 +87,7 @@ PRELUDE = r"""
       error: logAt('error'), debug: logAt('debug'),
     }),
   };
+  delete globalThis.WebAssembly;
   for (const name of Object.keys(api)) {
     const value = typeof api[name] === 'function' ? Object.freeze(api[name]) : api[name];
     Object.defineProperty(globalThis, name, { value, writable: false, configurable: false });
@@ -131,14 +135,14 @@ class Child:
                 os._exit(0)  # a fresh child for the next run; the parent starts one
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
-        from py_mini_racer import JSEvalException, JSOOMException, mini_racer
+        from py_mini_racer import JSEvalException, JSOOMException, JSPromiseError, mini_racer
 
         limits = params["limits"]
         started = time.monotonic()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu0 = usage.ru_utime + usage.ru_stime
         # The kernel's per-process CPU limit, moved forward for this run (whole seconds).
-        soft = int(math.ceil(cpu0 + float(limits["cpu_s"])))
+        soft = math.ceil(cpu0 + float(limits["cpu_s"]))
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
         state = {"n": 0, "logs": 0}
@@ -168,8 +172,11 @@ class Child:
             self.emit({"host": {"n": n, "fn": fn, "args": json.loads(args_json)}})
             answer = await future
             return json.dumps(
-                {"ok": bool(answer.get("ok")), "value": answer.get("value"),
-                 "error": answer.get("error")},
+                {
+                    "ok": bool(answer.get("ok")),
+                    "value": answer.get("value"),
+                    "error": answer.get("error"),
+                },
                 separators=(",", ":"),
             )
 
@@ -186,7 +193,7 @@ class Child:
                     await promise  # type: ignore[misc]
             except JSOOMException:
                 result = {"outcome": "error", "error": "heap limit reached", "limit": "heap"}
-            except JSEvalException as exc:
+            except (JSEvalException, JSPromiseError) as exc:
                 if mr.was_hard_memory_limit_reached():
                     result = {"outcome": "error", "error": "heap limit reached", "limit": "heap"}
                 else:
@@ -223,11 +230,14 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
-def limit_resources(address_space_mb: int) -> None:
+def limit_resources(memory_mb: int) -> None:
+    """No core files; at most ``memory_mb`` of writable private memory (RLIMIT_DATA: the
+    V8 heap, ArrayBuffers, Python). RLIMIT_AS cannot be used: the V8 sandbox reserves a
+    terabyte of address space up front."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if address_space_mb > 0:
-        size = address_space_mb * MB
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    if memory_mb > 0:
+        size = memory_mb * MB
+        resource.setrlimit(resource.RLIMIT_DATA, (size, size))
 
 
 async def _main() -> None:
@@ -244,7 +254,7 @@ async def _main() -> None:
 
 def main() -> None:
     die_with_parent()
-    limit_resources(int(os.environ.get("APPLIANCE_SCRIPT_CHILD_AS_MB", "0") or 0))
+    limit_resources(int(os.environ.get("APPLIANCE_SCRIPT_CHILD_MEMORY_MB", "0") or 0))
     from py_mini_racer import init_mini_racer
 
     init_mini_racer(flags=V8_FLAGS)

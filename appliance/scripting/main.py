@@ -138,7 +138,7 @@ def main() -> None:
     setup_logging("scripts", settings.log_level)
     pool = ChildPool(
         settings.scripts_sandboxes,
-        address_space_mb=settings.scripts_sandbox_memory_mb,
+        memory_mb=settings.scripts_sandbox_memory_mb,
     )
     try:
         uvloop.run(serve(ScriptsServer(settings.scripts_socket, pool)))

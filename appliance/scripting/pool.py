@@ -54,11 +54,9 @@ class _Child:
 
 
 class ChildPool:
-    def __init__(
-        self, size: int, *, address_space_mb: int, max_runs_per_child: int = 1000
-    ) -> None:
+    def __init__(self, size: int, *, memory_mb: int, max_runs_per_child: int = 1000) -> None:
         self.size = size
-        self.address_space_mb = address_space_mb
+        self.memory_mb = memory_mb
         self.max_runs_per_child = max_runs_per_child
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._all: set[_Child] = set()
@@ -79,7 +77,7 @@ class ChildPool:
 
     async def _spawn(self) -> _Child:
         env = dict(os.environ)
-        env["APPLIANCE_SCRIPT_CHILD_AS_MB"] = str(self.address_space_mb)
+        env["APPLIANCE_SCRIPT_CHILD_MEMORY_MB"] = str(self.memory_mb)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

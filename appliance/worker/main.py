@@ -20,10 +20,10 @@ from typing import Any
 import uvloop
 
 from appliance.auth import store
-from appliance.automations.script_runner import ScriptRunner
-from appliance.automations.scripts_models import SampleMessage
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
+from appliance.automations.script_runner import ScriptRunner
+from appliance.automations.scripts_models import SampleMessage
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database

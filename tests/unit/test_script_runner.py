@@ -64,7 +64,7 @@ def start_scripts_process(prefix: Path) -> subprocess.Popen[bytes]:
         "APPLIANCE_DATA_DIR": str(prefix / "data"),
         "APPLIANCE_LOG_DIR": str(prefix / "log"),
         "APPLIANCE_SCRIPTS_SANDBOXES": "2",
-        "APPLIANCE_SCRIPTS_SANDBOX_MEMORY_MB": "4096",
+        "APPLIANCE_SCRIPTS_SANDBOX_MEMORY_MB": "768",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     log = (prefix / "log" / "scripts.log").open("ab")
@@ -132,7 +132,9 @@ class Harness:
         )
 
     async def events(self, type_: str) -> list[dict[str, Any]]:
-        rows = await self.db.fetchall("SELECT data FROM events WHERE type = ? ORDER BY id", (type_,))
+        rows = await self.db.fetchall(
+            "SELECT data FROM events WHERE type = ? ORDER BY id", (type_,)
+        )
         return [orjson.loads(r["data"]) for r in rows]
 
 
@@ -198,9 +200,7 @@ def test_inbound_message_runs_matching_scripts_and_sends_once(
                 filter=TriggerFilter(contains="PING"),
             )
             await h.script("await send('+905550000001', 'never')", trigger="manual")
-            await h.script(
-                "await reply('group only')", filter=TriggerFilter(chat_type="group")
-            )
+            await h.script("await reply('group only')", filter=TriggerFilter(chat_type="group"))
             m1 = await h.inbound("ping 1")
             assert await h.runner.run_scripts_for_message(ACCOUNT, m1) == 1
             m2 = await h.inbound("no match")
@@ -235,7 +235,8 @@ def test_regex_filter_uses_re2_and_bad_patterns_are_refused() -> None:
     assert not matches(f, {"chat_id": CHAT, "is_group": False, "body": "my order 12"})
     started = time.monotonic()
     assert not matches(
-        TriggerFilter(regex="(a+)+$"), {"chat_id": CHAT, "is_group": False, "body": "a" * 50000 + "b"}
+        TriggerFilter(regex="(a+)+$"),
+        {"chat_id": CHAT, "is_group": False, "body": "a" * 50000 + "b"},
     )
     assert time.monotonic() - started < 5
     with pytest.raises(ValueError, match="not valid or not supported"):
@@ -303,7 +304,7 @@ def test_dry_run_records_effects_without_doing_them(
 class _Redirector(http.server.BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(302)
         self.send_header("Location", self.target)
         self.send_header("Content-Length", "0")
@@ -325,9 +326,7 @@ def test_http_fetch_goes_through_the_guard_and_the_allowlist(
     thread.start()
 
     async def main() -> None:
-        async with harness(
-            open_db, db_path, prefix, outbound_allow_networks="127.0.0.2/32"
-        ) as h:
+        async with harness(open_db, db_path, prefix, outbound_allow_networks="127.0.0.2/32") as h:
             script_id = await h.script(
                 "for (const url of [%s]) {"
                 "  try { await http.fetch(url); log('fetched', url); }"
@@ -434,3 +433,39 @@ def test_kill_9_of_the_scripts_process_retries_once_without_doubling(
                 assert "scripts process" in row["error"]
 
     asyncio.run(main())
+
+
+def test_every_scripts_route_is_admin_only_and_in_the_spec(tmp_path: Path) -> None:
+    from appliance.api.access import route_requirement
+    from appliance.auth.permissions import Permission, Role, allows
+    from tests.unit.test_access_routes import _app
+
+    app = _app(tmp_path)
+    rules = [
+        (r.rule, route_requirement(app.view_functions[r.endpoint]))
+        for r in app.url_map.iter_rules()
+        if "/scripts" in r.rule
+    ]
+    assert len(rules) >= 6
+    assert {req for _, req in rules} == {Permission.SCRIPTS_MANAGE.value}
+    assert [r for r in Role if allows(r, Permission.SCRIPTS_MANAGE)] == [Role.ADMIN]
+
+    async def spec() -> dict[str, Any]:
+        response = await app.test_client().get("/openapi.json")
+        return await response.get_json()  # type: ignore[no-any-return]
+
+    paths = asyncio.run(spec())["paths"]
+    ours = {p: ops for p, ops in paths.items() if "/scripts" in p}
+    assert set(ours) == {
+        "/api/accounts/{account}/scripts",
+        "/api/accounts/{account}/scripts/{script_id}",
+        "/api/accounts/{account}/scripts/{script_id}/run",
+        "/api/accounts/{account}/scripts/{script_id}/dry-run",
+        "/api/accounts/{account}/scripts/{script_id}/runs",
+        "/api/accounts/{account}/scripts/{script_id}/runs/{run_id}",
+    }
+    for ops in ours.values():
+        for op in ops.values():
+            assert op["tags"] == ["scripts"]
+            assert op["x-access"] == "scripts.manage"
+            assert "404" in op["responses"]

@@ -42,10 +42,10 @@ def run_all(
     body: Callable[[Callable[..., Awaitable[RunResult]], FakeHost], Awaitable[None]],
     *,
     size: int = 1,
-    memory_mb: int = 0,
+    memory_mb: int = 768,
 ) -> None:
     async def main() -> None:
-        pool = ChildPool(size, address_space_mb=memory_mb)
+        pool = ChildPool(size, memory_mb=memory_mb)
         await pool.start()
         host = FakeHost()
         counter = iter(range(1, 10_000))
@@ -118,7 +118,11 @@ ESCAPES = {
     "never-resolving await": ("await new Promise(() => {})", ("wall",), "wall-clock"),
     "1 GB allocation": ("const a = []; for (;;) a.push(new Array(1e6).fill(1.5));", ("heap",), ""),
     "1 GB string": ("let s = 'x'.repeat(1 << 29); s = s + s + s;", None, ""),
-    "1 GB ArrayBuffer": ("const b = new ArrayBuffer(1 << 30); new Uint8Array(b).fill(1);", None, ""),
+    "1 GB ArrayBuffer": (
+        "const b = new ArrayBuffer(1 << 30); new Uint8Array(b).fill(1);",
+        None,
+        "",
+    ),
     "deep recursion": ("const f = (n) => f(n + 1) + 1; f(0);", None, "RangeError"),
     "webassembly": ("new WebAssembly.Module(new Uint8Array([0,97,115,109,1,0,0,0]))", None, ""),
 }
@@ -138,8 +142,7 @@ def test_escape_battery(name: str) -> None:
         assert host.calls == []
         await healthy(run)
 
-    # The ArrayBuffer case needs the address-space cap that the real process sets.
-    run_all(body, memory_mb=4096)
+    run_all(body)
 
 
 def test_globalthis_probing_finds_nothing_of_the_host() -> None:
@@ -166,18 +169,22 @@ def test_prototype_pollution_stays_in_its_run() -> None:
         result = await run(
             "Object.prototype.polluted = 'yes';"
             "Array.prototype.evil = () => 1;"
-            "try { reply.hacked = true; } catch (e) { log('frozen reply'); }"
-            "try { storage.get = async () => 'evil'; } catch (e) { log('frozen storage'); }"
-            "try { globalThis.reply = null; } catch (e) { log('fixed global'); }"
+            "reply.hacked = true;"
+            "storage.get = async () => 'evil';"
+            "globalThis.reply = null;"
+            "try { Object.defineProperty(globalThis, 'send', {value: 1}); }"
+            "catch (e) { log('send is fixed'); }"
+            "log(String(reply.hacked), typeof reply, String(storage.get).includes('evil'));"
             "Function.prototype.call = () => 'hijacked';"
             "JSON.parse = () => ({ok: true, value: 'forged'});"
             "const r = await storage.set('__proto__', {polluted: 1});"
             "log(typeof r);"
         )
+        assert result.outcome == "ok", result
         # The host saw plain JSON (a key named __proto__ is just a key), nothing else.
-        assert ("storage.set", ["__proto__", {"polluted": 1}]) in host.calls
+        assert host.calls == [("storage.set", ["__proto__", {"polluted": 1}])]
         texts = [line.text for line in result.logs]
-        assert texts[:3] == ["frozen reply", "frozen storage", "fixed global"]
+        assert texts == ["send is fixed", "undefined function false", "boolean"]
         await healthy(run)
 
     run_all(body)
@@ -233,8 +240,7 @@ def test_a_large_host_call_ends_the_run() -> None:
 def test_host_errors_are_script_exceptions() -> None:
     async def body(run: Callable[..., Awaitable[RunResult]], host: FakeHost) -> None:
         result = await run(
-            "try { await http.fetch('http://127.0.0.1/'); }"
-            "catch (e) { log('caught', e.message); }"
+            "try { await http.fetch('http://127.0.0.1/'); }catch (e) { log('caught', e.message); }"
         )
         assert result.outcome == "ok", result
         assert result.logs[0].text == "caught http.fetch: refused: 127.0.0.1 is loopback"
@@ -256,9 +262,7 @@ def test_log_lines_are_capped() -> None:
 
 def test_two_runs_at_once_on_two_children() -> None:
     async def body(run: Callable[..., Awaitable[RunResult]], host: FakeHost) -> None:
-        slow, fast = await asyncio.gather(
-            run("while (true) {}"), run("await reply('quick');")
-        )
+        slow, fast = await asyncio.gather(run("while (true) {}"), run("await reply('quick');"))
         assert slow.limit in ("cpu", "wall")
         assert fast.outcome == "ok"
 
