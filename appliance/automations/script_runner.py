@@ -55,7 +55,7 @@ from appliance.ipc.scripts_protocol import (
 )
 from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
-from appliance.messaging.models import MessageContent, MessageOut, recipient_jid
+from appliance.messaging.models import Context, MessageContent, MessageOut, recipient_jid
 from appliance.messaging.sends import accept_send
 from appliance.net import ssrf
 
@@ -106,6 +106,7 @@ class _Run:
     trigger_message: dict[str, Any] | None
     allow_hosts: frozenset[str]
     dry_run: bool
+    quote: str | None = None  # the stored message a reply quotes (message triggers)
     effects: list[dict[str, Any]] = field(default_factory=list)
     dry_storage: dict[str, Any] = field(default_factory=dict)
     sent: int = 0
@@ -280,6 +281,7 @@ class ScriptRunner:
             trigger_message=data,
             allow_hosts=frozenset(script.http_allow_hosts),
             dry_run=False,
+            quote=trigger_key if trigger == "message" else None,
         )
         started = time.perf_counter()
         result = await self._run_with_retry(run, script.code, data, attempt)
@@ -435,6 +437,8 @@ class ScriptRunner:
             if not run.trigger_message:
                 raise HostCallRefused("reply: this run has no message to reply to")
             body = _body(args[0] if args else None, "reply")
+            if run.quote is not None and body.context is None and body.type != "reaction":
+                body = body.model_copy(update={"context": Context(message_id=run.quote)})
             return await self._send(run, call.n, run.trigger_message["chat_id"], body)
         if fn == "send":
             if len(args) < 2 or not isinstance(args[0], str):

@@ -293,7 +293,7 @@ def test_dry_run_records_effects_without_doing_them(
                 "send",
                 "http.fetch",
             ]
-            assert run.effects[1].detail["text"] == {"body": "hi sample"}
+            assert run.effects[1].detail["text"]["body"] == "hi sample"
             assert await h.automated() == []
             assert await scripts_store.storage_get(h.db, script_id, "seen") is None
             assert await h.events("script.run") == []
