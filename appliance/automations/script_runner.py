@@ -411,7 +411,7 @@ class ScriptRunner:
                 "SELECT * FROM script_runs WHERE id = ?", (run.run_id,)
             )
         await self.events_written()
-        return store.run_out(list(row)[0])
+        return store.run_out(next(iter(row)))
 
     # -- the host API -----------------------------------------------------------------------
 
@@ -472,7 +472,7 @@ class ScriptRunner:
                     "AND origin = 'automation' AND created_at > ?",
                     (run.account_id, chat, now - 60),
                 )
-                if list(recent)[0][0] >= AUTOMATED_SENDS_PER_CHAT_PER_MIN:
+                if next(iter(recent))[0] >= AUTOMATED_SENDS_PER_CHAT_PER_MIN:
                     raise HostCallRefused(
                         f"this chat got {AUTOMATED_SENDS_PER_CHAT_PER_MIN} automated messages "
                         "in the last minute; not sent"

@@ -25,13 +25,14 @@ the host-call limits are the parent's: it kills the child, and starts another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import resource
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 MB = 1024 * 1024
 V8_FLAGS = (
@@ -135,7 +136,14 @@ class Child:
                 os._exit(0)  # a fresh child for the next run; the parent starts one
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
-        from py_mini_racer import JSEvalException, JSOOMException, JSPromiseError, mini_racer
+        from py_mini_racer import (
+            JSEvalException,
+            JSFunction,
+            JSOOMException,
+            JSPromise,
+            JSPromiseError,
+            mini_racer,
+        )
 
         limits = params["limits"]
         started = time.monotonic()
@@ -186,11 +194,12 @@ class Child:
             mr.set_hard_memory_limit(int(limits["heap_mb"]) * MB)
             try:
                 async with mr.wrap_py_function(bridge) as bridge_js:
-                    install = mr.eval(PRELUDE)
-                    install(bridge_js, json.dumps(params.get("trigger") or {}))  # type: ignore[operator]
-                    main = mr.eval(WRAPPER % params["code"])
-                    promise = main()  # type: ignore[operator]
-                    await promise  # type: ignore[misc]
+                    install = cast(JSFunction, mr.eval(PRELUDE))
+                    install(bridge_js, json.dumps(params.get("trigger") or {}))
+                    main = cast(JSFunction, mr.eval(WRAPPER % params["code"]))
+                    promise = main()
+                    if isinstance(promise, JSPromise):
+                        await promise
             except JSOOMException:
                 result = {"outcome": "error", "error": "heap limit reached", "limit": "heap"}
             except (JSEvalException, JSPromiseError) as exc:
@@ -222,10 +231,9 @@ def die_with_parent() -> None:
     import ctypes
     import signal
 
-    try:
+    # Not Linux: the child still exits when its stdin closes.
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the child still exits when its stdin closes
     if os.getppid() == 1:
         os._exit(0)
 

@@ -103,7 +103,7 @@ class ScriptsServer:
                 runs_total=self.pool.total,
             )
 
-        peer = Peer(reader, writer, {"run": run, "ping": ping})  # type: ignore[dict-item]
+        peer = Peer(reader, writer, {"run": run, "ping": ping})
         self._peers.add(peer)
         log.info("worker connected")
         try:

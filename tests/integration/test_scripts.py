@@ -183,7 +183,8 @@ def test_kill_9_of_the_scripts_process_during_runs(
     _wait(
         lambda: _query(
             appliance,
-            "SELECT 1 FROM messages WHERE body = 'still here' AND status IN ('sent','delivered','read')",
+            "SELECT 1 FROM messages WHERE body = 'still here' "
+            "AND status IN ('sent', 'delivered', 'read')",
         ),
         30,
         "the plain send went out",

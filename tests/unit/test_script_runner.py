@@ -325,21 +325,22 @@ def test_http_fetch_goes_through_the_guard_and_the_allowlist(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
+    urls = ",".join(
+        repr(u)
+        for u in (
+            "http://127.0.0.1/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://not-allowed.example/",
+            f"http://127.0.0.2:{port}/start",
+        )
+    )
+
     async def main() -> None:
         async with harness(open_db, db_path, prefix, outbound_allow_networks="127.0.0.2/32") as h:
             script_id = await h.script(
-                "for (const url of [%s]) {"
+                "for (const url of [" + urls + "]) {"
                 "  try { await http.fetch(url); log('fetched', url); }"
-                "  catch (e) { log(e.message); } }"
-                % ",".join(
-                    repr(u)
-                    for u in (
-                        "http://127.0.0.1/",
-                        "http://169.254.169.254/latest/meta-data/",
-                        "http://not-allowed.example/",
-                        f"http://127.0.0.2:{port}/start",
-                    )
-                ),
+                "  catch (e) { log(e.message); } }",
                 trigger="manual",
                 http_allow_hosts=["127.0.0.1", "169.254.169.254", "127.0.0.2"],
             )
