@@ -266,6 +266,10 @@ def main() -> None:
     from py_mini_racer import init_mini_racer
 
     init_mini_racer(flags=V8_FLAGS)
+    from py_mini_racer import MiniRacer
+
+    with MiniRacer() as warm:  # load and start V8 now, not in the first run
+        warm.eval("1")
     asyncio.run(_main())
 
 
