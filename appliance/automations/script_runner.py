@@ -149,6 +149,8 @@ def sample_trigger(sample: SampleMessage) -> dict[str, Any]:
 def matches(filter_: TriggerFilter, message: dict[str, Any]) -> bool:
     if filter_.chats and message["chat_id"] not in filter_.chats:
         return False
+    if filter_.senders and message.get("from") not in filter_.senders:
+        return False
     if filter_.chat_type == "private" and message["is_group"]:
         return False
     if filter_.chat_type == "group" and not message["is_group"]:

@@ -41,6 +41,12 @@ class TriggerFilter(Strict):
         max_length=MAX_FILTER_CHATS,
         description="Only these chats (E.164 numbers or chat ids); empty for every chat",
     )
+    senders: list[Chat] = Field(
+        default=[],
+        max_length=MAX_FILTER_CHATS,
+        description="Only messages from these senders (in groups: the participant); "
+        "empty for every sender",
+    )
     chat_type: Literal["any", "private", "group"] = "any"
     contains: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
         default=None, description="Only messages whose text contains this (any case)"
@@ -49,7 +55,7 @@ class TriggerFilter(Strict):
         default=None, description="Only messages whose text matches (RE2 syntax, any case)"
     )
 
-    @field_validator("chats")
+    @field_validator("chats", "senders")
     @classmethod
     def _jids(cls, value: list[str]) -> list[str]:
         return sorted({recipient_jid(v) for v in value})

@@ -239,6 +239,13 @@ def test_regex_filter_uses_re2_and_bad_patterns_are_refused() -> None:
         {"chat_id": CHAT, "is_group": False, "body": "a" * 50000 + "b"},
     )
     assert time.monotonic() - started < 5
+    group = "120363000000000001@g.us"
+    by_sender = TriggerFilter(senders=["+905551112233"], chat_type="group")
+    assert by_sender.senders == [CHAT]
+    assert matches(by_sender, {"chat_id": group, "from": CHAT, "is_group": True, "body": ""})
+    assert not matches(by_sender, {"chat_id": CHAT, "from": CHAT, "is_group": False, "body": ""})
+    other = "905550000000@s.whatsapp.net"
+    assert not matches(by_sender, {"chat_id": group, "from": other, "is_group": True, "body": ""})
     with pytest.raises(ValueError, match="not valid or not supported"):
         TriggerFilter(regex=r"(a)\1")  # backreferences: not in RE2
 
