@@ -413,7 +413,27 @@ class ScriptRunner:
                 "SELECT * FROM script_runs WHERE id = ?", (run.run_id,)
             )
         await self.events_written()
-        return store.run_out(next(iter(row)))
+        rows = list(row)
+        if rows:
+            return store.run_out(rows[0])
+        # The script was deleted during the run (its runs went with it).
+        return RunOut(
+            id=run.run_id,
+            script_id=run.script_id,
+            trigger=trigger,  # type: ignore[arg-type]
+            trigger_message_id=run.quote,
+            state="error" if failed else "ok",
+            attempts=1,
+            error=result.error,
+            limit=result.limit,
+            logs=result.logs,
+            effects=run.effects,  # type: ignore[arg-type]
+            host_calls=result.host_calls,
+            wall_ms=result.wall_ms,
+            cpu_ms=result.cpu_ms,
+            started_at=now,
+            finished_at=now,
+        )
 
     # -- the host API -----------------------------------------------------------------------
 

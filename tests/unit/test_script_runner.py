@@ -477,3 +477,24 @@ def test_every_scripts_route_is_admin_only_and_in_the_spec(tmp_path: Path) -> No
             assert op["tags"] == ["scripts"]
             assert op["x-access"] == "scripts.manage"
             assert "404" in op["responses"]
+
+
+def test_a_script_deleted_during_its_run(open_db: OpenDb, db_path: Path, prefix: Path) -> None:
+    async def main() -> None:
+        async with harness(open_db, db_path, prefix) as h:
+            script_id = await h.script(
+                "await new Promise(r => setTimeout(r, 1500)); log('done');", trigger="manual"
+            )
+            task = asyncio.create_task(
+                h.runner.run_manual(ACCOUNT, script_id, sample=None, dry_run=False)
+            )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not h.runner._runs:
+                await asyncio.sleep(0.02)
+            async with h.db.write() as conn:
+                assert await scripts_store.delete_script(conn, ACCOUNT, script_id)
+            run = await asyncio.wait_for(task, 60)
+            assert run.state == "ok" and [line.text for line in run.logs] == ["done"]
+            assert await h.db.fetchall("SELECT 1 FROM script_runs") == []
+
+    asyncio.run(main())
