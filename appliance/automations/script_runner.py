@@ -109,7 +109,7 @@ class _Run:
     quote: str | None = None  # the stored message a reply quotes (message triggers)
     effects: list[dict[str, Any]] = field(default_factory=list)
     dry_storage: dict[str, Any] = field(default_factory=dict)
-    sent: int = 0
+    calls: int = 0
 
 
 def trigger_data(message: MessageOut, *, is_group: bool | None = None) -> dict[str, Any]:
@@ -441,6 +441,12 @@ class ScriptRunner:
         run = self._runs.get(params.run_id)
         if run is None:
             raise HostCallRefused("the run is over")
+        # The scripts process enforces these already; the worker does not rely on it.
+        run.calls += 1
+        if run.calls > self.limits.max_host_calls:
+            raise HostCallRefused(f"host call limit of {self.limits.max_host_calls} reached")
+        if len(orjson.dumps(params.args)) > self.limits.max_host_call_bytes:
+            raise HostCallRefused("host call arguments too large")
         try:
             value = await self._host(run, params)
         except HostCallRefused:

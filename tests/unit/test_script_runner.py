@@ -498,3 +498,36 @@ def test_a_script_deleted_during_its_run(open_db: OpenDb, db_path: Path, prefix:
             assert await h.db.fetchall("SELECT 1 FROM script_runs") == []
 
     asyncio.run(main())
+
+
+def test_the_worker_enforces_host_call_limits_itself(
+    open_db: OpenDb, db_path: Path, prefix: Path
+) -> None:
+    """Even a scripts process that ignored its limits gets no more from the worker."""
+    from appliance.automations.script_runner import _Run
+    from appliance.ipc.scripts_protocol import HostCallParams, HostCallRefused
+
+    async def main() -> None:
+        async with harness(open_db, db_path, prefix) as h:
+            h.runner._runs["run_x"] = _Run(
+                run_id="run_x",
+                script_id="scr_x",
+                account_id=ACCOUNT,
+                trigger_message=None,
+                allow_hosts=frozenset(),
+                dry_run=False,
+            )
+            for n in range(1, LIMITS.max_host_calls + 1):
+                await h.runner.host_call(
+                    HostCallParams(run_id="run_x", n=n, fn="storage.get", args=["k"])
+                )
+            with pytest.raises(HostCallRefused, match="host call limit"):
+                await h.runner.host_call(
+                    HostCallParams(run_id="run_x", n=999, fn="storage.get", args=["k"])
+                )
+            with pytest.raises(HostCallRefused, match="the run is over"):
+                await h.runner.host_call(
+                    HostCallParams(run_id="run_gone", n=1, fn="storage.get", args=["k"])
+                )
+
+    asyncio.run(main())
