@@ -146,6 +146,10 @@ class Settings(BaseModel):
     webhook_retention_days: Annotated[float, Field(gt=0, le=3650)] = 14
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
+    # Scripts: sandbox children of the scripts process (runs at once), and the writable
+    # memory each child may use (RLIMIT_DATA: V8 heap, ArrayBuffers); 0: unlimited.
+    scripts_sandboxes: Annotated[int, Field(ge=1, le=32)] = 2
+    scripts_sandbox_memory_mb: Annotated[int, Field(ge=0, le=65536)] = 768
 
     @field_validator("bind")
     @classmethod
@@ -276,6 +280,10 @@ class Settings(BaseModel):
     @property
     def worker_socket(self) -> Path:
         return self.run_dir / "worker.sock"
+
+    @property
+    def scripts_socket(self) -> Path:
+        return self.run_dir / "scripts.sock"
 
     @property
     def supervisor_socket(self) -> Path:

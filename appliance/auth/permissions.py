@@ -29,6 +29,7 @@ class Permission(StrEnum):
     MESSAGES_READ = "messages.read"
     WEBHOOKS_MANAGE = "webhooks.manage"
     AUTOMATIONS_MANAGE = "automations.manage"
+    SCRIPTS_MANAGE = "scripts.manage"
 
 
 _ALL = frozenset(Permission)
@@ -62,7 +63,10 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.MESSAGES_SEND: "send messages from granted accounts",
     Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",
     Permission.WEBHOOKS_MANAGE: "manage webhook endpoints and replay deliveries",
-    Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates, scripts",
+    Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates (scripts: "
+    "`scripts.manage`)",
+    Permission.SCRIPTS_MANAGE: "create, change, run and dry-run scripts (JavaScript run on "
+    "inbound messages); read their runs and logs",
 }
 
 

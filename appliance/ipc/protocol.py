@@ -150,6 +150,19 @@ class WebPairParams(Request[WebPairResult]):
     phone: E164
 
 
+class ScriptRunResult(_Model):
+    run: dict[str, Any]  # automations.scripts_models.RunOut
+
+
+class ScriptRunParams(Request[ScriptRunResult]):
+    """Run a script now (manual trigger), or dry-run it: effects recorded, not done."""
+
+    account_id: str
+    script_id: str
+    dry_run: bool = False
+    message: dict[str, Any] | None = None  # automations.scripts_models.SampleMessage
+
+
 METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -159,6 +172,7 @@ METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "sandbox.stats": (SandboxStatsParams, SandboxStatsResult),
     "web.qr": (WebQrParams, WebQrResult),
     "web.pair": (WebPairParams, WebPairResult),
+    "scripts.run": (ScriptRunParams, ScriptRunResult),
 }
 
 

@@ -22,6 +22,8 @@ import uvloop
 from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
+from appliance.automations.script_runner import ScriptRunner
+from appliance.automations.scripts_models import SampleMessage
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
@@ -30,11 +32,13 @@ from appliance.db.queue import STATES, expire_leases
 from appliance.errors import Conflict
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
+from appliance.messaging.models import MessageOut
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
 from appliance.worker.messaging import MessagingService
+from appliance.worker.pipeline import PipelineContext, PipelineTask, default_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class Worker:
         self.schema_version = 0
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
+        self.scripts: ScriptRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -73,13 +78,25 @@ class Worker:
         self.rpc.register("sandbox.stats", self.sandbox_stats)
         self.rpc.register("web.qr", self.web_qr)
         self.rpc.register("web.pair", self.web_pair)
+        self.rpc.register("scripts.run", self.scripts_run)
         await self.rpc.start()
+        pipeline = default_pipeline()
         self.messaging = MessagingService(
             self.db,
             self.settings,
             publish=self._publish_events,
             cipher=DataCipher(self.secrets.data_key),
+            pipeline=pipeline,
         )
+        self.scripts = ScriptRunner(
+            self.db,
+            self.settings,
+            events_written=self.messaging.events_written,
+            wake_sender=self.messaging.wake_sender,
+        )
+        await self.scripts.start()
+        # After auto-replies (when they plug in before it); webhooks fan out on their own.
+        pipeline.tasks.append(PipelineTask("scripts", self._scripts_for_message))
         await self.messaging.start()
         self.dispatcher = Dispatcher(
             self.db,
@@ -103,6 +120,8 @@ class Worker:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.settings.worker_drain_timeout_s / 2)
+        if self.scripts is not None:
+            await self.scripts.stop()
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
         for task in self._tasks:
             task.cancel()
@@ -159,6 +178,19 @@ class Worker:
             return protocol.WebPairResult(code=await engine.pair_phone(params.phone))
         except (WebEngineError, ValueError) as exc:
             raise Conflict(str(exc)) from None
+
+    async def _scripts_for_message(self, ctx: PipelineContext, message: MessageOut) -> None:
+        if self.scripts is not None:
+            await self.scripts.run_scripts_for_message(ctx.account_id, message)
+
+    async def scripts_run(self, params: protocol.ScriptRunParams) -> protocol.ScriptRunResult:
+        if self.scripts is None:
+            raise Conflict("the worker is starting")
+        sample = SampleMessage.model_validate(params.message) if params.message else None
+        run = await self.scripts.run_manual(
+            params.account_id, params.script_id, sample=sample, dry_run=params.dry_run
+        )
+        return protocol.ScriptRunResult(run=run.model_dump(mode="json"))
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})

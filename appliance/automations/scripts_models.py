@@ -1,0 +1,163 @@
+"""Scripts: the request and response models the API and the worker share."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from appliance.ipc.scripts_protocol import MAX_CODE_CHARS, LogLine
+from appliance.messaging.models import RECIPIENT_PATTERN, recipient_jid
+from appliance.schemas_base import Bool, Strict
+
+MAX_FILTER_CHATS = 200
+MAX_ALLOW_HOSTS = 20
+HOST_PATTERN = (
+    r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$"
+)
+Chat = Annotated[str, StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN)]
+Host = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=HOST_PATTERN)]
+
+
+def compile_filter_regex(pattern: str) -> Any:
+    """The filter's regex on RE2 (linear time); ValueError names what is wrong."""
+    import re2
+
+    options = re2.Options()
+    options.case_sensitive = False
+    options.max_mem = 1 << 20
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        raise ValueError(f"regex {pattern!r} is not valid or not supported (RE2): {exc}") from None
+
+
+class TriggerFilter(Strict):
+    """Which inbound messages run a `message` script; empty means every one."""
+
+    chats: list[Chat] = Field(
+        default=[],
+        max_length=MAX_FILTER_CHATS,
+        description="Only these chats (E.164 numbers or chat ids); empty for every chat",
+    )
+    senders: list[Chat] = Field(
+        default=[],
+        max_length=MAX_FILTER_CHATS,
+        description="Only messages from these senders (in groups: the participant); "
+        "empty for every sender",
+    )
+    chat_type: Literal["any", "private", "group"] = "any"
+    contains: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
+        default=None, description="Only messages whose text contains this (any case)"
+    )
+    regex: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
+        default=None, description="Only messages whose text matches (RE2 syntax, any case)"
+    )
+
+    @field_validator("chats", "senders")
+    @classmethod
+    def _jids(cls, value: list[str]) -> list[str]:
+        return sorted({recipient_jid(v) for v in value})
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_filter_regex(value)
+        return value
+
+
+class ScriptIn(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=80, strip_whitespace=True)]
+    description: Annotated[str, StringConstraints(max_length=500)] = ""
+    code: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CODE_CHARS)] = Field(
+        description="JavaScript: the body of an async function (top-level `await` works)"
+    )
+    trigger: Literal["message", "manual"] = Field(
+        default="message", description="`message`: each inbound message; `manual`: run by hand"
+    )
+    filter: TriggerFilter = TriggerFilter()
+    http_allow_hosts: list[Host] = Field(
+        default=[],
+        max_length=MAX_ALLOW_HOSTS,
+        description="Host names `http.fetch` may reach (exact names); empty: none",
+    )
+    active: Bool = True
+
+    @field_validator("http_allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return sorted({host.lower() for host in value})
+
+
+class ScriptOut(BaseModel):
+    id: str
+    account_id: str
+    name: str
+    description: str
+    code: str
+    trigger: Literal["message", "manual"]
+    filter: TriggerFilter
+    http_allow_hosts: list[str]
+    active: bool
+    paused_reason: str | None = Field(
+        description="Why failures paused it (active is then false); null otherwise"
+    )
+    consecutive_failures: int
+    created_at: float
+    updated_at: float
+
+
+class ScriptList(BaseModel):
+    items: list[ScriptOut]
+
+
+class SampleMessage(Strict):
+    """The trigger message of a dry run or a manual run (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: Chat = Field(default="+905550000000", alias="from")
+    chat_id: Chat | None = Field(default=None, description="Defaults to the sender's chat")
+    body: Annotated[str, StringConstraints(max_length=10_000)] = "Test message"
+    id: Annotated[str, StringConstraints(max_length=128)] = "sample"
+
+
+class RunIn(Strict):
+    message: SampleMessage | None = Field(
+        default=None, description="The script's `message`; none for a plain manual run"
+    )
+
+
+class Effect(BaseModel):
+    """Something a run did (or, in a dry run, would have done)."""
+
+    type: Literal["send", "storage.set", "storage.delete", "http.fetch"]
+    detail: dict[str, Any]
+
+
+class RunOut(BaseModel):
+    id: str | None = Field(description="null for a dry run (nothing is stored)")
+    script_id: str
+    trigger: Literal["message", "manual", "dry_run"]
+    trigger_message_id: str | None
+    state: Literal["running", "ok", "error"]
+    attempts: int
+    error: str | None
+    limit: str | None = Field(
+        description="The limit that ended the run: wall, cpu, heap, host_calls, "
+        "host_call_size, crash; null otherwise"
+    )
+    logs: list[LogLine]
+    effects: list[Effect]
+    host_calls: int
+    wall_ms: float | None
+    cpu_ms: float | None
+    started_at: float
+    finished_at: float | None
+
+
+class RunList(BaseModel):
+    items: list[RunOut]
+    next: str | None

@@ -1,0 +1,3 @@
+from appliance.scripting.main import main
+
+main()
