@@ -49,6 +49,8 @@ EVENT_TYPES = (
     "account.status",
     "webhook.endpoint_disabled",
     "webhook.test",
+    "contact.updated",
+    "contacts.imported",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
