@@ -28,12 +28,14 @@ from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import STATES, expire_leases
 from appliance.errors import Conflict
+from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
+from appliance.worker.contacts import block_contact
 from appliance.worker.messaging import MessagingService
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Worker:
         self.schema_version = 0
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
+        self.retention: RetentionJob | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -73,6 +76,8 @@ class Worker:
         self.rpc.register("sandbox.stats", self.sandbox_stats)
         self.rpc.register("web.qr", self.web_qr)
         self.rpc.register("web.pair", self.web_pair)
+        self.rpc.register("retention.run", self.retention_run)
+        self.rpc.register("contacts.block", self.contacts_block)
         await self.rpc.start()
         self.messaging = MessagingService(
             self.db,
@@ -88,6 +93,8 @@ class Worker:
             on_events=self._events_from_dispatcher,
         )
         await self.dispatcher.start()
+        self.retention = RetentionJob(self.db, self.settings, on_events=self._events_from_dispatcher)
+        self._spawn(self.retention.run_forever())
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -104,6 +111,8 @@ class Worker:
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.settings.worker_drain_timeout_s / 2)
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
+        if self.retention is not None:
+            await self.retention.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -118,6 +127,8 @@ class Worker:
         if params.topic == "webhooks":
             if self.dispatcher is not None:
                 self.dispatcher.endpoints_changed()
+        elif params.topic == "events":
+            await self._events_from_dispatcher()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)
@@ -159,6 +170,21 @@ class Worker:
             return protocol.WebPairResult(code=await engine.pair_phone(params.phone))
         except (WebEngineError, ValueError) as exc:
             raise Conflict(str(exc)) from None
+
+    async def retention_run(
+        self, _: protocol.RetentionRunParams
+    ) -> protocol.RetentionRunResult:
+        if self.retention is None:
+            raise Conflict("the worker is still starting; try again")
+        started, run_id = await self.retention.start("manual")
+        return protocol.RetentionRunResult(started=started, run_id=run_id)
+
+    async def contacts_block(
+        self, params: protocol.ContactBlockParams
+    ) -> protocol.ContactBlockResult:
+        if self.messaging is None:
+            raise Conflict("the worker is still starting; try again")
+        return await block_contact(self.messaging, params)
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})
