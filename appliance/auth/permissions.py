@@ -29,6 +29,7 @@ class Permission(StrEnum):
     MESSAGES_READ = "messages.read"
     WEBHOOKS_MANAGE = "webhooks.manage"
     AUTOMATIONS_MANAGE = "automations.manage"
+    RETENTION_MANAGE = "retention.manage"
 
 
 _ALL = frozenset(Permission)
@@ -63,6 +64,7 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",
     Permission.WEBHOOKS_MANAGE: "manage webhook endpoints and replay deliveries",
     Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates, scripts",
+    Permission.RETENTION_MANAGE: "set event-log and audit-log retention, run the retention job",
 }
 
 
