@@ -591,9 +591,7 @@ def storage_report(settings: Settings) -> list[str]:
     rows, and the media files (retention keeps these in check; runbook/inbox.md)."""
     db_path = settings.database_path
     db_bytes = sum(
-        p.stat().st_size
-        for p in (db_path, db_path.with_name(db_path.name + "-wal"))
-        if p.exists()
+        p.stat().st_size for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists()
     )
     lines = [f"database size {_human(db_bytes)} ({db_path}, with its WAL)"]
     try:

@@ -10,7 +10,7 @@ string ``YYYY-MM-DD``) and are validated against the declaration.
 CSV (UTF-8, comma-separated, RFC 4180 quoting, a header line first)::
 
     phone,name,<attribute key>,...
-    +905551112233,Ayşe Yılmaz,true,...
+    +905551112233,Ayşe Öztürk,true,...
 
 ``phone`` (E.164) is required; ``name`` is the display name; every other column is a
 declared attribute, its cells written as text (``true``/``false``, numbers, dates as
@@ -370,7 +370,10 @@ def export_header(defs: Sequence[AttributeDef]) -> list[str]:
 
 
 def export_cells(
-    defs: Sequence[AttributeDef], phone: str, display_name: str | None, attributes: Mapping[str, Any]
+    defs: Sequence[AttributeDef],
+    phone: str,
+    display_name: str | None,
+    attributes: Mapping[str, Any],
 ) -> list[str]:
     cells = [phone, display_name or ""]
     cells.extend(format_cell(attributes[d.key]) if d.key in attributes else "" for d in defs)

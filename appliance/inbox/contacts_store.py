@@ -246,10 +246,7 @@ async def import_rows(
         "display_name = COALESCE(excluded.display_name, display_name), "
         "attributes = json_patch(attributes, excluded.attributes), "
         "updated_at = excluded.updated_at",
-        [
-            (account_id, r.jid, r.phone, r.display_name, _json(r.attributes), now)
-            for r in rows
-        ],
+        [(account_id, r.jid, r.phone, r.display_name, _json(r.attributes), now) for r in rows],
     )
     async with conn.execute(
         "SELECT COUNT(*) FROM contacts WHERE account_id = ?", (account_id,)

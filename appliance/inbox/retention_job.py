@@ -62,6 +62,7 @@ class RetentionJob:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[int] | None = None
         self.current_run: int | None = None
+        self.batches = 0  # write transactions of the current (or last) pass
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -157,32 +158,38 @@ class RetentionJob:
         for account_id, days in await store.message_ages(self.db):
             before = cutoff(self.clock(), days)
             assert before is not None
-            files: list[str] = []
+            await self._account_messages(account_id, before, deleted)
 
-            async def messages(conn: aiosqlite.Connection) -> int:
-                count, media_ids = await store.delete_messages_batch(
-                    conn, account_id, before, self.batch_size
-                )
-                files.extend(media_ids)
-                return count
+    async def _account_messages(
+        self, account_id: str, before: float, deleted: dict[str, int]
+    ) -> None:
+        """One account's old messages (with their media), then its unused old uploads."""
+        files: list[str] = []
 
-            async def uploads(conn: aiosqlite.Connection) -> int:
-                media_ids = await store.delete_unused_uploads_batch(
-                    conn, account_id, before, self.batch_size
-                )
-                files.extend(media_ids)
-                return len(media_ids)
+        async def messages(conn: aiosqlite.Connection) -> int:
+            count, media_ids = await store.delete_messages_batch(
+                conn, account_id, before, self.batch_size
+            )
+            files.extend(media_ids)
+            return count
 
-            for work, kind in ((messages, "messages"), (uploads, None)):
-                while True:
-                    count = await self._batch(work)
-                    if kind:
-                        deleted[kind] += count
-                    deleted["media"] += len(files)
-                    await self._unlink(account_id, files)
-                    files.clear()
-                    if count < self.batch_size:
-                        break
+        async def uploads(conn: aiosqlite.Connection) -> int:
+            media_ids = await store.delete_unused_uploads_batch(
+                conn, account_id, before, self.batch_size
+            )
+            files.extend(media_ids)
+            return len(media_ids)
+
+        for work, kind in ((messages, "messages"), (uploads, None)):
+            while True:
+                count = await self._batch(work)
+                if kind:
+                    deleted[kind] += count
+                deleted["media"] += len(files)
+                await self._unlink(account_id, files)
+                files.clear()
+                if count < self.batch_size:
+                    break
 
     async def _unlink(self, account_id: str, media_ids: list[str]) -> int:
         """Remove the files of media rows just deleted (committed); answers how many."""

@@ -93,7 +93,9 @@ class Worker:
             on_events=self._events_from_dispatcher,
         )
         await self.dispatcher.start()
-        self.retention = RetentionJob(self.db, self.settings, on_events=self._events_from_dispatcher)
+        self.retention = RetentionJob(
+            self.db, self.settings, on_events=self._events_from_dispatcher
+        )
         self._spawn(self.retention.run_forever())
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
@@ -171,9 +173,7 @@ class Worker:
         except (WebEngineError, ValueError) as exc:
             raise Conflict(str(exc)) from None
 
-    async def retention_run(
-        self, _: protocol.RetentionRunParams
-    ) -> protocol.RetentionRunResult:
+    async def retention_run(self, _: protocol.RetentionRunParams) -> protocol.RetentionRunResult:
         if self.retention is None:
             raise Conflict("the worker is still starting; try again")
         started, run_id = await self.retention.start("manual")

@@ -64,7 +64,9 @@ def _account(appliance: Appliance, admin: httpx.Client, account_id: str) -> None
     assert response.status_code == 201, response.text
     assert admin.put(f"/api/accounts/{account_id}/contact-attributes", json=ATTRIBUTES).is_success
     _wait(
-        lambda: _query(appliance, "SELECT 1 FROM accounts WHERE id = ? AND state = 'connected'", account_id),
+        lambda: _query(
+            appliance, "SELECT 1 FROM accounts WHERE id = ? AND state = 'connected'", account_id
+        ),
         30,
         "the account connected",
     )
@@ -138,11 +140,15 @@ def test_import_of_10000_contacts_is_all_or_nothing_and_export_round_trips(
     assert imported.json() == {"rows": ROWS, "created": ROWS, "updated": 0}
     assert _contacts(appliance, "csv1") == ROWS
     events = _query(
-        appliance, "SELECT data FROM events WHERE account_id = 'csv1' AND type = 'contacts.imported'"
+        appliance,
+        "SELECT data FROM events WHERE account_id = 'csv1' AND type = 'contacts.imported'",
     )
     assert len(events) == 1 and orjson.loads(events[0]["data"])["created"] == ROWS
-    audit = _query(appliance, "SELECT details FROM audit_log WHERE action = 'contacts.import' "
-                   "AND target = 'account:csv1'")
+    audit = _query(
+        appliance,
+        "SELECT details FROM audit_log WHERE action = 'contacts.import' "
+        "AND target = 'account:csv1'",
+    )
     assert len(audit) == 1
 
     # Export streams the same file back; imported elsewhere, it exports identically.
@@ -223,7 +229,9 @@ def test_edit_search_block_and_unblock(appliance: Appliance, admin: httpx.Client
     assert admin.post("/api/accounts/blk/contacts/+905550000001/block").json()["blocked"]
     unblocked = admin.post("/api/accounts/blk/contacts/+905551234567/unblock")
     assert unblocked.status_code == 200 and unblocked.json()["blocked"] is False
-    assert len(_query(appliance, "SELECT 1 FROM sandbox_server_blocked WHERE account_id = 'blk'")) == 1
+    assert (
+        len(_query(appliance, "SELECT 1 FROM sandbox_server_blocked WHERE account_id = 'blk'")) == 1
+    )
     events = [
         orjson.loads(r["data"])
         for r in _query(
@@ -243,7 +251,9 @@ def test_edit_search_block_and_unblock(appliance: Appliance, admin: httpx.Client
     # Disconnected: the worker cannot reach WhatsApp, a clear 409.
     assert admin.post("/api/accounts/blk/logout").status_code == 202
     _wait(
-        lambda: _query(appliance, "SELECT 1 FROM accounts WHERE id = 'blk' AND state = 'logged_out'"),
+        lambda: _query(
+            appliance, "SELECT 1 FROM accounts WHERE id = 'blk' AND state = 'logged_out'"
+        ),
         30,
         "logged out",
     )

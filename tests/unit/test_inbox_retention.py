@@ -144,10 +144,10 @@ def test_one_pass_deletes_exactly_what_is_past_its_age(
                 )
             await store.set_account_retention(conn, "trim", 2, NOW)
             await store.set_settings(conn, events_days=1, audit_days=30, now=NOW)
-        # trim: 8 old messages (one with media, one inbound), 2 young, 1 old still queued.
+        # trim: 9 old messages (two with media, one inbound), 2 young, 1 old still queued.
         sent_media, sent_file = await _media(db, settings, "trim", old)
         shared_media, shared_file = await _media(db, settings, "trim", old)
-        unused_old, unused_old_file = await _media(db, settings, "trim", old)
+        _, unused_old_file = await _media(db, settings, "trim", old)
         unused_young, unused_young_file = await _media(db, settings, "trim", young)
         for i in range(6):
             await _message(db, "trim", f"OLD{i}", old - i)
@@ -162,7 +162,7 @@ def test_one_pass_deletes_exactly_what_is_past_its_age(
         # Events: backdate all but the newest; a pending delivery guards one.
         async with db.write() as conn:
             await conn.execute("UPDATE events SET created_at = ?", (NOW - 2 * DAY_S,))
-            young = await messaging_store.append_event(conn, "webhook.test", None, {}, NOW)
+            young_event = await messaging_store.append_event(conn, "webhook.test", None, {}, NOW)
             guarded = await messaging_store.append_event(
                 conn, "webhook.test", None, {}, NOW - 2 * DAY_S
             )
@@ -215,20 +215,20 @@ def test_one_pass_deletes_exactly_what_is_past_its_age(
         # Events: every old one (the inbound message's) but the one a pending delivery
         # needs; the young ones and the newest stay.
         kept_events = await _ids(db, "SELECT id FROM events")
-        assert kept_events == {young, guarded, newest}
+        assert kept_events == {young_event, guarded, newest}
         deleted_events = events_before - kept_events
         assert len(deleted_events) == 1
         assert len(await db.fetchall("SELECT id FROM audit_log")) == 2
 
         run = store.run_out(await store.run_row(db, run_id))
         assert run.error is None and run.finished_at == NOW
-        assert run.deleted["messages"] == 8
+        assert run.deleted["messages"] == 9
         assert run.deleted["media"] == 2
         assert run.deleted["audit"] == 5
         assert run.deleted["orphan_media"] == 1
         assert run.deleted["events"] == 1
-        # Batches of at most 3: 8 messages take 3, never one big transaction.
-        assert run.batches >= batches_needed(8, 3) + batches_needed(5, 3)
+        # Batches of at most 3: 9 messages take 3 (and one that finds none), never one big one.
+        assert run.batches >= batches_needed(9, 3) + batches_needed(5, 3)
 
     async def main() -> None:
         async with open_db(db_path) as db:

@@ -111,7 +111,9 @@ def test_contact_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
             )
             assert status == 403
             status, got = await call(
-                "POST", f"{base}/contacts/import", {**manager, "Content-Type": "application/json"},
+                "POST",
+                f"{base}/contacts/import",
+                {**manager, "Content-Type": "application/json"},
                 data=b"{}",
             )
             assert status == 415
@@ -157,7 +159,7 @@ def test_retention_routes_permissions_and_audit(
             assert status == 200 and got["message_days"] is None
             # Agents change no retention; managers their accounts' only.
             assert (await call("PUT", account, agent, json={"message_days": 30}))[0] == 403
-            assert (await call("PUT", "/api/retention", agent, json={})) [0] == 403
+            assert (await call("PUT", "/api/retention", agent, json={}))[0] == 403
             assert (await call("GET", "/api/retention", manager))[0] == 403
             body_ = {"events_days": 30, "audit_days": None}
             assert (await call("PUT", "/api/retention", manager, json=body_))[0] == 403

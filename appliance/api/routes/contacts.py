@@ -51,7 +51,9 @@ CSV_TYPES = ("text/csv", "text/plain", "application/csv")
 
 # -- models ------------------------------------------------------------------------------
 
-CursorStr = Annotated[str, StringConstraints(max_length=MAX_CURSOR_LENGTH, pattern=r"^[A-Za-z0-9_-]+$")]
+CursorStr = Annotated[
+    str, StringConstraints(max_length=MAX_CURSOR_LENGTH, pattern=r"^[A-Za-z0-9_-]+$")
+]
 
 
 class ContactListQuery(Strict):
@@ -80,7 +82,7 @@ class ContactUpdateIn(Strict):
 
     display_name: (
         Annotated[str, StringConstraints(max_length=logic.MAX_DISPLAY_NAME_LENGTH)] | None
-    ) = Field(default=None, description="The team's name for the contact; null or \"\" clears it")
+    ) = Field(default=None, description='The team\'s name for the contact; null or "" clears it')
     attributes: dict[str, AttributeValue | None] | SkipJsonSchema[None] = Field(
         default=None,
         description="Declared attributes to set (a value of the declared type) or remove "
