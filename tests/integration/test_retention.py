@@ -21,7 +21,8 @@ import pytest
 from tests.integration.conftest import Appliance, bearer, new_api_key, running_appliance
 from tests.samples import png
 
-pytestmark = pytest.mark.integration
+# An installation of its own (install.sh takes minutes on a loaded machine).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
 DAY = 86400
@@ -190,10 +191,14 @@ def test_retention_deletes_exactly_what_is_past_its_age_under_a_send_load(
         json={"rate_per_s": 500, "duration_s": OLD_MESSAGES / 500},
     )
     assert load.status_code in (200, 202), load.text
+    # Until the load is over and everything it injected is committed.
     _wait(
         lambda: (
-            _count(app, "SELECT COUNT(*) FROM messages WHERE account_id = ?", ACCOUNT)
-            >= OLD_MESSAGES + 3
+            (status := admin.get(f"/api/accounts/{ACCOUNT}/sandbox/load").json())["running"]
+            is False
+            and status["load_committed"] == status["load_injected"]
+            and _count(app, "SELECT COUNT(*) FROM messages WHERE account_id = ?", ACCOUNT)
+            == status["load_injected"] + 3
         ),
         120,
         "the load's messages committed",
@@ -201,7 +206,7 @@ def test_retention_deletes_exactly_what_is_past_its_age_under_a_send_load(
     assert all(path.exists() for _, path in old_files)
     split = _count(app, "SELECT MAX(seq) FROM messages WHERE account_id = ?", ACCOUNT)
     old_total = _count(app, "SELECT COUNT(*) FROM messages WHERE account_id = ?", ACCOUNT)
-    assert old_total >= OLD_MESSAGES + 3
+    assert old_total >= OLD_MESSAGES * 0.9 + 3
     # Everything so far is 3 days old, but the newest EDGE_MESSAGES: 2 days less an hour.
     edge_from = split - EDGE_MESSAGES
     _write(
