@@ -248,10 +248,7 @@ async def _block(account: str, contact: str, blocked: bool) -> dict[str, Any]:
         raise Conflict(f"the {engine} engine cannot block or unblock contacts")
     jid = _contact_jid(contact)
     if not jid.endswith("@s.whatsapp.net"):
-        raise InvalidInput(
-            "only a person (a phone number's jid) can be blocked",
-            issues=[{"path": "contact", "message": "not a person's jid", "code": "invalid"}],
-        )
+        raise NotFound("no such person: name a phone number (+E.164) or its jid")
     who = principal()
     await call(
         protocol.ContactBlockParams(
