@@ -256,3 +256,34 @@ def test_the_schedule_survives_restarts(open_db: OpenDb, db_path: Path, tmp_path
             assert not due(await store.last_started_at(db), NOW, settings.retention_interval_s)
 
     asyncio.run(main())
+
+
+def test_appliancectl_check_reports_database_and_media_sizes(
+    open_db: OpenDb, tmp_path: Path
+) -> None:
+    from appliance.cli import storage_report
+
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        async with open_db(settings.database_path) as db:
+            async with db.write() as conn:
+                await messaging_store.create_account(
+                    conn,
+                    account_id="a1",
+                    name="a1",
+                    engine="sandbox",
+                    engine_settings={},
+                    settings={},
+                    now=NOW,
+                )
+            await save_media(db, settings, "a1", png())
+            await save_media(db, settings, "a1", png(3, 3))
+
+    asyncio.run(main())
+    lines = storage_report(settings)
+    assert lines[0].startswith("database size ") and "KiB" in lines[0]
+    assert lines[1] == "database rows: messages 0, media 2, events 0, audit_log 0, contacts 0"
+    size = sum(p.stat().st_size for p in (settings.media_dir / "a1").iterdir())
+    assert lines[2] == f"media size {size} B in 2 files ({settings.media_dir})"
