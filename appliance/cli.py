@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -571,7 +572,50 @@ def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace)
     print(f"OK config {paths.env_file}")
     print(f"OK secrets {paths.secrets_dir}")
     print(f"OK database schema version {latest_version()}, integrity ok")
+    for line in storage_report(load_settings(paths)):
+        print(f"OK {line}")
     return 0
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # not reached
+
+
+def storage_report(settings: Settings) -> list[str]:
+    """What the data takes on disk: the database (with its WAL), its largest tables'
+    rows, and the media files (retention keeps these in check; runbook/inbox.md)."""
+    db_path = settings.database_path
+    db_bytes = sum(
+        p.stat().st_size for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists()
+    )
+    lines = [f"database size {_human(db_bytes)} ({db_path}, with its WAL)"]
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            counts = [
+                f"{table} {conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()[0]}"
+                for table in ("messages", "media", "events", "audit_log", "contacts")
+            ]
+        finally:
+            conn.close()
+        lines.append("database rows: " + ", ".join(counts))
+    except sqlite3.Error as exc:
+        lines.append(f"database rows not counted: {exc}")
+    files = 0
+    media_bytes = 0
+    if settings.media_dir.is_dir():
+        for root, _, names in os.walk(settings.media_dir):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    media_bytes += (Path(root) / name).lstat().st_size
+                    files += 1
+    lines.append(f"media size {_human(media_bytes)} in {files} files ({settings.media_dir})")
+    return lines
 
 
 def cmd_version(paths: Paths, settings: Settings | None, args: argparse.Namespace) -> int:

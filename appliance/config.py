@@ -144,6 +144,11 @@ class Settings(BaseModel):
     webhook_retry_schedule_s: str = "0,5,300,1800,7200,18000,36000,36000,86400"
     webhook_disable_after_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 5 * 86400
     webhook_retention_days: Annotated[float, Field(gt=0, le=3650)] = 14
+    # The retention job (appliance/inbox/retention_job.py): rows deleted per write
+    # transaction, the pause between two, and how often the pass runs.
+    retention_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    retention_batch_pause_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
+    retention_interval_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
     # Scripts: sandbox children of the scripts process (runs at once), and the writable

@@ -26,10 +26,12 @@ from appliance.api.routes import (
     auth,
     chats,
     cloud_webhook,
+    contacts,
     docs,
     events,
     media,
     messages,
+    retention,
     scripts,
     users,
     webhooks,
@@ -155,6 +157,7 @@ def create_app(
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
     blueprints += (cloud_webhook.bp,)
     blueprints += (scripts.bp,)
+    blueprints += (contacts.bp, retention.bp)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

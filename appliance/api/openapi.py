@@ -32,6 +32,7 @@ from appliance.api.schemas import Error
 F = TypeVar("F", bound=Callable[..., Any])
 
 RESPONSES_ATTR = "_appliance_responses"
+REQUEST_BODY_ATTR = "_appliance_request_body"
 ERROR_REF = "#/components/schemas/Error"
 # Titles of the error models routes may name; all become the Error component.
 ERROR_TITLES = {"Error", "ErrorBody", "ValidationErrorBody"}
@@ -81,6 +82,18 @@ def responds(
             }
         found[str(status)] = response
         setattr(func, RESPONSES_ATTR, found)
+        return func
+
+    return decorator
+
+
+def request_body(description: str, *media_types: str) -> Callable[[F], F]:
+    """Document a request body that is not a JSON model (e.g. a CSV file): text for
+    text/* types, binary for the others."""
+
+    def decorator(func: F) -> F:
+        content = {m: {"schema": TEXT if m.startswith("text/") else BINARY} for m in media_types}
+        setattr(func, REQUEST_BODY_ATTR, {"description": description, "content": content})
         return func
 
     return decorator
@@ -157,9 +170,12 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
         func = self._app.view_functions[rule.endpoint]
         requirement = route_requirement(func)
         declared = getattr(func, RESPONSES_ATTR, {})
+        body = getattr(func, REQUEST_BODY_ATTR, None)
         for path, operations in paths.items():
             for method, shared in list(operations.items()):
                 operation = copy.deepcopy(shared)
+                if body is not None:
+                    operation["requestBody"] = copy.deepcopy(body)
                 operation["x-access"] = requirement
                 _complete(operation, method.upper(), path, requirement, declared)
                 operations[method] = operation

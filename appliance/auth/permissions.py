@@ -30,6 +30,7 @@ class Permission(StrEnum):
     WEBHOOKS_MANAGE = "webhooks.manage"
     AUTOMATIONS_MANAGE = "automations.manage"
     SCRIPTS_MANAGE = "scripts.manage"
+    RETENTION_MANAGE = "retention.manage"
 
 
 _ALL = frozenset(Permission)
@@ -67,6 +68,7 @@ DESCRIPTIONS: dict[Permission, str] = {
     "`scripts.manage`)",
     Permission.SCRIPTS_MANAGE: "create, change, run and dry-run scripts (JavaScript run on "
     "inbound messages); read their runs and logs",
+    Permission.RETENTION_MANAGE: "set event-log and audit-log retention, run the retention job",
 }
 
 

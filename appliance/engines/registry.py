@@ -60,6 +60,9 @@ class Capabilities:
     secret_endpoint: bool = False
     # Receives Meta's webhook posts at ``/engines/<name>/<account>/webhook``.
     meta_webhook: bool = False
+    # Blocks and unblocks contacts at WhatsApp (``set_blocked``); the contacts routes
+    # refuse with a 4xx naming the engine otherwise.
+    block_contacts: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,9 @@ ENGINES: Mapping[str, EngineSpec] = {
         EngineSpec(
             name="sandbox",
             summary="a simulated WhatsApp inside the worker (tests and try-outs)",
-            capabilities=Capabilities(media_upload=True, templates=True, inbound_injection=True),
+            capabilities=Capabilities(
+                media_upload=True, templates=True, inbound_injection=True, block_contacts=True
+            ),
             settings_model_path="appliance.messaging.models:SandboxSettings",
             factory=_sandbox,
         ),

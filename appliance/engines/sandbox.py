@@ -8,6 +8,7 @@ Its "server side" is durable, like WhatsApp's, in two tables:
   re-offer of an id is a second row), so tests can check a chat's send order.
 - ``sandbox_server_inbox``: messages written to the account (API, CLI) waiting for
   delivery; an entry is deleted only after the appliance committed it.
+- ``sandbox_server_blocked``: the contacts the account blocked (``set_blocked``).
 
 Receipts (delivered, read) follow each accepted send after configurable delays. A
 load mode injects generated inbound messages at a given rate for a bounded time.
@@ -138,6 +139,27 @@ class SandboxEngine(Engine):
 
         await self.db.write_batched(accept)
         self._spawn(self._receipts(message.id))
+
+    async def set_blocked(self, jid: str, blocked: bool) -> None:
+        """Block or unblock ``jid`` on the simulated server (``sandbox_server_blocked``)."""
+        if self._closed.is_set():
+            raise SendError("not connected", permanent=False)
+        now = time.time()
+
+        async def record(conn: Any) -> None:
+            if blocked:
+                await conn.execute(
+                    "INSERT INTO sandbox_server_blocked (account_id, jid, blocked_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (self.account_id, jid, now),
+                )
+            else:
+                await conn.execute(
+                    "DELETE FROM sandbox_server_blocked WHERE account_id = ? AND jid = ?",
+                    (self.account_id, jid),
+                )
+
+        await self.db.write_batched(record)
 
     async def logout(self) -> None:
         self.engine_state = {**self.engine_state, "paired": False}

@@ -99,7 +99,8 @@ class PokeResult(_Model):
     ok: bool
 
 
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks"]
+# "events": an API process appended events (contacts); the worker announces them.
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events"]
 
 
 class PokeParams(Request[PokeResult]):
@@ -163,6 +164,29 @@ class ScriptRunParams(Request[ScriptRunResult]):
     message: dict[str, Any] | None = None  # automations.scripts_models.SampleMessage
 
 
+class RetentionRunResult(_Model):
+    started: bool  # False: a pass was already running (run_id is that one)
+    run_id: int | None
+
+
+class RetentionRunParams(Request[RetentionRunResult]):
+    """Start a retention pass now (it runs in the background; see retention_runs)."""
+
+
+class ContactBlockResult(_Model):
+    blocked: bool
+
+
+class ContactBlockParams(Request[ContactBlockResult]):
+    """Block or unblock a contact at WhatsApp (engines with ``block_contacts``)."""
+
+    account_id: str
+    jid: str
+    blocked: bool
+    actor: str | None = None  # who asked ('user:3'), for the contact.updated event
+    actor_name: str | None = None
+
+
 METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -173,6 +197,8 @@ METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "web.qr": (WebQrParams, WebQrResult),
     "web.pair": (WebPairParams, WebPairResult),
     "scripts.run": (ScriptRunParams, ScriptRunResult),
+    "retention.run": (RetentionRunParams, RetentionRunResult),
+    "contacts.block": (ContactBlockParams, ContactBlockResult),
 }
 
 

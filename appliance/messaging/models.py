@@ -51,6 +51,8 @@ EVENT_TYPES = (
     "webhook.test",
     "script.run",
     "script.paused",
+    "contact.updated",
+    "contacts.imported",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

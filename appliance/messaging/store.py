@@ -230,7 +230,12 @@ async def delete_account(conn: aiosqlite.Connection, account_id: str) -> None:
     cur = await conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
     if cur.rowcount != 1:
         raise NotFound("no such account")
-    for table in ("sandbox_server_sent", "sandbox_server_received", "sandbox_server_inbox"):
+    for table in (
+        "sandbox_server_sent",
+        "sandbox_server_received",
+        "sandbox_server_inbox",
+        "sandbox_server_blocked",
+    ):
         await conn.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))
 
 

@@ -30,6 +30,7 @@ from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import STATES, expire_leases
 from appliance.errors import Conflict
+from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.messaging.models import MessageOut
@@ -37,6 +38,7 @@ from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
+from appliance.worker.contacts import block_contact
 from appliance.worker.messaging import MessagingService
 from appliance.worker.pipeline import PipelineContext, PipelineTask, default_pipeline
 
@@ -56,6 +58,7 @@ class Worker:
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
         self.scripts: ScriptRunner | None = None
+        self.retention: RetentionJob | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -79,6 +82,8 @@ class Worker:
         self.rpc.register("web.qr", self.web_qr)
         self.rpc.register("web.pair", self.web_pair)
         self.rpc.register("scripts.run", self.scripts_run)
+        self.rpc.register("retention.run", self.retention_run)
+        self.rpc.register("contacts.block", self.contacts_block)
         await self.rpc.start()
         pipeline = default_pipeline()
         self.messaging = MessagingService(
@@ -105,6 +110,10 @@ class Worker:
             on_events=self._events_from_dispatcher,
         )
         await self.dispatcher.start()
+        self.retention = RetentionJob(
+            self.db, self.settings, on_events=self._events_from_dispatcher
+        )
+        self._spawn(self.retention.run_forever())
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -123,6 +132,8 @@ class Worker:
         if self.scripts is not None:
             await self.scripts.stop()
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
+        if self.retention is not None:
+            await self.retention.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -137,6 +148,8 @@ class Worker:
         if params.topic == "webhooks":
             if self.dispatcher is not None:
                 self.dispatcher.endpoints_changed()
+        elif params.topic == "events":
+            await self._events_from_dispatcher()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)
@@ -191,6 +204,19 @@ class Worker:
             params.account_id, params.script_id, sample=sample, dry_run=params.dry_run
         )
         return protocol.ScriptRunResult(run=run.model_dump(mode="json"))
+
+    async def retention_run(self, _: protocol.RetentionRunParams) -> protocol.RetentionRunResult:
+        if self.retention is None:
+            raise Conflict("the worker is still starting; try again")
+        started, run_id = await self.retention.start("manual")
+        return protocol.RetentionRunResult(started=started, run_id=run_id)
+
+    async def contacts_block(
+        self, params: protocol.ContactBlockParams
+    ) -> protocol.ContactBlockResult:
+        if self.messaging is None:
+            raise Conflict("the worker is still starting; try again")
+        return await block_contact(self.messaging, params)
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})

@@ -81,6 +81,21 @@ OPERATION_ALLOWANCES = {
         ["400"],
         "filter.regex is compiled with RE2, as on POST",
     ),
+    ("POST", "/api/accounts/{account}/contacts/import"): (
+        ["400", "415"],
+        "every row of the CSV is checked (E.164 phones, declared attribute columns and "
+        "their types): a generated string is not a contacts CSV",
+    ),
+    ("PATCH", "/api/accounts/{account}/contacts/{contact}"): (
+        ["400"],
+        "attributes must be declared for the account and of the declared type, which "
+        "the spec cannot say per account",
+    ),
+    ("PUT", "/api/accounts/{account}/contact-attributes"): (
+        ["400"],
+        "`phone` and `name` are columns of their own, not attribute keys; a key may be "
+        "declared once",
+    ),
     ("PATCH", "/api/accounts/{account}"): (
         ["400"],
         "engine_settings must be those of the account's engine (sandbox here), which "

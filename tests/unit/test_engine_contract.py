@@ -112,6 +112,10 @@ class Harness:
         """A message written to the account; the id it arrives with."""
         raise NotImplementedError
 
+    async def blocked(self, jid: str) -> bool:
+        """Whether WhatsApp has ``jid`` blocked for the account (engines that block)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -130,6 +134,13 @@ class SandboxHarness(Harness):
         count = await self.db.scalar(
             "SELECT count(*) FROM sandbox_server_sent WHERE account_id = ? AND message_id = ?",
             (ACCOUNT, message_id),
+        )
+        return bool(count)
+
+    async def blocked(self, jid: str) -> bool:
+        count = await self.db.scalar(
+            "SELECT count(*) FROM sandbox_server_blocked WHERE account_id = ? AND jid = ?",
+            (ACCOUNT, jid),
         )
         return bool(count)
 
@@ -414,7 +425,13 @@ def test_declared_capabilities_are_implemented(
         assert callable(getattr(kind, "qr_png", None)) is caps.qr
         assert callable(getattr(kind, "start_load", None)) is caps.inbound_injection
         assert callable(getattr(kind, "process_inbox", None)) is caps.meta_webhook
+        assert callable(getattr(kind, "set_blocked", None)) is caps.block_contacts
         running = await connect(harness, engine, host)  # pairing code / QR checked here
+        if caps.block_contacts:  # WhatsApp's side records the block, then the unblock
+            await engine.set_blocked(PEER_JID, True)  # type: ignore[attr-defined]
+            assert await harness.blocked(PEER_JID)
+            await engine.set_blocked(PEER_JID, False)  # type: ignore[attr-defined]
+            assert not await harness.blocked(PEER_JID)
         template = OutboundMessage(
             account_id=ACCOUNT,
             id="tpl_1",

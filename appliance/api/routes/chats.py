@@ -99,17 +99,6 @@ class MessagePage(BaseModel):
     next: str | None
 
 
-class ContactOut(BaseModel):
-    id: str = Field(description="The contact's jid")
-    phone: str | None = Field(description="E.164, when the jid is a phone number")
-    name: str | None
-
-
-class ContactPage(BaseModel):
-    items: list[ContactOut]
-    next: str | None
-
-
 class ChatUpdateIn(Strict):
     """At least one of the two."""
 
@@ -310,23 +299,7 @@ async def get_message(account: str, message_id: str) -> dict[str, Any]:
     return _json(store.message_out(row))
 
 
-# -- contacts ----------------------------------------------------------------------------
-
-
-@bp.get("/api/accounts/<account>/contacts")
-@requires(Permission.MESSAGES_READ)
-@query(PageQuery)
-@document_response(ContactPage, 200)
-@document_response(ErrorBody, 404)
-@tag(["contacts"])
-async def list_contacts(account: str, query_args: PageQuery) -> dict[str, Any]:
-    """List the people who wrote to an account, by jid."""
-    await _granted(account)
-    rows, next_cursor = await queries.list_contacts(
-        _db(), account, cursor=query_args.cursor, limit=query_args.limit
-    )
-    items = [ContactOut(id=r["jid"], phone=r["phone"], name=r["name"]) for r in rows]
-    return _json(ContactPage(items=items, next=next_cursor))
+# Contacts: appliance/api/routes/contacts.py.
 
 
 # -- search ------------------------------------------------------------------------------

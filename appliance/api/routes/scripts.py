@@ -178,7 +178,7 @@ async def dry_run_script(account: str, script_id: str, data: RunIn) -> RunOut:
 @document_response(RunList, 200)
 @document_response(ErrorBody, 404)
 @tag(["scripts"])
-async def list_runs(account: str, script_id: str, query_args: RunsQuery) -> RunList:
+async def list_script_runs(account: str, script_id: str, query_args: RunsQuery) -> RunList:
     """The script's runs, newest first, with logs (the last 200 are kept)."""
     await _script(account, script_id)
     before = float(query_args.cursor) if query_args.cursor else None
