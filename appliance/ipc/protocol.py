@@ -99,7 +99,7 @@ class PokeResult(_Model):
     ok: bool
 
 
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks"]
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "schedules"]
 
 
 class PokeParams(Request[PokeResult]):

@@ -20,6 +20,7 @@ from typing import Any
 import uvloop
 
 from appliance.auth import store
+from appliance.automations.scheduler import Scheduler
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
 from appliance.config import Settings
@@ -51,6 +52,7 @@ class Worker:
         self.schema_version = 0
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
+        self.scheduler: Scheduler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -88,6 +90,13 @@ class Worker:
             on_events=self._events_from_dispatcher,
         )
         await self.dispatcher.start()
+        # Scheduled messages: reads what is due from the database (survives restarts).
+        self.scheduler = Scheduler(
+            self.db,
+            wake_sender=self.messaging.wake_sender,
+            events_written=self.messaging.events_written,
+        )
+        self.scheduler.start()
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -99,6 +108,8 @@ class Worker:
 
     async def shutdown(self) -> None:
         log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.messaging is not None:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
         if self.dispatcher is not None:
@@ -118,6 +129,9 @@ class Worker:
         if params.topic == "webhooks":
             if self.dispatcher is not None:
                 self.dispatcher.endpoints_changed()
+        elif params.topic == "schedules":
+            if self.scheduler is not None:
+                self.scheduler.wake()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)
