@@ -199,9 +199,7 @@ def instants_after(timing: Timing, after: datetime) -> Iterator[datetime]:
     # offset in effect around it (a repeated hour maps later local times back).
     low = min(_offset(cron.zone, after + d) for d in (-MAX_SHIFT, timedelta(0), MAX_SHIFT))
     start = after.replace(tzinfo=None) + low - timedelta(seconds=1)
-    candidates = croniter(
-        cron.expression, start, max_years_between_matches=MAX_YEARS_BETWEEN
-    )
+    candidates = croniter(cron.expression, start, max_years_between_matches=MAX_YEARS_BETWEEN)
     pending: list[datetime] = []
     last = after
     for _ in range(MAX_CANDIDATES):

@@ -80,6 +80,7 @@ def client_key(schedule_id: str, occurrence: datetime, chat: str) -> str:
 class PassResult:
     runs: int = 0
     sent_messages: int = 0
+    stuck: int = 0  # due schedules that could neither run nor be paused (retried later)
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,8 +122,8 @@ class Scheduler:
         while True:
             self._wake.clear()
             try:
-                await self.run_due()
-                delay = await self._delay()
+                result = await self.run_due()
+                delay = ERROR_BACKOFF_S if result.stuck else await self._delay()
             except Exception:
                 log.exception("scheduler pass failed")
                 delay = ERROR_BACKOFF_S
@@ -140,21 +141,26 @@ class Scheduler:
     async def run_due(self) -> PassResult:
         """Handle every schedule due at the clock's now (bounded per pass)."""
         result = PassResult()
-        handled = 0
-        while handled < MAX_PER_PASS:
+        tried: set[str] = set()
+        while len(tried) < MAX_PER_PASS:
             now = self.clock()
-            due = await store.due_schedule_ids(self.db, now, DUE_BATCH)
+            due = [
+                s
+                for s in await store.due_schedule_ids(self.db, now, DUE_BATCH + len(tried))
+                if s not in tried
+            ]
             if not due:
                 break
-            for schedule_id in due:
-                handled += 1
+            for schedule_id in due[:DUE_BATCH]:
+                tried.add(schedule_id)
                 try:
                     await self._run_schedule(schedule_id, result)
                 except sqlite3.OperationalError:
                     raise  # busy or disk trouble: the whole pass is retried later
                 except Exception as exc:
                     log.exception("scheduled run failed", extra={"schedule_id": schedule_id})
-                    await self._pause_broken(schedule_id, exc)
+                    if not await self._pause_broken(schedule_id, exc):
+                        result.stuck += 1
         if result.runs:
             if result.sent_messages:
                 self.wake_sender()
@@ -273,16 +279,16 @@ class Scheduler:
         await conn.execute("RELEASE schedule_run")
         return messages, None
 
-    async def _pause_broken(self, schedule_id: str, exc: Exception) -> None:
+    async def _pause_broken(self, schedule_id: str, exc: Exception) -> bool:
         """A schedule whose run raised unexpectedly is paused (with the reason and an
-        event), so it cannot fail again on every pass."""
+        event), so it cannot fail again on every pass. False if that failed too."""
         now = self.clock()
         reason = f"paused after an internal error: {type(exc).__name__}"
-        with contextlib.suppress(Exception):
+        try:
             async with self.db.write() as conn:
                 schedule = await store.schedule_by_id(conn, schedule_id)
                 if schedule is None or schedule.state != "active":
-                    return
+                    return True
                 await store.update_schedule(
                     conn, schedule_id, now, state="paused", state_reason=reason, next_run_at=None
                 )
@@ -293,3 +299,8 @@ class Scheduler:
                     {"schedule_id": schedule_id, "reason": reason},
                     now,
                 )
+        except Exception:
+            log.exception("could not pause a failing schedule", extra={"schedule_id": schedule_id})
+            return False
+        await self.events_written()
+        return True

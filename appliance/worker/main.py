@@ -20,9 +20,9 @@ from typing import Any
 import uvloop
 
 from appliance.auth import store
-from appliance.automations.scheduler import Scheduler
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
+from appliance.automations.scheduler import Scheduler
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database

@@ -84,9 +84,7 @@ def test_agents_get_403_and_managers_manage(appliance: Appliance, admin: httpx.C
         assert made.status_code == 201, made.text
         schedule_id = made.json()["id"]
         assert manager.get(f"/api/accounts/{ACCOUNT}/schedules/{schedule_id}").status_code == 200
-        assert (
-            manager.delete(f"/api/accounts/{ACCOUNT}/schedules/{schedule_id}").status_code == 204
-        )
+        assert manager.delete(f"/api/accounts/{ACCOUNT}/schedules/{schedule_id}").status_code == 204
     with bearer(appliance, agent_key) as agent:  # also for one that exists
         gone = agent.delete(f"/api/accounts/{ACCOUNT}/schedules/{schedule_id}")
         assert gone.status_code == 403
@@ -111,7 +109,9 @@ def test_a_time_without_a_zone_is_a_400_and_creates_nothing(admin: httpx.Client)
     assert admin.get(f"/api/accounts/{ACCOUNT}/schedules").json()["items"] == before
 
 
-def test_pause_resume_edit_delete_and_occurrences(appliance: Appliance, admin: httpx.Client) -> None:
+def test_pause_resume_edit_delete_and_occurrences(
+    appliance: Appliance, admin: httpx.Client
+) -> None:
     base = f"/api/accounts/{ACCOUNT}/schedules"
     made = _create(
         admin,
@@ -165,7 +165,9 @@ def test_pause_resume_edit_delete_and_occurrences(appliance: Appliance, admin: h
     ]
 
 
-def test_a_paused_one_time_schedule_sends_nothing(appliance: Appliance, admin: httpx.Client) -> None:
+def test_a_paused_one_time_schedule_sends_nothing(
+    appliance: Appliance, admin: httpx.Client
+) -> None:
     base = f"/api/accounts/{ACCOUNT}/schedules"
     at = time.time() + 2.0
     made = _create(admin, to="+491709999999", at=_rfc3339(at), paused=True)
@@ -203,8 +205,7 @@ def test_one_time_schedules_send_exactly_once_across_a_worker_kill_9(
         os.kill(worker, signal.SIGKILL)
     restarted = _wait(
         lambda: (
-            (info := appliance.supervisor.getProcessInfo("worker:worker"))["statename"]
-            == "RUNNING"
+            (info := appliance.supervisor.getProcessInfo("worker:worker"))["statename"] == "RUNNING"
             and info["pid"] != worker
             and info["pid"]
         ),

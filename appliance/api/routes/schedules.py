@@ -29,10 +29,11 @@ from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
 from appliance.api.routes.messages import check_media_link
-from appliance.api.schemas import Bool, ErrorBody, Int, Strict, number_only
+from appliance.api.schemas import Bool, ErrorBody, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import poke
+from appliance.auth.permissions import Permission
 from appliance.automations import schedules_store as store
 from appliance.automations.schedule_times import (
     MissedPolicy,
@@ -48,7 +49,6 @@ from appliance.automations.schedule_times import (
     parse_zone,
     upcoming,
 )
-from appliance.auth.permissions import Permission
 from appliance.errors import Conflict, InvalidInput, Unprocessable
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import RECIPIENT_PATTERN, MessageContent, recipient_jid
@@ -206,7 +206,7 @@ class OccurrenceOut(BaseModel):
 
 class OccurrenceList(BaseModel):
     items: list[OccurrenceOut]
-    next: None = None
+    next: str | None = Field(default=None, description="Always null: ask for a larger count")
 
 
 class RunMessage(BaseModel):
@@ -325,7 +325,10 @@ async def _check_content(account: str, message: MessageContent) -> None:
         ("message.context.message_id", message.context),
         ("message.reaction.message_id", message.reaction),
     ):
-        if ref is not None and await messaging_store.message_row(db, account, ref.message_id) is None:
+        if (
+            ref is not None
+            and await messaging_store.message_row(db, account, ref.message_id) is None
+        ):
             text = f"no message {ref.message_id!r} in this account"
             raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
     if media is not None and media.id is not None:
@@ -641,4 +644,3 @@ async def list_runs(account: str, schedule_id: str, query_args: RunQuery) -> Run
         for r in page
     ]
     return RunList(items=items, next=str(page[-1].id) if more else None)
-
