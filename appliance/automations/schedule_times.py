@@ -50,10 +50,12 @@ MISSED_COUNT_CAP = 1000
 # Candidate local times looked at for one occurrence before giving up (bounded work).
 MAX_CANDIDATES = 100_000
 
-_RFC3339 = re.compile(
+RFC3339_PATTERN = (
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
-_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,3}$")
+ZONE_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,3}$"
+_RFC3339 = re.compile(RFC3339_PATTERN)
+_ZONE_NAME = re.compile(ZONE_NAME_PATTERN)
 
 
 class TimingError(ValueError):

@@ -36,6 +36,8 @@ from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.automations import schedules_store as store
 from appliance.automations.schedule_times import (
+    RFC3339_PATTERN,
+    ZONE_NAME_PATTERN,
     MissedPolicy,
     Once,
     Timing,
@@ -64,8 +66,10 @@ AtText = Annotated[
     StringConstraints(max_length=40),
     Field(
         description="One-time: RFC 3339 with an offset, e.g. `2026-03-29T09:00:00+02:00` or "
-        "`2026-03-29T07:00:00Z`; a time without an offset is refused (400)",
+        "`2026-03-29T07:00:00Z`; a time without an offset, or in the past, is refused (400)",
         examples=["2026-03-29T09:00:00+02:00"],
+        # In the spec only: the validator says what is wrong in words (no zone offset).
+        json_schema_extra={"pattern": RFC3339_PATTERN},
     ),
 ]
 CronText = Annotated[
@@ -80,7 +84,11 @@ CronText = Annotated[
 ZoneText = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64),
-    Field(description="IANA time zone of `cron`, e.g. `Europe/Berlin`", examples=["Europe/Berlin"]),
+    Field(
+        description="IANA time zone of `cron`, e.g. `Europe/Berlin`",
+        examples=["Europe/Berlin"],
+        json_schema_extra={"pattern": ZONE_NAME_PATTERN},
+    ),
 ]
 Name = Annotated[str, StringConstraints(max_length=100)]
 Grace = Annotated[int, Field(ge=1, le=86_400), BeforeValidator(number_only)]
