@@ -26,6 +26,8 @@ messages", says the same to operators):
 
 from __future__ import annotations
 
+import copy
+import functools
 import heapq
 import re
 from collections.abc import Iterator
@@ -188,6 +190,12 @@ def instants_of(cron: Cron, local: datetime) -> list[datetime]:
     return [_jump(cron.zone, min(first, second), max(first, second))]
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(expression: str) -> croniter:
+    """A parsed expression to copy (parsing costs about a millisecond; a copy, little)."""
+    return croniter(expression, datetime(2000, 1, 1), max_years_between_matches=MAX_YEARS_BETWEEN)
+
+
 def instants_after(timing: Timing, after: datetime) -> Iterator[datetime]:
     """The occurrences strictly after ``after``, ascending, each once (lazily; callers
     take what they need with ``islice``)."""
@@ -201,7 +209,8 @@ def instants_after(timing: Timing, after: datetime) -> Iterator[datetime]:
     # offset in effect around it (a repeated hour maps later local times back).
     low = min(_offset(cron.zone, after + d) for d in (-MAX_SHIFT, timedelta(0), MAX_SHIFT))
     start = after.replace(tzinfo=None) + low - timedelta(seconds=1)
-    candidates = croniter(cron.expression, start, max_years_between_matches=MAX_YEARS_BETWEEN)
+    candidates = copy.copy(_parsed(cron.expression))  # its own position; shared fields
+    candidates.set_current(start, force=True)
     pending: list[datetime] = []
     last = after
     for _ in range(MAX_CANDIDATES):
