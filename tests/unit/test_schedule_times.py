@@ -81,7 +81,8 @@ def test_a_time_without_a_zone_is_refused_and_says_so(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     ["2026-03-29", "tomorrow", "1774767600", "2026-02-30T09:00:00Z", "2026-03-29T25:00:00Z",
-     "2026-03-29T09:00:00+24:00", "2026-03-29T09:00Z", ""],
+     "2026-03-29T09:00:00+24:00", "2026-03-29T09:00Z", "", "9999-12-31T23:59:59-23:59",
+     "0001-01-01T00:00:00+23:59", "0000-01-01T00:00:00Z"],
 )  # fmt: skip
 def test_other_malformed_times_are_refused(text: str) -> None:
     with pytest.raises(TimingError):
@@ -105,6 +106,8 @@ def test_the_given_offset_is_kept_for_display() -> None:
         ("61 9 * * *", "UTC", "cron"),
         ("0 9 * * funday", "UTC", "cron"),
         ("0 0 30 2 *", "UTC", "cron"),  # 30 February never comes
+        ("R * * * *", "UTC", "cron"),  # random: chosen anew by each process
+        ("H(0-29) 9 * * *", "UTC", "cron"),  # hashed
     ],
 )
 def test_bad_cron_or_zone_is_refused_naming_the_field(
@@ -120,6 +123,7 @@ def test_every_hour_is_detected() -> None:
     assert parse_cron("0 0-23 * * *", "UTC").every_hour
     assert not parse_cron("30 2 * * *", "UTC").every_hour
     assert not parse_cron("0 */2 * * *", "UTC").every_hour
+    assert not parse_cron("0 9 * mar thu", "UTC").every_hour  # names with h and r are fine
 
 
 # -- daylight saving ---------------------------------------------------------------------
