@@ -32,6 +32,7 @@ from appliance.api.routes import (
     media,
     messages,
     retention,
+    schedules,
     scripts,
     users,
     webhooks,
@@ -158,6 +159,7 @@ def create_app(
     blueprints += (cloud_webhook.bp,)
     blueprints += (scripts.bp,)
     blueprints += (contacts.bp, retention.bp)
+    blueprints += (schedules.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

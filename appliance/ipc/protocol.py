@@ -100,7 +100,8 @@ class PokeResult(_Model):
 
 
 # "events": an API process appended events (contacts); the worker announces them.
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events"]
+# "schedules": a schedule was created or changed; the scheduler looks again.
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events", "schedules"]
 
 
 class PokeParams(Request[PokeResult]):

@@ -53,6 +53,13 @@ EVENT_TYPES = (
     "script.paused",
     "contact.updated",
     "contacts.imported",
+    # scheduled messages (appliance/automations/scheduler.py, api/routes/schedules.py)
+    "schedule.created",
+    "schedule.updated",
+    "schedule.paused",
+    "schedule.resumed",
+    "schedule.deleted",
+    "schedule.run",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

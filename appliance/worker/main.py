@@ -22,6 +22,7 @@ import uvloop
 from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
+from appliance.automations.scheduler import Scheduler
 from appliance.automations.script_runner import ScriptRunner
 from appliance.automations.scripts_models import SampleMessage
 from appliance.config import Settings
@@ -59,6 +60,7 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.scripts: ScriptRunner | None = None
         self.retention: RetentionJob | None = None
+        self.scheduler: Scheduler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -114,6 +116,13 @@ class Worker:
             self.db, self.settings, on_events=self._events_from_dispatcher
         )
         self._spawn(self.retention.run_forever())
+        # Scheduled messages: reads what is due from the database (survives restarts).
+        self.scheduler = Scheduler(
+            self.db,
+            wake_sender=self.messaging.wake_sender,
+            events_written=self.messaging.events_written,
+        )
+        self.scheduler.start()
         self._spawn(self._maintenance())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
@@ -125,6 +134,8 @@ class Worker:
 
     async def shutdown(self) -> None:
         log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.messaging is not None:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
         if self.dispatcher is not None:
@@ -150,6 +161,9 @@ class Worker:
                 self.dispatcher.endpoints_changed()
         elif params.topic == "events":
             await self._events_from_dispatcher()
+        elif params.topic == "schedules":
+            if self.scheduler is not None:
+                self.scheduler.wake()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)

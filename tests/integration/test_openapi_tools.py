@@ -101,6 +101,16 @@ OPERATION_ALLOWANCES = {
         "engine_settings must be those of the account's engine (sandbox here), which "
         "the PATCH body does not name",
     ),
+    ("POST", "/api/accounts/{account}/schedules"): (
+        ["400"],
+        "a one-time `at` must lie in the future, `cron` must parse and match some date, "
+        "`timezone` must name a zone tzdata knows, `to` must not name a chat twice, and "
+        "exactly one of `at` and `cron` is given: no schema says the first four",
+    ),
+    ("PATCH", "/api/accounts/{account}/schedules/{schedule_id}"): (
+        ["400"],
+        "as for POST .../schedules (a new `at` in the future, a valid `cron` and zone)",
+    ),
 }
 # Operations whose path parameters are pinned, so that positive cases act on objects
 # that exist and destructive ones cannot cut the run's own access; and why.
