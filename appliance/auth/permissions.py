@@ -29,6 +29,7 @@ class Permission(StrEnum):
     MESSAGES_READ = "messages.read"
     WEBHOOKS_MANAGE = "webhooks.manage"
     AUTOMATIONS_MANAGE = "automations.manage"
+    CONVERSATIONS_ASSIGN = "conversations.assign"
 
 
 _ALL = frozenset(Permission)
@@ -43,6 +44,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.MESSAGES_READ,
             Permission.WEBHOOKS_MANAGE,
             Permission.AUTOMATIONS_MANAGE,
+            Permission.CONVERSATIONS_ASSIGN,
         }
     ),
     Role.AGENT: frozenset(
@@ -63,6 +65,8 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",
     Permission.WEBHOOKS_MANAGE: "manage webhook endpoints and replay deliveries",
     Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates, scripts",
+    Permission.CONVERSATIONS_ASSIGN: "assign chats to others and take chats from others; set "
+    "other users' availability",
 }
 
 

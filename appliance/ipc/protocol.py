@@ -99,7 +99,7 @@ class PokeResult(_Model):
     ok: bool
 
 
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks"]
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "inbox"]
 
 
 class PokeParams(Request[PokeResult]):
@@ -150,6 +150,18 @@ class WebPairParams(Request[WebPairResult]):
     phone: E164
 
 
+class ChatMarkReadResult(_Model):
+    marked: int = Field(description="Messages the engine was asked to mark read")
+
+
+class ChatMarkReadParams(Request[ChatMarkReadResult]):
+    """Tell WhatsApp that messages of a chat were read (team inbox: a user read it)."""
+
+    account_id: str
+    chat_id: str
+    message_ids: list[str] = Field(max_length=100)
+
+
 METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -159,6 +171,7 @@ METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "sandbox.stats": (SandboxStatsParams, SandboxStatsResult),
     "web.qr": (WebQrParams, WebQrResult),
     "web.pair": (WebPairParams, WebPairResult),
+    "chat.mark_read": (ChatMarkReadParams, ChatMarkReadResult),
 }
 
 

@@ -34,6 +34,7 @@ from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
+from appliance.worker.inbox import InboxWorker
 from appliance.worker.messaging import MessagingService
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Worker:
         self.schema_version = 0
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
+        self.inbox: InboxWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -81,6 +83,15 @@ class Worker:
             cipher=DataCipher(self.secrets.data_key),
         )
         await self.messaging.start()
+        messaging = self.messaging
+        self.inbox = InboxWorker(
+            self.db,
+            engine_of=messaging.accounts.engine,
+            events_written=messaging.events_written,
+            spawn=self._spawn,
+        )
+        self.inbox.register(self.rpc)
+        self.inbox.start()
         self.dispatcher = Dispatcher(
             self.db,
             self.settings,
@@ -118,6 +129,9 @@ class Worker:
         if params.topic == "webhooks":
             if self.dispatcher is not None:
                 self.dispatcher.endpoints_changed()
+        elif params.topic == "inbox":
+            if self.inbox is not None:
+                await self.inbox.poke()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)
