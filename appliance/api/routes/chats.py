@@ -339,7 +339,7 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
     db = _db()
     who = principal()
     actor = await _reader(db)
-    conversation = {}
+    conversation: dict[str, Any] = {}
     if data.status is not None:
         conversation["status"] = data.status
         conversation["snoozed_until"] = data.snoozed_until
