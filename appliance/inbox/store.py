@@ -117,7 +117,6 @@ async def counts(
         "AND r.chat_jid = c.jid WHERE c.account_id = ? GROUP BY c.status",
         (
             *statuses,
-            *statuses,
             user_id,
             *statuses,
             user_id,
