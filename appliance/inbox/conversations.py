@@ -123,9 +123,8 @@ def on_inbound(conv: Conversation, *, now: float) -> tuple[Conversation, str | N
     if conv.status == "resolved":
         return _replace(_reopened(conv, now), {"waiting_since": waiting}), "reopened"
     if conv.status == "snoozed":
-        return _replace(conv, {"status": "open", "snoozed_until": None, "waiting_since": waiting}), (
-            "unsnoozed"
-        )
+        unsnoozed = {"status": "open", "snoozed_until": None, "waiting_since": waiting}
+        return _replace(conv, unsnoozed), "unsnoozed"
     return _replace(conv, {"waiting_since": waiting}), None
 
 

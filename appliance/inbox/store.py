@@ -22,8 +22,7 @@ from appliance.inbox.conversations import Conversation, RuleError, Status
 from appliance.messaging.store import append_event
 
 _CONV_COLS = (
-    "status, snoozed_until, assignee_id, opened_at, waiting_since, first_response_at, "
-    "resolved_at"
+    "status, snoozed_until, assignee_id, opened_at, waiting_since, first_response_at, resolved_at"
 )
 # Inbound messages the API marks read on WhatsApp at most, per read.
 MAX_WHATSAPP_READ_IDS = 100

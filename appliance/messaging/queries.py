@@ -154,7 +154,7 @@ async def list_chats(
     cursor: str | None = None,
     limit: int,
     status: str | None = None,
-    assignee: int | None | str = "any",
+    assignee: int | str | None = "any",
     unread_for: int | None = None,
     unread: bool | None = None,
 ) -> tuple[list[Any], str | None]:

@@ -86,9 +86,7 @@ class Inbound:
                     if stored is not None:
                         new.append(stored)
                         # The conversation: reopen, what waits, auto-assignment.
-                        await inbox_store.on_inbound(
-                            conn, account_id, m.chat_jid, m.id, now=now
-                        )
+                        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
                         if record is not None and path is not None:
                             await media_store.insert_media_row(conn, record)
                             orphans.remove(path)

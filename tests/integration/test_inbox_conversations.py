@@ -97,7 +97,9 @@ class Team:
         return list(page["items"])
 
 
-def _user_key(app: Appliance, admin: httpx.Client, name: str, role: str, account: str) -> tuple[int, str]:
+def _user_key(
+    app: Appliance, admin: httpx.Client, name: str, role: str, account: str
+) -> tuple[int, str]:
     created = _ok(
         admin.post(
             "/api/users",
@@ -151,9 +153,7 @@ def team(appliance: Appliance) -> Iterator[Team]:
                 lambda: _ok(admin.get(f"/api/accounts/{account}/status"))["state"] == "connected",
                 "the sandbox account connected",
             )
-            yield Team(
-                account, other, admin, manager, ann, ben, ann_id, ben_id, appliance.db_path
-            )
+            yield Team(account, other, admin, manager, ann, ben, ann_id, ben_id, appliance.db_path)
 
 
 def test_two_agents_work_one_account(team: Team) -> None:

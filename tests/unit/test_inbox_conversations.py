@@ -77,7 +77,9 @@ def test_refused_status_changes_name_the_field(
 
 
 def test_inbound_reopens_resolved_as_a_new_conversation() -> None:
-    done = Conversation(status="resolved", opened_at=T0, first_response_at=T0 + 1, resolved_at=T0 + 2)
+    done = Conversation(
+        status="resolved", opened_at=T0, first_response_at=T0 + 1, resolved_at=T0 + 2
+    )
     after, reason = on_inbound(done, now=T0 + 50)
     assert reason == "reopened"
     assert after.status == "open" and after.opened_at == T0 + 50

@@ -116,9 +116,7 @@ def test_conversation_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> 
             return response.status_code, await response.get_json()
 
         async def chats(who: dict[str, str], **params: Any) -> list[str]:
-            status, page = await call(
-                "GET", f"/api/accounts/{A}/chats", who, query_string=params
-            )
+            status, page = await call("GET", f"/api/accounts/{A}/chats", who, query_string=params)
             assert status == 200, page
             return [c["id"] for c in page["items"]]
 
@@ -176,13 +174,19 @@ def test_conversation_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> 
         assert status == 422
 
         # Availability: one's own, or others' with conversations.assign (audited).
-        status, mine = await call("PUT", "/api/users/me/availability", ann, json={"available": True})
+        status, mine = await call(
+            "PUT", "/api/users/me/availability", ann, json={"available": True}
+        )
         assert status == 200 and (mine["user_id"], mine["available"]) == (ann_id, True)
         path = f"/api/users/{ben_id}/availability"
         assert (await call("PUT", path, ann, json={"available": True}))[0] == 403
         assert (await call("PUT", path, boss, json={"available": True}))[0] == 200
-        assert (await call("PUT", "/api/users/999999/availability", boss, json={"available": True}))[0] == 404
-        audited = await db.scalar("SELECT COUNT(*) FROM audit_log WHERE action = 'user.availability'")
+        assert (
+            await call("PUT", "/api/users/999999/availability", boss, json={"available": True})
+        )[0] == 404
+        audited = await db.scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'user.availability'"
+        )
         assert audited == 1
         status, people = await call("GET", f"/api/accounts/{A}/assignees", ann)
         assert status == 200

@@ -126,9 +126,13 @@ async def _events(db: Database, after: int = 0) -> list[tuple[str, dict[str, Any
     return [(r["type"], orjson.loads(r["data"])) for r in rows]
 
 
-async def _change(db: Database, jid: str, by: inbox.Actor, *, others: bool = False, **kw: Any) -> None:
+async def _change(
+    db: Database, jid: str, by: inbox.Actor, *, others: bool = False, **kw: Any
+) -> None:
     async with db.write() as conn:
-        assert await inbox.change_chat(conn, A, jid, by=by, assigns_others=others, now=kw.pop("now", 500.0), **kw)
+        assert await inbox.change_chat(
+            conn, A, jid, by=by, assigns_others=others, now=kw.pop("now", 500.0), **kw
+        )
 
 
 def test_a_new_chat_opens_and_an_inbound_reopens_a_resolved_one(
@@ -156,9 +160,9 @@ def test_a_new_chat_opens_and_an_inbound_reopens_a_resolved_one(
             None,
         )
         events = await _events(db, before)
-        assert [(t, d["status"], d["previous_status"], d["reason"], d["by"]) for t, d in events] == [
-            ("chat.updated", "open", "resolved", "reopened", {"type": "system"})
-        ]
+        assert [
+            (t, d["status"], d["previous_status"], d["reason"], d["by"]) for t, d in events
+        ] == [("chat.updated", "open", "resolved", "reopened", {"type": "system"})]
 
     _run(open_db, db_path, body)
 
@@ -345,8 +349,13 @@ def test_each_user_has_their_own_unread_counts(open_db: OpenDb, db_path: Path) -
         assert await unread_list(ben, True) == {ALICE, BOB}
         async with db.write() as conn:
             await inbox.change_chat(
-                conn, A, BOB, by=inbox.Actor("user", ann, ann), assigns_others=False,
-                now=140.0, assignee_id=ann,
+                conn,
+                A,
+                BOB,
+                by=inbox.Actor("user", ann, ann),
+                assigns_others=False,
+                now=140.0,
+                assignee_id=ann,
             )
         counts = await inbox.counts(db, A, ann, ["open"])
         assert counts["assignee"] == {
@@ -429,8 +438,6 @@ def test_availability_and_assignees(open_db: OpenDb, db_path: Path) -> None:
             with pytest.raises(NotFound):
                 await inbox.set_availability(conn, 424242, True, 2.0)
         rows = await inbox.assignees(db, A)
-        assert [(r["username"], r["available"], r["active_chats"]) for r in rows] == [
-            ("ann", 1, 0)
-        ]
+        assert [(r["username"], r["available"], r["active_chats"]) for r in rows] == [("ann", 1, 0)]
 
     _run(open_db, db_path, body)

@@ -167,8 +167,7 @@ class ChatUpdateIn(Strict):
         default=None, description="The conversation's status; `snoozed` needs `snoozed_until`"
     )
     snoozed_until: (
-        Annotated[float, Field(gt=0, lt=1e11), BeforeValidator(number_only)]
-        | SkipJsonSchema[None]
+        Annotated[float, Field(gt=0, lt=1e11), BeforeValidator(number_only)] | SkipJsonSchema[None]
     ) = Field(default=None, description="With status snoozed: when it opens again (Unix time)")
     assignee_id: AssigneeIn | None = Field(
         default=None,
@@ -280,7 +279,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     await _granted(account)
     db = _db()
     reader = await _reader(db)
-    assignee: int | None | str = "any"
+    assignee: int | str | None = "any"
     if query_args.assignee == "me":
         assignee = reader.user_id if reader.user_id is not None else -1
     elif query_args.assignee == "none":
