@@ -191,12 +191,15 @@ async def list_assignees(account: str) -> AssigneeList:
 
 
 async def _set_availability(user_id: int, available: bool) -> AvailabilityOut:
+    """Set it; audited when someone sets another user's (a key acts as its owner)."""
     if not 0 < user_id < 2**63:
         raise NotFound("no such user")
     now = time.time()
-    async with _db().write() as conn:
+    db = _db()
+    actor = await inbox_store.actor_of(db, principal())
+    async with db.write() as conn:
         await inbox_store.set_availability(conn, user_id, available, now)
-        if principal().kind != "user" or principal().id != user_id:
+        if actor.user_id != user_id:
             await audit(conn, "user.availability", target=f"user:{user_id}", available=available)
     return AvailabilityOut(user_id=user_id, available=available, updated_at=now)
 

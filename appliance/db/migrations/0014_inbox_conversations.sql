@@ -24,9 +24,10 @@ UPDATE chats SET opened_at = created_at,
     last_inbound_seq = (SELECT MAX(m.seq) FROM messages m WHERE m.account_id = chats.account_id
                         AND m.chat_jid = chats.jid AND m.direction = 'in');
 
--- The inbox filters: by status, by assignee (and status), newest activity first.
+-- The inbox filters: by status, by assignee (with or without a status), newest activity
+-- first (an assignee's chats are walked newest first, so "mine and open" stops early).
 CREATE INDEX chats_status ON chats (account_id, status, last_message_at DESC, jid);
-CREATE INDEX chats_assignee ON chats (account_id, assignee_id, status, last_message_at DESC, jid);
+CREATE INDEX chats_assignee ON chats (account_id, assignee_id, last_message_at DESC, jid);
 -- The worker's snooze timer: the next snooze to end.
 CREATE INDEX chats_snoozed ON chats (snoozed_until) WHERE status = 'snoozed';
 
