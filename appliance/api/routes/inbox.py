@@ -89,7 +89,7 @@ class AssigneeRow(BaseModel):
 
 class AssigneeList(BaseModel):
     items: list[AssigneeRow]
-    next: None = None
+    next: str | None = Field(default=None, description="Always null: one page")
 
 
 class AvailabilityIn(Strict):
