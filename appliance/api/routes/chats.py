@@ -31,7 +31,7 @@ from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
-from appliance.errors import InvalidInput, NotFound
+from appliance.errors import InvalidInput, NotFound, Unprocessable
 from appliance.inbox import store as inbox_store
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
@@ -342,10 +342,10 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
     if data.status is not None:
         conversation["status"] = data.status
         conversation["snoozed_until"] = data.snoozed_until
-    elif data.snoozed_until is not None:
-        raise InvalidInput(
+    elif data.snoozed_until is not None:  # well-formed, refused by the rules: 422
+        raise Unprocessable(
             "snoozed_until goes with status snoozed",
-            issues=[{"path": "snoozed_until", "message": "give status too", "code": "invalid"}],
+            issues=[{"path": "snoozed_until", "message": "give status too", "code": "refused"}],
         )
     if "assignee_id" in data.model_fields_set:
         target = actor.user_id if data.assignee_id == "me" else data.assignee_id
