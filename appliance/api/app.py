@@ -29,6 +29,7 @@ from appliance.api.routes import (
     contacts,
     docs,
     events,
+    inbox,
     media,
     messages,
     retention,
@@ -160,6 +161,7 @@ def create_app(
     blueprints += (scripts.bp,)
     blueprints += (contacts.bp, retention.bp)
     blueprints += (schedules.bp,)
+    blueprints += (inbox.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

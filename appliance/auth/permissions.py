@@ -31,6 +31,7 @@ class Permission(StrEnum):
     AUTOMATIONS_MANAGE = "automations.manage"
     SCRIPTS_MANAGE = "scripts.manage"
     RETENTION_MANAGE = "retention.manage"
+    CONVERSATIONS_ASSIGN = "conversations.assign"
 
 
 _ALL = frozenset(Permission)
@@ -45,6 +46,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.MESSAGES_READ,
             Permission.WEBHOOKS_MANAGE,
             Permission.AUTOMATIONS_MANAGE,
+            Permission.CONVERSATIONS_ASSIGN,
         }
     ),
     Role.AGENT: frozenset(
@@ -69,6 +71,8 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.SCRIPTS_MANAGE: "create, change, run and dry-run scripts (JavaScript run on "
     "inbound messages); read their runs and logs",
     Permission.RETENTION_MANAGE: "set event-log and audit-log retention, run the retention job",
+    Permission.CONVERSATIONS_ASSIGN: "assign chats to others and take chats from others; set "
+    "other users' availability",
 }
 
 

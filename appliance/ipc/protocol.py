@@ -101,7 +101,8 @@ class PokeResult(_Model):
 
 # "events": an API process appended events (contacts); the worker announces them.
 # "schedules": a schedule was created or changed; the scheduler looks again.
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events", "schedules"]
+# "inbox": a snooze was set or changed; the inbox timer looks again.
+PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events", "schedules", "inbox"]
 
 
 class PokeParams(Request[PokeResult]):
@@ -188,6 +189,18 @@ class ContactBlockParams(Request[ContactBlockResult]):
     actor_name: str | None = None
 
 
+class ChatMarkReadResult(_Model):
+    marked: int = Field(description="Messages the engine was asked to mark read")
+
+
+class ChatMarkReadParams(Request[ChatMarkReadResult]):
+    """Tell WhatsApp that messages of a chat were read (team inbox: a user read it)."""
+
+    account_id: str
+    chat_id: str
+    message_ids: list[str] = Field(max_length=100)
+
+
 METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -200,6 +213,7 @@ METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "scripts.run": (ScriptRunParams, ScriptRunResult),
     "retention.run": (RetentionRunParams, RetentionRunResult),
     "contacts.block": (ContactBlockParams, ContactBlockResult),
+    "chat.mark_read": (ChatMarkReadParams, ChatMarkReadResult),
 }
 
 

@@ -60,6 +60,8 @@ EVENT_TYPES = (
     "schedule.resumed",
     "schedule.deleted",
     "schedule.run",
+    "chat.updated",
+    "chat.assigned",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -100,6 +102,23 @@ class AccountSettings(Strict):
     download_media: Bool = Field(default=True, description="Store inbound media")
     history_limit: Int = Field(
         default=0, ge=0, le=10_000_000, description="Messages kept per chat (0: all)"
+    )
+    # Team inbox (runbook/inbox.md).
+    auto_assign: Bool = Field(
+        default=False,
+        description="Assign new and reopened chats round-robin among the available users",
+    )
+    auto_assign_limit: Int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Auto-assignment skips users holding this many open or pending chats "
+        "of the account (0: no limit)",
+    )
+    mark_read_by_users: Bool = Field(
+        default=False,
+        description="When a user reads a chat (POST .../read), mark its messages read on "
+        "WhatsApp too",
     )
 
 

@@ -138,7 +138,10 @@ async def message_rows_by_id(
 
 _CHAT_SELECT = (
     "SELECT c.account_id, c.jid, COALESCE(c.name, ct.name) AS name, c.is_group, c.archived, "
-    "c.unread_count, c.last_message_id, c.last_message_at, c.created_at FROM chats c "
+    "c.unread_count, c.last_message_id, c.last_message_at, c.created_at, "
+    # The conversation (migration 0014; the rules are in appliance/inbox).
+    "c.status, c.snoozed_until, c.assignee_id, c.opened_at, c.waiting_since, "
+    "c.first_response_at, c.resolved_at FROM chats c "
     "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
 )
 
@@ -150,8 +153,16 @@ async def list_chats(
     archived: bool | None = None,
     cursor: str | None = None,
     limit: int,
+    status: str | None = None,
+    assignee: int | str | None = "any",
+    unread_for: int | None = None,
+    unread: bool | None = None,
 ) -> tuple[list[Any], str | None]:
     """A page of chat rows, most recent activity first, and the next page's cursor.
+
+    Conversation filters: ``status``; ``assignee`` a user id, None (unassigned) or
+    "any"; ``unread`` true or false for the user ``unread_for`` (inbound messages after
+    that user's read position).
 
     The name is the chat's own, else the contact's. Chats move to the top as messages
     arrive, so a chat that gets a message while a client pages may show up twice or be
@@ -162,6 +173,21 @@ async def list_chats(
     if archived is not None:
         where.append("c.archived = ?")
         params.append(int(archived))
+    if status is not None:
+        where.append("c.status = ?")
+        params.append(status)
+    if assignee is None:
+        where.append("c.assignee_id IS NULL")
+    elif assignee != "any":
+        where.append("c.assignee_id = ?")
+        params.append(assignee)
+    if unread is not None:
+        has_unread = (
+            "COALESCE(c.last_inbound_seq, 0) > COALESCE((SELECT r.read_seq FROM chat_reads r "
+            "WHERE r.user_id = ? AND r.account_id = c.account_id AND r.chat_jid = c.jid), 0)"
+        )
+        where.append(has_unread if unread else f"NOT ({has_unread})")
+        params.append(unread_for if unread_for is not None else -1)
     if cursor is not None:
         at, jid = decode_cursor("c", cursor, (int, float, type(None)), str)
         if at is not None:

@@ -23,6 +23,7 @@ from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.engines.base import InboundMessage
 from appliance.errors import ClientError
+from appliance.inbox import store as inbox_store
 from appliance.messaging import media as media_store
 from appliance.messaging import store
 from appliance.messaging.models import MessageOut
@@ -84,6 +85,8 @@ class Inbound:
                     results.append(stored is not None)
                     if stored is not None:
                         new.append(stored)
+                        # The conversation: reopen, what waits, auto-assignment.
+                        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
                         if record is not None and path is not None:
                             await media_store.insert_media_row(conn, record)
                             orphans.remove(path)

@@ -40,6 +40,7 @@ from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
 from appliance.worker.contacts import block_contact
+from appliance.worker.inbox import InboxWorker
 from appliance.worker.messaging import MessagingService
 from appliance.worker.pipeline import PipelineContext, PipelineTask, default_pipeline
 
@@ -61,6 +62,7 @@ class Worker:
         self.scripts: ScriptRunner | None = None
         self.retention: RetentionJob | None = None
         self.scheduler: Scheduler | None = None
+        self.inbox: InboxWorker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -105,6 +107,15 @@ class Worker:
         # After auto-replies (when they plug in before it); webhooks fan out on their own.
         pipeline.tasks.append(PipelineTask("scripts", self._scripts_for_message))
         await self.messaging.start()
+        messaging = self.messaging
+        self.inbox = InboxWorker(
+            self.db,
+            engine_of=messaging.accounts.engine,
+            events_written=messaging.events_written,
+            spawn=self._spawn,
+        )
+        self.inbox.register(self.rpc)
+        self.inbox.start()
         self.dispatcher = Dispatcher(
             self.db,
             self.settings,
@@ -164,6 +175,9 @@ class Worker:
         elif params.topic == "schedules":
             if self.scheduler is not None:
                 self.scheduler.wake()
+        elif params.topic == "inbox":
+            if self.inbox is not None:
+                await self.inbox.poke()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)

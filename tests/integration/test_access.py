@@ -113,6 +113,7 @@ def test_roles_without_the_permission_get_403(appliance: Appliance, spec: dict) 
             "accounts.manage",
             "webhooks.manage",
             "automations.manage",
+            "conversations.assign",
         },
     }
     checked = 0

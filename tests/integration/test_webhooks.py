@@ -1052,3 +1052,30 @@ def test_kill_9_worker_during_2000_deliveries_loses_nothing(
         30,
         f"every delivery recorded as delivered (now {[tuple(r) for r in states]})",
     )
+
+
+# -- team inbox events -----------------------------------------------------------------------
+
+
+def test_conversation_events_reach_webhooks(
+    hooks: Appliance, admin: httpx.Client, receivers, endpoints
+) -> None:
+    account = _account(hooks, admin, "inboxhooks")
+    receiver = receivers()
+    created = endpoints(receiver.url, events=["chat.updated", "chat.assigned"], accounts=[account])
+    receiver.secrets = {"secret": created["secret"]}
+    _inject(admin, account, _uid("INB"))
+    chat = "905551112233@s.whatsapp.net"
+    path = f"/api/accounts/{account}/chats/{chat}"
+    _wait(lambda: admin.get(path).status_code == 200, 20, "the chat stored")
+    assert admin.patch(path, json={"status": "resolved"}).status_code == 200
+    assert admin.patch(path, json={"assignee_id": "me"}).status_code == 200
+    _wait(lambda: len(receiver.snapshot()) >= 2, 20, "two conversation deliveries")
+    receiver.assert_all_verified()
+    kinds = {r.envelope["type"]: r.envelope for r in receiver.snapshot()}
+    assert set(kinds) == {"chat.updated", "chat.assigned"}
+    assert kinds["chat.updated"]["data"]["status"] == "resolved"
+    assert kinds["chat.updated"]["data"]["previous_status"] == "open"
+    assigned = kinds["chat.assigned"]["data"]
+    assert assigned["from"] is None and assigned["chat_id"] == chat
+    assert assigned["by"]["type"] == "key" and assigned["to"]["id"] == assigned["by"]["user_id"]

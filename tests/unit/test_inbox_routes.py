@@ -1,183 +1,245 @@
-"""The contacts and retention routes in the in-process app (never served, no worker):
-permissions, refusals before anything reaches the worker, audit rows, the spec."""
+"""The team inbox's HTTP side in the in-process app (never served; no worker): chat
+status and assignment through PATCH, the conversation filters, read positions per
+user, counts, availability, the permission rules and the spec."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+from quart import Quart
+
+from appliance.api.app import create_app
+from appliance.api.state import state_of
+from appliance.auth import store as auth_store
 from appliance.auth.permissions import Role
+from appliance.config import Paths, load_settings
 from appliance.db.database import Database
+from appliance.inbox import store as inbox
 from appliance.messaging import store
+from appliance.secrets import Secrets
 from tests.unit.conftest import OpenDb
-from tests.unit.test_read_api import _inbound, _key, _served
 
-SANDBOX, CLOUD = "acc_sb", "acc_cl"
+A, B = "acc_a", "acc_b"
 ALICE = "905551110001@s.whatsapp.net"
+BOB = "905551110002@s.whatsapp.net"
 
 
-async def _accounts(db: Database) -> None:
+def _app(tmp_path: Path) -> Quart:
+    paths = Paths(tmp_path)
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    paths.env_file.write_text("", encoding="utf-8")
+    secrets = Secrets(
+        session_key=b"s" * 32, metrics_token="m" * 32, data_key=b"d" * 32, admin_password="pw"
+    )
+    return create_app(load_settings(paths, environ={}), secrets)
+
+
+async def _account(db: Database, account_id: str, **settings: Any) -> None:
     async with db.write() as conn:
-        for account_id, engine in ((SANDBOX, "sandbox"), (CLOUD, "cloud")):
-            await store.create_account(
-                conn,
-                account_id=account_id,
-                name=account_id,
-                engine=engine,
-                engine_settings={},
-                settings={},
-                now=1.0,
-            )
+        await store.create_account(
+            conn,
+            account_id=account_id,
+            name=account_id,
+            engine="sandbox",
+            engine_settings={},
+            settings=settings,
+            now=1.0,
+        )
 
 
-def _run(open_db: OpenDb, db_path: Path, body: Any) -> None:
+async def _person(db: Database, name: str, role: Role) -> tuple[int, dict[str, str]]:
+    """A user granted account A and an API key they own."""
+    async with db.write() as conn:
+        user_id = await auth_store.create_user(
+            conn,
+            username=name,
+            password_hash="x",
+            role=role,
+            all_accounts=False,
+            accounts=[A],
+            now=1.0,
+        )
+        _, key, _ = await auth_store.create_api_key(
+            conn,
+            name=f"{name}-key",
+            role=role,
+            all_accounts=False,
+            accounts=[A],
+            created_by="test",
+            owner_user_id=user_id,
+            now=time.time(),
+        )
+    return user_id, {"Authorization": f"Bearer {key}"}
+
+
+async def _inbound(db: Database, account: str, chat: str, message_id: str, now: float) -> None:
+    async with db.write() as conn:
+        await store.insert_inbound(
+            conn,
+            account_id=account,
+            message_id=message_id,
+            chat_jid=chat,
+            sender_jid=chat,
+            sender_name="Alice",
+            type_="text",
+            body="hi",
+            content={"type": "text", "text": {"body": "hi"}},
+            reply_to=None,
+            media_id=None,
+            wa_timestamp=now,
+            now=now,
+        )
+        await inbox.on_inbound(conn, account, chat, message_id, now=now)
+
+
+def test_conversation_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def body(db: Database) -> None:
+        await _account(db, A, mark_read_by_users=True)
+        await _account(db, B)
+        ann_id, ann = await _person(db, "ann", Role.AGENT)
+        ben_id, ben = await _person(db, "ben", Role.AGENT)
+        _, boss = await _person(db, "boss", Role.MANAGER)
+        await _inbound(db, A, ALICE, "IN1", 100.0)
+        await _inbound(db, A, ALICE, "IN2", 101.0)
+        await _inbound(db, A, BOB, "IN3", 102.0)
+        await _inbound(db, B, BOB, "IN4", 103.0)
+        app = _app(tmp_path / "etc-root")
+        state_of(app).db = db
+        client = app.test_client()
+
+        async def call(method: str, path: str, who: dict[str, str], **kw: Any) -> Any:
+            response = await client.open(path, method=method, headers=who, **kw)
+            return response.status_code, await response.get_json()
+
+        async def chats(who: dict[str, str], **params: Any) -> list[str]:
+            status, page = await call("GET", f"/api/accounts/{A}/chats", who, query_string=params)
+            assert status == 200, page
+            return [c["id"] for c in page["items"]]
+
+        chat = f"/api/accounts/{A}/chats/{ALICE}"
+        status, one = await call("GET", chat, ann)
+        assert status == 200
+        assert (one["status"], one["assignee"], one["unread"]) == ("open", None, 2)
+        assert one["opened_at"] == 100.0 and one["waiting_since"] == 100.0
+
+        # Take, refuse, filter.
+        status, one = await call("PATCH", chat, ann, json={"assignee_id": "me"})
+        assert status == 200 and one["assignee"] == {"id": ann_id, "username": "ann"}
+        status, error = await call("PATCH", chat, ben, json={"assignee_id": "me"})
+        assert status == 403 and "conversations.assign" in error["error"]
+        assert await chats(ann, assignee="me") == [ALICE]
+        assert await chats(ben, assignee="me") == []
+        assert await chats(ben, assignee="none") == [BOB]
+        assert await chats(ben, assignee=str(ann_id)) == [ALICE]
+        status, one = await call("PATCH", chat, ann, json={"status": "pending"})
+        assert status == 200 and one["status"] == "pending"
+        assert await chats(ben, status="pending") == [ALICE]
+        assert await chats(ben, status="open") == [BOB]
+
+        # Read positions are per user; the worker is down, so WhatsApp is not told.
+        status, read = await call("POST", f"{chat}/read", ann)
+        assert status == 200, read
+        assert read == {
+            "chat_id": ALICE,
+            "read_messages": 2,
+            "unread": 0,
+            "marked_on_whatsapp": False,
+        }
+        assert (await call("GET", chat, ann))[1]["unread"] == 0
+        assert (await call("GET", chat, ben))[1]["unread"] == 2
+        assert await chats(ann, unread="true") == [BOB]
+        assert await chats(ben, unread="true") == [BOB, ALICE]
+        status, counts = await call(
+            "GET", f"/api/accounts/{A}/inbox/counts", ann, query_string={"status": "open,pending"}
+        )
+        assert status == 200, counts
+        assert counts["assignee"]["mine"] == {"chats": 1, "unread": 0}
+        assert counts["assignee"]["unassigned"] == {"chats": 1, "unread": 1}
+        assert counts["status"]["pending"] == {"chats": 1, "unread": 0}
+
+        # A manager reassigns: one chat.assigned event, from and to.
+        before = await db.scalar("SELECT MAX(id) FROM events")
+        status, one = await call("PATCH", chat, boss, json={"assignee_id": ben_id})
+        assert status == 200 and one["assignee"]["id"] == ben_id
+        rows = await db.fetchall("SELECT type, data FROM events WHERE id > ?", (before,))
+        assert [r["type"] for r in rows] == ["chat.assigned"]
+        data = orjson.loads(rows[0]["data"])
+        assert (data["from"]["id"], data["to"]["id"]) == (ann_id, ben_id)
+        assert data["by"]["type"] == "key" and data["by"]["user_id"] != ann_id
+        status, _ = await call("PATCH", chat, boss, json={"assignee_id": 987654})
+        assert status == 422
+
+        # Availability: one's own, or others' with conversations.assign (audited).
+        status, mine = await call(
+            "PUT", "/api/users/me/availability", ann, json={"available": True}
+        )
+        assert status == 200 and (mine["user_id"], mine["available"]) == (ann_id, True)
+        path = f"/api/users/{ben_id}/availability"
+        assert (await call("PUT", path, ann, json={"available": True}))[0] == 403
+        assert (await call("PUT", path, boss, json={"available": True}))[0] == 200
+        assert (
+            await call("PUT", "/api/users/999999/availability", boss, json={"available": True})
+        )[0] == 404
+        audited = await db.scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'user.availability'"
+        )
+        assert audited == 1
+        status, people = await call("GET", f"/api/accounts/{A}/assignees", ann)
+        assert status == 200
+        assert {p["username"]: p["available"] for p in people["items"]} == {
+            "ann": True,
+            "ben": True,
+            "boss": False,
+        }
+
+        # Out of grant: 404 everywhere; bad input: 400.
+        for method, path, kw in (
+            ("GET", f"/api/accounts/{B}/chats/{BOB}", {}),
+            ("PATCH", f"/api/accounts/{B}/chats/{BOB}", {"json": {"status": "resolved"}}),
+            ("POST", f"/api/accounts/{B}/chats/{BOB}/read", {}),
+            ("GET", f"/api/accounts/{B}/inbox/counts", {}),
+            ("GET", f"/api/accounts/{B}/assignees", {}),
+            ("POST", f"/api/accounts/{A}/chats/nobody@s.whatsapp.net/read", {}),
+        ):
+            status, error = await call(method, path, boss, **kw)
+            assert status == 404, (path, error)
+        for params in ({"assignee": "someone"}, {"status": "closed"}, {"unread": "1"}):
+            status, _ = await call("GET", f"/api/accounts/{A}/chats", ann, query_string=params)
+            assert status == 400, params
+        for bad in (
+            {"assignee_id": "x"},
+            {"assignee_id": 0},
+            {"assignee_id": True},
+            {"status": None},
+            {"status": "snoozed", "snoozed_until": "tomorrow"},
+        ):
+            status, _ = await call("PATCH", chat, boss, json=bad)
+            assert status == 400, bad
+        assert (await call("PATCH", chat, boss, json={"snoozed_until": 5e9}))[0] == 422
+        status, _ = await call(
+            "GET", f"/api/accounts/{A}/inbox/counts", ann, query_string={"status": "open,,x"}
+        )
+        assert status == 400
+
+        spec = await (await client.get("/openapi.json")).get_json()
+        paths = spec["paths"]
+        for path, method, access in (
+            ("/api/accounts/{account}/chats/{chat_id}/read", "post", "messages.read"),
+            ("/api/accounts/{account}/inbox/counts", "get", "messages.read"),
+            ("/api/accounts/{account}/assignees", "get", "messages.read"),
+            ("/api/users/me/availability", "put", "messages.send"),
+            ("/api/users/{user_id}/availability", "put", "conversations.assign"),
+        ):
+            assert paths[path][method]["x-access"] == access, path
+        chat_out = spec["components"]["schemas"]["ChatOut"]["properties"]
+        assert {"status", "assignee", "unread", "first_response_at"} <= set(chat_out)
+
     async def main() -> None:
         async with open_db(db_path) as db:
-            await _accounts(db)
             await body(db)
 
     asyncio.run(main())
-
-
-def test_contact_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
-    async def body(db: Database) -> None:
-        await _inbound(db, SANDBOX, ALICE, "hi", name="Alice WA")
-        await _inbound(db, CLOUD, ALICE, "hi", name="Alice WA")
-        admin = {"Authorization": f"Bearer {await _key(db, Role.ADMIN)}"}
-        manager = {"Authorization": f"Bearer {await _key(db, Role.MANAGER, SANDBOX, CLOUD)}"}
-        agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, SANDBOX)}"}
-        async with _served(tmp_path, db) as app:
-            client = app.test_client()
-
-            async def call(method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
-                response = await client.open(path, method=method, headers=headers, **kw)
-                return response.status_code, await response.get_json()
-
-            base = f"/api/accounts/{SANDBOX}"
-            # Declaring attributes is a manager's; agents edit contacts.
-            defs = {"items": [{"key": "vip", "type": "boolean"}, {"key": "since", "type": "date"}]}
-            status, _ = await call("PUT", f"{base}/contact-attributes", agent, json=defs)
-            assert status == 403
-            status, got = await call("PUT", f"{base}/contact-attributes", manager, json=defs)
-            assert status == 200 and got == defs
-            status, got = await call(
-                "PATCH",
-                f"{base}/contacts/+905551110001",
-                agent,
-                json={"display_name": " Alice ", "attributes": {"vip": True}},
-            )
-            assert status == 200, got
-            assert got["name"] == "Alice" and got["whatsapp_name"] == "Alice WA"
-            assert got["attributes"] == {"vip": True} and got["id"] == ALICE
-            status, got = await call(
-                "PATCH",
-                f"{base}/contacts/{ALICE}",
-                agent,
-                json={"attributes": {"vip": "yes", "since": "2024-13-01", "nope": 1}},
-            )
-            assert status == 400
-            assert {i["path"] for i in got["issues"]} == {
-                "attributes.vip",
-                "attributes.since",
-                "attributes.nope",
-            }
-            status, _ = await call(
-                "PATCH", f"{base}/contacts/+905559999999", agent, json={"display_name": "x"}
-            )
-            assert status == 404
-            status, page = await call("GET", f"{base}/contacts", agent, query_string={"q": "ali"})
-            assert status == 200 and [c["id"] for c in page["items"]] == [ALICE]
-            # Out of the agent's grants: 404 as if absent.
-            status, _ = await call("GET", f"/api/accounts/{CLOUD}/contacts", agent)
-            assert status == 404
-
-            # An engine that cannot block: a 4xx naming it, before the worker is asked.
-            status, got = await call(
-                "POST", f"/api/accounts/{CLOUD}/contacts/{ALICE}/block", manager
-            )
-            assert status == 409 and "cloud engine cannot block" in got["error"]
-            status, _ = await call("POST", f"{base}/contacts/{ALICE}/block", agent)
-            assert status == 403
-
-            # Import: a manager's, all or nothing, audited.
-            csv = b"phone,name,vip\r\n+905551110002,Bob,true\r\n+90555,Bad,maybe\r\n"
-            headers = {**manager, "Content-Type": "text/csv"}
-            status, got = await call("POST", f"{base}/contacts/import", headers, data=csv)
-            assert status == 400 and "line(s) 3" in got["error"]
-            assert [i["path"] for i in got["issues"]] == ["line 3.phone", "line 3.vip"]
-            status, got = await call(
-                "POST", f"{base}/contacts/import", {**agent, "Content-Type": "text/csv"}, data=csv
-            )
-            assert status == 403
-            status, got = await call(
-                "POST",
-                f"{base}/contacts/import",
-                {**manager, "Content-Type": "application/json"},
-                data=b"{}",
-            )
-            assert status == 415
-            status, got = await call(
-                "POST", f"{base}/contacts/import", headers, data=csv.split(b"+90555,")[0]
-            )
-            assert status == 200 and got == {"rows": 1, "created": 1, "updated": 0}
-            response = await client.get(f"{base}/contacts/export", headers=agent)
-            assert response.status_code == 200
-            assert response.content_type.startswith("text/csv")
-            text = (await response.get_data()).decode()
-            assert text.splitlines() == [
-                "phone,name,vip,since",
-                "+905551110001,Alice,true,",
-                "+905551110002,Bob,true,",
-            ]
-            actions = [
-                r["action"] for r in await db.fetchall("SELECT action FROM audit_log ORDER BY id")
-            ]
-            assert actions == ["contact_attributes.update", "contacts.import"]
-            status, _ = await call("GET", f"{base}/contacts", admin)
-            assert status == 200
-
-    _run(open_db, db_path, body)
-
-
-def test_retention_routes_permissions_and_audit(
-    open_db: OpenDb, db_path: Path, tmp_path: Path
-) -> None:
-    async def body(db: Database) -> None:
-        admin = {"Authorization": f"Bearer {await _key(db, Role.ADMIN)}"}
-        manager = {"Authorization": f"Bearer {await _key(db, Role.MANAGER, SANDBOX)}"}
-        agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, SANDBOX)}"}
-        async with _served(tmp_path, db) as app:
-            client = app.test_client()
-
-            async def call(method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
-                response = await client.open(path, method=method, headers=headers, **kw)
-                return response.status_code, await response.get_json()
-
-            account = f"/api/accounts/{SANDBOX}/retention"
-            status, got = await call("GET", account, agent)
-            assert status == 200 and got["message_days"] is None
-            # Agents change no retention; managers their accounts' only.
-            assert (await call("PUT", account, agent, json={"message_days": 30}))[0] == 403
-            assert (await call("PUT", "/api/retention", agent, json={}))[0] == 403
-            assert (await call("GET", "/api/retention", manager))[0] == 403
-            body_ = {"events_days": 30, "audit_days": None}
-            assert (await call("PUT", "/api/retention", manager, json=body_))[0] == 403
-            assert (await call("POST", "/api/retention/run", agent))[0] == 403
-            status, got = await call("PUT", account, manager, json={"message_days": 30})
-            assert status == 200 and got["message_days"] == 30
-            for bad in ({"message_days": 0}, {"message_days": "30"}, {"message_days": 1.5}, {}):
-                assert (await call("PUT", account, manager, json=bad))[0] == 400, bad
-            status, got = await call("GET", "/api/retention", admin)
-            assert status == 200 and (got["events_days"], got["audit_days"]) == (90, 365)
-            status, got = await call("PUT", "/api/retention", admin, json=body_)
-            assert status == 200 and (got["events_days"], got["audit_days"]) == (30, None)
-            status, page = await call("GET", "/api/retention/runs", admin)
-            assert status == 200 and page == {"items": [], "next": None}
-            rows = await db.fetchall("SELECT action, target, details FROM audit_log ORDER BY id")
-            assert [(r["action"], r["target"]) for r in rows] == [
-                ("retention.account_update", f"account:{SANDBOX}"),
-                ("retention.update", "retention"),
-            ]
-
-    _run(open_db, db_path, body)

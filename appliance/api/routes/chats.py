@@ -8,6 +8,7 @@ Lists answer ``{"items": [...], "next": cursor-or-null}``, newest first.
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,14 +23,16 @@ from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint
 from quart_schema import document_response, tag
 
-from appliance.api.access import requires
+from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.schemas import Bool, ErrorBody, QueryBool, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
+from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
-from appliance.errors import NotFound
+from appliance.errors import InvalidInput, NotFound, Unprocessable
+from appliance.inbox import store as inbox_store
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
 
@@ -57,6 +60,20 @@ class ChatListQuery(PageQuery):
     archived: QueryBool | None = Field(
         default=None, description="true: archived chats only; false: the others; absent: all"
     )
+    status: Literal["open", "pending", "resolved", "snoozed"] | None = Field(
+        default=None, description="Only chats with this conversation status"
+    )
+    assignee: Annotated[str, StringConstraints(pattern=r"^(me|none|[1-9][0-9]{0,17})$")] | None = (
+        Field(
+            default=None,
+            description="`me`: chats assigned to you (an API key: to its owner); `none`: "
+            "unassigned chats; a user id: that user's chats",
+        )
+    )
+    unread: QueryBool | None = Field(
+        default=None,
+        description="true: chats with messages you have not read; false: the others",
+    )
 
 
 class MessageListQuery(PageQuery):
@@ -78,6 +95,11 @@ class GlobalSearchQuery(SearchQuery):
     )
 
 
+class AssigneeOut(BaseModel):
+    id: int
+    username: str | None = Field(description="None once the user is deleted")
+
+
 class ChatOut(BaseModel):
     id: str = Field(description="The chat id (jid), e.g. 905551112233@s.whatsapp.net")
     account_id: str
@@ -87,6 +109,23 @@ class ChatOut(BaseModel):
     unread_count: int
     last_message: MessageOut | None
     last_message_at: float | None
+    # The conversation (team inbox; runbook/inbox.md).
+    status: Literal["open", "pending", "resolved", "snoozed"] = Field(
+        description="open, pending, resolved, or snoozed until `snoozed_until`"
+    )
+    snoozed_until: float | None
+    assignee: AssigneeOut | None = Field(description="The user working the chat, or nobody")
+    unread: int = Field(
+        description="Inbound messages after YOUR read position (each user has their own)"
+    )
+    opened_at: float | None = Field(description="When the current conversation began")
+    waiting_since: float | None = Field(
+        description="The oldest inbound message not answered yet; null when nothing waits"
+    )
+    first_response_at: float | None = Field(
+        description="The first reply by a person (not an automation) in this conversation"
+    )
+    resolved_at: float | None
 
 
 class ChatPage(BaseModel):
@@ -99,8 +138,11 @@ class MessagePage(BaseModel):
     next: str | None
 
 
+AssigneeIn = Annotated[int, Field(ge=1, le=2**62), BeforeValidator(number_only)] | Literal["me"]
+
+
 class ChatUpdateIn(Strict):
-    """At least one of the two."""
+    """At least one field."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
@@ -110,12 +152,24 @@ class ChatUpdateIn(Strict):
     unread_count: Annotated[Literal[0], BeforeValidator(number_only)] | SkipJsonSchema[None] = (
         Field(default=None, description="Only 0: mark the chat read")
     )
+    status: Literal["open", "pending", "resolved", "snoozed"] | SkipJsonSchema[None] = Field(
+        default=None, description="The conversation's status; `snoozed` needs `snoozed_until`"
+    )
+    snoozed_until: (
+        Annotated[float, Field(gt=0, lt=1e11), BeforeValidator(number_only)] | SkipJsonSchema[None]
+    ) = Field(default=None, description="With status snoozed: when it opens again (Unix time)")
+    assignee_id: AssigneeIn | None = Field(
+        default=None,
+        description="A user id, `me`, or null (unassign). Agents may take an unassigned "
+        "chat or drop their own; anything else needs conversations.assign",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> ChatUpdateIn:
-        if self.archived is None and self.unread_count is None:
-            raise ValueError("give archived and/or unread_count")
-        if any(getattr(self, name) is None for name in self.model_fields_set):
+        if not self.model_fields_set:
+            raise ValueError("give at least one of archived, unread_count, status, assignee_id")
+        nullable = {"assignee_id"}
+        if any(getattr(self, n) is None for n in self.model_fields_set - nullable):
             raise ValueError("leave a field out instead of sending null")
         return self
 
@@ -149,9 +203,17 @@ def _chat_jid(chat_id: str) -> str:
         return chat_id
 
 
+async def _reader(db: Database) -> inbox_store.Actor:
+    """The caller as the team inbox sees them (an API key acts as its owner)."""
+    return await inbox_store.actor_of(db, principal())
+
+
 async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOut]:
     last_ids = [r["last_message_id"] for r in rows if r["last_message_id"]]
     last = await queries.message_rows_by_id(db, account, last_ids)
+    reader = await _reader(db)
+    unread = await inbox_store.unread_counts(db, account, reader.user_id, [r["jid"] for r in rows])
+    names = await inbox_store.user_names(db, [r["assignee_id"] for r in rows if r["assignee_id"]])
     return [
         ChatOut(
             id=r["jid"],
@@ -166,6 +228,18 @@ async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOu
                 else None
             ),
             last_message_at=r["last_message_at"],
+            status=r["status"],
+            snoozed_until=r["snoozed_until"],
+            assignee=(
+                AssigneeOut(id=r["assignee_id"], username=names.get(r["assignee_id"]))
+                if r["assignee_id"] is not None
+                else None
+            ),
+            unread=unread[r["jid"]],
+            opened_at=r["opened_at"],
+            waiting_since=r["waiting_since"],
+            first_response_at=r["first_response_at"],
+            resolved_at=r["resolved_at"],
         )
         for r in rows
     ]
@@ -187,17 +261,30 @@ def _message_page(rows: list[Any], next_cursor: str | None) -> dict[str, Any]:
 async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     """List an account's chats, most recent activity first.
 
-    Each chat carries its unread count and last message. `archived=true` or `false`
-    narrows the list.
+    Each chat carries its unread count and last message, its conversation status,
+    assignee and your own unread count. `archived`, `status`, `assignee` (`me`, `none`,
+    a user id) and `unread` (yours) narrow the list.
     """
     await _granted(account)
     db = _db()
+    reader = await _reader(db)
+    assignee: int | str | None = "any"
+    if query_args.assignee == "me":
+        assignee = reader.user_id if reader.user_id is not None else -1
+    elif query_args.assignee == "none":
+        assignee = None
+    elif query_args.assignee is not None:
+        assignee = int(query_args.assignee)
     rows, next_cursor = await queries.list_chats(
         db,
         account,
         archived=query_args.archived,
         cursor=query_args.cursor,
         limit=query_args.limit,
+        status=query_args.status,
+        assignee=assignee,
+        unread_for=reader.user_id,
+        unread=query_args.unread,
     )
     return _json(ChatPage(items=await _chat_outs(db, account, rows), next=next_cursor))
 
@@ -222,22 +309,60 @@ async def get_chat(account: str, chat_id: str) -> dict[str, Any]:
 @json_body(ChatUpdateIn)
 @document_response(ChatOut, 200)
 @document_response(ErrorBody, 404)
+@document_response(ErrorBody, 422)
 @tag(["chats"])
 async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[str, Any]:
-    """Archive or unarchive a chat, or mark it read (`unread_count: 0`).
+    """Archive or unarchive a chat, mark it read (`unread_count: 0`), set its
+    conversation status, or assign it.
 
-    A new message in an archived chat unarchives it.
+    A new message in an archived chat unarchives it; one in a resolved or snoozed chat
+    opens it again. `status: snoozed` needs `snoozed_until` (Unix time, within a year).
+    `assignee_id`: a user id, `me`, or null. Agents may take an unassigned chat or drop
+    their own (403 otherwise); `conversations.assign` (managers, admins) assigns to
+    anyone who can see the account (422 for anyone else). Status changes write
+    `chat.updated`, assignee changes `chat.assigned` (with `from` and `to`).
     """
     await _granted(account)
     jid = _chat_jid(chat_id)
     db = _db()
+    who = principal()
+    actor = await _reader(db)
+    conversation: dict[str, Any] = {}
+    if data.status is not None:
+        conversation["status"] = data.status
+        conversation["snoozed_until"] = data.snoozed_until
+    elif data.snoozed_until is not None:  # well-formed, refused by the rules: 422
+        raise Unprocessable(
+            "snoozed_until goes with status snoozed",
+            issues=[{"path": "snoozed_until", "message": "give status too", "code": "refused"}],
+        )
+    if "assignee_id" in data.model_fields_set:
+        target = actor.user_id if data.assignee_id == "me" else data.assignee_id
+        if data.assignee_id == "me" and target is None:
+            raise InvalidInput(
+                "this API key has no owner to assign to",
+                issues=[{"path": "assignee_id", "message": "no owner", "code": "invalid"}],
+            )
+        conversation["assignee_id"] = target
     async with db.write() as conn:
         found = await queries.update_chat(
             conn, account, jid, archived=data.archived, mark_read=data.unread_count == 0
         )
         if not found:
             raise NotFound("no such chat")
+        if conversation:
+            await inbox_store.change_chat(
+                conn,
+                account,
+                jid,
+                by=actor,
+                assigns_others=who.can(Permission.CONVERSATIONS_ASSIGN),
+                now=time.time(),
+                **conversation,
+            )
         row = await queries.chat_row(conn, account, jid)
+    if conversation:
+        await poke("inbox")  # the snooze timer, and the new events
     return _json((await _chat_outs(db, account, [row]))[0])
 
 
