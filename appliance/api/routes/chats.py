@@ -32,6 +32,7 @@ from appliance.db.database import Database
 from appliance.errors import NotFound
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
+from appliance.messaging.rows import ChatRow, MessageRow
 
 bp = Blueprint("chats", __name__)
 
@@ -160,29 +161,29 @@ def _chat_jid(chat_id: str) -> str:
         return chat_id
 
 
-async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOut]:
-    last_ids = [r["last_message_id"] for r in rows if r["last_message_id"]]
+async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[ChatOut]:
+    last_ids = [r.last_message_id for r in rows if r.last_message_id]
     last = await queries.message_rows_by_id(db, account, last_ids)
     return [
         ChatOut(
-            id=r["jid"],
-            account_id=r["account_id"],
-            name=r["name"],
-            is_group=bool(r["is_group"]),
-            archived=bool(r["archived"]),
-            unread_count=r["unread_count"],
+            id=r.jid,
+            account_id=r.account_id,
+            name=r.name,
+            is_group=r.is_group,
+            archived=r.archived,
+            unread_count=r.unread_count,
             last_message=(
-                store.message_out(last[r["last_message_id"]])
-                if r["last_message_id"] in last
+                store.message_out(last[r.last_message_id])
+                if r.last_message_id is not None and r.last_message_id in last
                 else None
             ),
-            last_message_at=r["last_message_at"],
+            last_message_at=r.last_message_at,
         )
         for r in rows
     ]
 
 
-def _message_page(rows: list[Any], next_cursor: str | None) -> dict[str, Any]:
+def _message_page(rows: list[MessageRow], next_cursor: str | None) -> dict[str, Any]:
     return _json(MessagePage(items=[store.message_out(r) for r in rows], next=next_cursor))
 
 
@@ -249,6 +250,7 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
         if not found:
             raise NotFound("no such chat")
         row = await queries.chat_row(conn, account, jid)
+    assert row is not None  # found just now, in this transaction
     return _json((await _chat_outs(db, account, [row]))[0])
 
 
@@ -325,7 +327,7 @@ async def list_contacts(account: str, query_args: PageQuery) -> dict[str, Any]:
     rows, next_cursor = await queries.list_contacts(
         _db(), account, cursor=query_args.cursor, limit=query_args.limit
     )
-    items = [ContactOut(id=r["jid"], phone=r["phone"], name=r["name"]) for r in rows]
+    items = [ContactOut(id=r.jid, phone=r.phone, name=r.name) for r in rows]
     return _json(ContactPage(items=items, next=next_cursor))
 
 
