@@ -10,7 +10,9 @@ as 0/1), for code not moved to the attributes yet (tests).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import orjson
@@ -25,6 +27,8 @@ class _Row(Protocol):
 
     def keys(self) -> list[str]: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
@@ -37,6 +41,11 @@ class _Stored:
 
     def keys(self) -> list[str]:
         return self.columns.keys()
+
+
+def _by_name(row: _Row) -> dict[str, Any]:
+    """The columns by name: sqlite3.Row finds a name by a case-blind scan of them all."""
+    return dict(zip(row.keys(), tuple(row), strict=True))
 
 
 def _object(text: str) -> dict[str, Any]:
@@ -79,7 +88,7 @@ class AccountRow(_Stored):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: ``content`` is parsed once, when first read
 class MessageRow(_Stored):
     account_id: str
     id: str
@@ -88,7 +97,7 @@ class MessageRow(_Stored):
     sender_jid: str | None
     type: str
     body: str | None
-    content: StoredContent
+    content_json: str  # as stored; ``content`` is it typed
     reply_to: str | None
     media_id: str | None
     status: str
@@ -100,10 +109,16 @@ class MessageRow(_Stored):
     origin: str | None  # api | phone | automation; None for inbound
     cursor: int | None = None  # the page position, in lists (the rowid)
 
+    @cached_property
+    def content(self) -> StoredContent:
+        """The content typed: a send type when it is one exactly, else as received."""
+        return STORED_CONTENT.validate_json(self.content_json)
+
     @classmethod
-    def from_row(cls, row: _Row) -> MessageRow:
+    def from_row(cls, stored: _Row) -> MessageRow:
+        row = _by_name(stored)
         return cls(
-            columns=row,
+            columns=stored,
             account_id=row["account_id"],
             id=row["id"],
             chat_jid=row["chat_jid"],
@@ -111,7 +126,7 @@ class MessageRow(_Stored):
             sender_jid=row["sender_jid"],
             type=row["type"],
             body=row["body"],
-            content=STORED_CONTENT.validate_json(row["content"]),
+            content_json=row["content"],
             reply_to=row["reply_to"],
             media_id=row["media_id"],
             status=row["status"],
@@ -121,8 +136,7 @@ class MessageRow(_Stored):
             updated_at=row["updated_at"],
             deleted_at=row["deleted_at"],
             origin=row["origin"],
-            # (sqlite3.Row: `in` looks at the values, not the column names)
-            cursor=row["cursor"] if "cursor" in row.keys() else None,  # noqa: SIM118
+            cursor=row.get("cursor"),
         )
 
 

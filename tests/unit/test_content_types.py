@@ -4,6 +4,7 @@ validates flat becomes a typed content inside, and the JSON stays exactly as bef
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import orjson
@@ -116,11 +117,13 @@ def _message_row(content: dict[str, Any]) -> MessageRow:
         "origin": None,
     }
 
-    class Row(dict[str, Any]):
-        def keys(self) -> list[str]:  # type: ignore[override]
-            return list(super().keys())
-
-    return MessageRow.from_row(Row(columns))
+    db = sqlite3.connect(":memory:")
+    db.row_factory = sqlite3.Row
+    row = db.execute(
+        "SELECT " + ", ".join(f":{name} AS {name}" for name in columns), columns
+    ).fetchone()
+    db.close()
+    return MessageRow.from_row(row)
 
 
 @pytest.mark.parametrize(
