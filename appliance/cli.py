@@ -902,8 +902,8 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
         row = await store.account_row(db, args.account)
         if row is None:
             return f"no account {args.account!r}"
-        if not engines.capabilities(row["engine"]).inbound_injection:
-            return f"account {args.account!r} uses the {row['engine']} engine, not sandbox"
+        if not engines.capabilities(row.engine).inbound_injection:
+            return f"account {args.account!r} uses the {row.engine} engine, not sandbox"
         async with db.write() as conn:
             await store.inject_sandbox_inbound(conn, args.account, message, now=time.time())
         return None

@@ -132,7 +132,7 @@ def client_addr() -> str:
 
     if not trusted(peer):
         return peer
-    forwarded = _conn().headers.get("X-Forwarded-For", "")
+    forwarded: str = _conn().headers.get("X-Forwarded-For", "")
     hops = [h.strip() for h in forwarded.split(",") if h.strip()]
     for hop in reversed(hops):
         if not trusted(hop):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from appliance.api.access import principal
 from appliance.api.state import state_of
 from appliance.errors import NotFound
 from appliance.messaging import store
+from appliance.messaging.rows import AccountRow
 
 
 def visible_accounts() -> list[str] | None:
@@ -18,7 +17,7 @@ def visible_accounts() -> list[str] | None:
     return sorted(who.accounts)
 
 
-async def account_for(account_id: str) -> Any:
+async def account_for(account_id: str) -> AccountRow:
     """The account row, if it exists and the caller is granted it; else NotFound."""
     db = state_of().db
     assert db is not None

@@ -32,6 +32,7 @@ import orjson
 
 from appliance.db.database import Database
 from appliance.messaging.models import EventOut
+from appliance.messaging.rows import EventRow
 from appliance.messaging.store import event_out, last_event_id
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ async def read_page(db: Database, scope: Scope, after: int, limit: int) -> Page:
         f"WHERE id > ?{where} ORDER BY id LIMIT ?",
         (after, *params, limit),
     )
-    items = [event_out(r) for r in rows]
+    items = [event_out(EventRow.from_row(r)) for r in rows]
     if len(items) >= limit:
         return Page(items, items[-1].id, newest, True)
     # Everything matching up to ``newest`` was in this (later) read: skip past it.

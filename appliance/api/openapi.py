@@ -112,7 +112,7 @@ def error_response(status: int) -> dict[str, Any]:
 def error_components() -> dict[str, Any]:
     """The Error schema and what it refers to (Issue), as components."""
     schema = Error.model_json_schema(ref_template="#/components/schemas/{model}")
-    components = schema.pop("$defs", {})
+    components: dict[str, Any] = schema.pop("$defs", {})
     for field in schema["properties"].values():
         if field.get("default", 0) is None:
             del field["default"]  # absent, never null
@@ -155,17 +155,19 @@ class ApplianceOpenAPIProvider(OpenAPIProvider):
             if not getattr(func, "_quart_schema_hidden", False):
                 yield rule
 
-    def build_querystring_parameters(self, model: Any) -> tuple[list[dict[str, Any]], dict]:
+    def build_querystring_parameters(
+        self, model: Any
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         parameters, components = super().build_querystring_parameters(model)
         _mark_required(parameters, model)
         return parameters, components
 
-    def build_headers_parameters(self, model: Any) -> tuple[list[dict[str, Any]], dict]:
+    def build_headers_parameters(self, model: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         parameters, components = super().build_headers_parameters(model)
         _mark_required(parameters, model)
         return parameters, components
 
-    def build_paths(self, rule: Rule) -> tuple[dict, dict]:
+    def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
         requirement = route_requirement(func)

@@ -110,8 +110,8 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
             data = parse_json_body(raw)
             # quart-schema reads request.get_json(): hand it what was parsed here, so the
             # body is never parsed by a decoder without these checks.
-            request._cached_json[False] = data  # type: ignore[attr-defined]
-            request._cached_json[True] = data  # type: ignore[attr-defined]
+            request._cached_json[False] = data
+            request._cached_json[True] = data
             return await validated(*args, **kwargs)
 
         wrapper = document_response(ValidationErrorBody, 400)(wrapper)
@@ -128,6 +128,7 @@ def query(model: type[BaseModel]) -> Callable[[F], F]:
 
     def decorator(func: F) -> F:
         wrapped = validate_querystring(model)(func)
-        return document_response(ValidationErrorBody, 400)(wrapped)  # type: ignore[return-value]
+        documented: F = document_response(ValidationErrorBody, 400)(wrapped)
+        return documented
 
     return decorator

@@ -53,7 +53,7 @@ async def _set_grants(
     )
 
 
-def _user(row: Any, accounts: tuple[str, ...]) -> UserRow:
+def _user(row: sqlite3.Row, accounts: tuple[str, ...]) -> UserRow:
     return UserRow(
         id=row["id"],
         username=row["username"],
@@ -316,7 +316,7 @@ _KEY_COLS = (
 _KEY_FROM = "api_keys LEFT JOIN users owner ON owner.id = api_keys.owner_user_id"
 
 
-def _key(row: Any, accounts: tuple[str, ...]) -> ApiKeyRow:
+def _key(row: sqlite3.Row, accounts: tuple[str, ...]) -> ApiKeyRow:
     return ApiKeyRow(
         id=row["id"],
         name=row["name"],
@@ -448,10 +448,40 @@ async def audit(
     )
 
 
-async def list_audit(db: Database, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    at: float
+    actor: str | None
+    actor_name: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    client_addr: str | None
+    request_id: str | None
+
+    def __getitem__(self, key: str) -> Any:
+        """``entry["action"]``, as when entries were dicts (tests read them so)."""
+        return getattr(self, key)
+
+
+async def list_audit(db: Database, *, before: int | None, limit: int) -> list[AuditRow]:
     rows = await db.fetchall(
         "SELECT id, at, actor, actor_name, action, target, details, client_addr, request_id "
         "FROM audit_log WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
         (before, before, limit),
     )
-    return [{**dict(r), "details": orjson.loads(r["details"])} for r in rows]
+    return [
+        AuditRow(
+            id=r["id"],
+            at=r["at"],
+            actor=r["actor"],
+            actor_name=r["actor_name"],
+            action=r["action"],
+            target=r["target"],
+            details=orjson.loads(r["details"]),
+            client_addr=r["client_addr"],
+            request_id=r["request_id"],
+        )
+        for r in rows
+    ]

@@ -55,7 +55,13 @@ from appliance.ipc.scripts_protocol import (
 )
 from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
-from appliance.messaging.models import Context, MessageContent, MessageOut, recipient_jid
+from appliance.messaging.models import (
+    Context,
+    MessageContent,
+    MessageOut,
+    content_dict,
+    recipient_jid,
+)
 from appliance.messaging.sends import accept_send
 from appliance.net import ssrf
 
@@ -115,9 +121,10 @@ class _Run:
 def trigger_data(message: MessageOut, *, is_group: bool | None = None) -> dict[str, Any]:
     """The script's ``message``: a plain copy of the inbound message."""
     chat = message.chat_id
-    text = message.content.get("text", {}).get("body") if message.type == "text" else None
+    content = content_dict(message.content)
+    text = content.get("text", {}).get("body") if message.type == "text" else None
     if text is None:
-        media = message.content.get(message.type)
+        media = content.get(message.type)
         text = media.get("caption") if isinstance(media, dict) else None
     return {
         "id": message.id,
@@ -543,7 +550,11 @@ class ScriptRunner:
                     "direction": m.direction,
                     "from": m.from_,
                     "type": m.type,
-                    "body": (m.content.get("text") or {}).get("body") if m.type == "text" else None,
+                    "body": (
+                        (content_dict(m.content).get("text") or {}).get("body")
+                        if m.type == "text"
+                        else None
+                    ),
                     "status": m.status,
                     "timestamp": m.timestamp,
                 }

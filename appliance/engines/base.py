@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from appliance.errors import EngineError
+from appliance.messaging.models import CONTENT, Content
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,17 @@ class OutboundMessage:
     id: str  # pre-assigned WhatsApp id: a retry re-sends the same id
     to_jid: str
     type: str
-    content: dict[str, Any]
+    # One class per type (appliance/messaging/models.py); a dict in the Cloud API shape
+    # is validated into it (tests and tools build messages that way).
+    content: Content
     reply_to: str | None = None
     media_path: str | None = None
     media_type: str | None = None
+
+    def __post_init__(self) -> None:
+        content: object = self.content
+        if isinstance(content, dict):
+            object.__setattr__(self, "content", CONTENT.validate_python(content))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -261,6 +264,133 @@ class Context(Strict):
     message_id: MessageIdStr
 
 
+# One class per content type, told apart by ``type`` (a pydantic discriminated union):
+# the flat body above is what the API validates (its spec and error messages), and
+# ``MessageContent.typed()`` turns it into one of these, which is what travels inside:
+# a send's stored content, what the send loop hands an engine
+# (``OutboundMessage.content``) and ``MessageOut.content``. A new send type is one more
+# class here, added to ``Content``.
+
+
+class _TypedContent(Strict):
+    """What every content class answers; ``type`` names the field holding its part."""
+
+    type: str  # each class narrows it to its one Literal
+
+    @property
+    def media(self) -> Media | None:
+        return None
+
+    @property
+    def body(self) -> str | None:
+        return None
+
+    @property
+    def reply_to(self) -> str | None:
+        """The message this one answers: the quoted one, or the reacted-to one."""
+        context: Context | None = getattr(self, "context", None)
+        return context.message_id if context is not None else None
+
+
+class TextContent(_TypedContent):
+    type: Literal["text"]
+    text: Text
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        return self.text.body
+
+
+class _MediaContent(_TypedContent):
+    @property
+    def media(self) -> Media | None:
+        media: Media = getattr(self, self.type)
+        return media
+
+    @property
+    def body(self) -> str | None:
+        return self.media.caption if self.media is not None else None
+
+
+class ImageContent(_MediaContent):
+    type: Literal["image"]
+    image: Media
+    context: Context | None = None
+
+
+class DocumentContent(_MediaContent):
+    type: Literal["document"]
+    document: Media
+    context: Context | None = None
+
+
+class AudioContent(_MediaContent):
+    type: Literal["audio"]
+    audio: Media
+    context: Context | None = None
+
+
+class VideoContent(_MediaContent):
+    type: Literal["video"]
+    video: Media
+    context: Context | None = None
+
+
+class ReactionContent(_TypedContent):
+    type: Literal["reaction"]
+    reaction: Reaction
+    context: Context | None = None
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.reaction.message_id
+
+
+class TemplateContent(_TypedContent):
+    type: Literal["template"]
+    template: Template
+    context: Context | None = None
+
+
+Content = Annotated[
+    TextContent
+    | ImageContent
+    | DocumentContent
+    | AudioContent
+    | VideoContent
+    | ReactionContent
+    | TemplateContent,
+    Field(discriminator="type"),
+]
+CONTENT: TypeAdapter[Content] = TypeAdapter(Content)
+
+
+class ReceivedContent(BaseModel):
+    """Content an engine recorded that is not one of the send types as sent: inbound
+    locations, stickers, unsupported kinds, media with download details, ... Kept as
+    given (``type`` first, then the rest in stored order)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **(self.model_extra or {})}
+
+
+# A stored message's content: a send type when it is one exactly, else as received.
+StoredContent = Annotated[Content | ReceivedContent, Field(union_mode="left_to_right")]
+STORED_CONTENT: TypeAdapter[StoredContent] = TypeAdapter(StoredContent)
+
+
+def content_dict(content: Content | ReceivedContent) -> dict[str, Any]:
+    """The JSON object of a content, exactly as it was given (unset defaults left out)."""
+    if isinstance(content, ReceivedContent):
+        return content.as_dict()
+    return content.model_dump(mode="json", exclude_unset=True)
+
+
 class MessageContent(Strict):
     """The content shared by sends and sandbox inbound."""
 
@@ -294,6 +424,13 @@ class MessageContent(Strict):
             return self.text.body
         media = self.media
         return media.caption if media is not None else None
+
+    def typed(self) -> Content:
+        """This content as its class in ``Content`` (the one part its ``type`` names)."""
+        fields: dict[str, Any] = {"type": self.type, self.type: getattr(self, self.type)}
+        if self.context is not None:
+            fields["context"] = self.context
+        return CONTENT.validate_python(fields)
 
 
 class SendMessageIn(MessageContent):
@@ -339,7 +476,11 @@ class MessageOut(BaseModel):
     from_: str | None = Field(default=None, alias="from")
     to: str | None = None
     type: str
-    content: dict[str, Any]
+    content: Annotated[
+        StoredContent,
+        # The spec keeps its open object: received content can be any kind.
+        WithJsonSchema({"additionalProperties": True, "type": "object", "title": "Content"}),
+    ]
     status: str
     error: str | None = None
     reply_to: str | None = None
@@ -356,6 +497,10 @@ class MessageOut(BaseModel):
     )
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_serializer("content")
+    def _content_as_stored(self, content: Content | ReceivedContent) -> dict[str, Any]:
+        return content_dict(content)
 
 
 class SendAccepted(BaseModel):

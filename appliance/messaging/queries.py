@@ -27,6 +27,7 @@ import orjson
 
 from appliance.db.database import Database
 from appliance.errors import InvalidInput
+from appliance.messaging.rows import ChatRow, ContactRow, MessageRow
 
 # The column list message_out() reads; kept in one place (store.py).
 from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
@@ -95,7 +96,7 @@ async def list_messages(
     status: str | None = None,
     cursor: str | None = None,
     limit: int,
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[MessageRow], str | None]:
     """A page of message rows, newest first, and the cursor of the next page."""
     before = rowid_cursor("m", cursor)
     where: list[str] = ["account_id = ?"]
@@ -115,15 +116,17 @@ async def list_messages(
     return _rowid_page("m", rows, limit)
 
 
-def _rowid_page(kind: str, rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
-    page = list(rows[:limit])
+def _rowid_page(
+    kind: str, rows: Sequence[sqlite3.Row], limit: int
+) -> tuple[list[MessageRow], str | None]:
+    page = [MessageRow.from_row(r) for r in rows[:limit]]
     more = len(rows) > limit
-    return page, encode_cursor(kind, page[-1]["cursor"]) if more and page else None
+    return page, encode_cursor(kind, page[-1].cursor) if more and page else None
 
 
 async def message_rows_by_id(
     db: Database, account_id: str, message_ids: Sequence[str]
-) -> dict[str, Any]:
+) -> dict[str, MessageRow]:
     if not message_ids:
         return {}
     marks = ",".join("?" * len(message_ids))
@@ -131,13 +134,16 @@ async def message_rows_by_id(
         f"SELECT {MESSAGE_COLS} FROM messages WHERE account_id = ? AND id IN ({marks})",
         (account_id, *message_ids),
     )
-    return {r["id"]: r for r in rows}
+    return {r["id"]: MessageRow.from_row(r) for r in rows}
 
 
 # -- chats -------------------------------------------------------------------------------
 
 _CHAT_SELECT = (
-    "SELECT c.account_id, c.jid, COALESCE(c.name, ct.name) AS name, c.is_group, c.archived, "
+    # The name: the team's display name for the contact, else the chat's own, else the
+    # contact's WhatsApp name.
+    "SELECT c.account_id, c.jid, COALESCE(ct.display_name, c.name, ct.name) AS name, "
+    "c.is_group, c.archived, "
     "c.unread_count, c.last_message_id, c.last_message_at, c.created_at, "
     # The conversation (migration 0014; the rules are in appliance/inbox).
     "c.status, c.snoozed_until, c.assignee_id, c.opened_at, c.waiting_since, "
@@ -157,7 +163,7 @@ async def list_chats(
     assignee: int | str | None = "any",
     unread_for: int | None = None,
     unread: bool | None = None,
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[ChatRow], str | None]:
     """A page of chat rows, most recent activity first, and the next page's cursor.
 
     Conversation filters: ``status``; ``assignee`` a user id, None (unassigned) or
@@ -206,21 +212,23 @@ async def list_chats(
         "ORDER BY c.last_message_at DESC, c.jid LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
+    page = [ChatRow.from_row(r) for r in rows[:limit]]
     more = len(rows) > limit
     last = page[-1] if page else None
-    next_cursor = (
-        encode_cursor("c", last["last_message_at"], last["jid"]) if more and last else None
-    )
+    next_cursor = encode_cursor("c", last.last_message_at, last.jid) if more and last else None
     return page, next_cursor
 
 
-async def chat_row(db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str) -> Any:
+async def chat_row(
+    db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str
+) -> ChatRow | None:
     sql = f"{_CHAT_SELECT} WHERE c.account_id = ? AND c.jid = ?"
     if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, (account_id, jid))
-    async with db_or_conn.execute(sql, (account_id, jid)) as cur:
-        return await cur.fetchone()
+        row = await db_or_conn.fetchone(sql, (account_id, jid))
+    else:
+        async with db_or_conn.execute(sql, (account_id, jid)) as cur:
+            row = await cur.fetchone()
+    return None if row is None else ChatRow.from_row(row)
 
 
 async def update_chat(
@@ -255,7 +263,7 @@ async def update_chat(
 
 async def list_contacts(
     db: Database, account_id: str, *, cursor: str | None = None, limit: int
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[ContactRow], str | None]:
     """A page of contacts by jid, and the next page's cursor."""
     where: list[str] = ["account_id = ?"]
     params: list[str | int] = [account_id]
@@ -268,9 +276,9 @@ async def list_contacts(
         "ORDER BY jid LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
+    page = [ContactRow.from_row(r) for r in rows[:limit]]
     more = len(rows) > limit
-    return page, encode_cursor("k", page[-1]["jid"]) if more and page else None
+    return page, encode_cursor("k", page[-1].jid) if more and page else None
 
 
 # -- full-text search --------------------------------------------------------------------
@@ -310,7 +318,7 @@ async def search_messages(
     *,
     cursor: str | None = None,
     limit: int,
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[MessageRow], str | None]:
     """Messages whose body matches every word of ``text``, newest first, in pages.
 
     ``accounts=None`` searches every account; an empty list finds nothing.

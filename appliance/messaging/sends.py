@@ -19,7 +19,7 @@ from appliance.db.queue import enqueue_in
 from appliance.errors import Unprocessable
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
-from appliance.messaging.models import MessageContent, recipient_jid
+from appliance.messaging.models import Content, MessageContent, ReactionContent, recipient_jid
 
 Origin = Literal["api", "phone", "automation"]
 
@@ -40,7 +40,7 @@ async def accept_send(
     *,
     account_id: str,
     to: str,
-    message: MessageContent,
+    message: MessageContent | Content,
     client_key: str | None,
     now: float,
     origin: Origin = "api",
@@ -49,26 +49,25 @@ async def accept_send(
 
     ``client_key`` makes it idempotent per account: the caller's identity plus its key
     (e.g. ``<api key id>|<Idempotency-Key>``, or ``automation:<rule>:<trigger>``).
-    Raises ``Unprocessable`` (422) when the reply target, the reacted message or the
-    uploaded media is not in this account.
+    ``message`` is the flat body the API validates, or already one of ``Content``'s
+    classes (the worker's automations). Raises ``Unprocessable`` (422) when the reply
+    target, the reacted message or the uploaded media is not in this account.
     """
     if client_key is not None:
         existing = await store.message_by_client_key(conn, account_id, client_key)
         if existing is not None:  # a retry whose first answer was lost
-            return Accepted(existing["id"], created=False)
+            return Accepted(existing.id, created=False)
+    content = message.typed() if isinstance(message, MessageContent) else message
     for path, ref in (
-        ("context.message_id", message.context),
-        ("reaction.message_id", message.reaction),
+        ("context.message_id", content.context),
+        ("reaction.message_id", content.reaction if isinstance(content, ReactionContent) else None),
     ):
         if ref is not None and await store.message_row(conn, account_id, ref.message_id) is None:
             raise _unknown(path, f"no message {ref.message_id!r} in this account")
-    media = message.media
+    media = content.media
     media_id = media.id if media is not None else None
     if media_id is not None and not await store.media_exists(conn, account_id, media_id):
-        raise _unknown(f"{message.type}.id", f"no uploaded media {media_id!r} in this account")
-    reply_to = message.context.message_id if message.context else None
-    if message.reaction is not None:
-        reply_to = message.reaction.message_id
+        raise _unknown(f"{content.type}.id", f"no uploaded media {media_id!r} in this account")
     chat = recipient_jid(to)
     message_id = store.new_message_id()
     await store.insert_outbound(
@@ -76,12 +75,10 @@ async def accept_send(
         account_id=account_id,
         message_id=message_id,
         chat_jid=chat,
-        type_=message.type,
-        body=message.body,
-        content=message.model_dump(
-            mode="json", exclude_none=True, exclude={"to", "messaging_product"}
-        ),
-        reply_to=reply_to,
+        type_=content.type,
+        body=content.body,
+        content=content,
+        reply_to=content.reply_to,
         media_id=media_id,
         client_key=client_key,
         origin=origin,

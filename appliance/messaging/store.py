@@ -15,14 +15,18 @@ import orjson
 from appliance.db.database import Database
 from appliance.errors import Conflict, NotFound
 from appliance.messaging.models import (
+    CONTENT,
     AccountOut,
     AccountSettings,
+    Content,
     EventOut,
     InboundIn,
     MessageOut,
+    content_dict,
     jid_phone,
     recipient_jid,
 )
+from appliance.messaging.rows import AccountRow, EventRow, MessageRow
 
 STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
 
@@ -59,13 +63,13 @@ async def append_event(
     return int(row[0])
 
 
-def event_out(row: Any) -> EventOut:
+def event_out(row: EventRow) -> EventOut:
     return EventOut(
-        id=row["id"],
-        type=row["type"],
-        account_id=row["account_id"],
-        created_at=row["created_at"],
-        data=orjson.loads(row["data"]),
+        id=row.id,
+        type=row.type,
+        account_id=row.account_id,
+        created_at=row.created_at,
+        data=row.data,
     )
 
 
@@ -74,21 +78,22 @@ async def last_event_id(db: Database) -> int:
     return int(await db.scalar("SELECT COALESCE(MAX(id), 0) FROM events") or 0)
 
 
-async def event_rows_after(db: Database, after: int, limit: int) -> list[sqlite3.Row]:
-    """Rows (id, type, account_id, created_at, data) of the events after ``after``,
-    oldest first, at most ``limit``."""
-    return await db.fetchall(
+async def event_rows_after(db: Database, after: int, limit: int) -> list[EventRow]:
+    """The events after ``after``, oldest first, at most ``limit``."""
+    rows = await db.fetchall(
         "SELECT id, type, account_id, created_at, data FROM events WHERE id > ? "
         "ORDER BY id LIMIT ?",
         (after, limit),
     )
+    return [EventRow.from_row(r) for r in rows]
 
 
-async def event_row(db: Database, event_id: int) -> sqlite3.Row | None:
-    """The row (id, type, account_id, created_at, data) of one event."""
-    return await db.fetchone(
+async def event_row(db: Database, event_id: int) -> EventRow | None:
+    """One event."""
+    row = await db.fetchone(
         "SELECT id, type, account_id, created_at, data FROM events WHERE id = ?", (event_id,)
     )
+    return None if row is None else EventRow.from_row(row)
 
 
 # -- accounts ----------------------------------------------------------------------------
@@ -99,21 +104,19 @@ _ACCOUNT_COLS = (
 )
 
 
-def account_out(row: Any) -> AccountOut:
+def account_out(row: AccountRow) -> AccountOut:
     return AccountOut(
-        id=row["id"],
-        name=row["name"],
-        engine=row["engine"],
+        id=row.id,
+        name=row.name,
+        engine=row.engine,
         # Stored secrets are encrypted (keys ending in _enc); answers show them masked only.
-        engine_settings={
-            k: v for k, v in orjson.loads(row["engine_settings"]).items() if not k.endswith("_enc")
-        },
-        settings=AccountSettings.model_validate(orjson.loads(row["settings"])),
-        state=row["state"],
-        state_reason=row["state_reason"],
-        phone=row["phone"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        engine_settings={k: v for k, v in row.engine_settings.items() if not k.endswith("_enc")},
+        settings=AccountSettings.model_validate(row.settings),
+        state=row.state,
+        state_reason=row.state_reason,
+        phone=row.phone,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -137,24 +140,26 @@ async def create_account(
         raise Conflict(f"an account with id {account_id!r} already exists") from None
 
 
-async def account_row(db_or_conn: Database | aiosqlite.Connection, account_id: str) -> Any:
+async def account_row(
+    db_or_conn: Database | aiosqlite.Connection, account_id: str
+) -> AccountRow | None:
     sql = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?"
-    if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, (account_id,))
-    async with db_or_conn.execute(sql, (account_id,)) as cur:
-        return await cur.fetchone()
+    row = await _fetchone(db_or_conn, sql, (account_id,))
+    return None if row is None else AccountRow.from_row(row)
 
 
-async def list_account_rows(db: Database, accounts: Sequence[str] | None) -> list[Any]:
+async def list_account_rows(db: Database, accounts: Sequence[str] | None) -> list[AccountRow]:
     if accounts is None:
-        return await db.fetchall(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
+        rows = await db.fetchall(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
+        return [AccountRow.from_row(r) for r in rows]
     if not accounts:
         return []
     marks = ",".join("?" * len(accounts))
-    return await db.fetchall(
+    rows = await db.fetchall(
         f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id IN ({marks}) ORDER BY created_at, id",
         tuple(accounts),
     )
+    return [AccountRow.from_row(r) for r in rows]
 
 
 async def update_account(
@@ -247,37 +252,47 @@ _MESSAGE_COLS = (
 )
 
 
-def message_out(row: Any) -> MessageOut:
-    out = row["direction"] == "out"
-    chat = row["chat_jid"]
-    return MessageOut(
-        id=row["id"],
-        account_id=row["account_id"],
-        chat_id=chat,
-        direction=row["direction"],
-        **{"from": None if out else (row["sender_jid"] or chat)},
-        to=chat if out else None,
-        type=row["type"],
-        content=orjson.loads(row["content"]),
-        status=row["status"],
-        error=row["error"],
-        reply_to=row["reply_to"],
-        timestamp=row["wa_timestamp"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        deleted_at=row["deleted_at"],
-        origin=row["origin"],
+def message_out(row: MessageRow) -> MessageOut:
+    out = row.direction == "out"
+    chat = row.chat_jid
+    return MessageOut.model_validate(
+        {
+            "id": row.id,
+            "account_id": row.account_id,
+            "chat_id": chat,
+            "direction": row.direction,
+            "from": None if out else (row.sender_jid or chat),
+            "to": chat if out else None,
+            "type": row.type,
+            "content": row.content,
+            "status": row.status,
+            "error": row.error,
+            "reply_to": row.reply_to,
+            "timestamp": row.wa_timestamp,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "deleted_at": row.deleted_at,
+            "origin": row.origin,
+        }
     )
+
+
+async def _fetchone(
+    db_or_conn: Database | aiosqlite.Connection, sql: str, params: tuple[Any, ...]
+) -> sqlite3.Row | None:
+    if isinstance(db_or_conn, Database):
+        return await db_or_conn.fetchone(sql, params)
+    async with db_or_conn.execute(sql, params) as cur:
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
 
 
 async def message_row(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, message_id: str
-) -> Any:
+) -> MessageRow | None:
     sql = f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND id = ?"
-    if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, (account_id, message_id))
-    async with db_or_conn.execute(sql, (account_id, message_id)) as cur:
-        return await cur.fetchone()
+    row = await _fetchone(db_or_conn, sql, (account_id, message_id))
+    return None if row is None else MessageRow.from_row(row)
 
 
 async def set_message_media(
@@ -291,12 +306,15 @@ async def set_message_media(
     )
 
 
-async def message_by_client_key(conn: aiosqlite.Connection, account_id: str, key: str) -> Any:
+async def message_by_client_key(
+    conn: aiosqlite.Connection, account_id: str, key: str
+) -> MessageRow | None:
     async with conn.execute(
         f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND client_key = ?",
         (account_id, key),
     ) as cur:
-        return await cur.fetchone()
+        row = await cur.fetchone()
+    return None if row is None else MessageRow.from_row(row)
 
 
 async def insert_outbound(
@@ -307,13 +325,19 @@ async def insert_outbound(
     chat_jid: str,
     type_: str,
     body: str | None,
-    content: dict[str, Any],
+    content: Content | dict[str, Any],
     reply_to: str | None,
     media_id: str | None,
     client_key: str | None,
     now: float,
     origin: str = "api",
 ) -> None:
+    """``content``: typed, stored as the flat body was (``None`` parts left out); or a
+    dict in the Cloud API shape (tests, tools), checked and stored as given."""
+    if isinstance(content, dict):
+        stored = content_dict(CONTENT.validate_python(content))
+    else:
+        stored = content.model_dump(mode="json", exclude_none=True)
     await conn.execute(
         "INSERT INTO messages (account_id, id, chat_jid, direction, type, body, content, "
         "reply_to, media_id, status, client_key, created_at, updated_at, origin) "
@@ -324,7 +348,7 @@ async def insert_outbound(
             chat_jid,
             type_,
             body,
-            _json(content),
+            _json(stored),
             reply_to,
             media_id,
             client_key,
@@ -391,6 +415,7 @@ async def insert_inbound(
             (revoked, account_id, message_id),
         ) as cur:
             row = await cur.fetchone()
+        assert row is not None  # stored just now, in this transaction
     await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=True)
     await conn.execute(
         "INSERT INTO contacts (account_id, jid, phone, name, updated_at) VALUES (?, ?, ?, ?, ?) "
@@ -398,7 +423,7 @@ async def insert_inbound(
         "updated_at = excluded.updated_at",
         (account_id, sender_jid, jid_phone(sender_jid), sender_name, now),
     )
-    message = message_out(row)
+    message = message_out(MessageRow.from_row(row))
     await append_event(
         conn, "message.received", account_id, message.model_dump(mode="json", by_alias=True), now
     )
@@ -444,7 +469,7 @@ async def revoke_message(
         row = await cur.fetchone()
     if row is None:
         return None
-    message = message_out(row)
+    message = message_out(MessageRow.from_row(row))
     data = {**message.model_dump(mode="json", by_alias=True), "deleted_by": revoked_by}
     await append_event(conn, "message.deleted", account_id, data, now)
     return message
@@ -484,9 +509,9 @@ async def set_message_status(
     Returns the message when it changed, else None (unknown, or already further on).
     """
     row = await message_row(conn, account_id, message_id)
-    if row is None or row["direction"] != "out":
+    if row is None or row.direction != "out":
         return None
-    current = row["status"]
+    current = row.status
     if current == "failed":
         return None
     if status == "failed":
@@ -499,6 +524,7 @@ async def set_message_status(
         (status, error, now, account_id, message_id),
     )
     updated = await message_row(conn, account_id, message_id)
+    assert updated is not None  # updated just now, in this transaction
     message = message_out(updated)
     if not event or status == "sending":
         return message
@@ -535,6 +561,7 @@ async def report_failure(
     if not changed:
         return False
     row = await message_row(conn, account_id, message_id)
+    assert row is not None  # updated just now, in this transaction
     payload = message_out(row).model_dump(mode="json", by_alias=True)
     await append_event(conn, "message.failed", account_id, payload, now)
     return True

@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import email.utils
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in
 from appliance.messaging import store as messaging_store
+from appliance.messaging.rows import EventRow
 from appliance.net import ssrf
 from appliance.observability.context import child_traceparent
 from appliance.webhooks import store
@@ -239,7 +239,7 @@ class Deliverer:
             max_inflight=MAX_INFLIGHT,
             what="webhook deliveries",
         )
-        self._events: OrderedDict[int, sqlite3.Row] = OrderedDict()
+        self._events: OrderedDict[int, EventRow] = OrderedDict()
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
         self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
@@ -270,7 +270,7 @@ class Deliverer:
             # The slot is held until the outcome is committed: see repeats_at_a_kill().
             await self._record(job, endpoint, event, result)
 
-    async def _event(self, event_id: int) -> sqlite3.Row | None:
+    async def _event(self, event_id: int) -> EventRow | None:
         """The event row; events never change, so one read serves every endpoint."""
         event = self._events.get(event_id)
         if event is None:
@@ -281,10 +281,10 @@ class Deliverer:
                     self._events.popitem(last=False)
         return event
 
-    async def _attempt(self, endpoint: store.Endpoint, event: sqlite3.Row) -> AttemptResult:
+    async def _attempt(self, endpoint: store.Endpoint, event: EventRow) -> AttemptResult:
         body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
         now = self.clock()
-        msg_id = str(event["id"])
+        msg_id = str(event.id)
         timestamp = int(now)
         custom = endpoint.header_values(self.cipher, cache=self._header_values)
         headers = {k: v for k, v in custom.items() if k.lower() not in RESERVED_HEADERS}
@@ -314,12 +314,12 @@ class Deliverer:
         return result
 
     async def _record(
-        self, job: Job, endpoint: store.Endpoint, event: sqlite3.Row, result: AttemptResult
+        self, job: Job, endpoint: store.Endpoint, event: EventRow, result: AttemptResult
     ) -> None:
         now = self.clock()
         status = result.status
         if status is not None and 200 <= status < 300:
-            EVENT_TO_DELIVERY.observe(max(0.0, now - event["created_at"]))
+            EVENT_TO_DELIVERY.observe(max(0.0, now - event.created_at))
             await self._finish(job, endpoint, result, "delivered", None)
             return
         if status == 410:

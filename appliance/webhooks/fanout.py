@@ -9,8 +9,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from appliance.db.database import Database
 from appliance.db.queue import enqueue_many_in
 from appliance.messaging import store as messaging_store
@@ -73,13 +71,11 @@ class FanOut:
         endpoints = self.endpoints.all()
         wanted: list[tuple[str, int, str]] = []
         for row in rows:
-            data: dict[str, Any] = (
-                orjson.loads(row["data"]) if row["type"] == "webhook.test" else {}
-            )
+            data: dict[str, Any] = row.data if row.type == "webhook.test" else {}
             wanted.extend(
-                (endpoint.id, row["id"], row["type"])
+                (endpoint.id, row.id, row.type)
                 for endpoint in endpoints
-                if endpoint.wants(row["type"], row["account_id"], data)
+                if endpoint.wants(row.type, row.account_id, data)
             )
         # A whole batch in two statements: the per-delivery round trips through
         # aiosqlite's thread were most of the fan-out's cost.
@@ -98,7 +94,7 @@ class FanOut:
                 now=now,
                 max_attempts=self.max_attempts,
             )
-            await store.move_fanout_cursor(conn, rows[-1]["id"])
+            await store.move_fanout_cursor(conn, rows[-1].id)
         if created:
             self.on_deliveries()
         return len(rows)

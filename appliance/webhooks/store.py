@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from appliance.crypto import DataCipher
 from appliance.db.database import Database, fetchone_from
 from appliance.errors import NotFound
 from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key_sql
+from appliance.webhooks.rows import AttemptRow, DeliveryRef, DeliveryRow
 
 ROTATION_GRACE_S = 24 * 3600
 HEADER_MASK = "****"  # a header value as answers show it; sent back, it keeps the stored one
@@ -478,8 +478,8 @@ async def list_deliveries(
     until: float | None,
     before_id: int | None,
     limit: int,
-) -> list[sqlite3.Row]:
-    """An endpoint's deliveries (``DELIVERY_COLS``), newest first."""
+) -> list[DeliveryRow]:
+    """An endpoint's deliveries, newest first."""
     where: list[str] = ["endpoint_id = ?"]
     params: list[str | int | float] = [endpoint_id]
     for clause, value in (
@@ -492,27 +492,30 @@ async def list_deliveries(
         if value is not None:
             where.append(clause)
             params.append(value)
-    return await db.fetchall(
+    rows = await db.fetchall(
         f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE {' AND '.join(where)} "
         "ORDER BY id DESC LIMIT ?",
         (*params, limit),
     )
+    return [DeliveryRow.from_row(r) for r in rows]
 
 
-async def get_delivery(db: Database, endpoint_id: str, delivery_id: int) -> sqlite3.Row | None:
-    return await db.fetchone(
+async def get_delivery(db: Database, endpoint_id: str, delivery_id: int) -> DeliveryRow | None:
+    row = await db.fetchone(
         f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?",
         (delivery_id, endpoint_id),
     )
+    return None if row is None else DeliveryRow.from_row(row)
 
 
-async def delivery_attempts(db: Database, delivery_id: int) -> list[sqlite3.Row]:
-    """Rows (at, duration_ms, status, response, error), oldest first."""
-    return await db.fetchall(
+async def delivery_attempts(db: Database, delivery_id: int) -> list[AttemptRow]:
+    """A delivery's attempts, oldest first."""
+    rows = await db.fetchall(
         "SELECT at, duration_ms, status, response, error FROM webhook_attempts "
         "WHERE delivery_id = ? ORDER BY id",
         (delivery_id,),
     )
+    return [AttemptRow.from_row(r) for r in rows]
 
 
 async def finished_deliveries(
@@ -524,8 +527,8 @@ async def finished_deliveries(
     since: float | None = None,
     until: float | None = None,
     limit: int = 100000,
-) -> list[sqlite3.Row]:
-    """Rows (id, event_id) of an endpoint's deliveries that are not pending."""
+) -> list[DeliveryRef]:
+    """An endpoint's deliveries that are not pending."""
     where: list[str] = ["endpoint_id = ?", "state != 'pending'"]
     params: list[str | int | float] = [endpoint_id]
     for clause, value in (
@@ -537,10 +540,11 @@ async def finished_deliveries(
         if value is not None:
             where.append(clause)
             params.append(value)
-    return await db.fetchall(
+    rows = await db.fetchall(
         f"SELECT id, event_id FROM webhook_deliveries WHERE {' AND '.join(where)} LIMIT ?",
         (*params, limit),
     )
+    return [DeliveryRef(id=r["id"], event_id=r["event_id"]) for r in rows]
 
 
 async def delivery_exists(db: Database, endpoint_id: str, delivery_id: int) -> bool:

@@ -13,18 +13,17 @@ import contextlib
 import logging
 import random
 import shutil
-import sqlite3
 import time
 from typing import Any, Protocol
-
-import orjson
 
 from appliance.config import Settings, account_session_dir
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut
+from appliance.errors import NotFound
 from appliance.messaging import store
+from appliance.messaging.rows import AccountRow
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +55,12 @@ class AccountServices(Protocol):
     def wake_sender(self) -> None: ...
 
 
-def make_engine(row: sqlite3.Row, host: AccountRuntime, db: Database) -> Engine:
+def make_engine(row: AccountRow, host: AccountRuntime, db: Database) -> Engine:
     service = host.service
-    return engines.spec_of(row["engine"]).create(
-        row["id"],
-        orjson.loads(row["engine_settings"]),
-        orjson.loads(row["engine_state"]),
+    return engines.spec_of(row.engine).create(
+        row.id,
+        row.engine_settings,
+        row.engine_state,
         host,
         engines.EngineContext(db=db, settings=service.settings, cipher=service.cipher),
     )
@@ -79,13 +78,13 @@ class AccountRuntime:
     reconnecting with exponential backoff; logged_out waits for a new connect.
     """
 
-    def __init__(self, service: AccountServices, row: sqlite3.Row) -> None:
+    def __init__(self, service: AccountServices, row: AccountRow) -> None:
         self.service = service
-        self.account_id: str = row["id"]
+        self.account_id: str = row.id
         self.row = row
-        self.settings: dict[str, Any] = orjson.loads(row["settings"])
-        self.desired: str = row["desired"]
-        self.state: str = row["state"]
+        self.settings: dict[str, Any] = row.settings
+        self.desired: str = row.desired
+        self.state: str = row.state
         self.connected = False
         self.engine: Engine | None = None
         self._desired_changed = asyncio.Event()
@@ -113,13 +112,13 @@ class AccountRuntime:
                     await self.engine.close()
         self.connected = False
 
-    def update(self, row: sqlite3.Row) -> None:
+    def update(self, row: AccountRow) -> None:
         self.row = row
-        self.settings = orjson.loads(row["settings"])
+        self.settings = row.settings
         if self.engine is not None:
-            self.engine.update_settings(orjson.loads(row["engine_settings"]))
-        if row["desired"] != self.desired:
-            self.desired = row["desired"]
+            self.engine.update_settings(row.engine_settings)
+        if row.desired != self.desired:
+            self.desired = row.desired
             self._desired_changed.set()
 
     # -- EngineHost --------------------------------------------------------------------
@@ -179,7 +178,7 @@ class AccountRuntime:
                     except Exception:
                         log.exception("logout failed", extra={"account_id": self.account_id})
                     self.engine = None
-                elif engines.capabilities(self.row["engine"]).session_files:
+                elif engines.capabilities(self.row.engine).session_files:
                     # No live engine (e.g. after a restart): still forget the session.
                     forget_web_session(self.service.settings, self.account_id)
                 await self._set_state("logged_out", "logged out on request")
@@ -220,6 +219,8 @@ class AccountRuntime:
     async def _connect_and_serve(self) -> None:
         if self.engine is None:
             row = await store.account_row(self.service.db, self.account_id)
+            if row is None:  # deleted meanwhile; reconcile stops this runtime
+                raise NotFound("the account was deleted")
             self.engine = make_engine(row, self, self.service.db)
         await self._set_state("connecting", None)
         phone = await self.engine.connect()
@@ -267,18 +268,18 @@ class Accounts:
         rows = await store.list_account_rows(self.service.db, None)
         seen = set()
         for row in rows:
-            seen.add(row["id"])
-            runtime = self.runtimes.get(row["id"])
+            seen.add(row.id)
+            runtime = self.runtimes.get(row.id)
             if runtime is None:
                 runtime = AccountRuntime(self.service, row)
-                self.runtimes[row["id"]] = runtime
+                self.runtimes[row.id] = runtime
                 runtime.start()
             else:
                 runtime.update(row)
         for account_id in set(self.runtimes) - seen:
             runtime = self.runtimes.pop(account_id)
             await runtime.stop(logout=True)
-            if engines.capabilities(runtime.row["engine"]).session_files:
+            if engines.capabilities(runtime.row.engine).session_files:
                 # The account was deleted: so is its session.
                 forget_web_session(self.service.settings, account_id)
 

@@ -22,7 +22,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from appliance.engines.base import Engine, InboundMessage, OutboundMessage
 from appliance.engines.sandbox import SandboxEngine
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, send_order_key
+from appliance.messaging.rows import MessageRow
 from appliance.worker.accounts import AccountRuntime, Accounts, make_engine
 from appliance.worker.inbound import Inbound
 from appliance.worker.pipeline import Pipeline, default_pipeline
@@ -136,7 +136,7 @@ class MessagingService:
     async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
         await self.inbound.record_receipt(account_id, message_id, status)
 
-    async def _outbound(self, engine: Engine, row: sqlite3.Row) -> OutboundMessage:
+    async def _outbound(self, engine: Engine, row: MessageRow) -> OutboundMessage:
         """The message as the engine gets it (tests call this directly)."""
         return await self.sends.outbound(engine, row)
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiosqlite
-import orjson
 
 from appliance.config import Settings
 from appliance.db.claim_loop import ClaimLoop
@@ -38,7 +35,8 @@ from appliance.errors import ClientError, NotFound
 from appliance.messaging import media as media_store
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
-from appliance.messaging.models import MEDIA_TYPES
+from appliance.messaging.models import Media, ReceivedContent
+from appliance.messaging.rows import MessageRow
 from appliance.net.ssrf import FetchFailed
 from appliance.worker.accounts import Accounts
 
@@ -146,14 +144,14 @@ class SendLoop:
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         row = await store.message_row(self.db, account_id, message_id)
-        if row is None or row["status"] not in ("queued", "sending"):
+        if row is None or row.status not in ("queued", "sending"):
             await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
             return True
         runtime = self.accounts.get(account_id)
         if runtime is None or not runtime.connected or runtime.engine is None:
             await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
             return False
-        chat = row["chat_jid"]
+        chat = row.chat_jid
         interval = self.settings.send_chat_interval_ms / 1000
         wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
         if wait > 0:
@@ -192,16 +190,18 @@ class SendLoop:
         await self.events_written()
         return True
 
-    async def outbound(self, engine: Engine, row: sqlite3.Row) -> OutboundMessage:
+    async def outbound(self, engine: Engine, row: MessageRow) -> OutboundMessage:
         """The message as the engine gets it; media as a stored file when the engine
         uploads files itself (a link is fetched once, through the SSRF guard, and kept)."""
-        account_id, message_id = row["account_id"], row["id"]
-        media_id = row["media_id"]
-        content = orjson.loads(row["content"])
+        account_id, message_id = row.account_id, row.id
+        media_id = row.media_id
+        content = row.content
+        if isinstance(content, ReceivedContent):  # stored by an older version, say
+            raise SendError(f"not a content that can be sent: {content.type!r}", permanent=True)
         media_path = media_type = None
-        part = content.get(row["type"]) if row["type"] in MEDIA_TYPES else None
-        if isinstance(part, dict) and engine.needs_media_files:
-            if media_id is None and part.get("link"):
+        part = content.media
+        if part is not None and engine.needs_media_files:
+            if media_id is None and part.link:
                 media_id = await self._fetch_link(account_id, message_id, part)
             if media_id is not None:
                 try:
@@ -214,18 +214,18 @@ class SendLoop:
         return OutboundMessage(
             account_id=account_id,
             id=message_id,
-            to_jid=row["chat_jid"],
-            type=row["type"],
+            to_jid=row.chat_jid,
+            type=row.type,
             content=content,
-            reply_to=row["reply_to"],
+            reply_to=row.reply_to,
             media_path=media_path,
             media_type=media_type,
         )
 
-    async def _fetch_link(self, account_id: str, message_id: str, part: dict[str, Any]) -> str:
+    async def _fetch_link(self, account_id: str, message_id: str, part: Media) -> str:
         try:
             record = await media_store.save_media_from_url(
-                self.db, self.settings, account_id, str(part["link"]), filename=part.get("filename")
+                self.db, self.settings, account_id, str(part.link), filename=part.filename
             )
         except FetchFailed as exc:
             raise SendError(f"media link: {exc}", permanent=not exc.retryable) from None

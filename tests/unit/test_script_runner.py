@@ -116,7 +116,7 @@ class Harness:
                 sender_name=None,
                 type_="text",
                 body=body,
-                content={"text": {"body": body}},
+                content={"type": "text", "text": {"body": body}},
                 reply_to=None,
                 media_id=None,
                 wa_timestamp=time.time(),

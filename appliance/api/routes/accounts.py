@@ -6,7 +6,6 @@ import base64
 import time
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, Field, ValidationError
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
@@ -23,7 +22,7 @@ from appliance.api.validation import issues_from, json_body, query
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import Forbidden, InvalidInput
+from appliance.errors import Forbidden, InvalidInput, NotFound
 from appliance.ipc import protocol
 from appliance.messaging import media, store
 from appliance.messaging.models import (
@@ -32,6 +31,7 @@ from appliance.messaging.models import (
     AccountStatus,
     AccountUpdateIn,
 )
+from appliance.messaging.rows import AccountRow
 
 bp = Blueprint("accounts", __name__)
 
@@ -138,6 +138,7 @@ async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
             )
         await audit(conn, "account.create", target=f"account:{account_id}", engine=data.engine)
         row = await store.account_row(conn, account_id)
+    assert row is not None  # created just now, in this transaction
     await poke("accounts")
     return store.account_out(row), 201
 
@@ -165,14 +166,14 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
     moved_to = None
     if data.engine_settings is not None:
         # Encrypted secrets are never shown; a masked value sent back keeps the stored one.
-        stored = orjson.loads(row["engine_settings"])
+        stored = row.engine_settings
         given = data.engine_settings
         kept = {k: v for k, v in stored.items() if k.endswith("_enc")}
-        if engines.capabilities(row["engine"]).secret_endpoint:
+        if engines.capabilities(row.engine).secret_endpoint:
             given, moved_to = _cloud_base_url_change(stored, given)
             if moved_to is not None:
                 kept = {}  # the new URL gets the secrets just entered, never the stored ones
-        engine_settings = validate_engine_settings(row["engine"], {**kept, **given})
+        engine_settings = validate_engine_settings(row.engine, {**kept, **given})
     async with _db().write() as conn:
         await store.update_account(
             conn,
@@ -185,6 +186,7 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
         details = {} if moved_to is None else {"base_url": moved_to}
         await audit(conn, "account.update", target=f"account:{account}", **details)
         updated = await store.account_row(conn, account)
+    assert updated is not None  # updated just now, in this transaction
     await poke("accounts")
     return store.account_out(updated)
 
@@ -212,14 +214,18 @@ async def delete_account(account: str, query_args: DeleteQuery) -> Response:
     return Response(status=204)
 
 
-def _status(row: Any) -> AccountStatus:
-    return AccountStatus(
-        id=row["id"],
-        state=row["state"],
-        reason=row["state_reason"],
-        phone=row["phone"],
-        desired=row["desired"],
-        updated_at=row["updated_at"],
+def _status(row: AccountRow | None) -> AccountStatus:
+    if row is None:  # deleted meanwhile
+        raise NotFound("no such account")
+    return AccountStatus.model_validate(
+        {
+            "id": row.id,
+            "state": row.state,
+            "reason": row.state_reason,
+            "phone": row.phone,
+            "desired": row.desired,
+            "updated_at": row.updated_at,
+        }
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from quart import Blueprint
 from quart_schema import document_response, tag
 
@@ -29,5 +31,6 @@ async def list_audit(query_args: PageQuery) -> AuditPage:
     page = rows[: query_args.limit]
     more = len(rows) > query_args.limit
     return AuditPage(
-        items=[AuditEntry(**r) for r in page], next=str(page[-1]["id"]) if more else None
+        items=[AuditEntry.model_validate(dataclasses.asdict(r)) for r in page],
+        next=str(page[-1].id) if more else None,
     )

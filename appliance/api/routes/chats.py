@@ -35,6 +35,7 @@ from appliance.errors import InvalidInput, NotFound, Unprocessable
 from appliance.inbox import store as inbox_store
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
+from appliance.messaging.rows import ChatRow, MessageRow
 
 bp = Blueprint("chats", __name__)
 
@@ -208,44 +209,44 @@ async def _reader(db: Database) -> inbox_store.Actor:
     return await inbox_store.actor_of(db, principal())
 
 
-async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOut]:
-    last_ids = [r["last_message_id"] for r in rows if r["last_message_id"]]
+async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[ChatOut]:
+    last_ids = [r.last_message_id for r in rows if r.last_message_id]
     last = await queries.message_rows_by_id(db, account, last_ids)
     reader = await _reader(db)
-    unread = await inbox_store.unread_counts(db, account, reader.user_id, [r["jid"] for r in rows])
-    names = await inbox_store.user_names(db, [r["assignee_id"] for r in rows if r["assignee_id"]])
+    unread = await inbox_store.unread_counts(db, account, reader.user_id, [r.jid for r in rows])
+    names = await inbox_store.user_names(db, [r.assignee_id for r in rows if r.assignee_id])
     return [
         ChatOut(
-            id=r["jid"],
-            account_id=r["account_id"],
-            name=r["name"],
-            is_group=bool(r["is_group"]),
-            archived=bool(r["archived"]),
-            unread_count=r["unread_count"],
+            id=r.jid,
+            account_id=r.account_id,
+            name=r.name,
+            is_group=r.is_group,
+            archived=r.archived,
+            unread_count=r.unread_count,
             last_message=(
-                store.message_out(last[r["last_message_id"]])
-                if r["last_message_id"] in last
+                store.message_out(last[r.last_message_id])
+                if r.last_message_id is not None and r.last_message_id in last
                 else None
             ),
-            last_message_at=r["last_message_at"],
-            status=r["status"],
-            snoozed_until=r["snoozed_until"],
+            last_message_at=r.last_message_at,
+            status=r.status,
+            snoozed_until=r.snoozed_until,
             assignee=(
-                AssigneeOut(id=r["assignee_id"], username=names.get(r["assignee_id"]))
-                if r["assignee_id"] is not None
+                AssigneeOut(id=r.assignee_id, username=names.get(r.assignee_id))
+                if r.assignee_id is not None
                 else None
             ),
-            unread=unread[r["jid"]],
-            opened_at=r["opened_at"],
-            waiting_since=r["waiting_since"],
-            first_response_at=r["first_response_at"],
-            resolved_at=r["resolved_at"],
+            unread=unread[r.jid],
+            opened_at=r.opened_at,
+            waiting_since=r.waiting_since,
+            first_response_at=r.first_response_at,
+            resolved_at=r.resolved_at,
         )
         for r in rows
     ]
 
 
-def _message_page(rows: list[Any], next_cursor: str | None) -> dict[str, Any]:
+def _message_page(rows: list[MessageRow], next_cursor: str | None) -> dict[str, Any]:
     return _json(MessagePage(items=[store.message_out(r) for r in rows], next=next_cursor))
 
 
@@ -361,6 +362,7 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
                 **conversation,
             )
         row = await queries.chat_row(conn, account, jid)
+    assert row is not None  # found just now, in this transaction
     if conversation:
         await poke("inbox")  # the snooze timer, and the new events
     return _json((await _chat_outs(db, account, [row]))[0])

@@ -58,9 +58,9 @@ _NO_ACCOUNT_SECRET = secrets.token_hex(32)
 async def _cloud_account(account: str) -> dict[str, Any] | None:
     """The account's stored engine settings; None when there is no such cloud account."""
     row = await store.account_row(_db(), account)
-    if row is None or not engines.capabilities(row["engine"]).meta_webhook:
+    if row is None or not engines.capabilities(row.engine).meta_webhook:
         return None
-    return orjson.loads(row["engine_settings"])  # type: ignore[no-any-return]
+    return row.engine_settings
 
 
 @bp.get("/engines/cloud/<account>/webhook")

@@ -110,7 +110,7 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
 
 async def _sandbox_account(account: str) -> None:
     row = await account_for(account)
-    if not engines.capabilities(row["engine"]).inbound_injection:
+    if not engines.capabilities(row.engine).inbound_injection:
         raise Conflict("only sandbox accounts accept injected messages or load")
 
 

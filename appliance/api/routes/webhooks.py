@@ -3,6 +3,7 @@ secret, test, list deliveries with every attempt, replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Annotated, Any, Literal
@@ -41,6 +42,7 @@ from appliance.webhooks.contracts import (
     delivery_job_key,
     endpoint_job_prefix,
 )
+from appliance.webhooks.rows import AttemptRow, DeliveryRef, DeliveryRow
 from appliance.webhooks.signing import new_secret
 
 bp = Blueprint("webhooks", __name__)
@@ -524,10 +526,16 @@ async def test_endpoint(endpoint_id: str) -> tuple[TestOut, int]:
     return TestOut(event_id=event_id), 202
 
 
-def _delivery(row: Any, attempts: list[Any] | None = None) -> DeliveryOut:
-    return DeliveryOut(
-        **{k: row[k] for k in DeliveryOut.model_fields if k != "attempt_log"},
-        attempt_log=None if attempts is None else [AttemptOut(**dict(a)) for a in attempts],
+def _delivery(row: DeliveryRow, attempts: list[AttemptRow] | None = None) -> DeliveryOut:
+    return DeliveryOut.model_validate(
+        {
+            **{k: getattr(row, k) for k in DeliveryOut.model_fields if k != "attempt_log"},
+            "attempt_log": (
+                None
+                if attempts is None
+                else [AttemptOut.model_validate(dataclasses.asdict(a)) for a in attempts]
+            ),
+        }
     )
 
 
@@ -552,9 +560,7 @@ async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> Delive
     )
     page = rows[: query_args.limit]
     more = len(rows) > query_args.limit
-    return DeliveryPage(
-        items=[_delivery(r) for r in page], next=str(page[-1]["id"]) if more else None
-    )
+    return DeliveryPage(items=[_delivery(r) for r in page], next=str(page[-1].id) if more else None)
 
 
 @bp.get("/api/webhooks/<string:endpoint_id>/deliveries/<int:delivery_id>")
@@ -572,12 +578,12 @@ async def get_delivery(endpoint_id: str, delivery_id: int) -> DeliveryOut:
     return _delivery(row, attempts)
 
 
-async def _replay(endpoint_id: str, rows: list[Any]) -> int:
+async def _replay(endpoint_id: str, rows: list[DeliveryRef]) -> int:
     if not rows:
         return 0
-    keys = [delivery_job_key(endpoint_id, r["event_id"]) for r in rows]
+    keys = [delivery_job_key(endpoint_id, r.event_id) for r in rows]
     now = time.time()
-    ids = [r["id"] for r in rows]
+    ids = [r.id for r in rows]
     async with _db().write() as conn:
         await store.mark_for_replay(conn, ids, now)
         await audit(conn, "webhook.replay", target=f"webhook:{endpoint_id}", deliveries=len(ids))

@@ -26,7 +26,6 @@ from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.engines.base import Engine, EngineHost, OutboundMessage, SendError
 from appliance.engines.cloud.graph import (
-    MEDIA_TYPES,
     PAIR_RATE_RETRY_S,
     GraphClient,
     GraphRefused,
@@ -35,6 +34,7 @@ from appliance.engines.cloud.inbox import Inbox
 from appliance.engines.cloud.settings import CloudConfig
 from appliance.engines.cloud.store import CloudStore
 from appliance.messaging.media import MediaRecord
+from appliance.messaging.models import ReactionContent, TemplateContent, TextContent
 from appliance.net import ssrf
 
 log = logging.getLogger("appliance.engines.cloud")
@@ -169,7 +169,7 @@ class CloudEngine(Engine):
 
     async def _payload(self, message: OutboundMessage, to: str) -> dict[str, Any]:
         content = message.content
-        type_ = str(content.get("type") or message.type)
+        type_ = content.type
         payload: dict[str, Any] = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -177,32 +177,33 @@ class CloudEngine(Engine):
             "type": type_,
             "biz_opaque_callback_data": message.id,
         }
-        part = dict(content.get(type_) or {})
-        if type_ == "text":
-            payload["text"] = {"body": part["body"], "preview_url": bool(part.get("preview_url"))}
-        elif type_ in MEDIA_TYPES:
+        part = content.media
+        if isinstance(content, TextContent):
+            payload["text"] = {"body": content.text.body, "preview_url": content.text.preview_url}
+        elif part is not None:
             media: dict[str, Any] = {}
-            if part.get("link"):
-                media["link"] = part["link"]
-            elif part.get("id"):
-                media["id"] = await self._upload(str(part["id"]))
-            if part.get("caption") and type_ != "audio":
-                media["caption"] = part["caption"]
-            if part.get("filename") and type_ == "document":
-                media["filename"] = part["filename"]
+            if part.link:
+                media["link"] = part.link
+            elif part.id:
+                media["id"] = await self._upload(part.id)
+            if part.caption and type_ != "audio":
+                media["caption"] = part.caption
+            if part.filename and type_ == "document":
+                media["filename"] = part.filename
             payload[type_] = media
-        elif type_ == "reaction":
+        elif isinstance(content, ReactionContent):
             payload["reaction"] = {
-                "message_id": await self._wamid_of(str(part["message_id"])),
-                "emoji": part.get("emoji", ""),
+                "message_id": await self._wamid_of(content.reaction.message_id),
+                "emoji": content.reaction.emoji,
             }
-        elif type_ == "template":
-            payload["template"] = part
+        elif isinstance(content, TemplateContent):
+            # As given: the components are Graph's own shape, passed on unchanged.
+            payload["template"] = content.template.model_dump(mode="json", exclude_unset=True)
         else:
             raise SendError(f"the cloud engine cannot send {type_!r} messages", permanent=True)
-        context = content.get("context") or {}
-        if context.get("message_id") and type_ != "reaction":
-            payload["context"] = {"message_id": await self._wamid_of(str(context["message_id"]))}
+        context = content.context
+        if context is not None and type_ != "reaction":
+            payload["context"] = {"message_id": await self._wamid_of(context.message_id)}
         return payload
 
     async def _upload(self, media_id: str) -> str:

@@ -61,6 +61,7 @@ from appliance.engines.web.protobuf import (
     to_jid,
 )
 from appliance.engines.web.settings import WebEngineError, WebSettings
+from appliance.messaging.models import ReactionContent, TextContent
 
 log = logging.getLogger(__name__)
 
@@ -355,12 +356,11 @@ class WebEngine(Engine):
 
     async def _build(self, message: OutboundMessage) -> Any:
         content = message.content
-        kind = message.type
         context = await self._reply_context(message)
-        if kind == "text":
-            return text_message(content["text"]["body"], context)
-        if kind == "reaction":
-            target = content["reaction"]["message_id"]
+        if isinstance(content, TextContent):
+            return text_message(content.text.body, context)
+        if isinstance(content, ReactionContent):
+            target = content.reaction.message_id
             chat, sender = self._recent.get(target, (message.to_jid, message.to_jid))
             return reaction_message(
                 to_jid=message.to_jid,
@@ -368,15 +368,16 @@ class WebEngine(Engine):
                 wa_target=await self._ids.wa_id(target),
                 chat=chat,
                 sender=sender,
-                emoji=content["reaction"]["emoji"],
+                emoji=content.reaction.emoji,
                 now_ms=int(time.time() * 1000),
             )
-        if kind in ("image", "document", "audio", "video"):
+        if content.media is not None:
             return await build_media(self.client, message, context)
-        raise SendError(f"the web engine cannot send {kind!r} messages", permanent=True)
+        raise SendError(f"the web engine cannot send {message.type!r} messages", permanent=True)
 
     async def _reply_context(self, message: OutboundMessage) -> Any:
-        target = message.reply_to or (message.content.get("context") or {}).get("message_id")
+        context = message.content.context
+        target = message.reply_to or (context.message_id if context is not None else None)
         if not target or message.type == "reaction":
             return None
         _chat, sender = self._recent.get(target, (message.to_jid, message.to_jid))

@@ -42,8 +42,8 @@ async def with_media(
 
 async def build_media(client: Any, message: OutboundMessage, context: Any) -> Any:
     """Upload the message's stored file and build the media message (with ``context``)."""
-    part = message.content[message.type]
-    if not message.media_path:
+    part = message.content.media
+    if part is None or not message.media_path:
         raise SendError(
             "media must be resolved to a stored file before the web engine sends it",
             permanent=True,
@@ -52,7 +52,7 @@ async def build_media(client: Any, message: OutboundMessage, context: Any) -> An
         data = await asyncio.to_thread(Path(message.media_path).read_bytes)
     except OSError as exc:
         raise SendError(f"media file unreadable: {exc}", permanent=True) from exc
-    caption = part.get("caption")
+    caption = part.caption
     try:
         async with GO_GATE.shared():  # uploads to WhatsApp's media servers
             if message.type == "image":
@@ -65,7 +65,7 @@ async def build_media(client: Any, message: OutboundMessage, context: Any) -> An
                 built = await client.build_document_message(
                     data,
                     caption=caption,
-                    filename=part.get("filename") or "file",
+                    filename=part.filename or "file",
                     mimetype=message.media_type,
                 )
     except Exception as exc:
