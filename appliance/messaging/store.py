@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -564,3 +565,128 @@ async def inject_sandbox_inbound(
         (account_id, message_id, recipient_jid(message.from_), _json(content), now),
     )
     return message_id
+
+
+# -- events, filtered (the API's live reads) ---------------------------------------------
+
+
+async def events_in_scope(
+    db: Database,
+    after: int,
+    limit: int,
+    *,
+    types: frozenset[str] | None,
+    accounts: frozenset[str] | None,
+    unassigned: bool,
+) -> list[EventOut]:
+    """Events with id > ``after``, oldest first, at most ``limit``, of the given
+    ``types`` (None: every type) and ``accounts`` (None: every account); events without
+    an account only when ``unassigned``. Empty, without a query, when nothing can match."""
+    where = _event_scope_sql(types, accounts, unassigned)
+    if where is None:
+        return []
+    sql, params = where
+    rows = await db.fetchall(
+        f"SELECT id, type, account_id, created_at, data FROM events "
+        f"WHERE id > ?{sql} ORDER BY id LIMIT ?",
+        (after, *params, limit),
+    )
+    return [event_out(r) for r in rows]
+
+
+def _event_scope_sql(
+    types: frozenset[str] | None, accounts: frozenset[str] | None, unassigned: bool
+) -> tuple[str, list[str]] | None:
+    """The extra SQL conditions of a scope; None when it can match nothing."""
+    sql: list[str] = []
+    params: list[str] = []
+    if types is not None:
+        if not types:
+            return None
+        ordered_types = sorted(types)
+        sql.append(f" AND type IN ({','.join('?' * len(ordered_types))})")
+        params.extend(ordered_types)
+    if accounts is None:
+        if not unassigned:
+            sql.append(" AND account_id IS NOT NULL")
+    else:
+        ordered = sorted(accounts)
+        marks = ",".join("?" * len(ordered))
+        if ordered and unassigned:
+            sql.append(f" AND (account_id IN ({marks}) OR account_id IS NULL)")
+        elif ordered:
+            sql.append(f" AND account_id IN ({marks})")
+        elif unassigned:
+            sql.append(" AND account_id IS NULL")
+        else:
+            return None
+        params.extend(ordered)
+    return "".join(sql), params
+
+
+# -- the sandbox engine's simulated WhatsApp server ---------------------------------------
+# Its tables (sandbox_server_sent, _received, _inbox) live here with the rest of the
+# account's data: ``inject_sandbox_inbound`` and ``delete_account`` reach them from the
+# API and the CLI, which the engine package's layer is above.
+
+
+@dataclass(frozen=True)
+class SandboxInboxRow:
+    seq: int
+    message_id: str
+    from_jid: str
+    content: dict[str, Any]
+    injected_at: float
+
+
+async def sandbox_accept(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    message_id: str,
+    to_jid: str,
+    type_: str,
+    now: float,
+) -> None:
+    """The simulated server accepts an offered send: counted once per id
+    (``sandbox_server_sent``), every offer logged in order (``sandbox_server_received``)."""
+    await conn.execute(
+        "INSERT INTO sandbox_server_sent (account_id, message_id, to_jid, first_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
+        "DO UPDATE SET attempts = attempts + 1",
+        (account_id, message_id, to_jid, now),
+    )
+    await conn.execute(
+        "INSERT INTO sandbox_server_received (account_id, message_id, to_jid, type, "
+        "received_at) VALUES (?, ?, ?, ?, ?)",
+        (account_id, message_id, to_jid, type_, now),
+    )
+
+
+async def sandbox_inbox(db: Database, account_id: str, limit: int) -> list[SandboxInboxRow]:
+    """The oldest ``limit`` messages waiting in an account's simulated inbox."""
+    rows = await db.fetchall(
+        "SELECT seq, message_id, from_jid, content, injected_at FROM "
+        "sandbox_server_inbox WHERE account_id = ? ORDER BY seq LIMIT ?",
+        (account_id, limit),
+    )
+    return [
+        SandboxInboxRow(
+            seq=int(r["seq"]),
+            message_id=r["message_id"],
+            from_jid=r["from_jid"],
+            content=orjson.loads(r["content"]),
+            injected_at=float(r["injected_at"]),
+        )
+        for r in rows
+    ]
+
+
+async def sandbox_inbox_delete(
+    conn: aiosqlite.Connection, account_id: str, seqs: Sequence[int]
+) -> None:
+    """Drop delivered inbox entries (exactly those handed over)."""
+    await conn.executemany(
+        "DELETE FROM sandbox_server_inbox WHERE account_id = ? AND seq = ?",
+        [(account_id, seq) for seq in seqs],
+    )

@@ -21,6 +21,7 @@ from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.api.worker_rpc import call, poke
+from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import Forbidden, InvalidInput
@@ -127,15 +128,7 @@ async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
         )
         if not who.sees_account(account_id):
             # The creator keeps seeing what they created.
-            table, column = (
-                ("user_grants", "user_id")
-                if who.kind == "user"
-                else ("api_key_grants", "api_key_id")
-            )
-            await conn.execute(
-                f"INSERT OR IGNORE INTO {table} ({column}, account_id) VALUES (?, ?)",
-                (who.id, account_id),
-            )
+            await auth_store.grant_account(conn, who.kind, who.id, account_id)
         await audit(conn, "account.create", target=f"account:{account_id}", engine=data.engine)
         row = await store.account_row(conn, account_id)
     await poke("accounts")

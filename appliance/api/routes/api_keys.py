@@ -117,9 +117,8 @@ async def get_key(key_id: int) -> ApiKeyOut:
 async def revoke_key(key_id: int) -> Response:
     """Revoke an API key; it stops working at once."""
     async with _db().write() as conn:
-        if not await store.revoke_api_key(conn, key_id, time.time()):
-            async with conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) as cur:
-                if await cur.fetchone() is None:
-                    raise NotFound("no such API key")
+        revoked = await store.revoke_api_key(conn, key_id, time.time())
+        if not revoked and not await store.api_key_exists(conn, key_id):
+            raise NotFound("no such API key")
         await audit(conn, "api_key.revoke", target=f"key:{key_id}")
     return Response(status=204)

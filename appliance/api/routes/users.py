@@ -36,11 +36,7 @@ bp = Blueprint("users", __name__)
 
 async def _guard_last_admin(conn: aiosqlite.Connection, user: store.UserRow, action: str) -> None:
     """The last active admin can be neither deleted, deactivated nor demoted."""
-    if (
-        user.role == Role.ADMIN
-        and user.active
-        and not await store.other_active_admins(conn, user.id)
-    ):
+    if await store.is_last_active_admin(conn, user):
         raise Conflict(f"cannot {action} the last active admin; make another admin first")
 
 
