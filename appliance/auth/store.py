@@ -417,46 +417,6 @@ async def mark_api_key_used(conn: aiosqlite.Connection, key_id: int, now: float)
     await conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
 
 
-# -- audit -------------------------------------------------------------------------------
-
-
-async def audit(
-    conn: aiosqlite.Connection,
-    *,
-    action: str,
-    now: float,
-    actor: str | None = None,
-    actor_name: str | None = None,
-    target: str | None = None,
-    details: dict[str, Any] | None = None,
-    client_addr: str | None = None,
-    request_id: str | None = None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (at, actor, actor_name, action, target, details, client_addr, "
-        "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            now,
-            actor,
-            actor_name,
-            action,
-            target,
-            orjson.dumps(details or {}).decode(),
-            client_addr,
-            request_id,
-        ),
-    )
-
-
-async def list_audit(db: Database, *, before: int | None, limit: int) -> list[dict[str, Any]]:
-    rows = await db.fetchall(
-        "SELECT id, at, actor, actor_name, action, target, details, client_addr, request_id "
-        "FROM audit_log WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
-        (before, before, limit),
-    )
-    return [{**dict(r), "details": orjson.loads(r["details"])} for r in rows]
-
-
 # -- grants, by principal --------------------------------------------------------------
 
 
@@ -519,16 +479,7 @@ async def idempotency_record(
         (principal, key, now),
     ) as cur:
         row = await cur.fetchone()
-    if row is None:
-        return None
-    return IdempotencyRecord(
-        fingerprint=row["fingerprint"],
-        state=row["state"],
-        status=row["status"],
-        content_type=row["content_type"],
-        body=row["body"],
-        created_at=row["created_at"],
-    )
+    return None if row is None else IdempotencyRecord(*row)  # the fields' order
 
 
 async def claim_idempotency_key(
@@ -589,3 +540,43 @@ async def expired_count(db: Database, *, now: float, idle_s: float) -> int:
         )
         or 0
     )
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+async def audit(
+    conn: aiosqlite.Connection,
+    *,
+    action: str,
+    now: float,
+    actor: str | None = None,
+    actor_name: str | None = None,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+    client_addr: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, actor_name, action, target, details, client_addr, "
+        "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            now,
+            actor,
+            actor_name,
+            action,
+            target,
+            orjson.dumps(details or {}).decode(),
+            client_addr,
+            request_id,
+        ),
+    )
+
+
+async def list_audit(db: Database, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+    rows = await db.fetchall(
+        "SELECT id, at, actor, actor_name, action, target, details, client_addr, request_id "
+        "FROM audit_log WHERE (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        (before, before, limit),
+    )
+    return [{**dict(r), "details": orjson.loads(r["details"])} for r in rows]

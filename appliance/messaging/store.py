@@ -591,7 +591,7 @@ async def events_in_scope(
         f"WHERE id > ?{sql} ORDER BY id LIMIT ?",
         (after, *params, limit),
     )
-    return [event_out(r) for r in rows]
+    return [EventOut.model_validate({**dict(r), "data": orjson.loads(r["data"])}) for r in rows]
 
 
 def _event_scope_sql(
