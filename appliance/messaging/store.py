@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, update_by_id
 from appliance.errors import Conflict, NotFound
 from appliance.messaging.models import (
     AccountOut,
@@ -168,8 +168,7 @@ async def update_account(
     settings: dict[str, Any] | None = None,
     desired: str | None = None,
 ) -> None:
-    sets: list[str] = ["updated_at = ?"]
-    params: list[str | float] = [now]
+    values: dict[str, Any] = {"updated_at": now}
     for column, value in (
         ("name", name),
         ("engine_settings", None if engine_settings is None else _json(engine_settings)),
@@ -177,13 +176,8 @@ async def update_account(
         ("desired", desired),
     ):
         if value is not None:
-            sets.append(f"{column} = ?")
-            params.append(value)
-    cur = await conn.execute(
-        f"UPDATE accounts SET {', '.join(sets)} WHERE id = ?", (*params, account_id)
-    )
-    if cur.rowcount != 1:
-        raise NotFound("no such account")
+            values[column] = value
+    await update_by_id(conn, "accounts", account_id, values, missing="no such account")
 
 
 async def set_engine_state(
