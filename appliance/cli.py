@@ -27,7 +27,7 @@ from typing import Any
 
 from appliance import __version__
 from appliance.config import Paths, Settings, load_settings
-from appliance.db.migrate import latest_version
+from appliance.db.migrate import latest_version, read_schema_version, schema_version
 from appliance.engines import registry as engines
 from appliance.errors import StartupError
 from appliance.secrets import check_secrets_dir
@@ -528,7 +528,7 @@ def check_installation(paths: Paths) -> list[str]:
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
             if integrity != "ok":
                 problems.append(f"database {db_path} failed integrity_check: {integrity}")
-            version = _read_schema_version(conn)
+            version = read_schema_version(conn)
             if version != latest_version():
                 problems.append(
                     f"database schema is at version {version}, this code expects "
@@ -541,22 +541,13 @@ def check_installation(paths: Paths) -> list[str]:
     return problems
 
 
-def _read_schema_version(conn: sqlite3.Connection) -> int:
-    try:
-        return int(
-            conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        )
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _schema_version(db_path: Path) -> int | None:
     """The database's schema version (0: none yet), None when there is no database."""
     if not db_path.exists():
         return None
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
-        return _read_schema_version(conn)
+        return read_schema_version(conn)
     except sqlite3.Error:
         return None
     finally:
@@ -643,9 +634,7 @@ async def _with_db(settings: Settings, action: Any) -> Any:
         busy_timeout_ms=settings.sqlite_busy_timeout_ms,
     )
     try:
-        if await db.scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") != (
-            latest_version()
-        ):
+        if await schema_version(db) != latest_version():
             raise StartupError("the database schema is not current; start the appliance first")
         return await action(db)
     finally:
@@ -654,6 +643,21 @@ async def _with_db(settings: Settings, action: Any) -> Any:
 
 def _cli_actor() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+async def _audit(conn: Any, action: str, target: str, now: float, **details: Any) -> None:
+    """The audit row of an appliancectl action: actor ``cli``, by the shell user."""
+    from appliance.auth import store
+
+    await store.audit(
+        conn,
+        action=action,
+        now=now,
+        actor="cli",
+        actor_name=_cli_actor(),
+        target=target,
+        details=details,
+    )
 
 
 def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
@@ -678,19 +682,15 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
                 owner_user_id=owner[0],
                 now=now,
             )
-            await store.audit(
+            await _audit(
                 conn,
-                action="api_key.create",
-                now=now,
-                actor="cli",
-                actor_name=_cli_actor(),
-                target=f"key:{key_id}",
-                details={
-                    "name": args.name,
-                    "role": args.role,
-                    "accounts": args.account or [],
-                    "owner": f"user:{owner[0]}",
-                },
+                "api_key.create",
+                f"key:{key_id}",
+                now,
+                name=args.name,
+                role=args.role,
+                accounts=args.account or [],
+                owner=f"user:{owner[0]}",
             )
         return key
 
@@ -701,9 +701,7 @@ def cmd_api_keys(paths: Paths, settings: Settings, args: argparse.Namespace) -> 
         async with db.write() as conn:
             done = await store.revoke_api_key(conn, args.id, now)
             if done:
-                await store.audit(
-                    conn, action="api_key.revoke", now=now, actor="cli", target=f"key:{args.id}"
-                )
+                await _audit(conn, "api_key.revoke", f"key:{args.id}", now)
         return done
 
     try:
@@ -767,15 +765,7 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
             # An admin locked out by deactivation gets back in too.
             await store.update_user(conn, found[0], now=now, active=True)
             ended = await store.delete_user_sessions(conn, found[0])
-            await store.audit(
-                conn,
-                action="password.reset",
-                now=now,
-                actor="cli",
-                actor_name=_cli_actor(),
-                target=f"user:{found[0]}",
-                details={"ended_sessions": ended},
-            )
+            await _audit(conn, "password.reset", f"user:{found[0]}", now, ended_sessions=ended)
         return None
 
     async def create(db: Any) -> str | None:
@@ -793,19 +783,15 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
                 )
             except Conflict as exc:
                 return exc.message
-            await store.audit(
+            await _audit(
                 conn,
-                action="user.create",
-                now=now,
-                actor="cli",
-                actor_name=_cli_actor(),
-                target=f"user:{user_id}",
-                details={
-                    "username": args.username,
-                    "role": args.role,
-                    "all_accounts": args.all_accounts,
-                    "accounts": args.account or [],
-                },
+                "user.create",
+                f"user:{user_id}",
+                now,
+                username=args.username,
+                role=args.role,
+                all_accounts=args.all_accounts,
+                accounts=args.account or [],
             )
         return None
 
@@ -814,37 +800,21 @@ def cmd_users(paths: Paths, settings: Settings, args: argparse.Namespace) -> int
 
     async def deactivate(db: Any) -> str:
         async with db.write() as conn:
-            async with conn.execute(
-                "SELECT id FROM users WHERE username = ?", (args.username,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            user_id = await store.user_id_by_name(conn, args.username)
+            if user_id is None:
                 raise LookupError(f"no user named {args.username!r}")
-            user = await store.locked_user(conn, row[0])
-            if (
-                user.role == Role.ADMIN
-                and user.active
-                and not await store.other_active_admins(conn, user.id)
-            ):
+            user = await store.locked_user(conn, user_id)
+            if await store.is_last_active_admin(conn, user):
                 raise LookupError("cannot deactivate the last active admin; make another first")
             await store.update_user(conn, user.id, now=now, active=False)
             ended = await store.delete_user_sessions(conn, user.id)
             revoked = await store.revoke_user_keys(conn, user.id, now)
-            actor: dict[str, Any] = {"actor": "cli", "actor_name": _cli_actor(), "now": now}
-            await store.audit(
-                conn,
-                action="user.update",
-                target=f"user:{user.id}",
-                details={"active": False, "ended_sessions": ended},
-                **actor,
+            await _audit(
+                conn, "user.update", f"user:{user.id}", now, active=False, ended_sessions=ended
             )
             for key_id in revoked:
-                await store.audit(
-                    conn,
-                    action="api_key.revoke",
-                    target=f"key:{key_id}",
-                    details={"reason": "owner deactivated"},
-                    **actor,
+                await _audit(
+                    conn, "api_key.revoke", f"key:{key_id}", now, reason="owner deactivated"
                 )
         return (
             f"deactivated {user.username}: ended {ended} session(s), "

@@ -15,7 +15,7 @@ from appliance.api.access import metrics_token, public
 from appliance.api.errors import error_response
 from appliance.api.openapi import responds
 from appliance.api.state import state_of
-from appliance.db.migrate import latest_version
+from appliance.db.migrate import latest_version, schema_version
 from appliance.errors import IpcError
 from appliance.observability.metrics import exposition
 
@@ -54,7 +54,7 @@ async def _check_database() -> dict[str, Any]:
         return {"ok": False, "error": "database not open"}
     expected = latest_version()
     try:
-        version = await state.db.scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        version = await schema_version(state.db)
     except Exception as exc:  # missing table, locked file, I/O error
         return {"ok": False, "error": type(exc).__name__, "expected_version": expected}
     ok = int(version) == expected

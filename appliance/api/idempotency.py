@@ -30,6 +30,7 @@ from quart_schema import document_headers, document_response
 from appliance.api.access import principal
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
+from appliance.auth import store
 from appliance.errors import Conflict, InvalidInput, Unprocessable
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -86,32 +87,25 @@ def idempotent(func: F) -> F:
         print_ = fingerprint(request.method, request.path, body)
         now = time.time()
         async with state.db.write() as conn:
-            async with conn.execute(
-                "SELECT fingerprint, state, status, content_type, body, created_at "
-                "FROM idempotency_keys "
-                "WHERE principal = ? AND key = ? AND expires_at > ?",
-                (scope, key, now),
-            ) as cur:
-                row = await cur.fetchone()
+            row = await store.idempotency_record(conn, scope, key, now=now)
             abandoned = (
                 row is not None
-                and row["state"] == "in_flight"
-                and row["created_at"] < now - ABANDONED_AFTER_S
+                and row.state == "in_flight"
+                and row.created_at < now - ABANDONED_AFTER_S
             )
             if row is None or abandoned:
                 row = None
-                await conn.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, "
-                    "state, created_at, expires_at) VALUES (?, ?, ?, 'in_flight', ?, ?)",
-                    (scope, key, print_, now, now + TTL_S),
+                await store.claim_idempotency_key(
+                    conn, scope, key, fingerprint=print_, now=now, ttl_s=TTL_S
                 )
         if row is not None:
-            if row["fingerprint"] != print_:
+            if row.fingerprint != print_:
                 raise Unprocessable(f"this {HEADER} was used with a different request")
-            if row["state"] == "in_flight":
+            if row.state == "in_flight":
                 raise Conflict(f"a request with this {HEADER} is still being processed")
-            stored = state.cipher.decrypt(row["body"], context=f"{scope}|{key}".encode())
-            replay = Response(stored, status=row["status"], content_type=row["content_type"])
+            assert row.body is not None  # a done record holds its answer
+            stored = state.cipher.decrypt(row.body, context=f"{scope}|{key}".encode())
+            replay = Response(stored, status=row.status, content_type=row.content_type)
             replay.headers[REPLAYED_HEADER] = "true"
             return replay
         try:
@@ -130,10 +124,13 @@ def idempotent(func: F) -> F:
         # Group-committed with concurrent requests; the claim above is not, so that a
         # client hanging up before its claim commits leaves no key behind.
         await state.db.write_batched(
-            lambda conn: conn.execute(
-                "UPDATE idempotency_keys SET state = 'done', status = ?, content_type = ?, "
-                "body = ? WHERE principal = ? AND key = ?",
-                (response.status_code, response.content_type, sealed, scope, key),
+            lambda conn: store.finish_idempotency_key(
+                conn,
+                scope,
+                key,
+                status=response.status_code,
+                content_type=response.content_type,
+                body=sealed,
             )
         )
         return response
@@ -149,10 +146,6 @@ async def _forget(scope: str, key: str) -> None:
     assert state.db is not None
     try:
         async with state.db.write() as conn:
-            await conn.execute(
-                "DELETE FROM idempotency_keys WHERE principal = ? AND key = ? "
-                "AND state = 'in_flight'",
-                (scope, key),
-            )
+            await store.forget_idempotency_key(conn, scope, key)
     except sqlite3.Error:
         pass  # it expires in 24 h anyway

@@ -32,8 +32,7 @@ import orjson
 
 from appliance.db.database import Database
 from appliance.messaging.models import EventOut
-from appliance.messaging.rows import EventRow
-from appliance.messaging.store import event_out, last_event_id
+from appliance.messaging.store import events_in_scope, last_event_id
 
 log = logging.getLogger(__name__)
 
@@ -125,48 +124,19 @@ class Page:
 async def read_page(db: Database, scope: Scope, after: int, limit: int) -> Page:
     """Events in ``scope`` with id > ``after``, oldest first, at most ``limit``."""
     newest = await last_event_id(db)
-    where, params = _where(scope)
-    if where is None:
-        return Page([], max(after, newest), newest, False)
-    rows = await db.fetchall(
-        "SELECT id, type, account_id, created_at, data FROM events "
-        f"WHERE id > ?{where} ORDER BY id LIMIT ?",
-        (after, *params, limit),
+    items = await events_in_scope(
+        db,
+        after,
+        limit,
+        types=scope.types,
+        accounts=scope.accounts,
+        unassigned=scope.unassigned,
     )
-    items = [event_out(EventRow.from_row(r)) for r in rows]
-    if len(items) >= limit:
+    if items and len(items) >= limit:
         return Page(items, items[-1].id, newest, True)
     # Everything matching up to ``newest`` was in this (later) read: skip past it.
     last = items[-1].id if items else 0
     return Page(items, max(after, newest, last), max(newest, last), False)
-
-
-def _where(scope: Scope) -> tuple[str | None, list[Any]]:
-    """The extra SQL conditions of ``scope``; None when it can match nothing."""
-    sql: list[str] = []
-    params: list[Any] = []
-    if scope.types is not None:
-        if not scope.types:
-            return None, []
-        types = sorted(scope.types)
-        sql.append(f" AND type IN ({','.join('?' * len(types))})")
-        params.extend(types)
-    if scope.accounts is None:
-        if not scope.unassigned:
-            sql.append(" AND account_id IS NOT NULL")
-    else:
-        accounts = sorted(scope.accounts)
-        marks = ",".join("?" * len(accounts))
-        if accounts and scope.unassigned:
-            sql.append(f" AND (account_id IN ({marks}) OR account_id IS NULL)")
-        elif accounts:
-            sql.append(f" AND account_id IN ({marks})")
-        elif scope.unassigned:
-            sql.append(" AND account_id IS NULL")
-        else:
-            return None, []
-        params.extend(accounts)
-    return "".join(sql), params
 
 
 async def poll_page(

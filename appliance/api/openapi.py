@@ -1,9 +1,10 @@
 """The OpenAPI document at /openapi.json: quart-schema's output, completed in one place.
 
-Routes declare what only they know: their success answers (``document_response`` for
-JSON models, ``responds`` below for no content, files, images and text), and their own
-refusals (``document_response(ErrorBody, 409)``). Everything that follows from how a
-route is built is added here, so no route can forget it:
+Routes declare what only they know: their success answers (``documented`` below, or
+quart-schema's ``document_response``, for JSON models; ``responds`` for no content,
+files, images and text), and their own refusals (``documented(..., errors=[409])``).
+Everything that follows from how a route is built is added here, so no route can
+forget it:
 
 - every 4xx/5xx answer is the one ``Error`` component (``$ref``), whatever model a
   route named, with a description per status;
@@ -20,9 +21,11 @@ route is built is added here, so no route can forget it:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import quart_schema
+from pydantic import BaseModel
 from quart_schema import OpenAPIProvider
 from werkzeug.routing.rules import Rule
 
@@ -94,6 +97,33 @@ def request_body(description: str, *media_types: str) -> Callable[[F], F]:
     def decorator(func: F) -> F:
         content = {m: {"schema": TEXT if m.startswith("text/") else BINARY} for m in media_types}
         setattr(func, REQUEST_BODY_ATTR, {"description": description, "content": content})
+        return func
+
+    return decorator
+
+
+def documented(
+    answer: type[BaseModel] | None = None,
+    status: int = 200,
+    *,
+    errors: Sequence[int] = (),
+    tag: str,
+) -> Callable[[F], F]:
+    """A route's answers and tag in one decorator: its JSON ``answer`` model with
+    ``status`` (none for answers given by ``responds``), its own refusals ``errors``
+    (the error shape), and its tag. The same as stacking quart-schema's decorators::
+
+        @document_response(answer, status)
+        @document_response(ErrorBody, errors[0])  # ... one per refusal
+        @tag([tag])
+    """
+
+    def decorator(func: F) -> F:
+        func = quart_schema.tag([tag])(func)
+        for code in reversed(errors):
+            func = quart_schema.document_response(Error, code)(func)
+        if answer is not None:
+            func = quart_schema.document_response(answer, status)(func)
         return func
 
     return decorator

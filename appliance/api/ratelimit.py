@@ -1,5 +1,8 @@
 """Rate limits shared by every API process, kept in a small SQLite file under run/.
 
+Its SQL stays here, outside the stores: the file and its two tables belong to this
+module alone (not the appliance's database, not migrated, forgotten on reboot).
+
 The counters need no durability (a reboot may forget them), so the file uses
 ``synchronous=OFF``; WAL and a busy timeout make it safe across processes.
 
@@ -154,16 +157,10 @@ class RateLimiter:
             await self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for key, limit in limits:
-                    async with self.conn.execute(
-                        "SELECT COUNT(*), MIN(at) FROM failures WHERE key = ? AND at > ?",
-                        (key, now - window_s),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    count = int(row[0]) if row else 0
+                    count, wait_s = await self.failures(key, window_s=window_s, now=now)
                     if count >= limit:
                         await self.conn.execute("ROLLBACK")
-                        oldest = row[1] if row and row[1] is not None else now
-                        return None, max(1.0, math.ceil(oldest + window_s - now))
+                        return None, wait_s
                 ids = []
                 for key, _ in limits:
                     async with self.conn.execute(

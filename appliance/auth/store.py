@@ -417,6 +417,131 @@ async def mark_api_key_used(conn: aiosqlite.Connection, key_id: int, now: float)
     await conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
 
 
+# -- grants, by principal --------------------------------------------------------------
+
+
+async def grant_account(
+    conn: aiosqlite.Connection, kind: Literal["user", "key"], owner_id: int, account_id: str
+) -> None:
+    """Add one account to a user's or an API key's grants (kept if already there)."""
+    table, column = (
+        ("user_grants", "user_id") if kind == "user" else ("api_key_grants", "api_key_id")
+    )
+    await conn.execute(
+        f"INSERT OR IGNORE INTO {table} ({column}, account_id) VALUES (?, ?)",
+        (owner_id, account_id),
+    )
+
+
+# -- lookups -----------------------------------------------------------------------------
+
+
+async def user_id_by_name(conn: aiosqlite.Connection, username: str) -> int | None:
+    """A user's id inside the caller's transaction; None when no user has the name."""
+    async with conn.execute("SELECT id FROM users WHERE username = ?", (username,)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def api_key_exists(conn: aiosqlite.Connection, key_id: int) -> bool:
+    """Whether a key with this id exists (revoked or not)."""
+    async with conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) as cur:
+        return await cur.fetchone() is not None
+
+
+async def is_last_active_admin(conn: aiosqlite.Connection, user: UserRow) -> bool:
+    """Whether ``user`` is the only active admin: it can be neither deleted,
+    deactivated nor demoted."""
+    return user.role == Role.ADMIN and user.active and not await other_active_admins(conn, user.id)
+
+
+# -- idempotency keys (the API's ``Idempotency-Key`` records) ---------------------------
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    fingerprint: str
+    state: Literal["in_flight", "done"]
+    status: int | None
+    content_type: str | None
+    body: bytes | None  # encrypted by the API with the data key
+    created_at: float
+
+
+async def idempotency_record(
+    conn: aiosqlite.Connection, principal: str, key: str, *, now: float
+) -> IdempotencyRecord | None:
+    """The caller's unexpired record of ``key``, read inside the caller's transaction."""
+    async with conn.execute(
+        "SELECT fingerprint, state, status, content_type, body, created_at "
+        "FROM idempotency_keys "
+        "WHERE principal = ? AND key = ? AND expires_at > ?",
+        (principal, key, now),
+    ) as cur:
+        row = await cur.fetchone()
+    return None if row is None else IdempotencyRecord(*row)  # the fields' order
+
+
+async def claim_idempotency_key(
+    conn: aiosqlite.Connection,
+    principal: str,
+    key: str,
+    *,
+    fingerprint: str,
+    now: float,
+    ttl_s: float,
+) -> None:
+    """Record ``key`` as in flight (replacing an expired or abandoned record)."""
+    await conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, "
+        "state, created_at, expires_at) VALUES (?, ?, ?, 'in_flight', ?, ?)",
+        (principal, key, fingerprint, now, now + ttl_s),
+    )
+
+
+async def finish_idempotency_key(
+    conn: aiosqlite.Connection,
+    principal: str,
+    key: str,
+    *,
+    status: int,
+    content_type: str | None,
+    body: bytes,
+) -> None:
+    """Store the answer to replay (``body`` encrypted by the caller)."""
+    await conn.execute(
+        "UPDATE idempotency_keys SET state = 'done', status = ?, content_type = ?, "
+        "body = ? WHERE principal = ? AND key = ?",
+        (status, content_type, body, principal, key),
+    )
+
+
+async def forget_idempotency_key(conn: aiosqlite.Connection, principal: str, key: str) -> None:
+    """Drop an in-flight record (the request failed: the client may retry)."""
+    await conn.execute(
+        "DELETE FROM idempotency_keys WHERE principal = ? AND key = ? AND state = 'in_flight'",
+        (principal, key),
+    )
+
+
+async def purge_idempotency_keys(conn: aiosqlite.Connection, *, now: float) -> int:
+    cur = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+    return cur.rowcount
+
+
+async def expired_count(db: Database, *, now: float, idle_s: float) -> int:
+    """Sessions and idempotency records that ``purge_sessions`` and
+    ``purge_idempotency_keys`` would delete at ``now`` (a read, to skip an empty write)."""
+    return int(
+        await db.scalar(
+            "SELECT (SELECT COUNT(*) FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?)"
+            " + (SELECT COUNT(*) FROM idempotency_keys WHERE expires_at <= ?)",
+            (now, now - idle_s, now),
+        )
+        or 0
+    )
+
+
 # -- audit -------------------------------------------------------------------------------
 
 

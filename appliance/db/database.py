@@ -20,6 +20,7 @@ import aiosqlite
 
 from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
+from appliance.errors import NotFound
 
 T = TypeVar("T")
 Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -192,3 +193,22 @@ async def fetchone_from(
     async with source.execute(sql, tuple(params)) as cur:
         row: sqlite3.Row | None = await cur.fetchone()
         return row
+
+
+async def update_by_id(
+    conn: aiosqlite.Connection,
+    table: str,
+    row_id: str | int,
+    values: dict[str, Any],
+    *,
+    missing: str,
+) -> None:
+    """``UPDATE table SET column = value, ... WHERE id = row_id`` in the caller's
+    transaction, for a store's partial updates; ``NotFound(missing)`` when no row has
+    the id. Table and column names come from the calling store, never from input."""
+    assignments = ", ".join(f"{column} = ?" for column in values)
+    cur = await conn.execute(
+        f"UPDATE {table} SET {assignments} WHERE id = ?", (*values.values(), row_id)
+    )
+    if cur.rowcount != 1:
+        raise NotFound(missing)

@@ -18,9 +18,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+
+if TYPE_CHECKING:
+    from appliance.db.database import Database
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 
@@ -124,3 +127,24 @@ async def migrate(
             raise
         applied.append(migration.version)
     return applied
+
+
+# -- the version, for readers (health check, appliancectl) ----------------------------
+
+_VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+
+
+async def schema_version(db: Database) -> int:
+    """The version the database is at; raises ``sqlite3.OperationalError`` when it was
+    never migrated (no ``schema_migrations`` table)."""
+    return int(await db.scalar(_VERSION_SQL))
+
+
+def read_schema_version(conn: sqlite3.Connection) -> int:
+    """The version of a database opened with plain ``sqlite3`` (``appliancectl check``
+    reads the file read-only, without the appliance's ``Database``); 0 when never
+    migrated."""
+    try:
+        return int(conn.execute(_VERSION_SQL).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0

@@ -533,3 +533,30 @@ async def purge_in(
         (queue, *states, before),
     )
     return cur.rowcount
+
+
+# -- every queue at once (the worker's status and maintenance) ---------------------------
+
+
+async def counts_by_queue(db: Database) -> dict[str, dict[str, int]]:
+    """Jobs per state of every queue that has any: queue -> {state: count}, each with
+    every state of ``STATES``."""
+    rows = await db.fetchall(
+        "SELECT queue, state, COUNT(*) AS n FROM queue_jobs GROUP BY queue, state"
+    )
+    queues: dict[str, dict[str, int]] = {}
+    for row in rows:
+        counts = queues.setdefault(row["queue"], dict.fromkeys(STATES, 0))
+        counts[row["state"]] = int(row["n"])
+    return queues
+
+
+async def expired_lease_count(db: Database, now: float) -> int:
+    """Leases of every queue expired at ``now`` (a read: ``expire_leases`` writes)."""
+    return int(
+        await db.scalar(
+            "SELECT COUNT(*) FROM queue_jobs WHERE state = 'leased' AND lease_expires_at <= ?",
+            (now,),
+        )
+        or 0
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,12 @@ class EngineContext:
     cipher: DataCipher | None
 
 
-Factory = Callable[[str, dict[str, Any], dict[str, Any], "EngineHost", EngineContext], "Engine"]
+# An engine class with its dependencies bound: what every engine's constructor takes
+# (account id, stored settings, engine state, host), the rest given by its factory.
+Constructor = Callable[[str, dict[str, Any], dict[str, Any], "EngineHost"], "Engine"]
+# Given the worker's context and the account id: the engine's constructor (the factory
+# imports the engine's code).
+Factory = Callable[[EngineContext, str], Constructor]
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,8 @@ class EngineSpec:
         host: EngineHost,
         context: EngineContext,
     ) -> Engine:
-        return self.factory(account_id, engine_settings, engine_state, host, context)
+        construct = self.factory(context, account_id)
+        return construct(account_id, engine_settings, engine_state, host)
 
 
 def _load(path: str) -> Any:
@@ -125,46 +132,25 @@ def session_dir(data_dir: Path, account_id: str) -> Path:
 # -- the engines ----------------------------------------------------------------------
 
 
-def _sandbox(
-    account_id: str,
-    engine_settings: dict[str, Any],
-    engine_state: dict[str, Any],
-    host: EngineHost,
-    context: EngineContext,
-) -> Engine:
+def _sandbox(context: EngineContext, account_id: str) -> Constructor:
     from appliance.engines.sandbox import SandboxEngine
 
-    return SandboxEngine(account_id, engine_settings, engine_state, host, db=context.db)
+    return partial(SandboxEngine, db=context.db)
 
 
-def _web(
-    account_id: str,
-    engine_settings: dict[str, Any],
-    engine_state: dict[str, Any],
-    host: EngineHost,
-    context: EngineContext,
-) -> Engine:
+def _web(context: EngineContext, account_id: str) -> Constructor:
     from appliance.engines.web.engine import WebEngine
 
     factory_path = context.settings.web_client_factory  # WEB_CLIENT_FACTORY: tests only
-    return WebEngine(
-        account_id,
-        engine_settings,
-        engine_state,
-        host,
+    return partial(
+        WebEngine,
         session_root=context.settings.sessions_dir,
         db=context.db,
         client_factory=_load(factory_path) if factory_path else None,
     )
 
 
-def _cloud(
-    account_id: str,
-    engine_settings: dict[str, Any],
-    engine_state: dict[str, Any],
-    host: EngineHost,
-    context: EngineContext,
-) -> Engine:
+def _cloud(context: EngineContext, account_id: str) -> Constructor:
     from appliance.engines.cloud.engine import CloudEngine
     from appliance.messaging.media import MediaRecord, open_media
 
@@ -175,11 +161,8 @@ def _cloud(
     async def media(media_id: str) -> tuple[MediaRecord, Path]:
         return await open_media(db, settings, account_id, media_id)
 
-    return CloudEngine(
-        account_id,
-        engine_settings,
-        engine_state,
-        host,
+    return partial(
+        CloudEngine,
         db=db,
         cipher=context.cipher,
         open_media=media,

@@ -23,10 +23,9 @@ import random
 import time
 from typing import Any
 
-import orjson
-
 from appliance.db.database import Database
 from appliance.engines.base import Engine, EngineHost, InboundMessage, OutboundMessage, SendError
+from appliance.messaging import store
 from appliance.messaging.models import SandboxSettings, jid_phone, recipient_jid
 
 log = logging.getLogger(__name__)
@@ -124,20 +123,16 @@ class SandboxEngine(Engine):
         self._transient_failures.pop(message.id, None)
         now = time.time()
 
-        async def accept(conn: Any) -> None:
-            await conn.execute(
-                "INSERT INTO sandbox_server_sent (account_id, message_id, to_jid, first_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
-                "DO UPDATE SET attempts = attempts + 1",
-                (self.account_id, message.id, message.to_jid, now),
+        await self.db.write_batched(
+            lambda conn: store.sandbox_accept(
+                conn,
+                self.account_id,
+                message_id=message.id,
+                to_jid=message.to_jid,
+                type_=message.type,
+                now=now,
             )
-            await conn.execute(
-                "INSERT INTO sandbox_server_received (account_id, message_id, to_jid, type, "
-                "received_at) VALUES (?, ?, ?, ?, ?)",
-                (self.account_id, message.id, message.to_jid, message.type, now),
-            )
-
-        await self.db.write_batched(accept)
+        )
         self._spawn(self._receipts(message.id))
 
     async def set_blocked(self, jid: str, blocked: bool) -> None:
@@ -202,30 +197,23 @@ class SandboxEngine(Engine):
     async def _deliver_inbox(self) -> None:
         """Hand waiting inbox entries to the host; delete them once committed."""
         while True:
-            rows = await self.db.fetchall(
-                "SELECT seq, message_id, from_jid, content, injected_at FROM "
-                "sandbox_server_inbox WHERE account_id = ? ORDER BY seq LIMIT ?",
-                (self.account_id, INBOX_BATCH),
-            )
+            rows = await store.sandbox_inbox(self.db, self.account_id, INBOX_BATCH)
             if rows:
                 messages = [self._from_inbox(r) for r in rows]
                 await self.host.on_inbound(messages)  # committed when this returns
                 async with self.db.write() as conn:  # exactly what was delivered
-                    await conn.executemany(
-                        "DELETE FROM sandbox_server_inbox WHERE account_id = ? AND seq = ?",
-                        [(self.account_id, r["seq"]) for r in rows],
-                    )
+                    await store.sandbox_inbox_delete(conn, self.account_id, [r.seq for r in rows])
                 continue
             self._inbox_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_wake.wait(), INBOX_POLL_S)
 
     @staticmethod
-    def _from_inbox(row: Any) -> InboundMessage:
-        content = orjson.loads(row["content"])
+    def _from_inbox(row: store.SandboxInboxRow) -> InboundMessage:
+        content = dict(row.content)
         name = content.pop("_name", None)
         return inbound_from_content(
-            row["message_id"], row["from_jid"], content, name=name, timestamp=row["injected_at"]
+            row.message_id, row.from_jid, content, name=name, timestamp=row.injected_at
         )
 
     async def _run_load(self, rate_per_s: float, duration_s: float) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, update_by_id
 from appliance.errors import Conflict, NotFound
 from appliance.messaging.models import (
     CONTENT,
@@ -172,8 +173,7 @@ async def update_account(
     settings: dict[str, Any] | None = None,
     desired: str | None = None,
 ) -> None:
-    sets: list[str] = ["updated_at = ?"]
-    params: list[str | float] = [now]
+    values: dict[str, Any] = {"updated_at": now}
     for column, value in (
         ("name", name),
         ("engine_settings", None if engine_settings is None else _json(engine_settings)),
@@ -181,13 +181,8 @@ async def update_account(
         ("desired", desired),
     ):
         if value is not None:
-            sets.append(f"{column} = ?")
-            params.append(value)
-    cur = await conn.execute(
-        f"UPDATE accounts SET {', '.join(sets)} WHERE id = ?", (*params, account_id)
-    )
-    if cur.rowcount != 1:
-        raise NotFound("no such account")
+            values[column] = value
+    await update_by_id(conn, "accounts", account_id, values, missing="no such account")
 
 
 async def set_engine_state(
@@ -596,3 +591,128 @@ async def inject_sandbox_inbound(
         (account_id, message_id, recipient_jid(message.from_), _json(content), now),
     )
     return message_id
+
+
+# -- events, filtered (the API's live reads) ---------------------------------------------
+
+
+async def events_in_scope(
+    db: Database,
+    after: int,
+    limit: int,
+    *,
+    types: frozenset[str] | None,
+    accounts: frozenset[str] | None,
+    unassigned: bool,
+) -> list[EventOut]:
+    """Events with id > ``after``, oldest first, at most ``limit``, of the given
+    ``types`` (None: every type) and ``accounts`` (None: every account); events without
+    an account only when ``unassigned``. Empty, without a query, when nothing can match."""
+    where = _event_scope_sql(types, accounts, unassigned)
+    if where is None:
+        return []
+    sql, params = where
+    rows = await db.fetchall(
+        f"SELECT id, type, account_id, created_at, data FROM events "
+        f"WHERE id > ?{sql} ORDER BY id LIMIT ?",
+        (after, *params, limit),
+    )
+    return [EventOut.model_validate({**dict(r), "data": orjson.loads(r["data"])}) for r in rows]
+
+
+def _event_scope_sql(
+    types: frozenset[str] | None, accounts: frozenset[str] | None, unassigned: bool
+) -> tuple[str, list[str]] | None:
+    """The extra SQL conditions of a scope; None when it can match nothing."""
+    sql: list[str] = []
+    params: list[str] = []
+    if types is not None:
+        if not types:
+            return None
+        ordered_types = sorted(types)
+        sql.append(f" AND type IN ({','.join('?' * len(ordered_types))})")
+        params.extend(ordered_types)
+    if accounts is None:
+        if not unassigned:
+            sql.append(" AND account_id IS NOT NULL")
+    else:
+        ordered = sorted(accounts)
+        marks = ",".join("?" * len(ordered))
+        if ordered and unassigned:
+            sql.append(f" AND (account_id IN ({marks}) OR account_id IS NULL)")
+        elif ordered:
+            sql.append(f" AND account_id IN ({marks})")
+        elif unassigned:
+            sql.append(" AND account_id IS NULL")
+        else:
+            return None
+        params.extend(ordered)
+    return "".join(sql), params
+
+
+# -- the sandbox engine's simulated WhatsApp server ---------------------------------------
+# Its tables (sandbox_server_sent, _received, _inbox) live here with the rest of the
+# account's data: ``inject_sandbox_inbound`` and ``delete_account`` reach them from the
+# API and the CLI, which the engine package's layer is above.
+
+
+@dataclass(frozen=True)
+class SandboxInboxRow:
+    seq: int
+    message_id: str
+    from_jid: str
+    content: dict[str, Any]
+    injected_at: float
+
+
+async def sandbox_accept(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    message_id: str,
+    to_jid: str,
+    type_: str,
+    now: float,
+) -> None:
+    """The simulated server accepts an offered send: counted once per id
+    (``sandbox_server_sent``), every offer logged in order (``sandbox_server_received``)."""
+    await conn.execute(
+        "INSERT INTO sandbox_server_sent (account_id, message_id, to_jid, first_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (account_id, message_id) "
+        "DO UPDATE SET attempts = attempts + 1",
+        (account_id, message_id, to_jid, now),
+    )
+    await conn.execute(
+        "INSERT INTO sandbox_server_received (account_id, message_id, to_jid, type, "
+        "received_at) VALUES (?, ?, ?, ?, ?)",
+        (account_id, message_id, to_jid, type_, now),
+    )
+
+
+async def sandbox_inbox(db: Database, account_id: str, limit: int) -> list[SandboxInboxRow]:
+    """The oldest ``limit`` messages waiting in an account's simulated inbox."""
+    rows = await db.fetchall(
+        "SELECT seq, message_id, from_jid, content, injected_at FROM "
+        "sandbox_server_inbox WHERE account_id = ? ORDER BY seq LIMIT ?",
+        (account_id, limit),
+    )
+    return [
+        SandboxInboxRow(
+            seq=int(r["seq"]),
+            message_id=r["message_id"],
+            from_jid=r["from_jid"],
+            content=orjson.loads(r["content"]),
+            injected_at=float(r["injected_at"]),
+        )
+        for r in rows
+    ]
+
+
+async def sandbox_inbox_delete(
+    conn: aiosqlite.Connection, account_id: str, seqs: Sequence[int]
+) -> None:
+    """Drop delivered inbox entries (exactly those handed over)."""
+    await conn.executemany(
+        "DELETE FROM sandbox_server_inbox WHERE account_id = ? AND seq = ?",
+        [(account_id, seq) for seq in seqs],
+    )

@@ -21,7 +21,7 @@ import aiosqlite
 import orjson
 
 from appliance.crypto import DataCipher
-from appliance.db.database import Database, fetchone_from
+from appliance.db.database import Database, fetchone_from, update_by_id
 from appliance.errors import NotFound
 from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key_sql
 from appliance.webhooks.rows import AttemptRow, DeliveryRef, DeliveryRow
@@ -224,7 +224,7 @@ async def update_endpoint(
     conn: aiosqlite.Connection, endpoint_id: str, now: float, **fields: Any
 ) -> None:
     """Set columns; ``headers`` must already be encrypted (``encrypt_headers``)."""
-    sets, params = ["updated_at = ?"], [now]
+    values: dict[str, Any] = {"updated_at": now}
     for column, value in fields.items():
         if column in ("event_types", "headers"):
             value = orjson.dumps(value).decode()
@@ -232,13 +232,10 @@ async def update_endpoint(
             value = None if value is None else orjson.dumps(value).decode()
         elif column == "enabled":
             value = int(value)
-        sets.append(f"{column} = ?")
-        params.append(value)
-    cur = await conn.execute(
-        f"UPDATE webhook_endpoints SET {', '.join(sets)} WHERE id = ?", (*params, endpoint_id)
+        values[column] = value
+    await update_by_id(
+        conn, "webhook_endpoints", endpoint_id, values, missing="no such webhook endpoint"
     )
-    if cur.rowcount != 1:
-        raise NotFound("no such webhook endpoint")
 
 
 async def rotate_secret(

@@ -29,7 +29,7 @@ from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
-from appliance.db.queue import STATES, expire_leases
+from appliance.db.queue import counts_by_queue, expire_leases, expired_lease_count
 from appliance.errors import Conflict
 from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
@@ -259,13 +259,7 @@ class Worker:
 
     async def status(self, _: protocol.StatusParams) -> protocol.StatusResult:
         assert self.db is not None
-        rows = await self.db.fetchall(
-            "SELECT queue, state, COUNT(*) AS n FROM queue_jobs GROUP BY queue, state"
-        )
-        queues: dict[str, dict[str, int]] = {}
-        for row in rows:
-            counts = queues.setdefault(row["queue"], dict.fromkeys(STATES, 0))
-            counts[row["state"]] = int(row["n"])
+        queues = await counts_by_queue(self.db)
         return protocol.StatusResult(
             pid=os.getpid(),
             role="worker",
@@ -315,11 +309,7 @@ class Worker:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
                 now = time.time()
-                expired = await self.db.scalar(
-                    "SELECT COUNT(*) FROM queue_jobs "
-                    "WHERE state = 'leased' AND lease_expires_at <= ?",
-                    (now,),
-                )
+                expired = await expired_lease_count(self.db, now)
                 if expired:
                     async with self.db.write() as conn:
                         await expire_leases(conn, now)
@@ -331,17 +321,11 @@ class Worker:
     async def _purge(self, now: float) -> None:
         """Forget expired sessions and idempotency records (writes only when there are)."""
         assert self.db is not None
-        stale = await self.db.scalar(
-            "SELECT (SELECT COUNT(*) FROM sessions WHERE expires_at <= ? OR last_seen_at <= ?)"
-            " + (SELECT COUNT(*) FROM idempotency_keys WHERE expires_at <= ?)",
-            (now, now - self.settings.session_idle_timeout_s, now),
-        )
-        if stale:
+        idle_s = self.settings.session_idle_timeout_s
+        if await store.expired_count(self.db, now=now, idle_s=idle_s):
             async with self.db.write() as conn:
-                await store.purge_sessions(
-                    conn, now=now, idle_s=self.settings.session_idle_timeout_s
-                )
-                await conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (now,))
+                await store.purge_sessions(conn, now=now, idle_s=idle_s)
+                await store.purge_idempotency_keys(conn, now=now)
 
 
 async def serve(worker: Worker) -> None:

@@ -8,18 +8,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
-from appliance.api.openapi import responds
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.openapi import documented, responds
+from appliance.api.schemas import Strict
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import issues_from, json_body, query
 from appliance.api.worker_rpc import call, poke
+from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import Forbidden, InvalidInput, NotFound
@@ -94,8 +94,7 @@ def _cloud_base_url_change(
 
 @bp.get("/api/accounts")
 @requires(Permission.ACCOUNTS_READ)
-@document_response(AccountList, 200)
-@tag(["accounts"])
+@documented(AccountList, tag="accounts")
 async def list_accounts() -> AccountList:
     """Accounts granted to the caller."""
     rows = await store.list_account_rows(_db(), visible_accounts())
@@ -106,9 +105,7 @@ async def list_accounts() -> AccountList:
 @requires(Permission.ACCOUNTS_MANAGE)
 @idempotent
 @json_body(AccountCreateIn)
-@document_response(AccountOut, 201)
-@document_response(ErrorBody, 409)
-@tag(["accounts"])
+@documented(AccountOut, 201, errors=[409], tag="accounts")
 async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
     """Create an account (one WhatsApp number). The sandbox engine is the default."""
     engine_settings = validate_engine_settings(data.engine, data.engine_settings)
@@ -127,15 +124,7 @@ async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
         )
         if not who.sees_account(account_id):
             # The creator keeps seeing what they created.
-            table, column = (
-                ("user_grants", "user_id")
-                if who.kind == "user"
-                else ("api_key_grants", "api_key_id")
-            )
-            await conn.execute(
-                f"INSERT OR IGNORE INTO {table} ({column}, account_id) VALUES (?, ?)",
-                (who.id, account_id),
-            )
+            await auth_store.grant_account(conn, who.kind, who.id, account_id)
         await audit(conn, "account.create", target=f"account:{account_id}", engine=data.engine)
         row = await store.account_row(conn, account_id)
     assert row is not None  # created just now, in this transaction
@@ -145,9 +134,7 @@ async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
 
 @bp.get("/api/accounts/<account>")
 @requires(Permission.ACCOUNTS_READ)
-@document_response(AccountOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(AccountOut, errors=[404], tag="accounts")
 async def get_account(account: str) -> AccountOut:
     """One account."""
     return store.account_out(await account_for(account))
@@ -156,9 +143,7 @@ async def get_account(account: str) -> AccountOut:
 @bp.patch("/api/accounts/<account>")
 @requires(Permission.ACCOUNTS_MANAGE)
 @json_body(AccountUpdateIn)
-@document_response(AccountOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(AccountOut, errors=[404], tag="accounts")
 async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
     """Rename, change engine settings or account settings (applied live)."""
     row = await account_for(account)
@@ -195,8 +180,7 @@ async def update_account(account: str, data: AccountUpdateIn) -> AccountOut:
 @requires(Permission.ACCOUNTS_MANAGE)
 @query(DeleteQuery)
 @responds(204, "Deleted, with its data")
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(errors=[404], tag="accounts")
 async def delete_account(account: str, query_args: DeleteQuery) -> Response:
     """Delete the account with its chats, messages, media and events. Needs ?confirm=ID."""
     await account_for(account)
@@ -231,9 +215,7 @@ def _status(row: AccountRow | None) -> AccountStatus:
 
 @bp.get("/api/accounts/<account>/status")
 @requires(Permission.ACCOUNTS_READ)
-@document_response(AccountStatus, 200)
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(AccountStatus, errors=[404], tag="accounts")
 async def account_status(account: str) -> AccountStatus:
     """Connection state: disconnected, connecting, pairing, connected, logged_out, failed."""
     return _status(await account_for(account))
@@ -251,9 +233,7 @@ async def _set_desired(account: str, desired: str, action: str) -> tuple[Account
 
 @bp.post("/api/accounts/<account>/connect")
 @requires(Permission.ACCOUNTS_MANAGE)
-@document_response(AccountStatus, 202)
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(AccountStatus, 202, errors=[404], tag="accounts")
 async def connect(account: str) -> tuple[AccountStatus, int]:
     """Ask the worker to connect (pairing first if needed); follow account.status events."""
     return await _set_desired(account, "connected", "account.connect")
@@ -261,9 +241,7 @@ async def connect(account: str) -> tuple[AccountStatus, int]:
 
 @bp.post("/api/accounts/<account>/logout")
 @requires(Permission.ACCOUNTS_MANAGE)
-@document_response(AccountStatus, 202)
-@document_response(ErrorBody, 404)
-@tag(["accounts"])
+@documented(AccountStatus, 202, errors=[404], tag="accounts")
 async def logout_account(account: str) -> tuple[AccountStatus, int]:
     """Log the account out of WhatsApp; linking again needs a new pairing."""
     return await _set_desired(account, "logged_out", "account.logout")
@@ -294,10 +272,7 @@ class PairingCode(protocol.WebPairResult):
     "image/svg+xml",
     "text/plain",
 )
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@document_response(ErrorBody, 503)
-@tag(["accounts"])
+@documented(errors=[404, 409, 503], tag="accounts")
 async def account_qr(account: str, query_args: QrQuery) -> Response:
     """The current linking QR code of a `web` account while it is pairing.
 
@@ -316,11 +291,7 @@ async def account_qr(account: str, query_args: QrQuery) -> Response:
 @bp.post("/api/accounts/<account>/pairing-code")
 @requires(Permission.ACCOUNTS_MANAGE)
 @json_body(PairIn)
-@document_response(PairingCode, 200)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@document_response(ErrorBody, 503)
-@tag(["accounts"])
+@documented(PairingCode, errors=[404, 409, 503], tag="accounts")
 async def pairing_code(account: str, data: PairIn) -> PairingCode:
     """A code to link a `web` account by phone number instead of the QR code."""
     await account_for(account)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
-from appliance.api.openapi import responds
+from appliance.api.openapi import documented, responds
 from appliance.api.routes.models import (
     ApiKeyCreated,
     ApiKeyCreateIn,
     ApiKeyOut,
     ApiKeyPage,
     PageQuery,
+    id_page,
 )
-from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth import store
@@ -29,43 +29,29 @@ bp = Blueprint("api_keys", __name__)
 
 
 def key_out(row: store.ApiKeyRow) -> ApiKeyOut:
-    return ApiKeyOut(
-        id=row.id,
-        name=row.name,
-        prefix=store.API_KEY_PREFIX + row.prefix,
-        role=row.role,
-        all_accounts=row.all_accounts,
-        accounts=list(row.accounts),
-        created_by=row.created_by,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
-        owner_id=row.owner_id,
-        owner=row.owner,
+    return ApiKeyOut.model_validate(
+        {**dataclasses.asdict(row), "prefix": store.API_KEY_PREFIX + row.prefix}
     )
 
 
 @bp.get("/api/api-keys")
 @requires(Permission.API_KEYS_MANAGE)
 @query(PageQuery)
-@document_response(ApiKeyPage, 200)
-@tag(["api-keys"])
+@documented(ApiKeyPage, tag="api-keys")
 async def list_keys(query_args: PageQuery) -> ApiKeyPage:
     """List API keys (never the keys themselves)."""
     rows = await store.list_api_keys(
         _db(), after=int(query_args.cursor or 0), limit=query_args.limit + 1
     )
-    page = rows[: query_args.limit]
-    more = len(rows) > query_args.limit
-    return ApiKeyPage(items=[key_out(r) for r in page], next=str(page[-1].id) if more else None)
+    page, next_cursor = id_page(rows, query_args.limit)
+    return ApiKeyPage(items=[key_out(r) for r in page], next=next_cursor)
 
 
 @bp.post("/api/api-keys")
 @requires(Permission.API_KEYS_MANAGE)
 @idempotent
 @json_body(ApiKeyCreateIn)
-@document_response(ApiKeyCreated, 201)
-@tag(["api-keys"])
+@documented(ApiKeyCreated, 201, tag="api-keys")
 async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
     """Create an API key; the answer holds the key, shown this once. The key belongs to
     the calling user (or to the user owning the calling key) and is revoked when that
@@ -101,9 +87,7 @@ async def create_key(data: ApiKeyCreateIn) -> tuple[ApiKeyCreated, int]:
 
 @bp.get("/api/api-keys/<int:key_id>")
 @requires(Permission.API_KEYS_MANAGE)
-@document_response(ApiKeyOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["api-keys"])
+@documented(ApiKeyOut, errors=[404], tag="api-keys")
 async def get_key(key_id: int) -> ApiKeyOut:
     """One API key."""
     return key_out(await store.get_api_key(_db(), key_id))
@@ -112,14 +96,12 @@ async def get_key(key_id: int) -> ApiKeyOut:
 @bp.delete("/api/api-keys/<int:key_id>")
 @requires(Permission.API_KEYS_MANAGE)
 @responds(204, "Revoked (also when it already was)")
-@document_response(ErrorBody, 404)
-@tag(["api-keys"])
+@documented(errors=[404], tag="api-keys")
 async def revoke_key(key_id: int) -> Response:
     """Revoke an API key; it stops working at once."""
     async with _db().write() as conn:
-        if not await store.revoke_api_key(conn, key_id, time.time()):
-            async with conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)) as cur:
-                if await cur.fetchone() is None:
-                    raise NotFound("no such API key")
+        revoked = await store.revoke_api_key(conn, key_id, time.time())
+        if not revoked and not await store.api_key_exists(conn, key_id):
+            raise NotFound("no such API key")
         await audit(conn, "api_key.revoke", target=f"key:{key_id}")
     return Response(status=204)

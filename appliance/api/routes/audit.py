@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from quart import Blueprint
-from quart_schema import document_response, tag
 
 from appliance.api.access import requires
+from appliance.api.openapi import documented
 from appliance.api.routes.models import AuditEntry, AuditPage, PageQuery
 from appliance.api.state import state_of
 from appliance.api.validation import query
@@ -20,8 +20,7 @@ bp = Blueprint("audit", __name__)
 @bp.get("/api/audit")
 @requires(Permission.AUDIT_READ)
 @query(PageQuery)
-@document_response(AuditPage, 200)
-@tag(["audit"])
+@documented(AuditPage, tag="audit")
 async def list_audit(query_args: PageQuery) -> AuditPage:
     """Logins, user, role, grant and key changes, secret rotations; newest first."""
     db = state_of().db

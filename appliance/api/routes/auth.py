@@ -7,7 +7,6 @@ import secrets
 import time
 
 from quart import Blueprint, Response, jsonify
-from quart_schema import document_response, tag
 
 from appliance.api.access import (
     SESSION_COOKIE,
@@ -17,9 +16,8 @@ from appliance.api.access import (
     public,
 )
 from appliance.api.audit import audit
-from appliance.api.openapi import responds
+from appliance.api.openapi import documented, responds
 from appliance.api.routes.models import LoginIn, LoginOut, MeOut, PasswordChangeIn, user_out
-from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.api.validation import SMALL_BODY_BYTES, json_body
 from appliance.auth import store
@@ -50,10 +48,7 @@ async def _reserve(limits: list[tuple[str, int]], now: float) -> list[int]:
 @bp.post("/auth/login")
 @public
 @json_body(LoginIn, max_bytes=SMALL_BODY_BYTES)
-@document_response(LoginOut, 200)
-@document_response(ErrorBody, 401)
-@document_response(ErrorBody, 429)
-@tag(["auth"])
+@documented(LoginOut, errors=[401, 429], tag="auth")
 async def login(data: LoginIn) -> Response:
     """Log in to the panel: sets the session cookie and returns the CSRF token."""
     state = state_of()
@@ -115,8 +110,7 @@ async def login(data: LoginIn) -> Response:
 @bp.post("/auth/logout")
 @authenticated
 @responds(204, "Logged out (with an API key: nothing to end)")
-@document_response(ErrorBody, 403)
-@tag(["auth"])
+@documented(errors=[403], tag="auth")
 async def logout() -> Response:
     """End this session everywhere at once (every API process reads sessions from SQLite)."""
     state = state_of()
@@ -133,8 +127,7 @@ async def logout() -> Response:
 
 @bp.get("/auth/me")
 @authenticated
-@document_response(MeOut, 200)
-@tag(["auth"])
+@documented(MeOut, tag="auth")
 async def me() -> MeOut:
     """The caller: user or API key, role, permissions, granted accounts, CSRF token."""
     who = principal()
@@ -154,8 +147,7 @@ async def me() -> MeOut:
 @authenticated
 @json_body(PasswordChangeIn, max_bytes=SMALL_BODY_BYTES)
 @responds(204, "Changed; your other sessions ended")
-@document_response(ErrorBody, 403)
-@tag(["auth"])
+@documented(errors=[403], tag="auth")
 async def change_password(data: PasswordChangeIn) -> Response:
     """Change your own password; your other sessions end."""
     state = state_of()

@@ -21,11 +21,11 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 from quart import Blueprint
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.schemas import Bool, ErrorBody, QueryBool, Strict, number_only
+from appliance.api.openapi import documented
+from appliance.api.schemas import Bool, QueryBool, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import poke
@@ -256,9 +256,7 @@ def _message_page(rows: list[MessageRow], next_cursor: str | None) -> dict[str, 
 @bp.get("/api/accounts/<account>/chats")
 @requires(Permission.MESSAGES_READ)
 @query(ChatListQuery)
-@document_response(ChatPage, 200)
-@document_response(ErrorBody, 404)
-@tag(["chats"])
+@documented(ChatPage, errors=[404], tag="chats")
 async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     """List an account's chats, most recent activity first.
 
@@ -292,9 +290,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
 
 @bp.get("/api/accounts/<account>/chats/<chat_id>")
 @requires(Permission.MESSAGES_READ)
-@document_response(ChatOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["chats"])
+@documented(ChatOut, errors=[404], tag="chats")
 async def get_chat(account: str, chat_id: str) -> dict[str, Any]:
     """One chat, by jid (e.g. 905551112233@s.whatsapp.net) or +E.164 number."""
     await _granted(account)
@@ -308,10 +304,7 @@ async def get_chat(account: str, chat_id: str) -> dict[str, Any]:
 @bp.patch("/api/accounts/<account>/chats/<chat_id>")
 @requires(Permission.MESSAGES_SEND)
 @json_body(ChatUpdateIn)
-@document_response(ChatOut, 200)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 422)
-@tag(["chats"])
+@documented(ChatOut, errors=[404, 422], tag="chats")
 async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[str, Any]:
     """Archive or unarchive a chat, mark it read (`unread_count: 0`), set its
     conversation status, or assign it.
@@ -371,9 +364,7 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
 @bp.get("/api/accounts/<account>/chats/<chat_id>/messages")
 @requires(Permission.MESSAGES_READ)
 @query(PageQuery)
-@document_response(MessagePage, 200)
-@document_response(ErrorBody, 404)
-@tag(["messages"])
+@documented(MessagePage, errors=[404], tag="messages")
 async def list_chat_messages(account: str, chat_id: str, query_args: PageQuery) -> dict[str, Any]:
     """List the messages of one chat, newest first."""
     await _granted(account)
@@ -393,9 +384,7 @@ async def list_chat_messages(account: str, chat_id: str, query_args: PageQuery) 
 @bp.get("/api/accounts/<account>/messages")
 @requires(Permission.MESSAGES_READ)
 @query(MessageListQuery)
-@document_response(MessagePage, 200)
-@document_response(ErrorBody, 404)
-@tag(["messages"])
+@documented(MessagePage, errors=[404], tag="messages")
 async def list_account_messages(account: str, query_args: MessageListQuery) -> dict[str, Any]:
     """List every message of an account, newest first; filter by direction or status."""
     await _granted(account)
@@ -412,9 +401,7 @@ async def list_account_messages(account: str, query_args: MessageListQuery) -> d
 
 @bp.get("/api/accounts/<account>/messages/<message_id>")
 @requires(Permission.MESSAGES_READ)
-@document_response(MessageOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["messages"])
+@documented(MessageOut, errors=[404], tag="messages")
 async def get_message(account: str, message_id: str) -> dict[str, Any]:
     """One message, with its status (and error, when it failed)."""
     await _granted(account)
@@ -435,9 +422,7 @@ async def get_message(account: str, message_id: str) -> dict[str, Any]:
 @bp.get("/api/search")
 @requires(Permission.MESSAGES_READ)
 @query(GlobalSearchQuery)
-@document_response(MessagePage, 200)
-@document_response(ErrorBody, 404)
-@tag(["messages"])
+@documented(MessagePage, errors=[404], tag="messages")
 async def search_all_messages(query_args: GlobalSearchQuery) -> dict[str, Any]:
     """Search message text across every account you are granted (or one), newest first.
 
@@ -458,9 +443,7 @@ async def search_all_messages(query_args: GlobalSearchQuery) -> dict[str, Any]:
 @bp.get("/api/accounts/<account>/search")
 @requires(Permission.MESSAGES_READ)
 @query(SearchQuery)
-@document_response(MessagePage, 200)
-@document_response(ErrorBody, 404)
-@tag(["messages"])
+@documented(MessagePage, errors=[404], tag="messages")
 async def search_account_messages(account: str, query_args: SearchQuery) -> dict[str, Any]:
     """Search one account's message text, newest first (same rules as /api/search)."""
     await _granted(account)

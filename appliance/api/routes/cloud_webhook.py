@@ -20,11 +20,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 from quart import Blueprint, Response, request
-from quart_schema import document_querystring, document_response, tag
+from quart_schema import document_querystring
 
 from appliance.api.access import public
-from appliance.api.openapi import responds
-from appliance.api.schemas import ErrorBody
+from appliance.api.openapi import documented, responds
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.engines import registry as engines
@@ -67,9 +66,7 @@ async def _cloud_account(account: str) -> dict[str, Any] | None:
 @public
 @document_querystring(VerifyQuery)
 @responds(200, "`hub.challenge`, as sent", "text/plain")
-@document_response(ErrorBody, 403)
-@document_response(ErrorBody, 404)
-@tag(["cloud"])
+@documented(errors=[403, 404], tag="cloud")
 async def verify_webhook(account: str) -> Response:
     """Meta's subscription check: answers ``hub.challenge`` as text when
     ``hub.mode=subscribe`` and ``hub.verify_token`` matches the account's verify_token."""
@@ -87,11 +84,7 @@ async def verify_webhook(account: str) -> Response:
 
 @bp.post("/engines/cloud/<account>/webhook")
 @public
-@document_response(WebhookAccepted, 200)
-@document_response(ErrorBody, 401)
-@document_response(ErrorBody, 403)
-@document_response(ErrorBody, 404)
-@tag(["cloud"])
+@documented(WebhookAccepted, errors=[401, 403, 404], tag="cloud")
 async def receive_webhook(account: str) -> WebhookAccepted:
     """A Cloud API webhook post (messages and statuses), signed with the app secret in
     ``X-Hub-Signature-256``; stored durably before the 200 answer."""

@@ -9,11 +9,10 @@ npm ``swagger-ui-dist`` (see ``static/swagger-ui/VENDORED.md``): it reads OpenAP
 from __future__ import annotations
 
 from quart import Blueprint, Response, render_template
-from quart_schema import tag
 
 from appliance import __version__
 from appliance.api.access import public, requires
-from appliance.api.openapi import responds
+from appliance.api.openapi import documented, responds
 from appliance.auth.permissions import Permission
 
 bp = Blueprint("docs", __name__)
@@ -24,7 +23,7 @@ HTML = "text/html; charset=utf-8"
 @bp.get("/")
 @public
 @responds(200, "The landing page", "text/html")
-@tag(["docs"])
+@documented(tag="docs")
 async def home() -> Response:
     """What this appliance is, with links to the docs, the spec and the health checks."""
     return Response(await render_template("home.html", version=__version__), content_type=HTML)
@@ -33,7 +32,7 @@ async def home() -> Response:
 @bp.get("/docs")
 @requires(Permission.DOCS_READ)
 @responds(200, "The page", "text/html")
-@tag(["docs"])
+@documented(tag="docs")
 async def docs() -> Response:
     """Swagger UI over /openapi.json (admins)."""
     return Response(await render_template("docs.html"), content_type=HTML)

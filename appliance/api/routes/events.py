@@ -14,13 +14,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator
 from quart import Blueprint, g, websocket
-from quart_schema import document_querystring, document_response, tag
+from quart_schema import document_querystring
 
 from appliance.api import access, live
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.openapi import responds
-from appliance.api.schemas import ErrorBody, Strict
+from appliance.api.openapi import documented, responds
+from appliance.api.schemas import Strict
 from appliance.api.state import ApiState, state_of
 from appliance.api.validation import issues_from, query
 from appliance.auth.permissions import Permission, Role
@@ -100,9 +100,7 @@ class EventsPage(BaseModel):
 @bp.get("/api/events")
 @requires(Permission.MESSAGES_READ)
 @query(EventsQuery)
-@document_response(EventsPage, 200)
-@document_response(ErrorBody, 404)
-@tag(["events"])
+@documented(EventsPage, errors=[404], tag="events")
 async def list_events(query_args: EventsQuery) -> EventsPage:
     """Event log: events after an id, oldest first; resume with `after=next`.
 
@@ -139,9 +137,7 @@ async def list_events(query_args: EventsQuery) -> EventsPage:
 @requires(Permission.MESSAGES_READ)
 @document_querystring(EventFilterQuery)
 @responds(101, "Switching Protocols: the stream of events follows, as described above")
-@document_response(ErrorBody, 400)
-@document_response(ErrorBody, 404)
-@tag(["events"])
+@documented(errors=[400, 404], tag="events")
 async def events_ws() -> None:
     """Websocket: the event log live (backlog after `after`, then new events).
 

@@ -18,14 +18,14 @@ from pydantic import BaseModel, Field, StringConstraints
 from quart import Blueprint, Quart, Response, current_app, request
 from quart.blueprints import BlueprintSetupState
 from quart.wrappers.request import Body, Request
-from quart_schema import DataSource, document_request, document_response, tag
+from quart_schema import DataSource, document_request, document_response
 from werkzeug.http import parse_options_header
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import idempotent
-from appliance.api.openapi import responds
-from appliance.api.schemas import ErrorBody, Strict, ValidationErrorBody
+from appliance.api.openapi import documented, responds
+from appliance.api.schemas import Strict, ValidationErrorBody
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import query
@@ -168,16 +168,7 @@ class UploadForm(BaseModel):
 
 
 def media_out(record: MediaRecord) -> MediaOut:
-    return MediaOut(
-        id=record.id,
-        account_id=record.account_id,
-        content_type=record.content_type,
-        size=record.size,
-        sha256=record.sha256,
-        filename=record.filename,
-        kind=record.kind,
-        created_at=record.created_at,
-    )
+    return MediaOut.model_validate(record, from_attributes=True)
 
 
 async def _read_upload(filename: str | None) -> tuple[bytes, str | None]:
@@ -208,11 +199,7 @@ async def _read_upload(filename: str | None) -> tuple[bytes, str | None]:
 @query(UploadQuery)
 @document_request(UploadForm, source=DataSource.FORM_MULTIPART)
 @document_response(MediaOut, 201)
-@document_response(ValidationErrorBody, 400)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 413)
-@document_response(ErrorBody, 415)
-@tag(["media"])
+@documented(ValidationErrorBody, 400, errors=[404, 413, 415], tag="media")
 async def upload_media(account: str, query_args: UploadQuery) -> tuple[MediaOut, int]:
     """Upload a file to send by id.
 
@@ -248,8 +235,7 @@ def content_disposition(kind: str, name: str) -> str:
     *media.SUPPORTED,
     "application/octet-stream",
 )
-@document_response(ErrorBody, 404)
-@tag(["media"])
+@documented(errors=[404], tag="media")
 async def download_media(account: str, media_id: str) -> Response:
     """Download a stored file.
 

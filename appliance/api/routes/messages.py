@@ -8,12 +8,12 @@ import time
 import aiosqlite
 from pydantic import BaseModel, Field
 from quart import Blueprint, request
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.idempotency import HEADER, idempotent, parse_key
-from appliance.api.schemas import ErrorBody, Float, Strict
+from appliance.api.openapi import documented
+from appliance.api.schemas import Float, Strict
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body
@@ -69,10 +69,7 @@ async def check_media_link(path: str, link: str) -> None:
 @requires(Permission.MESSAGES_SEND)
 @idempotent
 @json_body(SendMessageIn)
-@document_response(SendAccepted, 202)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 422)
-@tag(["messages"])
+@documented(SendAccepted, 202, errors=[404, 422], tag="messages")
 async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
 
@@ -117,10 +114,7 @@ async def _sandbox_account(account: str) -> None:
 @bp.post("/api/accounts/<account>/sandbox/inbound")
 @requires(Permission.MESSAGES_SEND)
 @json_body(InboundIn)
-@document_response(InboundAccepted, 202)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@tag(["sandbox"])
+@documented(InboundAccepted, 202, errors=[404, 409], tag="sandbox")
 async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepted, int]:
     """Inject a message as if someone wrote to this sandbox account.
 
@@ -137,11 +131,7 @@ async def sandbox_inbound(account: str, data: InboundIn) -> tuple[InboundAccepte
 @bp.post("/api/accounts/<account>/sandbox/load")
 @requires(Permission.ACCOUNTS_MANAGE)
 @json_body(LoadIn)
-@document_response(LoadStatus, 202)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@document_response(ErrorBody, 503)
-@tag(["sandbox"])
+@documented(LoadStatus, 202, errors=[404, 409, 503], tag="sandbox")
 async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
     """Start the load mode: generated inbound messages at a rate, for a bounded time."""
     await _sandbox_account(account)
@@ -157,11 +147,7 @@ async def sandbox_load(account: str, data: LoadIn) -> tuple[LoadStatus, int]:
 
 @bp.get("/api/accounts/<account>/sandbox/load")
 @requires(Permission.ACCOUNTS_READ)
-@document_response(LoadStatus, 200)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@document_response(ErrorBody, 503)
-@tag(["sandbox"])
+@documented(LoadStatus, errors=[404, 409, 503], tag="sandbox")
 async def sandbox_load_status(account: str) -> LoadStatus:
     """Progress of the current or last load run: injected, committed, latency."""
     await _sandbox_account(account)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Protocol, TypeVar
 
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -40,16 +41,7 @@ class UserOut(BaseModel):
 
 
 def user_out(user: store.UserRow) -> UserOut:
-    return UserOut(
-        id=user.id,
-        username=user.username,
-        role=user.role,
-        all_accounts=user.all_accounts,
-        accounts=list(user.accounts),
-        active=user.active,
-        created_at=user.created_at,
-        updated_at=user.updated_at,
-    )
+    return UserOut.model_validate(user, from_attributes=True)
 
 
 class LoginOut(BaseModel):
@@ -146,6 +138,21 @@ class AuditEntry(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditEntry]
     next: str | None
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+RowT = TypeVar("RowT", bound=_HasId)
+
+
+def id_page(rows: Sequence[RowT], limit: int) -> tuple[list[RowT], str | None]:
+    """A page of rows read in id order with ``limit + 1``: the first ``limit``, and the
+    next page's cursor (the last id shown) when there were more."""
+    page = list(rows[:limit])
+    return page, str(page[-1].id) if len(rows) > limit else None
 
 
 class PageQuery(Strict):

@@ -8,12 +8,11 @@ from typing import Any
 
 import aiosqlite
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
-from appliance.api.openapi import responds
+from appliance.api.openapi import documented, responds
 from appliance.api.routes.models import (
     PageQuery,
     PasswordResetIn,
@@ -21,9 +20,9 @@ from appliance.api.routes.models import (
     UserOut,
     UserPage,
     UserUpdateIn,
+    id_page,
     user_out,
 )
-from appliance.api.schemas import ErrorBody
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth import store
@@ -36,11 +35,7 @@ bp = Blueprint("users", __name__)
 
 async def _guard_last_admin(conn: aiosqlite.Connection, user: store.UserRow, action: str) -> None:
     """The last active admin can be neither deleted, deactivated nor demoted."""
-    if (
-        user.role == Role.ADMIN
-        and user.active
-        and not await store.other_active_admins(conn, user.id)
-    ):
+    if await store.is_last_active_admin(conn, user):
         raise Conflict(f"cannot {action} the last active admin; make another admin first")
 
 
@@ -53,23 +48,20 @@ async def revoke_keys_of(conn: Any, user_id: int, now: float, reason: str) -> No
 @bp.get("/api/users")
 @requires(Permission.USERS_MANAGE)
 @query(PageQuery)
-@document_response(UserPage, 200)
-@tag(["users"])
+@documented(UserPage, tag="users")
 async def list_users(query_args: PageQuery) -> UserPage:
     """List users, oldest first."""
     after = int(query_args.cursor or 0)
     users = await store.list_users(_db(), after=after, limit=query_args.limit + 1)
-    page = users[: query_args.limit]
-    more = len(users) > query_args.limit
-    return UserPage(items=[user_out(u) for u in page], next=str(page[-1].id) if more else None)
+    page, next_cursor = id_page(users, query_args.limit)
+    return UserPage(items=[user_out(u) for u in page], next=next_cursor)
 
 
 @bp.post("/api/users")
 @requires(Permission.USERS_MANAGE)
 @idempotent
 @json_body(UserCreateIn)
-@document_response(UserOut, 201)
-@tag(["users"])
+@documented(UserOut, 201, tag="users")
 async def create_user(data: UserCreateIn) -> tuple[UserOut, int]:
     """Create a user with a role and account grants."""
     password_hash = await asyncio.to_thread(hash_password, data.password)
@@ -99,9 +91,7 @@ async def create_user(data: UserCreateIn) -> tuple[UserOut, int]:
 
 @bp.get("/api/users/<int:user_id>")
 @requires(Permission.USERS_MANAGE)
-@document_response(UserOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["users"])
+@documented(UserOut, errors=[404], tag="users")
 async def get_user(user_id: int) -> UserOut:
     """One user."""
     return user_out(await store.get_user(_db(), user_id))
@@ -110,10 +100,7 @@ async def get_user(user_id: int) -> UserOut:
 @bp.patch("/api/users/<int:user_id>")
 @requires(Permission.USERS_MANAGE)
 @json_body(UserUpdateIn)
-@document_response(UserOut, 200)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@tag(["users"])
+@documented(UserOut, errors=[404, 409], tag="users")
 async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
     """Change role, active flag or account grants. Deactivating ends the user's sessions
     and revokes their API keys."""
@@ -146,9 +133,7 @@ async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
 @bp.delete("/api/users/<int:user_id>")
 @requires(Permission.USERS_MANAGE)
 @responds(204, "Deleted; their sessions ended")
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 409)
-@tag(["users"])
+@documented(errors=[404, 409], tag="users")
 async def delete_user(user_id: int) -> Response:
     """Delete a user, end their sessions and revoke their API keys."""
     async with _db().write() as conn:
@@ -164,8 +149,7 @@ async def delete_user(user_id: int) -> Response:
 @requires(Permission.USERS_MANAGE)
 @json_body(PasswordResetIn)
 @responds(204, "Password set; their sessions ended")
-@document_response(ErrorBody, 404)
-@tag(["users"])
+@documented(errors=[404], tag="users")
 async def reset_password(user_id: int, data: PasswordResetIn) -> Response:
     """Set another user's password; all their sessions end."""
     password_hash = await asyncio.to_thread(hash_password, data.password)

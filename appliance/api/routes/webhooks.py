@@ -17,14 +17,13 @@ from pydantic import (
     field_validator,
 )
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
-from appliance.api.openapi import responds
-from appliance.api.schemas import Bool, ErrorBody, Float, Int, Strict, number_only
+from appliance.api.openapi import documented, responds
+from appliance.api.schemas import Bool, Float, Int, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import json_body, query
@@ -339,8 +338,7 @@ def _headers_to_store(
 
 @bp.get("/api/webhooks")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(EndpointList, 200)
-@tag(["webhooks"])
+@documented(EndpointList, tag="webhooks")
 async def list_endpoints() -> EndpointList:
     """Webhook endpoints (never their secrets)."""
     endpoints = await store.all_endpoints(_db())
@@ -351,8 +349,7 @@ async def list_endpoints() -> EndpointList:
 @requires(Permission.WEBHOOKS_MANAGE)
 @idempotent
 @json_body(EndpointIn)
-@document_response(EndpointCreated, 201)
-@tag(["webhooks"])
+@documented(EndpointCreated, 201, tag="webhooks")
 async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
     """Subscribe a URL to events. The answer holds the signing secret, shown once.
 
@@ -394,9 +391,7 @@ async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
 
 @bp.get("/api/webhooks/<endpoint_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(EndpointOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(EndpointOut, errors=[404], tag="webhooks")
 async def get_endpoint(endpoint_id: str) -> EndpointOut:
     """One endpoint."""
     return endpoint_out(await _endpoint(endpoint_id))
@@ -405,9 +400,7 @@ async def get_endpoint(endpoint_id: str) -> EndpointOut:
 @bp.patch("/api/webhooks/<endpoint_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
 @json_body(EndpointPatch)
-@document_response(EndpointOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(EndpointOut, errors=[404], tag="webhooks")
 async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
     """Change the URL, events, account filter, headers, timeout or concurrency."""
     current = await _endpoint(endpoint_id)
@@ -435,8 +428,7 @@ async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
 @bp.delete("/api/webhooks/<endpoint_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
 @responds(204, "Deleted, with its delivery log")
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(errors=[404], tag="webhooks")
 async def delete_endpoint(endpoint_id: str) -> Response:
     """Delete the endpoint with its delivery log."""
     await _endpoint(endpoint_id)
@@ -471,9 +463,7 @@ async def _set_enabled(endpoint_id: str, enabled: bool) -> EndpointOut:
 
 @bp.post("/api/webhooks/<endpoint_id>/enable")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(EndpointOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(EndpointOut, errors=[404], tag="webhooks")
 async def enable_endpoint(endpoint_id: str) -> EndpointOut:
     """Enable (again). Deliveries that died while disabled can be replayed."""
     return await _set_enabled(endpoint_id, True)
@@ -481,9 +471,7 @@ async def enable_endpoint(endpoint_id: str) -> EndpointOut:
 
 @bp.post("/api/webhooks/<endpoint_id>/disable")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(EndpointOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(EndpointOut, errors=[404], tag="webhooks")
 async def disable_endpoint(endpoint_id: str) -> EndpointOut:
     """Disable: no new deliveries are made for it."""
     return await _set_enabled(endpoint_id, False)
@@ -491,9 +479,7 @@ async def disable_endpoint(endpoint_id: str) -> EndpointOut:
 
 @bp.post("/api/webhooks/<endpoint_id>/rotate-secret")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(SecretOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(SecretOut, errors=[404], tag="webhooks")
 async def rotate_secret(endpoint_id: str) -> SecretOut:
     """A new signing secret, shown once; the previous one keeps signing for 24 hours."""
     await _endpoint(endpoint_id)
@@ -508,9 +494,7 @@ async def rotate_secret(endpoint_id: str) -> SecretOut:
 
 @bp.post("/api/webhooks/<endpoint_id>/test")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(TestOut, 202)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(TestOut, 202, errors=[404], tag="webhooks")
 async def test_endpoint(endpoint_id: str) -> tuple[TestOut, int]:
     """Send a `webhook.test` event to this endpoint only."""
     await _endpoint(endpoint_id)
@@ -542,9 +526,7 @@ def _delivery(row: DeliveryRow, attempts: list[AttemptRow] | None = None) -> Del
 @bp.get("/api/webhooks/<endpoint_id>/deliveries")
 @requires(Permission.WEBHOOKS_MANAGE)
 @query(DeliveryQuery)
-@document_response(DeliveryPage, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(DeliveryPage, errors=[404], tag="webhooks")
 async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> DeliveryPage:
     """The delivery log, newest first, filtered by state, event type and time."""
     await _endpoint(endpoint_id)
@@ -565,9 +547,7 @@ async def list_deliveries(endpoint_id: str, query_args: DeliveryQuery) -> Delive
 
 @bp.get("/api/webhooks/<string:endpoint_id>/deliveries/<int:delivery_id>")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(DeliveryOut, 200)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(DeliveryOut, errors=[404], tag="webhooks")
 async def get_delivery(endpoint_id: str, delivery_id: int) -> DeliveryOut:
     """One delivery with every attempt (time, duration, status, answer, error)."""
     await _endpoint(endpoint_id)
@@ -595,9 +575,7 @@ async def _replay(endpoint_id: str, rows: list[DeliveryRef]) -> int:
 
 @bp.post("/api/webhooks/<string:endpoint_id>/deliveries/<int:delivery_id>/replay")
 @requires(Permission.WEBHOOKS_MANAGE)
-@document_response(ReplayOut, 202)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(ReplayOut, 202, errors=[404], tag="webhooks")
 async def replay_delivery(endpoint_id: str, delivery_id: int) -> tuple[ReplayOut, int]:
     """Deliver this event again (a new first attempt; same webhook-id)."""
     await _endpoint(endpoint_id)
@@ -610,9 +588,7 @@ async def replay_delivery(endpoint_id: str, delivery_id: int) -> tuple[ReplayOut
 @bp.post("/api/webhooks/<endpoint_id>/replay")
 @requires(Permission.WEBHOOKS_MANAGE)
 @json_body(ReplayIn)
-@document_response(ReplayOut, 202)
-@document_response(ErrorBody, 404)
-@tag(["webhooks"])
+@documented(ReplayOut, 202, errors=[404], tag="webhooks")
 async def replay_range(endpoint_id: str, data: ReplayIn) -> tuple[ReplayOut, int]:
     """Deliver again every finished delivery in a time range (by creation) and state.
 

@@ -98,10 +98,6 @@ def inbound_from_cloud(message: dict[str, Any], names: Mapping[str, str | None])
         reply_to = part.get("message_id")
     if message.get("errors"):
         content["errors"] = message["errors"]
-    try:
-        timestamp = float(message.get("timestamp") or 0)
-    except (TypeError, ValueError):
-        timestamp = 0.0
     return InboundMessage(
         id=str(message["id"]),
         chat_jid=wa_jid(sender),
@@ -111,23 +107,27 @@ def inbound_from_cloud(message: dict[str, Any], names: Mapping[str, str | None])
         body=_body_of(type_, part),
         sender_name=names.get(sender),
         reply_to=reply_to,
-        timestamp=timestamp,
+        timestamp=_timestamp(message),
         received_at=time.monotonic(),
     )
+
+
+def _timestamp(entry: dict[str, Any]) -> float:
+    """An entry's ``timestamp`` (Unix seconds, sent as a string); 0 when absent or bad."""
+    try:
+        return float(entry.get("timestamp") or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def status_from_cloud(status: dict[str, Any]) -> StatusUpdate:
     errors = status.get("errors") or []
     error = error_text(errors[0]) if errors and isinstance(errors[0], dict) else None
-    try:
-        timestamp = float(status.get("timestamp") or 0)
-    except (TypeError, ValueError):
-        timestamp = 0.0
     return StatusUpdate(
         wamid=str(status["id"]),
         status=str(status.get("status") or ""),
         recipient_id=status.get("recipient_id"),
-        timestamp=timestamp,
+        timestamp=_timestamp(status),
         error=error,
         our_id=status.get("biz_opaque_callback_data"),
     )

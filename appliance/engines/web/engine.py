@@ -69,6 +69,19 @@ COMMIT_RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0)  # 23.7 s of waits, then th
 RECENT_INBOUND = 2000
 
 
+class _ConnectionTimeout:
+    """An attribute of the engine that lives on its ``Connection`` under the same name."""
+
+    def __set_name__(self, owner: type[WebEngine], name: str) -> None:
+        self.name = name
+
+    def __get__(self, engine: WebEngine, owner: type[WebEngine] | None = None) -> float:
+        return float(getattr(engine.connection, self.name))
+
+    def __set__(self, engine: WebEngine, value: float) -> None:
+        setattr(engine.connection, self.name, value)
+
+
 class WebEngine(Engine):
     needs_media_files = True  # neonize uploads bytes; it cannot send by link or our id
 
@@ -107,38 +120,10 @@ class WebEngine(Engine):
         self.reconnect_grace_s = self.config.reconnect_grace_s
 
     # The connection's timeouts, settable here (the settings and the tests set them).
-
-    @property
-    def pairing_timeout_s(self) -> float:
-        return self.connection.pairing_timeout_s
-
-    @pairing_timeout_s.setter
-    def pairing_timeout_s(self, value: float) -> None:
-        self.connection.pairing_timeout_s = value
-
-    @property
-    def watchdog_idle_s(self) -> float:
-        return self.connection.watchdog_idle_s
-
-    @watchdog_idle_s.setter
-    def watchdog_idle_s(self, value: float) -> None:
-        self.connection.watchdog_idle_s = value
-
-    @property
-    def probe_timeout_s(self) -> float:
-        return self.connection.probe_timeout_s
-
-    @probe_timeout_s.setter
-    def probe_timeout_s(self, value: float) -> None:
-        self.connection.probe_timeout_s = value
-
-    @property
-    def reconnect_grace_s(self) -> float:
-        return self.connection.reconnect_grace_s
-
-    @reconnect_grace_s.setter
-    def reconnect_grace_s(self, value: float) -> None:
-        self.connection.reconnect_grace_s = value
+    pairing_timeout_s = _ConnectionTimeout()
+    watchdog_idle_s = _ConnectionTimeout()
+    probe_timeout_s = _ConnectionTimeout()
+    reconnect_grace_s = _ConnectionTimeout()
 
     @property
     def client(self) -> Any:

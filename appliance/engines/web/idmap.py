@@ -13,8 +13,9 @@ it and maps it to WhatsApp's id here. Exactly-once effect, in order:
 Receipts and inbound replies/reactions that name WhatsApp's id are translated back
 with ``app_id``.
 
-The map is a table of the main database, reached through ``Database`` like every other
-table (aiosqlite: no blocking fsync on the event loop; writes share group commits with
+This module is the web engine's store: all SQL of ``web_ids`` is here. The map is a
+table of the main database, reached through ``Database`` like every other table
+(aiosqlite: no blocking fsync on the event loop; writes share group commits with
 ``write_batched``). It used to be a SQLite file per session, ``<session>/ids.db``;
 ``import_legacy_file`` copies such a file in once and renames it ``ids.db.imported``.
 """
