@@ -28,6 +28,7 @@ from appliance.api.routes import (
     cloud_webhook,
     docs,
     events,
+    inbox_organize,
     media,
     messages,
     users,
@@ -153,6 +154,7 @@ def create_app(
     blueprints += (audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
     blueprints += (cloud_webhook.bp,)
+    blueprints += (inbox_organize.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

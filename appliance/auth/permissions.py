@@ -29,6 +29,11 @@ class Permission(StrEnum):
     MESSAGES_READ = "messages.read"
     WEBHOOKS_MANAGE = "webhooks.manage"
     AUTOMATIONS_MANAGE = "automations.manage"
+    TAGS_APPLY = "tags.apply"
+    TAGS_MANAGE = "tags.manage"
+    NOTES_WRITE = "notes.write"
+    NOTES_MANAGE = "notes.manage"
+    QUICK_REPLIES_MANAGE = "quick_replies.manage"
 
 
 _ALL = frozenset(Permission)
@@ -43,10 +48,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.MESSAGES_READ,
             Permission.WEBHOOKS_MANAGE,
             Permission.AUTOMATIONS_MANAGE,
+            Permission.TAGS_APPLY,
+            Permission.TAGS_MANAGE,
+            Permission.NOTES_WRITE,
+            Permission.NOTES_MANAGE,
+            Permission.QUICK_REPLIES_MANAGE,
         }
     ),
     Role.AGENT: frozenset(
         {Permission.ACCOUNTS_READ, Permission.MESSAGES_SEND, Permission.MESSAGES_READ}
+        | {Permission.TAGS_APPLY, Permission.NOTES_WRITE}
     ),
 }
 
@@ -63,6 +74,13 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.MESSAGES_READ: "read chats, messages, contacts and events of granted accounts",
     Permission.WEBHOOKS_MANAGE: "manage webhook endpoints and replay deliveries",
     Permission.AUTOMATIONS_MANAGE: "manage auto-replies, scheduled messages, templates, scripts",
+    Permission.TAGS_APPLY: "add and remove tags on chats and contacts of granted accounts",
+    Permission.TAGS_MANAGE: "create, rename, recolour and delete the tags of granted accounts",
+    Permission.NOTES_WRITE: "write private notes on chats of granted accounts; edit and "
+    "delete one's own",
+    Permission.NOTES_MANAGE: "edit and delete anyone's private notes",
+    Permission.QUICK_REPLIES_MANAGE: "create, change and delete the quick replies of granted "
+    "accounts",
 }
 
 

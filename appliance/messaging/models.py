@@ -49,6 +49,15 @@ EVENT_TYPES = (
     "account.status",
     "webhook.endpoint_disabled",
     "webhook.test",
+    # the team inbox (appliance.inbox), each with who did it (`by`)
+    "chat.updated",
+    "contact.updated",
+    "note.created",
+    "note.updated",
+    "note.deleted",
+    "tag.created",
+    "tag.updated",
+    "tag.deleted",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

@@ -148,6 +148,7 @@ async def list_chats(
     account_id: str,
     *,
     archived: bool | None = None,
+    tag_id: int | None = None,
     cursor: str | None = None,
     limit: int,
 ) -> tuple[list[Any], str | None]:
@@ -162,6 +163,12 @@ async def list_chats(
     if archived is not None:
         where.append("c.archived = ?")
         params.append(int(archived))
+    if tag_id is not None:  # inbox tags (appliance.inbox.tags_store)
+        where.append(
+            "EXISTS (SELECT 1 FROM chat_tags t WHERE t.account_id = c.account_id "
+            "AND t.chat_jid = c.jid AND t.tag_id = ?)"
+        )
+        params.append(tag_id)
     if cursor is not None:
         at, jid = decode_cursor("c", cursor, (int, float, type(None)), str)
         if at is not None:

@@ -113,6 +113,9 @@ def test_roles_without_the_permission_get_403(appliance: Appliance, spec: dict) 
             "accounts.manage",
             "webhooks.manage",
             "automations.manage",
+            "tags.manage",
+            "notes.manage",
+            "quick_replies.manage",
         },
     }
     checked = 0

@@ -30,6 +30,8 @@ from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
 from appliance.errors import NotFound
+from appliance.inbox import tags_store
+from appliance.inbox.models import TagRef
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
 
@@ -56,6 +58,9 @@ class PageQuery(Strict):
 class ChatListQuery(PageQuery):
     archived: QueryBool | None = Field(
         default=None, description="true: archived chats only; false: the others; absent: all"
+    )
+    tag: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = Field(
+        default=None, description="Only chats carrying the tag of this name (ignoring case)"
     )
 
 
@@ -87,6 +92,7 @@ class ChatOut(BaseModel):
     unread_count: int
     last_message: MessageOut | None
     last_message_at: float | None
+    tags: list[TagRef] = Field(default_factory=list, description="The chat's tags, by name")
 
 
 class ChatPage(BaseModel):
@@ -163,6 +169,7 @@ def _chat_jid(chat_id: str) -> str:
 async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOut]:
     last_ids = [r["last_message_id"] for r in rows if r["last_message_id"]]
     last = await queries.message_rows_by_id(db, account, last_ids)
+    tags = await tags_store.tags_of(db, account, [r["jid"] for r in rows])
     return [
         ChatOut(
             id=r["jid"],
@@ -177,6 +184,7 @@ async def _chat_outs(db: Database, account: str, rows: list[Any]) -> list[ChatOu
                 else None
             ),
             last_message_at=r["last_message_at"],
+            tags=tags.get(r["jid"], []),
         )
         for r in rows
     ]
@@ -198,15 +206,21 @@ def _message_page(rows: list[Any], next_cursor: str | None) -> dict[str, Any]:
 async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     """List an account's chats, most recent activity first.
 
-    Each chat carries its unread count and last message. `archived=true` or `false`
-    narrows the list.
+    Each chat carries its unread count, last message and tags. `archived=true` or
+    `false` narrows the list, and `tag=NAME` to the chats carrying that tag.
     """
     await _granted(account)
     db = _db()
+    tag_id = None
+    if query_args.tag is not None:
+        tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
+        if tag_id is None:  # no such tag: no chat carries it
+            return _json(ChatPage(items=[], next=None))
     rows, next_cursor = await queries.list_chats(
         db,
         account,
         archived=query_args.archived,
+        tag_id=tag_id,
         cursor=query_args.cursor,
         limit=query_args.limit,
     )
