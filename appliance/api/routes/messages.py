@@ -10,7 +10,7 @@ from typing import Any
 
 import aiosqlite
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel
 from quart import Blueprint, request
 from quart_schema import document_response, tag
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, DataSource
@@ -72,6 +72,10 @@ async def check_media_link(path: str, link: str) -> None:
         pass
 
 
+class SendBody(RootModel[SendMessageIn | QuickReplySendIn]):
+    """A message, or a quick reply to render into one (`type` tells them apart)."""
+
+
 def _names_quick_reply(raw: bytes) -> bool:
     if b"quick_reply" not in raw:
         return False
@@ -95,8 +99,7 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
         chosen = as_quick_reply if _names_quick_reply(raw) else as_message
         return await chosen(*args, **kwargs)
 
-    # In the spec: either shape (`type` tells them apart).
-    setattr(wrapper, QUART_SCHEMA_REQUEST_ATTRIBUTE, (SendMessageIn | QuickReplySendIn, DataSource.JSON))
+    setattr(wrapper, QUART_SCHEMA_REQUEST_ATTRIBUTE, (SendBody, DataSource.JSON))  # the spec
     return wrapper
 
 
