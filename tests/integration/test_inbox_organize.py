@@ -172,9 +172,7 @@ def test_agents_cannot_manage_tags_or_quick_replies(world: World) -> None:
     # What agents may do: read both, tag chats, use quick replies.
     assert made["id"] in {t["id"] for t in _ok(agent.get(f"/api/accounts/{a}/tags"))["items"]}
     _ok(agent.get(f"/api/accounts/{a}/quick-replies/{reply['id']}"))
-    applied = agent.post(
-        f"/api/accounts/{a}/tags/apply", json={"add": [made["id"]], "chats": [CEM]}
-    )
+    applied = agent.post(f"/api/accounts/{a}/tagging", json={"add": [made["id"]], "chats": [CEM]})
     assert _ok(applied) == {"chats_changed": 1, "contacts_changed": 0}
     assert "Agents-403" in _chat_tags(agent, a, CEM)
     assert _ok(world.manager.get(f"/api/accounts/{a}/tags/{made['id']}"))["name"] == "Agents-403"
@@ -195,7 +193,7 @@ def test_out_of_grant_chats_answer_404(world: World) -> None:
     for response in (
         outsider.get(f"/api/accounts/{a}/tags"),
         outsider.get(f"/api/accounts/{a}/chats", params={"tag": "grant-404"}),
-        outsider.post(f"/api/accounts/{a}/tags/apply", json={"add": [tag["id"]], "chats": [ANA]}),
+        outsider.post(f"/api/accounts/{a}/tagging", json={"add": [tag["id"]], "chats": [ANA]}),
         outsider.get(f"/api/accounts/{a}/contacts/{ANA}/tags"),
         outsider.get(f"/api/accounts/{a}/chats/{ANA}/notes"),
         outsider.post(f"/api/accounts/{a}/chats/{ANA}/notes", json={"body": "hi"}),
@@ -228,20 +226,20 @@ def test_bulk_tags_rename_and_delete_propagate(world: World) -> None:
     _error(manager.post(f"/api/accounts/{a}/tags", json={"name": "vip"}), 409)
 
     bulk = {"add": [vip["id"], late["id"]], "chats": [ANA, _jid(BORA)], "contacts": [ANA]}
-    assert _ok(agent.post(f"/api/accounts/{a}/tags/apply", json=bulk)) == {
+    assert _ok(agent.post(f"/api/accounts/{a}/tagging", json=bulk)) == {
         "chats_changed": 2,
         "contacts_changed": 1,
     }
-    assert _ok(agent.post(f"/api/accounts/{a}/tags/apply", json=bulk)) == {
+    assert _ok(agent.post(f"/api/accounts/{a}/tagging", json=bulk)) == {
         "chats_changed": 0,
         "contacts_changed": 0,
     }
     removed = {"remove": [late["id"]], "chats": [BORA, CEM]}
-    assert _ok(agent.post(f"/api/accounts/{a}/tags/apply", json=removed))["chats_changed"] == 1
+    assert _ok(agent.post(f"/api/accounts/{a}/tagging", json=removed))["chats_changed"] == 1
     # All or nothing: one unknown chat and nothing is applied; each unknown is named.
     refused = _error(
         agent.post(
-            f"/api/accounts/{a}/tags/apply",
+            f"/api/accounts/{a}/tagging",
             json={"add": [vip["id"], 999999999], "chats": [CEM, "+905553330404"]},
         ),
         422,

@@ -206,7 +206,7 @@ async def delete_tag(account: str, tag_id: str) -> Response:
     return Response(status=204)
 
 
-@bp.post("/api/accounts/<account>/tags/apply")
+@bp.post("/api/accounts/<account>/tagging")
 @requires(Permission.TAGS_APPLY)
 @json_body(TagApplyIn)
 @document_response(TagApplyOut, 200)
