@@ -27,6 +27,9 @@ _TAG_COLS = (
     "(SELECT COUNT(*) FROM chat_tags ct WHERE ct.tag_id = t.id) AS chat_count, "
     "(SELECT COUNT(*) FROM contact_tags kt WHERE kt.tag_id = t.id) AS contact_count"
 )
+# The chat list filtered by a tag on at most this many chats reads the tag's chats and
+# sorts them; a tag on more walks the chats by activity (a page comes soon).
+SORT_TAGGED_MAX = 2000
 # Targets: (what, table, jid column, the table that must hold the jid, event type).
 _CHATS = ("chats", "chat_tags", "chat_jid", "chats", "chat.updated", "chat_id")
 _CONTACTS = ("contacts", "contact_tags", "contact_jid", "contacts", "contact.updated", "contact_id")
@@ -102,6 +105,11 @@ async def tag_id_by_name(db: Database, account_id: str, name: str) -> int | None
         "SELECT id FROM tags WHERE account_id = ? AND name_key = ?", (account_id, key)
     )
     return None if found is None else int(found)
+
+
+async def tag_chat_count(db: Database, tag_id: int) -> int:
+    """How many chats carry the tag (from its index)."""
+    return int(await db.scalar("SELECT COUNT(*) FROM chat_tags WHERE tag_id = ?", (tag_id,)) or 0)
 
 
 async def tags_of(

@@ -166,8 +166,17 @@ def test_tags_bulk_rename_delete_and_filter(open_db: OpenDb, db_path: Path) -> N
             ("late", 1, 1),
             ("VIP", 2, 1),
         ]
-        rows, _ = await queries.list_chats(db, A, tag_id=vip.id, limit=10)
-        assert sorted(r["jid"] for r in rows) == [ANA, BORA]
+        for tag_first in (False, True):  # the two plans, same answer, same order
+            rows, _ = await queries.list_chats(db, A, tag_id=vip.id, tag_first=tag_first, limit=10)
+            assert [r["jid"] for r in rows] == [BORA, ANA]  # most recent first
+            page1, cursor = await queries.list_chats(
+                db, A, tag_id=vip.id, tag_first=tag_first, limit=1
+            )
+            page2, end = await queries.list_chats(
+                db, A, tag_id=vip.id, tag_first=tag_first, limit=1, cursor=cursor
+            )
+            assert [r["jid"] for r in page1 + page2] == [BORA, ANA] and end is None
+        assert await tags_store.tag_chat_count(db, vip.id) == 2
         assert await tags_store.tag_id_by_name(db, A, "vip") == vip.id
         assert await tags_store.tag_id_by_name(db, A, "nope") is None
 

@@ -211,16 +211,18 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     """
     await _granted(account)
     db = _db()
-    tag_id = None
+    tag_id, tag_first = None, False
     if query_args.tag is not None:
         tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
         if tag_id is None:  # no such tag: no chat carries it
             return _json(ChatPage(items=[], next=None))
+        tag_first = await tags_store.tag_chat_count(db, tag_id) <= tags_store.SORT_TAGGED_MAX
     rows, next_cursor = await queries.list_chats(
         db,
         account,
         archived=query_args.archived,
         tag_id=tag_id,
+        tag_first=tag_first,
         cursor=query_args.cursor,
         limit=query_args.limit,
     )
