@@ -30,6 +30,7 @@ from appliance.api.routes import (
     docs,
     events,
     inbox,
+    inbox_organize,
     media,
     messages,
     retention,
@@ -162,6 +163,7 @@ def create_app(
     blueprints += (contacts.bp, retention.bp)
     blueprints += (schedules.bp,)
     blueprints += (inbox.bp,)
+    blueprints += (inbox_organize.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

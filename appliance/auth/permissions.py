@@ -32,6 +32,11 @@ class Permission(StrEnum):
     SCRIPTS_MANAGE = "scripts.manage"
     RETENTION_MANAGE = "retention.manage"
     CONVERSATIONS_ASSIGN = "conversations.assign"
+    TAGS_APPLY = "tags.apply"
+    TAGS_MANAGE = "tags.manage"
+    NOTES_WRITE = "notes.write"
+    NOTES_MANAGE = "notes.manage"
+    QUICK_REPLIES_MANAGE = "quick_replies.manage"
 
 
 _ALL = frozenset(Permission)
@@ -47,10 +52,16 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.WEBHOOKS_MANAGE,
             Permission.AUTOMATIONS_MANAGE,
             Permission.CONVERSATIONS_ASSIGN,
+            Permission.TAGS_APPLY,
+            Permission.TAGS_MANAGE,
+            Permission.NOTES_WRITE,
+            Permission.NOTES_MANAGE,
+            Permission.QUICK_REPLIES_MANAGE,
         }
     ),
     Role.AGENT: frozenset(
         {Permission.ACCOUNTS_READ, Permission.MESSAGES_SEND, Permission.MESSAGES_READ}
+        | {Permission.TAGS_APPLY, Permission.NOTES_WRITE}
     ),
 }
 
@@ -73,6 +84,13 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.RETENTION_MANAGE: "set event-log and audit-log retention, run the retention job",
     Permission.CONVERSATIONS_ASSIGN: "assign chats to others and take chats from others; set "
     "other users' availability",
+    Permission.TAGS_APPLY: "add and remove tags on chats and contacts of granted accounts",
+    Permission.TAGS_MANAGE: "create, rename, recolour and delete the tags of granted accounts",
+    Permission.NOTES_WRITE: "write private notes on chats of granted accounts; edit and "
+    "delete one's own",
+    Permission.NOTES_MANAGE: "edit and delete anyone's private notes",
+    Permission.QUICK_REPLIES_MANAGE: "create, change and delete the quick replies of granted "
+    "accounts",
 }
 
 

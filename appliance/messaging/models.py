@@ -65,6 +65,13 @@ EVENT_TYPES = (
     "schedule.run",
     "chat.updated",
     "chat.assigned",
+    # the team inbox (appliance.inbox), each with who did it (`by`)
+    "note.created",
+    "note.updated",
+    "note.deleted",
+    "tag.created",
+    "tag.updated",
+    "tag.deleted",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

@@ -150,6 +150,10 @@ _CHAT_SELECT = (
     "c.first_response_at, c.resolved_at FROM chats c "
     "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
 )
+# A tag's chats first (CROSS JOIN keeps that order), from its index chat_tags_tag.
+_TAGGED_CHATS = (
+    "FROM chat_tags tg CROSS JOIN chats c ON c.account_id = tg.account_id AND c.jid = tg.chat_jid "
+)
 
 
 async def list_chats(
@@ -157,6 +161,8 @@ async def list_chats(
     account_id: str,
     *,
     archived: bool | None = None,
+    tag_id: int | None = None,
+    tag_first: bool = False,
     cursor: str | None = None,
     limit: int,
     status: str | None = None,
@@ -169,6 +175,9 @@ async def list_chats(
     Conversation filters: ``status``; ``assignee`` a user id, None (unassigned) or
     "any"; ``unread`` true or false for the user ``unread_for`` (inbound messages after
     that user's read position).
+    ``tag_id`` keeps the chats carrying that tag. ``tag_first`` reads them from the
+    tag's index and sorts them (for a tag on few chats) instead of walking the chats by
+    activity until a page is found (for a tag on many).
 
     The name is the chat's own, else the contact's. Chats move to the top as messages
     arrive, so a chat that gets a message while a client pages may show up twice or be
@@ -194,6 +203,17 @@ async def list_chats(
         )
         where.append(has_unread if unread else f"NOT ({has_unread})")
         params.append(unread_for if unread_for is not None else -1)
+    select = _CHAT_SELECT
+    if tag_id is not None and tag_first:  # inbox tags (appliance.inbox.tags_store)
+        select = _CHAT_SELECT.replace("FROM chats c ", _TAGGED_CHATS, 1)
+        where.append("tg.tag_id = ?")
+        params.append(tag_id)
+    elif tag_id is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM chat_tags t WHERE t.account_id = c.account_id "
+            "AND t.chat_jid = c.jid AND t.tag_id = ?)"
+        )
+        params.append(tag_id)
     if cursor is not None:
         at, jid = decode_cursor("c", cursor, (int, float, type(None)), str)
         if at is not None:
@@ -208,8 +228,7 @@ async def list_chats(
             )
             params.extend([at, at, jid])
     rows = await db.fetchall(
-        f"{_CHAT_SELECT} WHERE {' AND '.join(where)} "
-        "ORDER BY c.last_message_at DESC, c.jid LIMIT ?",
+        f"{select} WHERE {' AND '.join(where)} ORDER BY c.last_message_at DESC, c.jid LIMIT ?",
         (*params, limit + 1),
     )
     page = [ChatRow.from_row(r) for r in rows[:limit]]

@@ -12,7 +12,7 @@ The sandbox's load mode is slowed to a trickle (at most 5 messages a second for 
 seconds): at the up to 20,000 a second for 10 minutes the schema allows, it would
 turn the rest of the run into a load test of a 2-core machine.
 
-One more rewrite, for what no schema can say: the messaging lists' `cursor` is opaque
+One more rewrite, for what no schema can say: the lists' `cursor` is opaque
 (only a `next` the server issued is valid), so a well-formed made-up cursor is dropped
 instead of sent; malformed ones still go through and must answer 400.
 
@@ -32,6 +32,8 @@ LOOPBACK_URL = "http://127.0.0.1:9/fuzz"
 OUTBOUND_ENGINES = ("web", "cloud")
 OPAQUE_CURSOR_PATHS = re.compile(
     r"^/api/(search|accounts/\{account\}/(chats|contacts|messages|search|chats/\{chat_id\}/messages))$"
+    # the team inbox's lists (tags, notes, quick replies, notifications)
+    r"|^/api/(me/notifications|accounts/\{account\}/(tags|quick-replies|chats/\{chat_id\}/notes))$"
 )
 WELL_FORMED_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -114,6 +114,9 @@ def test_roles_without_the_permission_get_403(appliance: Appliance, spec: dict) 
             "webhooks.manage",
             "automations.manage",
             "conversations.assign",
+            "tags.manage",
+            "notes.manage",
+            "quick_replies.manage",
         },
     }
     checked = 0

@@ -111,6 +111,15 @@ OPERATION_ALLOWANCES = {
         ["400"],
         "as for POST .../schedules (a new `at` in the future, a valid `cron` and zone)",
     ),
+    ("POST", "/api/accounts/{account}/messages"): (
+        ["400"],
+        "a quick reply's variables must be the ones its stored body uses, and the "
+        "rendered text must make a message; the spec cannot name another object's variables",
+    ),
+    ("POST", "/api/accounts/{account}/quick-replies/{reply_id}/render"): (
+        ["400"],
+        "as for a quick-reply send: the variables must be the ones the stored body uses",
+    ),
 }
 # Operations whose path parameters are pinned, so that positive cases act on objects
 # that exist and destructive ones cannot cut the run's own access; and why.

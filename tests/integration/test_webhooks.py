@@ -811,6 +811,41 @@ def test_webhook_test_reaches_only_its_endpoint(
     assert len(a.of_type("webhook.test")) == 1
 
 
+def test_inbox_events_reach_webhooks_with_who_did_it(
+    hooks: Appliance, admin: httpx.Client, receivers, endpoints
+) -> None:
+    """Tags and notes written through the API process go out like the worker's events."""
+    account = _account(hooks, admin, "winbox")
+    _inject(admin, account, _uid("IN"))
+    chat = "905551112233@s.whatsapp.net"
+    _wait(
+        lambda: admin.get(f"/api/accounts/{account}/chats/{chat}").status_code == 200,
+        20,
+        "the chat",
+    )
+    receiver = receivers()
+    types = ["tag.created", "chat.updated", "note.created"]
+    made = endpoints(receiver.url, events=types, accounts=[account])
+    receiver.secrets = {"s": made["secret"]}
+    tag = admin.post(f"/api/accounts/{account}/tags", json={"name": "hooked"})
+    assert tag.status_code == 201, tag.text
+    applied = admin.post(
+        f"/api/accounts/{account}/tagging", json={"add": [tag.json()["id"]], "chats": [chat]}
+    )
+    assert applied.status_code == 200, applied.text
+    note = admin.post(f"/api/accounts/{account}/chats/{chat}/notes", json={"body": "private"})
+    assert note.status_code == 201, note.text
+    for type_ in types:
+        (receipt,) = _wait(lambda t=type_: receiver.of_type(t), 20, type_)
+        assert receipt.envelope["account_id"] == account
+        assert receipt.envelope["data"]["by"]["principal"].startswith("key:")
+    (changed,) = receiver.of_type("chat.updated")
+    assert changed.envelope["data"]["chat_id"] == chat
+    assert [t["name"] for t in changed.envelope["data"]["tags"]] == ["hooked"]
+    assert receiver.of_type("note.created")[0].envelope["data"]["body"] == "private"
+    receiver.assert_all_verified()
+
+
 def test_an_account_limited_endpoint_gets_no_events_of_other_endpoints(
     hooks: Appliance, admin: httpx.Client, receivers, endpoints
 ) -> None:

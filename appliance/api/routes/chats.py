@@ -33,6 +33,8 @@ from appliance.auth.permissions import Permission
 from appliance.db.database import Database
 from appliance.errors import InvalidInput, NotFound, Unprocessable
 from appliance.inbox import store as inbox_store
+from appliance.inbox import tags_store
+from appliance.inbox.models import TagRef
 from appliance.messaging import queries, store
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
 from appliance.messaging.rows import ChatRow, MessageRow
@@ -74,6 +76,9 @@ class ChatListQuery(PageQuery):
     unread: QueryBool | None = Field(
         default=None,
         description="true: chats with messages you have not read; false: the others",
+    )
+    tag: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = Field(
+        default=None, description="Only chats carrying the tag of this name (ignoring case)"
     )
 
 
@@ -127,6 +132,7 @@ class ChatOut(BaseModel):
         description="The first reply by a person (not an automation) in this conversation"
     )
     resolved_at: float | None
+    tags: list[TagRef] = Field(default_factory=list, description="The chat's tags, by name")
 
 
 class ChatPage(BaseModel):
@@ -215,6 +221,7 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
     reader = await _reader(db)
     unread = await inbox_store.unread_counts(db, account, reader.user_id, [r.jid for r in rows])
     names = await inbox_store.user_names(db, [r.assignee_id for r in rows if r.assignee_id])
+    tags = await tags_store.tags_of(db, account, [r.jid for r in rows])
     return [
         ChatOut(
             id=r.jid,
@@ -241,6 +248,7 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
             waiting_since=r.waiting_since,
             first_response_at=r.first_response_at,
             resolved_at=r.resolved_at,
+            tags=tags.get(r.jid, []),
         )
         for r in rows
     ]
@@ -260,9 +268,10 @@ def _message_page(rows: list[MessageRow], next_cursor: str | None) -> dict[str, 
 async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     """List an account's chats, most recent activity first.
 
-    Each chat carries its unread count and last message, its conversation status,
+    Each chat carries its unread count, last message and tags, its conversation status,
     assignee and your own unread count. `archived`, `status`, `assignee` (`me`, `none`,
-    a user id) and `unread` (yours) narrow the list.
+    a user id), `unread` (yours) and `tag=NAME` (the chats carrying that tag) narrow the
+    list.
     """
     await _granted(account)
     db = _db()
@@ -274,10 +283,18 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
         assignee = None
     elif query_args.assignee is not None:
         assignee = int(query_args.assignee)
+    tag_id, tag_first = None, False
+    if query_args.tag is not None:
+        tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
+        if tag_id is None:  # no such tag: no chat carries it
+            return _json(ChatPage(items=[], next=None))
+        tag_first = await tags_store.tag_chat_count(db, tag_id) <= tags_store.SORT_TAGGED_MAX
     rows, next_cursor = await queries.list_chats(
         db,
         account,
         archived=query_args.archived,
+        tag_id=tag_id,
+        tag_first=tag_first,
         cursor=query_args.cursor,
         limit=query_args.limit,
         status=query_args.status,

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
 
 import aiosqlite
-from pydantic import BaseModel, Field
+import orjson
+from pydantic import BaseModel, Field, RootModel
 from quart import Blueprint, request
+from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, DataSource
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
@@ -21,6 +26,8 @@ from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import Conflict, InvalidInput
+from appliance.inbox import quick_replies_store
+from appliance.inbox.models import QuickReplySendIn
 from appliance.ipc import protocol
 from appliance.messaging import sends, store
 from appliance.messaging.models import InboundIn, SendAccepted, SendMessageIn
@@ -65,13 +72,52 @@ async def check_media_link(path: str, link: str) -> None:
         pass
 
 
+class SendBody(RootModel[SendMessageIn | QuickReplySendIn]):
+    """A message, or a quick reply to render into one (`type` tells them apart)."""
+
+
+def _names_quick_reply(raw: bytes) -> bool:
+    if b"quick_reply" not in raw:
+        return False
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False  # json_body says what is wrong with it
+    return isinstance(data, dict) and data.get("type") == "quick_reply"
+
+
+def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The send's body: a message (SendMessageIn), or a quick reply (QuickReplySendIn) to
+    render into one; each validated (and its errors named) as that model alone."""
+    as_message = json_body(SendMessageIn)(func)
+    as_quick_reply = json_body(QuickReplySendIn)(func)
+
+    @wraps(as_message)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        raw = await request.get_data(as_text=False)
+        assert isinstance(raw, bytes)  # as_text=False
+        chosen = as_quick_reply if _names_quick_reply(raw) else as_message
+        return await chosen(*args, **kwargs)
+
+    setattr(wrapper, QUART_SCHEMA_REQUEST_ATTRIBUTE, (SendBody, DataSource.JSON))  # the spec
+    return wrapper
+
+
 @bp.post("/api/accounts/<account>/messages")
 @requires(Permission.MESSAGES_SEND)
 @idempotent
-@json_body(SendMessageIn)
+@_send_body
 @documented(SendAccepted, 202, errors=[404, 422], tag="messages")
-async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted, int]:
+async def send_message(
+    account: str, data: SendMessageIn | QuickReplySendIn
+) -> tuple[SendAccepted, int]:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
+
+    `{"type": "quick_reply", "quick_reply": {"id": ID, "variables": {...}}}` sends a
+    quick reply of this account, rendered for the chat (`{{contact.name}}`,
+    `{{agent.name}}` is the caller, `{{chat.phone}}`, and the custom variables given):
+    400 names each variable given that it does not use and each it needs that is
+    missing. The rendered message is then sent like any other.
 
     Sends to one chat (text, media, replies, reactions and reaction removals alike)
     go out in the order they were accepted, one at a time: a send waiting for a
@@ -85,6 +131,8 @@ async def send_message(account: str, data: SendMessageIn) -> tuple[SendAccepted,
     await account_for(account)
     db = state_of().db
     assert db is not None
+    if isinstance(data, QuickReplySendIn):
+        data = await quick_replies_store.compose_send(db, account, data, agent=principal().name)
     media = data.media
     if media is not None and media.link is not None:
         await check_media_link(f"{data.type}.link", media.link)
