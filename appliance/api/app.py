@@ -22,6 +22,7 @@ from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
     api_keys,
+    auto_replies,
     audit,
     auth,
     chats,
@@ -153,6 +154,7 @@ def create_app(
     blueprints += (audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)
     blueprints += (cloud_webhook.bp,)
+    blueprints += (auto_replies.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:
