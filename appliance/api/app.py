@@ -22,9 +22,9 @@ from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
     api_keys,
-    auto_replies,
     audit,
     auth,
+    auto_replies,
     chats,
     cloud_webhook,
     docs,

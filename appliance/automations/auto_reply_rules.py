@@ -52,10 +52,12 @@ class FirstMessageCondition(Strict):
     direction) or, with ``idle_s``, none in the ``idle_s`` seconds before it."""
 
     type: Literal["first_message"]
-    idle_s: Annotated[int, Field(ge=60, le=31_536_000), BeforeValidator(number_only)] | None = Field(
-        default=None,
-        description="A chat silent this long (seconds) opens a new conversation; "
-        "null: only the very first message of a chat",
+    idle_s: Annotated[int, Field(ge=60, le=31_536_000), BeforeValidator(number_only)] | None = (
+        Field(
+            default=None,
+            description="A chat silent this long (seconds) opens a new conversation; "
+            "null: only the very first message of a chat",
+        )
     )
 
 
@@ -221,9 +223,7 @@ CONDITION_CHECKS: dict[str, Callable[[Any, Facts], bool]] = {
 
 def needs_previous_message(rules: Sequence[Rule]) -> bool:
     """Whether a rule looks at the chat's previous message (so the caller gathers it)."""
-    return any(
-        c.type == "first_message" for r in rules if r.active for c in r.conditions
-    )
+    return any(c.type == "first_message" for r in rules if r.active for c in r.conditions)
 
 
 def decide(rules: Sequence[Rule], facts: Facts) -> Decision:

@@ -79,7 +79,9 @@ async def count_rules(source: ReadSource, account_id: str) -> int:
     return int(row[0]) if row is not None else 0
 
 
-async def insert_rule(conn: aiosqlite.Connection, rule: Rule, *, account_id: str, now: float) -> None:
+async def insert_rule(
+    conn: aiosqlite.Connection, rule: Rule, *, account_id: str, now: float
+) -> None:
     await conn.execute(
         "INSERT INTO auto_reply_rules (id, account_id, name, priority, active, match_type, "
         "pattern, conditions, actions, cooldown_s, stop, created_at, updated_at) "
@@ -102,7 +104,9 @@ async def insert_rule(conn: aiosqlite.Connection, rule: Rule, *, account_id: str
     )
 
 
-async def replace_rule(conn: aiosqlite.Connection, rule: Rule, *, account_id: str, now: float) -> bool:
+async def replace_rule(
+    conn: aiosqlite.Connection, rule: Rule, *, account_id: str, now: float
+) -> bool:
     """Store every field of an existing rule (a PATCH merged into it); False if gone."""
     cur = await conn.execute(
         "UPDATE auto_reply_rules SET name = ?, priority = ?, active = ?, match_type = ?, "
@@ -169,7 +173,9 @@ async def has_active_rules(source: ReadSource, account_id: str) -> bool:
     return row is not None
 
 
-async def last_fired(source: ReadSource, rule_ids: Sequence[str], chat_jid: str) -> dict[str, float]:
+async def last_fired(
+    source: ReadSource, rule_ids: Sequence[str], chat_jid: str
+) -> dict[str, float]:
     """rule id -> when it last fired in this chat (for the rules that did)."""
     if not rule_ids:
         return {}
@@ -229,7 +235,6 @@ async def record_firing(
         (rule_id, chat_jid, at, message_id),
     )
     await conn.execute(
-        "UPDATE auto_reply_rules SET fired_count = fired_count + 1, last_fired_at = ? "
-        "WHERE id = ?",
+        "UPDATE auto_reply_rules SET fired_count = fired_count + 1, last_fired_at = ? WHERE id = ?",
         (now, rule_id),
     )

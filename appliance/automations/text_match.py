@@ -4,7 +4,7 @@ Matching ignores case and diacritics, correctly for Turkish: both sides are *fol
 before they are compared.
 
 - ``fold``: case-folded (Unicode ``casefold``), the dotless and dotted Turkish i's
-  (``ı``, ``İ``) and ``I`` all become ``i``, diacritics are removed (NFKD, combining
+  (U+0131, U+0130 ``İ``) and ``I`` all become ``i``, diacritics are removed (NFKD, combining
   marks dropped: ``ş``->``s``, ``ğ``->``g``, ``é``->``e``), and the few letters that do
   not decompose are spelled plainly (``ø``->``o``, ``ł``->``l``, ``æ``->``ae``). So
   ``İSTANBUL``, ``istanbul`` and ``Istanbul`` match each other, and ``teşekkürler``
@@ -38,7 +38,7 @@ REGEX_MAX_MEM = 4 << 20
 # Letters without a Unicode decomposition, after casefold.
 _PLAIN = str.maketrans(
     {
-        "ı": "i",  # dotless i (casefold leaves it); İ casefolds to i + combining dot
+        "\u0131": "i",  # dotless i (casefold leaves it); İ casefolds to i + combining dot
         "ø": "o",
         "đ": "d",
         "ð": "d",
@@ -118,6 +118,13 @@ _CACHE: OrderedDict[str, Any] = OrderedDict()
 _CACHE_SIZE = 2048
 
 
+def _reason(exc: Exception) -> str:
+    """RE2's words for a refusal (its error carries them as bytes)."""
+    raw = exc.args[0] if exc.args else ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return text or "RE2 cannot compile it"
+
+
 def compile_regex(pattern: str) -> Any:
     """The compiled RE2 program of a rule's pattern (folded), cached; raises
     ``InvalidPattern`` saying why RE2 refuses it."""
@@ -128,7 +135,7 @@ def compile_regex(pattern: str) -> Any:
     try:
         compiled = re2.compile(_valid_utf8(fold_pattern(pattern)), _OPTIONS)
     except Exception as exc:  # re2.error; anything else it may raise is a refusal too
-        reason = str(exc) or "RE2 cannot compile it"
+        reason = _reason(exc)
         raise InvalidPattern(
             f"regex {pattern!r} is invalid or not supported by RE2 (no backreferences or "
             f"look-around): {reason}"

@@ -103,7 +103,7 @@ class OpeningHours(Strict):
         return self
 
 
-_DAY = Field(default_factory=list, max_length=8)
+_DAY: Any = Field(default_factory=list, max_length=8)
 
 
 class BusinessHours(Strict):
@@ -138,7 +138,9 @@ class AccountSettings(Strict):
     history_limit: Int = Field(
         default=0, ge=0, le=10_000_000, description="Messages kept per chat (0: all)"
     )
-    timezone: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)] = Field(
+    timezone: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)
+    ] = Field(
         default="UTC",
         description="The account's IANA timezone (Europe/Istanbul): business hours are "
         "its local time",

@@ -2,6 +2,9 @@
 end, cooldowns, 400 for a bad regex, 403 for agents, and exactly one reply per
 matching inbound message while the worker is killed with SIGKILL again and again."""
 
+# Turkish text (dotless i, ...) and full-width letters are the point here.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import contextlib
@@ -140,13 +143,20 @@ def test_managers_may_agents_may_not_and_bad_regexes_are_named(
     response = admin.post("/api/accounts", json={"id": account, "name": account})
     assert response.status_code == 201, response.text
     rules = f"/api/accounts/{account}/auto-replies"
-    rule = {"name": "r", "match_type": "regex", "pattern": r"(a+)+$", "actions": [{"type": "reply", "text": "x"}]}
+    rule = {
+        "name": "r",
+        "match_type": "regex",
+        "pattern": r"(a+)+$",
+        "actions": [{"type": "reply", "text": "x"}],
+    }
     created = manager.post(rules, json=rule)
     assert created.status_code == 201, created.text  # RE2 runs it in linear time
     bad = manager.post(rules, json={**rule, "pattern": r"(\w+)\s\1"})
     assert bad.status_code == 400
     body = bad.json()
-    assert body["issues"][0]["path"] == "pattern" and r"'(\\w+)\\s\\1'" in body["issues"][0]["message"]
+    assert (
+        body["issues"][0]["path"] == "pattern" and r"'(\\w+)\\s\\1'" in body["issues"][0]["message"]
+    )
     assert body["requestId"] == bad.headers["X-Request-ID"]
     with bearer(appliance, new_api_key(appliance, "autoreply-agent", "agent", account)) as agent:
         for method, path in (("GET", rules), ("POST", rules), ("POST", f"{rules}/test")):

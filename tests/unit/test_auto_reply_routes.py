@@ -3,6 +3,9 @@ with a real migrated database: managers manage rules and agents get 403, an inva
 regex is a 400 naming it, PATCH re-checks the whole rule, the test endpoint explains
 which rule would fire without sending, changes are audited and written as events."""
 
+# Turkish text (dotless i, ...) and full-width letters are the point here.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import asyncio
@@ -57,7 +60,9 @@ async def _key(db: Database, role: Role, *accounts: str) -> dict[str, str]:
 Call = Callable[..., Awaitable[tuple[int, Any]]]
 
 
-def _run(tmp_path: Path, open_db: OpenDb, db_path: Path, body: Callable[..., Awaitable[None]]) -> None:
+def _run(
+    tmp_path: Path, open_db: OpenDb, db_path: Path, body: Callable[..., Awaitable[None]]
+) -> None:
     async def main() -> None:
         async with open_db(db_path) as db:
             for account in (A, B):
@@ -105,7 +110,9 @@ def test_managers_manage_rules_and_agents_get_403(
         assert rule["id"].startswith("ar_") and rule["account_id"] == A
         assert rule["priority"] == 100 and rule["active"] is True and rule["stop"] is True
         assert rule["cooldown_s"] == 0 and rule["conditions"] == [] and rule["fired_count"] == 0
-        assert rule["actions"] == [{"type": "reply", "text": "Hoş geldiniz!", "quote": False}]
+        assert rule["actions"] == [
+            {"type": "reply", "text": "Hoş geldiniz!", "media": None, "quote": False}
+        ]
         status, second = await call(
             "POST",
             BASE,
@@ -181,7 +188,9 @@ def test_managers_manage_rules_and_agents_get_403(
 def test_invalid_input_is_a_400_naming_it(tmp_path: Path, open_db: OpenDb, db_path: Path) -> None:
     async def body(db: Database, call: Call, agent: dict[str, str]) -> None:
         for pattern in (r"(a)\1", r"foo(?=bar)", r"(unclosed"):
-            status, error = await call("POST", BASE, {**RULE, "match_type": "regex", "pattern": pattern})
+            status, error = await call(
+                "POST", BASE, {**RULE, "match_type": "regex", "pattern": pattern}
+            )
             assert status == 400, error
             assert error["issues"][0]["path"] == "pattern", error
             assert repr(pattern) in error["issues"][0]["message"], error
@@ -203,13 +212,21 @@ def test_invalid_input_is_a_400_naming_it(tmp_path: Path, open_db: OpenDb, db_pa
         status, error = await call(
             "POST",
             BASE,
-            {**RULE, "actions": [{"type": "reply", "media": {"type": "image", "link": "http://127.0.0.1/x.png"}}]},
+            {
+                **RULE,
+                "actions": [
+                    {"type": "reply", "media": {"type": "image", "link": "http://127.0.0.1/x.png"}}
+                ],
+            },
         )
         assert status == 400 and error["issues"][0]["path"] == "actions.0.media.link", error
         status, error = await call(
             "POST",
             BASE,
-            {**RULE, "actions": [{"type": "reply", "media": {"type": "image", "id": "med_missing123"}}]},
+            {
+                **RULE,
+                "actions": [{"type": "reply", "media": {"type": "image", "id": "med_missing123"}}],
+            },
         )
         assert status == 422 and error["issues"][0]["path"] == "actions.0.media.id", error
 
@@ -221,7 +238,9 @@ def test_invalid_input_is_a_400_naming_it(tmp_path: Path, open_db: OpenDb, db_pa
         assert "'(50% off'" in error["issues"][0]["message"]
         status, same = await call("GET", f"{BASE}/{rule['id']}")
         assert same["match_type"] == "contains"  # nothing half-written
-        status, _ = await call("PATCH", f"{BASE}/{rule['id']}", {"match_type": "regex", "pattern": r"\(50% off"})
+        status, _ = await call(
+            "PATCH", f"{BASE}/{rule['id']}", {"match_type": "regex", "pattern": r"\(50% off"}
+        )
         assert status == 200
 
     _run(tmp_path, open_db, db_path, body)
@@ -233,7 +252,7 @@ def test_the_test_endpoint_explains_without_sending(
     async def body(db: Database, call: Call, agent: dict[str, str]) -> None:
         status, city = await call("POST", BASE, {**RULE, "cooldown_s": 3600})
         assert status == 201
-        status, group = await call(
+        status, _ = await call(
             "POST",
             BASE,
             {
@@ -266,14 +285,18 @@ def test_the_test_endpoint_explains_without_sending(
                 "VALUES (?, ?, ?, 'X')",
                 (city["id"], ALICE, time.time()),
             )
-        status, out = await call("POST", f"{BASE}/test", {"text": "istanbul", "chat": "+905551110001"})
+        status, out = await call(
+            "POST", f"{BASE}/test", {"text": "istanbul", "chat": "+905551110001"}
+        )
         assert status == 200 and out["fired"] == []
         assert out["trace"][1]["outcome"] == "cooldown" and out["trace"][1]["detail"]
         status, out = await call(
-            "POST", f"{BASE}/test", {"text": "istanbul", "chat": "+905551110001", "at": time.time() + 7200}
+            "POST",
+            f"{BASE}/test",
+            {"text": "istanbul", "chat": "+905551110001", "at": time.time() + 7200},
         )
         assert [f["name"] for f in out["fired"]] == ["greeting"]
-        status, error = await call("POST", f"{BASE}/test", {"text": "x", "chat": "nobody"})
+        status, _ = await call("POST", f"{BASE}/test", {"text": "x", "chat": "nobody"})
         assert status == 400
         # Nothing was sent, and no cooldown started.
         assert await db.scalar("SELECT COUNT(*) FROM messages") == 0
@@ -291,7 +314,7 @@ def test_rules_per_account_are_capped(tmp_path: Path, open_db: OpenDb, db_path: 
                 await conn.execute(
                     "INSERT INTO auto_reply_rules (id, account_id, name, priority, match_type, "
                     "pattern, actions, created_at, updated_at) VALUES (?, ?, 'r', 1, 'exact', "
-                    "'x', '[{\"type\": \"reply\", \"text\": \"y\"}]', 1, 1)",
+                    '\'x\', \'[{"type": "reply", "text": "y"}]\', 1, 1)',
                     (f"ar_{n:016d}", A),
                 )
         status, error = await call("POST", BASE, RULE)

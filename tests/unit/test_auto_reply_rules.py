@@ -3,6 +3,9 @@ text_match.py and auto_reply_rules.py): Turkish-correct folding, the five match 
 RE2 (linear time, unsupported constructs refused), business hours in the account's
 timezone on an injected clock, conditions, cooldowns, priority and "stop"."""
 
+# Turkish text (dotless i, ...) and full-width letters are the point here.
+# ruff: noqa: RUF001
+
 from __future__ import annotations
 
 import datetime as dt
@@ -199,7 +202,9 @@ def _rule(rule_id: str, pattern: str = "hello", **fields: Any) -> Rule:
 
 
 def _facts(text: str = "hello", **fields: Any) -> Facts:
-    return Facts(text=text, is_group=fields.pop("is_group", False), at=fields.pop("at", T0), **fields)
+    return Facts(
+        text=text, is_group=fields.pop("is_group", False), at=fields.pop("at", T0), **fields
+    )
 
 
 def _outcomes(rules: list[Rule], facts: Facts) -> dict[str, str]:
@@ -225,7 +230,10 @@ def test_conditions_chat_type_and_first_message() -> None:
     group = _rule("g", conditions=[{"type": "chat_type", "chat": "group"}])
     assert _outcomes([private, group], _facts(is_group=False)) == {"p": "fired", "g": "not_reached"}
     verdicts = decide([private, group], _facts(is_group=True)).verdicts
-    assert [(v.outcome, v.detail) for v in verdicts] == [("condition", "chat_type"), ("fired", None)]
+    assert [(v.outcome, v.detail) for v in verdicts] == [
+        ("condition", "chat_type"),
+        ("fired", None),
+    ]
 
     first = _rule("f", conditions=[{"type": "first_message"}])
     after_a_day = _rule("d", conditions=[{"type": "first_message", "idle_s": 86_400}])

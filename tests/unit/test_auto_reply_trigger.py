@@ -127,7 +127,9 @@ class Harness:
         return [orjson.loads(r["data"]) for r in rows]
 
 
-def _run(tmp_path: Path, open_db: OpenDb, db_path: Path, body: Callable[[Harness], Awaitable[None]]) -> None:
+def _run(
+    tmp_path: Path, open_db: OpenDb, db_path: Path, body: Callable[[Harness], Awaitable[None]]
+) -> None:
     settings = _settings(tmp_path)
 
     async def main() -> None:
@@ -289,7 +291,7 @@ def test_cooldown_is_per_chat_and_quiet(tmp_path: Path, open_db: OpenDb, db_path
         await h.rule(".", match_type="regex", name="fallback", priority=200)
         await h.inbound("A1", "price?")
         await h.inbound("A2", "PRICE??")  # in the cooldown: quiet, and stops the walk
-        await h.inbound("B1", "price")  # another chat: its own cooldown
+        await h.inbound("B1", "price", chat=BOB)  # another chat: its own cooldown
         assert await h.drain() == 3
         alice = [orjson.loads(r["content"])["text"]["body"] for r in await h.replies(ALICE)]
         bob = [orjson.loads(r["content"])["text"]["body"] for r in await h.replies(BOB)]
@@ -340,7 +342,8 @@ def test_a_reply_that_cannot_be_queued_is_reported_not_retried_forever(
 ) -> None:
     async def body(h: Harness) -> None:
         await h.rule(
-            "file", actions=[{"type": "reply", "media": {"type": "document", "id": "med_gone12345"}}]
+            "file",
+            actions=[{"type": "reply", "media": {"type": "document", "id": "med_gone12345"}}],
         )
         await h.inbound("A1", "send the file")
         assert await h.drain() == 1

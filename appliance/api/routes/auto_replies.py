@@ -23,6 +23,7 @@ from pydantic import (
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
+from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
@@ -31,7 +32,6 @@ from appliance.api.routes.messages import check_media_link
 from appliance.api.schemas import Bool, ErrorBody, Strict, number_only
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from, json_body
-from appliance.api.access import requires
 from appliance.auth.permissions import Permission
 from appliance.automations import auto_reply_store as store
 from appliance.automations import text_match
@@ -91,9 +91,7 @@ class RuleIn(Strict):
     cooldown_s: Cooldown = Field(
         default=0, description="After firing in a chat, stay quiet there this long (seconds)"
     )
-    stop: Bool = Field(
-        default=True, description="Once this rule matched, try no further rules"
-    )
+    stop: Bool = Field(default=True, description="Once this rule matched, try no further rules")
 
     @field_validator("pattern")
     @classmethod
@@ -105,9 +103,7 @@ class RulePatch(Strict):
     """Fields to change; those left out keep their value."""
 
     name: Name | None = None
-    priority: Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(number_only)] | None = (
-        None
-    )
+    priority: Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(number_only)] | None = None
     active: Bool | None = None
     match_type: MatchType | None = None
     pattern: Pattern | None = Field(default=None, description=_PATTERN_DOC)
