@@ -76,12 +76,6 @@ def _inject(c: httpx.Client, account: str, sender: str, text: str, message_id: s
 
 
 @pytest.fixture(scope="module")
-def manager(appliance: Appliance) -> Iterator[httpx.Client]:
-    with bearer(appliance, new_api_key(appliance, "autoreply-manager", "manager")) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def admin(appliance: Appliance) -> Iterator[httpx.Client]:
     with bearer(appliance, new_api_key(appliance, "autoreply-admin", "admin")) as c:
         yield c
@@ -137,33 +131,38 @@ def test_turkish_rule_replies_once_and_cools_down(
 
 
 def test_managers_may_agents_may_not_and_bad_regexes_are_named(
-    appliance: Appliance, admin: httpx.Client, manager: httpx.Client
+    appliance: Appliance, admin: httpx.Client
 ) -> None:
     account = "ar-access"
     response = admin.post("/api/accounts", json={"id": account, "name": account})
     assert response.status_code == 201, response.text
-    rules = f"/api/accounts/{account}/auto-replies"
-    rule = {
-        "name": "r",
-        "match_type": "regex",
-        "pattern": r"(a+)+$",
-        "actions": [{"type": "reply", "text": "x"}],
-    }
-    created = manager.post(rules, json=rule)
-    assert created.status_code == 201, created.text  # RE2 runs it in linear time
-    bad = manager.post(rules, json={**rule, "pattern": r"(\w+)\s\1"})
-    assert bad.status_code == 400
-    body = bad.json()
-    assert (
-        body["issues"][0]["path"] == "pattern" and r"'(\\w+)\\s\\1'" in body["issues"][0]["message"]
-    )
-    assert body["requestId"] == bad.headers["X-Request-ID"]
-    with bearer(appliance, new_api_key(appliance, "autoreply-agent", "agent", account)) as agent:
-        for method, path in (("GET", rules), ("POST", rules), ("POST", f"{rules}/test")):
-            response = agent.request(method, path, json=rule if method == "POST" else None)
-            assert response.status_code == 403, (method, path, response.text)
-    tested = manager.post(f"{rules}/test", json={"text": "a" * 50_000 + "!"})
-    assert tested.status_code == 200 and tested.json()["fired"] == []
+    key = new_api_key(appliance, "ar-manager", "manager", account)
+    with bearer(appliance, key) as manager:
+        rules = f"/api/accounts/{account}/auto-replies"
+        rule = {
+            "name": "r",
+            "match_type": "regex",
+            "pattern": r"(a+)+$",
+            "actions": [{"type": "reply", "text": "x"}],
+        }
+        created = manager.post(rules, json=rule)
+        assert created.status_code == 201, created.text  # RE2 runs it in linear time
+        bad = manager.post(rules, json={**rule, "pattern": r"(\w+)\s\1"})
+        assert bad.status_code == 400
+        body = bad.json()
+        assert (
+            body["issues"][0]["path"] == "pattern"
+            and r"'(\\w+)\\s\\1'" in body["issues"][0]["message"]
+        )
+        assert body["requestId"] == bad.headers["X-Request-ID"]
+        with bearer(
+            appliance, new_api_key(appliance, "autoreply-agent", "agent", account)
+        ) as agent:
+            for method, path in (("GET", rules), ("POST", rules), ("POST", f"{rules}/test")):
+                response = agent.request(method, path, json=rule if method == "POST" else None)
+                assert response.status_code == 403, (method, path, response.text)
+        tested = manager.post(f"{rules}/test", json={"text": "a" * 50_000 + "!"})
+        assert tested.status_code == 200 and tested.json()["fired"] == []
 
 
 INBOUND = 120  # matching messages, one chat each
