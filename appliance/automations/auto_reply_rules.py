@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BeforeValidator, Field, StringConstraints, TypeAdapter, model_validator
@@ -163,8 +163,7 @@ class Rule:
 Outcome = Literal["fired", "no_match", "inactive", "condition", "cooldown", "not_reached"]
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):  # a tuple: made for every rule of every message
     rule: Rule
     outcome: Outcome
     detail: str | None = None  # the failing condition's type; the cooldown's end

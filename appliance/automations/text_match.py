@@ -110,6 +110,7 @@ def _options() -> Any:
     options = re2.Options()
     options.max_mem = REGEX_MAX_MEM
     options.log_errors = False
+    options.never_capture = True  # only "does it match" is asked: no groups to track
     return options
 
 
@@ -161,11 +162,13 @@ class PreparedText:
 
     folded: str
     spaced: str
+    utf8: bytes  # ``folded`` as RE2 reads it: searching bytes skips the str offset mapping
 
 
 def prepare_text(text: str) -> PreparedText:
-    folded = _valid_utf8(fold(text[:MAX_TEXT]))
-    return PreparedText(folded, _spaces(folded))
+    folded = fold(text[:MAX_TEXT])
+    # Lone surrogates (no UTF-8 form) become "?".
+    return PreparedText(folded, _spaces(folded), folded.encode("utf-8", "replace"))
 
 
 def prepare_pattern(match_type: MatchType, pattern: str) -> str:
@@ -177,7 +180,7 @@ def prepare_pattern(match_type: MatchType, pattern: str) -> str:
 def matches_prepared(match_type: MatchType, pattern: str, text: PreparedText) -> bool:
     """``matches`` for a pattern from ``prepare_pattern`` and a ``prepare_text``."""
     if match_type == "regex":
-        return compile_regex(pattern).search(text.folded) is not None
+        return compile_regex(pattern).search(text.utf8) is not None
     if match_type == "contains":
         return pattern in text.spaced
     if match_type == "exact":

@@ -21,7 +21,8 @@ import pytest
 
 from tests.integration.conftest import Appliance, bearer, new_api_key
 
-pytestmark = pytest.mark.integration
+# The drill waits (bounded) for up to 7 minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
 
