@@ -129,6 +129,14 @@ def test_turkish_rule_replies_once_and_cools_down(
     assert len(fired) == 1 and fired[0]["data"]["trigger_message_id"] == "ARTR0001"
     rule = admin.get(f"/api/accounts/{account}/auto-replies/{rule_id}").json()
     assert rule["fired_count"] == 1
+    with appliance.client() as c:
+        metrics = c.get(
+            "/metrics", headers={"Authorization": f"Bearer {appliance.metrics_token()}"}
+        )
+    assert metrics.status_code == 200
+    labels = f'account="{account}",rule="{rule_id}"'
+    assert f"appliance_auto_reply_fired_total{{{labels}}} 1.0" in metrics.text
+    assert f"appliance_auto_reply_cooldown_total{{{labels}}} 1.0" in metrics.text
 
 
 def test_managers_may_agents_may_not_and_bad_regexes_are_named(
