@@ -380,3 +380,33 @@ def test_the_consumer_runs_jobs_with_the_claim_loop(
         assert len(await h.replies()) == 5
 
     _run(tmp_path, open_db, db_path, body)
+
+
+def test_housekeeping_forgets_old_jobs_and_step_rows(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        await h.rule("hello")
+        await h.inbound("A1", "hello")
+        assert await h.drain() == 1
+        counts = "SELECT (SELECT COUNT(*) FROM queue_jobs WHERE queue = 'automation'), "
+        counts += "(SELECT COUNT(*) FROM automation_step_runs)"
+        assert tuple(await h.db.fetchone(counts)) == (1, 1)  # type: ignore[arg-type]
+
+        async def noop() -> None:
+            pass
+
+        later = time.time()
+        for days, expected in ((0.5, (1, 1)), (2, (0, 1)), (8, (0, 0))):
+            trigger = AutomationTrigger(
+                h.db,
+                [],
+                events_written=noop,
+                wake_sender=lambda: None,
+                clock=lambda d=days: later + d * 86400,
+            )
+            await trigger.tidy()
+            assert tuple(await h.db.fetchone(counts)) == expected, days  # type: ignore[arg-type]
+        assert len(await h.replies()) == 1  # the reply itself is kept
+
+    _run(tmp_path, open_db, db_path, body)
