@@ -77,6 +77,16 @@ OPERATION_ALLOWANCES = {
         "engine_settings must be those of the account's engine (sandbox here), which "
         "the PATCH body does not name",
     ),
+    ("POST", "/api/accounts/{account}/auto-replies"): (
+        ["400"],
+        "a regex pattern must compile on RE2 and any pattern must keep a letter once "
+        "case and diacritics are folded away, which no schema can say",
+    ),
+    ("PATCH", "/api/accounts/{account}/auto-replies/{rule_id}"): (
+        ["400"],
+        "the rule the change makes is checked whole (a new match_type re-checks the "
+        "stored pattern), which no schema of the PATCH body can say",
+    ),
 }
 # Operations whose path parameters are pinned, so that positive cases act on objects
 # that exist and destructive ones cannot cut the run's own access; and why.
