@@ -167,10 +167,16 @@ def test_managers_may_agents_may_not_and_bad_regexes_are_named(
         with bearer(
             appliance, new_api_key(appliance, "autoreply-agent", "agent", account)
         ) as agent:
-            for method, path in (("GET", rules), ("POST", rules), ("POST", f"{rules}/test")):
+            for method, path in (
+                ("GET", rules),
+                ("POST", rules),
+                ("POST", f"/api/accounts/{account}/auto-reply-test"),
+            ):
                 response = agent.request(method, path, json=rule if method == "POST" else None)
                 assert response.status_code == 403, (method, path, response.text)
-        tested = manager.post(f"{rules}/test", json={"text": "a" * 50_000 + "!"})
+        tested = manager.post(
+            f"/api/accounts/{account}/auto-reply-test", json={"text": "a" * 50_000 + "!"}
+        )
         assert tested.status_code == 200 and tested.json()["fired"] == []
 
 

@@ -99,6 +99,7 @@ RULE = {
     "actions": [{"type": "reply", "text": "Hoş geldiniz!"}],
 }
 BASE = f"/api/accounts/{A}/auto-replies"
+TEST = f"/api/accounts/{A}/auto-reply-test"
 
 
 def test_managers_manage_rules_and_agents_get_403(
@@ -146,7 +147,7 @@ def test_managers_manage_rules_and_agents_get_403(
             ("GET", f"{BASE}/{rule['id']}", None),
             ("PATCH", f"{BASE}/{rule['id']}", {"active": True}),
             ("DELETE", f"{BASE}/{rule['id']}", None),
-            ("POST", f"{BASE}/test", {"text": "x"}),
+            ("POST", TEST, {"text": "x"}),
         ):
             status, error = await call(method, path, payload, headers=agent)
             assert status == 403, (method, path, error)
@@ -264,7 +265,7 @@ def test_the_test_endpoint_explains_without_sending(
             },
         )
         assert status == 201
-        status, out = await call("POST", f"{BASE}/test", {"text": "istanbul'da mısınız?"})
+        status, out = await call("POST", TEST, {"text": "istanbul'da mısınız?"})
         assert status == 200, out
         assert [(t["name"], t["outcome"], t["detail"]) for t in out["trace"]] == [
             ("groups only", "condition", "chat_type"),
@@ -273,9 +274,9 @@ def test_the_test_endpoint_explains_without_sending(
         assert out["fired"][0]["rule_id"] == city["id"]
         assert out["fired"][0]["replies"][0]["text"]["body"] == "Hoş geldiniz!"
         assert out["inside_business_hours"] is True
-        status, out = await call("POST", f"{BASE}/test", {"text": "İSTANBUL", "chat_type": "group"})
+        status, out = await call("POST", TEST, {"text": "İSTANBUL", "chat_type": "group"})
         assert [t["outcome"] for t in out["trace"]] == ["fired", "not_reached"]
-        status, out = await call("POST", f"{BASE}/test", {"text": "ankara"})
+        status, out = await call("POST", TEST, {"text": "ankara"})
         assert out["fired"] == [] and {t["outcome"] for t in out["trace"]} == {"no_match"}
 
         # With a chat: its cooldowns count.
@@ -285,18 +286,16 @@ def test_the_test_endpoint_explains_without_sending(
                 "VALUES (?, ?, ?, 'X')",
                 (city["id"], ALICE, time.time()),
             )
-        status, out = await call(
-            "POST", f"{BASE}/test", {"text": "istanbul", "chat": "+905551110001"}
-        )
+        status, out = await call("POST", TEST, {"text": "istanbul", "chat": "+905551110001"})
         assert status == 200 and out["fired"] == []
         assert out["trace"][1]["outcome"] == "cooldown" and out["trace"][1]["detail"]
         status, out = await call(
             "POST",
-            f"{BASE}/test",
+            TEST,
             {"text": "istanbul", "chat": "+905551110001", "at": time.time() + 7200},
         )
         assert [f["name"] for f in out["fired"]] == ["greeting"]
-        status, _ = await call("POST", f"{BASE}/test", {"text": "x", "chat": "nobody"})
+        status, _ = await call("POST", TEST, {"text": "x", "chat": "nobody"})
         assert status == 400
         # Nothing was sent, and no cooldown started.
         assert await db.scalar("SELECT COUNT(*) FROM messages") == 0

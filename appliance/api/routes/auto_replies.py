@@ -385,7 +385,9 @@ async def delete_auto_reply(account: str, rule_id: str) -> Response:
     return Response(status=204)
 
 
-@bp.post("/api/accounts/<account>/auto-replies/test")
+# Beside the rules, not under them: .../auto-replies/test would also match
+# .../auto-replies/<rule_id>, whose methods its Allow header would then advertise.
+@bp.post("/api/accounts/<account>/auto-reply-test")
 @requires(Permission.AUTOMATIONS_MANAGE)
 @json_body(AutoReplyTestIn)
 @document_response(AutoReplyTestOut, 200)
