@@ -24,6 +24,7 @@ from appliance.api.routes import (
     api_keys,
     audit,
     auth,
+    auto_replies,
     chats,
     cloud_webhook,
     contacts,
@@ -164,6 +165,7 @@ def create_app(
     blueprints += (schedules.bp,)
     blueprints += (inbox.bp,)
     blueprints += (inbox_organize.bp,)
+    blueprints += (auto_replies.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

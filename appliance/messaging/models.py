@@ -72,6 +72,8 @@ EVENT_TYPES = (
     "tag.created",
     "tag.updated",
     "tag.deleted",
+    "automation.fired",
+    "auto_reply.changed",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -105,6 +107,52 @@ def jid_phone(jid: str) -> str | None:
 # -- accounts ----------------------------------------------------------------------------
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+_HHMM_END = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+
+
+class OpeningHours(Strict):
+    """One opening interval of a day, local time of the account's timezone."""
+
+    start: Annotated[str, StringConstraints(pattern=_HHMM)] = Field(description="HH:MM")
+    end: Annotated[str, StringConstraints(pattern=_HHMM_END)] = Field(
+        description="HH:MM (24:00 for midnight at the end of the day), after `start`"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OpeningHours:
+        if self.end <= self.start:
+            raise ValueError("end must be after start (split an interval that spans midnight)")
+        return self
+
+
+_DAY: Any = Field(default_factory=list, max_length=8)
+
+
+class BusinessHours(Strict):
+    """Opening intervals per weekday in the account's `timezone`; a day not given, or
+    given as [], is closed."""
+
+    mon: list[OpeningHours] = _DAY
+    tue: list[OpeningHours] = _DAY
+    wed: list[OpeningHours] = _DAY
+    thu: list[OpeningHours] = _DAY
+    fri: list[OpeningHours] = _DAY
+    sat: list[OpeningHours] = _DAY
+    sun: list[OpeningHours] = _DAY
+
+
+def check_timezone(value: str) -> str:
+    """An IANA timezone name that this machine knows (Europe/Istanbul, UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: e.g. a directory
+        raise ValueError(f"unknown IANA timezone {value!r}, e.g. Europe/Istanbul or UTC") from None
+    return value
+
+
 class AccountSettings(Strict):
     """Per-account behaviour, kept from the original panel's settings."""
 
@@ -130,6 +178,20 @@ class AccountSettings(Strict):
         description="When a user reads a chat (POST .../read), mark its messages read on "
         "WhatsApp too",
     )
+    timezone: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)
+    ] = Field(
+        default="UTC",
+        description="The account's IANA timezone (Europe/Istanbul): business hours are "
+        "its local time",
+    )
+    business_hours: BusinessHours | None = Field(
+        default=None,
+        description="Opening hours for automations' business-hours condition; null: "
+        "not set (always inside business hours)",
+    )
+
+    _timezone = field_validator("timezone")(classmethod(lambda cls, v: check_timezone(v)))
 
 
 class SandboxSettings(Strict):

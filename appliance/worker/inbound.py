@@ -4,7 +4,10 @@
   engine acknowledges them to WhatsApp only after ``commit`` returns); a WhatsApp id
   is stored once per account. Received media is written to the media store first and
   the message points at it; the files of duplicates are removed again.
-- Committed new messages then run through the message pipeline (auto-replies, ...).
+- Each new inbound message's automations (auto-replies, scripts) are queued in the
+  same transaction (appliance/automations/trigger.py), so a crash right after the
+  commit loses none of them; the trigger loop is woken after the commit.
+- Committed new messages then run through the in-memory pipeline (mark as read).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from appliance.automations.trigger import enqueue_trigger
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.engines.base import InboundMessage
@@ -44,12 +48,14 @@ class Inbound:
         *,
         events_written: Callable[[], Awaitable[None]],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        automations_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.pipeline = pipeline
         self.events_written = events_written
         self.spawn = spawn  # runs the pipeline in a task the service owns
+        self.automations_queued = automations_queued  # wakes the trigger loop
 
     async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
         """Store inbound messages (their media first, as files) and apply revokes, in one
@@ -87,6 +93,7 @@ class Inbound:
                         new.append(stored)
                         # The conversation: reopen, what waits, auto-assignment.
                         await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
+                        await enqueue_trigger(conn, stored, now=now)
                         if record is not None and path is not None:
                             await media_store.insert_media_row(conn, record)
                             orphans.remove(path)
@@ -97,6 +104,7 @@ class Inbound:
         if any(results):
             await self.events_written()
         if new:
+            self.automations_queued()
             ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
             self.spawn(self._run_pipeline(ctx, new))
         return results

@@ -25,6 +25,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from appliance.automations.steps import automation_steps
+from appliance.automations.trigger import AutomationTrigger
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
@@ -70,10 +72,20 @@ class MessagingService:
         self.publish = publish
         self.pipeline = pipeline or default_pipeline()
         self.accounts = Accounts(self)
-        self.inbound = Inbound(
-            db, settings, self.pipeline, events_written=self.events_written, spawn=self._spawn
-        )
         self.sends = SendLoop(db, settings, self.accounts, events_written=self.events_written)
+        # Auto-replies (and scripts) of inbound messages: a durable queue, not the
+        # in-memory pipeline (appliance/automations/trigger.py).
+        self.automations = AutomationTrigger(
+            db, automation_steps(), events_written=self.events_written, wake_sender=self.wake_sender
+        )
+        self.inbound = Inbound(
+            db,
+            settings,
+            self.pipeline,
+            events_written=self.events_written,
+            spawn=self._spawn,
+            automations_queued=self.automations.wake,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -88,12 +100,15 @@ class MessagingService:
 
     async def start(self) -> None:
         await self.sends.recover()
+        await self.automations.recover()
         await self.accounts.reconcile()
         self._spawn(self.accounts.run())
         self.sends.claims.start()
+        self.automations.start()
 
     async def stop(self, timeout_s: float) -> None:
         """Stop claiming; let sends in flight finish within the timeout; close engines."""
+        await self.automations.stop(timeout_s / 2)
         await self.sends.claims.stop(timeout_s)
         for task in self._tasks:
             task.cancel()

@@ -1,7 +1,9 @@
 """The message pipeline: an ordered list of tasks run for each new inbound message.
 
 Tasks run after the message is committed. Each is isolated: one failing is logged
-and counted and the next still runs. Auto-replies, scripts and webhooks plug in here.
+and counted and the next still runs. They are best-effort (a crash between the
+commit and the run loses them): what must run exactly once, auto-replies and scripts,
+runs from the durable automation trigger instead (appliance/automations/trigger.py).
 """
 
 from __future__ import annotations

@@ -120,6 +120,16 @@ OPERATION_ALLOWANCES = {
         ["400"],
         "as for a quick-reply send: the variables must be the ones the stored body uses",
     ),
+    ("POST", "/api/accounts/{account}/auto-replies"): (
+        ["400"],
+        "a regex pattern must compile on RE2 and any pattern must keep a letter once "
+        "case and diacritics are folded away, which no schema can say",
+    ),
+    ("PATCH", "/api/accounts/{account}/auto-replies/{rule_id}"): (
+        ["400"],
+        "the rule the change makes is checked whole (a new match_type re-checks the "
+        "stored pattern), which no schema of the PATCH body can say",
+    ),
 }
 # Operations whose path parameters are pinned, so that positive cases act on objects
 # that exist and destructive ones cannot cut the run's own access; and why.
