@@ -24,6 +24,15 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _rows(db_path) -> set[str]:
+    """The database as SQL statements (schema and rows): what a reinstall must keep."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return set(conn.iterdump())
+    finally:
+        conn.close()
+
+
 def _checkpoint(db_path) -> None:
     # Move WAL content into the main file so the file alone holds the data.
     conn = sqlite3.connect(db_path)
@@ -45,8 +54,8 @@ def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
     appliance = fresh
     assert appliance.readyz().status_code == 200
     _checkpoint(appliance.db_path)
-    files = [appliance.db_path, appliance.etc / "appliance.env"]
-    files += sorted(appliance.secrets.iterdir())
+    rows_before = _rows(appliance.db_path)
+    files = [appliance.etc / "appliance.env", *sorted(appliance.secrets.iterdir())]
     before = {p.name: _digest(p) for p in files}
     modes = {p.name: p.stat().st_mode & 0o777 for p in appliance.secrets.iterdir()}
     assert set(modes) == {"session-key", "metrics-token", "data-key", "admin-password"}
@@ -60,6 +69,10 @@ def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
     _checkpoint(appliance.db_path)
     after = {p.name: _digest(p) for p in files}
     assert after == before
+    # Every row and table is still there. The worker's own jobs may have added rows
+    # meanwhile (the retention job's first pass on a new install records a run).
+    missing = rows_before - _rows(appliance.db_path)
+    assert not missing, sorted(missing)[:20]
 
 
 def test_supervisorctl_passthrough_and_stopping_one_process(fresh: Appliance) -> None:
@@ -257,7 +270,7 @@ def test_metrics_need_the_token_and_cover_every_process(appliance: Appliance) ->
     families = {f.name: f for f in text_string_to_metric_families(ok.text)}
     pids = {s.labels["pid"] for s in families["appliance_process_start_time_seconds"].samples}
     roles = {s.labels["role"] for s in families["appliance_process_start_time_seconds"].samples}
-    assert len(pids) >= 3 and roles == {"api", "worker"}
+    assert len(pids) >= 4 and roles == {"api", "worker", "scripts"}
     requests = families["appliance_http_requests"].samples
     assert any(s.labels.get("route") == "/healthz" and s.value >= 10 for s in requests)
     assert "appliance_http_request_duration_seconds" in families
