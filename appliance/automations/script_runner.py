@@ -35,8 +35,8 @@ from prometheus_client import Counter, Histogram
 
 from appliance.automations import scripts_store as store
 from appliance.automations.scripts_models import (
-    RunOut,
     SampleMessage,
+    ScriptRunOut,
     TriggerFilter,
     compile_filter_regex,
 )
@@ -242,7 +242,7 @@ class ScriptRunner:
 
     async def run_manual(
         self, account_id: str, script_id: str, *, sample: SampleMessage | None, dry_run: bool
-    ) -> RunOut:
+    ) -> ScriptRunOut:
         row = await store.script_row(self.db, account_id, script_id)
         if row is None:
             raise NotFound("no such script")
@@ -261,7 +261,7 @@ class ScriptRunner:
         data: dict[str, Any] | None,
         *,
         trigger_key: str | None,
-    ) -> RunOut:
+    ) -> ScriptRunOut:
         now = time.time()
         async with self.db.write() as conn:
             claimed = await store.claim_run(
@@ -297,7 +297,7 @@ class ScriptRunner:
         SCRIPT_RUN_SECONDS.labels(script=script_id).observe(time.perf_counter() - started)
         return await self._record(run, result, trigger)
 
-    async def dry_run(self, row: Any, data: dict[str, Any] | None) -> RunOut:
+    async def dry_run(self, row: Any, data: dict[str, Any] | None) -> ScriptRunOut:
         script = store.script_out(row)
         run = _Run(
             run_id="dry_" + store.new_run_id(),
@@ -309,7 +309,7 @@ class ScriptRunner:
         )
         started_at = time.time()
         result = await self._run_with_retry(run, script.code, data, attempt=2)
-        return RunOut(
+        return ScriptRunOut(
             id=None,
             script_id=script.id,
             trigger="dry_run",
@@ -365,7 +365,7 @@ class ScriptRunner:
         finally:
             self._runs.pop(run.run_id, None)
 
-    async def _record(self, run: _Run, result: RunResult, trigger: str) -> RunOut:
+    async def _record(self, run: _Run, result: RunResult, trigger: str) -> ScriptRunOut:
         now = time.time()
         failed = result.outcome != "ok"
         outcome = "ok" if not failed else ("limit" if result.limit else "error")
@@ -424,7 +424,7 @@ class ScriptRunner:
         if rows:
             return store.run_out(rows[0])
         # The script was deleted during the run (its runs went with it).
-        return RunOut(
+        return ScriptRunOut(
             id=run.run_id,
             script_id=run.script_id,
             trigger=trigger,  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ class Effect(BaseModel):
     detail: dict[str, Any]
 
 
-class RunOut(BaseModel):
+class ScriptRunOut(BaseModel):
     id: str | None = Field(description="null for a dry run (nothing is stored)")
     script_id: str
     trigger: Literal["message", "manual", "dry_run"]
@@ -158,6 +158,6 @@ class RunOut(BaseModel):
     finished_at: float | None
 
 
-class RunList(BaseModel):
-    items: list[RunOut]
+class ScriptRunList(BaseModel):
+    items: list[ScriptRunOut]
     next: str | None

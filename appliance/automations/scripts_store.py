@@ -8,7 +8,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from appliance.automations.scripts_models import RunOut, ScriptIn, ScriptOut, TriggerFilter
+from appliance.automations.scripts_models import ScriptIn, ScriptOut, ScriptRunOut, TriggerFilter
 from appliance.db.database import Database, fetchall_from, fetchone_from
 
 ReadSource = Database | aiosqlite.Connection
@@ -48,8 +48,8 @@ def script_out(row: Any) -> ScriptOut:
     )
 
 
-def run_out(row: Any) -> RunOut:
-    return RunOut(
+def run_out(row: Any) -> ScriptRunOut:
+    return ScriptRunOut(
         id=row["id"],
         script_id=row["script_id"],
         trigger=row["trigger"],

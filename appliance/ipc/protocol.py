@@ -154,7 +154,7 @@ class WebPairParams(Request[WebPairResult]):
 
 
 class ScriptRunResult(_Model):
-    run: dict[str, Any]  # automations.scripts_models.RunOut
+    run: dict[str, Any]  # automations.scripts_models.ScriptRunOut
 
 
 class ScriptRunParams(Request[ScriptRunResult]):

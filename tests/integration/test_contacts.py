@@ -98,7 +98,7 @@ def _csv(rows: list[list[str]]) -> bytes:
 
 def _import(admin: httpx.Client, account: str, data: bytes) -> httpx.Response:
     return admin.post(
-        f"/api/accounts/{account}/contacts/import",
+        f"/api/accounts/{account}/contacts.csv",
         content=data,
         headers={"Content-Type": "text/csv"},
     )
@@ -152,21 +152,21 @@ def test_import_of_10000_contacts_is_all_or_nothing_and_export_round_trips(
     assert len(audit) == 1
 
     # Export streams the same file back; imported elsewhere, it exports identically.
-    with admin.stream("GET", "/api/accounts/csv1/contacts/export") as response:
+    with admin.stream("GET", "/api/accounts/csv1/contacts.csv") as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/csv")
         exported = b"".join(response.iter_bytes())
     assert exported == data_good
     again = _import(admin, "csv2", exported)
     assert again.status_code == 200 and again.json()["created"] == ROWS
-    assert admin.get("/api/accounts/csv2/contacts/export").content == exported
+    assert admin.get("/api/accounts/csv2/contacts.csv").content == exported
     # Importing the same file again creates nothing and changes nothing.
     assert _import(admin, "csv1", data_good).json() == {
         "rows": ROWS,
         "created": 0,
         "updated": ROWS,
     }
-    assert admin.get("/api/accounts/csv1/contacts/export").content == exported
+    assert admin.get("/api/accounts/csv1/contacts.csv").content == exported
 
     # Search by name and by phone digits, pages by jid.
     found = admin.get("/api/accounts/csv1/contacts", params={"q": "contact 9999"}).json()

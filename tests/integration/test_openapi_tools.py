@@ -81,7 +81,7 @@ OPERATION_ALLOWANCES = {
         ["400"],
         "filter.regex is compiled with RE2, as on POST",
     ),
-    ("POST", "/api/accounts/{account}/contacts/import"): (
+    ("POST", "/api/accounts/{account}/contacts.csv"): (
         ["400", "415"],
         "every row of the CSV is checked (E.164 phones, declared attribute columns and "
         "their types): a generated string is not a contacts CSV",

@@ -103,25 +103,25 @@ def test_contact_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
             # Import: a manager's, all or nothing, audited.
             csv = b"phone,name,vip\r\n+905551110002,Bob,true\r\n+90555,Bad,maybe\r\n"
             headers = {**manager, "Content-Type": "text/csv"}
-            status, got = await call("POST", f"{base}/contacts/import", headers, data=csv)
+            status, got = await call("POST", f"{base}/contacts.csv", headers, data=csv)
             assert status == 400 and "line(s) 3" in got["error"]
             assert [i["path"] for i in got["issues"]] == ["line 3.phone", "line 3.vip"]
             status, got = await call(
-                "POST", f"{base}/contacts/import", {**agent, "Content-Type": "text/csv"}, data=csv
+                "POST", f"{base}/contacts.csv", {**agent, "Content-Type": "text/csv"}, data=csv
             )
             assert status == 403
             status, got = await call(
                 "POST",
-                f"{base}/contacts/import",
+                f"{base}/contacts.csv",
                 {**manager, "Content-Type": "application/json"},
                 data=b"{}",
             )
             assert status == 415
             status, got = await call(
-                "POST", f"{base}/contacts/import", headers, data=csv.split(b"+90555,")[0]
+                "POST", f"{base}/contacts.csv", headers, data=csv.split(b"+90555,")[0]
             )
             assert status == 200 and got == {"rows": 1, "created": 1, "updated": 0}
-            response = await client.get(f"{base}/contacts/export", headers=agent)
+            response = await client.get(f"{base}/contacts.csv", headers=agent)
             assert response.status_code == 200
             assert response.content_type.startswith("text/csv")
             text = (await response.get_data()).decode()

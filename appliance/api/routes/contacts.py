@@ -341,7 +341,7 @@ async def put_attribute_defs(account: str, data: AttributeDefs) -> dict[str, Any
 # -- CSV ---------------------------------------------------------------------------------
 
 
-@bp.post("/api/accounts/<account>/contacts/import")
+@bp.post("/api/accounts/<account>/contacts.csv")
 @requires(Permission.ACCOUNTS_MANAGE)
 @idempotent
 @request_body(
@@ -387,7 +387,7 @@ async def import_contacts(account: str) -> dict[str, Any]:
     return _json(ImportResult(rows=len(rows), created=created, updated=updated))
 
 
-@bp.get("/api/accounts/<account>/contacts/export")
+@bp.get("/api/accounts/<account>/contacts.csv")
 @requires(Permission.MESSAGES_READ)
 @responds(200, "The contacts as CSV, in the format the import reads", "text/csv")
 @document_response(ErrorBody, 404)

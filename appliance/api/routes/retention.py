@@ -23,7 +23,6 @@ from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import call
 from appliance.auth.permissions import Permission
-from appliance.errors import InvalidInput
 from appliance.inbox import retention_store as store
 from appliance.inbox.retention import (
     AccountRetention,
@@ -39,7 +38,7 @@ bp = Blueprint("retention", __name__)
 
 
 class RunListQuery(Strict):
-    cursor: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")] | None = Field(
+    cursor: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,17}$")] | None = Field(
         default=None, description="`next` of the previous page"
     )
     limit: Annotated[int, Field(ge=1, le=200, description="Items per page (1 to 200)")] = 20
@@ -139,12 +138,8 @@ async def run_retention() -> tuple[dict[str, Any], int]:
 @tag(["retention"])
 async def list_retention_runs(query_args: RunListQuery) -> dict[str, Any]:
     """The retention job's passes, newest first: what each deleted, in how many batches."""
+    # The pattern admits only ids from 1 on: a run id, as `next` gives it.
     before = int(query_args.cursor) if query_args.cursor is not None else None
-    if before is not None and before < 1:
-        raise InvalidInput(
-            "invalid cursor",
-            issues=[{"path": "cursor", "message": "not a cursor of this list", "code": "invalid"}],
-        )
     rows = await store.list_runs(_db(), before=before, limit=query_args.limit + 1)
     page = rows[: query_args.limit]
     more = len(rows) > query_args.limit

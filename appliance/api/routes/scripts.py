@@ -24,11 +24,11 @@ from appliance.automations import scripts_store as store
 from appliance.automations.script_runner import DEFAULT_LIMITS
 from appliance.automations.scripts_models import (
     RunIn,
-    RunList,
-    RunOut,
     ScriptIn,
     ScriptList,
     ScriptOut,
+    ScriptRunList,
+    ScriptRunOut,
 )
 from appliance.errors import NotFound
 from appliance.ipc import protocol
@@ -131,7 +131,7 @@ async def delete_script(account: str, script_id: str) -> Response:
     return Response(status=204)
 
 
-async def _run(account: str, script_id: str, data: RunIn, *, dry_run: bool) -> RunOut:
+async def _run(account: str, script_id: str, data: RunIn, *, dry_run: bool) -> ScriptRunOut:
     await _script(account, script_id)
     params = protocol.ScriptRunParams(
         account_id=account,
@@ -140,17 +140,17 @@ async def _run(account: str, script_id: str, data: RunIn, *, dry_run: bool) -> R
         message=data.message.model_dump(by_alias=True) if data.message else None,
     )
     result = await state_of().worker.call(params, timeout_s=RUN_CALL_TIMEOUT_S)
-    return RunOut.model_validate(result.run)
+    return ScriptRunOut.model_validate(result.run)
 
 
 @bp.post(BASE + "/<script_id>/run")
 @requires(Permission.SCRIPTS_MANAGE)
 @json_body(RunIn)
-@document_response(RunOut, 200)
+@document_response(ScriptRunOut, 200)
 @document_response(ErrorBody, 404)
 @document_response(ErrorBody, 503)
 @tag(["scripts"])
-async def run_script(account: str, script_id: str, data: RunIn) -> RunOut:
+async def run_script(account: str, script_id: str, data: RunIn) -> ScriptRunOut:
     """Run a script now, whatever its trigger and active flag, and answer the finished
     run (its logs and effects). Its sends are real."""
     async with _db().write() as conn:
@@ -161,11 +161,11 @@ async def run_script(account: str, script_id: str, data: RunIn) -> RunOut:
 @bp.post(BASE + "/<script_id>/dry-run")
 @requires(Permission.SCRIPTS_MANAGE)
 @json_body(RunIn)
-@document_response(RunOut, 200)
+@document_response(ScriptRunOut, 200)
 @document_response(ErrorBody, 404)
 @document_response(ErrorBody, 503)
 @tag(["scripts"])
-async def dry_run_script(account: str, script_id: str, data: RunIn) -> RunOut:
+async def dry_run_script(account: str, script_id: str, data: RunIn) -> ScriptRunOut:
     """Run a script on sample data without effects: sends, storage writes and HTTP
     requests are recorded in `effects` instead of done (reads are real). Nothing is
     stored and no event is written."""
@@ -175,17 +175,17 @@ async def dry_run_script(account: str, script_id: str, data: RunIn) -> RunOut:
 @bp.get(BASE + "/<script_id>/runs")
 @requires(Permission.SCRIPTS_MANAGE)
 @query(RunsQuery)
-@document_response(RunList, 200)
+@document_response(ScriptRunList, 200)
 @document_response(ErrorBody, 404)
 @tag(["scripts"])
-async def list_script_runs(account: str, script_id: str, query_args: RunsQuery) -> RunList:
+async def list_script_runs(account: str, script_id: str, query_args: RunsQuery) -> ScriptRunList:
     """The script's runs, newest first, with logs (the last 200 are kept)."""
     await _script(account, script_id)
     before = float(query_args.cursor) if query_args.cursor else None
     rows = await store.list_runs(_db(), script_id, before=before, limit=query_args.limit + 1)
     page = rows[: query_args.limit]
     more = len(rows) > query_args.limit
-    return RunList(
+    return ScriptRunList(
         items=[store.run_out(r) for r in page],
         next=repr(page[-1]["started_at"]) if more else None,
     )
@@ -193,10 +193,10 @@ async def list_script_runs(account: str, script_id: str, query_args: RunsQuery) 
 
 @bp.get(BASE + "/<script_id>/runs/<run_id>")
 @requires(Permission.SCRIPTS_MANAGE)
-@document_response(RunOut, 200)
+@document_response(ScriptRunOut, 200)
 @document_response(ErrorBody, 404)
 @tag(["scripts"])
-async def get_run(account: str, script_id: str, run_id: str) -> RunOut:
+async def get_run(account: str, script_id: str, run_id: str) -> ScriptRunOut:
     """One run with its logs and effects."""
     await _script(account, script_id)
     row = await store.run_row(_db(), script_id, run_id)
