@@ -355,10 +355,13 @@ async def insert_outbound(
     await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=False)
 
 
-async def media_exists(conn: aiosqlite.Connection, account_id: str, media_id: str) -> bool:
-    async with conn.execute(
-        "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account_id, media_id)
-    ) as cur:
+async def media_exists(
+    db_or_conn: Database | aiosqlite.Connection, account_id: str, media_id: str
+) -> bool:
+    sql, params = "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account_id, media_id)
+    if isinstance(db_or_conn, Database):
+        return await db_or_conn.fetchone(sql, params) is not None
+    async with db_or_conn.execute(sql, params) as cur:
         return await cur.fetchone() is not None
 
 

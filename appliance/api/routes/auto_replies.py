@@ -240,16 +240,14 @@ async def _check_media(account: str, actions: list[ReplyAction]) -> None:
             continue
         if media.link is not None:
             await check_media_link(f"actions.{n}.media.link", media.link)
-        elif media.id is not None:
-            exists = await _db().fetchone(
-                "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media.id)
+        elif media.id is not None and not await messaging_store.media_exists(
+            _db(), account, media.id
+        ):
+            message = f"no uploaded media {media.id!r} in this account"
+            path = f"actions.{n}.media.id"
+            raise Unprocessable(
+                message, issues=[{"path": path, "message": message, "code": "unknown"}]
             )
-            if exists is None:
-                message = f"no uploaded media {media.id!r} in this account"
-                path = f"actions.{n}.media.id"
-                raise Unprocessable(
-                    message, issues=[{"path": path, "message": message, "code": "unknown"}]
-                )
 
 
 async def _record(account: str, rule_id: str) -> store.RuleRecord:

@@ -339,14 +339,14 @@ async def _check_content(account: str, message: MessageContent) -> None:
         ):
             text = f"no message {ref.message_id!r} in this account"
             raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
-    if media is not None and media.id is not None:
-        found = await db.scalar(
-            "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account, media.id)
-        )
-        if not found:
-            text = f"no uploaded media {media.id!r} in this account"
-            path = f"message.{message.type}.id"
-            raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
+    if (
+        media is not None
+        and media.id is not None
+        and not await messaging_store.media_exists(db, account, media.id)
+    ):
+        text = f"no uploaded media {media.id!r} in this account"
+        path = f"message.{message.type}.id"
+        raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
 
 
 def _content(message: MessageContent) -> dict[str, Any]:
