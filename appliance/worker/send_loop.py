@@ -38,6 +38,7 @@ from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
 from appliance.messaging.models import Media, ReceivedContent
 from appliance.messaging.rows import MessageRow
 from appliance.net.ssrf import FetchFailed
+from appliance.observability.metrics import SEND_ACCEPT_TO_SENT, SENDS
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ class SendLoop:
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
 
         await self.db.write_batched(sent)
+        SENDS.labels(outcome="sent").inc()
+        SEND_ACCEPT_TO_SENT.observe(max(0.0, now - row.created_at))
         await self.events_written()
         return True
 
@@ -253,6 +256,7 @@ class SendLoop:
                 await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
 
             await self.db.write_batched(failed)
+            SENDS.labels(outcome="failed").inc()
             await self.events_written()
             return True
         await self.queue.nack(
