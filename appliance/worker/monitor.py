@@ -232,5 +232,5 @@ def _event_data(t: rules.Transition, alert_id: int) -> dict[str, Any]:
         "raised_at": t.raised_at,
         "resolved_at": t.at if t.state == "resolved" else None,
         "details": dict(t.details),
-        "runbook": f"runbook/alerts.md#{t.rule.name.replace('_', '-')}",
+        "runbook": f"runbook/alerts.md#{t.rule.name}",
     }

@@ -156,3 +156,9 @@ def test_monitor_records_events_rows_and_metrics(tmp_path: Path, open_db: OpenDb
             assert len(woken) == 2
 
     asyncio.run(main())
+
+
+def test_every_builtin_rule_has_a_runbook_section() -> None:
+    text = (Path(__file__).resolve().parents[2] / "runbook" / "alerts.md").read_text()
+    for name in RULES:
+        assert f"\n### {name}\n" in text, name
