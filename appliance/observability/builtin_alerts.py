@@ -156,6 +156,19 @@ class Evaluator:
         self.active: dict[tuple[str, str], Active] = {(a.rule, a.key): a for a in active}
         self._since: dict[tuple[str, str], float] = {}  # contrary condition holds since
 
+    def snapshot(self) -> tuple[dict[tuple[str, str], Active], dict[tuple[str, str], float]]:
+        """The state, for ``restore`` when the caller could not record the transitions."""
+        active = {
+            k: Active(a.rule, a.key, a.raised_at, a.details, a.alert_id)
+            for k, a in self.active.items()
+        }
+        return active, dict(self._since)
+
+    def restore(
+        self, state: tuple[dict[tuple[str, str], Active], dict[tuple[str, str], float]]
+    ) -> None:
+        self.active, self._since = dict(state[0]), dict(state[1])
+
     def evaluate(self, now: float, observations: Iterable[Observation]) -> list[Transition]:
         """Feed one round of observations; raised alerts whose subject was not observed
         (an account deleted, say) count as observed good."""

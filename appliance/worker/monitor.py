@@ -107,9 +107,15 @@ class Monitor:
         observations += await self._accounts(now)
         observations.append(await self._dead_letters(now))
         observations.append(self._disk())
+        before = self.evaluator.snapshot()
         transitions = self.evaluator.evaluate(now, observations)
         if transitions:
-            await self._record(transitions)
+            try:
+                await self._record(transitions)
+            except BaseException:
+                # Not recorded: forget the transitions, so the next pass makes them again.
+                self.evaluator.restore(before)
+                raise
         self._export_alert_counts()
 
     # -- sampling --------------------------------------------------------------------

@@ -162,3 +162,43 @@ def test_every_builtin_rule_has_a_runbook_section() -> None:
     text = (Path(__file__).resolve().parents[2] / "runbook" / "alerts.md").read_text()
     for name in RULES:
         assert f"\n### {name}\n" in text, name
+
+
+def test_transitions_not_recorded_are_made_again(
+    tmp_path: Path, open_db: OpenDb, monkeypatch: Any
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, log_dir=tmp_path, run_dir=tmp_path, alert_account_disconnected_s=0
+    )
+
+    async def events_written() -> None:
+        pass
+
+    async def main() -> None:
+        async with open_db(tmp_path / "appliance.db") as db:
+            async with db.write() as conn:
+                await conn.execute(
+                    "INSERT INTO accounts (id, name, engine, desired, state, created_at,"
+                    " updated_at) VALUES ('f1', 'f', 'sandbox', 'connected', 'failed', 0, 0)"
+                )
+            monitor = Monitor(db, settings, events_written=events_written)
+            await monitor.load()
+
+            async def broken(*args: Any, **kwargs: Any) -> int:
+                raise OSError("disk full")
+
+            with monkeypatch.context() as m:
+                m.setattr("appliance.messaging.store.append_event", broken)
+                try:
+                    await monitor.tick()
+                except OSError:
+                    pass
+                else:
+                    raise AssertionError("the failed write must surface")
+            assert await db.fetchall("SELECT * FROM system_alerts") == []
+            assert monitor.evaluator.active == {}
+            await monitor.tick()  # the write works again: raised now
+            rows = await db.fetchall("SELECT rule, subject FROM system_alerts")
+            assert [(r["rule"], r["subject"]) for r in rows] == [("account_disconnected", "f1")]
+
+    asyncio.run(main())
