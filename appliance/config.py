@@ -354,6 +354,8 @@ def load_settings(paths: Paths, environ: dict[str, str] | None = None) -> Settin
     env_file = paths.env_file
     if env_file.exists():
         for key, value in dotenv_values(env_file).items():
+            if key.startswith("OTEL_"):  # OpenTelemetry's (appliance/observability/tracing.py)
+                continue
             if key not in KNOWN_KEYS:
                 allowed = ", ".join(sorted(KNOWN_KEYS))
                 raise ConfigError(
