@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -143,15 +143,31 @@ def start_span(
     )
 
 
-@contextmanager
+_OFF: AbstractContextManager[None] = nullcontext()
+
+
 def span(
     name: str,
     *,
     parent: str | None = None,
     kind: Kind = "internal",
     attributes: Mapping[str, str | int | float | bool] | None = None,
+) -> AbstractContextManager[Span | None]:
+    """A span around the block; ``traceparent_var`` names it meanwhile. Off: a shared
+    do-nothing context (no generator, no allocation)."""
+    if _tracer is None:
+        return _OFF
+    return _span(name, parent=parent, kind=kind, attributes=attributes)
+
+
+@contextmanager
+def _span(
+    name: str,
+    *,
+    parent: str | None,
+    kind: Kind,
+    attributes: Mapping[str, str | int | float | bool] | None,
 ) -> Iterator[Span | None]:
-    """A span around the block; ``traceparent_var`` names it meanwhile. Off: nothing."""
     started = start_span(name, parent=parent, kind=kind, attributes=attributes)
     if started is None:
         yield None
