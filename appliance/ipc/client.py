@@ -14,6 +14,7 @@ from typing import Any, cast
 from appliance.errors import ClientError, RpcError, WorkerUnavailable, refusal
 from appliance.ipc import protocol
 from appliance.ipc.reconnect import Backoff, keep_connected
+from appliance.observability import tracing
 from appliance.observability.context import (
     child_traceparent,
     request_id_var,
@@ -114,8 +115,11 @@ class WorkerClient:
         if writer is None or not self._connected.is_set():
             return False
         method = protocol.METHOD_OF[type(params)]
-        meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
-        writer.write(protocol.notification(method, params.model_dump(mode="json"), meta))
+        with tracing.span(
+            f"ipc notify {method}", kind="producer", attributes={"rpc.method": method}
+        ):
+            meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
+            writer.write(protocol.notification(method, params.model_dump(mode="json"), meta))
         IPC_CALLS.labels(method=method, outcome="notified").inc()
         return True
 
@@ -132,13 +136,16 @@ class WorkerClient:
         id_ = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[id_] = future
-        meta = {
-            "request_id": request_id_var.get(),
-            "traceparent": child_traceparent(traceparent_var.get()),
-        }
         try:
-            writer.write(protocol.request(id_, method, params, meta))
-            return await asyncio.wait_for(future, timeout_s)
+            with tracing.span(f"ipc {method}", kind="client", attributes={"rpc.method": method}):
+                meta = {
+                    "request_id": request_id_var.get(),
+                    "traceparent": traceparent_var.get()
+                    if tracing.enabled()
+                    else child_traceparent(traceparent_var.get()),
+                }
+                writer.write(protocol.request(id_, method, params, meta))
+                return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise WorkerUnavailable(f"worker did not answer {method!r} in {timeout_s}s") from None
         finally:

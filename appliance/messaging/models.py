@@ -74,6 +74,8 @@ EVENT_TYPES = (
     "tag.deleted",
     "automation.fired",
     "auto_reply.changed",
+    # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py)
+    "system.alert",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
