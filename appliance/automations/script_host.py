@@ -225,6 +225,7 @@ class ScriptHost:
             raise HostCallRefused(f"{fn}: no tag {str(tag)[:60]!r} in this account")
         detail = {"chat_id": chat, "tag": tag}
         if run.dry_run:
+            await self._known_chat(run, chat)
             run.effects.append({"type": fn, "detail": detail})
             return True
         add, remove = ([tag_id], []) if fn == "tags.add" else ([], [tag_id])
@@ -256,6 +257,7 @@ class ScriptHost:
             raise HostCallRefused("chat.setStatus: snoozedUntil is epoch seconds")
         detail = {"chat_id": chat, "status": status, "snoozed_until": until}
         if run.dry_run:
+            await self._known_chat(run, chat)
             run.effects.append({"type": "chat.setStatus", "detail": detail})
             return True
         await self._change_chat(run, chat, status=status, snoozed_until=until)
@@ -269,11 +271,23 @@ class ScriptHost:
             raise HostCallRefused("chat.assign(chat, userId): userId is a user id or null")
         detail = {"chat_id": chat, "assignee_id": user}
         if run.dry_run:
+            await self._known_chat(run, chat)
+            if user is not None and not await inbox_store.can_work_account(
+                self.db, run.account_id, user
+            ):
+                raise HostCallRefused(
+                    f"user {user} does not exist, is inactive or lacks this account"
+                )
             run.effects.append({"type": "chat.assign", "detail": detail})
             return True
         await self._change_chat(run, chat, assignee_id=user)
         run.effects.append({"type": "chat.assign", "detail": detail})
         return True
+
+    async def _known_chat(self, run: RunScope, chat: str) -> None:
+        """Dry runs check what they can without writing: the chat exists."""
+        if await inbox_store.conversation(self.db, run.account_id, chat) is None:
+            raise HostCallRefused(f"no chat {chat!r} in this account")
 
     async def _change_chat(self, run: RunScope, chat: str, **change: Any) -> None:
         async with self.db.write() as conn:

@@ -30,7 +30,7 @@ def trigger_data(message: MessageOut, *, is_group: bool | None = None) -> dict[s
         "from": message.from_,
         "type": message.type,
         "body": text or "",
-        "content": message.content,
+        "content": content,
         "is_group": chat.endswith("@g.us") if is_group is None else is_group,
         "timestamp": message.timestamp,
     }
