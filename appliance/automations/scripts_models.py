@@ -84,7 +84,7 @@ class TriggerFilter(Strict):
         return value
 
 
-class ScheduleSpec(Strict):
+class ScriptSchedule(Strict):
     """When a `schedule` script runs: a cron expression in an IANA time zone."""
 
     cron: Annotated[str, StringConstraints(min_length=1, max_length=120)] = Field(
@@ -95,7 +95,7 @@ class ScheduleSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _valid(self) -> ScheduleSpec:
+    def _valid(self) -> ScriptSchedule:
         parse_cron(self.cron, self.timezone)  # TimingError is a ValueError: a 400
         return self
 
@@ -114,7 +114,7 @@ class ScriptIn(Strict):
         "`manual`: only run by hand",
     )
     filter: TriggerFilter = TriggerFilter()
-    schedule: ScheduleSpec | None = Field(
+    schedule: ScriptSchedule | None = Field(
         default=None, description="Required for (and only for) the `schedule` trigger"
     )
     event_types: list[str] = Field(
@@ -163,7 +163,7 @@ class ScriptOut(BaseModel):
     code: str
     trigger: TriggerType
     filter: TriggerFilter
-    schedule: ScheduleSpec | None
+    schedule: ScriptSchedule | None
     event_types: list[str]
     next_run_at: float | None = Field(description="`schedule`: the next run (epoch seconds)")
     http_allow_hosts: list[str]

@@ -12,10 +12,10 @@ import orjson
 
 from appliance.automations.schedule_times import first_due, parse_cron
 from appliance.automations.scripts_models import (
-    ScheduleSpec,
     ScriptIn,
     ScriptOut,
     ScriptRunOut,
+    ScriptSchedule,
     TriggerFilter,
 )
 from appliance.db.database import Database, fetchall_from, fetchone_from
@@ -52,7 +52,7 @@ def script_out(row: Any) -> ScriptOut:
         trigger=row["trigger_type"],
         filter=TriggerFilter.model_validate(orjson.loads(row["trigger_filter"])),
         schedule=(
-            ScheduleSpec(cron=row["schedule_cron"], timezone=row["schedule_tz"])
+            ScriptSchedule(cron=row["schedule_cron"], timezone=row["schedule_tz"])
             if row["schedule_cron"] is not None
             else None
         ),
@@ -131,7 +131,7 @@ def _schedule_columns(data: ScriptIn, now: float) -> tuple[str | None, str | Non
     return data.schedule.cron, data.schedule.timezone, next_occurrence(data.schedule, now)
 
 
-def next_occurrence(schedule: ScheduleSpec, after: float) -> float | None:
+def next_occurrence(schedule: ScriptSchedule, after: float) -> float | None:
     cron = parse_cron(schedule.cron, schedule.timezone)
     due = first_due(cron, datetime.fromtimestamp(after, UTC))
     return None if due is None else due.timestamp()

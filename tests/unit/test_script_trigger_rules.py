@@ -16,7 +16,7 @@ from appliance.automations.script_triggers import (
     plan_schedule_run,
     sent_by_script,
 )
-from appliance.automations.scripts_models import ScheduleSpec, ScriptIn, ScriptOut, TriggerFilter
+from appliance.automations.scripts_models import ScriptIn, ScriptOut, ScriptSchedule, TriggerFilter
 
 ACCOUNT = "acc1"
 CHAT = "905551112233@s.whatsapp.net"
@@ -167,18 +167,18 @@ def test_event_types_are_checked_and_script_run_is_refused() -> None:
 
 
 def test_schedule_fields_are_validated() -> None:
-    spec = ScheduleSpec(cron="0 9 * * *", timezone="Europe/Berlin")
+    spec = ScriptSchedule(cron="0 9 * * *", timezone="Europe/Berlin")
     ScriptIn(name="s", code="x", trigger="schedule", schedule=spec)
     with pytest.raises(ValidationError, match="schedule is required"):
         ScriptIn(name="s", code="x", trigger="schedule")
     with pytest.raises(ValidationError, match="schedule is required"):
         ScriptIn(name="s", code="x", trigger="manual", schedule=spec)
     with pytest.raises(ValidationError, match="5 fields"):
-        ScheduleSpec(cron="0 9 * *", timezone="Europe/Berlin")
+        ScriptSchedule(cron="0 9 * *", timezone="Europe/Berlin")
     with pytest.raises(ValidationError, match="unknown time zone"):
-        ScheduleSpec(cron="0 9 * * *", timezone="Europe/Nowhere")
+        ScriptSchedule(cron="0 9 * * *", timezone="Europe/Nowhere")
     with pytest.raises(ValidationError, match="never matches"):
-        ScheduleSpec(cron="0 9 30 2 *", timezone="UTC")
+        ScriptSchedule(cron="0 9 30 2 *", timezone="UTC")
 
 
 def _ts(text: str) -> float:
@@ -188,7 +188,7 @@ def _ts(text: str) -> float:
 def test_daily_berlin_schedule_runs_once_a_local_day_across_both_dst_changes() -> None:
     from appliance.automations import scripts_store
 
-    spec = ScheduleSpec(cron="30 2 * * *", timezone="Europe/Berlin")
+    spec = ScriptSchedule(cron="30 2 * * *", timezone="Europe/Berlin")
     daily = script("schedule", schedule=spec)
     # Walk the schedule through spring (02:30 does not exist on 2026-03-29) and autumn
     # (02:30 happens twice on 2026-10-25) as the worker would: run when due, move on.
@@ -221,7 +221,7 @@ def spec_zone() -> Any:
 
 
 def test_a_schedule_missed_for_three_days_runs_once_for_the_latest_occurrence() -> None:
-    spec = ScheduleSpec(cron="0 9 * * *", timezone="Europe/Berlin")
+    spec = ScriptSchedule(cron="0 9 * * *", timezone="Europe/Berlin")
     daily = script("schedule", schedule=spec)
     due = _ts("2026-06-01T07:00:00+00:00")  # 09:00 Berlin (summer time)
     now = _ts("2026-06-04T10:00:00+00:00")  # three days later, after that day's 09:00

@@ -15,7 +15,7 @@ import pytest
 from appliance.automations import scripts_store
 from appliance.automations.script_host import ScriptActor
 from appliance.automations.script_triggers import SCRIPT_QUEUE, ScriptTriggers, scripts_step
-from appliance.automations.scripts_models import SampleMessage, ScheduleSpec, TriggerFilter
+from appliance.automations.scripts_models import SampleMessage, ScriptSchedule, TriggerFilter
 from appliance.automations.trigger import StepContext
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
@@ -168,7 +168,7 @@ def test_schedule_trigger_runs_the_due_occurrence_once(
             script_id = await h.script(
                 "log(trigger.type, trigger.occurrence, JSON.stringify(message))",
                 trigger="schedule",
-                schedule=ScheduleSpec(cron="0 9 * * *", timezone="Europe/Berlin"),
+                schedule=ScriptSchedule(cron="0 9 * * *", timezone="Europe/Berlin"),
             )
             row = await scripts_store.script_row(h.db, ACCOUNT, script_id)
             first = scripts_store.script_out(row).next_run_at
