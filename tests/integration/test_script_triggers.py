@@ -74,7 +74,12 @@ def test_message_scripts_run_once_per_inbound_across_a_worker_kill_9(
     pid = appliance.pid_of("worker:worker")
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    assert appliance.wait_running("worker:worker", 60) != pid
+
+    def restarted() -> bool:
+        info = appliance.supervisor.getProcessInfo("worker:worker")
+        return info["statename"] == "RUNNING" and int(info["pid"]) != pid
+
+    _wait(restarted, 90, "a new worker running", 0.2)
     appliance.wait_ready(60)
 
     def finished() -> bool:
