@@ -14,6 +14,7 @@ never run again. At most ``MAX_RUN_ATTEMPTS`` tries, then the run is failed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,7 @@ class ScriptRunner:
             transport=transport,
         )
         self.client = ScriptsClient(settings.scripts_socket, self.host.host_call)
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[ScriptRunOut]] = {}
 
     async def start(self) -> None:
         async with self.db.write() as conn:
@@ -146,7 +148,36 @@ class ScriptRunner:
     ) -> ScriptRunOut:
         """One run of a script for a trigger (``context`` becomes the script's
         ``trigger``: the event or the occurrence). A trigger key already run answers
-        that run; one still ``running`` (a worker crash) continues it."""
+        that run; one still ``running`` (a worker crash) continues it; one running in
+        this worker right now (its job's lease ran out and it was claimed again) is
+        waited for, not started twice."""
+        if trigger_key is None:
+            return await self._execute(script_id, account_id, trigger, data, None, context)
+        key = (script_id, trigger, trigger_key)
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(
+            self._execute(script_id, account_id, trigger, data, trigger_key, context)
+        )
+        self._inflight[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._inflight.pop(key, None)
+            else:  # this caller was cancelled; the run goes on and cleans up after itself
+                task.add_done_callback(lambda _: self._inflight.pop(key, None))
+
+    async def _execute(
+        self,
+        script_id: str,
+        account_id: str,
+        trigger: str,
+        data: dict[str, Any] | None,
+        trigger_key: str | None,
+        context: dict[str, Any] | None,
+    ) -> ScriptRunOut:
         now = time.time()
         async with self.db.write() as conn:
             claimed = await store.claim_run(

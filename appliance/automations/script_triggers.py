@@ -88,10 +88,10 @@ def scripts_step(runner: ScriptRunner) -> Step:
 
     async def run(ctx: StepContext) -> StepResult:
         message = ctx.message
-        if await step_done(ctx.db, message.account_id, message.id, STEP_NAME):
-            return StepResult("already_done")
         if not await store.has_active_scripts(ctx.db, message.account_id, "message"):
             return StepResult("no_scripts")
+        if await step_done(ctx.db, message.account_id, message.id, STEP_NAME):
+            return StepResult("already_done")
         ran = await runner.run_scripts_for_message(message.account_id, message)
         outcome = "ran" if ran else "no_match"
         async with ctx.db.write() as conn:

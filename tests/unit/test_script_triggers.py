@@ -302,3 +302,26 @@ def test_inbox_host_calls_refuse_bad_chats(
                 )
 
     asyncio.run(main())
+
+
+def test_a_job_claimed_twice_while_its_run_is_in_flight_runs_the_script_once(
+    open_db: OpenDb, db_path: Path, prefix: Path
+) -> None:
+    """A lease that ran out during a long run: the second handler waits for the first."""
+
+    async def main() -> None:
+        async with harness(open_db, db_path, prefix) as h:
+            script_id = await h.script(
+                "await reply('once'); await new Promise(r => setTimeout(r, 500));"
+            )
+            message = await h.inbound("slow")
+            data = {"id": message.id, "chat_id": CHAT, "body": "slow", "is_group": False}
+            first, second = await asyncio.gather(
+                h.runner.execute(script_id, ACCOUNT, "message", data, trigger_key=message.id),
+                h.runner.execute(script_id, ACCOUNT, "message", data, trigger_key=message.id),
+            )
+            assert first.id == second.id and first.state == "ok" and first.attempts == 1
+            assert len(await h.automated()) == 1
+            assert len(await runs_of(h, script_id)) == 1
+
+    asyncio.run(main())
