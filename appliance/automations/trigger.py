@@ -1,5 +1,5 @@
 """The durable automation trigger: every new inbound message runs the automation steps
-(auto-replies now; scripts join the list) exactly once, across crashes.
+(auto-replies, then scripts: steps.py and script_triggers.py) exactly once, across crashes.
 
 - The inbound commit (appliance/worker/inbound.py) calls ``enqueue_trigger`` for each
   new inbound message **in its own transaction**: the message and its trigger job
