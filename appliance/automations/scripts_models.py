@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from appliance.automations.schedule_times import parse_cron
 from appliance.ipc.scripts_protocol import MAX_CODE_CHARS, LogLine
-from appliance.messaging.models import RECIPIENT_PATTERN, recipient_jid
+from appliance.messaging.models import EVENT_TYPES, RECIPIENT_PATTERN, recipient_jid
 from appliance.schemas_base import Bool, Strict
 
 MAX_FILTER_CHATS = 200
@@ -18,6 +26,13 @@ HOST_PATTERN = (
 )
 Chat = Annotated[str, StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=HOST_PATTERN)]
+
+TriggerType = Literal["message", "outbound", "schedule", "event", "manual"]
+RunTrigger = Literal["message", "outbound", "schedule", "event", "manual", "dry_run"]
+# Event types a script may be triggered by: every type of the event log except
+# ``script.run`` (two scripts triggered by each other's runs would never stop).
+TRIGGER_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t != "script.run")
+MAX_EVENT_TYPES = 20
 
 
 def compile_filter_regex(pattern: str) -> Any:
@@ -34,7 +49,8 @@ def compile_filter_regex(pattern: str) -> Any:
 
 
 class TriggerFilter(Strict):
-    """Which inbound messages run a `message` script; empty means every one."""
+    """Which messages run a `message` (inbound) or `outbound` script; empty means every
+    one. For outbound messages `senders` never matches (the account sends them)."""
 
     chats: list[Chat] = Field(
         default=[],
@@ -68,16 +84,45 @@ class TriggerFilter(Strict):
         return value
 
 
+class ScriptSchedule(Strict):
+    """When a `schedule` script runs: a cron expression in an IANA time zone."""
+
+    cron: Annotated[str, StringConstraints(min_length=1, max_length=120)] = Field(
+        description="5 fields: minute hour day-of-month month day-of-week, e.g. `0 9 * * mon-fri`"
+    )
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description="IANA time zone the cron fields are read in, e.g. `Europe/Berlin`"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> ScriptSchedule:
+        parse_cron(self.cron, self.timezone)  # TimingError is a ValueError: a 400
+        return self
+
+
 class ScriptIn(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=80, strip_whitespace=True)]
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     code: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CODE_CHARS)] = Field(
         description="JavaScript: the body of an async function (top-level `await` works)"
     )
-    trigger: Literal["message", "manual"] = Field(
-        default="message", description="`message`: each inbound message; `manual`: run by hand"
+    trigger: TriggerType = Field(
+        default="message",
+        description="`message`: each inbound message matching `filter`; `outbound`: each "
+        "message the account sent (`message.sent`) matching `filter`, except sends of "
+        "scripts; `schedule`: on `schedule`; `event`: each event of `event_types`; "
+        "`manual`: only run by hand",
     )
     filter: TriggerFilter = TriggerFilter()
+    schedule: ScriptSchedule | None = Field(
+        default=None, description="Required for (and only for) the `schedule` trigger"
+    )
+    event_types: list[str] = Field(
+        default=[],
+        max_length=MAX_EVENT_TYPES,
+        description="The `event` trigger's event types (required for it, empty otherwise); "
+        "any type of the event log but `script.run`",
+    )
     http_allow_hosts: list[Host] = Field(
         default=[],
         max_length=MAX_ALLOW_HOSTS,
@@ -90,6 +135,25 @@ class ScriptIn(Strict):
     def _hosts(cls, value: list[str]) -> list[str]:
         return sorted({host.lower() for host in value})
 
+    @field_validator("event_types")
+    @classmethod
+    def _event_types(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if name not in TRIGGER_EVENT_TYPES:
+                raise ValueError(
+                    f"event_types.{i}: {name[:60]!r} is not an event type scripts can be "
+                    f"triggered by ({', '.join(TRIGGER_EVENT_TYPES)})"
+                )
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _trigger_fields(self) -> ScriptIn:
+        if (self.trigger == "schedule") != (self.schedule is not None):
+            raise ValueError("schedule is required for the schedule trigger and only for it")
+        if (self.trigger == "event") != bool(self.event_types):
+            raise ValueError("event_types is required for the event trigger and only for it")
+        return self
+
 
 class ScriptOut(BaseModel):
     id: str
@@ -97,8 +161,11 @@ class ScriptOut(BaseModel):
     name: str
     description: str
     code: str
-    trigger: Literal["message", "manual"]
+    trigger: TriggerType
     filter: TriggerFilter
+    schedule: ScriptSchedule | None
+    event_types: list[str]
+    next_run_at: float | None = Field(description="`schedule`: the next run (epoch seconds)")
     http_allow_hosts: list[str]
     active: bool
     paused_reason: str | None = Field(
@@ -133,15 +200,27 @@ class RunIn(Strict):
 class Effect(BaseModel):
     """Something a run did (or, in a dry run, would have done)."""
 
-    type: Literal["send", "storage.set", "storage.delete", "http.fetch"]
+    type: Literal[
+        "send",
+        "storage.set",
+        "storage.delete",
+        "http.fetch",
+        "tags.add",
+        "tags.remove",
+        "chat.setStatus",
+        "chat.assign",
+    ]
     detail: dict[str, Any]
 
 
 class ScriptRunOut(BaseModel):
     id: str | None = Field(description="null for a dry run (nothing is stored)")
     script_id: str
-    trigger: Literal["message", "manual", "dry_run"]
-    trigger_message_id: str | None
+    trigger: RunTrigger
+    trigger_message_id: str | None = Field(
+        description="What triggered it: the message id (message, outbound), the event id "
+        "(event) or the occurrence (schedule); null for manual and dry runs"
+    )
     state: Literal["running", "ok", "error"]
     attempts: int
     error: str | None

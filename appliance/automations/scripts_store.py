@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
 import orjson
 
-from appliance.automations.scripts_models import ScriptIn, ScriptOut, ScriptRunOut, TriggerFilter
+from appliance.automations.schedule_times import first_due, parse_cron
+from appliance.automations.scripts_models import (
+    ScriptIn,
+    ScriptOut,
+    ScriptRunOut,
+    ScriptSchedule,
+    TriggerFilter,
+)
 from appliance.db.database import Database, fetchall_from, fetchone_from
 
 ReadSource = Database | aiosqlite.Connection
@@ -16,6 +25,9 @@ ReadSource = Database | aiosqlite.Connection
 STORAGE_MAX_BYTES = 64 * 1024  # per script: keys and JSON values together
 STORAGE_MAX_KEYS = 1000
 RUN_RETENTION = 200  # runs kept per script; older ones are deleted as new ones finish
+# A run of a durable trigger left ``running`` this long is given up (its job is dead).
+STALE_RUN_S = 3600.0
+EVENT_CURSOR = "scripts"
 
 
 def new_script_id() -> str:
@@ -39,6 +51,13 @@ def script_out(row: Any) -> ScriptOut:
         code=row["code"],
         trigger=row["trigger_type"],
         filter=TriggerFilter.model_validate(orjson.loads(row["trigger_filter"])),
+        schedule=(
+            ScriptSchedule(cron=row["schedule_cron"], timezone=row["schedule_tz"])
+            if row["schedule_cron"] is not None
+            else None
+        ),
+        event_types=orjson.loads(row["event_types"]),
+        next_run_at=row["next_run_at"],
         http_allow_hosts=orjson.loads(row["http_allow_hosts"]),
         active=bool(row["active"]),
         paused_reason=row["paused_reason"],
@@ -82,8 +101,9 @@ async def create_script(
     script_id = new_script_id()
     await conn.execute(
         "INSERT INTO scripts (id, account_id, name, description, code, trigger_type, "
-        "trigger_filter, http_allow_hosts, active, created_by, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "trigger_filter, schedule_cron, schedule_tz, next_run_at, event_types, "
+        "http_allow_hosts, active, created_by, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             script_id,
             account_id,
@@ -92,6 +112,8 @@ async def create_script(
             data.code,
             data.trigger,
             _json(data.filter.model_dump()),
+            *_schedule_columns(data, now),
+            _json(data.event_types),
             _json(data.http_allow_hosts),
             int(data.active),
             created_by,
@@ -102,13 +124,28 @@ async def create_script(
     return script_id
 
 
+def _schedule_columns(data: ScriptIn, now: float) -> tuple[str | None, str | None, float | None]:
+    """cron, zone and the first run after ``now`` of a schedule script; NULLs otherwise."""
+    if data.schedule is None:
+        return None, None, None
+    return data.schedule.cron, data.schedule.timezone, next_occurrence(data.schedule, now)
+
+
+def next_occurrence(schedule: ScriptSchedule, after: float) -> float | None:
+    cron = parse_cron(schedule.cron, schedule.timezone)
+    due = first_due(cron, datetime.fromtimestamp(after, UTC))
+    return None if due is None else due.timestamp()
+
+
 async def replace_script(
     conn: aiosqlite.Connection, account_id: str, script_id: str, data: ScriptIn, *, now: float
 ) -> bool:
-    """Replace every field; activating clears a pause and the failure count."""
+    """Replace every field; activating clears a pause and the failure count. A schedule's
+    next run is counted from now (runs missed while it was paused are not made up)."""
     cur = await conn.execute(
         "UPDATE scripts SET name = ?, description = ?, code = ?, trigger_type = ?, "
-        "trigger_filter = ?, http_allow_hosts = ?, active = ?, "
+        "trigger_filter = ?, schedule_cron = ?, schedule_tz = ?, next_run_at = ?, "
+        "event_types = ?, http_allow_hosts = ?, active = ?, "
         "paused_reason = CASE WHEN ? THEN NULL ELSE paused_reason END, "
         "consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures END, "
         "updated_at = ? WHERE id = ? AND account_id = ?",
@@ -118,6 +155,8 @@ async def replace_script(
             data.code,
             data.trigger,
             _json(data.filter.model_dump()),
+            *_schedule_columns(data, now),
+            _json(data.event_types),
             _json(data.http_allow_hosts),
             int(data.active),
             int(data.active),
@@ -149,13 +188,128 @@ async def list_scripts(source: ReadSource, account_id: str) -> list[Any]:
     )
 
 
-async def active_message_scripts(source: ReadSource, account_id: str) -> list[Any]:
+async def active_scripts(source: ReadSource, account_id: str, trigger: str) -> list[Any]:
+    """The account's active scripts of one trigger type, oldest first."""
     return await fetchall_from(
         source,
-        "SELECT * FROM scripts WHERE account_id = ? AND trigger_type = 'message' AND active = 1 "
+        "SELECT * FROM scripts WHERE account_id = ? AND trigger_type = ? AND active = 1 "
         "ORDER BY created_at, id",
-        (account_id,),
+        (account_id, trigger),
     )
+
+
+async def active_message_scripts(source: ReadSource, account_id: str) -> list[Any]:
+    return await active_scripts(source, account_id, "message")
+
+
+async def has_active_scripts(source: ReadSource, account_id: str, trigger: str) -> bool:
+    row = await fetchone_from(
+        source,
+        "SELECT 1 FROM scripts WHERE account_id = ? AND trigger_type = ? AND active = 1 LIMIT 1",
+        (account_id, trigger),
+    )
+    return row is not None
+
+
+async def active_feed_scripts(source: ReadSource) -> list[Any]:
+    """Every active script the event log triggers (outbound and event), of all accounts."""
+    return await fetchall_from(
+        source,
+        "SELECT * FROM scripts WHERE trigger_type IN ('outbound', 'event') AND active = 1 "
+        "ORDER BY created_at, id",
+    )
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+async def due_schedules(source: ReadSource, now: float, limit: int = 100) -> list[Any]:
+    return await fetchall_from(
+        source,
+        "SELECT * FROM scripts WHERE trigger_type = 'schedule' AND active = 1 "
+        "AND next_run_at IS NOT NULL AND next_run_at <= ? ORDER BY next_run_at LIMIT ?",
+        (now, limit),
+    )
+
+
+async def next_schedule_at(source: ReadSource) -> float | None:
+    row = await fetchone_from(
+        source,
+        "SELECT MIN(next_run_at) AS at FROM scripts WHERE trigger_type = 'schedule' AND active = 1",
+    )
+    return None if row is None else row["at"]
+
+
+async def move_schedule(
+    conn: aiosqlite.Connection, script_id: str, *, was: float, next_run_at: float | None
+) -> bool:
+    """Move a schedule on from the occurrence ``was``; False when someone else did (or
+    the script was edited) meanwhile."""
+    cur = await conn.execute(
+        "UPDATE scripts SET next_run_at = ? WHERE id = ? AND next_run_at = ?",
+        (next_run_at, script_id, was),
+    )
+    return cur.rowcount > 0
+
+
+# -- the event log cursor (outbound and event triggers) -----------------------------------
+
+
+async def event_cursor(source: ReadSource) -> int | None:
+    row = await fetchone_from(
+        source, "SELECT last_event_id FROM script_event_cursor WHERE name = ?", (EVENT_CURSOR,)
+    )
+    return None if row is None else int(row["last_event_id"])
+
+
+async def set_event_cursor(conn: aiosqlite.Connection, last_event_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO script_event_cursor (name, last_event_id) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET last_event_id = excluded.last_event_id",
+        (EVENT_CURSOR, last_event_id),
+    )
+
+
+async def events_after(source: ReadSource, after: int, limit: int) -> list[Any]:
+    return await fetchall_from(
+        source,
+        "SELECT id, type, account_id, created_at, data FROM events WHERE id > ? "
+        "ORDER BY id LIMIT ?",
+        (after, limit),
+    )
+
+
+async def newest_event_id(source: ReadSource) -> int:
+    row = await fetchone_from(source, "SELECT COALESCE(MAX(id), 0) AS id FROM events")
+    return 0 if row is None else int(row["id"])
+
+
+async def message_client_keys(
+    source: ReadSource, account_id: str, message_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """The idempotency keys of some messages (a script's sends have ``script:<id>:...``)."""
+    if not message_ids:
+        return {}
+    marks = ", ".join("?" for _ in message_ids)
+    rows = await fetchall_from(
+        source,
+        f"SELECT id, client_key FROM messages WHERE account_id = ? AND id IN ({marks})",
+        (account_id, *message_ids),
+    )
+    return {r["id"]: r["client_key"] for r in rows}
+
+
+async def automated_sends_since(
+    source: ReadSource, account_id: str, chat_jid: str, since: float
+) -> int:
+    """Messages automations queued to a chat since ``since`` (the per-chat cap)."""
+    row = await fetchone_from(
+        source,
+        "SELECT COUNT(*) AS n FROM messages WHERE account_id = ? AND chat_jid = ? "
+        "AND origin = 'automation' AND created_at > ?",
+        (account_id, chat_jid, since),
+    )
+    return 0 if row is None else int(row["n"])
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -194,6 +348,20 @@ async def claim_run(
         (run_id, script_id, account_id, trigger, trigger_key, now),
     )
     return run_id, 1
+
+
+async def run_by_trigger(
+    source: ReadSource, script_id: str, trigger: str, trigger_key: str | None
+) -> Any:
+    return await fetchone_from(
+        source,
+        "SELECT * FROM script_runs WHERE script_id = ? AND trigger = ? AND trigger_key = ?",
+        (script_id, trigger, trigger_key),
+    )
+
+
+async def run_by_id(source: ReadSource, run_id: str) -> Any:
+    return await fetchone_from(source, "SELECT * FROM script_runs WHERE id = ?", (run_id,))
 
 
 async def next_attempt(conn: aiosqlite.Connection, run_id: str) -> None:
@@ -268,11 +436,15 @@ async def record_outcome(
 
 
 async def interrupted_runs(conn: aiosqlite.Connection, now: float) -> int:
-    """Runs left ``running`` by a stopped worker: failed (their trigger is not replayed)."""
+    """Runs left ``running`` by a stopped worker that nothing will continue: manual runs
+    (the caller is gone), and durable-trigger runs older than ``STALE_RUN_S`` (their job
+    gave up). A durable trigger's recent run stays ``running``: its job, retried, goes
+    on with it (same run id, so the same send keys)."""
     cur = await conn.execute(
         "UPDATE script_runs SET state = 'error', error = 'interrupted: the worker stopped "
-        "during the run', finished_at = ? WHERE state = 'running'",
-        (now,),
+        "during the run', finished_at = ? WHERE state = 'running' "
+        "AND (trigger = 'manual' OR started_at < ?)",
+        (now, now - STALE_RUN_S),
     )
     return cur.rowcount
 

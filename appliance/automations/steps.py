@@ -1,6 +1,7 @@
 """The automation steps every new inbound message runs through, in order (the durable
-trigger, ``trigger.py``, runs them): auto-replies first; the scripts step joins the
-list after them."""
+trigger, ``trigger.py``, runs them): auto-replies first; the worker appends the
+scripts step after them (``script_triggers.scripts_step``: it needs the worker's
+ScriptRunner)."""
 
 from __future__ import annotations
 

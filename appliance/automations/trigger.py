@@ -1,5 +1,5 @@
 """The durable automation trigger: every new inbound message runs the automation steps
-(auto-replies now; scripts join the list) exactly once, across crashes.
+(auto-replies, then scripts: steps.py and script_triggers.py) exactly once, across crashes.
 
 - The inbound commit (appliance/worker/inbound.py) calls ``enqueue_trigger`` for each
   new inbound message **in its own transaction**: the message and its trigger job
@@ -28,13 +28,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiosqlite
 from prometheus_client import Counter, Histogram
 
+from appliance.automations.trigger_store import delete_step_runs, old_rows
+from appliance.automations.trigger_store import record_step as record_step  # for the steps
+from appliance.automations.trigger_store import step_done as step_done
 from appliance.db.claim_loop import ClaimLoop
-from appliance.db.database import Database, ReadSource, fetchone_from
+from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in, enqueue_in, purge_in, restore_order
 from appliance.errors import LeaseLost
 from appliance.messaging import store as messaging_store
@@ -96,35 +98,7 @@ async def enqueue_trigger(conn: aiosqlite.Connection, message: MessageOut, *, no
     )
 
 
-# -- the step journal ---------------------------------------------------------------------
-
-
-async def step_done(source: ReadSource, account_id: str, message_id: str, step: str) -> bool:
-    """Whether ``step`` already ran for this message (read it in the transaction that
-    would record it, so two runs cannot both see False)."""
-    row = await fetchone_from(
-        source,
-        "SELECT 1 FROM automation_step_runs WHERE account_id = ? AND message_id = ? AND step = ?",
-        (account_id, message_id, step),
-    )
-    return row is not None
-
-
-async def record_step(
-    conn: aiosqlite.Connection,
-    account_id: str,
-    message_id: str,
-    step: str,
-    outcome: str,
-    now: float,
-) -> None:
-    """Record that ``step`` ran for this message, in the transaction of its effects."""
-    await conn.execute(
-        "INSERT INTO automation_step_runs (account_id, message_id, step, outcome, at) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (account_id, message_id, step, outcome, now),
-    )
-
+# -- the step journal (its SQL: trigger_store.py) ------------------------------------------
 
 # -- steps --------------------------------------------------------------------------------
 
@@ -261,17 +235,16 @@ class AutomationTrigger:
     async def tidy(self) -> None:
         """Forget finished trigger jobs and old step rows (writes only when there are)."""
         now = self.clock()
-        old: Any = await self.db.scalar(
-            "SELECT (SELECT COUNT(*) FROM automation_step_runs WHERE at < ?) + "
-            "(SELECT COUNT(*) FROM queue_jobs WHERE queue = ? AND ((state = 'done' "
-            "AND updated_at < ?) OR (state = 'dead' AND updated_at < ?)))",
-            (now - KEEP_STEP_RUNS_S, AUTOMATION_QUEUE, now - KEEP_DONE_S, now - KEEP_DEAD_S),
+        old = await old_rows(
+            self.db,
+            AUTOMATION_QUEUE,
+            steps_before=now - KEEP_STEP_RUNS_S,
+            done_before=now - KEEP_DONE_S,
+            dead_before=now - KEEP_DEAD_S,
         )
         if not old:
             return
         async with self.db.write() as conn:
-            await conn.execute(
-                "DELETE FROM automation_step_runs WHERE at < ?", (now - KEEP_STEP_RUNS_S,)
-            )
+            await delete_step_runs(conn, now - KEEP_STEP_RUNS_S)
             await purge_in(conn, AUTOMATION_QUEUE, before=now - KEEP_DONE_S, states=("done",))
             await purge_in(conn, AUTOMATION_QUEUE, before=now - KEEP_DEAD_S, states=("dead",))

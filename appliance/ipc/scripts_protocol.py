@@ -43,6 +43,10 @@ HostFn = Literal[
     "storage.set",
     "storage.delete",
     "http.fetch",
+    "tags.add",
+    "tags.remove",
+    "chat.setStatus",
+    "chat.assign",
 ]
 HOST_FUNCTIONS: tuple[str, ...] = HostFn.__args__  # type: ignore[attr-defined]
 
@@ -84,6 +88,8 @@ class RunParams(Request[RunResult]):
     script_id: str
     code: str = Field(max_length=MAX_CODE_CHARS)
     trigger: dict[str, Any]  # becomes the script's `message` (frozen copy)
+    # becomes the script's `trigger`: {type, event?, occurrence?} (frozen copy)
+    context: dict[str, Any] = {}
     limits: Limits = Limits()
 
 

@@ -44,7 +44,7 @@ V8_FLAGS = (
 # Installed in every fresh isolate before the script. ``bridge`` is the only way out
 # of V8; it is captured in this closure and never put on the global object.
 PRELUDE = r"""
-(bridge, messageJson) => {
+(bridge, messageJson, triggerJson) => {
   'use strict';
   // Captured now: a script that replaces JSON.parse only fools itself, not the bridge.
   const parse = JSON.parse;
@@ -71,9 +71,19 @@ PRELUDE = r"""
   };
   const api = {
     message: deepFreeze(parse(messageJson)),
+    trigger: deepFreeze(parse(triggerJson)),
     reply: (body) => call('reply', [body]),
     send: (chat, body) => call('send', [chat, body]),
     getMessages: (chat, limit) => call('getMessages', [chat, limit === undefined ? 20 : limit]),
+    tags: Object.freeze({
+      add: (chat, tag) => call('tags.add', [chat, tag]),
+      remove: (chat, tag) => call('tags.remove', [chat, tag]),
+    }),
+    chat: Object.freeze({
+      setStatus: (chat, status, until) =>
+        call('chat.setStatus', until === undefined ? [chat, status] : [chat, status, until]),
+      assign: (chat, userId) => call('chat.assign', [chat, userId === undefined ? null : userId]),
+    }),
     storage: Object.freeze({
       get: (key) => call('storage.get', [key]),
       set: (key, value) => call('storage.set', [key, value]),
@@ -195,7 +205,11 @@ class Child:
             try:
                 async with mr.wrap_py_function(bridge) as bridge_js:
                     install = cast(JSFunction, mr.eval(PRELUDE))
-                    install(bridge_js, json.dumps(params.get("trigger") or {}))
+                    install(
+                        bridge_js,
+                        json.dumps(params.get("trigger") or {}),
+                        json.dumps(params.get("context") or {}),
+                    )
                     main = cast(JSFunction, mr.eval(WRAPPER % params["code"]))
                     promise = main()
                     if isinstance(promise, JSPromise):

@@ -24,6 +24,7 @@ from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
 from appliance.automations.scheduler import Scheduler
 from appliance.automations.script_runner import ScriptRunner
+from appliance.automations.script_triggers import ScriptTriggers, scripts_step
 from appliance.automations.scripts_models import SampleMessage
 from appliance.config import Settings
 from appliance.crypto import DataCipher
@@ -34,7 +35,6 @@ from appliance.errors import Conflict
 from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
-from appliance.messaging.models import MessageOut
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
@@ -43,7 +43,7 @@ from appliance.worker.contacts import block_contact
 from appliance.worker.inbox import InboxWorker
 from appliance.worker.messaging import MessagingService
 from appliance.worker.monitor import Monitor
-from appliance.worker.pipeline import PipelineContext, PipelineTask, default_pipeline
+from appliance.worker.pipeline import default_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Worker:
         self.messaging: MessagingService | None = None
         self.dispatcher: Dispatcher | None = None
         self.scripts: ScriptRunner | None = None
+        self.script_triggers: ScriptTriggers | None = None
         self.retention: RetentionJob | None = None
         self.scheduler: Scheduler | None = None
         self.inbox: InboxWorker | None = None
@@ -105,9 +106,12 @@ class Worker:
             wake_sender=self.messaging.wake_sender,
         )
         await self.scripts.start()
-        # After auto-replies (when they plug in before it); webhooks fan out on their own.
-        pipeline.tasks.append(PipelineTask("scripts", self._scripts_for_message))
+        # Durable: a step of the automation trigger, after auto-replies (webhooks fan out
+        # on their own); outbound, event and schedule scripts run from ScriptTriggers.
+        self.messaging.automations.steps.append(scripts_step(self.scripts))
         await self.messaging.start()
+        self.script_triggers = ScriptTriggers(self.db, self.scripts)
+        self.script_triggers.start()
         messaging = self.messaging
         self.inbox = InboxWorker(
             self.db,
@@ -156,6 +160,8 @@ class Worker:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.settings.worker_drain_timeout_s / 2)
+        if self.script_triggers is not None:
+            await self.script_triggers.stop(self.settings.worker_drain_timeout_s / 4)
         if self.scripts is not None:
             await self.scripts.stop()
         await self.rpc.drain(self.settings.worker_drain_timeout_s)
@@ -224,10 +230,6 @@ class Worker:
             return protocol.WebPairResult(code=await engine.pair_phone(params.phone))
         except (WebEngineError, ValueError) as exc:
             raise Conflict(str(exc)) from None
-
-    async def _scripts_for_message(self, ctx: PipelineContext, message: MessageOut) -> None:
-        if self.scripts is not None:
-            await self.scripts.run_scripts_for_message(ctx.account_id, message)
 
     async def scripts_run(self, params: protocol.ScriptRunParams) -> protocol.ScriptRunResult:
         if self.scripts is None:

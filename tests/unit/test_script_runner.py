@@ -228,7 +228,7 @@ def test_inbound_message_runs_matching_scripts_and_sends_once(
 
 
 def test_regex_filter_uses_re2_and_bad_patterns_are_refused() -> None:
-    from appliance.automations.script_runner import matches
+    from appliance.automations.script_match import matches
 
     f = TriggerFilter(regex=r"^order\s+#?(\d+)$")
     assert matches(f, {"chat_id": CHAT, "is_group": False, "body": "ORDER #12"})
@@ -489,7 +489,7 @@ def test_a_script_deleted_during_its_run(open_db: OpenDb, db_path: Path, prefix:
                 h.runner.run_manual(ACCOUNT, script_id, sample=None, dry_run=False)
             )
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not h.runner._runs:
+            while time.monotonic() < deadline and not h.runner.host.runs:
                 await asyncio.sleep(0.02)
             async with h.db.write() as conn:
                 assert await scripts_store.delete_script(conn, ACCOUNT, script_id)
@@ -504,12 +504,12 @@ def test_the_worker_enforces_host_call_limits_itself(
     open_db: OpenDb, db_path: Path, prefix: Path
 ) -> None:
     """Even a scripts process that ignored its limits gets no more from the worker."""
-    from appliance.automations.script_runner import _Run
+    from appliance.automations.script_host import RunScope
     from appliance.ipc.scripts_protocol import HostCallParams, HostCallRefused
 
     async def main() -> None:
         async with harness(open_db, db_path, prefix) as h:
-            h.runner._runs["run_x"] = _Run(
+            h.runner.host.runs["run_x"] = RunScope(
                 run_id="run_x",
                 script_id="scr_x",
                 account_id=ACCOUNT,
@@ -518,15 +518,15 @@ def test_the_worker_enforces_host_call_limits_itself(
                 dry_run=False,
             )
             for n in range(1, LIMITS.max_host_calls + 1):
-                await h.runner.host_call(
+                await h.runner.host.host_call(
                     HostCallParams(run_id="run_x", n=n, fn="storage.get", args=["k"])
                 )
             with pytest.raises(HostCallRefused, match="host call limit"):
-                await h.runner.host_call(
+                await h.runner.host.host_call(
                     HostCallParams(run_id="run_x", n=999, fn="storage.get", args=["k"])
                 )
             with pytest.raises(HostCallRefused, match="the run is over"):
-                await h.runner.host_call(
+                await h.runner.host.host_call(
                     HostCallParams(run_id="run_gone", n=1, fn="storage.get", args=["k"])
                 )
 

@@ -1,5 +1,6 @@
 """Scripts (admins only): JavaScript run in the scripts process's V8 sandboxes on
-inbound messages or by hand, with run history and dry runs."""
+inbound or outbound messages, on a schedule, on events or by hand, with run history
+and dry runs. The worker runs the triggers (appliance/automations/script_triggers.py)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ async def list_scripts(account: str) -> ScriptList:
 @document_response(ErrorBody, 404)
 @tag(["scripts"])
 async def create_script(account: str, data: ScriptIn) -> tuple[ScriptOut, int]:
-    """Create a script. `message` scripts run on each matching inbound message."""
+    """Create a script. `message` scripts run on each matching inbound message,
+    `outbound` ones on each message the account sent, `schedule` ones on their cron
+    schedule (in its time zone), `event` ones on each event of their types, `manual`
+    ones only by hand. A script's own sends never trigger scripts."""
     await account_for(account)
     now = time.time()
     async with _db().write() as conn:
