@@ -1,0 +1,164 @@
+"""The web engine's side of "the inbox shows what the phone shows" (issue 12, 1-3).
+
+``PhoneSync`` is mixed into ``WebEngine``: the handlers of the neonize events that
+carry the phone's own state, and the calls the worker makes for it. Each reports to
+the host (``EngineHost``), which stores and emits events:
+
+- own messages typed on the phone (``on_own_message``, engines/web/phone.py),
+- history sync chunks (``on_history_sync``, engines/web/history.py),
+- group changes, groups joined, names (``on_group_info``, ``on_joined_group``,
+  ``note_names``, engines/web/names.py),
+- profile pictures (``profile_picture``, ``on_picture``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from appliance.engines.web.connection import GO_GATE
+from appliance.engines.web.history import batches, chunk_key, own_jid_of
+from appliance.engines.web.names import (
+    NameWatch,
+    Picture,
+    fetch_picture,
+    group_change,
+    group_info,
+    message_names,
+    url_fetcher,
+)
+from appliance.engines.web.phone import OwnMessages, map_own
+from appliance.engines.web.protobuf import describe, jid_str
+from appliance.errors import Unprocessable
+from appliance.messaging import history_store
+
+if TYPE_CHECKING:
+    from appliance.engines.web.engine import WebEngine
+
+log = logging.getLogger(__name__)
+
+RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
+
+
+class PhoneSync:
+    """Mixed into WebEngine (which provides host, connection, _ids, _inflight)."""
+
+    def _init_phone_sync(self: WebEngine) -> None:
+        self._own = OwnMessages(self._is_our_send, lambda: list(self._inflight.values()))
+        self._names = NameWatch()
+
+    async def _is_our_send(self: WebEngine, wa_id: str) -> bool:
+        return await self._ids.app_id(wa_id) != wa_id
+
+    async def _retried(self: WebEngine, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """A host call retried a few times (a locked database): whatsmeow acknowledges the
+        event once the handler returns, stored or not."""
+        for delay in (*RETRY_S, None):
+            try:
+                await call()
+                return
+            except Exception as exc:
+                if delay is None:
+                    raise
+                log.warning(
+                    f"storing {what} failed; trying again",
+                    extra={"account_id": self.account_id, "error": describe(exc)},
+                )
+                await asyncio.sleep(delay)
+
+    # -- messages sent from the phone ------------------------------------------------------
+
+    async def on_own_message(self: WebEngine, event: Any) -> None:
+        if await self._own.is_echo(str(event.Info.ID)):
+            return  # one of our sends: stored already, under our id
+        message = map_own(event)
+        if message is None:
+            return
+        await self._retried("a message sent from the phone", lambda: self._host_own(message))
+
+    async def _host_own(self: WebEngine, message: Any) -> None:
+        await self.host.on_phone_message(message)  # type: ignore[attr-defined]
+
+    # -- names of live messages ------------------------------------------------------------
+
+    async def note_names(self: WebEngine, event: Any, sender: str) -> None:
+        names = message_names(event, sender)
+        if names is None or not self._names.changed(sender, names.push_name, names.business_name):
+            return
+        try:
+            await self.host.on_contact_names([names])  # type: ignore[attr-defined]
+        except Exception as exc:  # a name is not worth failing the message for
+            log.warning(
+                "storing a contact's name failed",
+                extra={"account_id": self.account_id, "error": describe(exc)},
+            )
+
+    # -- history sync ----------------------------------------------------------------------
+
+    async def on_history_sync(self: WebEngine, event: Any) -> None:
+        data = event.Data
+        key = chunk_key(data)
+        if await history_store.chunk_imported(self._ids.db, self.account_id, key):
+            return  # WhatsApp sent this chunk again
+        own = own_jid_of(self.client)
+        parts = await asyncio.to_thread(batches, data, own)
+        for batch in parts:
+            await self._retried(
+                "a history chunk",
+                lambda b=batch: self.host.on_history(b),  # type: ignore[attr-defined,misc]
+            )
+        log.info(
+            "history chunk imported",
+            extra={
+                "account_id": self.account_id,
+                "chunk": key,
+                "messages": sum(len(b.messages) for b in parts),
+            },
+        )
+
+    async def request_history(self: WebEngine) -> None:
+        """More history on demand: neonize 0.5.2 exposes no history sync request."""
+        raise Unprocessable(
+            "the web engine cannot ask for more history: neonize 0.5.2 has no on-demand "
+            "history sync request; WhatsApp pushes the history once, after linking"
+        )
+
+    # -- groups ----------------------------------------------------------------------------
+
+    async def on_group_info(self: WebEngine, event: Any) -> None:
+        change = group_change(event)
+        if change is not None:
+            await self._retried(
+                "a group change",
+                lambda: self.host.on_chat_info(change),  # type: ignore[attr-defined]
+            )
+
+    async def on_joined_group(self: WebEngine, event: Any) -> None:
+        info = group_info(event.GroupInfo)
+        if info.jid:
+            await self._retried(
+                "a group joined",
+                lambda: self.host.on_chat_info(info),  # type: ignore[attr-defined]
+            )
+
+    # -- profile pictures --------------------------------------------------------------------
+
+    async def on_picture(self: WebEngine, event: Any) -> None:
+        jid = jid_str(event.JID)
+        if jid:
+            await self.host.on_picture_changed(jid)  # type: ignore[attr-defined]
+
+    async def profile_picture(self: WebEngine, jid: str) -> Picture:
+        """WhatsApp's answer for ``jid``'s picture, downloaded (the worker stores it)."""
+        client = self.client
+        if client is None or not self.connection.connected.is_set():
+            raise Unprocessable("the account is not connected to WhatsApp; connect it first")
+        async with GO_GATE.shared():
+            picture = await asyncio.wait_for(
+                fetch_picture(client, jid, url_fetcher(client)), self.probe_timeout_s * 3
+            )
+        self.connection.last_traffic = time.monotonic()
+        return picture
