@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.errors import Conflict, NotFound, Unprocessable
-from appliance.messaging import history_store
+from appliance.messaging import history_store, store
 from appliance.messaging import media as media_store
 from appliance.messaging.history_store import (
     ChatInfo,
@@ -24,6 +24,10 @@ from appliance.messaging.history_store import (
     HistoryLimit,
     PhoneMessage,
 )
+
+if TYPE_CHECKING:
+    from appliance.ipc.protocol import PictureParams, PictureResult
+    from appliance.worker.messaging import MessagingService
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,9 @@ async def profile_picture(
     if ask is None:
         if row is not None:
             return row  # the engine cannot ask: what we have is the best answer
-        raise Conflict("this account's engine cannot fetch profile pictures")
+        raise Conflict(
+            f"the {getattr(engine, 'name', 'account')} engine cannot fetch profile pictures"
+        )
     try:
         picture = await ask(jid)
     except (Unprocessable, Conflict):
@@ -176,3 +182,34 @@ async def profile_picture(
     if saved is None:
         raise NotFound("no such account")
     return saved
+
+
+async def picture_for(service: MessagingService, params: PictureParams) -> PictureResult:
+    """RPC ``pictures.get``: the stored answer, or the account's engine asked."""
+    from appliance.ipc.protocol import PictureResult
+
+    row = await store.account_row(service.db, params.account_id)
+    if row is None:
+        raise NotFound("no such account")
+    runtime = service.runtimes.get(params.account_id)
+    engine = runtime.engine if runtime is not None and runtime.connected else None
+    if engine is None or not hasattr(engine, "profile_picture"):
+        engine = _Disconnected(row.engine)
+    picture = await profile_picture(
+        service.db, service.settings, params.account_id, params.jid, engine, refresh=params.refresh
+    )
+    return PictureResult(
+        state=picture.state, media_id=picture.media_id, checked_at=picture.checked_at
+    )
+
+
+class _Disconnected:
+    """The engine of an account that is not connected: it cannot ask WhatsApp."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
+    async def profile_picture(self, jid: str) -> Any:
+        if self.engine != "web":
+            raise Conflict(f"the {self.engine} engine cannot fetch profile pictures")
+        raise Conflict("the account is not connected to WhatsApp; connect it and try again")
