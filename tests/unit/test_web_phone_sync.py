@@ -194,7 +194,7 @@ def conversation(chat: str, start: int, count: int, *, name: str = "") -> hs.Con
     for n in range(start, start + count):
         from_me = n % 3 == 0
         key = web.WebMessageInfo(
-            key={"remoteJID": chat, "fromMe": from_me, "ID": f"H{chat[:4]}{n:05d}"},
+            key={"remoteJID": chat, "fromMe": from_me, "ID": f"H{chat.split('@')[0][-4:]}{n:05d}"},
             message=e2e.Message(conversation=f"{chat[:4]} message {n}"),
             messageTimestamp=T0 + n,
             status=web.WebMessageInfo.READ if from_me else web.WebMessageInfo.DELIVERY_ACK,
@@ -288,7 +288,7 @@ def test_history_days_leaves_out_older_messages(tmp_path: Path) -> None:
         data = hs.HistorySync(syncType=hs.HistorySync.RECENT, chunkOrder=1, progress=100)
         conv = conversation(ALICE, 0, 10)
         for n, item in enumerate(conv.messages):
-            item.message.messageTimestamp = int(now - (10 - n) * 86400)  # 10 .. 1 days old
+            item.message.messageTimestamp = int(now - (10 - n) * 86400 + 3600)  # ~10 .. 1 days
         data.conversations.append(conv)
         await engine.on_history_sync(ev.HistorySync(Data=data))
         assert len(await messages(db, ALICE)) == 3  # 3, 2 and 1 days old
