@@ -192,7 +192,7 @@ async def picture_for(service: MessagingService, params: PictureParams) -> Pictu
     if row is None:
         raise NotFound("no such account")
     runtime = service.runtimes.get(params.account_id)
-    engine = runtime.engine if runtime is not None and runtime.connected else None
+    engine: Any = runtime.engine if runtime is not None and runtime.connected else None
     if engine is None or not hasattr(engine, "profile_picture"):
         engine = _Disconnected(row.engine)
     picture = await profile_picture(

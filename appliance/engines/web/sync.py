@@ -14,10 +14,11 @@ the host (``EngineHost``), which stores and emits events:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from appliance.engines.web.connection import GO_GATE
 from appliance.engines.web.history import batches, chunk_key, own_jid_of
@@ -46,14 +47,25 @@ RETRY_S = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0)
 class PhoneSync:
     """Mixed into WebEngine (which provides host, connection, _ids, _inflight)."""
 
-    def _init_phone_sync(self: WebEngine) -> None:
-        self._own = OwnMessages(self._is_our_send, lambda: list(self._inflight.values()))
+    account_id: str
+
+    def _engine(self) -> WebEngine:
+        return cast("WebEngine", self)
+
+    def _init_phone_sync(self) -> None:
+        engine = self._engine()
+        self._own = OwnMessages(self._is_our_send, lambda: list(engine._inflight.values()))
         self._names = NameWatch()
 
-    async def _is_our_send(self: WebEngine, wa_id: str) -> bool:
-        return await self._ids.app_id(wa_id) != wa_id
+    @property
+    def _host(self) -> Any:
+        """The host, with the methods of EngineHost for the phone's state."""
+        return self._engine().host
 
-    async def _retried(self: WebEngine, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+    async def _is_our_send(self, wa_id: str) -> bool:
+        return await self._engine()._ids.app_id(wa_id) != wa_id
+
+    async def _retried(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
         """A host call retried a few times (a locked database): whatsmeow acknowledges the
         event once the handler returns, stored or not."""
         for delay in (*RETRY_S, None):
@@ -71,7 +83,7 @@ class PhoneSync:
 
     # -- messages sent from the phone ------------------------------------------------------
 
-    async def on_own_message(self: WebEngine, event: Any) -> None:
+    async def on_own_message(self, event: Any) -> None:
         if await self._own.is_echo(str(event.Info.ID)):
             return  # one of our sends: stored already, under our id
         message = map_own(event)
@@ -79,17 +91,17 @@ class PhoneSync:
             return
         await self._retried("a message sent from the phone", lambda: self._host_own(message))
 
-    async def _host_own(self: WebEngine, message: Any) -> None:
-        await self.host.on_phone_message(message)  # type: ignore[attr-defined]
+    async def _host_own(self, message: Any) -> None:
+        await self._host.on_phone_message(message)
 
     # -- names of live messages ------------------------------------------------------------
 
-    async def note_names(self: WebEngine, event: Any, sender: str) -> None:
+    async def note_names(self, event: Any, sender: str) -> None:
         names = message_names(event, sender)
         if names is None or not self._names.changed(sender, names.push_name, names.business_name):
             return
         try:
-            await self.host.on_contact_names([names])  # type: ignore[attr-defined]
+            await self._host.on_contact_names([names])
         except Exception as exc:  # a name is not worth failing the message for
             log.warning(
                 "storing a contact's name failed",
@@ -98,18 +110,15 @@ class PhoneSync:
 
     # -- history sync ----------------------------------------------------------------------
 
-    async def on_history_sync(self: WebEngine, event: Any) -> None:
+    async def on_history_sync(self, event: Any) -> None:
         data = event.Data
         key = chunk_key(data)
-        if await history_store.chunk_imported(self._ids.db, self.account_id, key):
+        if await history_store.chunk_imported(self._engine()._ids.db, self.account_id, key):
             return  # WhatsApp sent this chunk again
-        own = own_jid_of(self.client)
+        own = own_jid_of(self._engine().client)
         parts = await asyncio.to_thread(batches, data, own)
         for batch in parts:
-            await self._retried(
-                "a history chunk",
-                lambda b=batch: self.host.on_history(b),  # type: ignore[attr-defined,misc]
-            )
+            await self._retried("a history chunk", functools.partial(self._host.on_history, batch))
         log.info(
             "history chunk imported",
             extra={
@@ -119,7 +128,7 @@ class PhoneSync:
             },
         )
 
-    async def request_history(self: WebEngine) -> None:
+    async def request_history(self) -> None:
         """More history on demand: neonize 0.5.2 exposes no history sync request."""
         raise Unprocessable(
             "the web engine cannot ask for more history: neonize 0.5.2 has no on-demand "
@@ -128,37 +137,38 @@ class PhoneSync:
 
     # -- groups ----------------------------------------------------------------------------
 
-    async def on_group_info(self: WebEngine, event: Any) -> None:
+    async def on_group_info(self, event: Any) -> None:
         change = group_change(event)
         if change is not None:
             await self._retried(
                 "a group change",
-                lambda: self.host.on_chat_info(change),  # type: ignore[attr-defined]
+                lambda: self._host.on_chat_info(change),
             )
 
-    async def on_joined_group(self: WebEngine, event: Any) -> None:
+    async def on_joined_group(self, event: Any) -> None:
         info = group_info(event.GroupInfo)
         if info.jid:
             await self._retried(
                 "a group joined",
-                lambda: self.host.on_chat_info(info),  # type: ignore[attr-defined]
+                lambda: self._host.on_chat_info(info),
             )
 
     # -- profile pictures --------------------------------------------------------------------
 
-    async def on_picture(self: WebEngine, event: Any) -> None:
+    async def on_picture(self, event: Any) -> None:
         jid = jid_str(event.JID)
         if jid:
-            await self.host.on_picture_changed(jid)  # type: ignore[attr-defined]
+            await self._host.on_picture_changed(jid)
 
-    async def profile_picture(self: WebEngine, jid: str) -> Picture:
+    async def profile_picture(self, jid: str) -> Picture:
         """WhatsApp's answer for ``jid``'s picture, downloaded (the worker stores it)."""
-        client = self.client
-        if client is None or not self.connection.connected.is_set():
+        engine = self._engine()
+        client = engine.client
+        if client is None or not engine.connection.connected.is_set():
             raise Unprocessable("the account is not connected to WhatsApp; connect it first")
         async with GO_GATE.shared():
             picture = await asyncio.wait_for(
-                fetch_picture(client, jid, url_fetcher(client)), self.probe_timeout_s * 3
+                fetch_picture(client, jid, url_fetcher(client)), engine.probe_timeout_s * 3
             )
-        self.connection.last_traffic = time.monotonic()
+        engine.connection.last_traffic = time.monotonic()
         return picture
