@@ -550,7 +550,9 @@ async def chat_details(
 async def _chat_event(conn: aiosqlite.Connection, account_id: str, jid: str, now: float) -> None:
     details = await chat_details(conn, account_id, jid)
     if details is not None:
-        await store.append_event(conn, "chat.updated", account_id, details, now)
+        # chat_id as in the inbox's chat.updated; reason: WhatsApp reported the change.
+        data = {"chat_id": jid, **details, "reason": "whatsapp"}
+        await store.append_event(conn, "chat.updated", account_id, data, now)
 
 
 # -- profile pictures ----------------------------------------------------------------------
