@@ -233,8 +233,8 @@ async def import_history_batch(
     for m in keep:
         async with conn.execute(
             "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
-            "content, reply_to, status, wa_timestamp, created_at, updated_at, origin, history) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
+            "content, reply_to, status, wa_timestamp, created_at, updated_at, origin, "
+            "sender_name, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
             "ON CONFLICT (account_id, id) DO NOTHING RETURNING seq",
             (
                 account_id,
@@ -251,6 +251,7 @@ async def import_history_batch(
                 now,
                 now,
                 "phone" if m.direction == "out" else None,
+                m.sender_name,
             ),
         ) as cur:
             if await cur.fetchone() is None:

@@ -592,6 +592,11 @@ class MessageOut(BaseModel):
         description="Who made an outbound message: the HTTP API, the phone (or another "
         "linked device), or an automation; null for inbound",
     )
+    sender_name: str | None = Field(
+        default=None,
+        description="Inbound: the sender's WhatsApp name as the message carried it (in "
+        "groups, who wrote it)",
+    )
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -322,8 +322,12 @@ def test_group_changes_on_the_phone_update_the_chat_and_emit_events(
     assert [e["name"] for e in events][-3:] == ["Launch team", "Launch team 2", "Launch team 2"]
     assert len(events[-1]["participants"]) == 3
 
-    # A member's name in a group message is reported as a contact update.
-    fake.push_text("h1", GROUP, "hello group", sender=BOB_JID, push_name="Bob Named")
+    # A group message carries its sender's name; a changed name is a contact update.
+    said = fake.push_text("h1", GROUP, "hello group", sender=BOB_JID, push_name="Bob Named")
+    fake.wait_acked("h1", said)
+    message = _message(admin, "h1", said)
+    assert message is not None and message["sender_name"] == "Bob Named"
+    assert message["from"] == BOB_JID
     _wait(
         lambda: [
             e

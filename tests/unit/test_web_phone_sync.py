@@ -405,3 +405,30 @@ def test_a_profile_picture_is_fetched_once_then_served_from_the_store(tmp_path: 
         assert pictures.asked == 2
 
     run(tmp_path, test)
+
+
+def test_group_messages_carry_the_senders_name(tmp_path: Path) -> None:
+    async def test(db: Database, engine: WebEngine, host: Host) -> None:
+        async with db.write() as conn:
+            stored = await store.insert_inbound(
+                conn,
+                account_id="acc1",
+                message_id="WAGRP1",
+                chat_jid=GROUP,
+                sender_jid=BOB,
+                sender_name="Bob",
+                type_="text",
+                body="hi all",
+                content={"type": "text", "text": {"body": "hi all"}},
+                reply_to=None,
+                media_id=None,
+                wa_timestamp=T0,
+                now=time.time(),
+            )
+        assert stored is not None and stored.sender_name == "Bob"
+        row = await store.message_row(db, "acc1", "WAGRP1")
+        assert row is not None and store.message_out(row).sender_name == "Bob"
+        (received,) = await events(db, "message.received")
+        assert received[1]["sender_name"] == "Bob" and received[1]["from"] == BOB
+
+    run(tmp_path, test)

@@ -6,6 +6,10 @@
 ALTER TABLE messages ADD COLUMN history INTEGER NOT NULL DEFAULT 0
     CHECK (history IN (0, 1));
 
+-- The sender's name as the message carried it (WhatsApp's push name): group messages
+-- name who wrote them.
+ALTER TABLE messages ADD COLUMN sender_name TEXT;
+
 -- The names WhatsApp tells us, each kept as WhatsApp last said it: the contact's own
 -- push name, a business's verified name, and the name saved in the phone's address
 -- book (when WhatsApp shares it). `name` stays the best of them (saved, business,
