@@ -205,6 +205,28 @@ def _within_limit(
     return keep, skipped
 
 
+async def _not_stored(
+    conn: aiosqlite.Connection, account_id: str, messages: list[PhoneMessage]
+) -> list[PhoneMessage]:
+    """The messages whose WhatsApp id is not stored yet (each id once)."""
+    stored: set[str] = set()
+    ids = list(dict.fromkeys(m.id for m in messages))
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        async with conn.execute(
+            f"SELECT id FROM messages WHERE account_id = ? AND id IN ({marks})",
+            (account_id, *part),
+        ) as cur:
+            stored.update(str(r[0]) for r in await cur.fetchall())
+    out = []
+    for m in messages:
+        if m.id not in stored:
+            stored.add(m.id)
+            out.append(m)
+    return out
+
+
 async def import_history_batch(
     conn: aiosqlite.Connection,
     account_id: str,
@@ -229,13 +251,14 @@ async def import_history_batch(
         for chat_jid in {m.chat_jid for m in batch.messages}:
             stored[chat_jid] = await _history_count(conn, account_id, chat_jid)
     keep, result.skipped = _within_limit(batch.messages, limit, stored, now)
-    newest: dict[str, PhoneMessage] = {}
-    for m in keep:
-        async with conn.execute(
-            "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
-            "content, reply_to, status, wa_timestamp, created_at, updated_at, origin, "
-            "sender_name, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
-            "ON CONFLICT (account_id, id) DO NOTHING RETURNING seq",
+    new = await _not_stored(conn, account_id, keep)
+    # One statement for the batch: executemany runs it in aiosqlite's thread in one go.
+    await conn.executemany(
+        "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
+        "content, reply_to, status, wa_timestamp, created_at, updated_at, origin, "
+        "sender_name, history) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) "
+        "ON CONFLICT (account_id, id) DO NOTHING",
+        [
             (
                 account_id,
                 m.id,
@@ -252,22 +275,27 @@ async def import_history_batch(
                 now,
                 "phone" if m.direction == "out" else None,
                 m.sender_name,
-            ),
-        ) as cur:
-            if await cur.fetchone() is None:
-                continue
-        result.messages += 1
+            )
+            for m in new
+        ],
+    )
+    result.messages = len(new)
+    newest: dict[str, PhoneMessage] = {}
+    senders: dict[str, str] = {}
+    for m in new:  # newest first
         if m.chat_jid not in newest or m.timestamp > newest[m.chat_jid].timestamp:
             newest[m.chat_jid] = m
         if m.direction == "in" and m.sender_jid and m.sender_name:
-            await upsert_contact_names(
-                conn,
-                account_id,
-                ContactNames(m.sender_jid, push_name=m.sender_name),
-                now=now,
-                event=False,
-                only_missing=True,
-            )
+            senders.setdefault(m.sender_jid, m.sender_name)
+    for sender, name in senders.items():  # a name from history fills a gap only
+        await upsert_contact_names(
+            conn,
+            account_id,
+            ContactNames(sender, push_name=name),
+            now=now,
+            event=False,
+            only_missing=True,
+        )
     for chat_jid, m in newest.items():
         # The chat's last message, unless a newer one is stored (live traffic goes on).
         await conn.execute(
