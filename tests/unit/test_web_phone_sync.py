@@ -432,3 +432,31 @@ def test_group_messages_carry_the_senders_name(tmp_path: Path) -> None:
         assert received[1]["sender_name"] == "Bob" and received[1]["from"] == BOB
 
     run(tmp_path, test)
+
+
+def test_a_delete_for_everyone_made_on_the_phone_reaches_the_inbound_commit(
+    tmp_path: Path,
+) -> None:
+    async def test(db: Database, engine: WebEngine, host: Host) -> None:
+        committed: list[Any] = []
+
+        async def on_inbound(messages: list[Any]) -> list[bool]:
+            committed.extend(messages)
+            return [True] * len(messages)
+
+        engine.host.on_inbound = on_inbound  # type: ignore[attr-defined]
+        await engine._ids.attempt("3EB0APP9", ALICE)
+        await engine._ids.accepted("3EB0APP9", "3EB0WA9")
+        revoke = e2e.ProtocolMessage(
+            key={"remoteJID": ALICE, "fromMe": True, "ID": "3EB0WA9"},
+            type=e2e.ProtocolMessage.REVOKE,
+        )
+        event = own_event("", "3EB0REVOKE")
+        event.Message.Clear()
+        event.Message.protocolMessage.CopyFrom(revoke)
+        await engine.on_message(event)
+        (inbound,) = committed
+        assert (inbound.type, inbound.reply_to, inbound.chat_jid) == ("revoke", "3EB0APP9", ALICE)
+        assert await messages(db) == []  # a revoke is not a message row
+
+    run(tmp_path, test)

@@ -32,7 +32,7 @@ from appliance.engines.web.names import (
     url_fetcher,
 )
 from appliance.engines.web.phone import OwnMessages, map_own
-from appliance.engines.web.protobuf import describe, jid_str
+from appliance.engines.web.protobuf import describe, jid_str, map_inbound
 from appliance.errors import Unprocessable
 from appliance.messaging import history_store
 
@@ -86,6 +86,13 @@ class PhoneSync:
     async def on_own_message(self, event: Any) -> None:
         if await self._own.is_echo(str(event.Info.ID)):
             return  # one of our sends: stored already, under our id
+        mapped = map_inbound(event, own=True)
+        if mapped is not None and mapped[0].type == "revoke":
+            # Deleted for everyone on the phone: applied like a received revoke (the
+            # target named by our id when it was one of our sends).
+            engine = self._engine()
+            await engine._commit(await engine._our_ids(mapped[0]))
+            return
         message = map_own(event)
         if message is None:
             return
