@@ -124,7 +124,7 @@ def test_a_message_typed_on_the_phone_appears_once_and_our_echoed_send_stays_one
     assert message["content"] == {"type": "text", "text": {"body": "typed on the phone"}}
     sent = [e for e in _events(admin, "h1", "message.sent") if e["data"]["id"] == wa_id]
     assert len(sent) == 1 and sent[0]["data"]["origin"] == "phone"
-    fake.receipt("h1", [wa_id], "read")  # its receipts move it on
+    fake.receipt("h1", [wa_id], "read", chat=ALICE_JID)  # its receipts move it on
     _wait_status(app, admin, "h1", wa_id, "read")
 
     # Our own API send, echoed back by WhatsApp to this linked device: one row.
