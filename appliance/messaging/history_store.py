@@ -378,12 +378,6 @@ async def sync_status(db: Database, account_id: str) -> dict[str, Any] | None:
     return None if row is None else _sync_dict(tuple(row))
 
 
-async def forget_history_chunks(conn: aiosqlite.Connection, account_id: str) -> None:
-    """A new link (after a logout) gets a new history: its chunks are imported again."""
-    await conn.execute("DELETE FROM history_sync_chunks WHERE account_id = ?", (account_id,))
-    await conn.execute("DELETE FROM history_sync WHERE account_id = ?", (account_id,))
-
-
 # -- names and groups ------------------------------------------------------------------------
 
 
