@@ -34,6 +34,7 @@ from appliance.api.routes import (
     inbox_organize,
     media,
     messages,
+    phone_sync,
     retention,
     schedules,
     scripts,
@@ -189,6 +190,7 @@ def create_app(
     blueprints += (inbox.bp,)
     blueprints += (inbox_organize.bp,)
     blueprints += (auto_replies.bp,)
+    blueprints += (phone_sync.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from appliance.errors import EngineError
+from appliance.messaging.history_store import ChatInfo, ContactNames, HistoryBatch, PhoneMessage
 from appliance.messaging.models import CONTENT, Content
 
 
@@ -92,6 +93,28 @@ class EngineHost(Protocol):
         """WhatsApp reported, after it accepted the send, that the message failed: the
         message becomes ``failed`` (error ``WhatsApp reported: <reason>``) unless it is
         already failed or read, with a ``message.failed`` event."""
+        ...
+
+    # What an engine learns from the phone (web engine; appliance/worker/phone_sync.py).
+    async def on_phone_message(self, message: PhoneMessage) -> None:
+        """A message the account sent from the phone or another linked device: stored
+        once as outbound with origin ``phone`` (``message.sent``)."""
+        ...
+
+    async def on_history(self, batch: HistoryBatch) -> None:
+        """Import one batch of a history sync chunk (no message events)."""
+        ...
+
+    async def on_chat_info(self, info: ChatInfo) -> None:
+        """A chat's name, description or members changed (``chat.updated``)."""
+        ...
+
+    async def on_contact_names(self, names: list[ContactNames]) -> None:
+        """Contacts' names WhatsApp told us (``contact.updated`` when changed)."""
+        ...
+
+    async def on_picture_changed(self, jid: str) -> None:
+        """WhatsApp said ``jid``'s profile picture changed: ask again next time."""
         ...
 
 

@@ -201,6 +201,21 @@ class ChatMarkReadParams(Request[ChatMarkReadResult]):
     message_ids: list[str] = Field(max_length=100)
 
 
+class PictureResult(_Model):
+    state: Literal["ok", "none", "hidden"]
+    media_id: str | None = None
+    checked_at: float
+
+
+class PictureParams(Request[PictureResult]):
+    """A contact's or group's profile picture: the stored answer, or WhatsApp asked
+    (lazily, then after the refresh age) and the picture put in the media store."""
+
+    account_id: str
+    jid: str
+    refresh: bool = False
+
+
 METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "ping": (PingParams, PingResult),
     "status": (StatusParams, StatusResult),
@@ -214,6 +229,7 @@ METHODS: dict[str, tuple[type[Request[Any]], type[_Model]]] = {
     "retention.run": (RetentionRunParams, RetentionRunResult),
     "contacts.block": (ContactBlockParams, ContactBlockResult),
     "chat.mark_read": (ChatMarkReadParams, ChatMarkReadResult),
+    "pictures.get": (PictureParams, PictureResult),
 }
 
 

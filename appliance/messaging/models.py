@@ -64,6 +64,8 @@ EVENT_TYPES = (
     "schedule.deleted",
     "schedule.run",
     "chat.updated",
+    # history sync progress, running totals (appliance/messaging/history_store.py)
+    "account.sync",
     "chat.assigned",
     # the team inbox (appliance.inbox), each with who did it (`by`)
     "note.created",
@@ -161,7 +163,16 @@ class AccountSettings(Strict):
     mark_as_read: Bool = Field(default=False, description="Mark inbound messages read")
     download_media: Bool = Field(default=True, description="Store inbound media")
     history_limit: Int = Field(
-        default=0, ge=0, le=10_000_000, description="Messages kept per chat (0: all)"
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="History sync imports at most this many messages per chat, the newest (0: all)",
+    )
+    history_days: Int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="History sync imports only messages of the last this many days (0: all)",
     )
     # Team inbox (runbook/inbox.md).
     auto_assign: Bool = Field(
@@ -249,6 +260,20 @@ class AccountOut(BaseModel):
     updated_at: float
 
 
+class SyncStatus(BaseModel):
+    """History sync of the account (web engine): running totals that only grow."""
+
+    state: Literal["running", "done"]
+    progress: int = Field(description="WhatsApp's own percentage, 0-100")
+    chunks: int = Field(description="History chunks imported")
+    messages: int = Field(description="Messages stored")
+    chats: int = Field(description="Chats seen")
+    contacts: int = Field(description="Contact names stored")
+    skipped: int = Field(description="Messages left out by history_limit / history_days")
+    started_at: float
+    updated_at: float
+
+
 class AccountStatus(BaseModel):
     id: str
     state: Literal["disconnected", "connecting", "pairing", "connected", "logged_out", "failed"]
@@ -256,6 +281,9 @@ class AccountStatus(BaseModel):
     phone: str | None
     desired: str
     updated_at: float
+    sync: SyncStatus | None = Field(
+        default=None, description="History sync progress; null before the first chunk"
+    )
 
 
 # -- message content ---------------------------------------------------------------------
@@ -565,6 +593,11 @@ class MessageOut(BaseModel):
         default=None,
         description="Who made an outbound message: the HTTP API, the phone (or another "
         "linked device), or an automation; null for inbound",
+    )
+    sender_name: str | None = Field(
+        default=None,
+        description="Inbound: the sender's WhatsApp name as the message carried it (in "
+        "groups, who wrote it)",
     )
 
     model_config = ConfigDict(populate_by_name=True)

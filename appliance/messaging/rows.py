@@ -108,6 +108,7 @@ class MessageRow(_Stored):
     deleted_at: float | None
     origin: str | None  # api | phone | automation; None for inbound
     cursor: int | None = None  # the page position, in lists (the rowid)
+    sender_name: str | None = None  # inbound: the sender's push name (groups: who wrote)
 
     @cached_property
     def content(self) -> StoredContent:
@@ -137,6 +138,7 @@ class MessageRow(_Stored):
             deleted_at=row["deleted_at"],
             origin=row["origin"],
             cursor=row.get("cursor"),
+            sender_name=row.get("sender_name"),
         )
 
 

@@ -243,7 +243,7 @@ async def delete_account(conn: aiosqlite.Connection, account_id: str) -> None:
 
 _MESSAGE_COLS = (
     "account_id, id, chat_jid, direction, sender_jid, type, body, content, reply_to, media_id, "
-    "status, error, wa_timestamp, created_at, updated_at, deleted_at, origin"
+    "status, error, wa_timestamp, created_at, updated_at, deleted_at, origin, sender_name"
 )
 
 
@@ -268,6 +268,7 @@ def message_out(row: MessageRow) -> MessageOut:
             "updated_at": row.updated_at,
             "deleted_at": row.deleted_at,
             "origin": row.origin,
+            "sender_name": row.sender_name,
         }
     )
 
@@ -384,8 +385,8 @@ async def insert_inbound(
     """Store an inbound message once; None if this WhatsApp id was already stored."""
     async with conn.execute(
         "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
-        "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at) "
-        "VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?) "
+        "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at, "
+        "sender_name) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?) "
         f"ON CONFLICT (account_id, id) DO NOTHING RETURNING {_MESSAGE_COLS}",
         (
             account_id,
@@ -400,6 +401,7 @@ async def insert_inbound(
             wa_timestamp,
             now,
             now,
+            sender_name,
         ),
     ) as cur:
         row = await cur.fetchone()

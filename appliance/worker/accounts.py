@@ -23,7 +23,9 @@ from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut
 from appliance.errors import NotFound
 from appliance.messaging import store
+from appliance.messaging.history_store import ChatInfo, ContactNames, HistoryBatch, PhoneMessage
 from appliance.messaging.rows import AccountRow
+from appliance.worker.phone_sync import PhoneSyncHost
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,10 @@ class AccountRuntime:
         self.engine: Engine | None = None
         self._desired_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # What the engine learns from the phone (worker/phone_sync.py).
+        self.phone_sync = PhoneSyncHost(
+            service.db, row.id, service.events_written, lambda: self.settings
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"account-{self.account_id}")
@@ -137,6 +143,21 @@ class AccountRuntime:
     async def save_engine_state(self, state: dict[str, Any]) -> None:
         async with self.service.db.write() as conn:
             await store.set_engine_state(conn, self.account_id, state)
+
+    async def on_phone_message(self, message: PhoneMessage) -> None:
+        await self.phone_sync.phone_message(message)
+
+    async def on_history(self, batch: HistoryBatch) -> None:
+        await self.phone_sync.history(batch)
+
+    async def on_chat_info(self, info: ChatInfo) -> None:
+        await self.phone_sync.chat_info(info)
+
+    async def on_contact_names(self, names: list[ContactNames]) -> None:
+        await self.phone_sync.contact_names(names)
+
+    async def on_picture_changed(self, jid: str) -> None:
+        await self.phone_sync.picture_changed(jid)
 
     async def on_delivery_failed(self, message_id: str, reason: str) -> None:
         async with self.service.db.write() as conn:

@@ -90,6 +90,7 @@ class Worker:
         self.rpc.register("scripts.run", self.scripts_run)
         self.rpc.register("retention.run", self.retention_run)
         self.rpc.register("contacts.block", self.contacts_block)
+        self.rpc.register("pictures.get", self.pictures_get)
         await self.rpc.start()
         pipeline = default_pipeline()
         self.messaging = MessagingService(
@@ -252,6 +253,13 @@ class Worker:
         if self.messaging is None:
             raise Conflict("the worker is still starting; try again")
         return await block_contact(self.messaging, params)
+
+    async def pictures_get(self, params: protocol.PictureParams) -> protocol.PictureResult:
+        if self.messaging is None:
+            raise Conflict("the worker is still starting; try again")
+        from appliance.worker.phone_sync import picture_for
+
+        return await picture_for(self.messaging, params)
 
     async def _publish_events(self, last_id: int) -> None:
         self.rpc.publish("events", {"last_id": last_id})

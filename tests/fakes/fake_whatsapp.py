@@ -220,6 +220,12 @@ class _Account:
     probes: int = 0
     refuse_until: float = 0.0
     logouts: int = 0
+    # History sync chunks not yet acknowledged: key -> b64 (sent again on every connect).
+    pending_history: dict[str, str] = field(default_factory=dict)
+    # Profile pictures: jid -> (picture id, bytes), or "none" / "hidden".
+    pictures: dict[str, tuple[str, bytes] | str] = field(default_factory=dict)
+    picture_asks: int = 0
+    picture_downloads: int = 0
 
 
 class FakeWhatsAppServer:
@@ -362,6 +368,7 @@ class FakeWhatsAppServer:
         account = self._account(conn.account or "")
         if op == "ack":
             account.pending.pop(frame["id"], None)
+            account.pending_history.pop(frame["id"], None)
             account.acks[frame["id"]] = account.acks.get(frame["id"], 0) + 1
             return
         rid = frame["rid"]
@@ -437,6 +444,8 @@ class FakeWhatsAppServer:
         for message_id, data in account.pending.items():  # unacknowledged: again
             conn.send({"push": "event", "kind": "Message", "b64": data})
             account.delivered[message_id] = account.delivered.get(message_id, 0) + 1
+        for key, data in account.pending_history.items():
+            conn.send({"push": "event", "kind": "HistorySync", "b64": data, "ack": key})
 
     def _new_qr(self, account: _Account) -> str:
         keys = ",".join(_b64(secrets.token_bytes(32)) for _ in range(3))
@@ -728,6 +737,59 @@ class FakeWhatsAppServer:
             account, e2e.Message(protocolMessage=revoke), chat=chat, sender=sender, **kw
         )
 
+    def push_history(self, account: str, data: ProtoMessage) -> str:
+        """A HistorySync chunk (waHistorySync.HistorySync) for the account; its key. As
+        with whatsmeow, the chunk counts as received once the client's handler returned:
+        until then it is sent again on every connect (pushing the same chunk again is
+        WhatsApp re-sending it)."""
+        key = "hist-" + secrets.token_hex(6)
+        frame = self._event_frame(ev.HistorySync(Data=data))
+
+        def deliver() -> None:
+            acc = self._account(account)
+            acc.pending_history[key] = frame["b64"]
+            if acc.conn is not None and acc.conn.paired:
+                acc.conn.send({**frame, "ack": key})
+
+        self._call(deliver)
+        return key
+
+    def history_pending(self, account: str) -> int:
+        """History chunks the client has not acknowledged yet."""
+        return int(self._call(lambda: len(self._account(account).pending_history)))
+
+    def set_picture(self, account: str, jid_: str, picture: bytes | str) -> None:
+        """``jid_``'s profile picture as ``account`` sees it: bytes, "none" or "hidden"."""
+        value = picture if isinstance(picture, str) else ("pic-" + secrets.token_hex(4), picture)
+        self._call(lambda: self._account(account).pictures.__setitem__(jid_, value))
+
+    def picture_counts(self, account: str) -> tuple[int, int]:
+        """(profile picture requests, picture downloads) of the account."""
+        acc = self._call(lambda: self._account(account))
+        return acc.picture_asks, acc.picture_downloads
+
+    def _op_picture(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "GetProfilePictureError")
+        account.picture_asks += 1
+        found = account.pictures.get(frame["jid"], "none")
+        if found == "hidden":  # whatsmeow's ErrProfilePictureUnauthorized
+            raise _Refused(
+                "GetProfilePictureError", "the user has hidden their profile picture from you"
+            )
+        if isinstance(found, str):  # ErrProfilePictureNotSet
+            raise _Refused(
+                "GetProfilePictureError", "that user or group does not have a profile picture"
+            )
+        return {"url": f"https://pps.whatsapp.net/fake/{found[0]}", "id": found[0]}
+
+    def _op_picture_download(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        account.picture_downloads += 1
+        wanted = frame["url"].rsplit("/", 1)[-1]
+        for found in account.pictures.values():
+            if not isinstance(found, str) and found[0] == wanted:
+                return {"b64": _b64(found[1])}
+        raise _Refused("DownloadError", "404 picture not found")
+
     def push_event(self, account: str, event: ProtoMessage) -> None:
         """Any other neonize event (KeepAliveTimeout, TemporaryBan, ...), now or at connect."""
         self._call(lambda: self._deliver(self._account(account), event))
@@ -857,7 +919,7 @@ class FakeClient:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._expect_close = False
-        self._inbox: asyncio.Queue[ev.Message | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[ev.Message | tuple[Any, str] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unpark = threading.Event()
         self._parked: asyncio.Future[Any] | None = None
@@ -977,7 +1039,11 @@ class FakeClient:
                 self._expect_close = True
             elif push == "event":
                 kind = getattr(ev, frame["kind"])
-                self._dispatch(kind, kind.FromString(_unb64(frame["b64"])))
+                event = kind.FromString(_unb64(frame["b64"]))
+                if frame.get("ack"):  # a history chunk: handled in turn, then acknowledged
+                    self._inbox.put_nowait((event, frame["ack"]))
+                else:
+                    self._dispatch(kind, event)
 
     def _dispatch(self, kind: type, event: Any) -> None:
         if kind is ev.Connected:
@@ -997,7 +1063,10 @@ class FakeClient:
             event = await self._inbox.get()
             if event is None or self._stopping:
                 return
-            handler = self.event.handlers.get(ev.Message)
+            ack_id = event[1] if isinstance(event, tuple) else event.Info.ID
+            if isinstance(event, tuple):
+                event = event[0]
+            handler = self.event.handlers.get(type(event))
             if handler is not None:
                 try:
                     await asyncio.wait_for(handler(self, event), REQUEST_TIMEOUT_S)
@@ -1005,7 +1074,7 @@ class FakeClient:
                     # whatsmeow acknowledges once the handler returned, however it ended
                     log.exception("fake WhatsApp client: message handler failed")
             if self._writer is not None:
-                self._write({"op": "ack", "id": event.Info.ID})
+                self._write({"op": "ack", "id": ack_id})
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -1166,6 +1235,16 @@ class FakeClient:
                 fh.write(data)
             return None
         return data
+
+    async def get_profile_picture(self, jid_: ev.JID, *_args: Any) -> ev.ProfilePictureInfo:
+        answer = await self._request("picture", "GetProfilePictureError", jid=jid_text(jid_))
+        return ev.ProfilePictureInfo(URL=answer["url"], ID=answer["id"], Type="image")
+
+    async def fetch_profile_picture(self, url: str) -> bytes:
+        """Stands in for the https download from WhatsApp's picture servers (which
+        neonize leaves to the caller): the engine uses it when the client has it."""
+        answer = await self._request("picture_download", "DownloadError", url=url)
+        return _unb64(answer["b64"])
 
     async def mark_read(
         self, *message_ids: str, chat: ev.JID, sender: ev.JID, receipt: Any, **_kw: Any

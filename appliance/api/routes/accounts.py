@@ -24,12 +24,13 @@ from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import Forbidden, InvalidInput, NotFound
 from appliance.ipc import protocol
-from appliance.messaging import media, store
+from appliance.messaging import history_store, media, store
 from appliance.messaging.models import (
     AccountCreateIn,
     AccountOut,
     AccountStatus,
     AccountUpdateIn,
+    SyncStatus,
 )
 from appliance.messaging.rows import AccountRow
 
@@ -217,8 +218,11 @@ def _status(row: AccountRow | None) -> AccountStatus:
 @requires(Permission.ACCOUNTS_READ)
 @documented(AccountStatus, errors=[404], tag="accounts")
 async def account_status(account: str) -> AccountStatus:
-    """Connection state: disconnected, connecting, pairing, connected, logged_out, failed."""
-    return _status(await account_for(account))
+    """Connection state: disconnected, connecting, pairing, connected, logged_out, failed;
+    `sync`: the history sync's progress (web engine), null before its first chunk."""
+    status = _status(await account_for(account))
+    sync = await history_store.sync_status(_db(), account)
+    return status if sync is None else status.model_copy(update={"sync": SyncStatus(**sync)})
 
 
 async def _set_desired(account: str, desired: str, action: str) -> tuple[AccountStatus, int]:

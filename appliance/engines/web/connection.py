@@ -79,6 +79,7 @@ def install_ack_after_commit(client: Any, timeout_s: float = ACK_COMMIT_TIMEOUT_
     try:
         from neonize.aioze import events as aio_events
         from neonize.events import EVENT_TO_INT, INT_TO_EVENT
+        from neonize.proto.Neonize_pb2 import HistorySync as HistorySyncEv
         from neonize.proto.Neonize_pb2 import Message as MessageEv
     except ImportError:
         return False
@@ -86,6 +87,7 @@ def install_ack_after_commit(client: Any, timeout_s: float = ACK_COMMIT_TIMEOUT_
     if event is None or not hasattr(event, "list_func"):
         return False
     message_code = EVENT_TO_INT[MessageEv]
+    history_code = EVENT_TO_INT.get(HistorySyncEv, -1)  # acknowledged after import too
 
     def execute(uuid: Any, binary: int, size: int, code: int) -> None:
         try:
@@ -103,7 +105,7 @@ def install_ack_after_commit(client: Any, timeout_s: float = ACK_COMMIT_TIMEOUT_
             if handler is None or loop is None:
                 return
             future = asyncio.run_coroutine_threadsafe(handler(client, message), loop)
-            if code == message_code:
+            if code in (message_code, history_code):
                 future.result(timeout_s)
         except Exception:  # never raise into Go
             log.exception("web engine: event callback failed")
@@ -248,6 +250,15 @@ class ConnectionOwner(Protocol):
 
     async def on_temporary_ban(self, event: Any) -> None: ...
 
+    # The phone's own state (engines/web/sync.py).
+    async def on_history_sync(self, event: Any) -> None: ...
+
+    async def on_group_info(self, event: Any) -> None: ...
+
+    async def on_joined_group(self, event: Any) -> None: ...
+
+    async def on_picture(self, event: Any) -> None: ...
+
 
 class Connection:
     """The live neonize client of one account (None between connections)."""
@@ -374,6 +385,10 @@ class Connection:
             ev.KeepAliveRestored: self._on_traffic,
             ev.QR: self._on_qr_event,
             ev.PairStatus: owner.on_pair_status,
+            ev.HistorySync: owner.on_history_sync,
+            ev.GroupInfoEvent: owner.on_group_info,
+            ev.JoinedGroup: owner.on_joined_group,
+            ev.Picture: owner.on_picture,
         }
         generation = self.generation
         for kind, handler in handlers.items():

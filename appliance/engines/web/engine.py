@@ -61,6 +61,7 @@ from appliance.engines.web.protobuf import (
     to_jid,
 )
 from appliance.engines.web.settings import WebEngineError, WebSettings
+from appliance.engines.web.sync import PhoneSync
 from appliance.messaging.models import ReactionContent, TextContent
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class _ConnectionTimeout:
         setattr(engine.connection, self.name, value)
 
 
-class WebEngine(Engine):
+class WebEngine(PhoneSync, Engine):
     needs_media_files = True  # neonize uploads bytes; it cannot send by link or our id
 
     def __init__(
@@ -109,6 +110,7 @@ class WebEngine(Engine):
         self._ids_loaded = False
         self._inflight: dict[str, asyncio.Task[str]] = {}
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> chat, sender
+        self._init_phone_sync()  # own messages, history, names, pictures (sync.py)
         self.update_settings(settings)
 
     def update_settings(self, settings: dict[str, Any]) -> None:
@@ -225,10 +227,14 @@ class WebEngine(Engine):
             await self.host.on_receipt(await self._ids.app_id(wa_id), status)
 
     async def on_message(self, event: Any) -> None:
+        if event.Info.MessageSource.IsFromMe:
+            await self.on_own_message(event)  # typed on the phone, or our echo (sync.py)
+            return
         mapped = map_inbound(event)
         if mapped is None:
             return
         inbound, media = mapped
+        await self.note_names(event, inbound.sender_jid)
         inbound = await self._our_ids(inbound)
         if media is not None and self.download_media_enabled(self.config.download_media):
             inbound = await with_media(inbound, media, self.client, self.media_downloader)

@@ -109,23 +109,25 @@ def _same(wa_id: str) -> str:
 
 
 def map_inbound(
-    event: Any, *, app_id_for: Callable[[str], str] = _same
+    event: Any, *, app_id_for: Callable[[str], str] = _same, own: bool = False
 ) -> tuple[InboundMessage, Any] | None:
     """A neonize ``MessageEv`` as an InboundMessage, with the media part to download.
 
     None for what is not a user message (protocol messages other than revokes, key
-    distribution, our own messages echoed from the phone). ``app_id_for`` turns a
+    distribution, and, unless ``own``, the account's own messages sent from the phone:
+    engines/web/phone.py maps those with ``own=True``). ``app_id_for`` turns a
     WhatsApp id that a reply or reaction names into the appliance's id.
     """
     info = event.Info
     source = info.MessageSource
-    if source.IsFromMe:
+    if source.IsFromMe and not own:
         return None
     message = _unwrap(event.Message)
     chat = jid_str(source.Chat)
     sender = _pn_jid(source.Sender, source.SenderAlt)
     if not source.IsGroup and source.Chat.Server == "lid":
-        chat = sender
+        # Our own message to a LID chat names the recipient's phone jid in RecipientAlt.
+        chat = (jid_str(source.RecipientAlt) or chat) if source.IsFromMe else sender
     content: dict[str, Any]
     body: str | None = None
     reply_to: str | None = None
