@@ -72,6 +72,7 @@ EVENT_TYPES = (
     "tag.created",
     "tag.updated",
     "tag.deleted",
+    "user.availability",
     "automation.fired",
     "auto_reply.changed",
 )
