@@ -73,6 +73,9 @@ EVENT_TYPES = (
     "tag.updated",
     "tag.deleted",
     "user.availability",
+    "quick_reply.created",
+    "quick_reply.updated",
+    "quick_reply.deleted",
     "automation.fired",
     "auto_reply.changed",
 )

@@ -503,6 +503,7 @@ async def create_quick_reply(account: str, data: QuickReplyIn) -> tuple[dict[str
             body=data.body,
             media=data.media,
             created_by=principal().key,
+            by=notes_store.actor_of(principal()),
             now=time.time(),
         )
         await audit(
@@ -546,7 +547,12 @@ async def update_quick_reply(
     async with _db().write() as conn:
         await _check_media_id(conn, account, data.media)
         changed = await quick_replies_store.update_quick_reply(
-            conn, account, _id(reply_id, "quick reply"), changes, now=time.time()
+            conn,
+            account,
+            _id(reply_id, "quick reply"),
+            changes,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
         )
         await audit(
             conn,
@@ -568,7 +574,11 @@ async def delete_quick_reply(account: str, reply_id: str) -> Response:
     await _granted(account)
     async with _db().write() as conn:
         gone = await quick_replies_store.delete_quick_reply(
-            conn, account, _id(reply_id, "quick reply")
+            conn,
+            account,
+            _id(reply_id, "quick reply"),
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
         )
         await audit(
             conn,
