@@ -241,6 +241,7 @@ def test_notes_search_follows_every_change(open_db: OpenDb, db_path: Path) -> No
         assert await found("refund order", [A]) == [first.id]  # every word
         assert await found("ref*", [A]) == [second.id, first.id]  # a prefix
         assert await found("gönderildi", [A]) == [second.id]
+        assert await found("GONDERILDI", [A]) == [second.id]  # diacritics and case folded
         assert await found('"refund" AND (', [A]) == []  # operators are plain text
         assert await found("  ", [A]) == []
 
