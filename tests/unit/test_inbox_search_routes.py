@@ -164,3 +164,48 @@ def test_search_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
             await body(db)
 
     asyncio.run(main())
+
+
+def test_quick_reply_routes_write_events(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """Creating, changing and deleting a quick reply through the API writes one event
+    each, naming who did it (the audit entries are checked by the integration tests)."""
+
+    async def body(db: Database) -> None:
+        await _account(db, A)
+        _, boss = await _person(db, "boss", Role.MANAGER)
+        _, ann = await _person(db, "ann", Role.AGENT)
+        app = _app(tmp_path / "etc-root")
+        state_of(app).db = db
+        client = app.test_client()
+        base = f"/api/accounts/{A}/quick-replies"
+        made = await client.post(
+            base, headers=boss, json={"name": "Price", "shortcut": "/price", "body": "Hi"}
+        )
+        assert made.status_code == 201, await made.get_json()
+        reply_id = (await made.get_json())["id"]
+        refused = await client.post(
+            base, headers=ann, json={"name": "X", "shortcut": "/x", "body": "x"}
+        )
+        assert refused.status_code == 403
+        changed = await client.patch(f"{base}/{reply_id}", headers=boss, json={"body": "Hey"})
+        assert changed.status_code == 200
+        gone = await client.delete(f"{base}/{reply_id}", headers=boss)
+        assert gone.status_code == 204
+        rows = await db.fetchall(
+            "SELECT type, account_id, data FROM events WHERE type LIKE 'quick_reply.%' ORDER BY id"
+        )
+        assert [(r["type"], r["account_id"]) for r in rows] == [
+            ("quick_reply.created", A),
+            ("quick_reply.updated", A),
+            ("quick_reply.deleted", A),
+        ]
+        data = [orjson.loads(r["data"]) for r in rows]
+        assert {d["by"]["name"] for d in data} == {"boss-key"}
+        assert data[1]["changed"] == ["body"] and data[1]["quick_reply"]["body"] == "Hey"
+        assert all(d["quick_reply"]["id"] == reply_id for d in data)
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await body(db)
+
+    asyncio.run(main())
