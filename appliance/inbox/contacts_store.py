@@ -3,8 +3,8 @@ the blocked flag. Functions taking ``conn`` run in the caller's write transactio
 append their event there; those taking ``db`` (or a ``ReadSource``) only read.
 
 Contacts are listed by jid (cursor: the last jid seen). Filters are built by
-``ContactFilter.where``: one clause per filter, so another filter (tags, from the tags
-branch) is one more field and one more clause there.
+``ContactFilter.where``: one clause per filter (name or phone, blocked, tag), combined
+with AND.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class ContactFilter:
 
     q: str | None = None  # words of the name (display or WhatsApp) or digits of the phone
     blocked: bool | None = None
+    tag_id: int | None = None  # carrying this tag (appliance.inbox.tags_store)
 
     def where(self) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
@@ -63,6 +64,12 @@ class ContactFilter:
         if self.blocked is not None:
             clauses.append("blocked = ?")
             params.append(int(self.blocked))
+        if self.tag_id is not None:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM contact_tags t WHERE t.account_id = contacts.account_id "
+                "AND t.contact_jid = contacts.jid AND t.tag_id = ?)"
+            )
+            params.append(self.tag_id)
         return clauses, params
 
 

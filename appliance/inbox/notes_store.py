@@ -10,6 +10,7 @@ mention of anyone else is plain text. Notifications are read per user
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,13 @@ from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_
 from appliance.errors import NotFound
 from appliance.inbox.mentions import mentioned_names
 from appliance.inbox.models import Actor, Mention, NoteOut, NotificationOut
-from appliance.messaging.queries import encode_cursor, rowid_cursor
+from appliance.messaging.queries import (
+    encode_cursor,
+    fts_error,
+    fts_query,
+    invalid_search,
+    rowid_cursor,
+)
 from appliance.messaging.store import append_event
 
 EXCERPT_CHARS = 140
@@ -81,6 +88,47 @@ async def list_notes(
     more = len(rows) > limit
     return [note_out(r) for r in page], (
         encode_cursor("n", page[-1]["id"]) if more and page else None
+    )
+
+
+async def search_notes(
+    db: Database,
+    accounts: Sequence[str] | None,
+    text: str,
+    *,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[NoteOut], str | None]:
+    """Notes whose body holds every word of ``text`` (FTS5 over ``notes_fts``, kept by
+    the triggers of migration 0015), newest first, in pages. ``accounts=None``
+    searches every account; an empty list finds nothing."""
+    before = rowid_cursor("ns", cursor)
+    match = fts_query(text)
+    if match is None or (accounts is not None and not accounts):
+        return [], None
+    where = ["notes_fts MATCH ?"]
+    params: list[str | int] = [match]
+    if before is not None:
+        where.append("notes_fts.rowid < ?")
+        params.append(before)
+    if accounts is not None:
+        where.append(f"n.account_id IN ({','.join('?' * len(accounts))})")
+        params.extend(accounts)
+    cols = ", ".join(f"n.{c.strip()}" for c in _NOTE_COLS.split(","))
+    try:
+        rows = await db.fetchall(
+            f"SELECT {cols} FROM notes_fts JOIN notes n ON n.id = notes_fts.rowid "
+            f"WHERE {' AND '.join(where)} ORDER BY notes_fts.rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+    except sqlite3.OperationalError as exc:
+        if not fts_error(exc):
+            raise
+        raise invalid_search() from None
+    page = rows[:limit]
+    more = len(rows) > limit
+    return [note_out(r) for r in page], (
+        encode_cursor("ns", page[-1]["id"]) if more and page else None
     )
 
 

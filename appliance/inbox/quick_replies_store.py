@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from appliance.db.database import Database, ReadSource, fetchone_from
 from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import quick_replies
-from appliance.inbox.models import QuickReplyMedia, QuickReplyOut, QuickReplySendIn
+from appliance.inbox.models import Actor, QuickReplyMedia, QuickReplyOut, QuickReplySendIn
 from appliance.messaging.models import SendMessageIn, jid_phone, recipient_jid
 from appliance.messaging.queries import decode_cursor, encode_cursor
+from appliance.messaging.store import append_event
 
 MAX_CAPTION = 1024
 _COLS = "id, account_id, name, shortcut, body, media, created_by, created_at, updated_at"
@@ -90,6 +91,19 @@ async def get_quick_reply(source: ReadSource, account_id: str, reply_id: int) ->
     return quick_reply_out(row)
 
 
+async def _event(
+    conn: aiosqlite.Connection,
+    type_: str,
+    reply: QuickReplyOut,
+    by: Actor,
+    now: float,
+    **extra: Any,
+) -> None:
+    """``quick_reply.created|updated|deleted``: the quick reply, who, and ``extra``."""
+    data = {"quick_reply": reply.model_dump(mode="json"), **extra, "by": by.model_dump()}
+    await append_event(conn, type_, reply.account_id, data, now)
+
+
 def _taken(shortcut: str) -> Conflict:
     return Conflict(f"this account already has a quick reply {shortcut}")
 
@@ -103,6 +117,7 @@ async def create_quick_reply(
     body: str | None,
     media: QuickReplyMedia | None,
     created_by: str,
+    by: Actor,
     now: float,
 ) -> QuickReplyOut:
     try:
@@ -115,7 +130,9 @@ async def create_quick_reply(
     except sqlite3.IntegrityError:
         raise _taken(shortcut) from None
     assert row is not None
-    return quick_reply_out(row)
+    made = quick_reply_out(row)
+    await _event(conn, "quick_reply.created", made, by, now)
+    return made
 
 
 async def update_quick_reply(
@@ -124,6 +141,7 @@ async def update_quick_reply(
     reply_id: int,
     changes: dict[str, Any],
     *,
+    by: Actor,
     now: float,
 ) -> QuickReplyOut:
     """Apply ``changes`` (name, shortcut, body, media; None removes body or media).
@@ -156,11 +174,13 @@ async def update_quick_reply(
     except sqlite3.IntegrityError:
         raise _taken(str(merged["shortcut"])) from None
     assert row is not None
-    return quick_reply_out(row)
+    changed = quick_reply_out(row)
+    await _event(conn, "quick_reply.updated", changed, by, now, changed=sorted(changes))
+    return changed
 
 
 async def delete_quick_reply(
-    conn: aiosqlite.Connection, account_id: str, reply_id: int
+    conn: aiosqlite.Connection, account_id: str, reply_id: int, *, by: Actor, now: float
 ) -> QuickReplyOut:
     async with conn.execute(
         f"DELETE FROM quick_replies WHERE account_id = ? AND id = ? RETURNING {_COLS}",
@@ -169,7 +189,9 @@ async def delete_quick_reply(
         row = await cur.fetchone()
     if row is None:
         raise NotFound("no such quick reply")
-    return quick_reply_out(row)
+    gone = quick_reply_out(row)
+    await _event(conn, "quick_reply.deleted", gone, by, now)
+    return gone
 
 
 # -- sending -----------------------------------------------------------------------------

@@ -154,17 +154,39 @@ async def can_work_account(conn: ReadSource, account_id: str, user_id: int) -> b
 
 
 async def set_availability(
-    conn: aiosqlite.Connection, user_id: int, available: bool, now: float
-) -> None:
-    async with conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)) as cur:
-        if await cur.fetchone() is None:
-            raise NotFound("no such user")
+    conn: aiosqlite.Connection,
+    user_id: int,
+    available: bool,
+    now: float,
+    *,
+    by: Actor = SYSTEM,
+) -> bool:
+    """Set whether auto-assignment may give the user new chats. A change (not a repeat)
+    writes one ``user.availability`` event (no account: a user's availability holds for
+    every account they work); True when it changed."""
+    async with conn.execute(
+        "SELECT u.username, a.available FROM users u "
+        "LEFT JOIN user_availability a ON a.user_id = u.id WHERE u.id = ?",
+        (user_id,),
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound("no such user")
     await conn.execute(
         "INSERT INTO user_availability (user_id, available, updated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET available = excluded.available, "
         "updated_at = excluded.updated_at",
         (user_id, int(available), now),
     )
+    if bool(row["available"]) == available:  # never set counts as unavailable
+        return False
+    data = {
+        "user": {"id": user_id, "username": row["username"]},
+        "available": available,
+        "by": by.as_data(),
+    }
+    await append_event(conn, "user.availability", None, data, now)
+    return True
 
 
 async def availability(db: ReadSource, user_id: int) -> tuple[bool, float | None]:

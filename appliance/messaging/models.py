@@ -74,6 +74,10 @@ EVENT_TYPES = (
     "tag.created",
     "tag.updated",
     "tag.deleted",
+    "user.availability",
+    "quick_reply.created",
+    "quick_reply.updated",
+    "quick_reply.deleted",
     "automation.fired",
     "auto_reply.changed",
     # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py)

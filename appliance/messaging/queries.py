@@ -156,8 +156,32 @@ _TAGGED_CHATS = (
 )
 
 
-async def list_chats(
-    db: Database,
+def like_pattern(text: str) -> str:
+    """``text`` as a LIKE pattern matching it anywhere (with ``ESCAPE '\\'``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_PHONE_LIKE = re.compile(r"^[0-9\s+()-]+$")
+
+
+def chat_name_clause(q: str) -> tuple[str, list[Any]]:
+    """The chat list's ``q``: part of a name (the team's display name, the chat's or the
+    contact's WhatsApp name; LIKE, so ASCII letters ignore case) or, when ``q`` looks
+    like a phone number, part of its digits (a person's jid starts with them)."""
+    text = q.strip()
+    names = (
+        "(ct.display_name LIKE ? ESCAPE '\\' OR c.name LIKE ? ESCAPE '\\' "
+        "OR ct.name LIKE ? ESCAPE '\\')"
+    )
+    params: list[Any] = [like_pattern(text)] * 3
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if digits and _PHONE_LIKE.match(text):
+        return f"(c.jid LIKE ? ESCAPE '\\' OR {names})", [like_pattern(digits), *params]
+    return names, params
+
+
+def chat_list_query(
     account_id: str,
     *,
     archived: bool | None = None,
@@ -169,20 +193,10 @@ async def list_chats(
     assignee: int | str | None = "any",
     unread_for: int | None = None,
     unread: bool | None = None,
-) -> tuple[list[ChatRow], str | None]:
-    """A page of chat rows, most recent activity first, and the next page's cursor.
-
-    Conversation filters: ``status``; ``assignee`` a user id, None (unassigned) or
-    "any"; ``unread`` true or false for the user ``unread_for`` (inbound messages after
-    that user's read position).
-    ``tag_id`` keeps the chats carrying that tag. ``tag_first`` reads them from the
-    tag's index and sorts them (for a tag on few chats) instead of walking the chats by
-    activity until a page is found (for a tag on many).
-
-    The name is the chat's own, else the contact's. Chats move to the top as messages
-    arrive, so a chat that gets a message while a client pages may show up twice or be
-    passed over; a fresh first page always shows it.
-    """
+    q: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a chat list page (see ``list_chats``); separate so a
+    test can check its query plan (tests/unit/test_inbox_search.py)."""
     where: list[str] = ["c.account_id = ?"]
     params: list[Any] = [account_id]
     if archived is not None:
@@ -203,6 +217,10 @@ async def list_chats(
         )
         where.append(has_unread if unread else f"NOT ({has_unread})")
         params.append(unread_for if unread_for is not None else -1)
+    if q is not None and q.strip():
+        clause, q_params = chat_name_clause(q)
+        where.append(clause)
+        params.extend(q_params)
     select = _CHAT_SELECT
     if tag_id is not None and tag_first:  # inbox tags (appliance.inbox.tags_store)
         select = _CHAT_SELECT.replace("FROM chats c ", _TAGGED_CHATS, 1)
@@ -227,10 +245,53 @@ async def list_chats(
                 "OR c.last_message_at IS NULL)"
             )
             params.extend([at, at, jid])
-    rows = await db.fetchall(
-        f"{select} WHERE {' AND '.join(where)} ORDER BY c.last_message_at DESC, c.jid LIMIT ?",
-        (*params, limit + 1),
+    sql = f"{select} WHERE {' AND '.join(where)} ORDER BY c.last_message_at DESC, c.jid LIMIT ?"
+    return sql, [*params, limit + 1]
+
+
+async def list_chats(
+    db: Database,
+    account_id: str,
+    *,
+    archived: bool | None = None,
+    tag_id: int | None = None,
+    tag_first: bool = False,
+    cursor: str | None = None,
+    limit: int,
+    status: str | None = None,
+    assignee: int | str | None = "any",
+    unread_for: int | None = None,
+    unread: bool | None = None,
+    q: str | None = None,
+) -> tuple[list[ChatRow], str | None]:
+    """A page of chat rows, most recent activity first, and the next page's cursor.
+
+    Conversation filters: ``status``; ``assignee`` a user id, None (unassigned) or
+    "any"; ``unread`` true or false for the user ``unread_for`` (inbound messages after
+    that user's read position).
+    ``tag_id`` keeps the chats carrying that tag. ``tag_first`` reads them from the
+    tag's index and sorts them (for a tag on few chats) instead of walking the chats by
+    activity until a page is found (for a tag on many). ``q``: part of the name or of
+    the phone number (``chat_name_clause``). Filters combine (AND).
+
+    The name is the chat's own, else the contact's. Chats move to the top as messages
+    arrive, so a chat that gets a message while a client pages may show up twice or be
+    passed over; a fresh first page always shows it.
+    """
+    sql, params = chat_list_query(
+        account_id,
+        archived=archived,
+        tag_id=tag_id,
+        tag_first=tag_first,
+        cursor=cursor,
+        limit=limit,
+        status=status,
+        assignee=assignee,
+        unread_for=unread_for,
+        unread=unread,
+        q=q,
     )
+    rows = await db.fetchall(sql, params)
     page = [ChatRow.from_row(r) for r in rows[:limit]]
     more = len(rows) > limit
     last = page[-1] if page else None
@@ -323,6 +384,19 @@ def fts_query(text: str) -> str | None:
     return " ".join(terms) or None
 
 
+def invalid_search() -> InvalidInput:
+    """The 400 of a search text FTS5 refuses (``fts_query`` makes that rare)."""
+    return InvalidInput(
+        "the search text cannot be used",
+        issues=[{"path": "q", "message": "not a valid search", "code": "invalid_search"}],
+    )
+
+
+def fts_error(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is FTS5 refusing a MATCH text (a 400), not another failure."""
+    return _fts_error(exc)
+
+
 def _fts_error(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return text.startswith("fts5") or any(
@@ -365,8 +439,5 @@ async def search_messages(
     except sqlite3.OperationalError as exc:
         if not _fts_error(exc):
             raise
-        raise InvalidInput(
-            "the search text cannot be used",
-            issues=[{"path": "q", "message": "not a valid search", "code": "invalid_search"}],
-        ) from None
+        raise invalid_search() from None
     return _rowid_page("s", rows, limit)

@@ -408,7 +408,7 @@ def test_chat_list_filters_by_status_and_assignee(open_db: OpenDb, db_path: Path
         ("c.status = ?", ["open"], "chats_status"),
         ("c.assignee_id = ?", [1], "chats_assignee"),
         ("c.assignee_id IS NULL", [], "chats_assignee"),
-        ("c.assignee_id = ? AND c.status = ?", [1, "open"], "chats_assignee"),
+        ("c.assignee_id = ? AND c.status = ?", [1, "open"], "chats_status_assignee"),
     ],
 )
 def test_the_inbox_filters_use_an_index(

@@ -285,6 +285,7 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
                 "-- {{agent.name}}",
                 media=None,
                 created_by="user:1",
+                by=BY,
                 now=40,
             )
             with pytest.raises(Conflict):
@@ -296,6 +297,7 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
                     body="x",
                     media=None,
                     created_by="user:1",
+                    by=BY,
                     now=40,
                 )
         assert reply.variables == ["item", "price"]
@@ -337,11 +339,16 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
         async with db.write() as conn:
             media = QuickReplyMedia(type="image", link="https://example.com/menu.png")
             pic = await quick_replies_store.update_quick_reply(
-                conn, A, reply.id, {"media": media, "body": "Menu for {{contact.name}}"}, now=41
+                conn,
+                A,
+                reply.id,
+                {"media": media, "body": "Menu for {{contact.name}}"},
+                by=BY,
+                now=41,
             )
             with pytest.raises(Conflict):
                 await quick_replies_store.update_quick_reply(
-                    conn, A, reply.id, {"media": None, "body": None}, now=41
+                    conn, A, reply.id, {"media": None, "body": None}, by=BY, now=41
                 )
         assert pic.variables == []
         sent = await quick_replies_store.compose_send(db, A, send(CEM), agent="maria")
@@ -349,7 +356,7 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
         assert sent.image.caption == "Menu for Cem" and sent.image.link == media.link
         async with db.write() as conn:
             await quick_replies_store.update_quick_reply(
-                conn, A, reply.id, {"body": "{{long}} {{long}}"}, now=42
+                conn, A, reply.id, {"body": "{{long}} {{long}}"}, by=BY, now=42
             )
         with pytest.raises(InvalidInput):
             await quick_replies_store.compose_send(db, A, send(CEM, long="x" * 600), agent="m")
@@ -361,5 +368,24 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
         assert (await quick_replies_store.list_quick_replies(db, A, q="%", cursor=None, limit=10))[
             0
         ] == []
+
+        # Events: one per change (none for the refused ones), with who did it.
+        async with db.write() as conn:
+            await quick_replies_store.delete_quick_reply(conn, A, reply.id, by=BY, now=43)
+            with pytest.raises(NotFound):
+                await quick_replies_store.delete_quick_reply(conn, A, reply.id, by=BY, now=44)
+        events = await _all_events(db)
+        kinds = [r["type"] for r in events if r["type"].startswith("quick_reply.")]
+        assert kinds == [
+            "quick_reply.created",
+            "quick_reply.updated",
+            "quick_reply.updated",
+            "quick_reply.deleted",
+        ]
+        updated = _events(events, "quick_reply.updated")
+        assert updated[0]["changed"] == ["body", "media"] and updated[1]["changed"] == ["body"]
+        (deleted,) = _events(events, "quick_reply.deleted")
+        assert deleted["quick_reply"]["id"] == reply.id and deleted["by"] == BY.model_dump()
+        assert {r["account_id"] for r in events if r["type"].startswith("quick_reply.")} == {A}
 
     run(open_db, db_path, body)

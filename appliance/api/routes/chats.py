@@ -80,6 +80,13 @@ class ChatListQuery(PageQuery):
     tag: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = Field(
         default=None, description="Only chats carrying the tag of this name (ignoring case)"
     )
+    q: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"\S")] | None = (
+        Field(
+            default=None,
+            description="Part of the chat's name (display, chat or WhatsApp name; ASCII "
+            "letters ignore case) or of its phone number's digits",
+        )
+    )
 
 
 class MessageListQuery(PageQuery):
@@ -270,8 +277,8 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
 
     Each chat carries its unread count, last message and tags, its conversation status,
     assignee and your own unread count. `archived`, `status`, `assignee` (`me`, `none`,
-    a user id), `unread` (yours) and `tag=NAME` (the chats carrying that tag) narrow the
-    list.
+    a user id), `unread` (yours), `tag=NAME` (the chats carrying that tag) and `q` (part
+    of the name or phone number) narrow the list, in any combination.
     """
     await _granted(account)
     db = _db()
@@ -301,6 +308,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
         assignee=assignee,
         unread_for=reader.user_id,
         unread=query_args.unread,
+        q=query_args.q,
     )
     return _json(ChatPage(items=await _chat_outs(db, account, rows), next=next_cursor))
 

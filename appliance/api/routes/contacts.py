@@ -31,6 +31,7 @@ from appliance.engines import registry as engines
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.inbox import contacts as logic
 from appliance.inbox import contacts_store as store
+from appliance.inbox import tags_store
 from appliance.inbox.contacts import (
     ATTRIBUTE_TYPES,
     KEY_PATTERN,
@@ -68,7 +69,9 @@ class ContactListQuery(Strict):
     blocked: QueryBool | None = Field(
         default=None, description="true: blocked contacts only; false: the others"
     )
-    # Tag filtering (tags branch): one more field here and in store.ContactFilter.
+    tag: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = Field(
+        default=None, description="Only contacts carrying the tag of this name (ignoring case)"
+    )
     cursor: CursorStr | None = Field(default=None, description="`next` of the previous page")
     limit: Annotated[int, Field(ge=1, le=200, description="Items per page (1 to 200)")] = 50
 
@@ -155,13 +158,19 @@ def _json(model: BaseModel) -> dict[str, Any]:
 @document_response(ErrorBody, 404)
 @tag(["contacts"])
 async def list_contacts(account: str, query_args: ContactListQuery) -> dict[str, Any]:
-    """List an account's contacts by jid; search by name or phone, filter blocked ones.
+    """List an account's contacts by jid; search by name or phone, filter by tag or
+    blocked (in any combination).
 
     Contacts are the people who wrote to the account, those imported from CSV and
     those blocked through it.
     """
     await account_for(account)
-    filters = store.ContactFilter(q=query_args.q, blocked=query_args.blocked)
+    tag_id = None
+    if query_args.tag is not None:
+        tag_id = await tags_store.tag_id_by_name(_db(), account, query_args.tag)
+        if tag_id is None:  # no such tag: no contact carries it
+            return _json(ContactPage(items=[], next=None))
+    filters = store.ContactFilter(q=query_args.q, blocked=query_args.blocked, tag_id=tag_id)
     rows, next_cursor = await store.list_contacts(
         _db(), account, filters, cursor=query_args.cursor, limit=query_args.limit
     )

@@ -198,19 +198,39 @@ async def _set_availability(user_id: int, available: bool) -> AvailabilityOut:
     db = _db()
     actor = await inbox_store.actor_of(db, principal())
     async with db.write() as conn:
-        await inbox_store.set_availability(conn, user_id, available, now)
+        await inbox_store.set_availability(conn, user_id, available, now, by=actor)
         if actor.user_id != user_id:
             await audit(conn, "user.availability", target=f"user:{user_id}", available=available)
     return AvailabilityOut(user_id=user_id, available=available, updated_at=now)
+
+
+@bp.get("/api/users/me/availability")
+@requires(Permission.MESSAGES_READ)
+@document_response(AvailabilityOut, 200)
+@document_response(ErrorBody, 404)
+@tag(["chats"])
+async def get_my_availability() -> AvailabilityOut:
+    """Whether auto-assignment may give you new chats (an API key: its owner); users
+    start unavailable (`updated_at` null until first set)."""
+    db = _db()
+    actor = await inbox_store.actor_of(db, principal())
+    if actor.user_id is None:
+        raise NotFound("this API key has no owner")
+    available, updated_at = await inbox_store.availability(db, actor.user_id)
+    return AvailabilityOut(user_id=actor.user_id, available=available, updated_at=updated_at)
 
 
 @bp.put("/api/users/me/availability")
 @requires(Permission.MESSAGES_SEND)
 @json_body(AvailabilityIn)
 @document_response(AvailabilityOut, 200)
+@document_response(ErrorBody, 404)
 @tag(["chats"])
 async def set_my_availability(data: AvailabilityIn) -> AvailabilityOut:
-    """Say whether auto-assignment may give you new chats (an API key: its owner)."""
+    """Say whether auto-assignment may give you new chats (an API key: its owner).
+
+    A change writes a `user.availability` event (no account) with who made it.
+    """
     actor = await inbox_store.actor_of(_db(), principal())
     if actor.user_id is None:
         raise NotFound("this API key has no owner")

@@ -56,6 +56,7 @@ from appliance.inbox.models import (
 )
 from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
+from appliance.messaging.models import AccountIdStr
 
 bp = Blueprint("inbox_organize", __name__)
 
@@ -69,6 +70,18 @@ class NotificationQuery(PageQuery):
 class QuickReplyQuery(PageQuery):
     q: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = Field(
         default=None, description="Text in the shortcut, name or body (ignoring case)"
+    )
+
+
+class NoteSearchQuery(PageQuery):
+    q: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="Words that must all occur in the note; `word*` matches a prefix"
+    )
+
+
+class NoteSearchAllQuery(NoteSearchQuery):
+    account: AccountIdStr | None = Field(
+        default=None, description="Search this account only (default: every granted account)"
     )
 
 
@@ -271,6 +284,44 @@ async def list_notes(account: str, chat_id: str, query_args: PageQuery) -> dict[
     return _dump(NotePage(items=items, next=next_cursor))
 
 
+@bp.get("/api/accounts/<account>/search/notes")
+@requires(Permission.MESSAGES_READ)
+@query(NoteSearchQuery)
+@document_response(NotePage, 200)
+@document_response(ErrorBody, 404)
+@tag(["notes"])
+async def search_account_notes(account: str, query_args: NoteSearchQuery) -> dict[str, Any]:
+    """Search the private notes of one account's chats by full text, newest first.
+
+    Every word must occur; `word*` matches words starting with `word`. Quotes,
+    operators and punctuation are plain text (as in the message search).
+    """
+    await _granted(account)
+    items, next_cursor = await notes_store.search_notes(
+        _db(), [account], query_args.q, cursor=query_args.cursor, limit=query_args.limit
+    )
+    return _dump(NotePage(items=items, next=next_cursor))
+
+
+@bp.get("/api/search/notes")
+@requires(Permission.MESSAGES_READ)
+@query(NoteSearchAllQuery)
+@document_response(NotePage, 200)
+@document_response(ErrorBody, 404)
+@tag(["notes"])
+async def search_all_notes(query_args: NoteSearchAllQuery) -> dict[str, Any]:
+    """Search private notes across every account you are granted (or one), newest first."""
+    if query_args.account is not None:
+        await _granted(query_args.account)
+        accounts: list[str] | None = [query_args.account]
+    else:
+        accounts = visible_accounts()
+    items, next_cursor = await notes_store.search_notes(
+        _db(), accounts, query_args.q, cursor=query_args.cursor, limit=query_args.limit
+    )
+    return _dump(NotePage(items=items, next=next_cursor))
+
+
 @bp.post("/api/accounts/<account>/chats/<chat_id>/notes")
 @requires(Permission.NOTES_WRITE)
 @idempotent
@@ -452,6 +503,7 @@ async def create_quick_reply(account: str, data: QuickReplyIn) -> tuple[dict[str
             body=data.body,
             media=data.media,
             created_by=principal().key,
+            by=notes_store.actor_of(principal()),
             now=time.time(),
         )
         await audit(
@@ -495,7 +547,12 @@ async def update_quick_reply(
     async with _db().write() as conn:
         await _check_media_id(conn, account, data.media)
         changed = await quick_replies_store.update_quick_reply(
-            conn, account, _id(reply_id, "quick reply"), changes, now=time.time()
+            conn,
+            account,
+            _id(reply_id, "quick reply"),
+            changes,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
         )
         await audit(
             conn,
@@ -517,7 +574,11 @@ async def delete_quick_reply(account: str, reply_id: str) -> Response:
     await _granted(account)
     async with _db().write() as conn:
         gone = await quick_replies_store.delete_quick_reply(
-            conn, account, _id(reply_id, "quick reply")
+            conn,
+            account,
+            _id(reply_id, "quick reply"),
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
         )
         await audit(
             conn,
