@@ -271,3 +271,60 @@ def test_inbox_actions(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         assert gone.status_code == 404
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_first_run_offers_the_simulator(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                for name, role in (("boss", Role.ADMIN), ("ann", Role.AGENT)):
+                    await auth_store.create_user(
+                        conn,
+                        username=name,
+                        password_hash=hash_password(PASSWORD),
+                        role=role,
+                        all_accounts=False,
+                        accounts=[],
+                        now=1.0,
+                    )
+            app = _app(tmp_path / "etc-root")
+            state = state_of(app)
+            state.db = db
+            state.limiter = RateLimiter(tmp_path / "ratelimit.db")
+            await state.limiter.open()
+            try:
+                admin = app.test_client()
+                status, _text, csrf = await _sign_in(admin, "boss")
+                assert status == 303
+                # An empty installation: the front door is "Get started" for an admin...
+                front = await admin.get("/panel/")
+                assert front.headers["Location"] == "/panel/setup"
+                setup = await (await admin.get("/panel/setup")).get_data(as_text=True)
+                assert 'id="try-simulator"' in setup and 'id="link-phone"' in setup
+                # ... and the inbox for an agent (who may not create accounts).
+                agent = app.test_client()
+                await _sign_in(agent, "ann")
+                assert (await agent.get("/panel/")).headers["Location"] == "/panel/inbox"
+                assert (await agent.get("/panel/setup")).status_code == 403
+                # The simulator: a sandbox account, three sample messages waiting in the
+                # simulated server, a quick reply; then the inbox of that account.
+                made = await admin.post("/panel/setup/simulator", form={"csrf_token": csrf})
+                assert made.status_code == 303
+                assert made.headers["Location"].startswith("/panel/inbox?account=acc_")
+                account = made.headers["Location"].split("account=")[1]
+                row = await store.account_row(db, account)
+                assert row is not None and row.engine == "sandbox"
+                waiting = await db.fetchone(
+                    "SELECT COUNT(*) AS n FROM sandbox_server_inbox WHERE account_id = ?",
+                    (account,),
+                )
+                assert waiting is not None and waiting["n"] == 3
+                replies, _ = await quick_replies_store.list_quick_replies(
+                    db, account, q=None, cursor=None, limit=5
+                )
+                assert [r.shortcut for r in replies] == ["/thanks"]
+                assert (await admin.get("/panel/")).headers["Location"] == "/panel/inbox"
+            finally:
+                await state.limiter.close()
+
+    asyncio.run(body())
