@@ -126,8 +126,10 @@ def test_admin_first_run_live_inbox_and_actions(
     sent.wait_for(timeout=WAIT_MS)
     # Its receipt moves on live (the sandbox sends and delivers it).
     _wait(
-        lambda: sent.locator("[data-receipt]").first.get_attribute("data-receipt")
-        in ("sent", "delivered", "read"),
+        lambda: (
+            sent.locator("[data-receipt]").first.get_attribute("data-receipt")
+            in ("sent", "delivered", "read")
+        ),
         "the receipt tick to update",
     )
 
@@ -192,18 +194,17 @@ def test_agent_turkish_phone_width_keyboard_only(
     _shot(page, artefacts, "inbox-tr-dark-phone")
 
     # Keyboard only: j opens the first chat, r goes to the message box, Enter sends.
-    page.locator("body").focus()
     page.keyboard.press("j")
     page.locator("#composer-text").wait_for(state="visible")
-    page.keyboard.press("Escape")
-    page.locator("body").focus()
     page.keyboard.press("r")
     _wait(lambda: page.evaluate("document.activeElement.id") == "composer-text", "r focuses")
     page.keyboard.type("Merhaba, hemen bakıyorum.")
     page.keyboard.press("Enter")
     page.locator("#messages .msg.out", has_text="hemen bakıyorum").wait_for(timeout=WAIT_MS)
-    # e resolves the open chat; ? opens the help, Escape closes it; / goes to search.
-    page.locator("body").focus()
+    # Escape leaves the message box; e resolves the open chat; ? opens the help,
+    # Escape closes it; / goes to search.
+    page.keyboard.press("Escape")
+    _wait(lambda: page.evaluate("document.activeElement.id") != "composer-text", "Esc leaves")
     page.keyboard.press("e")
     page.locator("#reopen-button").wait_for()
     assert "Çözüldü" in page.locator("#conv-status").inner_text()
@@ -215,7 +216,6 @@ def test_agent_turkish_phone_width_keyboard_only(
     help_dialog.wait_for(state="hidden")
     _axe(page, "conversation (tr, phone)")
     _shot(page, artefacts, "conversation-tr-dark-phone")
-    page.locator("body").focus()
     page.keyboard.press("/")
     _wait(lambda: page.evaluate("document.activeElement.id") == "search", "/ focuses search")
     page.keyboard.type("fiyat")

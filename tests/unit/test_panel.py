@@ -259,6 +259,7 @@ def test_inbox_actions(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         done = await client.post(f"{chat}/status", form={"status": "resolved"}, headers=htmx)
         text = await done.get_data(as_text=True)
         assert "Called her back" in text and "vip" in text and 'id="reopen-button"' in text
+        assert "agent1 ·" in text  # the note's author
         row = await queries.chat_row(db, A, ALICE)
         assert row is not None and row.status == "resolved"
         # An empty message is refused next to the composer, nothing is stored.

@@ -216,7 +216,12 @@
       var form = e.target.form;
       if (form && e.target.value.trim()) { e.preventDefault(); form.requestSubmit(); }
     } else if (e.key === "Escape") {
-      if (open) { list.hidden = true; } else { clearReply(); }
+      // Close the suggestions, else cancel the reply, else leave the box (the
+      // inbox's shortcuts work again: keyboard-only use).
+      var field = document.getElementById("reply-to");
+      if (open) { list.hidden = true; }
+      else if (field && field.value) { clearReply(); }
+      else { e.target.blur(); }
     }
   });
 
