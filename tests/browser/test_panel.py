@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """The web panel in Debian's chromium against the session's real installation.
 
 Two lean flows share the one installation:
