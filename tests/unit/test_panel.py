@@ -329,3 +329,32 @@ def test_first_run_offers_the_simulator(open_db: OpenDb, db_path: Path, tmp_path
                 await state.limiter.close()
 
     asyncio.run(body())
+
+
+def test_banner_dates_and_numbers(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        await _sign_in(client, "agent1")
+        # No worker here, and the account wants to be connected but is not.
+        banner = await (await client.get("/panel/banner")).get_data(as_text=True)
+        assert "The worker is not answering" in banner
+        assert "Account Shop is not connected." in banner
+        async with app.test_request_context("/panel/inbox"):
+            from quart import g
+
+            from appliance.api.panel import i18n
+
+            g.panel_language, g.panel_timezone = "tr", "Europe/Istanbul"
+            # 2026-03-01 21:30 UTC is 2 March 00:30 in Istanbul (UTC+3).
+            ts = 1772400600.0
+            assert i18n.fmt_time(ts) == "00:30"
+            assert i18n.fmt_day(ts, now=ts + 3600) == "Bugün"
+            assert i18n.fmt_day(ts, now=ts + 86400) == "Dün"
+            assert i18n.fmt_day(ts, now=ts + 5 * 86400) == "2 Mart 2026 Pazartesi"
+            assert i18n.fmt_number(12345) == "12.345"
+            g.panel_language, g.panel_timezone = "en", "UTC"
+            assert i18n.fmt_time(ts) == "9:30\u202fPM"
+            assert i18n.fmt_number(12345) == "12,345"
+            assert i18n.ngettext("%(num)d chat", "%(num)d chats", 1, x=1) == "1 chat"
+
+    _run(open_db, db_path, tmp_path, test)
