@@ -302,11 +302,10 @@ async def _events_after() -> int:
 @hide
 async def inbox() -> Response:
     f = Filters.parse(request.args)
-    ctx = await _chat_list(f)
     conversation = None
-    if f.chat and f.account:
+    if f.chat and f.account:  # read first: the list then shows its badge gone
         conversation = await _conversation(f.account, _chat_jid(f.chat), mark_read=True)
-        ctx = await _chat_list(f)  # the badge of the chat just read is gone
+    ctx = await _chat_list(f)
     return await page(
         "panel/inbox.html",
         nav="inbox",
