@@ -147,6 +147,12 @@ def test_sign_in_pages_languages_and_retry_messages(
         response = await client.get("/panel/inbox?status=open")
         assert response.status_code == 303
         assert response.headers["Location"].startswith("/panel/login?next=/panel/inbox")
+        # An htmx fragment of a page whose session ended: the whole page goes there.
+        fragment = await client.get(
+            "/panel/inbox/chats",
+            headers={"HX-Request": "true", "HX-Current-URL": "http://x/panel/inbox?who=mine"},
+        )
+        assert fragment.headers["HX-Redirect"] == "/panel/login?next=/panel/inbox%3Fwho%3Dmine"
         # The sign-in page speaks the browser's language; strict CSP; no inline script.
         en = await client.get("/panel/login")
         text = await en.get_data(as_text=True)

@@ -141,6 +141,9 @@ async def _headers(response: Response) -> Response:
 
 def _sign_in_url() -> str:
     here = request.full_path.rstrip("?") if request.method == "GET" else "/panel/"
+    if is_htmx():  # a fragment's URL is no page: come back to the page that asked
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+        here = current.path + (f"?{current.query}" if current.query else "")
     return f"/panel/login?next={quote(safe_next(here), safe='/')}"
 
 
