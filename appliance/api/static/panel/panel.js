@@ -123,7 +123,12 @@
     else if (e.key === "k") { open(current() <= 0 ? 0 : current() - 1); }
     else if (e.key === "r") { var box = document.getElementById("composer-text"); if (box) { box.focus(); } else { handled = false; } }
     else if (e.key === "e") { var resolve = document.getElementById("resolve-button"); if (resolve) { resolve.click(); } else { handled = false; } }
-    else if (e.key === "/") { var search = document.getElementById("search"); if (search) { search.focus(); } else { handled = false; } }
+    else if (e.key === "/") {
+      var search = document.getElementById("search");
+      var pane = document.querySelector(".inbox");
+      if (pane) { pane.classList.remove("has-chat"); }  // phones: back to the list first
+      if (search) { search.focus(); } else { handled = false; }
+    }
     else if (e.key === "?") { var dialog = document.getElementById("shortcuts"); if (dialog) { dialog.showModal(); } }
     else { handled = false; }
     if (handled) { e.preventDefault(); }
