@@ -68,6 +68,15 @@ NAV: list[NavItem] = [
 ]
 
 
+# The conversation statuses as people read them (templates: ``_(status_names[s])``).
+STATUS_NAMES = {
+    "open": N_("Open"),
+    "pending": N_("Pending"),
+    "resolved": N_("Resolved"),
+    "snoozed": N_("Snoozed"),
+}
+
+
 def nav_for(who: Principal | None) -> list[NavItem]:
     if who is None:
         return []
@@ -106,6 +115,7 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         theme=g.get("panel_theme", "system"),
         timezone=i18n.timezone(),
         request_id=request_id_var.get(),
+        status_names=STATUS_NAMES,
         **i18n.template_globals(),
         **ctx,
     )
