@@ -52,7 +52,7 @@ PERMISSION_ATTR = "_appliance_permission"
 PUBLIC_ATTR = "_appliance_public"
 METRICS_ATTR = "_appliance_metrics_token"
 AUTHENTICATED_ATTR = "_appliance_authenticated"
-PROTECTED_PREFIXES = ("/api", "/auth", "/docs")
+PROTECTED_PREFIXES = ("/api", "/auth", "/docs", "/panel")
 # Writes of last-used and last-seen times are spread out; exact to this many seconds.
 TOUCH_INTERVAL_S = 60.0
 
@@ -263,7 +263,7 @@ async def authorize_request() -> None:
     g.principal = who
     g.auth_method = method
     if method == "cookie" and request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
+        sent = request.headers.get(CSRF_HEADER, "") or await _panel_form_csrf()
         if not (who.csrf_token and hmac.compare_digest(sent.encode(), who.csrf_token.encode())):
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header for this session")
     if requirement != "authenticated" and not who.can(Permission(requirement)):
@@ -304,6 +304,17 @@ async def apply_browser_headers(response: Response) -> Response:
     if settings.https:
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     return response
+
+
+async def _panel_form_csrf() -> str:
+    """The web panel's plain HTML forms (no JavaScript) send the token as a field."""
+    if not request.path.startswith("/panel/") or request.mimetype not in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        return ""
+    form = await request.form
+    return str(form.get("csrf_token", ""))
 
 
 def install_access_control(app: Quart) -> None:

@@ -18,6 +18,7 @@ from appliance.api.access import SECURITY_SCHEMES, install_access_control, publi
 from appliance.api.errors import install_error_handlers
 from appliance.api.live import EventBell
 from appliance.api.openapi import ApplianceOpenAPIProvider
+from appliance.api.panel import bp as panel_bp
 from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
@@ -191,6 +192,7 @@ def create_app(
     blueprints += (inbox_organize.bp,)
     blueprints += (auto_replies.bp,)
     blueprints += (phone_sync.bp,)
+    blueprints += (panel_bp,)  # the web panel (appliance/api/panel; runbook/panel.md)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

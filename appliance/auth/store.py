@@ -610,3 +610,42 @@ async def list_audit(db: Database, *, before: int | None, limit: int) -> list[Au
         )
         for r in rows
     ]
+
+
+# -- the web panel's per-user preferences (migration 0026) -------------------------------
+
+
+@dataclass(frozen=True)
+class PreferencesRow:
+    """None: the default (the browser's language, the appliance's timezone)."""
+
+    language: str | None
+    timezone: str | None
+    theme: Literal["system", "light", "dark"]
+
+
+DEFAULT_PREFERENCES = PreferencesRow(language=None, timezone=None, theme="system")
+
+
+async def preferences(db_or_conn: ReadSource, user_id: int) -> PreferencesRow:
+    rows = await fetchall_from(
+        db_or_conn,
+        "SELECT language, timezone, theme FROM user_preferences WHERE user_id = ?",
+        (user_id,),
+    )
+    if not rows:
+        return DEFAULT_PREFERENCES
+    row = rows[0]
+    return PreferencesRow(language=row["language"], timezone=row["timezone"], theme=row["theme"])
+
+
+async def set_preferences(
+    conn: aiosqlite.Connection, user_id: int, prefs: PreferencesRow, now: float
+) -> None:
+    """Store a user's preferences (the caller validated language, timezone and theme)."""
+    await conn.execute(
+        "INSERT INTO user_preferences (user_id, language, timezone, theme, updated_at) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET language = excluded.language, "
+        "timezone = excluded.timezone, theme = excluded.theme, updated_at = excluded.updated_at",
+        (user_id, prefs.language, prefs.timezone, prefs.theme, now),
+    )

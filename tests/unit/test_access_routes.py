@@ -34,6 +34,7 @@ EXPECTED_PUBLIC = {
     "/auth/login",
     "/",
     "/engines/cloud/<account>/webhook",
+    "/panel/login",  # the web panel's sign-in page (GET the form, POST it)
 }
 REQUIREMENTS = {"public", "authenticated", "metrics-token"} | {p.value for p in Permission}
 

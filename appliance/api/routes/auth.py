@@ -51,12 +51,22 @@ async def _reserve(limits: list[tuple[str, int]], now: float) -> list[int]:
 @documented(LoginOut, errors=[401, 429], tag="auth")
 async def login(data: LoginIn) -> Response:
     """Log in to the panel: sets the session cookie and returns the CSRF token."""
+    token, csrf, user = await start_session(data.username, data.password)
+    response = jsonify(LoginOut(user=user_out(user), csrf_token=csrf).model_dump(mode="json"))
+    set_session_cookie(response, token)
+    return response
+
+
+async def start_session(username: str, password: str) -> tuple[str, str, store.UserRow]:
+    """Check a user name and password (counted against the login limits) and open a
+    session: (cookie token, CSRF token, user). Unauthenticated (401) or RateLimited
+    (429, with when to retry). The JSON login and the panel's sign-in page share it."""
     state = state_of()
     assert state.db is not None and state.limiter is not None
     settings = state.settings
     now = time.time()
     addr = client_addr()
-    user_key, addr_key = login_key(data.username), f"login:addr:{addr}"
+    user_key, addr_key = login_key(username), f"login:addr:{addr}"
     limits = [
         (user_key, settings.login_max_failures),
         (addr_key, settings.login_max_failures_per_addr),
@@ -64,12 +74,12 @@ async def login(data: LoginIn) -> Response:
     # The failure is counted before the password is checked (and given back if it was
     # right): parallel guesses cannot all be verified before the first one is counted.
     reserved = await _reserve(limits, now)
-    found = await store.user_for_login(state.db, data.username)
+    found = await store.user_for_login(state.db, username)
     # argon2 takes tens of milliseconds of CPU: off the event loop.
-    ok = await asyncio.to_thread(verify_password, found[1] if found else None, data.password)
+    ok = await asyncio.to_thread(verify_password, found[1] if found else None, password)
     if not ok or found is None or not found[2]:
         async with state.db.write() as conn:
-            await audit(conn, "login.failed", target=f"username:{data.username[:64]}")
+            await audit(conn, "login.failed", target=f"username:{username[:64]}")
         raise Unauthenticated("invalid username or password")
     await state.limiter.release(reserved)
     await state.limiter.clear(user_key)
@@ -94,7 +104,11 @@ async def login(data: LoginIn) -> Response:
             client_addr=addr,
             request_id=request_id_var.get(),
         )
-    response = jsonify(LoginOut(user=user_out(user), csrf_token=csrf).model_dump(mode="json"))
+    return token, csrf, user
+
+
+def set_session_cookie(response: Response, token: str) -> None:
+    settings = state_of().settings
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -104,7 +118,6 @@ async def login(data: LoginIn) -> Response:
         samesite="Lax",
         path="/",
     )
-    return response
 
 
 @bp.post("/auth/logout")
@@ -150,6 +163,13 @@ async def me() -> MeOut:
 @documented(errors=[403], tag="auth")
 async def change_password(data: PasswordChangeIn) -> Response:
     """Change your own password; your other sessions end."""
+    await change_own_password(data.current_password, data.new_password)
+    return Response(status=204)
+
+
+async def change_own_password(current_password: str, new_password: str) -> None:
+    """The caller's password change (JSON API and panel): Forbidden (403) for a wrong
+    current password (counted as a login failure), RateLimited past the limit."""
     state = state_of()
     assert state.db is not None
     who = principal()
@@ -160,17 +180,14 @@ async def change_password(data: PasswordChangeIn) -> Response:
     key = login_key(who.name)
     reserved = await _reserve([(key, state.settings.login_max_failures)], time.time())
     found = await store.user_for_login(state.db, who.name)
-    if found is None or not await asyncio.to_thread(
-        verify_password, found[1], data.current_password
-    ):
+    if found is None or not await asyncio.to_thread(verify_password, found[1], current_password):
         async with state.db.write() as conn:
             await audit(conn, "password.change_failed", target=who.key)
         raise Forbidden("the current password is wrong")
     assert state.limiter is not None
     await state.limiter.release(reserved)
-    new_hash = await asyncio.to_thread(hash_password, data.new_password)
+    new_hash = await asyncio.to_thread(hash_password, new_password)
     async with state.db.write() as conn:
         await store.set_password(conn, who.id, new_hash, time.time())
         ended = await store.delete_user_sessions(conn, who.id, keep=who.session_hash)
         await audit(conn, "password.change", target=who.key, ended_sessions=ended)
-    return Response(status=204)

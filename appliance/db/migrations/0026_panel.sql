@@ -1,3 +1,10 @@
--- Reserved: filled in by the branch that builds the web panel's user preferences (issue 15) (numbers assigned up front so
--- parallel branches do not collide). Until then it changes nothing.
-SELECT 1;
+-- The web panel's per-user preferences (issue 15). One row per user who changed one;
+-- a missing row (or a NULL column) means "the default": the language from the
+-- browser's Accept-Language, the appliance's timezone, the theme of the system.
+CREATE TABLE user_preferences (
+    user_id    INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    language   TEXT CHECK (language IS NULL OR language IN ('en', 'tr')),
+    timezone   TEXT CHECK (timezone IS NULL OR length(timezone) BETWEEN 1 AND 64),
+    theme      TEXT    NOT NULL DEFAULT 'system' CHECK (theme IN ('system', 'light', 'dark')),
+    updated_at REAL    NOT NULL
+) STRICT;

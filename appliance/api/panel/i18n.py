@@ -1,0 +1,163 @@
+"""The panel's languages: gettext catalogs (babel), locale choice, dates in the user's zone.
+
+Every text a person reads goes through ``gettext``: in templates ``{{ _("Inbox") }}``
+or ``{% trans %}...{% endtrans %}``, in Python ``_("...")`` imported from here (babel's
+extractor finds both). The catalogs live in ``translations/<lang>/LC_MESSAGES/`` as
+``messages.po`` (edited) and ``messages.mo`` (compiled, committed: installs need no
+build step). ``runbook/panel.md`` says how to update them; ``tests/unit/test_panel_i18n.py``
+fails when a template holds untranslated text, a catalog misses a message, or a
+``.mo`` is older than its ``.po``.
+
+The language is the user's preference, else the best match of the browser's
+``Accept-Language``, else English. Times are shown in the user's timezone
+(preference, else UTC).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from babel import Locale
+from babel.dates import format_date, format_datetime, format_time
+from babel.numbers import format_decimal
+from babel.support import NullTranslations, Translations
+from quart import g, has_request_context, request
+
+TRANSLATIONS = Path(__file__).parent / "translations"
+LANGUAGES: dict[str, str] = {"en": "English", "tr": "Türkçe"}  # names in their own language
+DEFAULT_LANGUAGE = "en"
+DEFAULT_TIMEZONE = "UTC"
+
+
+@cache
+def translations(language: str) -> NullTranslations:
+    """The compiled catalog of ``language`` (loaded once per process)."""
+    if language == DEFAULT_LANGUAGE:
+        # English is the source language: its catalog maps each message to itself
+        # (msgstr empty), so gettext answers the msgid.
+        return NullTranslations()
+    return Translations.load(str(TRANSLATIONS), [language], domain="messages")
+
+
+@cache
+def timezones() -> tuple[str, ...]:
+    """Every IANA zone name this machine knows (tzdata is a dependency), sorted."""
+    return tuple(sorted(available_timezones()))
+
+
+def valid_timezone(name: str) -> bool:
+    if not name or len(name) > 64 or name not in timezones():
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def browser_language() -> str:
+    """The best of LANGUAGES for this request's Accept-Language, else English."""
+    if not has_request_context():
+        return DEFAULT_LANGUAGE
+    best = request.accept_languages.best_match(list(LANGUAGES))
+    return best if best in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def language() -> str:
+    """The language of this request (set by the panel's before-request hook)."""
+    found = g.get("panel_language") if has_request_context() else None
+    return found if isinstance(found, str) and found in LANGUAGES else browser_language()
+
+
+def timezone() -> str:
+    found = g.get("panel_timezone") if has_request_context() else None
+    return found if isinstance(found, str) else DEFAULT_TIMEZONE
+
+
+def gettext(message: str, **variables: Any) -> str:
+    text = translations(language()).ugettext(message)
+    return text % variables if variables else text
+
+
+def ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
+    """The plural form for ``n``; formatted with ``num`` (= n) and ``variables`` when
+    variables are given (Jinja's ``{% trans count=... %}`` formats by itself)."""
+    text = translations(language()).ungettext(singular, plural, n)
+    return text % {"num": n, **variables} if variables else text
+
+
+_ = gettext
+
+
+def _zone() -> ZoneInfo:
+    try:
+        return ZoneInfo(timezone())
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(DEFAULT_TIMEZONE)
+
+
+def local(ts: float) -> dt.datetime:
+    """A Unix time as an aware datetime in the user's timezone."""
+    return dt.datetime.fromtimestamp(ts, tz=_zone())
+
+
+def fmt_datetime(ts: float | None, fmt: str = "medium") -> str:
+    if ts is None:
+        return ""
+    return format_datetime(local(ts), format=fmt, locale=Locale.parse(language()))
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return format_time(local(ts), format="short", locale=Locale.parse(language()))
+
+
+def fmt_day(ts: float | None, *, now: float | None = None) -> str:
+    """ "Today", "Yesterday", or the date in full (the conversation's day separators)."""
+    if ts is None:
+        return ""
+    day = local(ts).date()
+    today = local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
+    if day == today:
+        return _("Today")
+    if day == today - dt.timedelta(days=1):
+        return _("Yesterday")
+    return format_date(day, format="full", locale=Locale.parse(language()))
+
+
+def fmt_when(ts: float | None, *, now: float | None = None) -> str:
+    """Short: the time when today, else the date (the chat list)."""
+    if ts is None:
+        return ""
+    day = local(ts).date()
+    today = local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
+    if day == today:
+        return fmt_time(ts)
+    return format_date(day, format="short", locale=Locale.parse(language()))
+
+
+def fmt_number(n: int | float) -> str:
+    return format_decimal(n, locale=Locale.parse(language()))
+
+
+def day_key(ts: float) -> str:
+    """The user's calendar day of a Unix time (groups messages under day separators)."""
+    return local(ts).date().isoformat()
+
+
+def template_globals() -> dict[str, Any]:
+    """What every panel template may call."""
+    return {
+        "fmt_datetime": fmt_datetime,
+        "fmt_time": fmt_time,
+        "fmt_day": fmt_day,
+        "fmt_when": fmt_when,
+        "fmt_number": fmt_number,
+        "day_key": day_key,
+        "LANGUAGES": LANGUAGES,
+    }

@@ -1,0 +1,263 @@
+"""The panel's blueprint and what every screen shares: rendering, navigation, errors.
+
+A screen is a route on ``bp`` (prefix ``/panel``) with the API's access decorators
+(``@requires(Permission.X)``, ``@authenticated`` or ``@public`` from
+``appliance.api.access``: the same before-request hook checks them, so an agent gets
+the 403 page for an admin screen), ``@hide`` (pages are not in the OpenAPI spec), and
+returns ``await page("panel/x.html", nav="x", ...)``. Forms post with the session's
+CSRF token (a hidden ``csrf_token`` field, or htmx's ``X-CSRF-Token`` header set on
+``<body>``). Errors raised in a screen (NotFound, Forbidden, RateLimited, ...) become
+the panel's error pages; a signed-out visitor is sent to the sign-in page.
+runbook/panel.md ("How to add a screen") walks through it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from quart import Blueprint, Quart, Response, g, render_template, request
+from werkzeug.exceptions import NotFound as HttpNotFound
+
+from appliance.api.access import principal
+from appliance.api.panel import i18n
+from appliance.api.panel.i18n import _
+from appliance.api.state import db as _db
+from appliance.api.state import state_of
+from appliance.auth import store as auth_store
+from appliance.auth.permissions import Permission
+from appliance.auth.principal import Principal
+from appliance.errors import ClientError, Forbidden, NotFound, RateLimited, Unauthenticated
+from appliance.messaging import store as messaging_store
+from appliance.observability.context import request_id_var
+
+bp = Blueprint("panel", __name__, url_prefix="/panel")
+
+HTML = "text/html; charset=utf-8"
+# Like the API's page CSP (access.py), plus blob: images and media (pasted attachments'
+# previews). No 'unsafe-inline', no 'unsafe-eval'; websockets to this origin are 'self'.
+PANEL_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+
+
+def N_(message: str) -> str:
+    """Marks a message for the catalog without translating it now (babel's extractor
+    knows ``N_``); translate it where it is shown, with ``_(...)``."""
+    return message
+
+
+@dataclass(frozen=True)
+class NavItem:
+    key: str  # what ``page(..., nav=key)`` marks as the current screen
+    label: str  # an N_() message, translated when rendered
+    endpoint: str  # url_for name, e.g. "panel.inbox"
+    permission: Permission | None  # None: every signed-in user
+
+
+# The navigation, in order. A screen appears only to roles that may open it (and the
+# route checks the same permission on the server). Later screens add a line here.
+NAV: list[NavItem] = [
+    NavItem("inbox", N_("Inbox"), "panel.inbox", Permission.MESSAGES_READ),
+    NavItem("setup", N_("Get started"), "panel.setup", Permission.ACCOUNTS_MANAGE),
+    NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
+]
+
+
+# The conversation statuses as people read them (templates: ``_(status_names[s])``).
+STATUS_NAMES = {
+    "open": N_("Open"),
+    "pending": N_("Pending"),
+    "resolved": N_("Resolved"),
+    "snoozed": N_("Snoozed"),
+}
+
+
+def nav_for(who: Principal | None) -> list[NavItem]:
+    if who is None:
+        return []
+    return [n for n in NAV if n.permission is None or who.can(n.permission)]
+
+
+def see_other(url: str) -> Response:
+    """A 303 to a local URL (after a form post, or a screen that moved)."""
+    return Response("", status=303, headers={"Location": url})
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def safe_next(target: str | None) -> str:
+    """A local panel path to go to after signing in; never another site."""
+    if not target:
+        return "/panel/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/panel/") or "\\" in target:
+        return "/panel/"
+    return target
+
+
+async def page(template: str, *, status: int = 200, nav: str | None = None, **ctx: Any) -> Response:
+    """Render a panel template (a full page, or a fragment for htmx) as a response."""
+    who: Principal | None = g.get("principal")
+    body = await render_template(
+        template,
+        user=who,
+        nav_items=nav_for(who),
+        nav_active=nav,
+        csrf=who.csrf_token if who is not None else None,
+        lang=i18n.language(),
+        theme=g.get("panel_theme", "system"),
+        timezone=i18n.timezone(),
+        request_id=request_id_var.get(),
+        status_names=STATUS_NAMES,
+        **i18n.template_globals(),
+        **ctx,
+    )
+    return Response(body, status=status, content_type=HTML)
+
+
+@bp.before_request
+async def _preferences() -> None:
+    """The signed-in user's language, timezone and theme for this request."""
+    who: Principal | None = g.get("principal")
+    g.panel_language = i18n.browser_language()
+    if who is None or who.kind != "user":
+        return
+    prefs = await auth_store.preferences(_db(), who.id)
+    if prefs.language in i18n.LANGUAGES:
+        g.panel_language = prefs.language
+    if prefs.timezone and i18n.valid_timezone(prefs.timezone):
+        g.panel_timezone = prefs.timezone
+    g.panel_theme = prefs.theme
+
+
+@bp.after_request
+async def _headers(response: Response) -> Response:
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = PANEL_CSP
+    response.headers["Content-Language"] = i18n.language()
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def _sign_in_url() -> str:
+    here = request.full_path.rstrip("?") if request.method == "GET" else "/panel/"
+    if is_htmx():  # a fragment's URL is no page: come back to the page that asked
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+        here = current.path + (f"?{current.query}" if current.query else "")
+    return f"/panel/login?next={quote(safe_next(here), safe='/')}"
+
+
+@bp.errorhandler(Unauthenticated)
+async def _signed_out(exc: Unauthenticated) -> Response:
+    target = _sign_in_url()
+    if is_htmx():  # htmx follows HX-Redirect with a full page load
+        response = Response("", status=200)
+        response.headers["HX-Redirect"] = target
+        return response
+    return see_other(target)
+
+
+async def error_page(status: int, title: str, message: str, **extra: Any) -> Response:
+    template = "panel/error_fragment.html" if is_htmx() else "panel/error.html"
+    response = await page(
+        template, status=status, error_title=title, error_message=message, **extra
+    )
+    if is_htmx():  # show the error where the page keeps its messages
+        response.headers["HX-Retarget"] = "#flash"
+        response.headers["HX-Reswap"] = "innerHTML"
+    return response
+
+
+@bp.errorhandler(Forbidden)
+async def _forbidden(exc: Forbidden) -> Response:
+    return await error_page(
+        403,
+        _("Not allowed"),
+        _("Your role may not open this page. Ask an administrator if you need it."),
+    )
+
+
+@bp.errorhandler(NotFound)
+async def _not_found(exc: NotFound) -> Response:
+    return await error_page(
+        404, _("Not found"), _("This page does not exist, or it is not shared with you.")
+    )
+
+
+@bp.errorhandler(HttpNotFound)
+async def _http_not_found(exc: HttpNotFound) -> Response:
+    return await _not_found(NotFound("no such page"))
+
+
+@bp.errorhandler(RateLimited)
+async def _rate_limited(exc: RateLimited) -> Response:
+    response = await error_page(
+        429, _("Too many requests"), retry_message(exc.retry_after_s, time.time())
+    )
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+@bp.errorhandler(ClientError)
+async def _client_error(exc: ClientError) -> Response:
+    # A well-formed request the rules refused (409, 422, ...): the message is safe to
+    # show, in the API's words (English) under a translated title.
+    return await error_page(exc.http_status, _("That did not work"), exc.message)
+
+
+def retry_message(retry_after_s: int, now: float) -> str:
+    """ "Try again in N minutes (at HH:MM)." in the user's language and timezone."""
+    at = i18n.fmt_time(now + retry_after_s)
+    if retry_after_s < 60:
+        return i18n.ngettext(
+            "Try again in %(num)d second (at %(at)s).",
+            "Try again in %(num)d seconds (at %(at)s).",
+            retry_after_s,
+            at=at,
+        )
+    minutes = (retry_after_s + 59) // 60
+    return i18n.ngettext(
+        "Try again in %(num)d minute (at %(at)s).",
+        "Try again in %(num)d minutes (at %(at)s).",
+        minutes,
+        at=at,
+    )
+
+
+# -- the banner: worker down, accounts disconnected --------------------------------------
+
+
+async def banner_state() -> dict[str, Any]:
+    """What the banner shows: the worker's link and the accounts that should be
+    connected but are not (within the user's grants). ``/readyz`` reports the same
+    worker check; account.status events make the page reload this."""
+    state = state_of()
+    worker_up = state.worker.connected
+    who = principal()
+    down: list[str] = []
+    if who.can(Permission.ACCOUNTS_READ):
+        visible = None if who.role.value == "admin" or who.all_accounts else sorted(who.accounts)
+        rows = await messaging_store.list_account_rows(_db(), visible)
+        down = [r.name for r in rows if r.desired == "connected" and r.state != "connected"]
+    return {"worker_up": worker_up, "accounts_down": down}
+
+
+def install(app: Quart) -> None:
+    """Called once when the blueprint is registered: gettext in the templates."""
+    app.jinja_env.add_extension("jinja2.ext.i18n")
+    app.jinja_env.install_gettext_callables(  # type: ignore[attr-defined]
+        i18n.gettext, i18n.ngettext, newstyle=True
+    )
+
+
+bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
