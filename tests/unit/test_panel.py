@@ -94,6 +94,7 @@ async def _setup(db: Database) -> None:
             body="Thank you {{contact.name}}!",
             media=None,
             created_by="user:1",
+            by=actor_of(ADMIN),
             now=now,
         )
 

@@ -22,7 +22,7 @@ from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
 from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
-from appliance.inbox import quick_replies_store
+from appliance.inbox import notes_store, quick_replies_store
 from appliance.messaging import store
 from appliance.messaging.models import AccountSettings, InboundIn
 
@@ -87,6 +87,7 @@ async def setup_simulator() -> Response:
             body=_("Thank you {{contact.name}}, we will get back to you shortly."),
             media=None,
             created_by=who.key,
+            by=notes_store.actor_of(who),
             now=now,
         )
     await poke("accounts")
