@@ -40,6 +40,7 @@ from appliance.api.routes import (
     users,
     webhooks,
 )
+from appliance.api.routes import actions as engine_actions
 from appliance.api.state import ApiState, state_of
 from appliance.config import Settings
 from appliance.crypto import DataCipher
@@ -166,6 +167,7 @@ def create_app(
     blueprints += (inbox.bp,)
     blueprints += (inbox_organize.bp,)
     blueprints += (auto_replies.bp,)
+    blueprints += (engine_actions.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

@@ -74,6 +74,10 @@ EVENT_TYPES = (
     "tag.deleted",
     "automation.fired",
     "auto_reply.changed",
+    # actions that reach WhatsApp (appliance/messaging/actions.py), and what they change
+    "action.completed",
+    "action.failed",
+    "message.edited",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

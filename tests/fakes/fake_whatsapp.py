@@ -166,6 +166,16 @@ class Sent:
 
 
 @dataclass
+class ChatPresenceSent:
+    """A typing indicator a client sent (neonize's ChatPresence / ChatPresenceMedia)."""
+
+    account: str
+    chat: str
+    state: int  # 0 composing, 1 paused
+    media: int  # 0 text, 1 audio
+
+
+@dataclass
 class Read:
     account: str
     ids: list[str]
@@ -241,6 +251,8 @@ class FakeWhatsAppServer:
         self._blobs: dict[str, tuple[bytes, str]] = {}
         self._uploads: list[tuple[str, bytes]] = []
         self._conns: set[_Conn] = set()
+        self._app_state: list[tuple[str, ev.PatchInfo]] = []  # (account, patch) as sent
+        self._presences: list[ChatPresenceSent] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -797,6 +809,27 @@ class FakeWhatsAppServer:
 
         self._call(remove)
 
+    # -- actions: app-state patches, typing indicators --------------------------------------
+
+    def _op_app_state(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "SendAppStateError")
+        patch = ev.PatchInfo.FromString(_unb64(frame["b64"]))
+        self._app_state.append((account.name, patch))
+        return {}
+
+    def _op_chat_presence(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "SendChatPresenceError")
+        presence = ChatPresenceSent(account.name, frame["chat"], frame["state"], frame["media"])
+        self._presences.append(presence)
+        return {}
+
+    def app_state(self, account: str) -> list[ev.PatchInfo]:
+        """The app-state patches (archive, pin, mute, read) the account sent, in order."""
+        return list(self._call(lambda: [p for a, p in self._app_state if a == account]))
+
+    def presences(self, account: str) -> list[ChatPresenceSent]:
+        return list(self._call(lambda: [p for p in self._presences if p.account == account]))
+
 
 class _Refused(Exception):
     def __init__(self, kind: str, message: str) -> None:
@@ -1176,6 +1209,20 @@ class FakeClient:
             ids=list(message_ids),
             chat=jid_text(chat),
             sender=jid_text(sender),
+        )
+
+    async def send_app_state(self, patch_info: ev.PatchInfo) -> None:
+        await self._request(
+            "app_state", "SendAppStateError", b64=_b64(patch_info.SerializeToString())
+        )
+
+    async def send_chat_presence(self, jid_: ev.JID, state: Any, media: Any) -> None:
+        await self._request(
+            "chat_presence",
+            "SendPresenceError",
+            chat=jid_text(jid_),
+            state=int(getattr(state, "value", state)),
+            media=int(getattr(media, "value", media)),
         )
 
     async def logout(self) -> None:

@@ -24,7 +24,7 @@ import httpx
 
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
-from appliance.engines.base import Engine, EngineHost, OutboundMessage, SendError
+from appliance.engines.base import Engine, EngineAction, EngineHost, OutboundMessage, SendError
 from appliance.engines.cloud.graph import (
     PAIR_RATE_RETRY_S,
     GraphClient,
@@ -143,6 +143,12 @@ class CloudEngine(Engine):
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         for message_id in message_ids:
             await self.graph.mark_read(message_id)
+
+    async def perform(self, action: EngineAction) -> None:
+        """Mark read and typing: appliance/engines/cloud/actions.py."""
+        from appliance.engines.cloud.actions import perform
+
+        await perform(self.graph, action)
 
     async def logout(self) -> None:
         """The Cloud API has no session to end: stop serving; the token stays stored."""

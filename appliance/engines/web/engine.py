@@ -31,6 +31,7 @@ from appliance.config import account_session_dir
 from appliance.db.database import Database
 from appliance.engines.base import (
     Engine,
+    EngineAction,
     EngineHost,
     InboundMessage,
     LoggedOut,
@@ -367,6 +368,16 @@ class WebEngine(Engine):
             return None
         _chat, sender = self._recent.get(target, (message.to_jid, message.to_jid))
         return reply_context(target=target, wa_target=await self._ids.wa_id(target), sender=sender)
+
+    @property
+    def id_map(self) -> IdMap:
+        return self._ids
+
+    async def perform(self, action: EngineAction) -> None:
+        """Actions that reach WhatsApp: appliance/engines/web/actions.py."""
+        from appliance.engines.web.actions import perform
+
+        await perform(self, action)
 
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         client = self.client

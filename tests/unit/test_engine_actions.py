@@ -1,0 +1,347 @@
+"""Actions that reach WhatsApp (appliance/messaging/actions.py): the routes in the
+in-process app (202 once queued, idempotency, refusals before anything is queued), and
+the worker's action loop against the sandbox engine (effects, events, retries with one
+effect)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from appliance.auth.permissions import Role
+from appliance.db.database import Database
+from appliance.engines import registry
+from appliance.engines.base import EngineAction
+from appliance.engines.sandbox import SandboxEngine
+from appliance.messaging import actions_store, store
+from appliance.messaging.actions import ACTION_QUEUE, ACTION_TYPES, accept_action
+from appliance.worker.actions_loop import ActionLoop
+from tests.unit.conftest import OpenDb
+from tests.unit.test_read_api import _inbound, _key, _outbound, _served
+
+SANDBOX, CLOUD = "acc_sb", "acc_cl"
+ALICE = "905551110001@s.whatsapp.net"
+NOBODY = "905551119999@s.whatsapp.net"
+
+
+async def _accounts(db: Database, **sandbox_settings: Any) -> None:
+    async with db.write() as conn:
+        for account_id, engine in ((SANDBOX, "sandbox"), (CLOUD, "cloud")):
+            await store.create_account(
+                conn,
+                account_id=account_id,
+                name=account_id,
+                engine=engine,
+                engine_settings=sandbox_settings if engine == "sandbox" else {},
+                settings={},
+                now=1.0,
+            )
+
+
+async def _sent(db: Database, account: str, chat: str, body: str, *, age_s: float = 0) -> str:
+    message_id = await _outbound(db, account, chat, body, now=time.time() - age_s)
+    async with db.write() as conn:
+        await store.set_message_status(conn, account, message_id, "sent", now=time.time())
+    return message_id
+
+
+async def _queued_actions(db: Database, account: str) -> int:
+    row = await db.fetchone(
+        "SELECT COUNT(*) FROM queue_jobs WHERE queue = ? AND payload LIKE ?",
+        (ACTION_QUEUE, f'%"{account}"%'),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def _events(db: Database, account: str, *types: str) -> list[dict[str, Any]]:
+    rows = await store.event_rows_after(db, 0, 10_000)
+    mine = [r for r in rows if r.account_id == account and r.type in types]
+    return [{**r.data, "event": r.type} for r in mine]
+
+
+def _run(open_db: OpenDb, db_path: Path, body: Any) -> None:
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await body(db)
+
+    asyncio.run(main())
+
+
+def test_registry_names_only_known_actions() -> None:
+    for name in registry.engine_names():
+        assert registry.capabilities(name).actions <= set(ACTION_TYPES), name
+    assert registry.capabilities("sandbox").actions == set(ACTION_TYPES)
+    assert registry.capabilities("web").actions == set(ACTION_TYPES)
+    assert registry.capabilities("cloud").actions == {"read", "presence"}
+
+
+def test_action_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        inbound = await _inbound(db, SANDBOX, ALICE, "hello")
+        await _inbound(db, CLOUD, ALICE, "hello")
+        mine = await _sent(db, SANDBOX, ALICE, "parcel sent")
+        old = await _sent(db, SANDBOX, ALICE, "old news", age_s=3 * 86400)
+        stale = await _sent(db, SANDBOX, ALICE, "typo", age_s=20 * 60)
+        queued = await _outbound(db, SANDBOX, ALICE, "not yet")
+        agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, SANDBOX, CLOUD)}"}
+        outsider = {"Authorization": f"Bearer {await _key(db, Role.AGENT, CLOUD)}"}
+        async with _served(tmp_path, db) as app:
+            client = app.test_client()
+
+            async def post(
+                path: str, json: Any = None, headers: dict[str, str] = agent
+            ) -> tuple[int, Any]:
+                response = await client.post(path, json=json, headers=headers)
+                return response.status_code, await response.get_json()
+
+            base = f"/api/accounts/{SANDBOX}"
+            status, got = await post(f"{base}/chats/{ALICE}/actions", {"type": "archive"})
+            assert status == 202, got
+            assert got["status"] == "queued" and got["type"] == "archive"
+            assert got["chat_id"] == ALICE and got["id"].startswith("act_")
+
+            # The same Idempotency-Key: one action, one job.
+            keyed = {**agent, "Idempotency-Key": "pin-1"}
+            s1, first = await post(f"{base}/chats/{ALICE}/actions", {"type": "pin"}, keyed)
+            s2, again = await post(f"{base}/chats/{ALICE}/actions", {"type": "pin"}, keyed)
+            assert (s1, s2) == (202, 202) and first["id"] == again["id"]
+            assert await _queued_actions(db, SANDBOX) == 2
+
+            # Refusals, nothing queued: the engine named, bad bodies, windows.
+            status, got = await post(
+                f"/api/accounts/{CLOUD}/chats/{ALICE}/actions", {"type": "pin"}
+            )
+            assert status == 409 and "the cloud engine cannot pin chats" in got["error"]
+            status, got = await post(f"{base}/chats/{ALICE}/actions", {"type": "mute"})
+            assert status == 400
+            status, got = await post(
+                f"{base}/chats/{ALICE}/actions", {"type": "mute", "until": time.time() - 5}
+            )
+            assert status == 422
+            status, got = await post(f"{base}/chats/{ALICE}/actions", {"type": "nap"})
+            assert status == 400
+            status, got = await post(f"{base}/chats/{NOBODY}/actions", {"type": "read"})
+            assert status == 404
+            status, got = await post(f"{base}/messages/{inbound}/revoke")
+            assert status == 422 and "your own" in got["error"]
+            status, got = await post(f"{base}/messages/{queued}/revoke")
+            assert status == 422 and "not sent yet" in got["error"]
+            status, got = await post(f"{base}/messages/{old}/revoke")
+            assert status == 422 and "too old" in got["error"]
+            status, got = await post(f"{base}/messages/{stale}/edit", {"text": "fixed"})
+            assert status == 422 and "too old" in got["error"]
+            status, got = await post(f"{base}/messages/{mine}/edit", {"text": ""})
+            assert status == 400
+            status, got = await post(f"/api/accounts/{CLOUD}/messages/NOPE/revoke")
+            assert status == 404
+            assert await _queued_actions(db, SANDBOX) == 2
+            assert await _queued_actions(db, CLOUD) == 0
+
+            # Out of the caller's grants: 404 as if absent.
+            status, _ = await post(f"{base}/chats/{ALICE}/actions", {"type": "read"}, outsider)
+            assert status == 404
+
+            status, got = await post(f"{base}/messages/{mine}/edit", {"text": "parcel SENT"})
+            assert status == 202 and got["message_id"] == mine, got
+            assert got["params"] == {"text": "parcel SENT"}
+            status, got = await post(f"{base}/messages/{old}/revoke")
+            assert status == 422
+            status, revoke = await post(f"{base}/messages/{mine}/revoke")
+            assert status == 202 and revoke["type"] == "revoke"
+            status, got = await post(f"{base}/chats/{ALICE}/presence", {"state": "composing"})
+            assert status == 202 and got["params"]["state"] == "composing"
+            status, got = await post(
+                f"/api/accounts/{CLOUD}/chats/{ALICE}/presence", {"state": "composing"}
+            )
+            assert status == 202  # the cloud engine has a typing indicator
+            status, got = await post(
+                f"/api/accounts/{CLOUD}/chats/{ALICE}/presence", {"state": "dancing"}
+            )
+            assert status == 400
+
+            response = await client.get(f"{base}/actions/{revoke['id']}", headers=agent)
+            assert response.status_code == 200
+            assert (await response.get_json())["status"] == "queued"
+            response = await client.get(f"{base}/actions/act_nope12345", headers=agent)
+            assert response.status_code == 404
+
+    _run(open_db, db_path, body)
+
+
+class _Accounts:
+    def __init__(self, engine: Any) -> None:
+        self.runtime = SimpleNamespace(connected=True, engine=engine)
+
+    def get(self, account_id: str) -> Any:
+        return self.runtime if account_id == SANDBOX else None
+
+
+async def _until(predicate: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_the_action_loop_applies_each_action_once(open_db: OpenDb, db_path: Path) -> None:
+    async def body(db: Database) -> None:
+        # The sandbox fails each action's first attempt: every one is retried.
+        await _accounts(db, fail_transient_attempts=1)
+        await _inbound(db, SANDBOX, ALICE, "hello")
+        mine = await _sent(db, SANDBOX, ALICE, "parcel sent")
+        other = await _sent(db, SANDBOX, ALICE, "second")
+        supported = registry.capabilities("sandbox").actions
+        until = time.time() + 3600
+        accepted = []
+        async with db.write() as conn:
+            for type_, params, message in (
+                ("read", None, None),
+                ("archive", None, None),
+                ("pin", None, None),
+                ("mute", {"until": until}, None),
+                ("edit", {"text": "parcel SENT"}, mine),
+                ("revoke", None, other),
+                ("presence", {"state": "composing"}, None),
+            ):
+                accepted.append(
+                    await accept_action(
+                        conn,
+                        account_id=SANDBOX,
+                        engine="sandbox",
+                        supported=supported,
+                        chat_jid=ALICE,
+                        type_=type_,  # type: ignore[arg-type]
+                        params=params,
+                        message_id=message,
+                    )
+                )
+        engine = SandboxEngine(
+            SANDBOX, {"fail_transient_attempts": 1}, {}, SimpleNamespace(settings={}), db=db
+        )
+        written = 0
+
+        async def events_written() -> None:
+            nonlocal written
+            written += 1
+
+        loop = ActionLoop(db, _Accounts(engine), events_written=events_written)  # type: ignore[arg-type]
+        loop.queue.backoff_base_s = loop.queue.backoff_cap_s = 0.05
+        await loop.recover()
+        loop.start()
+
+        async def all_done() -> bool:
+            rows = [await actions_store.action_row(db, SANDBOX, a.action.id) for a in accepted]
+            return all(r is not None and r.status != "queued" for r in rows)
+
+        try:
+            await _until(all_done, "every action to finish")
+        finally:
+            await loop.stop(5)
+        rows = [await actions_store.action_row(db, SANDBOX, a.action.id) for a in accepted]
+        assert [r.status for r in rows if r] == ["done"] * 7, [r.error for r in rows if r]
+
+        chat = await actions_store.chat_state(db, SANDBOX, ALICE)
+        assert chat is not None
+        assert (chat.archived, chat.pinned, chat.muted_until, chat.unread_count) == (
+            True,
+            True,
+            until,
+            0,
+        )
+        edited = await store.message_row(db, SANDBOX, mine)
+        assert edited is not None and edited.body == "parcel SENT"
+        revoked = await store.message_row(db, SANDBOX, other)
+        assert revoked is not None and revoked.deleted_at is not None
+
+        events = await _events(
+            db, SANDBOX, "action.completed", "chat.updated", "message.edited", "message.deleted"
+        )
+        completed = [e for e in events if e["event"] == "action.completed"]
+        assert sorted(e["id"] for e in completed) == sorted(a.action.id for a in accepted)
+        changes = [e["changes"] for e in events if e["event"] == "chat.updated"]
+        assert {"archived": True} in changes and {"pinned": True} in changes
+        assert {"muted_until": until} in changes and {"unread_count": 0} in changes
+        (edit_event,) = [e for e in events if e["event"] == "message.edited"]
+        assert edit_event["previous_text"] == "parcel sent" and edit_event["text"] == "parcel SENT"
+        assert [e["id"] for e in events if e["event"] == "message.deleted"] == [other]
+        assert written >= 1
+
+        # One effect each on the simulated WhatsApp, despite a failed first attempt.
+        served = await db.fetchall(
+            "SELECT type, offered FROM sandbox_server_actions WHERE account_id = ?", (SANDBOX,)
+        )
+        assert sorted(r[0] for r in served) == sorted(
+            ["read", "archive", "pin", "mute", "edit", "revoke", "presence"]
+        )
+        assert all(r[1] == 1 for r in served)
+
+        # A worker that died after WhatsApp accepted but before the commit hands the edit
+        # over again: the same send_id, so still one edit at WhatsApp.
+        edit_row = rows[4]
+        assert edit_row is not None and edit_row.send_id is not None
+        action = EngineAction(
+            id=edit_row.id,
+            account_id=SANDBOX,
+            type="edit",
+            chat_jid=ALICE,
+            params=edit_row.params,
+            message_id=mine,
+            send_id=edit_row.send_id,
+        )
+        engine._transient_failures[action.id] = 1  # past its simulated failure
+        await engine.perform(action)
+        served = await db.fetchall(
+            "SELECT COUNT(*), MAX(offered) FROM sandbox_server_actions "
+            "WHERE account_id = ? AND type = 'edit'",
+            (SANDBOX,),
+        )
+        assert tuple(served[0]) == (1, 2)
+
+    _run(open_db, db_path, body)
+
+
+def test_an_expired_typing_indicator_is_dropped_not_sent_late(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        await _inbound(db, SANDBOX, ALICE, "hello")
+        async with db.write() as conn:
+            accepted = await accept_action(
+                conn,
+                account_id=SANDBOX,
+                engine="sandbox",
+                supported=registry.capabilities("sandbox").actions,
+                chat_jid=ALICE,
+                type_="presence",
+                params={"state": "composing"},
+                now=time.time() - 60,
+            )
+        engine = SandboxEngine(SANDBOX, {}, {}, SimpleNamespace(settings={}), db=db)
+
+        async def nothing() -> None:
+            return None
+
+        loop = ActionLoop(db, _Accounts(engine), events_written=nothing)  # type: ignore[arg-type]
+        loop.start()
+
+        async def finished() -> bool:
+            row = await actions_store.action_row(db, SANDBOX, accepted.action.id)
+            return row is not None and row.status != "queued"
+
+        try:
+            await _until(finished, "the indicator to be dropped")
+        finally:
+            await loop.stop(5)
+        row = await actions_store.action_row(db, SANDBOX, accepted.action.id)
+        assert row is not None and row.status == "failed" and "expired" in (row.error or "")
+        assert await db.fetchall("SELECT 1 FROM sandbox_server_actions") == []
+        failed = await _events(db, SANDBOX, "action.failed")
+        assert [e["id"] for e in failed] == [accepted.action.id]
+
+    _run(open_db, db_path, body)
