@@ -133,6 +133,10 @@ class ChatOut(BaseModel):
     )
     resolved_at: float | None
     tags: list[TagRef] = Field(default_factory=list, description="The chat's tags, by name")
+    pinned: bool = Field(default=False, description="Pinned on WhatsApp")
+    muted_until: float | None = Field(
+        default=None, description="Muted on WhatsApp until then (Unix time); null: not muted"
+    )
 
 
 class ChatPage(BaseModel):
@@ -249,6 +253,8 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
             first_response_at=r.first_response_at,
             resolved_at=r.resolved_at,
             tags=tags.get(r.jid, []),
+            pinned=r.pinned,
+            muted_until=r.muted_until,
         )
         for r in rows
     ]
