@@ -189,8 +189,10 @@ async def accept_action(
     if type_ in ("read", "archive", "unarchive", "presence"):
         ids, last_at = await actions_store.read_targets(conn, account_id, chat_jid)
         params["last_message_at"] = last_at
-        if type_ in ("read", "presence"):  # presence: the Cloud API needs one
-            params["message_ids"] = ids if type_ == "read" else ids[-1:]
+        if type_ == "read":  # the caller's (the inbox's read position), else the newest
+            params.setdefault("message_ids", ids)
+        elif type_ == "presence":  # the Cloud API shows typing on a received message
+            params["message_ids"] = ids[-1:]
     send_id = None
     if type_ in ("revoke", "edit"):
         if message_id is None:

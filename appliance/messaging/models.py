@@ -182,6 +182,11 @@ class AccountSettings(Strict):
         description="When a user reads a chat (POST .../read), mark its messages read on "
         "WhatsApp too",
     )
+    archive_on_whatsapp: Bool = Field(
+        default=False,
+        description="When a user archives or unarchives a chat (PATCH .../chats/{chat}), "
+        "do it on WhatsApp too, where the engine can (a queued action)",
+    )
     timezone: Annotated[
         str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)
     ] = Field(

@@ -43,10 +43,12 @@ async def apply_effect(
 ) -> None:
     """What a done action changes in our state, with its events (in ``conn``)."""
     account, chat, kind = row.account_id, row.chat_jid, row.type
-    if kind in ("archive", "unarchive"):
+    if kind == "archive":  # WhatsApp unpins what it archives
         await actions_store.change_chat(
-            conn, account, chat, by="api", now=now, archived=kind == "archive"
+            conn, account, chat, by="api", now=now, archived=True, pinned=False
         )
+    elif kind == "unarchive":
+        await actions_store.change_chat(conn, account, chat, by="api", now=now, archived=False)
     elif kind in ("pin", "unpin"):
         await actions_store.change_chat(
             conn, account, chat, by="api", now=now, pinned=kind == "pin"

@@ -345,3 +345,38 @@ def test_an_expired_typing_indicator_is_dropped_not_sent_late(
         assert [e["id"] for e in failed] == [accepted.action.id]
 
     _run(open_db, db_path, body)
+
+
+def test_inbox_archive_and_read_queue_whatsapp_actions_when_the_account_says_so(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        async with db.write() as conn:
+            await store.update_account(
+                conn,
+                SANDBOX,
+                now=2.0,
+                settings={"archive_on_whatsapp": True, "mark_read_by_users": True},
+            )
+            await store.update_account(conn, CLOUD, now=2.0, settings={"archive_on_whatsapp": True})
+        await _inbound(db, SANDBOX, ALICE, "hello")
+        await _inbound(db, CLOUD, ALICE, "hello")
+        agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, SANDBOX, CLOUD)}"}
+        async with _served(tmp_path, db) as app:
+            client = app.test_client()
+            for account in (SANDBOX, CLOUD):
+                path = f"/api/accounts/{account}/chats/{ALICE}"
+                response = await client.patch(path, json={"archived": True}, headers=agent)
+                assert response.status_code == 200, await response.get_json()
+                assert (await response.get_json())["archived"] is True
+                response = await client.post(f"{path}/read", headers=agent)
+                assert response.status_code == 200
+        rows = await db.fetchall(
+            "SELECT account_id, type FROM engine_actions ORDER BY created_at, rowid"
+        )
+        # The cloud engine cannot archive: its chat is archived here only, no action.
+        assert [tuple(r) for r in rows] == [(SANDBOX, "archive"), (SANDBOX, "read")]
+        assert await _queued_actions(db, SANDBOX) == 2
+
+    _run(open_db, db_path, body)
