@@ -224,3 +224,20 @@ async def accept_action(
     row = await actions_store.action_row(conn, account_id, action_id)
     assert row is not None  # written just now, in this transaction
     return ActionAccepted(row, created=True)
+
+
+def capability_table(actions_of: dict[str, frozenset[str]], blocks: dict[str, bool]) -> str:
+    """The runbook's capability table (runbook/messaging.md), one row per action (and
+    blocking contacts) and a column per engine: a test keeps the runbook equal to what
+    the registry says."""
+    names = list(actions_of)
+    lines = [
+        "| action | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+    for type_ in ACTION_TYPES:
+        marks = ["yes" if type_ in actions_of[n] else "no" for n in names]
+        lines.append(f"| `{type_}` ({VERBS[type_]}) | " + " | ".join(marks) + " |")
+    marks = ["yes" if blocks[n] else "no" for n in names]
+    lines.append("| block / unblock a contact | " + " | ".join(marks) + " |")
+    return "\n".join(lines)

@@ -17,7 +17,12 @@ from appliance.engines import registry
 from appliance.engines.base import EngineAction
 from appliance.engines.sandbox import SandboxEngine
 from appliance.messaging import actions_store, store
-from appliance.messaging.actions import ACTION_QUEUE, ACTION_TYPES, accept_action
+from appliance.messaging.actions import (
+    ACTION_QUEUE,
+    ACTION_TYPES,
+    accept_action,
+    capability_table,
+)
 from appliance.worker.actions_loop import ActionLoop
 from tests.unit.conftest import OpenDb
 from tests.unit.test_read_api import _inbound, _key, _outbound, _served
@@ -69,6 +74,20 @@ def _run(open_db: OpenDb, db_path: Path, body: Any) -> None:
             await body(db)
 
     asyncio.run(main())
+
+
+RUNBOOK = Path(__file__).resolve().parents[2] / "runbook" / "messaging.md"
+
+
+def test_the_runbooks_capability_table_is_the_registrys() -> None:
+    names = registry.engine_names()
+    table = capability_table(
+        {n: registry.capabilities(n).actions for n in names},
+        {n: registry.capabilities(n).block_contacts for n in names},
+    )
+    text = RUNBOOK.read_text()
+    section = text.split("### Capability table", 1)[1]
+    assert table in section, f"runbook/messaging.md's table is stale; it should be:\n{table}"
 
 
 def test_registry_names_only_known_actions() -> None:
