@@ -211,6 +211,7 @@ ENGINES: Mapping[str, EngineSpec] = {
                 needs_media_files=True,
                 download_media=True,
                 session_files=True,
+                block_contacts=True,
                 actions=_ALL_ACTIONS,
             ),
             settings_model_path="appliance.engines.web.settings:WebSettings",

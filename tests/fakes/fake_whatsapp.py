@@ -253,6 +253,7 @@ class FakeWhatsAppServer:
         self._conns: set[_Conn] = set()
         self._app_state: list[tuple[str, ev.PatchInfo]] = []  # (account, patch) as sent
         self._presences: list[ChatPresenceSent] = []
+        self._blocked: dict[str, set[str]] = {}  # account -> blocked jids
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -823,6 +824,19 @@ class FakeWhatsAppServer:
         self._presences.append(presence)
         return {}
 
+    def _op_blocklist(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "UpdateBlocklistError")
+        blocked = self._blocked.setdefault(account.name, set())
+        if frame["action"] == "block":
+            blocked.add(frame["jid"])
+        else:
+            blocked.discard(frame["jid"])
+        return {"jids": sorted(blocked)}
+
+    def blocked(self, account: str) -> set[str]:
+        """The jids the account has blocked at WhatsApp."""
+        return set(self._call(lambda: set(self._blocked.get(account, set()))))
+
     def app_state(self, account: str) -> list[ev.PatchInfo]:
         """The app-state patches (archive, pin, mute, read) the account sent, in order."""
         return list(self._call(lambda: [p for a, p in self._app_state if a == account]))
@@ -1215,6 +1229,15 @@ class FakeClient:
         await self._request(
             "app_state", "SendAppStateError", b64=_b64(patch_info.SerializeToString())
         )
+
+    async def update_blocklist(self, jid_: ev.JID, action: Any) -> ev.Blocklist:
+        answer = await self._request(
+            "blocklist",
+            "UpdateBlocklistError",
+            jid=jid_text(jid_),
+            action=str(getattr(action, "value", action)),
+        )
+        return complete(ev.Blocklist(JIDs=[jid(j) for j in answer["jids"]]))
 
     async def send_chat_presence(self, jid_: ev.JID, state: Any, media: Any) -> None:
         await self._request(

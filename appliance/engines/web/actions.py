@@ -81,22 +81,27 @@ def chat_patch(action: EngineAction, last_message_at: float | None = None) -> An
             mutations.insert(
                 0, _mutation(INDEX_PIN, jid, 5, pinAction=sync.PinAction(pinned=False))
             )
-        return PatchInfo(Type=PATCH_REGULAR_LOW, Mutations=mutations)
+        return PatchInfo(Timestamp=_ms() // 1000, Type=PATCH_REGULAR_LOW, Mutations=mutations)
     if kind in ("pin", "unpin"):
         pin = sync.PinAction(pinned=kind == "pin")
         return PatchInfo(
-            Type=PATCH_REGULAR_LOW, Mutations=[_mutation(INDEX_PIN, jid, 5, pinAction=pin)]
+            Timestamp=_ms() // 1000,
+            Type=PATCH_REGULAR_LOW,
+            Mutations=[_mutation(INDEX_PIN, jid, 5, pinAction=pin)],
         )
     if kind in ("mute", "unmute"):
         mute = sync.MuteAction(muted=kind == "mute")
         if kind == "mute":
             mute.muteEndTimestamp = int(float(action.params["until"]) * 1000)
         return PatchInfo(
-            Type=PATCH_REGULAR_HIGH, Mutations=[_mutation(INDEX_MUTE, jid, 2, muteAction=mute)]
+            Timestamp=_ms() // 1000,
+            Type=PATCH_REGULAR_HIGH,
+            Mutations=[_mutation(INDEX_MUTE, jid, 2, muteAction=mute)],
         )
     if kind == "read":
         read = sync.MarkChatAsReadAction(read=True, messageRange=_range(last_message_at))
         return PatchInfo(
+            Timestamp=_ms() // 1000,
             Type=PATCH_REGULAR_LOW,
             Mutations=[_mutation(INDEX_READ, jid, 3, markChatAsReadAction=read)],
         )
@@ -191,3 +196,20 @@ async def _protocol_message(engine: WebEngine, client: Any, action: EngineAction
     if not wa_id:
         raise ActionError("WhatsApp returned no message id", permanent=False)
     await ids.accepted(send_id, wa_id)
+
+
+async def set_blocked(engine: WebEngine, jid: str, blocked: bool) -> None:
+    """Block or unblock a contact at WhatsApp (neonize ``update_blocklist``); raises
+    ActionError (an EngineError: the worker answers 409 with the reason)."""
+    from neonize.utils.enum import BlocklistAction
+
+    client = engine.client
+    if client is None or not engine.connection.connected.is_set():
+        raise ActionError("not connected", permanent=False)
+    action = BlocklistAction.BLOCK if blocked else BlocklistAction.UNBLOCK
+    try:
+        async with GO_GATE.shared():
+            await client.update_blocklist(to_jid(jid), action)
+    except Exception as exc:
+        raise _error(exc) from exc
+    engine.connection.last_traffic = time.monotonic()

@@ -379,6 +379,12 @@ class WebEngine(Engine):
 
         await perform(self, action)
 
+    async def set_blocked(self, jid: str, blocked: bool) -> None:
+        """Block or unblock a contact: appliance/engines/web/actions.py."""
+        from appliance.engines.web.actions import set_blocked
+
+        await set_blocked(self, jid, blocked)
+
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         client = self.client
         if client is None or not message_ids:
