@@ -266,16 +266,20 @@ async def edit_message(
     by: str,
     edited_at: float,
     now: float,
+    sender_jid: str | None = None,
 ) -> bool:
-    """Replace a text message's body (an edit we made, or one made on the phone or by
-    the sender); appends ``message.edited`` with the previous text. False: no such text
-    message, or the text was already this."""
-    row = await _one(
-        conn,
+    """Replace a text message's body (an edit we made, or one the sender made: then
+    ``sender_jid`` must be the message's sender); appends ``message.edited`` with the
+    previous text. False: no such text message (of that sender), or no change."""
+    sql = (
         "SELECT chat_jid, direction, body, content FROM messages "
-        "WHERE account_id = ? AND id = ? AND type = 'text'",
-        (account_id, message_id),
+        "WHERE account_id = ? AND id = ? AND type = 'text' AND deleted_at IS NULL"
     )
+    params: tuple[str, ...] = (account_id, message_id)
+    if sender_jid is not None:  # an edit someone sent: only of their own message
+        sql += " AND direction = 'in' AND sender_jid = ?"
+        params += (sender_jid,)
+    row = await _one(conn, sql, params)
     if row is None or row[2] == text:
         return False
     stored = orjson.loads(row[3]) if row[3] else {}

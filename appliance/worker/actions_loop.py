@@ -26,7 +26,7 @@ import aiosqlite
 from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
-from appliance.engines.base import ActionError, EngineAction
+from appliance.engines.base import ActionError, EngineAction, InboundMessage
 from appliance.messaging import actions_store, store
 from appliance.messaging.actions import ACTION_QUEUE, ACTION_RETRY, PRESENCE_TTL_S, action_out
 from appliance.worker.accounts import Accounts
@@ -69,6 +69,29 @@ async def apply_effect(
         await actions_store.edit_message(
             conn, account, row.message_id, text, by="api", edited_at=now, now=now
         )
+
+
+async def apply_edit(
+    conn: aiosqlite.Connection, account_id: str, message: InboundMessage, now: float
+) -> None:
+    """An edit WhatsApp delivered (``type: edit``, mapped by the engine): the sender
+    changed the text of a message of theirs; ``message.edited`` (``by``: the sender).
+    Edits of messages that are not the sender's own are ignored."""
+    part = message.content.get("edit") or {}
+    target = part.get("message_id") or message.reply_to
+    text = part.get("text")
+    if not target or not isinstance(text, str) or not text:
+        return
+    await actions_store.edit_message(
+        conn,
+        account_id,
+        str(target),
+        text,
+        by=message.sender_jid,
+        edited_at=message.timestamp or now,
+        now=now,
+        sender_jid=message.sender_jid,
+    )
 
 
 class ActionLoop:

@@ -6,10 +6,13 @@ effect)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from appliance.auth.permissions import Role
 from appliance.db.database import Database
@@ -23,7 +26,7 @@ from appliance.messaging.actions import (
     accept_action,
     capability_table,
 )
-from appliance.worker.actions_loop import ActionLoop
+from appliance.worker.actions_loop import ActionLoop, apply_edit
 from tests.unit.conftest import OpenDb
 from tests.unit.test_read_api import _inbound, _key, _outbound, _served
 
@@ -397,5 +400,61 @@ def test_inbox_archive_and_read_queue_whatsapp_actions_when_the_account_says_so(
         # The cloud engine cannot archive: its chat is archived here only, no action.
         assert [tuple(r) for r in rows] == [(SANDBOX, "archive"), (SANDBOX, "read")]
         assert await _queued_actions(db, SANDBOX) == 2
+
+    _run(open_db, db_path, body)
+
+
+def test_an_edit_from_whatsapp_changes_the_senders_message_only(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    pytest.importorskip("neonize")
+    from neonize.proto import Neonize_pb2 as ev
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    from appliance.engines.web.protobuf import map_inbound
+
+    def jid(value: str) -> Any:
+        user, _, server = value.partition("@")
+        return ev.JID(User=user, Server=server, Device=0, RawAgent=0, Integrator=0, IsEmpty=False)
+
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        original = await _inbound(db, SANDBOX, ALICE, "see you at 5")
+        protocol = e2e.ProtocolMessage(
+            key=MessageKey(remoteJID=ALICE, fromMe=False, ID=original),
+            type=e2e.ProtocolMessage.MESSAGE_EDIT,
+            editedMessage=e2e.Message(conversation="see you at 6"),
+        )
+        event = ev.Message(
+            Info=ev.MessageInfo(
+                MessageSource=ev.MessageSource(Chat=jid(ALICE), Sender=jid(ALICE)),
+                ID="WAEDIT1",
+                Timestamp=1_700_000_000,
+            ),
+            Message=e2e.Message(
+                editedMessage=e2e.FutureProofMessage(message=e2e.Message(protocolMessage=protocol))
+            ),
+        )
+        mapped = map_inbound(event)
+        assert mapped is not None
+        edit, _ = mapped
+        assert (edit.type, edit.reply_to) == ("edit", original)
+        assert edit.content == {
+            "type": "edit",
+            "edit": {"message_id": original, "text": "see you at 6"},
+        }
+
+        forged = dataclasses.replace(edit, sender_jid=NOBODY)
+        async with db.write() as conn:
+            await apply_edit(conn, SANDBOX, forged, time.time())  # not the sender's: ignored
+        row = await store.message_row(db, SANDBOX, original)
+        assert row is not None and row.body == "see you at 5"
+        async with db.write() as conn:
+            await apply_edit(conn, SANDBOX, edit, time.time())
+        row = await store.message_row(db, SANDBOX, original)
+        assert row is not None and row.body == "see you at 6"
+        (event_data,) = await _events(db, SANDBOX, "message.edited")
+        assert event_data["by"] == ALICE and event_data["previous_text"] == "see you at 5"
 
     _run(open_db, db_path, body)
