@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -26,7 +27,7 @@ from pydantic import (
 )
 
 from appliance.engines import registry as engines
-from appliance.schemas_base import Bool, Int, Strict
+from appliance.schemas_base import Bool, Int, Strict, number_only
 
 if TYPE_CHECKING:
     EngineName = str
@@ -84,7 +85,17 @@ _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _JID = re.compile(r"^([0-9]{6,20}(-[0-9]{1,20})?)@(s\.whatsapp\.net|g\.us)$")
 # Either of the two, as the spec's pattern for `to` and `from`.
 RECIPIENT_PATTERN = r"^(\+[1-9][0-9]{6,14}|[0-9]{6,20}(-[0-9]{1,20})?@(s\.whatsapp\.net|g\.us))$"
-CONTENT_PARTS = ("text", "image", "document", "audio", "video", "reaction", "template")
+CONTENT_PARTS = (
+    "text",
+    "image",
+    "document",
+    "audio",
+    "video",
+    "reaction",
+    "template",
+    "location",
+    "contacts",
+)
 
 
 def recipient_jid(value: str) -> str:
@@ -326,6 +337,39 @@ class Reaction(Strict):
     )
 
 
+class Location(Strict):
+    """A place (the Cloud API's `location`)."""
+
+    # int | float: a stored location comes back byte for byte (2 stays 2, not 2.0).
+    latitude: Annotated[int | float, Field(ge=-90, le=90), BeforeValidator(number_only)]
+    longitude: Annotated[int | float, Field(ge=-180, le=180), BeforeValidator(number_only)]
+    name: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    address: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class ContactName(Strict):
+    formatted_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    first_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    last_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class ContactPhone(Strict):
+    phone: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        default=None, description="CELL, MAIN, IPHONE, HOME, WORK"
+    )
+    wa_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{6,20}$")] | None = Field(
+        default=None, description="The WhatsApp id (digits) of the number"
+    )
+
+
+class ContactCard(Strict):
+    """One contact card (the Cloud API's `contacts[]`, names and phones)."""
+
+    name: ContactName
+    phones: Annotated[list[ContactPhone], Field(max_length=20)] = Field(default_factory=list)
+
+
 class TemplateLanguage(Strict):
     code: Annotated[str, StringConstraints(min_length=2, max_length=16)]
 
@@ -431,6 +475,27 @@ class TemplateContent(_TypedContent):
     context: Context | None = None
 
 
+class LocationContent(_TypedContent):
+    type: Literal["location"]
+    location: Location
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        parts = [p for p in (self.location.name, self.location.address) if p]
+        return " ".join(parts) or None
+
+
+class ContactsContent(_TypedContent):
+    type: Literal["contacts"]
+    contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)]
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        return ", ".join(c.name.formatted_name for c in self.contacts)
+
+
 Content = Annotated[
     TextContent
     | ImageContent
@@ -438,7 +503,9 @@ Content = Annotated[
     | AudioContent
     | VideoContent
     | ReactionContent
-    | TemplateContent,
+    | TemplateContent
+    | LocationContent
+    | ContactsContent,
     Field(discriminator="type"),
 ]
 CONTENT: TypeAdapter[Content] = TypeAdapter(Content)
@@ -474,7 +541,17 @@ class MessageContent(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_content_matches_type)
 
-    type: Literal["text", "image", "document", "audio", "video", "reaction", "template"]
+    type: Literal[
+        "text",
+        "image",
+        "document",
+        "audio",
+        "video",
+        "reaction",
+        "template",
+        "location",
+        "contacts",
+    ]
     text: Text | None = None
     image: Media | None = None
     document: Media | None = None
@@ -482,11 +559,13 @@ class MessageContent(Strict):
     video: Media | None = None
     reaction: Reaction | None = None
     template: Template | None = None
+    location: Location | None = None
+    contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)] | None = None
     context: Context | None = None
 
     @model_validator(mode="after")
     def _matches_type(self) -> MessageContent:
-        parts = ("text", "image", "document", "audio", "video", "reaction", "template")
+        parts = CONTENT_PARTS
         given = [p for p in parts if getattr(self, p) is not None]
         if given != [self.type]:
             raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")
@@ -500,6 +579,8 @@ class MessageContent(Strict):
     def body(self) -> str | None:
         if self.text is not None:
             return self.text.body
+        if self.location is not None or self.contacts is not None:
+            return self.typed().body
         media = self.media
         return media.caption if media is not None else None
 

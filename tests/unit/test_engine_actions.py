@@ -458,3 +458,69 @@ def test_an_edit_from_whatsapp_changes_the_senders_message_only(
         assert event_data["by"] == ALICE and event_data["previous_text"] == "see you at 5"
 
     _run(open_db, db_path, body)
+
+
+def test_locations_and_contact_cards_map_both_ways_on_the_web_engine() -> None:
+    pytest.importorskip("neonize")
+    from neonize.proto import Neonize_pb2 as ev
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    from appliance.engines.web.content import outbound
+    from appliance.engines.web.protobuf import map_inbound
+    from appliance.messaging.models import CONTENT
+
+    place = CONTENT.validate_python(
+        {
+            "type": "location",
+            "location": {"latitude": 41.04, "longitude": 29.0, "name": "Office", "address": "X"},
+        }
+    )
+    card = CONTENT.validate_python(
+        {
+            "type": "contacts",
+            "contacts": [
+                {
+                    "name": {"formatted_name": "Bob Smith", "first_name": "Bob"},
+                    "phones": [{"phone": "+90 555 111 22 33", "wa_id": "905551112233"}],
+                }
+            ],
+        }
+    )
+    sent_place = outbound(place, None)  # type: ignore[arg-type]
+    assert sent_place.locationMessage.degreesLatitude == 41.04
+    assert (sent_place.locationMessage.name, sent_place.locationMessage.address) == ("Office", "X")
+    sent_card = outbound(card, None)  # type: ignore[arg-type]
+    assert sent_card.contactMessage.displayName == "Bob Smith"
+    assert "TEL;type=CELL;waid=905551112233:+90 555 111 22 33" in sent_card.contactMessage.vcard
+    two = CONTENT.validate_python({"type": "contacts", "contacts": [card.contacts[0]] * 2})  # type: ignore[union-attr]
+    assert len(outbound(two, None).contactsArrayMessage.contacts) == 2  # type: ignore[arg-type]
+
+    def received(message: Any) -> Any:
+        source = ev.MessageSource(
+            Chat=ev.JID(User="905551110001", Server="s.whatsapp.net"),
+            Sender=ev.JID(User="905551110001", Server="s.whatsapp.net"),
+        )
+        event = ev.Message(Info=ev.MessageInfo(MessageSource=source, ID="WA1"), Message=message)
+        mapped = map_inbound(event)
+        assert mapped is not None
+        return mapped[0]
+
+    got = received(sent_place)
+    assert (got.type, got.body) == ("location", "Office X")
+    assert got.content["location"] == {
+        "latitude": 41.04,
+        "longitude": 29.0,
+        "name": "Office",
+        "address": "X",
+    }
+    got = received(sent_card)
+    assert got.type == "contacts" and got.body == "Bob Smith"
+    (back,) = got.content["contacts"]
+    assert back["name"] == {"formatted_name": "Bob Smith"}
+    assert back["phones"] == [{"phone": "+90 555 111 22 33", "wa_id": "905551112233"}]
+    live = e2e.Message(liveLocationMessage=e2e.LiveLocationMessage(degreesLatitude=1.5))
+    assert received(live).content["location"] == {
+        "latitude": 1.5,
+        "longitude": 0.0,
+        "live": True,
+    }

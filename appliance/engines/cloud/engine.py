@@ -34,7 +34,13 @@ from appliance.engines.cloud.inbox import Inbox
 from appliance.engines.cloud.settings import CloudConfig
 from appliance.engines.cloud.store import CloudStore
 from appliance.messaging.media import MediaRecord
-from appliance.messaging.models import ReactionContent, TemplateContent, TextContent
+from appliance.messaging.models import (
+    ContactsContent,
+    LocationContent,
+    ReactionContent,
+    TemplateContent,
+    TextContent,
+)
 from appliance.net import ssrf
 
 log = logging.getLogger("appliance.engines.cloud")
@@ -202,6 +208,12 @@ class CloudEngine(Engine):
                 "message_id": await self._wamid_of(content.reaction.message_id),
                 "emoji": content.reaction.emoji,
             }
+        elif isinstance(content, LocationContent):
+            payload["location"] = content.location.model_dump(mode="json", exclude_none=True)
+        elif isinstance(content, ContactsContent):
+            payload["contacts"] = [
+                c.model_dump(mode="json", exclude_none=True) for c in content.contacts
+            ]
         elif isinstance(content, TemplateContent):
             # As given: the components are Graph's own shape, passed on unchanged.
             payload["template"] = content.template.model_dump(mode="json", exclude_unset=True)

@@ -62,7 +62,12 @@ from appliance.engines.web.protobuf import (
     to_jid,
 )
 from appliance.engines.web.settings import WebEngineError, WebSettings
-from appliance.messaging.models import ReactionContent, TextContent
+from appliance.messaging.models import (
+    ContactsContent,
+    LocationContent,
+    ReactionContent,
+    TextContent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +362,10 @@ class WebEngine(Engine):
                 emoji=content.reaction.emoji,
                 now_ms=int(time.time() * 1000),
             )
+        if isinstance(content, LocationContent | ContactsContent):
+            from appliance.engines.web.content import outbound
+
+            return outbound(content, context)
         if content.media is not None:
             return await build_media(self.client, message, context)
         raise SendError(f"the web engine cannot send {message.type!r} messages", permanent=True)

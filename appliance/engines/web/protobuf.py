@@ -83,6 +83,12 @@ def to_jid(jid: str) -> Any:
 # -- inbound -------------------------------------------------------------------------------
 
 
+def shared_content(message: Any) -> tuple[str, dict[str, Any], str | None, Any] | None:
+    from appliance.engines.web.content import inbound
+
+    return inbound(message)
+
+
 def _unwrap(message: Any) -> Any:
     """Ephemeral, view-once and document-with-caption wrappers hold the real message."""
     for _ in range(4):
@@ -161,6 +167,9 @@ def map_inbound(
         content = {"type": "text", "text": {"body": body}}
         type_ = "text"
         context = _context_of(ext)
+    elif (shared := shared_content(message)) is not None:  # location, contact cards
+        type_, content, body, part = shared
+        context = _context_of(part)
     else:
         kind = next((k for k in MEDIA_KINDS if message.HasField(k)), None)
         if kind is None:
