@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("neonize")
 
 from google.protobuf.json_format import MessageToDict
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from tests.fakes.fake_whatsapp import FakeWhatsAppServer
 from tests.integration.conftest import Appliance, bearer, new_api_key
@@ -77,7 +78,10 @@ def _patch(fake: FakeWhatsAppServer, count: int) -> dict[str, Any]:
 
 
 def _chat(c: httpx.Client) -> dict[str, Any]:
+    """The chat ({} until its first message is stored)."""
     response = c.get(f"/api/accounts/{ACCOUNT}/chats/{ALICE_JID}")
+    if response.status_code == 404:
+        return {}
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -87,7 +91,7 @@ def test_chat_settings_reach_whatsapp_as_app_state_patches(
 ) -> None:
     _linked(app, admin, fake, ACCOUNT, PHONE)
     fake.push_text(ACCOUNT, ALICE_JID, "hello there")
-    _wait(lambda: _chat(admin)["unread_count"] == 1, 20, "the inbound message", app)
+    _wait(lambda: _chat(admin).get("unread_count") == 1, 60, "the inbound message", app)
     inbound_id = _events(admin, ACCOUNT, "message.received")[-1]["data"]["id"]
 
     archive = _action(admin, f"chats/{ALICE_JID}/actions", {"type": "archive"})
@@ -181,6 +185,73 @@ def test_typing_revoke_and_edit_reach_whatsapp_once(
     # Deleted now: a second revoke is refused before anything is queued.
     response = admin.post(f"/api/accounts/{ACCOUNT}/messages/{first}/revoke")
     assert response.status_code == 422, response.text
+
+
+def test_locations_contact_cards_and_blocks_reach_whatsapp_and_come_back(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer
+) -> None:
+    _linked(app, admin, fake, ACCOUNT, PHONE)
+    place = {"latitude": 41.0082, "longitude": 28.9784, "name": "Office", "address": "Istanbul"}
+    sent_place = _send(admin, ACCOUNT, {"to": ALICE, "type": "location", "location": place})
+    _wait_status(app, admin, ACCOUNT, sent_place, "sent")
+    location = [s for s in fake.sent(ACCOUNT) if s.kind == "locationMessage"][-1]
+    assert location.message["locationMessage"] == {
+        "degreesLatitude": 41.0082,
+        "degreesLongitude": 28.9784,
+        "name": "Office",
+        "address": "Istanbul",
+    }
+    card = {
+        "name": {"formatted_name": "Bob"},
+        "phones": [{"phone": "+15554445555", "wa_id": "15554445555"}],
+    }
+    sent_card = _send(admin, ACCOUNT, {"to": ALICE, "type": "contacts", "contacts": [card]})
+    _wait_status(app, admin, ACCOUNT, sent_card, "sent")
+    contact = [s for s in fake.sent(ACCOUNT) if s.kind == "contactMessage"][-1]
+    assert contact.message["contactMessage"]["displayName"] == "Bob"
+    assert (
+        "TEL;type=CELL;waid=15554445555:+15554445555" in contact.message["contactMessage"]["vcard"]
+    )
+
+    # The contact sends a location and a card back: stored in the Cloud API shapes.
+    got_place = fake.push_message(
+        ACCOUNT,
+        e2e.Message(locationMessage=e2e.LocationMessage(degreesLatitude=1.5, degreesLongitude=2.5)),
+        chat=ALICE_JID,
+    )
+    vcard = "\n".join(
+        [
+            "BEGIN:VCARD",
+            "VERSION:3.0",
+            "FN:Carol",
+            "TEL;type=CELL;waid=15556667777:+1 555 666 7777",
+            "END:VCARD",
+        ]
+    )
+    got_card = fake.push_message(
+        ACCOUNT,
+        e2e.Message(contactMessage=e2e.ContactMessage(displayName="Carol", vcard=vcard)),
+        chat=ALICE_JID,
+    )
+    fake.wait_acked(ACCOUNT, got_card)
+    stored_place = admin.get(f"/api/accounts/{ACCOUNT}/messages/{got_place}").json()
+    assert stored_place["content"] == {
+        "type": "location",
+        "location": {"latitude": 1.5, "longitude": 2.5},
+    }
+    stored_card = admin.get(f"/api/accounts/{ACCOUNT}/messages/{got_card}").json()
+    assert stored_card["type"] == "contacts"
+    (carol,) = stored_card["content"]["contacts"]
+    assert carol["name"] == {"formatted_name": "Carol"}
+    assert carol["phones"] == [{"phone": "+1 555 666 7777", "wa_id": "15556667777"}]
+
+    # Block and unblock at WhatsApp (issue 13): the web engine can now.
+    blocked = admin.post(f"/api/accounts/{ACCOUNT}/contacts/{ALICE_JID}/block")
+    assert blocked.status_code == 200, blocked.text
+    assert ALICE_JID in fake.blocked(ACCOUNT)
+    unblocked = admin.post(f"/api/accounts/{ACCOUNT}/contacts/{ALICE_JID}/unblock")
+    assert unblocked.status_code == 200, unblocked.text
+    assert ALICE_JID not in fake.blocked(ACCOUNT)
 
 
 def test_an_action_the_cloud_engine_cannot_do_names_the_engine(admin: httpx.Client) -> None:
