@@ -524,3 +524,47 @@ def test_locations_and_contact_cards_map_both_ways_on_the_web_engine() -> None:
         "longitude": 0.0,
         "live": True,
     }
+
+
+def test_the_cloud_engine_sends_locations_and_contact_cards_in_graphs_shapes(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    import httpx
+    import orjson
+
+    from appliance.engines.base import OutboundMessage
+    from appliance.engines.cloud import CloudEngine
+    from tests.unit.test_cloud_engine import CIPHER, GUARD, FakeHost, _cloud_account
+
+    def graph(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no Graph call expected: {request.url}")
+
+    async def body(db: Database) -> None:
+        async with db.write() as conn:
+            await _cloud_account(conn)
+        row = await store.account_row(db, "c1")
+        assert row is not None
+        engine = CloudEngine(
+            "c1",
+            orjson.loads(row["engine_settings"]),
+            {},
+            FakeHost(db, "c1"),
+            db=db,
+            cipher=CIPHER,
+            transport=httpx.MockTransport(graph),
+            **GUARD,
+        )
+        place = {"latitude": 41.0, "longitude": 29.5, "name": "Office"}
+        card = {"name": {"formatted_name": "Bob"}, "phones": [{"phone": "+1 555", "type": "CELL"}]}
+        for type_, part in (("location", place), ("contacts", [card])):
+            message = OutboundMessage(
+                account_id="c1",
+                id=f"msg_{type_}",
+                to_jid="16505551234@s.whatsapp.net",
+                type=type_,
+                content={"type": type_, type_: part},
+            )
+            payload = await engine._payload(message, "16505551234")
+            assert payload["type"] == type_ and payload[type_] == part, payload
+
+    _run(open_db, db_path, body)
