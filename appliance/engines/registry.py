@@ -67,6 +67,9 @@ class Capabilities:
     # Actions that reach WhatsApp (``Engine.perform``; appliance/messaging/actions.py
     # ``ACTION_TYPES``); the routes refuse the others with a 409 naming the engine.
     actions: frozenset[str] = frozenset()
+    # Sends ``interactive`` messages (reply buttons, lists); the send route refuses them
+    # with a 409 naming the engine otherwise.
+    interactive_messages: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ ENGINES: Mapping[str, EngineSpec] = {
                 inbound_injection=True,
                 block_contacts=True,
                 actions=_ALL_ACTIONS,
+                interactive_messages=True,
             ),
             settings_model_path="appliance.messaging.models:SandboxSettings",
             factory=_sandbox,
@@ -229,6 +233,7 @@ ENGINES: Mapping[str, EngineSpec] = {
                 # The Cloud API keeps no chat list: no archive, pin, mute; no revoke or
                 # edit of sent messages.
                 actions=frozenset({"read", "presence"}),
+                interactive_messages=True,
             ),
             settings_model_path="appliance.engines.cloud.settings:CloudSettings",
             factory=_cloud,

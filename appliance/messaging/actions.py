@@ -226,7 +226,9 @@ async def accept_action(
     return ActionAccepted(row, created=True)
 
 
-def capability_table(actions_of: dict[str, frozenset[str]], blocks: dict[str, bool]) -> str:
+def capability_table(
+    actions_of: dict[str, frozenset[str]], blocks: dict[str, bool], interactive: dict[str, bool]
+) -> str:
     """The runbook's capability table (runbook/messaging.md), one row per action (and
     blocking contacts) and a column per engine: a test keeps the runbook equal to what
     the registry says."""
@@ -238,6 +240,10 @@ def capability_table(actions_of: dict[str, frozenset[str]], blocks: dict[str, bo
     for type_ in ACTION_TYPES:
         marks = ["yes" if type_ in actions_of[n] else "no" for n in names]
         lines.append(f"| `{type_}` ({VERBS[type_]}) | " + " | ".join(marks) + " |")
-    marks = ["yes" if blocks[n] else "no" for n in names]
-    lines.append("| block / unblock a contact | " + " | ".join(marks) + " |")
+    for label, claims in (
+        ("block / unblock a contact", blocks),
+        ("send `interactive` messages (reply buttons, lists)", interactive),
+    ):
+        marks = ["yes" if claims[n] else "no" for n in names]
+        lines.append(f"| {label} | " + " | ".join(marks) + " |")
     return "\n".join(lines)

@@ -95,6 +95,7 @@ CONTENT_PARTS = (
     "template",
     "location",
     "contacts",
+    "interactive",
 )
 
 
@@ -370,6 +371,82 @@ class ContactCard(Strict):
     phones: Annotated[list[ContactPhone], Field(max_length=20)] = Field(default_factory=list)
 
 
+# Interactive messages' text limits (the Cloud API's).
+Short20 = Annotated[str, StringConstraints(min_length=1, max_length=20)]
+Short24 = Annotated[str, StringConstraints(min_length=1, max_length=24)]
+Short60 = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+Short72 = Annotated[str, StringConstraints(min_length=1, max_length=72)]
+Short200 = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Short256 = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Short1024 = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class InteractiveText(Strict):
+    text: Short1024
+
+
+class InteractiveHeader(Strict):
+    type: Literal["text"]
+    text: Short60
+
+
+class ReplyButtonReply(Strict):
+    id: Short256
+    title: Short20
+
+
+class ReplyButton(Strict):
+    type: Literal["reply"]
+    reply: ReplyButtonReply
+
+
+class ListRow(Strict):
+    id: Short200
+    title: Short24
+    description: Short72 | None = None
+
+
+class ListSection(Strict):
+    title: Short24 | None = None
+    rows: Annotated[list[ListRow], Field(min_length=1, max_length=10)]
+
+
+class InteractiveAction(Strict):
+    buttons: Annotated[list[ReplyButton], Field(min_length=1, max_length=3)] | None = Field(
+        default=None, description="type button: 1 to 3 reply buttons"
+    )
+    button: Short20 | None = Field(
+        default=None, description="type list: the label of the button that opens the list"
+    )
+    sections: Annotated[list[ListSection], Field(min_length=1, max_length=10)] | None = Field(
+        default=None, description="type list: up to 10 sections, 10 rows in all"
+    )
+
+
+class Interactive(Strict):
+    """Reply buttons or a list (the Cloud API's `interactive`, types button and list)."""
+
+    type: Literal["button", "list"]
+    header: InteractiveHeader | None = None
+    body: InteractiveText
+    footer: Annotated[InteractiveText, Field(description="at most 60 characters")] | None = None
+    action: InteractiveAction
+
+    @model_validator(mode="after")
+    def _action_matches_type(self) -> Interactive:
+        action = self.action
+        if self.type == "button" and (action.buttons is None or action.sections is not None):
+            raise ValueError("type button needs action.buttons (and no sections)")
+        if self.type == "list":
+            if action.sections is None or action.button is None or action.buttons is not None:
+                raise ValueError("type list needs action.button and action.sections")
+            if sum(len(s.rows) for s in action.sections) > 10:
+                raise ValueError("a list has at most 10 rows in all")
+        if self.footer is not None and len(self.footer.text) > 60:
+            raise ValueError("the footer has at most 60 characters")
+        return self
+
+
 class TemplateLanguage(Strict):
     code: Annotated[str, StringConstraints(min_length=2, max_length=16)]
 
@@ -496,6 +573,16 @@ class ContactsContent(_TypedContent):
         return ", ".join(c.name.formatted_name for c in self.contacts)
 
 
+class InteractiveContent(_TypedContent):
+    type: Literal["interactive"]
+    interactive: Interactive
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        return self.interactive.body.text
+
+
 Content = Annotated[
     TextContent
     | ImageContent
@@ -505,7 +592,8 @@ Content = Annotated[
     | ReactionContent
     | TemplateContent
     | LocationContent
-    | ContactsContent,
+    | ContactsContent
+    | InteractiveContent,
     Field(discriminator="type"),
 ]
 CONTENT: TypeAdapter[Content] = TypeAdapter(Content)
@@ -551,6 +639,7 @@ class MessageContent(Strict):
         "template",
         "location",
         "contacts",
+        "interactive",
     ]
     text: Text | None = None
     image: Media | None = None
@@ -561,6 +650,7 @@ class MessageContent(Strict):
     template: Template | None = None
     location: Location | None = None
     contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)] | None = None
+    interactive: Interactive | None = None
     context: Context | None = None
 
     @model_validator(mode="after")
@@ -579,7 +669,7 @@ class MessageContent(Strict):
     def body(self) -> str | None:
         if self.text is not None:
             return self.text.body
-        if self.location is not None or self.contacts is not None:
+        if self.location is not None or self.contacts is not None or self.interactive is not None:
             return self.typed().body
         media = self.media
         return media.caption if media is not None else None

@@ -87,6 +87,7 @@ def test_the_runbooks_capability_table_is_the_registrys() -> None:
     table = capability_table(
         {n: registry.capabilities(n).actions for n in names},
         {n: registry.capabilities(n).block_contacts for n in names},
+        {n: registry.capabilities(n).interactive_messages for n in names},
     )
     text = RUNBOOK.read_text()
     section = text.split("### Capability table", 1)[1]
@@ -556,7 +557,27 @@ def test_the_cloud_engine_sends_locations_and_contact_cards_in_graphs_shapes(
         )
         place = {"latitude": 41.0, "longitude": 29.5, "name": "Office"}
         card = {"name": {"formatted_name": "Bob"}, "phones": [{"phone": "+1 555", "type": "CELL"}]}
-        for type_, part in (("location", place), ("contacts", [card])):
+        buttons = {
+            "type": "button",
+            "body": {"text": "Did the parcel arrive?"},
+            "action": {"buttons": [{"type": "reply", "reply": {"id": "yes", "title": "Yes"}}]},
+        }
+        listed = {
+            "type": "list",
+            "header": {"type": "text", "text": "Menu"},
+            "body": {"text": "Pick one"},
+            "footer": {"text": "thanks"},
+            "action": {
+                "button": "Open",
+                "sections": [{"title": "Hours", "rows": [{"id": "r1", "title": "Today"}]}],
+            },
+        }
+        for type_, part in (
+            ("location", place),
+            ("contacts", [card]),
+            ("interactive", buttons),
+            ("interactive", listed),
+        ):
             message = OutboundMessage(
                 account_id="c1",
                 id=f"msg_{type_}",
@@ -566,5 +587,53 @@ def test_the_cloud_engine_sends_locations_and_contact_cards_in_graphs_shapes(
             )
             payload = await engine._payload(message, "16505551234")
             assert payload["type"] == type_ and payload[type_] == part, payload
+
+    _run(open_db, db_path, body)
+
+
+INTERACTIVE = {
+    "to": "+905551110001",
+    "type": "interactive",
+    "interactive": {
+        "type": "button",
+        "body": {"text": "Did the parcel arrive?"},
+        "action": {"buttons": [{"type": "reply", "reply": {"id": "yes", "title": "Yes"}}]},
+    },
+}
+
+
+def test_interactive_sends_need_an_engine_that_sends_them(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        async with db.write() as conn:
+            await store.create_account(
+                conn,
+                account_id="acc_web",
+                name="acc_web",
+                engine="web",
+                engine_settings={},
+                settings={},
+                now=1.0,
+            )
+        agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, CLOUD, 'acc_web')}"}
+        async with _served(tmp_path, db) as app:
+            client = app.test_client()
+            response = await client.post(
+                "/api/accounts/acc_web/messages", json=INTERACTIVE, headers=agent
+            )
+            assert response.status_code == 409
+            error = (await response.get_json())["error"]
+            assert error == "the web engine cannot send interactive messages"
+            response = await client.post(
+                f"/api/accounts/{CLOUD}/messages", json=INTERACTIVE, headers=agent
+            )
+            assert response.status_code == 202, await response.get_json()
+            bad = {**INTERACTIVE, "interactive": {**INTERACTIVE["interactive"], "type": "list"}}
+            response = await client.post(f"/api/accounts/{CLOUD}/messages", json=bad, headers=agent)
+            assert response.status_code == 400
+        rows = await db.fetchall("SELECT account_id, type FROM messages WHERE direction = 'out'")
+        assert [tuple(r) for r in rows] == [(CLOUD, "interactive")]
 
     _run(open_db, db_path, body)

@@ -36,6 +36,7 @@ from appliance.engines.cloud.store import CloudStore
 from appliance.messaging.media import MediaRecord
 from appliance.messaging.models import (
     ContactsContent,
+    InteractiveContent,
     LocationContent,
     ReactionContent,
     TemplateContent,
@@ -214,6 +215,8 @@ class CloudEngine(Engine):
             payload["contacts"] = [
                 c.model_dump(mode="json", exclude_none=True) for c in content.contacts
             ]
+        elif isinstance(content, InteractiveContent):
+            payload["interactive"] = content.interactive.model_dump(mode="json", exclude_none=True)
         elif isinstance(content, TemplateContent):
             # As given: the components are Graph's own shape, passed on unchanged.
             payload["template"] = content.template.model_dump(mode="json", exclude_unset=True)
