@@ -114,6 +114,11 @@ class EngineHost(Protocol):
 
     async def save_engine_state(self, state: dict[str, Any]) -> None: ...
 
+    async def on_chat_read(self, chat_jid: str) -> None:
+        """The account read the chat elsewhere (the phone, another linked device): its
+        unread count becomes 0, with ``chat.updated`` (``by: phone``)."""
+        ...
+
     async def on_delivery_failed(self, message_id: str, reason: str) -> None:
         """WhatsApp reported, after it accepted the send, that the message failed: the
         message becomes ``failed`` (error ``WhatsApp reported: <reason>``) unless it is

@@ -22,7 +22,7 @@ from appliance.db.database import Database
 from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut
 from appliance.errors import NotFound
-from appliance.messaging import store
+from appliance.messaging import actions_store, store
 from appliance.messaging.rows import AccountRow
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,14 @@ class AccountRuntime:
     async def save_engine_state(self, state: dict[str, Any]) -> None:
         async with self.service.db.write() as conn:
             await store.set_engine_state(conn, self.account_id, state)
+
+    async def on_chat_read(self, chat_jid: str) -> None:
+        async with self.service.db.write() as conn:
+            changes = await actions_store.change_chat(
+                conn, self.account_id, chat_jid, by="phone", now=time.time(), read=True
+            )
+        if changes:
+            await self.service.events_written()
 
     async def on_delivery_failed(self, message_id: str, reason: str) -> None:
         async with self.service.db.write() as conn:

@@ -128,6 +128,14 @@ def test_chat_settings_reach_whatsapp_as_app_state_patches(
     assert receipts[-1].ids == [inbound_id] and receipts[-1].chat == ALICE_JID
     assert _chat(admin)["unread_count"] == 0
 
+    # Read on the phone: WhatsApp's read-self receipt clears the unread count.
+    again = fake.push_text(ACCOUNT, ALICE_JID, "one more thing")
+    _wait(lambda: _chat(admin).get("unread_count") == 1, 60, "the second message", app)
+    fake.receipt(ACCOUNT, [again], "read-self", chat=ALICE_JID)
+    _wait(lambda: _chat(admin).get("unread_count") == 0, 60, "the phone's read", app)
+    by_phone = [e["data"] for e in _events(admin, ACCOUNT, "chat.updated")]
+    assert {"chat_id": ALICE_JID, "changes": {"unread_count": 0}, "by": "phone"} in by_phone
+
     changes = [e["data"]["changes"] for e in _events(admin, ACCOUNT, "chat.updated")]
     assert {"archived": True} in changes and {"pinned": True} in changes
     assert {"muted_until": until} in changes and {"unread_count": 0} in changes

@@ -50,8 +50,10 @@ from appliance.engines.web.idmap import IdMap
 from appliance.engines.web.linking import Linking
 from appliance.engines.web.media import MediaDownloader, build_media, with_media
 from appliance.engines.web.protobuf import (
+    RECEIPT_READ_SELF,
     TEMP_BAN_REASONS,
     describe,
+    jid_str,
     map_inbound,
     reaction_message,
     receipt_status,
@@ -227,6 +229,10 @@ class WebEngine(Engine):
         status = receipt_status(event.Type)
         if status is None:
             return
+        if event.Type == RECEIPT_READ_SELF:  # the chat was read on the phone (or elsewhere)
+            on_chat_read = getattr(self.host, "on_chat_read", None)
+            if on_chat_read is not None:
+                await on_chat_read(jid_str(event.MessageSource.Chat))
         for wa_id in event.MessageIDs:
             await self.host.on_receipt(await self._ids.app_id(wa_id), status)
 
