@@ -42,6 +42,7 @@ from appliance.api.routes import (
     users,
     webhooks,
 )
+from appliance.api.routes import actions as engine_actions
 from appliance.api.state import ApiState, state_of
 from appliance.config import Settings
 from appliance.crypto import DataCipher
@@ -193,6 +194,7 @@ def create_app(
     blueprints += (auto_replies.bp,)
     blueprints += (phone_sync.bp,)
     blueprints += (panel_bp,)  # the web panel (appliance/api/panel; runbook/panel.md)
+    blueprints += (engine_actions.bp,)
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

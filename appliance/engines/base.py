@@ -63,6 +63,32 @@ class SendError(EngineError):
         self.retry_after_s = retry_after_s
 
 
+@dataclass(frozen=True)
+class EngineAction:
+    """One action to take at WhatsApp (appliance/messaging/actions.py): ``type`` is one
+    of ``ACTION_TYPES``. ``message_id`` (revoke, edit) is our id of the message acted
+    on; ``send_id`` the id the protocol message goes out under, the same on every retry
+    (an engine that handed it to WhatsApp before does not send it again)."""
+
+    id: str
+    account_id: str
+    type: str
+    chat_jid: str
+    params: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
+    send_id: str | None = None
+
+
+class ActionError(EngineError):
+    """An action failed. ``permanent`` failures are not retried."""
+
+    def __init__(self, reason: str, *, permanent: bool, retry_after_s: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.retry_after_s = retry_after_s
+
+
 class LoggedOut(EngineError):
     """WhatsApp ended the session: linking again is needed."""
 
@@ -88,6 +114,11 @@ class EngineHost(Protocol):
     ) -> None: ...
 
     async def save_engine_state(self, state: dict[str, Any]) -> None: ...
+
+    async def on_chat_read(self, chat_jid: str) -> None:
+        """The account read the chat elsewhere (the phone, another linked device): its
+        unread count becomes 0, with ``chat.updated`` (``by: phone``)."""
+        ...
 
     async def on_delivery_failed(self, message_id: str, reason: str) -> None:
         """WhatsApp reported, after it accepted the send, that the message failed: the
@@ -151,6 +182,11 @@ class Engine(ABC):
 
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:  # noqa: B027
         """Tell WhatsApp the messages were read (optional)."""
+
+    async def perform(self, action: EngineAction) -> None:
+        """Take one action at WhatsApp; returns once WhatsApp accepted it, raises
+        ActionError. Only actions in the engine's ``Capabilities.actions`` reach it."""
+        raise ActionError(f"this engine cannot {action.type}", permanent=True)
 
     @abstractmethod
     async def logout(self) -> None:

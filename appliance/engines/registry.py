@@ -64,6 +64,12 @@ class Capabilities:
     # Blocks and unblocks contacts at WhatsApp (``set_blocked``); the contacts routes
     # refuse with a 4xx naming the engine otherwise.
     block_contacts: bool = False
+    # Actions that reach WhatsApp (``Engine.perform``; appliance/messaging/actions.py
+    # ``ACTION_TYPES``); the routes refuse the others with a 409 naming the engine.
+    actions: frozenset[str] = frozenset()
+    # Sends ``interactive`` messages (reply buttons, lists); the send route refuses them
+    # with a 409 naming the engine otherwise.
+    interactive_messages: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,10 @@ def _cloud_store_settings(settings: dict[str, Any], cipher: DataCipher) -> dict[
     return store_settings(settings, cipher)
 
 
+_ALL_ACTIONS = frozenset(
+    {"read", "archive", "unarchive", "pin", "unpin", "mute", "unmute", "presence", "revoke", "edit"}
+)
+
 ENGINES: Mapping[str, EngineSpec] = {
     spec.name: spec
     for spec in (
@@ -185,7 +195,12 @@ ENGINES: Mapping[str, EngineSpec] = {
             name="sandbox",
             summary="a simulated WhatsApp inside the worker (tests and try-outs)",
             capabilities=Capabilities(
-                media_upload=True, templates=True, inbound_injection=True, block_contacts=True
+                media_upload=True,
+                templates=True,
+                inbound_injection=True,
+                block_contacts=True,
+                actions=_ALL_ACTIONS,
+                interactive_messages=True,
             ),
             settings_model_path="appliance.messaging.models:SandboxSettings",
             factory=_sandbox,
@@ -200,6 +215,8 @@ ENGINES: Mapping[str, EngineSpec] = {
                 needs_media_files=True,
                 download_media=True,
                 session_files=True,
+                block_contacts=True,
+                actions=_ALL_ACTIONS,
             ),
             settings_model_path="appliance.engines.web.settings:WebSettings",
             factory=_web,
@@ -213,6 +230,10 @@ ENGINES: Mapping[str, EngineSpec] = {
                 download_media=True,
                 secret_endpoint=True,
                 meta_webhook=True,
+                # The Cloud API keeps no chat list: no archive, pin, mute; no revoke or
+                # edit of sent messages.
+                actions=frozenset({"read", "presence"}),
+                interactive_messages=True,
             ),
             settings_model_path="appliance.engines.cloud.settings:CloudSettings",
             factory=_cloud,

@@ -23,8 +23,18 @@ import random
 import time
 from typing import Any
 
+import orjson
+
 from appliance.db.database import Database
-from appliance.engines.base import Engine, EngineHost, InboundMessage, OutboundMessage, SendError
+from appliance.engines.base import (
+    ActionError,
+    Engine,
+    EngineAction,
+    EngineHost,
+    InboundMessage,
+    OutboundMessage,
+    SendError,
+)
 from appliance.messaging import store
 from appliance.messaging.models import SandboxSettings, jid_phone, recipient_jid
 
@@ -153,6 +163,37 @@ class SandboxEngine(Engine):
                     "DELETE FROM sandbox_server_blocked WHERE account_id = ? AND jid = ?",
                     (self.account_id, jid),
                 )
+
+        await self.db.write_batched(record)
+
+    async def perform(self, action: EngineAction) -> None:
+        """Accept an action on the simulated server (``sandbox_server_actions``): once
+        per action, or per ``send_id`` for revokes and edits; a repeat only counts."""
+        if self._closed.is_set():
+            raise ActionError("not connected", permanent=False)
+        failures = self._transient_failures.get(action.id, 0)
+        if failures < self.config.fail_transient_attempts:
+            self._transient_failures[action.id] = failures + 1
+            raise ActionError(f"simulated transient failure {failures + 1}", permanent=False)
+        self._transient_failures.pop(action.id, None)
+        now = time.time()
+        params = orjson.dumps(action.params).decode()
+
+        async def record(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO sandbox_server_actions (account_id, key, type, chat_jid, "
+                "message_id, params, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (account_id, key) DO UPDATE SET offered = offered + 1",
+                (
+                    self.account_id,
+                    action.send_id or action.id,
+                    action.type,
+                    action.chat_jid,
+                    action.message_id,
+                    params,
+                    now,
+                ),
+            )
 
         await self.db.write_batched(record)
 

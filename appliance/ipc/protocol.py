@@ -102,7 +102,10 @@ class PokeResult(_Model):
 # "events": an API process appended events (contacts); the worker announces them.
 # "schedules": a schedule was created or changed; the scheduler looks again.
 # "inbox": a snooze was set or changed; the inbox timer looks again.
-PokeTopic = Literal["send", "accounts", "sandbox_inbox", "webhooks", "events", "schedules", "inbox"]
+# "actions": an action that reaches WhatsApp was queued (appliance/messaging/actions.py).
+PokeTopic = Literal[
+    "send", "accounts", "sandbox_inbox", "webhooks", "events", "schedules", "inbox", "actions"
+]
 
 
 class PokeParams(Request[PokeResult]):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -26,7 +27,7 @@ from pydantic import (
 )
 
 from appliance.engines import registry as engines
-from appliance.schemas_base import Bool, Int, Strict
+from appliance.schemas_base import Bool, Int, Strict, number_only
 
 if TYPE_CHECKING:
     EngineName = str
@@ -82,13 +83,28 @@ EVENT_TYPES = (
     "auto_reply.changed",
     # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py)
     "system.alert",
+    # actions that reach WhatsApp (appliance/messaging/actions.py), and what they change
+    "action.completed",
+    "action.failed",
+    "message.edited",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _JID = re.compile(r"^([0-9]{6,20}(-[0-9]{1,20})?)@(s\.whatsapp\.net|g\.us)$")
 # Either of the two, as the spec's pattern for `to` and `from`.
 RECIPIENT_PATTERN = r"^(\+[1-9][0-9]{6,14}|[0-9]{6,20}(-[0-9]{1,20})?@(s\.whatsapp\.net|g\.us))$"
-CONTENT_PARTS = ("text", "image", "document", "audio", "video", "reaction", "template")
+CONTENT_PARTS = (
+    "text",
+    "image",
+    "document",
+    "audio",
+    "video",
+    "reaction",
+    "template",
+    "location",
+    "contacts",
+    "interactive",
+)
 
 
 def recipient_jid(value: str) -> str:
@@ -194,6 +210,11 @@ class AccountSettings(Strict):
         default=False,
         description="When a user reads a chat (POST .../read), mark its messages read on "
         "WhatsApp too",
+    )
+    archive_on_whatsapp: Bool = Field(
+        default=False,
+        description="When a user archives or unarchives a chat (PATCH .../chats/{chat}), "
+        "do it on WhatsApp too, where the engine can (a queued action)",
     )
     timezone: Annotated[
         str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)
@@ -351,6 +372,115 @@ class Reaction(Strict):
     )
 
 
+class Location(Strict):
+    """A place (the Cloud API's `location`)."""
+
+    # int | float: a stored location comes back byte for byte (2 stays 2, not 2.0).
+    latitude: Annotated[int | float, Field(ge=-90, le=90), BeforeValidator(number_only)]
+    longitude: Annotated[int | float, Field(ge=-180, le=180), BeforeValidator(number_only)]
+    name: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    address: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class ContactName(Strict):
+    formatted_name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    first_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    last_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class ContactPhone(Strict):
+    phone: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        default=None, description="CELL, MAIN, IPHONE, HOME, WORK"
+    )
+    wa_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{6,20}$")] | None = Field(
+        default=None, description="The WhatsApp id (digits) of the number"
+    )
+
+
+class ContactCard(Strict):
+    """One contact card (the Cloud API's `contacts[]`, names and phones)."""
+
+    name: ContactName
+    phones: Annotated[list[ContactPhone], Field(max_length=20)] = Field(default_factory=list)
+
+
+# Interactive messages' text limits (the Cloud API's).
+Short20 = Annotated[str, StringConstraints(min_length=1, max_length=20)]
+Short24 = Annotated[str, StringConstraints(min_length=1, max_length=24)]
+Short60 = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+Short72 = Annotated[str, StringConstraints(min_length=1, max_length=72)]
+Short200 = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Short256 = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Short1024 = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class InteractiveText(Strict):
+    text: Short1024
+
+
+class InteractiveHeader(Strict):
+    type: Literal["text"]
+    text: Short60
+
+
+class ReplyButtonReply(Strict):
+    id: Short256
+    title: Short20
+
+
+class ReplyButton(Strict):
+    type: Literal["reply"]
+    reply: ReplyButtonReply
+
+
+class ListRow(Strict):
+    id: Short200
+    title: Short24
+    description: Short72 | None = None
+
+
+class ListSection(Strict):
+    title: Short24 | None = None
+    rows: Annotated[list[ListRow], Field(min_length=1, max_length=10)]
+
+
+class InteractiveAction(Strict):
+    buttons: Annotated[list[ReplyButton], Field(min_length=1, max_length=3)] | None = Field(
+        default=None, description="type button: 1 to 3 reply buttons"
+    )
+    button: Short20 | None = Field(
+        default=None, description="type list: the label of the button that opens the list"
+    )
+    sections: Annotated[list[ListSection], Field(min_length=1, max_length=10)] | None = Field(
+        default=None, description="type list: up to 10 sections, 10 rows in all"
+    )
+
+
+class Interactive(Strict):
+    """Reply buttons or a list (the Cloud API's `interactive`, types button and list)."""
+
+    type: Literal["button", "list"]
+    header: InteractiveHeader | None = None
+    body: InteractiveText
+    footer: Annotated[InteractiveText, Field(description="at most 60 characters")] | None = None
+    action: InteractiveAction
+
+    @model_validator(mode="after")
+    def _action_matches_type(self) -> Interactive:
+        action = self.action
+        if self.type == "button" and (action.buttons is None or action.sections is not None):
+            raise ValueError("type button needs action.buttons (and no sections)")
+        if self.type == "list":
+            if action.sections is None or action.button is None or action.buttons is not None:
+                raise ValueError("type list needs action.button and action.sections")
+            if sum(len(s.rows) for s in action.sections) > 10:
+                raise ValueError("a list has at most 10 rows in all")
+        if self.footer is not None and len(self.footer.text) > 60:
+            raise ValueError("the footer has at most 60 characters")
+        return self
+
+
 class TemplateLanguage(Strict):
     code: Annotated[str, StringConstraints(min_length=2, max_length=16)]
 
@@ -456,6 +586,37 @@ class TemplateContent(_TypedContent):
     context: Context | None = None
 
 
+class LocationContent(_TypedContent):
+    type: Literal["location"]
+    location: Location
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        parts = [p for p in (self.location.name, self.location.address) if p]
+        return " ".join(parts) or None
+
+
+class ContactsContent(_TypedContent):
+    type: Literal["contacts"]
+    contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)]
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        return ", ".join(c.name.formatted_name for c in self.contacts)
+
+
+class InteractiveContent(_TypedContent):
+    type: Literal["interactive"]
+    interactive: Interactive
+    context: Context | None = None
+
+    @property
+    def body(self) -> str | None:
+        return self.interactive.body.text
+
+
 Content = Annotated[
     TextContent
     | ImageContent
@@ -463,7 +624,10 @@ Content = Annotated[
     | AudioContent
     | VideoContent
     | ReactionContent
-    | TemplateContent,
+    | TemplateContent
+    | LocationContent
+    | ContactsContent
+    | InteractiveContent,
     Field(discriminator="type"),
 ]
 CONTENT: TypeAdapter[Content] = TypeAdapter(Content)
@@ -499,7 +663,18 @@ class MessageContent(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_content_matches_type)
 
-    type: Literal["text", "image", "document", "audio", "video", "reaction", "template"]
+    type: Literal[
+        "text",
+        "image",
+        "document",
+        "audio",
+        "video",
+        "reaction",
+        "template",
+        "location",
+        "contacts",
+        "interactive",
+    ]
     text: Text | None = None
     image: Media | None = None
     document: Media | None = None
@@ -507,11 +682,14 @@ class MessageContent(Strict):
     video: Media | None = None
     reaction: Reaction | None = None
     template: Template | None = None
+    location: Location | None = None
+    contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)] | None = None
+    interactive: Interactive | None = None
     context: Context | None = None
 
     @model_validator(mode="after")
     def _matches_type(self) -> MessageContent:
-        parts = ("text", "image", "document", "audio", "video", "reaction", "template")
+        parts = CONTENT_PARTS
         given = [p for p in parts if getattr(self, p) is not None]
         if given != [self.type]:
             raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")
@@ -525,6 +703,8 @@ class MessageContent(Strict):
     def body(self) -> str | None:
         if self.text is not None:
             return self.text.body
+        if self.location is not None or self.contacts is not None or self.interactive is not None:
+            return self.typed().body
         media = self.media
         return media.caption if media is not None else None
 

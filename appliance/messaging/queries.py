@@ -147,7 +147,9 @@ _CHAT_SELECT = (
     "c.unread_count, c.last_message_id, c.last_message_at, c.created_at, "
     # The conversation (migration 0014; the rules are in appliance/inbox).
     "c.status, c.snoozed_until, c.assignee_id, c.opened_at, c.waiting_since, "
-    "c.first_response_at, c.resolved_at FROM chats c "
+    "c.first_response_at, c.resolved_at, "
+    # WhatsApp's chat settings (migration 0021).
+    "c.pinned, c.muted_until FROM chats c "
     "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
 )
 # A tag's chats first (CROSS JOIN keeps that order), from its index chat_tags_tag.

@@ -169,6 +169,9 @@ class ChatRow(_Stored):
     waiting_since: float | None
     first_response_at: float | None
     resolved_at: float | None
+    # WhatsApp's chat settings besides archived (migration 0021).
+    pinned: bool = False
+    muted_until: float | None = None
 
     @classmethod
     def from_row(cls, row: _Row) -> ChatRow:
@@ -190,6 +193,8 @@ class ChatRow(_Stored):
             waiting_since=row["waiting_since"],
             first_response_at=row["first_response_at"],
             resolved_at=row["resolved_at"],
+            pinned=bool(row["pinned"]),
+            muted_until=row["muted_until"],
         )
 
 

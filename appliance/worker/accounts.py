@@ -22,7 +22,7 @@ from appliance.db.database import Database
 from appliance.engines import registry as engines
 from appliance.engines.base import Engine, InboundMessage, LoggedOut
 from appliance.errors import NotFound
-from appliance.messaging import store
+from appliance.messaging import actions_store, store
 from appliance.messaging.history_store import ChatInfo, ContactNames, HistoryBatch, PhoneMessage
 from appliance.messaging.rows import AccountRow
 from appliance.worker.phone_sync import PhoneSyncHost
@@ -158,6 +158,14 @@ class AccountRuntime:
 
     async def on_picture_changed(self, jid: str) -> None:
         await self.phone_sync.picture_changed(jid)
+
+    async def on_chat_read(self, chat_jid: str) -> None:
+        async with self.service.db.write() as conn:
+            changes = await actions_store.change_chat(
+                conn, self.account_id, chat_jid, by="phone", now=time.time(), read=True
+            )
+        if changes:
+            await self.service.events_written()
 
     async def on_delivery_failed(self, message_id: str, reason: str) -> None:
         async with self.service.db.write() as conn:

@@ -31,6 +31,7 @@ from appliance.inbox import store as inbox_store
 from appliance.messaging import media as media_store
 from appliance.messaging import store
 from appliance.messaging.models import MessageOut
+from appliance.worker.actions_loop import apply_edit
 from appliance.worker.pipeline import Pipeline, PipelineContext
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ class Inbound:
                 for m, record, path in staged:
                     if m.type == "revoke":
                         await self._apply_revoke(conn, account_id, m, now)
+                        results.append(True)
+                        continue
+                    if m.type == "edit":  # an edit made by the sender (or on our phone)
+                        await apply_edit(conn, account_id, m, now)
                         results.append(True)
                         continue
                     stored = await store.insert_inbound(

@@ -39,6 +39,7 @@ from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
+from appliance.worker.actions_loop import ActionLoop
 from appliance.worker.contacts import block_contact
 from appliance.worker.inbox import InboxWorker
 from appliance.worker.messaging import MessagingService
@@ -65,6 +66,7 @@ class Worker:
         self.retention: RetentionJob | None = None
         self.scheduler: Scheduler | None = None
         self.inbox: InboxWorker | None = None
+        self.actions: ActionLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
 
@@ -114,6 +116,12 @@ class Worker:
         self.script_triggers = ScriptTriggers(self.db, self.scripts)
         self.script_triggers.start()
         messaging = self.messaging
+        # Actions that reach WhatsApp (archive, read, edit, ...): their own durable queue.
+        self.actions = ActionLoop(
+            self.db, messaging.accounts, events_written=messaging.events_written
+        )
+        await self.actions.recover()
+        self.actions.start()
         self.inbox = InboxWorker(
             self.db,
             engine_of=messaging.accounts.engine,
@@ -157,6 +165,8 @@ class Worker:
         log.info("worker draining", extra={"timeout_s": self.settings.worker_drain_timeout_s})
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.actions is not None:
+            await self.actions.stop(self.settings.worker_drain_timeout_s / 4)
         if self.messaging is not None:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
         if self.dispatcher is not None:
@@ -190,6 +200,9 @@ class Worker:
         elif params.topic == "inbox":
             if self.inbox is not None:
                 await self.inbox.poke()
+        elif params.topic == "actions":
+            if self.actions is not None:
+                self.actions.wake()
         elif self.messaging is not None:
             self.messaging.poke(params.topic, params.account_id)
         return protocol.PokeResult(ok=True)

@@ -68,7 +68,7 @@ LOOPBACK = ("127.0.0.1", "::1")
 DEFAULT_PHONE = "15550001111"
 REQUEST_TIMEOUT_S = 90.0
 MAX_RECONNECTS = 200  # bounded: about 6 minutes of attempts, then the client gives up
-RECEIPT_TYPES = {"delivered": 1, "read": 4, "played": 6}
+RECEIPT_TYPES = {"delivered": 1, "read": 4, "read-self": 5, "played": 6}
 REASON_LOGGED_OUT = 2
 PAIR_SUCCESS = 2
 MEDIA_KINDS = ("imageMessage", "videoMessage", "audioMessage", "documentMessage", "stickerMessage")
@@ -166,6 +166,16 @@ class Sent:
 
 
 @dataclass
+class ChatPresenceSent:
+    """A typing indicator a client sent (neonize's ChatPresence / ChatPresenceMedia)."""
+
+    account: str
+    chat: str
+    state: int  # 0 composing, 1 paused
+    media: int  # 0 text, 1 audio
+
+
+@dataclass
 class Read:
     account: str
     ids: list[str]
@@ -247,6 +257,9 @@ class FakeWhatsAppServer:
         self._blobs: dict[str, tuple[bytes, str]] = {}
         self._uploads: list[tuple[str, bytes]] = []
         self._conns: set[_Conn] = set()
+        self._app_state: list[tuple[str, ev.PatchInfo]] = []  # (account, patch) as sent
+        self._presences: list[ChatPresenceSent] = []
+        self._blocked: dict[str, set[str]] = {}  # account -> blocked jids
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -859,6 +872,40 @@ class FakeWhatsAppServer:
 
         self._call(remove)
 
+    # -- actions: app-state patches, typing indicators --------------------------------------
+
+    def _op_app_state(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "SendAppStateError")
+        patch = ev.PatchInfo.FromString(_unb64(frame["b64"]))
+        self._app_state.append((account.name, patch))
+        return {}
+
+    def _op_chat_presence(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "SendChatPresenceError")
+        presence = ChatPresenceSent(account.name, frame["chat"], frame["state"], frame["media"])
+        self._presences.append(presence)
+        return {}
+
+    def _op_blocklist(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "UpdateBlocklistError")
+        blocked = self._blocked.setdefault(account.name, set())
+        if frame["action"] == "block":
+            blocked.add(frame["jid"])
+        else:
+            blocked.discard(frame["jid"])
+        return {"jids": sorted(blocked)}
+
+    def blocked(self, account: str) -> set[str]:
+        """The jids the account has blocked at WhatsApp."""
+        return set(self._call(lambda: set(self._blocked.get(account, set()))))
+
+    def app_state(self, account: str) -> list[ev.PatchInfo]:
+        """The app-state patches (archive, pin, mute, read) the account sent, in order."""
+        return list(self._call(lambda: [p for a, p in self._app_state if a == account]))
+
+    def presences(self, account: str) -> list[ChatPresenceSent]:
+        return list(self._call(lambda: [p for p in self._presences if p.account == account]))
+
 
 class _Refused(Exception):
     def __init__(self, kind: str, message: str) -> None:
@@ -1255,6 +1302,29 @@ class FakeClient:
             ids=list(message_ids),
             chat=jid_text(chat),
             sender=jid_text(sender),
+        )
+
+    async def send_app_state(self, patch_info: ev.PatchInfo) -> None:
+        await self._request(
+            "app_state", "SendAppStateError", b64=_b64(patch_info.SerializeToString())
+        )
+
+    async def update_blocklist(self, jid_: ev.JID, action: Any) -> ev.Blocklist:
+        answer = await self._request(
+            "blocklist",
+            "UpdateBlocklistError",
+            jid=jid_text(jid_),
+            action=str(getattr(action, "value", action)),
+        )
+        return complete(ev.Blocklist(JIDs=[jid(j) for j in answer["jids"]]))
+
+    async def send_chat_presence(self, jid_: ev.JID, state: Any, media: Any) -> None:
+        await self._request(
+            "chat_presence",
+            "SendPresenceError",
+            chat=jid_text(jid_),
+            state=int(getattr(state, "value", state)),
+            media=int(getattr(media, "value", media)),
         )
 
     async def logout(self) -> None:

@@ -31,7 +31,7 @@ import pytest
 
 from appliance.config import ENV_PREFIX, Paths, load_settings
 from appliance.engines import registry
-from appliance.engines.base import Engine, OutboundMessage, SendError
+from appliance.engines.base import ActionError, Engine, EngineAction, OutboundMessage, SendError
 from appliance.messaging import store
 from appliance.messaging.media import open_media, save_media
 from tests.samples import png
@@ -116,6 +116,10 @@ class Harness:
         """Whether WhatsApp has ``jid`` blocked for the account (engines that block)."""
         raise NotImplementedError
 
+    async def acted(self, action: EngineAction) -> Any:
+        """What WhatsApp's side recorded of the action (falsy: nothing)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -143,6 +147,12 @@ class SandboxHarness(Harness):
             (ACCOUNT, jid),
         )
         return bool(count)
+
+    async def acted(self, action: EngineAction) -> Any:
+        return await self.db.scalar(
+            "SELECT type FROM sandbox_server_actions WHERE account_id = ? AND key = ?",
+            (ACCOUNT, action.send_id or action.id),
+        )
 
     async def inbound(self, db: Any, engine: Engine, body: str) -> str:
         async with db.write() as conn:
@@ -208,6 +218,22 @@ class WebHarness(Harness):
     async def inbound(self, db: Any, engine: Engine, body: str) -> str:
         return str(self.fake.push_text(ACCOUNT, PEER_JID, body))
 
+    async def blocked(self, jid: str) -> bool:
+        return jid in self.fake.blocked(ACCOUNT)
+
+    async def acted(self, action: EngineAction) -> Any:
+        if action.type == "presence":
+            return [p for p in self.fake.presences(ACCOUNT) if p.chat == action.chat_jid]
+        index = {"archive": "archive", "unarchive": "archive", "read": "markChatAsRead"}
+        name = index.get(action.type, {"pin": "pin_v1", "unpin": "pin_v1"}.get(action.type))
+        name = name or "mute"
+        return [
+            m
+            for p in self.fake.app_state(ACCOUNT)
+            for m in p.Mutations
+            if list(m.Index) == [name, action.chat_jid]
+        ]
+
     def close(self) -> None:
         self.fake.stop()
 
@@ -255,6 +281,13 @@ class CloudHarness(Harness):
 
     async def handed_over(self, message_id: str) -> bool:
         return any(s.get("biz_opaque_callback_data") == message_id for s in self._sent())
+
+    async def acted(self, action: EngineAction) -> Any:
+        # The Graph bodies: a read receipt, with the typing indicator for presence.
+        read = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.IN1"}
+        if action.type == "presence":
+            read["typing_indicator"] = {"type": "text"}
+        return [s for s in self._sent() if s == read]
 
     async def _post(self, db: Any, value: dict[str, Any]) -> None:
         async with db.write() as conn:
@@ -472,6 +505,51 @@ def test_declared_capabilities_are_implemented(
         await asyncio.wait_for(running, TIMEOUT_S)
 
     run(open_db, db_path, body)
+
+
+def test_declared_actions_reach_whatsapp(harness: Harness, open_db: Any, db_path: Path) -> None:
+    """Each chat action the registry declares for an engine reaches WhatsApp's side; an
+    action it does not declare is refused for good. (Revoke and edit need a message
+    WhatsApp accepted: tests/integration/test_engine_actions.py and
+    tests/unit/test_engine_actions.py.)"""
+    claimed = registry.capabilities(harness.name).actions
+    params = {
+        "message_ids": ["wamid.IN1"],
+        "until": time.time() + 3600,
+        "state": "composing",
+        "last_message_at": 3.0,
+    }
+
+    async def body(db: Any) -> None:
+        await setup_account(db, harness)
+        host = Host(db, ACCOUNT)
+        engine = harness.make(db, host)
+        running = await connect(harness, engine, host)
+        try:
+            await _perform_each(engine, harness, claimed, params)
+        finally:
+            await engine.close()
+        await asyncio.wait_for(running, TIMEOUT_S)
+
+    run(open_db, db_path, body)
+
+
+async def _perform_each(
+    engine: Engine, harness: Harness, claimed: frozenset[str], params: dict[str, Any]
+) -> None:
+    for n, type_ in enumerate(
+        ("read", "archive", "unarchive", "pin", "unpin", "mute", "unmute", "presence")
+    ):
+        action = EngineAction(
+            id=f"act_{n}", account_id=ACCOUNT, type=type_, chat_jid=PEER_JID, params=params
+        )
+        if type_ in claimed:
+            await engine.perform(action)
+            assert await harness.acted(action), type_
+        else:
+            with pytest.raises(ActionError) as refused:
+                await engine.perform(action)
+            assert refused.value.permanent
 
 
 # -- the registry -------------------------------------------------------------------------

@@ -140,15 +140,20 @@ def test_conversation_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> 
         assert await chats(ben, status="pending") == [ALICE]
         assert await chats(ben, status="open") == [BOB]
 
-        # Read positions are per user; the worker is down, so WhatsApp is not told.
+        # Read positions are per user. The account marks reads on WhatsApp too: a
+        # durable action, queued while the worker is down (issue 12).
         status, read = await call("POST", f"{chat}/read", ann)
         assert status == 200, read
         assert read == {
             "chat_id": ALICE,
             "read_messages": 2,
             "unread": 0,
-            "marked_on_whatsapp": False,
+            "marked_on_whatsapp": True,
         }
+        queued = await db.fetchall(
+            "SELECT type, params FROM engine_actions WHERE account_id = ?", (A,)
+        )
+        assert [r[0] for r in queued] == ["read"] and '"message_ids"' in queued[0][1]
         assert (await call("GET", chat, ann))[1]["unread"] == 0
         assert (await call("GET", chat, ben))[1]["unread"] == 2
         assert await chats(ann, unread="true") == [BOB]

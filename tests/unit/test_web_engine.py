@@ -440,9 +440,14 @@ def test_reactions_revokes_and_what_is_skipped() -> None:
     assert map_inbound(message_event(history)) is None
     assert map_inbound(message_event(e2e.Message(conversation="x"), from_me=True)) is None
     location = e2e.Message(locationMessage=e2e.LocationMessage(degreesLatitude=1.0))
-    assert map_inbound(message_event(location))[0].content == {
+    assert map_inbound(message_event(location))[0].content == {  # issue 12
+        "type": "location",
+        "location": {"latitude": 1.0, "longitude": 0.0},
+    }
+    poll = e2e.Message(pollCreationMessage=e2e.PollCreationMessage(name="lunch?"))
+    assert map_inbound(message_event(poll))[0].content == {
         "type": "unsupported",
-        "unsupported": {"kind": "locationMessage"},
+        "unsupported": {"kind": "pollCreationMessage"},
     }
 
 

@@ -31,11 +31,13 @@ from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
+from appliance.engines import registry as engines
 from appliance.errors import InvalidInput, NotFound, Unprocessable
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
 from appliance.inbox.models import TagRef
 from appliance.messaging import queries, store
+from appliance.messaging.actions import accept_action
 from appliance.messaging.models import AccountIdStr, MessageOut, recipient_jid
 from appliance.messaging.rows import ChatRow, MessageRow
 
@@ -140,6 +142,10 @@ class ChatOut(BaseModel):
     )
     resolved_at: float | None
     tags: list[TagRef] = Field(default_factory=list, description="The chat's tags, by name")
+    pinned: bool = Field(default=False, description="Pinned on WhatsApp")
+    muted_until: float | None = Field(
+        default=None, description="Muted on WhatsApp until then (Unix time); null: not muted"
+    )
 
 
 class ChatPage(BaseModel):
@@ -217,6 +223,24 @@ def _chat_jid(chat_id: str) -> str:
         return chat_id
 
 
+async def _whatsapp_archive(account: str, archived: bool | None) -> dict[str, Any] | None:
+    """The archive action to queue with a PATCH (appliance/messaging/actions.py), when
+    the account's ``archive_on_whatsapp`` setting is on and its engine can; else None."""
+    if archived is None:
+        return None
+    row = await account_for(account)
+    actions = engines.capabilities(row.engine).actions
+    type_ = "archive" if archived else "unarchive"
+    if not row.settings.get("archive_on_whatsapp") or type_ not in actions:
+        return None
+    return {
+        "account_id": account,
+        "engine": row.engine,
+        "supported": actions,
+        "type_": type_,
+    }
+
+
 async def _reader(db: Database) -> inbox_store.Actor:
     """The caller as the team inbox sees them (an API key acts as its owner)."""
     return await inbox_store.actor_of(db, principal())
@@ -256,6 +280,8 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
             first_response_at=r.first_response_at,
             resolved_at=r.resolved_at,
             tags=tags.get(r.jid, []),
+            pinned=r.pinned,
+            muted_until=r.muted_until,
         )
         for r in rows
     ]
@@ -363,12 +389,15 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
                 issues=[{"path": "assignee_id", "message": "no owner", "code": "invalid"}],
             )
         conversation["assignee_id"] = target
+    whatsapp = await _whatsapp_archive(account, data.archived)
     async with db.write() as conn:
         found = await queries.update_chat(
             conn, account, jid, archived=data.archived, mark_read=data.unread_count == 0
         )
         if not found:
             raise NotFound("no such chat")
+        if whatsapp is not None:  # the account's archive_on_whatsapp setting
+            await accept_action(conn, chat_jid=jid, **whatsapp)
         if conversation:
             await inbox_store.change_chat(
                 conn,
@@ -383,6 +412,8 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
     assert row is not None  # found just now, in this transaction
     if conversation:
         await poke("inbox")  # the snooze timer, and the new events
+    if whatsapp is not None:
+        await poke("actions", account)
     return _json((await _chat_outs(db, account, [row]))[0])
 
 

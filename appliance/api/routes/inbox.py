@@ -23,12 +23,13 @@ from appliance.api.routes.chats import _chat_jid, _granted
 from appliance.api.schemas import Bool, ErrorBody, Strict
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
-from appliance.api.worker_rpc import call
+from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError, InvalidInput, IpcError, NotFound
+from appliance.engines import registry as engines
+from appliance.errors import InvalidInput, NotFound
 from appliance.inbox import store as inbox_store
-from appliance.ipc import protocol
 from appliance.messaging import store
+from appliance.messaging.actions import accept_action
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class ReadOut(BaseModel):
     read_messages: int = Field(description="Inbound messages this read covered")
     unread: Literal[0] = Field(default=0, description="Your unread count in the chat now")
     marked_on_whatsapp: bool = Field(
-        description="Whether WhatsApp was told (the account's `mark_read_by_users` setting, "
-        "and a connected account)"
+        description="Whether it is being marked read on WhatsApp too (the account's "
+        "`mark_read_by_users` setting; a queued `read` action)"
     )
 
 
@@ -115,8 +116,9 @@ async def read_chat(account: str, chat_id: str) -> ReadOut:
     """Mark a chat read for YOU: your read position moves to its newest message.
 
     Every user (an API key: its owner) has their own read position, so your unread
-    counts are yours. When the account's `mark_read_by_users` setting is on, the
-    messages are marked read on WhatsApp too (best effort: the answer says whether).
+    counts are yours. When the account's `mark_read_by_users` setting is on (and its
+    engine can), the messages are marked read on WhatsApp too: a queued `read` action
+    (`marked_on_whatsapp: true`; `action.completed` follows once WhatsApp took it).
     """
     await _granted(account)
     jid = _chat_jid(chat_id)
@@ -127,22 +129,30 @@ async def read_chat(account: str, chat_id: str) -> ReadOut:
             "this API key has no owner to keep a read position for",
             issues=[{"path": "(key)", "message": "no owner", "code": "invalid"}],
         )
-    async with db.write() as conn:
-        ids = await inbox_store.mark_read(conn, account, jid, actor.user_id, time.time())
-    marked = False
     row = await store.account_row(db, account)
     settings = orjson.loads(row["settings"]) if row is not None else {}
-    if ids and settings.get("mark_read_by_users"):
-        try:
-            await call(
-                protocol.ChatMarkReadParams(account_id=account, chat_id=jid, message_ids=ids)
+    engine = row["engine"] if row is not None else ""
+    # Marked read on WhatsApp too: a durable action (appliance/messaging/actions.py),
+    # queued in the same transaction, when the account says so and its engine can.
+    to_whatsapp = bool(settings.get("mark_read_by_users")) and "read" in (
+        engines.capabilities(engine).actions
+    )
+    marked = False
+    async with db.write() as conn:
+        ids = await inbox_store.mark_read(conn, account, jid, actor.user_id, time.time())
+        if ids and to_whatsapp:
+            await accept_action(
+                conn,
+                account_id=account,
+                engine=engine,
+                supported=engines.capabilities(engine).actions,
+                chat_jid=jid,
+                type_="read",
+                params={"message_ids": ids},
             )
             marked = True
-        except (IpcError, ClientError) as exc:
-            log.info(
-                "chat not marked read on WhatsApp",
-                extra={"account_id": account, "error": str(exc)},
-            )
+    if marked:
+        await poke("actions", account)
     return ReadOut(chat_id=jid, read_messages=len(ids), marked_on_whatsapp=marked)
 
 

@@ -107,7 +107,7 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
 @requires(Permission.MESSAGES_SEND)
 @idempotent
 @_send_body
-@documented(SendAccepted, 202, errors=[404, 422], tag="messages")
+@documented(SendAccepted, 202, errors=[404, 409, 422], tag="messages")
 async def send_message(
     account: str, data: SendMessageIn | QuickReplySendIn
 ) -> tuple[SendAccepted, int]:
@@ -126,13 +126,16 @@ async def send_message(
 
     Follow it with `message.sent`, `message.delivered`, `message.read` or
     `message.failed` events, or `GET .../messages/{id}`. Send `Idempotency-Key` to
-    make retries safe.
+    make retries safe. `interactive` (reply buttons, lists) needs an engine that
+    sends them (409 naming the engine otherwise; runbook/messaging.md).
     """
-    await account_for(account)
+    row = await account_for(account)
     db = state_of().db
     assert db is not None
     if isinstance(data, QuickReplySendIn):
         data = await quick_replies_store.compose_send(db, account, data, agent=principal().name)
+    if data.type == "interactive" and not engines.capabilities(row.engine).interactive_messages:
+        raise Conflict(f"the {row.engine} engine cannot send interactive messages")
     media = data.media
     if media is not None and media.link is not None:
         await check_media_link(f"{data.type}.link", media.link)

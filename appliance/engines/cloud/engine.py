@@ -24,7 +24,7 @@ import httpx
 
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
-from appliance.engines.base import Engine, EngineHost, OutboundMessage, SendError
+from appliance.engines.base import Engine, EngineAction, EngineHost, OutboundMessage, SendError
 from appliance.engines.cloud.graph import (
     PAIR_RATE_RETRY_S,
     GraphClient,
@@ -34,7 +34,14 @@ from appliance.engines.cloud.inbox import Inbox
 from appliance.engines.cloud.settings import CloudConfig
 from appliance.engines.cloud.store import CloudStore
 from appliance.messaging.media import MediaRecord
-from appliance.messaging.models import ReactionContent, TemplateContent, TextContent
+from appliance.messaging.models import (
+    ContactsContent,
+    InteractiveContent,
+    LocationContent,
+    ReactionContent,
+    TemplateContent,
+    TextContent,
+)
 from appliance.net import ssrf
 
 log = logging.getLogger("appliance.engines.cloud")
@@ -144,6 +151,12 @@ class CloudEngine(Engine):
         for message_id in message_ids:
             await self.graph.mark_read(message_id)
 
+    async def perform(self, action: EngineAction) -> None:
+        """Mark read and typing: appliance/engines/cloud/actions.py."""
+        from appliance.engines.cloud.actions import perform
+
+        await perform(self.graph, action)
+
     async def logout(self) -> None:
         """The Cloud API has no session to end: stop serving; the token stays stored."""
         await self.close()
@@ -196,6 +209,14 @@ class CloudEngine(Engine):
                 "message_id": await self._wamid_of(content.reaction.message_id),
                 "emoji": content.reaction.emoji,
             }
+        elif isinstance(content, LocationContent):
+            payload["location"] = content.location.model_dump(mode="json", exclude_none=True)
+        elif isinstance(content, ContactsContent):
+            payload["contacts"] = [
+                c.model_dump(mode="json", exclude_none=True) for c in content.contacts
+            ]
+        elif isinstance(content, InteractiveContent):
+            payload["interactive"] = content.interactive.model_dump(mode="json", exclude_none=True)
         elif isinstance(content, TemplateContent):
             # As given: the components are Graph's own shape, passed on unchanged.
             payload["template"] = content.template.model_dump(mode="json", exclude_unset=True)

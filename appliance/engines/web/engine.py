@@ -31,6 +31,7 @@ from appliance.config import account_session_dir
 from appliance.db.database import Database
 from appliance.engines.base import (
     Engine,
+    EngineAction,
     EngineHost,
     InboundMessage,
     LoggedOut,
@@ -49,8 +50,10 @@ from appliance.engines.web.idmap import IdMap
 from appliance.engines.web.linking import Linking
 from appliance.engines.web.media import MediaDownloader, build_media, with_media
 from appliance.engines.web.protobuf import (
+    RECEIPT_READ_SELF,
     TEMP_BAN_REASONS,
     describe,
+    jid_str,
     map_inbound,
     reaction_message,
     receipt_status,
@@ -62,7 +65,12 @@ from appliance.engines.web.protobuf import (
 )
 from appliance.engines.web.settings import WebEngineError, WebSettings
 from appliance.engines.web.sync import PhoneSync
-from appliance.messaging.models import ReactionContent, TextContent
+from appliance.messaging.models import (
+    ContactsContent,
+    LocationContent,
+    ReactionContent,
+    TextContent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,10 @@ class WebEngine(PhoneSync, Engine):
         status = receipt_status(event.Type)
         if status is None:
             return
+        if event.Type == RECEIPT_READ_SELF:  # the chat was read on the phone (or elsewhere)
+            on_chat_read = getattr(self.host, "on_chat_read", None)
+            if on_chat_read is not None:
+                await on_chat_read(jid_str(event.MessageSource.Chat))
         for wa_id in event.MessageIDs:
             await self.host.on_receipt(await self._ids.app_id(wa_id), status)
 
@@ -362,6 +374,10 @@ class WebEngine(PhoneSync, Engine):
                 emoji=content.reaction.emoji,
                 now_ms=int(time.time() * 1000),
             )
+        if isinstance(content, LocationContent | ContactsContent):
+            from appliance.engines.web.content import outbound
+
+            return outbound(content, context)
         if content.media is not None:
             return await build_media(self.client, message, context)
         raise SendError(f"the web engine cannot send {message.type!r} messages", permanent=True)
@@ -373,6 +389,22 @@ class WebEngine(PhoneSync, Engine):
             return None
         _chat, sender = self._recent.get(target, (message.to_jid, message.to_jid))
         return reply_context(target=target, wa_target=await self._ids.wa_id(target), sender=sender)
+
+    @property
+    def id_map(self) -> IdMap:
+        return self._ids
+
+    async def perform(self, action: EngineAction) -> None:
+        """Actions that reach WhatsApp: appliance/engines/web/actions.py."""
+        from appliance.engines.web.actions import perform
+
+        await perform(self, action)
+
+    async def set_blocked(self, jid: str, blocked: bool) -> None:
+        """Block or unblock a contact: appliance/engines/web/actions.py."""
+        from appliance.engines.web.actions import set_blocked
+
+        await set_blocked(self, jid, blocked)
 
     async def mark_read(self, chat_jid: str, message_ids: list[str]) -> None:
         client = self.client

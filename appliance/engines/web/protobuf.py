@@ -27,6 +27,7 @@ RECEIPT_READ = 4
 RECEIPT_READ_SELF = 5
 RECEIPT_PLAYED = 6
 PROTOCOL_REVOKE = 0
+PROTOCOL_EDIT = 14  # ProtocolMessage.MESSAGE_EDIT
 LOGOUT_REASONS = {2: "logged out", 4: "main device gone", 5: "unknown logout"}
 FAILURE_TEMP_BANNED = 3
 FAILURE_CLIENT_OUTDATED = 6
@@ -82,6 +83,12 @@ def to_jid(jid: str) -> Any:
 # -- inbound -------------------------------------------------------------------------------
 
 
+def shared_content(message: Any) -> tuple[str, dict[str, Any], str | None, Any] | None:
+    from appliance.engines.web.content import inbound
+
+    return inbound(message)
+
+
 def _unwrap(message: Any) -> Any:
     """Ephemeral, view-once and document-with-caption wrappers hold the real message."""
     for _ in range(4):
@@ -91,6 +98,7 @@ def _unwrap(message: Any) -> Any:
             "viewOnceMessageV2",
             "viewOnceMessageV2Extension",
             "documentWithCaptionMessage",
+            "editedMessage",  # an edit: a MESSAGE_EDIT protocol message inside
         ):
             if message.HasField(wrapper):
                 message = getattr(message, wrapper).message
@@ -135,11 +143,17 @@ def map_inbound(
     context = None
     if message.HasField("protocolMessage"):
         proto = message.protocolMessage
-        if proto.type != PROTOCOL_REVOKE or not proto.key.ID:
+        if proto.type not in (PROTOCOL_REVOKE, PROTOCOL_EDIT) or not proto.key.ID:
             return None
         reply_to = app_id_for(proto.key.ID)
-        content = {"type": "revoke", "revoke": {"message_id": reply_to}}
-        type_ = "revoke"
+        if proto.type == PROTOCOL_EDIT:  # the sender edited a text message
+            edited = proto.editedMessage
+            text = edited.conversation or edited.extendedTextMessage.text
+            content = {"type": "edit", "edit": {"message_id": reply_to, "text": text}}
+            type_ = "edit"
+        else:
+            content = {"type": "revoke", "revoke": {"message_id": reply_to}}
+            type_ = "revoke"
     elif message.HasField("reactionMessage"):
         reaction = message.reactionMessage
         reply_to = app_id_for(reaction.key.ID)
@@ -155,6 +169,9 @@ def map_inbound(
         content = {"type": "text", "text": {"body": body}}
         type_ = "text"
         context = _context_of(ext)
+    elif (shared := shared_content(message)) is not None:  # location, contact cards
+        type_, content, body, part = shared
+        context = _context_of(part)
     else:
         kind = next((k for k in MEDIA_KINDS if message.HasField(k)), None)
         if kind is None:
@@ -206,7 +223,7 @@ def replying_to(inbound: InboundMessage, message_id: str) -> InboundMessage:
     if target is None or message_id == target:
         return inbound
     content = dict(inbound.content)
-    for key in ("context", "reaction", "revoke"):
+    for key in ("context", "reaction", "revoke", "edit"):
         part = content.get(key)
         if isinstance(part, dict) and part.get("message_id") == target:
             content[key] = {**part, "message_id": message_id}
