@@ -196,6 +196,7 @@ def test_an_inbound_message_and_its_trigger_job_commit_together(
                 "trigger_message_id": "IN1",
                 "message_ids": [reply["id"]],
                 "errors": [],
+                "actions": [{"type": "reply", "outcome": "done", "message_id": reply["id"]}],
             }
         ]
         assert h.woken == 1 and h.published == 1
