@@ -88,9 +88,7 @@ class ChatTagsCondition(Strict):
 
     type: Literal["chat_tags"]
     required: TagIds = Field(default_factory=list, description="Tags the chat must carry (all)")
-    excluded: TagIds = Field(
-        default_factory=list, description="Tags the chat must not carry (any)"
-    )
+    excluded: TagIds = Field(default_factory=list, description="Tags the chat must not carry (any)")
 
     @model_validator(mode="after")
     def _something(self) -> ChatTagsCondition:

@@ -43,9 +43,8 @@ from appliance.automations.auto_reply_rules import (
 from appliance.automations.trigger import Step, StepContext, StepResult, record_step, step_done
 from appliance.db.database import ReadSource
 from appliance.errors import ClientError, NotFound
-from appliance.inbox import quick_replies_store
+from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
-from appliance.inbox import tags_store
 from appliance.inbox.conversations import Status
 from appliance.inbox.models import Actor as TagActor
 from appliance.messaging.models import Context, MessageContent, MessageOut, content_dict
@@ -195,9 +194,7 @@ async def quick_reply_content(
     """The message a quick-reply action sends in a chat; ClientError (the quick reply
     is gone, its variables no longer fit) or ValueError (it renders to no message)."""
     try:
-        reply = await quick_replies_store.get_quick_reply(
-            source, account_id, action.quick_reply.id
-        )
+        reply = await quick_replies_store.get_quick_reply(source, account_id, action.quick_reply.id)
     except NotFound:
         raise NotFound(f"no quick reply {action.quick_reply.id} in this account") from None
     content = quick_replies_store.render_content(
