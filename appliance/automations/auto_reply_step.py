@@ -293,9 +293,17 @@ async def _act_alone(
     except (ClientError, ValueError) as exc:
         await conn.execute("ROLLBACK TO auto_reply_action")
         await conn.execute("RELEASE auto_reply_action")
-        return {"type": action.type, "outcome": "error", "error": str(exc)}
+        return {"type": action.type, "outcome": "error", "error": error_text(exc)}
     await conn.execute("RELEASE auto_reply_action")
     return done
+
+
+def error_text(exc: Exception) -> str:
+    """An error for the event: the message, and the issues' messages when it has any."""
+    issues = getattr(exc, "extra", {}).get("issues") or []
+    details = [str(i.get("message")) for i in issues if isinstance(i, dict)]
+    details = [d for d in details if d and d != str(exc)]
+    return f"{exc}: {'; '.join(details)}" if details else str(exc)
 
 
 @dataclass(frozen=True)
