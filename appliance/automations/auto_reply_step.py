@@ -40,14 +40,15 @@ from appliance.automations.auto_reply_rules import (
     condition_types,
     decide,
 )
+from appliance.automations.quick_reply_content import render_for_chat
 from appliance.automations.trigger import Step, StepContext, StepResult, record_step, step_done
 from appliance.db.database import ReadSource
 from appliance.errors import ClientError, NotFound
-from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
+from appliance.inbox import tags_store
 from appliance.inbox.conversations import Status
 from appliance.inbox.models import Actor as TagActor
-from appliance.messaging.models import Context, MessageContent, MessageOut, content_dict
+from appliance.messaging.models import MessageContent, MessageOut, content_dict
 from appliance.messaging.sends import accept_send
 from appliance.messaging.store import append_event
 
@@ -191,22 +192,17 @@ async def quick_reply_content(
     action: QuickReplyAction,
     trigger_message_id: str,
 ) -> MessageContent:
-    """The message a quick-reply action sends in a chat; ClientError (the quick reply
-    is gone, its variables no longer fit) or ValueError (it renders to no message)."""
-    try:
-        reply = await quick_replies_store.get_quick_reply(source, account_id, action.quick_reply.id)
-    except NotFound:
-        raise NotFound(f"no quick reply {action.quick_reply.id} in this account") from None
-    content = quick_replies_store.render_content(
-        reply,
-        contact=await quick_replies_store.contact_name(source, account_id, chat_jid),
-        agent=await agent_name(source, account_id, chat_jid) or "",
-        to=chat_jid,
-        variables=dict(action.quick_reply.variables),
+    """The message a quick-reply action sends in a chat (``{{agent.name}}``: the
+    chat's assignee); ClientError (the quick reply is gone, its variables no longer
+    fit) or ValueError (it renders to no message)."""
+    return await render_for_chat(
+        source,
+        account_id,
+        chat_jid,
+        action.quick_reply,
+        agent=await agent_name(source, account_id, chat_jid),
+        quote=trigger_message_id if action.quote else None,
     )
-    if action.quote:
-        content["context"] = Context(message_id=trigger_message_id).model_dump()
-    return MessageContent.model_validate(content)
 
 
 async def _act(

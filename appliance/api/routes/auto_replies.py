@@ -336,14 +336,17 @@ async def _check_references(account: str, conditions: list[Any], actions: list[A
                         )
     variable_issues: list[dict[str, str]] = []
     for n, action in enumerate(actions):
-        if isinstance(action, AssignAction) and action.user_id is not None:
-            if not await inbox_store.can_work_account(db, account, action.user_id):
-                issues.append(
-                    _unknown(
-                        f"actions.{n}.user_id",
-                        f"user {action.user_id} does not exist, is inactive or lacks this account",
-                    )
+        if (
+            isinstance(action, AssignAction)
+            and action.user_id is not None
+            and not await inbox_store.can_work_account(db, account, action.user_id)
+        ):
+            issues.append(
+                _unknown(
+                    f"actions.{n}.user_id",
+                    f"user {action.user_id} does not exist, is inactive or lacks this account",
                 )
+            )
         if isinstance(action, QuickReplyAction):
             variable_issues += await _check_quick_reply(db, account, n, action, issues)
     if issues:
