@@ -233,12 +233,12 @@ class Verdict(BaseModel):
     )
 
 
-class AssigneeRef(BaseModel):
+class AutoReplyAssignee(BaseModel):
     id: int
     username: str | None = Field(description="null: no such user any more")
 
 
-class ActionPreview(BaseModel):
+class AutoReplyActionPreview(BaseModel):
     """What one action of a firing rule would do; nothing is done."""
 
     type: Literal["reply", "quick_reply", "tags", "assign", "set_status"]
@@ -247,7 +247,7 @@ class ActionPreview(BaseModel):
     )
     tags_added: list[TagRef] | None = Field(default=None, description="`tags`")
     tags_removed: list[TagRef] | None = Field(default=None, description="`tags`")
-    assignee: AssigneeRef | None = Field(
+    assignee: AutoReplyAssignee | None = Field(
         default=None, description="`assign`: the user (null: unassigned)"
     )
     status: Status | None = Field(default=None, description="`set_status`")
@@ -261,7 +261,9 @@ class WouldFire(BaseModel):
     rule_id: str
     name: str
     replies: list[dict[str, Any]] = Field(description="The send bodies it would queue")
-    actions: list[ActionPreview] = Field(description="Every action, in order, and what it would do")
+    actions: list[AutoReplyActionPreview] = Field(
+        description="Every action, in order, and what it would do"
+    )
 
 
 class AutoReplyTestOut(BaseModel):
@@ -422,9 +424,9 @@ async def _preview(
     action: AnyAction,
     trigger_id: str,
     at: float,
-) -> ActionPreview:
+) -> AutoReplyActionPreview:
     """What an action would do in ``chat`` (reads only)."""
-    preview = ActionPreview(type=action.type)
+    preview = AutoReplyActionPreview(type=action.type)
     try:
         if isinstance(action, ReplyAction):
             content = action.content(trigger_id)
@@ -440,7 +442,7 @@ async def _preview(
         elif isinstance(action, AssignAction):
             if action.user_id is not None:
                 names = await inbox_store.user_names(db, [action.user_id])
-                preview.assignee = AssigneeRef(
+                preview.assignee = AutoReplyAssignee(
                     id=action.user_id, username=names.get(action.user_id)
                 )
                 if not await inbox_store.can_work_account(db, account, action.user_id):
