@@ -189,7 +189,8 @@ class AssignAction(Strict):
 
 
 class SetStatusAction(Strict):
-    """Set the conversation's status; `snoozed` needs `snooze_s` (how long)."""
+    """Set the conversation's status; `snoozed` needs `snooze_s` (how long, from the
+    message's arrival)."""
 
     type: Literal["set_status"]
     status: Status

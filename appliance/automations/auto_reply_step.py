@@ -259,7 +259,13 @@ async def _act(
         changed = before.assignee_id != action.user_id
     else:
         assert isinstance(action, SetStatusAction)
-        until = now + action.snooze_s if action.snooze_s is not None else None
+        until = None
+        if action.snooze_s is not None:
+            # From the message's arrival, so a replay sets the same time (no second
+            # event); from now if the message waited longer than the snooze itself.
+            until = message.created_at + action.snooze_s
+            if until <= now:
+                until = now + action.snooze_s
         await inbox_store.change_chat(
             conn,
             account_id,

@@ -658,5 +658,15 @@ def test_a_refused_action_is_undone_alone_and_reported(
         assert [orjson.loads(r["content"])["text"]["body"] for r in await h.replies()] == [
             "We are on it"
         ]
+        # The snooze runs from the message's arrival: a replay without the journal row
+        # sets the same time, so no second chat.updated.
+        updates = len(await _chat_events(h, "chat.updated"))
+        async with h.db.write() as conn:
+            await conn.execute("DELETE FROM automation_step_runs")
+        queue = DurableQueue(h.db, AUTOMATION_QUEUE)
+        assert await queue.replay_keys([trigger_job_key(ACCOUNT, "A1")], states=("done",)) == 1
+        assert await h.drain() == 1
+        assert len(await _chat_events(h, "chat.updated")) == updates
+        assert (await h.fired_events())[-1]["actions"][4]["outcome"] == "unchanged"
 
     _run(tmp_path, open_db, db_path, body)
