@@ -238,7 +238,34 @@ def automation_figures(db_path: Path, since: float) -> dict[str, Any]:
         ACCOUNT,
         since,
     )[0]["n"]
+    states = {
+        r["state"]: int(r["n"])
+        for r in _query(
+            db_path,
+            "SELECT state, COUNT(*) AS n FROM queue_jobs WHERE queue = 'automation' "
+            "AND created_at >= ? GROUP BY state",
+            since,
+        )
+    }
+    errors = {
+        str(r["error"])[:200]: int(r["n"])
+        for r in _query(
+            db_path,
+            "SELECT error, COUNT(*) AS n FROM script_runs WHERE account_id = ? "
+            "AND started_at >= ? AND state = 'error' GROUP BY error ORDER BY n DESC LIMIT 3",
+            ACCOUNT,
+            since,
+        )
+    }
+    paused = _query(
+        db_path,
+        "SELECT COUNT(*) AS n FROM scripts WHERE account_id = ? AND active = 0",
+        ACCOUNT,
+    )[0]["n"]
     return {
+        "trigger_job_states": states,
+        "script_errors": errors,
+        "scripts_paused": int(paused),
         "trigger_jobs": len(lag),
         "automation_lag_ms_p50": _pct(lag, 0.5),
         "automation_lag_ms_p95": _pct(lag, 0.95),
@@ -433,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         f" {f['script_cpu_ms_p50']} p95 {f['script_cpu_ms_p95']} ms; commit -> run end p50"
         f" {f['script_end_lag_ms_p50']} p95 {f['script_end_lag_ms_p95']} ms"
     )
+    if f["script_errors"] or f["scripts_paused"]:
+        print(f"  script errors {f['script_errors']}; scripts paused {f['scripts_paused']}")
+    print(f"  trigger jobs by state: {f['trigger_job_states']}")
     print(
         f"  isolate heap used per run p50 {iso['heap_used_kb_p50']} p95"
         f" {iso['heap_used_kb_p95']} max {iso['heap_used_kb_max']} KB ({iso['runs']} runs);"
