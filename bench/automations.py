@@ -5,7 +5,7 @@ One installation (``install.sh --prefix <tmp> --no-start``, see ``_common.Instal
 with 2 API processes, the worker and the scripts process, one sandbox account:
 
 1. **none**: the sandbox load mode (``POST .../sandbox/load``) at 500 msg/s for 20 s
-   (smoke: 100/s for 2 s) on an account without automations. Reported: the worker's
+   (smoke: 100/s for 1 s) on an account without automations. Reported: the worker's
    injection-to-commit latency p50/p95/max (its LoadStats), as in inbound_load.py.
 2. The same account gets 50 auto-reply rules (45 that match nothing the load sends,
    in all five match types, some with conditions; 5 that match every message, with
@@ -22,14 +22,14 @@ with 2 API processes, the worker and the scripts process, one sandbox account:
 4. Isolate memory per run: the used V8 heap at the end of each run, from the
    scripts process's own sandbox pool (``appliance.scripting.pool.ChildPool``, as
    bench/script_runs.py) running the 5 scripts' code on a sample message (20 runs
-   each; smoke 3), p50/p95/max; and the resident memory of the scripts process's
+   each; smoke 1), p50/p95/max; and the resident memory of the scripts process's
    sandbox children sampled during the automations load (max per child).
 
 Everything goes to 127.0.0.1; every wait is bounded by a count and a time limit.
 Output: a short human summary, then one line of JSON (the last line of stdout).
 
-    python bench/automations.py            # about 3 minutes (install included)
-    python bench/automations.py --smoke    # under a minute
+    python bench/automations.py            # about 5 minutes on a quiet machine
+    python bench/automations.py --smoke    # about a minute (the install is most of it)
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def _print(name: str, r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="short run (CI): 100/s for 2 s")
+    parser.add_argument("--smoke", action="store_true", help="short run (CI): 100/s for 1 s")
     parser.add_argument("--rate", type=float, help="messages per second (500; smoke 100)")
     parser.add_argument("--duration", type=float, help="seconds per load run (20; smoke 2)")
     parser.add_argument(
@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     args = parser.parse_args(argv)
     args.rate = args.rate or (100.0 if args.smoke else 500.0)
-    args.duration = args.duration or (2.0 if args.smoke else 20.0)
-    args.heap_runs = args.heap_runs or (3 if args.smoke else 20)
-    args.drain_limit = args.drain_limit or (20.0 if args.smoke else DRAIN_LIMIT_S)
+    args.duration = args.duration or (1.0 if args.smoke else 20.0)
+    args.heap_runs = args.heap_runs or (1 if args.smoke else 20)
+    args.drain_limit = args.drain_limit or (15.0 if args.smoke else DRAIN_LIMIT_S)
     exit_on_sigterm()
     started = time.monotonic()
     result = run(args)
