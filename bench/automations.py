@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="short run (CI): 100/s for 1 s")
     parser.add_argument("--rate", type=float, help="messages per second (500; smoke 100)")
-    parser.add_argument("--duration", type=float, help="seconds per load run (20; smoke 2)")
+    parser.add_argument("--duration", type=float, help="seconds per load run (20; smoke 1)")
     parser.add_argument(
         "--script-share",
         type=float,
