@@ -7,6 +7,7 @@ with origin "automation", and cooldowns and conditions read the database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -668,5 +669,38 @@ def test_a_refused_action_is_undone_alone_and_reported(
         assert await h.drain() == 1
         assert len(await _chat_events(h, "chat.updated")) == updates
         assert (await h.fired_events())[-1]["actions"][4]["outcome"] == "unchanged"
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_the_worker_sees_every_rule_change_at_once(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        rule_id = await h.rule("price")
+        assert [r.pattern for r in await rules_store.active_rules(h.db, ACCOUNT)] == ["price"]
+        cached = await rules_store.active_rules(h.db, ACCOUNT)
+        assert cached is await rules_store.active_rules(h.db, ACCOUNT)  # built once
+        record = await rules_store.get_rule(h.db, ACCOUNT, rule_id)
+        assert record is not None
+        changed = dataclasses.replace(record.rule, pattern="menu")
+        async with h.db.write() as conn:
+            await rules_store.replace_rule(conn, changed, account_id=ACCOUNT, now=5.0)
+        await h.inbound("A1", "price?")
+        await h.inbound("A2", "the menu")
+        assert await h.drain() == 2
+        assert [e["trigger_message_id"] for e in await h.fired_events()] == ["A2"]
+        async with h.db.write() as conn:
+            await rules_store.replace_rule(
+                conn, dataclasses.replace(changed, active=False), account_id=ACCOUNT, now=6.0
+            )
+        await h.rule("hello")
+        await h.inbound("A3", "menu, hello")
+        assert await h.drain() == 1
+        fired = await h.fired_events()
+        assert [e["rule_name"] for e in fired] == ["price", "hello"]
+        async with h.db.write() as conn:
+            await rules_store.delete_rule(conn, ACCOUNT, fired[1]["rule_id"])
+        assert await rules_store.active_rules(h.db, ACCOUNT) == []
 
     _run(tmp_path, open_db, db_path, body)
