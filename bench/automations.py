@@ -224,8 +224,9 @@ def automation_figures(db_path: Path, since: float) -> dict[str, Any]:
         ACCOUNT,
         since,
     )
-    wall = [float(r["wall_ms"]) for r in runs if r["wall_ms"] is not None]
-    cpu = [float(r["cpu_ms"]) for r in runs if r["cpu_ms"] is not None]
+    # Run overhead of the runs that ran (a failed run's times say how it failed).
+    wall = [float(r["wall_ms"]) for r in runs if r["wall_ms"] is not None and r["state"] == "ok"]
+    cpu = [float(r["cpu_ms"]) for r in runs if r["cpu_ms"] is not None and r["state"] == "ok"]
     end_lag = [
         (r["finished_at"] - r["message_at"]) * 1000
         for r in runs
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {f['rules_fired']}; drained: {drain['drained']} after {drain['drain_s']} s"
     )
     print(
-        f"  script runs {f['script_runs']} ({f['script_runs_error']} errors): wall p50"
+        f"  script runs {f['script_runs']} ({f['script_runs_error']} errors); ok runs: wall p50"
         f" {f['script_wall_ms_p50']} p95 {f['script_wall_ms_p95']} ms, cpu p50"
         f" {f['script_cpu_ms_p50']} p95 {f['script_cpu_ms_p95']} ms; commit -> run end p50"
         f" {f['script_end_lag_ms_p50']} p95 {f['script_end_lag_ms_p95']} ms"
