@@ -11,10 +11,15 @@ not answer instead.
 Conditions are a list of typed objects (all must hold), and actions too; both are
 discriminated by ``type``. A new kind is one model in the union plus one entry in
 ``CONDITION_CHECKS`` (its check reads ``Facts``) or one branch where actions are
-carried out (``auto_reply_step``). Built today: conditions ``chat_type``,
-``first_message``, ``business_hours``; the action ``reply`` (text or media). Planned
-on the team inbox's tables: conditions on chat tags and conversation status, actions
-quick reply, add/remove tag, assign, set status.
+carried out (``auto_reply_step``). Conditions: ``chat_type``, ``first_message``,
+``business_hours``, ``chat_tags`` (required / excluded tags of the chat) and
+``status`` (the conversation's status once the message arrived). Actions: ``reply``
+(text or media), ``quick_reply`` (a quick reply of the team inbox, with variables),
+``tags`` (add / remove), ``assign`` (to a user, or nobody) and ``set_status``.
+
+Conditions are evaluated on the state before any rule acts for the message: an
+earlier rule's ``tags`` or ``set_status`` action does not change what a later rule's
+conditions see for the same message.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BeforeValidator, Field, StringConstraints, TypeAdapter, model_validator
 
 from appliance.automations import text_match
+from appliance.inbox.conversations import Status
+from appliance.inbox.models import QuickReplyRef
 from appliance.messaging.models import (
     BusinessHours,
     Context,
@@ -70,8 +77,43 @@ class BusinessHoursCondition(Strict):
     when: Literal["inside", "outside"]
 
 
+TagId = Annotated[int, Field(ge=1, le=2**53), BeforeValidator(number_only)]
+TagIds = Annotated[list[TagId], Field(max_length=20)]
+
+
+class ChatTagsCondition(Strict):
+    """The chat carries every tag of `required` and none of `excluded` (tag ids of the
+    account, `GET /api/accounts/{account}/tags`). A tag deleted since counts as absent
+    from every chat."""
+
+    type: Literal["chat_tags"]
+    required: TagIds = Field(default_factory=list, description="Tags the chat must carry (all)")
+    excluded: TagIds = Field(default_factory=list, description="Tags the chat must not carry (any)")
+
+    @model_validator(mode="after")
+    def _something(self) -> ChatTagsCondition:
+        if not self.required and not self.excluded:
+            raise ValueError("give required and/or excluded tag ids")
+        both = sorted(set(self.required) & set(self.excluded))
+        if both:
+            raise ValueError(f"tags both required and excluded: {both}")
+        return self
+
+
+class StatusCondition(Strict):
+    """The conversation's status is one of `statuses`, as it is once the message
+    arrived (a message reopens a resolved or snoozed chat: it is then `open`)."""
+
+    type: Literal["status"]
+    statuses: Annotated[list[Status], Field(min_length=1, max_length=4)]
+
+
 Condition = Annotated[
-    ChatTypeCondition | FirstMessageCondition | BusinessHoursCondition,
+    ChatTypeCondition
+    | FirstMessageCondition
+    | BusinessHoursCondition
+    | ChatTagsCondition
+    | StatusCondition,
     Field(discriminator="type"),
 ]
 
@@ -110,8 +152,65 @@ class ReplyAction(Strict):
         )
 
 
-# One kind today; further kinds join as a discriminated union on `type`.
-Action = ReplyAction
+class QuickReplyAction(Strict):
+    """Reply with a quick reply of the account (its text or media, `{{variables}}`
+    rendered for the chat: `contact.name`, `chat.phone`, `agent.name` = the chat's
+    assignee, and the custom `variables` given here)."""
+
+    type: Literal["quick_reply"]
+    quick_reply: QuickReplyRef
+    quote: Bool = Field(default=False, description="Quote the message replied to")
+
+
+class TagsAction(Strict):
+    """Add and/or remove tags (ids of the account's tags) on the chat."""
+
+    type: Literal["tags"]
+    add: TagIds = Field(default_factory=list)
+    remove: TagIds = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> TagsAction:
+        if not self.add and not self.remove:
+            raise ValueError("give tag ids to add and/or remove")
+        both = sorted(set(self.add) & set(self.remove))
+        if both:
+            raise ValueError(f"tags both added and removed: {both}")
+        return self
+
+
+class AssignAction(Strict):
+    """Assign the chat to a user who works the account, or to nobody."""
+
+    type: Literal["assign"]
+    user_id: Annotated[int, Field(ge=1, le=2**53), BeforeValidator(number_only)] | None = Field(
+        default=None, description="The user; absent or null takes the chat off its assignee"
+    )
+
+
+class SetStatusAction(Strict):
+    """Set the conversation's status; `snoozed` needs `snooze_s` (how long, from the
+    message's arrival)."""
+
+    type: Literal["set_status"]
+    status: Status
+    snooze_s: Annotated[int, Field(ge=60, le=31_536_000), BeforeValidator(number_only)] | None = (
+        Field(default=None, description="With `snoozed`: snooze this long (seconds)")
+    )
+
+    @model_validator(mode="after")
+    def _snooze(self) -> SetStatusAction:
+        if (self.status == "snoozed") != (self.snooze_s is not None):
+            raise ValueError("snooze_s goes with status snoozed, and only with it")
+        return self
+
+
+Action = Annotated[
+    ReplyAction | QuickReplyAction | TagsAction | AssignAction | SetStatusAction,
+    Field(discriminator="type"),
+]
+AnyAction = ReplyAction | QuickReplyAction | TagsAction | AssignAction | SetStatusAction
+SEND_ACTIONS = ("reply", "quick_reply")
 
 CONDITIONS = TypeAdapter(list[Condition])
 ACTIONS = TypeAdapter(list[Action])
@@ -136,6 +235,11 @@ class Facts:
     previous_message_at: float | None = None
     # rule id -> when it last fired in this chat.
     last_fired: Mapping[str, float] = field(default_factory=dict)
+    # The chat's tag ids (gathered when a rule has a chat_tags condition).
+    chat_tags: frozenset[int] = frozenset()
+    # The conversation's status once the message arrived (gathered when a rule has a
+    # status condition; None: no such chat yet, which a new chat would start as open).
+    status: Status | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +253,7 @@ class Rule:
     match_type: MatchType
     pattern: str
     conditions: Sequence[Any]
-    actions: Sequence[Action]
+    actions: Sequence[AnyAction]
     cooldown_s: int
     stop: bool
     prepared: str = ""  # the folded pattern (text_match.prepare_pattern)
@@ -213,16 +317,44 @@ def _business_hours(cond: BusinessHoursCondition, facts: Facts) -> bool:
     return inside == (cond.when == "inside")
 
 
+def _chat_tags(cond: ChatTagsCondition, facts: Facts) -> bool:
+    return all(t in facts.chat_tags for t in cond.required) and not any(
+        t in facts.chat_tags for t in cond.excluded
+    )
+
+
+def _status(cond: StatusCondition, facts: Facts) -> bool:
+    return (facts.status or "open") in cond.statuses
+
+
 CONDITION_CHECKS: dict[str, Callable[[Any, Facts], bool]] = {
     "chat_type": _chat_type,
     "first_message": _first_message,
     "business_hours": _business_hours,
+    "chat_tags": _chat_tags,
+    "status": _status,
 }
+
+
+def condition_types(rules: Sequence[Rule]) -> frozenset[str]:
+    """The condition types the active rules use (the caller gathers only their facts)."""
+    return frozenset(c.type for r in rules if r.active for c in r.conditions)
 
 
 def needs_previous_message(rules: Sequence[Rule]) -> bool:
     """Whether a rule looks at the chat's previous message (so the caller gathers it)."""
-    return any(c.type == "first_message" for r in rules if r.active for c in r.conditions)
+    return "first_message" in condition_types(rules)
+
+
+def tag_ids(rule_conditions: Sequence[Any], actions: Sequence[Any]) -> list[int]:
+    """Every tag id a rule's conditions and actions name, in order of first mention."""
+    found: list[int] = []
+    for item in [*rule_conditions, *actions]:
+        for name in ("required", "excluded", "add", "remove"):
+            for tag in getattr(item, name, None) or []:
+                if tag not in found:
+                    found.append(tag)
+    return found
 
 
 def decide(rules: Sequence[Rule], facts: Facts) -> Decision:

@@ -8,7 +8,8 @@ state says. Each due schedule is handled in ONE write transaction that
 2. decides what is due (``schedule_times.decide``: at most one send per schedule and
    pass, the missed-run policy for late ones),
 3. accepts the sends through ``messaging.sends.accept_send`` with ``origin="automation"``
-   and ``client_key = schedule:<id>:<occurrence UTC>:<chat>``,
+   and ``client_key = schedule:<id>:<occurrence UTC>:<chat>`` (a quick-reply body is
+   rendered for each recipient's chat first: ``quick_reply_content``),
 4. records the run with its message ids and advances ``next_run_at`` past ``now``,
 5. appends the ``schedule.run`` event;
 
@@ -35,9 +36,12 @@ import aiosqlite
 from prometheus_client import Counter, Histogram
 
 from appliance.automations import schedules_store as store
+from appliance.automations.quick_reply_content import render_for_chat
 from appliance.automations.schedule_times import Decision, decide, occurrence_key
-from appliance.db.database import Database
+from appliance.db.database import Database, ReadSource
 from appliance.errors import ClientError
+from appliance.inbox import store as inbox_store
+from appliance.inbox.models import QuickReplyRef
 from appliance.messaging.models import MessageContent, recipient_jid
 from appliance.messaging.sends import accept_send
 from appliance.messaging.store import append_event
@@ -70,6 +74,15 @@ FIRE_DELAY = Histogram(
     "From an occurrence's time to its run being committed.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0),
 )
+
+
+async def creator_name(source: ReadSource, created_by: str | None) -> str | None:
+    """``{{agent.name}}`` of a scheduled quick reply: the user who created the schedule
+    (None for an API key or a user deleted since)."""
+    kind, _, number = (created_by or "").partition(":")
+    if kind != "user" or not number.isdigit():
+        return None
+    return (await inbox_store.user_names(source, [int(number)])).get(int(number))
 
 
 def client_key(schedule_id: str, occurrence: datetime, chat: str) -> str:
@@ -253,13 +266,25 @@ class Scheduler:
     async def _send(
         self, conn: aiosqlite.Connection, schedule: store.Schedule, decision: Decision, now: float
     ) -> tuple[list[dict[str, str]], str | None]:
-        """Accept one send per recipient, all or none (a savepoint): (messages, error)."""
-        content = MessageContent.model_validate(schedule.content)
+        """Accept one send per recipient, all or none (a savepoint): (messages, error).
+        A quick-reply body is rendered for each recipient's chat."""
+        quick = (
+            None
+            if schedule.quick_reply is None
+            else QuickReplyRef.model_validate(schedule.quick_reply)
+        )
         messages: list[dict[str, str]] = []
         await conn.execute("SAVEPOINT schedule_run")
         try:
+            agent = await creator_name(conn, schedule.created_by) if quick is not None else None
             for to in schedule.recipients:
                 chat = recipient_jid(to)
+                if quick is None:
+                    content = MessageContent.model_validate(schedule.content)
+                else:
+                    content = await render_for_chat(
+                        conn, schedule.account_id, chat, quick, agent=agent
+                    )
                 accepted = await accept_send(
                     conn,
                     account_id=schedule.account_id,

@@ -34,7 +34,8 @@ Outcome = Literal["sent", "skipped", "failed"]
 
 _COLS = (
     "id, account_id, name, kind, at, cron, timezone, recipients, content, missed, grace_s, "
-    "state, state_reason, next_run_at, last_run_at, runs, created_by, created_at, updated_at"
+    "state, state_reason, next_run_at, last_run_at, runs, created_by, created_at, updated_at, "
+    "quick_reply"
 )
 _RUN_COLS = (
     "id, schedule_id, account_id, occurrence_at, ran_at, outcome, late_s, skipped, "
@@ -71,6 +72,8 @@ class Schedule:
     created_by: str | None
     created_at: float
     updated_at: float
+    # The body as a quick reply ({"id", "variables"}) instead of ``content``; None if not.
+    quick_reply: dict[str, Any] | None = None
 
     @property
     def timing(self) -> Timing:
@@ -121,6 +124,7 @@ def _schedule(row: sqlite3.Row) -> Schedule:
         created_by=row["created_by"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        quick_reply=None if row["quick_reply"] is None else orjson.loads(row["quick_reply"]),
     )
 
 
@@ -164,12 +168,13 @@ async def create_schedule(
     next_run_at: float | None,
     created_by: str | None,
     now: float,
+    quick_reply: dict[str, Any] | None = None,
 ) -> Schedule:
     cols = timing_columns(timing, at_text)
     await conn.execute(
         "INSERT INTO schedules (id, account_id, name, kind, at, cron, timezone, recipients, "
-        "content, missed, grace_s, state, next_run_at, created_by, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "content, missed, grace_s, state, next_run_at, created_by, created_at, updated_at, "
+        "quick_reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             schedule_id,
             account_id,
@@ -187,6 +192,7 @@ async def create_schedule(
             created_by,
             now,
             now,
+            None if quick_reply is None else _json(quick_reply),
         ),
     )
     return await get_schedule(conn, account_id, schedule_id)
@@ -231,6 +237,7 @@ async def update_schedule(
         "timezone",
         "recipients",
         "content",
+        "quick_reply",
         "missed",
         "grace_s",
         "state",

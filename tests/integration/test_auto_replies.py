@@ -188,13 +188,20 @@ def test_exactly_one_reply_per_matching_inbound_across_worker_kill_9(
     appliance: Appliance, admin: httpx.Client
 ) -> None:
     account = _account(appliance, admin, "ar-drill")
+    tag = admin.post(f"/api/accounts/{account}/tags", json={"name": "greeted"})
+    assert tag.status_code == 201, tag.text
+    tag_id = tag.json()["id"]
     created = admin.post(
         f"/api/accounts/{account}/auto-replies",
         json={
             "name": "welcome",
             "match_type": "starts",
             "pattern": "merhaba",
-            "actions": [{"type": "reply", "text": "Hoş geldiniz!", "quote": True}],
+            "actions": [
+                {"type": "reply", "text": "Hoş geldiniz!", "quote": True},
+                {"type": "tags", "add": [tag_id]},
+                {"type": "set_status", "status": "pending"},
+            ],
         },
     )
     assert created.status_code == 201, created.text
@@ -288,6 +295,29 @@ def test_exactly_one_reply_per_matching_inbound_across_worker_kill_9(
         account,
     )
     assert sorted(r["m"] for r in fired) == sorted(matching)  # one event per trigger
+    # The inbox actions too: each matching chat tagged and set pending once, by the rule.
+    tagged = _query(
+        appliance,
+        "SELECT chat_jid FROM chat_tags WHERE account_id = ? AND tag_id = ?",
+        account,
+        tag_id,
+    )
+    assert sorted(r["chat_jid"] for r in tagged) == sorted(matching.values())
+    pending = _query(
+        appliance, "SELECT jid FROM chats WHERE account_id = ? AND status = 'pending'", account
+    )
+    assert sorted(r["jid"] for r in pending) == sorted(matching.values())
+    updates = _query(
+        appliance,
+        "SELECT json_extract(data, '$.chat_id') AS chat, json_extract(data, '$.changed') AS "
+        "changed, json_extract(data, '$.status') AS status, json_extract(data, '$.by') AS by "
+        "FROM events WHERE account_id = ? AND type = 'chat.updated'",
+        account,
+    )
+    tag_events = sorted(u["chat"] for u in updates if u["changed"] is not None)
+    status_events = sorted(u["chat"] for u in updates if u["status"] == "pending")
+    assert tag_events == status_events == sorted(matching.values())  # once each
+    assert all(rule_id in u["by"] for u in updates if u["chat"] in matching.values())
     dead = _query(
         appliance,
         "SELECT COUNT(*) AS n FROM queue_jobs WHERE queue = 'automation' AND state = 'dead'",

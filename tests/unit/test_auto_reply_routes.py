@@ -22,6 +22,8 @@ from appliance.auth import store as auth_store
 from appliance.auth.permissions import Role
 from appliance.config import Paths, load_settings
 from appliance.db.database import Database
+from appliance.inbox import quick_replies_store, tags_store
+from appliance.inbox.models import Actor
 from appliance.messaging import store
 from appliance.secrets import Secrets
 from tests.unit.conftest import OpenDb, key_owner
@@ -318,5 +320,182 @@ def test_rules_per_account_are_capped(tmp_path: Path, open_db: OpenDb, db_path: 
                 )
         status, error = await call("POST", BASE, RULE)
         assert status == 409 and "200" in error["error"]
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+async def _inbox_setup(db: Database) -> dict[str, int]:
+    """Tags, quick replies and users on account A (and a tag on B)."""
+    by = Actor(principal="user:1", name="setup")
+    ids: dict[str, int] = {}
+    async with db.write() as conn:
+        for account, name in ((A, "VIP"), (A, "blocked"), (B, "other")):
+            tag = await tags_store.create_tag(conn, account, name=name, color=None, by=by, now=1.0)
+            ids[name] = tag.id
+        quick = await quick_replies_store.create_quick_reply(
+            conn,
+            A,
+            name="code",
+            shortcut="/code",
+            body="Hi {{contact.name|there}}, your code is {{code}}",
+            media=None,
+            created_by="user:1",
+            now=1.0,
+        )
+        ids["quick"] = quick.id
+        for name, accounts in (("ayse", [A]), ("bora", [B])):
+            ids[name] = await auth_store.create_user(
+                conn,
+                username=name,
+                password_hash="x",
+                role=Role.AGENT,
+                all_accounts=False,
+                accounts=accounts,
+                now=1.0,
+            )
+    return ids
+
+
+def test_inbox_conditions_and_actions_are_checked_against_the_account(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(db: Database, call: Call, agent: dict[str, str]) -> None:
+        ids = await _inbox_setup(db)
+        rule = {
+            **RULE,
+            "conditions": [
+                {"type": "chat_tags", "required": [ids["VIP"]], "excluded": [ids["blocked"]]},
+                {"type": "status", "statuses": ["open", "pending"]},
+            ],
+            "actions": [
+                {
+                    "type": "quick_reply",
+                    "quick_reply": {"id": ids["quick"], "variables": {"code": "7"}},
+                },
+                {"type": "tags", "add": [ids["blocked"]], "remove": [ids["VIP"]]},
+                {"type": "assign", "user_id": ids["ayse"]},
+                {"type": "set_status", "status": "snoozed", "snooze_s": 3600},
+            ],
+        }
+        status, created = await call("POST", BASE, rule)
+        assert status == 201, created
+        assert [a["type"] for a in created["actions"]] == [
+            "quick_reply",
+            "tags",
+            "assign",
+            "set_status",
+        ]
+        # Tags, users and quick replies of another account (or none) are named: 422.
+        bad = {
+            **rule,
+            "conditions": [{"type": "chat_tags", "required": [ids["other"]]}],
+            "actions": [
+                {"type": "tags", "add": [ids["VIP"], 9999]},
+                {"type": "assign", "user_id": ids["bora"]},
+                {"type": "quick_reply", "quick_reply": {"id": 4242}},
+            ],
+        }
+        status, error = await call("POST", BASE, bad)
+        assert status == 422, error
+        assert [i["path"] for i in error["issues"]] == [
+            "conditions.0.required.0",
+            "actions.0.add.1",
+            "actions.1.user_id",
+            "actions.2.quick_reply.id",
+        ]
+        # Variables that do not fit: 400 naming the unknown and the missing one.
+        status, error = await call(
+            "POST",
+            BASE,
+            {
+                **RULE,
+                "actions": [
+                    {
+                        "type": "quick_reply",
+                        "quick_reply": {"id": ids["quick"], "variables": {"typo": "x"}},
+                    }
+                ],
+            },
+        )
+        assert status == 400, error
+        assert sorted(i["path"] for i in error["issues"]) == [
+            "actions.0.quick_reply.variables.code",
+            "actions.0.quick_reply.variables.typo",
+        ]
+        # Shape errors: 400 (more than 3 sends, snoozed without snooze_s, a tag both ways).
+        for actions in (
+            [{"type": "reply", "text": "x"}] * 4,
+            [{"type": "set_status", "status": "snoozed"}],
+            [{"type": "tags", "add": [1], "remove": [1]}],
+        ):
+            status, error = await call("POST", BASE, {**RULE, "actions": actions})
+            assert status == 400, (actions, error)
+        # PATCH checks the references of the merged rule too.
+        status, error = await call(
+            "PATCH",
+            f"{BASE}/{created['id']}",
+            {"actions": [{"type": "assign", "user_id": ids["bora"]}]},
+        )
+        assert status == 422 and error["issues"][0]["path"] == "actions.0.user_id"
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_the_test_endpoint_reports_inbox_conditions_and_actions_without_doing_them(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(db: Database, call: Call, agent: dict[str, str]) -> None:
+        ids = await _inbox_setup(db)
+        status, rule = await call(
+            "POST",
+            BASE,
+            {
+                "name": "vip",
+                "match_type": "contains",
+                "pattern": "help",
+                "conditions": [
+                    {"type": "chat_tags", "required": [ids["VIP"]]},
+                    {"type": "status", "statuses": ["pending"]},
+                ],
+                "actions": [
+                    {
+                        "type": "quick_reply",
+                        "quote": True,
+                        "quick_reply": {"id": ids["quick"], "variables": {"code": "42"}},
+                    },
+                    {"type": "tags", "add": [ids["blocked"]], "remove": [ids["VIP"]]},
+                    {"type": "assign", "user_id": ids["ayse"]},
+                    {"type": "set_status", "status": "snoozed", "snooze_s": 600},
+                ],
+            },
+        )
+        assert status == 201, rule
+        status, out = await call("POST", TEST, {"text": "help"})
+        assert status == 200 and out["fired"] == []
+        assert [(t["outcome"], t["detail"]) for t in out["trace"]] == [("condition", "chat_tags")]
+        sample = {"text": "help", "chat_tags": [ids["VIP"]], "at": 1_800_000_000}
+        status, out = await call("POST", TEST, sample)
+        assert [(t["outcome"], t["detail"]) for t in out["trace"]] == [("condition", "status")]
+        status, out = await call("POST", TEST, {**sample, "status": "pending"})
+        assert status == 200, out
+        (fired,) = out["fired"]
+        quick, tags, assign, snooze = fired["actions"]
+        assert quick["message"] == {
+            "to": "(sample chat)",
+            "type": "text",
+            "text": {"body": "Hi there, your code is 42", "preview_url": False},
+            "context": {"message_id": "SAMPLE"},
+        }
+        assert fired["replies"] == [quick["message"]]
+        assert [t["name"] for t in tags["tags_added"]] == ["blocked"]
+        assert [t["name"] for t in tags["tags_removed"]] == ["VIP"]
+        assert assign["assignee"] == {"id": ids["ayse"], "username": "ayse"}
+        assert snooze["status"] == "snoozed" and snooze["snoozed_until"] == 1_800_000_600
+        assert all(a["error"] is None for a in fired["actions"])
+        # Nothing was done: no message, no tag, no event but the rule's creation.
+        assert await db.scalar("SELECT COUNT(*) FROM messages") == 0
+        assert await db.scalar("SELECT COUNT(*) FROM chat_tags") == 0
+        types = [r["type"] for r in await db.fetchall("SELECT type FROM events ORDER BY id")]
+        assert "automation.fired" not in types and "chat.updated" not in types
 
     _run(tmp_path, open_db, db_path, body)

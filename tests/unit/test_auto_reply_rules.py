@@ -18,12 +18,18 @@ from appliance.automations import text_match
 from appliance.automations.auto_reply_rules import (
     ACTIONS,
     CONDITIONS,
+    AssignAction,
     Facts,
+    QuickReplyAction,
     ReplyAction,
     Rule,
+    SetStatusAction,
+    TagsAction,
+    condition_types,
     decide,
     in_business_hours,
     needs_previous_message,
+    tag_ids,
 )
 from appliance.messaging.models import AccountSettings, BusinessHours
 
@@ -307,3 +313,91 @@ def test_reply_actions_become_send_bodies() -> None:
             ReplyAction.model_validate(bad) if bad["type"] == "reply" else ACTIONS.validate_python(
                 [bad]
             )
+
+
+def test_chat_tag_conditions_required_all_and_excluded_none() -> None:
+    vip = _rule("vip", conditions=[{"type": "chat_tags", "required": [1, 2]}], stop=False)
+    not_blocked = _rule("ok", conditions=[{"type": "chat_tags", "excluded": [9]}], stop=False)
+    both = _rule("both", conditions=[{"type": "chat_tags", "required": [1], "excluded": [9]}])
+    rules = [vip, not_blocked, both]
+    assert _outcomes(rules, _facts()) == {"vip": "condition", "ok": "fired", "both": "condition"}
+    assert _outcomes(rules, _facts(chat_tags=frozenset({1}))) == {
+        "vip": "condition",
+        "ok": "fired",
+        "both": "fired",
+    }
+    assert _outcomes(rules, _facts(chat_tags=frozenset({1, 2, 3}))) == {
+        "vip": "fired",
+        "ok": "fired",
+        "both": "fired",
+    }
+    verdicts = decide(rules, _facts(chat_tags=frozenset({1, 2, 9}))).verdicts
+    assert [(v.outcome, v.detail) for v in verdicts] == [
+        ("fired", None),
+        ("condition", "chat_tags"),
+        ("condition", "chat_tags"),
+    ]
+    assert condition_types(rules) == {"chat_tags"}
+    for bad in (
+        {"type": "chat_tags"},
+        {"type": "chat_tags", "required": [], "excluded": []},
+        {"type": "chat_tags", "required": [1], "excluded": [1]},
+        {"type": "chat_tags", "required": [0]},
+        {"type": "chat_tags", "required": ["1"]},
+    ):
+        with pytest.raises(ValueError):
+            CONDITIONS.validate_python([bad])
+
+
+def test_status_condition_sees_the_status_after_the_message_arrived() -> None:
+    pending = _rule("p", conditions=[{"type": "status", "statuses": ["pending"]}], stop=False)
+    working = _rule("w", conditions=[{"type": "status", "statuses": ["open", "pending"]}])
+    rules = [pending, working]
+    assert _outcomes(rules, _facts(status="pending")) == {"p": "fired", "w": "fired"}
+    assert _outcomes(rules, _facts(status="open")) == {"p": "condition", "w": "fired"}
+    assert _outcomes(rules, _facts(status=None)) == {"p": "condition", "w": "fired"}  # new chat
+    assert _outcomes(rules, _facts(status="resolved")) == {"p": "condition", "w": "condition"}
+    assert decide(rules, _facts(status="resolved")).verdicts[1].detail == "status"
+    for bad in (
+        {"type": "status", "statuses": []},
+        {"type": "status", "statuses": ["closed"]},
+    ):
+        with pytest.raises(ValueError):
+            CONDITIONS.validate_python([bad])
+
+
+def test_inbox_actions_validate() -> None:
+    quick, tags, assign, unassign, status, snooze = ACTIONS.validate_python(
+        [
+            {"type": "quick_reply", "quick_reply": {"id": 4, "variables": {"x": "1"}}},
+            {"type": "tags", "add": [1], "remove": [2]},
+            {"type": "assign", "user_id": 7},
+            {"type": "assign", "user_id": None},
+            {"type": "set_status", "status": "pending"},
+            {"type": "set_status", "status": "snoozed", "snooze_s": 3600},
+        ]
+    )
+    assert isinstance(quick, QuickReplyAction) and quick.quick_reply.variables == {"x": "1"}
+    assert isinstance(tags, TagsAction) and tags.add == [1]
+    assert isinstance(assign, AssignAction) and assign.user_id == 7
+    assert isinstance(unassign, AssignAction) and unassign.user_id is None
+    assert isinstance(status, SetStatusAction) and status.snooze_s is None
+    assert isinstance(snooze, SetStatusAction) and snooze.snooze_s == 3600
+    rule = _rule(
+        "r",
+        conditions=[{"type": "chat_tags", "required": [5], "excluded": [1]}],
+        actions=[{"type": "tags", "add": [1, 6], "remove": [7]}],
+    )
+    assert tag_ids(rule.conditions, rule.actions) == [5, 1, 6, 7]
+    for bad in (
+        {"type": "quick_reply", "quick_reply": {"id": 0}},
+        {"type": "quick_reply", "quick_reply": {"id": 1, "variables": {"1x": "a"}}},
+        {"type": "tags"},
+        {"type": "tags", "add": [1], "remove": [1]},
+        {"type": "assign", "user_id": "7"},
+        {"type": "set_status", "status": "snoozed"},
+        {"type": "set_status", "status": "open", "snooze_s": 600},
+        {"type": "set_status", "status": "closed"},
+    ):
+        with pytest.raises(ValueError):
+            ACTIONS.validate_python([bad])

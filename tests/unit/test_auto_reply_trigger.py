@@ -7,6 +7,7 @@ with origin "automation", and cooldowns and conditions read the database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from appliance.auth import store as auth_store
+from appliance.auth.permissions import Role
 from appliance.automations import auto_reply_store as rules_store
 from appliance.automations.auto_reply_rules import ACTIONS, CONDITIONS, Rule
 from appliance.automations.steps import automation_steps
@@ -26,6 +29,9 @@ from appliance.config import Paths, Settings, load_settings
 from appliance.db.database import Database
 from appliance.db.queue import DurableQueue
 from appliance.engines.base import InboundMessage
+from appliance.inbox import quick_replies_store, tags_store
+from appliance.inbox import store as inbox_store
+from appliance.inbox.models import Actor
 from appliance.messaging import sends, store
 from appliance.messaging.contracts import SEND_QUEUE
 from appliance.messaging.models import MessageContent
@@ -196,6 +202,7 @@ def test_an_inbound_message_and_its_trigger_job_commit_together(
                 "trigger_message_id": "IN1",
                 "message_ids": [reply["id"]],
                 "errors": [],
+                "actions": [{"type": "reply", "outcome": "done", "message_id": reply["id"]}],
             }
         ]
         assert h.woken == 1 and h.published == 1
@@ -408,5 +415,292 @@ def test_housekeeping_forgets_old_jobs_and_step_rows(
             await trigger.tidy()
             assert tuple(await h.db.fetchone(counts)) == expected, days  # type: ignore[arg-type]
         assert len(await h.replies()) == 1  # the reply itself is kept
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+# -- conditions on the team inbox, and actions that change it ----------------------------
+
+SYSTEM_ACTOR = Actor(principal="user:1", name="setup")
+
+
+async def _tag(h: Harness, name: str) -> int:
+    async with h.db.write() as conn:
+        tag = await tags_store.create_tag(
+            conn, ACCOUNT, name=name, color=None, by=SYSTEM_ACTOR, now=1.0
+        )
+    return tag.id
+
+
+async def _user(h: Harness, name: str, accounts: list[str]) -> int:
+    async with h.db.write() as conn:
+        return await auth_store.create_user(
+            conn,
+            username=name,
+            password_hash="x",
+            role=Role.AGENT,
+            all_accounts=False,
+            accounts=accounts,
+            now=1.0,
+        )
+
+
+async def _chat_events(h: Harness, *types: str) -> list[dict[str, Any]]:
+    marks = ",".join("?" * len(types))
+    rows = await h.db.fetchall(
+        f"SELECT type, data FROM events WHERE type IN ({marks}) ORDER BY id", types
+    )
+    return [{"type": r["type"], **orjson.loads(r["data"])} for r in rows]
+
+
+def test_tag_and_status_conditions_read_the_inbox(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        vip = await _tag(h, "VIP")
+        blocked = await _tag(h, "blocked")
+        await h.rule(
+            "hi",
+            name="vip",
+            stop=False,
+            conditions=[{"type": "chat_tags", "required": [vip], "excluded": [blocked]}],
+        )
+        await h.rule(
+            "hi",
+            name="pending",
+            priority=150,
+            conditions=[{"type": "status", "statuses": ["pending"]}],
+        )
+        await h.inbound("A1", "hi")  # untagged, open: nothing
+        assert await h.drain() == 1
+        assert await h.fired_events() == []
+        async with h.db.write() as conn:
+            await tags_store.apply_tags(
+                conn,
+                ACCOUNT,
+                add=[vip],
+                remove=[],
+                chats=[ALICE],
+                contacts=[],
+                by=SYSTEM_ACTOR,
+                now=2.0,
+            )
+            await inbox_store.change_chat(
+                conn,
+                ACCOUNT,
+                ALICE,
+                by=inbox_store.SYSTEM,
+                assigns_others=True,
+                now=2.0,
+                status="pending",
+            )
+        await h.inbound("A2", "hi")
+        assert await h.drain() == 1
+        assert [e["rule_name"] for e in await h.fired_events()] == ["vip", "pending"]
+        async with h.db.write() as conn:
+            await tags_store.apply_tags(
+                conn,
+                ACCOUNT,
+                add=[blocked],
+                remove=[],
+                chats=[ALICE],
+                contacts=[],
+                by=SYSTEM_ACTOR,
+                now=3.0,
+            )
+            # Resolved, the chat is reopened by the next message: "pending" no longer holds.
+            await inbox_store.change_chat(
+                conn,
+                ACCOUNT,
+                ALICE,
+                by=inbox_store.SYSTEM,
+                assigns_others=True,
+                now=3.0,
+                status="resolved",
+            )
+        await h.inbound("A3", "hi")
+        assert await h.drain() == 1
+        assert len(await h.fired_events()) == 2
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_inbox_actions_write_the_inbox_events_once_with_the_rule_as_actor(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        vip = await _tag(h, "VIP")
+        new = await _tag(h, "new")
+        agent = await _user(h, "ayse", [ACCOUNT])
+        async with h.db.write() as conn:
+            quick = await quick_replies_store.create_quick_reply(
+                conn,
+                ACCOUNT,
+                name="hello",
+                shortcut="/hello",
+                created_by="user:1",
+                now=1.0,
+                body="Merhaba {{contact.name|müşterimiz}}, ben {{agent.name|ekip}}. Kod: {{code}}",
+                media=None,
+            )
+        rule_id = await h.rule(
+            "vip",
+            actions=[
+                {"type": "assign", "user_id": agent},
+                {"type": "tags", "add": [vip], "remove": [new]},
+                {
+                    "type": "quick_reply",
+                    "quote": True,
+                    "quick_reply": {"id": quick.id, "variables": {"code": "X1"}},
+                },
+                {"type": "set_status", "status": "pending"},
+            ],
+        )
+        await h.inbound("A1", "I am a VIP")
+        assert await h.drain() == 1
+        (fired,) = await h.fired_events()
+        replies = await h.replies()
+        assert len(replies) == 1
+        reply = replies[0]
+        assert reply["client_key"] == f"automation:rule:{rule_id}:A1:3"
+        assert reply["origin"] == "automation" and reply["reply_to"] == "A1"
+        # agent.name: the assignee the rule's first action set.
+        assert orjson.loads(reply["content"])["text"]["body"] == (
+            "Merhaba müşterimiz, ben ayse. Kod: X1"
+        )
+        assert fired["errors"] == [] and fired["message_ids"] == [reply["id"]]
+        assert [a["outcome"] for a in fired["actions"]] == ["done"] * 4
+        conv = await inbox_store.conversation(h.db, ACCOUNT, ALICE)
+        assert conv is not None and conv.status == "pending" and conv.assignee_id == agent
+        tagged = await tags_store.tags_of(h.db, ACCOUNT, [ALICE])
+        assert [t.id for t in tagged[ALICE]] == [vip]
+        events = await _chat_events(h, "chat.updated", "chat.assigned")
+        by_rule = {
+            "type": "automation",
+            "automation": "auto_reply",
+            "rule_id": rule_id,
+            "name": "vip",
+        }
+        assigned = [e for e in events if e["type"] == "chat.assigned"]
+        assert len(assigned) == 1 and assigned[0]["by"] == by_rule
+        assert assigned[0]["to"] == {"id": agent, "username": "ayse"}
+        status = [
+            e
+            for e in events
+            if e["type"] == "chat.updated" and "status" in e and e.get("previous_status") == "open"
+        ]
+        assert len(status) == 1 and status[0]["by"] == by_rule
+        tag_events = [e for e in events if e.get("changed") == ["tags"]]
+        assert len(tag_events) == 1
+        assert tag_events[0]["by"] == {"principal": f"automation:{rule_id}", "name": "vip"}
+        assert [t["id"] for t in tag_events[0]["tags_added"]] == [vip]
+
+        # Replayed after a crash (with and without the step's journal row): no action
+        # happens twice, no second event.
+        queue = DurableQueue(h.db, AUTOMATION_QUEUE)
+        count = len(events)
+        for wipe in (False, True):
+            if wipe:
+                async with h.db.write() as conn:
+                    await conn.execute("DELETE FROM automation_step_runs")
+            assert await queue.replay_keys([trigger_job_key(ACCOUNT, "A1")], states=("done",)) == 1
+            assert await h.drain() == 1
+            assert [r["id"] for r in await h.replies()] == [reply["id"]]
+            assert len(await _chat_events(h, "chat.updated", "chat.assigned")) == count
+        assert len(await h.fired_events()) == 2  # the run without the journal row reports
+        assert [a["outcome"] for a in (await h.fired_events())[1]["actions"]] == [
+            "unchanged",
+            "unchanged",
+            "done",
+            "unchanged",
+        ]
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_a_refused_action_is_undone_alone_and_reported(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        vip = await _tag(h, "VIP")
+        outsider = await _user(h, "outsider", [])  # lacks the account
+        async with h.db.write() as conn:
+            quick = await quick_replies_store.create_quick_reply(
+                conn,
+                ACCOUNT,
+                name="code",
+                shortcut="/code",
+                created_by="user:1",
+                now=1.0,
+                body="Your code: {{code}}",
+                media=None,
+            )
+        await h.rule(
+            "help",
+            actions=[
+                {"type": "tags", "add": [vip, 999]},  # 999: deleted since
+                {"type": "assign", "user_id": outsider},
+                {"type": "quick_reply", "quick_reply": {"id": quick.id}},  # code missing
+                {"type": "quick_reply", "quick_reply": {"id": 4242, "variables": {}}},
+                {"type": "set_status", "status": "snoozed", "snooze_s": 3600},
+                {"type": "reply", "text": "We are on it"},
+            ],
+        )
+        await h.inbound("A1", "help!")
+        assert await h.drain() == 1
+        (fired,) = await h.fired_events()
+        outcomes = [a["outcome"] for a in fired["actions"]]
+        assert outcomes == ["error", "error", "error", "error", "done", "done"]
+        assert "999" in fired["errors"][0] and "does not exist" in fired["errors"][1]
+        assert "code" in fired["errors"][2] and "4242" in fired["errors"][3]
+        assert await tags_store.tags_of(h.db, ACCOUNT, [ALICE]) == {}  # all or nothing
+        conv = await inbox_store.conversation(h.db, ACCOUNT, ALICE)
+        assert conv is not None and conv.status == "snoozed" and conv.assignee_id is None
+        assert [orjson.loads(r["content"])["text"]["body"] for r in await h.replies()] == [
+            "We are on it"
+        ]
+        # The snooze runs from the message's arrival: a replay without the journal row
+        # sets the same time, so no second chat.updated.
+        updates = len(await _chat_events(h, "chat.updated"))
+        async with h.db.write() as conn:
+            await conn.execute("DELETE FROM automation_step_runs")
+        queue = DurableQueue(h.db, AUTOMATION_QUEUE)
+        assert await queue.replay_keys([trigger_job_key(ACCOUNT, "A1")], states=("done",)) == 1
+        assert await h.drain() == 1
+        assert len(await _chat_events(h, "chat.updated")) == updates
+        assert (await h.fired_events())[-1]["actions"][4]["outcome"] == "unchanged"
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_the_worker_sees_every_rule_change_at_once(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        rule_id = await h.rule("price")
+        assert [r.pattern for r in await rules_store.active_rules(h.db, ACCOUNT)] == ["price"]
+        cached = await rules_store.active_rules(h.db, ACCOUNT)
+        assert cached is await rules_store.active_rules(h.db, ACCOUNT)  # built once
+        record = await rules_store.get_rule(h.db, ACCOUNT, rule_id)
+        assert record is not None
+        changed = dataclasses.replace(record.rule, pattern="menu")
+        async with h.db.write() as conn:
+            await rules_store.replace_rule(conn, changed, account_id=ACCOUNT, now=5.0)
+        await h.inbound("A1", "price?")
+        await h.inbound("A2", "the menu")
+        assert await h.drain() == 2
+        assert [e["trigger_message_id"] for e in await h.fired_events()] == ["A2"]
+        async with h.db.write() as conn:
+            await rules_store.replace_rule(
+                conn, dataclasses.replace(changed, active=False), account_id=ACCOUNT, now=6.0
+            )
+        await h.rule("hello")
+        await h.inbound("A3", "menu, hello")
+        assert await h.drain() == 1
+        fired = await h.fired_events()
+        assert [e["rule_name"] for e in fired] == ["price", "hello"]
+        async with h.db.write() as conn:
+            await rules_store.delete_rule(conn, ACCOUNT, fired[1]["rule_id"])
+        assert await rules_store.active_rules(h.db, ACCOUNT) == []
 
     _run(tmp_path, open_db, db_path, body)

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
+from appliance.auth import store as auth_store
+from appliance.auth.permissions import Role
 from appliance.automations import scheduler as scheduler_module
 from appliance.automations import schedules_store as store
 from appliance.automations.schedule_times import MissedPolicy, Timing, first_due, parse_cron
 from appliance.automations.scheduler import Scheduler
 from appliance.db.database import Database
+from appliance.inbox import quick_replies_store
 from appliance.messaging import store as messaging_store
 from tests.unit.conftest import OpenDb
 
@@ -63,6 +67,8 @@ class Harness:
         missed: MissedPolicy = "skip",
         content: dict[str, Any] | None = None,
         at_text: str | None = None,
+        quick_reply: dict[str, Any] | None = None,
+        created_by: str | None = None,
     ) -> str:
         schedule_id = store.new_schedule_id()
         first = first_due(timing, datetime.fromtimestamp(self.clock(), UTC))
@@ -76,13 +82,14 @@ class Harness:
                 timing=timing,
                 at_text=at_text,
                 recipients=to or ["+491701234567"],
-                content=content or TEXT,
+                content={} if quick_reply else (content or TEXT),
                 missed=missed,
                 grace_s=300.0,
                 state="active",
                 next_run_at=store.to_unix(first),
-                created_by=None,
+                created_by=created_by,
                 now=self.clock(),
+                quick_reply=quick_reply,
             )
         return schedule_id
 
@@ -331,5 +338,64 @@ def test_the_timer_loop_fires_when_due_and_wakes_on_a_poke(open_db: OpenDb, db_p
             assert run.outcome == "sent"
         finally:
             await loop.stop()
+
+    _run(open_db, db_path, body)
+
+
+def test_a_quick_reply_body_is_rendered_for_each_recipient_at_each_run(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with h.db.write() as conn:
+            user = await auth_store.create_user(
+                conn,
+                username="ayse",
+                password_hash="x",
+                role=Role.MANAGER,
+                all_accounts=False,
+                accounts=["acc"],
+                now=0.0,
+            )
+            quick = await quick_replies_store.create_quick_reply(
+                conn,
+                "acc",
+                name="reminder",
+                shortcut="/reminder",
+                body="Dear {{contact.name|customer}} ({{chat.phone}}): {{what}}. {{agent.name}}",
+                media=None,
+                created_by=f"user:{user}",
+                now=0.0,
+            )
+        ref = {"id": quick.id, "variables": {"what": "your table is ready"}}
+        h.clock.set(datetime(2026, 5, 4, 8, 0, tzinfo=UTC))
+        schedule_id = await h.add(
+            parse_cron("0 9 * * *", "Europe/Berlin"),
+            to=["+491701234567", "+491707654321"],
+            quick_reply=ref,
+            created_by=f"user:{user}",
+        )
+        h.clock.set(datetime(2026, 5, 5, 7, 0, 1, tzinfo=UTC))  # 09:00 in Berlin
+        assert (await h.scheduler.run_due()).sent_messages == 2
+        rows = await h.db.fetchall(
+            "SELECT chat_jid, content, origin FROM messages WHERE direction = 'out' ORDER BY seq"
+        )
+        bodies = [orjson.loads(r["content"])["text"]["body"] for r in rows]
+        assert bodies == [
+            "Dear customer (+491701234567): your table is ready. ayse",
+            "Dear customer (+491707654321): your table is ready. ayse",
+        ]
+        assert {r["origin"] for r in rows} == {"automation"}
+        # The quick reply deleted since: that run fails with the reason, the schedule
+        # goes on (and sends nothing twice).
+        async with h.db.write() as conn:
+            await quick_replies_store.delete_quick_reply(conn, "acc", quick.id)
+        h.clock.set(datetime(2026, 5, 6, 7, 0, 1, tzinfo=UTC))
+        assert (await h.scheduler.run_due()).outcomes == {"failed": 1}
+        runs = await h.runs(schedule_id)
+        assert [r.outcome for r in runs] == ["sent", "failed"]
+        assert runs[1].error is not None and f"quick reply {quick.id}" in runs[1].error
+        assert len(await h.sent()) == 2
+        schedule = await store.get_schedule(h.db, "acc", schedule_id)
+        assert schedule.state == "active" and schedule.quick_reply == ref
 
     _run(open_db, db_path, body)

@@ -51,7 +51,9 @@ from appliance.automations.schedule_times import (
     parse_zone,
     upcoming,
 )
-from appliance.errors import Conflict, InvalidInput, Unprocessable
+from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from appliance.inbox import quick_replies_store
+from appliance.inbox.models import QuickReplyRef
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import RECIPIENT_PATTERN, MessageContent, recipient_jid
 
@@ -124,14 +126,25 @@ def _check_at(value: str | None) -> str | None:
     return value
 
 
+QUICK_REPLY_DESCRIPTION = (
+    "Instead of `message`: a quick reply of the account (`id`) with the values of its "
+    "custom `variables`, rendered for each recipient at each run (`contact.name` of "
+    "that chat, `agent.name` = the schedule's creator, `chat.phone`). Variables it does "
+    "not use, or custom ones it needs without a default, are a 400 naming them"
+)
+
+
 class ScheduleIn(Strict):
     name: Name = ""
     to: Recipient | Annotated[list[Recipient], Field(min_length=1, max_length=MAX_RECIPIENTS)] = (
         Field(description="One recipient or a list: E.164 numbers or chat ids (groups too)")
     )
-    message: MessageContent = Field(
-        description="The message, as in `POST /api/accounts/{account}/messages` without `to`"
+    message: MessageContent | None = Field(
+        default=None,
+        description="The message, as in `POST /api/accounts/{account}/messages` without "
+        "`to`; or give `quick_reply`",
     )
+    quick_reply: QuickReplyRef | None = Field(default=None, description=QUICK_REPLY_DESCRIPTION)
     at: AtText | None = None
     cron: CronText | None = None
     timezone: ZoneText | None = None
@@ -144,6 +157,8 @@ class ScheduleIn(Strict):
 
     @model_validator(mode="after")
     def _one_timing(self) -> ScheduleIn:
+        if (self.message is None) == (self.quick_reply is None):
+            raise ValueError("give either message or quick_reply")
         if (self.at is None) == (self.cron is None):
             raise ValueError("give either at (one-time) or cron with timezone (recurring)")
         if self.cron is not None and self.timezone is None:
@@ -160,7 +175,12 @@ class SchedulePatch(Strict):
         | Annotated[list[Recipient], Field(min_length=1, max_length=MAX_RECIPIENTS)]
         | None
     ) = None
-    message: MessageContent | None = None
+    message: MessageContent | None = Field(
+        default=None, description="A new body (replaces a quick reply)"
+    )
+    quick_reply: QuickReplyRef | None = Field(
+        default=None, description="A quick reply as the new body (replaces `message`)"
+    )
     at: AtText | None = Field(default=None, description="Makes it a one-time schedule")
     cron: CronText | None = Field(default=None, description="Makes it a recurring schedule")
     timezone: ZoneText | None = None
@@ -172,6 +192,8 @@ class SchedulePatch(Strict):
 
     @model_validator(mode="after")
     def _one_timing(self) -> SchedulePatch:
+        if self.message is not None and self.quick_reply is not None:
+            raise ValueError("give either message or quick_reply, not both")
         if self.at is not None and (self.cron is not None or self.timezone is not None):
             raise ValueError("give either at, or cron and/or timezone, not both")
         return self
@@ -183,7 +205,8 @@ class ScheduleOut(BaseModel):
     name: str
     kind: Literal["once", "cron"]
     to: list[str]
-    message: dict[str, Any]
+    message: dict[str, Any] | None = Field(description="null when the body is a quick reply")
+    quick_reply: QuickReplyRef | None = Field(description="The body as a quick reply, or null")
     at: str | None
     cron: str | None
     timezone: str | None
@@ -282,7 +305,12 @@ def schedule_out(schedule: store.Schedule) -> ScheduleOut:
         name=schedule.name,
         kind=schedule.kind,
         to=schedule.recipients,
-        message=schedule.content,
+        message=None if schedule.quick_reply is not None else schedule.content,
+        quick_reply=(
+            None
+            if schedule.quick_reply is None
+            else QuickReplyRef.model_validate(schedule.quick_reply)
+        ),
         at=schedule.at,
         cron=schedule.cron,
         timezone=schedule.timezone,
@@ -349,6 +377,22 @@ async def _check_content(account: str, message: MessageContent) -> None:
         raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
 
 
+async def _check_quick_reply(account: str, ref: QuickReplyRef, first_to: str) -> None:
+    """The quick reply is in the account (422) and renders with these variables (400
+    naming each unknown or missing one, or saying why it is no message)."""
+    db = _db()
+    try:
+        reply = await quick_replies_store.get_quick_reply(db, account, ref.id)
+    except NotFound:
+        text = f"no quick reply {ref.id} in this account"
+        raise Unprocessable(
+            text, issues=[{"path": "quick_reply.id", "message": text, "code": "unknown"}]
+        ) from None
+    await quick_replies_store.compose(
+        db, account, reply, to=first_to, agent="", variables=dict(ref.variables), extra={}
+    )
+
+
 def _content(message: MessageContent) -> dict[str, Any]:
     return message.model_dump(mode="json", exclude_none=True)
 
@@ -404,9 +448,13 @@ async def create_schedule(account: str, data: ScheduleIn) -> tuple[ScheduleOut, 
     timing = _timing(data.at, data.cron, data.timezone)
     now = time.time()
     first = _first_run(timing, now)
-    await _check_content(account, data.message)
-    schedule_id = store.new_schedule_id()
     recipients = data.to if isinstance(data.to, list) else [data.to]
+    if data.message is not None:
+        await _check_content(account, data.message)
+    else:
+        assert data.quick_reply is not None
+        await _check_quick_reply(account, data.quick_reply, recipients[0])
+    schedule_id = store.new_schedule_id()
     async with _db().write() as conn:
         schedule = await store.create_schedule(
             conn,
@@ -416,7 +464,10 @@ async def create_schedule(account: str, data: ScheduleIn) -> tuple[ScheduleOut, 
             timing=timing,
             at_text=data.at,
             recipients=recipients,
-            content=_content(data.message),
+            content={} if data.message is None else _content(data.message),
+            quick_reply=(
+                None if data.quick_reply is None else data.quick_reply.model_dump(mode="json")
+            ),
             missed=data.missed,
             grace_s=float(data.grace_s),
             state="paused" if data.paused else "active",
@@ -462,6 +513,12 @@ async def update_schedule(account: str, schedule_id: str, data: SchedulePatch) -
     if data.message is not None:
         await _check_content(account, data.message)
         fields["content"] = _content(data.message)
+        fields["quick_reply"] = None
+    if data.quick_reply is not None:
+        recipients = fields.get("recipients") or current.recipients
+        await _check_quick_reply(account, data.quick_reply, recipients[0])
+        fields["content"] = {}
+        fields["quick_reply"] = data.quick_reply.model_dump(mode="json")
     if data.missed is not None:
         fields["missed"] = data.missed
     if data.grace_s is not None:

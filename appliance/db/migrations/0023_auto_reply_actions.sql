@@ -1,3 +1,11 @@
--- Reserved: filled in by the branch that builds auto-reply conditions and actions (issue 14) (numbers assigned up front so
--- parallel branches do not collide). Until then it changes nothing.
-SELECT 1;
+-- Issue 14, auto-replies and scheduled messages on the team inbox.
+--
+-- Auto-reply conditions on the inbox (chat_tags, status) and actions (quick_reply,
+-- tags, assign, set_status) need no columns of their own: they are further `type`s in
+-- the JSON lists auto_reply_rules.conditions / .actions (appliance/automations/
+-- auto_reply_rules.py), which the step carries out through the inbox's stores.
+--
+-- A scheduled message's body may be a quick reply of the account: quick_reply holds
+-- {"id": ..., "variables": {...}} (JSON), rendered for each recipient at each run;
+-- content is then '{}'. NULL: the body is content, as before.
+ALTER TABLE schedules ADD COLUMN quick_reply TEXT;
