@@ -888,6 +888,148 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
     return 0
 
 
+# -- backup, restore, support bundle (appliance/ops; runbook/backup.md) -------------------
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def default_backup_dir(paths: Paths) -> Path:
+    return paths.prefix / "var" / "backups" / "appliance"
+
+
+def cmd_backup(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """An online backup archive: database snapshot, media, sessions, settings."""
+    import socket
+
+    from appliance.ops.archive import ArchiveError, write_backup
+
+    if args.to:
+        dest = Path(args.to)
+    else:
+        dest = default_backup_dir(paths) / f"appliance-{socket.gethostname()}-{_stamp()}.tar.gz"
+    if dest.exists() and not args.force:
+        return _fail(f"{dest} exists; choose another --to or pass --force")
+    try:
+        result = write_backup(paths, settings, dest, include_secrets=args.include_secrets)
+    except (ArchiveError, OSError, sqlite3.Error) as exc:
+        return _fail(f"backup failed: {exc}")
+    manifest = result.manifest
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items()))
+    secrets_note = "with secrets" if manifest["includes_secrets"] else "without secrets"
+    print(
+        f"backup written: {result.path} ({_human(result.size)}, schema "
+        f"{manifest['schema_version']}, {secrets_note}; {counts})",
+        file=sys.stderr,
+    )
+    print(result.path)  # the path alone on stdout, for scripts
+    return 0
+
+
+class _CliControl:
+    """How a restore stops and starts this installation."""
+
+    def __init__(self, paths: Paths, settings: Settings) -> None:
+        self.paths, self.settings = paths, settings
+
+    def running(self) -> bool:
+        return _running(self.settings)
+
+    def stop(self) -> None:
+        if cmd_stop(self.paths, self.settings, argparse.Namespace(names=[])):
+            raise StartupError("could not stop the appliance")
+
+    def start(self) -> None:
+        if cmd_start(self.paths, self.settings, argparse.Namespace(names=[], wait=0)):
+            raise StartupError("could not start the appliance")
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return _wait_ready(self.settings, timeout_s)
+
+
+def cmd_restore(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """Verify an archive, then swap it in with a rollback copy; ids jump past the old."""
+    from appliance.ops.archive import ArchiveError
+    from appliance.ops.restore import RestoreFailed, restore
+
+    archive = Path(args.file)
+    if not archive.is_file():
+        return _fail(f"no archive at {archive}")
+    account = _service_account(paths)
+    owner = (account.pw_uid, account.pw_gid) if account and os.geteuid() == 0 else None
+    try:
+        report = restore(
+            paths,
+            settings,
+            archive,
+            _CliControl(paths, settings),
+            with_config=args.with_config,
+            with_secrets=args.with_secrets,
+            owner=owner,
+            ready_timeout_s=args.wait,
+        )
+    except ArchiveError as exc:
+        return _fail(f"archive refused, nothing changed: {exc}", 65)
+    except RestoreFailed as exc:
+        return _fail(str(exc))
+    except StartupError as exc:
+        return _fail(f"restore not started: {exc}", 78)
+    with contextlib.suppress(Exception):
+        if account is not None and os.geteuid() == 0:
+            _become(account)
+        asyncio.run(
+            _with_db(
+                settings,
+                lambda db: _audit_restore(db, archive, report.epoch, report.gap),
+            )
+        )
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.rollback_dir is not None:
+        print(f"the previous data is kept in {report.rollback_dir}; remove it once satisfied")
+    print(f"restored (epoch {report.epoch}; id sequences raised by {report.gap}); ready")
+    return 0
+
+
+async def _audit_restore(db: Any, archive: Path, epoch: int, gap: int) -> None:
+    async with db.write() as conn:
+        await _audit(
+            conn, "system.restore", f"archive:{archive.name}", time.time(), epoch=epoch, gap=gap
+        )
+
+
+def cmd_support_bundle(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """A redacted tarball for support: versions, settings, status, check, sizes, logs."""
+    import io
+
+    from appliance.ops.support import write_bundle
+
+    def captured(func: Any, namespace: argparse.Namespace) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                rc = func(paths, settings, namespace)
+            except Exception as exc:  # the bundle is wanted most when things fail
+                rc = f"error: {type(exc).__name__}: {exc}"
+        return f"{out.getvalue()}\n(exit {rc})\n"
+
+    dest = Path(args.to) if args.to else settings.log_dir / f"support-{_stamp()}.tar.gz"
+    try:
+        result = write_bundle(
+            paths,
+            settings,
+            dest,
+            status=lambda: captured(cmd_status, argparse.Namespace(json=True)),
+            check=lambda: captured(cmd_check, argparse.Namespace()),
+            log_lines=args.lines,
+        )
+    except OSError as exc:
+        return _fail(f"support bundle failed: {exc}")
+    print(result.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliancectl",
@@ -995,6 +1137,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id", help="WhatsApp message id (default: generated)")
     s.add_argument("--name", help="sender's profile name")
     p.set_defaults(func=cmd_sandbox)
+    p = sub.add_parser(
+        "backup",
+        help="online backup archive (database snapshot, media, sessions, appliance.env); "
+        "prints its path",
+    )
+    p.add_argument("--to", metavar="FILE", help="archive path (default: var/backups/appliance/)")
+    p.add_argument(
+        "--include-secrets", action="store_true", help="also the secret files (keep it safe)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --to if it exists")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser(
+        "restore",
+        help="verify a backup archive, stop, swap it in (old data kept for rollback), "
+        "migrate, start; ids issued afterwards never repeat earlier ones",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--with-config", action="store_true", help="also replace appliance.env with the archive's"
+    )
+    p.add_argument(
+        "--with-secrets",
+        action="store_true",
+        help="also replace the secret files with the archive's (made with --include-secrets)",
+    )
+    p.add_argument("--wait", type=float, default=90.0, help="seconds to wait for /readyz")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "support-bundle",
+        help="a redacted tarball for support (versions, settings, status, check, sizes, logs)",
+    )
+    p.add_argument("--to", metavar="FILE", help="bundle path (default: the log directory)")
+    p.add_argument("-n", "--lines", type=int, default=2000, help="log lines per file")
+    p.set_defaults(func=cmd_support_bundle)
     p = sub.add_parser("supervisord", help="run supervisord (used by the systemd unit)")
     p.add_argument("--foreground", action="store_true")
     p.set_defaults(func=cmd_supervisord)
@@ -1002,7 +1178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # As root on a system install these ask systemd (when it runs the unit) and keep root.
-SYSTEMD_COMMANDS = ("start", "stop", "reload")
+SYSTEMD_COMMANDS = ("start", "stop", "reload", "restore")
 # These may start supervisord: root hands it the run, log and data directories first.
 STARTING_COMMANDS = ("start", "reload", "supervisord")
 

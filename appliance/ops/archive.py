@@ -268,7 +268,7 @@ def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
                 digest = hashlib.sha256()
                 size = 0
                 with target.open("xb") as out:
-                    for block in iter(lambda: source.read(1 << 20), b""):
+                    while block := source.read(1 << 20):
                         digest.update(block)
                         size += len(block)
                         out.write(block)

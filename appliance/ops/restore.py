@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -30,10 +31,10 @@ from appliance.config import Paths, Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import open_connection
 from appliance.db.migrate import migrate
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, SecretFileError
 from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
 from appliance.ops.ids import apply_floors, compute_floors, sequences
-from appliance.secrets import SECRET_NAMES, load_secrets
+from appliance.secrets import SECRET_NAMES, check_secrets_dir, load_secrets
 
 # Its own epochs are not floored: they count restores.
 UNFLOORED = ("restore_epochs",)
@@ -106,9 +107,7 @@ def _record_epoch(
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            after = apply_floors(
-                conn, {k: v for k, v in floors.items() if k not in UNFLOORED}
-            )
+            after = apply_floors(conn, {k: v for k, v in floors.items() if k not in UNFLOORED})
             cur = conn.execute(
                 "INSERT INTO restore_epochs (restored_at, archive_created_at, archive_host, "
                 "archive_sha256, gap, floors) VALUES (?, ?, ?, ?, ?, ?)",
@@ -128,6 +127,17 @@ def _record_epoch(
         return int(cur.lastrowid or 0), after
     finally:
         conn.close()
+
+
+def _data_cipher(paths: Paths, owner: tuple[int, int] | None) -> DataCipher:
+    """The data key's cipher, for data migrations. Root restoring a system install
+    reads the service user's file after checking it as that user would."""
+    if owner is None:
+        return DataCipher(load_secrets(paths.secrets_dir).data_key)
+    problems = check_secrets_dir(paths.secrets_dir, uid=owner[0])
+    if problems:
+        raise SecretFileError("; ".join(problems))
+    return DataCipher((paths.secrets_dir / "data-key").read_text().strip().encode())
 
 
 def _replace_file(path: Path, content: bytes, mode: int) -> None:
@@ -209,9 +219,7 @@ def restore(
             _replace_file(paths.env_file, archived_env.read_bytes(), 0o640)
         elif archived_env.exists():
             # Kept for comparison: this installation's own settings stay in force.
-            _replace_file(
-                paths.etc / "appliance.env.from-backup", archived_env.read_bytes(), 0o640
-            )
+            _replace_file(paths.etc / "appliance.env.from-backup", archived_env.read_bytes(), 0o640)
             report.notes.append(
                 f"the archive's settings are in {paths.etc / 'appliance.env.from-backup'}"
             )
@@ -228,8 +236,7 @@ def restore(
                 if owner is not None:
                     os.chown(current, *owner)
         say("migrating and raising the id sequences")
-        secrets = load_secrets(paths.secrets_dir)
-        asyncio.run(_migrate(settings.database_path, DataCipher(secrets.data_key)))
+        asyncio.run(_migrate(settings.database_path, _data_cipher(paths, owner)))
         report.epoch, report.floors = _record_epoch(
             settings.database_path, floors.floors, floors.gap, manifest, archive_sha
         )
@@ -275,10 +282,8 @@ def _roll_back(
     stamp: str,
     was_running: bool,
 ) -> None:
-    try:
+    with contextlib.suppress(Exception):  # not running: nothing to stop
         control.stop()
-    except Exception:  # not running: nothing to stop
-        pass
     data_dir = settings.data_dir
     if swapped:
         data_dir.rename(data_dir.parent / f"{data_dir.name}.failed-{stamp}")
