@@ -255,7 +255,7 @@ def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
                 raise ArchiveError(f"{archive}: unknown archive format")
             expected: dict[str, dict[str, Any]] = manifest["files"]
             seen: set[str] = set()
-            for member in tar:
+            while (member := tar.next()) is not None:
                 path = _safe_member(member.name)
                 if not member.isfile():
                     raise ArchiveError(f"archive member {member.name!r} is not a regular file")
