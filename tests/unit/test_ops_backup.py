@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Paths, Settings, load_settings
-from appliance.db.migrate import latest_version, migrate
 from appliance.db.database import open_connection
+from appliance.db.migrate import latest_version, migrate
 from appliance.ops import ids
 from appliance.ops.archive import ArchiveError, verify_and_extract, write_backup
 from appliance.ops.restore import RestoreFailed, restore
