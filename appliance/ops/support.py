@@ -61,6 +61,7 @@ def known_values(paths: Paths, settings: Settings) -> Known:
     queries = (
         "SELECT body FROM messages WHERE body IS NOT NULL ORDER BY seq DESC LIMIT ?",
         "SELECT jid FROM contacts ORDER BY rowid DESC LIMIT ?",
+        "SELECT phone FROM contacts WHERE phone IS NOT NULL ORDER BY rowid DESC LIMIT ?",
         "SELECT name FROM contacts WHERE name IS NOT NULL ORDER BY rowid DESC LIMIT ?",
         "SELECT jid FROM chats ORDER BY rowid DESC LIMIT ?",
     )
