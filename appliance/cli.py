@@ -517,7 +517,8 @@ def check_installation(paths: Paths) -> list[str]:
         settings = load_settings(paths)
     except StartupError as exc:
         return [str(exc)]
-    problems.extend(check_secrets_dir(paths.secrets_dir, uid=_service_uid()))
+    secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid())
+    problems.extend(secret_problems)
     db_path = settings.database_path
     if not db_path.exists():
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
@@ -529,6 +530,8 @@ def check_installation(paths: Paths) -> list[str]:
             if integrity != "ok":
                 problems.append(f"database {db_path} failed integrity_check: {integrity}")
             version = read_schema_version(conn)
+            if not secret_problems:
+                problems.extend(_undecryptable(paths, conn))
             if version != latest_version():
                 problems.append(
                     f"database schema is at version {version}, this code expects "
@@ -539,6 +542,22 @@ def check_installation(paths: Paths) -> list[str]:
     except sqlite3.Error as exc:
         problems.append(f"database {db_path} cannot be read: {exc}")
     return problems
+
+
+def _undecryptable(paths: Paths, conn: sqlite3.Connection) -> list[str]:
+    """Stored ciphertexts this installation's data key cannot open (after a restore
+    with other secrets, or a replaced key), each with what to re-enter."""
+    from appliance.crypto import DataCipher
+    from appliance.ops.stored_secrets import undecryptable
+
+    try:
+        key = (paths.secrets_dir / "data-key").read_text().strip().encode()
+    except OSError as exc:
+        return [f"data-key not readable: {exc}"]
+    return [
+        f"stored secret not readable with this data-key: {item.what}; fix: {item.fix}"
+        for item in undecryptable(conn, DataCipher(key))
+    ]
 
 
 def _schema_version(db_path: Path) -> int | None:
