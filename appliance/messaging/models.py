@@ -74,6 +74,8 @@ EVENT_TYPES = (
     "tag.deleted",
     "automation.fired",
     "auto_reply.changed",
+    # operations (appliance/ops): a scheduled backup failed, ...
+    "system.alert",
 )
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")

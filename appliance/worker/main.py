@@ -25,7 +25,7 @@ from appliance.auth.permissions import Role
 from appliance.automations.scheduler import Scheduler
 from appliance.automations.script_runner import ScriptRunner
 from appliance.automations.scripts_models import SampleMessage
-from appliance.config import Settings
+from appliance.config import Paths, Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
@@ -36,6 +36,7 @@ from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.messaging.models import MessageOut
 from appliance.observability.metrics import mark_started
+from appliance.ops.scheduled import ScheduledBackups
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
@@ -135,6 +136,11 @@ class Worker:
         )
         self.scheduler.start()
         self._spawn(self._maintenance())
+        if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
+            backups = ScheduledBackups(
+                self.db, self.settings, Paths.discover(), events_written=messaging.events_written
+            )
+            self._spawn(backups.run_forever())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
     async def run(self) -> None:

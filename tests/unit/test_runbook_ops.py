@@ -64,4 +64,4 @@ def test_every_ops_command_has_a_runbook_page() -> None:
         assert f"appliancectl {command}" in text
         assert f"({page})" in index, page
     database = (REPO / "runbook/database.md").read_text()
-    assert "sqlite3 /var/lib/appliance/appliance.db \".backup" not in database
+    assert 'sqlite3 /var/lib/appliance/appliance.db ".backup' not in database
