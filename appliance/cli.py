@@ -532,7 +532,13 @@ def check_installation(paths: Paths) -> list[str]:
             version = read_schema_version(conn)
             if not secret_problems:
                 problems.extend(_undecryptable(paths, conn))
-            if version != latest_version():
+            if version > latest_version():
+                problems.append(
+                    f"database schema is at version {version}, newer than this code's "
+                    f"{latest_version()} (a downgrade): install the newer code again, or "
+                    f"restore a backup taken with this version"
+                )
+            elif version != latest_version():
                 problems.append(
                     f"database schema is at version {version}, this code expects "
                     f"{latest_version()}; start the appliance so the worker migrates it"

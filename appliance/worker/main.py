@@ -30,7 +30,7 @@ from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import counts_by_queue, expire_leases, expired_lease_count
-from appliance.errors import Conflict
+from appliance.errors import Conflict, StartupError
 from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
@@ -351,6 +351,9 @@ def main() -> None:
     ctx = boot("worker")
     try:
         uvloop.run(serve(Worker(ctx.settings, ctx.secrets)))
+    except StartupError as exc:  # e.g. a database newer than this code (a downgrade)
+        log.critical(str(exc))
+        sys.exit(78)
     except Exception:
         log.exception("worker failed")
         sys.exit(1)
