@@ -929,6 +929,7 @@ def cmd_backup(paths: Paths, settings: Settings, args: argparse.Namespace) -> in
     import socket
 
     from appliance.ops.archive import ArchiveError, write_backup
+    from appliance.ops.crypt import Encryption, read_passphrase
 
     if args.to:
         dest = Path(args.to)
@@ -937,12 +938,24 @@ def cmd_backup(paths: Paths, settings: Settings, args: argparse.Namespace) -> in
     if dest.exists() and not args.force:
         return _fail(f"{dest} exists; choose another --to or pass --force")
     try:
-        result = write_backup(paths, settings, dest, include_secrets=args.include_secrets)
+        encryption = Encryption(
+            passphrase=read_passphrase(args.passphrase_file) if args.passphrase_file else None,
+            recipients=args.recipient or [],
+        )
+        result = write_backup(
+            paths,
+            settings,
+            dest,
+            include_secrets=args.include_secrets,
+            encryption=encryption,
+        )
     except (ArchiveError, OSError, sqlite3.Error) as exc:
         return _fail(f"backup failed: {exc}")
     manifest = result.manifest
     counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items()))
     secrets_note = "with secrets" if manifest["includes_secrets"] else "without secrets"
+    if encryption.enabled:
+        secrets_note += ", encrypted with age"
     print(
         f"backup written: {result.path} ({_human(result.size)}, schema "
         f"{manifest['schema_version']}, {secrets_note}; {counts})",
@@ -976,6 +989,7 @@ class _CliControl:
 def cmd_restore(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
     """Verify an archive, then swap it in with a rollback copy; ids jump past the old."""
     from appliance.ops.archive import ArchiveError
+    from appliance.ops.crypt import Decryption, read_passphrase
     from appliance.ops.restore import RestoreFailed, restore
 
     archive = Path(args.file)
@@ -984,6 +998,10 @@ def cmd_restore(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
     account = _service_account(paths)
     owner = (account.pw_uid, account.pw_gid) if account and os.geteuid() == 0 else None
     try:
+        decryption = Decryption(
+            passphrase=read_passphrase(args.passphrase_file) if args.passphrase_file else None,
+            identity_files=[Path(p) for p in args.identity or []],
+        )
         report = restore(
             paths,
             settings,
@@ -991,6 +1009,7 @@ def cmd_restore(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
             _CliControl(paths, settings),
             with_config=args.with_config,
             with_secrets=args.with_secrets,
+            decryption=decryption,
             owner=owner,
             ready_timeout_s=args.wait,
         )
@@ -1172,6 +1191,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-secrets", action="store_true", help="also the secret files (keep it safe)"
     )
     p.add_argument("--force", action="store_true", help="overwrite --to if it exists")
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="encrypt with age and the passphrase on this file's first line (-: stdin)",
+    )
+    p.add_argument(
+        "--recipient",
+        action="append",
+        metavar="AGE1...",
+        help="encrypt with age to this X25519 public key (repeatable)",
+    )
     p.set_defaults(func=cmd_backup)
     p = sub.add_parser(
         "restore",
@@ -1188,6 +1218,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also replace the secret files with the archive's (made with --include-secrets)",
     )
     p.add_argument("--wait", type=float, default=90.0, help="seconds to wait for /readyz")
+    p.add_argument(
+        "--passphrase-file", metavar="FILE", help="an encrypted archive's passphrase (-: stdin)"
+    )
+    p.add_argument(
+        "--identity",
+        action="append",
+        metavar="FILE",
+        help="an age identity file (AGE-SECRET-KEY-...) for an archive made with --recipient",
+    )
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser(
         "support-bundle",

@@ -32,7 +32,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.config import Paths, Settings
@@ -40,6 +40,9 @@ from appliance.db.migrate import latest_version, read_schema_version
 from appliance.errors import ApplianceError
 from appliance.ops.ids import sequences
 from appliance.secrets import SECRET_NAMES
+
+if TYPE_CHECKING:
+    from appliance.ops.crypt import Encryption
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -151,9 +154,11 @@ def write_backup(
     dest: Path,
     *,
     include_secrets: bool = False,
+    encryption: Encryption | None = None,
     now: float | None = None,
 ) -> BackupResult:
-    """Write a backup archive to ``dest`` (mode 0600, written beside it then renamed)."""
+    """Write a backup archive to ``dest`` (mode 0600, written beside it then renamed);
+    with ``encryption``, the age-encrypted archive (``ops.crypt``)."""
     now = time.time() if now is None else now
     db_path = settings.database_path
     if not db_path.exists():
@@ -228,6 +233,12 @@ def write_backup(
             raw.flush()
             os.fsync(raw.fileno())
         os.chmod(out_tmp, 0o600)
+        if encryption is not None and encryption.enabled:
+            from appliance.ops.crypt import encrypt
+
+            sealed = tmp / "archive.tar.gz.age"
+            encrypt(out_tmp, sealed, encryption)
+            out_tmp = sealed
         out_tmp.replace(dest)
     return BackupResult(dest, manifest, dest.stat().st_size)
 

@@ -33,6 +33,7 @@ from appliance.db.database import open_connection
 from appliance.db.migrate import migrate
 from appliance.errors import ApplianceError, SecretFileError
 from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
+from appliance.ops.crypt import Decryption, decrypt, is_encrypted
 from appliance.ops.ids import apply_floors, compute_floors, sequences
 from appliance.secrets import SECRET_NAMES, check_secrets_dir, load_secrets
 
@@ -159,6 +160,7 @@ def restore(
     *,
     with_config: bool = False,
     with_secrets: bool = False,
+    decryption: Decryption | None = None,
     owner: tuple[int, int] | None = None,
     ready_timeout_s: float = 90.0,
     say: Callable[[str], None] = print,
@@ -168,8 +170,13 @@ def restore(
     stamp = _stamp(now)
     data_dir = settings.data_dir
     staging = data_dir.parent / f".{data_dir.name}.restore-{stamp}"
+    decrypted = data_dir.parent / f".{data_dir.name}.restore-{stamp}.tar.gz"
     try:
-        manifest = verify_and_extract(archive, staging)
+        plain = archive
+        if is_encrypted(archive):
+            decrypt(archive, decrypted, decryption or Decryption())
+            plain = decrypted
+        manifest = verify_and_extract(plain, staging)
         if with_secrets and not manifest.get("includes_secrets"):
             raise ArchiveError(
                 "--with-secrets: this archive holds no secrets (made without --include-secrets)"
@@ -180,6 +187,8 @@ def restore(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        decrypted.unlink(missing_ok=True)
     say(
         f"archive ok: schema {manifest['schema_version']}, taken {manifest['created_at_utc']} "
         f"on {manifest.get('host', '?')}, {len(manifest['files'])} files"
