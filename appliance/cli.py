@@ -590,7 +590,34 @@ def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace)
     print(f"OK database schema version {latest_version()}, integrity ok")
     for line in storage_report(load_settings(paths)):
         print(f"OK {line}")
+    restored = _last_restore(load_settings(paths).database_path)
+    if restored:
+        print(f"OK {restored}")
     return 0
+
+
+def _last_restore(db_path: Path) -> str | None:
+    """The last restore of a backup (restore_epochs; runbook/restore.md), if any."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT epoch, restored_at, archive_created_at, gap FROM restore_epochs "
+                "ORDER BY epoch DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    epoch, restored_at, taken_at, gap = row
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(restored_at))
+    taken = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(taken_at))
+    return (
+        f"last restore: epoch {epoch} at {when} of a backup taken {taken}; "
+        f"id sequences raised by {gap}"
+    )
 
 
 def _human(size: int) -> str:

@@ -277,6 +277,10 @@ def test_restore_onto_a_fresh_installation_never_reissues_ids(tmp_path: Path) ->
     assert (new.sessions_dir / "acc_1" / "neonize.db").exists()
     assert (new_paths.etc / "appliance.env.from-backup").exists()
     assert report.rollback_dir is not None and (report.rollback_dir / "appliance.db").exists()
+    from appliance import cli
+
+    assert "epoch 1 at" in (cli._last_restore(new.database_path) or "")
+    assert cli._last_restore(old.database_path) is None
 
 
 def test_floor_covers_ids_issued_since_the_backup_by_time() -> None:
