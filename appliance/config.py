@@ -160,6 +160,13 @@ class Settings(BaseModel):
     # memory each child may use (RLIMIT_DATA: V8 heap, ArrayBuffers); 0: unlimited.
     scripts_sandboxes: Annotated[int, Field(ge=1, le=32)] = 2
     scripts_sandbox_memory_mb: Annotated[int, Field(ge=0, le=65536)] = 768
+    # The worker's monitor (appliance/worker/monitor.py): how often it samples queue,
+    # account, disk and dead-letter metrics and evaluates the built-in alerts; how long an
+    # account that should be connected may stay unconnected; how long a condition must
+    # stay good before its alert resolves (runbook/alerts.md, "Built-in alerts").
+    monitor_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 15.0
+    alert_account_disconnected_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 600.0
+    alert_clear_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
 
     @field_validator("bind")
     @classmethod
@@ -367,6 +374,8 @@ def load_settings(paths: Paths, environ: dict[str, str] | None = None) -> Settin
     env_file = paths.env_file
     if env_file.exists():
         for key, value in dotenv_values(env_file).items():
+            if key.startswith("OTEL_"):  # OpenTelemetry's (appliance/observability/tracing.py)
+                continue
             if key not in KNOWN_KEYS:
                 allowed = ", ".join(sorted(KNOWN_KEYS))
                 raise ConfigError(

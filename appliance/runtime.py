@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from appliance.config import Paths, Settings, load_settings
 from appliance.errors import StartupError
 from appliance.observability.logging import setup_logging
+from appliance.observability.tracing import setup_tracing
 from appliance.secrets import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def boot(role: str) -> Boot:
         settings = load_settings(paths)
         setup_logging(role, settings.log_level)
         secrets = load_secrets(paths.secrets_dir)
+        setup_tracing(role, env_file=paths.env_file)  # off unless OTEL_TRACES_EXPORTER is set
     except StartupError as exc:
         log.critical(str(exc))
         # 78 (EX_CONFIG) tells supervisord's operator this is not a crash to retry away.

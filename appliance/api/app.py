@@ -45,6 +45,7 @@ from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.ipc.client import WorkerClient
+from appliance.observability import tracing
 from appliance.observability.context import (
     child_traceparent,
     request_id_var,
@@ -126,6 +127,22 @@ def create_app(
         g.started = time.perf_counter()
         request_id_var.set(safe_request_id(request.headers.get("X-Request-ID")))
         traceparent_var.set(child_traceparent(request.headers.get("traceparent")))
+        if tracing.enabled():  # a server span, child of the caller's traceparent if any
+            span = tracing.start_span(
+                f"{request.method} {request.path}",
+                parent=request.headers.get("traceparent") or "",
+                kind="server",
+                attributes={"http.request.method": request.method, "url.path": request.path},
+            )
+            if span is not None:
+                g.trace_span = span
+                traceparent_var.set(tracing.traceparent_of(span))
+
+    @app.teardown_request
+    async def _end_span(_: BaseException | None) -> None:
+        span = g.pop("trace_span", None)  # still open: the request failed before a response
+        if span is not None:
+            span.end()
 
     @app.after_request
     async def _finish(response: Response) -> Response:
@@ -135,6 +152,12 @@ def create_app(
         HTTP_LATENCY.labels(request.method, rule).observe(elapsed)
         response.headers["X-Request-ID"] = request_id_var.get() or ""
         response.headers["traceparent"] = traceparent_var.get() or ""
+        span = g.pop("trace_span", None)
+        if span is not None:
+            span.update_name(f"{request.method} {rule}")
+            span.set_attribute("http.route", rule)
+            span.set_attribute("http.response.status_code", response.status_code)
+            span.end()
         response.headers.setdefault("Cache-Control", "no-store")
         if settings.access_log:
             access_log.info(

@@ -40,6 +40,7 @@ import aiosqlite
 import orjson
 
 from appliance.db.database import Database
+from appliance.db.where import Where
 from appliance.errors import LeaseLost
 
 STATES = ("queued", "leased", "done", "dead")
@@ -386,30 +387,22 @@ class DurableQueue:
     ) -> int:
         """Queue again, with fresh attempts, the given jobs or those matching the filter."""
         now = self.clock()
-        where: list[str] = ["queue = ?"]
-        params: list[str | float] = [self.name]
-        if ids is not None:
-            if not ids:
-                return 0
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            params.extend(ids)
+        if ids is not None and not ids:
+            return 0
         bad = [s for s in states if s not in ("dead", "done")]
         if bad:
             raise ValueError(f"only dead or done jobs can be replayed, not {bad}")
-        where.append(f"state IN ({','.join('?' * len(states))})")
-        params.extend(states)
-        if since is not None:
-            where.append("updated_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("updated_at < ?")
-            params.append(until)
+        where = Where("queue = ?", self.name)
+        if ids is not None:
+            where.is_in("id", ids)
+        where.is_in("state", states)
+        where.add_if("updated_at >= ?", since).add_if("updated_at < ?", until)
         async with self.db.write() as conn:
             cur = await conn.execute(
                 "UPDATE queue_jobs SET state = 'queued', attempts = 0, run_at = ?, "
                 "lease_token = NULL, lease_expires_at = NULL, updated_at = ? "
-                f"WHERE {' AND '.join(where)}",
-                (now, now, *params),
+                f"WHERE {where.sql}",
+                (now, now, *where.params),
             )
             replayed = cur.rowcount
             if replayed:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any, cast
 
 from appliance.errors import ClientError, RpcError, WorkerUnavailable, refusal
 from appliance.ipc import protocol
+from appliance.ipc.reconnect import Backoff, keep_connected
+from appliance.observability import tracing
 from appliance.observability.context import (
     child_traceparent,
     request_id_var,
@@ -114,8 +115,11 @@ class WorkerClient:
         if writer is None or not self._connected.is_set():
             return False
         method = protocol.METHOD_OF[type(params)]
-        meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
-        writer.write(protocol.notification(method, params.model_dump(mode="json"), meta))
+        with tracing.span(
+            f"ipc notify {method}", kind="producer", attributes={"rpc.method": method}
+        ):
+            meta = {"request_id": request_id_var.get(), "traceparent": traceparent_var.get()}
+            writer.write(protocol.notification(method, params.model_dump(mode="json"), meta))
         IPC_CALLS.labels(method=method, outcome="notified").inc()
         return True
 
@@ -132,50 +136,50 @@ class WorkerClient:
         id_ = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[id_] = future
-        meta = {
-            "request_id": request_id_var.get(),
-            "traceparent": child_traceparent(traceparent_var.get()),
-        }
         try:
-            writer.write(protocol.request(id_, method, params, meta))
-            return await asyncio.wait_for(future, timeout_s)
+            with tracing.span(f"ipc {method}", kind="client", attributes={"rpc.method": method}):
+                meta = {
+                    "request_id": request_id_var.get(),
+                    "traceparent": traceparent_var.get()
+                    if tracing.enabled()
+                    else child_traceparent(traceparent_var.get()),
+                }
+                writer.write(protocol.request(id_, method, params, meta))
+                return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise WorkerUnavailable(f"worker did not answer {method!r} in {timeout_s}s") from None
         finally:
             self._pending.pop(id_, None)
 
     async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping:
-            try:
-                reader, writer = await asyncio.open_unix_connection(
-                    str(self.socket_path), limit=protocol.MAX_FRAME_BYTES
-                )
-            except OSError:
-                attempt += 1
-                ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 16))
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
-                continue
-            attempt = 0
-            self._writer = writer
-            try:
-                if self.topics:
-                    subscribe = protocol.SubscribeParams(topics=list(self.topics))
-                    writer.write(protocol.request(0, "subscribe", subscribe.model_dump(), {}))
-                self._connected.set()
-                log.info("connected to worker", extra={"socket": str(self.socket_path)})
-                await self._read(reader)
-            except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-                pass
-            finally:
-                self._connected.clear()
-                self._writer = None
-                writer.close()
-                self._fail_pending("connection to the worker closed")
-            if not self._stopping:
-                self.reconnects += 1
-                log.warning("lost connection to worker; reconnecting")
-                await asyncio.sleep(random.uniform(0, self.backoff_base_s))
+        await keep_connected(
+            self.socket_path,
+            self._session,
+            backoff=Backoff(self.backoff_base_s, self.backoff_cap_s),
+            stopping=lambda: self._stopping,
+            on_lost=self._lost,
+        )
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        try:
+            if self.topics:
+                subscribe = protocol.SubscribeParams(topics=list(self.topics))
+                writer.write(protocol.request(0, "subscribe", subscribe.model_dump(), {}))
+            self._connected.set()
+            log.info("connected to worker", extra={"socket": str(self.socket_path)})
+            await self._read(reader)
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            self._connected.clear()
+            self._writer = None
+            writer.close()
+            self._fail_pending("connection to the worker closed")
+
+    def _lost(self) -> None:
+        self.reconnects += 1
+        log.warning("lost connection to worker; reconnecting")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:

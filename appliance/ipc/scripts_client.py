@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from appliance.ipc import protocol
+from appliance.ipc.reconnect import Backoff, keep_connected
 from appliance.ipc.scripts_protocol import (
     HostCallParams,
     HostCallResult,
@@ -92,32 +91,29 @@ class ScriptsClient:
         return await self.host_handler(params)
 
     async def _run(self) -> None:
-        attempt = 0
-        while not self._stopping:
-            try:
-                reader, writer = await asyncio.open_unix_connection(
-                    str(self.socket_path), limit=protocol.MAX_FRAME_BYTES
-                )
-            except OSError:
-                attempt += 1
-                ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 16))
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
-                continue
-            attempt = 0
-            peer = Peer(reader, writer, {"host": self._host})
-            self._peer = peer
-            self._connected.set()
-            log.info("connected to the scripts process")
-            try:
-                await peer.serve()
-            finally:
-                self._connected.clear()
-                self._peer = None
-                peer.close()
-            if not self._stopping:
-                self.reconnects += 1
-                log.warning("lost the scripts process; reconnecting")
-                await asyncio.sleep(random.uniform(0, self.backoff_base_s))
+        await keep_connected(
+            self.socket_path,
+            self._session,
+            backoff=Backoff(self.backoff_base_s, self.backoff_cap_s),
+            stopping=lambda: self._stopping,
+            on_lost=self._lost,
+        )
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer, {"host": self._host})
+        self._peer = peer
+        self._connected.set()
+        log.info("connected to the scripts process")
+        try:
+            await peer.serve()
+        finally:
+            self._connected.clear()
+            self._peer = None
+            peer.close()
+
+    def _lost(self) -> None:
+        self.reconnects += 1
+        log.warning("lost the scripts process; reconnecting")
 
 
 __all__ = ["HostHandler", "PeerClosed", "ScriptsClient", "ScriptsUnavailable"]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from appliance.errors import ClientError
 from appliance.ipc import protocol
+from appliance.observability import tracing
 from appliance.observability.context import request_id_var, traceparent_var
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,13 @@ class RpcServer:
                 conn.topics.update(params.topics)
                 value: BaseModel = protocol.SubscribeResult(subscribed=sorted(conn.topics))
             else:
-                value = await self._handlers[method](params)
+                with tracing.span(
+                    f"rpc {method}",
+                    parent=meta.get("traceparent") or "",
+                    kind="server",
+                    attributes={"rpc.method": method},
+                ):
+                    value = await self._handlers[method](params)
         except ClientError as exc:
             # A refusal the caller should see (e.g. "no such sandbox account").
             conn.send(

@@ -74,7 +74,8 @@ EVENT_TYPES = (
     "tag.deleted",
     "automation.fired",
     "auto_reply.changed",
-    # operations (appliance/ops): a scheduled backup failed, ...
+    # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py) and
+    # by scheduled backups (appliance/ops/scheduled.py)
     "system.alert",
 )
 

@@ -20,6 +20,8 @@ from appliance.errors import Unprocessable
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
 from appliance.messaging.models import Content, MessageContent, ReactionContent, recipient_jid
+from appliance.observability import tracing
+from appliance.observability.context import traceparent_var
 
 Origin = Literal["api", "phone", "automation"]
 
@@ -84,10 +86,13 @@ async def accept_send(
         origin=origin,
         now=now,
     )
+    payload = {"account_id": account_id, "message_id": message_id, "chat": chat}
+    if tracing.enabled():  # the worker's send span continues the request's trace
+        payload["traceparent"] = traceparent_var.get() or ""
     await enqueue_in(
         conn,
         SEND_QUEUE,
-        {"account_id": account_id, "message_id": message_id, "chat": chat},
+        payload,
         now=now,
         unique_key=send_job_key(account_id, message_id),
         max_attempts=SEND_RETRY.max_attempts,

@@ -19,6 +19,17 @@ from appliance.observability.metrics import PROCESS_CRASHES, PROCESS_RESTARTS
 
 log = logging.getLogger("appliance.alerts")
 
+# The programs of supervisord.conf (tests/unit/test_observability_metrics.py keeps the
+# list equal to it). Their restart and crash counters are exported as 0 from the start,
+# so rate() and increase() see the first one.
+PROGRAMS = ("scripts", "worker", "api")
+
+
+def export_zero_counters() -> None:
+    for program in PROGRAMS:
+        PROCESS_CRASHES.labels(program=program)
+        PROCESS_RESTARTS.labels(program=program)
+
 
 def handle(headers: dict[str, str], payload: str) -> None:
     event = headers.get("eventname", "")
@@ -60,6 +71,7 @@ def handle(headers: dict[str, str], payload: str) -> None:
 
 def main() -> None:
     setup_logging("alerts", stream=sys.stderr)
+    export_zero_counters()
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         try:

@@ -6,7 +6,9 @@ prometheus_client; appliancectl wipes that directory before supervisord starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 
 from prometheus_client import (
@@ -63,8 +65,134 @@ PROCESS_UP = Gauge(
 )
 
 
+# Per-process resources. prometheus_client's own process collector does not work in
+# multiprocess mode, so every process samples itself from /proc into per-pid gauges
+# (``liveall``: the supervisord listener removes a dead pid's file).
+PROCESS_CPU = Gauge(
+    "appliance_process_cpu_seconds_total",
+    "CPU time (user + system) this process used since it started; rate() it.",
+    ["role"],
+    multiprocess_mode="liveall",
+)
+PROCESS_RSS = Gauge(
+    "appliance_process_resident_memory_bytes",
+    "Resident memory of this process.",
+    ["role"],
+    multiprocess_mode="liveall",
+)
+PROCESS_SAMPLE_INTERVAL_S = 5.0
+
+# Sends (worker): accept-to-sent time is the sends SLO's indicator (runbook/alerts.md).
+SEND_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+SENDS = Counter(
+    "appliance_sends_total",
+    "Outbound messages that finished, by outcome (sent, failed).",
+    ["outcome"],
+)
+SEND_ACCEPT_TO_SENT = Histogram(
+    "appliance_send_accept_to_sent_seconds",
+    "From a send's acceptance to the engine taking it (status sent).",
+    buckets=SEND_BUCKETS,
+)
+# Sampled by the worker's monitor (appliance/worker/monitor.py) every MONITOR_INTERVAL_S.
+SEND_QUEUE_DEPTH = Gauge(
+    "appliance_send_queue_depth",
+    "Sends queued or being sent, per account.",
+    ["account"],
+    multiprocess_mode="mostrecent",
+)
+SEND_QUEUE_OLDEST = Gauge(
+    "appliance_send_queue_oldest_age_seconds",
+    "Age of the oldest send still queued or being sent, per account (0 when none).",
+    ["account"],
+    multiprocess_mode="mostrecent",
+)
+ACCOUNT_STATE = Gauge(
+    "appliance_account_state",
+    "1 for the account's current engine connection state, 0 for the others.",
+    ["account", "state"],
+    multiprocess_mode="mostrecent",
+)
+ACCOUNT_DESIRED_CONNECTED = Gauge(
+    "appliance_account_desired_connected",
+    "1 when the account should be connected (not disconnected or logged out on request).",
+    ["account"],
+    multiprocess_mode="mostrecent",
+)
+DISK_FREE = Gauge(
+    "appliance_disk_free_bytes",
+    "Free bytes (for unprivileged users) on the data directory's filesystem.",
+    multiprocess_mode="mostrecent",
+)
+DISK_SIZE = Gauge(
+    "appliance_disk_size_bytes",
+    "Size of the data directory's filesystem.",
+    multiprocess_mode="mostrecent",
+)
+DATABASE_SIZE = Gauge(
+    "appliance_database_size_bytes",
+    "The SQLite database with its WAL.",
+    multiprocess_mode="mostrecent",
+)
+WEBHOOK_DEAD = Gauge(
+    "appliance_webhook_dead_deliveries",
+    "Webhook deliveries given up on (dead letters) still kept.",
+    multiprocess_mode="mostrecent",
+)
+BUILTIN_ALERTS = Gauge(
+    "appliance_builtin_alerts_firing",
+    "Built-in alerts (system.alert events) currently raised, by rule.",
+    ["rule"],
+    multiprocess_mode="mostrecent",
+)
+
+_sampler: threading.Thread | None = None
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_process_stats(pid: int | str = "self") -> tuple[float, int]:
+    """(CPU seconds, resident bytes) of a process, from /proc; (0, 0) where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode()
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            statm = fh.read().split()
+    except OSError:
+        times = os.times()
+        return times.user + times.system, 0
+    # Fields after the command, which is in parentheses and may contain spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    return cpu, int(statm[1]) * _PAGE_SIZE
+
+
+def sample_process(role: str) -> None:
+    cpu, rss = read_process_stats()
+    PROCESS_CPU.labels(role=role).set(cpu)
+    PROCESS_RSS.labels(role=role).set(rss)
+
+
+def _sample_forever(role: str, interval_s: float) -> None:
+    while True:
+        with contextlib.suppress(Exception):  # never take the process down for a metric
+            sample_process(role)
+        time.sleep(interval_s)
+
+
 def mark_started(role: str) -> None:
+    """Record this process's start and sample its CPU and memory from now on."""
+    global _sampler
     PROCESS_UP.labels(role=role).set(time.time())
+    sample_process(role)
+    if _sampler is None:
+        _sampler = threading.Thread(
+            target=_sample_forever,
+            args=(role, PROCESS_SAMPLE_INTERVAL_S),
+            name="process-metrics",
+            daemon=True,
+        )
+        _sampler.start()
 
 
 def multiprocess_enabled() -> bool:

@@ -22,6 +22,7 @@ import orjson
 
 from appliance.crypto import DataCipher
 from appliance.db.database import Database, fetchone_from, update_by_id
+from appliance.db.where import Where
 from appliance.errors import NotFound
 from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key_sql
 from appliance.webhooks.rows import AttemptRow, DeliveryRef, DeliveryRow
@@ -477,22 +478,19 @@ async def list_deliveries(
     limit: int,
 ) -> list[DeliveryRow]:
     """An endpoint's deliveries, newest first."""
-    where: list[str] = ["endpoint_id = ?"]
-    params: list[str | int | float] = [endpoint_id]
-    for clause, value in (
-        ("state = ?", state),
-        ("event_type = ?", event_type),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
-        ("id < ?", before_id),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
+    where = Where("endpoint_id = ?", endpoint_id).each_if(
+        (
+            ("state = ?", state),
+            ("event_type = ?", event_type),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+            ("id < ?", before_id),
+        )
+    )
     rows = await db.fetchall(
-        f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE {' AND '.join(where)} "
+        f"SELECT {DELIVERY_COLS} FROM webhook_deliveries WHERE {where.sql} "
         "ORDER BY id DESC LIMIT ?",
-        (*params, limit),
+        (*where.params, limit),
     )
     return [DeliveryRow.from_row(r) for r in rows]
 
@@ -526,20 +524,17 @@ async def finished_deliveries(
     limit: int = 100000,
 ) -> list[DeliveryRef]:
     """An endpoint's deliveries that are not pending."""
-    where: list[str] = ["endpoint_id = ?", "state != 'pending'"]
-    params: list[str | int | float] = [endpoint_id]
-    for clause, value in (
-        ("id = ?", delivery_id),
-        ("state = ?", state),
-        ("created_at >= ?", since),
-        ("created_at < ?", until),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
+    where = Where("endpoint_id = ? AND state != 'pending'", endpoint_id).each_if(
+        (
+            ("id = ?", delivery_id),
+            ("state = ?", state),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+        )
+    )
     rows = await db.fetchall(
-        f"SELECT id, event_id FROM webhook_deliveries WHERE {' AND '.join(where)} LIMIT ?",
-        (*params, limit),
+        f"SELECT id, event_id FROM webhook_deliveries WHERE {where.sql} LIMIT ?",
+        (*where.params, limit),
     )
     return [DeliveryRef(id=r["id"], event_id=r["event_id"]) for r in rows]
 

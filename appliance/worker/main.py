@@ -43,6 +43,7 @@ from appliance.webhooks.dispatcher import Dispatcher
 from appliance.worker.contacts import block_contact
 from appliance.worker.inbox import InboxWorker
 from appliance.worker.messaging import MessagingService
+from appliance.worker.monitor import Monitor
 from appliance.worker.pipeline import PipelineContext, PipelineTask, default_pipeline
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ class Worker:
         )
         self.scheduler.start()
         self._spawn(self._maintenance())
+        # Queue, account, disk metrics and the built-in alerts (system.alert events).
+        self._spawn(
+            Monitor(self.db, self.settings, events_written=messaging.events_written).run_forever()
+        )
         if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
             backups = ScheduledBackups(
                 self.db, self.settings, Paths.discover(), events_written=messaging.events_written

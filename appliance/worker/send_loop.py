@@ -38,6 +38,8 @@ from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
 from appliance.messaging.models import Media, ReceivedContent
 from appliance.messaging.rows import MessageRow
 from appliance.net.ssrf import FetchFailed
+from appliance.observability import tracing
+from appliance.observability.metrics import SEND_ACCEPT_TO_SENT, SENDS
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -165,13 +167,26 @@ class SendLoop:
             await self.queue.release(job.id, token, delay_s=wait, note="account rate")
             return False
         self._last_sent[(account_id, chat)] = time.monotonic()
+        # With tracing on, the send's span continues the trace of the request that queued it.
+        with tracing.span(
+            "send",
+            parent=job.payload.get("traceparent") or "",
+            kind="consumer",
+            attributes={"appliance.account_id": account_id, "appliance.message_id": message_id},
+        ):
+            return await self._hand_to_engine(job, runtime.engine, row)
+
+    async def _hand_to_engine(self, job: Job, engine: Engine, row: MessageRow) -> bool:
+        token = job.lease_token or ""
+        account_id, message_id = row.account_id, row.id
         now = time.time()
         await self.db.write_batched(
             lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now)
         )
         try:
-            outbound = await self.outbound(runtime.engine, row)
-            await asyncio.wait_for(runtime.engine.send(outbound), SEND_TIMEOUT_S)
+            outbound = await self.outbound(engine, row)
+            with tracing.span("engine.send", kind="client"):
+                await asyncio.wait_for(engine.send(outbound), SEND_TIMEOUT_S)
         except SendError as exc:
             return await self._send_failed(
                 job, exc.reason, permanent=exc.permanent, retry_after=exc.retry_after_s
@@ -187,6 +202,8 @@ class SendLoop:
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
 
         await self.db.write_batched(sent)
+        SENDS.labels(outcome="sent").inc()
+        SEND_ACCEPT_TO_SENT.observe(max(0.0, now - row.created_at))
         await self.events_written()
         return True
 
@@ -253,6 +270,7 @@ class SendLoop:
                 await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
 
             await self.db.write_batched(failed)
+            SENDS.labels(outcome="failed").inc()
             await self.events_written()
             return True
         await self.queue.nack(
