@@ -60,7 +60,26 @@ def test_scheduled_backups_keep_the_newest_and_alert_on_failure(tmp_path: Path) 
         conn.close()
     assert len(rows) == 1
     data = json.loads(rows[0][1])
-    assert data["source"] == "backup" and str(backups) in data["message"]
+    assert (data["rule"], data["state"], data["severity"]) == (
+        "backup_failed",
+        "raised",
+        "critical",
+    )
+    assert data["details"]["dir"] == str(backups) and data["details"]["error"]
+    # Failing again raises nothing new; the next success resolves it.
+    assert _run(paths, settings, 1_900_000_100) is None
+    backups.unlink()
+    assert _run(paths, settings, 1_900_000_200) is not None
+    conn = sqlite3.connect(settings.database_path)
+    try:
+        rows = conn.execute(
+            "SELECT data FROM events WHERE type = 'system.alert' ORDER BY id"
+        ).fetchall()
+        alerts = conn.execute("SELECT rule, raised_at, resolved_at FROM system_alerts").fetchall()
+    finally:
+        conn.close()
+    assert [json.loads(r[0])["state"] for r in rows] == ["raised", "resolved"]
+    assert alerts == [("backup_failed", 1_900_000_000, 1_900_000_200)]
 
 
 def test_schedule_is_cron_in_utc_and_needs_a_directory(tmp_path: Path) -> None:
