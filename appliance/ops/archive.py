@@ -252,6 +252,30 @@ def _safe_member(name: str) -> PurePosixPath:
     return path
 
 
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    """The fields a restore relies on, with their types (the archive is input)."""
+    ok = (
+        isinstance(manifest.get("created_at"), int | float)
+        and isinstance(manifest.get("created_at_utc"), str)
+        and isinstance(manifest.get("schema_version"), int)
+        and isinstance(manifest.get("includes_secrets"), bool)
+        and isinstance(manifest.get("files"), dict)
+        and all(
+            isinstance(v, dict)
+            and isinstance(v.get("size"), int)
+            and isinstance(v.get("sha256"), str)
+            for v in manifest["files"].values()
+        )
+        and isinstance(manifest.get("sequences"), dict)
+        and all(
+            isinstance(k, str) and isinstance(v, int) and v >= 0
+            for k, v in manifest["sequences"].items()
+        )
+    )
+    if not ok:
+        raise ArchiveError("the archive's manifest is malformed")
+
+
 def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
     """Check every file of ``archive`` against its manifest while extracting into
     ``staging`` (a new directory), then the database's integrity and schema version.
@@ -267,6 +291,7 @@ def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
             manifest = json.loads(fh.read())
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise ArchiveError(f"{archive}: unknown archive format")
+            _check_manifest(manifest)
             expected: dict[str, dict[str, Any]] = manifest["files"]
             seen: set[str] = set()
             while (member := tar.next()) is not None:

@@ -202,16 +202,17 @@ def restore(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    replaced = _read_sequences(settings.database_path)
-    floors = compute_floors(
-        manifest.get("sequences", {}), replaced, backup_created_at=manifest["created_at"], now=now
-    )
     rollback = data_dir.parent / f"{data_dir.name}.rollback-{stamp}"
     etc_rollback = paths.etc / f"rollback-{stamp}"
     swapped = False
     moved_env = False
     moved_secrets: list[str] = []
     try:
+        # After the stop: the replaced database issues no more ids.
+        replaced = _read_sequences(settings.database_path)
+        floors = compute_floors(
+            manifest["sequences"], replaced, backup_created_at=manifest["created_at"], now=now
+        )
         if owner is not None:
             _chown_tree(staging / "data", owner)
         if data_dir.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -329,4 +330,32 @@ def test_with_secrets_needs_an_archive_that_has_them(
     control = FakeControl()
     with pytest.raises(ArchiveError, match="holds no secrets"):
         restore(paths, settings, archive, control, with_secrets=True, say=lambda _: None)
+    assert control.calls == []
+
+
+def _rewrite_manifest(src: Path, dest: Path, change: dict[str, object]) -> Path:
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(dest, "w:gz") as out:
+        for member, data in members:
+            if member.name == "manifest.json":
+                data = json.dumps({**json.loads(data), **change}).encode()
+                member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    return dest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"created_at": "yesterday"}, {"sequences": {"events": -5}}, {"files": []}],
+)
+def test_malformed_manifest_is_refused_before_anything_stops(
+    install: tuple[Paths, Settings], tmp_path: Path, change: dict[str, object]
+) -> None:
+    paths, settings = install
+    good = write_backup(paths, settings, tmp_path / "good.tar.gz").path
+    bad = _rewrite_manifest(good, tmp_path / "bad.tar.gz", change)
+    control = FakeControl()
+    with pytest.raises(ArchiveError, match="malformed"):
+        restore(paths, settings, bad, control, say=lambda _: None)
     assert control.calls == []
