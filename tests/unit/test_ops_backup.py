@@ -264,6 +264,9 @@ def test_restore_onto_a_fresh_installation_never_reissues_ids(tmp_path: Path) ->
     assert not seen & set(next_ids)
     assert max(next_ids) < ids.MAX_SAFE_ID
     assert report.epoch == 1 and report.floors["events"] >= 40 + ids.RESTORE_MARGIN
+    # Webhook delivery and attempt ids are floored too (AUTOINCREMENT since 0025).
+    for table in ("webhook_deliveries", "webhook_attempts", "users", "notes"):
+        assert report.floors[table] >= ids.RESTORE_MARGIN, table
     conn = sqlite3.connect(new.database_path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
