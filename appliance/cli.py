@@ -517,7 +517,8 @@ def check_installation(paths: Paths) -> list[str]:
         settings = load_settings(paths)
     except StartupError as exc:
         return [str(exc)]
-    problems.extend(check_secrets_dir(paths.secrets_dir, uid=_service_uid()))
+    secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid())
+    problems.extend(secret_problems)
     db_path = settings.database_path
     if not db_path.exists():
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
@@ -529,7 +530,15 @@ def check_installation(paths: Paths) -> list[str]:
             if integrity != "ok":
                 problems.append(f"database {db_path} failed integrity_check: {integrity}")
             version = read_schema_version(conn)
-            if version != latest_version():
+            if not secret_problems:
+                problems.extend(_undecryptable(paths, conn))
+            if version > latest_version():
+                problems.append(
+                    f"database schema is at version {version}, newer than this code's "
+                    f"{latest_version()} (a downgrade): install the newer code again, or "
+                    f"restore a backup taken with this version"
+                )
+            elif version != latest_version():
                 problems.append(
                     f"database schema is at version {version}, this code expects "
                     f"{latest_version()}; start the appliance so the worker migrates it"
@@ -539,6 +548,22 @@ def check_installation(paths: Paths) -> list[str]:
     except sqlite3.Error as exc:
         problems.append(f"database {db_path} cannot be read: {exc}")
     return problems
+
+
+def _undecryptable(paths: Paths, conn: sqlite3.Connection) -> list[str]:
+    """Stored ciphertexts this installation's data key cannot open (after a restore
+    with other secrets, or a replaced key), each with what to re-enter."""
+    from appliance.crypto import DataCipher
+    from appliance.ops.stored_secrets import undecryptable
+
+    try:
+        key = (paths.secrets_dir / "data-key").read_text().strip().encode()
+    except OSError as exc:
+        return [f"data-key not readable: {exc}"]
+    return [
+        f"stored secret not readable with this data-key: {item.what}; fix: {item.fix}"
+        for item in undecryptable(conn, DataCipher(key))
+    ]
 
 
 def _schema_version(db_path: Path) -> int | None:
@@ -565,7 +590,34 @@ def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace)
     print(f"OK database schema version {latest_version()}, integrity ok")
     for line in storage_report(load_settings(paths)):
         print(f"OK {line}")
+    restored = _last_restore(load_settings(paths).database_path)
+    if restored:
+        print(f"OK {restored}")
     return 0
+
+
+def _last_restore(db_path: Path) -> str | None:
+    """The last restore of a backup (restore_epochs; runbook/restore.md), if any."""
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT epoch, restored_at, archive_created_at, gap FROM restore_epochs "
+                "ORDER BY epoch DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    epoch, restored_at, taken_at, gap = row
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(restored_at))
+    taken = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(taken_at))
+    return (
+        f"last restore: epoch {epoch} at {when} of a backup taken {taken}; "
+        f"id sequences raised by {gap}"
+    )
 
 
 def _human(size: int) -> str:
@@ -888,6 +940,167 @@ def cmd_sandbox(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
     return 0
 
 
+# -- backup, restore, support bundle (appliance/ops; runbook/backup.md) -------------------
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def default_backup_dir(paths: Paths) -> Path:
+    return paths.prefix / "var" / "backups" / "appliance"
+
+
+def cmd_backup(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """An online backup archive: database snapshot, media, sessions, settings."""
+    import socket
+
+    from appliance.ops.archive import ArchiveError, write_backup
+    from appliance.ops.crypt import Encryption, read_passphrase
+
+    if args.to:
+        dest = Path(args.to)
+    else:
+        dest = default_backup_dir(paths) / f"appliance-{socket.gethostname()}-{_stamp()}.tar.gz"
+    if dest.exists() and not args.force:
+        return _fail(f"{dest} exists; choose another --to or pass --force")
+    try:
+        encryption = Encryption(
+            passphrase=read_passphrase(args.passphrase_file) if args.passphrase_file else None,
+            recipients=args.recipient or [],
+        )
+        result = write_backup(
+            paths,
+            settings,
+            dest,
+            include_secrets=args.include_secrets,
+            encryption=encryption,
+        )
+    except (ArchiveError, OSError, sqlite3.Error) as exc:
+        return _fail(f"backup failed: {exc}")
+    manifest = result.manifest
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items()))
+    secrets_note = "with secrets" if manifest["includes_secrets"] else "without secrets"
+    if encryption.enabled:
+        secrets_note += ", encrypted with age"
+    print(
+        f"backup written: {result.path} ({_human(result.size)}, schema "
+        f"{manifest['schema_version']}, {secrets_note}; {counts})",
+        file=sys.stderr,
+    )
+    print(result.path)  # the path alone on stdout, for scripts
+    return 0
+
+
+class _CliControl:
+    """How a restore stops and starts this installation."""
+
+    def __init__(self, paths: Paths, settings: Settings) -> None:
+        self.paths, self.settings = paths, settings
+
+    def running(self) -> bool:
+        return _running(self.settings)
+
+    def stop(self) -> None:
+        if cmd_stop(self.paths, self.settings, argparse.Namespace(names=[])):
+            raise StartupError("could not stop the appliance")
+
+    def start(self) -> None:
+        if cmd_start(self.paths, self.settings, argparse.Namespace(names=[], wait=0)):
+            raise StartupError("could not start the appliance")
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return _wait_ready(self.settings, timeout_s)
+
+
+def cmd_restore(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """Verify an archive, then swap it in with a rollback copy; ids jump past the old."""
+    from appliance.ops.archive import ArchiveError
+    from appliance.ops.crypt import Decryption, read_passphrase
+    from appliance.ops.restore import RestoreFailed, restore
+
+    archive = Path(args.file)
+    if not archive.is_file():
+        return _fail(f"no archive at {archive}")
+    account = _service_account(paths)
+    owner = (account.pw_uid, account.pw_gid) if account and os.geteuid() == 0 else None
+    try:
+        decryption = Decryption(
+            passphrase=read_passphrase(args.passphrase_file) if args.passphrase_file else None,
+            identity_files=[Path(p) for p in args.identity or []],
+        )
+        report = restore(
+            paths,
+            settings,
+            archive,
+            _CliControl(paths, settings),
+            with_config=args.with_config,
+            with_secrets=args.with_secrets,
+            decryption=decryption,
+            owner=owner,
+            ready_timeout_s=args.wait,
+        )
+    except ArchiveError as exc:
+        return _fail(f"archive refused, nothing changed: {exc}", 65)
+    except RestoreFailed as exc:
+        return _fail(str(exc))
+    except StartupError as exc:
+        return _fail(f"restore not started: {exc}", 78)
+    with contextlib.suppress(Exception):
+        if account is not None and os.geteuid() == 0:
+            _become(account)
+        asyncio.run(
+            _with_db(
+                settings,
+                lambda db: _audit_restore(db, archive, report.epoch, report.gap),
+            )
+        )
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.rollback_dir is not None:
+        print(f"the previous data is kept in {report.rollback_dir}; remove it once satisfied")
+    print(f"restored (epoch {report.epoch}; id sequences raised by {report.gap}); ready")
+    return 0
+
+
+async def _audit_restore(db: Any, archive: Path, epoch: int, gap: int) -> None:
+    async with db.write() as conn:
+        await _audit(
+            conn, "system.restore", f"archive:{archive.name}", time.time(), epoch=epoch, gap=gap
+        )
+
+
+def cmd_support_bundle(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """A redacted tarball for support: versions, settings, status, check, sizes, logs."""
+    import io
+
+    from appliance.ops.support import write_bundle
+
+    def captured(func: Any, namespace: argparse.Namespace) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                rc = func(paths, settings, namespace)
+            except Exception as exc:  # the bundle is wanted most when things fail
+                rc = f"error: {type(exc).__name__}: {exc}"
+        return f"{out.getvalue()}\n(exit {rc})\n"
+
+    dest = Path(args.to) if args.to else settings.log_dir / f"support-{_stamp()}.tar.gz"
+    try:
+        result = write_bundle(
+            paths,
+            settings,
+            dest,
+            status=lambda: captured(cmd_status, argparse.Namespace(json=True)),
+            check=lambda: captured(cmd_check, argparse.Namespace()),
+            log_lines=args.lines,
+        )
+    except OSError as exc:
+        return _fail(f"support bundle failed: {exc}")
+    print(result.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliancectl",
@@ -995,6 +1208,60 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id", help="WhatsApp message id (default: generated)")
     s.add_argument("--name", help="sender's profile name")
     p.set_defaults(func=cmd_sandbox)
+    p = sub.add_parser(
+        "backup",
+        help="online backup archive (database snapshot, media, sessions, appliance.env); "
+        "prints its path",
+    )
+    p.add_argument("--to", metavar="FILE", help="archive path (default: var/backups/appliance/)")
+    p.add_argument(
+        "--include-secrets", action="store_true", help="also the secret files (keep it safe)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --to if it exists")
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help="encrypt with age and the passphrase on this file's first line (-: stdin)",
+    )
+    p.add_argument(
+        "--recipient",
+        action="append",
+        metavar="AGE1...",
+        help="encrypt with age to this X25519 public key (repeatable)",
+    )
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser(
+        "restore",
+        help="verify a backup archive, stop, swap it in (old data kept for rollback), "
+        "migrate, start; ids issued afterwards never repeat earlier ones",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--with-config", action="store_true", help="also replace appliance.env with the archive's"
+    )
+    p.add_argument(
+        "--with-secrets",
+        action="store_true",
+        help="also replace the secret files with the archive's (made with --include-secrets)",
+    )
+    p.add_argument("--wait", type=float, default=90.0, help="seconds to wait for /readyz")
+    p.add_argument(
+        "--passphrase-file", metavar="FILE", help="an encrypted archive's passphrase (-: stdin)"
+    )
+    p.add_argument(
+        "--identity",
+        action="append",
+        metavar="FILE",
+        help="an age identity file (AGE-SECRET-KEY-...) for an archive made with --recipient",
+    )
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "support-bundle",
+        help="a redacted tarball for support (versions, settings, status, check, sizes, logs)",
+    )
+    p.add_argument("--to", metavar="FILE", help="bundle path (default: the log directory)")
+    p.add_argument("-n", "--lines", type=int, default=2000, help="log lines per file")
+    p.set_defaults(func=cmd_support_bundle)
     p = sub.add_parser("supervisord", help="run supervisord (used by the systemd unit)")
     p.add_argument("--foreground", action="store_true")
     p.set_defaults(func=cmd_supervisord)
@@ -1002,7 +1269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # As root on a system install these ask systemd (when it runs the unit) and keep root.
-SYSTEMD_COMMANDS = ("start", "stop", "reload")
+SYSTEMD_COMMANDS = ("start", "stop", "reload", "restore")
 # These may start supervisord: root hands it the run, log and data directories first.
 STARTING_COMMANDS = ("start", "reload", "supervisord")
 

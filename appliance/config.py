@@ -149,6 +149,11 @@ class Settings(BaseModel):
     retention_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     retention_batch_pause_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
     retention_interval_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    # Scheduled backups by the worker (runbook/backup.md): a cron expression in UTC
+    # ("" = none), the directory the archives go to, how many of them are kept.
+    backup_schedule: str = ""
+    backup_dir: str = ""
+    backup_keep: Annotated[int, Field(ge=1, le=1000)] = 7
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
     # Scripts: sandbox children of the scripts process (runs at once), and the writable
@@ -196,6 +201,21 @@ class Settings(BaseModel):
             if item != "*" and not item.startswith(("http://", "https://")):
                 raise ValueError(f"{item!r} is not an origin such as https://panel.example.com")
         return value
+
+    @field_validator("backup_schedule")
+    @classmethod
+    def _backup_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if value and not croniter.is_valid(value):
+            raise ValueError("must be a cron expression such as '17 3 * * *' (03:17 UTC daily)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _backup_needs_dir(self) -> Settings:
+        if self.backup_schedule and not self.backup_dir.startswith("/"):
+            raise ValueError("BACKUP_SCHEDULE needs BACKUP_DIR, an absolute directory")
+        return self
 
     @field_validator("web_client_factory")
     @classmethod

@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from appliance.errors import StartupError
+
 if TYPE_CHECKING:
     from appliance.db.database import Database
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
+
+
+class SchemaNewerThanCode(StartupError):
+    """The database was migrated by newer code: running older code on it is refused."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,13 @@ async def migrate(
     ``cipher`` (the data key's DataCipher) is handed to Python data migrations."""
     applied = []
     await conn.execute(_CREATE_TABLE)
+    found, latest = await current_version(conn), len(available_migrations())
+    if found > latest:
+        raise SchemaNewerThanCode(
+            f"refusing to downgrade: the database is at schema version {found}, newer than "
+            f"this code's {latest}; install the newer code again, or restore a backup taken "
+            f"with this version (runbook/restore.md)"
+        )
     for migration in available_migrations():
         if target is not None and migration.version > target:
             break

@@ -81,7 +81,8 @@ EVENT_TYPES = (
     "quick_reply.deleted",
     "automation.fired",
     "auto_reply.changed",
-    # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py)
+    # built-in alerts raised and resolved by the worker (appliance/worker/monitor.py) and
+    # by scheduled backups (appliance/ops/scheduled.py)
     "system.alert",
     # actions that reach WhatsApp (appliance/messaging/actions.py), and what they change
     "action.completed",

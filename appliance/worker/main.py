@@ -26,16 +26,17 @@ from appliance.automations.scheduler import Scheduler
 from appliance.automations.script_runner import ScriptRunner
 from appliance.automations.script_triggers import ScriptTriggers, scripts_step
 from appliance.automations.scripts_models import SampleMessage
-from appliance.config import Settings
+from appliance.config import Paths, Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.db.migrate import current_version, migrate
 from appliance.db.queue import counts_by_queue, expire_leases, expired_lease_count
-from appliance.errors import Conflict
+from appliance.errors import Conflict, StartupError
 from appliance.inbox.retention_job import RetentionJob
 from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
+from appliance.ops.scheduled import ScheduledBackups
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
@@ -153,6 +154,11 @@ class Worker:
         self._spawn(
             Monitor(self.db, self.settings, events_written=messaging.events_written).run_forever()
         )
+        if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
+            backups = ScheduledBackups(
+                self.db, self.settings, Paths.discover(), events_written=messaging.events_written
+            )
+            self._spawn(backups.run_forever())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
     async def run(self) -> None:
@@ -373,6 +379,9 @@ def main() -> None:
     ctx = boot("worker")
     try:
         uvloop.run(serve(Worker(ctx.settings, ctx.secrets)))
+    except StartupError as exc:  # e.g. a database newer than this code (a downgrade)
+        log.critical(str(exc))
+        sys.exit(78)
     except Exception:
         log.exception("worker failed")
         sys.exit(1)
