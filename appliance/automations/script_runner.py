@@ -91,6 +91,10 @@ class ScriptRunner:
         )
         self.client = ScriptsClient(settings.scripts_socket, self.host.host_call)
         self._inflight: dict[tuple[str, str, str], asyncio.Future[ScriptRunOut]] = {}
+        # The scripts process runs at most SCRIPTS_SANDBOXES runs at once and queues the
+        # rest; handing it more would start their call timeouts while they wait there, so
+        # a burst would time out as if the process had died. They wait here instead.
+        self._sandboxes = asyncio.Semaphore(settings.scripts_sandboxes)
 
     async def start(self) -> None:
         async with self.db.write() as conn:
@@ -273,7 +277,8 @@ class ScriptRunner:
                 if not self.client.connected:
                     await self.client.wait_connected(RECONNECT_WAIT_S)
                 try:
-                    return await self.client.run(params, timeout_s=self.limits.wall_s + 15)
+                    async with self._sandboxes:
+                        return await self.client.run(params, timeout_s=self.limits.wall_s + 15)
                 except (PeerClosed, ScriptsUnavailable, TimeoutError) as exc:
                     if attempt >= 2:
                         why = (

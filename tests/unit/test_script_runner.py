@@ -531,3 +531,71 @@ def test_the_worker_enforces_host_call_limits_itself(
                 )
 
     asyncio.run(main())
+
+
+class _CountingClient:
+    """Stands in for the scripts process: counts runs handed to it at once."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        return True
+
+    async def run(self, params: Any, *, timeout_s: float) -> Any:
+        from appliance.ipc.scripts_protocol import RunResult
+
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            self.now -= 1
+        return RunResult(outcome="ok")
+
+
+def test_runs_wait_for_a_free_sandbox_in_the_worker(
+    open_db: OpenDb, db_path: Path, prefix: Path
+) -> None:
+    """The scripts process has ``SCRIPTS_SANDBOXES`` children; a run handed over while all
+    are busy would wait there with its call timeout running, and a burst of runs would
+    time out as if the process had died (then pause the script). The worker hands over
+    at most that many at once, so the timeout counts only the run itself."""
+    from appliance.automations.script_host import RunScope
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            runner = ScriptRunner(
+                db,
+                settings_for(prefix, scripts_sandboxes=2),
+                events_written=_no_events,
+                wake_sender=lambda: None,
+                limits=LIMITS,
+            )
+            client = _CountingClient()
+            runner.client = client  # type: ignore[assignment]
+            scopes = [
+                RunScope(
+                    run_id=f"run{i}",
+                    script_id="scr1",
+                    account_id=ACCOUNT,
+                    trigger_message=None,
+                    allow_hosts=frozenset(),
+                    dry_run=True,
+                )
+                for i in range(10)
+            ]
+            results = await asyncio.gather(
+                *(runner._run_with_retry(s, "1", None, attempt=1) for s in scopes)
+            )
+            assert [r.outcome for r in results] == ["ok"] * 10
+            assert client.most == 2
+
+    asyncio.run(main())
+
+
+async def _no_events() -> None:
+    return None
