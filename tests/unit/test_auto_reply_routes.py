@@ -24,9 +24,12 @@ from appliance.config import Paths, load_settings
 from appliance.db.database import Database
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import Actor
+from appliance.inbox.models import Actor as _QrActor
 from appliance.messaging import store
 from appliance.secrets import Secrets
 from tests.unit.conftest import OpenDb, key_owner
+
+QR_ACTOR = _QrActor(principal="user:1", name="test")
 
 A, B = "acc_a", "acc_b"
 ALICE = "905551110001@s.whatsapp.net"
@@ -340,6 +343,7 @@ async def _inbox_setup(db: Database) -> dict[str, int]:
             body="Hi {{contact.name|there}}, your code is {{code}}",
             media=None,
             created_by="user:1",
+            by=QR_ACTOR,
             now=1.0,
         )
         ids["quick"] = quick.id

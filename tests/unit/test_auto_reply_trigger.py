@@ -32,11 +32,14 @@ from appliance.engines.base import InboundMessage
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
 from appliance.inbox.models import Actor
+from appliance.inbox.models import Actor as _QrActor
 from appliance.messaging import sends, store
 from appliance.messaging.contracts import SEND_QUEUE
 from appliance.messaging.models import MessageContent
 from appliance.worker.messaging import AccountRuntime, MessagingService
 from tests.unit.conftest import OpenDb
+
+QR_ACTOR = _QrActor(principal="user:1", name="test")
 
 ACCOUNT = "acc_auto"
 ALICE = "905551110001@s.whatsapp.net"
@@ -539,6 +542,7 @@ def test_inbox_actions_write_the_inbox_events_once_with_the_rule_as_actor(
                 name="hello",
                 shortcut="/hello",
                 created_by="user:1",
+                by=QR_ACTOR,
                 now=1.0,
                 body="Merhaba {{contact.name|müşterimiz}}, ben {{agent.name|ekip}}. Kod: {{code}}",
                 media=None,
@@ -631,6 +635,7 @@ def test_a_refused_action_is_undone_alone_and_reported(
                 name="code",
                 shortcut="/code",
                 created_by="user:1",
+                by=QR_ACTOR,
                 now=1.0,
                 body="Your code: {{code}}",
                 media=None,

@@ -13,9 +13,12 @@ from typing import Any
 from appliance.auth.permissions import Role
 from appliance.db.database import Database
 from appliance.inbox import quick_replies_store
+from appliance.inbox.models import Actor as _QrActor
 from appliance.messaging import store
 from tests.unit.conftest import OpenDb
 from tests.unit.test_auto_reply_routes import A, B, _app, _key
+
+QR_ACTOR = _QrActor(principal="user:1", name="test")
 
 BASE = f"/api/accounts/{A}/schedules"
 CRON = {"cron": "0 9 * * *", "timezone": "Europe/Berlin"}
@@ -49,6 +52,7 @@ def _run(
                         body="Hi {{contact.name|there}}, {{what}} at {{time|nine}}",
                         media=None,
                         created_by="user:1",
+                        by=QR_ACTOR,
                         now=1.0,
                     )
                     quick[account] = reply.id

@@ -25,8 +25,11 @@ from appliance.automations.schedule_times import MissedPolicy, Timing, first_due
 from appliance.automations.scheduler import Scheduler
 from appliance.db.database import Database
 from appliance.inbox import quick_replies_store
+from appliance.inbox.models import Actor as _QrActor
 from appliance.messaging import store as messaging_store
 from tests.unit.conftest import OpenDb
+
+QR_ACTOR = _QrActor(principal="user:1", name="test")
 
 BERLIN = ZoneInfo("Europe/Berlin")
 TEXT = {"type": "text", "text": {"body": "good morning"}}
@@ -364,6 +367,7 @@ def test_a_quick_reply_body_is_rendered_for_each_recipient_at_each_run(
                 body="Dear {{contact.name|customer}} ({{chat.phone}}): {{what}}. {{agent.name}}",
                 media=None,
                 created_by=f"user:{user}",
+                by=QR_ACTOR,
                 now=0.0,
             )
         ref = {"id": quick.id, "variables": {"what": "your table is ready"}}
@@ -388,7 +392,9 @@ def test_a_quick_reply_body_is_rendered_for_each_recipient_at_each_run(
         # The quick reply deleted since: that run fails with the reason, the schedule
         # goes on (and sends nothing twice).
         async with h.db.write() as conn:
-            await quick_replies_store.delete_quick_reply(conn, "acc", quick.id)
+            await quick_replies_store.delete_quick_reply(
+                conn, "acc", quick.id, by=QR_ACTOR, now=0.0
+            )
         h.clock.set(datetime(2026, 5, 6, 7, 0, 1, tzinfo=UTC))
         assert (await h.scheduler.run_due()).outcomes == {"failed": 1}
         runs = await h.runs(schedule_id)
