@@ -64,6 +64,7 @@ class NavItem:
 NAV: list[NavItem] = [
     NavItem("inbox", N_("Inbox"), "panel.inbox", Permission.MESSAGES_READ),
     NavItem("setup", N_("Get started"), "panel.setup", Permission.ACCOUNTS_MANAGE),
+    NavItem("accounts", N_("Accounts"), "panel.accounts", Permission.ACCOUNTS_READ),
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
 ]
 
