@@ -75,7 +75,9 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
         cloud_form = await (await admin.get("/panel/accounts/new?engine=cloud")).get_data(
             as_text=True
         )
-        assert re.search(r'type="password" id="[^"]+" name="engine_settings.access_token"', cloud_form)
+        assert re.search(
+            r'type="password" id="[^"]+" name="engine_settings.access_token"', cloud_form
+        )
         assert "access_token_enc" not in cloud_form
         # Bad input: 400, the issue next to its field, nothing written.
         before = len(await store.list_account_rows(db, None))
@@ -171,7 +173,9 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
             for c in worker.calls
         )
         # Log out.
-        response = await admin.post(f"/panel/accounts/{account_id}/logout", form={"csrf_token": csrf})
+        response = await admin.post(
+            f"/panel/accounts/{account_id}/logout", form={"csrf_token": csrf}
+        )
         assert response.status_code == 303
         row = await store.account_row(db, account_id)
         assert row is not None and row.desired == "logged_out"
@@ -194,7 +198,9 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
         assert saved.status_code == 200 and "Saved." in await saved.get_data(as_text=True)
         row = await store.account_row(db, account_id)
         assert row is not None and row.name == "Front desk"
-        assert row.settings["history_limit"] == 10 and row.engine_settings["pairing_timeout_s"] == 600
+        assert (
+            row.settings["history_limit"] == 10 and row.engine_settings["pairing_timeout_s"] == 600
+        )
 
     _run(open_db, db_path, tmp_path, test)
 
