@@ -9,7 +9,13 @@ hook (``appliance.api.access``). Conventions and "how to add a screen":
 
 from __future__ import annotations
 
-from appliance.api.panel import accounts_views, inbox_views, session_views, setup_views
+from appliance.api.panel import (
+    accounts_views,
+    inbox_views,
+    session_views,
+    setup_views,
+    webhooks_views,
+)
 from appliance.api.panel.web import bp
 
-__all__ = ["accounts_views", "bp", "inbox_views", "session_views", "setup_views"]
+__all__ = ["accounts_views", "bp", "inbox_views", "session_views", "setup_views", "webhooks_views"]

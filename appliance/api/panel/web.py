@@ -65,6 +65,7 @@ NAV: list[NavItem] = [
     NavItem("inbox", N_("Inbox"), "panel.inbox", Permission.MESSAGES_READ),
     NavItem("setup", N_("Get started"), "panel.setup", Permission.ACCOUNTS_MANAGE),
     NavItem("accounts", N_("Accounts"), "panel.accounts", Permission.ACCOUNTS_READ),
+    NavItem("webhooks", N_("Webhooks"), "panel.webhooks", Permission.WEBHOOKS_MANAGE),
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
 ]
 
