@@ -11,8 +11,8 @@ from pathlib import Path
 from quart import Quart
 
 from appliance.auth import store as auth_store
-from appliance.db.queue import enqueue_many_in
 from appliance.db.database import Database
+from appliance.db.queue import enqueue_many_in
 from appliance.messaging import store as messaging_store
 from appliance.webhooks import store
 from appliance.webhooks.contracts import WEBHOOK_QUEUE, delivery_job_key
@@ -194,6 +194,6 @@ def test_webhooks_refused_to_agents_and_turkish(
         assert status == 303
         await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
         tr = await (await admin.get("/panel/webhooks")).get_data(as_text=True)
-        assert "<h1>Webhook'lar</h1>" in tr and "Uç noktayı ekle" in tr
+        assert "<h1>Webhook\u2019lar</h1>" in tr and "Uç noktay\u0131 ekle" in tr
 
     _run(open_db, db_path, tmp_path, test, ENV)
