@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from appliance.api.panel import (
     accounts_views,
+    admin_views,
     inbox_views,
     session_views,
     setup_views,
@@ -18,4 +19,12 @@ from appliance.api.panel import (
 )
 from appliance.api.panel.web import bp
 
-__all__ = ["accounts_views", "bp", "inbox_views", "session_views", "setup_views", "webhooks_views"]
+__all__ = [
+    "accounts_views",
+    "admin_views",
+    "bp",
+    "inbox_views",
+    "session_views",
+    "setup_views",
+    "webhooks_views",
+]

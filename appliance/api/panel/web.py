@@ -67,6 +67,8 @@ NAV: list[NavItem] = [
     NavItem("accounts", N_("Accounts"), "panel.accounts", Permission.ACCOUNTS_READ),
     NavItem("webhooks", N_("Webhooks"), "panel.webhooks", Permission.WEBHOOKS_MANAGE),
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
+    NavItem("api_keys", N_("API keys"), "panel.api_keys", Permission.API_KEYS_MANAGE),
+    NavItem("audit", N_("Audit log"), "panel.audit_log", Permission.AUDIT_READ),
 ]
 
 
