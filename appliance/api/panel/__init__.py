@@ -12,6 +12,7 @@ from __future__ import annotations
 from appliance.api.panel import (
     accounts_views,
     admin_views,
+    contacts_views,
     inbox_views,
     organize_views,
     session_views,
@@ -24,6 +25,7 @@ __all__ = [
     "accounts_views",
     "admin_views",
     "bp",
+    "contacts_views",
     "inbox_views",
     "organize_views",
     "session_views",

@@ -65,6 +65,7 @@ NAV: list[NavItem] = [
     NavItem("inbox", N_("Inbox"), "panel.inbox", Permission.MESSAGES_READ),
     NavItem("setup", N_("Get started"), "panel.setup", Permission.ACCOUNTS_MANAGE),
     NavItem("accounts", N_("Accounts"), "panel.accounts", Permission.ACCOUNTS_READ),
+    NavItem("contacts", N_("Contacts"), "panel.contacts", Permission.MESSAGES_READ),
     NavItem("tags", N_("Tags"), "panel.tags", Permission.TAGS_MANAGE),
     NavItem(
         "quick_replies", N_("Quick replies"), "panel.quick_replies", Permission.QUICK_REPLIES_MANAGE
