@@ -77,7 +77,7 @@ def test_accounts_and_admin_screens(appliance: Appliance, page: Any, artefacts: 
     _axe(page, "user-new")
     page.click("#create-user")
     page.wait_for_url("**/panel/users/*?created=1")
-    assert page.locator(f'input[name="accounts"][value="{account}"]').is_checked()
+    assert page.locator(f'input[type=checkbox][name="accounts"][value="{account}"]').is_checked()
     _both_themes(page, artefacts, "user")
 
     # API keys: the key once, then revoked.
