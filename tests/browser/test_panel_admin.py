@@ -6,6 +6,8 @@ or critical violations) and saved as screenshots, light and dark.
   engine's form, connect it and watch its state turn connected live; create a user
   with a grant, an API key shown once and revoked, the audit log filtered; the
   accounts list at 375 px.
+- Contacts, tags and quick replies (the session's installation): a tag and a quick
+  reply added, a CSV imported and its contact listed.
 - Webhooks (an installation whose SSRF guard allows 127.0.0.1, OUTBOUND_ALLOW_NETWORKS:
   the session's refuses loopback receivers): an endpoint pointing at a receiver on
   127.0.0.1, its secret shown once, a test event whose delivery appears in the log
@@ -24,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.browser.test_panel import WAIT_MS, _axe, _clean, _shot, _sign_in, _wait
-from tests.integration.conftest import Appliance, admin_password, running_appliance
+from tests.integration.conftest import Appliance, admin_password, login, running_appliance
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -97,6 +99,45 @@ def test_accounts_and_admin_screens(appliance: Appliance, page: Any, artefacts: 
     page.locator("#audit td code", has_text="api_key.revoke").first.wait_for()
     assert page.locator("#audit td code", has_text="user.create").count() == 0
     _both_themes(page, artefacts, "audit")
+    _clean(page)
+
+
+def test_contacts_tags_and_quick_replies_screens(
+    appliance: Appliance, page: Any, artefacts: Path
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    account = f"org{suffix}"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post("/api/accounts", json={"id": account, "name": f"Shop {suffix}"})
+        assert made.status_code == 201, made.text
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    page.goto(f"{appliance.base_url}/panel/tags?account={account}")
+    page.fill("#f-tag-name", "wholesale")
+    page.click("#create-tag")
+    page.locator('#tags input[value="wholesale"]').wait_for()
+    _both_themes(page, artefacts, "tags")
+    page.goto(f"{appliance.base_url}/panel/quick-replies?account={account}")
+    page.fill("#f-qr-name", "Hello")
+    page.fill("#f-qr-shortcut", "/hello")
+    page.fill("#f-qr-body", "Hello {{contact.name}}!")
+    page.click("#create-quick-reply")
+    page.locator("#quick-replies code", has_text="/hello").wait_for()
+    _both_themes(page, artefacts, "quick-replies")
+    page.goto(f"{appliance.base_url}/panel/contacts?account={account}")
+    page.set_input_files(
+        "#import-file",
+        files=[
+            {
+                "name": "c.csv",
+                "mimeType": "text/csv",
+                "buffer": b"phone,name\n+905551239999,Deniz\n",
+            }
+        ],
+    )
+    page.click("#import-form button[type=submit]")
+    page.locator("#imported").wait_for()
+    page.locator("#contacts td", has_text="Deniz").wait_for()
+    _both_themes(page, artefacts, "contacts")
     _clean(page)
 
 
