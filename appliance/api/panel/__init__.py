@@ -9,7 +9,26 @@ hook (``appliance.api.access``). Conventions and "how to add a screen":
 
 from __future__ import annotations
 
-from appliance.api.panel import inbox_views, session_views, setup_views
+from appliance.api.panel import (
+    accounts_views,
+    admin_views,
+    contacts_views,
+    inbox_views,
+    organize_views,
+    session_views,
+    setup_views,
+    webhooks_views,
+)
 from appliance.api.panel.web import bp
 
-__all__ = ["bp", "inbox_views", "session_views", "setup_views"]
+__all__ = [
+    "accounts_views",
+    "admin_views",
+    "bp",
+    "contacts_views",
+    "inbox_views",
+    "organize_views",
+    "session_views",
+    "setup_views",
+    "webhooks_views",
+]

@@ -64,7 +64,16 @@ class NavItem:
 NAV: list[NavItem] = [
     NavItem("inbox", N_("Inbox"), "panel.inbox", Permission.MESSAGES_READ),
     NavItem("setup", N_("Get started"), "panel.setup", Permission.ACCOUNTS_MANAGE),
+    NavItem("accounts", N_("Accounts"), "panel.accounts", Permission.ACCOUNTS_READ),
+    NavItem("contacts", N_("Contacts"), "panel.contacts", Permission.MESSAGES_READ),
+    NavItem("tags", N_("Tags"), "panel.tags", Permission.TAGS_MANAGE),
+    NavItem(
+        "quick_replies", N_("Quick replies"), "panel.quick_replies", Permission.QUICK_REPLIES_MANAGE
+    ),
+    NavItem("webhooks", N_("Webhooks"), "panel.webhooks", Permission.WEBHOOKS_MANAGE),
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
+    NavItem("api_keys", N_("API keys"), "panel.api_keys", Permission.API_KEYS_MANAGE),
+    NavItem("audit", N_("Audit log"), "panel.audit_log", Permission.AUDIT_READ),
 ]
 
 

@@ -1,0 +1,323 @@
+"""Admin screens: users (create, role, account grants, deactivate), API keys (create
+with the key shown once, revoke) and the audit log with filters.
+
+The users list itself is ``setup_views.users`` (/panel/users); these routes add
+creating and editing. Each does what the matching JSON route does (api/routes/users.py,
+api_keys.py, audit.py) through the same stores and audit entries; managers and agents
+get the 403 page (users.manage, api_keys.manage, audit.read are admin permissions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Response, request
+from quart_schema import hide
+
+from appliance.api.access import principal, requires
+from appliance.api.audit import audit
+from appliance.api.panel.i18n import _
+from appliance.api.panel.web import bp, page, see_other
+from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
+from appliance.api.routes.users import _guard_last_admin, revoke_keys_of
+from appliance.api.state import db as _db
+from appliance.api.validation import issues_from
+from appliance.auth import store
+from appliance.auth.passwords import hash_password
+from appliance.auth.permissions import Permission, Role
+from appliance.errors import Conflict, NotFound
+from appliance.messaging import store as messaging_store
+
+AUDIT_PAGE = 100
+AUDIT_SCAN = 5000  # rows read at most to fill a filtered page
+ROLES = (Role.ADMIN, Role.MANAGER, Role.AGENT)
+
+
+def _errors(exc: ValidationError) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for issue in issues_from(exc):
+        out.setdefault(issue["path"].split(".")[0], issue["message"])
+    return out
+
+
+def _grants(form: Any) -> dict[str, Any]:
+    return {
+        "all_accounts": form.get("all_accounts") == "on",
+        "accounts": [a for a in form.getlist("accounts") if a],
+    }
+
+
+async def _accounts() -> list[Any]:
+    return await messaging_store.list_account_rows(_db(), None)
+
+
+# -- users -------------------------------------------------------------------------------
+
+
+async def _user_new(values: dict[str, Any], errors: dict[str, str], status: int) -> Response:
+    return await page(
+        "panel/user_new.html",
+        status=status,
+        nav="users",
+        values=values,
+        errors=errors,
+        roles=ROLES,
+        accounts=await _accounts(),
+    )
+
+
+@bp.get("/users/new")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_new() -> Response:
+    return await _user_new({"role": "agent", "accounts": []}, {}, 200)
+
+
+@bp.post("/users")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_create() -> Response:
+    """What POST /api/users does."""
+    form = await request.form
+    values = {
+        "username": form.get("username", "").strip(),
+        "password": form.get("password", ""),
+        "role": form.get("role", ""),
+        **_grants(form),
+    }
+    try:
+        data = UserCreateIn.model_validate(values)
+    except ValidationError as exc:
+        return await _user_new({**values, "password": ""}, _errors(exc), 400)
+    password_hash = await asyncio.to_thread(hash_password, data.password)
+    try:
+        async with _db().write() as conn:
+            user_id = await store.create_user(
+                conn,
+                username=data.username,
+                password_hash=password_hash,
+                role=data.role,
+                all_accounts=data.all_accounts,
+                accounts=list(data.accounts),
+                now=time.time(),
+            )
+            user = await store.locked_user(conn, user_id)
+            await audit(
+                conn,
+                "user.create",
+                target=f"user:{user_id}",
+                username=user.username,
+                role=user.role.value,
+                all_accounts=user.all_accounts,
+                accounts=list(user.accounts),
+            )
+    except Conflict:
+        errors = {"username": _("This user name is taken.")}
+        return await _user_new({**values, "password": ""}, errors, 409)
+    return see_other(f"/panel/users/{user_id}?created=1")
+
+
+async def _user_page(
+    user: store.UserRow, errors: dict[str, str] | None = None, status: int = 200, **extra: Any
+) -> Response:
+    return await page(
+        "panel/user.html",
+        status=status,
+        nav="users",
+        u=user,
+        roles=ROLES,
+        accounts=await _accounts(),
+        errors=errors or {},
+        is_me=principal().kind == "user" and principal().id == user.id,
+        **extra,
+    )
+
+
+@bp.get("/users/<int:user_id>")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_page(user_id: int) -> Response:
+    return await _user_page(await store.get_user(_db(), user_id))
+
+
+@bp.post("/users/<int:user_id>")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_update(user_id: int) -> Response:
+    """What PATCH /api/users/<id> does: role, grants, active (deactivating ends the
+    user's sessions and revokes their API keys; the last active admin stays one)."""
+    form = await request.form
+    user = await store.get_user(_db(), user_id)
+    values: dict[str, Any] = {"role": form.get("role", ""), **_grants(form)}
+    if form.get("active") in ("true", "false"):
+        values["active"] = form.get("active") == "true"
+    try:
+        data = UserUpdateIn.model_validate(values)
+    except ValidationError as exc:
+        return await _user_page(user, _errors(exc), 400)
+    now = time.time()
+    try:
+        async with _db().write() as conn:
+            user = await store.locked_user(conn, user_id)
+            if data.role is not None and data.role != Role.ADMIN:
+                await _guard_last_admin(conn, user, "demote")
+            if data.active is False:
+                await _guard_last_admin(conn, user, "deactivate")
+            await store.update_user(
+                conn,
+                user_id,
+                now=now,
+                role=data.role,
+                active=data.active,
+                all_accounts=data.all_accounts,
+                accounts=list(data.accounts) if data.accounts is not None else None,
+            )
+            if data.active is False:
+                await store.delete_user_sessions(conn, user_id)
+                await revoke_keys_of(conn, user_id, now, "owner deactivated")
+            changes = data.model_dump(exclude_none=True)
+            await audit(conn, "user.update", target=f"user:{user_id}", **changes)
+    except Conflict:
+        message = _("The last active administrator cannot be demoted or deactivated.")
+        return await _user_page(user, {"role": message}, 409)
+    return await _user_page(await store.get_user(_db(), user_id), saved=True)
+
+
+# -- API keys ----------------------------------------------------------------------------
+
+
+async def _keys_page(
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+    **extra: Any,
+) -> Response:
+    keys = await store.list_api_keys(_db(), after=0, limit=1000)
+    return await page(
+        "panel/api_keys.html",
+        status=status,
+        nav="api_keys",
+        keys=keys,
+        prefix=store.API_KEY_PREFIX,
+        roles=ROLES,
+        accounts=await _accounts(),
+        values=values or {"role": "agent", "accounts": []},
+        errors=errors or {},
+        **extra,
+    )
+
+
+@bp.get("/api-keys")
+@requires(Permission.API_KEYS_MANAGE)
+@hide
+async def api_keys() -> Response:
+    return await _keys_page()
+
+
+@bp.post("/api-keys")
+@requires(Permission.API_KEYS_MANAGE)
+@hide
+async def api_key_create() -> Response:
+    """What POST /api/api-keys does; the answer shows the key once."""
+    form = await request.form
+    values = {"name": form.get("name", "").strip(), "role": form.get("role", ""), **_grants(form)}
+    try:
+        data = ApiKeyCreateIn.model_validate(values)
+    except ValidationError as exc:
+        return await _keys_page(values, _errors(exc), 400)
+    who = principal()
+    owner = who.id if who.kind == "user" else (await store.get_api_key(_db(), who.id)).owner_id
+    if owner is None:
+        raise NotFound("the calling key has no owner")
+    async with _db().write() as conn:
+        key_id, key, _prefix = await store.create_api_key(
+            conn,
+            name=data.name,
+            role=data.role,
+            all_accounts=data.all_accounts,
+            accounts=list(data.accounts),
+            created_by=who.key,
+            owner_user_id=owner,
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "api_key.create",
+            target=f"key:{key_id}",
+            name=data.name,
+            role=data.role.value,
+            accounts=list(data.accounts),
+            all_accounts=data.all_accounts,
+            owner=f"user:{owner}",
+        )
+    return await _keys_page(new_key=key, new_key_name=data.name, status=201)
+
+
+@bp.post("/api-keys/<int:key_id>/revoke")
+@requires(Permission.API_KEYS_MANAGE)
+@hide
+async def api_key_revoke(key_id: int) -> Response:
+    """What DELETE /api/api-keys/<id> does."""
+    async with _db().write() as conn:
+        revoked = await store.revoke_api_key(conn, key_id, time.time())
+        if not revoked and not await store.api_key_exists(conn, key_id):
+            raise NotFound("no such API key")
+        await audit(conn, "api_key.revoke", target=f"key:{key_id}")
+    return see_other("/panel/api-keys")
+
+
+# -- audit log ---------------------------------------------------------------------------
+
+
+def _matches(row: store.AuditRow, action: str, actor: str, target: str) -> bool:
+    return (
+        (not action or row.action.startswith(action))
+        and (not actor or actor in (row.actor_name or "") or actor == (row.actor or ""))
+        and (not target or target in (row.target or ""))
+    )
+
+
+@bp.get("/audit")
+@requires(Permission.AUDIT_READ)
+@hide
+async def audit_log() -> Response:
+    """Newest first, filtered by action (prefix), actor and target; ``before`` pages."""
+    args = request.args
+    action = args.get("action", "").strip()[:100]
+    actor = args.get("actor", "").strip()[:150]
+    target = args.get("target", "").strip()[:200]
+    before_arg = args.get("before", "")
+    before = int(before_arg) if before_arg.isdigit() else None
+    found: list[store.AuditRow] = []
+    scanned = 0
+    cursor = before
+    next_before: int | None = None
+    done = False
+    while not done and scanned < AUDIT_SCAN:
+        rows = await store.list_audit(_db(), before=cursor, limit=500)
+        scanned += len(rows)
+        for row in rows:
+            if len(found) == AUDIT_PAGE:  # the page is full and older entries remain
+                next_before, done = found[-1].id, True
+                break
+            if _matches(row, action, actor, target):
+                found.append(row)
+        else:
+            if len(rows) < 500:
+                done = True  # the log's end
+            else:
+                cursor = rows[-1].id
+    if not done:  # scanned enough for one page: the next page goes on from here
+        next_before = cursor
+    return await page(
+        "panel/audit.html",
+        nav="audit",
+        entries=found,
+        action=action,
+        actor=actor,
+        target=target,
+        next_before=next_before,
+    )

@@ -1,0 +1,245 @@
+"""Tags and quick replies of an account, for managers and admins: list, create,
+rename or change, delete. Each route does what the matching route of
+``api/routes/inbox_organize.py`` does (permission, account grant, store, audit entry).
+Quick replies with media stay an API feature: the panel edits their text.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Response, request
+from quart_schema import hide
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.audit import audit
+from appliance.api.panel.i18n import _
+from appliance.api.panel.web import bp, page, see_other
+from appliance.api.state import db as _db
+from appliance.api.validation import issues_from
+from appliance.auth.permissions import Permission
+from appliance.errors import Conflict
+from appliance.inbox import notes_store, quick_replies_store, tags_store
+from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
+from appliance.messaging import store as messaging_store
+
+MAX_ROWS = 500
+
+
+def _errors(exc: ValidationError) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for issue in issues_from(exc):
+        out.setdefault(issue["path"].split(".")[0], issue["message"])
+    return out
+
+
+async def _account() -> tuple[str | None, list[Any]]:
+    """The chosen account (``?account=``, else the first granted) and the choices."""
+    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
+    if chosen is not None:
+        await account_for(chosen)  # out of grant: 404
+    return chosen, accounts
+
+
+# -- tags --------------------------------------------------------------------------------
+
+
+async def _tags_page(
+    account: str | None,
+    accounts: list[Any],
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+) -> Response:
+    tags: list[Any] = []
+    if account is not None:
+        tags, _next = await tags_store.list_tags(_db(), account, cursor=None, limit=MAX_ROWS)
+    return await page(
+        "panel/tags.html",
+        status=status,
+        nav="tags",
+        account=account,
+        accounts=accounts,
+        tags=tags,
+        errors=errors or {},
+        values=values or {},
+    )
+
+
+@bp.get("/tags")
+@requires(Permission.TAGS_MANAGE)
+@hide
+async def tags() -> Response:
+    account, accounts = await _account()
+    return await _tags_page(account, accounts)
+
+
+@bp.post("/accounts/<account>/tags")
+@requires(Permission.TAGS_MANAGE)
+@hide
+async def tag_create(account: str) -> Response:
+    await account_for(account)
+    form = await request.form
+    values = {"name": form.get("name", "").strip()}
+    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    try:
+        data = TagCreateIn.model_validate(values)
+        async with _db().write() as conn:
+            made = await tags_store.create_tag(
+                conn,
+                account,
+                name=data.name,
+                color=data.color,
+                by=notes_store.actor_of(principal()),
+                now=time.time(),
+            )
+            await audit(
+                conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name
+            )
+    except ValidationError as exc:
+        return await _tags_page(account, accounts, _errors(exc), values, 400)
+    except Conflict:
+        errors = {"name": _("A tag with this name exists.")}
+        return await _tags_page(account, accounts, errors, values, 409)
+    return see_other(f"/panel/tags?account={account}")
+
+
+@bp.post("/accounts/<account>/tags/<int:tag_id>")
+@requires(Permission.TAGS_MANAGE)
+@hide
+async def tag_update(account: str, tag_id: int) -> Response:
+    """Rename, or delete with ``delete=1``."""
+    await account_for(account)
+    form = await request.form
+    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    by = notes_store.actor_of(principal())
+    try:
+        async with _db().write() as conn:
+            if form.get("delete"):
+                gone = await tags_store.delete_tag(conn, account, tag_id, by=by, now=time.time())
+                await audit(
+                    conn,
+                    "tag.delete",
+                    target=f"tag:{tag_id}",
+                    account=account,
+                    name=gone.name,
+                    chats=gone.chat_count,
+                    contacts=gone.contact_count,
+                )
+            else:
+                data = TagUpdateIn.model_validate({"name": form.get("name", "").strip()})
+                now_tag, before = await tags_store.update_tag(
+                    conn, account, tag_id, name=data.name, color=None, by=by, now=time.time()
+                )
+                await audit(
+                    conn,
+                    "tag.update",
+                    target=f"tag:{tag_id}",
+                    account=account,
+                    name=now_tag.name,
+                    before=before.name,
+                    color=now_tag.color,
+                )
+    except ValidationError as exc:
+        errors = {f"tag-{tag_id}": next(iter(_errors(exc).values()), "")}
+        return await _tags_page(account, accounts, errors, status=400)
+    except Conflict:
+        errors = {f"tag-{tag_id}": _("A tag with this name exists.")}
+        return await _tags_page(account, accounts, errors, status=409)
+    return see_other(f"/panel/tags?account={account}")
+
+
+# -- quick replies -----------------------------------------------------------------------
+
+
+async def _replies_page(
+    account: str | None,
+    accounts: list[Any],
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+) -> Response:
+    replies: list[Any] = []
+    if account is not None:
+        replies, _next = await quick_replies_store.list_quick_replies(
+            _db(), account, q=None, cursor=None, limit=MAX_ROWS
+        )
+    return await page(
+        "panel/quick_replies.html",
+        status=status,
+        nav="quick_replies",
+        account=account,
+        accounts=accounts,
+        replies=replies,
+        errors=errors or {},
+        values=values or {},
+    )
+
+
+@bp.get("/quick-replies")
+@requires(Permission.QUICK_REPLIES_MANAGE)
+@hide
+async def quick_replies() -> Response:
+    account, accounts = await _account()
+    return await _replies_page(account, accounts)
+
+
+@bp.post("/accounts/<account>/quick-replies")
+@requires(Permission.QUICK_REPLIES_MANAGE)
+@hide
+async def quick_reply_create(account: str) -> Response:
+    await account_for(account)
+    form = await request.form
+    values = {
+        "name": form.get("name", "").strip(),
+        "shortcut": form.get("shortcut", "").strip(),
+        "body": form.get("body", "").strip() or None,
+    }
+    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    try:
+        data = QuickReplyIn.model_validate(values)
+        async with _db().write() as conn:
+            made = await quick_replies_store.create_quick_reply(
+                conn,
+                account,
+                name=data.name,
+                shortcut=data.shortcut,
+                body=data.body,
+                media=None,
+                created_by=principal().key,
+                now=time.time(),
+            )
+            await audit(
+                conn,
+                "quick_reply.create",
+                target=f"quick_reply:{made.id}",
+                account=account,
+                shortcut=made.shortcut,
+            )
+    except ValidationError as exc:
+        return await _replies_page(account, accounts, _errors(exc), values, 400)
+    except Conflict:
+        errors = {"shortcut": _("A quick reply with this shortcut exists.")}
+        return await _replies_page(account, accounts, errors, values, 409)
+    return see_other(f"/panel/quick-replies?account={account}")
+
+
+@bp.post("/accounts/<account>/quick-replies/<int:reply_id>/delete")
+@requires(Permission.QUICK_REPLIES_MANAGE)
+@hide
+async def quick_reply_delete(account: str, reply_id: int) -> Response:
+    await account_for(account)
+    async with _db().write() as conn:
+        gone = await quick_replies_store.delete_quick_reply(conn, account, reply_id)
+        await audit(
+            conn,
+            "quick_reply.delete",
+            target=f"quick_reply:{reply_id}",
+            account=account,
+            shortcut=gone.shortcut,
+        )
+    return see_other(f"/panel/quick-replies?account={account}")

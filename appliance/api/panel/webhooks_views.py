@@ -1,0 +1,346 @@
+"""Webhooks: endpoints (list, create with the signing secret shown once, edit, enable or
+disable, test, delete) and each endpoint's deliveries with every attempt's status and
+answer excerpt, replay of one delivery or of a range.
+
+Every route checks what ``api/routes/webhooks.py`` checks (permission, endpoints
+limited to the caller's accounts) and uses the same helpers, store and queue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Response, request
+from quart_schema import hide
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import visible_accounts
+from appliance.api.audit import audit
+from appliance.api.panel import i18n
+from appliance.api.panel.i18n import _
+from appliance.api.panel.web import bp, page, see_other
+from appliance.api.routes.webhooks import (
+    WEBHOOK_EVENT_TYPES,
+    EndpointIn,
+    EndpointPatch,
+    _accounts_for_caller,
+    _check_url,
+    _endpoint,
+    _headers_to_store,
+    _replay,
+    _visible,
+)
+from appliance.api.state import db as _db
+from appliance.api.state import state_of
+from appliance.api.validation import issues_from
+from appliance.api.worker_rpc import poke
+from appliance.auth.permissions import Permission
+from appliance.db.queue import delete_prefix_in
+from appliance.errors import InvalidInput, NotFound
+from appliance.messaging import store as messaging_store
+from appliance.webhooks import store
+from appliance.webhooks.contracts import WEBHOOK_QUEUE, endpoint_job_prefix
+from appliance.webhooks.signing import new_secret
+
+DELIVERY_PAGE = 50
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+
+async def _form() -> Any:
+    return await request.form
+
+
+def _errors(issues: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for issue in issues if isinstance(issues, list) else []:
+        if isinstance(issue, dict):
+            path = str(issue.get("path", "")).split(".")[0]
+            out.setdefault(path, str(issue.get("message", "")))
+    return out
+
+
+def _headers_from(text: str) -> dict[str, str]:
+    """``Name: value`` lines."""
+    headers: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise InvalidInput(
+                "headers: one 'Name: value' per line",
+                issues=[{"path": "headers", "message": _("Write one Name: value per line.")}],
+            )
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def _body(form: Any) -> dict[str, Any]:
+    """The form as the JSON body the API takes."""
+    events = form.getlist("events")
+    accounts = [a for a in form.getlist("accounts") if a]
+    body: dict[str, Any] = {
+        "url": form.get("url", "").strip(),
+        "description": form.get("description", "").strip(),
+        "events": ["*"] if not events or "*" in events else events,
+        "accounts": accounts or None,
+        "headers": _headers_from(form.get("headers", "")),
+    }
+    timeout = form.get("timeout_s", "").strip()
+    if timeout:
+        try:
+            body["timeout_s"] = float(timeout)
+        except ValueError:
+            body["timeout_s"] = timeout
+    return body
+
+
+async def _account_choices() -> list[Any]:
+    return await messaging_store.list_account_rows(_db(), visible_accounts())
+
+
+async def _list_page(
+    errors: dict[str, str] | None = None, values: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    endpoints = [e for e in await store.all_endpoints(_db()) if _visible(e)]
+    return await page(
+        "panel/webhooks.html",
+        status=status,
+        nav="webhooks",
+        endpoints=endpoints,
+        event_types=WEBHOOK_EVENT_TYPES,
+        accounts=await _account_choices(),
+        errors=errors or {},
+        values=values or {"events": ["*"], "timeout_s": 15.0},
+    )
+
+
+@bp.get("/webhooks")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhooks() -> Response:
+    return await _list_page()
+
+
+@bp.post("/webhooks")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_create() -> Response:
+    """What POST /api/webhooks does; the answer shows the signing secret once."""
+    form = await _form()
+    values: dict[str, Any] = {}
+    try:
+        values = _body(form)
+        values["headers_text"] = form.get("headers", "")
+        data = EndpointIn.model_validate({k: v for k, v in values.items() if k != "headers_text"})
+        await _check_url(data.url)
+        _headers_to_store(data.headers, {})
+        accounts = _accounts_for_caller(data.accounts)
+    except ValidationError as exc:
+        return await _list_page(_errors(issues_from(exc)), values, 400)
+    except InvalidInput as exc:
+        return await _list_page(_errors(exc.extra.get("issues")), values, 400)
+    endpoint_id = store.new_endpoint_id()
+    secret = new_secret()
+    async with _db().write() as conn:
+        await store.create_endpoint(
+            conn,
+            state_of().cipher,
+            endpoint_id=endpoint_id,
+            url=data.url,
+            description=data.description,
+            event_types=data.events,
+            accounts=accounts,
+            headers=data.headers,
+            timeout_s=data.timeout_s,
+            max_concurrency=data.max_concurrency,
+            secret=secret,
+            created_by=principal().key,
+            now=time.time(),
+        )
+        await audit(conn, "webhook.create", target=f"webhook:{endpoint_id}", url=data.url)
+    await poke("webhooks")
+    endpoint = await store.get_endpoint(_db(), endpoint_id)
+    return await _detail(endpoint, secret=secret, status=201)
+
+
+def _ts(value: str) -> float | None:
+    """A datetime-local input in the user's timezone, as Unix time."""
+    if not value:
+        return None
+    try:
+        local = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(_("Enter a date and time.")) from None
+    return local.replace(tzinfo=i18n.local(0).tzinfo).timestamp()
+
+
+async def _detail(
+    endpoint: store.Endpoint,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    asked = request.args.get("state", "")
+    state = asked if asked in DELIVERY_STATES else None
+    rows = await store.list_deliveries(
+        _db(),
+        endpoint.id,
+        state=state,
+        event_type=None,
+        since=None,
+        until=None,
+        before_id=None,
+        limit=DELIVERY_PAGE,
+    )
+    deliveries = [(r, await store.delivery_attempts(_db(), r.id)) for r in rows]
+    return await page(
+        "panel/webhook.html",
+        status=status,
+        nav="webhooks",
+        endpoint=endpoint,
+        headers_text="\n".join(f"{n}: {store.HEADER_MASK}" for n in endpoint.headers),
+        deliveries=deliveries,
+        state=state,
+        event_types=WEBHOOK_EVENT_TYPES,
+        accounts=await _account_choices(),
+        errors=errors or {},
+        **extra,
+    )
+
+
+@bp.get("/webhooks/<endpoint_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_page(endpoint_id: str) -> Response:
+    return await _detail(await _endpoint(endpoint_id))
+
+
+@bp.post("/webhooks/<endpoint_id>")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_update(endpoint_id: str) -> Response:
+    """What PATCH /api/webhooks/<id> does."""
+    current = await _endpoint(endpoint_id)
+    form = await _form()
+    try:
+        body = _body(form)
+        data = EndpointPatch.model_validate(body)
+        fields: dict[str, Any] = {}
+        if data.url is not None:
+            await _check_url(data.url)
+            fields["url"] = data.url
+        for name in ("description", "timeout_s", "max_concurrency"):
+            if getattr(data, name) is not None:
+                fields[name] = getattr(data, name)
+        if data.headers is not None:
+            fields["headers"] = _headers_to_store(data.headers, current.headers, endpoint_id)
+        if data.events is not None:
+            fields["event_types"] = data.events
+        fields["accounts"] = _accounts_for_caller(data.accounts)
+    except ValidationError as exc:
+        return await _detail(current, errors=_errors(issues_from(exc)), status=400)
+    except InvalidInput as exc:
+        return await _detail(current, errors=_errors(exc.extra.get("issues")), status=400)
+    async with _db().write() as conn:
+        await store.update_endpoint(conn, endpoint_id, time.time(), **fields)
+        await audit(conn, "webhook.update", target=f"webhook:{endpoint_id}", fields=sorted(fields))
+    await poke("webhooks")
+    return await _detail(await store.get_endpoint(_db(), endpoint_id), saved=True)
+
+
+@bp.post("/webhooks/<endpoint_id>/enabled")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_enabled(endpoint_id: str) -> Response:
+    """Enable or disable, as POST /api/webhooks/<id>/enable and /disable."""
+    await _endpoint(endpoint_id)
+    enabled = (await _form()).get("enabled") == "true"
+    async with _db().write() as conn:
+        await store.update_endpoint(
+            conn,
+            endpoint_id,
+            time.time(),
+            enabled=enabled,
+            disabled_reason=None if enabled else "disabled by a user",
+            failing_since=None,
+        )
+        await audit(
+            conn,
+            "webhook.enable" if enabled else "webhook.disable",
+            target=f"webhook:{endpoint_id}",
+        )
+    await poke("webhooks")
+    return see_other(f"/panel/webhooks/{endpoint_id}")
+
+
+@bp.post("/webhooks/<endpoint_id>/test")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_test(endpoint_id: str) -> Response:
+    """A webhook.test event for this endpoint only, as POST /api/webhooks/<id>/test."""
+    await _endpoint(endpoint_id)
+    async with _db().write() as conn:
+        await messaging_store.append_event(
+            conn,
+            "webhook.test",
+            None,
+            {"endpoint_id": endpoint_id, "requested_by": principal().key},
+            time.time(),
+        )
+    await poke("webhooks")
+    return see_other(f"/panel/webhooks/{endpoint_id}?sent=test")
+
+
+@bp.post("/webhooks/<endpoint_id>/delete")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_delete(endpoint_id: str) -> Response:
+    await _endpoint(endpoint_id)
+    async with _db().write() as conn:
+        await store.delete_endpoint(conn, endpoint_id)
+        await delete_prefix_in(conn, WEBHOOK_QUEUE, endpoint_job_prefix(endpoint_id))
+        await audit(conn, "webhook.delete", target=f"webhook:{endpoint_id}")
+    await poke("webhooks")
+    return see_other("/panel/webhooks")
+
+
+@bp.post("/webhooks/<endpoint_id>/deliveries/<int:delivery_id>/replay")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_replay_one(endpoint_id: str, delivery_id: int) -> Response:
+    endpoint = await _endpoint(endpoint_id)
+    rows = await store.finished_deliveries(_db(), endpoint_id, delivery_id=delivery_id)
+    if not rows and not await store.delivery_exists(_db(), endpoint_id, delivery_id):
+        raise NotFound("no such delivery")
+    replayed = await _replay(endpoint_id, list(rows))
+    return await _detail(endpoint, replayed=replayed)
+
+
+@bp.post("/webhooks/<endpoint_id>/replay")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_replay_range(endpoint_id: str) -> Response:
+    """Every finished delivery created in a time range and state, as POST .../replay."""
+    endpoint = await _endpoint(endpoint_id)
+    form = await _form()
+    state = form.get("state", "dead")
+    if state not in ("dead", "delivered", "any"):
+        state = "dead"
+    try:
+        since, until = _ts(form.get("since", "")), _ts(form.get("until", ""))
+    except InvalidInput as exc:
+        return await _detail(endpoint, errors={"since": exc.message}, status=400)
+    rows = await store.finished_deliveries(
+        _db(),
+        endpoint_id,
+        state=None if state == "any" else state,
+        since=since,
+        until=until,
+    )
+    replayed = await _replay(endpoint_id, list(rows))
+    return await _detail(endpoint, replayed=replayed)

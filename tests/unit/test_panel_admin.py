@@ -1,0 +1,155 @@
+"""The panel's admin screens in the in-process app: users (create, role, grants,
+deactivate; the last admin stays one), API keys (the key shown once, revoke), the audit
+log with filters; agents and managers get the 403 page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from quart import Quart
+
+from appliance.auth import store as auth_store
+from appliance.auth.passwords import hash_password
+from appliance.auth.permissions import Role
+from appliance.db.database import Database
+from tests.unit.conftest import OpenDb
+from tests.unit.test_panel import PASSWORD, A, _run, _sign_in
+
+
+def test_users_keys_and_audit(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        status, _text, csrf = await _sign_in(admin, "admin1")
+        assert status == 303
+        users = await (await admin.get("/panel/users")).get_data(as_text=True)
+        assert 'href="/panel/users/new"' in users
+        # Create: bad input next to its field; a taken name is a 409 next to the name.
+        bad = await admin.post(
+            "/panel/users",
+            form={"csrf_token": csrf, "username": "x y", "password": "short", "role": "agent"},
+        )
+        assert bad.status_code == 400
+        text = await bad.get_data(as_text=True)
+        assert 'id="f-username-error"' in text and 'id="f-password-error"' in text
+        taken = await admin.post(
+            "/panel/users",
+            form={"csrf_token": csrf, "username": "agent1", "password": PASSWORD, "role": "agent"},
+        )
+        assert taken.status_code == 409 and "This user name is taken." in await taken.get_data(
+            as_text=True
+        )
+        created = await admin.post(
+            "/panel/users",
+            form={
+                "csrf_token": csrf,
+                "username": "mira",
+                "password": PASSWORD,
+                "role": "agent",
+                "accounts": A,
+            },
+        )
+        assert created.status_code == 303
+        user_id = int(re.search(r"/panel/users/(\d+)", created.headers["Location"]).group(1))  # type: ignore[union-attr]
+        user = await auth_store.get_user(db, user_id)
+        assert user.role == Role.AGENT and user.accounts == (A,) and user.active
+        # Role and grants.
+        saved = await admin.post(
+            f"/panel/users/{user_id}",
+            form={"csrf_token": csrf, "role": "manager", "all_accounts": "on"},
+        )
+        assert saved.status_code == 200 and "Saved." in await saved.get_data(as_text=True)
+        user = await auth_store.get_user(db, user_id)
+        assert user.role == Role.MANAGER and user.all_accounts and user.accounts == ()
+        # Deactivate: their sessions end (they are signed out).
+        mira = app.test_client()
+        assert (await _sign_in(mira, "mira"))[0] == 303
+        await admin.post(
+            f"/panel/users/{user_id}",
+            form={"csrf_token": csrf, "role": "manager", "all_accounts": "on", "active": "false"},
+        )
+        assert not (await auth_store.get_user(db, user_id)).active
+        assert (await mira.get("/panel/inbox")).status_code == 303  # to the sign-in page
+        # The last active admin cannot be demoted.
+        me = (await auth_store.list_users(db, after=0, limit=10))[0]
+        assert me.username == "admin1"
+        refused = await admin.post(
+            f"/panel/users/{me.id}", form={"csrf_token": csrf, "role": "agent"}
+        )
+        assert refused.status_code == 409
+        assert (await auth_store.get_user(db, me.id)).role == Role.ADMIN
+        # API keys: shown once, then only its prefix; revoke.
+        bad = await admin.post(
+            "/panel/api-keys", form={"csrf_token": csrf, "name": "", "role": "agent"}
+        )
+        assert bad.status_code == 400 and 'id="f-key-name-error"' in await bad.get_data(
+            as_text=True
+        )
+        made = await admin.post(
+            "/panel/api-keys",
+            form={"csrf_token": csrf, "name": "crm", "role": "agent", "accounts": A},
+        )
+        text = await made.get_data(as_text=True)
+        assert made.status_code == 201
+        key = re.search(r'id="new-key-value">([^<]+)<', text)
+        assert key, text
+        principal = await auth_store.api_key_principal(db, key.group(1))
+        assert principal is not None and principal[0].role == Role.AGENT
+        listing = await (await admin.get("/panel/api-keys")).get_data(as_text=True)
+        assert key.group(1) not in listing and "crm" in listing
+        [row] = await auth_store.list_api_keys(db, after=0, limit=10)
+        revoked = await admin.post(f"/panel/api-keys/{row.id}/revoke", form={"csrf_token": csrf})
+        assert revoked.status_code == 303
+        assert await auth_store.api_key_principal(db, key.group(1)) is None
+        # The audit log, filtered.
+        everything = await (await admin.get("/panel/audit")).get_data(as_text=True)
+        assert "user.create" in everything and "api_key.revoke" in everything
+        keys_only = await (await admin.get("/panel/audit?action=api_key.")).get_data(as_text=True)
+        assert "api_key.create" in keys_only and "user.create" not in keys_only
+        target = await (await admin.get(f"/panel/audit?target=user:{user_id}")).get_data(
+            as_text=True
+        )
+        assert "user.update" in target and "api_key.create" not in target
+        nothing = await (await admin.get("/panel/audit?actor=nobody")).get_data(as_text=True)
+        assert "Nothing matches." in nothing
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_admin_screens_refused_to_agents_and_managers(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        async with db.write() as conn:
+            await auth_store.create_user(
+                conn,
+                username="manager1",
+                password_hash=hash_password(PASSWORD),
+                role=Role.MANAGER,
+                all_accounts=True,
+                accounts=[],
+                now=1.0,
+            )
+        for name in ("agent1", "manager1"):
+            client = app.test_client()
+            status, _text, csrf = await _sign_in(client, name)
+            assert status == 303
+            inbox = await (await client.get("/panel/inbox")).get_data(as_text=True)
+            for url in ("/panel/users", "/panel/api-keys", "/panel/audit"):
+                assert f'href="{url}"' not in inbox
+                response = await client.get(url)
+                assert response.status_code == 403, (name, url)
+                assert "Not allowed" in await response.get_data(as_text=True)
+            assert (await client.get("/panel/users/1")).status_code == 403
+            made = await client.post(
+                "/panel/api-keys", form={"csrf_token": csrf, "name": "x", "role": "admin"}
+            )
+            assert made.status_code == 403
+            promoted = await client.post(
+                "/panel/users/2", form={"csrf_token": csrf, "role": "admin"}
+            )
+            assert promoted.status_code == 403
+        assert not await auth_store.list_api_keys(db, after=0, limit=10)
+        assert (await auth_store.get_user(db, 2)).role == Role.AGENT
+
+    _run(open_db, db_path, tmp_path, test)
