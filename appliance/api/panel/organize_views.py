@@ -211,6 +211,7 @@ async def quick_reply_create(account: str) -> Response:
                 body=data.body,
                 media=None,
                 created_by=principal().key,
+                by=notes_store.actor_of(principal()),
                 now=time.time(),
             )
             await audit(
@@ -234,7 +235,9 @@ async def quick_reply_create(account: str) -> Response:
 async def quick_reply_delete(account: str, reply_id: int) -> Response:
     await account_for(account)
     async with _db().write() as conn:
-        gone = await quick_replies_store.delete_quick_reply(conn, account, reply_id)
+        gone = await quick_replies_store.delete_quick_reply(
+            conn, account, reply_id, by=notes_store.actor_of(principal()), now=time.time()
+        )
         await audit(
             conn,
             "quick_reply.delete",
