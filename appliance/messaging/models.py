@@ -446,40 +446,51 @@ class ListSection(Strict):
     rows: Annotated[list[ListRow], Field(min_length=1, max_length=10)]
 
 
-class InteractiveAction(Strict):
-    buttons: Annotated[list[ReplyButton], Field(min_length=1, max_length=3)] | None = Field(
-        default=None, description="type button: 1 to 3 reply buttons"
-    )
-    button: Short20 | None = Field(
-        default=None, description="type list: the label of the button that opens the list"
-    )
-    sections: Annotated[list[ListSection], Field(min_length=1, max_length=10)] | None = Field(
-        default=None, description="type list: up to 10 sections, 10 rows in all"
+class InteractiveFooter(Strict):
+    text: Short60
+
+
+class ButtonsAction(Strict):
+    buttons: Annotated[list[ReplyButton], Field(min_length=1, max_length=3)] = Field(
+        description="1 to 3 reply buttons"
     )
 
 
-class Interactive(Strict):
-    """Reply buttons or a list (the Cloud API's `interactive`, types button and list)."""
+class ListAction(Strict):
+    button: Short20 = Field(description="The label of the button that opens the list")
+    sections: Annotated[list[ListSection], Field(min_length=1, max_length=10)] = Field(
+        description="Up to 10 sections, 10 rows in all"
+    )
 
-    type: Literal["button", "list"]
+
+class _InteractiveBase(Strict):
     header: InteractiveHeader | None = None
     body: InteractiveText
-    footer: Annotated[InteractiveText, Field(description="at most 60 characters")] | None = None
-    action: InteractiveAction
+    footer: InteractiveFooter | None = None
+
+
+class InteractiveButtons(_InteractiveBase):
+    """Reply buttons (the Cloud API's `interactive` of type button)."""
+
+    type: Literal["button"]
+    action: ButtonsAction
+
+
+class InteractiveList(_InteractiveBase):
+    """A list to pick from (the Cloud API's `interactive` of type list)."""
+
+    type: Literal["list"]
+    action: ListAction
 
     @model_validator(mode="after")
-    def _action_matches_type(self) -> Interactive:
-        action = self.action
-        if self.type == "button" and (action.buttons is None or action.sections is not None):
-            raise ValueError("type button needs action.buttons (and no sections)")
-        if self.type == "list":
-            if action.sections is None or action.button is None or action.buttons is not None:
-                raise ValueError("type list needs action.button and action.sections")
-            if sum(len(s.rows) for s in action.sections) > 10:
-                raise ValueError("a list has at most 10 rows in all")
-        if self.footer is not None and len(self.footer.text) > 60:
-            raise ValueError("the footer has at most 60 characters")
+    def _rows_in_all(self) -> InteractiveList:
+        if sum(len(s.rows) for s in self.action.sections) > 10:
+            raise ValueError("a list has at most 10 rows in all")
         return self
+
+
+# Reply buttons or a list; the type says which, and the schema says what each needs.
+Interactive = Annotated[InteractiveButtons | InteractiveList, Field(discriminator="type")]
 
 
 class TemplateLanguage(Strict):

@@ -34,6 +34,8 @@ OPAQUE_CURSOR_PATHS = re.compile(
     r"^/api/(search|accounts/\{account\}/(chats|contacts|messages|search|chats/\{chat_id\}/messages))$"
     # the team inbox's lists (tags, notes, quick replies, notifications)
     r"|^/api/(me/notifications|accounts/\{account\}/(tags|quick-replies|chats/\{chat_id\}/notes))$"
+    # notes search, per account and across them
+    r"|^/api/(search/notes|accounts/\{account\}/search/notes)$"
 )
 WELL_FORMED_CURSOR = re.compile(r"^[A-Za-z0-9_-]+$")
 

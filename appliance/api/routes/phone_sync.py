@@ -83,7 +83,13 @@ async def chat_info(account: str, chat_id: str) -> ChatInfoOut:
 @bp.get("/api/accounts/<account>/pictures/<jid>")
 @requires(Permission.MESSAGES_READ)
 @query(PictureQuery)
-@responds(200, "The profile picture, as WhatsApp serves it", "image/jpeg", "image/png")
+@responds(
+    200,
+    "The profile picture, as WhatsApp serves it (JPEG; the stored type otherwise)",
+    "image/jpeg",
+    "image/png",
+    "application/octet-stream",
+)
 @documented(errors=[404, 409, 503], tag="contacts")
 async def profile_picture(account: str, jid: str, query_args: PictureQuery) -> Response:
     """A contact's or group's profile picture (`jid`: a +E.164 number or a jid).
