@@ -482,11 +482,14 @@ class InteractiveList(_InteractiveBase):
     type: Literal["list"]
     action: ListAction
 
-    @model_validator(mode="after")
-    def _rows_in_all(self) -> InteractiveList:
-        if sum(len(s.rows) for s in self.action.sections) > 10:
-            raise ValueError("a list has at most 10 rows in all")
-        return self
+    @property
+    def rows(self) -> int:
+        """Rows in all sections: at most MAX_LIST_ROWS in a send (``messaging.sends``
+        refuses more with a 422; a rule between fields, which the schema cannot say)."""
+        return sum(len(s.rows) for s in self.action.sections)
+
+
+MAX_LIST_ROWS = 10  # the Cloud API's limit for a list, over all its sections
 
 
 # Reply buttons or a list; the type says which, and the schema says what each needs.

@@ -19,7 +19,15 @@ from appliance.db.queue import enqueue_in
 from appliance.errors import Unprocessable
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
-from appliance.messaging.models import Content, MessageContent, ReactionContent, recipient_jid
+from appliance.messaging.models import (
+    MAX_LIST_ROWS,
+    Content,
+    InteractiveContent,
+    InteractiveList,
+    MessageContent,
+    ReactionContent,
+    recipient_jid,
+)
 from appliance.observability import tracing
 from appliance.observability.context import traceparent_var
 
@@ -66,6 +74,21 @@ async def accept_send(
     ):
         if ref is not None and await store.message_row(conn, account_id, ref.message_id) is None:
             raise _unknown(path, f"no message {ref.message_id!r} in this account")
+    if (
+        isinstance(content, InteractiveContent)
+        and isinstance(content.interactive, InteractiveList)
+        and content.interactive.rows > MAX_LIST_ROWS
+    ):
+        raise Unprocessable(
+            f"a list has at most {MAX_LIST_ROWS} rows in all",
+            issues=[
+                {
+                    "path": "interactive.action.sections",
+                    "message": f"at most {MAX_LIST_ROWS} rows in all",
+                    "code": "too_long",
+                }
+            ],
+        )
     media = content.media
     media_id = media.id if media is not None else None
     if media_id is not None and not await store.media_exists(conn, account_id, media_id):

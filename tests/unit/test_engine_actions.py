@@ -638,6 +638,27 @@ def test_interactive_sends_need_an_engine_that_sends_them(
             bad = {**INTERACTIVE, "interactive": {**INTERACTIVE["interactive"], "type": "list"}}
             response = await client.post(f"/api/accounts/{CLOUD}/messages", json=bad, headers=agent)
             assert response.status_code == 400
+            # more than 10 rows over all sections: a rule between fields, so 422
+            eleven = {
+                **INTERACTIVE,
+                "interactive": {
+                    "type": "list",
+                    "body": {"text": "Pick one"},
+                    "action": {
+                        "button": "Open",
+                        "sections": [
+                            {"rows": [{"id": f"{s}{r}", "title": "row"} for r in range(n)]}
+                            for s, n in (("a", 6), ("b", 5))
+                        ],
+                    },
+                },
+            }
+            response = await client.post(
+                f"/api/accounts/{CLOUD}/messages", json=eleven, headers=agent
+            )
+            error = await response.get_json()
+            assert response.status_code == 422, error
+            assert error["issues"][0]["path"] == "interactive.action.sections", error
         rows = await db.fetchall("SELECT account_id, type FROM messages WHERE direction = 'out'")
         assert [tuple(r) for r in rows] == [(CLOUD, "interactive")]
 
