@@ -22,7 +22,7 @@ from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
 from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
-from appliance.api.routes.users import _guard_last_admin, revoke_keys_of
+from appliance.api.routes.users import apply_user_update
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth import store
@@ -158,28 +158,9 @@ async def user_update(user_id: int) -> Response:
         data = UserUpdateIn.model_validate(values)
     except ValidationError as exc:
         return await _user_page(user, _errors(exc), 400)
-    now = time.time()
     try:
         async with _db().write() as conn:
-            user = await store.locked_user(conn, user_id)
-            if data.role is not None and data.role != Role.ADMIN:
-                await _guard_last_admin(conn, user, "demote")
-            if data.active is False:
-                await _guard_last_admin(conn, user, "deactivate")
-            await store.update_user(
-                conn,
-                user_id,
-                now=now,
-                role=data.role,
-                active=data.active,
-                all_accounts=data.all_accounts,
-                accounts=list(data.accounts) if data.accounts is not None else None,
-            )
-            if data.active is False:
-                await store.delete_user_sessions(conn, user_id)
-                await revoke_keys_of(conn, user_id, now, "owner deactivated")
-            changes = data.model_dump(exclude_none=True)
-            await audit(conn, "user.update", target=f"user:{user_id}", **changes)
+            await apply_user_update(conn, user_id, data, time.time())
     except Conflict:
         message = _("The last active administrator cannot be demoted or deactivated.")
         return await _user_page(user, {"role": message}, 409)

@@ -97,6 +97,36 @@ async def get_user(user_id: int) -> UserOut:
     return user_out(await store.get_user(_db(), user_id))
 
 
+async def apply_user_update(
+    conn: aiosqlite.Connection, user_id: int, data: UserUpdateIn, now: float
+) -> store.UserRow:
+    """Change a user in ``conn``'s transaction, as the API and the panel both do: the
+    last active admin stays, deactivating ends sessions and revokes keys, and the change
+    is audited (``user.grants`` when only grants changed). Conflict, NotFound."""
+    user = await store.locked_user(conn, user_id)
+    if data.role is not None and data.role != Role.ADMIN:
+        await _guard_last_admin(conn, user, "demote")
+    if data.active is False:
+        await _guard_last_admin(conn, user, "deactivate")
+    await store.update_user(
+        conn,
+        user_id,
+        now=now,
+        role=data.role,
+        active=data.active,
+        all_accounts=data.all_accounts,
+        accounts=list(data.accounts) if data.accounts is not None else None,
+    )
+    if data.active is False:
+        await store.delete_user_sessions(conn, user_id)
+        await revoke_keys_of(conn, user_id, now, "owner deactivated")
+    updated = await store.locked_user(conn, user_id)
+    changes = data.model_dump(exclude_none=True)
+    action = "user.grants" if set(changes) <= {"accounts", "all_accounts"} else "user.update"
+    await audit(conn, action, target=f"user:{user_id}", **changes)
+    return updated
+
+
 @bp.patch("/api/users/<int:user_id>")
 @requires(Permission.USERS_MANAGE)
 @json_body(UserUpdateIn)
@@ -104,29 +134,8 @@ async def get_user(user_id: int) -> UserOut:
 async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
     """Change role, active flag or account grants. Deactivating ends the user's sessions
     and revokes their API keys."""
-    now = time.time()
     async with _db().write() as conn:
-        user = await store.locked_user(conn, user_id)
-        if data.role is not None and data.role != Role.ADMIN:
-            await _guard_last_admin(conn, user, "demote")
-        if data.active is False:
-            await _guard_last_admin(conn, user, "deactivate")
-        await store.update_user(
-            conn,
-            user_id,
-            now=now,
-            role=data.role,
-            active=data.active,
-            all_accounts=data.all_accounts,
-            accounts=list(data.accounts) if data.accounts is not None else None,
-        )
-        if data.active is False:
-            await store.delete_user_sessions(conn, user_id)
-            await revoke_keys_of(conn, user_id, now, "owner deactivated")
-        updated = await store.locked_user(conn, user_id)
-        changes = data.model_dump(exclude_none=True)
-        action = "user.grants" if set(changes) <= {"accounts", "all_accounts"} else "user.update"
-        await audit(conn, action, target=f"user:{user_id}", **changes)
+        updated = await apply_user_update(conn, user_id, data, time.time())
     return user_out(updated)
 
 
