@@ -263,9 +263,7 @@ def record_span(
 ) -> None:
     """A span that already happened (``start_ns`` to ``end_ns``, default now), child of
     ``parent``: one claim of many jobs becomes a claim span in each job's trace."""
-    started = start_span(
-        name, parent=parent, kind=kind, attributes=attributes, start_ns=start_ns
-    )
+    started = start_span(name, parent=parent, kind=kind, attributes=attributes, start_ns=start_ns)
     if started is not None:
         started.end(end_time=end_ns if end_ns is not None else time.time_ns())
 
@@ -378,7 +376,11 @@ def inbound_items(account_id: str, messages: Sequence[_Message]) -> list[tuple[s
     return [
         (
             m.id,
-            {"appliance.account_id": account_id, "appliance.message_id": m.id, "messaging.type": m.type},
+            {
+                "appliance.account_id": account_id,
+                "appliance.message_id": m.id,
+                "messaging.type": m.type,
+            },
         )
         for m in messages
     ]

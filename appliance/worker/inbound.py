@@ -195,9 +195,7 @@ class Inbound:
         ):
             now = time.time()
             changed = await self.db.write_batched(
-                lambda conn: store.set_message_status(
-                    conn, account_id, message_id, status, now=now
-                )
+                lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
             )
             if changed is not None:
                 await self.events_written()

@@ -68,7 +68,7 @@ class Collector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
@@ -129,7 +129,7 @@ class Hook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hook.lock:
                     hook.received.append(
@@ -207,10 +207,14 @@ def traced(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> It
 @pytest.fixture(scope="module")
 def admin(traced: Appliance, hook: Hook) -> Iterator[httpx.Client]:
     with bearer(traced, new_api_key(traced, "trace-admin", "admin")) as c:
-        created = c.post("/api/accounts", json={"id": "trc", "name": "trc", "engine_settings": FAST_SANDBOX})
+        created = c.post(
+            "/api/accounts", json={"id": "trc", "name": "trc", "engine_settings": FAST_SANDBOX}
+        )
         assert created.status_code == 201, created.text
         _wait(
-            lambda: _query(traced, "SELECT 1 FROM accounts WHERE id = 'trc' AND state = 'connected'"),
+            lambda: _query(
+                traced, "SELECT 1 FROM accounts WHERE id = 'trc' AND state = 'connected'"
+            ),
             60,
             "the account connected",
         )
@@ -264,7 +268,9 @@ def test_one_send_is_one_trace_across_api_worker_and_webhooks(
         want = {"send", "engine.send", "claim send", "receipt"}
         if not want <= names:
             return None
-        delivered = {s.attributes.get("appliance.event_type") for s in spans if s.name == "webhook.deliver"}
+        delivered = {
+            s.attributes.get("appliance.event_type") for s in spans if s.name == "webhook.deliver"
+        }
         if not {"message.sent", "message.delivered", "message.read"} <= delivered:
             return None
         return spans
@@ -336,7 +342,9 @@ def test_one_inbound_message_is_one_trace_through_automations_and_webhooks(
         names = {s.name for s in spans}
         want = {"inbound.commit", "pipeline mark_as_read", "claim automation", "automation"}
         want |= {"automation auto_replies", "send", "engine.send"}
-        delivered = {s.attributes.get("appliance.event_type") for s in spans if s.name == "webhook.deliver"}
+        delivered = {
+            s.attributes.get("appliance.event_type") for s in spans if s.name == "webhook.deliver"
+        }
         if want <= names and {"message.received", "message.sent"} <= delivered:
             return spans
         return None
