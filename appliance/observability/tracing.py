@@ -12,7 +12,12 @@ frames and webhook headers).
 Spans carry the W3C ``traceparent`` across processes: each span sets
 ``observability.context.traceparent_var`` to its own while it is open, so IPC frames
 (appliance/ipc/client.py), logs and jobs stored for later (a send's job keeps the
-request's traceparent) name it as the parent.
+request's traceparent) name it as the parent. Through the worker (the helpers at the
+end): events keep the traceparent of the span that wrote them (``stored_traceparent``;
+``carry`` takes it through the group commit), and their webhook deliveries are its
+children; an inbound commit starts one trace per message (``per_item``); receipts find
+their send's trace (``remember``/``recall``); a claim shows in each job's trace
+(``record_claims``). runbook/operations.md draws the resulting traces.
 """
 
 from __future__ import annotations
@@ -388,7 +393,7 @@ def inbound_items(account_id: str, messages: Sequence[_Message]) -> list[tuple[s
 
 # Sends remembered for their receipts: a delivered or read receipt arrives later, from
 # the engine's own task, and joins the trace of the send it is about. In memory and
-# bounded (a receipt after a restart, or after LINKS_KEPT newer sends, starts no trace).
+# bounded (a receipt after a restart, or after LINKS_KEPT newer sends, starts its own trace).
 LINKS_KEPT = 10_000
 _links: OrderedDict[str, str] = OrderedDict()
 
