@@ -21,6 +21,7 @@ import aiosqlite
 from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
 from appliance.errors import NotFound
+from appliance.observability import tracing
 
 T = TypeVar("T")
 Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -108,8 +109,9 @@ class Database:
         that caller's changes and is raised to that caller alone. The work must be
         short and do no I/O but SQL on ``conn``. A caller cancelled while waiting does
         not undo its work: it may still commit, like a request whose answer was lost.
+        With tracing on, the work runs in the caller's trace (its events name it).
         """
-        return await self._batcher.submit(work)  # type: ignore[no-any-return]
+        return await self._batcher.submit(tracing.carry(work))  # type: ignore[no-any-return]
 
     @property
     def _flusher(self) -> asyncio.Task[None] | None:
