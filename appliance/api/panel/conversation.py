@@ -142,9 +142,9 @@ async def messages_since(
 
 def initials(name: str) -> str:
     """One or two letters for an avatar without a picture ("Ayse Kaya": "AK")."""
-    words = [w for w in name.replace("+", " ").split() if w[:1].isalnum()]
+    words = [w for w in name.split() if w[:1].isalpha()]
     if not words:
-        return "?"
+        return "#"  # a phone number, or no name
     letters = words[0][0] + (words[-1][0] if len(words) > 1 else "")
     return letters.upper()
 
