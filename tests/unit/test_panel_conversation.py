@@ -16,8 +16,9 @@ from quart import Quart
 from appliance.api.panel import conversation
 from appliance.api.state import state_of
 from appliance.db.database import Database
-from appliance.inbox import quick_replies_store
+from appliance.inbox import contacts_store, quick_replies_store, tags_store
 from appliance.inbox import store as inbox
+from appliance.inbox.contacts import AttributeDef
 from appliance.inbox.notes_store import actor_of
 from appliance.messaging import actions_store, media, queries, store
 from tests.unit.conftest import OpenDb
@@ -333,5 +334,149 @@ def test_attachments_variables_and_typing(open_db: OpenDb, db_path: Path, tmp_pa
             'id="qr-vars"',
         ):
             assert marker in opened
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_edit_quick_reply(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        _status, _text, csrf = await _sign_in(client, "admin1")
+        replies, _next = await quick_replies_store.list_quick_replies(
+            db, A, q=None, cursor=None, limit=5
+        )
+        thanks = replies[0]
+        url = f"/panel/accounts/{A}/quick-replies/{thanks.id}/edit"
+        listing = await (await client.get(f"/panel/quick-replies?account={A}")).get_data(
+            as_text=True
+        )
+        assert f'href="{url}"' in listing
+        form = await (await client.get(url)).get_data(as_text=True)
+        assert 'value="/thanks"' in form and "Thank you {{contact.name}}!" in form
+        done = await client.post(
+            url,
+            form={
+                "csrf_token": csrf,
+                "name": "Thanks and code",
+                "shortcut": "/thx",
+                "body": "Thanks {{contact.name}}, code {{code}}",
+            },
+        )
+        assert done.status_code == 303
+        changed = await quick_replies_store.get_quick_reply(db, A, thanks.id)
+        assert (changed.shortcut, changed.variables) == ("/thx", ["code"])
+        entry = await db.fetchone(
+            "SELECT action, target FROM audit_log WHERE action = 'quick_reply.update'"
+        )
+        assert entry is not None and entry["target"] == f"quick_reply:{thanks.id}"
+        event = await db.fetchone("SELECT 1 FROM events WHERE type = 'quick_reply.updated'")
+        assert event is not None
+        # Bad values next to their field; a shortcut in use; nothing changed.
+        async with db.write() as conn:
+            await quick_replies_store.create_quick_reply(
+                conn,
+                A,
+                name="Other",
+                shortcut="/other",
+                body="x",
+                media=None,
+                created_by="user:1",
+                by=actor_of(ADMIN),
+                now=time.time(),
+            )
+        taken = await client.post(
+            url, form={"csrf_token": csrf, "name": "n", "shortcut": "/other", "body": "b"}
+        )
+        assert taken.status_code == 409
+        assert "A quick reply with this shortcut exists." in await taken.get_data(as_text=True)
+        bad = await client.post(
+            url, form={"csrf_token": csrf, "name": "n", "shortcut": "no slash!", "body": "b"}
+        )
+        text = await bad.get_data(as_text=True)
+        assert bad.status_code == 400 and 'id="f-qr-shortcut-error"' in text
+        empty = await client.post(
+            url, form={"csrf_token": csrf, "name": "n", "shortcut": "/thx", "body": " "}
+        )
+        assert empty.status_code == 400 and 'id="f-qr-body-error"' in await empty.get_data(
+            as_text=True
+        )
+        assert (await quick_replies_store.get_quick_reply(db, A, thanks.id)).name == (
+            "Thanks and code"
+        )
+        # An agent may not manage quick replies; another account's reply is not found.
+        agent = app.test_client()
+        await _sign_in(agent, "agent1")
+        assert (await agent.get(url)).status_code == 403
+        assert (await client.get("/panel/accounts/other/quick-replies/1/edit")).status_code == 404
+        assert (await client.get(f"/panel/accounts/{A}/quick-replies/999/edit")).status_code == 404
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_edit_contact(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        _status, _text, csrf = await _sign_in(client, "agent1")
+        async with db.write() as conn:
+            await contacts_store.replace_attribute_defs(
+                conn,
+                A,
+                [AttributeDef("city", "string"), AttributeDef("since", "date")],
+                time.time(),
+            )
+        url = f"/panel/accounts/{A}/contacts/{ALICE}/edit"
+        listing = await (await client.get(f"/panel/contacts?account={A}")).get_data(as_text=True)
+        assert f'href="/panel/accounts/{A}/contacts/{ALICE.replace("@", "%40")}/edit"' in listing
+        form = await (await client.get(url)).get_data(as_text=True)
+        assert 'name="attr.city"' in form and 'type="date"' in form and 'name="tags"' in form
+        vip = await tags_store.tag_id_by_name(db, A, "vip")
+        assert vip is not None
+        # A bad date: shown next to its field, nothing stored.
+        bad = await client.post(
+            url,
+            form={
+                "csrf_token": csrf,
+                "display_name": "Alice Smith",
+                "attr.city": "İzmir",
+                "attr.since": "yesterday",
+                "tags": str(vip),
+            },
+        )
+        text = await bad.get_data(as_text=True)
+        assert bad.status_code == 400 and 'id="f-attr-since-error"' in text
+        assert 'value="İzmir"' in text  # what was typed stays
+        row = await contacts_store.contact_row(db, A, ALICE)
+        assert row["display_name"] is None
+        done = await client.post(
+            url,
+            form={
+                "csrf_token": csrf,
+                "display_name": "Alice Smith",
+                "attr.city": "İzmir",
+                "attr.since": "2024-05-01",
+                "tags": str(vip),
+            },
+        )
+        assert done.status_code == 303
+        row = await contacts_store.contact_row(db, A, ALICE)
+        assert row["display_name"] == "Alice Smith"
+        assert orjson.loads(row["attributes"]) == {"city": "İzmir", "since": "2024-05-01"}
+        tagged = await tags_store.tags_of(db, A, [ALICE], contacts=True)
+        assert [t.name for t in tagged[ALICE]] == ["vip"]
+        event = await db.fetchone("SELECT 1 FROM events WHERE type = 'contact.updated'")
+        assert event is not None
+        # Emptying a field removes the attribute; unticking removes the tag.
+        await client.post(
+            url,
+            form={"csrf_token": csrf, "display_name": "Alice Smith", "attr.city": "İzmir"},
+        )
+        row = await contacts_store.contact_row(db, A, ALICE)
+        assert orjson.loads(row["attributes"]) == {"city": "İzmir"}
+        assert (await tags_store.tags_of(db, A, [ALICE], contacts=True)).get(ALICE) is None
+        # Unknown contacts, other accounts: not found; no CSRF: refused.
+        unknown = f"/panel/accounts/{A}/contacts/905559999999@s.whatsapp.net/edit"
+        assert (await client.get(unknown)).status_code == 404
+        assert (await client.get(f"/panel/accounts/other/contacts/{ALICE}/edit")).status_code == 404
+        assert (await client.post(url, form={"display_name": "x"})).status_code == 403
 
     _run(open_db, db_path, tmp_path, test)
