@@ -88,7 +88,9 @@ def test_conversation_paging_composer_reactions_markers(
 
     # Scrolling up loads the older messages above, keeping the reader's place.
     assert page.locator("#messages li.older").count() == 1
-    page.evaluate("document.getElementById('messages').scrollTop = 0")
+    scrolled = "document.getElementById('messages').scrollTop"
+    _wait(lambda: page.evaluate(scrolled) > 0, "the newest message in view")
+    page.evaluate(f"{scrolled} = 0")
     page.locator("#messages .msg", has_text="eski mesaj 00").wait_for(timeout=WAIT_MS)
     assert page.locator("#messages .msg.in").count() == 71
     assert page.locator("#messages li.older").count() == 0

@@ -51,6 +51,9 @@
     });
   }
   watchPictures(document);
+  /* A page loaded with a chat open shows its newest message (htmx swaps do it too). */
+  var opened = $("messages");
+  if (opened) { opened.scrollTop = opened.scrollHeight; }
 
   /* -- older messages ---------------------------------------------------------------- */
   var loadingOlder = false;
