@@ -30,7 +30,7 @@ from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
 from appliance.engines import registry as engines
-from appliance.errors import ClientError, InvalidInput, IpcError, NotFound
+from appliance.errors import ClientError, InvalidInput, IpcError
 from appliance.ipc import protocol
 from appliance.messaging import media
 from appliance.messaging.actions import accept_action
@@ -173,8 +173,8 @@ async def picture(account: str, jid: str) -> Response:
     await account_for(account)
     try:
         target = recipient_jid(jid)
-    except ValueError:
-        raise NotFound("no such contact or chat") from None
+    except ValueError:  # e.g. a group member known by a @lid only: no picture to ask for
+        return Response("", status=204, headers={"Cache-Control": "private, max-age=3600"})
     try:
         answer = await call(protocol.PictureParams(account_id=account, jid=target, refresh=False))
         if answer.state != "ok" or answer.media_id is None:
