@@ -214,6 +214,12 @@ def test_older_messages_and_more_chats(open_db: OpenDb, db_path: Path, tmp_path:
         kept = await refresh.get_data(as_text=True)
         assert re.findall(r'id="msg-(M\d+)"', kept) == [f"M{i:03}" for i in range(10, 130)]
         assert "data-older-url" in kept and f'data-since="{m10.group(1)}"' in kept
+        # So does the answer to an action in the open chat (here: a note).
+        noted = await client.post(
+            f"{url}/notes", form={"body": "seen", "since": m10.group(1)}, headers=_htmx(csrf)
+        )
+        ids = re.findall(r'id="msg-(M\d+)"', await noted.get_data(as_text=True))
+        assert ids == [f"M{i:03}" for i in range(10, 130)]
         bad = await client.get(f"{url}?part=older&cursor=forged", headers=_htmx(csrf))
         assert bad.status_code == 200  # a forged cursor: the newest page again
         # 55 chats: the list shows 50 and a "More chats" button for the rest.

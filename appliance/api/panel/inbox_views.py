@@ -395,8 +395,7 @@ async def conversation(account: str, chat_id: str) -> Response:
         ctx = await _conversation(account, jid, mark_read=False, cursor=cursor)
         return await page("panel/inbox_message_items.html", cv=ctx)
     since = str(request.args.get("since", ""))
-    from_row = int(since) if since.isdigit() and len(since) < 16 else None
-    ctx = await _conversation(account, jid, mark_read=True, since=from_row)
+    ctx = await _conversation(account, jid, mark_read=True, since=_since(since))
     if part == "messages":
         return await page("panel/inbox_messages.html", cv=ctx)
     response = await page("panel/inbox_conversation.html", cv=ctx)
@@ -412,8 +411,14 @@ async def _form() -> dict[str, str]:
     return {k: str(v) for k, v in form.items()}
 
 
+def _since(value: str) -> int | None:
+    """The page position a refresh reads from (``since``: the oldest message shown)."""
+    return int(value) if value.isdigit() and len(value) < 16 else None
+
+
 async def _after_action(account: str, jid: str, *, error: str | None = None) -> Response:
-    ctx = await _conversation(account, jid, mark_read=False)
+    since = _since(str((await request.form).get("since", "")))  # keeps the loaded pages
+    ctx = await _conversation(account, jid, mark_read=False, since=since)
     response = await page("panel/inbox_conversation.html", composer_error=error, cv=ctx)
     response.headers["HX-Trigger"] = "panel:messages"  # the chat list shows the change
     return response

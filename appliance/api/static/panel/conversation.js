@@ -95,8 +95,9 @@
   var keep = null;
   body.addEventListener("htmx:configRequest", function (e) {
     var list = $("messages");
-    if (list && e.detail.elt === list && list.getAttribute("data-since")) {
-      e.detail.parameters.since = list.getAttribute("data-since");
+    var inside = e.detail.elt === list || (e.detail.elt.closest && e.detail.elt.closest("#conversation"));
+    if (list && inside && list.getAttribute("data-since")) {
+      e.detail.parameters.since = list.getAttribute("data-since");  // actions too
     }
   });
   body.addEventListener("htmx:beforeSwap", function (e) {
