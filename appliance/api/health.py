@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -109,8 +110,10 @@ async def metrics() -> Response:
     state = state_of()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    expected = state.secrets.metrics_token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    # The replaced token still works during its grace period (appliancectl rotate).
+    accepted = state.secrets.metrics_tokens(time.time())
+    matched = [hmac.compare_digest(token.encode(), t.encode()) for t in accepted]
+    if scheme.lower() != "bearer" or not any(matched):
         response = error_response(401, "metrics require Authorization: Bearer <metrics-token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
