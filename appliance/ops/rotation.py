@@ -496,8 +496,12 @@ def rotate_data_key(
             total += tally.reencrypted
             if tally.reencrypted == 0 and tally.raced == 0:
                 break
-        left = not_current(conn, keys.new).reencrypted - _count_unreadable(tally)
-        if left > 0 or (tally.unreadable and not accept_unreadable):
+        converged = tally.reencrypted == 0 and tally.raced == 0
+        if tally.unreadable:
+            done = converged and accept_unreadable
+        else:
+            done = converged and not_current(conn, keys.new).reencrypted == 0
+        if not done:
             return DataKeyReport(
                 keys.old_id, keys.new_id, keys.resumed, total, passes, tally.unreadable, False
             )
@@ -508,14 +512,6 @@ def rotate_data_key(
         )
     finally:
         conn.close()
-
-
-def _count_unreadable(tally: Pass) -> int:
-    count = 0
-    for item in tally.unreadable:
-        head = item.split(" ", 1)[0]
-        count += int(head) if head.isdigit() else 1
-    return count
 
 
 # -- the other secrets -----------------------------------------------------------------------
