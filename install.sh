@@ -388,6 +388,23 @@ UNITFILE
   fi
 fi
 
+# -- before the new code migrates the database: a backup of it ---------------------------
+# The worker migrates at its start; this backup (online, consistent even while the old
+# code runs) is what `appliancectl restore` takes back if the upgrade goes wrong.
+PENDING="$("$VENV/bin/python" -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
+if [ -n "$PENDING" ]; then
+  FROM_SCHEMA="${PENDING% *}"
+  TO_SCHEMA="${PENDING#* }"
+  BACKUPS="$ROOT/var/backups/appliance"
+  [ -d "$BACKUPS" ] || { mkdir -p "$BACKUPS"; chmod 0700 "$BACKUPS"; }
+  [ "$SYSTEM" -eq 0 ] || chown "$SERVICE_USER:$SERVICE_USER" "$BACKUPS"
+  PRE_UPGRADE="$BACKUPS/pre-upgrade-schema$FROM_SCHEMA-to-$TO_SCHEMA-$(date -u +%Y%m%dT%H%M%SZ).tar.gz"
+  say "the database schema goes from version $FROM_SCHEMA to $TO_SCHEMA: backing it up first"
+  "$CTL" --prefix "${ROOT:-/}" backup --to "$PRE_UPGRADE" >/dev/null \
+    || die "the backup before migrating failed, so nothing was migrated: the new code is installed but not started. Fix the problem above (free space: df -h $BACKUPS) and re-run install.sh"
+  say "backup before migrating: $PRE_UPGRADE (to go back: $CTL restore $PRE_UPGRADE)"
+fi
+
 # -- run it: start, or apply the upgrade to the running appliance -------------------------
 if [ "$START" -eq 1 ]; then
   if ! running; then
