@@ -293,8 +293,21 @@ tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md appliance | t
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
   ${APPLIANCE_PIP_ARGS:-} --upgrade --force-reinstall --no-deps "$BUILD_SRC" \
   || die "installing the appliance package failed (see pip's message above)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
-  || die "installing the appliance's dependencies failed (see pip's message above)"
+# Dependencies from the committed lock file: every version pinned, every file's hash
+# checked (pip --require-hashes), so two installs a month apart run the same code.
+LOCK="$SRC/requirements.lock"
+if [ -f "$LOCK" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    ${APPLIANCE_PIP_ARGS:-} --require-hashes --no-deps -r "$LOCK" \
+    || die "installing the locked dependencies failed (see pip's message above); requirements.lock pins each file by hash: a mismatch means a changed or foreign download"
+  "$VENV/bin/python" -m pip check >/dev/null \
+    || die "the locked dependencies do not satisfy the appliance's requirements ($("$VENV/bin/python" -m pip check 2>&1 | head -n 3)); regenerate requirements.lock with scripts/lock"
+  install -m 0644 "$LOCK" "$OPT/requirements.lock"
+  say "dependencies installed from requirements.lock (sha256 $(sha256sum "$LOCK" | cut -d' ' -f1))"
+else
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
+    || die "installing the appliance's dependencies failed (see pip's message above)"
+fi
 install -m 0644 "$SRC/supervisord.conf" "$OPT/supervisord.conf"
 umask 027
 if [ "$SYSTEM" -eq 1 ]; then

@@ -679,6 +679,9 @@ def storage_report(settings: Settings) -> list[str]:
 
 def cmd_version(paths: Paths, settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
+    lock = paths.venv.parent / "requirements.lock"  # install.sh copies the one it used
+    if lock.is_file():
+        print(f"dependencies: requirements.lock sha256 {_file_sha256(lock)}")
     return 0
 
 
