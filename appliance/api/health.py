@@ -17,6 +17,7 @@ from appliance.api.errors import error_response
 from appliance.api.openapi import responds
 from appliance.api.state import state_of
 from appliance.db.migrate import latest_version, schema_version
+from appliance.db.storage import disk_check
 from appliance.errors import IpcError
 from appliance.observability.metrics import exposition
 
@@ -36,7 +37,7 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready`, `not_ready` or `shutting_down`")
     pid: int
     checks: dict[str, dict[str, Any]] = Field(
-        description="`database`, `worker`, `shutdown`: each with `ok` and details"
+        description="`database`, `worker`, `shutdown`, `disk`: each with `ok` and details"
     )
     failing: list[str] = Field(description="Names of the checks that fail")
 
@@ -83,7 +84,7 @@ async def _check_worker() -> dict[str, Any]:
 @document_response(Readiness, 200)
 @document_response(Readiness, 503)
 async def readyz() -> Response:
-    """Readiness: database current, worker answering, not shutting down."""
+    """Readiness: database current, worker answering, not shutting down, disk not full."""
     state = state_of()
     database, worker = await asyncio.gather(_check_database(), _check_worker())
     checks = {
@@ -91,6 +92,7 @@ async def readyz() -> Response:
         "worker": worker,
         "shutdown": {"ok": not state.shutting_down},
     }
+    checks["disk"] = disk_check(state.settings.data_dir)  # runbook/disk-full.md
     failing = sorted(name for name, check in checks.items() if not check["ok"])
     if state.shutting_down:
         status = "shutting_down"
