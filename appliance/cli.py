@@ -188,11 +188,26 @@ def _supervisord_argv(paths: Paths, foreground: bool) -> list[str]:
     return argv
 
 
-def _readyz(settings: Settings, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+def _local_url(settings: Settings, path: str) -> str:
+    """This machine's own API (https with direct TLS: TLS_CERT_FILE)."""
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
-    url = f"http://{host}:{settings.port}/readyz"
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}{path}"
+
+
+def _local_context(settings: Settings) -> Any:
+    """Asking our own processes over loopback: the certificate names the public host,
+    not 127.0.0.1, so it is not verified here (runbook/tls.md)."""
+    import ssl
+
+    return ssl._create_unverified_context() if settings.tls else None
+
+
+def _readyz(settings: Settings, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+    url = _local_url(settings, "/readyz")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(
+            url, timeout=timeout_s, context=_local_context(settings)
+        ) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -342,13 +357,12 @@ def _wait_serving(settings: Settings, pid: int, timeout_s: float) -> bool:
     machine it may still be importing. Stopping the next one then would leave nobody
     accepting: no connection is refused (supervisord keeps the socket), but they wait.
     """
-    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
-    url = f"http://{host}:{settings.port}/healthz"
+    url = _local_url(settings, "/healthz")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # A fresh connection each time: the kernel hands it to any accepting process.
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=5, context=_local_context(settings)) as resp:
                 if json.loads(resp.read()).get("pid") == pid:
                     return True
         except (OSError, ValueError):
@@ -519,6 +533,9 @@ def check_installation(paths: Paths) -> list[str]:
         return [str(exc)]
     secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid())
     problems.extend(secret_problems)
+    from appliance.ops.tls import tls_problems
+
+    problems.extend(tls_problems(settings, uid=_service_uid()))
     db_path = settings.database_path
     if not db_path.exists():
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
@@ -606,10 +623,21 @@ def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace)
     print(f"OK database schema version {latest_version()}, integrity ok")
     for line in storage_report(load_settings(paths)):
         print(f"OK {line}")
+    _check_tls_exposure(load_settings(paths))
     restored = _last_restore(load_settings(paths).database_path)
     if restored:
         print(f"OK {restored}")
     return 0
+
+
+def _check_tls_exposure(settings: Settings) -> None:
+    from appliance.ops.tls import exposure_warning
+
+    warning = exposure_warning(settings)
+    if warning:
+        print(f"WARN {warning}")
+    elif settings.tls:
+        print(f"OK TLS: HTTPS with {settings.tls_cert_file}")
 
 
 def _last_restore(db_path: Path) -> str | None:
