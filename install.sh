@@ -19,6 +19,8 @@ BIND=""
 ACTION="install"
 PURGE=0
 START=1
+TLS_CERT=""
+TLS_KEY=""
 MIN_FREE_MB="${APPLIANCE_MIN_FREE_MB:-500}"
 SERVICE_USER="appliance"
 UNIT="appliance.service"
@@ -34,6 +36,8 @@ Options:
   --port PORT       listening port (written to a new appliance.env only)
   --bind ADDR       listening address (written to a new appliance.env only)
   --no-start        install or upgrade without starting the appliance
+  --tls-cert FILE   serve HTTPS directly: this PEM certificate (chain) and ...
+  --tls-key FILE    ... this PEM key; copied to /etc/appliance/tls/ (runbook/tls.md)
   --uninstall       remove code and unit, keep data, config and secrets
   --purge           remove code, unit, data, config, secrets, logs, the service user
                     and the directories install.sh made
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
     --bind) [ $# -ge 2 ] || die "--bind needs an address"; BIND="$2"; shift 2 ;;
     --bind=*) BIND="${1#*=}"; shift ;;
     --no-start) START=0; shift ;;
+    --tls-cert) [ $# -ge 2 ] || die "--tls-cert needs a file"; TLS_CERT="$2"; shift 2 ;;
+    --tls-key) [ $# -ge 2 ] || die "--tls-key needs a file"; TLS_KEY="$2"; shift 2 ;;
     --uninstall) ACTION="uninstall"; shift ;;
     --purge) ACTION="uninstall"; PURGE=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -344,6 +350,39 @@ if [ -n "$BIND" ] && [ -n "$KEPT_BIND" ] && [ "$BIND" != "$KEPT_BIND" ]; then
   SOCKET_HINT="${SOCKET_HINT:+$SOCKET_HINT and }BIND=$BIND"
 fi
 
+# -- TLS: --tls-cert/--tls-key copied beside the config, named in appliance.env ----------
+set_env() {  # KEY VALUE: replace the KEY= line of appliance.env, or add one
+  local key="$1" value="$2" file="$ETC/appliance.env"
+  if grep -q "^$key=" "$file"; then
+    sed -i "s|^$key=.*|$key=$value|" "$file"
+  else
+    printf '%s=%s\n' "$key" "$value" >> "$file"
+  fi
+}
+if [ -n "$TLS_CERT$TLS_KEY" ]; then
+  [ -n "$TLS_CERT" ] && [ -n "$TLS_KEY" ] || die "--tls-cert and --tls-key go together"
+  [ -r "$TLS_CERT" ] || die "--tls-cert $TLS_CERT is not a readable file"
+  [ -r "$TLS_KEY" ] || die "--tls-key $TLS_KEY is not a readable file"
+  make_dirs 0755 "$ETC/tls"
+  install -m 0644 "$TLS_CERT" "$ETC/tls/cert.pem"
+  ( umask 077; cp "$TLS_KEY" "$ETC/tls/key.pem.tmp" ) && mv "$ETC/tls/key.pem.tmp" "$ETC/tls/key.pem"
+  chmod 0600 "$ETC/tls/key.pem"
+  [ "$SYSTEM" -eq 0 ] || chown "$SERVICE_USER:$SERVICE_USER" "$ETC/tls/key.pem"
+  set_env TLS_CERT_FILE "$ETC/tls/cert.pem"
+  set_env TLS_KEY_FILE "$ETC/tls/key.pem"
+  say "HTTPS: certificate $ETC/tls/cert.pem, key $ETC/tls/key.pem (0600)"
+fi
+ENV_BIND="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+if [ "$SYSTEM" -eq 1 ] && [ "$ENV_BIND" != "127.0.0.1" ] && [ "$ENV_BIND" != "::1" ] &&
+   ! grep -q '^TLS_CERT_FILE=.' "$ETC/appliance.env" &&
+   ! grep -q '^TRUSTED_PROXIES=.' "$ETC/appliance.env" &&
+   ! grep -q '^PUBLIC_URL=https://' "$ETC/appliance.env"; then
+  echo "install.sh: WARNING: the API listens on $ENV_BIND in plain HTTP: passwords and session" >&2
+  echo "install.sh: WARNING: cookies cross the network readable. Re-run with --tls-cert FILE" >&2
+  echo "install.sh: WARNING: --tls-key FILE, or put Caddy/nginx in front and set TRUSTED_PROXIES" >&2
+  echo "install.sh: WARNING: and PUBLIC_URL=https://... in $ETC/appliance.env (runbook/tls.md)." >&2
+fi
+
 # -- secrets: created once, 0600 in a 0700 directory, never overwritten ------------------
 new_secret() {
   local name="$1" path="$SECRETS/$1"
@@ -438,8 +477,9 @@ PORT_NOW="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
 BIND_NOW="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
 HOST_NOW="$BIND_NOW"; [ "$BIND_NOW" = "0.0.0.0" ] && HOST_NOW="$(hostname -I 2>/dev/null | awk '{print $1}')"
 say "done."
-echo "  web panel:            http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/panel/"
-echo "  API and docs:         http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
+SCHEME=http; grep -q '^TLS_CERT_FILE=.' "$ETC/appliance.env" && SCHEME=https
+echo "  web panel:            $SCHEME://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/panel/"
+echo "  API and docs:         $SCHEME://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
 echo "  first admin password: $SECRETS/admin-password (user: admin)"
 echo "  control:              $CTL status | reload | stop | start | tail | check"
 if [ -n "$SOCKET_HINT" ]; then
