@@ -243,7 +243,7 @@ def restore(
                 f"the archive's settings are in {paths.etc / 'appliance.env.from-backup'}"
             )
         if with_secrets:
-            for name in SECRET_NAMES:
+            for name in (*SECRET_NAMES, PREVIOUS_DATA_KEY):  # mid-rotation: both keys
                 source = staging / "secrets" / name
                 if not source.exists():
                     continue

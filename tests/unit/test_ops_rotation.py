@@ -316,3 +316,16 @@ def test_cli_admin_password_sets_the_file_and_the_admin_user(
     conn.close()
     assert verify_password(stored, password)
     assert _count(settings, "SELECT COUNT(*) FROM sessions") == 0
+
+
+def test_a_backup_during_a_rotation_keeps_both_keys(tmp_path: Path) -> None:
+    import tarfile
+
+    from appliance.ops.archive import write_backup
+
+    paths, settings = _install(tmp_path / "inst")
+    rotation.stage_data_key(paths.secrets_dir)  # a rotation under way
+    result = write_backup(paths, settings, tmp_path / "b.tar.gz", include_secrets=True)
+    with tarfile.open(result.path) as tar:
+        names = set(tar.getnames())
+    assert {"secrets/data-key", f"secrets/{PREVIOUS_DATA_KEY}"} <= names
