@@ -20,6 +20,7 @@ import aiosqlite
 
 from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
+from appliance.db.storage import mark_written, storage_full
 from appliance.errors import NotFound
 from appliance.observability import tracing
 
@@ -92,9 +93,15 @@ class Database:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
                 await self._writer.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback()
+                # Disk full (SQLITE_FULL, ENOSPC): rolled back in whole; 503 storage_full.
+                full = storage_full(exc)
+                if full is not None and full is not exc:
+                    raise full from exc
                 raise
+            else:
+                mark_written()
             finally:
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -129,6 +136,11 @@ class Database:
         try:
             result = await work(conn)
         except Exception as exc:
+            full = storage_full(exc)
+            if full is not None:
+                # On SQLITE_FULL SQLite may have rolled back the whole transaction, the
+                # savepoint with it: the batch ends here, each caller hears StorageFull.
+                raise full from exc
             await conn.execute("ROLLBACK TO batched")
             await conn.execute("RELEASE batched")
             return None, exc
