@@ -11,6 +11,9 @@ from appliance.messaging.models import check_timezone
 from appliance.schemas_base import Strict
 
 MAX_DAYS = 400
+# Dates a report may name: Unix time and the timezone database cover them all.
+FIRST_DATE = dt.date(1970, 1, 2)
+LAST_DATE = dt.date(2999, 12, 30)
 _TZ = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$", max_length=64)
 ]
@@ -43,6 +46,8 @@ class ReportQuery(Strict):
     def _range(self) -> ReportQuery:
         if self.end < self.start:
             raise ValueError("end must not be before start")
+        if self.start < FIRST_DATE or self.end > LAST_DATE:
+            raise ValueError(f"dates must be from {FIRST_DATE} to {LAST_DATE}")
         if (self.end - self.start).days + 1 > MAX_DAYS:
             raise ValueError(f"a report covers at most {MAX_DAYS} days")
         return self

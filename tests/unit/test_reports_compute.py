@@ -122,6 +122,8 @@ def test_report_query_checks_the_range() -> None:
         {"start": "2023-01-01", "end": "2024-12-31"},
         {"start": "2024-01-01", "end": "2024-01-02", "tz": "Mars/Base"},
         {"start": "2024-01-01", "end": "2024-01-02", "agent": "ann"},
+        {"start": "0001-01-01", "end": "0001-01-02"},
+        {"start": "9999-12-30", "end": "9999-12-31"},
     ):
         with pytest.raises(ValueError):
             ReportQuery.model_validate(bad)
