@@ -274,10 +274,15 @@ async def measure(path: Path, n: dict[str, int], year_start: float, rounds: int)
                     )
                     t_all = time.perf_counter()
                     for name, kind in service.KINDS.items():
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         report = await kind.build(db, scope)
                         if r or a:  # the first account of the first round warms the cache
                             per_kind[name].append((time.perf_counter() - t0) * 1000)
+                            # CPU of this process (both threads: aiosqlite's runs the SQL):
+                            # what the report costs, whatever else the machine is doing.
+                            per_kind.setdefault(f"{name}_cpu", []).append(
+                                (time.process_time() - c0) * 1000
+                            )
                         if name == "messages":
                             t0 = time.perf_counter()
                             service.to_csv(kind, report)
@@ -315,9 +320,13 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the accounts")
     parser.add_argument("--keep", type=Path, help="build the database here and keep it")
+    parser.add_argument("--accounts", type=int, help="how many accounts (default 20; smoke 2)")
+    parser.add_argument("--no-insert-cost", action="store_true", help="skip the trigger cost")
     args = parser.parse_args()
     exit_on_sigterm()
     n = _sizes(args.smoke)
+    if args.accounts:
+        n["accounts"] = args.accounts
     work = Path(tempfile.mkdtemp(prefix="bench-reports-"))
     path = (args.keep or work) / "appliance.db"
     try:
@@ -328,10 +337,13 @@ def main() -> int:
         built = load(path, n)
         file_mb = round(path.stat().st_size / 1e6, 1)
         timings = asyncio.run(measure(path, n, built["start"], 1 if args.smoke else args.rounds))
-        cost = trigger_cost(path, 2000 if args.smoke else 20000)
+        cost = {} if args.no_insert_cost else trigger_cost(path, 2000 if args.smoke else 20000)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     worst = max(s["p95_ms"] for tz in timings.values() for k, s in tz.items() if k in service.KINDS)
+    worst_cpu = max(
+        s["p95_ms"] for tz in timings.values() for k, s in tz.items() if k.endswith("_cpu")
+    )
     ok = worst < GOAL_MS
     print(
         f"data: {n['accounts']} accounts x {n['days']} days, {built['messages']:,} messages, "
@@ -348,7 +360,7 @@ def main() -> int:
     print(f"insert cost per message: {cost}")
     print(
         f"goal: every report p95 < {GOAL_MS:.0f} ms: {'met' if ok else 'MISSED'} "
-        f"(worst p95 {worst} ms)"
+        f"(worst p95 {worst} ms wall, {worst_cpu} ms CPU)"
     )
     print(
         json.dumps(
@@ -361,6 +373,7 @@ def main() -> int:
                 "timings": timings,
                 "insert_cost": cost,
                 "worst_p95_ms": worst,
+                "worst_p95_cpu_ms": worst_cpu,
                 "goal_ms": GOAL_MS,
                 "goal_met": ok,
             }
