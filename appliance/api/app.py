@@ -36,6 +36,7 @@ from appliance.api.routes import (
     media,
     messages,
     phone_sync,
+    reports,
     retention,
     schedules,
     scripts,
@@ -195,6 +196,7 @@ def create_app(
     blueprints += (phone_sync.bp,)
     blueprints += (panel_bp,)  # the web panel (appliance/api/panel; runbook/panel.md)
     blueprints += (engine_actions.bp,)
+    blueprints += (reports.bp,)  # appliance/api/routes/reports.py; runbook/reports.md
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
     if settings.enable_test_routes:

@@ -37,6 +37,8 @@ class Permission(StrEnum):
     NOTES_WRITE = "notes.write"
     NOTES_MANAGE = "notes.manage"
     QUICK_REPLIES_MANAGE = "quick_replies.manage"
+    REPORTS_READ = "reports.read"
+    REPORTS_OWN = "reports.own"
 
 
 _ALL = frozenset(Permission)
@@ -57,11 +59,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.NOTES_WRITE,
             Permission.NOTES_MANAGE,
             Permission.QUICK_REPLIES_MANAGE,
+            Permission.REPORTS_READ,
+            Permission.REPORTS_OWN,
         }
     ),
     Role.AGENT: frozenset(
         {Permission.ACCOUNTS_READ, Permission.MESSAGES_SEND, Permission.MESSAGES_READ}
         | {Permission.TAGS_APPLY, Permission.NOTES_WRITE}
+        | {Permission.REPORTS_OWN}
     ),
 }
 
@@ -91,6 +96,10 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.NOTES_MANAGE: "edit and delete anyone's private notes",
     Permission.QUICK_REPLIES_MANAGE: "create, change and delete the quick replies of granted "
     "accounts",
+    Permission.REPORTS_READ: "read the reports of granted accounts (every agent's figures) "
+    "and export them as CSV",
+    Permission.REPORTS_OWN: "read one's own conversation and response-time figures in the "
+    "reports of granted accounts",
 }
 
 

@@ -71,6 +71,7 @@ NAV: list[NavItem] = [
         "quick_replies", N_("Quick replies"), "panel.quick_replies", Permission.QUICK_REPLIES_MANAGE
     ),
     NavItem("webhooks", N_("Webhooks"), "panel.webhooks", Permission.WEBHOOKS_MANAGE),
+    NavItem("reports", N_("Reports"), "panel.reports", Permission.REPORTS_READ),
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
     NavItem("api_keys", N_("API keys"), "panel.api_keys", Permission.API_KEYS_MANAGE),
     NavItem("audit", N_("Audit log"), "panel.audit_log", Permission.AUDIT_READ),
