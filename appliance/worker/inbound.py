@@ -60,48 +60,26 @@ class Inbound:
 
     async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
         """Store inbound messages (their media first, as files) and apply revokes, in one
-        transaction with their events; returns which were new."""
+        transaction with their events; returns which were new.
+
+        Group commit: batches that arrive while another is being written (the engine's
+        next delivery, other accounts) share its transaction (``Database.write_batched``):
+        one BEGIN/COMMIT and one fsync for all of them, each batch in its own savepoint,
+        so a batch that fails undoes only itself. Batches run in the order they arrived,
+        which keeps each chat's order."""
         account_id = runtime.account_id
         now = time.time()
         staged = [await self._stage_media(account_id, m) for m in messages]
-        results: list[bool] = []
-        new: list[MessageOut] = []
         orphans = [path for _, _, path in staged if path is not None]
+
+        async def work(
+            conn: aiosqlite.Connection,
+        ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+            return await self._store(conn, account_id, staged, now)
+
         try:
-            async with self.db.write() as conn:
-                for m, record, path in staged:
-                    if m.type == "revoke":
-                        await self._apply_revoke(conn, account_id, m, now)
-                        results.append(True)
-                        continue
-                    if m.type == "edit":  # an edit made by the sender (or on our phone)
-                        await apply_edit(conn, account_id, m, now)
-                        results.append(True)
-                        continue
-                    stored = await store.insert_inbound(
-                        conn,
-                        account_id=account_id,
-                        message_id=m.id,
-                        chat_jid=m.chat_jid,
-                        sender_jid=m.sender_jid,
-                        sender_name=m.sender_name,
-                        type_=m.type,
-                        body=m.body,
-                        content=m.content,
-                        reply_to=m.reply_to,
-                        media_id=record.id if record is not None else None,
-                        wa_timestamp=m.timestamp or now,
-                        now=now,
-                    )
-                    results.append(stored is not None)
-                    if stored is not None:
-                        new.append(stored)
-                        # The conversation: reopen, what waits, auto-assignment.
-                        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
-                        await enqueue_trigger(conn, stored, now=now)
-                        if record is not None and path is not None:
-                            await media_store.insert_media_row(conn, record)
-                            orphans.remove(path)
+            results, new, kept = await self.db.write_batched(work, in_thread=True)
+            orphans = [path for path in orphans if path not in kept]
         finally:
             # Files of duplicates, or of a transaction that did not commit.
             for orphan in orphans:
@@ -113,6 +91,53 @@ class Inbound:
             ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
             self.spawn(self._run_pipeline(ctx, new))
         return results
+
+    async def _store(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        staged: list[tuple[InboundMessage, media_store.MediaRecord | None, Path | None]],
+        now: float,
+    ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+        """One delivery's rows in the caller's transaction: which were new, the new
+        messages, and the staged media files now pointed at (the rest are orphans)."""
+        results: list[bool] = []
+        new: list[MessageOut] = []
+        kept: set[Path] = set()
+        for m, record, path in staged:
+            if m.type == "revoke":
+                await self._apply_revoke(conn, account_id, m, now)
+                results.append(True)
+                continue
+            if m.type == "edit":  # an edit made by the sender (or on our phone)
+                await apply_edit(conn, account_id, m, now)
+                results.append(True)
+                continue
+            stored = await store.insert_inbound(
+                conn,
+                account_id=account_id,
+                message_id=m.id,
+                chat_jid=m.chat_jid,
+                sender_jid=m.sender_jid,
+                sender_name=m.sender_name,
+                type_=m.type,
+                body=m.body,
+                content=m.content,
+                reply_to=m.reply_to,
+                media_id=record.id if record is not None else None,
+                wa_timestamp=m.timestamp or now,
+                now=now,
+            )
+            results.append(stored is not None)
+            if stored is not None:
+                new.append(stored)
+                # The conversation: reopen, what waits, auto-assignment.
+                await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
+                await enqueue_trigger(conn, stored, now=now)
+                if record is not None and path is not None:
+                    await media_store.insert_media_row(conn, record)
+                    kept.add(path)
+        return results, new, kept
 
     async def _stage_media(
         self, account_id: str, message: InboundMessage
