@@ -20,6 +20,7 @@ from hypercorn.config import Config
 
 from appliance.api.app import create_app
 from appliance.api.state import state_of
+from appliance.observability.access_log import log_access_to_file
 from appliance.observability.metrics import mark_started
 from appliance.runtime import boot
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 async def run(bind: str) -> None:
     ctx = boot("api")
+    if ctx.settings.access_log and ctx.settings.access_log_file:
+        log_access_to_file(ctx.settings.log_dir)  # not through supervisord's pipe
     app = create_app(ctx.settings, ctx.secrets)
     config = Config()
     config.bind = [bind]
