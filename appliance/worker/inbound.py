@@ -199,7 +199,8 @@ class Inbound:
     async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
         now = time.time()
         changed = await self.db.write_batched(
-            lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
+            lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now),
+            in_thread=True,
         )
         if changed is not None:
             await self.events_written()
