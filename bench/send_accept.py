@@ -139,6 +139,7 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "sends": sends,
         "ok": all(r["stored"] == r["sends"] for r in runs),
         "sends_per_s": round(sends / elapsed, 1),
+        "sends_per_s_per_round": [round(r["sends"] / r["elapsed_s"], 1) for r in runs],
         "cpu_us_per_send": round(sum(r["cpu_s"] for r in runs) / sends * 1e6, 1),
         "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
         "p95_ms": round(statistics.median(r["p95_ms"] for r in runs), 2),
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:<24} {c['sends_per_s']:>8.1f} sends/s  p50 {c['p50_ms']:.1f} ms"
             f"  p95 {c['p95_ms']:.1f} ms  CPU {c['cpu_us_per_send']:.0f} us/send"
+            f"  (per round: {', '.join(map(str, c['sends_per_s_per_round']))})"
         )
     ratios: dict[str, dict[str, float]] = {}
     for suffix in ("", "_idempotency_key"):
