@@ -110,6 +110,7 @@ class Settings(BaseModel):
     run_dir: Path
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = True
+    access_log_file: bool = True  # API processes write it to <log_dir>/api_NN.access.log
     api_graceful_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     worker_drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
     ipc_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0

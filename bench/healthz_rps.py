@@ -376,6 +376,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants = {"appliance": {"API_PROCESSES": "2"}}
         if not args.skip_log_off:
             variants["appliance_no_access_log"] = {"API_PROCESSES": "2", "ACCESS_LOG": "false"}
+            # The access log through supervisord's stdout pipes, as before it went to files.
+            variants["appliance_access_log_stdout"] = {
+                "API_PROCESSES": "2",
+                "ACCESS_LOG_FILE": "false",
+            }
         targets: dict[str, tuple[int, dict[str, int]]] = {}
         for name, extra in variants.items():
             t0 = time.monotonic()
@@ -564,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": ratios,
         "cpu_efficiency_ratio": cpu_ratios,
         "goal_ratio": GOAL_RATIO,
-        "goal_met": all(r >= GOAL_RATIO for r in ratios.values()),
+        # The stdout variant is the old way, for comparison: not held to the goal.
+        "goal_met": all(
+            r >= GOAL_RATIO for n, r in ratios.items() if n != "appliance_access_log_stdout"
+        ),
         # False when other load or steal reached 0.1 cores in some variant (see warnings).
         "rps_reliable": all(
             r["other_cpu_cores"] < 0.1 and r["steal_cores"] < 0.1 for r in results.values()

@@ -15,6 +15,7 @@ Stored bodies are encrypted with the data key (they may hold a secret shown once
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import sqlite3
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+import aiosqlite
 from pydantic import BaseModel, Field
 from quart import Response, make_response, request
 from quart_schema import document_headers, document_response
@@ -86,7 +88,8 @@ def idempotent(func: F) -> F:
         assert isinstance(body, bytes)  # as_text=False
         print_ = fingerprint(request.method, request.path, body)
         now = time.time()
-        async with state.db.write() as conn:
+
+        async def claim(conn: aiosqlite.Connection) -> store.IdempotencyRecord | None:
             row = await store.idempotency_record(conn, scope, key, now=now)
             abandoned = (
                 row is not None
@@ -94,10 +97,21 @@ def idempotent(func: F) -> F:
                 and row.created_at < now - ABANDONED_AFTER_S
             )
             if row is None or abandoned:
-                row = None
                 await store.claim_idempotency_key(
                     conn, scope, key, fingerprint=print_, now=now, ttl_s=TTL_S
                 )
+                return None
+            return row
+
+        # Group-committed with concurrent requests, in the database thread. A client
+        # hanging up while its claim waits does not stop the claim from committing:
+        # the key is then forgotten once it has, so a retry is not refused with 409.
+        claiming = asyncio.ensure_future(state.db.write_batched(claim, in_thread=True))
+        try:
+            row = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claiming.add_done_callback(lambda done: _forget_if_claimed(done, scope, key))
+            raise
         if row is not None:
             if row.fingerprint != print_:
                 raise Unprocessable(f"this {HEADER} was used with a different request")
@@ -121,8 +135,7 @@ def idempotent(func: F) -> F:
         assert isinstance(response, Response)
         data = await response.get_data(as_text=False)
         sealed = state.cipher.encrypt(data, context=f"{scope}|{key}".encode())
-        # Group-committed with concurrent requests; the claim above is not, so that a
-        # client hanging up before its claim commits leaves no key behind.
+        # Group-committed with concurrent requests, in the database thread.
         await state.db.write_batched(
             lambda conn: store.finish_idempotency_key(
                 conn,
@@ -131,7 +144,8 @@ def idempotent(func: F) -> F:
                 status=response.status_code,
                 content_type=response.content_type,
                 body=sealed,
-            )
+            ),
+            in_thread=True,
         )
         return response
 
@@ -139,6 +153,21 @@ def idempotent(func: F) -> F:
     wrapper = document_response(ErrorBody, 409)(wrapper)
     wrapper = document_response(ErrorBody, 422)(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+_forgetting: set[asyncio.Task[None]] = set()
+
+
+def _forget_if_claimed(
+    claiming: asyncio.Future[store.IdempotencyRecord | None], scope: str, key: str
+) -> None:
+    """The claim of a request that was cancelled while it waited: forget the key if
+    the claim went through (a None outcome)."""
+    if claiming.cancelled() or claiming.exception() is not None or claiming.result() is not None:
+        return
+    task = asyncio.ensure_future(_forget(scope, key))
+    _forgetting.add(task)
+    task.add_done_callback(_forgetting.discard)
 
 
 async def _forget(scope: str, key: str) -> None:

@@ -21,6 +21,7 @@ from hypercorn.config import Config
 
 from appliance.api.app import create_app
 from appliance.api.state import state_of
+from appliance.observability.access_log import log_access_to_file
 from appliance.observability.metrics import mark_started
 from appliance.ops.tls import tls_problems
 from appliance.runtime import boot
@@ -34,6 +35,8 @@ async def run(bind: str) -> None:
     if problems:  # refuse to start, saying how to fix each (runbook/tls.md)
         log.critical("refusing to start: %s", "; ".join(problems))
         sys.exit(78)  # EX_CONFIG, as boot() does
+    if ctx.settings.access_log and ctx.settings.access_log_file:
+        log_access_to_file(ctx.settings.log_dir)  # not through supervisord's pipe
     app = create_app(ctx.settings, ctx.secrets)
     config = Config()
     config.bind = [bind]

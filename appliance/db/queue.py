@@ -122,7 +122,7 @@ async def enqueue_in(
     Jobs with the same ``order_key`` are claimed one at a time in the order of their
     ids, which follows commit order: enqueue them in the order they were accepted.
     """
-    async with conn.execute(
+    rows = await conn.execute_fetchall(  # one step of aiosqlite's thread
         "INSERT INTO queue_jobs (queue, unique_key, order_key, payload, max_attempts, run_at, "
         "created_at, updated_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
         # Held behind any unfinished job of its key (all of them have smaller ids).
@@ -140,16 +140,16 @@ async def enqueue_in(
             now,
             order_key,
         ),
-    ) as cur:
-        row = await cur.fetchone()
-    if row is not None:
+    )
+    for row in rows:
         return Enqueued(int(row[0]), True)
-    async with conn.execute(
-        "SELECT id FROM queue_jobs WHERE queue = ? AND unique_key = ?", (queue, unique_key)
-    ) as cur:
-        existing = await cur.fetchone()
-    assert existing is not None  # the conflict proves the row exists
-    return Enqueued(int(existing[0]), False)
+    existing = list(
+        await conn.execute_fetchall(
+            "SELECT id FROM queue_jobs WHERE queue = ? AND unique_key = ?", (queue, unique_key)
+        )
+    )
+    assert existing  # the conflict proves the row exists
+    return Enqueued(int(existing[0][0]), False)
 
 
 async def enqueue_many_in(

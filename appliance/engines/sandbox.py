@@ -141,7 +141,8 @@ class SandboxEngine(Engine):
                 to_jid=message.to_jid,
                 type_=message.type,
                 now=now,
-            )
+            ),
+            in_thread=True,
         )
         self._spawn(self._receipts(message.id))
 

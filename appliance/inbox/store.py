@@ -353,12 +353,12 @@ async def on_inbound(
     """After an inbound message is stored (same transaction): reopen a resolved or
     snoozed chat, note what waits, and auto-assign a new or reopened chat when the
     account's ``auto_assign`` setting is on (read here, so a change applies at once)."""
-    async with conn.execute(
+    row = await fetchone_from(
+        conn,
         f"SELECT {_CONV_COLS}, c.created_at, a.settings FROM chats c "
         "JOIN accounts a ON a.id = c.account_id WHERE c.account_id = ? AND c.jid = ?",
         (account_id, jid),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     if row is None:
         return
     before = Conversation.from_row(row)

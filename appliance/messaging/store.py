@@ -13,7 +13,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database, update_by_id
+from appliance.db.database import Database, fetchone_from, update_by_id
 from appliance.errors import Conflict, NotFound
 from appliance.messaging.models import (
     CONTENT,
@@ -66,8 +66,7 @@ async def append_event(
             "VALUES (?, ?, ?, ?, ?)"
         )
         params = (type_, account_id, now, _json(data), traceparent)
-    async with conn.execute(sql + " RETURNING id", params) as cur:
-        row = await cur.fetchone()
+    row = await fetchone_from(conn, sql + " RETURNING id", params)
     assert row is not None
     return int(row[0])
 
@@ -285,11 +284,7 @@ def message_out(row: MessageRow) -> MessageOut:
 async def _fetchone(
     db_or_conn: Database | aiosqlite.Connection, sql: str, params: tuple[Any, ...]
 ) -> sqlite3.Row | None:
-    if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, params)
-    async with db_or_conn.execute(sql, params) as cur:
-        row: sqlite3.Row | None = await cur.fetchone()
-        return row
+    return await fetchone_from(db_or_conn, sql, params)
 
 
 async def message_row(
@@ -314,11 +309,11 @@ async def set_message_media(
 async def message_by_client_key(
     conn: aiosqlite.Connection, account_id: str, key: str
 ) -> MessageRow | None:
-    async with conn.execute(
+    row = await fetchone_from(
+        conn,
         f"SELECT {_MESSAGE_COLS} FROM messages WHERE account_id = ? AND client_key = ?",
         (account_id, key),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     return None if row is None else MessageRow.from_row(row)
 
 
@@ -369,10 +364,7 @@ async def media_exists(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, media_id: str
 ) -> bool:
     sql, params = "SELECT 1 FROM media WHERE account_id = ? AND id = ?", (account_id, media_id)
-    if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, params) is not None
-    async with db_or_conn.execute(sql, params) as cur:
-        return await cur.fetchone() is not None
+    return await fetchone_from(db_or_conn, sql, params) is not None
 
 
 async def insert_inbound(
@@ -392,7 +384,8 @@ async def insert_inbound(
     now: float,
 ) -> MessageOut | None:
     """Store an inbound message once; None if this WhatsApp id was already stored."""
-    async with conn.execute(
+    row = await fetchone_from(
+        conn,
         "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
         "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at, "
         "sender_name) VALUES (?, ?, ?, 'in', ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?) "
@@ -412,18 +405,17 @@ async def insert_inbound(
             now,
             sender_name,
         ),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     if row is None:
         return None
     revoked = await _revocation_of(conn, account_id, message_id)
     if revoked is not None:  # the revoke overtook the message: it starts out deleted
-        async with conn.execute(
+        row = await fetchone_from(
+            conn,
             f"UPDATE messages SET deleted_at = ? WHERE account_id = ? AND id = ? "
             f"RETURNING {_MESSAGE_COLS}",
             (revoked, account_id, message_id),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         assert row is not None  # stored just now, in this transaction
     await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=True)
     await conn.execute(
@@ -442,11 +434,11 @@ async def insert_inbound(
 async def _revocation_of(
     conn: aiosqlite.Connection, account_id: str, message_id: str
 ) -> float | None:
-    async with conn.execute(
+    row = await fetchone_from(
+        conn,
         "SELECT revoked_at FROM message_revocations WHERE account_id = ? AND message_id = ?",
         (account_id, message_id),
-    ) as cur:
-        row = await cur.fetchone()
+    )
     return None if row is None else float(row[0])
 
 

@@ -373,7 +373,7 @@ class Deliverer:
                 )
                 await store.mark_failing(conn, endpoint.id, now)
 
-            await self.db.write_batched(retry_later)
+            await self.db.write_batched(retry_later, in_thread=True)
             await self.queue.nack(job.id, job.lease_token or "", error=reason, retry_after_s=delay)
             DELIVERIES.labels(outcome="retry").inc()
         await self.health.disable_if_failing_too_long(endpoint.id, now)
@@ -415,5 +415,5 @@ class Deliverer:
                 await ack_in(conn, WEBHOOK_QUEUE, job.id, job.lease_token or "", now)
 
         # Group-committed with the other deliveries finishing at the same time.
-        await self.db.write_batched(finish)
+        await self.db.write_batched(finish, in_thread=True)  # one thread round trip
         DELIVERIES.labels(outcome=state).inc()

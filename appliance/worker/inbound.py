@@ -62,7 +62,13 @@ class Inbound:
     async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
         """Store inbound messages (their media first, as files) and apply revokes, in one
         transaction with their events; returns which were new. With tracing on, each
-        message starts its trace here: commit, pipeline, automations and deliveries."""
+        message starts its trace here: commit, pipeline, automations and deliveries.
+
+        Group commit: batches that arrive while another is being written (the engine's
+        next delivery, other accounts) share its transaction (``Database.write_batched``):
+        one BEGIN/COMMIT and one fsync for all of them, each batch in its own savepoint,
+        so a batch that fails undoes only itself. Batches run in the order they arrived,
+        which keeps each chat's order."""
         with tracing.per_item(
             "inbound", lambda: tracing.inbound_items(runtime.account_id, messages), kind="consumer"
         ) as traces:
@@ -74,46 +80,17 @@ class Inbound:
         account_id = runtime.account_id
         now = time.time()
         staged = [await self._stage_media(account_id, m) for m in messages]
-        results: list[bool] = []
-        new: list[MessageOut] = []
         orphans = [path for _, _, path in staged if path is not None]
         commit_started = time.time_ns()
+
+        async def work(
+            conn: aiosqlite.Connection,
+        ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+            return await self._store(conn, account_id, staged, now, traces.ids)
+
         try:
-            async with self.db.write() as conn:
-                for m, record, path in staged:
-                    traces.enter(m.id)  # its events and trigger job name its trace
-                    if m.type == "revoke":
-                        await self._apply_revoke(conn, account_id, m, now)
-                        results.append(True)
-                        continue
-                    if m.type == "edit":  # an edit made by the sender (or on our phone)
-                        await apply_edit(conn, account_id, m, now)
-                        results.append(True)
-                        continue
-                    stored = await store.insert_inbound(
-                        conn,
-                        account_id=account_id,
-                        message_id=m.id,
-                        chat_jid=m.chat_jid,
-                        sender_jid=m.sender_jid,
-                        sender_name=m.sender_name,
-                        type_=m.type,
-                        body=m.body,
-                        content=m.content,
-                        reply_to=m.reply_to,
-                        media_id=record.id if record is not None else None,
-                        wa_timestamp=m.timestamp or now,
-                        now=now,
-                    )
-                    results.append(stored is not None)
-                    if stored is not None:
-                        new.append(stored)
-                        # The conversation: reopen, what waits, auto-assignment.
-                        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
-                        await enqueue_trigger(conn, stored, now=now)
-                        if record is not None and path is not None:
-                            await media_store.insert_media_row(conn, record)
-                            orphans.remove(path)
+            results, new, kept = await self.db.write_batched(work, in_thread=True)
+            orphans = [path for path in orphans if path not in kept]
         finally:
             # Files of duplicates, or of a transaction that did not commit.
             for orphan in orphans:
@@ -126,6 +103,69 @@ class Inbound:
             ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
             self.spawn(self._run_pipeline(ctx, new, traces.ids))
         return results
+
+    async def _store(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        staged: list[tuple[InboundMessage, media_store.MediaRecord | None, Path | None]],
+        now: float,
+        traces: dict[str, str],
+    ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+        """One delivery's rows in the caller's transaction: which were new, the new
+        messages, and the staged media files now pointed at (the rest are orphans).
+        ``traces``: each message's trace (tracing on), named by what it writes."""
+        results: list[bool] = []
+        new: list[MessageOut] = []
+        kept: set[Path] = set()
+        for m, record, path in staged:
+            with tracing.within(traces.get(m.id)):
+                applied, stored = await self._store_one(conn, account_id, m, record, now)
+            results.append(applied)
+            if stored is not None:
+                new.append(stored)
+                if record is not None and path is not None:
+                    kept.add(path)
+        return results, new, kept
+
+    async def _store_one(
+        self,
+        conn: aiosqlite.Connection,
+        account_id: str,
+        m: InboundMessage,
+        record: media_store.MediaRecord | None,
+        now: float,
+    ) -> tuple[bool, MessageOut | None]:
+        """One message's rows: whether it changed anything, and the message when new."""
+        if m.type == "revoke":
+            await self._apply_revoke(conn, account_id, m, now)
+            return True, None
+        if m.type == "edit":  # an edit made by the sender (or on our phone)
+            await apply_edit(conn, account_id, m, now)
+            return True, None
+        stored = await store.insert_inbound(
+            conn,
+            account_id=account_id,
+            message_id=m.id,
+            chat_jid=m.chat_jid,
+            sender_jid=m.sender_jid,
+            sender_name=m.sender_name,
+            type_=m.type,
+            body=m.body,
+            content=m.content,
+            reply_to=m.reply_to,
+            media_id=record.id if record is not None else None,
+            wa_timestamp=m.timestamp or now,
+            now=now,
+        )
+        if stored is None:
+            return False, None
+        # The conversation: reopen, what waits, auto-assignment.
+        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
+        await enqueue_trigger(conn, stored, now=now)
+        if record is not None:
+            await media_store.insert_media_row(conn, record)
+        return True, stored
 
     async def _stage_media(
         self, account_id: str, message: InboundMessage
@@ -195,7 +235,10 @@ class Inbound:
         ):
             now = time.time()
             changed = await self.db.write_batched(
-                lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
+                lambda conn: store.set_message_status(
+                    conn, account_id, message_id, status, now=now
+                ),
+                in_thread=True,
             )
             if changed is not None:
                 await self.events_written()

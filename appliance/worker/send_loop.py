@@ -182,7 +182,8 @@ class SendLoop:
         account_id, message_id = row.account_id, row.id
         now = time.time()
         await self.db.write_batched(
-            lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now)
+            lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now),
+            in_thread=True,
         )
         try:
             outbound = await self.outbound(engine, row)
@@ -202,7 +203,7 @@ class SendLoop:
             await store.set_message_status(conn, account_id, message_id, "sent", now=now)
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
 
-        await self.db.write_batched(sent)
+        await self.db.write_batched(sent, in_thread=True)
         SENDS.labels(outcome="sent").inc()
         SEND_ACCEPT_TO_SENT.observe(max(0.0, now - row.created_at))
         await self.events_written()
@@ -270,7 +271,7 @@ class SendLoop:
                 )
                 await ack_in(conn, SEND_QUEUE, job.id, job.lease_token or "", now)
 
-            await self.db.write_batched(failed)
+            await self.db.write_batched(failed, in_thread=True)
             SENDS.labels(outcome="failed").inc()
             await self.events_written()
             return True

@@ -85,3 +85,38 @@ def test_fingerprint_is_unambiguous_across_field_boundaries() -> None:
     assert fingerprint("POST", "/x", b"") != fingerprint("POS", "T/x", b"")
     assert fingerprint("POST", "", b"/x") != fingerprint("POST", "/x", b"")
     assert fingerprint("", "", b"") != fingerprint("", "", b"\x00")
+
+
+def test_a_claim_whose_request_was_cancelled_is_forgotten_once_it_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim is group-committed: a client hanging up while it waits does not stop
+    it, so the key it claimed (outcome None) is forgotten, or a retry would get 409."""
+    import asyncio
+
+    from appliance.api import idempotency
+
+    forgotten: list[tuple[str, str]] = []
+
+    async def forget(scope: str, key: str) -> None:
+        forgotten.append((scope, key))
+
+    monkeypatch.setattr(idempotency, "_forget", forget)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        claimed: asyncio.Future[object] = loop.create_future()
+        claimed.set_result(None)  # this request claimed the key
+        replayed: asyncio.Future[object] = loop.create_future()
+        replayed.set_result(object())  # a record existed: nothing of ours to forget
+        failed: asyncio.Future[object] = loop.create_future()
+        failed.set_exception(RuntimeError("database closing"))
+        cancelled: asyncio.Future[object] = loop.create_future()
+        cancelled.cancel()
+        for future, key in ((claimed, "k1"), (replayed, "k2"), (failed, "k3"), (cancelled, "k4")):
+            idempotency._forget_if_claimed(future, "key:1", key)  # type: ignore[arg-type]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert forgotten == [("key:1", "k1")]
+
+    asyncio.run(main())

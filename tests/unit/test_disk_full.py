@@ -79,6 +79,10 @@ def test_a_full_database_raises_storage_full_and_writes_nothing(
             with pytest.raises(StorageFull):
                 await db.write_batched(work)
             assert await _rows(db) == before
+            # And through group commit in aiosqlite's thread (inbound, sends).
+            with pytest.raises(StorageFull):
+                await db.write_batched(work, in_thread=True)
+            assert await _rows(db) == before
             await _free(db)  # room again
             await _insert(db, 200_000)
             assert await _rows(db) == before + 2

@@ -735,10 +735,10 @@ def test_a_slot_is_held_until_the_outcome_is_committed(
         gate, waiting = asyncio.Event(), []
         write_batched = db.write_batched
 
-        async def lagging_writer(work: Any) -> Any:
+        async def lagging_writer(work: Any, **options: Any) -> Any:
             waiting.append(work)
             await gate.wait()
-            return await write_batched(work)
+            return await write_batched(work, **options)
 
         db.write_batched = lagging_writer  # type: ignore[method-assign]
         jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)

@@ -489,7 +489,7 @@ async def send(account: str, chat_id: str) -> Response:
             conn, account_id=account, to=jid, message=data, client_key=None, now=now
         )
 
-    accepted = await db.write_batched(store_send)
+    accepted = await db.write_batched(store_send, in_thread=True)
     if accepted.created:
         await poke("send")
     return await _after_action(account, jid)

@@ -145,12 +145,13 @@ async def send_message(
     now = time.time()
 
     async def store_send(conn: aiosqlite.Connection) -> sends.Accepted:
-        # Shares a transaction with concurrent sends (group commit).
+        # Shares a transaction with concurrent sends (group commit), and runs in the
+        # database thread: one thread round trip for the batch, not one per statement.
         return await sends.accept_send(
             conn, account_id=account, to=data.to, message=data, client_key=client_key, now=now
         )
 
-    accepted = await db.write_batched(store_send)
+    accepted = await db.write_batched(store_send, in_thread=True)
     if accepted.created:
         await poke("send")
     return SendAccepted(id=accepted.message_id, account_id=account, to=data.to), 202

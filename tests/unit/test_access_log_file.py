@@ -1,0 +1,70 @@
+"""The API processes' access log in their own rotated files
+(appliance/observability/access_log.py), not through supervisord's stdout pipe."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from appliance.observability.access_log import ACCESS_LOGGER, log_access_to_file
+from appliance.observability.logging import setup_logging
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = (root.handlers[:], root.level, access.handlers[:], access.propagate)
+    yield
+    for handler in access.handlers:
+        handler.close()
+    root.handlers[:], root.level, access.handlers[:], access.propagate = saved
+
+
+def test_access_lines_go_to_the_process_file_and_other_lines_to_stdout(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    stdout = io.StringIO()
+    setup_logging("api", stream=stdout)
+    path = log_access_to_file(tmp_path, instance="api_07")
+    assert path == tmp_path / "api_07.access.log"
+    logging.getLogger(ACCESS_LOGGER).info(
+        "%s %s %s", "GET", "/healthz", 200, extra={"status": 200, "duration_ms": 0.4}
+    )
+    logging.getLogger("appliance.api.app").warning("something else")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+    entry = orjson.loads(lines[0])
+    assert entry["msg"] == "GET /healthz 200" and entry["status"] == 200
+    assert entry["role"] == "api" and entry["logger"] == ACCESS_LOGGER
+    assert "GET /healthz" not in stdout.getvalue()
+    assert "something else" in stdout.getvalue()
+
+
+def test_the_file_is_rotated_by_size(tmp_path: Path, restore_logging: None) -> None:
+    setup_logging("api", stream=io.StringIO())
+    path = log_access_to_file(tmp_path, instance="api_00", max_bytes=2000, backups=2)
+    assert path is not None
+    access = logging.getLogger(ACCESS_LOGGER)
+    for n in range(100):
+        access.info("GET /x/%d 200", n)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["api_00.access.log", "api_00.access.log.1", "api_00.access.log.2"]
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    last = path.read_text(encoding="utf-8").splitlines()[-1]
+    assert orjson.loads(last)["msg"] == "GET /x/99 200"
+
+
+def test_without_a_log_directory_the_lines_stay_on_stdout(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    stdout = io.StringIO()
+    setup_logging("api", stream=stdout)
+    assert log_access_to_file(tmp_path / "missing", instance="api_00") is None
+    logging.getLogger(ACCESS_LOGGER).info("GET /healthz 200")
+    assert "GET /healthz 200" in stdout.getvalue()
