@@ -107,6 +107,64 @@ async def _chat(account: str, chat_id: str) -> str:
 
 
 # -- tags --------------------------------------------------------------------------------
+# The change functions below are shared with the panel (api/panel/organize_views.py), so
+# both write the same rows, events and audit entries.
+
+
+async def create_tag_audited(account: str, data: TagCreateIn) -> TagOut:
+    """Create a tag and audit it (the caller checked the grant). Conflict on a taken name."""
+    async with _db().write() as conn:
+        made = await tags_store.create_tag(
+            conn,
+            account,
+            name=data.name,
+            color=data.color,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
+    return made
+
+
+async def update_tag_audited(account: str, tag_id: int, data: TagUpdateIn) -> TagOut:
+    """Rename or recolour a tag and audit it. NotFound, Conflict."""
+    async with _db().write() as conn:
+        tag_now, before = await tags_store.update_tag(
+            conn,
+            account,
+            tag_id,
+            name=data.name,
+            color=data.color,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "tag.update",
+            target=f"tag:{tag_id}",
+            account=account,
+            name=tag_now.name,
+            before=before.name,
+            color=tag_now.color,
+        )
+    return tag_now
+
+
+async def delete_tag_audited(account: str, tag_id: int) -> None:
+    """Delete a tag (taken off every chat and contact) and audit it. NotFound."""
+    async with _db().write() as conn:
+        gone = await tags_store.delete_tag(
+            conn, account, tag_id, by=notes_store.actor_of(principal()), now=time.time()
+        )
+        await audit(
+            conn,
+            "tag.delete",
+            target=f"tag:{tag_id}",
+            account=account,
+            name=gone.name,
+            chats=gone.chat_count,
+            contacts=gone.contact_count,
+        )
 
 
 @bp.get("/api/accounts/<account>/tags")
@@ -138,17 +196,7 @@ async def list_tags(account: str, query_args: PageQuery) -> dict[str, Any]:
 async def create_tag(account: str, data: TagCreateIn) -> tuple[dict[str, Any], int]:
     """Create a tag (names are unique per account, ignoring case: 409 otherwise)."""
     await _granted(account)
-    async with _db().write() as conn:
-        made = await tags_store.create_tag(
-            conn,
-            account,
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
-    return _dump(made), 201
+    return _dump(await create_tag_audited(account, data)), 201
 
 
 @bp.get("/api/accounts/<account>/tags/<tag_id>")
@@ -173,26 +221,7 @@ async def update_tag(account: str, tag_id: str, data: TagUpdateIn) -> dict[str, 
     """Rename or recolour a tag: every chat and contact carrying it shows the change at
     once (`tag.updated` says what it was)."""
     await _granted(account)
-    async with _db().write() as conn:
-        tag_now, before = await tags_store.update_tag(
-            conn,
-            account,
-            _id(tag_id, "tag"),
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "tag.update",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=tag_now.name,
-            before=before.name,
-            color=tag_now.color,
-        )
-    return _dump(tag_now)
+    return _dump(await update_tag_audited(account, _id(tag_id, "tag"), data))
 
 
 @bp.delete("/api/accounts/<account>/tags/<tag_id>")
@@ -203,19 +232,7 @@ async def update_tag(account: str, tag_id: str, data: TagUpdateIn) -> dict[str, 
 async def delete_tag(account: str, tag_id: str) -> Response:
     """Delete a tag; it is taken off every chat and contact that carried it."""
     await _granted(account)
-    async with _db().write() as conn:
-        gone = await tags_store.delete_tag(
-            conn, account, _id(tag_id, "tag"), by=notes_store.actor_of(principal()), now=time.time()
-        )
-        await audit(
-            conn,
-            "tag.delete",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=gone.name,
-            chats=gone.chat_count,
-            contacts=gone.contact_count,
-        )
+    await delete_tag_audited(account, _id(tag_id, "tag"))
     return Response(status=204)
 
 
@@ -464,6 +481,49 @@ async def _check_media_id(conn: Any, account: str, media: QuickReplyMedia | None
         )
 
 
+async def create_quick_reply_audited(account: str, data: QuickReplyIn) -> QuickReplyOut:
+    """Create a quick reply and audit it (shared with the panel; the caller checked the
+    grant). InvalidInput for a refused media link, Unprocessable for unknown media,
+    Conflict for a taken shortcut."""
+    await _check_link(data.media)
+    async with _db().write() as conn:
+        await _check_media_id(conn, account, data.media)
+        made = await quick_replies_store.create_quick_reply(
+            conn,
+            account,
+            name=data.name,
+            shortcut=data.shortcut,
+            body=data.body,
+            media=data.media,
+            created_by=principal().key,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "quick_reply.create",
+            target=f"quick_reply:{made.id}",
+            account=account,
+            shortcut=made.shortcut,
+        )
+    return made
+
+
+async def delete_quick_reply_audited(account: str, reply_id: int) -> None:
+    """Delete a quick reply and audit it (shared with the panel). NotFound."""
+    async with _db().write() as conn:
+        gone = await quick_replies_store.delete_quick_reply(
+            conn, account, reply_id, by=notes_store.actor_of(principal()), now=time.time()
+        )
+        await audit(
+            conn,
+            "quick_reply.delete",
+            target=f"quick_reply:{reply_id}",
+            account=account,
+            shortcut=gone.shortcut,
+        )
+
+
 @bp.get("/api/accounts/<account>/quick-replies")
 @requires(Permission.MESSAGES_READ)
 @query(QuickReplyQuery)
@@ -492,28 +552,7 @@ async def create_quick_reply(account: str, data: QuickReplyIn) -> tuple[dict[str
     """Create a quick reply: a shortcut (unique per account: 409 otherwise), a body with
     `{{variables}}` and/or media (a link, or media uploaded to this account)."""
     await _granted(account)
-    await _check_link(data.media)
-    async with _db().write() as conn:
-        await _check_media_id(conn, account, data.media)
-        made = await quick_replies_store.create_quick_reply(
-            conn,
-            account,
-            name=data.name,
-            shortcut=data.shortcut,
-            body=data.body,
-            media=data.media,
-            created_by=principal().key,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "quick_reply.create",
-            target=f"quick_reply:{made.id}",
-            account=account,
-            shortcut=made.shortcut,
-        )
-    return _dump(made), 201
+    return _dump(await create_quick_reply_audited(account, data)), 201
 
 
 @bp.get("/api/accounts/<account>/quick-replies/<reply_id>")
@@ -572,21 +611,7 @@ async def update_quick_reply(
 async def delete_quick_reply(account: str, reply_id: str) -> Response:
     """Delete a quick reply (messages sent with it stay as they are)."""
     await _granted(account)
-    async with _db().write() as conn:
-        gone = await quick_replies_store.delete_quick_reply(
-            conn,
-            account,
-            _id(reply_id, "quick reply"),
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "quick_reply.delete",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            shortcut=gone.shortcut,
-        )
+    await delete_quick_reply_audited(account, _id(reply_id, "quick reply"))
     return Response(status=204)
 
 
