@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import aiosqlite
 from pydantic import BaseModel, Field, StringConstraints
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
@@ -24,7 +25,7 @@ from appliance.api.accounts_access import visible_accounts
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.chats import PageQuery, _chat_jid, _granted
+from appliance.api.routes.chats import PageQuery, _chat_jid, _granted, existing_chat
 from appliance.api.routes.messages import check_media_link
 from appliance.api.schemas import ErrorBody, QueryBool
 from appliance.api.state import db as _db
@@ -54,7 +55,6 @@ from appliance.inbox.models import (
     TagPage,
     TagUpdateIn,
 )
-from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import AccountIdStr
 
@@ -97,33 +97,30 @@ def _id(value: str, what: str) -> int:
     return int(value)
 
 
-async def _chat(account: str, chat_id: str) -> str:
-    """The chat's jid; NotFound unless the account is granted and has the chat."""
-    await _granted(account)
-    jid = _chat_jid(chat_id)
-    if await queries.chat_row(_db(), account, jid) is None:
-        raise NotFound("no such chat")
-    return jid
-
-
 # -- tags --------------------------------------------------------------------------------
 # The change functions below are shared with the panel (api/panel/organize_views.py), so
 # both write the same rows, events and audit entries.
 
 
-async def create_tag_audited(account: str, data: TagCreateIn) -> TagOut:
-    """Create a tag and audit it (the caller checked the grant). Conflict on a taken name."""
-    async with _db().write() as conn:
-        made = await tags_store.create_tag(
-            conn,
-            account,
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
+async def create_tag_in(conn: aiosqlite.Connection, account: str, data: TagCreateIn) -> TagOut:
+    """Create a tag and audit it in ``conn``'s transaction (the caller checked the
+    grant). Conflict on a taken name."""
+    made = await tags_store.create_tag(
+        conn,
+        account,
+        name=data.name,
+        color=data.color,
+        by=notes_store.actor_of(principal()),
+        now=time.time(),
+    )
+    await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
     return made
+
+
+async def create_tag_audited(account: str, data: TagCreateIn) -> TagOut:
+    """``create_tag_in`` in a transaction of its own."""
+    async with _db().write() as conn:
+        return await create_tag_in(conn, account, data)
 
 
 async def update_tag_audited(account: str, tag_id: int, data: TagUpdateIn) -> TagOut:
@@ -294,7 +291,7 @@ async def contact_tags(account: str, contact_id: str) -> dict[str, Any]:
 @tag(["notes"])
 async def list_notes(account: str, chat_id: str, query_args: PageQuery) -> dict[str, Any]:
     """A chat's private notes, newest first."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     items, next_cursor = await notes_store.list_notes(
         _db(), account, jid, cursor=query_args.cursor, limit=query_args.limit
     )
@@ -352,7 +349,7 @@ async def create_note(account: str, chat_id: str, data: NoteIn) -> tuple[dict[st
     `@name` mentions a user: one who may see this account gets a notification
     (`GET /api/me/notifications`); other names stay plain text.
     """
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     async with _db().write() as conn:
         note = await notes_store.create_note(
             conn, account, jid, data.body, by=principal(), now=time.time()
@@ -385,7 +382,7 @@ async def _may_change(account: str, jid: str, note_id: str) -> bool:
 async def update_note(account: str, chat_id: str, note_id: str, data: NoteIn) -> dict[str, Any]:
     """Edit a note (its author, or a manager): `edited_at` is set, and users it newly
     mentions are notified."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     own = await _may_change(account, jid, note_id)
     async with _db().write() as conn:
         note = await notes_store.update_note(
@@ -403,7 +400,7 @@ async def update_note(account: str, chat_id: str, note_id: str, data: NoteIn) ->
 @tag(["notes"])
 async def delete_note(account: str, chat_id: str, note_id: str) -> Response:
     """Delete a note (its author, or a manager), with the notifications it raised."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     own = await _may_change(account, jid, note_id)
     async with _db().write() as conn:
         await notes_store.delete_note(
