@@ -9,7 +9,6 @@ get the 403 page (users.manage, api_keys.manage, audit.read are admin permission
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -18,16 +17,14 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import principal, requires
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
 from appliance.api.routes.api_keys import create_key_for_caller, revoke_key_audited
 from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
-from appliance.api.routes.users import apply_user_update
+from appliance.api.routes.users import apply_user_update, create_user_audited
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth import store
-from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Permission, Role
 from appliance.errors import Conflict
 from appliance.messaging import store as messaging_store
@@ -93,28 +90,8 @@ async def user_create() -> Response:
         data = UserCreateIn.model_validate(values)
     except ValidationError as exc:
         return await _user_new({**values, "password": ""}, _errors(exc), 400)
-    password_hash = await asyncio.to_thread(hash_password, data.password)
     try:
-        async with _db().write() as conn:
-            user_id = await store.create_user(
-                conn,
-                username=data.username,
-                password_hash=password_hash,
-                role=data.role,
-                all_accounts=data.all_accounts,
-                accounts=list(data.accounts),
-                now=time.time(),
-            )
-            user = await store.locked_user(conn, user_id)
-            await audit(
-                conn,
-                "user.create",
-                target=f"user:{user_id}",
-                username=user.username,
-                role=user.role.value,
-                all_accounts=user.all_accounts,
-                accounts=list(user.accounts),
-            )
+        user_id = (await create_user_audited(data)).id
     except Conflict:
         errors = {"username": _("This user name is taken.")}
         return await _user_new({**values, "password": ""}, errors, 409)
