@@ -16,7 +16,6 @@ gauges cannot drop a label); runbook/alerts.md says so.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -41,6 +40,7 @@ from appliance.observability.metrics import (
     SENDS,
     WEBHOOK_DEAD,
 )
+from appliance.ops import alerts_store
 from appliance.webhooks.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,10 @@ class Monitor:
 
     async def load(self) -> None:
         """Carry on with the alerts raised before a restart."""
-        rows = await self.db.fetchall(
-            "SELECT id, rule, subject, raised_at, details FROM system_alerts"
-            " WHERE resolved_at IS NULL"
-        )
         active = [
-            rules.Active(
-                r["rule"], r["subject"], r["raised_at"], json.loads(r["details"]), int(r["id"])
-            )
-            for r in rows
-            if r["rule"] in self.rules
+            rules.Active(a.rule, a.subject, a.raised_at, a.details, a.id)
+            for a in await alerts_store.open_alerts(self.db)
+            if a.rule in self.rules
         ]
         self.evaluator = rules.Evaluator(self.rules, active)
         self._export_alert_counts()
@@ -187,24 +181,21 @@ class Monitor:
     async def _record(self, transitions: list[rules.Transition]) -> None:
         async with self.db.write() as conn:
             for t in transitions:
-                details = json.dumps(dict(t.details), sort_keys=True)
                 if t.state == "raised":
-                    async with conn.execute(
-                        "INSERT INTO system_alerts"
-                        " (rule, subject, severity, summary, details, raised_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                        (t.rule.name, t.key, t.rule.severity, t.rule.summary, details, t.at),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    assert row is not None
-                    alert_id = int(row[0])
+                    alert_id = await alerts_store.raise_alert(
+                        conn,
+                        rule=t.rule.name,
+                        subject=t.key,
+                        severity=t.rule.severity,
+                        summary=t.rule.summary,
+                        details=dict(t.details),
+                        at=t.at,
+                    )
                     self.evaluator.active[(t.rule.name, t.key)].alert_id = alert_id
                 else:
                     alert_id = t.alert_id or 0
-                    await conn.execute(
-                        "UPDATE system_alerts SET resolved_at = ?, details = ?"
-                        " WHERE rule = ? AND subject = ? AND resolved_at IS NULL",
-                        (t.at, details, t.rule.name, t.key),
+                    await alerts_store.resolve_alert(
+                        conn, t.rule.name, t.key, t.at, dict(t.details)
                     )
                 await store.append_event(
                     conn,
