@@ -149,6 +149,12 @@ async def account_row(
     return None if row is None else AccountRow.from_row(row)
 
 
+async def account_states(db: Database) -> list[tuple[str, str, str]]:
+    """Every account's (id, state, desired), for the worker's monitor."""
+    rows = await db.fetchall("SELECT id, state, desired FROM accounts")
+    return [(r["id"], r["state"], r["desired"]) for r in rows]
+
+
 async def list_account_rows(db: Database, accounts: Sequence[str] | None) -> list[AccountRow]:
     if accounts is None:
         rows = await db.fetchall(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance.config import Settings
+from appliance.db import queue
 from appliance.db.database import Database
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE
@@ -41,6 +42,7 @@ from appliance.observability.metrics import (
     WEBHOOK_DEAD,
 )
 from appliance.ops import alerts_store
+from appliance.webhooks import store as webhooks_store
 from appliance.webhooks.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
@@ -115,30 +117,23 @@ class Monitor:
     # -- sampling --------------------------------------------------------------------
 
     async def _accounts(self, now: float) -> list[rules.Observation]:
-        accounts = await self.db.fetchall("SELECT id, state, desired FROM accounts")
-        queued = await self.db.fetchall(
-            "SELECT json_extract(payload, '$.account_id') AS account, COUNT(*) AS n,"
-            " MIN(created_at) AS oldest FROM queue_jobs"
-            " WHERE queue = ? AND state IN ('queued', 'leased') GROUP BY account",
-            (SEND_QUEUE,),
-        )
-        depth = {r["account"]: (int(r["n"]), float(r["oldest"])) for r in queued}
+        accounts = await store.account_states(self.db)
+        depth = await queue.open_jobs_by_account(self.db, SEND_QUEUE)
         observations: list[rules.Observation] = []
         seen: set[str] = set()
-        for row in accounts:
-            account = row["id"]
+        for account, state_now, desired in accounts:
             seen.add(account)
             n, oldest = depth.get(account, (0, now))
             SEND_QUEUE_DEPTH.labels(account=account).set(n)
             SEND_QUEUE_OLDEST.labels(account=account).set(max(0.0, now - oldest) if n else 0.0)
             for state in ACCOUNT_STATES:
                 ACCOUNT_STATE.labels(account=account, state=state).set(
-                    1 if row["state"] == state else 0
+                    1 if state_now == state else 0
                 )
             ACCOUNT_DESIRED_CONNECTED.labels(account=account).set(
-                1 if row["desired"] == "connected" else 0
+                1 if desired == "connected" else 0
             )
-            observations += rules.account_observations(account, row["state"], row["desired"])
+            observations += rules.account_observations(account, state_now, desired)
         for gone in self._accounts_seen - seen:
             SEND_QUEUE_DEPTH.labels(account=gone).set(0)
             SEND_QUEUE_OLDEST.labels(account=gone).set(0)
@@ -149,13 +144,9 @@ class Monitor:
         return observations
 
     async def _dead_letters(self, now: float) -> rules.Observation:
-        total = await self.db.scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead'")
-        recent = await self.db.scalar(
-            "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead' AND updated_at >= ?",
-            (now - 3600,),
-        )
-        WEBHOOK_DEAD.set(int(total or 0))
-        return rules.dead_letter_observation(int(recent or 0))
+        WEBHOOK_DEAD.set(await webhooks_store.count_dead(self.db))
+        recent = await webhooks_store.count_dead(self.db, since=now - 3600)
+        return rules.dead_letter_observation(recent)
 
     def _disk(self) -> rules.Observation:
         path = self.settings.database_path
