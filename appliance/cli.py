@@ -30,6 +30,7 @@ from appliance.config import Paths, Settings, load_settings
 from appliance.db.migrate import latest_version, read_schema_version, schema_version
 from appliance.engines import registry as engines
 from appliance.errors import StartupError
+from appliance.ops import offline_store
 from appliance.secrets import check_secrets_dir
 from appliance.supervisor_client import is_responsive, proxy, supervisord_pid, wait_gone
 
@@ -543,7 +544,7 @@ def check_installation(paths: Paths) -> list[str]:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
-            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            integrity = offline_store.integrity(conn)
             if integrity != "ok":
                 problems.append(f"database {db_path} failed integrity_check: {integrity}")
             version = read_schema_version(conn)
@@ -645,17 +646,14 @@ def _last_restore(db_path: Path) -> str | None:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
-            row = conn.execute(
-                "SELECT epoch, restored_at, archive_created_at, gap FROM restore_epochs "
-                "ORDER BY epoch DESC LIMIT 1"
-            ).fetchone()
+            last = offline_store.restore_epochs(conn, last_only=True)
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    if row is None:
+    if not last:
         return None
-    epoch, restored_at, taken_at, gap = row
+    epoch, restored_at, taken_at, gap = last[0]
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(restored_at))
     taken = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(taken_at))
     return (
@@ -685,7 +683,7 @@ def storage_report(settings: Settings) -> list[str]:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         try:
             counts = [
-                f"{table} {conn.execute(f'SELECT COUNT(*) FROM {table}').fetchone()[0]}"
+                f"{table} {offline_store.row_count(conn, table)}"
                 for table in ("messages", "media", "events", "audit_log", "contacts")
             ]
         finally:

@@ -46,8 +46,8 @@ from appliance.db.database import ReadSource
 from appliance.errors import ClientError, NotFound
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
+from appliance.inbox.actor import Actor
 from appliance.inbox.conversations import Status
-from appliance.inbox.models import Actor as TagActor
 from appliance.messaging.models import MessageContent, MessageOut, content_dict
 from appliance.messaging.sends import accept_send
 from appliance.messaging.store import append_event
@@ -93,7 +93,7 @@ def message_text(message: MessageOut) -> str:
 
 
 @dataclass(frozen=True)
-class RuleActor(inbox_store.Actor):
+class RuleActor(Actor):
     """A rule, as the actor of the inbox changes it makes (``by`` in their events)."""
 
     rule_id: str = ""
@@ -109,12 +109,14 @@ class RuleActor(inbox_store.Actor):
 
 
 def rule_actor(rule: Rule) -> RuleActor:
-    return RuleActor("automation", rule_id=rule.id, rule_name=rule.name)
-
-
-def tag_actor(rule: Rule) -> TagActor:
-    """The rule as the tags store names actors: ``automation:<rule id>``."""
-    return TagActor(principal=f"automation:{rule.id}", name=rule.name)
+    """The rule acting; tag events name it ``automation:<rule id>``."""
+    return RuleActor(
+        "automation",
+        principal=f"automation:{rule.id}",
+        name=rule.name,
+        rule_id=rule.id,
+        rule_name=rule.name,
+    )
 
 
 async def chat_tag_ids(source: ReadSource, account_id: str, chat_jid: str) -> frozenset[int]:
@@ -239,7 +241,7 @@ async def _act(
             remove=action.remove,
             chats=[chat],
             contacts=[],
-            by=tag_actor(rule),
+            by=rule_actor(rule),
             now=now,
         )
         return {"type": action.type, "outcome": "done" if changed else "unchanged"}

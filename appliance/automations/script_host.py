@@ -39,8 +39,7 @@ from appliance.db.database import Database
 from appliance.errors import ClientError
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
-from appliance.inbox.models import Actor as TagActor
-from appliance.inbox.store import Actor
+from appliance.inbox.actor import Actor
 from appliance.ipc.scripts_protocol import (
     HostCallParams,
     HostCallRefused,
@@ -83,8 +82,11 @@ class ScriptActor(Actor):
         return {"type": "script", "id": self.script_id, "user_id": None}
 
 
-def script_actor(script_id: str) -> ScriptActor:
-    return ScriptActor("script", script_id=script_id)
+def script_actor(script_id: str, name: str = "") -> ScriptActor:
+    """The script acting; tag events name it ``script:<id>`` with its name."""
+    return ScriptActor(
+        "script", principal=f"script:{script_id}", name=name or script_id, script_id=script_id
+    )
 
 
 @dataclass
@@ -237,7 +239,7 @@ class ScriptHost:
                 remove=remove,
                 chats=[chat],
                 contacts=[],
-                by=TagActor(principal=f"script:{run.script_id}", name=run.name or run.script_id),
+                by=script_actor(run.script_id, run.name or run.script_id),
                 now=time.time(),
             )
         run.effects.append({"type": fn, "detail": {**detail, "changed": bool(changed)}})

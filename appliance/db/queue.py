@@ -544,6 +544,18 @@ async def counts_by_queue(db: Database) -> dict[str, dict[str, int]]:
     return queues
 
 
+async def open_jobs_by_account(db: Database, queue: str) -> dict[str, tuple[int, float]]:
+    """Jobs of ``queue`` queued or leased, per the ``account_id`` of their payload:
+    account -> (how many, the oldest one's creation time). For the worker's monitor."""
+    rows = await db.fetchall(
+        "SELECT json_extract(payload, '$.account_id') AS account, COUNT(*) AS n,"
+        " MIN(created_at) AS oldest FROM queue_jobs"
+        " WHERE queue = ? AND state IN ('queued', 'leased') GROUP BY account",
+        (queue,),
+    )
+    return {r["account"]: (int(r["n"]), float(r["oldest"])) for r in rows}
+
+
 async def expired_lease_count(db: Database, now: float) -> int:
     """Leases of every queue expired at ``now`` (a read: ``expire_leases`` writes)."""
     return int(

@@ -153,17 +153,7 @@ class SandboxEngine(Engine):
         now = time.time()
 
         async def record(conn: Any) -> None:
-            if blocked:
-                await conn.execute(
-                    "INSERT INTO sandbox_server_blocked (account_id, jid, blocked_at) "
-                    "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                    (self.account_id, jid, now),
-                )
-            else:
-                await conn.execute(
-                    "DELETE FROM sandbox_server_blocked WHERE account_id = ? AND jid = ?",
-                    (self.account_id, jid),
-                )
+            await store.sandbox_set_blocked(conn, self.account_id, jid, blocked=blocked, now=now)
 
         await self.db.write_batched(record)
 
@@ -181,19 +171,15 @@ class SandboxEngine(Engine):
         params = orjson.dumps(action.params).decode()
 
         async def record(conn: Any) -> None:
-            await conn.execute(
-                "INSERT INTO sandbox_server_actions (account_id, key, type, chat_jid, "
-                "message_id, params, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (account_id, key) DO UPDATE SET offered = offered + 1",
-                (
-                    self.account_id,
-                    action.send_id or action.id,
-                    action.type,
-                    action.chat_jid,
-                    action.message_id,
-                    params,
-                    now,
-                ),
+            await store.sandbox_record_action(
+                conn,
+                self.account_id,
+                key=action.send_id or action.id,
+                type_=action.type,
+                chat_jid=action.chat_jid,
+                message_id=action.message_id,
+                params_json=params,
+                now=now,
             )
 
         await self.db.write_batched(record)

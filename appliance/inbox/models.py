@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from appliance.inbox import quick_replies, tags
+from appliance.inbox.actor import Actor as Actor  # the one actor type, re-exported
 from appliance.messaging.models import RECIPIENT_PATTERN, Context, MediaIdStr, recipient_jid
 from appliance.schemas_base import Bool, Strict
 
@@ -120,8 +121,9 @@ def _body_or_media(schema: dict[str, Any]) -> None:
 # -- who did it --------------------------------------------------------------------------
 
 
-class Actor(BaseModel):
-    """Who made a change: a user (panel session) or an API key, by name as it was."""
+class ActorRef(BaseModel):
+    """Who made a change: a user (panel session) or an API key, by name as it was
+    (``inbox.actor.Actor.as_ref()``)."""
 
     principal: str = Field(description="`user:ID` or `key:ID`")
     name: str
@@ -223,7 +225,7 @@ class NoteOut(BaseModel):
     id: int
     account_id: str
     chat_id: str
-    author: Actor
+    author: ActorRef
     body: str
     mentions: list[Mention] = Field(
         description="Users mentioned with @name who may see this chat (each notified once)"
@@ -251,7 +253,7 @@ class NotificationOut(BaseModel):
     chat_id: str
     note_id: int
     excerpt: str = Field(description="The start of the note as it is now")
-    by: Actor | None
+    by: ActorRef | None
     created_at: float
     read_at: float | None
 

@@ -20,8 +20,9 @@ import orjson
 from appliance.auth.principal import Principal
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
 from appliance.errors import NotFound
+from appliance.inbox.actor import Actor, actor_of_principal
 from appliance.inbox.mentions import mentioned_names
-from appliance.inbox.models import Actor, Mention, NoteOut, NotificationOut
+from appliance.inbox.models import ActorRef, Mention, NoteOut, NotificationOut
 from appliance.messaging.queries import (
     encode_cursor,
     fts_error,
@@ -39,7 +40,9 @@ _NOTE_COLS = (
 
 
 def actor_of(who: Principal) -> Actor:
-    return Actor(principal=who.key, name=who.name)
+    """The actor of a request without its API key's owner (tag, quick reply and note
+    events name the key itself; ``inbox.store.actor_of`` looks the owner up)."""
+    return actor_of_principal(who)
 
 
 async def user_id_of(source: ReadSource, who: Principal) -> int | None:
@@ -55,7 +58,7 @@ def note_out(row: Any) -> NoteOut:
         id=row["id"],
         account_id=row["account_id"],
         chat_id=row["chat_jid"],
-        author=Actor(principal=row["author"], name=row["author_name"]),
+        author=ActorRef(principal=row["author"], name=row["author_name"]),
         body=row["body"],
         mentions=[Mention.model_validate(m) for m in orjson.loads(row["mentions"])],
         created_at=row["created_at"],
@@ -64,7 +67,7 @@ def note_out(row: Any) -> NoteOut:
 
 
 def _event_data(note: NoteOut, by: Actor) -> dict[str, Any]:
-    return {**note.model_dump(mode="json"), "by": by.model_dump(mode="json")}
+    return {**note.model_dump(mode="json"), "by": by.as_ref()}
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -293,7 +296,7 @@ def _accounts_clause(accounts: Sequence[str] | None) -> tuple[str, list[str]]:
 
 
 def notification_out(row: Any) -> NotificationOut:
-    by = None if row["by"] is None else Actor(principal=row["by"], name=row["by_name"] or "")
+    by = None if row["by"] is None else ActorRef(principal=row["by"], name=row["by_name"] or "")
     return NotificationOut(
         id=row["id"],
         kind=row["kind"],

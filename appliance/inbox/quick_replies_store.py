@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from appliance.db.database import Database, ReadSource, fetchone_from
 from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import quick_replies
-from appliance.inbox.models import Actor, QuickReplyMedia, QuickReplyOut, QuickReplySendIn
+from appliance.inbox.actor import Actor
+from appliance.inbox.models import QuickReplyMedia, QuickReplyOut, QuickReplySendIn
 from appliance.messaging.models import SendMessageIn, jid_phone, recipient_jid
 from appliance.messaging.queries import decode_cursor, encode_cursor
 from appliance.messaging.store import append_event
@@ -100,7 +101,7 @@ async def _event(
     **extra: Any,
 ) -> None:
     """``quick_reply.created|updated|deleted``: the quick reply, who, and ``extra``."""
-    data = {"quick_reply": reply.model_dump(mode="json"), **extra, "by": by.model_dump()}
+    data = {"quick_reply": reply.model_dump(mode="json"), **extra, "by": by.as_ref()}
     await append_event(conn, type_, reply.account_id, data, now)
 
 

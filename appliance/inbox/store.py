@@ -8,7 +8,7 @@ The rules themselves are plain functions in ``conversations.py``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import aiosqlite
@@ -18,6 +18,9 @@ from appliance.auth.principal import Principal
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
 from appliance.errors import Forbidden, NotFound, Unprocessable
 from appliance.inbox import conversations as rules
+from appliance.inbox.actor import SYSTEM as SYSTEM  # re-exported: callers say inbox_store.SYSTEM
+from appliance.inbox.actor import Actor as Actor
+from appliance.inbox.actor import actor_of_principal
 from appliance.inbox.conversations import Conversation, RuleError, Status
 from appliance.messaging.store import append_event
 
@@ -28,30 +31,12 @@ _CONV_COLS = (
 MAX_WHATSAPP_READ_IDS = 100
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who made a change, as events name them: a user, an API key (and its owner), or
-    the system (the worker: inbound messages, snooze timer, auto-assignment)."""
-
-    kind: str  # "user", "key", "system"
-    id: int | None = None
-    user_id: int | None = None  # the user acting: the user, or the key's owner
-
-    def as_data(self) -> dict[str, Any]:
-        if self.kind == "system":
-            return {"type": "system"}
-        return {"type": self.kind, "id": self.id, "user_id": self.user_id}
-
-
-SYSTEM = Actor("system")
-
-
 async def actor_of(db: ReadSource, who: Principal) -> Actor:
     """The actor of a request: a user acts as themselves, an API key as its owner."""
     if who.kind == "user":
-        return Actor("user", who.id, who.id)
+        return actor_of_principal(who)
     row = await fetchone_from(db, "SELECT owner_user_id FROM api_keys WHERE id = ?", (who.id,))
-    return Actor("key", who.id, None if row is None else row["owner_user_id"])
+    return actor_of_principal(who, None if row is None else row["owner_user_id"])
 
 
 # -- reading -----------------------------------------------------------------------------

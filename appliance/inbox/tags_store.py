@@ -19,7 +19,8 @@ import orjson
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
 from appliance.errors import Conflict, NotFound, Unprocessable
 from appliance.inbox import tags
-from appliance.inbox.models import Actor, TagOut, TagRef
+from appliance.inbox.actor import Actor
+from appliance.inbox.models import TagOut, TagRef
 from appliance.messaging.queries import decode_cursor, encode_cursor
 from appliance.messaging.store import append_event
 
@@ -148,7 +149,7 @@ async def contact_exists(db: Database, account_id: str, jid: str) -> bool:
 
 
 def _by(actor: Actor) -> dict[str, Any]:
-    return actor.model_dump(mode="json")
+    return actor.as_ref()
 
 
 async def create_tag(

@@ -10,10 +10,10 @@ as 0/1), for code not moved to the attributes yet (tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, ClassVar, Literal, Protocol, Self, get_args
 
 import orjson
 
@@ -30,9 +30,24 @@ class _Row(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
+def _by_name(row: _Row) -> dict[str, Any]:
+    """The columns by name: sqlite3.Row finds a name by a case-blind scan of them all."""
+    return dict(zip(row.keys(), tuple(row), strict=True))
+
+
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """The database row the typed one was made from."""
+    """The database row the typed one was made from.
+
+    ``from_row`` is the one way a typed row is built: each field from the column of its
+    name (or the one ``COLUMNS`` names), through ``CONVERT``'s function where there is
+    one (JSON text, 0/1 flags); a field in ``OPTIONAL`` may be missing from the select
+    (it keeps its default), any other missing column is a ``KeyError``.
+    """
+
+    COLUMNS: ClassVar[Mapping[str, str]] = {}
+    CONVERT: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     columns: _Row = field(repr=False, compare=False, kw_only=True)
 
@@ -42,10 +57,38 @@ class _Stored:
     def keys(self) -> list[str]:
         return self.columns.keys()
 
+    @classmethod
+    def from_row(cls, stored: _Row) -> Self:
+        row = _by_name(stored)
+        values: dict[str, Any] = {}
+        for name, column, convert, optional in _plan(cls):
+            if optional and column not in row:
+                continue
+            value = row[column]
+            values[name] = value if convert is None else convert(value)
+        return cls(columns=stored, **values)
 
-def _by_name(row: _Row) -> dict[str, Any]:
-    """The columns by name: sqlite3.Row finds a name by a case-blind scan of them all."""
-    return dict(zip(row.keys(), tuple(row), strict=True))
+
+_Plan = tuple[tuple[str, str, Callable[[Any], Any] | None, bool], ...]
+_PLANS: dict[type[_Stored], _Plan] = {}
+
+
+def _plan(cls: type[_Stored]) -> _Plan:
+    """Per field of ``cls``: its name, its column, its conversion, whether optional
+    (worked out once per class)."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = tuple(
+            (
+                f.name,
+                cls.COLUMNS.get(f.name, f.name),
+                cls.CONVERT.get(f.name),
+                f.name in cls.OPTIONAL,
+            )
+            for f in fields(cls)
+            if f.name != "columns"
+        )
+    return plan
 
 
 def _object(text: str) -> dict[str, Any]:
@@ -69,23 +112,11 @@ class AccountRow(_Stored):
     created_at: float
     updated_at: float
 
-    @classmethod
-    def from_row(cls, row: _Row) -> AccountRow:
-        return cls(
-            columns=row,
-            id=row["id"],
-            name=row["name"],
-            engine=row["engine"],
-            engine_settings=_object(row["engine_settings"]),
-            settings=_object(row["settings"]),
-            desired=row["desired"],
-            state=row["state"],
-            state_reason=row["state_reason"],
-            phone=row["phone"],
-            engine_state=_object(row["engine_state"]),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
+    CONVERT: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "engine_settings": _object,
+        "settings": _object,
+        "engine_state": _object,
+    }
 
 
 @dataclass(frozen=True)  # no slots: ``content`` is parsed once, when first read
@@ -115,31 +146,8 @@ class MessageRow(_Stored):
         """The content typed: a send type when it is one exactly, else as received."""
         return STORED_CONTENT.validate_json(self.content_json)
 
-    @classmethod
-    def from_row(cls, stored: _Row) -> MessageRow:
-        row = _by_name(stored)
-        return cls(
-            columns=stored,
-            account_id=row["account_id"],
-            id=row["id"],
-            chat_jid=row["chat_jid"],
-            direction=row["direction"],
-            sender_jid=row["sender_jid"],
-            type=row["type"],
-            body=row["body"],
-            content_json=row["content"],
-            reply_to=row["reply_to"],
-            media_id=row["media_id"],
-            status=row["status"],
-            error=row["error"],
-            wa_timestamp=row["wa_timestamp"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            deleted_at=row["deleted_at"],
-            origin=row["origin"],
-            cursor=row.get("cursor"),
-            sender_name=row.get("sender_name"),
-        )
+    COLUMNS: ClassVar[Mapping[str, str]] = {"content_json": "content"}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"cursor", "sender_name"})
 
 
 ChatStatus = Literal["open", "pending", "resolved", "snoozed"]
@@ -173,29 +181,12 @@ class ChatRow(_Stored):
     pinned: bool = False
     muted_until: float | None = None
 
-    @classmethod
-    def from_row(cls, row: _Row) -> ChatRow:
-        return cls(
-            columns=row,
-            account_id=row["account_id"],
-            jid=row["jid"],
-            name=row["name"],
-            is_group=bool(row["is_group"]),
-            archived=bool(row["archived"]),
-            unread_count=row["unread_count"],
-            last_message_id=row["last_message_id"],
-            last_message_at=row["last_message_at"],
-            created_at=row["created_at"],
-            status=_chat_status(row["status"]),
-            snoozed_until=row["snoozed_until"],
-            assignee_id=row["assignee_id"],
-            opened_at=row["opened_at"],
-            waiting_since=row["waiting_since"],
-            first_response_at=row["first_response_at"],
-            resolved_at=row["resolved_at"],
-            pinned=bool(row["pinned"]),
-            muted_until=row["muted_until"],
-        )
+    CONVERT: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
+        "is_group": bool,
+        "archived": bool,
+        "status": _chat_status,
+        "pinned": bool,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,16 +195,6 @@ class ContactRow(_Stored):
     phone: str | None
     name: str | None
     updated_at: float
-
-    @classmethod
-    def from_row(cls, row: _Row) -> ContactRow:
-        return cls(
-            columns=row,
-            jid=row["jid"],
-            phone=row["phone"],
-            name=row["name"],
-            updated_at=row["updated_at"],
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,14 +210,4 @@ class EventRow(_Stored):
     def data(self) -> dict[str, Any]:
         return _object(self.data_json)
 
-    @classmethod
-    def from_row(cls, row: _Row) -> EventRow:
-        return cls(
-            columns=row,
-            id=row["id"],
-            type=row["type"],
-            account_id=row["account_id"],
-            created_at=row["created_at"],
-            data_json=row["data"],
-            traceparent=row["traceparent"],
-        )
+    COLUMNS: ClassVar[Mapping[str, str]] = {"data_json": "data"}

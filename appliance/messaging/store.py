@@ -157,6 +157,12 @@ async def account_row(
     return None if row is None else AccountRow.from_row(row)
 
 
+async def account_states(db: Database) -> list[tuple[str, str, str]]:
+    """Every account's (id, state, desired), for the worker's monitor."""
+    rows = await db.fetchall("SELECT id, state, desired FROM accounts")
+    return [(r["id"], r["state"], r["desired"]) for r in rows]
+
+
 async def list_account_rows(db: Database, accounts: Sequence[str] | None) -> list[AccountRow]:
     if accounts is None:
         rows = await db.fetchall(f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
@@ -712,6 +718,44 @@ async def sandbox_inbox(db: Database, account_id: str, limit: int) -> list[Sandb
         )
         for r in rows
     ]
+
+
+async def sandbox_set_blocked(
+    conn: aiosqlite.Connection, account_id: str, jid: str, *, blocked: bool, now: float
+) -> None:
+    """Block or unblock ``jid`` on the simulated server (``sandbox_server_blocked``)."""
+    if blocked:
+        await conn.execute(
+            "INSERT INTO sandbox_server_blocked (account_id, jid, blocked_at) "
+            "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (account_id, jid, now),
+        )
+    else:
+        await conn.execute(
+            "DELETE FROM sandbox_server_blocked WHERE account_id = ? AND jid = ?",
+            (account_id, jid),
+        )
+
+
+async def sandbox_record_action(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    *,
+    key: str,
+    type_: str,
+    chat_jid: str | None,
+    message_id: str | None,
+    params_json: str,
+    now: float,
+) -> None:
+    """The simulated server accepts an action (``sandbox_server_actions``): once per
+    ``key``; a repeat only counts the offer."""
+    await conn.execute(
+        "INSERT INTO sandbox_server_actions (account_id, key, type, chat_jid, "
+        "message_id, params, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (account_id, key) DO UPDATE SET offered = offered + 1",
+        (account_id, key, type_, chat_jid, message_id, params_json, now),
+    )
 
 
 async def sandbox_inbox_delete(

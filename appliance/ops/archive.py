@@ -38,6 +38,7 @@ from appliance import __version__
 from appliance.config import Paths, Settings
 from appliance.db.migrate import latest_version, read_schema_version
 from appliance.errors import ApplianceError
+from appliance.ops import offline_store
 from appliance.ops.ids import sequences
 from appliance.secrets import PREVIOUS_DATA_KEY, SECRET_NAMES
 
@@ -103,7 +104,7 @@ def snapshot_sqlite(source: Path, dest: Path, *, busy_timeout_ms: int = 30_000) 
             # pages=-1: the whole database in one step, inside one read transaction.
             src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode=DELETE")
-            result = dst.execute("PRAGMA integrity_check").fetchone()[0]
+            result = offline_store.integrity(dst)
             if result != "ok":
                 raise ArchiveError(f"snapshot of {source} failed integrity_check: {result}")
         finally:
@@ -115,12 +116,9 @@ def snapshot_sqlite(source: Path, dest: Path, *, busy_timeout_ms: int = 30_000) 
 def database_summary(db_path: Path) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        tables = {
-            str(row[0])
-            for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        tables = set(offline_store.table_names(conn))
         counts = {
-            table: int(conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
+            table: offline_store.row_count(conn, table)
             for table in COUNTED_TABLES
             if table in tables
         }
@@ -327,7 +325,7 @@ def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            integrity = offline_store.integrity(conn)
             version = read_schema_version(conn)
         finally:
             conn.close()

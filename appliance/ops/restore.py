@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import sqlite3
@@ -32,6 +31,7 @@ from appliance.crypto import DataCipher
 from appliance.db.database import open_connection
 from appliance.db.migrate import migrate
 from appliance.errors import ApplianceError, SecretFileError
+from appliance.ops import offline_store
 from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
 from appliance.ops.crypt import Decryption, decrypt, is_encrypted
 from appliance.ops.ids import apply_floors, compute_floors, sequences
@@ -114,23 +114,20 @@ def _record_epoch(
         conn.execute("BEGIN IMMEDIATE")
         try:
             after = apply_floors(conn, {k: v for k, v in floors.items() if k not in UNFLOORED})
-            cur = conn.execute(
-                "INSERT INTO restore_epochs (restored_at, archive_created_at, archive_host, "
-                "archive_sha256, gap, floors) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    float(manifest["created_at"]),
-                    str(manifest.get("host", "")),
-                    archive_sha,
-                    gap,
-                    json.dumps(after, sort_keys=True),
-                ),
+            epoch = offline_store.record_restore_epoch(
+                conn,
+                restored_at=time.time(),
+                archive_created_at=float(manifest["created_at"]),
+                archive_host=str(manifest.get("host", "")),
+                archive_sha256=archive_sha,
+                gap=gap,
+                floors=after,
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return int(cur.lastrowid or 0), after
+        return epoch, after
     finally:
         conn.close()
 

@@ -12,7 +12,6 @@ runbook/alerts.md); the next successful run resolves it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -27,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from appliance.config import Paths, Settings
 from appliance.db.database import Database
 from appliance.messaging.store import append_event
+from appliance.ops import alerts_store
 from appliance.ops.archive import write_backup
 
 log = logging.getLogger(__name__)
@@ -125,30 +125,24 @@ class ScheduledBackups:
         details = {"dir": self.settings.backup_dir, "error": error}
         try:
             async with self.db.write() as conn:
-                async with conn.execute(
-                    "SELECT id FROM system_alerts WHERE rule = ? AND subject = '' "
-                    "AND resolved_at IS NULL",
-                    (ALERT_RULE,),
-                ) as cur:
-                    open_row = await cur.fetchone()
-                if open_row is not None:
-                    await conn.execute(
-                        "UPDATE system_alerts SET details = ? WHERE id = ?",
-                        (json.dumps(details, sort_keys=True), open_row[0]),
-                    )
+                open_alert = await alerts_store.open_alert(conn, ALERT_RULE, "")
+                if open_alert is not None:
+                    await alerts_store.set_details(conn, open_alert.id, details)
                     return
-                async with conn.execute(
-                    "INSERT INTO system_alerts (rule, subject, severity, summary, details, "
-                    "raised_at) VALUES (?, '', 'critical', ?, ?, ?) RETURNING id",
-                    (ALERT_RULE, ALERT_SUMMARY, json.dumps(details, sort_keys=True), now),
-                ) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
+                alert_id = await alerts_store.raise_alert(
+                    conn,
+                    rule=ALERT_RULE,
+                    subject="",
+                    severity="critical",
+                    summary=ALERT_SUMMARY,
+                    details=details,
+                    at=now,
+                )
                 await append_event(
                     conn,
                     "system.alert",
                     None,
-                    _alert_data(int(row[0]), "raised", now, None, details),
+                    _alert_data(alert_id, "raised", now, None, details),
                     now,
                 )
         except Exception:
@@ -160,22 +154,15 @@ class ScheduledBackups:
     async def _resolve(self) -> None:
         now = self.clock()
         async with self.db.write() as conn:
-            async with conn.execute(
-                "SELECT id, raised_at, details FROM system_alerts WHERE rule = ? "
-                "AND subject = '' AND resolved_at IS NULL",
-                (ALERT_RULE,),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            alert = await alerts_store.open_alert(conn, ALERT_RULE, "")
+            if alert is None:
                 return
-            await conn.execute(
-                "UPDATE system_alerts SET resolved_at = ? WHERE id = ?", (now, row[0])
-            )
+            await alerts_store.resolve_alert(conn, ALERT_RULE, "", now)
             await append_event(
                 conn,
                 "system.alert",
                 None,
-                _alert_data(int(row[0]), "resolved", float(row[1]), now, json.loads(row[2])),
+                _alert_data(alert.id, "resolved", alert.raised_at, now, alert.details),
                 now,
             )
         if self.events_written is not None:

@@ -33,6 +33,7 @@ from typing import Any
 from appliance import __version__
 from appliance.config import Paths, Settings
 from appliance.db.migrate import latest_version, read_schema_version
+from appliance.ops import offline_store
 from appliance.ops.redact import CREDENTIAL_KEY, SECRET, Known, Redactor
 from appliance.secrets import OPTIONAL_SECRET_NAMES, SECRET_NAMES
 
@@ -165,31 +166,18 @@ def database_report(settings: Settings) -> dict[str, Any]:
         report["error"] = str(exc)
         return report
     try:
-        tables = [
-            str(row[0])
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
-                "'sqlite_%' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name"
-            )
-        ]
+        tables = offline_store.table_names(conn, user_only=True)
         report["tables"] = {
-            table: int(conn.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
-            for table in tables
-            if "_fts_" not in table
+            table: offline_store.row_count(conn, table) for table in tables if "_fts_" not in table
         }
         if "queue_jobs" in tables:
             report["queues"] = [
-                {"queue": q, "state": s, "count": int(n)}
-                for q, s, n in conn.execute(
-                    "SELECT queue, state, COUNT(*) FROM queue_jobs GROUP BY 1, 2 ORDER BY 1, 2"
-                )
+                {"queue": q, "state": s, "count": n} for q, s, n in offline_store.queue_counts(conn)
             ]
         if "restore_epochs" in tables:
             report["restore_epochs"] = [
                 {"epoch": e, "restored_at": r, "archive_created_at": a, "gap": g}
-                for e, r, a, g in conn.execute(
-                    "SELECT epoch, restored_at, archive_created_at, gap FROM restore_epochs"
-                )
+                for e, r, a, g in offline_store.restore_epochs(conn)
             ]
     except sqlite3.Error as exc:
         report["error"] = str(exc)

@@ -440,6 +440,19 @@ async def mark_orphaned_dead(conn: aiosqlite.Connection, now: float) -> None:
     )
 
 
+async def count_dead(db: Database, since: float | None = None) -> int:
+    """Dead deliveries (dead letters): all of them, or those that died at ``since`` or
+    later."""
+    if since is None:
+        found = await db.scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead'")
+    else:
+        found = await db.scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead' AND updated_at >= ?",
+            (since,),
+        )
+    return int(found or 0)
+
+
 async def count_finished_before(db: Database, cutoff: float) -> int:
     return int(
         await db.scalar(

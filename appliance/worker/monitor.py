@@ -16,7 +16,6 @@ gauges cannot drop a label); runbook/alerts.md says so.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from appliance.config import Settings
+from appliance.db import queue
 from appliance.db.database import Database
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE
@@ -41,6 +41,8 @@ from appliance.observability.metrics import (
     SENDS,
     WEBHOOK_DEAD,
 )
+from appliance.ops import alerts_store
+from appliance.webhooks import store as webhooks_store
 from appliance.webhooks.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,10 @@ class Monitor:
 
     async def load(self) -> None:
         """Carry on with the alerts raised before a restart."""
-        rows = await self.db.fetchall(
-            "SELECT id, rule, subject, raised_at, details FROM system_alerts"
-            " WHERE resolved_at IS NULL"
-        )
         active = [
-            rules.Active(
-                r["rule"], r["subject"], r["raised_at"], json.loads(r["details"]), int(r["id"])
-            )
-            for r in rows
-            if r["rule"] in self.rules
+            rules.Active(a.rule, a.subject, a.raised_at, a.details, a.id)
+            for a in await alerts_store.open_alerts(self.db)
+            if a.rule in self.rules
         ]
         self.evaluator = rules.Evaluator(self.rules, active)
         self._export_alert_counts()
@@ -121,30 +117,23 @@ class Monitor:
     # -- sampling --------------------------------------------------------------------
 
     async def _accounts(self, now: float) -> list[rules.Observation]:
-        accounts = await self.db.fetchall("SELECT id, state, desired FROM accounts")
-        queued = await self.db.fetchall(
-            "SELECT json_extract(payload, '$.account_id') AS account, COUNT(*) AS n,"
-            " MIN(created_at) AS oldest FROM queue_jobs"
-            " WHERE queue = ? AND state IN ('queued', 'leased') GROUP BY account",
-            (SEND_QUEUE,),
-        )
-        depth = {r["account"]: (int(r["n"]), float(r["oldest"])) for r in queued}
+        accounts = await store.account_states(self.db)
+        depth = await queue.open_jobs_by_account(self.db, SEND_QUEUE)
         observations: list[rules.Observation] = []
         seen: set[str] = set()
-        for row in accounts:
-            account = row["id"]
+        for account, state_now, desired in accounts:
             seen.add(account)
             n, oldest = depth.get(account, (0, now))
             SEND_QUEUE_DEPTH.labels(account=account).set(n)
             SEND_QUEUE_OLDEST.labels(account=account).set(max(0.0, now - oldest) if n else 0.0)
             for state in ACCOUNT_STATES:
                 ACCOUNT_STATE.labels(account=account, state=state).set(
-                    1 if row["state"] == state else 0
+                    1 if state_now == state else 0
                 )
             ACCOUNT_DESIRED_CONNECTED.labels(account=account).set(
-                1 if row["desired"] == "connected" else 0
+                1 if desired == "connected" else 0
             )
-            observations += rules.account_observations(account, row["state"], row["desired"])
+            observations += rules.account_observations(account, state_now, desired)
         for gone in self._accounts_seen - seen:
             SEND_QUEUE_DEPTH.labels(account=gone).set(0)
             SEND_QUEUE_OLDEST.labels(account=gone).set(0)
@@ -155,13 +144,9 @@ class Monitor:
         return observations
 
     async def _dead_letters(self, now: float) -> rules.Observation:
-        total = await self.db.scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead'")
-        recent = await self.db.scalar(
-            "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'dead' AND updated_at >= ?",
-            (now - 3600,),
-        )
-        WEBHOOK_DEAD.set(int(total or 0))
-        return rules.dead_letter_observation(int(recent or 0))
+        WEBHOOK_DEAD.set(await webhooks_store.count_dead(self.db))
+        recent = await webhooks_store.count_dead(self.db, since=now - 3600)
+        return rules.dead_letter_observation(recent)
 
     def _disk(self) -> rules.Observation:
         path = self.settings.database_path
@@ -187,24 +172,21 @@ class Monitor:
     async def _record(self, transitions: list[rules.Transition]) -> None:
         async with self.db.write() as conn:
             for t in transitions:
-                details = json.dumps(dict(t.details), sort_keys=True)
                 if t.state == "raised":
-                    async with conn.execute(
-                        "INSERT INTO system_alerts"
-                        " (rule, subject, severity, summary, details, raised_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                        (t.rule.name, t.key, t.rule.severity, t.rule.summary, details, t.at),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    assert row is not None
-                    alert_id = int(row[0])
+                    alert_id = await alerts_store.raise_alert(
+                        conn,
+                        rule=t.rule.name,
+                        subject=t.key,
+                        severity=t.rule.severity,
+                        summary=t.rule.summary,
+                        details=dict(t.details),
+                        at=t.at,
+                    )
                     self.evaluator.active[(t.rule.name, t.key)].alert_id = alert_id
                 else:
                     alert_id = t.alert_id or 0
-                    await conn.execute(
-                        "UPDATE system_alerts SET resolved_at = ?, details = ?"
-                        " WHERE rule = ? AND subject = ? AND resolved_at IS NULL",
-                        (t.at, details, t.rule.name, t.key),
+                    await alerts_store.resolve_alert(
+                        conn, t.rule.name, t.key, t.at, dict(t.details)
                     )
                 await store.append_event(
                     conn,

@@ -17,7 +17,7 @@ from appliance.auth.principal import Principal
 from appliance.db.database import Database
 from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import notes_store, quick_replies_store, tags_store
-from appliance.inbox.models import Actor, QuickReplyMedia, QuickReplySendIn
+from appliance.inbox.models import Actor, ActorRef, QuickReplyMedia, QuickReplySendIn
 from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
 from tests.unit.conftest import OpenDb
@@ -131,7 +131,7 @@ def test_tags_bulk_rename_delete_and_filter(open_db: OpenDb, db_path: Path) -> N
         events = await _all_events(db)
         chat_events = _events(events, "chat.updated")
         assert len(chat_events) == 3
-        assert chat_events[0]["chat_id"] == ANA and chat_events[0]["by"] == BY.model_dump()
+        assert chat_events[0]["chat_id"] == ANA and chat_events[0]["by"] == BY.as_ref()
         assert {t["name"] for t in chat_events[0]["tags_added"]} == {"VIP", "late"}
         assert chat_events[2] == {
             "chat_id": BORA,
@@ -139,7 +139,7 @@ def test_tags_bulk_rename_delete_and_filter(open_db: OpenDb, db_path: Path) -> N
             "tags": [{"id": vip.id, "name": "VIP", "color": vip.color}],
             "tags_added": [],
             "tags_removed": [{"id": late.id, "name": "late", "color": "#aabbcc"}],
-            "by": BY.model_dump(),
+            "by": BY.as_ref(),
         }
         assert len(_events(events, "contact.updated")) == 1
 
@@ -222,7 +222,7 @@ def test_notes_mentions_and_notifications(open_db: OpenDb, db_path: Path) -> Non
         async with db.write() as conn:
             note = await notes_store.create_note(conn, A, ANA, text, by=boss, now=30)
         assert [m.username for m in note.mentions] == ["maria", "root", "boss"]
-        assert note.author == Actor(principal=f"user:{users['boss']}", name="boss")
+        assert note.author == ActorRef(principal=f"user:{users['boss']}", name="boss")
 
         async def inbox(user: str, unread: bool | None = None) -> list[Any]:
             items, _ = await notes_store.list_notifications(
@@ -385,7 +385,7 @@ def test_quick_replies_render_per_contact(open_db: OpenDb, db_path: Path) -> Non
         updated = _events(events, "quick_reply.updated")
         assert updated[0]["changed"] == ["body", "media"] and updated[1]["changed"] == ["body"]
         (deleted,) = _events(events, "quick_reply.deleted")
-        assert deleted["quick_reply"]["id"] == reply.id and deleted["by"] == BY.model_dump()
+        assert deleted["quick_reply"]["id"] == reply.id and deleted["by"] == BY.as_ref()
         assert {r["account_id"] for r in events if r["type"].startswith("quick_reply.")} == {A}
 
     run(open_db, db_path, body)

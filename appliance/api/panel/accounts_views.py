@@ -24,11 +24,14 @@ from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
-from appliance.api.routes.accounts import _cloud_base_url_change, validate_engine_settings
+from appliance.api.routes.accounts import (
+    _cloud_base_url_change,
+    create_account_audited,
+    validate_engine_settings,
+)
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.api.worker_rpc import call, poke
-from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import ClientError, InvalidInput, IpcError
@@ -338,23 +341,14 @@ async def account_create() -> Response:
         errors.update(_field_errors(exc.extra.get("issues")))
     if errors:
         return await _new_page(engine, form, errors, 400)
-    account_id = store.new_account_id()
-    who = principal()
-    async with _db().write() as conn:
-        await store.create_account(
-            conn,
-            account_id=account_id,
-            name=name,
-            engine=engine,
-            engine_settings=stored,
-            settings=settings,
-            now=time.time(),
-        )
-        if not who.sees_account(account_id):
-            await auth_store.grant_account(conn, who.kind, who.id, account_id)
-        await audit(conn, "account.create", target=f"account:{account_id}", engine=engine)
-    await poke("accounts")
-    return see_other(f"/panel/accounts/{account_id}")
+    row = await create_account_audited(
+        store.new_account_id(),
+        name=name,
+        engine=engine,
+        engine_settings=stored,
+        settings=settings,
+    )
+    return see_other(f"/panel/accounts/{row.id}")
 
 
 # -- one account -------------------------------------------------------------------------

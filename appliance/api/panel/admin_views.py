@@ -9,7 +9,6 @@ get the 403 page (users.manage, api_keys.manage, audit.read are admin permission
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -18,17 +17,16 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import principal, requires
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
+from appliance.api.routes.api_keys import create_key_for_caller, revoke_key_audited
 from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
-from appliance.api.routes.users import apply_user_update
+from appliance.api.routes.users import apply_user_update, create_user_audited
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth import store
-from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Permission, Role
-from appliance.errors import Conflict, NotFound
+from appliance.errors import Conflict
 from appliance.messaging import store as messaging_store
 
 AUDIT_PAGE = 100
@@ -92,28 +90,8 @@ async def user_create() -> Response:
         data = UserCreateIn.model_validate(values)
     except ValidationError as exc:
         return await _user_new({**values, "password": ""}, _errors(exc), 400)
-    password_hash = await asyncio.to_thread(hash_password, data.password)
     try:
-        async with _db().write() as conn:
-            user_id = await store.create_user(
-                conn,
-                username=data.username,
-                password_hash=password_hash,
-                role=data.role,
-                all_accounts=data.all_accounts,
-                accounts=list(data.accounts),
-                now=time.time(),
-            )
-            user = await store.locked_user(conn, user_id)
-            await audit(
-                conn,
-                "user.create",
-                target=f"user:{user_id}",
-                username=user.username,
-                role=user.role.value,
-                all_accounts=user.all_accounts,
-                accounts=list(user.accounts),
-            )
+        user_id = (await create_user_audited(data)).id
     except Conflict:
         errors = {"username": _("This user name is taken.")}
         return await _user_new({**values, "password": ""}, errors, 409)
@@ -209,31 +187,7 @@ async def api_key_create() -> Response:
         data = ApiKeyCreateIn.model_validate(values)
     except ValidationError as exc:
         return await _keys_page(values, _errors(exc), 400)
-    who = principal()
-    owner = who.id if who.kind == "user" else (await store.get_api_key(_db(), who.id)).owner_id
-    if owner is None:
-        raise NotFound("the calling key has no owner")
-    async with _db().write() as conn:
-        key_id, key, _prefix = await store.create_api_key(
-            conn,
-            name=data.name,
-            role=data.role,
-            all_accounts=data.all_accounts,
-            accounts=list(data.accounts),
-            created_by=who.key,
-            owner_user_id=owner,
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "api_key.create",
-            target=f"key:{key_id}",
-            name=data.name,
-            role=data.role.value,
-            accounts=list(data.accounts),
-            all_accounts=data.all_accounts,
-            owner=f"user:{owner}",
-        )
+    _key_id, key = await create_key_for_caller(data)
     return await _keys_page(new_key=key, new_key_name=data.name, status=201)
 
 
@@ -242,11 +196,7 @@ async def api_key_create() -> Response:
 @hide
 async def api_key_revoke(key_id: int) -> Response:
     """What DELETE /api/api-keys/<id> does."""
-    async with _db().write() as conn:
-        revoked = await store.revoke_api_key(conn, key_id, time.time())
-        if not revoked and not await store.api_key_exists(conn, key_id):
-            raise NotFound("no such API key")
-        await audit(conn, "api_key.revoke", target=f"key:{key_id}")
+    await revoke_key_audited(key_id)
     return see_other("/panel/api-keys")
 
 

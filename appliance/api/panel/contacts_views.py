@@ -6,7 +6,6 @@ declaring attributes stay in the API for now.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from quart import Response, request
@@ -14,11 +13,10 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page
+from appliance.api.routes.contacts import import_contacts_csv
 from appliance.api.state import db as _db
-from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.errors import InvalidInput
 from appliance.inbox import contacts as logic
@@ -89,9 +87,8 @@ async def contacts_import(account: str) -> Response:
         return await _import_error(account, accounts, [_("Choose a CSV file.")])
     if len(data) > MAX_IMPORT_BYTES:
         return await _import_error(account, accounts, [_("The file is too large; split it.")])
-    defs = await store.attribute_defs(_db(), account)
     try:
-        rows = logic.parse_import(data, defs)
+        result = await import_contacts_csv(account, data)
     except InvalidInput as exc:
         issues = exc.extra.get("issues")
         lines = [
@@ -100,23 +97,7 @@ async def contacts_import(account: str) -> Response:
             if isinstance(i, dict)
         ] or [exc.message]
         return await _import_error(account, accounts, lines[:20])
-    who = principal()
-    async with _db().write() as conn:
-        created, updated = await store.import_rows(
-            conn, account, rows, by=store.actor(who.key, who.name), now=time.time()
-        )
-        await audit(
-            conn,
-            "contacts.import",
-            target=f"account:{account}",
-            rows=len(rows),
-            created=created,
-            updated=updated,
-        )
-    await poke("events")
-    return await _contacts_page(
-        account, accounts, imported={"rows": len(rows), "created": created, "updated": updated}
-    )
+    return await _contacts_page(account, accounts, imported=result.model_dump())
 
 
 async def _import_error(account: str, accounts: list[Any], lines: list[str]) -> Response:

@@ -26,14 +26,23 @@ from appliance.api.panel import conversation as extras
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
-from appliance.api.routes.chats import ChatOut, _chat_jid, _chat_outs, _granted
+from appliance.api.routes.chats import (
+    ChatOut,
+    _chat_jid,
+    _chat_outs,
+    _granted,
+    change_conversation,
+    existing_chat,
+)
+from appliance.api.routes.inbox_organize import create_tag_in
 from appliance.api.state import db as _db
+from appliance.api.validation import issues_from
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.errors import ClientError, InvalidInput, IpcError, NotFound
 from appliance.inbox import notes_store, quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
-from appliance.inbox.models import QuickReplySendIn
+from appliance.inbox.models import QuickReplySendIn, TagCreateIn
 from appliance.ipc import protocol
 from appliance.messaging import queries, sends, store
 from appliance.messaging.models import SendMessageIn, content_dict, jid_phone
@@ -424,20 +433,12 @@ async def _after_action(account: str, jid: str, *, error: str | None = None) -> 
     return response
 
 
-async def _existing_chat(account: str, chat_id: str) -> str:
-    await _granted(account)
-    jid = _chat_jid(chat_id)
-    if await queries.chat_row(_db(), account, jid) is None:
-        raise NotFound("no such chat")
-    return jid
-
-
 @bp.post("/inbox/<account>/<path:chat_id>/send")
 @requires(Permission.MESSAGES_SEND)
 @hide
 async def send(account: str, chat_id: str) -> Response:
     """Send text, or a quick reply (rendered for this chat), optionally as a reply."""
-    jid = await _existing_chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     form = await _form()
     text = form.get("text", "").strip()
     reply_to = form.get("reply_to", "").strip()[:128] or None
@@ -508,7 +509,7 @@ def _send_error(exc: ClientError) -> str:
 @hide
 async def set_status(account: str, chat_id: str) -> Response:
     """As PATCH .../chats/{chat} with ``status`` (resolve, reopen, pending)."""
-    jid = await _existing_chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     status = (await _form()).get("status", "")
     if status not in ("open", "pending", "resolved"):
         raise InvalidInput("unknown status")
@@ -522,7 +523,7 @@ async def set_status(account: str, chat_id: str) -> Response:
 async def assign(account: str, chat_id: str) -> Response:
     """As PATCH .../chats/{chat} with ``assignee_id``: agents take or drop, managers
     assign anyone (inbox rules: appliance/inbox)."""
-    jid = await _existing_chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     value = (await _form()).get("assignee", "")
     reader = await _reader_id()
     if value == "me":
@@ -539,18 +540,9 @@ async def assign(account: str, chat_id: str) -> Response:
 
 async def _change(account: str, jid: str, **conversation: Any) -> None:
     db = _db()
-    who = principal()
-    actor = await inbox_store.actor_of(db, who)
+    actor = await inbox_store.actor_of(db, principal())
     async with db.write() as conn:
-        await inbox_store.change_chat(
-            conn,
-            account,
-            jid,
-            by=actor,
-            assigns_others=who.can(Permission.CONVERSATIONS_ASSIGN),
-            now=time.time(),
-            **conversation,
-        )
+        await change_conversation(conn, account, jid, actor, **conversation)
     await poke("inbox")
 
 
@@ -560,7 +552,7 @@ async def _change(account: str, jid: str, **conversation: Any) -> None:
 async def tag_chat(account: str, chat_id: str) -> Response:
     """Add (``add``: a tag id, or a new name for those who may create tags) or remove
     (``remove``: a tag id) a tag on the chat."""
-    jid = await _existing_chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     form = await _form()
     db = _db()
     who = principal()
@@ -575,15 +567,11 @@ async def tag_chat(account: str, chat_id: str) -> Response:
             if tag_id is None:
                 if not who.can(Permission.TAGS_MANAGE):
                     raise InvalidInput(_("No such tag; ask a manager to create it."))
-                made = await tags_store.create_tag(
-                    conn,
-                    account,
-                    name=add,
-                    color=None,
-                    by=actor,
-                    now=time.time(),
-                )
-                tag_id = made.id
+                try:
+                    new_tag = TagCreateIn.model_validate({"name": add})
+                except ValidationError as exc:
+                    raise InvalidInput(issues_from(exc)[0]["message"]) from None
+                tag_id = (await create_tag_in(conn, account, new_tag)).id  # audited as the API
             add_ids = [tag_id]
         remove_ids = [int(remove)] if remove.isdigit() else []
         if add_ids or remove_ids:
@@ -604,7 +592,7 @@ async def tag_chat(account: str, chat_id: str) -> Response:
 @requires(Permission.NOTES_WRITE)
 @hide
 async def add_note(account: str, chat_id: str) -> Response:
-    jid = await _existing_chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     body = (await _form()).get("body", "").strip()
     if not body:
         raise InvalidInput(_("Write the note first."))

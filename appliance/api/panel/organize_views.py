@@ -6,23 +6,28 @@ Quick replies with media stay an API feature: the panel edits their text.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import ValidationError
 from quart import Response, request
 from quart_schema import hide
 
-from appliance.api.access import principal, requires
+from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
+from appliance.api.routes.inbox_organize import (
+    create_quick_reply_audited,
+    create_tag_audited,
+    delete_quick_reply_audited,
+    delete_tag_audited,
+    update_tag_audited,
+)
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
 from appliance.errors import Conflict
-from appliance.inbox import notes_store, quick_replies_store, tags_store
+from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
 from appliance.messaging import store as messaging_store
 
@@ -87,19 +92,7 @@ async def tag_create(account: str) -> Response:
     values = {"name": form.get("name", "").strip()}
     accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
     try:
-        data = TagCreateIn.model_validate(values)
-        async with _db().write() as conn:
-            made = await tags_store.create_tag(
-                conn,
-                account,
-                name=data.name,
-                color=data.color,
-                by=notes_store.actor_of(principal()),
-                now=time.time(),
-            )
-            await audit(
-                conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name
-            )
+        await create_tag_audited(account, TagCreateIn.model_validate(values))
     except ValidationError as exc:
         return await _tags_page(account, accounts, _errors(exc), values, 400)
     except Conflict:
@@ -116,34 +109,12 @@ async def tag_update(account: str, tag_id: int) -> Response:
     await account_for(account)
     form = await request.form
     accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
-    by = notes_store.actor_of(principal())
     try:
-        async with _db().write() as conn:
-            if form.get("delete"):
-                gone = await tags_store.delete_tag(conn, account, tag_id, by=by, now=time.time())
-                await audit(
-                    conn,
-                    "tag.delete",
-                    target=f"tag:{tag_id}",
-                    account=account,
-                    name=gone.name,
-                    chats=gone.chat_count,
-                    contacts=gone.contact_count,
-                )
-            else:
-                data = TagUpdateIn.model_validate({"name": form.get("name", "").strip()})
-                now_tag, before = await tags_store.update_tag(
-                    conn, account, tag_id, name=data.name, color=None, by=by, now=time.time()
-                )
-                await audit(
-                    conn,
-                    "tag.update",
-                    target=f"tag:{tag_id}",
-                    account=account,
-                    name=now_tag.name,
-                    before=before.name,
-                    color=now_tag.color,
-                )
+        if form.get("delete"):
+            await delete_tag_audited(account, tag_id)
+        else:
+            data = TagUpdateIn.model_validate({"name": form.get("name", "").strip()})
+            await update_tag_audited(account, tag_id, data)
     except ValidationError as exc:
         errors = {f"tag-{tag_id}": next(iter(_errors(exc).values()), "")}
         return await _tags_page(account, accounts, errors, status=400)
@@ -201,26 +172,7 @@ async def quick_reply_create(account: str) -> Response:
     }
     accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
     try:
-        data = QuickReplyIn.model_validate(values)
-        async with _db().write() as conn:
-            made = await quick_replies_store.create_quick_reply(
-                conn,
-                account,
-                name=data.name,
-                shortcut=data.shortcut,
-                body=data.body,
-                media=None,
-                created_by=principal().key,
-                by=notes_store.actor_of(principal()),
-                now=time.time(),
-            )
-            await audit(
-                conn,
-                "quick_reply.create",
-                target=f"quick_reply:{made.id}",
-                account=account,
-                shortcut=made.shortcut,
-            )
+        await create_quick_reply_audited(account, QuickReplyIn.model_validate(values))
     except ValidationError as exc:
         return await _replies_page(account, accounts, _errors(exc), values, 400)
     except Conflict:
@@ -234,15 +186,5 @@ async def quick_reply_create(account: str) -> Response:
 @hide
 async def quick_reply_delete(account: str, reply_id: int) -> Response:
     await account_for(account)
-    async with _db().write() as conn:
-        gone = await quick_replies_store.delete_quick_reply(
-            conn, account, reply_id, by=notes_store.actor_of(principal()), now=time.time()
-        )
-        await audit(
-            conn,
-            "quick_reply.delete",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            shortcut=gone.shortcut,
-        )
+    await delete_quick_reply_audited(account, reply_id)
     return see_other(f"/panel/quick-replies?account={account}")

@@ -9,16 +9,14 @@ limited to the caller's accounts) and uses the same helpers, store and queue.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 from pydantic import ValidationError
 from quart import Response, request
 from quart_schema import hide
 
-from appliance.api.access import principal, requires
+from appliance.api.access import requires
 from appliance.api.accounts_access import visible_accounts
-from appliance.api.audit import audit
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
@@ -26,24 +24,22 @@ from appliance.api.routes.webhooks import (
     WEBHOOK_EVENT_TYPES,
     EndpointIn,
     EndpointPatch,
-    _accounts_for_caller,
-    _check_url,
     _endpoint,
-    _headers_to_store,
-    _replay,
     _visible,
+    create_endpoint_audited,
+    delete_endpoint_audited,
+    replay_finished,
+    replay_one,
+    send_test_event,
+    set_endpoint_enabled,
+    update_endpoint_audited,
 )
 from appliance.api.state import db as _db
-from appliance.api.state import state_of
 from appliance.api.validation import issues_from
-from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
-from appliance.db.queue import delete_prefix_in
-from appliance.errors import InvalidInput, NotFound
+from appliance.errors import InvalidInput
 from appliance.messaging import store as messaging_store
 from appliance.webhooks import store
-from appliance.webhooks.contracts import WEBHOOK_QUEUE, endpoint_job_prefix
-from appliance.webhooks.signing import new_secret
 
 DELIVERY_PAGE = 50
 DELIVERY_STATES = ("pending", "delivered", "dead")
@@ -136,34 +132,11 @@ async def webhook_create() -> Response:
         values = _body(form)
         values["headers_text"] = form.get("headers", "")
         data = EndpointIn.model_validate({k: v for k, v in values.items() if k != "headers_text"})
-        await _check_url(data.url)
-        _headers_to_store(data.headers, {})
-        accounts = _accounts_for_caller(data.accounts)
+        endpoint, secret = await create_endpoint_audited(data)
     except ValidationError as exc:
         return await _list_page(_errors(issues_from(exc)), values, 400)
     except InvalidInput as exc:
         return await _list_page(_errors(exc.extra.get("issues")), values, 400)
-    endpoint_id = store.new_endpoint_id()
-    secret = new_secret()
-    async with _db().write() as conn:
-        await store.create_endpoint(
-            conn,
-            state_of().cipher,
-            endpoint_id=endpoint_id,
-            url=data.url,
-            description=data.description,
-            event_types=data.events,
-            accounts=accounts,
-            headers=data.headers,
-            timeout_s=data.timeout_s,
-            max_concurrency=data.max_concurrency,
-            secret=secret,
-            created_by=principal().key,
-            now=time.time(),
-        )
-        await audit(conn, "webhook.create", target=f"webhook:{endpoint_id}", url=data.url)
-    await poke("webhooks")
-    endpoint = await store.get_endpoint(_db(), endpoint_id)
     return await _detail(endpoint, secret=secret, status=201)
 
 
@@ -228,29 +201,13 @@ async def webhook_update(endpoint_id: str) -> Response:
     current = await _endpoint(endpoint_id)
     form = await _form()
     try:
-        body = _body(form)
-        data = EndpointPatch.model_validate(body)
-        fields: dict[str, Any] = {}
-        if data.url is not None:
-            await _check_url(data.url)
-            fields["url"] = data.url
-        for name in ("description", "timeout_s", "max_concurrency"):
-            if getattr(data, name) is not None:
-                fields[name] = getattr(data, name)
-        if data.headers is not None:
-            fields["headers"] = _headers_to_store(data.headers, current.headers, endpoint_id)
-        if data.events is not None:
-            fields["event_types"] = data.events
-        fields["accounts"] = _accounts_for_caller(data.accounts)
+        data = EndpointPatch.model_validate(_body(form))  # the form always names accounts
+        updated = await update_endpoint_audited(current, data)
     except ValidationError as exc:
         return await _detail(current, errors=_errors(issues_from(exc)), status=400)
     except InvalidInput as exc:
         return await _detail(current, errors=_errors(exc.extra.get("issues")), status=400)
-    async with _db().write() as conn:
-        await store.update_endpoint(conn, endpoint_id, time.time(), **fields)
-        await audit(conn, "webhook.update", target=f"webhook:{endpoint_id}", fields=sorted(fields))
-    await poke("webhooks")
-    return await _detail(await store.get_endpoint(_db(), endpoint_id), saved=True)
+    return await _detail(updated, saved=True)
 
 
 @bp.post("/webhooks/<endpoint_id>/enabled")
@@ -259,22 +216,7 @@ async def webhook_update(endpoint_id: str) -> Response:
 async def webhook_enabled(endpoint_id: str) -> Response:
     """Enable or disable, as POST /api/webhooks/<id>/enable and /disable."""
     await _endpoint(endpoint_id)
-    enabled = (await _form()).get("enabled") == "true"
-    async with _db().write() as conn:
-        await store.update_endpoint(
-            conn,
-            endpoint_id,
-            time.time(),
-            enabled=enabled,
-            disabled_reason=None if enabled else "disabled by a user",
-            failing_since=None,
-        )
-        await audit(
-            conn,
-            "webhook.enable" if enabled else "webhook.disable",
-            target=f"webhook:{endpoint_id}",
-        )
-    await poke("webhooks")
+    await set_endpoint_enabled(endpoint_id, (await _form()).get("enabled") == "true")
     return see_other(f"/panel/webhooks/{endpoint_id}")
 
 
@@ -283,16 +225,7 @@ async def webhook_enabled(endpoint_id: str) -> Response:
 @hide
 async def webhook_test(endpoint_id: str) -> Response:
     """A webhook.test event for this endpoint only, as POST /api/webhooks/<id>/test."""
-    await _endpoint(endpoint_id)
-    async with _db().write() as conn:
-        await messaging_store.append_event(
-            conn,
-            "webhook.test",
-            None,
-            {"endpoint_id": endpoint_id, "requested_by": principal().key},
-            time.time(),
-        )
-    await poke("webhooks")
+    await send_test_event(endpoint_id)
     return see_other(f"/panel/webhooks/{endpoint_id}?sent=test")
 
 
@@ -300,12 +233,7 @@ async def webhook_test(endpoint_id: str) -> Response:
 @requires(Permission.WEBHOOKS_MANAGE)
 @hide
 async def webhook_delete(endpoint_id: str) -> Response:
-    await _endpoint(endpoint_id)
-    async with _db().write() as conn:
-        await store.delete_endpoint(conn, endpoint_id)
-        await delete_prefix_in(conn, WEBHOOK_QUEUE, endpoint_job_prefix(endpoint_id))
-        await audit(conn, "webhook.delete", target=f"webhook:{endpoint_id}")
-    await poke("webhooks")
+    await delete_endpoint_audited(endpoint_id)
     return see_other("/panel/webhooks")
 
 
@@ -314,10 +242,7 @@ async def webhook_delete(endpoint_id: str) -> Response:
 @hide
 async def webhook_replay_one(endpoint_id: str, delivery_id: int) -> Response:
     endpoint = await _endpoint(endpoint_id)
-    rows = await store.finished_deliveries(_db(), endpoint_id, delivery_id=delivery_id)
-    if not rows and not await store.delivery_exists(_db(), endpoint_id, delivery_id):
-        raise NotFound("no such delivery")
-    replayed = await _replay(endpoint_id, list(rows))
+    replayed = await replay_one(endpoint_id, delivery_id)
     return await _detail(endpoint, replayed=replayed)
 
 
@@ -335,12 +260,5 @@ async def webhook_replay_range(endpoint_id: str) -> Response:
         since, until = _ts(form.get("since", "")), _ts(form.get("until", ""))
     except InvalidInput as exc:
         return await _detail(endpoint, errors={"since": exc.message}, status=400)
-    rows = await store.finished_deliveries(
-        _db(),
-        endpoint_id,
-        state=None if state == "any" else state,
-        since=since,
-        until=until,
-    )
-    replayed = await _replay(endpoint_id, list(rows))
+    replayed = await replay_finished(endpoint_id, state, since, until)
     return await _detail(endpoint, replayed=replayed)

@@ -110,27 +110,46 @@ async def list_accounts() -> AccountList:
 async def create_account(data: AccountCreateIn) -> tuple[AccountOut, int]:
     """Create an account (one WhatsApp number). The sandbox engine is the default."""
     engine_settings = validate_engine_settings(data.engine, data.engine_settings)
-    account_id = data.id or store.new_account_id()
-    now = time.time()
+    row = await create_account_audited(
+        data.id or store.new_account_id(),
+        name=data.name,
+        engine=data.engine,
+        engine_settings=engine_settings,
+        settings=data.settings.model_dump(),
+    )
+    return store.account_out(row), 201
+
+
+async def create_account_audited(
+    account_id: str,
+    *,
+    name: str,
+    engine: str,
+    engine_settings: dict[str, Any],
+    settings: dict[str, Any],
+) -> AccountRow:
+    """Create an account from validated settings (``engine_settings`` as stored), grant
+    it to a creator who would not see it, audit it and tell the worker; shared by the
+    API and the panel. Conflict when the id is taken."""
     who = principal()
     async with _db().write() as conn:
         await store.create_account(
             conn,
             account_id=account_id,
-            name=data.name,
-            engine=data.engine,
+            name=name,
+            engine=engine,
             engine_settings=engine_settings,
-            settings=data.settings.model_dump(),
-            now=now,
+            settings=settings,
+            now=time.time(),
         )
         if not who.sees_account(account_id):
             # The creator keeps seeing what they created.
             await auth_store.grant_account(conn, who.kind, who.id, account_id)
-        await audit(conn, "account.create", target=f"account:{account_id}", engine=data.engine)
+        await audit(conn, "account.create", target=f"account:{account_id}", engine=engine)
         row = await store.account_row(conn, account_id)
     assert row is not None  # created just now, in this transaction
     await poke("accounts")
-    return store.account_out(row), 201
+    return row
 
 
 @bp.get("/api/accounts/<account>")

@@ -11,6 +11,7 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
+import aiosqlite
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -223,6 +224,38 @@ def _chat_jid(chat_id: str) -> str:
         return chat_id
 
 
+async def existing_chat(account: str, chat_id: str) -> str:
+    """The chat's jid; NotFound unless the account is granted and has the chat (shared
+    by the chat routes, the inbox organizing routes and the panel)."""
+    await _granted(account)
+    jid = _chat_jid(chat_id)
+    if await queries.chat_row(_db(), account, jid) is None:
+        raise NotFound("no such chat")
+    return jid
+
+
+async def change_conversation(
+    conn: aiosqlite.Connection,
+    account: str,
+    jid: str,
+    actor: inbox_store.Actor,
+    **conversation: Any,
+) -> None:
+    """Change a chat's conversation (status, snooze, assignee) in ``conn``'s transaction,
+    as PATCH .../chats/{chat} and the panel both do: the inbox rules decide with the
+    caller's ``conversations.assign`` permission, and the change writes its events.
+    The caller pokes the worker's inbox task after the commit."""
+    await inbox_store.change_chat(
+        conn,
+        account,
+        jid,
+        by=actor,
+        assigns_others=principal().can(Permission.CONVERSATIONS_ASSIGN),
+        now=time.time(),
+        **conversation,
+    )
+
+
 async def _whatsapp_archive(account: str, archived: bool | None) -> dict[str, Any] | None:
     """The archive action to queue with a PATCH (appliance/messaging/actions.py), when
     the account's ``archive_on_whatsapp`` setting is on and its engine can; else None."""
@@ -370,7 +403,6 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
     await _granted(account)
     jid = _chat_jid(chat_id)
     db = _db()
-    who = principal()
     actor = await _reader(db)
     conversation: dict[str, Any] = {}
     if data.status is not None:
@@ -399,15 +431,7 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
         if whatsapp is not None:  # the account's archive_on_whatsapp setting
             await accept_action(conn, chat_jid=jid, **whatsapp)
         if conversation:
-            await inbox_store.change_chat(
-                conn,
-                account,
-                jid,
-                by=actor,
-                assigns_others=who.can(Permission.CONVERSATIONS_ASSIGN),
-                now=time.time(),
-                **conversation,
-            )
+            await change_conversation(conn, account, jid, actor, **conversation)
         row = await queries.chat_row(conn, account, jid)
     assert row is not None  # found just now, in this transaction
     if conversation:

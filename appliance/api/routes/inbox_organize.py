@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import aiosqlite
 from pydantic import BaseModel, Field, StringConstraints
 from quart import Blueprint, Response
 from quart_schema import document_response, tag
@@ -24,7 +25,7 @@ from appliance.api.accounts_access import visible_accounts
 from appliance.api.audit import audit
 from appliance.api.idempotency import idempotent
 from appliance.api.openapi import responds
-from appliance.api.routes.chats import PageQuery, _chat_jid, _granted
+from appliance.api.routes.chats import PageQuery, _chat_jid, _granted, existing_chat
 from appliance.api.routes.messages import check_media_link
 from appliance.api.schemas import ErrorBody, QueryBool
 from appliance.api.state import db as _db
@@ -54,7 +55,6 @@ from appliance.inbox.models import (
     TagPage,
     TagUpdateIn,
 )
-from appliance.messaging import queries
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import AccountIdStr
 
@@ -97,16 +97,71 @@ def _id(value: str, what: str) -> int:
     return int(value)
 
 
-async def _chat(account: str, chat_id: str) -> str:
-    """The chat's jid; NotFound unless the account is granted and has the chat."""
-    await _granted(account)
-    jid = _chat_jid(chat_id)
-    if await queries.chat_row(_db(), account, jid) is None:
-        raise NotFound("no such chat")
-    return jid
-
-
 # -- tags --------------------------------------------------------------------------------
+# The change functions below are shared with the panel (api/panel/organize_views.py), so
+# both write the same rows, events and audit entries.
+
+
+async def create_tag_in(conn: aiosqlite.Connection, account: str, data: TagCreateIn) -> TagOut:
+    """Create a tag and audit it in ``conn``'s transaction (the caller checked the
+    grant). Conflict on a taken name."""
+    made = await tags_store.create_tag(
+        conn,
+        account,
+        name=data.name,
+        color=data.color,
+        by=notes_store.actor_of(principal()),
+        now=time.time(),
+    )
+    await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
+    return made
+
+
+async def create_tag_audited(account: str, data: TagCreateIn) -> TagOut:
+    """``create_tag_in`` in a transaction of its own."""
+    async with _db().write() as conn:
+        return await create_tag_in(conn, account, data)
+
+
+async def update_tag_audited(account: str, tag_id: int, data: TagUpdateIn) -> TagOut:
+    """Rename or recolour a tag and audit it. NotFound, Conflict."""
+    async with _db().write() as conn:
+        tag_now, before = await tags_store.update_tag(
+            conn,
+            account,
+            tag_id,
+            name=data.name,
+            color=data.color,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "tag.update",
+            target=f"tag:{tag_id}",
+            account=account,
+            name=tag_now.name,
+            before=before.name,
+            color=tag_now.color,
+        )
+    return tag_now
+
+
+async def delete_tag_audited(account: str, tag_id: int) -> None:
+    """Delete a tag (taken off every chat and contact) and audit it. NotFound."""
+    async with _db().write() as conn:
+        gone = await tags_store.delete_tag(
+            conn, account, tag_id, by=notes_store.actor_of(principal()), now=time.time()
+        )
+        await audit(
+            conn,
+            "tag.delete",
+            target=f"tag:{tag_id}",
+            account=account,
+            name=gone.name,
+            chats=gone.chat_count,
+            contacts=gone.contact_count,
+        )
 
 
 @bp.get("/api/accounts/<account>/tags")
@@ -138,17 +193,7 @@ async def list_tags(account: str, query_args: PageQuery) -> dict[str, Any]:
 async def create_tag(account: str, data: TagCreateIn) -> tuple[dict[str, Any], int]:
     """Create a tag (names are unique per account, ignoring case: 409 otherwise)."""
     await _granted(account)
-    async with _db().write() as conn:
-        made = await tags_store.create_tag(
-            conn,
-            account,
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(conn, "tag.create", target=f"tag:{made.id}", account=account, name=made.name)
-    return _dump(made), 201
+    return _dump(await create_tag_audited(account, data)), 201
 
 
 @bp.get("/api/accounts/<account>/tags/<tag_id>")
@@ -173,26 +218,7 @@ async def update_tag(account: str, tag_id: str, data: TagUpdateIn) -> dict[str, 
     """Rename or recolour a tag: every chat and contact carrying it shows the change at
     once (`tag.updated` says what it was)."""
     await _granted(account)
-    async with _db().write() as conn:
-        tag_now, before = await tags_store.update_tag(
-            conn,
-            account,
-            _id(tag_id, "tag"),
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "tag.update",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=tag_now.name,
-            before=before.name,
-            color=tag_now.color,
-        )
-    return _dump(tag_now)
+    return _dump(await update_tag_audited(account, _id(tag_id, "tag"), data))
 
 
 @bp.delete("/api/accounts/<account>/tags/<tag_id>")
@@ -203,19 +229,7 @@ async def update_tag(account: str, tag_id: str, data: TagUpdateIn) -> dict[str, 
 async def delete_tag(account: str, tag_id: str) -> Response:
     """Delete a tag; it is taken off every chat and contact that carried it."""
     await _granted(account)
-    async with _db().write() as conn:
-        gone = await tags_store.delete_tag(
-            conn, account, _id(tag_id, "tag"), by=notes_store.actor_of(principal()), now=time.time()
-        )
-        await audit(
-            conn,
-            "tag.delete",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=gone.name,
-            chats=gone.chat_count,
-            contacts=gone.contact_count,
-        )
+    await delete_tag_audited(account, _id(tag_id, "tag"))
     return Response(status=204)
 
 
@@ -277,7 +291,7 @@ async def contact_tags(account: str, contact_id: str) -> dict[str, Any]:
 @tag(["notes"])
 async def list_notes(account: str, chat_id: str, query_args: PageQuery) -> dict[str, Any]:
     """A chat's private notes, newest first."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     items, next_cursor = await notes_store.list_notes(
         _db(), account, jid, cursor=query_args.cursor, limit=query_args.limit
     )
@@ -335,7 +349,7 @@ async def create_note(account: str, chat_id: str, data: NoteIn) -> tuple[dict[st
     `@name` mentions a user: one who may see this account gets a notification
     (`GET /api/me/notifications`); other names stay plain text.
     """
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     async with _db().write() as conn:
         note = await notes_store.create_note(
             conn, account, jid, data.body, by=principal(), now=time.time()
@@ -368,7 +382,7 @@ async def _may_change(account: str, jid: str, note_id: str) -> bool:
 async def update_note(account: str, chat_id: str, note_id: str, data: NoteIn) -> dict[str, Any]:
     """Edit a note (its author, or a manager): `edited_at` is set, and users it newly
     mentions are notified."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     own = await _may_change(account, jid, note_id)
     async with _db().write() as conn:
         note = await notes_store.update_note(
@@ -386,7 +400,7 @@ async def update_note(account: str, chat_id: str, note_id: str, data: NoteIn) ->
 @tag(["notes"])
 async def delete_note(account: str, chat_id: str, note_id: str) -> Response:
     """Delete a note (its author, or a manager), with the notifications it raised."""
-    jid = await _chat(account, chat_id)
+    jid = await existing_chat(account, chat_id)
     own = await _may_change(account, jid, note_id)
     async with _db().write() as conn:
         await notes_store.delete_note(
@@ -464,6 +478,49 @@ async def _check_media_id(conn: Any, account: str, media: QuickReplyMedia | None
         )
 
 
+async def create_quick_reply_audited(account: str, data: QuickReplyIn) -> QuickReplyOut:
+    """Create a quick reply and audit it (shared with the panel; the caller checked the
+    grant). InvalidInput for a refused media link, Unprocessable for unknown media,
+    Conflict for a taken shortcut."""
+    await _check_link(data.media)
+    async with _db().write() as conn:
+        await _check_media_id(conn, account, data.media)
+        made = await quick_replies_store.create_quick_reply(
+            conn,
+            account,
+            name=data.name,
+            shortcut=data.shortcut,
+            body=data.body,
+            media=data.media,
+            created_by=principal().key,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "quick_reply.create",
+            target=f"quick_reply:{made.id}",
+            account=account,
+            shortcut=made.shortcut,
+        )
+    return made
+
+
+async def delete_quick_reply_audited(account: str, reply_id: int) -> None:
+    """Delete a quick reply and audit it (shared with the panel). NotFound."""
+    async with _db().write() as conn:
+        gone = await quick_replies_store.delete_quick_reply(
+            conn, account, reply_id, by=notes_store.actor_of(principal()), now=time.time()
+        )
+        await audit(
+            conn,
+            "quick_reply.delete",
+            target=f"quick_reply:{reply_id}",
+            account=account,
+            shortcut=gone.shortcut,
+        )
+
+
 @bp.get("/api/accounts/<account>/quick-replies")
 @requires(Permission.MESSAGES_READ)
 @query(QuickReplyQuery)
@@ -492,28 +549,7 @@ async def create_quick_reply(account: str, data: QuickReplyIn) -> tuple[dict[str
     """Create a quick reply: a shortcut (unique per account: 409 otherwise), a body with
     `{{variables}}` and/or media (a link, or media uploaded to this account)."""
     await _granted(account)
-    await _check_link(data.media)
-    async with _db().write() as conn:
-        await _check_media_id(conn, account, data.media)
-        made = await quick_replies_store.create_quick_reply(
-            conn,
-            account,
-            name=data.name,
-            shortcut=data.shortcut,
-            body=data.body,
-            media=data.media,
-            created_by=principal().key,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "quick_reply.create",
-            target=f"quick_reply:{made.id}",
-            account=account,
-            shortcut=made.shortcut,
-        )
-    return _dump(made), 201
+    return _dump(await create_quick_reply_audited(account, data)), 201
 
 
 @bp.get("/api/accounts/<account>/quick-replies/<reply_id>")
@@ -572,21 +608,7 @@ async def update_quick_reply(
 async def delete_quick_reply(account: str, reply_id: str) -> Response:
     """Delete a quick reply (messages sent with it stay as they are)."""
     await _granted(account)
-    async with _db().write() as conn:
-        gone = await quick_replies_store.delete_quick_reply(
-            conn,
-            account,
-            _id(reply_id, "quick reply"),
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "quick_reply.delete",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            shortcut=gone.shortcut,
-        )
+    await delete_quick_reply_audited(account, _id(reply_id, "quick reply"))
     return Response(status=204)
 
 

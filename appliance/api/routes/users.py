@@ -64,6 +64,12 @@ async def list_users(query_args: PageQuery) -> UserPage:
 @documented(UserOut, 201, tag="users")
 async def create_user(data: UserCreateIn) -> tuple[UserOut, int]:
     """Create a user with a role and account grants."""
+    return user_out(await create_user_audited(data)), 201
+
+
+async def create_user_audited(data: UserCreateIn) -> store.UserRow:
+    """Create a user and audit it, as the API and the panel both do. Conflict when the
+    user name is taken."""
     password_hash = await asyncio.to_thread(hash_password, data.password)
     now = time.time()
     async with _db().write() as conn:
@@ -86,7 +92,7 @@ async def create_user(data: UserCreateIn) -> tuple[UserOut, int]:
             all_accounts=user.all_accounts,
             accounts=list(user.accounts),
         )
-    return user_out(user), 201
+    return user
 
 
 @bp.get("/api/users/<int:user_id>")

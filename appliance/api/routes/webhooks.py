@@ -357,6 +357,17 @@ async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
     `webhook-signature`); the URL must reach a public address unless its network is in
     OUTBOUND_ALLOW_NETWORKS.
     """
+    endpoint, secret = await create_endpoint_audited(data)
+    return EndpointCreated(**endpoint_out(endpoint).model_dump(), secret=secret), 201
+
+
+# The change functions below are shared with the panel (api/panel/webhooks_views.py), so
+# both check, write and audit alike. Each checks its input (InvalidInput, NotFound)
+# before it writes and pokes the worker's dispatcher after the commit.
+
+
+async def create_endpoint_audited(data: EndpointIn) -> tuple[store.Endpoint, str]:
+    """Create an endpoint and audit it; returns it and its signing secret."""
     await _check_url(data.url)
     _headers_to_store(data.headers, {})
     accounts = _accounts_for_caller(data.accounts)
@@ -386,7 +397,7 @@ async def create_endpoint(data: EndpointIn) -> tuple[EndpointCreated, int]:
         await audit(conn, "webhook.create", target=f"webhook:{endpoint_id}", url=data.url)
         endpoint = await store.get_endpoint(conn, endpoint_id)
     await poke("webhooks")
-    return EndpointCreated(**endpoint_out(endpoint).model_dump(), secret=secret), 201
+    return endpoint, secret
 
 
 @bp.get("/api/webhooks/<endpoint_id>")
@@ -403,7 +414,12 @@ async def get_endpoint(endpoint_id: str) -> EndpointOut:
 @documented(EndpointOut, errors=[404], tag="webhooks")
 async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
     """Change the URL, events, account filter, headers, timeout or concurrency."""
-    current = await _endpoint(endpoint_id)
+    return endpoint_out(await update_endpoint_audited(await _endpoint(endpoint_id), data))
+
+
+async def update_endpoint_audited(current: store.Endpoint, data: EndpointPatch) -> store.Endpoint:
+    """Change the fields ``data`` gives of a visible endpoint and audit it."""
+    endpoint_id = current.id
     fields: dict[str, Any] = {}
     if data.url is not None:
         await _check_url(data.url)
@@ -422,7 +438,7 @@ async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
         await audit(conn, "webhook.update", target=f"webhook:{endpoint_id}", fields=sorted(fields))
         endpoint = await store.get_endpoint(conn, endpoint_id)
     await poke("webhooks")
-    return endpoint_out(endpoint)
+    return endpoint
 
 
 @bp.delete("/api/webhooks/<endpoint_id>")
@@ -431,16 +447,22 @@ async def update_endpoint(endpoint_id: str, data: EndpointPatch) -> EndpointOut:
 @documented(errors=[404], tag="webhooks")
 async def delete_endpoint(endpoint_id: str) -> Response:
     """Delete the endpoint with its delivery log."""
+    await delete_endpoint_audited(endpoint_id)
+    return Response(status=204)
+
+
+async def delete_endpoint_audited(endpoint_id: str) -> None:
+    """Delete a visible endpoint, its delivery log and its queued jobs; audited."""
     await _endpoint(endpoint_id)
     async with _db().write() as conn:
         await store.delete_endpoint(conn, endpoint_id)
         await delete_prefix_in(conn, WEBHOOK_QUEUE, endpoint_job_prefix(endpoint_id))
         await audit(conn, "webhook.delete", target=f"webhook:{endpoint_id}")
     await poke("webhooks")
-    return Response(status=204)
 
 
-async def _set_enabled(endpoint_id: str, enabled: bool) -> EndpointOut:
+async def set_endpoint_enabled(endpoint_id: str, enabled: bool) -> store.Endpoint:
+    """Enable or disable a visible endpoint; audited."""
     await _endpoint(endpoint_id)
     async with _db().write() as conn:
         await store.update_endpoint(
@@ -458,7 +480,7 @@ async def _set_enabled(endpoint_id: str, enabled: bool) -> EndpointOut:
         )
         endpoint = await store.get_endpoint(conn, endpoint_id)
     await poke("webhooks")
-    return endpoint_out(endpoint)
+    return endpoint
 
 
 @bp.post("/api/webhooks/<endpoint_id>/enable")
@@ -466,7 +488,7 @@ async def _set_enabled(endpoint_id: str, enabled: bool) -> EndpointOut:
 @documented(EndpointOut, errors=[404], tag="webhooks")
 async def enable_endpoint(endpoint_id: str) -> EndpointOut:
     """Enable (again). Deliveries that died while disabled can be replayed."""
-    return await _set_enabled(endpoint_id, True)
+    return endpoint_out(await set_endpoint_enabled(endpoint_id, True))
 
 
 @bp.post("/api/webhooks/<endpoint_id>/disable")
@@ -474,7 +496,7 @@ async def enable_endpoint(endpoint_id: str) -> EndpointOut:
 @documented(EndpointOut, errors=[404], tag="webhooks")
 async def disable_endpoint(endpoint_id: str) -> EndpointOut:
     """Disable: no new deliveries are made for it."""
-    return await _set_enabled(endpoint_id, False)
+    return endpoint_out(await set_endpoint_enabled(endpoint_id, False))
 
 
 @bp.post("/api/webhooks/<endpoint_id>/rotate-secret")
@@ -497,6 +519,11 @@ async def rotate_secret(endpoint_id: str) -> SecretOut:
 @documented(TestOut, 202, errors=[404], tag="webhooks")
 async def test_endpoint(endpoint_id: str) -> tuple[TestOut, int]:
     """Send a `webhook.test` event to this endpoint only."""
+    return TestOut(event_id=await send_test_event(endpoint_id)), 202
+
+
+async def send_test_event(endpoint_id: str) -> int:
+    """A `webhook.test` event for this visible endpoint only; its event id."""
     await _endpoint(endpoint_id)
     async with _db().write() as conn:
         event_id = await messaging_store.append_event(
@@ -507,7 +534,7 @@ async def test_endpoint(endpoint_id: str) -> tuple[TestOut, int]:
             time.time(),
         )
     await poke("webhooks")
-    return TestOut(event_id=event_id), 202
+    return event_id
 
 
 def _delivery(row: DeliveryRow, attempts: list[AttemptRow] | None = None) -> DeliveryOut:
@@ -578,11 +605,33 @@ async def _replay(endpoint_id: str, rows: list[DeliveryRef]) -> int:
 @documented(ReplayOut, 202, errors=[404], tag="webhooks")
 async def replay_delivery(endpoint_id: str, delivery_id: int) -> tuple[ReplayOut, int]:
     """Deliver this event again (a new first attempt; same webhook-id)."""
+    return ReplayOut(replayed=await replay_one(endpoint_id, delivery_id)), 202
+
+
+async def replay_one(endpoint_id: str, delivery_id: int) -> int:
+    """Replay one finished delivery of a visible endpoint (0 if it is not finished);
+    NotFound for a delivery it does not have."""
     await _endpoint(endpoint_id)
     rows = await store.finished_deliveries(_db(), endpoint_id, delivery_id=delivery_id)
     if not rows and not await store.delivery_exists(_db(), endpoint_id, delivery_id):
         raise NotFound("no such delivery")
-    return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202
+    return await _replay(endpoint_id, list(rows))
+
+
+async def replay_finished(
+    endpoint_id: str, state: str, since: float | None, until: float | None
+) -> int:
+    """Replay every finished delivery of a visible endpoint created in a time range, in
+    ``state`` (dead, delivered or any); how many."""
+    await _endpoint(endpoint_id)
+    rows = await store.finished_deliveries(
+        _db(),
+        endpoint_id,
+        state=None if state == "any" else state,
+        since=since,
+        until=until,
+    )
+    return await _replay(endpoint_id, list(rows))
 
 
 @bp.post("/api/webhooks/<endpoint_id>/replay")
@@ -594,12 +643,5 @@ async def replay_range(endpoint_id: str, data: ReplayIn) -> tuple[ReplayOut, int
 
     After a receiver outage: `{"state": "dead", "since": <outage start>}`.
     """
-    await _endpoint(endpoint_id)
-    rows = await store.finished_deliveries(
-        _db(),
-        endpoint_id,
-        state=None if data.state == "any" else data.state,
-        since=data.since,
-        until=data.until,
-    )
-    return ReplayOut(replayed=await _replay(endpoint_id, list(rows))), 202
+    replayed = await replay_finished(endpoint_id, data.state, data.since, data.until)
+    return ReplayOut(replayed=replayed), 202
