@@ -98,18 +98,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         password = (inst.env_file.parent / "secrets" / "admin-password").read_text().strip()
         account = seeded["accounts"][0]
         n = len(seeded["accounts"])
-        chats = [f"90555{c:07d}@s.whatsapp.net" for c in range(0, min(scale.chats, 2000), n)]
+        chats = [f"90555{c:07d}%40s.whatsapp.net" for c in range(0, min(scale.chats, 2000), n)]
         base = f"http://127.0.0.1:{inst.port}"
         with httpx.Client(base_url=base, timeout=30) as client:
             signed = client.post("/auth/login", json={"username": "admin", "password": password})
             signed.raise_for_status()
             inbox = client.get(f"/panel/inbox?account={account}")
             assert inbox.status_code == 200 and "chat-list" in inbox.text, inbox.status_code
+            opened = client.get(f"/panel/inbox?account={account}&chat={chats[0]}")
+            assert opened.status_code == 200, opened.status_code
+            assert 'id="composer"' in opened.text
             bytes_shipped = shipped(client, inbox.text)
             targets = {
                 "healthz": ["/healthz"],
                 "inbox page": [f"/panel/inbox?account={account}"],
-                "conversation page": [f"/panel/inbox/{account}/{c}" for c in chats],
+                "conversation page": [f"/panel/inbox?account={account}&chat={c}" for c in chats],
             }
             results: dict[str, Any] = {}
             for name, urls in targets.items():

@@ -53,6 +53,13 @@ def test_navigation_groups_by_role(open_db: OpenDb, db_path: Path, tmp_path: Pat
         for url in ("/panel/auto-replies", "/panel/schedules", "/panel/scripts"):
             assert f'href="{url}"' in automations
         assert 'href="/panel/auto-replies" aria-current="page"' in automations
+        hrefs = re.findall(r'href="(/panel/[a-z-]+)"', automations)
+        assert hrefs == [
+            "/panel/auto-replies",
+            "/panel/schedules",
+            "/panel/scripts",
+            "/panel/quick-replies",
+        ]
         for url in ("/panel/users", "/panel/api-keys", "/panel/audit", "/panel/webhooks"):
             assert f'href="{url}"' in admin_menu
         assert 'href="/panel/inbox"' in nav.split("<details")[0]  # not in a menu

@@ -111,8 +111,11 @@ class NavGroup:
 def nav_tree(items: list[NavItem]) -> list[NavItem | NavGroup]:
     """The navigation as shown: screens of no menu, then each menu with its screens."""
     top: list[NavItem | NavGroup] = [n for n in items if n.key not in NAV_GROUP_OF]
+    order = {key: i for i, key in enumerate(NAV_GROUP_OF)}
     for key, label in NAV_GROUPS.items():
-        members = [n for n in items if NAV_GROUP_OF.get(n.key) == key]
+        members = sorted(  # in NAV_GROUP_OF's order
+            (n for n in items if NAV_GROUP_OF.get(n.key) == key), key=lambda n: order[n.key]
+        )
         if members:
             top.append(NavGroup(key, label, members))
     return top
