@@ -19,6 +19,8 @@ BIND=""
 ACTION="install"
 PURGE=0
 START=1
+TLS_CERT=""
+TLS_KEY=""
 MIN_FREE_MB="${APPLIANCE_MIN_FREE_MB:-500}"
 SERVICE_USER="appliance"
 UNIT="appliance.service"
@@ -34,6 +36,8 @@ Options:
   --port PORT       listening port (written to a new appliance.env only)
   --bind ADDR       listening address (written to a new appliance.env only)
   --no-start        install or upgrade without starting the appliance
+  --tls-cert FILE   serve HTTPS directly: this PEM certificate (chain) and ...
+  --tls-key FILE    ... this PEM key; copied to /etc/appliance/tls/ (runbook/tls.md)
   --uninstall       remove code and unit, keep data, config and secrets
   --purge           remove code, unit, data, config, secrets, logs, the service user
                     and the directories install.sh made
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
     --bind) [ $# -ge 2 ] || die "--bind needs an address"; BIND="$2"; shift 2 ;;
     --bind=*) BIND="${1#*=}"; shift ;;
     --no-start) START=0; shift ;;
+    --tls-cert) [ $# -ge 2 ] || die "--tls-cert needs a file"; TLS_CERT="$2"; shift 2 ;;
+    --tls-key) [ $# -ge 2 ] || die "--tls-key needs a file"; TLS_KEY="$2"; shift 2 ;;
     --uninstall) ACTION="uninstall"; shift ;;
     --purge) ACTION="uninstall"; PURGE=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -293,8 +299,21 @@ tar -C "$SRC" --exclude=__pycache__ -cf - pyproject.toml README.md appliance | t
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
   ${APPLIANCE_PIP_ARGS:-} --upgrade --force-reinstall --no-deps "$BUILD_SRC" \
   || die "installing the appliance package failed (see pip's message above)"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
-  || die "installing the appliance's dependencies failed (see pip's message above)"
+# Dependencies from the committed lock file: every version pinned, every file's hash
+# checked (pip --require-hashes), so two installs a month apart run the same code.
+LOCK="$SRC/requirements.lock"
+if [ -f "$LOCK" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    ${APPLIANCE_PIP_ARGS:-} --require-hashes --no-deps -r "$LOCK" \
+    || die "installing the locked dependencies failed (see pip's message above); requirements.lock pins each file by hash: a mismatch means a changed or foreign download"
+  "$VENV/bin/python" -m pip check >/dev/null \
+    || die "the locked dependencies do not satisfy the appliance's requirements ($("$VENV/bin/python" -m pip check 2>&1 | head -n 3)); regenerate requirements.lock with scripts/lock"
+  install -m 0644 "$LOCK" "$OPT/requirements.lock"
+  say "dependencies installed from requirements.lock (sha256 $(sha256sum "$LOCK" | cut -d' ' -f1))"
+else
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${APPLIANCE_PIP_ARGS:-} "$BUILD_SRC" \
+    || die "installing the appliance's dependencies failed (see pip's message above)"
+fi
 install -m 0644 "$SRC/supervisord.conf" "$OPT/supervisord.conf"
 umask 027
 if [ "$SYSTEM" -eq 1 ]; then
@@ -329,6 +348,39 @@ if [ -n "$PORT" ] && [ -n "$KEPT_PORT" ] && [ "$PORT" != "$KEPT_PORT" ]; then
 fi
 if [ -n "$BIND" ] && [ -n "$KEPT_BIND" ] && [ "$BIND" != "$KEPT_BIND" ]; then
   SOCKET_HINT="${SOCKET_HINT:+$SOCKET_HINT and }BIND=$BIND"
+fi
+
+# -- TLS: --tls-cert/--tls-key copied beside the config, named in appliance.env ----------
+set_env() {  # KEY VALUE: replace the KEY= line of appliance.env, or add one
+  local key="$1" value="$2" file="$ETC/appliance.env"
+  if grep -q "^$key=" "$file"; then
+    sed -i "s|^$key=.*|$key=$value|" "$file"
+  else
+    printf '%s=%s\n' "$key" "$value" >> "$file"
+  fi
+}
+if [ -n "$TLS_CERT$TLS_KEY" ]; then
+  [ -n "$TLS_CERT" ] && [ -n "$TLS_KEY" ] || die "--tls-cert and --tls-key go together"
+  [ -r "$TLS_CERT" ] || die "--tls-cert $TLS_CERT is not a readable file"
+  [ -r "$TLS_KEY" ] || die "--tls-key $TLS_KEY is not a readable file"
+  make_dirs 0755 "$ETC/tls"
+  install -m 0644 "$TLS_CERT" "$ETC/tls/cert.pem"
+  ( umask 077; cp "$TLS_KEY" "$ETC/tls/key.pem.tmp" ) && mv "$ETC/tls/key.pem.tmp" "$ETC/tls/key.pem"
+  chmod 0600 "$ETC/tls/key.pem"
+  [ "$SYSTEM" -eq 0 ] || chown "$SERVICE_USER:$SERVICE_USER" "$ETC/tls/key.pem"
+  set_env TLS_CERT_FILE "$ETC/tls/cert.pem"
+  set_env TLS_KEY_FILE "$ETC/tls/key.pem"
+  say "HTTPS: certificate $ETC/tls/cert.pem, key $ETC/tls/key.pem (0600)"
+fi
+ENV_BIND="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
+if [ "$SYSTEM" -eq 1 ] && [ "$ENV_BIND" != "127.0.0.1" ] && [ "$ENV_BIND" != "::1" ] &&
+   ! grep -q '^TLS_CERT_FILE=.' "$ETC/appliance.env" &&
+   ! grep -q '^TRUSTED_PROXIES=.' "$ETC/appliance.env" &&
+   ! grep -q '^PUBLIC_URL=https://' "$ETC/appliance.env"; then
+  echo "install.sh: WARNING: the API listens on $ENV_BIND in plain HTTP: passwords and session" >&2
+  echo "install.sh: WARNING: cookies cross the network readable. Re-run with --tls-cert FILE" >&2
+  echo "install.sh: WARNING: --tls-key FILE, or put Caddy/nginx in front and set TRUSTED_PROXIES" >&2
+  echo "install.sh: WARNING: and PUBLIC_URL=https://... in $ETC/appliance.env (runbook/tls.md)." >&2
 fi
 
 # -- secrets: created once, 0600 in a 0700 directory, never overwritten ------------------
@@ -388,6 +440,23 @@ UNITFILE
   fi
 fi
 
+# -- before the new code migrates the database: a backup of it ---------------------------
+# The worker migrates at its start; this backup (online, consistent even while the old
+# code runs) is what `appliancectl restore` takes back if the upgrade goes wrong.
+PENDING="$("$VENV/bin/python" -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
+if [ -n "$PENDING" ]; then
+  FROM_SCHEMA="${PENDING% *}"
+  TO_SCHEMA="${PENDING#* }"
+  BACKUPS="$ROOT/var/backups/appliance"
+  [ -d "$BACKUPS" ] || { mkdir -p "$BACKUPS"; chmod 0700 "$BACKUPS"; }
+  [ "$SYSTEM" -eq 0 ] || chown "$SERVICE_USER:$SERVICE_USER" "$BACKUPS"
+  PRE_UPGRADE="$BACKUPS/pre-upgrade-schema$FROM_SCHEMA-to-$TO_SCHEMA-$(date -u +%Y%m%dT%H%M%SZ).tar.gz"
+  say "the database schema goes from version $FROM_SCHEMA to $TO_SCHEMA: backing it up first"
+  "$CTL" --prefix "${ROOT:-/}" backup --to "$PRE_UPGRADE" >/dev/null \
+    || die "the backup before migrating failed, so nothing was migrated: the new code is installed but not started. Fix the problem above (free space: df -h $BACKUPS) and re-run install.sh"
+  say "backup before migrating: $PRE_UPGRADE (to go back: $CTL restore $PRE_UPGRADE)"
+fi
+
 # -- run it: start, or apply the upgrade to the running appliance -------------------------
 if [ "$START" -eq 1 ]; then
   if ! running; then
@@ -408,8 +477,9 @@ PORT_NOW="$(sed -n 's/^PORT=//p' "$ETC/appliance.env" | tail -n1)"
 BIND_NOW="$(sed -n 's/^BIND=//p' "$ETC/appliance.env" | tail -n1)"
 HOST_NOW="$BIND_NOW"; [ "$BIND_NOW" = "0.0.0.0" ] && HOST_NOW="$(hostname -I 2>/dev/null | awk '{print $1}')"
 say "done."
-echo "  web panel:            http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/panel/"
-echo "  API and docs:         http://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
+SCHEME=http; grep -q '^TLS_CERT_FILE=.' "$ETC/appliance.env" && SCHEME=https
+echo "  web panel:            $SCHEME://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/panel/"
+echo "  API and docs:         $SCHEME://${HOST_NOW:-127.0.0.1}:${PORT_NOW}/"
 echo "  first admin password: $SECRETS/admin-password (user: admin)"
 echo "  control:              $CTL status | reload | stop | start | tail | check"
 if [ -n "$SOCKET_HINT" ]; then

@@ -188,11 +188,26 @@ def _supervisord_argv(paths: Paths, foreground: bool) -> list[str]:
     return argv
 
 
-def _readyz(settings: Settings, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+def _local_url(settings: Settings, path: str) -> str:
+    """This machine's own API (https with direct TLS: TLS_CERT_FILE)."""
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
-    url = f"http://{host}:{settings.port}/readyz"
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}{path}"
+
+
+def _local_context(settings: Settings) -> Any:
+    """Asking our own processes over loopback: the certificate names the public host,
+    not 127.0.0.1, so it is not verified here (runbook/tls.md)."""
+    import ssl
+
+    return ssl._create_unverified_context() if settings.tls else None
+
+
+def _readyz(settings: Settings, timeout_s: float = 2.0) -> tuple[int, dict[str, Any]]:
+    url = _local_url(settings, "/readyz")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(
+            url, timeout=timeout_s, context=_local_context(settings)
+        ) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -342,13 +357,12 @@ def _wait_serving(settings: Settings, pid: int, timeout_s: float) -> bool:
     machine it may still be importing. Stopping the next one then would leave nobody
     accepting: no connection is refused (supervisord keeps the socket), but they wait.
     """
-    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "::") else settings.bind
-    url = f"http://{host}:{settings.port}/healthz"
+    url = _local_url(settings, "/healthz")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # A fresh connection each time: the kernel hands it to any accepting process.
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=5, context=_local_context(settings)) as resp:
                 if json.loads(resp.read()).get("pid") == pid:
                     return True
         except (OSError, ValueError):
@@ -519,6 +533,9 @@ def check_installation(paths: Paths) -> list[str]:
         return [str(exc)]
     secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid())
     problems.extend(secret_problems)
+    from appliance.ops.tls import tls_problems
+
+    problems.extend(tls_problems(settings, uid=_service_uid()))
     db_path = settings.database_path
     if not db_path.exists():
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
@@ -555,15 +572,31 @@ def _undecryptable(paths: Paths, conn: sqlite3.Connection) -> list[str]:
     with other secrets, or a replaced key), each with what to re-enter."""
     from appliance.crypto import DataCipher
     from appliance.ops.stored_secrets import undecryptable
+    from appliance.secrets import PREVIOUS_DATA_KEY
 
     try:
         key = (paths.secrets_dir / "data-key").read_text().strip().encode()
+        previous_file = paths.secrets_dir / PREVIOUS_DATA_KEY
+        previous = (previous_file.read_text().strip().encode(),) if previous_file.exists() else ()
     except OSError as exc:
         return [f"data-key not readable: {exc}"]
-    return [
+    problems = [
         f"stored secret not readable with this data-key: {item.what}; fix: {item.fix}"
-        for item in undecryptable(conn, DataCipher(key))
+        for item in undecryptable(conn, DataCipher(key, previous=previous))
     ]
+    if previous:
+        problems.append(_rotation_left(conn, key))
+    return problems
+
+
+def _rotation_left(conn: sqlite3.Connection, key: bytes) -> str:
+    from appliance.ops.rotation import not_current
+
+    left = not_current(conn, key).reencrypted
+    return (
+        f"data-key rotation unfinished: {left} stored value(s) still under the old key "
+        f"(both keys open them meanwhile); fix: appliancectl rotate data-key (it resumes)"
+    )
 
 
 def _schema_version(db_path: Path) -> int | None:
@@ -590,10 +623,21 @@ def cmd_check(paths: Paths, settings: Settings | None, args: argparse.Namespace)
     print(f"OK database schema version {latest_version()}, integrity ok")
     for line in storage_report(load_settings(paths)):
         print(f"OK {line}")
+    _check_tls_exposure(load_settings(paths))
     restored = _last_restore(load_settings(paths).database_path)
     if restored:
         print(f"OK {restored}")
     return 0
+
+
+def _check_tls_exposure(settings: Settings) -> None:
+    from appliance.ops.tls import exposure_warning
+
+    warning = exposure_warning(settings)
+    if warning:
+        print(f"WARN {warning}")
+    elif settings.tls:
+        print(f"OK TLS: HTTPS with {settings.tls_cert_file}")
 
 
 def _last_restore(db_path: Path) -> str | None:
@@ -663,6 +707,9 @@ def storage_report(settings: Settings) -> list[str]:
 
 def cmd_version(paths: Paths, settings: Settings | None, args: argparse.Namespace) -> int:
     print(__version__)
+    lock = paths.venv.parent / "requirements.lock"  # install.sh copies the one it used
+    if lock.is_file():
+        print(f"dependencies: requirements.lock sha256 {_file_sha256(lock)}")
     return 0
 
 
@@ -1101,6 +1148,141 @@ def cmd_support_bundle(paths: Paths, settings: Settings, args: argparse.Namespac
     return 0
 
 
+class _RotationControl:
+    """How a rotation restarts the running processes so they read the new secrets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def running(self) -> bool:
+        return supervisord_pid(self.settings.run_dir) is not None
+
+    def restart_worker(self) -> None:
+        _restart_one(proxy(self.settings.supervisor_socket), "worker", sys.stdout)
+
+    def restart_api(self) -> None:
+        rolling_restart_api(self.settings)
+
+
+def _confirm(args: argparse.Namespace, notice: str) -> bool:
+    """Say what is about to happen; go on with --yes, or a "yes" typed on a terminal."""
+    print(notice, file=sys.stderr)
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("refusing without --yes (stdin is not a terminal)", file=sys.stderr)
+        return False
+    return input("type yes to go on: ").strip().lower() == "yes"
+
+
+def cmd_rotate(paths: Paths, settings: Settings, args: argparse.Namespace) -> int:
+    """Rotate one secret (appliance/ops/rotation.py; runbook/secrets.md)."""
+    from appliance.ops import rotation
+
+    secrets_dir, db_path = paths.secrets_dir, settings.database_path
+    control = _RotationControl(settings)
+    problems = check_secrets_dir(secrets_dir, uid=_service_uid())
+    if problems:
+        return _fail("secrets need fixing first: " + "; ".join(problems), 78)
+    details: dict[str, Any] = {}
+    try:
+        if args.secret == "data-key":
+            report = rotation.rotate_data_key(
+                secrets_dir,
+                db_path,
+                control,
+                actor=_cli_actor(),
+                batch=args.batch,
+                pause_s=args.pause_ms / 1000,
+                accept_unreadable=args.accept_unreadable,
+            )
+            details = {
+                "old_key_id": report.old_key_id,
+                "new_key_id": report.new_key_id,
+                "reencrypted": report.reencrypted,
+                "finished": report.finished,
+            }
+            for item in report.unreadable:
+                print(f"not readable with any key (left as it is): {item}", file=sys.stderr)
+            if not report.finished:
+                hint = (
+                    " (add --accept-unreadable to finish anyway; appliancectl check names "
+                    "what to re-enter)"
+                    if report.unreadable
+                    else ""
+                )
+                print(
+                    f"data-key rotation not finished: both keys stay valid; run "
+                    f"`appliancectl rotate data-key` again{hint}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(
+                f"data-key rotated: key {report.old_key_id} -> {report.new_key_id}, "
+                f"{report.reencrypted} value(s) re-encrypted; the old key is removed"
+            )
+        elif args.secret == "session-key":
+            if not _confirm(args, "rotating the session key signs every user out of the panel"):
+                return 1
+            rotation.rotate_session_key(secrets_dir)
+            ended = rotation.end_all_sessions(db_path)
+            if control.running():
+                control.restart_api()
+            details = {"ended_sessions": ended}
+            print(f"session-key rotated: {ended} session(s) ended; everyone signs in again")
+        elif args.secret == "metrics-token":
+            grace_s = args.grace_hours * 3600
+            rotation.rotate_metrics_token(secrets_dir, grace_s=grace_s, now=time.time())
+            if control.running():
+                control.restart_api()
+            details = {"grace_hours": args.grace_hours}
+            print(
+                f"metrics-token rotated; the old one works for {args.grace_hours:g} more "
+                f"hour(s): copy {secrets_dir / 'metrics-token'} to Prometheus' "
+                f"credentials_file now (runbook/alerts.md)"
+            )
+        else:
+            password, generated = _read_or_generate_password(args)
+            if password is None:
+                return _fail("the password is too short")
+            problem = asyncio.run(_with_db(settings, lambda db: _reset_admin(db, password)))
+            rotation.rotate_admin_password(secrets_dir, password)
+            if problem:
+                print(f"note: {problem}", file=sys.stderr)
+            if generated:
+                print("new admin password (shown once):", file=sys.stderr)
+                print(password)
+    except (rotation.RotationError, StartupError) as exc:
+        return _fail(str(exc), 78)
+    with contextlib.suppress(Exception):
+        if args.secret != "data-key":
+            rotation.record_simple(db_path, args.secret, _cli_actor())
+        asyncio.run(_with_db(settings, lambda db: _audit_rotation(db, args.secret, details)))
+    return 0
+
+
+async def _reset_admin(db: Any, password: str) -> str | None:
+    """The admin user's password follows the admin-password secret; their sessions end."""
+    from appliance.auth import store
+    from appliance.auth.passwords import hash_password
+
+    found = await store.user_for_login(db, "admin")
+    if found is None:
+        return "no user named admin: the file was replaced, no account changed"
+    password_hash = await asyncio.to_thread(hash_password, password)
+    now = time.time()
+    async with db.write() as conn:
+        await store.set_password(conn, found[0], password_hash, now)
+        ended = await store.delete_user_sessions(conn, found[0])
+        await _audit(conn, "password.reset", f"user:{found[0]}", now, ended_sessions=ended)
+    return None
+
+
+async def _audit_rotation(db: Any, secret: str, details: dict[str, Any]) -> None:
+    async with db.write() as conn:
+        await _audit(conn, "secret.rotate", f"secret:{secret}", time.time(), **details)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliancectl",
@@ -1262,6 +1444,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="FILE", help="bundle path (default: the log directory)")
     p.add_argument("-n", "--lines", type=int, default=2000, help="log lines per file")
     p.set_defaults(func=cmd_support_bundle)
+    p = sub.add_parser(
+        "rotate",
+        help="rotate a secret: data-key (re-encrypts stored values, resumable), "
+        "session-key (signs everyone out), metrics-token (grace period), admin-password",
+    )
+    p.add_argument("secret", choices=["data-key", "session-key", "metrics-token", "admin-password"])
+    p.add_argument("--batch", type=int, default=200, help="data-key: rows per transaction")
+    p.add_argument("--pause-ms", type=float, default=0.0, help="data-key: pause between batches")
+    p.add_argument(
+        "--accept-unreadable",
+        action="store_true",
+        help="data-key: finish even though some stored values open with no key",
+    )
+    p.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help="metrics-token: hours the old token keeps working",
+    )
+    p.add_argument("--yes", action="store_true", help="session-key: do not ask")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="admin-password: read it from stdin instead of generating one",
+    )
+    p.set_defaults(func=cmd_rotate)
     p = sub.add_parser("supervisord", help="run supervisord (used by the systemd unit)")
     p.add_argument("--foreground", action="store_true")
     p.set_defaults(func=cmd_supervisord)

@@ -155,6 +155,9 @@ class Settings(BaseModel):
     backup_dir: str = ""
     backup_keep: Annotated[int, Field(ge=1, le=1000)] = 7
     trusted_proxies: str = ""  # comma-separated CIDRs whose X-Forwarded-For is believed
+    # Direct TLS (runbook/tls.md): the API serves HTTPS with these PEM files; both or none.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser
     # Scripts: sandbox children of the scripts process (runs at once), and the writable
     # memory each child may use (RLIMIT_DATA: V8 heap, ArrayBuffers); 0: unlimited.
@@ -298,7 +301,18 @@ class Settings(BaseModel):
 
     @property
     def https(self) -> bool:
-        return self.effective_public_url.startswith("https://")
+        return self.tls or self.effective_public_url.startswith("https://")
+
+    @property
+    def tls(self) -> bool:
+        """The API serves HTTPS itself (TLS_CERT_FILE and TLS_KEY_FILE)."""
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+        return self
 
     @property
     def ratelimit_db_path(self) -> Path:
@@ -334,7 +348,7 @@ class Settings(BaseModel):
         if self.public_url:
             return self.public_url
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
 
 def account_session_dir(sessions_dir: Path, account_id: str) -> Path:

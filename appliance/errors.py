@@ -6,6 +6,7 @@
     │   └── SecretFileError
     ├── DatabaseError
     │   └── LeaseLost           ack/nack/extend with a token that no longer holds the lease
+    ├── StorageFull             503 storage_full: SQLite or the media store cannot write
     ├── IpcError                talking to the worker failed
     │   ├── WorkerUnavailable   no connection, or the call timed out
     │   └── RpcError            the worker answered with a JSON-RPC error
@@ -55,6 +56,13 @@ class LeaseLost(DatabaseError):
     """The lease token no longer matches: another claimer owns the job now."""
 
     http_status = 409
+
+
+class StorageFull(ApplianceError):
+    """The disk (or the database's size limit) is full: the write was rolled back in
+    whole, nothing half-written; answered 503 ``storage_full`` (runbook/disk-full.md)."""
+
+    http_status = 503
 
 
 class IpcError(ApplianceError):

@@ -58,6 +58,7 @@ from inbound_load import (
     wait_connected,
     wait_quiet,
 )
+from otlp_sink import OtlpSink
 
 HERE = Path(__file__).resolve()
 ACCOUNT = "send"
@@ -520,6 +521,42 @@ def _print_phase(r: dict[str, Any]) -> None:
         )
 
 
+def tracing_phases(
+    inst: Installation,
+    settings: dict[str, str],
+    key: str,
+    phases: list[dict[str, Any]],
+    args: argparse.Namespace,
+    tmp: Path,
+    results: dict[str, Any],
+) -> None:
+    """--tracing: the same installation restarted with tracing on (OTLP/HTTP to a local
+    sink), healthz and send measured again, then restarted with tracing off and measured
+    a third time (so drift over the run, e.g. a growing database, shows)."""
+    sink = OtlpSink()
+    try:
+        for suffix, extra in (("_traced", sink.env), ("_untraced_again", {})):
+            inst.stop()
+            inst.configure({**settings, **extra})
+            pids = inst.start()
+            wait_connected(inst.port, key, ACCOUNT)
+            db_path = inst.prefix / "var/lib/appliance/appliance.db"
+            marker = last_rowid(db_path)
+            for phase in phases:  # warm-up after the restart
+                if args.loader == "wrk":
+                    run_wrk(inst.port, phase, args, args.warmup, tmp)
+                else:
+                    run_pyload(inst.port, phase, args, args.warmup)
+            follow_sends(db_path, marker, last_rowid(db_path), time.monotonic())
+            for phase in phases:
+                name = phase["name"] + suffix
+                results[name] = measure(inst, pids, {**phase, "name": name}, args, tmp)
+                results[name]["tracing"] = "on" if extra else "off"
+        results["send_traced"]["otlp_sink"] = {"requests": sink.requests, "bytes": sink.bytes}
+    finally:
+        sink.close()
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
     results: dict[str, Any] = {}
     warmup_wedged = None
@@ -529,16 +566,15 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None
         t0 = time.monotonic()
         inst = create_installation(args.source)
         print(f"  installed the appliance in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        inst.configure(
-            {
-                "API_PROCESSES": "2",
-                "API_RATE_LIMIT_PER_MIN": "1000000",
-                "API_RATE_LIMIT_PER_ADDR_PER_MIN": "1000000",
-                "SEND_CHAT_INTERVAL_MS": "0",
-                "SEND_ACCOUNT_RATE_PER_S": "10000",
-                "SQLITE_SYNCHRONOUS": args.sync,
-            }
-        )
+        settings = {
+            "API_PROCESSES": "2",
+            "API_RATE_LIMIT_PER_MIN": "1000000",
+            "API_RATE_LIMIT_PER_ADDR_PER_MIN": "1000000",
+            "SEND_CHAT_INTERVAL_MS": "0",
+            "SEND_ACCOUNT_RATE_PER_S": "10000",
+            "SQLITE_SYNCHRONOUS": args.sync,
+        }
+        inst.configure(settings)
         pids = inst.start()
         print(f"  started after {time.monotonic() - t0:.0f} s", file=sys.stderr)
         key = inst.ctl("api-keys", "create", "bench-send", "--role", "admin").stdout.strip()
@@ -574,6 +610,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None
         follow_sends(db_path, marker, end_marker, time.monotonic())
         for phase in phases:
             results[phase["name"]] = measure(inst, pids, phase, args, tmp)
+        if args.tracing:
+            tracing_phases(inst, settings, key, phases[:2], args, tmp, results)
     finally:
         if inst is not None:
             inst.remove()
@@ -602,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
         help="before each phase, wait up to this many seconds for other load to stop",
     )
     parser.add_argument("--check", action="store_true", help=f"exit 1 if a ratio < {GOAL_RATIO}")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="then restart with tracing on (OTLP to a local sink) and off again, and compare",
+    )
     parser.add_argument("--_pyload", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._pyload:
@@ -627,12 +670,27 @@ def main(argv: list[str] | None = None) -> int:
     wedges = ([warmup_wedged] if warmup_wedged else []) + [
         r["wedged"] for r in results.values() if r.get("wedged")
     ]
-    base = results["healthz"]["rps"]
-    ratios = {
-        name: round(r["rps"] / base, 3) if base else None
-        for name, r in results.items()
-        if name != "healthz"
-    }
+    ratios = {}
+    for name, r in results.items():
+        if name.startswith("healthz"):
+            continue
+        # Each send phase against the healthz of the same start (--tracing: _traced, ...).
+        base = results.get("healthz" + name[len("send") :].replace("_idempotency_key", ""))
+        base_rps = (base or results["healthz"])["rps"]
+        ratios[name] = round(r["rps"] / base_rps, 3) if base_rps else None
+    tracing_cost = None
+    if args.tracing:
+        tracing_cost = {
+            "send_traced/send": round(results["send_traced"]["rps"] / results["send"]["rps"], 3),
+            "send_traced/send_untraced_again": round(
+                results["send_traced"]["rps"] / results["send_untraced_again"]["rps"], 3
+            ),
+            "server_cpu_us_per_send": {
+                name: results[name]["server_cpu_us_per_request"]
+                for name in ("send", "send_traced", "send_untraced_again")
+            },
+            "otlp_sink": results["send_traced"]["otlp_sink"],
+        }
     gen = (
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s (Lua-built requests)"
         if args.loader == "wrk"
@@ -660,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, ratio in ratios.items():
         verdict = "met" if ratio is not None and ratio >= GOAL_RATIO else "NOT met"
         print(f"  ratio {name}/healthz: {ratio}x (goal >= {GOAL_RATIO}x: {verdict})")
+    if tracing_cost is not None:
+        print(
+            f"  tracing on (OTLP to a local sink) / off: {tracing_cost['send_traced/send']}x"
+            f" (vs off again after it: {tracing_cost['send_traced/send_untraced_again']}x);"
+            f" server CPU per send {tracing_cost['server_cpu_us_per_send']} us"
+        )
     for w in wedges:
         print(
             f"  PROBLEM: after '{w['after']}' (the generator closed connections with requests"
@@ -682,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         "rps": {name: r["rps"] for name, r in results.items()},
         "p95_ms": {name: r["p95_ms"] for name, r in results.items()},
         "ratio": ratios,
+        "tracing_cost": tracing_cost,
         "goal_ratio": GOAL_RATIO,
         "goal_met": all(r is not None and r >= GOAL_RATIO for r in ratios.values()),
         "sent_within_30s": {

@@ -293,6 +293,8 @@ async def apply_browser_headers(response: Response) -> Response:
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")
+    if state_of().settings.https:  # direct TLS, or HTTPS at a proxy (runbook/tls.md)
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if response.mimetype == "text/html":
         headers.setdefault(
             "Content-Security-Policy",

@@ -80,7 +80,7 @@ def create_app(
         settings=settings,
         secrets=secrets,
         worker=worker,
-        cipher=DataCipher(secrets.data_key),
+        cipher=DataCipher(secrets.data_key, previous=secrets.previous_data_keys),
         bell=bell,
     )
     QuartSchema(

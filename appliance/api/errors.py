@@ -10,7 +10,7 @@ from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from appliance.errors import ApplianceError, ClientError, RateLimited
+from appliance.errors import ApplianceError, ClientError, RateLimited, StorageFull
 from appliance.observability.context import request_id_var
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,13 @@ def install_error_handlers(app: Quart) -> None:
             response.headers["Retry-After"] = str(exc.retry_after_s)
         if exc.http_status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="appliance"'
+        return response
+
+    @app.errorhandler(StorageFull)
+    async def _storage_full(exc: StorageFull) -> Response:
+        # Rolled back in whole; the client may retry once space returns (runbook/disk-full.md).
+        response = error_response(503, str(exc), code="storage_full")
+        response.headers["Retry-After"] = "30"
         return response
 
     @app.errorhandler(ApplianceError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import time
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -16,6 +17,7 @@ from appliance.api.errors import error_response
 from appliance.api.openapi import responds
 from appliance.api.state import state_of
 from appliance.db.migrate import latest_version, schema_version
+from appliance.db.storage import disk_check
 from appliance.errors import IpcError
 from appliance.observability.metrics import exposition
 
@@ -35,7 +37,7 @@ class Readiness(BaseModel):
     status: str = Field(description="`ready`, `not_ready` or `shutting_down`")
     pid: int
     checks: dict[str, dict[str, Any]] = Field(
-        description="`database`, `worker`, `shutdown`: each with `ok` and details"
+        description="`database`, `worker`, `shutdown`, `disk`: each with `ok` and details"
     )
     failing: list[str] = Field(description="Names of the checks that fail")
 
@@ -82,7 +84,7 @@ async def _check_worker() -> dict[str, Any]:
 @document_response(Readiness, 200)
 @document_response(Readiness, 503)
 async def readyz() -> Response:
-    """Readiness: database current, worker answering, not shutting down."""
+    """Readiness: database current, worker answering, not shutting down, disk not full."""
     state = state_of()
     database, worker = await asyncio.gather(_check_database(), _check_worker())
     checks = {
@@ -90,6 +92,7 @@ async def readyz() -> Response:
         "worker": worker,
         "shutdown": {"ok": not state.shutting_down},
     }
+    checks["disk"] = disk_check(state.settings.data_dir)  # runbook/disk-full.md
     failing = sorted(name for name, check in checks.items() if not check["ok"])
     if state.shutting_down:
         status = "shutting_down"
@@ -109,8 +112,10 @@ async def metrics() -> Response:
     state = state_of()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    expected = state.secrets.metrics_token
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    # The replaced token still works during its grace period (appliancectl rotate).
+    accepted = state.secrets.metrics_tokens(time.time())
+    matched = [hmac.compare_digest(token.encode(), t.encode()) for t in accepted]
+    if scheme.lower() != "bearer" or not any(matched):
         response = error_response(401, "metrics require Authorization: Bearer <metrics-token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 import uvloop
 from hypercorn.asyncio import serve
@@ -21,6 +22,7 @@ from hypercorn.config import Config
 from appliance.api.app import create_app
 from appliance.api.state import state_of
 from appliance.observability.metrics import mark_started
+from appliance.ops.tls import tls_problems
 from appliance.runtime import boot
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,18 @@ log = logging.getLogger(__name__)
 
 async def run(bind: str) -> None:
     ctx = boot("api")
+    problems = tls_problems(ctx.settings)
+    if problems:  # refuse to start, saying how to fix each (runbook/tls.md)
+        log.critical("refusing to start: %s", "; ".join(problems))
+        sys.exit(78)  # EX_CONFIG, as boot() does
     app = create_app(ctx.settings, ctx.secrets)
     config = Config()
     config.bind = [bind]
+    if ctx.settings.tls:
+        # HTTPS on the socket supervisord hands over; a renewed certificate is read by
+        # each process at its start: appliancectl restart api (rolling, no refusal).
+        config.certfile = ctx.settings.tls_cert_file
+        config.keyfile = ctx.settings.tls_key_file
     config.graceful_timeout = ctx.settings.api_graceful_timeout_s
     config.accesslog = None  # our after_request hook logs each request as JSON
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -42,6 +42,7 @@ from appliance.errors import LeaseLost
 from appliance.messaging import store as messaging_store
 from appliance.messaging.contracts import RetryPolicy
 from appliance.messaging.models import MessageOut
+from appliance.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,14 @@ async def enqueue_trigger(conn: aiosqlite.Connection, message: MessageOut, *, no
     commit's) transaction. Outbound messages never trigger."""
     if message.direction != "in":
         return
+    payload = {"account_id": message.account_id, "message_id": message.id, "chat": message.chat_id}
+    traceparent = tracing.stored_traceparent()  # tracing on: the automations join its trace
+    if traceparent is not None:
+        payload["traceparent"] = traceparent
     await enqueue_in(
         conn,
         AUTOMATION_QUEUE,
-        {"account_id": message.account_id, "message_id": message.id, "chat": message.chat_id},
+        payload,
         now=now,
         unique_key=trigger_job_key(message.account_id, message.id),
         max_attempts=TRIGGER_RETRY.max_attempts,
@@ -184,7 +189,10 @@ class AutomationTrigger:
     async def handle(self, job: Job) -> None:
         token = job.lease_token or ""
         try:
-            await self._run(job)
+            with tracing.span(
+                "automation", parent=job.payload.get("traceparent") or "", kind="consumer"
+            ):
+                await self._run(job)
             now = self.clock()
             await self.db.write_batched(
                 lambda conn: ack_in(conn, AUTOMATION_QUEUE, job.id, token, now)
@@ -211,7 +219,8 @@ class AutomationTrigger:
             ctx = StepContext(self.db, message, job.attempts, self.clock())
             started = time.perf_counter()
             try:
-                result = await step.run(ctx)
+                with tracing.span(f"automation {step.name}"):
+                    result = await step.run(ctx)
             except Exception:
                 STEP_RUNS.labels(step=step.name, outcome="error").inc()
                 raise

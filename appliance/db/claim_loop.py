@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from appliance.db.queue import DurableQueue, Job
+from appliance.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,14 @@ class ClaimLoop:
     async def run(self) -> None:
         while not self._stopping:
             self.wake.clear()
+            claim_started = time.time_ns()
             try:
                 jobs = await self.queue.claim(limit=self.batch)
             except Exception:
                 log.exception("claiming %s failed", self.what)
                 jobs = []
+            if jobs and tracing.enabled():  # a claim span in the trace of each job that has one
+                tracing.record_claims(self.queue.name, [j.payload for j in jobs], claim_started)
             self._start(jobs)
             if len(jobs) < self.batch:
                 with contextlib.suppress(TimeoutError):

@@ -20,7 +20,9 @@ import aiosqlite
 
 from appliance.db.batching import Batcher, Outcome
 from appliance.db.filelock import FileWriteLock, lock_path_for
+from appliance.db.storage import mark_written, storage_full
 from appliance.errors import NotFound
+from appliance.observability import tracing
 
 T = TypeVar("T")
 Work = Callable[[aiosqlite.Connection], Awaitable[Any]]
@@ -91,9 +93,15 @@ class Database:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
                 await self._writer.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await self._rollback()
+                # Disk full (SQLITE_FULL, ENOSPC): rolled back in whole; 503 storage_full.
+                full = storage_full(exc)
+                if full is not None and full is not exc:
+                    raise full from exc
                 raise
+            else:
+                mark_written()
             finally:
                 if self._file_lock is not None:
                     self._file_lock.release()
@@ -108,8 +116,9 @@ class Database:
         that caller's changes and is raised to that caller alone. The work must be
         short and do no I/O but SQL on ``conn``. A caller cancelled while waiting does
         not undo its work: it may still commit, like a request whose answer was lost.
+        With tracing on, the work runs in the caller's trace (its events name it).
         """
-        return await self._batcher.submit(work)  # type: ignore[no-any-return]
+        return await self._batcher.submit(tracing.carry(work))  # type: ignore[no-any-return]
 
     @property
     def _flusher(self) -> asyncio.Task[None] | None:
@@ -127,6 +136,11 @@ class Database:
         try:
             result = await work(conn)
         except Exception as exc:
+            full = storage_full(exc)
+            if full is not None:
+                # On SQLITE_FULL SQLite may have rolled back the whole transaction, the
+                # savepoint with it: the batch ends here, each caller hears StorageFull.
+                raise full from exc
             await conn.execute("ROLLBACK TO batched")
             await conn.execute("RELEASE batched")
             return None, exc

@@ -36,6 +36,7 @@ import aiosqlite
 
 from appliance.config import Settings
 from appliance.db.database import Database
+from appliance.db.storage import storage_full
 from appliance.errors import ClientError, InvalidInput, NotFound
 from appliance.messaging.store import new_media_id
 from appliance.net import ssrf
@@ -426,7 +427,13 @@ async def write_media_file(
     (``insert_media_row``) in its own transaction, or the file is an orphan to unlink."""
     directory = _account_dir(settings, account_id)
     media_id = new_media_id()
-    path = await asyncio.to_thread(_write_atomic, directory, media_id, data)
+    try:
+        path = await asyncio.to_thread(_write_atomic, directory, media_id, data)
+    except OSError as exc:
+        full = storage_full(exc, "the media store")
+        if full is not None:
+            raise full from exc
+        raise
     record = MediaRecord(
         id=media_id,
         account_id=account_id,

@@ -223,6 +223,7 @@ class EventRow(_Stored):
     account_id: str | None
     created_at: float
     data_json: str  # as stored: fan-out reads only the type, delivery sends it on
+    traceparent: str | None = None  # the span that wrote it (tracing on); deliveries join it
 
     @property
     def data(self) -> dict[str, Any]:
@@ -237,4 +238,5 @@ class EventRow(_Stored):
             account_id=row["account_id"],
             created_at=row["created_at"],
             data_json=row["data"],
+            traceparent=row["traceparent"],
         )

@@ -28,6 +28,7 @@ from appliance.messaging.models import (
     recipient_jid,
 )
 from appliance.messaging.rows import AccountRow, EventRow, MessageRow
+from appliance.observability import tracing
 
 STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
 
@@ -55,10 +56,17 @@ def _json(value: Any) -> str:
 async def append_event(
     conn: aiosqlite.Connection, type_: str, account_id: str | None, data: dict[str, Any], now: float
 ) -> int:
-    async with conn.execute(
-        "INSERT INTO events (type, account_id, created_at, data) VALUES (?, ?, ?, ?) RETURNING id",
-        (type_, account_id, now, _json(data)),
-    ) as cur:
+    traceparent = tracing.stored_traceparent()  # the writing span's, when tracing is on
+    if traceparent is None:
+        sql = "INSERT INTO events (type, account_id, created_at, data) VALUES (?, ?, ?, ?)"
+        params: tuple[Any, ...] = (type_, account_id, now, _json(data))
+    else:
+        sql = (
+            "INSERT INTO events (type, account_id, created_at, data, traceparent) "
+            "VALUES (?, ?, ?, ?, ?)"
+        )
+        params = (type_, account_id, now, _json(data), traceparent)
+    async with conn.execute(sql + " RETURNING id", params) as cur:
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -82,7 +90,7 @@ async def last_event_id(db: Database) -> int:
 async def event_rows_after(db: Database, after: int, limit: int) -> list[EventRow]:
     """The events after ``after``, oldest first, at most ``limit``."""
     rows = await db.fetchall(
-        "SELECT id, type, account_id, created_at, data FROM events WHERE id > ? "
+        "SELECT id, type, account_id, created_at, data, traceparent FROM events WHERE id > ? "
         "ORDER BY id LIMIT ?",
         (after, limit),
     )
@@ -92,7 +100,8 @@ async def event_rows_after(db: Database, after: int, limit: int) -> list[EventRo
 async def event_row(db: Database, event_id: int) -> EventRow | None:
     """One event."""
     row = await db.fetchone(
-        "SELECT id, type, account_id, created_at, data FROM events WHERE id = ?", (event_id,)
+        "SELECT id, type, account_id, created_at, data, traceparent FROM events WHERE id = ?",
+        (event_id,),
     )
     return None if row is None else EventRow.from_row(row)
 

@@ -12,16 +12,23 @@ frames and webhook headers).
 Spans carry the W3C ``traceparent`` across processes: each span sets
 ``observability.context.traceparent_var`` to its own while it is open, so IPC frames
 (appliance/ipc/client.py), logs and jobs stored for later (a send's job keeps the
-request's traceparent) name it as the parent.
+request's traceparent) name it as the parent. Through the worker (the helpers at the
+end): events keep the traceparent of the span that wrote them (``stored_traceparent``;
+``carry`` takes it through the group commit), and their webhook deliveries are its
+children; an inbound commit starts one trace per message (``per_item``); receipts find
+their send's trace (``remember``/``recall``); a claim shows in each job's trace
+(``record_claims``). runbook/operations.md draws the resulting traces.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from appliance.observability.context import child_traceparent, traceparent_var
 
@@ -30,6 +37,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 Kind = Literal["internal", "server", "client", "producer", "consumer"]
+Attributes = Mapping[str, str | int | float | bool]
+A = TypeVar("A")
+T = TypeVar("T")
 
 _tracer: Tracer | None = None
 _provider: Any = None
@@ -107,6 +117,7 @@ def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
     _tracer = _provider = None
+    _links.clear()
 
 
 def _context_of(traceparent: str | None) -> Any:
@@ -128,6 +139,7 @@ def start_span(
     parent: str | None = None,
     kind: Kind = "internal",
     attributes: Mapping[str, str | int | float | bool] | None = None,
+    start_ns: int | None = None,
 ) -> Span | None:
     """Start a span (None when tracing is off) whose parent is ``parent`` or the current
     ``traceparent_var``; the caller ends it. ``span`` is the usual way."""
@@ -140,6 +152,7 @@ def start_span(
         context=_context_of(parent if parent is not None else traceparent_var.get()),
         kind=getattr(SpanKind, kind.upper()),
         attributes=dict(attributes or {}),
+        start_time=start_ns,
     )
 
 
@@ -192,3 +205,213 @@ def outgoing_traceparent() -> str:
     if _tracer is not None and traceparent_var.get():
         return traceparent_var.get() or ""
     return child_traceparent(traceparent_var.get())
+
+
+# -- carrying the trace through the worker --------------------------------------------------
+#
+# Everything below does nothing (returns its input, or the shared do-nothing context)
+# while tracing is off, so the default code path is the one without tracing.
+
+
+def within(traceparent: str | None) -> AbstractContextManager[None]:
+    """``traceparent_var`` names ``traceparent`` in the block (when tracing is on and it
+    is given): events written and spans started there belong to that trace."""
+    if _tracer is None or not traceparent:
+        return _OFF
+    return _within(traceparent)
+
+
+@contextmanager
+def _within(traceparent: str) -> Iterator[None]:
+    token = traceparent_var.set(traceparent)
+    try:
+        yield
+    finally:
+        traceparent_var.reset(token)
+
+
+def stored_traceparent() -> str | None:
+    """What an event or a queued job keeps of the trace: the open span's traceparent
+    while tracing is on, else None (nothing stored)."""
+    if _tracer is None:
+        return None
+    return traceparent_var.get() or None
+
+
+def carry(work: Callable[[A], Awaitable[T]]) -> Callable[[A], Awaitable[T]]:
+    """``work`` run later by another task (the group commit's writer) with the caller's
+    traceparent, so the events it writes name the caller's span. Off: ``work`` itself."""
+    if _tracer is None:
+        return work
+    traceparent = traceparent_var.get()
+    if not traceparent:
+        return work
+
+    async def carried(arg: A) -> T:
+        token = traceparent_var.set(traceparent)
+        try:
+            return await work(arg)
+        finally:
+            traceparent_var.reset(token)
+
+    return carried
+
+
+def record_span(
+    name: str,
+    *,
+    parent: str,
+    start_ns: int,
+    end_ns: int | None = None,
+    kind: Kind = "internal",
+    attributes: Attributes | None = None,
+) -> None:
+    """A span that already happened (``start_ns`` to ``end_ns``, default now), child of
+    ``parent``: one claim of many jobs becomes a claim span in each job's trace."""
+    started = start_span(name, parent=parent, kind=kind, attributes=attributes, start_ns=start_ns)
+    if started is not None:
+        started.end(end_time=end_ns if end_ns is not None else time.time_ns())
+
+
+def record_claims(queue: str, payloads: Sequence[Any], start_ns: int) -> None:
+    """One claim of jobs, as a ``claim <queue>`` span in the trace of each job whose
+    payload keeps a ``traceparent`` (sends, automation triggers)."""
+    end_ns = time.time_ns()
+    for payload in payloads:
+        parent = payload.get("traceparent") if isinstance(payload, dict) else None
+        if parent:
+            record_span(
+                f"claim {queue}",
+                parent=parent,
+                start_ns=start_ns,
+                end_ns=end_ns,
+                kind="consumer",
+                attributes={"appliance.queue": queue, "appliance.claimed": len(payloads)},
+            )
+
+
+class ItemTraces:
+    """The spans of a batch's items (``per_item``), by item key."""
+
+    def __init__(self, spans: Mapping[str, Span] | None = None) -> None:
+        self._spans = dict(spans or {})
+        self.ids = {key: traceparent_of(s) for key, s in self._spans.items()}
+        self._token: Any = None
+
+    def get(self, key: str) -> str | None:
+        """The item's traceparent (None when off)."""
+        return self.ids.get(key)
+
+    def enter(self, key: str) -> None:
+        """``traceparent_var`` names the item's span from now until the batch's block
+        ends: what is written for this item next (its events, jobs) joins its trace."""
+        traceparent = self.ids.get(key)
+        if traceparent is None:
+            return
+        token = traceparent_var.set(traceparent)
+        if self._token is None:
+            self._token = token
+
+    def record(self, name: str, start_ns: int, *, kind: Kind = "internal") -> None:
+        """A child span of every item, from ``start_ns`` to now (a step they shared)."""
+        if not self._spans:
+            return
+        end_ns = time.time_ns()
+        for traceparent in self.ids.values():
+            record_span(name, parent=traceparent, start_ns=start_ns, end_ns=end_ns, kind=kind)
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self._token is not None:
+            traceparent_var.reset(self._token)
+            self._token = None
+        if exc is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            for s in self._spans.values():
+                s.record_exception(exc)
+                s.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        for s in self._spans.values():
+            s.end()
+
+
+_NO_ITEMS = ItemTraces()
+
+
+@contextmanager
+def _per_item(
+    name: str, items: Sequence[tuple[str, Attributes]], kind: Kind
+) -> Iterator[ItemTraces]:
+    spans: dict[str, Span] = {}
+    for key, attributes in items:
+        started = start_span(name, parent="", kind=kind, attributes=attributes)
+        if started is not None:
+            spans[key] = started
+    traces = ItemTraces(spans)
+    try:
+        yield traces
+    except BaseException as exc:
+        traces._close(exc)
+        raise
+    traces._close(None)
+
+
+def per_item(
+    name: str,
+    items: Callable[[], Sequence[tuple[str, Attributes]]],
+    *,
+    kind: Kind = "internal",
+) -> AbstractContextManager[ItemTraces]:
+    """A new trace for each item of a batch handled together (an inbound commit: one
+    trace per message), its root span open around the block. ``items`` (called only
+    when tracing is on) gives each item's key and attributes. Off: nothing is made."""
+    if _tracer is None:
+        return nullcontext(_NO_ITEMS)
+    return _per_item(name, items(), kind)
+
+
+class _Message(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+
+
+def inbound_items(account_id: str, messages: Sequence[_Message]) -> list[tuple[str, Attributes]]:
+    """``per_item``'s items for inbound messages: key = message id."""
+    return [
+        (
+            m.id,
+            {
+                "appliance.account_id": account_id,
+                "appliance.message_id": m.id,
+                "messaging.type": m.type,
+            },
+        )
+        for m in messages
+    ]
+
+
+# Sends remembered for their receipts: a delivered or read receipt arrives later, from
+# the engine's own task, and joins the trace of the send it is about. In memory and
+# bounded (a receipt after a restart, or after LINKS_KEPT newer sends, starts its own trace).
+LINKS_KEPT = 10_000
+_links: OrderedDict[str, str] = OrderedDict()
+
+
+def remember(key: str) -> None:
+    """Keep the open span's traceparent under ``key`` (tracing on)."""
+    if _tracer is None:
+        return
+    traceparent = traceparent_var.get()
+    if traceparent:
+        _links[key] = traceparent
+        _links.move_to_end(key)
+        while len(_links) > LINKS_KEPT:
+            _links.popitem(last=False)
+
+
+def recall(key: str) -> str | None:
+    """The traceparent kept under ``key``, if any."""
+    if _tracer is None:
+        return None
+    return _links.get(key)

@@ -39,7 +39,7 @@ from appliance.config import Paths, Settings
 from appliance.db.migrate import latest_version, read_schema_version
 from appliance.errors import ApplianceError
 from appliance.ops.ids import sequences
-from appliance.secrets import SECRET_NAMES
+from appliance.secrets import PREVIOUS_DATA_KEY, SECRET_NAMES
 
 if TYPE_CHECKING:
     from appliance.ops.crypt import Encryption
@@ -189,7 +189,8 @@ def write_backup(
         if paths.env_file.exists():
             staged.append(("etc/appliance.env", paths.env_file))
         if include_secrets:
-            for name in SECRET_NAMES:
+            # The previous data key too, during a rotation: values not yet re-encrypted.
+            for name in (*SECRET_NAMES, PREVIOUS_DATA_KEY):
                 secret = paths.secrets_dir / name
                 if secret.exists():
                     staged.append((f"secrets/{name}", secret))

@@ -35,7 +35,12 @@ from appliance.errors import ApplianceError, SecretFileError
 from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
 from appliance.ops.crypt import Decryption, decrypt, is_encrypted
 from appliance.ops.ids import apply_floors, compute_floors, sequences
-from appliance.secrets import SECRET_NAMES, check_secrets_dir, load_secrets
+from appliance.secrets import (
+    PREVIOUS_DATA_KEY,
+    SECRET_NAMES,
+    check_secrets_dir,
+    load_secrets,
+)
 
 # Its own epochs are not floored: they count restores.
 UNFLOORED = ("restore_epochs",)
@@ -134,11 +139,15 @@ def _data_cipher(paths: Paths, owner: tuple[int, int] | None) -> DataCipher:
     """The data key's cipher, for data migrations. Root restoring a system install
     reads the service user's file after checking it as that user would."""
     if owner is None:
-        return DataCipher(load_secrets(paths.secrets_dir).data_key)
+        loaded = load_secrets(paths.secrets_dir)
+        return DataCipher(loaded.data_key, previous=loaded.previous_data_keys)
     problems = check_secrets_dir(paths.secrets_dir, uid=owner[0])
     if problems:
         raise SecretFileError("; ".join(problems))
-    return DataCipher((paths.secrets_dir / "data-key").read_text().strip().encode())
+    previous_file = paths.secrets_dir / PREVIOUS_DATA_KEY
+    previous = (previous_file.read_text().strip().encode(),) if previous_file.exists() else ()
+    key = (paths.secrets_dir / "data-key").read_text().strip().encode()
+    return DataCipher(key, previous=previous)
 
 
 def _replace_file(path: Path, content: bytes, mode: int) -> None:
@@ -234,7 +243,7 @@ def restore(
                 f"the archive's settings are in {paths.etc / 'appliance.env.from-backup'}"
             )
         if with_secrets:
-            for name in SECRET_NAMES:
+            for name in (*SECRET_NAMES, PREVIOUS_DATA_KEY):  # mid-rotation: both keys
                 source = staging / "secrets" / name
                 if not source.exists():
                     continue

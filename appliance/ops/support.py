@@ -34,7 +34,7 @@ from appliance import __version__
 from appliance.config import Paths, Settings
 from appliance.db.migrate import latest_version, read_schema_version
 from appliance.ops.redact import CREDENTIAL_KEY, SECRET, Known, Redactor
-from appliance.secrets import SECRET_NAMES
+from appliance.secrets import OPTIONAL_SECRET_NAMES, SECRET_NAMES
 
 # How many recent message bodies and contacts are read to redact them exactly.
 KNOWN_CONTENT_LIMIT = 20_000
@@ -56,6 +56,9 @@ def known_values(paths: Paths, settings: Settings) -> Known:
     for name in SECRET_NAMES:
         with contextlib.suppress(OSError):
             known.secrets.append((paths.secrets_dir / name).read_text().strip())
+    for name in OPTIONAL_SECRET_NAMES:  # during a rotation: the old key, the old token
+        with contextlib.suppress(OSError, IndexError):
+            known.secrets.append((paths.secrets_dir / name).read_text().split()[0])
     if not settings.database_path.exists():
         return known
     queries = (

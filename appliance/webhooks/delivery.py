@@ -36,6 +36,7 @@ from appliance.db.queue import DurableQueue, Job, ack_in
 from appliance.messaging import store as messaging_store
 from appliance.messaging.rows import EventRow
 from appliance.net import ssrf
+from appliance.observability import tracing
 from appliance.observability.context import child_traceparent
 from appliance.webhooks import store
 from appliance.webhooks.contracts import RESERVED_HEADERS, WEBHOOK_QUEUE
@@ -265,10 +266,22 @@ class Deliverer:
         if event is None:
             await self._finish(job, endpoint, None, "dead", "event no longer exists")
             return
-        async with self.endpoints.slots(endpoint):
-            result = await self._attempt(endpoint, event)
-            # The slot is held until the outcome is committed: see repeats_at_a_kill().
-            await self._record(job, endpoint, event, result)
+        # With tracing on, the delivery joins the trace of the span that wrote the event.
+        with tracing.span(
+            "webhook.deliver",
+            parent=event.traceparent or "",
+            kind="client",
+            attributes={
+                "appliance.endpoint_id": endpoint.id,
+                "appliance.event_id": event.id,
+                "appliance.event_type": event.type,
+                "appliance.attempt": job.attempts,
+            },
+        ):
+            async with self.endpoints.slots(endpoint):
+                result = await self._attempt(endpoint, event)
+                # The slot is held until the outcome is committed: see repeats_at_a_kill().
+                await self._record(job, endpoint, event, result)
 
     async def _event(self, event_id: int) -> EventRow | None:
         """The event row; events never change, so one read serves every endpoint."""
@@ -300,7 +313,9 @@ class Deliverer:
                     timestamp,
                     body,
                 ),
-                "traceparent": child_traceparent(None),
+                "traceparent": tracing.outgoing_traceparent()
+                if tracing.enabled()
+                else child_traceparent(None),
             }
         )
         result = await self.poster.post(

@@ -31,6 +31,7 @@ from appliance.inbox import store as inbox_store
 from appliance.messaging import media as media_store
 from appliance.messaging import store
 from appliance.messaging.models import MessageOut
+from appliance.observability import tracing
 from appliance.worker.actions_loop import apply_edit
 from appliance.worker.pipeline import Pipeline, PipelineContext
 
@@ -60,16 +61,27 @@ class Inbound:
 
     async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
         """Store inbound messages (their media first, as files) and apply revokes, in one
-        transaction with their events; returns which were new."""
+        transaction with their events; returns which were new. With tracing on, each
+        message starts its trace here: commit, pipeline, automations and deliveries."""
+        with tracing.per_item(
+            "inbound", lambda: tracing.inbound_items(runtime.account_id, messages), kind="consumer"
+        ) as traces:
+            return await self._commit(runtime, messages, traces)
+
+    async def _commit(
+        self, runtime: AccountRuntime, messages: list[InboundMessage], traces: tracing.ItemTraces
+    ) -> list[bool]:
         account_id = runtime.account_id
         now = time.time()
         staged = [await self._stage_media(account_id, m) for m in messages]
         results: list[bool] = []
         new: list[MessageOut] = []
         orphans = [path for _, _, path in staged if path is not None]
+        commit_started = time.time_ns()
         try:
             async with self.db.write() as conn:
                 for m, record, path in staged:
+                    traces.enter(m.id)  # its events and trigger job name its trace
                     if m.type == "revoke":
                         await self._apply_revoke(conn, account_id, m, now)
                         results.append(True)
@@ -106,12 +118,13 @@ class Inbound:
             # Files of duplicates, or of a transaction that did not commit.
             for orphan in orphans:
                 await asyncio.to_thread(orphan.unlink, True)
+        traces.record("inbound.commit", commit_started)
         if any(results):
             await self.events_written()
         if new:
             self.automations_queued()
             ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
-            self.spawn(self._run_pipeline(ctx, new))
+            self.spawn(self._run_pipeline(ctx, new, traces.ids))
         return results
 
     async def _stage_media(
@@ -167,14 +180,22 @@ class Inbound:
             now=now,
         )
 
-    async def _run_pipeline(self, ctx: PipelineContext, messages: list[MessageOut]) -> None:
+    async def _run_pipeline(
+        self, ctx: PipelineContext, messages: list[MessageOut], traces: dict[str, str]
+    ) -> None:
         for message in messages:
-            await self.pipeline.run(ctx, message)
+            with tracing.within(traces.get(message.id)):
+                await self.pipeline.run(ctx, message)
 
     async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
-        now = time.time()
-        changed = await self.db.write_batched(
-            lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
-        )
-        if changed is not None:
-            await self.events_written()
+        # With tracing on, a receipt (and the events it writes) joins its send's trace.
+        with (
+            tracing.within(tracing.recall(f"{account_id}:{message_id}")),
+            tracing.span("receipt", kind="consumer", attributes={"appliance.status": status}),
+        ):
+            now = time.time()
+            changed = await self.db.write_batched(
+                lambda conn: store.set_message_status(conn, account_id, message_id, status, now=now)
+            )
+            if changed is not None:
+                await self.events_written()

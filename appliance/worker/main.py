@@ -78,7 +78,10 @@ class Worker:
             synchronous=self.settings.sqlite_synchronous,
             busy_timeout_ms=self.settings.sqlite_busy_timeout_ms,
         )
-        applied = await migrate(self.db.writer, cipher=DataCipher(self.secrets.data_key))
+        applied = await migrate(
+            self.db.writer,
+            cipher=DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
+        )
         self.schema_version = await current_version(self.db.writer)
         if applied:
             log.info("applied migrations", extra={"versions": applied})
@@ -100,7 +103,7 @@ class Worker:
             self.db,
             self.settings,
             publish=self._publish_events,
-            cipher=DataCipher(self.secrets.data_key),
+            cipher=DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
             pipeline=pipeline,
         )
         self.scripts = ScriptRunner(
@@ -134,7 +137,7 @@ class Worker:
         self.dispatcher = Dispatcher(
             self.db,
             self.settings,
-            DataCipher(self.secrets.data_key),
+            DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
             on_events=self._events_from_dispatcher,
         )
         await self.dispatcher.start()

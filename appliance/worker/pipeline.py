@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from appliance.messaging.models import MessageOut
+from appliance.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class Pipeline:
         for task in self.tasks:
             start = time.perf_counter()
             try:
-                await task.run(ctx, message)
+                with tracing.span(f"pipeline {task.name}"):
+                    await task.run(ctx, message)
                 outcome = "ok"
             except Exception:
                 outcome = "error"

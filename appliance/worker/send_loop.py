@@ -174,6 +174,7 @@ class SendLoop:
             kind="consumer",
             attributes={"appliance.account_id": account_id, "appliance.message_id": message_id},
         ):
+            tracing.remember(f"{account_id}:{message_id}")  # its receipts join this trace
             return await self._hand_to_engine(job, runtime.engine, row)
 
     async def _hand_to_engine(self, job: Job, engine: Engine, row: MessageRow) -> bool:

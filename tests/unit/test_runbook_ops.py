@@ -56,7 +56,12 @@ def test_every_ops_command_has_a_runbook_page() -> None:
         for action in parser._subparsers._group_actions  # type: ignore[union-attr]
         for name in action.choices  # type: ignore[union-attr]
     }
-    pages = {"backup": "backup.md", "restore": "restore.md", "support-bundle": "support-bundle.md"}
+    pages = {
+        "backup": "backup.md",
+        "restore": "restore.md",
+        "support-bundle": "support-bundle.md",
+        "rotate": "secrets.md",
+    }
     index = (REPO / "runbook/README.md").read_text()
     for command, page in pages.items():
         assert command in commands

@@ -59,6 +59,7 @@ async def _contacts_page(account: str | None, accounts: list[Any], **extra: Any)
         q=q,
         next_cursor=next_cursor,
         can_import=principal().can(Permission.ACCOUNTS_MANAGE),
+        can_edit=principal().can(Permission.MESSAGES_SEND),
         **extra,
     )
 

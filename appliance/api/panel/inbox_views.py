@@ -22,6 +22,7 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
+from appliance.api.panel import conversation as extras
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
@@ -67,6 +68,7 @@ class Filters:
     tag: str | None = None
     q: str | None = None
     chat: str | None = None
+    cursor: str | None = None  # the chat list's next page (from its "More chats" button)
     errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +86,8 @@ class Filters:
         f.q = q or None
         chat = str(args.get("chat", "")).strip()[:256]
         f.chat = chat or None
+        cursor = str(args.get("cursor", "")).strip()[:200]
+        f.cursor = cursor or None
         return f
 
     def query(self, **changes: Any) -> str:
@@ -116,7 +120,14 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
     ids = [a.id for a in accounts]
     if f.account is None or f.account not in ids:
         f.account = ids[0] if ids else None
-    ctx: dict[str, Any] = {"f": f, "accounts": accounts, "chats": [], "tags": [], "results": []}
+    ctx: dict[str, Any] = {
+        "f": f,
+        "accounts": accounts,
+        "chats": [],
+        "tags": [],
+        "results": [],
+        "more_url": None,
+    }
     if f.account is None:
         return ctx
     account = f.account
@@ -145,17 +156,23 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
         if tag_id is None:
             return ctx
         tag_first = await tags_store.tag_chat_count(db, tag_id) <= tags_store.SORT_TAGGED_MAX
-    rows, _next = await queries.list_chats(
-        db,
-        account,
-        tag_id=tag_id,
-        tag_first=tag_first,
-        limit=CHAT_PAGE,
-        status=f.status,
-        assignee=assignee,
-        unread_for=reader,
-    )
+    try:
+        rows, next_chats = await queries.list_chats(
+            db,
+            account,
+            tag_id=tag_id,
+            tag_first=tag_first,
+            cursor=f.cursor,
+            limit=CHAT_PAGE,
+            status=f.status,
+            assignee=assignee,
+            unread_for=reader,
+        )
+    except InvalidInput:  # a stale or forged cursor: no more chats
+        rows, next_chats = [], None
     ctx["chats"] = await _chat_outs(db, account, rows)
+    if next_chats:
+        ctx["more_url"] = f"/panel/inbox/chats?{f.query(cursor=next_chats, part='more')}"
     ctx["previews"] = {c.id: _preview(c) for c in ctx["chats"]}
     ctx["total_unread"] = sum(c.unread for c in ctx["chats"])
     return ctx
@@ -209,11 +226,22 @@ def _message_view(
         "sender": senders.get(row.sender_jid or "") if row.direction == "in" else None,
         "quote": (reply.body or _("(media)")) if reply is not None else None,
         "origin": row.origin,
+        "cursor": row.cursor,
     }
 
 
-async def _conversation(account: str, jid: str, *, mark_read: bool) -> dict[str, Any]:
-    """The open chat: messages (oldest first, grouped by day), notes, tags, assignees."""
+async def _conversation(
+    account: str,
+    jid: str,
+    *,
+    mark_read: bool,
+    cursor: str | None = None,
+    since: int | None = None,
+) -> dict[str, Any]:
+    """The open chat: messages (oldest first, grouped by day), notes, tags, assignees.
+
+    ``cursor``: the page older than it (scrolling up); ``since``: every message from
+    that page position on (a live refresh keeps the older pages the user loaded)."""
     await _granted(account)
     db = _db()
     row = await queries.chat_row(db, account, jid)
@@ -223,7 +251,17 @@ async def _conversation(account: str, jid: str, *, mark_read: bool) -> dict[str,
     reader = await _reader_id()
     if mark_read and reader is not None:
         await _mark_read(account, jid, reader)
-    rows, _next = await queries.list_messages(db, account, chat_jid=jid, limit=MESSAGE_PAGE)
+    rows: list[MessageRow] = []
+    older: str | None = None
+    if since is not None:
+        rows, older = await extras.messages_since(db, account, jid, since)
+    if not rows:
+        try:
+            rows, older = await queries.list_messages(
+                db, account, chat_jid=jid, cursor=cursor, limit=MESSAGE_PAGE
+            )
+        except InvalidInput:  # a stale or forged cursor: the newest page
+            rows, older = await queries.list_messages(db, account, chat_jid=jid, limit=MESSAGE_PAGE)
     rows.reverse()
     wanted = [r.reply_to for r in rows if r.reply_to]
     quoted = await queries.message_rows_by_id(db, account, wanted) if wanted else {}
@@ -232,12 +270,20 @@ async def _conversation(account: str, jid: str, *, mark_read: bool) -> dict[str,
         for r in rows:
             if r.sender_jid and r.sender_jid not in senders:
                 contact = await quick_replies_store.contact_name(db, account, r.sender_jid)
-                senders[r.sender_jid] = contact or _phone(r.sender_jid)
+                senders[r.sender_jid] = contact or r.sender_name or _phone(r.sender_jid)
+    ids = [r.id for r in rows if r.type != "reaction"]
+    reactions = await extras.reactions_for(db, account, jid, ids, senders, _("You"))
+    edited = await extras.edited_at(db, account, ids)
     days: list[tuple[str, list[dict[str, Any]]]] = []
     for r in rows:
         view = _message_view(r, quoted, senders)
         if view["type"] == "reaction":
-            continue  # shown on the message they react to (not built yet: see runbook)
+            continue  # shown under the message they react to
+        view["reactions"] = reactions.get(r.id, [])
+        view["edited"] = r.id in edited
+        if view["sender"] and r.sender_jid:
+            view["sender_picture"] = extras.picture_url(account, r.sender_jid)
+            view["sender_initials"] = extras.initials(view["sender"])
         key = i18n.fmt_day(view["at"])
         if not days or days[-1][0] != key:
             days.append((key, []))
@@ -251,11 +297,19 @@ async def _conversation(account: str, jid: str, *, mark_read: bool) -> dict[str,
     people = (
         await inbox_store.assignees(db, account) if who.can(Permission.CONVERSATIONS_ASSIGN) else []
     )
+    title = chat.name or _phone(chat.id)
     return {
         "account": account,
         "chat": chat,
-        "title": chat.name or _phone(chat.id),
+        "title": title,
+        "picture": extras.picture_url(account, jid),
+        "initials": extras.initials(title),
         "days": days,
+        "older_url": f"{chat_url(account, jid)}?{urlencode({'part': 'older', 'cursor': older})}"
+        if older
+        else None,
+        "since": rows[0].cursor if rows else None,
+        "emoji": extras.EMOJI,
         "notes": list(reversed(notes)),
         "all_tags": [t for t in tags if t.name not in {c.name for c in chat.tags}],
         "quick_replies": replies,
@@ -321,6 +375,9 @@ async def inbox() -> Response:
 async def chat_list() -> Response:
     """The chat list alone (filters changed, or an event said something moved)."""
     f = Filters.parse(request.args)
+    if request.args.get("part") == "more":  # the next page, as list items
+        return await page("panel/inbox_chat_items.html", **(await _chat_list(f)))
+    f.cursor = None
     return await page("panel/inbox_chats.html", **(await _chat_list(f)))
 
 
@@ -333,7 +390,12 @@ async def conversation(account: str, chat_id: str) -> Response:
     part = request.args.get("part")
     if not is_htmx():
         return see_other(f"/panel/inbox?{urlencode({'account': account, 'chat': jid})}")
-    ctx = await _conversation(account, jid, mark_read=True)
+    if part == "older":  # scrolling up: the page before the cursor, as list items
+        cursor = str(request.args.get("cursor", ""))[:200] or None
+        ctx = await _conversation(account, jid, mark_read=False, cursor=cursor)
+        return await page("panel/inbox_message_items.html", cv=ctx)
+    since = str(request.args.get("since", ""))
+    ctx = await _conversation(account, jid, mark_read=True, since=_since(since))
     if part == "messages":
         return await page("panel/inbox_messages.html", cv=ctx)
     response = await page("panel/inbox_conversation.html", cv=ctx)
@@ -349,8 +411,14 @@ async def _form() -> dict[str, str]:
     return {k: str(v) for k, v in form.items()}
 
 
+def _since(value: str) -> int | None:
+    """The page position a refresh reads from (``since``: the oldest message shown)."""
+    return int(value) if value.isdigit() and len(value) < 16 else None
+
+
 async def _after_action(account: str, jid: str, *, error: str | None = None) -> Response:
-    ctx = await _conversation(account, jid, mark_read=False)
+    since = _since(str((await request.form).get("since", "")))  # keeps the loaded pages
+    ctx = await _conversation(account, jid, mark_read=False, since=since)
     response = await page("panel/inbox_conversation.html", composer_error=error, cv=ctx)
     response.headers["HX-Trigger"] = "panel:messages"  # the chat list shows the change
     return response
@@ -374,6 +442,7 @@ async def send(account: str, chat_id: str) -> Response:
     text = form.get("text", "").strip()
     reply_to = form.get("reply_to", "").strip()[:128] or None
     quick_reply = form.get("quick_reply_id", "").strip()
+    media_id = form.get("media_id", "").strip()[:200]
     extra: dict[str, Any] = {"context": {"message_id": reply_to}} if reply_to else {}
     db = _db()
     try:
@@ -385,12 +454,22 @@ async def send(account: str, chat_id: str) -> Response:
                     {
                         "to": jid,
                         "type": "quick_reply",
-                        "quick_reply": {"id": int(quick_reply)},
+                        "quick_reply": {
+                            "id": int(quick_reply),
+                            "variables": extras.form_variables(form),
+                        },
                         **extra,
                     }
                 ),
                 agent=principal().name,
             )
+        elif media_id:  # uploaded by the page through POST /api/accounts/{id}/media
+            if len(text) > 1024:
+                raise InvalidInput(_("The caption is too long."))
+            content = extras.media_message(
+                form.get("media_kind", ""), media_id, text, form.get("media_name", "")
+            )
+            data = SendMessageIn.model_validate({"to": jid, **content, **extra})
         else:
             if not text:
                 raise InvalidInput(_("Write a message first."))

@@ -183,6 +183,7 @@
     var list = suggestions();
     if (list) { list.hidden = true; }
     box.focus();
+    body.dispatchEvent(new CustomEvent("panel:qr-chosen", { detail: li }));  // conversation.js
   }
   document.addEventListener("input", function (e) {
     if (e.target.id !== "composer-text") { return; }
@@ -190,7 +191,10 @@
     var id = document.getElementById("quick-reply-id");
     if (!list) { return; }
     var text = e.target.value;
-    if (id && id.value && text.charAt(0) === "/") { id.value = ""; }
+    if (id && id.value && text.charAt(0) === "/") {
+      id.value = "";
+      body.dispatchEvent(new CustomEvent("panel:qr-cleared"));
+    }
     if (text.charAt(0) !== "/" || text.indexOf(" ") !== -1) { list.hidden = true; return; }
     var word = text.slice(1).toLowerCase();
     var shown = 0;
@@ -219,7 +223,8 @@
       if (sel) { choose(sel); e.preventDefault(); }
     } else if (e.key === "Enter" && !e.shiftKey) {
       var form = e.target.form;
-      if (form && e.target.value.trim()) { e.preventDefault(); form.requestSubmit(); }
+      var media = document.getElementById("media-id");
+      if (form && (e.target.value.trim() || (media && media.value))) { e.preventDefault(); form.requestSubmit(); }
     } else if (e.key === "Escape") {
       // Close the suggestions, else cancel the reply, else leave the box (the
       // inbox's shortcuts work again: keyboard-only use).

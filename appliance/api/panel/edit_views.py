@@ -1,0 +1,268 @@
+"""Editing a contact (the team's name for it, its declared attributes, its tags) and a
+quick reply (name, shortcut, text), as ``PATCH .../contacts/{contact}``,
+``POST .../tagging`` and ``PATCH .../quick-replies/{id}`` do: the same stores, the
+same checks, the same events and audit entries. Bad values are shown next to their
+field (400), a shortcut in use next to the shortcut (409).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from pydantic import ValidationError
+from quart import Response, request
+from quart_schema import hide
+
+from appliance.api.access import principal, requires
+from appliance.api.accounts_access import account_for
+from appliance.api.audit import audit
+from appliance.api.panel.i18n import _
+from appliance.api.panel.web import bp, page, see_other
+from appliance.api.state import db as _db
+from appliance.api.worker_rpc import poke
+from appliance.auth.permissions import Permission
+from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.inbox import contacts as logic
+from appliance.inbox import contacts_store, notes_store, quick_replies_store, tags_store
+from appliance.inbox.models import QuickReplyUpdateIn
+from appliance.messaging.models import recipient_jid
+
+MAX_JID = 256
+
+
+def _field_errors(exc: ValidationError) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for e in exc.errors():
+        where = str(e["loc"][0]) if e["loc"] else "body"
+        errors.setdefault(where, str(e["msg"]))
+    return errors
+
+
+# -- quick replies -----------------------------------------------------------------------
+
+
+def _reply_url(account: str, reply_id: int) -> str:
+    return f"/panel/accounts/{quote(account, safe='')}/quick-replies/{reply_id}/edit"
+
+
+@bp.get("/accounts/<account>/quick-replies/<int:reply_id>/edit")
+@requires(Permission.QUICK_REPLIES_MANAGE)
+@hide
+async def quick_reply_edit(account: str, reply_id: int) -> Response:
+    await account_for(account)
+    reply = await quick_replies_store.get_quick_reply(_db(), account, reply_id)
+    values = {"name": reply.name, "shortcut": reply.shortcut, "body": reply.body or ""}
+    return await _reply_page(account, reply_id, reply.media is not None, values, {})
+
+
+async def _reply_page(
+    account: str,
+    reply_id: int,
+    has_media: bool,
+    values: dict[str, Any],
+    errors: dict[str, str],
+    status: int = 200,
+) -> Response:
+    return await page(
+        "panel/quick_reply_edit.html",
+        status=status,
+        nav="quick_replies",
+        account=account,
+        action=_reply_url(account, reply_id),
+        has_media=has_media,
+        values=values,
+        errors=errors,
+    )
+
+
+@bp.post("/accounts/<account>/quick-replies/<int:reply_id>/edit")
+@requires(Permission.QUICK_REPLIES_MANAGE)
+@hide
+async def quick_reply_update(account: str, reply_id: int) -> Response:
+    """As PATCH /api/accounts/{id}/quick-replies/{reply}: name, shortcut and text (an
+    empty text removes it when the reply has media; media stays as it is)."""
+    await account_for(account)
+    current = await quick_replies_store.get_quick_reply(_db(), account, reply_id)
+    form = await request.form
+    values = {
+        "name": str(form.get("name", "")).strip(),
+        "shortcut": str(form.get("shortcut", "")).strip(),
+        "body": str(form.get("body", "")).strip(),
+    }
+    changes_in: dict[str, Any] = {"name": values["name"], "shortcut": values["shortcut"]}
+    changes_in["body"] = values["body"] or None
+    has_media = current.media is not None
+    try:
+        data = QuickReplyUpdateIn.model_validate(changes_in)
+    except ValidationError as exc:
+        return await _reply_page(account, reply_id, has_media, values, _field_errors(exc), 400)
+    if data.body is None and not has_media:
+        errors = {"body": _("Write the text: a quick reply without media needs it.")}
+        return await _reply_page(account, reply_id, has_media, values, errors, 400)
+    changes = {name: getattr(data, name) for name in data.model_fields_set}
+    try:
+        async with _db().write() as conn:
+            await quick_replies_store.update_quick_reply(
+                conn,
+                account,
+                reply_id,
+                changes,
+                by=notes_store.actor_of(principal()),
+                now=time.time(),
+            )
+            await audit(
+                conn,
+                "quick_reply.update",
+                target=f"quick_reply:{reply_id}",
+                account=account,
+                fields=sorted(changes),
+            )
+    except Conflict:
+        errors = {"shortcut": _("A quick reply with this shortcut exists.")}
+        return await _reply_page(account, reply_id, has_media, values, errors, 409)
+    await poke("events")
+    return see_other(f"/panel/quick-replies?account={quote(account, safe='')}")
+
+
+# -- contacts ----------------------------------------------------------------------------
+
+
+def _contact_jid(contact: str) -> str:
+    if not contact or len(contact) > MAX_JID or not contact.isprintable():
+        raise NotFound("no such contact")
+    try:
+        return recipient_jid(contact)
+    except ValueError:
+        raise NotFound("no such contact") from None
+
+
+def contact_edit_url(account: str, jid: str) -> str:
+    return f"/panel/accounts/{quote(account, safe='')}/contacts/{quote(jid, safe='@.')}/edit"
+
+
+async def _contact_page(
+    account: str,
+    jid: str,
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    db = _db()
+    row = await contacts_store.contact_row(db, account, jid)
+    if row is None:
+        raise NotFound("no such contact")
+    defs = await contacts_store.attribute_defs(db, account)
+    contact = logic.contact_out(row, {d.key: d.type for d in defs})
+    if values is None:
+        values = {"display_name": contact.display_name or ""}
+        for d in defs:
+            if d.key in contact.attributes:
+                values[f"attr.{d.key}"] = logic.format_cell(contact.attributes[d.key])
+    tags, _next = await tags_store.list_tags(db, account, cursor=None, limit=200)
+    current = (await tags_store.tags_of(db, account, [jid], contacts=True)).get(jid, [])
+    who = principal()
+    return await page(
+        "panel/contact_edit.html",
+        status=status,
+        nav="contacts",
+        account=account,
+        contact=contact,
+        defs=defs,
+        values=values,
+        errors=errors or {},
+        tags=tags,
+        tagged={t.id for t in current} if "tags" not in values else set(values["tags"]),
+        may_tag=who.can(Permission.TAGS_APPLY),
+        action=contact_edit_url(account, jid),
+    )
+
+
+@bp.get("/accounts/<account>/contacts/<contact>/edit")
+@requires(Permission.MESSAGES_SEND)
+@hide
+async def contact_edit(account: str, contact: str) -> Response:
+    await account_for(account)
+    return await _contact_page(account, _contact_jid(contact))
+
+
+@bp.post("/accounts/<account>/contacts/<contact>/edit")
+@requires(Permission.MESSAGES_SEND)
+@hide
+async def contact_update(account: str, contact: str) -> Response:
+    """The display name and attributes as PATCH /api/accounts/{id}/contacts/{contact}
+    (an empty field removes the attribute), and the contact's tags as
+    POST /api/accounts/{id}/tagging (for those who may apply tags)."""
+    await account_for(account)
+    jid = _contact_jid(contact)
+    db = _db()
+    form = await request.form
+    who = principal()
+    defs = {d.key: d.type for d in await contacts_store.attribute_defs(db, account)}
+    values: dict[str, Any] = {"display_name": str(form.get("display_name", ""))}
+    errors: dict[str, str] = {}
+    try:
+        display_name = logic.clean_display_name(values["display_name"])
+    except ValueError as exc:
+        errors["display_name"] = str(exc)
+        display_name = None
+    changes: dict[str, Any] = {}
+    for key, type_ in defs.items():
+        text = str(form.get(f"attr.{key}", "")).strip()
+        values[f"attr.{key}"] = text
+        try:
+            changes[key] = logic.parse_cell(type_, text) if text else None
+        except ValueError as exc:
+            errors[f"attr.{key}"] = str(exc)
+    wanted: set[int] = set()
+    may_tag = who.can(Permission.TAGS_APPLY)
+    if may_tag:
+        wanted = {int(v) for v in form.getlist("tags") if str(v).isdigit()}
+        values["tags"] = sorted(wanted)
+    if errors:
+        return await _contact_page(account, jid, values, errors, 400)
+    now = time.time()
+    by = contacts_store.actor(who.key, who.name)
+    async with db.write() as conn:
+        row = await contacts_store.contact_row(conn, account, jid)
+        if row is None:
+            raise NotFound("no such contact")
+        stored = orjson.loads(row["attributes"])
+        try:
+            attributes = logic.apply_attributes(defs, stored, changes)
+        except InvalidInput as exc:
+            issues = exc.extra.get("issues")
+            for issue in issues if isinstance(issues, list) else []:
+                if isinstance(issue, dict):
+                    path = str(issue.get("path", "")).removeprefix("attributes.")
+                    errors[f"attr.{path}"] = str(issue.get("message", ""))
+            return await _contact_page(account, jid, values, errors or {"body": exc.message}, 400)
+        await contacts_store.update_contact(
+            conn,
+            account,
+            jid,
+            display_name=display_name,
+            set_display_name=True,
+            attributes=attributes,
+            by=by,
+            now=now,
+        )
+        if may_tag:
+            current = (await tags_store.tags_of(conn, account, [jid], contacts=True)).get(jid, [])
+            have = {t.id for t in current}
+            add, remove = sorted(wanted - have), sorted(have - wanted)
+            if add or remove:
+                await tags_store.apply_tags(
+                    conn,
+                    account,
+                    add=add,
+                    remove=remove,
+                    chats=[],
+                    contacts=[jid],
+                    by=notes_store.actor_of(who),
+                    now=now,
+                )
+    await poke("events")
+    return see_other(f"/panel/contacts?account={quote(account, safe='')}&saved={quote(jid)}")
