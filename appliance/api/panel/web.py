@@ -75,7 +75,51 @@ NAV: list[NavItem] = [
     NavItem("users", N_("Users"), "panel.users", Permission.USERS_MANAGE),
     NavItem("api_keys", N_("API keys"), "panel.api_keys", Permission.API_KEYS_MANAGE),
     NavItem("audit", N_("Audit log"), "panel.audit_log", Permission.AUDIT_READ),
+    NavItem(
+        "auto_replies", N_("Auto-replies"), "panel.auto_replies", Permission.AUTOMATIONS_MANAGE
+    ),
+    NavItem(
+        "schedules", N_("Scheduled messages"), "panel.schedules", Permission.AUTOMATIONS_MANAGE
+    ),
+    NavItem("scripts", N_("Scripts"), "panel.scripts", Permission.SCRIPTS_MANAGE),
 ]
+
+# Menus of the navigation (disclosure menus, keyboard operable), in this order after the
+# screens of no menu; NAV_GROUP_OF puts a screen (its NavItem key) in one. A menu shows
+# when the user may open at least one of its screens.
+NAV_GROUPS: dict[str, str] = {"automations": N_("Automations"), "admin": N_("Admin")}
+NAV_GROUP_OF: dict[str, str] = {
+    "auto_replies": "automations",
+    "schedules": "automations",
+    "scripts": "automations",
+    "quick_replies": "automations",
+    "setup": "admin",
+    "tags": "admin",
+    "webhooks": "admin",
+    "users": "admin",
+    "api_keys": "admin",
+    "audit": "admin",
+}
+
+
+@dataclass(frozen=True)
+class NavGroup:
+    key: str
+    label: str  # an N_() message
+    items: list[NavItem]
+
+
+def nav_tree(items: list[NavItem]) -> list[NavItem | NavGroup]:
+    """The navigation as shown: screens of no menu, then each menu with its screens."""
+    top: list[NavItem | NavGroup] = [n for n in items if n.key not in NAV_GROUP_OF]
+    order = {key: i for i, key in enumerate(NAV_GROUP_OF)}
+    for key, label in NAV_GROUPS.items():
+        members = sorted(  # in NAV_GROUP_OF's order
+            (n for n in items if NAV_GROUP_OF.get(n.key) == key), key=lambda n: order[n.key]
+        )
+        if members:
+            top.append(NavGroup(key, label, members))
+    return top
 
 
 # The conversation statuses as people read them (templates: ``_(status_names[s])``).
@@ -119,6 +163,7 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         template,
         user=who,
         nav_items=nav_for(who),
+        nav_tree=nav_tree(nav_for(who)),
         nav_active=nav,
         csrf=who.csrf_token if who is not None else None,
         lang=i18n.language(),

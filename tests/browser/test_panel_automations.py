@@ -1,0 +1,134 @@
+"""The panel's automation screens and its grouped navigation in Debian's chromium
+against the session's real installation: one flow, scanned with axe-core (no serious
+or critical violations) and saved as screenshots, light and dark, 1280 and 375 px.
+
+- Navigation: one line at 1280 px; the Automations menu opens with the keyboard and
+  closes with Escape (focus back on it); at 375 px nothing scrolls sideways and the
+  Admin menu stays inside the screen.
+- Auto-replies: a rule made in the panel, the tester says it would fire and what it
+  would send, then a simulated inbound message (the sandbox engine) gets that reply,
+  seen live in the conversation.
+- Scheduled messages: a recurring one shows its next three occurrences.
+- Scripts: a new script, its code saved from the editor (line numbers), a dry run
+  with its log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.test_panel import WAIT_MS, _axe, _clean, _inject, _shot, _sign_in, _wait
+from tests.browser.test_panel_admin import _both_themes
+from tests.integration.conftest import Appliance, admin_password, login
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
+
+
+def _menu_inside(page: Any, width: int) -> None:
+    box = page.locator("details[data-nav-menu][open] ul.nav-sub").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+
+
+def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    account = f"auto{suffix}"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post(
+            "/api/accounts",
+            json={"id": account, "name": f"Auto {suffix}", "engine_settings": FAST_SANDBOX},
+        )
+        assert made.status_code == 201, made.text
+        _wait(
+            lambda: api.get(f"/api/accounts/{account}/status").json()["state"] == "connected",
+            "the sandbox account to connect",
+        )
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    base = appliance.base_url
+
+    # Navigation at 1280 px: every item on one line; the menus by keyboard.
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    tops = page.eval_on_selector_all(
+        "nav.nav > ul > li", "items => items.map(i => Math.round(i.getBoundingClientRect().top))"
+    )
+    assert len(tops) >= 4 and len(set(tops)) == 1, tops
+    summary = page.locator("details[data-nav-menu] > summary", has_text="Automations")
+    summary.focus()
+    page.keyboard.press("Enter")
+    page.locator('details[data-nav-menu][open] a[href="/panel/schedules"]').wait_for()
+    _menu_inside(page, 1280)
+    _shot(page, artefacts, "nav-menu-en-light")
+    page.keyboard.press("Tab")  # into the menu
+    assert page.evaluate("document.activeElement.getAttribute('href')") == "/panel/auto-replies"
+    page.keyboard.press("Escape")
+    assert page.locator("details[data-nav-menu][open]").count() == 0
+    assert page.evaluate("document.activeElement.tagName") == "SUMMARY"
+
+    # Auto-replies: a rule, the tester, and the rule firing on a simulated inbound.
+    page.fill("#f-ar-name", "Prices")
+    page.select_option("#f-ar-match", "contains")
+    page.fill("#f-ar-pattern", "fiyat")
+    page.fill("#f-ar-reply", "Fiyat listemiz: example.org/fiyat")
+    page.click("#create-rule")
+    page.locator("#auto-replies li.rule", has_text="Prices").wait_for()
+    page.fill("#f-test-text", "FİYAT nedir?")
+    page.click("#run-test")
+    page.locator("#test-result .fired-name", has_text="Prices").wait_for()
+    assert "Fiyat listemiz" in page.locator("#test-result q.would-send").inner_text()
+    _both_themes(page, artefacts, "auto-replies")
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        _inject(api, account, "+905551237001", "Fiyat nedir acaba?", "Deniz")
+    page.goto(f"{base}/panel/inbox/{account}/905551237001@s.whatsapp.net")
+    page.get_by_text("Fiyat listemiz: example.org/fiyat").first.wait_for(timeout=WAIT_MS)
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    assert "fired 1 time" in page.locator("#auto-replies li.rule", has_text="Prices").inner_text()
+
+    # Scheduled messages: a recurring one with its next occurrences.
+    page.goto(f"{base}/panel/schedules?account={account}")
+    page.fill("#f-sch-name", "Morning")
+    page.fill("#f-sch-to", "+905551237001")
+    page.fill("#f-sch-text", "Good morning!")
+    page.check('input[name="kind"][value="cron"]')
+    page.fill("#f-sch-cron", "0 9 * * *")
+    page.fill("#f-sch-zone", "Europe/Istanbul")
+    page.click("#create-schedule")
+    page.locator("#schedules .next-run time").nth(2).wait_for()
+    _both_themes(page, artefacts, "schedules")
+
+    # Scripts: create, write code in the editor, save, dry run.
+    page.goto(f"{base}/panel/scripts?account={account}")
+    page.fill("#f-scr-name", "Hello log")
+    page.select_option("#f-scr-trigger", "manual")
+    page.click("#create-script")
+    page.wait_for_url("**/scripts/scr*")
+    page.fill("#f-scr-code", "log('merhaba');\nlog('dünya');\n")
+    assert page.locator(".code-editor .gutter").inner_text().split() == ["1", "2", "3"]
+    page.click("#save-script")
+    page.wait_for_url("**saved=1")
+    assert page.input_value("#f-scr-code").startswith("log('merhaba');")
+    page.fill("#f-run-body", "selam")
+    page.click("#dry-run")
+    page.locator("#run-result pre.logs", has_text="merhaba").wait_for(timeout=WAIT_MS)
+    _both_themes(page, artefacts, "script")
+
+    # 375 px: nothing wider than the phone; the Admin menu opens inside the screen.
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    page.locator("details[data-nav-menu] > summary", has_text="Admin").click()
+    page.locator('details[data-nav-menu][open] a[href="/panel/users"]').wait_for()
+    _menu_inside(page, 375)
+    _axe(page, "auto-replies (phone, menu open)")
+    _shot(page, artefacts, "nav-menu-en-light-phone")
+    page.keyboard.press("Escape")
+    _shot(page, artefacts, "auto-replies-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{base}/panel/inbox")
+    _shot(page, artefacts, "nav-en-light")
+    _clean(page)
