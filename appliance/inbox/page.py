@@ -14,8 +14,8 @@ from typing import Any
 
 from appliance.db.database import ReadSource, fetchall_from
 from appliance.inbox.models import TagRef
-from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
 from appliance.messaging.rows import ChatRow, MessageRow
+from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
 
 Key = tuple[str, str]  # (account id, chat jid or message id)
 

@@ -229,9 +229,7 @@ async def delete_events_batch(
     return int(cur.rowcount)
 
 
-async def delete_engine_actions_batch(
-    conn: aiosqlite.Connection, before: float, limit: int
-) -> int:
+async def delete_engine_actions_batch(conn: aiosqlite.Connection, before: float, limit: int) -> int:
     """Finished actions (done or failed) older than ``before``, oldest first; a queued
     one is never deleted, however old."""
     cur = await conn.execute(
