@@ -5,4 +5,5 @@ CREATE INDEX chats_recent_all ON chats (last_message_at DESC, jid, account_id);
 -- Your unread count per chat: the inbound messages after your read position, counted
 -- from this index alone (seq is its implicit last column) instead of reading every
 -- message row of the chat.
-CREATE INDEX messages_chat_in ON messages (account_id, chat_jid) WHERE direction = 'in';
+CREATE INDEX messages_chat_in ON messages (account_id, chat_jid, direction)
+    WHERE direction = 'in';
