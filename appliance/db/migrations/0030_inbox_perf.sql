@@ -7,3 +7,6 @@ CREATE INDEX chats_recent_all ON chats (last_message_at DESC, jid, account_id);
 -- message row of the chat.
 CREATE INDEX messages_chat_in ON messages (account_id, chat_jid, direction)
     WHERE direction = 'in';
+-- One user's chats across accounts ("mine", a user's), newest first: read from here
+-- instead of walking every chat for the few that are theirs.
+CREATE INDEX chats_assignee_all ON chats (assignee_id, last_message_at DESC, jid, account_id);
