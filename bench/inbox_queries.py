@@ -373,7 +373,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "API_RATE_LIMIT_PER_ADDR_PER_MIN": "1000000",
         })  # fmt: skip
         inst.start()  # migrations run; then the appliance stops while the data goes in
-        admin_key = inst.ctl("api-keys", "create", "bench", "--role", "admin").stdout.strip()
         inst.stop()
         db_path = next(inst.prefix.rglob("appliance.db"))
         t0 = time.monotonic()
@@ -386,6 +385,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_s = time.monotonic() - t0
         print(f"  seeded {scale.messages:,} messages in {seed_s:.0f} s", file=sys.stderr)
         inst.start()
+        # After the data went in: a database given with --database replaced the file.
+        admin_key = inst.ctl("api-keys", "create", "bench", "--role", "admin").stdout.strip()
         accounts = seeded["accounts"]
         agent_account = accounts[0]
         agent_key = inst.ctl(
