@@ -109,3 +109,47 @@ def test_the_cloud_engine_sends_a_sticker(open_db: Any, db_path: Path, tmp_path:
             await engine.close()
 
     asyncio.run(body())
+
+
+def test_a_sticker_send_is_stored_and_queued(open_db: Any, db_path: Path) -> None:
+    """Accepted like any media send: one outbound row of type sticker, its content as
+    given, one send job; an upload this account does not have is a 422 naming
+    sticker.id, with nothing written."""
+    from appliance.errors import Unprocessable
+    from appliance.messaging import sends
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            async with db.write() as conn:
+                await _cloud_account(conn)
+                link = SendMessageIn.model_validate(
+                    {"to": "+16505551234", "type": "sticker",
+                     "sticker": {"link": "https://example.org/s.webp"}}
+                )  # fmt: skip
+                accepted = await sends.accept_send(
+                    conn, account_id="c1", to=link.to, message=link, client_key=None, now=5.0
+                )
+            row = await db.fetchone(
+                "SELECT type, content, direction, body FROM messages WHERE id = ?",
+                (accepted.message_id,),
+            )
+            assert row["type"] == "sticker" and row["direction"] == "out" and row["body"] is None
+            assert orjson.loads(row["content"]) == {
+                "type": "sticker", "sticker": {"link": "https://example.org/s.webp"}
+            }  # fmt: skip
+            jobs = await db.fetchone("SELECT COUNT(*) AS n FROM queue_jobs WHERE queue = 'send'")
+            assert jobs["n"] == 1
+            missing = SendMessageIn.model_validate(
+                {"to": "+16505551234", "type": "sticker", "sticker": {"id": "med_notthere"}}
+            )
+            with pytest.raises(Unprocessable) as err:
+                async with db.write() as conn:
+                    await sends.accept_send(
+                        conn, account_id="c1", to=missing.to, message=missing,
+                        client_key=None, now=6.0,
+                    )  # fmt: skip
+            assert err.value.extra["issues"][0]["path"] == "sticker.id"  # type: ignore[index]
+            count = await db.fetchone("SELECT COUNT(*) AS n FROM messages")
+            assert count["n"] == 1
+
+    asyncio.run(body())
