@@ -305,12 +305,23 @@ def reuse(source: Path, db_path: Path, rng: random.Random) -> dict[str, Any]:
     back what the queries need. Comparing two revisions in one sitting then measures
     both on the same rows, without seeding twice: a revision whose migrations are
     newer than the file's applies them when it starts (their time is not measured)."""
+    with sqlite3.connect(db_path) as fresh:  # the installation's admin user owns the key
+        fresh.row_factory = sqlite3.Row
+        admin = fresh.execute("SELECT * FROM users WHERE username = 'admin'").fetchone()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     with sqlite3.connect(source) as src, sqlite3.connect(db_path) as out:
         src.backup(out)
     conn = sqlite3.connect(db_path)
     try:
+        if admin is not None:
+            cols = [c for c in admin.keys() if c != "id"]  # noqa: SIM118 (a Row iterates values)
+            with conn:
+                conn.execute(
+                    f"INSERT OR IGNORE INTO users ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})",
+                    [admin[c] for c in cols],
+                )
         accounts = [r[0] for r in conn.execute("SELECT id FROM accounts ORDER BY id")]
         agents = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'agent' "
                                              "ORDER BY id")]  # fmt: skip
