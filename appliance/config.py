@@ -150,6 +150,9 @@ class Settings(BaseModel):
     retention_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     retention_batch_pause_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
     retention_interval_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    # History sync (web engine): the worker's pause after each imported batch (500
+    # messages), so the API and other writers get the CPU and the write lock between two.
+    history_batch_pause_ms: Annotated[int, Field(ge=0, le=10_000)] = 20
     # Scheduled backups by the worker (runbook/backup.md): a cron expression in UTC
     # ("" = none), the directory the archives go to, how many of them are kept.
     backup_schedule: str = ""

@@ -19,6 +19,7 @@ so the figure is the server's latency, not a queue), bounded by a count and a ti
 Goal (issue 13): p95 under 50 ms for each.
 
     python bench/inbox_queries.py [--smoke] [--source REV] [--check]
+        [--keep-database PATH | --database PATH]
 """
 
 from __future__ import annotations
@@ -292,7 +293,49 @@ def seed_inbox(
     conn.execute("COMMIT")
 
 
+def keep(db_path: Path, dest: Path) -> None:
+    """A copy of the seeded database (one consistent file), for ``--database``."""
+    dest.unlink(missing_ok=True)
+    with sqlite3.connect(db_path) as src, sqlite3.connect(dest) as out:
+        src.backup(out)
+
+
+def reuse(source: Path, db_path: Path, rng: random.Random) -> dict[str, Any]:
+    """Put a database kept by ``--keep-database`` in place of the fresh one, and read
+    back what the queries need. Comparing two revisions in one sitting then measures
+    both on the same rows, without seeding twice: a revision whose migrations are
+    newer than the file's applies them when it starts (their time is not measured)."""
+    with sqlite3.connect(db_path) as fresh:  # the installation's admin user owns the key
+        fresh.row_factory = sqlite3.Row
+        admin = fresh.execute("SELECT * FROM users WHERE username = 'admin'").fetchone()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(db_path) as out:
+        src.backup(out)
+    conn = sqlite3.connect(db_path)
+    try:
+        if admin is not None:
+            cols = [c for c in admin.keys() if c != "id"]  # noqa: SIM118 (a Row iterates values)
+            with conn:
+                conn.execute(
+                    f"INSERT OR IGNORE INTO users ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})",
+                    [admin[c] for c in cols],
+                )
+        accounts = [r[0] for r in conn.execute("SELECT id FROM accounts ORDER BY id")]
+        agents = [r[0] for r in conn.execute("SELECT id FROM users WHERE role = 'agent' "
+                                             "ORDER BY id")]  # fmt: skip
+        names = [r[0] for r in conn.execute("SELECT name FROM chats ORDER BY rowid")]
+        cols = sorted(r[1] for r in conn.execute("PRAGMA table_info(chats)"))
+    finally:
+        conn.close()
+    rng.random()  # the seed's draws are not replayed: sample names from the file
+    return {"accounts": accounts, "agents": agents, "names": names, "chat_columns": cols}
+
+
 CHATS = "/api/accounts/{account}/chats"
+ALL_CHATS = "/api/chats"
+COUNTS = "/api/accounts/{account}/inbox/counts"
 CONTACTS = "/api/accounts/{account}/contacts"
 NOTES_ONE = "/api/accounts/{account}/search/notes"
 NOTES_ALL = "/api/search/notes"
@@ -341,14 +384,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "API_RATE_LIMIT_PER_ADDR_PER_MIN": "1000000",
         })  # fmt: skip
         inst.start()  # migrations run; then the appliance stops while the data goes in
-        admin_key = inst.ctl("api-keys", "create", "bench", "--role", "admin").stdout.strip()
         inst.stop()
         db_path = next(inst.prefix.rglob("appliance.db"))
         t0 = time.monotonic()
-        seeded = seed(db_path, scale, rng)
+        if args.database:  # a database seeded before (--keep-database), same scale
+            seeded = reuse(Path(args.database), db_path, rng)
+        else:
+            seeded = seed(db_path, scale, rng)
+            if args.keep_database:
+                keep(db_path, Path(args.keep_database))
         seed_s = time.monotonic() - t0
         print(f"  seeded {scale.messages:,} messages in {seed_s:.0f} s", file=sys.stderr)
         inst.start()
+        # After the data went in: a database given with --database replaced the file.
+        admin_key = inst.ctl("api-keys", "create", "bench", "--role", "admin").stdout.strip()
         accounts = seeded["accounts"]
         agent_account = accounts[0]
         agent_key = inst.ctl(
@@ -401,6 +450,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   for c in rng.sample(range(scale.chats), 20)]),
                 ("chats: q no match", (CHATS, "q"), "admin",
                  [f"{u}&q=zzqx" for u in every]),
+                ("all accounts: newest", (ALL_CHATS, None), "admin",
+                 ["/api/chats?limit=50"]),
+                ("all accounts: agent, open", (ALL_CHATS, "status"), "agent",
+                 ["/api/chats?limit=50&status=open"]),
+                ("all accounts: mine+unread", (ALL_CHATS, "assignee"), "agent",
+                 ["/api/chats?limit=50&assignee=me&unread=true"]),
+                ("all accounts: tag (30%)", (ALL_CHATS, "tag"), "admin",
+                 ["/api/chats?limit=50&tag=lead"]),
+                ("inbox counts: agent", (COUNTS, None), "agent",
+                 [f"/api/accounts/{mine}/inbox/counts"]),
+                ("inbox counts: admin", (COUNTS, None), "admin",
+                 [f"/api/accounts/{a}/inbox/counts" for a in accounts]),
                 ("contacts: tag (30%)", (CONTACTS, "tag"), "admin",
                  [f"/api/accounts/{a}/contacts?limit=50&tag=lead" for a in accounts]),
                 ("contacts: q name", (CONTACTS, "q"), "admin",
@@ -441,6 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny database, few requests (CI)")
     parser.add_argument(
         "--source", help="install this git revision (e.g. HEAD~3) instead of the work tree"
+    )
+    parser.add_argument(
+        "--keep-database", metavar="PATH", help="save a copy of the seeded database here"
+    )
+    parser.add_argument(
+        "--database",
+        metavar="PATH",
+        help="use this database (saved by --keep-database at the same scale) instead of "
+        "seeding one: compare revisions on the same rows",
     )
     parser.add_argument("--check", action="store_true", help=f"exit 1 if a p95 >= {GOAL_P95_MS} ms")
     args = parser.parse_args(argv)

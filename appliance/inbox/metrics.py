@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RETENTION_DELETED = Counter(
     "appliance_retention_deleted_total",
-    "Records the retention job deleted, by kind (messages, media, events, audit, orphan_media).",
+    "Records the retention job deleted, by kind (messages, media, events, audit, "
+    "orphan_media, engine_actions).",
     ["kind"],
 )
 RETENTION_BATCHES = Counter(

@@ -10,6 +10,8 @@ runs. Plain functions, no I/O; the SQL is in ``retention_store``, the daily job 
   not read yet, nor one a pending webhook delivery still needs, nor the newest one
   (its id is where live streams resume).
 - The audit log (``audit_days``, default 365).
+- Finished actions that reached WhatsApp (``engine_actions`` done or failed): with the
+  event log's age (``events_days``); queued ones stay until they finish.
 - Orphan media files (a crash between writing a file and its row, leftovers of deleted
   accounts): ``messaging.media.sweep_orphans``, files older than an hour.
 """
@@ -27,7 +29,7 @@ MAX_DAYS = 36500
 DEFAULT_EVENTS_DAYS = 90
 DEFAULT_AUDIT_DAYS = 365
 # Kinds of deleted records, as metrics labels and in a run's ``deleted``.
-KINDS = ("messages", "media", "events", "audit", "orphan_media")
+KINDS = ("messages", "media", "events", "audit", "orphan_media", "engine_actions")
 
 
 def cutoff(now: float, days: int | None) -> float | None:
@@ -113,7 +115,8 @@ class RetentionRun(BaseModel):
     finished_at: float | None = Field(description="null while it runs")
     deleted: dict[str, int] = Field(
         description="Records deleted, by kind: messages, media (files of deleted messages "
-        "and unused uploads), events, audit, orphan_media"
+        "and unused uploads), events, audit, orphan_media, engine_actions (finished "
+        "actions that reached WhatsApp)"
     )
     batches: int = Field(description="Write transactions it took")
     error: str | None

@@ -110,6 +110,7 @@ class RetentionJob:
             await self._messages(deleted)
             await self._events(deleted)
             await self._audit(deleted)
+            await self._engine_actions(deleted)
             deleted["orphan_media"] = await sweep_orphans(self.db, self.settings)
         except asyncio.CancelledError:
             error = "interrupted: the worker stopped"
@@ -236,5 +237,20 @@ class RetentionJob:
 
         while (count := await self._batch(audit)) > 0:
             deleted["audit"] += count
+            if count < self.batch_size:
+                break
+
+    async def _engine_actions(self, deleted: dict[str, int]) -> None:
+        """Finished engine actions, with the event log's age (their outcome is there)."""
+        policy = await store.settings(self.db)
+        before = cutoff(self.clock(), policy.events_days)
+        if before is None:
+            return
+
+        async def actions(conn: aiosqlite.Connection) -> int:
+            return await store.delete_engine_actions_batch(conn, before, self.batch_size)
+
+        while (count := await self._batch(actions)) > 0:
+            deleted["engine_actions"] += count
             if count < self.batch_size:
                 break

@@ -229,6 +229,18 @@ async def delete_events_batch(
     return int(cur.rowcount)
 
 
+async def delete_engine_actions_batch(conn: aiosqlite.Connection, before: float, limit: int) -> int:
+    """Finished actions (done or failed) older than ``before``, oldest first; a queued
+    one is never deleted, however old."""
+    cur = await conn.execute(
+        "DELETE FROM engine_actions WHERE rowid IN (SELECT rowid FROM engine_actions "
+        "WHERE done_at IS NOT NULL AND done_at < ? AND status IN ('done', 'failed') "
+        "ORDER BY done_at LIMIT ?)",
+        (before, limit),
+    )
+    return int(cur.rowcount)
+
+
 async def delete_audit_batch(conn: aiosqlite.Connection, before: float, limit: int) -> int:
     cur = await conn.execute(
         "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < ? "

@@ -109,6 +109,25 @@ async def tag_id_by_name(db: Database, account_id: str, name: str) -> int | None
     return None if found is None else int(found)
 
 
+async def tag_ids_by_name(db: Database, accounts: Sequence[str] | None, name: str) -> list[int]:
+    """The ids of the tags called ``name`` (ignoring case) in ``accounts`` (None: all):
+    tags belong to an account, so one name is a tag in each account that has it."""
+    try:
+        key = tags.tag_key(name)
+    except ValueError:
+        return []
+    if accounts is None:
+        rows = await db.fetchall("SELECT id FROM tags WHERE name_key = ?", (key,))
+    elif not accounts:
+        return []
+    else:
+        rows = await db.fetchall(
+            f"SELECT id FROM tags WHERE account_id IN ({_marks(accounts)}) AND name_key = ?",
+            (*accounts, key),
+        )
+    return sorted(int(r["id"]) for r in rows)
+
+
 async def tag_chat_count(db: Database, tag_id: int) -> int:
     """How many chats carry the tag (from its index)."""
     return int(await db.scalar("SELECT COUNT(*) FROM chat_tags WHERE tag_id = ?", (tag_id,)) or 0)

@@ -42,7 +42,7 @@ MediaIdStr = Annotated[str, StringConstraints(pattern=r"^med_[A-Za-z0-9_-]{8,64}
 
 ACCOUNT_STATES = ("disconnected", "connecting", "pairing", "connected", "logged_out", "failed")
 MESSAGE_STATES = ("queued", "sending", "sent", "delivered", "read", "failed", "received")
-MEDIA_TYPES = ("image", "document", "audio", "video")
+MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
 EVENT_TYPES = (
     "message.received",
     "message.sent",
@@ -105,6 +105,7 @@ CONTENT_PARTS = (
     "location",
     "contacts",
     "interactive",
+    "sticker",
 )
 
 
@@ -585,6 +586,15 @@ class VideoContent(_MediaContent):
     context: Context | None = None
 
 
+class StickerContent(_MediaContent):
+    """A sticker (WebP; the web engine converts a PNG or JPEG upload, the Cloud API
+    takes WebP only). No caption, no filename."""
+
+    type: Literal["sticker"]
+    sticker: Media
+    context: Context | None = None
+
+
 class ReactionContent(_TypedContent):
     type: Literal["reaction"]
     reaction: Reaction
@@ -642,7 +652,8 @@ Content = Annotated[
     | TemplateContent
     | LocationContent
     | ContactsContent
-    | InteractiveContent,
+    | InteractiveContent
+    | StickerContent,
     Field(discriminator="type"),
 ]
 CONTENT: TypeAdapter[Content] = TypeAdapter(Content)
@@ -689,6 +700,7 @@ class MessageContent(Strict):
         "location",
         "contacts",
         "interactive",
+        "sticker",
     ]
     text: Text | None = None
     image: Media | None = None
@@ -700,6 +712,9 @@ class MessageContent(Strict):
     location: Location | None = None
     contacts: Annotated[list[ContactCard], Field(min_length=1, max_length=20)] | None = None
     interactive: Interactive | None = None
+    sticker: Media | None = Field(
+        default=None, description="A sticker: WebP (the web engine converts PNG and JPEG)"
+    )
     context: Context | None = None
 
     @model_validator(mode="after")
@@ -708,6 +723,8 @@ class MessageContent(Strict):
         given = [p for p in parts if getattr(self, p) is not None]
         if given != [self.type]:
             raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")
+        if self.sticker is not None and (self.sticker.caption or self.sticker.filename):
+            raise ValueError("a sticker has no caption or filename")
         return self
 
     @property

@@ -201,28 +201,10 @@ def chat_list_query(
     test can check its query plan (tests/unit/test_inbox_search.py)."""
     where: list[str] = ["c.account_id = ?"]
     params: list[Any] = [account_id]
-    if archived is not None:
-        where.append("c.archived = ?")
-        params.append(int(archived))
-    if status is not None:
-        where.append("c.status = ?")
-        params.append(status)
-    if assignee is None:
-        where.append("c.assignee_id IS NULL")
-    elif assignee != "any":
-        where.append("c.assignee_id = ?")
-        params.append(assignee)
-    if unread is not None:
-        has_unread = (
-            "COALESCE(c.last_inbound_seq, 0) > COALESCE((SELECT r.read_seq FROM chat_reads r "
-            "WHERE r.user_id = ? AND r.account_id = c.account_id AND r.chat_jid = c.jid), 0)"
-        )
-        where.append(has_unread if unread else f"NOT ({has_unread})")
-        params.append(unread_for if unread_for is not None else -1)
-    if q is not None and q.strip():
-        clause, q_params = chat_name_clause(q)
-        where.append(clause)
-        params.extend(q_params)
+    _chat_filters(
+        where, params, archived=archived, status=status, assignee=assignee,
+        unread_for=unread_for, unread=unread, q=q,
+    )  # fmt: skip
     select = _CHAT_SELECT
     if tag_id is not None and tag_first:  # inbox tags (appliance.inbox.tags_store)
         select = _CHAT_SELECT.replace("FROM chats c ", _TAGGED_CHATS, 1)
@@ -249,6 +231,131 @@ def chat_list_query(
             params.extend([at, at, jid])
     sql = f"{select} WHERE {' AND '.join(where)} ORDER BY c.last_message_at DESC, c.jid LIMIT ?"
     return sql, [*params, limit + 1]
+
+
+def _chat_filters(
+    where: list[str],
+    params: list[Any],
+    *,
+    archived: bool | None,
+    status: str | None,
+    assignee: int | str | None,
+    unread_for: int | None,
+    unread: bool | None,
+    q: str | None,
+) -> None:
+    """The chat list's filters on the chat row itself (both lists share them)."""
+    if archived is not None:
+        where.append("c.archived = ?")
+        params.append(int(archived))
+    if status is not None:
+        where.append("c.status = ?")
+        params.append(status)
+    if assignee is None:
+        where.append("c.assignee_id IS NULL")
+    elif assignee != "any":
+        where.append("c.assignee_id = ?")
+        params.append(assignee)
+    if unread is not None:
+        has_unread = (
+            "COALESCE(c.last_inbound_seq, 0) > COALESCE((SELECT r.read_seq FROM chat_reads r "
+            "WHERE r.user_id = ? AND r.account_id = c.account_id AND r.chat_jid = c.jid), 0)"
+        )
+        where.append(has_unread if unread else f"NOT ({has_unread})")
+        params.append(unread_for if unread_for is not None else -1)
+    if q is not None and q.strip():
+        clause, q_params = chat_name_clause(q)
+        where.append(clause)
+        params.extend(q_params)
+
+
+def all_chats_query(
+    accounts: Sequence[str] | None,
+    *,
+    archived: bool | None = None,
+    tag_ids: Sequence[int] | None = None,
+    cursor: str | None = None,
+    limit: int,
+    status: str | None = None,
+    assignee: int | str | None = "any",
+    unread_for: int | None = None,
+    unread: bool | None = None,
+    q: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a page of the chat list across accounts (``accounts``;
+    None: every account), most recent activity first, then by jid and account.
+
+    It walks the index of every chat by activity (``chats_recent_all``, migration 0030)
+    and keeps the rows of the accounts asked for, so a page stops after ``limit`` rows
+    however many accounts there are: ``+`` keeps SQLite from reading each account's
+    chats through its own index and sorting them all. ``tag_ids``: the chats carrying
+    any of these tags (a tag name's id in each account)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if accounts is not None:
+        where.append(f"+c.account_id IN ({','.join('?' * len(accounts))})" if accounts else "0")
+        params.extend(accounts)
+    _chat_filters(
+        where, params, archived=archived, status=status, assignee=assignee,
+        unread_for=unread_for, unread=unread, q=q,
+    )  # fmt: skip
+    if tag_ids is not None:
+        if not tag_ids:
+            where.append("0")
+        else:
+            where.append(
+                "EXISTS (SELECT 1 FROM chat_tags t WHERE t.account_id = c.account_id "
+                f"AND t.chat_jid = c.jid AND t.tag_id IN ({','.join('?' * len(tag_ids))}))"
+            )
+            params.extend(tag_ids)
+    if cursor is not None:
+        at, jid, account = decode_cursor("C", cursor, (int, float, type(None)), str, str)
+        if at is None:  # the previous page ended among the chats without activity
+            where.append(
+                "(c.last_message_at IS NULL AND (c.jid > ? OR (c.jid = ? AND c.account_id > ?)))"
+            )
+            params.extend([jid, jid, account])
+        else:
+            at = float(at)  # an int beyond 64 bits would not bind
+            where.append(
+                "(c.last_message_at < ? OR (c.last_message_at = ? AND (c.jid > ? OR "
+                "(c.jid = ? AND c.account_id > ?))) OR c.last_message_at IS NULL)"
+            )
+            params.extend([at, at, jid, jid, account])
+    sql = (
+        f"{_CHAT_SELECT}WHERE {' AND '.join(where) or '1'} "
+        "ORDER BY c.last_message_at DESC, c.jid, c.account_id LIMIT ?"
+    )
+    return sql, [*params, limit + 1]
+
+
+async def list_all_chats(
+    db: Database,
+    accounts: Sequence[str] | None,
+    *,
+    archived: bool | None = None,
+    tag_ids: Sequence[int] | None = None,
+    cursor: str | None = None,
+    limit: int,
+    status: str | None = None,
+    assignee: int | str | None = "any",
+    unread_for: int | None = None,
+    unread: bool | None = None,
+    q: str | None = None,
+) -> tuple[list[ChatRow], str | None]:
+    """A page of the chat list across ``accounts`` (None: all) and its next cursor;
+    the filters are those of ``list_chats``."""
+    sql, params = all_chats_query(
+        accounts, archived=archived, tag_ids=tag_ids, cursor=cursor, limit=limit,
+        status=status, assignee=assignee, unread_for=unread_for, unread=unread, q=q,
+    )  # fmt: skip
+    rows = await db.fetchall(sql, params)
+    page = [ChatRow.from_row(r) for r in rows[:limit]]
+    last = page[-1] if page and len(rows) > limit else None
+    next_cursor = (
+        encode_cursor("C", last.last_message_at, last.jid, last.account_id) if last else None
+    )
+    return page, next_cursor
 
 
 async def list_chats(

@@ -93,7 +93,11 @@ class AccountRuntime:
         self._task: asyncio.Task[None] | None = None
         # What the engine learns from the phone (worker/phone_sync.py).
         self.phone_sync = PhoneSyncHost(
-            service.db, row.id, service.events_written, lambda: self.settings
+            service.db,
+            row.id,
+            service.events_written,
+            lambda: self.settings,
+            batch_pause_s=service.settings.history_batch_pause_ms / 1000,
         )
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ are told after the commit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,9 +51,14 @@ class PhoneSyncHost:
         account_id: str,
         events_written: Callable[[], Awaitable[None]],
         settings: Callable[[], dict[str, Any]],
+        *,
+        batch_pause_s: float = 0.0,
     ) -> None:
         self.db = db
         self.account_id = account_id
+        # After each history batch (HISTORY_BATCH_PAUSE_MS): room for the API and the
+        # other writers while a large history imports.
+        self.batch_pause_s = batch_pause_s
         self.events_written = events_written
         self.settings = settings  # the account's settings, as of now
 
@@ -74,6 +80,8 @@ class PhoneSyncHost:
             )
         )
         await self.events_written()
+        if self.batch_pause_s > 0:
+            await asyncio.sleep(self.batch_pause_s)
         return result
 
     async def chat_info(self, info: ChatInfo) -> bool:

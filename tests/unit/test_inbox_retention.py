@@ -182,6 +182,18 @@ def test_one_pass_deletes_exactly_what_is_past_its_age(
                     "INSERT INTO audit_log (at, action) VALUES (?, 'test')",
                     (NOW - 31 * DAY_S if i < 5 else NOW - 29 * DAY_S,),
                 )
+            # Engine actions (events_days=1): finished ones past a day go, a young one
+            # and a queued one (however old) stay.
+            for action_id, status, done_at in (
+                *((f"act_old{i}", "done" if i % 2 else "failed", old) for i in range(4)),
+                ("act_young", "done", NOW - 60),
+                ("act_queued", "queued", None),
+            ):
+                await conn.execute(
+                    "INSERT INTO engine_actions (id, account_id, chat_jid, type, status, "
+                    "created_at, updated_at, done_at) VALUES (?, 'trim', ?, 'read', ?, ?, ?, ?)",
+                    (action_id, PEER, status, old - 10, old - 10, done_at),
+                )
         events_before = await _ids(db, "SELECT id FROM events")
         # An orphan file (no row), old enough for the sweep.
         orphan = settings.media_dir / "trim" / "med_orphanorphan00"
@@ -227,6 +239,8 @@ def test_one_pass_deletes_exactly_what_is_past_its_age(
         assert run.deleted["audit"] == 5
         assert run.deleted["orphan_media"] == 1
         assert run.deleted["events"] == 1
+        assert run.deleted["engine_actions"] == 4
+        assert await _ids(db, "SELECT id FROM engine_actions") == {"act_young", "act_queued"}
         # Batches of at most 3: 9 messages take 3 (and one that finds none), never one big one.
         assert run.batches >= batches_needed(9, 3) + batches_needed(5, 3)
 

@@ -150,6 +150,11 @@ class FakeClient:
         self.world.uploaded.append(data)
         return e2e.Message(imageMessage=e2e.ImageMessage(caption=caption, mimetype="image/png"))
 
+    async def build_sticker_message(self, data: bytes, passthrough: bool = False) -> e2e.Message:
+        self.world.uploaded.append(data)
+        self.world.stickers.append(passthrough)  # False: neonize converts it to WebP
+        return e2e.Message(stickerMessage=e2e.StickerMessage(mimetype="image/webp"))
+
     async def download_any(self, message: e2e.Message) -> bytes:
         return b"media-bytes"
 
@@ -167,6 +172,7 @@ class World:
         self.send_errors: list[BaseException] = []
         self.send_delay = 0.0
         self.uploaded: list[bytes] = []
+        self.stickers: list[bool] = []  # build_sticker_message's passthrough, per call
         self.probes = 0
         self.probe_hangs = False
         self.paired_phone: str | None = None
@@ -584,6 +590,23 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
         assert world.uploaded == [b"\x89PNG..."]
         assert sent_image.caption == "cat" and sent_image.contextInfo.stanzaID == "WATHEIRS"
         assert sent_image.contextInfo.participant == ALICE
+        # Stickers (issue 12): a WebP goes as is, a PNG is converted by neonize; a
+        # reply quotes like any media message.
+        webp = tmp_path / "s.webp"
+        webp.write_bytes(b"RIFF....WEBP")
+        sticker = {"type": "sticker", "sticker": {"id": "med_abcdefgh"}}
+        await engine.send(
+            out("3EB0APP7", "sticker", sticker, media_path=str(webp), media_type="image/webp",
+                reply_to="WATHEIRS")
+        )  # fmt: skip
+        sent_sticker = world.sent[-1][1].stickerMessage
+        assert sent_sticker.mimetype == "image/webp"
+        assert sent_sticker.contextInfo.stanzaID == "WATHEIRS"
+        await engine.send(
+            out("3EB0APP8", "sticker", sticker, media_path=str(media_file), media_type="image/png")
+        )
+        assert world.stickers == [True, False]
+        assert world.uploaded[-2:] == [b"RIFF....WEBP", b"\x89PNG..."]
         no_file = out("3EB0APP6", "image", {"type": "image", "image": {"id": "med_abcdefgh"}})
         with pytest.raises(SendError) as err:
             await engine.send(no_file)

@@ -460,3 +460,39 @@ def test_a_delete_for_everyone_made_on_the_phone_reaches_the_inbound_commit(
         assert await messages(db) == []  # a revoke is not a message row
 
     run(tmp_path, test)
+
+
+def test_the_history_import_pauses_after_each_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HISTORY_BATCH_PAUSE_MS: after a batch's commit the worker sleeps that long (room
+    for the API and other writers); 0 does not sleep."""
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        pauses.append(delay)
+        return await real_sleep(0)
+
+    async def main() -> None:
+        db = await open_db(tmp_path / "appliance.db")
+        try:
+            monkeypatch.setattr("appliance.worker.phone_sync.asyncio.sleep", sleep)
+            for pause in (0.02, 0.0):
+                sync = PhoneSyncHost(db, "acc1", _nothing, dict, batch_pause_s=pause)
+                batch = history_store.HistoryBatch(
+                    chunk_key=f"k{pause}", sync_type="RECENT", chats=[], messages=[],
+                    contacts=[], last=True,
+                )  # fmt: skip
+                await sync.history(batch)
+                assert await history_store.chunk_imported(db, "acc1", f"k{pause}")
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+    assert pauses == [0.02]
+    assert Settings.model_fields["history_batch_pause_ms"].default == 20
+
+
+async def _nothing() -> None:
+    return None

@@ -34,6 +34,7 @@ from appliance.auth.permissions import Permission
 from appliance.db.database import Database
 from appliance.engines import registry as engines
 from appliance.errors import InvalidInput, NotFound, Unprocessable
+from appliance.inbox import page as inbox_page
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
 from appliance.inbox.models import TagRef
@@ -89,6 +90,12 @@ class ChatListQuery(PageQuery):
             description="Part of the chat's name (display, chat or WhatsApp name; ASCII "
             "letters ignore case) or of its phone number's digits",
         )
+    )
+
+
+class AllChatsQuery(ChatListQuery):
+    account: AccountIdStr | None = Field(
+        default=None, description="This account only (default: every account you are granted)"
     )
 
 
@@ -279,13 +286,15 @@ async def _reader(db: Database) -> inbox_store.Actor:
     return await inbox_store.actor_of(db, principal())
 
 
-async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[ChatOut]:
-    last_ids = [r.last_message_id for r in rows if r.last_message_id]
-    last = await queries.message_rows_by_id(db, account, last_ids)
-    reader = await _reader(db)
-    unread = await inbox_store.unread_counts(db, account, reader.user_id, [r.jid for r in rows])
+async def _chat_outs(
+    db: Database, account: str | None, rows: list[ChatRow], reader: inbox_store.Actor | None = None
+) -> list[ChatOut]:
+    """The chats of a page (of one account, or of several: ``account`` None), with what
+    each shows besides its row read in one query each for the whole page."""
+    if reader is None:
+        reader = await _reader(db)
+    extras = await inbox_page.page_extras(db, rows, reader.user_id)
     names = await inbox_store.user_names(db, [r.assignee_id for r in rows if r.assignee_id])
-    tags = await tags_store.tags_of(db, account, [r.jid for r in rows])
     return [
         ChatOut(
             id=r.jid,
@@ -295,9 +304,7 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
             archived=r.archived,
             unread_count=r.unread_count,
             last_message=(
-                store.message_out(last[r.last_message_id])
-                if r.last_message_id is not None and r.last_message_id in last
-                else None
+                store.message_out(last) if (last := extras.last_of(r)) is not None else None
             ),
             last_message_at=r.last_message_at,
             status=r.status,
@@ -307,12 +314,12 @@ async def _chat_outs(db: Database, account: str, rows: list[ChatRow]) -> list[Ch
                 if r.assignee_id is not None
                 else None
             ),
-            unread=unread[r.jid],
+            unread=extras.unread.get((r.account_id, r.jid), 0),
             opened_at=r.opened_at,
             waiting_since=r.waiting_since,
             first_response_at=r.first_response_at,
             resolved_at=r.resolved_at,
-            tags=tags.get(r.jid, []),
+            tags=extras.tags.get((r.account_id, r.jid), []),
             pinned=r.pinned,
             muted_until=r.muted_until,
         )
@@ -342,13 +349,6 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     await _granted(account)
     db = _db()
     reader = await _reader(db)
-    assignee: int | str | None = "any"
-    if query_args.assignee == "me":
-        assignee = reader.user_id if reader.user_id is not None else -1
-    elif query_args.assignee == "none":
-        assignee = None
-    elif query_args.assignee is not None:
-        assignee = int(query_args.assignee)
     tag_id, tag_first = None, False
     if query_args.tag is not None:
         tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
@@ -364,12 +364,61 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
         cursor=query_args.cursor,
         limit=query_args.limit,
         status=query_args.status,
-        assignee=assignee,
+        assignee=_assignee_filter(query_args.assignee, reader),
         unread_for=reader.user_id,
         unread=query_args.unread,
         q=query_args.q,
     )
-    return _json(ChatPage(items=await _chat_outs(db, account, rows), next=next_cursor))
+    return _json(ChatPage(items=await _chat_outs(db, account, rows, reader), next=next_cursor))
+
+
+def _assignee_filter(value: str | None, reader: inbox_store.Actor) -> int | str | None:
+    """The chat list's ``assignee`` as list_chats takes it: "any", None or a user id."""
+    if value == "me":
+        return reader.user_id if reader.user_id is not None else -1
+    if value == "none":
+        return None
+    return "any" if value is None else int(value)
+
+
+@bp.get("/api/chats")
+@requires(Permission.MESSAGES_READ)
+@query(AllChatsQuery)
+@documented(ChatPage, errors=[404], tag="chats")
+async def list_all_chats(query_args: AllChatsQuery) -> dict[str, Any]:
+    """The chats of every account you are granted (or of `account`) in one list, most
+    recent activity first; each item names its `account_id`.
+
+    The filters are those of `GET /api/accounts/{account}/chats`; `tag=NAME` keeps the
+    chats carrying a tag of that name in their own account. An `account` outside your
+    grants answers 404.
+    """
+    if query_args.account is not None:
+        await _granted(query_args.account)
+        accounts: list[str] | None = [query_args.account]
+    else:
+        accounts = visible_accounts()
+    db = _db()
+    reader = await _reader(db)
+    tag_ids = None
+    if query_args.tag is not None:
+        tag_ids = await tags_store.tag_ids_by_name(db, accounts, query_args.tag)
+        if not tag_ids:  # no such tag: no chat carries it
+            return _json(ChatPage(items=[], next=None))
+    rows, next_cursor = await queries.list_all_chats(
+        db,
+        accounts,
+        archived=query_args.archived,
+        tag_ids=tag_ids,
+        cursor=query_args.cursor,
+        limit=query_args.limit,
+        status=query_args.status,
+        assignee=_assignee_filter(query_args.assignee, reader),
+        unread_for=reader.user_id,
+        unread=query_args.unread,
+        q=query_args.q,
+    )
+    return _json(ChatPage(items=await _chat_outs(db, None, rows, reader), next=next_cursor))
 
 
 @bp.get("/api/accounts/<account>/chats/<chat_id>")

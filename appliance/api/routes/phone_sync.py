@@ -28,8 +28,13 @@ bp = Blueprint("phone_sync", __name__)
 MAX_JID_LENGTH = 128
 # Why an engine cannot ask WhatsApp for more history.
 NO_HISTORY_REQUEST = {
-    "web": "neonize 0.5.2 has no on-demand history sync request; WhatsApp pushes the "
-    "history once, after linking (follow account.sync events)",
+    # neonize 0.5.2 builds the request (neonize.builder.build_history_sync_request), but
+    # whatsmeow sends it to the phone only as a peer message (SendRequestExtra.Peer),
+    # which neonize's send_message cannot ask for: sent without it, it would be an
+    # ordinary message to the account's own number.
+    "web": "neonize 0.5.2 can build WhatsApp's on-demand history request but cannot send "
+    "it to the phone (no peer-message send); WhatsApp pushes the history once, after "
+    "linking (follow account.sync events)",
     "cloud": "the Cloud API has no message history",
     "sandbox": "the sandbox has no history to send",
 }

@@ -198,7 +198,7 @@ class CloudEngine(Engine):
             if part.link:
                 media["link"] = part.link
             elif part.id:
-                media["id"] = await self._upload(part.id)
+                media["id"] = await self._upload(part.id, sticker=type_ == "sticker")
             if part.caption and type_ != "audio":
                 media["caption"] = part.caption
             if part.filename and type_ == "document":
@@ -227,7 +227,7 @@ class CloudEngine(Engine):
             payload["context"] = {"message_id": await self._wamid_of(context.message_id)}
         return payload
 
-    async def _upload(self, media_id: str) -> str:
+    async def _upload(self, media_id: str, *, sticker: bool = False) -> str:
         """Upload one of our stored media to Graph; returns Graph's media id."""
         if self._open_media is None:
             raise SendError("media by id is not available here; send a link", permanent=True)
@@ -235,5 +235,11 @@ class CloudEngine(Engine):
             record, path = await self._open_media(media_id)
         except Exception:
             raise SendError(f"media {media_id} is gone", permanent=True) from None
+        if sticker and record.content_type != "image/webp":
+            raise SendError(
+                f"the cloud engine sends stickers as WebP only (image/webp), not "
+                f"{record.content_type}; convert it, or use the web engine",
+                permanent=True,
+            )
         data = await asyncio.to_thread(path.read_bytes)
         return await self.graph.upload_media(data, record.content_type, record.download_name)

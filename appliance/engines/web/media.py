@@ -61,6 +61,11 @@ async def build_media(client: Any, message: OutboundMessage, context: Any) -> An
                 built = await client.build_video_message(data, caption=caption)
             elif message.type == "audio":
                 built = await client.build_audio_message(data)
+            elif message.type == "sticker":
+                # neonize makes a 512x512 WebP sticker of a PNG or JPEG; a WebP goes as is.
+                built = await client.build_sticker_message(
+                    data, passthrough=message.media_type == "image/webp"
+                )
             else:
                 built = await client.build_document_message(
                     data,

@@ -136,10 +136,13 @@ class PhoneSync:
         )
 
     async def request_history(self) -> None:
-        """More history on demand: neonize 0.5.2 exposes no history sync request."""
+        """More history on demand: neonize 0.5.2 builds the request
+        (``build_history_sync_request``) but cannot send it as the peer message to the
+        phone that whatsmeow requires (its ``send_message`` takes no ``Peer`` flag)."""
         raise Unprocessable(
-            "the web engine cannot ask for more history: neonize 0.5.2 has no on-demand "
-            "history sync request; WhatsApp pushes the history once, after linking"
+            "the web engine cannot ask for more history: neonize 0.5.2 can build WhatsApp's "
+            "on-demand history request but cannot send it to the phone (no peer-message "
+            "send); WhatsApp pushes the history once, after linking"
         )
 
     # -- groups ----------------------------------------------------------------------------
