@@ -211,3 +211,5 @@ class EventRow(_Stored):
         return _object(self.data_json)
 
     COLUMNS: ClassVar[Mapping[str, str]] = {"data_json": "data"}
+    # Only fan-out and delivery select the traceparent.
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"traceparent"})
