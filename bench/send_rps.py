@@ -58,7 +58,7 @@ from inbound_load import (
     wait_connected,
     wait_quiet,
 )
-from otlp_sink import OtlpSink
+from _otlp_sink import OtlpSink
 
 HERE = Path(__file__).resolve()
 ACCOUNT = "send"
