@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Installation, cpu_seconds, descendants, wait_all_running
+from _otlp_sink import OtlpSink
 from inbound_load import (
     FAST_SANDBOX,
     MachineCpu,
@@ -58,7 +59,6 @@ from inbound_load import (
     wait_connected,
     wait_quiet,
 )
-from _otlp_sink import OtlpSink
 
 HERE = Path(__file__).resolve()
 ACCOUNT = "send"
