@@ -18,9 +18,9 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, page, see_other
+from appliance.api.routes.inbox_organize import update_quick_reply_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
@@ -102,24 +102,8 @@ async def quick_reply_update(account: str, reply_id: int) -> Response:
     if data.body is None and not has_media:
         errors = {"body": _("Write the text: a quick reply without media needs it.")}
         return await _reply_page(account, reply_id, has_media, values, errors, 400)
-    changes = {name: getattr(data, name) for name in data.model_fields_set}
     try:
-        async with _db().write() as conn:
-            await quick_replies_store.update_quick_reply(
-                conn,
-                account,
-                reply_id,
-                changes,
-                by=notes_store.actor_of(principal()),
-                now=time.time(),
-            )
-            await audit(
-                conn,
-                "quick_reply.update",
-                target=f"quick_reply:{reply_id}",
-                account=account,
-                fields=sorted(changes),
-            )
+        await update_quick_reply_audited(account, reply_id, data)
     except Conflict:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
         return await _reply_page(account, reply_id, has_media, values, errors, 409)

@@ -506,6 +506,35 @@ async def create_quick_reply_audited(account: str, data: QuickReplyIn) -> QuickR
     return made
 
 
+async def update_quick_reply_audited(
+    account: str, reply_id: int, data: QuickReplyUpdateIn
+) -> QuickReplyOut:
+    """Change a quick reply (the fields ``data`` sets) and audit it (shared with the
+    panel; the caller checked the grant). InvalidInput for a refused media link,
+    Unprocessable for unknown media, NotFound, Conflict for a taken shortcut or when
+    neither body nor media would stay."""
+    await _check_link(data.media)
+    changes = {name: getattr(data, name) for name in data.model_fields_set}
+    async with _db().write() as conn:
+        await _check_media_id(conn, account, data.media)
+        changed = await quick_replies_store.update_quick_reply(
+            conn,
+            account,
+            reply_id,
+            changes,
+            by=notes_store.actor_of(principal()),
+            now=time.time(),
+        )
+        await audit(
+            conn,
+            "quick_reply.update",
+            target=f"quick_reply:{reply_id}",
+            account=account,
+            fields=sorted(changes),
+        )
+    return changed
+
+
 async def delete_quick_reply_audited(account: str, reply_id: int) -> None:
     """Delete a quick reply and audit it (shared with the panel). NotFound."""
     async with _db().write() as conn:
@@ -578,26 +607,7 @@ async def update_quick_reply(
 ) -> dict[str, Any]:
     """Change a quick reply; `body` or `media` null removes it (409 if neither would stay)."""
     await _granted(account)
-    await _check_link(data.media)
-    changes = {name: getattr(data, name) for name in data.model_fields_set}
-    async with _db().write() as conn:
-        await _check_media_id(conn, account, data.media)
-        changed = await quick_replies_store.update_quick_reply(
-            conn,
-            account,
-            _id(reply_id, "quick reply"),
-            changes,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "quick_reply.update",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            fields=sorted(changes),
-        )
-    return _dump(changed)
+    return _dump(await update_quick_reply_audited(account, _id(reply_id, "quick reply"), data))
 
 
 @bp.delete("/api/accounts/<account>/quick-replies/<reply_id>")
