@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, Field, StringConstraints
 
+from appliance.errors import Unprocessable
 from appliance.messaging.models import check_timezone
 from appliance.schemas_base import Strict
 
@@ -38,19 +39,34 @@ class ReportQuery(Strict):
         default=10, description="Top chats: how many (1 to 100)"
     )
 
-    _tz = field_validator("tz")(
-        classmethod(lambda cls, v: check_timezone(v) if v is not None else None)
-    )
 
-    @model_validator(mode="after")
-    def _range(self) -> ReportQuery:
-        if self.end < self.start:
-            raise ValueError("end must not be before start")
-        if self.start < FIRST_DATE or self.end > LAST_DATE:
-            raise ValueError(f"dates must be from {FIRST_DATE} to {LAST_DATE}")
-        if (self.end - self.start).days + 1 > MAX_DAYS:
-            raise ValueError(f"a report covers at most {MAX_DAYS} days")
-        return self
+def query_problems(q: ReportQuery) -> list[dict[str, str]]:
+    """What the schema cannot say about a query: the timezone database and the rules
+    between the dates (the API answers them 422; the panel shows them on its form)."""
+    issues: list[dict[str, str]] = []
+    if q.tz is not None:
+        try:
+            check_timezone(q.tz)
+        except ValueError as exc:
+            issues.append({"path": "tz", "message": str(exc), "code": "value_error"})
+    if q.end < q.start:
+        issues.append(
+            {"path": "end", "message": "end must not be before start", "code": "value_error"}
+        )
+    elif q.start < FIRST_DATE or q.end > LAST_DATE:
+        message = f"dates must be from {FIRST_DATE} to {LAST_DATE}"
+        issues.append({"path": "start", "message": message, "code": "value_error"})
+    elif (q.end - q.start).days + 1 > MAX_DAYS:
+        message = f"a report covers at most {MAX_DAYS} days"
+        issues.append({"path": "end", "message": message, "code": "value_error"})
+    return issues
+
+
+def check_query(q: ReportQuery) -> None:
+    """Unprocessable (422) naming each of ``query_problems``."""
+    issues = query_problems(q)
+    if issues:
+        raise Unprocessable("the request is invalid; see issues", issues=issues)
 
 
 class ReportScope(BaseModel):

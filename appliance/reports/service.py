@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from appliance.db.database import ReadSource
-from appliance.errors import Forbidden, InvalidInput
+from appliance.errors import Forbidden, Unprocessable
 from appliance.inbox import store as inbox_store
 from appliance.messaging.models import AccountSettings, BusinessHours
 from appliance.reports import compute, store
@@ -466,16 +466,17 @@ def agent_scope(
 ) -> int | None:
     """The agent a report is limited to. With ``reports.read`` (``reads_all``): the one
     asked for (``me``: the caller), or none. With ``reports.own`` only: the caller, and
-    only for the per-agent reports. Raises Forbidden / InvalidInput."""
+    only for the per-agent reports. Raises Forbidden / Unprocessable (the schema allows
+    ``agent`` on every report; it means something only on the per-agent ones)."""
     if asked is not None and not kind.per_agent:
-        raise InvalidInput(
+        raise Unprocessable(
             "agent applies only to the conversations and response_times reports",
-            [{"path": "agent", "message": "not for this report", "code": "value_error"}],
+            issues=[{"path": "agent", "message": "not for this report", "code": "value_error"}],
         )
     if reads_all:
         if asked == "me":
             if user_id is None:
-                raise InvalidInput("agent=me needs a user (this API key has no owner)")
+                raise Unprocessable("agent=me needs a user (this API key has no owner)")
             return user_id
         return int(asked) if asked is not None else None
     if not kind.per_agent:

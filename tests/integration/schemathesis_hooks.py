@@ -31,7 +31,7 @@ import schemathesis
 LOOPBACK_URL = "http://127.0.0.1:9/fuzz"
 OUTBOUND_ENGINES = ("web", "cloud")
 OPAQUE_CURSOR_PATHS = re.compile(
-    r"^/api/(search|accounts/\{account\}/(chats|contacts|messages|search|chats/\{chat_id\}/messages))$"
+    r"^/api/(search|chats|accounts/\{account\}/(chats|contacts|messages|search|chats/\{chat_id\}/messages))$"
     # the team inbox's lists (tags, notes, quick replies, notifications)
     r"|^/api/(me/notifications|accounts/\{account\}/(tags|quick-replies|chats/\{chat_id\}/notes))$"
     # notes search, per account and across them

@@ -140,4 +140,4 @@ def test_reports_through_the_api(appliance: Appliance) -> None:
                 boss.get(f"/api/reports/accounts/{other}/messages", params=span).status_code == 404
             )
             bad = boss.get(f"{base}/messages", params={"start": today, "end": "2000-01-01"})
-            assert bad.status_code == 400 and bad.json()["issues"]
+            assert bad.status_code == 422 and bad.json()["issues"][0]["path"] == "end"

@@ -22,7 +22,7 @@ from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
 from appliance.messaging import store as messaging_store
 from appliance.reports import service
-from appliance.reports.models import ReportQuery
+from appliance.reports.models import ReportQuery, query_problems
 
 DEFAULT_DAYS = 30
 WEEKDAY_NAMES = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_("Sun"))
@@ -58,9 +58,13 @@ def _query(account_tz: str) -> tuple[ReportQuery | None, dict[str, str], list[st
         "tz": (args.get("tz") or "").strip() or account_tz,
     }
     try:
-        return ReportQuery.model_validate(form), form, []
+        q = ReportQuery.model_validate(form)
     except ValidationError as exc:
         return None, form, [str(e.get("msg", "")) for e in exc.errors()][:5]
+    problems = query_problems(q)
+    if problems:
+        return None, form, [p["message"] for p in problems]
+    return q, form, []
 
 
 @bp.get("/reports")

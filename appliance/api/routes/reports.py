@@ -23,7 +23,7 @@ from appliance.api.validation import query
 from appliance.auth.permissions import Permission
 from appliance.inbox import store as inbox_store
 from appliance.reports import service
-from appliance.reports.models import ReportQuery
+from appliance.reports.models import ReportQuery, check_query
 
 bp = Blueprint("reports", __name__)
 
@@ -34,6 +34,7 @@ async def build_report(account: str, kind: service.Kind, q: ReportQuery) -> Base
     """The report ``kind`` of ``account`` for the caller, checked (404 outside the
     grants, 403 for figures the role may not read)."""
     row = await account_for(account)
+    check_query(q)
     who = principal()
     db = _db()
     actor = await inbox_store.actor_of(db, who)
@@ -84,9 +85,9 @@ def _csv_route(kind: service.Kind) -> Callable[..., Awaitable[Any]]:
 for _kind in service.KINDS.values():
     _path = f"/api/reports/accounts/<account>/{_kind.name}"
     _view = _json_route(_kind)
-    _view = query(ReportQuery)(documented(_kind.model, errors=[403, 404], tag=TAG)(_view))
+    _view = query(ReportQuery)(documented(_kind.model, errors=[403, 404, 422], tag=TAG)(_view))
     bp.get(_path)(requires(Permission.REPORTS_OWN)(_view))
     _csv = _csv_route(_kind)
     _csv = responds(200, f"{_kind.title} as CSV", "text/csv")(_csv)
-    _csv = query(ReportQuery)(documented(None, errors=[403, 404], tag=TAG)(_csv))
+    _csv = query(ReportQuery)(documented(None, errors=[403, 404, 422], tag=TAG)(_csv))
     bp.get(_path + ".csv")(requires(Permission.REPORTS_OWN)(_csv))
