@@ -91,9 +91,11 @@ def test_new_metrics_are_exported_by_every_process(app: Appliance, admin: httpx.
         samples = scrape(app)
         connected = _value(samples, "appliance_account_state", account="obs1", state="connected")
         sends = _value(samples, "appliance_sends_total", outcome="sent")
-        return samples if connected == 1 and sends and sends >= 1 else None
+        # The queue gauges are sampled by the worker's monitor, after the send is counted.
+        drained = _value(samples, "appliance_send_queue_depth", account="obs1") == 0
+        return samples if connected == 1 and sends and sends >= 1 and drained else None
 
-    samples = _wait(ready, 30, "account state and the send in /metrics")
+    samples = _wait(ready, 60, "account state, the send and a drained queue in /metrics")
     # CPU and memory of every process, one sample per pid.
     for name in ("appliance_process_cpu_seconds_total", "appliance_process_resident_memory_bytes"):
         roles = {s.labels["role"] for s in samples[name]}
@@ -104,7 +106,7 @@ def test_new_metrics_are_exported_by_every_process(app: Appliance, admin: httpx.
     for name in ("appliance_process_restarts_total", "appliance_process_crashes_total"):
         for program in ("worker", "api", "scripts"):
             assert _value(samples, name, program=program) == 0, (name, program)
-    # Send queue per account (drained by now), connection state, desired state.
+    # Send queue per account (drained), connection state, desired state.
     assert _value(samples, "appliance_send_queue_depth", account="obs1") == 0
     assert _value(samples, "appliance_send_queue_oldest_age_seconds", account="obs1") == 0
     assert _value(samples, "appliance_account_state", account="obs1", state="pairing") == 0
