@@ -57,14 +57,12 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _service_uid() -> int:
-    """The user the appliance runs as: the service user when we are root."""
-    if os.geteuid() == 0:
-        try:
-            return pwd.getpwnam(SERVICE_USER).pw_uid
-        except KeyError:
-            return 0
-    return os.geteuid()
+def _service_uid(paths: Paths) -> int:
+    """The user the appliance runs as: the service user for the system install run by
+    root; whoever runs appliancectl for a --prefix install (even as root, and even when
+    a system install's service user exists on the machine)."""
+    account = _service_account(paths)
+    return account.pw_uid if account is not None else os.geteuid()
 
 
 def _systemd_managed(paths: Paths) -> bool:
@@ -532,11 +530,11 @@ def check_installation(paths: Paths) -> list[str]:
         settings = load_settings(paths)
     except StartupError as exc:
         return [str(exc)]
-    secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid())
+    secret_problems = check_secrets_dir(paths.secrets_dir, uid=_service_uid(paths))
     problems.extend(secret_problems)
     from appliance.ops.tls import tls_problems
 
-    problems.extend(tls_problems(settings, uid=_service_uid()))
+    problems.extend(tls_problems(settings, uid=_service_uid(paths)))
     db_path = settings.database_path
     if not db_path.exists():
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
@@ -1179,7 +1177,7 @@ def cmd_rotate(paths: Paths, settings: Settings, args: argparse.Namespace) -> in
 
     secrets_dir, db_path = paths.secrets_dir, settings.database_path
     control = _RotationControl(settings)
-    problems = check_secrets_dir(secrets_dir, uid=_service_uid())
+    problems = check_secrets_dir(secrets_dir, uid=_service_uid(paths))
     if problems:
         return _fail("secrets need fixing first: " + "; ".join(problems), 78)
     details: dict[str, Any] = {}

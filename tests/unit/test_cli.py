@@ -125,3 +125,23 @@ class _FakeSupervisor:
 )
 def test_process_names(given: str, namespec: str) -> None:
     assert cli._namespec(_FakeSupervisor(), given) == namespec
+
+
+def test_a_prefix_install_is_checked_against_its_own_user_even_when_a_service_user_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A system install elsewhere on the machine (its `appliance` user) must not make
+    a --prefix install's secret files look like they belong to the wrong user."""
+    import pwd
+
+    real = pwd.getpwnam
+
+    def getpwnam(name: str) -> pwd.struct_passwd:
+        if name == cli.SERVICE_USER:
+            return pwd.struct_passwd(("appliance", "x", 4242, 4242, "", "/", "/bin/false"))
+        return real(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    assert cli._service_uid(Paths(tmp_path)) == 0  # the installing user runs it
+    assert cli._service_uid(Paths(Path("/"))) == 4242  # the system install's service user
