@@ -18,12 +18,11 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, page, see_other
+from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.api_keys import create_key_for_caller, revoke_key_audited
 from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
 from appliance.api.routes.users import apply_user_update, create_user_audited
 from appliance.api.state import db as _db
-from appliance.api.validation import issues_from
 from appliance.auth import store
 from appliance.auth.permissions import Permission, Role
 from appliance.errors import Conflict
@@ -32,13 +31,6 @@ from appliance.messaging import store as messaging_store
 AUDIT_PAGE = 100
 AUDIT_SCAN = 5000  # rows read at most to fill a filtered page
 ROLES = (Role.ADMIN, Role.MANAGER, Role.AGENT)
-
-
-def _errors(exc: ValidationError) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for issue in issues_from(exc):
-        out.setdefault(issue["path"].split(".")[0], issue["message"])
-    return out
 
 
 def _grants(form: Any) -> dict[str, Any]:
@@ -89,7 +81,7 @@ async def user_create() -> Response:
     try:
         data = UserCreateIn.model_validate(values)
     except ValidationError as exc:
-        return await _user_new({**values, "password": ""}, _errors(exc), 400)
+        return await _user_new({**values, "password": ""}, form_errors(exc), 400)
     try:
         user_id = (await create_user_audited(data)).id
     except Conflict:
@@ -135,7 +127,7 @@ async def user_update(user_id: int) -> Response:
     try:
         data = UserUpdateIn.model_validate(values)
     except ValidationError as exc:
-        return await _user_page(user, _errors(exc), 400)
+        return await _user_page(user, form_errors(exc), 400)
     try:
         async with _db().write() as conn:
             await apply_user_update(conn, user_id, data, time.time())
@@ -186,7 +178,7 @@ async def api_key_create() -> Response:
     try:
         data = ApiKeyCreateIn.model_validate(values)
     except ValidationError as exc:
-        return await _keys_page(values, _errors(exc), 400)
+        return await _keys_page(values, form_errors(exc), 400)
     _key_id, key = await create_key_for_caller(data)
     return await _keys_page(new_key=key, new_key_name=data.name, status=201)
 

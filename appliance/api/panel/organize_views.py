@@ -15,7 +15,7 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, page, see_other
+from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.inbox_organize import (
     create_quick_reply_audited,
     create_tag_audited,
@@ -24,7 +24,6 @@ from appliance.api.routes.inbox_organize import (
     update_tag_audited,
 )
 from appliance.api.state import db as _db
-from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
 from appliance.errors import Conflict
 from appliance.inbox import quick_replies_store, tags_store
@@ -32,13 +31,6 @@ from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
 from appliance.messaging import store as messaging_store
 
 MAX_ROWS = 500
-
-
-def _errors(exc: ValidationError) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for issue in issues_from(exc):
-        out.setdefault(issue["path"].split(".")[0], issue["message"])
-    return out
 
 
 async def _account() -> tuple[str | None, list[Any]]:
@@ -94,7 +86,7 @@ async def tag_create(account: str) -> Response:
     try:
         await create_tag_audited(account, TagCreateIn.model_validate(values))
     except ValidationError as exc:
-        return await _tags_page(account, accounts, _errors(exc), values, 400)
+        return await _tags_page(account, accounts, form_errors(exc), values, 400)
     except Conflict:
         errors = {"name": _("A tag with this name exists.")}
         return await _tags_page(account, accounts, errors, values, 409)
@@ -116,7 +108,7 @@ async def tag_update(account: str, tag_id: int) -> Response:
             data = TagUpdateIn.model_validate({"name": form.get("name", "").strip()})
             await update_tag_audited(account, tag_id, data)
     except ValidationError as exc:
-        errors = {f"tag-{tag_id}": next(iter(_errors(exc).values()), "")}
+        errors = {f"tag-{tag_id}": next(iter(form_errors(exc).values()), "")}
         return await _tags_page(account, accounts, errors, status=400)
     except Conflict:
         errors = {f"tag-{tag_id}": _("A tag with this name exists.")}
@@ -174,7 +166,7 @@ async def quick_reply_create(account: str) -> Response:
     try:
         await create_quick_reply_audited(account, QuickReplyIn.model_validate(values))
     except ValidationError as exc:
-        return await _replies_page(account, accounts, _errors(exc), values, 400)
+        return await _replies_page(account, accounts, form_errors(exc), values, 400)
     except Conflict:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
         return await _replies_page(account, accounts, errors, values, 409)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from pydantic import ValidationError
 from quart import Blueprint, Quart, Response, g, render_template, request
 from werkzeug.exceptions import NotFound as HttpNotFound
 
@@ -26,6 +27,7 @@ from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
+from appliance.api.validation import issues_from
 from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.auth.principal import Principal
@@ -316,3 +318,12 @@ def install(app: Quart) -> None:
 
 
 bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
+
+
+def form_errors(exc: ValidationError) -> dict[str, str]:
+    """A form's field (the first part of an issue's path) -> the API's message for it,
+    the first message per field: what the forms show next to each input."""
+    out: dict[str, str] = {}
+    for issue in issues_from(exc):
+        out.setdefault(issue["path"].split(".")[0], issue["message"])
+    return out
