@@ -1,0 +1,2 @@
+-- Reserved for a branch in progress; replaced by its migration.
+SELECT 1;
