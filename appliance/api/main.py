@@ -2,9 +2,10 @@
 
 Under supervisord the listening socket arrives as fd 0 (``[fcgi-program:api]``);
 for development, ``--bind HOST:PORT`` opens one itself. On SIGTERM or SIGINT the
-process first answers /readyz with 503 ``shutting_down``, then Hypercorn closes its
-listener, lets in-flight requests finish within API_GRACEFUL_TIMEOUT_S, runs the
-shutdown hooks and the process exits 0.
+process first answers /readyz with 503 ``shutting_down`` and stops accepting, serves
+what it already accepted for a short drain (``serving.py``: a TLS handshake under way
+is not cut), then Hypercorn lets in-flight requests finish within
+API_GRACEFUL_TIMEOUT_S, runs the shutdown hooks and the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import signal
 import sys
 
 import uvloop
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from appliance.api.app import create_app
+from appliance.api.serving import serve_with_drain
 from appliance.api.state import state_of
 from appliance.observability.access_log import log_access_to_file
 from appliance.observability.metrics import mark_started
@@ -27,6 +28,10 @@ from appliance.ops.tls import tls_problems
 from appliance.runtime import boot
 
 log = logging.getLogger(__name__)
+
+# Long enough for a TLS handshake accepted just before the signal, on a busy machine,
+# to finish and its request to be served; short enough not to slow a rolling restart.
+DRAIN_S = 2.0
 
 
 async def run(bind: str) -> None:
@@ -62,7 +67,7 @@ async def run(bind: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     mark_started("api")
-    await serve(app, config, shutdown_trigger=stop.wait)
+    await serve_with_drain(app, config, stop, drain_s=min(DRAIN_S, config.graceful_timeout))
     log.info("stopped")
 
 

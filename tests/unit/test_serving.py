@@ -1,0 +1,118 @@
+"""An API process that is told to stop still serves a TLS connection it accepted.
+
+The client holds its TLS handshake half-way (ServerHello received, its own Finished
+not sent) while the server is told to stop; once the listener is closed (a new
+connection is refused), the client finishes the handshake and sends a request. It
+gets its answer: the process drains what it accepted before Hypercorn's stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from hypercorn.config import Config
+from quart import Quart
+
+from appliance.api.serving import serve_with_drain
+from tests.unit.test_tls import make_cert
+
+
+def _app() -> Quart:
+    app = Quart(__name__)
+
+    @app.get("/")
+    async def index() -> str:
+        return "served"
+
+    return app
+
+
+def _pump(sock: socket.socket, outgoing: ssl.MemoryBIO) -> None:
+    data = outgoing.read()
+    if data:
+        sock.sendall(data)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_tls_handshake_under_way_at_the_stop_is_finished_and_served(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{listener.detach()}"]  # as supervisord hands the socket over
+    config.certfile, config.keyfile = str(cert), str(key)
+    config.graceful_timeout = 5.0
+    config.accesslog = None
+
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    server = threading.Thread(
+        target=lambda: loop.run_until_complete(serve_with_drain(_app(), config, stop, drain_s=5.0)),
+        daemon=True,
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        sock: socket.socket | None = None
+        while sock is None and time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        assert sock is not None, "the server never listened"
+
+        context = ssl.create_default_context(cafile=str(cert))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        _pump(sock, outgoing)  # ClientHello
+        for _ in range(100):  # until the server's flight is read and the handshake is done
+            incoming.write(sock.recv(65536))
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                continue
+        # Our Finished sits in `outgoing`, unsent: the server's handshake is under way.
+
+        loop.call_soon_threadsafe(stop.set)
+        deadline = time.monotonic() + 30
+        while not _refused(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _refused(port), "the listener was not closed after the stop"
+
+        tls.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        _pump(sock, outgoing)  # Finished, then the request
+        answer = b""
+        while b"served" not in answer and time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            incoming.write(chunk)
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                continue
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"served" in answer
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        server.join(timeout=30)
+    assert not server.is_alive()
