@@ -50,6 +50,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         yield app
 
 
+@pytest.mark.timeout(1200)  # a reinstall is a pip install: minutes on a busy machine
 def test_ready_and_reinstall_keeps_data_and_secrets(fresh: Appliance) -> None:
     appliance = fresh
     assert appliance.readyz().status_code == 200
