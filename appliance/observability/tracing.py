@@ -415,3 +415,14 @@ def recall(key: str) -> str | None:
     if _tracer is None:
         return None
     return _links.get(key)
+
+
+def end_state(span: Span, outcome: str, limit: str | None = None) -> None:
+    """Mark a span with a run's outcome (``ok`` or ``error``; the limit it hit)."""
+    span.set_attribute("appliance.outcome", outcome)
+    if limit:
+        span.set_attribute("appliance.limit", limit)
+    if outcome != "ok":
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, limit or outcome))
