@@ -4,8 +4,12 @@ live figures read from the inbox's and webhooks' own tables (waiting chats, tags
 dead letters).
 
 Times are grouped by *local* hour in SQL: ``_local_hour`` adds the timezone's offset,
-piecewise per ``offset_segments``, to the UTC quarter-hour slot, so the database
-returns at most one row per local hour of the range.
+piecewise per ``offset_segments``, to the UTC quarter-hour slot (or hour), and
+``counts_grouped`` sums those per local day, hour of day or weekday x hour in the same
+statement, so the database returns a few hundred rows whatever the range. Counts are
+read from ``report_counts_hourly`` (migration 0034: the quarter hours summed per UTC
+hour, kept by triggers on ``report_counts``) when the range and the timezone's offsets
+are whole hours, else from the quarter hours.
 """
 
 from __future__ import annotations
@@ -20,17 +24,30 @@ from appliance.db.database import ReadSource, fetchall_from, fetchone_from
 Segments = Sequence[tuple[int, int]]
 
 
-def _local_hour(slot_expr: str, segments: Segments) -> tuple[str, list[Any]]:
-    """SQL for the local hour index of ``slot_expr`` and its parameters."""
+def _local_hour(slot_expr: str, segments: Segments, per_hour: int = 4) -> tuple[str, list[Any]]:
+    """SQL for the local hour index of ``slot_expr`` and its parameters. ``per_hour``:
+    how many of ``slot_expr``'s units make an hour (4 quarter-hour slots, or 1 when it
+    counts hours already: then every offset and boundary must be whole hours)."""
+    div = 4 // per_hour
     if len(segments) == 1:
-        return f"(({slot_expr}) + ?) / 4", [segments[0][1]]
+        return f"(({slot_expr}) + ?) / {per_hour}", [segments[0][1] // div]
     parts: list[str] = []
     params: list[Any] = []
     for (_, offset), (next_from, _) in pairwise(segments):
         parts.append(f"WHEN ({slot_expr}) < ? THEN ?")
-        params += [next_from, offset]
-    params.append(segments[-1][1])
-    return f"(({slot_expr}) + CASE {' '.join(parts)} ELSE ? END) / 4", params
+        params += [next_from // div, offset // div]
+    params.append(segments[-1][1] // div)
+    return f"(({slot_expr}) + CASE {' '.join(parts)} ELSE ? END) / {per_hour}", params
+
+
+def whole_hours(first_slot: int, end_slot: int, segments: Segments) -> bool:
+    """Whether the range and every offset in it are whole hours: then the hourly
+    rollup answers exactly (most timezones; not India's +5:30 or Nepal's +5:45)."""
+    return (
+        first_slot % 4 == 0
+        and end_slot % 4 == 0
+        and all(start % 4 == 0 and offset % 4 == 0 for start, offset in segments)
+    )
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,13 @@ class HourCount:
     metric: str
     hour: int  # local hours since 1970-01-01 00:00
     n: int
+
+
+def _source(first_slot: int, end_slot: int, segments: Segments) -> tuple[str, str, int, int, int]:
+    """The rollup to read: (table, time column, units per hour, first, end) in its units."""
+    if whole_hours(first_slot, end_slot, segments):
+        return "report_counts_hourly", "hour", 1, first_slot // 4, end_slot // 4
+    return "report_counts", "slot", 4, first_slot, end_slot
 
 
 async def counts_by_hour(
@@ -49,16 +73,71 @@ async def counts_by_hour(
     segments: Segments,
 ) -> list[HourCount]:
     """``report_counts`` of ``metrics`` in ``[first_slot, end_slot)`` per local hour."""
-    hour, hour_params = _local_hour("slot", segments)
+    table, column, per_hour, lo, hi = _source(first_slot, end_slot, segments)
+    hour, hour_params = _local_hour(column, segments, per_hour)
     marks = ",".join("?" * len(metrics))
     rows = await fetchall_from(
         db,
-        f"SELECT metric, {hour} AS h, SUM(n) AS n FROM report_counts "
-        f"WHERE account_id = ? AND metric IN ({marks}) AND slot >= ? AND slot < ? "
+        f"SELECT metric, {hour} AS h, SUM(n) AS n FROM {table} "
+        f"WHERE account_id = ? AND metric IN ({marks}) AND {column} >= ? AND {column} < ? "
         "GROUP BY metric, h",
-        [*hour_params, account_id, *metrics, first_slot, end_slot],
+        [*hour_params, account_id, *metrics, lo, hi],
     )
     return [HourCount(str(r["metric"]), int(r["h"]), int(r["n"])) for r in rows]
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Counts of a range grouped in SQL (a few hundred rows, whatever the range):
+    ``days[metric][local day index]``, ``hours[metric][local hour of day]``,
+    ``week[metric][(weekday, hour of day)]`` (weekday 0 = Monday)."""
+
+    days: dict[str, dict[int, int]]
+    hours: dict[str, dict[int, int]]
+    week: dict[str, dict[tuple[int, int], int]]
+
+
+# 1970-01-01 was a Thursday (weekday 3): local day index d is weekday (d + 3) % 7.
+_GROUPINGS = {
+    "days": ("h / 24", "0"),
+    "hours": ("h % 24", "0"),
+    "week": ("(h / 24 + 3) % 7", "h % 24"),
+}
+
+
+async def counts_grouped(
+    db: ReadSource,
+    account_id: str,
+    metrics: Sequence[str],
+    first_slot: int,
+    end_slot: int,
+    segments: Segments,
+    groupings: Sequence[str] = ("days",),
+) -> Grouped:
+    """``report_counts`` of ``metrics`` in ``[first_slot, end_slot)``, summed per local
+    day, hour of day and/or weekday x hour (``groupings``) in one statement: the range's
+    rows are read once (from the hourly rollup when the offsets allow) and grouped in
+    SQL, so Python sees a few hundred rows instead of one per hour of the range."""
+    table, column, per_hour, lo, hi = _source(first_slot, end_slot, segments)
+    hour, hour_params = _local_hour(column, segments, per_hour)
+    marks = ",".join("?" * len(metrics))
+    selects = [
+        f"SELECT {i} AS g, metric, {a} AS a, {b} AS b, SUM(n) AS n FROM r GROUP BY metric, a, b"
+        for i, (a, b) in enumerate(_GROUPINGS[g] for g in groupings)
+    ]
+    rows = await fetchall_from(
+        db,
+        f"WITH r AS MATERIALIZED (SELECT metric, {hour} AS h, n FROM {table} "
+        f"WHERE account_id = ? AND metric IN ({marks}) AND {column} >= ? AND {column} < ?) "
+        + " UNION ALL ".join(selects),
+        [*hour_params, account_id, *metrics, lo, hi],
+    )
+    out: dict[str, dict[str, dict[Any, int]]] = {g: {m: {} for m in metrics} for g in _GROUPINGS}
+    for r in rows:
+        grouping = groupings[int(r["g"])]
+        key: Any = (int(r["a"]), int(r["b"])) if grouping == "week" else int(r["a"])
+        out[grouping][str(r["metric"])][key] = int(r["n"])
+    return Grouped(days=out["days"], hours=out["hours"], week=out["week"])
 
 
 @dataclass(frozen=True)
