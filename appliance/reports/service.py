@@ -114,10 +114,7 @@ class Scope:
 
 
 def _by_day(rows: Sequence[tuple[int, int]]) -> dict[dt.date, int]:
-    days: dict[dt.date, int] = defaultdict(int)
-    for hour, n in rows:
-        days[compute.local_hour(hour).date()] += n
-    return days
+    return {_date(day): n for day, n in rows}
 
 
 def _date(day: int) -> dt.date:
@@ -161,7 +158,7 @@ async def conversations(
 ) -> ConversationsReport:
     now = time.time() if now is None else now
     opened = _by_day(
-        await store.conversations_by_hour(
+        await store.conversations_by_day(
             db,
             scope.account_id,
             "opened_at",
@@ -172,7 +169,7 @@ async def conversations(
         )
     )
     resolved = _by_day(
-        await store.conversations_by_hour(
+        await store.conversations_by_day(
             db,
             scope.account_id,
             "resolved_at",

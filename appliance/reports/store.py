@@ -50,40 +50,11 @@ def whole_hours(first_slot: int, end_slot: int, segments: Segments) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class HourCount:
-    metric: str
-    hour: int  # local hours since 1970-01-01 00:00
-    n: int
-
-
 def _source(first_slot: int, end_slot: int, segments: Segments) -> tuple[str, str, int, int, int]:
     """The rollup to read: (table, time column, units per hour, first, end) in its units."""
     if whole_hours(first_slot, end_slot, segments):
         return "report_counts_hourly", "hour", 1, first_slot // 4, end_slot // 4
     return "report_counts", "slot", 4, first_slot, end_slot
-
-
-async def counts_by_hour(
-    db: ReadSource,
-    account_id: str,
-    metrics: Sequence[str],
-    first_slot: int,
-    end_slot: int,
-    segments: Segments,
-) -> list[HourCount]:
-    """``report_counts`` of ``metrics`` in ``[first_slot, end_slot)`` per local hour."""
-    table, column, per_hour, lo, hi = _source(first_slot, end_slot, segments)
-    hour, hour_params = _local_hour(column, segments, per_hour)
-    marks = ",".join("?" * len(metrics))
-    rows = await fetchall_from(
-        db,
-        f"SELECT metric, {hour} AS h, SUM(n) AS n FROM {table} "
-        f"WHERE account_id = ? AND metric IN ({marks}) AND {column} >= ? AND {column} < ? "
-        "GROUP BY metric, h",
-        [*hour_params, account_id, *metrics, lo, hi],
-    )
-    return [HourCount(str(r["metric"]), int(r["h"]), int(r["n"])) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -153,13 +124,15 @@ async def top_chats(
 ) -> list[ChatCount]:
     rows = await fetchall_from(
         db,
-        "SELECT r.chat_jid, SUM(r.n_in) AS n_in, SUM(r.n_out) AS n_out, "
-        "COALESCE(c.name, ct.name) AS name FROM report_chat_counts r "
-        "LEFT JOIN chats c ON c.account_id = r.account_id AND c.jid = r.chat_jid "
-        "LEFT JOIN contacts ct ON ct.account_id = r.account_id AND ct.jid = r.chat_jid "
-        "WHERE r.account_id = ? AND r.slot >= ? AND r.slot < ? "
-        "GROUP BY r.chat_jid ORDER BY SUM(r.n_in) + SUM(r.n_out) DESC, r.chat_jid LIMIT ?",
-        [account_id, first_slot, end_slot, limit],
+        # Ranked first, named after: the names are looked up for the top rows only.
+        "SELECT t.chat_jid, t.n_in, t.n_out, COALESCE(c.name, ct.name) AS name FROM ("
+        " SELECT chat_jid, SUM(n_in) AS n_in, SUM(n_out) AS n_out FROM report_chat_counts"
+        " WHERE account_id = ? AND slot >= ? AND slot < ? GROUP BY chat_jid"
+        " ORDER BY SUM(n_in) + SUM(n_out) DESC, chat_jid LIMIT ?) t "
+        "LEFT JOIN chats c ON c.account_id = ? AND c.jid = t.chat_jid "
+        "LEFT JOIN contacts ct ON ct.account_id = ? AND ct.jid = t.chat_jid "
+        "ORDER BY t.n_in + t.n_out DESC, t.chat_jid",
+        [account_id, first_slot, end_slot, limit, account_id, account_id],
     )
     return [ChatCount(str(r["chat_jid"]), r["name"], int(r["n_in"]), int(r["n_out"])) for r in rows]
 
@@ -168,7 +141,7 @@ def _agent_clause(agent_id: int | None) -> tuple[str, list[Any]]:
     return ("", []) if agent_id is None else (" AND assignee_id = ?", [agent_id])
 
 
-async def conversations_by_hour(
+async def conversations_by_day(
     db: ReadSource,
     account_id: str,
     column: str,
@@ -178,17 +151,17 @@ async def conversations_by_hour(
     agent_id: int | None,
 ) -> list[tuple[int, int]]:
     """Conversations whose ``column`` (opened_at or resolved_at) falls in the range, per
-    local hour: ``[(hour, n), ...]``."""
+    local day: ``[(day index, n), ...]`` (days since 1970-01-01, local)."""
     assert column in ("opened_at", "resolved_at")
     hour, hour_params = _local_hour(f"CAST({column} / 900 AS INTEGER)", segments)
     agent, agent_params = _agent_clause(agent_id)
     rows = await fetchall_from(
         db,
-        f"SELECT {hour} AS h, COUNT(*) AS n FROM report_conversations "
-        f"WHERE account_id = ? AND {column} >= ? AND {column} < ?{agent} GROUP BY h",
+        f"SELECT {hour} / 24 AS d, COUNT(*) AS n FROM report_conversations "
+        f"WHERE account_id = ? AND {column} >= ? AND {column} < ?{agent} GROUP BY d",
         [*hour_params, account_id, since, until, *agent_params],
     )
-    return [(int(r["h"]), int(r["n"])) for r in rows]
+    return [(int(r["d"]), int(r["n"])) for r in rows]
 
 
 async def waiting_now(
