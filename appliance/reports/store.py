@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance.db.database import ReadSource, fetchall_from, fetchone_from
 
@@ -180,8 +180,7 @@ async def waiting_now(
     return int(row["n"]), row["oldest"]
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):  # a tuple: a year's rows are made fast
     agent_id: int | None
     start: float
     end: float
@@ -199,7 +198,7 @@ async def first_responses(
         f"AND first_response_at < ?{agent}",
         [account_id, since, until, *agent_params],
     )
-    return [Span(r["assignee_id"], float(r["a"]), float(r["b"])) for r in rows]
+    return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
 async def resolutions(
@@ -213,7 +212,7 @@ async def resolutions(
         f"WHERE account_id = ? AND resolved_at >= ? AND resolved_at < ?{agent}",
         [account_id, since, until, *agent_params],
     )
-    return [Span(r["assignee_id"], float(r["a"]), float(r["b"])) for r in rows]
+    return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
 @dataclass(frozen=True)
