@@ -119,20 +119,47 @@ class ChatCount:
     sent: int
 
 
+PERIOD_SLOTS = 2880  # report_chat_periods: 30 days of quarter hours (migration 0034)
+
+
 async def top_chats(
     db: ReadSource, account_id: str, first_slot: int, end_slot: int, limit: int
 ) -> list[ChatCount]:
+    """The chats with the most messages in ``[first_slot, end_slot)``: the whole 30-day
+    periods inside the range from ``report_chat_periods``, its edges from the quarter
+    hours."""
+    p_lo = -(-first_slot // PERIOD_SLOTS)  # the first whole period
+    p_hi = end_slot // PERIOD_SLOTS  # after the last whole period
+    if p_lo < p_hi:
+        parts = (
+            "SELECT chat_jid, n_in, n_out FROM report_chat_periods"
+            " WHERE account_id = ? AND period >= ? AND period < ?"
+            " UNION ALL SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+            " UNION ALL SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+        )
+        params: list[Any] = [
+            account_id, p_lo, p_hi,
+            account_id, first_slot, p_lo * PERIOD_SLOTS,
+            account_id, p_hi * PERIOD_SLOTS, end_slot,
+        ]  # fmt: skip
+    else:
+        parts = (
+            "SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+        )
+        params = [account_id, first_slot, end_slot]
     rows = await fetchall_from(
         db,
         # Ranked first, named after: the names are looked up for the top rows only.
         "SELECT t.chat_jid, t.n_in, t.n_out, COALESCE(c.name, ct.name) AS name FROM ("
-        " SELECT chat_jid, SUM(n_in) AS n_in, SUM(n_out) AS n_out FROM report_chat_counts"
-        " WHERE account_id = ? AND slot >= ? AND slot < ? GROUP BY chat_jid"
-        " ORDER BY SUM(n_in) + SUM(n_out) DESC, chat_jid LIMIT ?) t "
+        f" SELECT chat_jid, SUM(n_in) AS n_in, SUM(n_out) AS n_out FROM ({parts})"
+        " GROUP BY chat_jid ORDER BY SUM(n_in) + SUM(n_out) DESC, chat_jid LIMIT ?) t "
         "LEFT JOIN chats c ON c.account_id = ? AND c.jid = t.chat_jid "
         "LEFT JOIN contacts ct ON ct.account_id = ? AND ct.jid = t.chat_jid "
         "ORDER BY t.n_in + t.n_out DESC, t.chat_jid",
-        [account_id, first_slot, end_slot, limit, account_id, account_id],
+        [*params, limit, account_id, account_id],
     )
     return [ChatCount(str(r["chat_jid"]), r["name"], int(r["n_in"]), int(r["n_out"])) for r in rows]
 

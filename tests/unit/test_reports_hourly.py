@@ -1,9 +1,10 @@
-"""The hourly rollup (migration 0034) and the SQL-side grouping of the counts reports
-(appliance/reports/store.py ``counts_grouped``): on random messages across two DST
-changes, the messages, busiest-hours and per-day reports equal a brute-force count of
-the messages in Python, in whole-hour zones (read from ``report_counts_hourly``) and in
-+5:30 / +5:45 zones (read from the quarter hours); the hourly rollup always equals the
-quarter hours summed, also after updates and deletes."""
+"""The hourly and per-chat 30-day rollups (migration 0034) and the SQL-side grouping
+of the counts reports (appliance/reports/store.py ``counts_grouped``): on random
+messages across two DST changes, the messages, busiest-hours and per-day reports
+equal a brute-force count of the messages in Python, in whole-hour zones (read from
+``report_counts_hourly``) and in +5:30 / +5:45 zones (read from the quarter hours);
+top chats read from whole periods plus the range's edges equal a brute-force count;
+the rollups always equal the quarter hours summed, also after updates and deletes."""
 
 from __future__ import annotations
 
@@ -129,5 +130,75 @@ def test_hourly_rollup_follows_updates_and_deletes(open_db: OpenDb, db_path: Pat
             async with db.write() as conn:
                 await conn.execute("DELETE FROM accounts WHERE id = ?", (A,))
             assert await db.fetchall("SELECT 1 FROM report_counts_hourly") == []
+
+    asyncio.run(body())
+
+
+def _top(made: list[tuple[float, str, str]], lo: float, hi: float) -> list[tuple[str, int, int]]:
+    counts: Counter[tuple[str, bool]] = Counter()
+    for at, kind, chat in made:
+        if lo <= at < hi:
+            counts[(chat, kind == "in")] += 1
+    chats = {c for c, _ in counts}
+    rows = [(c, counts[(c, True)], counts[(c, False)]) for c in chats]
+    return sorted(rows, key=lambda r: (-(r[1] + r[2]), r[0]))
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(dt.date(2024, 1, 3), dt.date(2024, 6, 20)), (dt.date(2024, 3, 2), dt.date(2024, 3, 20))],
+)
+def test_top_chats_from_periods_and_edges_equal_a_brute_force_count(
+    open_db: OpenDb, db_path: Path, start: dt.date, end: dt.date
+) -> None:
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            await _account(db)
+            rnd = random.Random(35)
+            lo = dt.datetime(2023, 12, 1, tzinfo=dt.UTC).timestamp()
+            hi = dt.datetime(2024, 7, 15, tzinfo=dt.UTC).timestamp()
+            made: list[tuple[float, str, str]] = []
+            async with db.write() as conn:
+                for i in range(500):
+                    at = lo + rnd.random() * (hi - lo)
+                    chat = f"90555000{rnd.randrange(12)}@s.whatsapp.net"
+                    kind = rnd.choice(("in", "api"))
+                    if kind == "in":
+                        await store.insert_inbound(
+                            conn, account_id=A, message_id=f"I{i}", chat_jid=chat,
+                            sender_jid=chat, sender_name=None, type_="text", body="hi",
+                            content={"type": "text", "text": {"body": "hi"}}, reply_to=None,
+                            media_id=None, wa_timestamp=at, now=at,
+                        )  # fmt: skip
+                    else:
+                        await store.insert_outbound(
+                            conn, account_id=A, message_id=f"O{i}", chat_jid=chat,
+                            type_="text", body="ok", content={"type": "text", "text": {}},
+                            reply_to=None, media_id=None, client_key=None, now=at,
+                        )  # fmt: skip
+                    made.append((at, kind, chat))
+            scope = service.scope_for(
+                A, {}, start=start, end=end, tz="America/New_York", agent_id=None, limit=50
+            )
+            report = await service.top_chats(db, scope)
+            expected = _top(made, scope.since, scope.until)
+            assert [(c.chat_id, c.received, c.sent) for c in report.chats] == expected
+            # The periods always equal the quarter hours summed, also after a chat goes.
+            async with db.write() as conn:
+                await conn.execute(
+                    "DELETE FROM chats WHERE account_id = ? AND jid = ?",
+                    (A, "905550003@s.whatsapp.net"),
+                )
+                await conn.execute("UPDATE report_chat_counts SET n_out = n_out + 1")
+            periods = await db.fetchall(
+                "SELECT account_id, period, chat_jid, n_in, n_out FROM report_chat_periods "
+                "ORDER BY 1, 2, 3"
+            )
+            summed = await db.fetchall(
+                "SELECT account_id, slot / 2880, chat_jid, SUM(n_in), SUM(n_out) "
+                "FROM report_chat_counts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+            assert [tuple(r) for r in periods] == [tuple(r) for r in summed]
+            assert not any(r[2] == "905550003@s.whatsapp.net" for r in periods)
 
     asyncio.run(body())
