@@ -27,6 +27,7 @@ from tests.unit.test_reports_service import A, _account
 START = dt.date(2024, 3, 1)  # New York's DST begins 03-10, Berlin's 03-31
 END = dt.date(2024, 4, 5)
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")
+OK = {"type": "text", "text": {"body": "ok"}}
 FIELD = {
     "in": "received",
     "api": "sent_api",
@@ -173,7 +174,7 @@ def test_top_chats_from_periods_and_edges_equal_a_brute_force_count(
                     else:
                         await store.insert_outbound(
                             conn, account_id=A, message_id=f"O{i}", chat_jid=chat,
-                            type_="text", body="ok", content={"type": "text", "text": {}},
+                            type_="text", body="ok", content=OK,
                             reply_to=None, media_id=None, client_key=None, now=at,
                         )  # fmt: skip
                     made.append((at, kind, chat))
