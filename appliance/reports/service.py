@@ -207,19 +207,27 @@ def _durations(
     return out
 
 
+def _by_agent(rows: Sequence[tuple[int | None, float]]) -> dict[int | None, list[float]]:
+    out: dict[int | None, list[float]] = defaultdict(list)
+    for agent, seconds in rows:
+        out[agent].append(seconds)
+    return out
+
+
 async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
-    firsts = await store.first_responses(
-        db, scope.account_id, scope.since, scope.until, scope.agent_id
-    )
-    resolved = await store.resolutions(
-        db, scope.account_id, scope.since, scope.until, scope.agent_id
-    )
-    spans = [*firsts, *resolved]
-    since = min((s.start for s in spans), default=scope.since)
-    # Business hours are the account's, in the account's timezone (not the report's).
-    clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
-    first_by = _durations(firsts, clock)
-    resolved_by = _durations(resolved, clock)
+    args = (db, scope.account_id, scope.since, scope.until, scope.agent_id)
+    if scope.business_hours is None:  # every second counts: SQL subtracts
+        first_by = _by_agent(await store.durations(*args, "first_response"))
+        resolved_by = _by_agent(await store.durations(*args, "resolution"))
+    else:
+        firsts = await store.first_responses(*args)
+        resolved = await store.resolutions(*args)
+        spans = [*firsts, *resolved]
+        since = min((s.start for s in spans), default=scope.since)
+        # Business hours are the account's, in the account's timezone (not the report's).
+        clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
+        first_by = _durations(firsts, clock)
+        resolved_by = _durations(resolved, clock)
     agents = sorted(set(first_by) | set(resolved_by), key=lambda a: (a is None, a or 0))
     names = await inbox_store.user_names(db, [a for a in agents if a is not None])
     return ResponseTimesReport(

@@ -242,6 +242,36 @@ async def resolutions(
     return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
+_DURATIONS = {
+    # which: (start, end) columns; the conversations counted are those whose end falls
+    # in the range (as first_responses and resolutions).
+    "first_response": ("COALESCE(first_wait_at, opened_at)", "first_response_at"),
+    "resolution": ("opened_at", "resolved_at"),
+}
+
+
+async def durations(
+    db: ReadSource,
+    account_id: str,
+    since: float,
+    until: float,
+    agent_id: int | None,
+    which: str,
+) -> list[tuple[int | None, float]]:
+    """``[(agent, seconds), ...]`` of first responses or resolutions in the range, every
+    second counted (no business hours), sorted by seconds: what ``first_responses`` and
+    ``resolutions`` give, subtracted in SQL."""
+    start, end = _DURATIONS[which]
+    agent, agent_params = _agent_clause(agent_id)
+    rows = await fetchall_from(
+        db,
+        f"SELECT assignee_id, {end} - {start} AS s FROM report_conversations "
+        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent} ORDER BY s",
+        [account_id, since, until, *agent_params],
+    )
+    return [(r[0], float(r[1])) for r in rows]
+
+
 @dataclass(frozen=True)
 class TagRow:
     tag_id: int

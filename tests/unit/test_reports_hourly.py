@@ -19,7 +19,7 @@ import pytest
 
 from appliance.db.database import Database
 from appliance.messaging import store
-from appliance.reports import service
+from appliance.reports import compute, service
 from appliance.reports import store as report_store
 from tests.unit.conftest import OpenDb
 from tests.unit.test_reports_service import A, _account
@@ -201,5 +201,64 @@ def test_top_chats_from_periods_and_edges_equal_a_brute_force_count(
             )
             assert [tuple(r) for r in periods] == [tuple(r) for r in summed]
             assert not any(r[2] == "905550003@s.whatsapp.net" for r in periods)
+
+    asyncio.run(body())
+
+
+def test_response_times_subtracted_in_sql_equal_the_span_path(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    """Without business hours the durations are subtracted in SQL; they must equal what
+    the business-hours-aware path gives when every second counts."""
+
+    async def body() -> None:
+        async with open_db(db_path) as db:
+            await _account(db)
+            rnd = random.Random(36)
+            base = dt.datetime(2024, 3, 1, tzinfo=dt.UTC).timestamp()
+            rows = []
+            for i in range(300):
+                opened = base + rnd.random() * 30 * 86400
+                wait = opened + rnd.random() * 600 if rnd.random() < 0.5 else None
+                first = (wait or opened) + rnd.expovariate(1 / 900)
+                resolved = first + rnd.expovariate(1 / 7200) if rnd.random() < 0.7 else None
+                agent = rnd.choice((None, 1, 2, 3))
+                rows.append((A, f"c{i}", opened, wait, first, resolved, agent))
+            async with db.write() as conn:
+                await conn.executemany(
+                    "INSERT INTO report_conversations (account_id, chat_jid, opened_at, "
+                    "first_wait_at, first_response_at, resolved_at, assignee_id) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    rows,
+                )
+            scope = service.scope_for(
+                A, {}, start=START, end=dt.date(2024, 3, 20), tz="UTC", agent_id=None
+            )
+            report = await service.response_times(db, scope)
+            args = (db, A, scope.since, scope.until, None)
+            clock = compute.BusinessClock(None, "UTC", 0, scope.until)
+            for which, spans in (
+                ("first_response", await report_store.first_responses(*args)),
+                ("resolution", await report_store.resolutions(*args)),
+            ):
+                assert spans
+                overall = compute.summarize([clock.seconds(s.start, s.end) for s in spans])
+                got = getattr(report, which)
+                assert (got.count, got.median_s, got.p90_s) == (
+                    overall.count,
+                    overall.median_s,
+                    overall.p90_s,
+                )
+                for a in report.agents:
+                    mine = [
+                        clock.seconds(s.start, s.end) for s in spans if s.agent_id == a.agent_id
+                    ]
+                    expected = compute.summarize(mine)
+                    got = getattr(a, which)
+                    assert (got.count, got.median_s, got.p90_s) == (
+                        expected.count,
+                        expected.median_s,
+                        expected.p90_s,
+                    )
 
     asyncio.run(body())
