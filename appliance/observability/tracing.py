@@ -393,7 +393,8 @@ def inbound_items(account_id: str, messages: Sequence[_Message]) -> list[tuple[s
 
 # Sends remembered for their receipts: a delivered or read receipt arrives later, from
 # the engine's own task, and joins the trace of the send it is about. In memory and
-# bounded (a receipt after a restart, or after LINKS_KEPT newer sends, starts its own trace).
+# bounded; past that (after a restart, or after LINKS_KEPT newer sends) the worker reads
+# the traceparent the send kept on its message (appliance/messaging/trace_links.py).
 LINKS_KEPT = 10_000
 _links: OrderedDict[str, str] = OrderedDict()
 
