@@ -8,8 +8,10 @@ account (first responses, resolutions, assignees among 5 agents), 5 tags on a fi
 the chats, auto-reply firings, script runs and webhook deliveries a few times an hour.
 Rows go straight into the file (executemany in big transactions; messages without a
 body, so the full-text index is not part of the load). The rollup triggers of
-migration 0028 are dropped for the load and the rollups rebuilt with the migration's own
-backfill statements (the same SQL a fresh migration runs), then the triggers come back.
+migrations 0028 and 0034 are dropped for the load and the rollups rebuilt with the
+migrations' own backfill statements (the same SQL a fresh migration runs), then the
+triggers come back. ``--keep DIR`` keeps the database; ``--reuse DIR`` measures one
+kept before (no load: to compare code changes on the same file in the same sitting).
 
 Measured: each report (``appliance.reports.service.KINDS``) for one account over the
 year in Europe/Istanbul and in America/New_York (DST), through the same code the API
@@ -19,7 +21,7 @@ inserted with and without them).
 
 Goal (issue 16): every report under 1 s (p95 over the accounts).
 
-    python bench/reports.py [--smoke] [--check] [--keep DIR]
+    python bench/reports.py [--smoke] [--check] [--keep DIR | --reuse DIR]
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ sys.path.insert(0, str(REPO / "bench"))
 from _common import exit_on_sigterm  # noqa: E402
 
 GOAL_MS = 1000.0
-MIGRATION = REPO / "appliance/db/migrations/0028_reports.sql"
+MIGRATIONS = [
+    REPO / "appliance/db/migrations/0028_reports.sql",
+    REPO / "appliance/db/migrations/0034_reports_hourly.sql",  # the hourly rollup
+]
 TIME_LIMIT_S = 600.0
 
 
@@ -60,11 +65,15 @@ def _sizes(smoke: bool) -> dict[str, int]:
     return {"accounts": 20, "days": 365, "per_day": 400, "chats": 2000, "convs": 40, "agents": 5}
 
 
-def _statements(sql: str) -> tuple[list[str], list[str]]:
-    """The migration's CREATE TRIGGER statements and its backfill INSERTs."""
-    triggers = re.findall(r"CREATE TRIGGER .*?\nEND;", sql, flags=re.S)
-    tail = sql[sql.index("-- What exists already") :]
-    backfill = [s.strip() + ";" for s in tail.split(";") if "INSERT" in s]
+def _statements() -> tuple[list[str], list[str]]:
+    """The migrations' CREATE TRIGGER statements and their backfill INSERTs, in order."""
+    triggers: list[str] = []
+    backfill: list[str] = []
+    for migration in MIGRATIONS:
+        sql = migration.read_text(encoding="utf-8")
+        triggers += re.findall(r"CREATE TRIGGER .*?\nEND;", sql, flags=re.S)
+        tail = sql[sql.index("-- What exists already") :]
+        backfill += [s.strip() + ";" for s in tail.split(";") if "INSERT" in s]
     return triggers, backfill
 
 
@@ -74,7 +83,7 @@ def _trigger_names(triggers: list[str]) -> list[str]:
 
 def load(path: Path, n: dict[str, int], seed: int = 16) -> dict[str, Any]:
     rnd = random.Random(seed)
-    triggers, backfill = _statements(MIGRATION.read_text(encoding="utf-8"))
+    triggers, backfill = _statements()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
@@ -202,6 +211,7 @@ def load(path: Path, n: dict[str, int], seed: int = 16) -> dict[str, Any]:
             "messages",
             "chats",
             "report_counts",
+            "report_counts_hourly",
             "report_chat_counts",
             "report_conversations",
         )
@@ -217,6 +227,26 @@ def load(path: Path, n: dict[str, int], seed: int = 16) -> dict[str, Any]:
     }
 
 
+def reused(path: Path, n: dict[str, int]) -> dict[str, Any]:
+    """What ``load`` answers, of a database it built before (``--keep``)."""
+    if not path.exists():
+        raise SystemExit(f"no database at {path}")
+    conn = sqlite3.connect(path)
+    try:
+        messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    finally:
+        conn.close()
+    end = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()
+    return {
+        "load_s": 0.0,
+        "rollup_rebuild_s": 0.0,
+        "rows": {},
+        "messages": messages,
+        "start": end - n["days"] * 86400,
+        "end": end,
+    }
+
+
 def _messages(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     conn.executemany(
         "INSERT INTO messages (account_id, id, chat_jid, direction, type, content, status, "
@@ -228,7 +258,7 @@ def _messages(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 def trigger_cost(path: Path, count: int, rounds: int = 3) -> dict[str, float]:
     """Microseconds per inserted message with the rollup triggers and without them:
     ``rounds`` alternating passes of ``count`` inserts each (rolled back), the median."""
-    triggers, _ = _statements(MIGRATION.read_text(encoding="utf-8"))
+    triggers, _ = _statements()
     conn = sqlite3.connect(path, isolation_level=None)
     times: dict[str, list[float]] = {"with_triggers": [], "without_triggers": []}
     for r in range(rounds):
@@ -320,6 +350,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the accounts")
     parser.add_argument("--keep", type=Path, help="build the database here and keep it")
+    parser.add_argument("--reuse", type=Path, help="measure the database kept here (no load)")
     parser.add_argument("--accounts", type=int, help="how many accounts (default 20; smoke 2)")
     parser.add_argument("--no-insert-cost", action="store_true", help="skip the trigger cost")
     args = parser.parse_args()
@@ -330,11 +361,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-reports-"))
     path = (args.keep or work) / "appliance.db"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        asyncio.run(_migrated(path))
-        built = load(path, n)
+        if args.reuse:
+            path = args.reuse / "appliance.db"
+            built = reused(path, n)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                path.unlink()
+            asyncio.run(_migrated(path))
+            built = load(path, n)
         file_mb = round(path.stat().st_size / 1e6, 1)
         timings = asyncio.run(measure(path, n, built["start"], 1 if args.smoke else args.rounds))
         cost = {} if args.no_insert_cost else trigger_cost(path, 2000 if args.smoke else 20000)

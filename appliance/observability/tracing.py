@@ -393,7 +393,8 @@ def inbound_items(account_id: str, messages: Sequence[_Message]) -> list[tuple[s
 
 # Sends remembered for their receipts: a delivered or read receipt arrives later, from
 # the engine's own task, and joins the trace of the send it is about. In memory and
-# bounded (a receipt after a restart, or after LINKS_KEPT newer sends, starts its own trace).
+# bounded; past that (after a restart, or after LINKS_KEPT newer sends) the worker reads
+# the traceparent the send kept on its message (appliance/messaging/trace_links.py).
 LINKS_KEPT = 10_000
 _links: OrderedDict[str, str] = OrderedDict()
 
@@ -415,3 +416,14 @@ def recall(key: str) -> str | None:
     if _tracer is None:
         return None
     return _links.get(key)
+
+
+def end_state(span: Span, outcome: str, limit: str | None = None) -> None:
+    """Mark a span with a run's outcome (``ok`` or ``error``; the limit it hit)."""
+    span.set_attribute("appliance.outcome", outcome)
+    if limit:
+        span.set_attribute("appliance.limit", limit)
+    if outcome != "ok":
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, limit or outcome))

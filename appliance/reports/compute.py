@@ -82,7 +82,10 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     ranks (numpy's default); None without values."""
     if not values:
         return None
-    ordered = sorted(values)
+    return _percentile_of_sorted(sorted(values), p)
+
+
+def _percentile_of_sorted(ordered: Sequence[float], p: float) -> float:
     if len(ordered) == 1:
         return float(ordered[0])
     rank = (len(ordered) - 1) * p / 100.0
@@ -100,7 +103,12 @@ class Summary:
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    return Summary(len(values), percentile(values, 50), percentile(values, 90))
+    if not values:
+        return Summary(0, None, None)
+    ordered = sorted(values)  # once for both percentiles
+    return Summary(
+        len(ordered), _percentile_of_sorted(ordered, 50), _percentile_of_sorted(ordered, 90)
+    )
 
 
 class BusinessClock:

@@ -114,30 +114,36 @@ class Scope:
 
 
 def _by_day(rows: Sequence[tuple[int, int]]) -> dict[dt.date, int]:
-    days: dict[dt.date, int] = defaultdict(int)
-    for hour, n in rows:
-        days[compute.local_hour(hour).date()] += n
-    return days
+    return {_date(day): n for day, n in rows}
+
+
+def _date(day: int) -> dt.date:
+    """A local date from its index (days since 1970-01-01)."""
+    return _EPOCH_DAY + dt.timedelta(days=day)
+
+
+_EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 async def messages(db: ReadSource, scope: Scope) -> MessagesReport:
-    rows = await store.counts_by_hour(
+    counts = await store.counts_grouped(
         db,
         scope.account_id,
         list(MESSAGE_METRICS),
         scope.first_slot,
         scope.end_slot,
         scope.segments,
+        ("days", "hours"),
     )
     days: dict[dt.date, dict[str, int]] = {d: defaultdict(int) for d in scope.days()}
     hours: list[dict[str, int]] = [defaultdict(int) for _ in range(24)]
     totals: dict[str, int] = defaultdict(int)
-    for r in rows:
-        field = MESSAGE_METRICS[r.metric]
-        local = compute.local_hour(r.hour)
-        days.setdefault(local.date(), defaultdict(int))[field] += r.n
-        hours[local.hour][field] += r.n
-        totals[field] += r.n
+    for metric, field in MESSAGE_METRICS.items():
+        for day, n in counts.days[metric].items():
+            days.setdefault(_date(day), defaultdict(int))[field] += n
+            totals[field] += n
+        for hour, n in counts.hours[metric].items():
+            hours[hour][field] += n
     fields = list(MESSAGE_METRICS.values())
     return MessagesReport(
         scope=scope.out(),
@@ -152,7 +158,7 @@ async def conversations(
 ) -> ConversationsReport:
     now = time.time() if now is None else now
     opened = _by_day(
-        await store.conversations_by_hour(
+        await store.conversations_by_day(
             db,
             scope.account_id,
             "opened_at",
@@ -163,7 +169,7 @@ async def conversations(
         )
     )
     resolved = _by_day(
-        await store.conversations_by_hour(
+        await store.conversations_by_day(
             db,
             scope.account_id,
             "resolved_at",
@@ -201,19 +207,27 @@ def _durations(
     return out
 
 
+def _by_agent(rows: Sequence[tuple[int | None, float]]) -> dict[int | None, list[float]]:
+    out: dict[int | None, list[float]] = defaultdict(list)
+    for agent, seconds in rows:
+        out[agent].append(seconds)
+    return out
+
+
 async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
-    firsts = await store.first_responses(
-        db, scope.account_id, scope.since, scope.until, scope.agent_id
-    )
-    resolved = await store.resolutions(
-        db, scope.account_id, scope.since, scope.until, scope.agent_id
-    )
-    spans = [*firsts, *resolved]
-    since = min((s.start for s in spans), default=scope.since)
-    # Business hours are the account's, in the account's timezone (not the report's).
-    clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
-    first_by = _durations(firsts, clock)
-    resolved_by = _durations(resolved, clock)
+    args = (db, scope.account_id, scope.since, scope.until, scope.agent_id)
+    if scope.business_hours is None:  # every second counts: SQL subtracts
+        first_by = _by_agent(await store.durations(*args, "first_response"))
+        resolved_by = _by_agent(await store.durations(*args, "resolution"))
+    else:
+        firsts = await store.first_responses(*args)
+        resolved = await store.resolutions(*args)
+        spans = [*firsts, *resolved]
+        since = min((s.start for s in spans), default=scope.since)
+        # Business hours are the account's, in the account's timezone (not the report's).
+        clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
+        first_by = _durations(firsts, clock)
+        resolved_by = _durations(resolved, clock)
     agents = sorted(set(first_by) | set(resolved_by), key=lambda a: (a is None, a or 0))
     names = await inbox_store.user_names(db, [a for a in agents if a is not None])
     return ResponseTimesReport(
@@ -234,20 +248,21 @@ async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
 
 
 async def busiest_hours(db: ReadSource, scope: Scope) -> BusiestHoursReport:
-    rows = await store.counts_by_hour(
+    counts = await store.counts_grouped(
         db,
         scope.account_id,
         list(MESSAGE_METRICS),
         scope.first_slot,
         scope.end_slot,
         scope.segments,
+        ("week",),
     )
     received = [[0] * 24 for _ in range(7)]
     sent = [[0] * 24 for _ in range(7)]
-    for r in rows:
-        local = compute.local_hour(r.hour)
-        target = received if r.metric == "in" else sent
-        target[local.weekday()][local.hour] += r.n
+    for metric in MESSAGE_METRICS:
+        target = received if metric == "in" else sent
+        for (weekday, hour), n in counts.week[metric].items():
+            target[weekday][hour] += n
     cells = [
         HourCell(weekday=w, hour=h, received=received[w][h], sent=sent[w][h])
         for w in range(7)
@@ -300,13 +315,10 @@ async def tags(db: ReadSource, scope: Scope) -> TagsReport:
 async def _daily(
     db: ReadSource, scope: Scope, metrics: Sequence[str]
 ) -> dict[str, dict[dt.date, int]]:
-    rows = await store.counts_by_hour(
+    counts = await store.counts_grouped(
         db, scope.account_id, metrics, scope.first_slot, scope.end_slot, scope.segments
     )
-    out: dict[str, dict[dt.date, int]] = {m: defaultdict(int) for m in metrics}
-    for r in rows:
-        out[r.metric][compute.local_hour(r.hour).date()] += r.n
-    return out
+    return {m: {_date(day): n for day, n in counts.days[m].items()} for m in metrics}
 
 
 async def automations(db: ReadSource, scope: Scope) -> AutomationsReport:

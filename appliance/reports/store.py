@@ -4,8 +4,12 @@ live figures read from the inbox's and webhooks' own tables (waiting chats, tags
 dead letters).
 
 Times are grouped by *local* hour in SQL: ``_local_hour`` adds the timezone's offset,
-piecewise per ``offset_segments``, to the UTC quarter-hour slot, so the database
-returns at most one row per local hour of the range.
+piecewise per ``offset_segments``, to the UTC quarter-hour slot (or hour), and
+``counts_grouped`` sums those per local day, hour of day or weekday x hour in the same
+statement, so the database returns a few hundred rows whatever the range. Counts are
+read from ``report_counts_hourly`` (migration 0034: the quarter hours summed per UTC
+hour, kept by triggers on ``report_counts``) when the range and the timezone's offsets
+are whole hours, else from the quarter hours.
 """
 
 from __future__ import annotations
@@ -13,52 +17,98 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from appliance.db.database import ReadSource, fetchall_from, fetchone_from
 
 Segments = Sequence[tuple[int, int]]
 
 
-def _local_hour(slot_expr: str, segments: Segments) -> tuple[str, list[Any]]:
-    """SQL for the local hour index of ``slot_expr`` and its parameters."""
+def _local_hour(slot_expr: str, segments: Segments, per_hour: int = 4) -> tuple[str, list[Any]]:
+    """SQL for the local hour index of ``slot_expr`` and its parameters. ``per_hour``:
+    how many of ``slot_expr``'s units make an hour (4 quarter-hour slots, or 1 when it
+    counts hours already: then every offset and boundary must be whole hours)."""
+    div = 4 // per_hour
     if len(segments) == 1:
-        return f"(({slot_expr}) + ?) / 4", [segments[0][1]]
+        return f"(({slot_expr}) + ?) / {per_hour}", [segments[0][1] // div]
     parts: list[str] = []
     params: list[Any] = []
     for (_, offset), (next_from, _) in pairwise(segments):
         parts.append(f"WHEN ({slot_expr}) < ? THEN ?")
-        params += [next_from, offset]
-    params.append(segments[-1][1])
-    return f"(({slot_expr}) + CASE {' '.join(parts)} ELSE ? END) / 4", params
+        params += [next_from // div, offset // div]
+    params.append(segments[-1][1] // div)
+    return f"(({slot_expr}) + CASE {' '.join(parts)} ELSE ? END) / {per_hour}", params
+
+
+def whole_hours(first_slot: int, end_slot: int, segments: Segments) -> bool:
+    """Whether the range and every offset in it are whole hours: then the hourly
+    rollup answers exactly (most timezones; not India's +5:30 or Nepal's +5:45)."""
+    return (
+        first_slot % 4 == 0
+        and end_slot % 4 == 0
+        and all(start % 4 == 0 and offset % 4 == 0 for start, offset in segments)
+    )
+
+
+def _source(first_slot: int, end_slot: int, segments: Segments) -> tuple[str, str, int, int, int]:
+    """The rollup to read: (table, time column, units per hour, first, end) in its units."""
+    if whole_hours(first_slot, end_slot, segments):
+        return "report_counts_hourly", "hour", 1, first_slot // 4, end_slot // 4
+    return "report_counts", "slot", 4, first_slot, end_slot
 
 
 @dataclass(frozen=True)
-class HourCount:
-    metric: str
-    hour: int  # local hours since 1970-01-01 00:00
-    n: int
+class Grouped:
+    """Counts of a range grouped in SQL (a few hundred rows, whatever the range):
+    ``days[metric][local day index]``, ``hours[metric][local hour of day]``,
+    ``week[metric][(weekday, hour of day)]`` (weekday 0 = Monday)."""
+
+    days: dict[str, dict[int, int]]
+    hours: dict[str, dict[int, int]]
+    week: dict[str, dict[tuple[int, int], int]]
 
 
-async def counts_by_hour(
+# 1970-01-01 was a Thursday (weekday 3): local day index d is weekday (d + 3) % 7.
+_GROUPINGS = {
+    "days": ("h / 24", "0"),
+    "hours": ("h % 24", "0"),
+    "week": ("(h / 24 + 3) % 7", "h % 24"),
+}
+
+
+async def counts_grouped(
     db: ReadSource,
     account_id: str,
     metrics: Sequence[str],
     first_slot: int,
     end_slot: int,
     segments: Segments,
-) -> list[HourCount]:
-    """``report_counts`` of ``metrics`` in ``[first_slot, end_slot)`` per local hour."""
-    hour, hour_params = _local_hour("slot", segments)
+    groupings: Sequence[str] = ("days",),
+) -> Grouped:
+    """``report_counts`` of ``metrics`` in ``[first_slot, end_slot)``, summed per local
+    day, hour of day and/or weekday x hour (``groupings``) in one statement: the range's
+    rows are read once (from the hourly rollup when the offsets allow) and grouped in
+    SQL, so Python sees a few hundred rows instead of one per hour of the range."""
+    table, column, per_hour, lo, hi = _source(first_slot, end_slot, segments)
+    hour, hour_params = _local_hour(column, segments, per_hour)
     marks = ",".join("?" * len(metrics))
+    selects = [
+        f"SELECT {i} AS g, metric, {a} AS a, {b} AS b, SUM(n) AS n FROM r GROUP BY metric, a, b"
+        for i, (a, b) in enumerate(_GROUPINGS[g] for g in groupings)
+    ]
     rows = await fetchall_from(
         db,
-        f"SELECT metric, {hour} AS h, SUM(n) AS n FROM report_counts "
-        f"WHERE account_id = ? AND metric IN ({marks}) AND slot >= ? AND slot < ? "
-        "GROUP BY metric, h",
-        [*hour_params, account_id, *metrics, first_slot, end_slot],
+        f"WITH r AS MATERIALIZED (SELECT metric, {hour} AS h, n FROM {table} "
+        f"WHERE account_id = ? AND metric IN ({marks}) AND {column} >= ? AND {column} < ?) "
+        + " UNION ALL ".join(selects),
+        [*hour_params, account_id, *metrics, lo, hi],
     )
-    return [HourCount(str(r["metric"]), int(r["h"]), int(r["n"])) for r in rows]
+    out: dict[str, dict[str, dict[Any, int]]] = {g: {m: {} for m in metrics} for g in _GROUPINGS}
+    for r in rows:
+        grouping = groupings[int(r["g"])]
+        key: Any = (int(r["a"]), int(r["b"])) if grouping == "week" else int(r["a"])
+        out[grouping][str(r["metric"])][key] = int(r["n"])
+    return Grouped(days=out["days"], hours=out["hours"], week=out["week"])
 
 
 @dataclass(frozen=True)
@@ -69,18 +119,47 @@ class ChatCount:
     sent: int
 
 
+PERIOD_SLOTS = 2880  # report_chat_periods: 30 days of quarter hours (migration 0034)
+
+
 async def top_chats(
     db: ReadSource, account_id: str, first_slot: int, end_slot: int, limit: int
 ) -> list[ChatCount]:
+    """The chats with the most messages in ``[first_slot, end_slot)``: the whole 30-day
+    periods inside the range from ``report_chat_periods``, its edges from the quarter
+    hours."""
+    p_lo = -(-first_slot // PERIOD_SLOTS)  # the first whole period
+    p_hi = end_slot // PERIOD_SLOTS  # after the last whole period
+    if p_lo < p_hi:
+        parts = (
+            "SELECT chat_jid, n_in, n_out FROM report_chat_periods"
+            " WHERE account_id = ? AND period >= ? AND period < ?"
+            " UNION ALL SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+            " UNION ALL SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+        )
+        params: list[Any] = [
+            account_id, p_lo, p_hi,
+            account_id, first_slot, p_lo * PERIOD_SLOTS,
+            account_id, p_hi * PERIOD_SLOTS, end_slot,
+        ]  # fmt: skip
+    else:
+        parts = (
+            "SELECT chat_jid, n_in, n_out FROM report_chat_counts"
+            " WHERE account_id = ? AND slot >= ? AND slot < ?"
+        )
+        params = [account_id, first_slot, end_slot]
     rows = await fetchall_from(
         db,
-        "SELECT r.chat_jid, SUM(r.n_in) AS n_in, SUM(r.n_out) AS n_out, "
-        "COALESCE(c.name, ct.name) AS name FROM report_chat_counts r "
-        "LEFT JOIN chats c ON c.account_id = r.account_id AND c.jid = r.chat_jid "
-        "LEFT JOIN contacts ct ON ct.account_id = r.account_id AND ct.jid = r.chat_jid "
-        "WHERE r.account_id = ? AND r.slot >= ? AND r.slot < ? "
-        "GROUP BY r.chat_jid ORDER BY SUM(r.n_in) + SUM(r.n_out) DESC, r.chat_jid LIMIT ?",
-        [account_id, first_slot, end_slot, limit],
+        # Ranked first, named after: the names are looked up for the top rows only.
+        "SELECT t.chat_jid, t.n_in, t.n_out, COALESCE(c.name, ct.name) AS name FROM ("
+        f" SELECT chat_jid, SUM(n_in) AS n_in, SUM(n_out) AS n_out FROM ({parts})"
+        " GROUP BY chat_jid ORDER BY SUM(n_in) + SUM(n_out) DESC, chat_jid LIMIT ?) t "
+        "LEFT JOIN chats c ON c.account_id = ? AND c.jid = t.chat_jid "
+        "LEFT JOIN contacts ct ON ct.account_id = ? AND ct.jid = t.chat_jid "
+        "ORDER BY t.n_in + t.n_out DESC, t.chat_jid",
+        [*params, limit, account_id, account_id],
     )
     return [ChatCount(str(r["chat_jid"]), r["name"], int(r["n_in"]), int(r["n_out"])) for r in rows]
 
@@ -89,7 +168,7 @@ def _agent_clause(agent_id: int | None) -> tuple[str, list[Any]]:
     return ("", []) if agent_id is None else (" AND assignee_id = ?", [agent_id])
 
 
-async def conversations_by_hour(
+async def conversations_by_day(
     db: ReadSource,
     account_id: str,
     column: str,
@@ -99,17 +178,17 @@ async def conversations_by_hour(
     agent_id: int | None,
 ) -> list[tuple[int, int]]:
     """Conversations whose ``column`` (opened_at or resolved_at) falls in the range, per
-    local hour: ``[(hour, n), ...]``."""
+    local day: ``[(day index, n), ...]`` (days since 1970-01-01, local)."""
     assert column in ("opened_at", "resolved_at")
     hour, hour_params = _local_hour(f"CAST({column} / 900 AS INTEGER)", segments)
     agent, agent_params = _agent_clause(agent_id)
     rows = await fetchall_from(
         db,
-        f"SELECT {hour} AS h, COUNT(*) AS n FROM report_conversations "
-        f"WHERE account_id = ? AND {column} >= ? AND {column} < ?{agent} GROUP BY h",
+        f"SELECT {hour} / 24 AS d, COUNT(*) AS n FROM report_conversations "
+        f"WHERE account_id = ? AND {column} >= ? AND {column} < ?{agent} GROUP BY d",
         [*hour_params, account_id, since, until, *agent_params],
     )
-    return [(int(r["h"]), int(r["n"])) for r in rows]
+    return [(int(r["d"]), int(r["n"])) for r in rows]
 
 
 async def waiting_now(
@@ -128,8 +207,7 @@ async def waiting_now(
     return int(row["n"]), row["oldest"]
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):  # a tuple: a year's rows are made fast
     agent_id: int | None
     start: float
     end: float
@@ -147,7 +225,7 @@ async def first_responses(
         f"AND first_response_at < ?{agent}",
         [account_id, since, until, *agent_params],
     )
-    return [Span(r["assignee_id"], float(r["a"]), float(r["b"])) for r in rows]
+    return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
 async def resolutions(
@@ -161,7 +239,37 @@ async def resolutions(
         f"WHERE account_id = ? AND resolved_at >= ? AND resolved_at < ?{agent}",
         [account_id, since, until, *agent_params],
     )
-    return [Span(r["assignee_id"], float(r["a"]), float(r["b"])) for r in rows]
+    return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
+
+
+_DURATIONS = {
+    # which: (start, end) columns; the conversations counted are those whose end falls
+    # in the range (as first_responses and resolutions).
+    "first_response": ("COALESCE(first_wait_at, opened_at)", "first_response_at"),
+    "resolution": ("opened_at", "resolved_at"),
+}
+
+
+async def durations(
+    db: ReadSource,
+    account_id: str,
+    since: float,
+    until: float,
+    agent_id: int | None,
+    which: str,
+) -> list[tuple[int | None, float]]:
+    """``[(agent, seconds), ...]`` of first responses or resolutions in the range, every
+    second counted (no business hours), sorted by seconds: what ``first_responses`` and
+    ``resolutions`` give, subtracted in SQL."""
+    start, end = _DURATIONS[which]
+    agent, agent_params = _agent_clause(agent_id)
+    rows = await fetchall_from(
+        db,
+        f"SELECT assignee_id, {end} - {start} AS s FROM report_conversations "
+        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent} ORDER BY s",
+        [account_id, since, until, *agent_params],
+    )
+    return [(r[0], float(r[1])) for r in rows]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from appliance.ipc.scripts_protocol import (
     RunResult,
 )
 from appliance.ipc.server import peer_allowed, peer_uid
+from appliance.observability import tracing
 from appliance.observability.logging import setup_logging
 from appliance.observability.metrics import mark_started
 from appliance.scripting.pool import ChildPool
@@ -82,7 +83,26 @@ class ScriptsServer:
         peer: Peer
 
         async def run(params: RunParams) -> RunResult:
-            async def relay(call: HostCallParams) -> tuple[bool, Any]:
+            # With tracing on: a span per run, child of the worker's (the frame's
+            # traceparent), and one per host call inside it; the host call's frame names
+            # its span, so what the worker does for it joins the same trace.
+            with tracing.span(
+                "script.run",
+                kind="server",
+                attributes={
+                    "appliance.script_id": params.script_id,
+                    "appliance.run_id": params.run_id,
+                },
+            ) as span:
+                result = await self.pool.run(params, relay)
+                if span is not None:
+                    tracing.end_state(span, result.outcome, result.limit)
+                return result
+
+        async def relay(call: HostCallParams) -> tuple[bool, Any]:
+            with tracing.span(
+                f"host {call.fn}", kind="client", attributes={"appliance.host_fn": call.fn}
+            ):
                 try:
                     answer = await peer.call(call, timeout_s=HOST_CALL_TIMEOUT_S)
                 except RemoteError as exc:
@@ -92,8 +112,6 @@ class ScriptsServer:
                 except (PeerClosed, TimeoutError):
                     return False, "the worker did not answer the host call"
                 return True, answer.value
-
-            return await self.pool.run(params, relay)
 
         async def ping(_: PingParams) -> PingResult:
             return PingResult(
@@ -136,6 +154,11 @@ def main() -> None:
         log.critical(str(exc))
         sys.exit(78)
     setup_logging("scripts", settings.log_level)
+    try:
+        # Off unless OTEL_TRACES_EXPORTER is set (appliance.env or the environment).
+        tracing.setup_tracing("scripts", env_file=paths.env_file)
+    except Exception:
+        log.exception("tracing could not be set up; running without it")
     pool = ChildPool(
         settings.scripts_sandboxes,
         memory_mb=settings.scripts_sandbox_memory_mb,
@@ -145,3 +168,5 @@ def main() -> None:
     except Exception:
         log.exception("scripts process failed")
         sys.exit(1)
+    finally:
+        tracing.shutdown_tracing()  # flush the spans still batched

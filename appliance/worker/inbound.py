@@ -29,7 +29,7 @@ from appliance.engines.base import InboundMessage
 from appliance.errors import ClientError
 from appliance.inbox import store as inbox_store
 from appliance.messaging import media as media_store
-from appliance.messaging import store
+from appliance.messaging import store, trace_links
 from appliance.messaging.models import MessageOut
 from appliance.observability import tracing
 from appliance.worker.actions_loop import apply_edit
@@ -228,9 +228,13 @@ class Inbound:
                 await self.pipeline.run(ctx, message)
 
     async def record_receipt(self, account_id: str, message_id: str, status: str) -> None:
-        # With tracing on, a receipt (and the events it writes) joins its send's trace.
+        # With tracing on, a receipt (and the events it writes) joins its send's trace:
+        # remembered in memory, else kept on the message (after a restart).
+        parent = tracing.recall(f"{account_id}:{message_id}")
+        if parent is None and tracing.enabled():
+            parent = await trace_links.find(self.db, account_id, message_id)
         with (
-            tracing.within(tracing.recall(f"{account_id}:{message_id}")),
+            tracing.within(parent),
             tracing.span("receipt", kind="consumer", attributes={"appliance.status": status}),
         ):
             now = time.time()

@@ -33,7 +33,7 @@ from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, re
 from appliance.engines.base import Engine, OutboundMessage, SendError
 from appliance.errors import ClientError, NotFound
 from appliance.messaging import media as media_store
-from appliance.messaging import store
+from appliance.messaging import store, trace_links
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
 from appliance.messaging.models import Media, ReceivedContent
 from appliance.messaging.rows import MessageRow
@@ -181,10 +181,14 @@ class SendLoop:
         token = job.lease_token or ""
         account_id, message_id = row.account_id, row.id
         now = time.time()
-        await self.db.write_batched(
-            lambda conn: store.set_message_status(conn, account_id, message_id, "sending", now=now),
-            in_thread=True,
-        )
+        traceparent = tracing.stored_traceparent()  # the send span's (tracing on), kept
+
+        async def sending(conn: aiosqlite.Connection) -> None:
+            await store.set_message_status(conn, account_id, message_id, "sending", now=now)
+            if traceparent:  # for receipts after a restart (messaging/trace_links.py)
+                await trace_links.keep(conn, account_id, message_id, traceparent)
+
+        await self.db.write_batched(sending, in_thread=True)
         try:
             outbound = await self.outbound(engine, row)
             with tracing.span("engine.send", kind="client"):
