@@ -13,13 +13,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
 from quart import request
 
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.state import db as _db
-from appliance.api.validation import issues_from
-from appliance.errors import ClientError
 from appliance.messaging import store as messaging_store
 
 
@@ -27,24 +24,6 @@ def api(route: Callable[..., Any]) -> Callable[..., Any]:
     """The API route's body, without the decorators that read the HTTP request."""
     body: Callable[..., Any] = inspect.unwrap(route)
     return body
-
-
-def field_errors(exc: ValidationError | ClientError) -> dict[str, str]:
-    """Field name (the first part of an issue's path) -> the API's message for it;
-    ``_form`` for an error of the whole form."""
-    if isinstance(exc, ValidationError):
-        issues: Any = issues_from(exc)
-    else:
-        issues = exc.extra.get("issues")
-    out: dict[str, str] = {}
-    for issue in issues if isinstance(issues, list) else []:
-        if isinstance(issue, dict):
-            path = str(issue.get("path", ""))
-            key = path.split(".")[0] if path and path != "(body)" else "_form"
-            out.setdefault(key, str(issue.get("message", "")))
-    if not out:
-        out["_form"] = exc.message if isinstance(exc, ClientError) else str(exc)
-    return out
 
 
 async def chosen_account() -> tuple[str | None, list[Any]]:

@@ -23,9 +23,8 @@ from appliance.api.panel.automation_common import (
     accounts_list,
     api,
     chosen_account,
-    field_errors,
 )
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
+from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes import auto_replies as routes
 from appliance.api.routes.auto_replies import AutoReplyTestIn, RuleIn, RuleOut, RulePatch
 from appliance.auth.permissions import Permission
@@ -95,7 +94,7 @@ def _body(values: dict[str, Any], *, with_reply: bool) -> dict[str, Any]:
 
 
 def _errors(exc: ValidationError | ClientError) -> dict[str, str]:
-    errors = field_errors(exc)
+    errors = form_errors(exc, form_key="_form")
     if "actions" in errors:
         errors["reply"] = errors.pop("actions")
     return errors
@@ -248,7 +247,7 @@ async def auto_reply_test(account: str) -> Response:
     except (ValidationError, ClientError) as exc:
         if isinstance(exc, ClientError) and exc.http_status in (403, 404):
             raise
-        errors = field_errors(exc)
+        errors = form_errors(exc, form_key="_form")
     ctx: dict[str, Any] = {
         "account": account,
         "test": result,

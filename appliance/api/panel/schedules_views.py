@@ -22,10 +22,9 @@ from appliance.api.panel.automation_common import (
     accounts_list,
     api,
     chosen_account,
-    field_errors,
     lines,
 )
-from appliance.api.panel.web import bp, page, see_other
+from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes import schedules as routes
 from appliance.api.routes.schedules import ListQuery, OccurrenceQuery, ScheduleIn, ScheduleOut
 from appliance.auth.permissions import Permission
@@ -127,7 +126,7 @@ async def schedule_create(account: str) -> Response:
     except (ValidationError, ClientError) as exc:
         if isinstance(exc, ClientError) and exc.http_status in (403, 404):
             raise
-        errors = field_errors(exc)
+        errors = form_errors(exc, form_key="_form")
         if "message" in errors:
             errors["text"] = errors.pop("message")
         if not values["text"] and "_form" in errors and "message" in errors["_form"]:

@@ -17,8 +17,8 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import api, chosen_account, field_errors, lines
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
+from appliance.api.panel.automation_common import api, chosen_account, lines
+from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes import scripts as routes
 from appliance.api.routes.scripts import RunsQuery
 from appliance.auth.permissions import Permission
@@ -153,7 +153,7 @@ async def script_create(account: str) -> Response:
             account=account,
             accounts=[],
             scripts=items,
-            errors=field_errors(exc),
+            errors=form_errors(exc, form_key="_form"),
             values=values,
             **_ctx(),
         )
@@ -223,7 +223,7 @@ async def script_save(account: str, script_id: str) -> Response:
         if isinstance(exc, ClientError) and exc.http_status in (403, 404):
             raise
         status = exc.http_status if isinstance(exc, ClientError) else 400
-        errors = field_errors(exc)
+        errors = form_errors(exc, form_key="_form")
         if "schedule" in errors:
             errors["cron"] = errors.pop("schedule")
         if "filter" in errors:
@@ -288,7 +288,7 @@ async def script_run(account: str, script_id: str) -> Response:
     except (ValidationError, ClientError) as exc:
         if isinstance(exc, ClientError) and exc.http_status in (403, 404):
             raise
-        run_error = "; ".join(field_errors(exc).values())
+        run_error = "; ".join(form_errors(exc, form_key="_form").values())
     except IpcError:
         run_error = i18n.gettext("The worker did not answer; try again in a moment.")
     if is_htmx():

@@ -320,10 +320,39 @@ def install(app: Quart) -> None:
 bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
 
 
-def form_errors(exc: ValidationError) -> dict[str, str]:
-    """A form's field (the first part of an issue's path) -> the API's message for it,
-    the first message per field: what the forms show next to each input."""
+def form_errors(
+    source: ValidationError | ClientError | list[Any] | None,
+    *,
+    full_path: bool = False,
+    form_key: str | None = None,
+) -> dict[str, str]:
+    """A form's field -> the API's message for it, the first message per field: what
+    the forms show next to each input. ``source`` is a model's ValidationError, a
+    ClientError carrying ``issues`` (a refusal from the API body or an engine's
+    settings check), or such an ``issues`` list.
+
+    The field is the first part of an issue's path, or the whole path with
+    ``full_path``. With ``form_key``, an issue of the whole form (no path, or
+    ``(body)``) is put under that key, and a ClientError without issues gives its
+    message there (so a form always shows why it was refused)."""
+    if isinstance(source, ValidationError):
+        issues: Any = issues_from(source)
+    elif isinstance(source, ClientError):
+        issues = source.extra.get("issues")
+    else:
+        issues = source
     out: dict[str, str] = {}
-    for issue in issues_from(exc):
-        out.setdefault(issue["path"].split(".")[0], issue["message"])
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        path = str(issue.get("path", ""))
+        key = path if full_path else path.split(".")[0]
+        if form_key is not None and (not path or path == "(body)"):
+            key = form_key
+        out.setdefault(key, str(issue.get("message", "")))
+    if form_key is not None and not out and source is not None:
+        if isinstance(source, ClientError):
+            out[form_key] = source.message
+        elif isinstance(source, ValidationError):
+            out[form_key] = str(source)
     return out
