@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from appliance.crypto import DataCipher, key_id
 from appliance.engines.cloud.settings import SECRET_CONTEXT, TOKEN_CONTEXT
 from appliance.errors import ApplianceError
+from appliance.ops import offline_store
 from appliance.ops import secrets_store as store
 from appliance.ops.secrets_store import Row
 from appliance.secrets import (
@@ -343,7 +344,7 @@ def record_simple(db_path: Path, secret: str, actor: str) -> None:
 
 def unfinished(db_path: Path) -> list[tuple[str, float, int]]:
     """Unfinished rotations: (secret, started_at, re-encrypted so far)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    conn = offline_store.open_read_only(db_path)
     try:
         if "secret_rotations" not in store.tables(conn):
             return []

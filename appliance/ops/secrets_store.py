@@ -20,12 +20,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from appliance.ops import offline_store
+
 Row = tuple[Any, ...]
 
 
 def tables(conn: sqlite3.Connection) -> set[str]:
     """The tables this database has (an old schema may lack some)."""
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return set(offline_store.table_names(conn))
 
 
 @contextlib.contextmanager
