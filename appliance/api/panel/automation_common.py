@@ -13,30 +13,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from quart import request
-
-from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.state import db as _db
-from appliance.messaging import store as messaging_store
-
 
 def api(route: Callable[..., Any]) -> Callable[..., Any]:
     """The API route's body, without the decorators that read the HTTP request."""
     body: Callable[..., Any] = inspect.unwrap(route)
     return body
-
-
-async def chosen_account() -> tuple[str | None, list[Any]]:
-    """The chosen account (``?account=``, else the first granted) and the choices."""
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
-    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
-    if chosen is not None:
-        await account_for(chosen)  # out of grant: 404
-    return chosen, accounts
-
-
-async def accounts_list() -> list[Any]:
-    return await messaging_store.list_account_rows(_db(), visible_accounts())
 
 
 def lines(text: str) -> list[str]:

@@ -19,12 +19,18 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.panel.automation_common import (
+from appliance.api.panel.automation_common import api
+from appliance.api.panel.web import (
+    N_,
+    account_page,
     accounts_list,
-    api,
+    bp,
     chosen_account,
+    form_errors,
+    is_htmx,
+    page,
+    see_other,
 )
-from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes import auto_replies as routes
 from appliance.api.routes.auto_replies import AutoReplyTestIn, RuleIn, RuleOut, RulePatch
 from appliance.auth.permissions import Permission
@@ -111,15 +117,15 @@ async def _list_page(
     rules: list[RuleOut] = []
     if account is not None:
         rules = (await api(routes.list_auto_replies)(account)).items
-    return await page(
+    return await account_page(
         "panel/auto_replies.html",
-        status=status,
         nav="auto_replies",
         account=account,
         accounts=accounts,
-        rules=rules,
-        errors=errors or {},
+        errors=errors,
         values=values or {"priority": 100, "cooldown_s": 0, "stop": True, "active": True},
+        status=status,
+        rules=rules,
         match_types=MATCH_TYPES,
         action_names=ACTION_NAMES,
         simple_reply=simple_reply,

@@ -18,13 +18,15 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import (
+from appliance.api.panel.automation_common import api, lines
+from appliance.api.panel.web import (
+    account_page,
     accounts_list,
-    api,
+    bp,
     chosen_account,
-    lines,
+    form_errors,
+    see_other,
 )
-from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes import schedules as routes
 from appliance.api.routes.schedules import ListQuery, OccurrenceQuery, ScheduleIn, ScheduleOut
 from appliance.auth.permissions import Permission
@@ -76,15 +78,15 @@ async def _page(
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
-    return await page(
+    return await account_page(
         "panel/schedules.html",
-        status=status,
         nav="schedules",
         account=account,
         accounts=accounts,
-        schedules=await _rows(account) if account is not None else [],
-        errors=errors or {},
+        errors=errors,
         values=values or {"kind": "once", "timezone": i18n.timezone()},
+        status=status,
+        schedules=await _rows(account) if account is not None else [],
     )
 
 

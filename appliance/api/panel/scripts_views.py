@@ -17,8 +17,8 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import api, chosen_account, lines
-from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
+from appliance.api.panel.automation_common import api, lines
+from appliance.api.panel.web import N_, bp, chosen_account, form_errors, is_htmx, page, see_other
 from appliance.api.routes import scripts as routes
 from appliance.api.routes.scripts import RunsQuery
 from appliance.auth.permissions import Permission

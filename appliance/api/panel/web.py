@@ -23,6 +23,7 @@ from quart import Blueprint, Quart, Response, g, render_template, request
 from werkzeug.exceptions import NotFound as HttpNotFound
 
 from appliance.api.access import principal
+from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.state import db as _db
@@ -177,6 +178,45 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         **ctx,
     )
     return Response(body, status=status, content_type=HTML)
+
+
+async def accounts_list() -> list[Any]:
+    """The accounts the signed-in user may see: a screen's account choices."""
+    return await messaging_store.list_account_rows(_db(), visible_accounts())
+
+
+async def chosen_account() -> tuple[str | None, list[Any]]:
+    """The chosen account (``?account=``, else the first granted) and the choices."""
+    accounts = await accounts_list()
+    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
+    if chosen is not None:
+        await account_for(chosen)  # out of grant: 404
+    return chosen, accounts
+
+
+async def account_page(
+    template: str,
+    *,
+    nav: str,
+    account: str | None,
+    accounts: list[Any],
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+    **ctx: Any,
+) -> Response:
+    """``page`` for a screen of one chosen account among ``accounts``, with a form's
+    errors and the values to show in it again."""
+    return await page(
+        template,
+        status=status,
+        nav=nav,
+        account=account,
+        accounts=accounts,
+        errors=errors or {},
+        values=values or {},
+        **ctx,
+    )
 
 
 @bp.before_request
