@@ -13,11 +13,26 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
+from appliance.errors import ClientError
+
 
 def api(route: Callable[..., Any]) -> Callable[..., Any]:
     """The API route's body, without the decorators that read the HTTP request."""
     body: Callable[..., Any] = inspect.unwrap(route)
     return body
+
+
+def refusal_status(exc: ValidationError | ClientError) -> int:
+    """The status a form is shown again with after the API body refused it: 400 for the
+    model's own check, else the API's status. A 403 or 404 is raised again instead,
+    for the panel's error pages."""
+    if isinstance(exc, ClientError):
+        if exc.http_status in (403, 404):
+            raise exc
+        return exc.http_status
+    return 400
 
 
 def lines(text: str) -> list[str]:

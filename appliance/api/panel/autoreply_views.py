@@ -19,7 +19,7 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.panel.automation_common import api
+from appliance.api.panel.automation_common import api, refusal_status
 from appliance.api.panel.web import (
     N_,
     account_page,
@@ -151,9 +151,7 @@ async def auto_reply_create(account: str) -> Response:
         data = RuleIn.model_validate(_body(values, with_reply=True))
         await api(routes.create_auto_reply)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        status = exc.http_status if isinstance(exc, ClientError) else 400
+        status = refusal_status(exc)
         return await _list_page(
             account, await accounts_list(), errors=_errors(exc), values=values, status=status
         )
@@ -209,9 +207,7 @@ async def auto_reply_update(account: str, rule_id: str) -> Response:
         data = RulePatch.model_validate(_body(values, with_reply=simple_reply(rule) is not None))
         await api(routes.update_auto_reply)(account, rule_id, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        status = exc.http_status if isinstance(exc, ClientError) else 400
+        status = refusal_status(exc)
         return await _edit_page(account, rule, errors=_errors(exc), values=values, status=status)
     return see_other(f"/panel/auto-replies?account={account}")
 
@@ -251,8 +247,7 @@ async def auto_reply_test(account: str) -> Response:
         )
         result = await api(routes.test_auto_replies)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
+        refusal_status(exc)  # 403/404: raised again
         errors = form_errors(exc, form_key="_form")
     ctx: dict[str, Any] = {
         "account": account,

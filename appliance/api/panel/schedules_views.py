@@ -18,7 +18,7 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import api, lines
+from appliance.api.panel.automation_common import api, lines, refusal_status
 from appliance.api.panel.web import (
     account_page,
     accounts_list,
@@ -126,14 +126,12 @@ async def schedule_create(account: str) -> Response:
         data = ScheduleIn.model_validate(_body(values))
         made: tuple[ScheduleOut, int] = await api(routes.create_schedule)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
+        status = refusal_status(exc)
         errors = form_errors(exc, form_key="_form")
         if "message" in errors:
             errors["text"] = errors.pop("message")
         if not values["text"] and "_form" in errors and "message" in errors["_form"]:
             errors["text"] = errors.pop("_form")
-        status = exc.http_status if isinstance(exc, ClientError) else 400
         return await _page(
             account, await accounts_list(), errors=errors, values=values, status=status
         )
