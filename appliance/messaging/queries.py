@@ -25,7 +25,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, fetchone_from
 from appliance.errors import InvalidInput
 from appliance.messaging.rows import ChatRow, ContactRow, MessageRow
 
@@ -412,11 +412,7 @@ async def chat_row(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str
 ) -> ChatRow | None:
     sql = f"{_CHAT_SELECT} WHERE c.account_id = ? AND c.jid = ?"
-    if isinstance(db_or_conn, Database):
-        row = await db_or_conn.fetchone(sql, (account_id, jid))
-    else:
-        async with db_or_conn.execute(sql, (account_id, jid)) as cur:
-            row = await cur.fetchone()
+    row = await fetchone_from(db_or_conn, sql, (account_id, jid))
     return None if row is None else ChatRow.from_row(row)
 
 
