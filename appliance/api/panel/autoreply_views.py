@@ -22,11 +22,11 @@ from appliance.api.access import requires
 from appliance.api.panel.automation_common import api, refusal_status
 from appliance.api.panel.web import (
     N_,
-    account_page,
     accounts_list,
     bp,
     chosen_account,
     form_errors,
+    form_page,
     is_htmx,
     page,
     see_other,
@@ -117,7 +117,7 @@ async def _list_page(
     rules: list[RuleOut] = []
     if account is not None:
         rules = (await api(routes.list_auto_replies)(account)).items
-    return await account_page(
+    return await form_page(
         "panel/auto_replies.html",
         nav="auto_replies",
         account=account,

@@ -16,11 +16,11 @@ from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import (
-    account_page,
     accounts_list,
     bp,
     chosen_account,
     form_errors,
+    form_page,
     see_other,
 )
 from appliance.api.routes.inbox_organize import (
@@ -52,7 +52,7 @@ async def _tags_page(
     tags: list[Any] = []
     if account is not None:
         tags, _next = await tags_store.list_tags(_db(), account, cursor=None, limit=MAX_ROWS)
-    return await account_page(
+    return await form_page(
         "panel/tags.html",
         nav="tags",
         account=account,
@@ -128,7 +128,7 @@ async def _replies_page(
         replies, _next = await quick_replies_store.list_quick_replies(
             _db(), account, q=None, cursor=None, limit=MAX_ROWS
         )
-    return await account_page(
+    return await form_page(
         "panel/quick_replies.html",
         nav="quick_replies",
         account=account,

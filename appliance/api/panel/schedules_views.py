@@ -20,11 +20,11 @@ from appliance.api.access import requires
 from appliance.api.panel import i18n
 from appliance.api.panel.automation_common import api, lines, refusal_status
 from appliance.api.panel.web import (
-    account_page,
     accounts_list,
     bp,
     chosen_account,
     form_errors,
+    form_page,
     see_other,
 )
 from appliance.api.routes import schedules as routes
@@ -78,7 +78,7 @@ async def _page(
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
-    return await account_page(
+    return await form_page(
         "panel/schedules.html",
         nav="schedules",
         account=account,

@@ -194,7 +194,7 @@ async def chosen_account() -> tuple[str | None, list[Any]]:
     return chosen, accounts
 
 
-async def account_page(
+async def form_page(
     template: str,
     *,
     nav: str,
