@@ -207,16 +207,8 @@ async def form_page(
 ) -> Response:
     """``page`` for a screen of one chosen account among ``accounts``, with a form's
     errors and the values to show in it again."""
-    return await page(
-        template,
-        status=status,
-        nav=nav,
-        account=account,
-        accounts=accounts,
-        errors=errors or {},
-        values=values or {},
-        **ctx,
-    )
+    ctx.update(account=account, accounts=accounts, errors=errors or {}, values=values or {})
+    return await page(template, status=status, nav=nav, **ctx)
 
 
 @bp.before_request
