@@ -21,7 +21,7 @@ from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_
 from appliance.errors import Conflict, NotFound
 from appliance.inbox.contacts import AttributeDef, ImportRow, contact_out
 from appliance.messaging.models import jid_phone
-from appliance.messaging.queries import decode_cursor, encode_cursor
+from appliance.messaging.queries import decode_cursor, next_page
 from appliance.messaging.store import append_event
 
 _PHONE_LIKE = re.compile(r"^[0-9\s+()-]+$")
@@ -93,9 +93,7 @@ async def list_contacts(
         f"SELECT {CONTACT_COLS} FROM contacts WHERE {' AND '.join(where)} ORDER BY jid LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return page, encode_cursor("k", page[-1]["jid"]) if more and page else None
+    return next_page(rows, limit, "k", lambda r: (r["jid"],))
 
 
 async def contact_row(source: ReadSource, account_id: str, jid: str) -> Any:

@@ -24,10 +24,10 @@ from appliance.inbox.actor import Actor, actor_of_principal
 from appliance.inbox.mentions import mentioned_names
 from appliance.inbox.models import ActorRef, Mention, NoteOut, NotificationOut
 from appliance.messaging.queries import (
-    encode_cursor,
     fts_error,
     fts_query,
     invalid_search,
+    next_page,
     rowid_cursor,
 )
 from appliance.messaging.store import append_event
@@ -87,11 +87,8 @@ async def list_notes(
         f"SELECT {_NOTE_COLS} FROM notes WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return [note_out(r) for r in page], (
-        encode_cursor("n", page[-1]["id"]) if more and page else None
-    )
+    page, next_cursor = next_page(rows, limit, "n", lambda r: (r["id"],))
+    return [note_out(r) for r in page], next_cursor
 
 
 async def search_notes(
@@ -128,11 +125,8 @@ async def search_notes(
         if not fts_error(exc):
             raise
         raise invalid_search() from None
-    page = rows[:limit]
-    more = len(rows) > limit
-    return [note_out(r) for r in page], (
-        encode_cursor("ns", page[-1]["id"]) if more and page else None
-    )
+    page, next_cursor = next_page(rows, limit, "ns", lambda r: (r["id"],))
+    return [note_out(r) for r in page], next_cursor
 
 
 async def note_row(source: ReadSource, account_id: str, jid: str, note_id: int) -> Any:
@@ -334,10 +328,8 @@ async def list_notifications(
         "ORDER BY n.id DESC LIMIT ?",
         (user_id, *params, *([before] if before is not None else []), limit + 1),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    items = [notification_out(r) for r in page]
-    return items, (encode_cursor("N", page[-1]["id"]) if more and page else None)
+    page, next_cursor = next_page(rows, limit, "N", lambda r: (r["id"],))
+    return [notification_out(r) for r in page], next_cursor
 
 
 async def unread_count(db_or_conn: ReadSource, user_id: int, accounts: Sequence[str] | None) -> int:

@@ -21,7 +21,7 @@ from appliance.inbox import quick_replies
 from appliance.inbox.actor import Actor
 from appliance.inbox.models import QuickReplyMedia, QuickReplyOut, QuickReplySendIn
 from appliance.messaging.models import SendMessageIn, jid_phone, recipient_jid
-from appliance.messaging.queries import decode_cursor, encode_cursor
+from appliance.messaging.queries import decode_cursor, next_page
 from appliance.messaging.store import append_event
 
 MAX_CAPTION = 1024
@@ -74,11 +74,8 @@ async def list_quick_replies(
         f"SELECT {_COLS} FROM quick_replies WHERE {' AND '.join(where)} ORDER BY shortcut LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return [quick_reply_out(r) for r in page], (
-        encode_cursor("q", page[-1]["shortcut"]) if more and page else None
-    )
+    page, next_cursor = next_page(rows, limit, "q", lambda r: (r["shortcut"],))
+    return [quick_reply_out(r) for r in page], next_cursor
 
 
 async def get_quick_reply(source: ReadSource, account_id: str, reply_id: int) -> QuickReplyOut:

@@ -21,7 +21,7 @@ from appliance.errors import Conflict, NotFound, Unprocessable
 from appliance.inbox import tags
 from appliance.inbox.actor import Actor
 from appliance.inbox.models import TagOut, TagRef
-from appliance.messaging.queries import decode_cursor, encode_cursor
+from appliance.messaging.queries import decode_cursor, next_page
 from appliance.messaging.store import append_event
 
 _TAG_COLS = (
@@ -79,11 +79,8 @@ async def list_tags(
         "ORDER BY t.name_key LIMIT ?",
         (*params, limit + 1),
     )
-    page = rows[:limit]
-    more = len(rows) > limit
-    return [tag_out(r) for r in page], (
-        encode_cursor("t", page[-1]["name_key"]) if more and page else None
-    )
+    page, next_cursor = next_page(rows, limit, "t", lambda r: (r["name_key"],))
+    return [tag_out(r) for r in page], next_cursor
 
 
 async def get_tag(db_or_conn: ReadSource, account_id: str, tag_id: int) -> TagOut:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -13,7 +12,7 @@ from typing import Any, cast
 
 from appliance.errors import ClientError, RpcError, WorkerUnavailable, refusal
 from appliance.ipc import protocol
-from appliance.ipc.reconnect import Backoff, keep_connected
+from appliance.ipc.reconnect import ReconnectingClient
 from appliance.observability import tracing
 from appliance.observability.context import (
     child_traceparent,
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 NotificationHandler = Callable[[str, Any, dict[str, Any]], None]
 
 
-class WorkerClient:
+class WorkerClient(ReconnectingClient):
     """One connection to the worker, shared by every request of this process.
 
     ``call(params)`` sends the method that ``params``' class names in
@@ -37,6 +36,10 @@ class WorkerClient:
     there is no connection, so a readiness probe never hangs on a dead worker; a
     background task reconnects with exponential backoff and full jitter.
     """
+
+    task_name = "worker-client"
+    lost_message = "lost connection to worker; reconnecting"
+    log = log
 
     def __init__(
         self,
@@ -48,39 +51,26 @@ class WorkerClient:
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
     ) -> None:
-        self.socket_path = socket_path
+        super().__init__(socket_path, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
         self.timeout_s = timeout_s
         self.topics = topics
         self.on_notification = on_notification
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._writer: asyncio.StreamWriter | None = None
-        self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.reconnects = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
 
     async def start(self, wait_s: float = 0.0) -> None:
-        self._task = asyncio.create_task(self._run(), name="worker-client")
+        self._start_task()
         if wait_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._connected.wait(), wait_s)
+            await self.wait_connected(wait_s)
 
     async def stop(self) -> None:
-        self._stopping = True
+        await self._stop_task()
+        self._fail_pending("client stopped")
+
+    def _close_connection(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._fail_pending("client stopped")
 
     async def call(
         self, params: protocol.Request[protocol.ResultT], *, timeout_s: float | None = None
@@ -151,15 +141,6 @@ class WorkerClient:
         finally:
             self._pending.pop(id_, None)
 
-    async def _run(self) -> None:
-        await keep_connected(
-            self.socket_path,
-            self._session,
-            backoff=Backoff(self.backoff_base_s, self.backoff_cap_s),
-            stopping=lambda: self._stopping,
-            on_lost=self._lost,
-        )
-
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         try:
@@ -176,10 +157,6 @@ class WorkerClient:
             self._writer = None
             writer.close()
             self._fail_pending("connection to the worker closed")
-
-    def _lost(self) -> None:
-        self.reconnects += 1
-        log.warning("lost connection to worker; reconnecting")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while True:

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, fetchone_from
 from appliance.messaging.store import append_event
 
 ACTION_COLS = (
@@ -65,17 +65,10 @@ class ActionRow:
         )
 
 
-async def _one(db_or_conn: Database | aiosqlite.Connection, sql: str, params: Any) -> Any:
-    if isinstance(db_or_conn, Database):
-        return await db_or_conn.fetchone(sql, params)
-    async with db_or_conn.execute(sql, params) as cur:
-        return await cur.fetchone()
-
-
 async def action_row(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, action_id: str
 ) -> ActionRow | None:
-    row = await _one(
+    row = await fetchone_from(
         db_or_conn,
         f"SELECT {ACTION_COLS} FROM engine_actions WHERE account_id = ? AND id = ?",
         (account_id, action_id),
@@ -86,7 +79,7 @@ async def action_row(
 async def action_by_client_key(
     conn: aiosqlite.Connection, account_id: str, client_key: str
 ) -> ActionRow | None:
-    row = await _one(
+    row = await fetchone_from(
         conn,
         f"SELECT {ACTION_COLS} FROM engine_actions WHERE account_id = ? AND client_key = ?",
         (account_id, client_key),
@@ -175,7 +168,7 @@ class ChatState:
 async def chat_state(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str
 ) -> ChatState | None:
-    row = await _one(
+    row = await fetchone_from(
         db_or_conn,
         "SELECT archived, pinned, muted_until, unread_count FROM chats "
         "WHERE account_id = ? AND jid = ?",
@@ -246,7 +239,7 @@ class OwnMessage:
 async def own_message(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, message_id: str
 ) -> OwnMessage | None:
-    row = await _one(
+    row = await fetchone_from(
         db_or_conn,
         "SELECT id, chat_jid, direction, type, status, body, created_at, wa_timestamp, "
         "deleted_at FROM messages WHERE account_id = ? AND id = ?",
@@ -279,7 +272,7 @@ async def edit_message(
     if sender_jid is not None:  # an edit someone sent: only of their own message
         sql += " AND direction = 'in' AND sender_jid = ?"
         params += (sender_jid,)
-    row = await _one(conn, sql, params)
+    row = await fetchone_from(conn, sql, params)
     if row is None or row[2] == text:
         return False
     stored = orjson.loads(row[3]) if row[3] else {}

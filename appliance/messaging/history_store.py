@@ -19,7 +19,7 @@ from typing import Any, Literal
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, fetchall_from, fetchone_from
 from appliance.messaging import store
 from appliance.messaging.models import jid_phone
 
@@ -550,14 +550,8 @@ async def chat_details(
     psql = (
         "SELECT jid, role FROM chat_participants WHERE account_id = ? AND chat_jid = ? ORDER BY jid"
     )
-    if isinstance(db_or_conn, Database):
-        row = await db_or_conn.fetchone(sql, (account_id, jid))
-        parts = await db_or_conn.fetchall(psql, (account_id, jid))
-    else:
-        async with db_or_conn.execute(sql, (account_id, jid)) as cur:
-            row = await cur.fetchone()
-        async with db_or_conn.execute(psql, (account_id, jid)) as cur:
-            parts = list(await cur.fetchall())
+    row = await fetchone_from(db_or_conn, sql, (account_id, jid))
+    parts = await fetchall_from(db_or_conn, psql, (account_id, jid))
     if row is None:
         return None
     return {

@@ -11,7 +11,7 @@ Message content follows the WhatsApp Cloud API, which integrators already know::
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -94,7 +94,7 @@ _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _JID = re.compile(r"^([0-9]{6,20}(-[0-9]{1,20})?)@(s\.whatsapp\.net|g\.us)$")
 # Either of the two, as the spec's pattern for `to` and `from`.
 RECIPIENT_PATTERN = r"^(\+[1-9][0-9]{6,14}|[0-9]{6,20}(-[0-9]{1,20})?@(s\.whatsapp\.net|g\.us))$"
-CONTENT_PARTS = (
+ContentPart = Literal[
     "text",
     "image",
     "document",
@@ -106,7 +106,8 @@ CONTENT_PARTS = (
     "contacts",
     "interactive",
     "sticker",
-)
+]
+CONTENT_PARTS: tuple[ContentPart, ...] = get_args(ContentPart)
 
 
 def recipient_jid(value: str) -> str:
@@ -689,19 +690,7 @@ class MessageContent(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_content_matches_type)
 
-    type: Literal[
-        "text",
-        "image",
-        "document",
-        "audio",
-        "video",
-        "reaction",
-        "template",
-        "location",
-        "contacts",
-        "interactive",
-        "sticker",
-    ]
+    type: ContentPart
     text: Text | None = None
     image: Media | None = None
     document: Media | None = None

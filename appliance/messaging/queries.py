@@ -19,13 +19,13 @@ import binascii
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database
+from appliance.db.database import Database, fetchone_from
 from appliance.errors import InvalidInput
 from appliance.messaging.rows import ChatRow, ContactRow, MessageRow
 
@@ -35,12 +35,25 @@ from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
 MAX_CURSOR_LENGTH = 1024
 MAX_SEARCH_TERMS = 32
 
+T = TypeVar("T")
+
 # -- cursors -----------------------------------------------------------------------------
 
 
 def encode_cursor(kind: str, *values: Any) -> str:
     raw = orjson.dumps([kind, *values])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def next_page(
+    rows: Sequence[T], limit: int, kind: str, key: Callable[[T], tuple[Any, ...]]
+) -> tuple[list[T], str | None]:
+    """A keyset page read with ``LIMIT limit + 1``: its first ``limit`` rows, and the
+    next page's cursor (``kind`` and ``key`` of the last row shown) when there was one
+    more row."""
+    page = list(rows[:limit])
+    more = len(rows) > limit
+    return page, encode_cursor(kind, *key(page[-1])) if more and page else None
 
 
 def _bad_cursor() -> InvalidInput:
@@ -119,9 +132,7 @@ async def list_messages(
 def _rowid_page(
     kind: str, rows: Sequence[sqlite3.Row], limit: int
 ) -> tuple[list[MessageRow], str | None]:
-    page = [MessageRow.from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor(kind, page[-1].cursor) if more and page else None
+    return next_page([MessageRow.from_row(r) for r in rows], limit, kind, lambda m: (m.cursor,))
 
 
 async def message_rows_by_id(
@@ -401,22 +412,15 @@ async def list_chats(
         q=q,
     )
     rows = await db.fetchall(sql, params)
-    page = [ChatRow.from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    last = page[-1] if page else None
-    next_cursor = encode_cursor("c", last.last_message_at, last.jid) if more and last else None
-    return page, next_cursor
+    chats = [ChatRow.from_row(r) for r in rows]
+    return next_page(chats, limit, "c", lambda c: (c.last_message_at, c.jid))
 
 
 async def chat_row(
     db_or_conn: Database | aiosqlite.Connection, account_id: str, jid: str
 ) -> ChatRow | None:
     sql = f"{_CHAT_SELECT} WHERE c.account_id = ? AND c.jid = ?"
-    if isinstance(db_or_conn, Database):
-        row = await db_or_conn.fetchone(sql, (account_id, jid))
-    else:
-        async with db_or_conn.execute(sql, (account_id, jid)) as cur:
-            row = await cur.fetchone()
+    row = await fetchone_from(db_or_conn, sql, (account_id, jid))
     return None if row is None else ChatRow.from_row(row)
 
 
@@ -465,9 +469,7 @@ async def list_contacts(
         "ORDER BY jid LIMIT ?",
         (*params, limit + 1),
     )
-    page = [ContactRow.from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    return page, encode_cursor("k", page[-1].jid) if more and page else None
+    return next_page([ContactRow.from_row(r) for r in rows], limit, "k", lambda c: (c.jid,))
 
 
 # -- full-text search --------------------------------------------------------------------

@@ -39,7 +39,7 @@ from appliance.config import Paths, Settings
 from appliance.db.migrate import latest_version, read_schema_version
 from appliance.errors import ApplianceError
 from appliance.ops import offline_store
-from appliance.ops.ids import sequences
+from appliance.ops.offline_store import sequences
 from appliance.secrets import PREVIOUS_DATA_KEY, SECRET_NAMES
 
 if TYPE_CHECKING:

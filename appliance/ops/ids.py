@@ -23,45 +23,14 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from appliance.ops import offline_store
+
 # Ids a single appliance could at most commit per second (it does a few thousand).
 RATE_BOUND = 100_000
 # Ids allowed for on top, whatever the clocks of the two machines say.
 RESTORE_MARGIN = 1_000_000_000
 # JavaScript's Number.MAX_SAFE_INTEGER: ids stay below it.
 MAX_SAFE_ID = 2**53 - 1
-
-
-def autoincrement_tables(conn: sqlite3.Connection) -> list[str]:
-    """Every table whose INTEGER PRIMARY KEY is AUTOINCREMENT (uses sqlite_sequence)."""
-    rows = conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL"
-    ).fetchall()
-    return sorted(str(name) for name, sql in rows if "AUTOINCREMENT" in str(sql).upper())
-
-
-def sequences(conn: sqlite3.Connection) -> dict[str, int]:
-    """Each AUTOINCREMENT table's high-water mark: the larger of its sqlite_sequence
-    entry and its largest id (both only grow unless someone edits the file)."""
-    tables = autoincrement_tables(conn)
-    if not tables:
-        return {}
-    seq = {
-        str(name): int(value)
-        for name, value in conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
-    }
-    out: dict[str, int] = {}
-    for table in tables:
-        pk = _pk_column(conn, table)
-        largest = conn.execute(f'SELECT COALESCE(MAX("{pk}"), 0) FROM "{table}"').fetchone()[0]
-        out[table] = max(seq.get(table, 0), int(largest or 0))
-    return out
-
-
-def _pk_column(conn: sqlite3.Connection, table: str) -> str:
-    for row in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
-        if int(row[5]) == 1:
-            return str(row[1])
-    return "rowid"
 
 
 @dataclass(frozen=True)
@@ -93,13 +62,8 @@ def compute_floors(
 def apply_floors(conn: sqlite3.Connection, floors: dict[str, int]) -> dict[str, int]:
     """Raise sqlite_sequence to the floors, in the caller's transaction; only ever up.
     Returns the sequences afterwards (tables missing from this schema are skipped)."""
-    present = set(autoincrement_tables(conn))
+    present = set(offline_store.autoincrement_tables(conn))
     for name, floor in floors.items():
-        if name not in present:
-            continue
-        cur = conn.execute(
-            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, name)
-        )
-        if cur.rowcount == 0:
-            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, floor))
-    return sequences(conn)
+        if name in present:
+            offline_store.raise_sequence(conn, name, floor)
+    return offline_store.sequences(conn)

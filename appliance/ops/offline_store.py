@@ -87,3 +87,72 @@ def record_restore_epoch(
         ),
     )
     return int(cur.lastrowid or 0)
+
+
+# -- id sequences (ops/ids.py: the floors a restore sets) -------------------------------
+
+
+def autoincrement_tables(conn: sqlite3.Connection) -> list[str]:
+    """Every table whose INTEGER PRIMARY KEY is AUTOINCREMENT (uses sqlite_sequence)."""
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL"
+    ).fetchall()
+    return sorted(str(name) for name, sql in rows if "AUTOINCREMENT" in str(sql).upper())
+
+
+def sequences(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each AUTOINCREMENT table's high-water mark: the larger of its sqlite_sequence
+    entry and its largest id (both only grow unless someone edits the file)."""
+    tables = autoincrement_tables(conn)
+    if not tables:
+        return {}
+    seq = {
+        str(name): int(value)
+        for name, value in conn.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+    }
+    out: dict[str, int] = {}
+    for table in tables:
+        pk = _pk_column(conn, table)
+        largest = conn.execute(f'SELECT COALESCE(MAX("{pk}"), 0) FROM "{table}"').fetchone()[0]
+        out[table] = max(seq.get(table, 0), int(largest or 0))
+    return out
+
+
+def _pk_column(conn: sqlite3.Connection, table: str) -> str:
+    for row in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+        if int(row[5]) == 1:
+            return str(row[1])
+    return "rowid"
+
+
+def raise_sequence(conn: sqlite3.Connection, table: str, floor: int) -> None:
+    """``table``'s sqlite_sequence entry to at least ``floor`` (only ever up)."""
+    cur = conn.execute(
+        "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (floor, table)
+    )
+    if cur.rowcount == 0:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, floor))
+
+
+# -- recent content (ops/support.py redacts it from a support bundle) ---------------------
+
+_RECENT_CONTENT = (
+    "SELECT body FROM messages WHERE body IS NOT NULL ORDER BY seq DESC LIMIT ?",
+    "SELECT jid FROM contacts ORDER BY rowid DESC LIMIT ?",
+    "SELECT phone FROM contacts WHERE phone IS NOT NULL ORDER BY rowid DESC LIMIT ?",
+    "SELECT name FROM contacts WHERE name IS NOT NULL ORDER BY rowid DESC LIMIT ?",
+    "SELECT jid FROM chats ORDER BY rowid DESC LIMIT ?",
+)
+
+
+def recent_content(conn: sqlite3.Connection, limit: int) -> list[object]:
+    """The newest message bodies, contact jids, phones and names and chat jids, up to
+    ``limit`` of each; a table an older schema lacks is passed over."""
+    values: list[object] = []
+    for sql in _RECENT_CONTENT:
+        try:
+            rows = conn.execute(sql, (limit,)).fetchall()
+        except sqlite3.Error:
+            continue
+        values += [row[0] for row in rows]
+    return values

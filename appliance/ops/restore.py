@@ -34,7 +34,8 @@ from appliance.errors import ApplianceError, SecretFileError
 from appliance.ops import offline_store
 from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
 from appliance.ops.crypt import Decryption, decrypt, is_encrypted
-from appliance.ops.ids import apply_floors, compute_floors, sequences
+from appliance.ops.ids import apply_floors, compute_floors
+from appliance.ops.offline_store import sequences
 from appliance.secrets import (
     PREVIOUS_DATA_KEY,
     SECRET_NAMES,

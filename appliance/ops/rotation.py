@@ -40,6 +40,9 @@ from typing import Any, Protocol
 from appliance.crypto import DataCipher, key_id
 from appliance.engines.cloud.settings import SECRET_CONTEXT, TOKEN_CONTEXT
 from appliance.errors import ApplianceError
+from appliance.ops import offline_store
+from appliance.ops import secrets_store as store
+from appliance.ops.secrets_store import Row
 from appliance.secrets import (
     PREVIOUS_DATA_KEY,
     PREVIOUS_METRICS_TOKEN,
@@ -158,155 +161,107 @@ def _raw(cipher: DataCipher, keyring: DataCipher, blob: bytes, context: bytes) -
     return cipher.encrypt(keyring.decrypt(blob, context=context), context=context)
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+# One row to re-encrypt: (value read, value to write), or None when already current.
+Change = tuple[Any, Any] | None
 
 
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def _scan(
+    conn: sqlite3.Connection,
+    batch: int,
+    tally: Pass,
+    fetch: Callable[[sqlite3.Connection, int, int], list[Row]],
+    reencrypt: Callable[[Row], Change],
+    swap: Callable[[sqlite3.Connection, int, Any, Any], bool],
+    unreadable: Callable[[Row], None],
+) -> Iterator[int]:
+    """Re-encrypt one table's rows (``row[0]`` is the rowid) a batch per transaction,
+    compare-and-set on the value read; yields each batch's size."""
+    after = 0
+    while True:
+        rows = fetch(conn, after, batch)
+        if not rows:
+            return
+        with store.immediate(conn):
+            for row in rows:
+                after = row[0]
+                try:
+                    change = reencrypt(row)
+                except Exception:
+                    unreadable(row)
+                    continue
+                if change is None:
+                    tally.current += 1
+                elif swap(conn, row[0], *change):
+                    tally.reencrypted += 1
+                else:
+                    tally.raced += 1
+        yield len(rows)
 
 
 def _webhooks(
     conn: sqlite3.Connection, cipher: DataCipher, keyring: DataCipher, batch: int, tally: Pass
 ) -> Iterator[int]:
-    after = 0
-    while True:
-        rows = conn.execute(
-            "SELECT rowid, id, secret, previous_secret, headers FROM webhook_endpoints "
-            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            (after, batch),
-        ).fetchall()
-        if not rows:
-            return
-        with _immediate(conn):
-            for rowid, endpoint_id, secret, previous, headers in rows:
-                after = rowid
-                ctx = f"webhook:{endpoint_id}".encode()
-                try:
-                    new_secret = _raw(cipher, keyring, secret, ctx)
-                    new_previous = (
-                        None if previous is None else _raw(cipher, keyring, previous, ctx)
-                    )
-                    stored = json.loads(headers or "{}")
-                    new_headers = {
-                        name: _b64(
-                            cipher,
-                            keyring,
-                            value,
-                            f"webhook-header:{endpoint_id}:{name.lower()}".encode(),
-                        )
-                        for name, value in stored.items()
-                    }
-                except Exception:
-                    tally.unreadable.append(f"webhook {endpoint_id}")
-                    continue
-                if (new_secret, new_previous, new_headers) == (secret, previous, stored):
-                    tally.current += 1
-                    continue
-                cur = conn.execute(
-                    "UPDATE webhook_endpoints SET secret = ?, previous_secret = ?, headers = ? "
-                    "WHERE rowid = ? AND secret = ? AND previous_secret IS ? AND headers IS ?",
-                    (
-                        new_secret,
-                        new_previous,
-                        json.dumps(new_headers) if headers is not None else None,
-                        rowid,
-                        secret,
-                        previous,
-                        headers,
-                    ),
-                )
-                if cur.rowcount:
-                    tally.reencrypted += 1
-                else:
-                    tally.raced += 1
-        yield len(rows)
+    def reencrypt(row: Row) -> Change:
+        _, endpoint_id, secret, previous, headers = row
+        ctx = f"webhook:{endpoint_id}".encode()
+        new_secret = _raw(cipher, keyring, secret, ctx)
+        new_previous = None if previous is None else _raw(cipher, keyring, previous, ctx)
+        stored = json.loads(headers or "{}")
+        new_headers = {
+            name: _b64(
+                cipher, keyring, value, f"webhook-header:{endpoint_id}:{name.lower()}".encode()
+            )
+            for name, value in stored.items()
+        }
+        if (new_secret, new_previous, new_headers) == (secret, previous, stored):
+            return None
+        dumped = json.dumps(new_headers) if headers is not None else None
+        return (secret, previous, headers), (new_secret, new_previous, dumped)
+
+    def unreadable(row: Row) -> None:
+        tally.unreadable.append(f"webhook {row[1]}")
+
+    fetch, swap = store.webhook_secrets_after, store.swap_webhook_secrets
+    yield from _scan(conn, batch, tally, fetch, reencrypt, swap, unreadable)
 
 
 def _accounts(
     conn: sqlite3.Connection, cipher: DataCipher, keyring: DataCipher, batch: int, tally: Pass
 ) -> Iterator[int]:
-    after = 0
-    while True:
-        rows = conn.execute(
-            "SELECT rowid, id, engine_settings FROM accounts "
-            "WHERE rowid > ? AND engine = 'cloud' ORDER BY rowid LIMIT ?",
-            (after, batch),
-        ).fetchall()
-        if not rows:
-            return
-        with _immediate(conn):
-            for rowid, account_id, raw in rows:
-                after = rowid
-                try:
-                    stored: dict[str, Any] = json.loads(raw or "{}")
-                    updated = dict(stored)
-                    for name, ctx in (
-                        ("access_token_enc", TOKEN_CONTEXT),
-                        ("app_secret_enc", SECRET_CONTEXT),
-                    ):
-                        if stored.get(name):
-                            updated[name] = _b64(cipher, keyring, stored[name], ctx)
-                except Exception:
-                    tally.unreadable.append(f"account {account_id} (cloud)")
-                    continue
-                if updated == stored:
-                    tally.current += 1
-                    continue
-                cur = conn.execute(
-                    "UPDATE accounts SET engine_settings = ? "
-                    "WHERE rowid = ? AND engine_settings = ?",
-                    (json.dumps(updated), rowid, raw),
-                )
-                if cur.rowcount:
-                    tally.reencrypted += 1
-                else:
-                    tally.raced += 1
-        yield len(rows)
+    def reencrypt(row: Row) -> Change:
+        raw = row[2]
+        stored: dict[str, Any] = json.loads(raw or "{}")
+        updated = dict(stored)
+        for name, ctx in (("access_token_enc", TOKEN_CONTEXT), ("app_secret_enc", SECRET_CONTEXT)):
+            if stored.get(name):
+                updated[name] = _b64(cipher, keyring, stored[name], ctx)
+        return None if updated == stored else (raw, json.dumps(updated))
+
+    def unreadable(row: Row) -> None:
+        tally.unreadable.append(f"account {row[1]} (cloud)")
+
+    fetch, swap = store.cloud_settings_after, store.swap_engine_settings
+    yield from _scan(conn, batch, tally, fetch, reencrypt, swap, unreadable)
 
 
 def _idempotency(
     conn: sqlite3.Connection, cipher: DataCipher, keyring: DataCipher, batch: int, tally: Pass
 ) -> Iterator[int]:
-    after = 0
-    unreadable = 0
-    while True:
-        rows = conn.execute(
-            "SELECT rowid, principal, key, body FROM idempotency_keys "
-            "WHERE rowid > ? AND body IS NOT NULL ORDER BY rowid LIMIT ?",
-            (after, batch),
-        ).fetchall()
-        if not rows:
-            if unreadable:
-                tally.unreadable.append(f"{unreadable} stored idempotency answer(s)")
-            return
-        with _immediate(conn):
-            for rowid, principal, key, body in rows:
-                after = rowid
-                try:
-                    new_body = _raw(cipher, keyring, body, f"{principal}|{key}".encode())
-                except Exception:
-                    unreadable += 1
-                    continue
-                if new_body == body:
-                    tally.current += 1
-                    continue
-                cur = conn.execute(
-                    "UPDATE idempotency_keys SET body = ? WHERE rowid = ? AND body = ?",
-                    (new_body, rowid, body),
-                )
-                if cur.rowcount:
-                    tally.reencrypted += 1
-                else:
-                    tally.raced += 1
-        yield len(rows)
+    unreadable_count = 0
+
+    def reencrypt(row: Row) -> Change:
+        _, principal, key, body = row
+        new_body = _raw(cipher, keyring, body, f"{principal}|{key}".encode())
+        return None if new_body == body else (body, new_body)
+
+    def unreadable(row: Row) -> None:
+        nonlocal unreadable_count
+        unreadable_count += 1
+
+    fetch, swap = store.answers_after, store.swap_answer
+    yield from _scan(conn, batch, tally, fetch, reencrypt, swap, unreadable)
+    if unreadable_count:
+        tally.unreadable.append(f"{unreadable_count} stored idempotency answer(s)")
 
 
 def reencrypt_pass(
@@ -322,7 +277,7 @@ def reencrypt_pass(
     cipher = DataCipher(keys.new)  # encrypts with the new key
     keyring = keys.cipher  # opens with either
     tally = Pass()
-    tables = _tables(conn)
+    tables = store.tables(conn)
     scans = [
         (table, scan)
         for table, scan in (
@@ -346,17 +301,15 @@ def not_current(conn: sqlite3.Connection, data_key: bytes) -> Pass:
     ``reencrypted`` here is how many still need it."""
     cipher = DataCipher(data_key)
     tally = Pass()
-    tables = _tables(conn)
+    tables = store.tables(conn)
     if "webhook_endpoints" in tables:
-        for secret, previous, headers in conn.execute(
-            "SELECT secret, previous_secret, headers FROM webhook_endpoints"
-        ):
+        for _, secret, previous, _, headers in store.webhook_secrets(conn):
             blobs = [secret, *([previous] if previous is not None else [])]
             with contextlib.suppress(ValueError):
                 blobs += [base64.b64decode(v) for v in json.loads(headers or "{}").values()]
             tally.reencrypted += sum(1 for b in blobs if not cipher.is_current(b))
     if "accounts" in tables:
-        for (raw,) in conn.execute("SELECT engine_settings FROM accounts WHERE engine = 'cloud'"):
+        for (raw,) in store.cloud_settings(conn):
             with contextlib.suppress(ValueError):
                 stored = json.loads(raw or "{}")
                 for name in ("access_token_enc", "app_secret_enc"):
@@ -364,7 +317,7 @@ def not_current(conn: sqlite3.Connection, data_key: bytes) -> Pass:
                         blob = base64.b64decode(stored[name])
                         tally.reencrypted += 0 if cipher.is_current(blob) else 1
     if "idempotency_keys" in tables:
-        for (body,) in conn.execute("SELECT body FROM idempotency_keys WHERE body IS NOT NULL"):
+        for (body,) in store.answer_bodies(conn):
             tally.reencrypted += 0 if cipher.is_current(body) else 1
     return tally
 
@@ -375,29 +328,8 @@ def not_current(conn: sqlite3.Connection, data_key: bytes) -> Pass:
 def _record_start(
     conn: sqlite3.Connection, secret: str, old: str | None, new: str | None, actor: str
 ) -> int:
-    row = conn.execute(
-        "SELECT id FROM secret_rotations WHERE secret = ? AND finished_at IS NULL "
-        "AND new_key_id IS ? ORDER BY id DESC LIMIT 1",
-        (secret, new),
-    ).fetchone()
-    if row is not None:
-        return int(row[0])
-    with _immediate(conn):
-        cur = conn.execute(
-            "INSERT INTO secret_rotations (secret, old_key_id, new_key_id, started_at, actor) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (secret, old, new, time.time(), actor),
-        )
-    return int(cur.lastrowid or 0)
-
-
-def _record_progress(conn: sqlite3.Connection, rotation_id: int, count: int, done: bool) -> None:
-    with _immediate(conn):
-        conn.execute(
-            "UPDATE secret_rotations SET reencrypted = reencrypted + ?, "
-            "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE id = ?",
-            (count, done, time.time(), rotation_id),
-        )
+    found = store.open_rotation(conn, secret, new)
+    return found if found is not None else store.start_rotation(conn, secret, old, new, actor)
 
 
 def record_simple(db_path: Path, secret: str, actor: str) -> None:
@@ -405,24 +337,18 @@ def record_simple(db_path: Path, secret: str, actor: str) -> None:
     conn = _connect(db_path)
     try:
         rotation_id = _record_start(conn, secret, None, None, actor)
-        _record_progress(conn, rotation_id, 0, True)
+        store.rotation_progress(conn, rotation_id, 0, True)
     finally:
         conn.close()
 
 
 def unfinished(db_path: Path) -> list[tuple[str, float, int]]:
     """Unfinished rotations: (secret, started_at, re-encrypted so far)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    conn = offline_store.open_read_only(db_path)
     try:
-        if "secret_rotations" not in _tables(conn):
+        if "secret_rotations" not in store.tables(conn):
             return []
-        return [
-            (str(s), float(t), int(n))
-            for s, t, n in conn.execute(
-                "SELECT secret, started_at, reencrypted FROM secret_rotations "
-                "WHERE finished_at IS NULL ORDER BY id"
-            )
-        ]
+        return store.unfinished_rotations(conn)
     finally:
         conn.close()
 
@@ -465,7 +391,7 @@ def rotate_data_key(
         raise RotationError("--batch must be at least 1")
     conn = _connect(db_path)
     try:
-        if "secret_rotations" not in _tables(conn):
+        if "secret_rotations" not in store.tables(conn):
             raise RotationError("the database schema is not current; start the appliance first")
         keys = stage_data_key(secrets_dir)
         say(
@@ -489,7 +415,7 @@ def rotate_data_key(
                 nonlocal done_before
                 step = t.reencrypted - done_before
                 done_before = t.reencrypted
-                _record_progress(conn, rotation_id, step, False)
+                store.rotation_progress(conn, rotation_id, step, False)
                 say(f"re-encrypted {so_far + t.reencrypted} value(s)")
 
             tally = reencrypt_pass(conn, keys, batch=batch, pause_s=pause_s, on_batch=progress)
@@ -505,7 +431,7 @@ def rotate_data_key(
             return DataKeyReport(
                 keys.old_id, keys.new_id, keys.resumed, total, passes, tally.unreadable, False
             )
-        _record_progress(conn, rotation_id, 0, True)
+        store.rotation_progress(conn, rotation_id, 0, True)
         finish_data_key(secrets_dir)
         return DataKeyReport(
             keys.old_id, keys.new_id, keys.resumed, total, passes, tally.unreadable, True
@@ -537,9 +463,7 @@ def end_all_sessions(db_path: Path) -> int:
     rows go too, so no process still holding the old key accepts one meanwhile."""
     conn = _connect(db_path)
     try:
-        with _immediate(conn):
-            cur = conn.execute("DELETE FROM sessions")
-        return int(cur.rowcount)
+        return store.delete_sessions(conn)
     finally:
         conn.close()
 

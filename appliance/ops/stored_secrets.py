@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from appliance.crypto import DataCipher
 from appliance.engines.cloud.settings import CloudConfig
+from appliance.ops import secrets_store as store
 from appliance.webhooks.store import decrypt_header, decrypt_secret
 
 
@@ -36,20 +37,12 @@ def _decrypt_answer(cipher: DataCipher, body: bytes, context: bytes) -> bytes:
     return cipher.decrypt(body, context=context)
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
 def undecryptable(conn: sqlite3.Connection, cipher: DataCipher) -> list[Undecryptable]:
     found: list[Undecryptable] = []
-    tables = _tables(conn)
+    tables = store.tables(conn)
     now = time.time()
     if "webhook_endpoints" in tables:
-        rows = conn.execute(
-            "SELECT id, secret, previous_secret, previous_expires_at, headers "
-            "FROM webhook_endpoints ORDER BY id"
-        ).fetchall()
-        for endpoint_id, secret, previous, expires, headers in rows:
+        for endpoint_id, secret, previous, expires, headers in store.webhook_secrets(conn):
             bad = []
             if not _opens(decrypt_secret, cipher, endpoint_id, secret):
                 bad.append("signing secret")
@@ -77,9 +70,7 @@ def undecryptable(conn: sqlite3.Connection, cipher: DataCipher) -> list[Undecryp
                     )
                 )
     if "accounts" in tables:
-        for account_id, engine, raw in conn.execute(
-            "SELECT id, engine, engine_settings FROM accounts ORDER BY id"
-        ).fetchall():
+        for account_id, engine, raw in store.account_engine_settings(conn):
             if engine != "cloud":
                 continue
             try:
@@ -97,11 +88,7 @@ def undecryptable(conn: sqlite3.Connection, cipher: DataCipher) -> list[Undecryp
     if "idempotency_keys" in tables:
         bad_answers = sum(
             1
-            for principal, key, body in conn.execute(
-                "SELECT principal, key, body FROM idempotency_keys "
-                "WHERE state = 'done' AND body IS NOT NULL AND expires_at > ?",
-                (now,),
-            ).fetchall()
+            for principal, key, body in store.live_answers(conn, now)
             if not _opens(_decrypt_answer, cipher, body, f"{principal}|{key}".encode())
         )
         if bad_answers:

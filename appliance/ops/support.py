@@ -47,10 +47,6 @@ class BundleResult:
     members: list[str]
 
 
-def _read_only(db_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-
-
 def known_values(paths: Paths, settings: Settings) -> Known:
     """Secret values and recent content to redact wherever they appear."""
     known = Known()
@@ -62,29 +58,17 @@ def known_values(paths: Paths, settings: Settings) -> Known:
             known.secrets.append((paths.secrets_dir / name).read_text().split()[0])
     if not settings.database_path.exists():
         return known
-    queries = (
-        "SELECT body FROM messages WHERE body IS NOT NULL ORDER BY seq DESC LIMIT ?",
-        "SELECT jid FROM contacts ORDER BY rowid DESC LIMIT ?",
-        "SELECT phone FROM contacts WHERE phone IS NOT NULL ORDER BY rowid DESC LIMIT ?",
-        "SELECT name FROM contacts WHERE name IS NOT NULL ORDER BY rowid DESC LIMIT ?",
-        "SELECT jid FROM chats ORDER BY rowid DESC LIMIT ?",
-    )
     try:
-        conn = _read_only(settings.database_path)
+        conn = offline_store.open_read_only(settings.database_path, timeout_s=10)
     except sqlite3.Error:
         return known
     try:
-        for sql in queries:
-            try:
-                rows = conn.execute(sql, (KNOWN_CONTENT_LIMIT,)).fetchall()
-            except sqlite3.Error:
-                continue
-            for (value,) in rows:
-                if isinstance(value, str):
-                    known.contents.append(value)
-                    user = value.split("@", 1)[0]
-                    if "@" in value and len(user) >= 5:
-                        known.contents.append(user)
+        for value in offline_store.recent_content(conn, KNOWN_CONTENT_LIMIT):
+            if isinstance(value, str):
+                known.contents.append(value)
+                user = value.split("@", 1)[0]
+                if "@" in value and len(user) >= 5:
+                    known.contents.append(user)
     finally:
         conn.close()
     return known
@@ -94,7 +78,7 @@ def versions(settings: Settings) -> dict[str, Any]:
     schema = None
     if settings.database_path.exists():
         try:
-            conn = _read_only(settings.database_path)
+            conn = offline_store.open_read_only(settings.database_path, timeout_s=10)
             try:
                 schema = read_schema_version(conn)
             finally:
@@ -161,7 +145,7 @@ def database_report(settings: Settings) -> dict[str, Any]:
     if not db_path.exists():
         return report
     try:
-        conn = _read_only(db_path)
+        conn = offline_store.open_read_only(db_path, timeout_s=10)
     except sqlite3.Error as exc:
         report["error"] = str(exc)
         return report

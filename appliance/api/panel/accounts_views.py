@@ -23,14 +23,13 @@ from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
+from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes.accounts import (
     _cloud_base_url_change,
     create_account_audited,
     validate_engine_settings,
 )
 from appliance.api.state import db as _db
-from appliance.api.validation import issues_from
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
@@ -205,15 +204,6 @@ def _number(raw: str, kind: type[int] | type[float]) -> Any:
         return raw
 
 
-def _field_errors(issues: Any) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    if isinstance(issues, list):
-        for issue in issues:
-            if isinstance(issue, dict):
-                errors.setdefault(str(issue.get("path", "")), str(issue.get("message", "")))
-    return errors
-
-
 def _other_errors(errors: dict[str, str], fields: list[Field]) -> list[str]:
     """Issues that name no input (a rule across fields): shown above the form."""
     names = {f.name for f in fields} | {"name", "engine"}
@@ -333,12 +323,12 @@ async def account_create() -> Response:
             parse_fields(_account_fields({}), form)
         ).model_dump()
     except ValidationError as exc:
-        errors.update({f"settings.{k}": v for k, v in _field_errors(issues_from(exc)).items()})
+        errors.update({f"settings.{k}": v for k, v in form_errors(exc, full_path=True).items()})
         settings = {}
     try:
         stored = validate_engine_settings(engine, engine_settings)
     except InvalidInput as exc:
-        errors.update(_field_errors(exc.extra.get("issues")))
+        errors.update(form_errors(exc, full_path=True))
     if errors:
         return await _new_page(engine, form, errors, 400)
     row = await create_account_audited(
@@ -481,7 +471,7 @@ async def account_settings(account: str) -> Response:
             {**kept_settings, **parse_fields(_account_fields({}), form)}
         ).model_dump()
     except ValidationError as exc:
-        errors.update({f"settings.{k}": v for k, v in _field_errors(issues_from(exc)).items()})
+        errors.update({f"settings.{k}": v for k, v in form_errors(exc, full_path=True).items()})
         settings = row.settings
     given = parse_fields(_engine_fields(row.engine, {}), form)
     stored = row.engine_settings
@@ -495,7 +485,7 @@ async def account_settings(account: str) -> Response:
                 kept = {}
         engine_settings = validate_engine_settings(row.engine, {**kept, **given})
     except InvalidInput as exc:
-        errors.update(_field_errors(exc.extra.get("issues")))
+        errors.update(form_errors(exc, full_path=True))
     if errors or engine_settings is None:
         return await _detail(row, errors, status=400)
     async with _db().write() as conn:

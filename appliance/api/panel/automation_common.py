@@ -14,13 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from quart import request
 
-from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.state import db as _db
-from appliance.api.validation import issues_from
 from appliance.errors import ClientError
-from appliance.messaging import store as messaging_store
 
 
 def api(route: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,35 +24,15 @@ def api(route: Callable[..., Any]) -> Callable[..., Any]:
     return body
 
 
-def field_errors(exc: ValidationError | ClientError) -> dict[str, str]:
-    """Field name (the first part of an issue's path) -> the API's message for it;
-    ``_form`` for an error of the whole form."""
-    if isinstance(exc, ValidationError):
-        issues: Any = issues_from(exc)
-    else:
-        issues = exc.extra.get("issues")
-    out: dict[str, str] = {}
-    for issue in issues if isinstance(issues, list) else []:
-        if isinstance(issue, dict):
-            path = str(issue.get("path", ""))
-            key = path.split(".")[0] if path and path != "(body)" else "_form"
-            out.setdefault(key, str(issue.get("message", "")))
-    if not out:
-        out["_form"] = exc.message if isinstance(exc, ClientError) else str(exc)
-    return out
-
-
-async def chosen_account() -> tuple[str | None, list[Any]]:
-    """The chosen account (``?account=``, else the first granted) and the choices."""
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
-    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
-    if chosen is not None:
-        await account_for(chosen)  # out of grant: 404
-    return chosen, accounts
-
-
-async def accounts_list() -> list[Any]:
-    return await messaging_store.list_account_rows(_db(), visible_accounts())
+def refusal_status(exc: ValidationError | ClientError) -> int:
+    """The status a form is shown again with after the API body refused it: 400 for the
+    model's own check, else the API's status. A 403 or 404 is raised again instead,
+    for the panel's error pages."""
+    if isinstance(exc, ClientError):
+        if exc.http_status in (403, 404):
+            raise exc
+        return exc.http_status
+    return 400
 
 
 def lines(text: str) -> list[str]:

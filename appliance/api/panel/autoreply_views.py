@@ -19,13 +19,18 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.panel.automation_common import (
+from appliance.api.panel.automation_common import api, refusal_status
+from appliance.api.panel.web import (
+    N_,
     accounts_list,
-    api,
+    bp,
     chosen_account,
-    field_errors,
+    form_errors,
+    form_page,
+    is_htmx,
+    page,
+    see_other,
 )
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
 from appliance.api.routes import auto_replies as routes
 from appliance.api.routes.auto_replies import AutoReplyTestIn, RuleIn, RuleOut, RulePatch
 from appliance.auth.permissions import Permission
@@ -95,7 +100,7 @@ def _body(values: dict[str, Any], *, with_reply: bool) -> dict[str, Any]:
 
 
 def _errors(exc: ValidationError | ClientError) -> dict[str, str]:
-    errors = field_errors(exc)
+    errors = form_errors(exc, form_key="_form")
     if "actions" in errors:
         errors["reply"] = errors.pop("actions")
     return errors
@@ -112,15 +117,15 @@ async def _list_page(
     rules: list[RuleOut] = []
     if account is not None:
         rules = (await api(routes.list_auto_replies)(account)).items
-    return await page(
+    return await form_page(
         "panel/auto_replies.html",
-        status=status,
         nav="auto_replies",
         account=account,
         accounts=accounts,
-        rules=rules,
-        errors=errors or {},
+        errors=errors,
         values=values or {"priority": 100, "cooldown_s": 0, "stop": True, "active": True},
+        status=status,
+        rules=rules,
         match_types=MATCH_TYPES,
         action_names=ACTION_NAMES,
         simple_reply=simple_reply,
@@ -146,9 +151,7 @@ async def auto_reply_create(account: str) -> Response:
         data = RuleIn.model_validate(_body(values, with_reply=True))
         await api(routes.create_auto_reply)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        status = exc.http_status if isinstance(exc, ClientError) else 400
+        status = refusal_status(exc)
         return await _list_page(
             account, await accounts_list(), errors=_errors(exc), values=values, status=status
         )
@@ -204,9 +207,7 @@ async def auto_reply_update(account: str, rule_id: str) -> Response:
         data = RulePatch.model_validate(_body(values, with_reply=simple_reply(rule) is not None))
         await api(routes.update_auto_reply)(account, rule_id, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        status = exc.http_status if isinstance(exc, ClientError) else 400
+        status = refusal_status(exc)
         return await _edit_page(account, rule, errors=_errors(exc), values=values, status=status)
     return see_other(f"/panel/auto-replies?account={account}")
 
@@ -246,9 +247,8 @@ async def auto_reply_test(account: str) -> Response:
         )
         result = await api(routes.test_auto_replies)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        errors = field_errors(exc)
+        refusal_status(exc)  # 403/404: raised again
+        errors = form_errors(exc, form_key="_form")
     ctx: dict[str, Any] = {
         "account": account,
         "test": result,

@@ -12,16 +12,15 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import principal, requires
-from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, page
+from appliance.api.panel.web import accounts_list, bp, chosen_account, page
 from appliance.api.routes.contacts import import_contacts_csv
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
 from appliance.errors import InvalidInput
 from appliance.inbox import contacts as logic
 from appliance.inbox import contacts_store as store
-from appliance.messaging import store as messaging_store
 
 PAGE = 100
 MAX_IMPORT_BYTES = 1024 * 1024
@@ -66,10 +65,7 @@ async def _contacts_page(account: str | None, accounts: list[Any], **extra: Any)
 @requires(Permission.MESSAGES_READ)
 @hide
 async def contacts() -> Response:
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
-    account = request.args.get("account") or (accounts[0].id if accounts else None)
-    if account is not None:
-        await account_for(account)
+    account, accounts = await chosen_account()
     return await _contacts_page(account, accounts)
 
 
@@ -79,7 +75,7 @@ async def contacts() -> Response:
 async def contacts_import(account: str) -> Response:
     """What POST /api/accounts/<id>/contacts.csv does, from a file chosen in a form."""
     await account_for(account)
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    accounts = await accounts_list()
     files = await request.files
     upload = files.get("file")
     data = upload.read(MAX_IMPORT_BYTES + 1) if upload is not None else b""

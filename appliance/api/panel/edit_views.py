@@ -19,7 +19,7 @@ from quart_schema import hide
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, page, see_other
+from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.inbox_organize import update_quick_reply_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
@@ -31,14 +31,6 @@ from appliance.inbox.models import QuickReplyUpdateIn
 from appliance.messaging.models import recipient_jid
 
 MAX_JID = 256
-
-
-def _field_errors(exc: ValidationError) -> dict[str, str]:
-    errors: dict[str, str] = {}
-    for e in exc.errors():
-        where = str(e["loc"][0]) if e["loc"] else "body"
-        errors.setdefault(where, str(e["msg"]))
-    return errors
 
 
 # -- quick replies -----------------------------------------------------------------------
@@ -98,7 +90,8 @@ async def quick_reply_update(account: str, reply_id: int) -> Response:
     try:
         data = QuickReplyUpdateIn.model_validate(changes_in)
     except ValidationError as exc:
-        return await _reply_page(account, reply_id, has_media, values, _field_errors(exc), 400)
+        errors = form_errors(exc, form_key="body")
+        return await _reply_page(account, reply_id, has_media, values, errors, 400)
     if data.body is None and not has_media:
         errors = {"body": _("Write the text: a quick reply without media needs it.")}
         return await _reply_page(account, reply_id, has_media, values, errors, 400)

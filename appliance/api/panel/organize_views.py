@@ -13,9 +13,16 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, form_errors, page, see_other
+from appliance.api.panel.web import (
+    accounts_list,
+    bp,
+    chosen_account,
+    form_errors,
+    form_page,
+    see_other,
+)
 from appliance.api.routes.inbox_organize import (
     create_quick_reply_audited,
     create_tag_audited,
@@ -28,18 +35,8 @@ from appliance.auth.permissions import Permission
 from appliance.errors import Conflict
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
-from appliance.messaging import store as messaging_store
 
 MAX_ROWS = 500
-
-
-async def _account() -> tuple[str | None, list[Any]]:
-    """The chosen account (``?account=``, else the first granted) and the choices."""
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
-    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
-    if chosen is not None:
-        await account_for(chosen)  # out of grant: 404
-    return chosen, accounts
 
 
 # -- tags --------------------------------------------------------------------------------
@@ -55,15 +52,15 @@ async def _tags_page(
     tags: list[Any] = []
     if account is not None:
         tags, _next = await tags_store.list_tags(_db(), account, cursor=None, limit=MAX_ROWS)
-    return await page(
+    return await form_page(
         "panel/tags.html",
-        status=status,
         nav="tags",
         account=account,
         accounts=accounts,
+        errors=errors,
+        values=values,
+        status=status,
         tags=tags,
-        errors=errors or {},
-        values=values or {},
     )
 
 
@@ -71,7 +68,7 @@ async def _tags_page(
 @requires(Permission.TAGS_MANAGE)
 @hide
 async def tags() -> Response:
-    account, accounts = await _account()
+    account, accounts = await chosen_account()
     return await _tags_page(account, accounts)
 
 
@@ -82,7 +79,7 @@ async def tag_create(account: str) -> Response:
     await account_for(account)
     form = await request.form
     values = {"name": form.get("name", "").strip()}
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    accounts = await accounts_list()
     try:
         await create_tag_audited(account, TagCreateIn.model_validate(values))
     except ValidationError as exc:
@@ -100,7 +97,7 @@ async def tag_update(account: str, tag_id: int) -> Response:
     """Rename, or delete with ``delete=1``."""
     await account_for(account)
     form = await request.form
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    accounts = await accounts_list()
     try:
         if form.get("delete"):
             await delete_tag_audited(account, tag_id)
@@ -131,15 +128,15 @@ async def _replies_page(
         replies, _next = await quick_replies_store.list_quick_replies(
             _db(), account, q=None, cursor=None, limit=MAX_ROWS
         )
-    return await page(
+    return await form_page(
         "panel/quick_replies.html",
-        status=status,
         nav="quick_replies",
         account=account,
         accounts=accounts,
+        errors=errors,
+        values=values,
+        status=status,
         replies=replies,
-        errors=errors or {},
-        values=values or {},
     )
 
 
@@ -147,7 +144,7 @@ async def _replies_page(
 @requires(Permission.QUICK_REPLIES_MANAGE)
 @hide
 async def quick_replies() -> Response:
-    account, accounts = await _account()
+    account, accounts = await chosen_account()
     return await _replies_page(account, accounts)
 
 
@@ -162,7 +159,7 @@ async def quick_reply_create(account: str) -> Response:
         "shortcut": form.get("shortcut", "").strip(),
         "body": form.get("body", "").strip() or None,
     }
-    accounts = await messaging_store.list_account_rows(_db(), visible_accounts())
+    accounts = await accounts_list()
     try:
         await create_quick_reply_audited(account, QuickReplyIn.model_validate(values))
     except ValidationError as exc:

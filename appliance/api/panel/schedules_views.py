@@ -18,14 +18,15 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import (
+from appliance.api.panel.automation_common import api, lines, refusal_status
+from appliance.api.panel.web import (
     accounts_list,
-    api,
+    bp,
     chosen_account,
-    field_errors,
-    lines,
+    form_errors,
+    form_page,
+    see_other,
 )
-from appliance.api.panel.web import bp, page, see_other
 from appliance.api.routes import schedules as routes
 from appliance.api.routes.schedules import ListQuery, OccurrenceQuery, ScheduleIn, ScheduleOut
 from appliance.auth.permissions import Permission
@@ -77,15 +78,15 @@ async def _page(
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
-    return await page(
+    return await form_page(
         "panel/schedules.html",
-        status=status,
         nav="schedules",
         account=account,
         accounts=accounts,
-        schedules=await _rows(account) if account is not None else [],
-        errors=errors or {},
+        errors=errors,
         values=values or {"kind": "once", "timezone": i18n.timezone()},
+        status=status,
+        schedules=await _rows(account) if account is not None else [],
     )
 
 
@@ -125,14 +126,12 @@ async def schedule_create(account: str) -> Response:
         data = ScheduleIn.model_validate(_body(values))
         made: tuple[ScheduleOut, int] = await api(routes.create_schedule)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        errors = field_errors(exc)
+        status = refusal_status(exc)
+        errors = form_errors(exc, form_key="_form")
         if "message" in errors:
             errors["text"] = errors.pop("message")
         if not values["text"] and "_form" in errors and "message" in errors["_form"]:
             errors["text"] = errors.pop("_form")
-        status = exc.http_status if isinstance(exc, ClientError) else 400
         return await _page(
             account, await accounts_list(), errors=errors, values=values, status=status
         )

@@ -17,8 +17,8 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
-from appliance.api.panel.automation_common import api, chosen_account, field_errors, lines
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
+from appliance.api.panel.automation_common import api, lines, refusal_status
+from appliance.api.panel.web import N_, bp, chosen_account, form_errors, is_htmx, page, see_other
 from appliance.api.routes import scripts as routes
 from appliance.api.routes.scripts import RunsQuery
 from appliance.auth.permissions import Permission
@@ -143,17 +143,16 @@ async def script_create(account: str) -> Response:
         )
         made: tuple[ScriptOut, int] = await api(routes.create_script)(account, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
+        status = refusal_status(exc)
         items = (await api(routes.list_scripts)(account)).items
         return await page(
             "panel/scripts.html",
-            status=exc.http_status if isinstance(exc, ClientError) else 400,
+            status=status,
             nav="scripts",
             account=account,
             accounts=[],
             scripts=items,
-            errors=field_errors(exc),
+            errors=form_errors(exc, form_key="_form"),
             values=values,
             **_ctx(),
         )
@@ -220,10 +219,8 @@ async def script_save(account: str, script_id: str) -> Response:
         data = ScriptIn.model_validate(_body(values))
         await api(routes.replace_script)(account, script_id, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        status = exc.http_status if isinstance(exc, ClientError) else 400
-        errors = field_errors(exc)
+        status = refusal_status(exc)
+        errors = form_errors(exc, form_key="_form")
         if "schedule" in errors:
             errors["cron"] = errors.pop("schedule")
         if "filter" in errors:
@@ -286,9 +283,8 @@ async def script_run(account: str, script_id: str) -> Response:
         route = routes.dry_run_script if dry else routes.run_script
         run = await api(route)(account, script_id, data)
     except (ValidationError, ClientError) as exc:
-        if isinstance(exc, ClientError) and exc.http_status in (403, 404):
-            raise
-        run_error = "; ".join(field_errors(exc).values())
+        refusal_status(exc)  # 403/404: raised again
+        run_error = "; ".join(form_errors(exc, form_key="_form").values())
     except IpcError:
         run_error = i18n.gettext("The worker did not answer; try again in a moment.")
     if is_htmx():

@@ -23,6 +23,7 @@ from quart import Blueprint, Quart, Response, g, render_template, request
 from werkzeug.exceptions import NotFound as HttpNotFound
 
 from appliance.api.access import principal
+from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.state import db as _db
@@ -179,6 +180,37 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
     return Response(body, status=status, content_type=HTML)
 
 
+async def accounts_list() -> list[Any]:
+    """The accounts the signed-in user may see: a screen's account choices."""
+    return await messaging_store.list_account_rows(_db(), visible_accounts())
+
+
+async def chosen_account() -> tuple[str | None, list[Any]]:
+    """The chosen account (``?account=``, else the first granted) and the choices."""
+    accounts = await accounts_list()
+    chosen = request.args.get("account") or (accounts[0].id if accounts else None)
+    if chosen is not None:
+        await account_for(chosen)  # out of grant: 404
+    return chosen, accounts
+
+
+async def form_page(
+    template: str,
+    *,
+    nav: str,
+    account: str | None,
+    accounts: list[Any],
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+    **ctx: Any,
+) -> Response:
+    """``page`` for a screen of one chosen account among ``accounts``, with a form's
+    errors and the values to show in it again."""
+    ctx.update(account=account, accounts=accounts, errors=errors or {}, values=values or {})
+    return await page(template, status=status, nav=nav, **ctx)
+
+
 @bp.before_request
 async def _preferences() -> None:
     """The signed-in user's language, timezone and theme for this request."""
@@ -320,10 +352,39 @@ def install(app: Quart) -> None:
 bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
 
 
-def form_errors(exc: ValidationError) -> dict[str, str]:
-    """A form's field (the first part of an issue's path) -> the API's message for it,
-    the first message per field: what the forms show next to each input."""
+def form_errors(
+    source: ValidationError | ClientError | list[Any] | None,
+    *,
+    full_path: bool = False,
+    form_key: str | None = None,
+) -> dict[str, str]:
+    """A form's field -> the API's message for it, the first message per field: what
+    the forms show next to each input. ``source`` is a model's ValidationError, a
+    ClientError carrying ``issues`` (a refusal from the API body or an engine's
+    settings check), or such an ``issues`` list.
+
+    The field is the first part of an issue's path, or the whole path with
+    ``full_path``. With ``form_key``, an issue of the whole form (no path, or
+    ``(body)``) is put under that key, and a ClientError without issues gives its
+    message there (so a form always shows why it was refused)."""
+    if isinstance(source, ValidationError):
+        issues: Any = issues_from(source)
+    elif isinstance(source, ClientError):
+        issues = source.extra.get("issues")
+    else:
+        issues = source
     out: dict[str, str] = {}
-    for issue in issues_from(exc):
-        out.setdefault(issue["path"].split(".")[0], issue["message"])
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, dict):
+            continue
+        path = str(issue.get("path", ""))
+        key = path if full_path else path.split(".")[0]
+        if form_key is not None and (not path or path == "(body)"):
+            key = form_key
+        out.setdefault(key, str(issue.get("message", "")))
+    if form_key is not None and not out and source is not None:
+        if isinstance(source, ClientError):
+            out[form_key] = source.message
+        elif isinstance(source, ValidationError):
+            out[form_key] = str(source)
     return out

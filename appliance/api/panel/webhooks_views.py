@@ -16,10 +16,9 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.accounts_access import visible_accounts
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, page, see_other
+from appliance.api.panel.web import accounts_list, bp, page, see_other
 from appliance.api.routes.webhooks import (
     WEBHOOK_EVENT_TYPES,
     EndpointIn,
@@ -38,7 +37,6 @@ from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
 from appliance.errors import InvalidInput
-from appliance.messaging import store as messaging_store
 from appliance.webhooks import store
 
 DELIVERY_PAGE = 50
@@ -94,10 +92,6 @@ def _body(form: Any) -> dict[str, Any]:
     return body
 
 
-async def _account_choices() -> list[Any]:
-    return await messaging_store.list_account_rows(_db(), visible_accounts())
-
-
 async def _list_page(
     errors: dict[str, str] | None = None, values: dict[str, Any] | None = None, status: int = 200
 ) -> Response:
@@ -108,7 +102,7 @@ async def _list_page(
         nav="webhooks",
         endpoints=endpoints,
         event_types=WEBHOOK_EVENT_TYPES,
-        accounts=await _account_choices(),
+        accounts=await accounts_list(),
         errors=errors or {},
         values=values or {"events": ["*"], "timeout_s": 15.0},
     )
@@ -180,7 +174,7 @@ async def _detail(
         deliveries=deliveries,
         state=state,
         event_types=WEBHOOK_EVENT_TYPES,
-        accounts=await _account_choices(),
+        accounts=await accounts_list(),
         errors=errors or {},
         **extra,
     )
