@@ -136,6 +136,7 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
         "tags": [],
         "results": [],
         "more_url": None,
+        "links": {},
     }
     if f.account is None:
         return ctx
@@ -183,8 +184,20 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
     if next_chats:
         ctx["more_url"] = f"/panel/inbox/chats?{f.query(cursor=next_chats, part='more')}"
     ctx["previews"] = {c.id: _preview(c) for c in ctx["chats"]}
+    ctx["links"] = _chat_links(ctx["chats"])
     ctx["total_unread"] = sum(c.unread for c in ctx["chats"])
     return ctx
+
+
+def _chat_links(chats: list[ChatOut]) -> dict[str, tuple[str, str]]:
+    """Each chat's two links in the list: the conversation fragment (htmx) and the inbox
+    page with it open (href, pushed to the address bar). Quoted once per chat here, as
+    Jinja's ``urlencode`` would (``/`` kept): the list is the page's largest part."""
+    out: dict[str, tuple[str, str]] = {}
+    for c in chats:
+        account, jid = quote(c.account_id, safe="/"), quote(c.id, safe="/")
+        out[c.id] = (f"/panel/inbox/{account}/{jid}", f"/panel/inbox?account={account}&chat={jid}")
+    return out
 
 
 def _preview(chat: ChatOut) -> str:
