@@ -5,6 +5,7 @@ replies with custom variables, our typing state."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 from quart import Quart
 
-from appliance.api.panel import conversation
+from appliance.api.panel import conversation, inbox_views
 from appliance.api.state import state_of
 from appliance.db.database import Database
 from appliance.inbox import contacts_store, quick_replies_store, tags_store
@@ -234,8 +235,32 @@ def test_older_messages_and_more_chats(open_db: OpenDb, db_path: Path, tmp_path:
         rest = await (await client.get(more.group(1).replace("&amp;", "&"))).get_data(as_text=True)
         assert rest.count('class="chat"') == 6 and "More chats" not in rest  # 55 + Alice
         assert "<ul" not in rest
+        # A live refresh of the list after "More chats" (panel.js sends how many chats the
+        # page shows) keeps them all, with the one open still marked current.
+        open_chat = "9055520" + "00003@s.whatsapp.net"
+        kept_list = await client.get(f"/panel/inbox/chats?shown=56&chat={open_chat}")
+        refreshed = await kept_list.get_data(as_text=True)
+        assert refreshed.count('class="chat"') == 56 and "More chats" not in refreshed
+        current = re.findall(r'data-chat="([^"]+)">\s*<a [^>]*aria-current="true"', refreshed)
+        assert current == [open_chat]
+        # Fewer than a page, nonsense, or more than the cap: a page (up to the cap).
+        for shown in ("3", "x", "-5", "99999999"):
+            answer = await client.get(f"/panel/inbox/chats?shown={shown}")
+            assert (await answer.get_data(as_text=True)).count('class="chat"') == 50
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_chat_list_refresh_is_capped() -> None:
+    """The number of chats a refresh re-reads is bounded (MAX_CHATS_SHOWN)."""
+    app = Quart(__name__)
+
+    async def check() -> None:
+        for shown, want in (("", 50), ("120", 120), ("500", 500), ("501", 500), ("9" * 6, 500)):
+            async with app.test_request_context(f"/panel/inbox/chats?shown={shown}"):
+                assert inbox_views._shown() == want
+
+    asyncio.run(check())
 
 
 def test_attachments_variables_and_typing(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("open", "pending", "resolved", "snoozed")
 CHAT_PAGE = 50
+# The most chats a live refresh of the list re-reads: the pages the user has loaded with
+# "More chats" stay (their place in the list with them); beyond it, the first pages.
+MAX_CHATS_SHOWN = 500
 MESSAGE_PAGE = 60
 MAX_TEXT = 4096
 # What the chat list says for a last message without text.
@@ -123,8 +126,9 @@ async def _reader_id() -> int | None:
     return (await inbox_store.actor_of(_db(), principal())).user_id
 
 
-async def _chat_list(f: Filters) -> dict[str, Any]:
-    """The chat list of the filters' account (default: the first visible one)."""
+async def _chat_list(f: Filters, *, limit: int = CHAT_PAGE) -> dict[str, Any]:
+    """The chat list of the filters' account (default: the first visible one);
+    ``limit``: how many chats (a live refresh asks for as many as the page shows)."""
     accounts = await _accounts()
     ids = [a.id for a in accounts]
     if f.account is None or f.account not in ids:
@@ -173,7 +177,7 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
             tag_id=tag_id,
             tag_first=tag_first,
             cursor=f.cursor,
-            limit=CHAT_PAGE,
+            limit=limit,
             status=f.status,
             assignee=assignee,
             unread_for=reader,
@@ -400,7 +404,15 @@ async def chat_list() -> Response:
     if request.args.get("part") == "more":  # the next page, as list items
         return await page("panel/inbox_chat_items.html", **(await _chat_list(f)))
     f.cursor = None
-    return await page("panel/inbox_chats.html", **(await _chat_list(f)))
+    return await page("panel/inbox_chats.html", **(await _chat_list(f, limit=_shown())))
+
+
+def _shown() -> int:
+    """How many chats a refresh of the list reads: as many as the page shows (``shown``,
+    sent by panel.js), at least a page, at most MAX_CHATS_SHOWN."""
+    value = str(request.args.get("shown", ""))
+    shown = int(value) if value.isdigit() and len(value) < 7 else 0
+    return max(CHAT_PAGE, min(shown, MAX_CHATS_SHOWN))
 
 
 @bp.get("/inbox/<account>/<path:chat_id>")
