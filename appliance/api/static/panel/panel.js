@@ -39,6 +39,30 @@
     });
   }
 
+  /* -- the header's menu on phones (the Menu button; CSS shows it at phone widths) ---- */
+  var menuButton = document.getElementById("nav-toggle");
+  var header = document.querySelector("header.top");
+  function showMenu(open) {
+    if (!menuButton || !header) { return; }
+    header.classList.toggle("menu-open", open);
+    menuButton.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  if (menuButton && header) {
+    menuButton.addEventListener("click", function () {
+      showMenu(menuButton.getAttribute("aria-expanded") !== "true");
+    });
+    header.addEventListener("keydown", function (e) {
+      var inMenu = e.target.closest && e.target.closest("details[data-nav-menu][open]");
+      if (e.key === "Escape" && !inMenu && header.classList.contains("menu-open")) {
+        showMenu(false);
+        menuButton.focus();
+      }
+    });
+    document.addEventListener("click", function (e) {
+      if (header.classList.contains("menu-open") && !header.contains(e.target)) { showMenu(false); }
+    });
+  }
+
   /* -- sign in: the browser's timezone ------------------------------------------------ */
   document.querySelectorAll("[data-browser-timezone]").forEach(function (input) {
     try { input.value = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { /* old browser */ }
