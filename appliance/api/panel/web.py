@@ -86,6 +86,7 @@ NAV: list[NavItem] = [
         "schedules", N_("Scheduled messages"), "panel.schedules", Permission.AUTOMATIONS_MANAGE
     ),
     NavItem("scripts", N_("Scripts"), "panel.scripts", Permission.SCRIPTS_MANAGE),
+    NavItem("settings", N_("Settings"), "panel.settings", Permission.RETENTION_MANAGE),
 ]
 
 # Menus of the navigation (disclosure menus, keyboard operable), in this order after the
@@ -103,6 +104,7 @@ NAV_GROUP_OF: dict[str, str] = {
     "users": "admin",
     "api_keys": "admin",
     "audit": "admin",
+    "settings": "admin",
 }
 
 
