@@ -511,3 +511,29 @@ def test_edit_contact(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         assert (await client.post(url, form={"display_name": "x"})).status_code == 403
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_search_results_name_their_chats(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """Search results carry each chat's name (the team's name for the contact first),
+    read for the whole page at once; a chat with no name shows its phone number."""
+
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        await _sign_in(client, "agent1")
+        await _inbound(db, "S1", BOB, BOB, text="kargo nerede")
+        await _inbound(db, "S2", CAROL, CAROL, text="kargo geldi mi")
+        async with db.write() as conn:
+            await conn.execute("UPDATE chats SET name = NULL WHERE jid = ?", (BOB,))
+            await conn.execute(
+                "INSERT INTO contacts (account_id, jid, phone, name, display_name, updated_at) "
+                "VALUES (?, ?, '+905551110003', 'carol wa', 'Carol Kaya', 1.0) "
+                "ON CONFLICT (account_id, jid) DO UPDATE SET display_name = 'Carol Kaya'",
+                (A, CAROL),
+            )
+        found = await client.get(f"/panel/inbox/chats?account={A}&q=kargo")
+        text = await found.get_data(as_text=True)
+        names = re.findall(r'<span class="name">([^<]+)</span>', text)
+        assert sorted(names) == ["+905551110002", "Carol Kaya"], names
+        assert (await conversation.chat_names(db, A, [])) == {}
+
+    _run(open_db, db_path, tmp_path, test)

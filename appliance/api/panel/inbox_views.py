@@ -152,11 +152,8 @@ async def _chat_list(f: Filters, *, limit: int = CHAT_PAGE) -> dict[str, Any]:
         found, _next = await queries.search_messages(db, [account], f.q, limit=CHAT_PAGE)
         ctx["results"] = [_message_view(r, {}, {}) for r in found]
         chats = {r.chat_jid for r in found}
-        names = {}
-        for jid in chats:
-            row = await queries.chat_row(db, account, jid)
-            names[jid] = (row.name if row else None) or _phone(jid)
-        ctx["result_names"] = names
+        named = await extras.chat_names(db, account, list(chats))  # one query, not one a chat
+        ctx["result_names"] = {jid: named.get(jid) or _phone(jid) for jid in chats}
         return ctx
     reader = await _reader_id()
     assignee: int | str | None = "any"
@@ -292,11 +289,12 @@ async def _conversation(
     wanted = [r.reply_to for r in rows if r.reply_to]
     quoted = await queries.message_rows_by_id(db, account, wanted) if wanted else {}
     senders: dict[str, str] = {}
-    if row.is_group:
+    if row.is_group:  # every sender's name in one query
+        known = await extras.sender_names(db, account, [r.sender_jid for r in rows if r.sender_jid])
         for r in rows:
             if r.sender_jid and r.sender_jid not in senders:
-                contact = await quick_replies_store.contact_name(db, account, r.sender_jid)
-                senders[r.sender_jid] = contact or r.sender_name or _phone(r.sender_jid)
+                name = known.get(r.sender_jid)
+                senders[r.sender_jid] = name or r.sender_name or _phone(r.sender_jid)
     ids = [r.id for r in rows if r.type != "reaction"]
     reactions = await extras.reactions_for(db, account, jid, ids, senders, _("You"))
     edited = await extras.edited_at(db, account, ids)
