@@ -146,8 +146,10 @@ def live_latency(base: str, password: str, samples: int, max_seconds: float) -> 
                     t0 = time.time() * 1000
                     sent = api.post(f"/api/accounts/{account}/sandbox/inbound", json=body)
                     sent.raise_for_status()
-                    page.wait_for_function(f"window.__seen[{json.dumps(probe)}]", timeout=30_000)
-                    latencies.append(page.evaluate(f"window.__seen[{json.dumps(probe)}]") - t0)
+                    # A function, not a string: the panel's CSP forbids eval in the page.
+                    seen = "p => window.__seen[p]"
+                    page.wait_for_function(seen, arg=probe, timeout=30_000)
+                    latencies.append(page.evaluate(seen, probe) - t0)
                     time.sleep(0.3)  # one update at a time: latency, not a burst
             finally:
                 browser.close()
