@@ -537,3 +537,27 @@ def test_search_results_name_their_chats(open_db: OpenDb, db_path: Path, tmp_pat
         assert (await conversation.chat_names(db, A, [])) == {}
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_opening_a_chat_marks_it_read_once(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """Opening a chat marks it read; opening it again (nothing new: the panel checks
+    with a read before taking the writer) leaves the read position as it was, and a new
+    inbound message is marked read on the next opening."""
+
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        _status, _text, csrf = await _sign_in(client, "agent1")
+        url = f"/panel/inbox/{A}/{ALICE}"
+        sql = "SELECT read_seq, read_at FROM chat_reads WHERE chat_jid = ?"
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        first = await db.fetchone(sql, (ALICE,))
+        assert first is not None
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        again = await db.fetchone(sql, (ALICE,))
+        assert again is not None and tuple(again) == tuple(first)
+        await _inbound(db, "NEW1", ALICE, ALICE, text="one more")
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        moved = await db.fetchone(sql, (ALICE,))
+        assert moved is not None and moved["read_seq"] > first["read_seq"]
+
+    _run(open_db, db_path, tmp_path, test)
