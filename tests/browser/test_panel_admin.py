@@ -207,3 +207,27 @@ def test_webhook_endpoint_and_its_delivery_log(
     assert secret not in page.content()  # shown once only
     _both_themes(page, artefacts, "webhook")
     _clean(page)
+
+
+def test_settings_screen(appliance: Appliance, page: Any, artefacts: Path) -> None:
+    """Settings: a bad age is shown next to its field; a good one is saved (the API
+    reads it back); axe and screenshots, light and dark, and at 375 px."""
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    page.goto(f"{appliance.base_url}/panel/settings")
+    page.fill("#f-events_days", "abc")
+    page.click("#save-settings")
+    page.locator("#events_days-error").wait_for(timeout=WAIT_MS)
+    assert page.locator("#f-events_days").get_attribute("aria-invalid") == "true"
+    page.fill("#f-events_days", "45")
+    page.fill("#f-audit_days", "400")
+    page.click("#save-settings")
+    page.wait_for_url("**/panel/settings?saved=1")
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        stored = api.get("/api/retention").json()
+    assert (stored["events_days"], stored["audit_days"]) == (45, 400)
+    _both_themes(page, artefacts, "settings")
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, artefacts, "settings-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    _clean(page)

@@ -121,14 +121,35 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.goto(f"{base}/panel/auto-replies?account={account}")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
+    # The header is one row: the brand and the Menu button; the navigation opens below.
+    brand = page.locator("header.top .brand").bounding_box()
+    toggle = page.locator("#nav-toggle").bounding_box()
+    assert brand is not None and toggle is not None
+    assert abs(brand["y"] + brand["height"] / 2 - (toggle["y"] + toggle["height"] / 2)) < 8
+    assert not page.locator("nav.nav").is_visible()
+    _shot(page, artefacts, "header-en-light-phone")
+    page.click("#nav-toggle")
+    assert page.locator("#nav-toggle").get_attribute("aria-expanded") == "true"
+    page.locator("nav.nav").wait_for(state="visible")
     page.locator("details[data-nav-menu] > summary", has_text="Admin").click()
     page.locator('details[data-nav-menu][open] a[href="/panel/users"]').wait_for()
     _menu_inside(page, 375)
     _axe(page, "auto-replies (phone, menu open)")
     _shot(page, artefacts, "nav-menu-en-light-phone")
-    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")  # closes the Admin menu
+    page.keyboard.press("Escape")  # then the header's menu, the focus back on its button
+    page.locator("nav.nav").wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.id") == "nav-toggle"
     _shot(page, artefacts, "auto-replies-en-light-phone")
+    page.emulate_media(color_scheme="dark")
+    page.click("#nav-toggle")
+    page.locator("nav.nav").wait_for(state="visible")
+    _axe(page, "header menu (phone, dark)")
+    _shot(page, artefacts, "header-menu-en-dark-phone")
+    page.emulate_media(color_scheme="light")
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(f"{base}/panel/inbox")
+    assert not page.locator("#nav-toggle").is_visible()  # desktop: the menu inline
+    assert page.locator("nav.nav").is_visible()
     _shot(page, artefacts, "nav-en-light")
     _clean(page)

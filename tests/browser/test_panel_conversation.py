@@ -196,3 +196,47 @@ def test_conversation_paging_composer_reactions_markers(
     _shot(page, artefacts, "conversation-extras-tr-dark-phone")
     _axe(page, "conversation extras (tr, phone, dark)")
     _clean(page)
+
+
+def test_chat_list_keeps_its_place_on_live_updates(
+    appliance: Appliance, page: Any, artefacts: Path
+) -> None:
+    """After "More chats" and scrolling down, a live update refreshes the list without
+    taking the user back to the first page or the top."""
+    suffix = uuid.uuid4().hex[:6]
+    account = f"cl{suffix}"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post("/api/accounts", json={"id": account, "name": "Liste"})
+        assert made.status_code == 201, made.text
+        for i in range(56):
+            _inject(api, account, f"+9055588{i:05}", f"merhaba {i:02}", f"Kişi {i:02}")
+
+        def listed() -> bool:
+            got = api.get(f"/api/accounts/{account}/chats", params={"limit": 100})
+            return got.status_code == 200 and len(got.json()["items"]) == 56
+
+        _wait(listed, "the 56 chats to be stored", timeout_s=180)
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    page.set_viewport_size({"width": 1280, "height": 700})
+    page.goto(f"{appliance.base_url}/panel/inbox?account={account}")
+    chats = page.locator("#chat-list li.chat")
+    chats.nth(49).wait_for(timeout=WAIT_MS)
+    assert chats.count() == 50
+    page.click("#chat-list li.more-chats button")
+    _wait(lambda: chats.count() == 56, "the second page of chats")
+    pane = "document.querySelector('.list-pane')"
+    page.evaluate(f"{pane}.scrollTop = {pane}.scrollHeight")
+    top = page.evaluate(f"{pane}.scrollTop")
+    assert top > 0
+    # A new message in the oldest chat (the last one in the list) moves it to the top.
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        _inject(api, account, "+905558800000", "yeni mesaj", "Kişi 00")
+    chats.first.filter(has_text="yeni mesaj").wait_for(timeout=WAIT_MS)
+    assert chats.count() == 56  # the loaded page stayed
+    assert page.locator("#chat-list li.more-chats").count() == 0
+    assert abs(page.evaluate(f"{pane}.scrollTop") - top) <= 2, (
+        top,
+        page.evaluate(pane + ".scrollTop"),
+    )
+    _shot(page, artefacts, "inbox-list-kept-en-light")
+    _clean(page)

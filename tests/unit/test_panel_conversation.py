@@ -5,6 +5,7 @@ replies with custom variables, our typing state."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 from quart import Quart
 
-from appliance.api.panel import conversation
+from appliance.api.panel import conversation, inbox_views
 from appliance.api.state import state_of
 from appliance.db.database import Database
 from appliance.inbox import contacts_store, quick_replies_store, tags_store
@@ -234,8 +235,32 @@ def test_older_messages_and_more_chats(open_db: OpenDb, db_path: Path, tmp_path:
         rest = await (await client.get(more.group(1).replace("&amp;", "&"))).get_data(as_text=True)
         assert rest.count('class="chat"') == 6 and "More chats" not in rest  # 55 + Alice
         assert "<ul" not in rest
+        # A live refresh of the list after "More chats" (panel.js sends how many chats the
+        # page shows) keeps them all, with the one open still marked current.
+        open_chat = "9055520" + "00003@s.whatsapp.net"
+        kept_list = await client.get(f"/panel/inbox/chats?shown=56&chat={open_chat}")
+        refreshed = await kept_list.get_data(as_text=True)
+        assert refreshed.count('class="chat"') == 56 and "More chats" not in refreshed
+        current = re.findall(r'data-chat="([^"]+)">\s*<a [^>]*aria-current="true"', refreshed)
+        assert current == [open_chat]
+        # Fewer than a page, nonsense, or more than the cap: a page (up to the cap).
+        for shown in ("3", "x", "-5", "99999999"):
+            answer = await client.get(f"/panel/inbox/chats?shown={shown}")
+            assert (await answer.get_data(as_text=True)).count('class="chat"') == 50
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_chat_list_refresh_is_capped() -> None:
+    """The number of chats a refresh re-reads is bounded (MAX_CHATS_SHOWN)."""
+    app = Quart(__name__)
+
+    async def check() -> None:
+        for shown, want in (("", 50), ("120", 120), ("500", 500), ("501", 500), ("9" * 6, 500)):
+            async with app.test_request_context(f"/panel/inbox/chats?shown={shown}"):
+                assert inbox_views._shown() == want
+
+    asyncio.run(check())
 
 
 def test_attachments_variables_and_typing(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
@@ -484,5 +509,55 @@ def test_edit_contact(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         assert (await client.get(unknown)).status_code == 404
         assert (await client.get(f"/panel/accounts/other/contacts/{ALICE}/edit")).status_code == 404
         assert (await client.post(url, form={"display_name": "x"})).status_code == 403
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_search_results_name_their_chats(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """Search results carry each chat's name (the team's name for the contact first),
+    read for the whole page at once; a chat with no name shows its phone number."""
+
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        await _sign_in(client, "agent1")
+        await _inbound(db, "S1", BOB, BOB, text="kargo nerede")
+        await _inbound(db, "S2", CAROL, CAROL, text="kargo geldi mi")
+        async with db.write() as conn:
+            await conn.execute("UPDATE chats SET name = NULL WHERE jid = ?", (BOB,))
+            await conn.execute(
+                "INSERT INTO contacts (account_id, jid, phone, name, display_name, updated_at) "
+                "VALUES (?, ?, '+905551110003', 'carol wa', 'Carol Kaya', 1.0) "
+                "ON CONFLICT (account_id, jid) DO UPDATE SET display_name = 'Carol Kaya'",
+                (A, CAROL),
+            )
+        found = await client.get(f"/panel/inbox/chats?account={A}&q=kargo")
+        text = await found.get_data(as_text=True)
+        names = re.findall(r'<span class="name">([^<]+)</span>', text)
+        assert sorted(names) == ["+905551110002", "Carol Kaya"], names
+        assert (await conversation.chat_names(db, A, [])) == {}
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_opening_a_chat_marks_it_read_once(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """Opening a chat marks it read; opening it again (nothing new: the panel checks
+    with a read before taking the writer) leaves the read position as it was, and a new
+    inbound message is marked read on the next opening."""
+
+    async def test(app: Quart, db: Database) -> None:
+        client = app.test_client()
+        _status, _text, csrf = await _sign_in(client, "agent1")
+        url = f"/panel/inbox/{A}/{ALICE}"
+        sql = "SELECT read_seq, read_at FROM chat_reads WHERE chat_jid = ?"
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        first = await db.fetchone(sql, (ALICE,))
+        assert first is not None
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        again = await db.fetchone(sql, (ALICE,))
+        assert again is not None and tuple(again) == tuple(first)
+        await _inbound(db, "NEW1", ALICE, ALICE, text="one more")
+        assert (await client.get(url, headers=_htmx(csrf))).status_code == 200
+        moved = await db.fetchone(sql, (ALICE,))
+        assert moved is not None and moved["read_seq"] > first["read_seq"]
 
     _run(open_db, db_path, tmp_path, test)

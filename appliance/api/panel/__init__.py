@@ -22,6 +22,7 @@ from appliance.api.panel import (
     schedules_views,
     scripts_views,
     session_views,
+    settings_views,
     setup_views,
     webhooks_views,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "schedules_views",
     "scripts_views",
     "session_views",
+    "settings_views",
     "setup_views",
     "webhooks_views",
 ]

@@ -140,6 +140,42 @@ async def messages_since(
     return page, encode_cursor("m", oldest) if older is not None and oldest is not None else None
 
 
+async def chat_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
+    """The names the chat list shows for these chats (the team's name for the contact,
+    else the chat's, else the contact's WhatsApp name, as ``queries.chat_row``), in one
+    query for a page of search results; chats without a name are left out."""
+    wanted = sorted(set(jids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = await db.fetchall(
+        "SELECT c.jid, COALESCE(ct.display_name, c.name, ct.name) AS name FROM chats c "
+        "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
+        f"WHERE c.account_id = ? AND c.jid IN ({marks})",
+        (account, *wanted),
+    )
+    return {r["jid"]: r["name"] for r in rows if r["name"]}
+
+
+async def sender_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
+    """Group members' names as ``quick_replies_store.contact_name`` gives them (the
+    contact's WhatsApp name, else a chat's own), in two queries for a page of messages
+    rather than one per sender."""
+    wanted = sorted(set(jids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    names: dict[str, str] = {}
+    for table in ("chats", "contacts"):  # the contact's name wins: read last
+        rows = await db.fetchall(
+            f"SELECT jid, name FROM {table} WHERE account_id = ? AND jid IN ({marks}) "
+            "AND name IS NOT NULL AND name != ''",
+            (account, *wanted),
+        )
+        names.update({r["jid"]: r["name"] for r in rows})
+    return names
+
+
 def initials(name: str) -> str:
     """One or two letters for an avatar without a picture ("Ayse Kaya": "AK")."""
     words = [w for w in name.split() if w[:1].isalpha()]

@@ -16,7 +16,7 @@ The language is the user's preference, else the best match of the browser's
 from __future__ import annotations
 
 import datetime as dt
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -93,6 +93,13 @@ def ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
 _ = gettext
 
 
+@cache
+def _locale(language: str) -> Locale:
+    """babel's Locale of a language (parsed once per process: pages format hundreds of
+    dates and numbers)."""
+    return Locale.parse(language)
+
+
 def _zone() -> ZoneInfo:
     try:
         return ZoneInfo(timezone())
@@ -108,13 +115,32 @@ def local(ts: float) -> dt.datetime:
 def fmt_datetime(ts: float | None, fmt: str = "medium") -> str:
     if ts is None:
         return ""
-    return format_datetime(local(ts), format=fmt, locale=Locale.parse(language()))
+    return format_datetime(local(ts), format=fmt, locale=_locale(language()))
 
 
 def fmt_time(ts: float | None) -> str:
     if ts is None:
         return ""
-    return format_time(local(ts), format="short", locale=Locale.parse(language()))
+    at = local(ts)
+    return _short_time(at.hour, at.minute, language())
+
+
+# A page formats a time or a date for every chat and message it lists, and babel's
+# formatting is the dearest part of rendering it: the short forms (no zone, no seconds)
+# are kept per language, keyed by what they show.
+@lru_cache(maxsize=4096)
+def _short_time(hour: int, minute: int, language: str) -> str:
+    return format_time(dt.time(hour, minute), format="short", locale=_locale(language))
+
+
+@lru_cache(maxsize=4096)
+def _short_date(day: dt.date, language: str) -> str:
+    return format_date(day, format="short", locale=_locale(language))
+
+
+@lru_cache(maxsize=2048)
+def _small_number(n: int, language: str) -> str:
+    return format_decimal(n, locale=_locale(language))
 
 
 def fmt_day(ts: float | None, *, now: float | None = None) -> str:
@@ -127,7 +153,7 @@ def fmt_day(ts: float | None, *, now: float | None = None) -> str:
         return _("Today")
     if day == today - dt.timedelta(days=1):
         return _("Yesterday")
-    return format_date(day, format="full", locale=Locale.parse(language()))
+    return format_date(day, format="full", locale=_locale(language()))
 
 
 def fmt_when(ts: float | None, *, now: float | None = None) -> str:
@@ -138,11 +164,13 @@ def fmt_when(ts: float | None, *, now: float | None = None) -> str:
     today = local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
     if day == today:
         return fmt_time(ts)
-    return format_date(day, format="short", locale=Locale.parse(language()))
+    return _short_date(day, language())
 
 
 def fmt_number(n: int | float) -> str:
-    return format_decimal(n, locale=Locale.parse(language()))
+    if isinstance(n, int) and 0 <= n < 100_000:  # counts and badges
+        return _small_number(n, language())
+    return format_decimal(n, locale=_locale(language()))
 
 
 def day_key(ts: float) -> str:

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("open", "pending", "resolved", "snoozed")
 CHAT_PAGE = 50
+# The most chats a live refresh of the list re-reads: the pages the user has loaded with
+# "More chats" stay (their place in the list with them); beyond it, the first pages.
+MAX_CHATS_SHOWN = 500
 MESSAGE_PAGE = 60
 MAX_TEXT = 4096
 # What the chat list says for a last message without text.
@@ -123,8 +126,9 @@ async def _reader_id() -> int | None:
     return (await inbox_store.actor_of(_db(), principal())).user_id
 
 
-async def _chat_list(f: Filters) -> dict[str, Any]:
-    """The chat list of the filters' account (default: the first visible one)."""
+async def _chat_list(f: Filters, *, limit: int = CHAT_PAGE) -> dict[str, Any]:
+    """The chat list of the filters' account (default: the first visible one);
+    ``limit``: how many chats (a live refresh asks for as many as the page shows)."""
     accounts = await _accounts()
     ids = [a.id for a in accounts]
     if f.account is None or f.account not in ids:
@@ -136,6 +140,7 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
         "tags": [],
         "results": [],
         "more_url": None,
+        "links": {},
     }
     if f.account is None:
         return ctx
@@ -147,11 +152,8 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
         found, _next = await queries.search_messages(db, [account], f.q, limit=CHAT_PAGE)
         ctx["results"] = [_message_view(r, {}, {}) for r in found]
         chats = {r.chat_jid for r in found}
-        names = {}
-        for jid in chats:
-            row = await queries.chat_row(db, account, jid)
-            names[jid] = (row.name if row else None) or _phone(jid)
-        ctx["result_names"] = names
+        named = await extras.chat_names(db, account, list(chats))  # one query, not one a chat
+        ctx["result_names"] = {jid: named.get(jid) or _phone(jid) for jid in chats}
         return ctx
     reader = await _reader_id()
     assignee: int | str | None = "any"
@@ -172,7 +174,7 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
             tag_id=tag_id,
             tag_first=tag_first,
             cursor=f.cursor,
-            limit=CHAT_PAGE,
+            limit=limit,
             status=f.status,
             assignee=assignee,
             unread_for=reader,
@@ -183,8 +185,20 @@ async def _chat_list(f: Filters) -> dict[str, Any]:
     if next_chats:
         ctx["more_url"] = f"/panel/inbox/chats?{f.query(cursor=next_chats, part='more')}"
     ctx["previews"] = {c.id: _preview(c) for c in ctx["chats"]}
+    ctx["links"] = _chat_links(ctx["chats"])
     ctx["total_unread"] = sum(c.unread for c in ctx["chats"])
     return ctx
+
+
+def _chat_links(chats: list[ChatOut]) -> dict[str, tuple[str, str]]:
+    """Each chat's two links in the list: the conversation fragment (htmx) and the inbox
+    page with it open (href, pushed to the address bar). Quoted once per chat here, as
+    Jinja's ``urlencode`` would (``/`` kept): the list is the page's largest part."""
+    out: dict[str, tuple[str, str]] = {}
+    for c in chats:
+        account, jid = quote(c.account_id, safe="/"), quote(c.id, safe="/")
+        out[c.id] = (f"/panel/inbox/{account}/{jid}", f"/panel/inbox?account={account}&chat={jid}")
+    return out
 
 
 def _preview(chat: ChatOut) -> str:
@@ -275,11 +289,12 @@ async def _conversation(
     wanted = [r.reply_to for r in rows if r.reply_to]
     quoted = await queries.message_rows_by_id(db, account, wanted) if wanted else {}
     senders: dict[str, str] = {}
-    if row.is_group:
+    if row.is_group:  # every sender's name in one query
+        known = await extras.sender_names(db, account, [r.sender_jid for r in rows if r.sender_jid])
         for r in rows:
             if r.sender_jid and r.sender_jid not in senders:
-                contact = await quick_replies_store.contact_name(db, account, r.sender_jid)
-                senders[r.sender_jid] = contact or r.sender_name or _phone(r.sender_jid)
+                name = known.get(r.sender_jid)
+                senders[r.sender_jid] = name or r.sender_name or _phone(r.sender_jid)
     ids = [r.id for r in rows if r.type != "reaction"]
     reactions = await extras.reactions_for(db, account, jid, ids, senders, _("You"))
     edited = await extras.edited_at(db, account, ids)
@@ -339,6 +354,8 @@ async def _mark_read(account: str, jid: str, user_id: int) -> None:
     """As POST .../chats/{chat}/read: the user's read position, and WhatsApp when the
     account's ``mark_read_by_users`` is on (best effort)."""
     db = _db()
+    if not await _has_unread(account, jid, user_id):
+        return  # already read: no write transaction (most openings of a chat)
     async with db.write() as conn:
         ids = await inbox_store.mark_read(conn, account, jid, user_id, time.time())
     account_row = await store.account_row(db, account)
@@ -351,6 +368,18 @@ async def _mark_read(account: str, jid: str, user_id: int) -> None:
             log.info(
                 "chat not marked read on WhatsApp", extra={"account_id": account, "error": str(exc)}
             )
+
+
+async def _has_unread(account: str, jid: str, user_id: int) -> bool:
+    """Whether the chat has messages after the user's read position (a read: the write
+    in ``inbox_store.mark_read`` decides again under the writer's lock)."""
+    row = await _db().fetchone(
+        "SELECT COALESCE((SELECT MAX(seq) FROM messages WHERE account_id = ? AND chat_jid = ?), "
+        "0) AS newest, COALESCE((SELECT read_seq FROM chat_reads WHERE user_id = ? "
+        "AND account_id = ? AND chat_jid = ?), 0) AS read_seq",
+        (account, jid, user_id, account, jid),
+    )
+    return row is not None and int(row["newest"]) > int(row["read_seq"])
 
 
 async def _events_after() -> int:
@@ -387,7 +416,15 @@ async def chat_list() -> Response:
     if request.args.get("part") == "more":  # the next page, as list items
         return await page("panel/inbox_chat_items.html", **(await _chat_list(f)))
     f.cursor = None
-    return await page("panel/inbox_chats.html", **(await _chat_list(f)))
+    return await page("panel/inbox_chats.html", **(await _chat_list(f, limit=_shown())))
+
+
+def _shown() -> int:
+    """How many chats a refresh of the list reads: as many as the page shows (``shown``,
+    sent by panel.js), at least a page, at most MAX_CHATS_SHOWN."""
+    value = str(request.args.get("shown", ""))
+    shown = int(value) if value.isdigit() and len(value) < 7 else 0
+    return max(CHAT_PAGE, min(shown, MAX_CHATS_SHOWN))
 
 
 @bp.get("/inbox/<account>/<path:chat_id>")

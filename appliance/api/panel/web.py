@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from jinja2 import Environment
+from markupsafe import Markup
 from pydantic import ValidationError
-from quart import Blueprint, Quart, Response, g, render_template, request
+from quart import Blueprint, Quart, Response, current_app, g, request
 from werkzeug.exceptions import NotFound as HttpNotFound
 
 from appliance.api.access import principal
@@ -85,6 +87,7 @@ NAV: list[NavItem] = [
         "schedules", N_("Scheduled messages"), "panel.schedules", Permission.AUTOMATIONS_MANAGE
     ),
     NavItem("scripts", N_("Scripts"), "panel.scripts", Permission.SCRIPTS_MANAGE),
+    NavItem("settings", N_("Settings"), "panel.settings", Permission.RETENTION_MANAGE),
 ]
 
 # Menus of the navigation (disclosure menus, keyboard operable), in this order after the
@@ -102,6 +105,7 @@ NAV_GROUP_OF: dict[str, str] = {
     "users": "admin",
     "api_keys": "admin",
     "audit": "admin",
+    "settings": "admin",
 }
 
 
@@ -162,8 +166,7 @@ def safe_next(target: str | None) -> str:
 async def page(template: str, *, status: int = 200, nav: str | None = None, **ctx: Any) -> Response:
     """Render a panel template (a full page, or a fragment for htmx) as a response."""
     who: Principal | None = g.get("principal")
-    body = await render_template(
-        template,
+    context: dict[str, Any] = dict(
         user=who,
         nav_items=nav_for(who),
         nav_tree=nav_tree(nav_for(who)),
@@ -177,6 +180,9 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         **i18n.template_globals(),
         **ctx,
     )
+    app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
+    await app.update_template_context(context)  # g, request, session, as Quart's
+    body = _templates(app).get_template(template).render(context)
     return Response(body, status=status, content_type=HTML)
 
 
@@ -209,6 +215,39 @@ async def form_page(
     errors and the values to show in it again."""
     ctx.update(account=account, accounts=accounts, errors=errors or {}, values=values or {})
     return await page(template, status=status, nav=nav, **ctx)
+
+
+def _templates(app: Quart) -> Environment:
+    """The panel's templates, rendered synchronously: Quart's environment compiles them
+    for ``render_async``, which awaits every call and every ``_()`` of a page (a long
+    chat list costs several times the sync rendering). Nothing a panel template calls
+    is a coroutine, so the panel uses an overlay of the app's environment (same loader,
+    globals, filters, gettext and autoescape) with async off and its own cache."""
+    env = app.extensions.get("panel_templates")
+    if env is None:
+        env = app.jinja_env.overlay(enable_async=False, cache_size=400)
+        env.globals = {
+            **app.jinja_env.globals,
+            "_": _gettext,
+            "gettext": _gettext,
+            "ngettext": _ngettext,
+        }
+        app.extensions["panel_templates"] = env
+    return env
+
+
+# gettext for the panel's templates, as Jinja's "newstyle" gettext does it for an
+# autoescaped template (every panel template is .html): the translation is markup, the
+# variables are escaped into it, and it is always a format string. Jinja's own passes
+# the template context, so each ``_()`` in a loop or a block copied the whole context
+# first (the chat list and the conversation call it hundreds of times a page).
+def _gettext(message: str, **variables: Any) -> Markup:
+    return Markup(i18n.gettext(message)) % variables
+
+
+def _ngettext(singular: str, plural: str, num: int, **variables: Any) -> Markup:
+    variables.setdefault("num", num)
+    return Markup(i18n.ngettext(singular, plural, num)) % variables
 
 
 @bp.before_request

@@ -39,6 +39,30 @@
     });
   }
 
+  /* -- the header's menu on phones (the Menu button; CSS shows it at phone widths) ---- */
+  var menuButton = document.getElementById("nav-toggle");
+  var header = document.querySelector("header.top");
+  function showMenu(open) {
+    if (!menuButton || !header) { return; }
+    header.classList.toggle("menu-open", open);
+    menuButton.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  if (menuButton && header) {
+    menuButton.addEventListener("click", function () {
+      showMenu(menuButton.getAttribute("aria-expanded") !== "true");
+    });
+    header.addEventListener("keydown", function (e) {
+      var inMenu = e.target.closest && e.target.closest("details[data-nav-menu][open]");
+      if (e.key === "Escape" && !inMenu && header.classList.contains("menu-open")) {
+        showMenu(false);
+        menuButton.focus();
+      }
+    });
+    document.addEventListener("click", function (e) {
+      if (header.classList.contains("menu-open") && !header.contains(e.target)) { showMenu(false); }
+    });
+  }
+
   /* -- sign in: the browser's timezone ------------------------------------------------ */
   document.querySelectorAll("[data-browser-timezone]").forEach(function (input) {
     try { input.value = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { /* old browser */ }
@@ -139,6 +163,9 @@
     var link = e.target.closest && e.target.closest("#chat-list .chat a");
     if (link) {
       chatLinks().forEach(function (a) { a.setAttribute("aria-current", a === link ? "true" : "false"); });
+      var chosen = document.getElementById("current-chat");  // a refresh of the list keeps it marked
+      var item = link.closest("li.chat");
+      if (chosen && item) { chosen.value = item.getAttribute("data-chat") || ""; }
       var inbox = document.querySelector(".inbox");
       if (inbox) { inbox.classList.add("has-chat"); }
     }
@@ -232,6 +259,34 @@
       if (open) { list.hidden = true; }
       else if (field && field.value) { clearReply(); }
       else { e.target.blur(); }
+    }
+  });
+
+  /* A live refresh of the chat list keeps the user's place: as many chats as the list
+     shows (the pages loaded with "More chats"), its scroll position, the focused chat.
+     A change of filters starts again from the top. */
+  var listPlace = null;
+  body.addEventListener("htmx:configRequest", function (e) {
+    if (!e.detail.elt || e.detail.elt.id !== "chat-list") { return; }
+    var shown = document.querySelectorAll("#chat-list li.chat").length;
+    if (shown) { e.detail.parameters.shown = String(shown); }
+    var pane = e.detail.elt.closest(".pane");
+    var active = document.activeElement;
+    var focused = active && active.closest ? active.closest("#chat-list li.chat") : null;
+    listPlace = {
+      pane: pane, top: pane ? pane.scrollTop : 0, y: window.scrollY,
+      focus: focused ? focused.getAttribute("data-chat") : null
+    };
+  });
+  body.addEventListener("htmx:afterSwap", function (e) {
+    if (!listPlace || !e.detail.target || e.detail.target.id !== "chat-list") { return; }
+    var place = listPlace;
+    listPlace = null;
+    if (place.pane) { place.pane.scrollTop = place.top; }
+    if (window.scrollY !== place.y) { window.scrollTo(window.scrollX, place.y); }
+    if (place.focus) {
+      var item = document.querySelector('#chat-list li.chat[data-chat="' + CSS.escape(place.focus) + '"] a');
+      if (item) { item.focus({ preventScroll: true }); }
     }
   });
 
