@@ -152,3 +152,62 @@ def test_reactions_come_from_their_own_index(open_db: OpenDb, db_path: Path) -> 
             assert "messages_chat " not in plan and "SCAN" not in plan, plan
 
     asyncio.run(main())
+
+
+def test_q_reads_the_names_kept_on_the_chat(open_db: OpenDb, db_path: Path) -> None:
+    """The names q matches (migration 0033's name_search and its triggers) follow a
+    chat's rename, the contact's display name and WhatsApp name, and the contact's
+    deletion; the walk tests them from the activity index."""
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await _account(db, A)
+            await _inbound(db, A, ALICE, "IN1", 100.0)  # contact name "Alice"
+            await _inbound(db, A, BOB, "IN2", 101.0)
+
+            async def found(q: str) -> list[str]:
+                rows, _ = await queries.list_chats(db, A, q=q, limit=10)
+                return sorted(r.jid for r in rows)
+
+            async def change(sql: str, *params: Any) -> None:
+                async with db.write() as conn:
+                    await conn.execute(sql, params)
+
+            assert await found("ALIC") == [ALICE, BOB]  # both contacts are called Alice
+            await change(
+                "UPDATE contacts SET name = 'Bora' WHERE account_id = ? AND jid = ?", A, BOB
+            )
+            assert await found("alic") == [ALICE] and await found("bor") == [BOB]
+            await change(
+                "UPDATE contacts SET display_name = 'Kargo Ltd' WHERE account_id = ? AND jid = ?",
+                A, ALICE,
+            )  # fmt: skip
+            assert await found("kargo") == [ALICE]
+            await change(
+                "UPDATE chats SET name = 'Group Ünal' WHERE account_id = ? AND jid = ?", A, BOB
+            )
+            assert await found("Ünal") == [BOB] and await found("bor") == [BOB]
+            await change("DELETE FROM contacts WHERE account_id = ? AND jid = ?", A, BOB)
+            assert await found("bor") == [] and await found("Ünal") == [BOB]
+            assert await found("110002") == [BOB]  # digits: the jid, not a name
+            await change(
+                "INSERT INTO chats (account_id, jid, name, created_at) VALUES (?, ?, 'Cem', 1)",
+                A, "905551110009@s.whatsapp.net",
+            )  # fmt: skip
+            assert await found("cem") == ["905551110009@s.whatsapp.net"]
+            await change(
+                "INSERT INTO contacts (account_id, jid, name, updated_at) "
+                "VALUES (?, ?, 'Deniz', 1)",
+                A, "905551110009@s.whatsapp.net",
+            )  # fmt: skip
+            assert await found("deniz") == ["905551110009@s.whatsapp.net"]
+            # The test from the index comes first: no chat row or contact read for it.
+            sql, params = queries.chat_list_query(A, q="zz", limit=50)
+            plan = await _plan(db, sql, params)
+            assert "chats_recent" in plan and "SCAN" not in plan, plan
+            row = await db.fetchone(
+                "SELECT name_search FROM chats WHERE account_id = ? AND jid = ?", (A, ALICE)
+            )
+            assert row is not None and row["name_search"] == "Kargo Ltd\x1f\x1fAlice"
+
+    asyncio.run(main())
