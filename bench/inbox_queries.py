@@ -19,7 +19,7 @@ so the figure is the server's latency, not a queue), bounded by a count and a ti
 Goal (issue 13): p95 under 50 ms for each.
 
     python bench/inbox_queries.py [--smoke] [--source REV] [--check]
-        [--keep-database PATH | --database PATH]
+        [--keep-database PATH | --database PATH] [--only PREFIX ...]
 """
 
 from __future__ import annotations
@@ -486,6 +486,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ]  # fmt: skip
             keys = {"admin": admin_key, "agent": agent_key}
             for name, needs, who, urls in queries:
+                if args.only and not any(name.startswith(p) for p in args.only):
+                    continue
                 if needs is not None and not offers(spec, *needs):
                     results[name] = {"absent": f"no {needs} in this revision"}
                     continue
@@ -511,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="use this database (saved by --keep-database at the same scale) instead of "
         "seeding one: compare revisions on the same rows",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="PREFIX",
+        action="append",
+        help="measure only the queries whose name starts with this (repeatable), "
+        'e.g. --only "chats:" for the chat list of one account',
     )
     parser.add_argument("--check", action="store_true", help=f"exit 1 if a p95 >= {GOAL_P95_MS} ms")
     args = parser.parse_args(argv)

@@ -32,6 +32,12 @@ _TAG_COLS = (
 # The chat list filtered by a tag on at most this many chats reads the tag's chats and
 # sorts them; a tag on more walks the chats by activity (a page comes soon).
 SORT_TAGGED_MAX = 2000
+# Between SORT_TAGGED_MIN and SORT_TAGGED_MAX chats the choice depends on how dense the
+# tag is among the account's chats (``reads_tag_first``): the walk reads about
+# page * chats / tagged index entries before it has a page, the sort reads and sorts
+# every tagged chat (each a few times dearer than a step of the walk).
+SORT_TAGGED_MIN = 100
+WALK_FACTOR = 64
 # Targets: (what, table, jid column, the table that must hold the jid, event type).
 _CHATS = ("chats", "chat_tags", "chat_jid", "chats", "chat.updated", "chat_id")
 _CONTACTS = ("contacts", "contact_tags", "contact_jid", "contacts", "contact.updated", "contact_id")
@@ -128,6 +134,28 @@ async def tag_ids_by_name(db: Database, accounts: Sequence[str] | None, name: st
 async def tag_chat_count(db: Database, tag_id: int) -> int:
     """How many chats carry the tag (from its index)."""
     return int(await db.scalar("SELECT COUNT(*) FROM chat_tags WHERE tag_id = ?", (tag_id,)) or 0)
+
+
+async def reads_tag_first(db: Database, account_id: str, tag_id: int) -> bool:
+    """Whether the chat list filtered by this tag should read the tag's chats and sort
+    them (``tag_first``) rather than walk the account's chats by activity: yes for a
+    tag on few chats, no for one on many, and in between when the tag is rare among
+    the account's chats (tagged² <= WALK_FACTOR * chats). Both counts stop at the
+    bound that decides, so a large account or tag costs no more than a small one."""
+    tagged = await _count_upto(
+        db, "SELECT 1 FROM chat_tags WHERE tag_id = ?", (tag_id,), SORT_TAGGED_MAX + 1
+    )
+    if tagged <= SORT_TAGGED_MIN or tagged > SORT_TAGGED_MAX:
+        return tagged <= SORT_TAGGED_MIN
+    need = tagged * tagged // WALK_FACTOR
+    chats = await _count_upto(db, "SELECT 1 FROM chats WHERE account_id = ?", (account_id,), need)
+    return chats >= need
+
+
+async def _count_upto(db: Database, sql: str, params: tuple[Any, ...], bound: int) -> int:
+    """How many rows ``sql`` gives, counting no further than ``bound``."""
+    value = await db.scalar(f"SELECT COUNT(*) FROM ({sql} LIMIT ?)", (*params, bound))
+    return int(value or 0)
 
 
 async def tags_of(

@@ -187,11 +187,18 @@ def chat_name_clause(q: str) -> tuple[str, list[Any]]:
         "(ct.display_name LIKE ? ESCAPE '\\' OR c.name LIKE ? ESCAPE '\\' "
         "OR ct.name LIKE ? ESCAPE '\\')"
     )
-    params: list[Any] = [like_pattern(text)] * 3
+    pattern = like_pattern(text)
+    # c.name_search holds the three names (migration 0033) and is in the activity index:
+    # the first test needs only the index entry, so a chat that cannot match is passed
+    # over without reading its row or its contact; the second is the exact one.
+    maybe, maybe_params = "c.name_search LIKE ? ESCAPE '\\'", [pattern]
+    params: list[Any] = [pattern] * 3
     digits = "".join(ch for ch in text if ch.isdigit())
     if digits and _PHONE_LIKE.match(text):
-        return f"(c.jid LIKE ? ESCAPE '\\' OR {names})", [like_pattern(digits), *params]
-    return names, params
+        phone = like_pattern(digits)
+        maybe, maybe_params = f"(c.jid LIKE ? ESCAPE '\\' OR {maybe})", [phone, pattern]
+        names, params = f"(c.jid LIKE ? ESCAPE '\\' OR {names})", [phone, *params]
+    return f"({maybe} AND {names})", [*maybe_params, *params]
 
 
 def chat_list_query(

@@ -81,7 +81,9 @@ async def reactions_for(
     rows = await db.fetchall(
         "SELECT reply_to, direction, sender_jid, content FROM messages "
         f"WHERE account_id = ? AND chat_jid = ? AND type = 'reaction' AND reply_to IN ({marks}) "
-        "ORDER BY rowid",
+        # "+": sorting the few reactions found lets the reactions' own index
+        # (messages_reactions, migration 0033) answer, not a walk of the whole chat.
+        "ORDER BY +rowid",
         (account, chat_jid, *ids),
     )
     latest: dict[str, dict[str, str]] = {}

@@ -166,7 +166,7 @@ async def _chat_list(f: Filters, *, limit: int = CHAT_PAGE) -> dict[str, Any]:
         tag_id = await tags_store.tag_id_by_name(db, account, f.tag)
         if tag_id is None:
             return ctx
-        tag_first = await tags_store.tag_chat_count(db, tag_id) <= tags_store.SORT_TAGGED_MAX
+        tag_first = await tags_store.reads_tag_first(db, account, tag_id)
     try:
         rows, next_chats = await queries.list_chats(
             db,

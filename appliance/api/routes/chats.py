@@ -354,7 +354,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
         tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
         if tag_id is None:  # no such tag: no chat carries it
             return _json(ChatPage(items=[], next=None))
-        tag_first = await tags_store.tag_chat_count(db, tag_id) <= tags_store.SORT_TAGGED_MAX
+        tag_first = await tags_store.reads_tag_first(db, account, tag_id)
     rows, next_cursor = await queries.list_chats(
         db,
         account,

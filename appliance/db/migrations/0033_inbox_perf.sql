@@ -1,2 +1,0 @@
--- Reserved for a branch in progress; replaced by its migration.
-SELECT 1;
