@@ -517,6 +517,12 @@ def test_stickers_go_out_as_webp_and_come_in_stored_with_events_and_webhooks(
     assert sticker["stickerMessage"]["mimetype"] == "image/webp"
     webp_out = fake.uploads("w1")[-1]
     assert webp_out[:4] == b"RIFF" and webp_out[8:12] == b"WEBP"
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(webp_out)) as image:
+        assert image.size == (512, 512)  # WhatsApp's sticker size, from a 3x2 PNG
     assert int(sticker["stickerMessage"]["fileLength"]) == len(webp_out)
 
     # Out, a WebP: sent as is, and as a reply (WhatsApp's id in the context).
