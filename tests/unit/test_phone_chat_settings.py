@@ -208,6 +208,10 @@ class _Host:
         self.chats = chats
         self.settling = settling
         self.reports: list[list[PhoneChatSettings]] = []
+        self.saved: list[dict[str, Any]] = []
+
+    async def save_engine_state(self, state: dict[str, Any]) -> None:
+        self.saved.append(state)
 
     async def watched_chats(self, limit: int) -> list[str]:
         return self.chats[:limit]
@@ -217,9 +221,13 @@ class _Host:
         return [s.jid for s in settings if s.jid not in self.settling]
 
 
-def _engine(client: Any, host: Any, **config: Any) -> Any:
+def _engine(client: Any, host: Any, state: dict[str, Any] | None = None, **config: Any) -> Any:
     return SimpleNamespace(
-        client=client, host=host, account_id=ACCOUNT, config=WebSettings.model_validate(config)
+        client=client,
+        host=host,
+        account_id=ACCOUNT,
+        config=WebSettings.model_validate(config),
+        engine_state=state or {"paired": True},
     )
 
 
@@ -245,8 +253,35 @@ def test_the_engine_reports_what_changed_on_the_phone() -> None:
             PhoneChatSettings(BOB, False, False, MUTED_FOREVER),
         ]
         assert client.reads == 10
+        # What was looked at is kept in the engine state (the watched chats only).
+        assert host.saved[-1] == {
+            "paired": True,
+            "chat_settings": {ALICE: [True, True, None], BOB: [False, False, MUTED_FOREVER]},
+        }
+        assert engine.engine_state == host.saved[-1]
         # Without a client (disconnected) nothing is read.
         assert await check_once(_engine(None, host), watch) == 0
+
+    asyncio.run(main())
+
+
+def test_after_a_restart_only_what_changed_meanwhile_is_reported() -> None:
+    """A chat archived only in our inbox stays so; the phone's changes made while the
+    worker was down still come back."""
+    pytest.importorskip("neonize")
+
+    async def main() -> None:
+        kept = {"chat_settings": {ALICE: [False, False, None], BOB: [False, False, None]}}
+        phone = {
+            ALICE: {"Archived": False, "Pinned": False, "MutedUntil": 0.0},  # as before
+            BOB: {"Archived": False, "Pinned": True, "MutedUntil": 0.0},  # pinned meanwhile
+        }
+        host = _Host([ALICE, BOB], settling=set())
+        engine = _engine(_Client(phone), host, state=dict(kept))
+        watch = ChatSettingsWatch(engine.engine_state["chat_settings"])
+        assert await check_once(engine, watch) == 1
+        assert host.reports == [[PhoneChatSettings(BOB, False, True, None)]]
+        assert await check_once(engine, watch) == 0
 
     asyncio.run(main())
 

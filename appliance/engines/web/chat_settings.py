@@ -9,8 +9,9 @@ none of those events on to Python but reads the store with
 ``Pinned``, ``MutedUntil`` as Unix seconds). So the engine watches: every
 ``chat_settings_poll_s`` while connected it reads the settings of the account's
 ``chat_settings_chats`` most recent chats and reports those that changed since it last
-looked (all of them the first time) to the host, which makes our chats match
-(``chat.updated`` with ``by: "phone"``; appliance/messaging/phone_chat_settings.py).
+looked (kept in the engine state; all of them the first time) to the host, which makes
+our chats match (``chat.updated`` with ``by: "phone"``;
+appliance/messaging/phone_chat_settings.py).
 """
 
 from __future__ import annotations
@@ -60,10 +61,19 @@ def phone_settings(jid: str, local: Any) -> PhoneChatSettings | None:
 
 
 class ChatSettingsWatch:
-    """The last settings reported per chat (reported again only when they change)."""
+    """The settings last looked at per chat: a chat is reported again only when
+    whatsmeow's store changed since. Kept in the engine state (``chat_settings``), so a
+    restart neither misses what the phone changed meanwhile nor undoes what the team
+    changed only here (an archive in the inbox that was not sent to WhatsApp). The very
+    first look of an account reports every chat."""
 
-    def __init__(self) -> None:
+    STATE_KEY = "chat_settings"
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
         self.seen: dict[str, PhoneChatSettings] = {}
+        for jid, value in (state or {}).items():
+            archived, pinned, muted_until = value
+            self.seen[jid] = PhoneChatSettings(jid, bool(archived), bool(pinned), muted_until)
 
     def changed(self, found: list[PhoneChatSettings]) -> list[PhoneChatSettings]:
         return [s for s in found if self.seen.get(s.jid) != s]
@@ -73,6 +83,14 @@ class ChatSettingsWatch:
         for settings in reported:
             if settings.jid in done:
                 self.seen[settings.jid] = settings
+
+    def state(self, watched: list[str]) -> dict[str, list[Any]]:
+        """What to keep: the watched chats' settings (the others are forgotten)."""
+        return {
+            jid: [s.archived, s.pinned, s.muted_until]
+            for jid in watched
+            if (s := self.seen.get(jid)) is not None
+        }
 
 
 async def read_settings(client: Any, jids: list[str]) -> list[PhoneChatSettings]:
@@ -101,12 +119,17 @@ async def check_once(engine: WebEngine, watch: ChatSettingsWatch) -> int:
         return 0
     looked = await report(changed)
     watch.looked(changed, looked)
+    if looked:
+        kept = watch.state(jids)
+        if engine.engine_state.get(watch.STATE_KEY) != kept:
+            engine.engine_state = {**engine.engine_state, watch.STATE_KEY: kept}
+            await host.save_engine_state(engine.engine_state)
     return len(changed)
 
 
 async def watch_chat_settings(engine: WebEngine) -> None:
     """Until cancelled: a look every ``chat_settings_poll_s`` (0: never)."""
-    watch = ChatSettingsWatch()
+    watch = ChatSettingsWatch(engine.engine_state.get(ChatSettingsWatch.STATE_KEY))
     while True:
         interval = engine.config.chat_settings_poll_s
         if interval <= 0:
