@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from appliance.errors import EngineError
 from appliance.messaging.history_store import ChatInfo, ContactNames, HistoryBatch, PhoneMessage
 from appliance.messaging.models import CONTENT, Content
+from appliance.messaging.phone_chat_settings import PhoneChatSettings
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,16 @@ class EngineHost(Protocol):
 
     async def on_picture_changed(self, jid: str) -> None:
         """WhatsApp said ``jid``'s profile picture changed: ask again next time."""
+        ...
+
+    async def on_chat_settings(self, settings: list[PhoneChatSettings]) -> list[str]:
+        """Archive, pin and mute as WhatsApp has them (changed on the phone:
+        ``chat.updated``, ``by: phone``); returns the jids looked at, the others (an
+        action of ours still settling) are to be reported again later."""
+        ...
+
+    async def watched_chats(self, limit: int) -> list[str]:
+        """The account's most recently active chats, at most ``limit``."""
         ...
 
 

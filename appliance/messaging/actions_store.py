@@ -260,10 +260,12 @@ async def edit_message(
     edited_at: float,
     now: float,
     sender_jid: str | None = None,
+    outbound_only: bool = False,
 ) -> bool:
     """Replace a text message's body (an edit we made, or one the sender made: then
-    ``sender_jid`` must be the message's sender); appends ``message.edited`` with the
-    previous text. False: no such text message (of that sender), or no change."""
+    ``sender_jid`` must be the message's sender; ``outbound_only``: one of ours, edited
+    on the phone); appends ``message.edited`` with the previous text. False: no such
+    text message (of that sender), or no change."""
     sql = (
         "SELECT chat_jid, direction, body, content FROM messages "
         "WHERE account_id = ? AND id = ? AND type = 'text' AND deleted_at IS NULL"
@@ -272,6 +274,8 @@ async def edit_message(
     if sender_jid is not None:  # an edit someone sent: only of their own message
         sql += " AND direction = 'in' AND sender_jid = ?"
         params += (sender_jid,)
+    if outbound_only:
+        sql += " AND direction = 'out'"
     row = await fetchone_from(conn, sql, params)
     if row is None or row[2] == text:
         return False

@@ -24,6 +24,7 @@ from appliance.engines.base import Engine, InboundMessage, LoggedOut
 from appliance.errors import NotFound
 from appliance.messaging import actions_store, store
 from appliance.messaging.history_store import ChatInfo, ContactNames, HistoryBatch, PhoneMessage
+from appliance.messaging.phone_chat_settings import PhoneChatSettings
 from appliance.messaging.rows import AccountRow
 from appliance.worker.phone_sync import PhoneSyncHost
 
@@ -162,6 +163,12 @@ class AccountRuntime:
 
     async def on_picture_changed(self, jid: str) -> None:
         await self.phone_sync.picture_changed(jid)
+
+    async def on_chat_settings(self, settings: list[PhoneChatSettings]) -> list[str]:
+        return await self.phone_sync.chat_settings(settings)
+
+    async def watched_chats(self, limit: int) -> list[str]:
+        return await self.phone_sync.watched_chats(limit)
 
     async def on_chat_read(self, chat_jid: str) -> None:
         async with self.service.db.write() as conn:

@@ -76,21 +76,24 @@ async def apply_edit(
 ) -> None:
     """An edit WhatsApp delivered (``type: edit``, mapped by the engine): the sender
     changed the text of a message of theirs; ``message.edited`` (``by``: the sender).
-    Edits of messages that are not the sender's own are ignored."""
+    Edits of messages that are not the sender's own are ignored. ``edit.own``: the
+    account edited one of its own outbound messages on the phone (``by: "phone"``)."""
     part = message.content.get("edit") or {}
     target = part.get("message_id") or message.reply_to
     text = part.get("text")
     if not target or not isinstance(text, str) or not text:
         return
+    own = part.get("own") is True
     await actions_store.edit_message(
         conn,
         account_id,
         str(target),
         text,
-        by=message.sender_jid,
+        by="phone" if own else message.sender_jid,
         edited_at=message.timestamp or now,
         now=now,
-        sender_jid=message.sender_jid,
+        sender_jid=None if own else message.sender_jid,
+        outbound_only=own,
     )
 
 

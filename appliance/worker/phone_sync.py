@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.errors import Conflict, NotFound, Unprocessable
-from appliance.messaging import history_store, store
+from appliance.messaging import history_store, phone_chat_settings, store
 from appliance.messaging import media as media_store
 from appliance.messaging.history_store import (
     ChatInfo,
@@ -106,6 +106,22 @@ class PhoneSyncHost:
         if changed:
             await self.events_written()
         return changed
+
+    async def chat_settings(
+        self, settings: list[phone_chat_settings.PhoneChatSettings]
+    ) -> list[str]:
+        """Archive, pin and mute as the phone has them (``chat.updated``, by phone);
+        returns the jids looked at (messaging/phone_chat_settings.py)."""
+        now = time.time()
+        looked, changed = await self.db.write_batched(
+            lambda conn: phone_chat_settings.apply(conn, self.account_id, settings, now=now)
+        )
+        if changed:
+            await self.events_written()
+        return looked
+
+    async def watched_chats(self, limit: int) -> list[str]:
+        return await phone_chat_settings.watched_chats(self.db, self.account_id, limit)
 
     async def picture_changed(self, jid: str) -> None:
         await self.db.write_batched(

@@ -135,6 +135,8 @@ def sniff_mimetype(data: bytes) -> str:
             return mime
     if data[4:8] == b"ftyp":
         return "video/mp4"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
     return "application/octet-stream"
 
 
@@ -236,6 +238,10 @@ class _Account:
     pictures: dict[str, tuple[str, bytes] | str] = field(default_factory=dict)
     picture_asks: int = 0
     picture_downloads: int = 0
+    # whatsmeow's chat-settings store of the linked device: jid -> archived, pinned,
+    # muted_until (Unix seconds, as neonize's get_chat_settings reports it).
+    chat_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chat_settings_reads: int = 0
 
 
 class FakeWhatsAppServer:
@@ -878,7 +884,69 @@ class FakeWhatsAppServer:
         self._paired_conn(conn, "SendAppStateError")
         patch = ev.PatchInfo.FromString(_unb64(frame["b64"]))
         self._app_state.append((account.name, patch))
+        for mutation in patch.Mutations:  # whatsmeow's re-sync applies it to its store
+            self._apply_mutation(account, list(mutation.Index), mutation.Value)
         return {}
+
+    @staticmethod
+    def _apply_mutation(account: _Account, index: list[str], value: Any) -> None:
+        """What whatsmeow's dispatchAppState puts in its chat-settings store."""
+        if len(index) < 2:
+            return
+        kind, chat = index[0], index[1]
+        settings = account.chat_settings.setdefault(
+            chat, {"archived": False, "pinned": False, "muted_until": 0}
+        )
+        if kind == "archive":
+            settings["archived"] = value.archiveChatAction.archived
+        elif kind == "pin_v1":
+            settings["pinned"] = value.pinAction.pinned
+        elif kind == "mute":
+            end = value.muteAction.muteEndTimestamp
+            settings["muted_until"] = (
+                (-1 if end == -1 else end // 1000) if value.muteAction.muted else 0
+            )
+
+    def phone_changes_chat(
+        self,
+        account: str,
+        chat: str,
+        *,
+        archived: bool | None = None,
+        pinned: bool | None = None,
+        muted_until: int | None = None,
+    ) -> None:
+        """The phone archives, pins or mutes (``muted_until``: Unix seconds, -1 always,
+        0 unmuted) a chat: app-state sync brings it into the linked device's store, and
+        no event reaches Python (neonize 0.5.2 passes none on)."""
+        from neonize.proto.waSyncAction import WAWebProtobufSyncAction_pb2 as sync
+
+        def change() -> None:
+            acc = self._account(account)
+            if archived is not None:
+                value = sync.SyncActionValue(
+                    archiveChatAction=sync.ArchiveChatAction(archived=archived)
+                )
+                self._apply_mutation(acc, ["archive", chat], value)
+            if pinned is not None:
+                value = sync.SyncActionValue(pinAction=sync.PinAction(pinned=pinned))
+                self._apply_mutation(acc, ["pin_v1", chat], value)
+            if muted_until is not None:
+                mute = sync.MuteAction(muted=muted_until != 0)
+                if muted_until:
+                    mute.muteEndTimestamp = -1 if muted_until == -1 else muted_until * 1000
+                self._apply_mutation(acc, ["mute", chat], sync.SyncActionValue(muteAction=mute))
+
+        self._call(change)
+
+    def chat_settings_reads(self, account: str) -> int:
+        return int(self._call(lambda: self._account(account).chat_settings_reads))
+
+    def _op_chat_settings(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
+        self._paired_conn(conn, "GetChatSettingsError")
+        account.chat_settings_reads += 1
+        found = account.chat_settings.get(frame["jid"])
+        return {"found": found is not None, **(found or {})}
 
     def _op_chat_presence(self, conn: _Conn, account: _Account, frame: dict[str, Any]) -> Any:
         self._paired_conn(conn, "SendChatPresenceError")
@@ -1271,6 +1339,32 @@ class FakeClient:
         )
         return e2e.Message(documentMessage=part)
 
+    async def build_sticker_message(
+        self, file: bytes | str, passthrough: bool = False, **_kw: Any
+    ) -> e2e.Message:
+        """As neonize 0.5.2: a still image becomes a square WebP (its
+        ``original_sticker`` and Pillow, as neonize does); ``passthrough`` sends a WebP
+        as is and refuses anything else with ``ConvertStickerError``."""
+        from io import BytesIO
+
+        from neonize.utils.calc import original_sticker
+
+        data = _as_bytes(file)
+        if passthrough:
+            if sniff_mimetype(data) != "image/webp":
+                raise _exc(
+                    "ConvertStickerError", "File is not a webp, which is required for passthrough."
+                )
+        else:
+            out = BytesIO()
+            original_sticker(BytesIO(data)).save(out, format="webp", save_all=True, loop=0)
+            data = out.getvalue()
+        up = await self._upload(data)
+        part = e2e.StickerMessage(
+            mimetype=up["mimetype"], isAnimated=False, **self._media_fields(up)
+        )
+        return e2e.Message(stickerMessage=part)
+
     async def download_any(self, message: e2e.Message, path: str | None = None) -> bytes | None:
         part = next((getattr(message, k) for k in MEDIA_KINDS if message.HasField(k)), None)
         if part is None or not part.directPath:
@@ -1302,6 +1396,20 @@ class FakeClient:
             ids=list(message_ids),
             chat=jid_text(chat),
             sender=jid_text(sender),
+        )
+
+    async def get_chat_settings(self, user: ev.JID) -> ev.LocalChatSettings:
+        answer = await self._request("chat_settings", "GetChatSettingsError", jid=jid_text(user))
+        if not answer["found"]:  # whatsmeow's zero LocalChatSettings, as neonize converts it
+            return ev.LocalChatSettings(
+                Found=False, MutedUntil=-62135596800, Pinned=False, Archived=False
+            )
+        muted = answer["muted_until"]
+        return ev.LocalChatSettings(
+            Found=True,
+            MutedUntil=float(muted if muted else -62135596800),
+            Pinned=answer["pinned"],
+            Archived=answer["archived"],
         )
 
     async def send_app_state(self, patch_info: ev.PatchInfo) -> None:

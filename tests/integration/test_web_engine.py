@@ -485,6 +485,127 @@ def test_outbound_image_is_uploaded_and_sent(
     assert fake.uploads("w1")[-1] == png
 
 
+def _webp(size: int = 4) -> bytes:
+    """A real still WebP (Pillow comes with neonize)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGBA", (size, size), (0, 128, 255, 255)).save(out, format="webp")
+    return out.getvalue()
+
+
+def test_stickers_go_out_as_webp_and_come_in_stored_with_events_and_webhooks(
+    app: Appliance, admin: httpx.Client, fake: FakeWhatsAppServer, receiver: Receiver
+) -> None:
+    """Issue 12: a sticker end to end through the real processes, both ways."""
+    _linked(app, admin, fake, "w1", PHONE_1)
+    after = _last_event_id(admin, "w1")
+
+    # Out, from a PNG: neonize's builder makes it a square WebP before uploading it.
+    png = _png(3, 2)
+    uploaded = admin.post("/api/accounts/w1/media", params={"filename": "s.png"}, content=png)
+    assert uploaded.status_code == 201, uploaded.text
+    converted = _send(
+        admin, "w1", {"to": ALICE, "type": "sticker", "sticker": {"id": uploaded.json()["id"]}}
+    )
+    sent = _wait_status(app, admin, "w1", converted, "sent")
+    assert sent["type"] == "sticker" and sent["direction"] == "out"
+    first = _sent_where(fake, "w1", lambda s: s.kind == "stickerMessage")
+    sticker = first.message
+    assert sticker["stickerMessage"]["mimetype"] == "image/webp"
+    webp_out = fake.uploads("w1")[-1]
+    assert webp_out[:4] == b"RIFF" and webp_out[8:12] == b"WEBP"
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(webp_out)) as image:
+        assert image.size == (512, 512)  # WhatsApp's sticker size, from a 3x2 PNG
+    assert int(sticker["stickerMessage"]["fileLength"]) == len(webp_out)
+
+    # Out, a WebP: sent as is, and as a reply (WhatsApp's id in the context).
+    webp = _webp()
+    stored = admin.post("/api/accounts/w1/media", params={"filename": "s.webp"}, content=webp)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["content_type"] == "image/webp"
+    sends = len(fake.sent("w1"))
+    as_is = _send(
+        admin,
+        "w1",
+        {
+            "to": ALICE,
+            "type": "sticker",
+            "sticker": {"id": stored.json()["id"]},
+            "context": {"message_id": converted},
+        },
+    )
+    _wait_status(app, admin, "w1", as_is, "sent")
+    reply = fake.wait_sent("w1", sends + 1)[-1].message["stickerMessage"]
+    assert fake.uploads("w1")[-1] == webp
+    assert reply["contextInfo"]["stanzaID"] == first.id  # WhatsApp's id, not ours
+
+    # In: stored with its media downloadable, one message.received event and webhook.
+    blob = fake.add_media(webp, "image/webp")
+    inbound = e2e_sticker(blob)
+    received = fake.push_message("w1", inbound, chat=ALICE_JID, push_name="Alice")
+    fake.wait_acked("w1", received)
+    message = _message(admin, "w1", received)
+    assert message is not None
+    assert (message["direction"], message["type"], message["status"]) == (
+        "in",
+        "sticker",
+        "received",
+    )
+    part = message["content"]["sticker"]
+    assert part["id"].startswith("med_") and part["mime_type"] == "image/webp"
+    assert part["file_size"] == len(webp)
+    media = admin.get(f"/api/accounts/w1/media/{part['id']}")
+    assert media.status_code == 200 and media.content == webp
+    assert media.headers["content-type"] == "image/webp"
+
+    events = _events(admin, "w1", "message.received", "message.sent", after=after)
+    by_id = {(e["type"], e["data"]["id"]): e["data"] for e in events}
+    assert by_id[("message.received", received)]["content"]["sticker"]["id"] == part["id"]
+    assert {("message.sent", converted), ("message.sent", as_is)} <= set(by_id)
+    hooked = _wait(
+        lambda: [
+            e
+            for e in receiver.events("message.received")
+            if e["data"]["id"] == received and e["data"]["type"] == "sticker"
+        ],
+        20,
+        "the sticker's message.received webhook",
+    )
+    assert hooked[0]["data"]["content"]["sticker"]["id"] == part["id"]
+    _wait(
+        lambda: {e["data"]["id"] for e in receiver.events("message.sent")} >= {converted, as_is},
+        20,
+        "the stickers' message.sent webhooks",
+    )
+    assert receiver.unverified == 0
+
+
+def e2e_sticker(blob: dict[str, Any]) -> Any:
+    """A StickerMessage pointing at a blob of the fake's media servers."""
+    import base64
+
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    part = e2e.StickerMessage(
+        URL=blob["url"],
+        directPath=blob["direct_path"],
+        mediaKey=base64.b64decode(blob["media_key"]),
+        fileSHA256=base64.b64decode(blob["sha256"]),
+        fileEncSHA256=base64.b64decode(blob["enc_sha256"]),
+        fileLength=blob["length"],
+        mimetype=blob["mimetype"],
+        isAnimated=False,
+    )
+    return e2e.Message(stickerMessage=part)
+
+
 # -- failures stay with their account ---------------------------------------------------------
 
 

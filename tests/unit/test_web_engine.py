@@ -35,6 +35,7 @@ from appliance.engines.web import (  # noqa: E402
     WebEngineError,
     map_inbound,
 )
+from tests.samples import png as sample_png  # noqa: E402
 
 ME = "15550001111"
 ALICE = "15552223333@s.whatsapp.net"
@@ -590,8 +591,8 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
         assert world.uploaded == [b"\x89PNG..."]
         assert sent_image.caption == "cat" and sent_image.contextInfo.stanzaID == "WATHEIRS"
         assert sent_image.contextInfo.participant == ALICE
-        # Stickers (issue 12): a WebP goes as is, a PNG is converted by neonize; a
-        # reply quotes like any media message.
+        # Stickers (issue 12): a WebP goes as is, a PNG is scaled onto WhatsApp's
+        # 512x512 and converted by neonize; a reply quotes like any media message.
         webp = tmp_path / "s.webp"
         webp.write_bytes(b"RIFF....WEBP")
         sticker = {"type": "sticker", "sticker": {"id": "med_abcdefgh"}}
@@ -602,11 +603,28 @@ def test_sends_keep_the_pre_assigned_id_and_a_retry_is_not_resent(tmp_path: Path
         sent_sticker = world.sent[-1][1].stickerMessage
         assert sent_sticker.mimetype == "image/webp"
         assert sent_sticker.contextInfo.stanzaID == "WATHEIRS"
+        wide = tmp_path / "wide.png"
+        wide.write_bytes(sample_png(4, 2))
         await engine.send(
-            out("3EB0APP8", "sticker", sticker, media_path=str(media_file), media_type="image/png")
+            out("3EB0APP8", "sticker", sticker, media_path=str(wide), media_type="image/png")
         )
         assert world.stickers == [True, False]
-        assert world.uploaded[-2:] == [b"RIFF....WEBP", b"\x89PNG..."]
+        assert world.uploaded[-2] == b"RIFF....WEBP"
+        from io import BytesIO
+
+        from PIL import Image
+
+        with Image.open(BytesIO(world.uploaded[-1])) as square:
+            assert (square.format, square.size, square.mode) == ("PNG", (512, 512), "RGBA")
+            assert square.getpixel((0, 0))[3] == 0  # padded: transparent above the image
+            assert square.getpixel((256, 256)) == (255, 0, 0, 255)  # the red image, scaled
+        with pytest.raises(SendError) as broken:  # not an image: no sticker, no retry
+            await engine.send(
+                out("3EB0APP9", "sticker", sticker, media_path=str(media_file),
+                    media_type="image/png")
+            )  # fmt: skip
+        assert broken.value.permanent and "a sticker needs" in str(broken.value)
+        assert world.stickers == [True, False]
         no_file = out("3EB0APP6", "image", {"type": "image", "image": {"id": "med_abcdefgh"}})
         with pytest.raises(SendError) as err:
             await engine.send(no_file)

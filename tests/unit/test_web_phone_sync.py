@@ -462,6 +462,103 @@ def test_a_delete_for_everyone_made_on_the_phone_reaches_the_inbound_commit(
     run(tmp_path, test)
 
 
+def test_an_edit_made_on_the_phone_changes_our_own_message_and_is_not_a_row(
+    tmp_path: Path,
+) -> None:
+    """Our message (typed on the phone, or sent through the API: named by our id) edited
+    on the phone: the text changes with ``message.edited`` by phone; no row of its own."""
+    from appliance.worker.actions_loop import apply_edit
+
+    async def test(db: Database, engine: WebEngine, host: Host) -> None:
+        committed: list[Any] = []
+
+        async def on_inbound(batch: list[Any]) -> list[bool]:
+            committed.extend(batch)
+            async with db.write() as conn:
+                for message in batch:
+                    await apply_edit(conn, "acc1", message, time.time())
+            return [True] * len(batch)
+
+        engine.host.on_inbound = on_inbound  # type: ignore[attr-defined]
+        await engine.on_message(own_event("see you at 5", "3EB0PHONE7"))
+
+        def edit_of(target: str, text: str, wa_id: str) -> ev.Message:
+            edit = e2e.ProtocolMessage(
+                key={"remoteJID": ALICE, "fromMe": True, "ID": target},
+                type=e2e.ProtocolMessage.MESSAGE_EDIT,
+                editedMessage=e2e.Message(conversation=text),
+            )
+            event = own_event("", wa_id)
+            event.Message.Clear()
+            event.Message.editedMessage.message.protocolMessage.CopyFrom(edit)
+            return event
+
+        await engine.on_message(edit_of("3EB0PHONE7", "see you at 6", "3EB0EDIT1"))
+        (inbound,) = committed
+        assert (inbound.type, inbound.reply_to) == ("edit", "3EB0PHONE7")
+        assert inbound.content["edit"] == {
+            "message_id": "3EB0PHONE7",
+            "text": "see you at 6",
+            "own": True,
+        }
+        (row,) = await messages(db)  # the edit is not a message of its own
+        assert (row[0], row[1], row[5]) == ("3EB0PHONE7", "out", "see you at 6")
+        ((_kind, data),) = await events(db, "message.edited")
+        assert (data["id"], data["by"], data["previous_text"]) == (
+            "3EB0PHONE7",
+            "phone",
+            "see you at 5",
+        )
+        # One of our API sends, edited on the phone: named by WhatsApp's id, applied to ours.
+        await engine._ids.attempt("3EB0APP5", ALICE)
+        await engine._ids.accepted("3EB0APP5", "3EB0WA5")
+        await engine.on_message(edit_of("3EB0WA5", "new text", "3EB0EDIT2"))
+        assert committed[-1].reply_to == "3EB0APP5"
+        assert committed[-1].content["edit"]["message_id"] == "3EB0APP5"
+
+    run(tmp_path, test)
+
+
+def test_an_own_edit_never_changes_a_received_message(tmp_path: Path) -> None:
+    from appliance.engines.base import InboundMessage
+    from appliance.worker.actions_loop import apply_edit
+
+    async def test(db: Database, engine: WebEngine, host: Host) -> None:
+        async with db.write() as conn:
+            await store.insert_inbound(
+                conn,
+                account_id="acc1",
+                message_id="3AINBOUND",
+                chat_jid=ALICE,
+                sender_jid=ALICE,
+                sender_name=None,
+                type_="text",
+                body="theirs",
+                content={"type": "text", "text": {"body": "theirs"}},
+                reply_to=None,
+                media_id=None,
+                wa_timestamp=T0,
+                now=time.time(),
+            )
+            own_edit = InboundMessage(
+                id="3EB0EDIT3",
+                chat_jid=ALICE,
+                sender_jid=f"{ME}@s.whatsapp.net",
+                type="edit",
+                content={
+                    "type": "edit",
+                    "edit": {"message_id": "3AINBOUND", "text": "x", "own": True},
+                },
+                reply_to="3AINBOUND",
+            )
+            await apply_edit(conn, "acc1", own_edit, time.time())
+        (row,) = await messages(db)
+        assert row[5] == "theirs"
+        assert await events(db, "message.edited") == []
+
+    run(tmp_path, test)
+
+
 def test_the_history_import_pauses_after_each_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

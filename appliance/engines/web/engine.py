@@ -293,11 +293,18 @@ class WebEngine(PhoneSync, Engine):
         closed = self.connection.closed
         if closed is None:
             return "not connected"
+        from appliance.engines.web.chat_settings import watch_chat_settings
+
+        watcher = asyncio.create_task(watch_chat_settings(self))  # the phone's archive/pin/mute
         try:
             return await self.connection.serve(closed)
         except LoggedOut:
             await self._unpaired()
             raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
 
     async def _outcome(self, closed: asyncio.Future[str]) -> str:
         """The connection's end: dispose the client; LoggedOut also forgets the session."""

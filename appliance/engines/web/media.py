@@ -20,6 +20,27 @@ from appliance.engines.web.connection import GO_GATE
 from appliance.engines.web.protobuf import describe, send_error
 
 MediaDownloader = Callable[[Any, Any], Awaitable[bytes]]  # (client, message proto) -> bytes
+STICKER_SIZE = 512  # WhatsApp's stickers are 512x512
+
+
+def sticker_square(data: bytes) -> bytes:
+    """A still image (PNG, JPEG, ...) as WhatsApp's sticker size, as PNG: scaled (up or
+    down) to fit 512x512, centred on a transparent 512x512 square. neonize then makes it
+    a WebP; by itself it would only pad the image to a square of its own size."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as opened:
+        image = opened.convert("RGBA")
+    scale = STICKER_SIZE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    square = Image.new("RGBA", (STICKER_SIZE, STICKER_SIZE), (0, 0, 0, 0))
+    square.paste(image, ((STICKER_SIZE - size[0]) // 2, (STICKER_SIZE - size[1]) // 2), image)
+    out = BytesIO()
+    square.save(out, format="PNG")
+    return out.getvalue()
 
 
 async def with_media(
@@ -53,6 +74,14 @@ async def build_media(client: Any, message: OutboundMessage, context: Any) -> An
     except OSError as exc:
         raise SendError(f"media file unreadable: {exc}", permanent=True) from exc
     caption = part.caption
+    passthrough = message.media_type == "image/webp"
+    if message.type == "sticker" and not passthrough:
+        try:
+            data = await asyncio.to_thread(sticker_square, data)
+        except Exception as exc:  # Pillow cannot read it: no sticker can be made of it
+            raise SendError(
+                f"a sticker needs a WebP, PNG or JPEG image: {describe(exc)}", permanent=True
+            ) from exc
     try:
         async with GO_GATE.shared():  # uploads to WhatsApp's media servers
             if message.type == "image":
@@ -62,10 +91,8 @@ async def build_media(client: Any, message: OutboundMessage, context: Any) -> An
             elif message.type == "audio":
                 built = await client.build_audio_message(data)
             elif message.type == "sticker":
-                # neonize makes a 512x512 WebP sticker of a PNG or JPEG; a WebP goes as is.
-                built = await client.build_sticker_message(
-                    data, passthrough=message.media_type == "image/webp"
-                )
+                # a WebP goes as is; neonize makes a WebP of the 512x512 PNG made above.
+                built = await client.build_sticker_message(data, passthrough=passthrough)
             else:
                 built = await client.build_document_message(
                     data,

@@ -26,6 +26,15 @@ class WebSettings(Strict):
         default=None, description="Override the account's download_media setting"
     )
     show_push_notification: bool = Field(default=True, description="Pairing code: notify the phone")
+    chat_settings_poll_s: float = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Read archive/pin/mute made on the phone this often (0: never)",
+    )
+    chat_settings_chats: int = Field(
+        default=300, ge=1, le=5000, description="How many of the newest chats are read"
+    )
 
 
 class WebEngineError(RuntimeError):

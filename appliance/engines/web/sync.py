@@ -14,6 +14,7 @@ the host (``EngineHost``), which stores and emits events:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -87,11 +88,16 @@ class PhoneSync:
         if await self._own.is_echo(str(event.Info.ID)):
             return  # one of our sends: stored already, under our id
         mapped = map_inbound(event, own=True)
-        if mapped is not None and mapped[0].type == "revoke":
-            # Deleted for everyone on the phone: applied like a received revoke (the
-            # target named by our id when it was one of our sends).
+        if mapped is not None and mapped[0].type in ("revoke", "edit"):
+            # Deleted for everyone or edited on the phone: applied like a received
+            # revoke or edit (the target named by our id when it was one of our sends);
+            # an edit marked ``own``: it changes one of the account's own messages.
             engine = self._engine()
-            await engine._commit(await engine._our_ids(mapped[0]))
+            inbound = mapped[0]
+            if inbound.type == "edit":
+                edit = {**inbound.content["edit"], "own": True}
+                inbound = dataclasses.replace(inbound, content={**inbound.content, "edit": edit})
+            await engine._commit(await engine._our_ids(inbound))
             return
         message = map_own(event)
         if message is None:
