@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from appliance.webhooks.client import SNIPPET_BYTES, DeliveryClient
 from tests.unit.test_ssrf import _self_signed
 
