@@ -152,8 +152,8 @@ class DeliveryClient:
             return done(error=f"refused: {exc.message}")
         except ssrf.FetchFailed as exc:
             return done(error=exc.message)
-        request = self._request(target, body, headers)
         try:
+            request = self._request(target, body, headers)
             async with asyncio.timeout(timeout_s):
                 status, retry_after, snippet = await self._exchange(target, request, body)
         except TimeoutError:
@@ -172,7 +172,7 @@ class DeliveryClient:
         fields.append(("Content-Length", str(len(body))))
         try:
             return h11.Request(method="POST", target=path, headers=fields)
-        except h11.LocalProtocolError as exc:  # a header h11 refuses to send
+        except (h11.LocalProtocolError, UnicodeError, ValueError) as exc:  # a bad header
             raise _Failed(f"LocalProtocolError: {exc}") from None
 
     async def _exchange(

@@ -295,3 +295,21 @@ def test_https_checks_the_certificate_against_the_host_name_with_sni(tmp_path: P
         assert len(receiver.requests) == 2
 
     asyncio.run(body())
+
+
+def test_a_header_that_cannot_be_sent_is_a_failed_attempt_not_an_exception() -> None:
+    async def body() -> None:
+        async with Receiver(always(answer())) as receiver:
+            client = DeliveryClient()
+            result = await client.post(
+                f"http://127.0.0.1:{receiver.port}/",
+                b"{}",
+                {"X-Bad": "line\r\nbreak", "X-Text": "caf\u00e9\u2603"},
+                allowed_networks=LOCAL,
+                timeout_s=5,
+            )
+            await client.close()
+        assert result.status is None and (result.error or "").startswith("LocalProtocolError")
+        assert receiver.connections == 0
+
+    asyncio.run(body())
