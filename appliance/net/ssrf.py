@@ -29,6 +29,7 @@ names itself, after our check.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -275,8 +276,13 @@ class _Parsed:
     port: int
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_url(url: str) -> _Parsed:
-    """Syntax checks only: http(s), a host, no userinfo, a port in 1-65535."""
+    """Syntax checks only: http(s), a host, no userinfo, a port in 1-65535.
+
+    A pure function of the string, so cached (webhook deliveries parse the same few URLs
+    at every attempt; it was a fifth of the delivery client's profile). Resolving and
+    checking the addresses (``resolve_and_check``) is never cached."""
     if not isinstance(url, str) or not url:
         raise RefusedUrl("the URL is empty")
     if len(url) > MAX_URL_LENGTH:

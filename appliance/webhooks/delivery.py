@@ -7,9 +7,11 @@ Ordering: deliveries to one endpoint start in event-id order, but up to its
 ``max_concurrency`` run at once and retries go out later, so receivers must not rely
 on order; each payload carries the event id (and ``webhook-id``) to order and de-dupe by.
 
-One POST (``Poster``) goes through the SSRF guard: the host is resolved and checked at
-each attempt, the connection goes to the checked address, redirects are never
-followed, and only the first bytes of the answer are kept."""
+One POST (``client.DeliveryClient``) goes through the SSRF guard: the host is resolved
+and checked at each attempt, the connection goes to the checked address (kept alive
+for that host name and address), redirects are never followed, and only the first
+bytes of the answer are kept. An event's JSON body is encoded once for all of its
+endpoints (kept with the event in a small cache)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,10 @@ import contextlib
 import datetime
 import email.utils
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import aiosqlite
-import httpx
 import orjson
 
 from appliance import __version__
@@ -35,10 +34,10 @@ from appliance.db.database import Database
 from appliance.db.queue import DurableQueue, Job, ack_in
 from appliance.messaging import store as messaging_store
 from appliance.messaging.rows import EventRow
-from appliance.net import ssrf
 from appliance.observability import tracing
 from appliance.observability.context import child_traceparent
 from appliance.webhooks import store
+from appliance.webhooks.client import AttemptResult, DeliveryClient
 from appliance.webhooks.contracts import RESERVED_HEADERS, WEBHOOK_QUEUE
 from appliance.webhooks.endpoints import Endpoints
 from appliance.webhooks.housekeeping import EndpointHealth
@@ -52,115 +51,9 @@ CLAIM_BATCH = 64  # jobs leased per claim
 MAX_INFLIGHT = 256  # delivery tasks (waiting for a slot, posting, recording) before claiming more
 EVENT_CACHE = 4096  # events read for delivery, kept for the other endpoints of a fan-out
 MAX_RETRY_AFTER_S = 24 * 3600
-SNIPPET_BYTES = 1024
 
 
-@dataclass(frozen=True)
-class AttemptResult:
-    status: int | None
-    retry_after: str | None
-    snippet: str | None
-    error: str | None
-    duration_ms: float
-
-
-class Poster:
-    """HTTP clients for deliveries, one per receiver host name.
-
-    Requests go to the checked IP address, and httpx pools connections by address: a
-    client per host name keeps a TLS connection verified for one name from carrying
-    another name's deliveries (two hosts behind one CDN address).
-    """
-
-    MAX_CLIENTS = 256
-
-    def __init__(self, *, resolver: ssrf.Resolver | None = None) -> None:
-        self.resolver = resolver
-        self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
-
-    def _client(self, target: ssrf.Target) -> httpx.AsyncClient:
-        key = (target.scheme, target.host, target.port)
-        client = self._clients.get(key)
-        if client is None:
-            if len(self._clients) >= self.MAX_CLIENTS:  # forget the oldest receiver's pool
-                oldest = next(iter(self._clients))
-                old = self._clients.pop(oldest)
-                task = asyncio.get_running_loop().create_task(old.aclose())
-                task.add_done_callback(lambda _: None)
-            client = httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-            )
-            self._clients[key] = client
-        return client
-
-    async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
-
-    async def post(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        allowed_networks: Iterable[ssrf.IPNetwork],
-        timeout_s: float,
-    ) -> AttemptResult:
-        start = time.perf_counter()
-
-        def done(
-            status: int | None = None,
-            *,
-            retry_after: str | None = None,
-            snippet: str | None = None,
-            error: str | None = None,
-        ) -> AttemptResult:
-            return AttemptResult(
-                status, retry_after, snippet, error, (time.perf_counter() - start) * 1000
-            )
-
-        try:
-            target = await ssrf.resolve_and_check(url, allowed_networks, resolver=self.resolver)
-        except ssrf.RefusedUrl as exc:
-            return done(error=f"refused: {exc.message}")
-        except ssrf.FetchFailed as exc:
-            return done(error=exc.message)
-        send_headers = {**headers, "Host": target.host_header}
-        extensions = {}
-        if target.scheme == "https" and not target.host_is_ip:
-            extensions["sni_hostname"] = target.host
-        client = self._client(target)
-        request = client.build_request(
-            "POST",
-            target.connect_url(),
-            content=body,
-            headers=send_headers,
-            extensions=extensions,
-            timeout=httpx.Timeout(timeout_s),
-        )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TimeoutException:
-            return done(error=f"timed out after {timeout_s:g} s")
-        except httpx.HTTPError as exc:
-            return done(error=f"{type(exc).__name__}: {exc}"[:500])
-        try:
-            snippet = b""
-            async for chunk in response.aiter_bytes():
-                snippet += chunk
-                if len(snippet) >= SNIPPET_BYTES:
-                    break
-        except httpx.HTTPError:
-            pass
-        finally:
-            await response.aclose()
-        text = snippet[:SNIPPET_BYTES].decode("utf-8", "replace")
-        return done(
-            response.status_code, retry_after=response.headers.get("Retry-After"), snippet=text
-        )
+Poster = DeliveryClient  # the delivery HTTP client (client.py); the old name
 
 
 def repeats_at_a_kill(max_concurrency: int) -> int:
@@ -240,7 +133,8 @@ class Deliverer:
             max_inflight=MAX_INFLIGHT,
             what="webhook deliveries",
         )
-        self._events: OrderedDict[int, EventRow] = OrderedDict()
+        # event id -> (event, its JSON body): encoded once for every endpoint
+        self._events: OrderedDict[int, tuple[EventRow, bytes]] = OrderedDict()
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
         self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
@@ -262,10 +156,11 @@ class Deliverer:
         if not endpoint.enabled:
             await self._finish(job, endpoint, None, "dead", "endpoint is disabled")
             return
-        event = await self._event(job.payload["event_id"])
-        if event is None:
+        cached = await self._event(job.payload["event_id"])
+        if cached is None:
             await self._finish(job, endpoint, None, "dead", "event no longer exists")
             return
+        event, body = cached
         # With tracing on, the delivery joins the trace of the span that wrote the event.
         with tracing.span(
             "webhook.deliver",
@@ -279,23 +174,27 @@ class Deliverer:
             },
         ):
             async with self.endpoints.slots(endpoint):
-                result = await self._attempt(endpoint, event)
+                result = await self._attempt(endpoint, event, body)
                 # The slot is held until the outcome is committed: see repeats_at_a_kill().
                 await self._record(job, endpoint, event, result)
 
-    async def _event(self, event_id: int) -> EventRow | None:
-        """The event row; events never change, so one read serves every endpoint."""
-        event = self._events.get(event_id)
-        if event is None:
+    async def _event(self, event_id: int) -> tuple[EventRow, bytes] | None:
+        """The event row and its body; events never change, so one read (and one JSON
+        encoding) serves every endpoint."""
+        cached = self._events.get(event_id)
+        if cached is None:
             event = await messaging_store.event_row(self.db, event_id)
-            if event is not None:
-                self._events[event_id] = event
-                while len(self._events) > EVENT_CACHE:
-                    self._events.popitem(last=False)
-        return event
+            if event is None:
+                return None
+            body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
+            cached = self._events[event_id] = (event, body)
+            while len(self._events) > EVENT_CACHE:
+                self._events.popitem(last=False)
+        return cached
 
-    async def _attempt(self, endpoint: store.Endpoint, event: EventRow) -> AttemptResult:
-        body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
+    async def _attempt(
+        self, endpoint: store.Endpoint, event: EventRow, body: bytes
+    ) -> AttemptResult:
         now = self.clock()
         msg_id = str(event.id)
         timestamp = int(now)
