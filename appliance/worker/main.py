@@ -37,6 +37,7 @@ from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.ops.scheduled import ScheduledBackups
+from appliance.ops.storage_watch import StorageWatch
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
@@ -156,6 +157,12 @@ class Worker:
         # Queue, account, disk metrics and the built-in alerts (system.alert events).
         self._spawn(
             Monitor(self.db, self.settings, events_written=messaging.events_written).run_forever()
+        )
+        # Disk full: the storage_full alert, written from a reserve (ops/storage_watch.py).
+        self._spawn(
+            StorageWatch(
+                self.db, self.settings, events_written=messaging.events_written
+            ).run_forever()
         )
         if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
             backups = ScheduledBackups(
