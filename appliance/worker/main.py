@@ -37,6 +37,7 @@ from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.ops.scheduled import ScheduledBackups
+from appliance.ops.secrets_watch import SecretsWatch
 from appliance.ops.storage_watch import StorageWatch
 from appliance.runtime import boot
 from appliance.secrets import Secrets
@@ -162,6 +163,15 @@ class Worker:
         self._spawn(
             StorageWatch(
                 self.db, self.settings, events_written=messaging.events_written
+            ).run_forever()
+        )
+        # Stored values the data key cannot open (after a restore): an alert naming them.
+        self._spawn(
+            SecretsWatch(
+                self.db,
+                self.settings,
+                DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
+                events_written=messaging.events_written,
             ).run_forever()
         )
         if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
