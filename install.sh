@@ -457,7 +457,8 @@ fi
 # -- before the new code migrates the database: a backup of it ---------------------------
 # The worker migrates at its start; this backup (online, consistent even while the old
 # code runs) is what `appliancectl restore` takes back if the upgrade goes wrong.
-PENDING="$("$VENV/bin/python" -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
+# -P: the installed code's migrations, never an appliance/ package in the current directory.
+PENDING="$("$VENV/bin/python" -P -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
 if [ -n "$PENDING" ]; then
   FROM_SCHEMA="${PENDING% *}"
   TO_SCHEMA="${PENDING#* }"
@@ -488,7 +489,7 @@ start_new_code() {
 # pre-upgrade backup go back, and the previous version runs again.
 roll_back() {
   local failed_schema
-  failed_schema="$("$VENV/bin/python" -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" --schema 2>/dev/null || echo unknown)"
+  failed_schema="$("$VENV/bin/python" -P -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" --schema 2>/dev/null || echo unknown)"
   echo "install.sh: error: the new version did not start (database schema now: $failed_schema); rolling back. Why: $LOGS/worker.log" >&2
   "$CTL" --prefix "${ROOT:-/}" stop >/dev/null 2>&1 || true
   stop_appliance

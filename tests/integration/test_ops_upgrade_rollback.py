@@ -76,6 +76,7 @@ def test_a_failed_migration_rolls_the_upgrade_back(
             capture_output=True,
             text=True,
             timeout=1500,
+            cwd=REPO,  # where an operator runs it from: a checkout with the OLD appliance/
         )
         out = result.stdout + result.stderr
         assert result.returncode != 0, out
