@@ -276,6 +276,20 @@ if [ "${#MADE[@]}" -gt 0 ]; then
   chmod 0640 "$MADE_LIST"
 fi
 
+# -- an upgrade keeps the previous code until the new one has started --------------------
+# If the new code fails to migrate or start, install.sh puts this copy back (and the
+# pre-upgrade backup, below) and starts the previous version again; removed on success.
+PREVIOUS="$OPT/previous"
+rm -rf "$PREVIOUS"
+if [ "$START" -eq 1 ] && [ -x "$VENV/bin/appliancectl" ] && [ -f "$DATA/appliance.db" ]; then
+  mkdir -p "$PREVIOUS"
+  cp -a "$VENV" "$PREVIOUS/venv"
+  for f in supervisord.conf requirements.lock; do
+    [ ! -f "$OPT/$f" ] || cp -a "$OPT/$f" "$PREVIOUS/$f"
+  done
+  say "kept the previous code in $PREVIOUS until the new one runs"
+fi
+
 # -- code: a venv with this source installed into it (re-run = upgrade) ------------------
 # Code is not secret: readable and executable by everyone (the service user runs it),
 # writable by the installing user only.
@@ -443,7 +457,8 @@ fi
 # -- before the new code migrates the database: a backup of it ---------------------------
 # The worker migrates at its start; this backup (online, consistent even while the old
 # code runs) is what `appliancectl restore` takes back if the upgrade goes wrong.
-PENDING="$("$VENV/bin/python" -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
+# -P: the installed code's migrations, never an appliance/ package in the current directory.
+PENDING="$("$VENV/bin/python" -P -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" 2>/dev/null || true)"
 if [ -n "$PENDING" ]; then
   FROM_SCHEMA="${PENDING% *}"
   TO_SCHEMA="${PENDING#* }"
@@ -458,17 +473,51 @@ if [ -n "$PENDING" ]; then
 fi
 
 # -- run it: start, or apply the upgrade to the running appliance -------------------------
-if [ "$START" -eq 1 ]; then
+start_new_code() {
   if ! running; then
     "$CTL" --prefix "${ROOT:-/}" start --wait 90
   elif have_systemd && [ "$UNIT_CHANGED" -eq 1 ]; then
     say "the systemd unit changed: restarting it"
-    systemctl restart "$UNIT"
-    "$CTL" --prefix / start --wait 90
+    systemctl restart "$UNIT" && "$CTL" --prefix / start --wait 90
   else
     # Rolling (no refused connection) unless the schema or supervisord's settings changed.
     "$CTL" --prefix "${ROOT:-/}" reload --wait 90
   fi
+}
+
+# The new code did not start (a migration failed, say): the previous code and the
+# pre-upgrade backup go back, and the previous version runs again.
+roll_back() {
+  local failed_schema
+  failed_schema="$("$VENV/bin/python" -P -m appliance.ops.pre_upgrade --prefix "${ROOT:-/}" --schema 2>/dev/null || echo unknown)"
+  echo "install.sh: error: the new version did not start (database schema now: $failed_schema); rolling back. Why: $LOGS/worker.log" >&2
+  "$CTL" --prefix "${ROOT:-/}" stop >/dev/null 2>&1 || true
+  stop_appliance
+  rm -rf "$VENV"
+  mv "$PREVIOUS/venv" "$VENV"
+  for f in supervisord.conf requirements.lock; do
+    [ ! -f "$PREVIOUS/$f" ] || mv -f "$PREVIOUS/$f" "$OPT/$f"
+  done
+  rm -rf "$PREVIOUS"
+  say "the previous code is back in $VENV"
+  if [ -n "${PRE_UPGRADE:-}" ]; then
+    # The old code restores (it verifies the archive first) and starts.
+    "$CTL" --prefix "${ROOT:-/}" restore "$PRE_UPGRADE" --wait 90 \
+      || die "rolling back: restoring $PRE_UPGRADE failed too (see above); the data before that restore is in $(dirname "$DATA")/$(basename "$DATA").rollback-*. Try: $CTL restore $PRE_UPGRADE"
+    say "the database is back at schema $FROM_SCHEMA from $PRE_UPGRADE"
+  else
+    "$CTL" --prefix "${ROOT:-/}" start --wait 90 \
+      || die "rolling back: the previous version did not start either; see $LOGS"
+  fi
+  die "the upgrade failed and was rolled back: the previous version runs again (backup before the upgrade: ${PRE_UPGRADE:-none, the schema did not change}). Fix the cause (see $LOGS/worker.log), then re-run install.sh"
+}
+
+if [ "$START" -eq 1 ]; then
+  if ! start_new_code; then
+    [ -d "$PREVIOUS/venv" ] || die "the appliance did not start; see $LOGS"
+    roll_back
+  fi
+  rm -rf "$PREVIOUS"
 elif running; then
   say "not restarted (--no-start): the running processes use the old code until: $CTL reload"
 fi

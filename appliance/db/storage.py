@@ -20,7 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from appliance.errors import StorageFull
+
+# Every write refused for want of room, by store ("database", "media"): the Prometheus
+# alert ApplianceStorageFull fires on its increase (runbook/alerts.md).
+STORAGE_FULL_ERRORS = Counter(
+    "appliance_storage_full_errors_total",
+    "Writes refused because the filesystem or the database was full, by store.",
+    ["store"],
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,7 @@ def storage_full(exc: BaseException, what: str = "the database") -> StorageFull 
         return None
     if isinstance(exc, StorageFull):
         return exc
+    STORAGE_FULL_ERRORS.labels(store="media" if "media" in what else "database").inc()
     now = time.time()
     if _state["since"] is None:
         _state["since"] = now
@@ -61,6 +72,13 @@ def mark_written() -> None:
     if _state["since"] is not None:
         log.warning("storage writable again after %.0f s", time.time() - float(_state["since"]))
         _state.update(since=None, last=None, error="")
+
+
+def recent_failure(now: float | None = None) -> bool:
+    """Whether this process failed a write for want of room in the last ``RECENT_S``."""
+    now = time.time() if now is None else now
+    last = _state["last"]
+    return last is not None and now - float(last) < RECENT_S
 
 
 def disk_check(directory: Path, *, now: float | None = None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from appliance.messaging.models import SandboxSettings, jid_phone, recipient_jid
 log = logging.getLogger(__name__)
 
 INBOX_BATCH = 500
+INBOX_RETRY_S = 1.0
 INBOX_POLL_S = 0.5
 
 
@@ -225,12 +226,21 @@ class SandboxEngine(Engine):
     async def _deliver_inbox(self) -> None:
         """Hand waiting inbox entries to the host; delete them once committed."""
         while True:
-            rows = await store.sandbox_inbox(self.db, self.account_id, INBOX_BATCH)
-            if rows:
-                messages = [self._from_inbox(r) for r in rows]
-                await self.host.on_inbound(messages)  # committed when this returns
-                async with self.db.write() as conn:  # exactly what was delivered
-                    await store.sandbox_inbox_delete(conn, self.account_id, [r.seq for r in rows])
+            try:
+                rows = await store.sandbox_inbox(self.db, self.account_id, INBOX_BATCH)
+                if rows:
+                    messages = [self._from_inbox(r) for r in rows]
+                    await self.host.on_inbound(messages)  # committed when this returns
+                    async with self.db.write() as conn:  # exactly what was delivered
+                        await store.sandbox_inbox_delete(
+                            conn, self.account_id, [r.seq for r in rows]
+                        )
+                    continue
+            except Exception:
+                # A disk full, say: the entries stay in the inbox and are handed over
+                # again (ids make that idempotent) instead of waiting for the next poke.
+                log.exception("sandbox inbox delivery failed", extra={"account": self.account_id})
+                await asyncio.sleep(INBOX_RETRY_S)
                 continue
             self._inbox_wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -50,8 +50,9 @@ MANIFEST = "manifest.json"
 DB_MEMBER = "data/appliance.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Beside the database: its WAL and shared memory (the snapshot replaces them), the
-# write lock file (empty, recreated by every process).
-SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal", ".writelock")
+# write lock file (empty, recreated by every process), the worker's disk reserve (zeros,
+# ops/storage_watch.py).
+SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal", ".writelock", "disk-reserve", "disk-reserve.tmp")
 COUNTED_TABLES = (
     "accounts",
     "messages",

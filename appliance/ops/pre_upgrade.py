@@ -4,7 +4,8 @@
 versions) when the installation's database is older than this code's migrations,
 and nothing otherwise (no database yet, already current, or newer: a downgrade, which
 the worker refuses by itself). install.sh then takes a backup before anything
-migrates (runbook/operations.md, "Upgrading").
+migrates (runbook/operations.md, "Upgrading"). ``--schema`` prints the database's
+version (install.sh names it when an upgrade failed and is rolled back).
 """
 
 from __future__ import annotations
@@ -38,10 +39,28 @@ def pending_migration(paths: Paths) -> tuple[int, int] | None:
     return None
 
 
+def schema_version(paths: Paths) -> int:
+    """The installation's database schema version (0: no database)."""
+    db_path = load_settings(paths).database_path
+    if not db_path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        return read_schema_version(conn)
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.ops.pre_upgrade")
     parser.add_argument("--prefix", default=None)
+    parser.add_argument(
+        "--schema", action="store_true", help="print the database's schema version instead"
+    )
     args = parser.parse_args(argv)
+    if args.schema:
+        print(schema_version(Paths.discover(args.prefix)))
+        return 0
     pending = pending_migration(Paths.discover(args.prefix))
     if pending is not None:
         print(f"{pending[0]} {pending[1]}")

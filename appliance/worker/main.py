@@ -37,6 +37,8 @@ from appliance.ipc import protocol
 from appliance.ipc.server import RpcServer
 from appliance.observability.metrics import mark_started
 from appliance.ops.scheduled import ScheduledBackups
+from appliance.ops.secrets_watch import SecretsWatch
+from appliance.ops.storage_watch import StorageWatch
 from appliance.runtime import boot
 from appliance.secrets import Secrets
 from appliance.webhooks.dispatcher import Dispatcher
@@ -156,6 +158,21 @@ class Worker:
         # Queue, account, disk metrics and the built-in alerts (system.alert events).
         self._spawn(
             Monitor(self.db, self.settings, events_written=messaging.events_written).run_forever()
+        )
+        # Disk full: the storage_full alert, written from a reserve (ops/storage_watch.py).
+        self._spawn(
+            StorageWatch(
+                self.db, self.settings, events_written=messaging.events_written
+            ).run_forever()
+        )
+        # Stored values the data key cannot open (after a restore): an alert naming them.
+        self._spawn(
+            SecretsWatch(
+                self.db,
+                self.settings,
+                DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
+                events_written=messaging.events_written,
+            ).run_forever()
         )
         if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
             backups = ScheduledBackups(

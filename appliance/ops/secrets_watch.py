@@ -1,0 +1,133 @@
+"""The ``stored_secrets_undecryptable`` built-in alert: stored values the data key
+cannot open, named, instead of failing silently.
+
+After a restore onto an installation with other secrets (or a replaced ``data-key``),
+webhook signing secrets and header values, a cloud account's token and app secret and
+stored idempotency answers were encrypted with a key this installation does not have.
+``appliancectl check`` lists them; the worker checks the same at its start and every
+``CHECK_INTERVAL_S`` and raises this alert (a ``system_alerts`` row and a
+``system.alert`` event, so webhooks that still work and the event stream carry it),
+with what is affected and what to re-enter in ``details`` (names only, never a value).
+When nothing is left unreadable it resolves. runbook/restore.md says what to re-enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from appliance.config import Settings
+from appliance.crypto import DataCipher
+from appliance.db.database import Database
+from appliance.messaging.store import append_event
+from appliance.observability.metrics import BUILTIN_ALERTS
+from appliance.ops import alerts_store
+from appliance.ops.stored_secrets import Undecryptable, undecryptable
+
+log = logging.getLogger(__name__)
+
+RULE = "stored_secrets_undecryptable"
+SEVERITY = "critical"
+SUMMARY = "stored secrets cannot be decrypted with this data key: re-enter them"
+CHECK_INTERVAL_S = 600.0
+
+
+class SecretsWatch:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        cipher: DataCipher,
+        *,
+        events_written: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.cipher = cipher
+        self.events_written = events_written
+        self.clock = clock
+        BUILTIN_ALERTS.labels(rule=RULE).set(0)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("stored secrets check failed")
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    def _scan(self) -> list[Undecryptable]:
+        path = self.settings.database_path
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return undecryptable(conn, self.cipher)
+        finally:
+            conn.close()
+
+    async def check_once(self) -> list[Undecryptable]:
+        found = await asyncio.to_thread(self._scan)
+        now = self.clock()
+        details: dict[str, Any] = {
+            "affected": [item.what for item in found],
+            "fix": [item.fix for item in found],
+        }
+        changed = False
+        async with self.db.write() as conn:
+            alert = await alerts_store.open_alert(conn, RULE, "")
+            if found and alert is None:
+                alert_id = await alerts_store.raise_alert(
+                    conn,
+                    rule=RULE,
+                    subject="",
+                    severity=SEVERITY,
+                    summary=SUMMARY,
+                    details=details,
+                    at=now,
+                )
+                await append_event(
+                    conn, "system.alert", None, _data(alert_id, "raised", now, None, details), now
+                )
+                changed = True
+            elif found and alert is not None and alert.details != details:
+                await alerts_store.set_details(conn, alert.id, details)
+            elif not found and alert is not None:
+                await alerts_store.resolve_alert(conn, RULE, "", now, details)
+                await append_event(
+                    conn,
+                    "system.alert",
+                    None,
+                    _data(alert.id, "resolved", alert.raised_at, now, details),
+                    now,
+                )
+                changed = True
+        BUILTIN_ALERTS.labels(rule=RULE).set(1 if found else 0)
+        if found:
+            log.error(
+                "stored secrets cannot be decrypted with this data key",
+                extra={"rule": RULE, "affected": details["affected"]},
+            )
+        if changed and self.events_written is not None:
+            await self.events_written()
+        return found
+
+
+def _data(
+    alert_id: int, state: str, raised_at: float, resolved_at: float | None, details: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "alert_id": alert_id,
+        "rule": RULE,
+        "state": state,
+        "severity": SEVERITY,
+        "summary": SUMMARY,
+        "subject": "",
+        "raised_at": raised_at,
+        "resolved_at": resolved_at,
+        "details": details,
+        "runbook": f"runbook/alerts.md#{RULE}",
+    }
