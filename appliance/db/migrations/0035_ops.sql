@@ -1,2 +1,3 @@
--- Reserved for a branch in progress; replaced by its migration.
+-- No schema change. This number was reserved for the operations work of the seventh
+-- session, which needed none; it stays so that the numbering has no gap.
 SELECT 1;
