@@ -3,10 +3,12 @@
 
 Each run writes ``appliance-<host>-<stamp>.tar.gz`` (``ops.archive``, in a thread: the
 snapshot is one read transaction, writers go on), then removes the oldest archives of
-that pattern beyond ``BACKUP_KEEP``. Metrics: runs by outcome, the last success time,
-the last archive's size. A failed run logs an error and raises the built-in alert
-``backup_failed`` (a ``system_alerts`` row and a ``system.alert`` event, the shape of
-runbook/alerts.md); the next successful run resolves it.
+that pattern beyond ``BACKUP_KEEP``. Metrics: runs by outcome, the last success and
+failure times, the schedule's interval, the last archive's size (the Prometheus rules
+ApplianceBackupFailing and ApplianceBackupMissing read them). A failed run logs an
+error and raises the built-in alert ``backup_failed`` (a ``system_alerts`` row and a
+``system.alert`` event, the shape of runbook/alerts.md); the next successful run
+resolves it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ BACKUP_LAST_SUCCESS = Gauge(
     "When the last scheduled backup succeeded (Unix time).",
     multiprocess_mode="mostrecent",
 )
+BACKUP_LAST_FAILURE = Gauge(
+    "appliance_backup_last_failure_timestamp_seconds",
+    "When the last scheduled backup failed (Unix time; 0: none failed).",
+    multiprocess_mode="mostrecent",
+)
+BACKUP_INTERVAL = Gauge(
+    "appliance_backup_schedule_interval_seconds",
+    "Seconds between two scheduled backups (BACKUP_SCHEDULE's next two times); 0: none.",
+    multiprocess_mode="mostrecent",
+)
 BACKUP_LAST_SIZE = Gauge(
     "appliance_backup_last_size_bytes",
     "Size of the last archive a scheduled backup wrote.",
@@ -54,6 +66,22 @@ MAX_SLEEP_S = 60.0
 
 def next_run(schedule: str, now: float) -> float:
     return float(croniter(schedule, datetime.fromtimestamp(now, UTC)).get_next(float))
+
+
+def interval(schedule: str, now: float) -> float:
+    """Seconds between the schedule's next two times: what "missing" is measured in."""
+    times = croniter(schedule, datetime.fromtimestamp(now, UTC))
+    first = float(times.get_next(float))
+    return float(times.get_next(float)) - first
+
+
+def newest_archive_time(directory: Path) -> float | None:
+    """When the newest archive in ``directory`` was written, if there is one."""
+    try:
+        times = [p.stat().st_mtime for p in directory.glob(ARCHIVE_GLOB)]
+    except OSError:
+        return None
+    return max(times, default=None)
 
 
 def prune(directory: Path, keep: int) -> list[Path]:
@@ -82,8 +110,22 @@ class ScheduledBackups:
         self.events_written = events_written
         self.clock = clock
 
+    def publish_start(self) -> None:
+        """The gauges the backup alerts read, set at the worker's start: a restart must
+        neither read as "no backup ever" (the newest archive's time, else now: the wait
+        for a first backup starts here) nor keep a removed schedule's interval."""
+        schedule = self.settings.backup_schedule
+        if not schedule:
+            BACKUP_INTERVAL.set(0)
+            return
+        now = self.clock()
+        BACKUP_INTERVAL.set(interval(schedule, now))
+        newest = newest_archive_time(Path(self.settings.backup_dir))
+        BACKUP_LAST_SUCCESS.set(newest if newest is not None else now)
+
     async def run_forever(self) -> None:
         schedule = self.settings.backup_schedule
+        self.publish_start()
         if not schedule:
             return
         while True:
@@ -101,6 +143,7 @@ class ScheduledBackups:
             removed = await asyncio.to_thread(prune, directory, self.settings.backup_keep)
         except Exception as exc:
             BACKUP_RUNS.labels("failed").inc()
+            BACKUP_LAST_FAILURE.set(self.clock())
             log.error("scheduled backup failed", extra={"error": str(exc), "dir": str(directory)})
             await self._alert(str(exc))
             return None

@@ -174,11 +174,12 @@ class Worker:
                 events_written=messaging.events_written,
             ).run_forever()
         )
-        if self.settings.backup_schedule:  # appliance/ops/scheduled.py; runbook/backup.md
-            backups = ScheduledBackups(
-                self.db, self.settings, Paths.discover(), events_written=messaging.events_written
-            )
-            self._spawn(backups.run_forever())
+        # appliance/ops/scheduled.py; runbook/backup.md. Without a schedule it only says
+        # so to the backup alerts' gauges and returns.
+        backups = ScheduledBackups(
+            self.db, self.settings, Paths.discover(), events_written=messaging.events_written
+        )
+        self._spawn(backups.run_forever())
         log.info("worker ready", extra={"schema_version": self.schema_version})
 
     async def run(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from appliance.config import load_settings
 from appliance.db.database import Database
-from appliance.ops.scheduled import ScheduledBackups, next_run
+from appliance.ops.scheduled import ScheduledBackups, interval, next_run
 from tests.unit.test_ops_backup import _install
 
 
@@ -53,6 +54,7 @@ def test_scheduled_backups_keep_the_newest_and_alert_on_failure(tmp_path: Path) 
     failed_before = _metric("appliance_backup_runs_total", outcome="failed")
     assert _run(paths, settings, 1_900_000_000) is None
     assert _metric("appliance_backup_runs_total", outcome="failed") == failed_before + 1
+    assert _metric("appliance_backup_last_failure_timestamp_seconds") == 1_900_000_000
     conn = sqlite3.connect(settings.database_path)
     try:
         rows = conn.execute("SELECT type, data FROM events WHERE type = 'system.alert'").fetchall()
@@ -89,3 +91,43 @@ def test_schedule_is_cron_in_utc_and_needs_a_directory(tmp_path: Path) -> None:
         fh.write("BACKUP_SCHEDULE=17 3 * * *\n")
     with pytest.raises(Exception, match="BACKUP_DIR"):
         load_settings(paths, environ={})
+
+
+def test_a_restart_publishes_the_schedule_and_the_newest_archive(tmp_path: Path) -> None:
+    """The backup alerts read these gauges: a restarted worker must not look like one
+    that never backed up, nor keep a removed schedule's interval."""
+    paths, _ = _install(tmp_path / "inst")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    with paths.env_file.open("a") as fh:
+        fh.write(f"BACKUP_SCHEDULE=17 3 * * *\nBACKUP_DIR={backups}\n")
+    settings = load_settings(paths, environ={})
+    now = 1_800_000_000.0
+
+    def publish(settings) -> None:
+        async def go() -> None:
+            db = await Database.open(settings.database_path)
+            try:
+                ScheduledBackups(db, settings, paths, clock=lambda: now).publish_start()
+            finally:
+                await db.close()
+
+        asyncio.run(go())
+
+    publish(settings)  # no archive yet: the wait for the first one starts now
+    assert _metric("appliance_backup_schedule_interval_seconds") == 86400
+    assert _metric("appliance_backup_last_success_timestamp_seconds") == now
+
+    older, newer = backups / "appliance-h-1.tar.gz", backups / "appliance-h-2.tar.gz"
+    for archive, written in ((older, now - 7200), (newer, now - 3600)):
+        archive.write_bytes(b"x")
+        os.utime(archive, (written, written))
+    unrelated = backups / "unrelated.tar.gz"  # not an archive of ours, and the newest
+    unrelated.write_bytes(b"x")
+    os.utime(unrelated, (now, now))
+    publish(settings)
+    assert _metric("appliance_backup_last_success_timestamp_seconds") == now - 3600
+
+    publish(load_settings(_install(tmp_path / "bare")[0], environ={}))  # no schedule
+    assert _metric("appliance_backup_schedule_interval_seconds") == 0
+    assert interval("0 */6 * * *", now) == 6 * 3600
