@@ -1,5 +1,7 @@
 """requirements.lock (scripts/lock, installed by install.sh with --require-hashes)
-covers every dependency of pyproject.toml, and only versions pyproject allows."""
+covers every dependency of pyproject.toml, and only versions pyproject allows;
+requirements-test.lock (installed by scripts/test, so by CI) does the same for the
+`test` extra, with the appliance's own dependencies at the very same pins."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
 
 
-def _lock() -> dict[str, tuple[str, list[str]]]:
-    """name -> (version, hashes), from requirements.lock."""
-    text = (REPO / "requirements.lock").read_text()
+def _lock(name: str = "requirements.lock") -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes), from a lock file at the repository's root."""
+    text = (REPO / name).read_text()
     entries: dict[str, tuple[str, list[str]]] = {}
     blocks = re.split(r"\n(?=[A-Za-z0-9])", text)
     for block in blocks:
@@ -28,9 +30,10 @@ def _lock() -> dict[str, tuple[str, list[str]]]:
     return entries
 
 
-def _dependencies() -> list[Requirement]:
+def _dependencies(extra: str | None = None) -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [Requirement(spec) for spec in project["dependencies"]]
+    specs = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return [Requirement(spec) for spec in specs]
 
 
 def test_every_pyproject_dependency_is_locked_at_an_allowed_version() -> None:
@@ -69,3 +72,23 @@ def test_the_lock_is_closed_under_dependencies() -> None:
             assert canonicalize_name(requirement.name) in lock, (
                 f"{name} needs {requirement.name}, missing from requirements.lock"
             )
+
+
+def test_the_test_lock_covers_the_test_extra_and_the_runtime_pins() -> None:
+    runtime, test = _lock(), _lock("requirements-test.lock")
+    for requirement in _dependencies("test"):
+        name = canonicalize_name(requirement.name)
+        assert name in test, f"{requirement} is not in requirements-test.lock: run scripts/lock"
+        assert requirement.specifier.contains(test[name][0], prereleases=True), (
+            f"requirements-test.lock pins {name}=={test[name][0]}, pyproject.toml wants "
+            f"{requirement}: run scripts/lock"
+        )
+    # What the appliance runs on is tested at the versions install.sh installs.
+    for name, (version, _) in runtime.items():
+        assert name in test, f"{name} is in requirements.lock, not in requirements-test.lock"
+        assert test[name][0] == version, (
+            f"{name}: requirements.lock pins {version}, requirements-test.lock "
+            f"{test[name][0]}: run scripts/lock"
+        )
+    for name, (version, hashes) in test.items():
+        assert hashes, f"{name}=={version} has no --hash: scripts/test's --require-hashes fails"
