@@ -1,16 +1,19 @@
-"""``appliancectl backup`` while the sandbox engine injects inbound messages at 300 a
-second (its load mode, in the worker: a count and a time limit), then restore.
+"""``appliancectl backup`` while 300 messages a second flow: the sandbox engine injects
+250 inbound a second (its load mode, in the worker: a count and a time limit) and a
+thread here sends 50 a second through the API; then restore.
 
 The archive verifies (every file against the manifest's sha256, the database's
 ``PRAGMA integrity_check``: ``ops.archive.verify_and_extract``, what ``restore`` runs
 first); the inbound messages committed before the backup started are all in it, and
 all there after ``appliancectl restore`` of it. The load must still be running when
 the backup ends (asserted through the load's own counters), so the snapshot was taken
-while the worker committed."""
+while the worker committed. Likewise every send answered 202 before the backup started
+(a 202 is a commit) is in the archive and back after the restore."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 ENV = "API_RATE_LIMIT_PER_MIN=100000\nAPI_RATE_LIMIT_PER_ADDR_PER_MIN=100000\n"
 FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
-RATE = 300.0
+RATE = 250.0  # inbound a second, injected by the worker
+SEND_RATE = 50.0  # sends a second, through the API from a thread here
 DURATION_S = 60.0  # the worker stops the load by itself after this
 
 
@@ -39,19 +43,57 @@ def _wait(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
-def _inbound_ids(db: Path) -> set[str]:
+def _message_ids(db: Path, direction: str) -> set[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
         rows = conn.execute(
-            "SELECT id FROM messages WHERE account_id = 'bl' AND direction = 'in'"
+            "SELECT id FROM messages WHERE account_id = 'bl' AND direction = ?", (direction,)
         ).fetchall()
     finally:
         conn.close()
     return {r[0] for r in rows}
 
 
+def _inbound_ids(db: Path) -> set[str]:
+    return _message_ids(db, "in")
+
+
+class Sender(threading.Thread):
+    """Sends through the API at about SEND_RATE until stopped (bounded: count and time);
+    records when each 202 came and the message id it gave."""
+
+    def __init__(self, app, key: str) -> None:
+        super().__init__(daemon=True)
+        self.app, self.key = app, key
+        self.stop = threading.Event()
+        self.accepted: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        limit_s = DURATION_S + 120
+        deadline = time.monotonic() + limit_s
+        with bearer(self.app, self.key) as c:
+            for i in range(int(SEND_RATE * limit_s)):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                body = {"to": f"+90555{i % 50:07d}", "type": "text", "text": {"body": f"n {i}"}}
+                try:
+                    response = c.post("/api/accounts/bl/messages", json=body)
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{i}: {type(exc).__name__}")
+                    continue
+                if response.status_code == 202:
+                    self.accepted.append((time.monotonic(), response.json()["id"]))
+                else:
+                    self.failures.append(f"{i}: {response.status_code} {response.text[:200]}")
+                time.sleep(1 / SEND_RATE)
+
+    def accepted_before(self, moment: float) -> set[str]:
+        return {message_id for at, message_id in list(self.accepted) if at < moment}
+
+
 @pytest.mark.timeout(2400)
-def test_backup_while_300_inbound_a_second_verifies_and_restores(
+def test_backup_while_300_messages_a_second_verifies_and_restores(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     archive = tmp_path / "under-load.tar.gz"
@@ -79,13 +121,25 @@ def test_backup_while_300_inbound_a_second_verifies_and_restores(
             )
             assert load.status_code == 202, load.text
             began = time.monotonic()
-            _wait(lambda: status()["load_committed"] >= 300, 60, "the load under way")
+            sender = Sender(app, key)
+            sender.start()
+            try:
+                _wait(lambda: status()["load_committed"] >= 300, 60, "the load under way")
+                _wait(lambda: len(sender.accepted) >= 50, 60, "the sends under way")
 
-            before = _inbound_ids(app.db_path)  # committed before the backup starts
-            at_start = status()
-            app.ctl("backup", "--to", str(archive), timeout=600)
-            at_end = status()
-            backup_s = time.monotonic() - began
+                cut = time.monotonic()
+                before = _inbound_ids(app.db_path)  # committed before the backup starts
+                sent_before = sender.accepted_before(cut)
+                at_start = status()
+                app.ctl("backup", "--to", str(archive), timeout=600)
+                at_end = status()
+                sends_during = len(sender.accepted_before(time.monotonic())) - len(sent_before)
+                backup_s = time.monotonic() - began
+            finally:
+                sender.stop.set()
+                sender.join(timeout=60)
+            assert not sender.failures, sender.failures[:10]
+            assert sends_during > 0, "no send was accepted while the backup ran"
             # The worker kept committing while the backup ran.
             assert at_start["running"] and at_end["load_committed"] > at_start["load_committed"]
             assert at_end["running"], "the load ended before the backup did: not under load"
@@ -96,20 +150,23 @@ def test_backup_while_300_inbound_a_second_verifies_and_restores(
                 f"\nload: {done['load_committed']} committed of {done['load_injected']} in "
                 f"{elapsed:.0f}s ({done['load_committed'] / elapsed:.0f}/s; p95 "
                 f"{done['latency_ms_p95']} ms); backup ended {backup_s:.0f}s in, "
-                f"{len(before)} inbound before it"
+                f"{len(before)} inbound and {len(sent_before)} sends before it, "
+                f"{sends_during} sends during it"
             )
-        assert len(before) >= 300
+        assert len(before) >= 300 and len(sent_before) >= 50
 
         # The archive verifies: checksums, integrity_check, schema version.
         manifest = verify_and_extract(archive, tmp_path / "staging")
         staged = tmp_path / "staging" / "data" / "appliance.db"
         assert before <= _inbound_ids(staged)
+        assert sent_before <= _message_ids(staged, "out")
         assert manifest["counts"]["messages"] >= len(before)
 
         # And restores: everything committed before the backup is back.
         app.ctl("restore", str(archive), timeout=600)
         app.wait_ready(timeout_s=120)
         assert before <= _inbound_ids(app.db_path)
+        assert sent_before <= _message_ids(app.db_path, "out")
         assert "integrity ok" in app.ctl("check").stdout
         with httpx.Client(base_url=app.base_url, timeout=10) as anon:
             assert anon.get("/readyz").status_code == 200
