@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 ENV = "API_RATE_LIMIT_PER_MIN=100000\nAPI_RATE_LIMIT_PER_ADDR_PER_MIN=100000\n"
 FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
 RATE = 250.0  # inbound a second, injected by the worker
-SEND_RATE = 50.0  # sends a second, through the API from a thread here
+SEND_RATE = 50.0  # sends a second, through the API from threads here
+SENDERS = 4  # a request can take longer than 1 / SEND_RATE under this load
 DURATION_S = 60.0  # the worker stops the load by itself after this
 
 
@@ -59,12 +60,12 @@ def _inbound_ids(db: Path) -> set[str]:
 
 
 class Sender(threading.Thread):
-    """Sends through the API at about SEND_RATE until stopped (bounded: count and time);
-    records when each 202 came and the message id it gave."""
+    """Sends through the API at ``rate`` a second until stopped (bounded: count and
+    time); records when each 202 came and the message id it gave."""
 
-    def __init__(self, app, key: str) -> None:
+    def __init__(self, app, key: str, rate: float, nth: int) -> None:
         super().__init__(daemon=True)
-        self.app, self.key = app, key
+        self.app, self.key, self.rate, self.nth = app, key, rate, nth
         self.stop = threading.Event()
         self.accepted: list[tuple[float, str]] = []
         self.failures: list[str] = []
@@ -72,11 +73,16 @@ class Sender(threading.Thread):
     def run(self) -> None:
         limit_s = DURATION_S + 120
         deadline = time.monotonic() + limit_s
+        started = time.monotonic()
         with bearer(self.app, self.key) as c:
-            for i in range(int(SEND_RATE * limit_s)):
+            for i in range(int(self.rate * limit_s)):
+                # Paced by the clock, not by a sleep after each answer: ``rate`` a second
+                # whatever a request takes (up to 1 / rate).
+                time.sleep(max(0.0, started + i / self.rate - time.monotonic()))
                 if self.stop.is_set() or time.monotonic() > deadline:
                     return
-                body = {"to": f"+90555{i % 50:07d}", "type": "text", "text": {"body": f"n {i}"}}
+                to = f"+90555{self.nth}{i % 50:06d}"
+                body = {"to": to, "type": "text", "text": {"body": f"n {i}"}}
                 try:
                     response = c.post("/api/accounts/bl/messages", json=body)
                 except httpx.HTTPError as exc:
@@ -86,7 +92,6 @@ class Sender(threading.Thread):
                     self.accepted.append((time.monotonic(), response.json()["id"]))
                 else:
                     self.failures.append(f"{i}: {response.status_code} {response.text[:200]}")
-                time.sleep(1 / SEND_RATE)
 
     def accepted_before(self, moment: float) -> set[str]:
         return {message_id for at, message_id in list(self.accepted) if at < moment}
@@ -121,24 +126,33 @@ def test_backup_while_300_messages_a_second_verifies_and_restores(
             )
             assert load.status_code == 202, load.text
             began = time.monotonic()
-            sender = Sender(app, key)
-            sender.start()
+            senders = [Sender(app, key, SEND_RATE / SENDERS, n) for n in range(SENDERS)]
+            for sender in senders:
+                sender.start()
+
+            def accepted_before(moment: float) -> set[str]:
+                return set().union(*(sender.accepted_before(moment) for sender in senders))
+
             try:
                 _wait(lambda: status()["load_committed"] >= 300, 60, "the load under way")
-                _wait(lambda: len(sender.accepted) >= 50, 60, "the sends under way")
+                _wait(lambda: len(accepted_before(time.monotonic())) >= 50, 60, "sends under way")
 
                 cut = time.monotonic()
                 before = _inbound_ids(app.db_path)  # committed before the backup starts
-                sent_before = sender.accepted_before(cut)
+                sent_before = accepted_before(cut)
                 at_start = status()
                 app.ctl("backup", "--to", str(archive), timeout=600)
                 at_end = status()
-                sends_during = len(sender.accepted_before(time.monotonic())) - len(sent_before)
+                sends_during = len(accepted_before(time.monotonic())) - len(sent_before)
                 backup_s = time.monotonic() - began
+                send_rate = len(accepted_before(time.monotonic())) / (time.monotonic() - began)
             finally:
-                sender.stop.set()
-                sender.join(timeout=60)
-            assert not sender.failures, sender.failures[:10]
+                for sender in senders:
+                    sender.stop.set()
+                for sender in senders:
+                    sender.join(timeout=60)
+            failures = [f for sender in senders for f in sender.failures]
+            assert not failures, failures[:10]
             assert sends_during > 0, "no send was accepted while the backup ran"
             # The worker kept committing while the backup ran.
             assert at_start["running"] and at_end["load_committed"] > at_start["load_committed"]
@@ -151,7 +165,7 @@ def test_backup_while_300_messages_a_second_verifies_and_restores(
                 f"{elapsed:.0f}s ({done['load_committed'] / elapsed:.0f}/s; p95 "
                 f"{done['latency_ms_p95']} ms); backup ended {backup_s:.0f}s in, "
                 f"{len(before)} inbound and {len(sent_before)} sends before it, "
-                f"{sends_during} sends during it"
+                f"{sends_during} sends during it ({send_rate:.0f} sends/s)"
             )
         assert len(before) >= 300 and len(sent_before) >= 50
 
