@@ -9,7 +9,6 @@ agents get the 403 page. An account's message age stays on the account's screen.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,9 +16,9 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
-from appliance.api.audit import audit
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, form_errors, page, see_other
+from appliance.api.routes.retention import update_retention_audited
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
 from appliance.inbox import retention_store as store
@@ -77,15 +76,5 @@ async def save_settings() -> Response:
         data = RetentionSettingsIn.model_validate(body)
     except ValidationError as exc:
         return await _settings_page(raw, form_errors(exc), 400)
-    async with _db().write() as conn:
-        await store.set_settings(
-            conn, events_days=data.events_days, audit_days=data.audit_days, now=time.time()
-        )
-        await audit(
-            conn,
-            "retention.update",
-            target="retention",
-            events_days=data.events_days,
-            audit_days=data.audit_days,
-        )
+    await update_retention_audited(data)
     return see_other("/panel/settings?saved=1")

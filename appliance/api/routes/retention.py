@@ -63,6 +63,12 @@ async def put_retention(data: RetentionSettingsIn) -> dict[str, Any]:
 
     The daily pass applies them; `POST /api/retention/run` applies them now.
     """
+    return (await update_retention_audited(data)).model_dump(mode="json")
+
+
+async def update_retention_audited(data: RetentionSettingsIn) -> RetentionSettings:
+    """Set the event-log and audit-log ages with their audit entry: the API's PUT and
+    the panel's settings form."""
     async with _db().write() as conn:
         await store.set_settings(
             conn, events_days=data.events_days, audit_days=data.audit_days, now=time.time()
@@ -74,8 +80,7 @@ async def put_retention(data: RetentionSettingsIn) -> dict[str, Any]:
             events_days=data.events_days,
             audit_days=data.audit_days,
         )
-        updated = await store.settings(conn)
-    return updated.model_dump(mode="json")
+        return await store.settings(conn)
 
 
 @bp.get("/api/accounts/<account>/retention")
