@@ -86,9 +86,31 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 
 def _percentile_of_sorted(ordered: Sequence[float], p: float) -> float:
-    if len(ordered) == 1:
+    return _percentile_at(len(ordered), ordered, p)
+
+
+def ranks_needed(n: int) -> set[int]:
+    """The 0-based ranks of ``n`` sorted values that ``summarize`` reads (median, p90)."""
+    return {
+        i
+        for p in (50, 90)
+        for i in (math.floor((n - 1) * p / 100.0), math.ceil((n - 1) * p / 100.0))
+    }
+
+
+def summarize_ranks(n: int, at: Mapping[int, float]) -> Summary:
+    """What ``summarize`` gives for ``n`` values when only the values at ``ranks_needed(n)``
+    of their sorted order are known (``at``: rank -> value; the SQL picks them)."""
+    if n == 0:
+        return Summary(0, None, None)
+    return Summary(n, _percentile_at(n, at, 50), _percentile_at(n, at, 90))
+
+
+def _percentile_at(n: int, ordered: Sequence[float] | Mapping[int, float], p: float) -> float:
+    """The ``p``-th percentile of ``n`` sorted values; ``ordered[i]``: the i-th (0-based)."""
+    if n == 1:
         return float(ordered[0])
-    rank = (len(ordered) - 1) * p / 100.0
+    rank = (n - 1) * p / 100.0
     low = math.floor(rank)
     high = math.ceil(rank)
     fraction = rank - low

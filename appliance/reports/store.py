@@ -250,26 +250,55 @@ _DURATIONS = {
 }
 
 
-async def durations(
+# The 0-based ranks of n sorted values that the median and p90 read (compute.ranks_needed:
+# floor and ceil of (n - 1) * p / 100), in integer SQL.
+_RANKS_SQL = "((n - 1) / 2, n / 2, (n - 1) * 9 / 10, ((n - 1) * 9 + 9) / 10)"
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Durations of one group (an agent, or everyone): how many, and the values at the
+    ranks the median and p90 need (``{rank: seconds}``)."""
+
+    count: int
+    at: dict[int, float]
+
+
+async def duration_ranks(
     db: ReadSource,
     account_id: str,
     since: float,
     until: float,
     agent_id: int | None,
     which: str,
-) -> list[tuple[int | None, float]]:
-    """``[(agent, seconds), ...]`` of first responses or resolutions in the range, every
-    second counted (no business hours), sorted by seconds: what ``first_responses`` and
-    ``resolutions`` give, subtracted in SQL."""
+) -> tuple[Ranked, dict[int | None, Ranked]]:
+    """First responses or resolutions in the range, every second counted (no business
+    hours): (everyone, per agent), each with only the sorted values its median and p90
+    read. The range is a covering scan of its index (migration 0036); SQLite sorts and
+    ranks, so a year returns a few rows per agent instead of one per conversation."""
     start, end = _DURATIONS[which]
     agent, agent_params = _agent_clause(agent_id)
     rows = await fetchall_from(
         db,
-        f"SELECT assignee_id, {end} - {start} AS s FROM report_conversations "
-        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent} ORDER BY s",
+        f"WITH d AS MATERIALIZED (SELECT assignee_id AS a, {end} - {start} AS s "
+        f"FROM report_conversations WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent}), "
+        "r AS (SELECT 0 AS g, a, s, ROW_NUMBER() OVER (PARTITION BY a ORDER BY s) - 1 AS i, "
+        "COUNT(*) OVER (PARTITION BY a) AS n FROM d "
+        "UNION ALL SELECT 1, NULL, s, ROW_NUMBER() OVER (ORDER BY s) - 1, COUNT(*) OVER () "
+        f"FROM d) SELECT g, a, n, i, s FROM r WHERE i IN {_RANKS_SQL}",
         [account_id, since, until, *agent_params],
     )
-    return [(r[0], float(r[1])) for r in rows]
+    overall = Ranked(0, {})
+    agents: dict[int | None, Ranked] = {}
+    for g, a, n, i, seconds in rows:
+        if g:
+            if not overall.count:
+                overall = Ranked(int(n), {})
+            group = overall
+        else:
+            group = agents.setdefault(a, Ranked(int(n), {}))
+        group.at[int(i)] = float(seconds)
+    return overall, agents
 
 
 @dataclass(frozen=True)
