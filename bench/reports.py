@@ -355,18 +355,27 @@ RESPONSE_INDEXES = REPO / "appliance/db/migrations/0036_reports_response.sql"
 
 
 def _response_indexes_redone(path: Path) -> bool:
-    """Whether migration 0036's covering indexes had to be built now. A file migrated by
-    a revision where 0036 was still the reserved no-op records version 36 as applied
-    without them, so ``migrate`` skips it; its statements (two indexes replaced, no
-    data changed) are then run here, once, so such a file measures this revision."""
+    """Whether migration 0036's indexes had to be built now. A file migrated by a
+    revision where 0036 was still the reserved no-op records version 36 as applied
+    without them, so ``migrate`` skips it; its statements (indexes replaced and added,
+    no data changed) are then run here, once, so such a file measures this revision."""
+    sql = RESPONSE_INDEXES.read_text(encoding="utf-8")
+    statements = dict(re.findall(r"CREATE INDEX (\w+)(.*?);", sql, flags=re.S))
+
+    def same(a: str, b: str) -> bool:
+        return " ".join(a.split()) == " ".join(b.split())
+
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        row = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE name = 'report_conversations_responded'"
-        ).fetchone()
-        if row is None or "assignee_id" in row[0]:
+        have = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+        if all(same(have.get(n) or "", f"CREATE INDEX {n}{d}") for n, d in statements.items()):
             return False
-        conn.executescript(f"BEGIN; {RESPONSE_INDEXES.read_text(encoding='utf-8')} COMMIT;")
+        conn.execute("BEGIN")
+        for name in statements:
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        for name, definition in statements.items():
+            conn.execute(f"CREATE INDEX {name}{definition}")
+        conn.execute("COMMIT")
         conn.execute("ANALYZE")
         return True
     finally:

@@ -20,6 +20,7 @@ from itertools import pairwise
 from typing import Any, NamedTuple
 
 from appliance.db.database import ReadSource, fetchall_from, fetchone_from
+from appliance.reports import compute
 
 Segments = Sequence[tuple[int, int]]
 
@@ -250,18 +251,43 @@ _DURATIONS = {
 }
 
 
-# The 0-based ranks of n sorted values that the median and p90 read (compute.ranks_needed:
-# floor and ceil of (n - 1) * p / 100), in integer SQL.
-_RANKS_SQL = "((n - 1) / 2, n / 2, (n - 1) * 9 / 10, ((n - 1) * 9 + 9) / 10)"
-
-
 @dataclass(frozen=True)
 class Ranked:
     """Durations of one group (an agent, or everyone): how many, and the values at the
-    ranks the median and p90 need (``{rank: seconds}``)."""
+    ranks the median and p90 need (``{rank: seconds}``, compute.ranks_needed)."""
 
     count: int
     at: dict[int, float]
+
+
+def _in_range(which: str) -> str:
+    # The unary + keeps the end time's range a filter: SQLite then walks the
+    # length-ordered indexes of migration 0036 instead of the end-time one plus a sort.
+    end = _DURATIONS[which][1]
+    return f"account_id = ? AND +{end} >= ? AND +{end} < ?"
+
+
+def count_sql(which: str) -> str:
+    """Conversations per assignee whose end falls in the range (one walk of an index)."""
+    return (
+        f"SELECT assignee_id, COUNT(*) FROM report_conversations WHERE {_in_range(which)} "
+        "GROUP BY assignee_id"
+    )
+
+
+def rank_sql(which: str, per_agent: bool) -> str:
+    """The duration at rank ``k`` (0-based, shortest first) among the range's: params
+    (account, since, until[, agent], k). ``per_agent``: of one assignee (``IS``: NULL is
+    the unassigned group)."""
+    start, end = _DURATIONS[which]
+    agent = " AND assignee_id IS ?" if per_agent else ""
+    return (
+        f"SELECT {end} - {start} FROM report_conversations WHERE {_in_range(which)}{agent} "
+        f"ORDER BY {end} - {start} LIMIT 1 OFFSET ?"
+    )
+
+
+_PARTS_PER_STATEMENT = 64
 
 
 async def duration_ranks(
@@ -273,32 +299,37 @@ async def duration_ranks(
     which: str,
 ) -> tuple[Ranked, dict[int | None, Ranked]]:
     """First responses or resolutions in the range, every second counted (no business
-    hours): (everyone, per agent), each with only the sorted values its median and p90
-    read. The range is a covering scan of its index (migration 0036); SQLite sorts and
-    ranks, so a year returns a few rows per agent instead of one per conversation."""
-    start, end = _DURATIONS[which]
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        f"WITH d AS MATERIALIZED (SELECT assignee_id AS a, {end} - {start} AS s "
-        f"FROM report_conversations WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent}), "
-        "r AS (SELECT 0 AS g, a, s, ROW_NUMBER() OVER (PARTITION BY a ORDER BY s) - 1 AS i, "
-        "COUNT(*) OVER (PARTITION BY a) AS n FROM d "
-        "UNION ALL SELECT 1, NULL, s, ROW_NUMBER() OVER (ORDER BY s) - 1, COUNT(*) OVER () "
-        f"FROM d) SELECT g, a, n, i, s FROM r WHERE i IN {_RANKS_SQL}",
-        [account_id, since, until, *agent_params],
-    )
-    overall = Ranked(0, {})
-    agents: dict[int | None, Ranked] = {}
-    for g, a, n, i, seconds in rows:
-        if g:
-            if not overall.count:
-                overall = Ranked(int(n), {})
-            group = overall
-        else:
-            group = agents.setdefault(a, Ranked(int(n), {}))
-        group.at[int(i)] = float(seconds)
-    return overall, agents
+    hours): (everyone, per agent), each with only the values its median and p90 read.
+    SQLite counts per assignee, then reads each needed rank by walking the index that
+    holds the durations in length order (migration 0036), so no conversation row
+    reaches Python and nothing is sorted: a year costs a few index walks."""
+    rows = await fetchall_from(db, count_sql(which), [account_id, since, until])
+    counts = {r[0]: int(r[1]) for r in rows if agent_id is None or r[0] == agent_id}
+    # (group, rank, sql, params): the group None-key "everyone" is ("all",).
+    wanted: list[tuple[object, int, str, list[Any]]] = []
+    base = [account_id, since, until]
+    for agent, n in counts.items():
+        for k in sorted(compute.ranks_needed(n)):
+            wanted.append((agent, k, rank_sql(which, True), [*base, agent, k]))
+    total = sum(counts.values())
+    if agent_id is None and total:
+        for k in sorted(compute.ranks_needed(total)):
+            wanted.append((_ALL, k, rank_sql(which, False), [*base, k]))
+    found: dict[object, dict[int, float]] = {}
+    for i in range(0, len(wanted), _PARTS_PER_STATEMENT):
+        chunk = wanted[i : i + _PARTS_PER_STATEMENT]
+        sql = " UNION ALL ".join(f"SELECT {j}, ({part[2]})" for j, part in enumerate(chunk))
+        params = [p for part in chunk for p in part[3]]
+        for j, seconds in await fetchall_from(db, sql, params):
+            group, k = chunk[int(j)][0], chunk[int(j)][1]
+            found.setdefault(group, {})[k] = float(seconds)
+    agents = {a: Ranked(n, found.get(a, {})) for a, n in counts.items()}
+    if agent_id is not None:
+        return agents.get(agent_id, Ranked(0, {})), agents
+    return Ranked(total, found.get(_ALL, {})), agents
+
+
+_ALL = ("all",)  # the key of everyone's ranks (an agent id is an int or None)
 
 
 @dataclass(frozen=True)

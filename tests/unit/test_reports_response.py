@@ -185,26 +185,41 @@ def test_the_sql_ranks_are_the_ones_the_percentiles_read() -> None:
         assert compute.summarize_ranks(n, at) == compute.summarize(values)
 
 
-def test_the_sql_path_reads_its_covering_index_only(open_db: OpenDb, db_path: Path) -> None:
+def test_the_sql_path_walks_the_length_indexes_without_sorting(
+    open_db: OpenDb, db_path: Path
+) -> None:
     async def body() -> None:
         async with open_db(db_path) as db:
             await _account(db)
             await _conversations(db, 38)
             async with db.write() as conn:
                 await conn.execute("ANALYZE")
+
+            async def plan(sql: str, params: list[object]) -> str:
+                rows = await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+                return " | ".join(str(r["detail"]) for r in rows)
+
+            for which, name in (("first_response", "first_response"), ("resolution", "resolution")):
+                everyone = await plan(report_store.rank_sql(which, False), [A, 0, 2e9, 5])
+                assert f"COVERING INDEX report_conversations_{name}_length " in everyone
+                for agent in (3, None):
+                    one = await plan(report_store.rank_sql(which, True), [A, 0, 2e9, agent, 5])
+                    assert f"COVERING INDEX report_conversations_{name}_agent_length " in one
+                    assert "TEMP B-TREE" not in one
+                counted = await plan(report_store.count_sql(which), [A, 0, 2e9])
+                assert f"COVERING INDEX report_conversations_{name}_agent_length " in counted
+                assert "TEMP B-TREE" not in everyone + counted, everyone + counted
+            # The business-hours path reads both times from the end-time index alone.
             for which, index in (
                 ("first_response", "report_conversations_responded"),
                 ("resolution", "report_conversations_resolved"),
             ):
                 start, end = report_store._DURATIONS[which]
-                for agent in ("", " AND assignee_id = 3"):
-                    plan = await db.fetchall(
-                        f"EXPLAIN QUERY PLAN SELECT assignee_id, {end} - {start} "
-                        f"FROM report_conversations WHERE account_id = ? AND {end} >= ? "
-                        f"AND {end} < ?{agent}",
-                        [A, 0, 2e9],
-                    )
-                    details = " | ".join(str(r["detail"]) for r in plan)
-                    assert f"USING COVERING INDEX {index}" in details, details
+                spans = await plan(
+                    f"SELECT assignee_id, {start}, {end} FROM report_conversations "
+                    f"WHERE account_id = ? AND {end} >= ? AND {end} < ?",
+                    [A, 0, 2e9],
+                )
+                assert f"USING COVERING INDEX {index}" in spans, spans
 
     asyncio.run(body())
