@@ -177,6 +177,25 @@ class BusinessClock:
             return 0.0
         return self._before[i] + min(t, self._ends[i]) - self._starts[i]
 
+    def many(self, spans: Iterable[tuple[float, float]]) -> list[float]:
+        """``seconds(start, end)`` of each span, in one loop (a year of conversations is
+        tens of thousands: the same arithmetic without a call per span)."""
+        if self.hours is None:
+            return [self.seconds(a, b) for a, b in spans]
+        starts, ends, before = self._starts, self._ends, self._before
+        find = bisect.bisect_right
+        out: list[float] = []
+        for start, end in spans:
+            if end <= start:
+                out.append(0.0)
+                continue
+            i = find(starts, end) - 1
+            at_end = 0.0 if i < 0 else before[i] + min(end, ends[i]) - starts[i]
+            i = find(starts, start) - 1
+            at_start = 0.0 if i < 0 else before[i] + min(start, ends[i]) - starts[i]
+            out.append(at_end - at_start)
+        return out
+
     def seconds(self, start: float, end: float) -> float:
         """Business seconds in ``[start, end)`` (0 when ``end <= start``)."""
         if end <= start:

@@ -199,11 +199,13 @@ def _timing(values: Sequence[float]) -> Timing:
 
 
 def _durations(
-    spans: Sequence[store.Span], clock: compute.BusinessClock
+    rows: Sequence[Sequence[Any]], clock: compute.BusinessClock
 ) -> dict[int | None, list[float]]:
+    """Business seconds of ``(agent, start, end)`` rows, per agent."""
     out: dict[int | None, list[float]] = defaultdict(list)
-    for span in spans:
-        out[span.agent_id].append(clock.seconds(span.start, span.end))
+    seconds = clock.many([(r[1], r[2]) for r in rows])
+    for r, value in zip(rows, seconds, strict=True):
+        out[r[0]].append(value)
     return out
 
 
@@ -211,10 +213,9 @@ async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
     if scope.business_hours is None:  # every second counts: SQL subtracts and ranks
         return await _response_times_in_sql(db, scope)
     args = (db, scope.account_id, scope.since, scope.until, scope.agent_id)
-    firsts = await store.first_responses(*args)
-    resolved = await store.resolutions(*args)
-    spans = [*firsts, *resolved]
-    since = min((s.start for s in spans), default=scope.since)
+    firsts = await store.span_rows(*args, "first_response")
+    resolved = await store.span_rows(*args, "resolution")
+    since = min((r[1] for rows in (firsts, resolved) for r in rows), default=scope.since)
     # Business hours are the account's, in the account's timezone (not the report's).
     clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
     first_by = _durations(firsts, clock)

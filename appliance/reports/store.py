@@ -14,6 +14,7 @@ are whole hours, else from the quarter hours.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -214,18 +215,32 @@ class Span(NamedTuple):  # a tuple: a year's rows are made fast
     end: float
 
 
+async def span_rows(
+    db: ReadSource,
+    account_id: str,
+    since: float,
+    until: float,
+    agent_id: int | None,
+    which: str,
+) -> list[sqlite3.Row]:
+    """``(assignee, start, end)`` rows of the first responses or resolutions whose end
+    falls in the range (a covering scan of the end-time index, migration 0036), left as
+    rows: a year's tens of thousands are used once (``BusinessClock.many``)."""
+    start, end = _DURATIONS[which]
+    agent, agent_params = _agent_clause(agent_id)
+    return await fetchall_from(
+        db,
+        f"SELECT assignee_id, {start}, {end} FROM report_conversations "
+        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent}",
+        [account_id, since, until, *agent_params],
+    )
+
+
 async def first_responses(
     db: ReadSource, account_id: str, since: float, until: float, agent_id: int | None
 ) -> list[Span]:
     """Conversations first answered in the range: from the first wait to the answer."""
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        "SELECT assignee_id, COALESCE(first_wait_at, opened_at) AS a, first_response_at AS b "
-        "FROM report_conversations WHERE account_id = ? AND first_response_at >= ? "
-        f"AND first_response_at < ?{agent}",
-        [account_id, since, until, *agent_params],
-    )
+    rows = await span_rows(db, account_id, since, until, agent_id, "first_response")
     return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
@@ -233,13 +248,7 @@ async def resolutions(
     db: ReadSource, account_id: str, since: float, until: float, agent_id: int | None
 ) -> list[Span]:
     """Conversations resolved in the range: from their beginning to their resolution."""
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        "SELECT assignee_id, opened_at AS a, resolved_at AS b FROM report_conversations "
-        f"WHERE account_id = ? AND resolved_at >= ? AND resolved_at < ?{agent}",
-        [account_id, since, until, *agent_params],
-    )
+    rows = await span_rows(db, account_id, since, until, agent_id, "resolution")
     return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 

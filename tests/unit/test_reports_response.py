@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from appliance.db.database import Database
+from appliance.messaging.models import AccountSettings
 from appliance.reports import compute, service
 from appliance.reports import store as report_store
 from tests.unit.conftest import OpenDb
@@ -223,3 +224,17 @@ def test_the_sql_path_walks_the_length_indexes_without_sorting(
                 assert f"USING COVERING INDEX {index}" in spans, spans
 
     asyncio.run(body())
+
+
+def test_the_business_clock_in_one_loop_equals_it_span_by_span() -> None:
+    hours = AccountSettings.model_validate({"business_hours": NINE_TO_FIVE}).business_hours
+    rnd = random.Random(39)
+    spans = []
+    for _ in range(3000):
+        a = BASE + rnd.random() * 60 * 86400
+        spans.append((a, a + rnd.choice((0.0, -5.0, rnd.expovariate(1 / 20000)))))
+    for tz in ("Europe/Berlin", "America/New_York"):
+        clock = compute.BusinessClock(hours, tz, BASE - 86400, BASE + 70 * 86400)
+        assert clock.many(spans) == [clock.seconds(a, b) for a, b in spans]
+        plain = compute.BusinessClock(None, tz, BASE, BASE)
+        assert plain.many(spans) == [max(0.0, b - a) for a, b in spans]
