@@ -199,35 +199,27 @@ def _timing(values: Sequence[float]) -> Timing:
 
 
 def _durations(
-    spans: Sequence[store.Span], clock: compute.BusinessClock
+    rows: Sequence[Sequence[Any]], clock: compute.BusinessClock
 ) -> dict[int | None, list[float]]:
+    """Business seconds of ``(agent, start, end)`` rows, per agent."""
     out: dict[int | None, list[float]] = defaultdict(list)
-    for span in spans:
-        out[span.agent_id].append(clock.seconds(span.start, span.end))
-    return out
-
-
-def _by_agent(rows: Sequence[tuple[int | None, float]]) -> dict[int | None, list[float]]:
-    out: dict[int | None, list[float]] = defaultdict(list)
-    for agent, seconds in rows:
-        out[agent].append(seconds)
+    seconds = clock.many([(r[1], r[2]) for r in rows])
+    for r, value in zip(rows, seconds, strict=True):
+        out[r[0]].append(value)
     return out
 
 
 async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
+    if scope.business_hours is None:  # every second counts: SQL subtracts and ranks
+        return await _response_times_in_sql(db, scope)
     args = (db, scope.account_id, scope.since, scope.until, scope.agent_id)
-    if scope.business_hours is None:  # every second counts: SQL subtracts
-        first_by = _by_agent(await store.durations(*args, "first_response"))
-        resolved_by = _by_agent(await store.durations(*args, "resolution"))
-    else:
-        firsts = await store.first_responses(*args)
-        resolved = await store.resolutions(*args)
-        spans = [*firsts, *resolved]
-        since = min((s.start for s in spans), default=scope.since)
-        # Business hours are the account's, in the account's timezone (not the report's).
-        clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
-        first_by = _durations(firsts, clock)
-        resolved_by = _durations(resolved, clock)
+    firsts = await store.span_rows(*args, "first_response")
+    resolved = await store.span_rows(*args, "resolution")
+    since = min((r[1] for rows in (firsts, resolved) for r in rows), default=scope.since)
+    # Business hours are the account's, in the account's timezone (not the report's).
+    clock = compute.BusinessClock(scope.business_hours, scope.account_tz, since, scope.until)
+    first_by = _durations(firsts, clock)
+    resolved_by = _durations(resolved, clock)
     agents = sorted(set(first_by) | set(resolved_by), key=lambda a: (a is None, a or 0))
     names = await inbox_store.user_names(db, [a for a in agents if a is not None])
     return ResponseTimesReport(
@@ -241,6 +233,37 @@ async def response_times(db: ReadSource, scope: Scope) -> ResponseTimesReport:
                 username=names.get(a) if a is not None else None,
                 first_response=_timing(first_by.get(a, [])),
                 resolution=_timing(resolved_by.get(a, [])),
+            )
+            for a in agents
+        ],
+    )
+
+
+def _ranked_timing(r: store.Ranked) -> Timing:
+    s = compute.summarize_ranks(r.count, r.at)
+    return Timing(count=s.count, median_s=s.median_s, p90_s=s.p90_s)
+
+
+async def _response_times_in_sql(db: ReadSource, scope: Scope) -> ResponseTimesReport:
+    """Without business hours: SQLite subtracts, sorts and picks the ranks the median
+    and p90 need (``store.duration_ranks``); the same figures as the span path."""
+    args = (db, scope.account_id, scope.since, scope.until, scope.agent_id)
+    first_all, first_by = await store.duration_ranks(*args, "first_response")
+    resolved_all, resolved_by = await store.duration_ranks(*args, "resolution")
+    agents = sorted(set(first_by) | set(resolved_by), key=lambda a: (a is None, a or 0))
+    names = await inbox_store.user_names(db, [a for a in agents if a is not None])
+    none = store.Ranked(0, {})
+    return ResponseTimesReport(
+        scope=scope.out(),
+        business_hours=False,
+        first_response=_ranked_timing(first_all),
+        resolution=_ranked_timing(resolved_all),
+        agents=[
+            AgentTimings(
+                agent_id=a,
+                username=names.get(a) if a is not None else None,
+                first_response=_ranked_timing(first_by.get(a, none)),
+                resolution=_ranked_timing(resolved_by.get(a, none)),
             )
             for a in agents
         ],

@@ -14,12 +14,14 @@ are whole hours, else from the quarter hours.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, NamedTuple
 
 from appliance.db.database import ReadSource, fetchall_from, fetchone_from
+from appliance.reports import compute
 
 Segments = Sequence[tuple[int, int]]
 
@@ -213,18 +215,32 @@ class Span(NamedTuple):  # a tuple: a year's rows are made fast
     end: float
 
 
+async def span_rows(
+    db: ReadSource,
+    account_id: str,
+    since: float,
+    until: float,
+    agent_id: int | None,
+    which: str,
+) -> list[sqlite3.Row]:
+    """``(assignee, start, end)`` rows of the first responses or resolutions whose end
+    falls in the range (a covering scan of the end-time index, migration 0036), left as
+    rows: a year's tens of thousands are used once (``BusinessClock.many``)."""
+    start, end = _DURATIONS[which]
+    agent, agent_params = _agent_clause(agent_id)
+    return await fetchall_from(
+        db,
+        f"SELECT assignee_id, {start}, {end} FROM report_conversations "
+        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent}",
+        [account_id, since, until, *agent_params],
+    )
+
+
 async def first_responses(
     db: ReadSource, account_id: str, since: float, until: float, agent_id: int | None
 ) -> list[Span]:
     """Conversations first answered in the range: from the first wait to the answer."""
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        "SELECT assignee_id, COALESCE(first_wait_at, opened_at) AS a, first_response_at AS b "
-        "FROM report_conversations WHERE account_id = ? AND first_response_at >= ? "
-        f"AND first_response_at < ?{agent}",
-        [account_id, since, until, *agent_params],
-    )
+    rows = await span_rows(db, account_id, since, until, agent_id, "first_response")
     return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
@@ -232,13 +248,7 @@ async def resolutions(
     db: ReadSource, account_id: str, since: float, until: float, agent_id: int | None
 ) -> list[Span]:
     """Conversations resolved in the range: from their beginning to their resolution."""
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        "SELECT assignee_id, opened_at AS a, resolved_at AS b FROM report_conversations "
-        f"WHERE account_id = ? AND resolved_at >= ? AND resolved_at < ?{agent}",
-        [account_id, since, until, *agent_params],
-    )
+    rows = await span_rows(db, account_id, since, until, agent_id, "resolution")
     return [Span(r[0], float(r[1]), float(r[2])) for r in rows]
 
 
@@ -250,26 +260,85 @@ _DURATIONS = {
 }
 
 
-async def durations(
+@dataclass(frozen=True)
+class Ranked:
+    """Durations of one group (an agent, or everyone): how many, and the values at the
+    ranks the median and p90 need (``{rank: seconds}``, compute.ranks_needed)."""
+
+    count: int
+    at: dict[int, float]
+
+
+def _in_range(which: str) -> str:
+    # The unary + keeps the end time's range a filter: SQLite then walks the
+    # length-ordered indexes of migration 0036 instead of the end-time one plus a sort.
+    end = _DURATIONS[which][1]
+    return f"account_id = ? AND +{end} >= ? AND +{end} < ?"
+
+
+def count_sql(which: str) -> str:
+    """Conversations per assignee whose end falls in the range (one walk of an index)."""
+    return (
+        f"SELECT assignee_id, COUNT(*) FROM report_conversations WHERE {_in_range(which)} "
+        "GROUP BY assignee_id"
+    )
+
+
+def rank_sql(which: str, per_agent: bool) -> str:
+    """The duration at rank ``k`` (0-based, shortest first) among the range's: params
+    (account, since, until[, agent], k). ``per_agent``: of one assignee (``IS``: NULL is
+    the unassigned group)."""
+    start, end = _DURATIONS[which]
+    agent = " AND assignee_id IS ?" if per_agent else ""
+    return (
+        f"SELECT {end} - {start} FROM report_conversations WHERE {_in_range(which)}{agent} "
+        f"ORDER BY {end} - {start} LIMIT 1 OFFSET ?"
+    )
+
+
+_PARTS_PER_STATEMENT = 64
+
+
+async def duration_ranks(
     db: ReadSource,
     account_id: str,
     since: float,
     until: float,
     agent_id: int | None,
     which: str,
-) -> list[tuple[int | None, float]]:
-    """``[(agent, seconds), ...]`` of first responses or resolutions in the range, every
-    second counted (no business hours), sorted by seconds: what ``first_responses`` and
-    ``resolutions`` give, subtracted in SQL."""
-    start, end = _DURATIONS[which]
-    agent, agent_params = _agent_clause(agent_id)
-    rows = await fetchall_from(
-        db,
-        f"SELECT assignee_id, {end} - {start} AS s FROM report_conversations "
-        f"WHERE account_id = ? AND {end} >= ? AND {end} < ?{agent} ORDER BY s",
-        [account_id, since, until, *agent_params],
-    )
-    return [(r[0], float(r[1])) for r in rows]
+) -> tuple[Ranked, dict[int | None, Ranked]]:
+    """First responses or resolutions in the range, every second counted (no business
+    hours): (everyone, per agent), each with only the values its median and p90 read.
+    SQLite counts per assignee, then reads each needed rank by walking the index that
+    holds the durations in length order (migration 0036), so no conversation row
+    reaches Python and nothing is sorted: a year costs a few index walks."""
+    rows = await fetchall_from(db, count_sql(which), [account_id, since, until])
+    counts = {r[0]: int(r[1]) for r in rows if agent_id is None or r[0] == agent_id}
+    # (group, rank, sql, params): the group None-key "everyone" is ("all",).
+    wanted: list[tuple[object, int, str, list[Any]]] = []
+    base = [account_id, since, until]
+    for agent, n in counts.items():
+        for k in sorted(compute.ranks_needed(n)):
+            wanted.append((agent, k, rank_sql(which, True), [*base, agent, k]))
+    total = sum(counts.values())
+    if agent_id is None and total:
+        for k in sorted(compute.ranks_needed(total)):
+            wanted.append((_ALL, k, rank_sql(which, False), [*base, k]))
+    found: dict[object, dict[int, float]] = {}
+    for i in range(0, len(wanted), _PARTS_PER_STATEMENT):
+        chunk = wanted[i : i + _PARTS_PER_STATEMENT]
+        sql = " UNION ALL ".join(f"SELECT {j}, ({part[2]})" for j, part in enumerate(chunk))
+        params = [p for part in chunk for p in part[3]]
+        for j, seconds in await fetchall_from(db, sql, params):
+            group, k = chunk[int(j)][0], chunk[int(j)][1]
+            found.setdefault(group, {})[k] = float(seconds)
+    agents = {a: Ranked(n, found.get(a, {})) for a, n in counts.items()}
+    if agent_id is not None:
+        return agents.get(agent_id, Ranked(0, {})), agents
+    return Ranked(total, found.get(_ALL, {})), agents
+
+
+_ALL = ("all",)  # the key of everyone's ranks (an agent id is an int or None)
 
 
 @dataclass(frozen=True)

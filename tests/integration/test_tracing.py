@@ -8,6 +8,10 @@ fake collector on 127.0.0.1 (this test decodes the protobuf with opentelemetry-p
 - One simulated inbound message (sandbox engine) is one trace: its receipt by the
   worker, the commit, the pipeline task, the automation (an auto-reply), the reply's
   send, and the deliveries of both messages' events.
+- A user script triggered by an inbound message joins that message's trace across three
+  processes: the worker's automation step, the ``script.run`` span of the scripts
+  process, its ``host <fn>`` spans, and under the ``host reply`` span the worker's send,
+  the engine call and the webhook deliveries of what the script wrote.
 """
 
 from __future__ import annotations
@@ -368,3 +372,89 @@ def test_one_inbound_message_is_one_trace_through_automations_and_webhooks(
     assert sent and all(by_id[s.parent_id] == reply for s in sent)
     headers = [t for t in hook.traceparents() if t.split("-")[1] == inbound.trace_id]
     assert received.span_id in {t.split("-")[2] for t in headers}
+
+
+def _chain(span: Span, by_id: dict[str, Span]) -> list[Span]:
+    """The span and its ancestors, up to the root."""
+    chain = [span]
+    while chain[-1].parent_id:
+        chain.append(by_id[chain[-1].parent_id])
+    return chain
+
+
+def test_a_script_run_joins_the_inbound_trace_across_worker_and_scripts_processes(
+    traced: Appliance, admin: httpx.Client, collector: Collector, hook: Hook
+) -> None:
+    created = admin.post(
+        "/api/accounts/trc/scripts",
+        json={
+            "name": "traced script",
+            "filter": {"contains": "run my script"},
+            "code": "await storage.set('seen', message.body); await reply('scripted reply');",
+        },
+    )
+    assert created.status_code == 201, created.text
+    body = {
+        "from": "+905551112255",
+        "id": "TRACESCR1",
+        "type": "text",
+        "text": {"body": "please run my script"},
+    }
+    response = admin.post("/api/accounts/trc/sandbox/inbound", json=body)
+    assert response.status_code == 202, response.text
+
+    def root() -> Span | None:
+        with collector.lock:
+            found = [
+                s
+                for s in collector.spans
+                if s.name == "inbound" and s.attributes.get("appliance.message_id") == "TRACESCR1"
+            ]
+        return found[0] if found else None
+
+    inbound = _wait(root, 90, "the inbound message's span")
+
+    def complete() -> list[Span] | None:
+        spans = collector.trace(inbound.trace_id)
+        names = {s.name for s in spans}
+        want = {"automation", "automation scripts", "script.run", "host storage.set"}
+        want |= {"host reply", "send", "engine.send"}
+        delivered = {
+            s.attributes.get("appliance.event_type") for s in spans if s.name == "webhook.deliver"
+        }
+        if not (want <= names and {"message.received", "message.sent"} <= delivered):
+            return None
+        ids = {s.span_id for s in spans}
+        if any(s.parent_id and s.parent_id not in ids for s in spans):
+            return None  # a parent not exported yet (parents end after their children)
+        return spans
+
+    spans = _wait(complete, 120, "the script's spans in the inbound message's trace")
+    by_id = {s.span_id: s for s in spans}
+    assert _assert_one_tree(spans) == inbound and inbound.role == "worker"
+    # The scripts process's run span, child of the worker's scripts step.
+    run = _one(spans, "script.run", **{"appliance.script_id": created.json()["id"]})
+    assert run.role == "scripts"
+    assert run.attributes.get("appliance.outcome") == "ok"
+    parent = by_id[run.parent_id]
+    assert parent.role == "worker"
+    assert "automation scripts" in [s.name for s in _chain(parent, by_id)]
+    assert _chain(run, by_id)[-1] == inbound
+    # Each host call is a span of the scripts process inside the run.
+    for fn in ("storage.set", "reply"):
+        call = _one(spans, f"host {fn}")
+        assert call.role == "scripts" and call.parent_id == run.span_id
+    host_reply = _one(spans, "host reply")
+    # What the worker did for the reply: the send, its engine call and its delivery.
+    send = _one(spans, "send")
+    assert send.role == "worker" and send.parent_id == host_reply.span_id
+    assert _one(spans, "engine.send").parent_id == send.span_id
+    sent = _deliveries(spans, "message.sent")
+    assert sent and all(by_id[s.parent_id] == send for s in sent)
+    (received,) = _deliveries(spans, "message.received")
+    assert received.parent_id == inbound.span_id
+    # Three processes, one trace; the receiver saw the delivery spans' traceparents.
+    assert {s.role for s in spans} >= {"worker", "scripts"}
+    assert run.pid_instance != inbound.pid_instance
+    headers = [t for t in hook.traceparents() if t.split("-")[1] == inbound.trace_id]
+    assert {s.span_id for s in sent} <= {t.split("-")[2] for t in headers}
