@@ -22,6 +22,7 @@ from tests.unit.conftest import OpenDb
 from tests.unit.test_inbox_routes import ALICE, BOB, A, _account, _inbound, _person
 
 BY = Actor(principal="user:1", name="boss")
+TURKISH = "Ayşe Yılmaz Çelik"  # noqa: RUF001 (the dotless i on purpose)
 
 
 async def _plan(db: Database, sql: str, params: Any) -> str:
@@ -209,5 +210,52 @@ def test_q_reads_the_names_kept_on_the_chat(open_db: OpenDb, db_path: Path) -> N
                 "SELECT name_search FROM chats WHERE account_id = ? AND jid = ?", (A, ALICE)
             )
             assert row is not None and row["name_search"] == "Kargo Ltd\x1f\x1fAlice"
+
+    asyncio.run(main())
+
+
+def test_the_chat_list_answers_the_same_json_serialized_in_one_step(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    """The chat list pages are serialized by pydantic in one step (routes/chats.py
+    ``_chat_page``): the body is the same JSON value the model dump gave (non-ASCII
+    names, the sender as "from", tags, assignee, unread), for one account and all."""
+    from appliance.api.routes import chats as routes
+    from appliance.api.state import state_of
+    from appliance.inbox.actor import Actor as Reader
+    from tests.unit.test_inbox_routes import _app
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await _account(db, A)
+            me, who = await _person(db, "ann", Role.AGENT)
+            await _inbound(db, A, ALICE, "IN1", 100.0)
+            await _inbound(db, A, BOB, "IN2", 101.0)
+            async with db.write() as conn:
+                await conn.execute("UPDATE chats SET name = ? WHERE jid = ?", (TURKISH, BOB))
+                await inbox.change_chat(
+                    conn, A, BOB, by=BY, assigns_others=True, now=102.0, assignee_id=me
+                )
+            await _tagged(db, A, "Çok önemli", [ALICE])
+            app = _app(tmp_path / "etc")
+            state_of(app).db = db
+            client = app.test_client()
+            reader = Reader(kind="key", user_id=me)
+            rows, nxt = await queries.list_chats(db, A, limit=50, unread_for=me)
+            page = routes.ChatPage(items=await routes._chat_outs(db, A, rows, reader), next=nxt)
+            expected = routes._json(page)
+            assert expected["items"][0]["name"] == TURKISH
+            assert expected["items"][1]["tags"][0]["name"] == "Çok önemli"
+            assert "from" in expected["items"][0]["last_message"]
+            response = await client.get(f"/api/accounts/{A}/chats", headers=who)
+            assert response.status_code == 200
+            assert response.mimetype == "application/json"
+            assert await response.get_json() == expected
+            response = await client.get("/api/chats", headers=who)
+            assert (await response.get_json())["items"] == [
+                {**item, "account_id": A} for item in expected["items"]
+            ]
+            response = await client.get(f"/api/accounts/{A}/chats?tag=none", headers=who)
+            assert await response.get_json() == {"items": [], "next": None}
 
     asyncio.run(main())

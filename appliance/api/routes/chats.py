@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from quart import Blueprint
+from quart import Blueprint, Response
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
@@ -210,6 +210,14 @@ def _json(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True)
 
 
+def _chat_page(page: ChatPage) -> Response:
+    """A chat list page serialized by pydantic in one step (the same JSON value as
+    ``_json``, keys in the model's order): for a page of 50 chats this skips building
+    the dicts and Quart's ``json.dumps`` of them, about 1.5 ms of the 13-21 ms of CPU a
+    page costs (bench/inbox_queries.py)."""
+    return Response(page.model_dump_json(by_alias=True), mimetype="application/json")
+
+
 async def _granted(account: str) -> None:
     """NotFound unless the account exists and the caller is granted it."""
     if not ACCOUNT_ID.fullmatch(account):
@@ -338,7 +346,7 @@ def _message_page(rows: list[MessageRow], next_cursor: str | None) -> dict[str, 
 @requires(Permission.MESSAGES_READ)
 @query(ChatListQuery)
 @documented(ChatPage, errors=[404], tag="chats")
-async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
+async def list_chats(account: str, query_args: ChatListQuery) -> Response:
     """List an account's chats, most recent activity first.
 
     Each chat carries its unread count, last message and tags, its conversation status,
@@ -353,7 +361,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
     if query_args.tag is not None:
         tag_id = await tags_store.tag_id_by_name(db, account, query_args.tag)
         if tag_id is None:  # no such tag: no chat carries it
-            return _json(ChatPage(items=[], next=None))
+            return _chat_page(ChatPage(items=[], next=None))
         tag_first = await tags_store.reads_tag_first(db, account, tag_id)
     rows, next_cursor = await queries.list_chats(
         db,
@@ -369,7 +377,7 @@ async def list_chats(account: str, query_args: ChatListQuery) -> dict[str, Any]:
         unread=query_args.unread,
         q=query_args.q,
     )
-    return _json(ChatPage(items=await _chat_outs(db, account, rows, reader), next=next_cursor))
+    return _chat_page(ChatPage(items=await _chat_outs(db, account, rows, reader), next=next_cursor))
 
 
 def _assignee_filter(value: str | None, reader: inbox_store.Actor) -> int | str | None:
@@ -385,7 +393,7 @@ def _assignee_filter(value: str | None, reader: inbox_store.Actor) -> int | str 
 @requires(Permission.MESSAGES_READ)
 @query(AllChatsQuery)
 @documented(ChatPage, errors=[404], tag="chats")
-async def list_all_chats(query_args: AllChatsQuery) -> dict[str, Any]:
+async def list_all_chats(query_args: AllChatsQuery) -> Response:
     """The chats of every account you are granted (or of `account`) in one list, most
     recent activity first; each item names its `account_id`.
 
@@ -404,7 +412,7 @@ async def list_all_chats(query_args: AllChatsQuery) -> dict[str, Any]:
     if query_args.tag is not None:
         tag_ids = await tags_store.tag_ids_by_name(db, accounts, query_args.tag)
         if not tag_ids:  # no such tag: no chat carries it
-            return _json(ChatPage(items=[], next=None))
+            return _chat_page(ChatPage(items=[], next=None))
     rows, next_cursor = await queries.list_all_chats(
         db,
         accounts,
@@ -418,7 +426,7 @@ async def list_all_chats(query_args: AllChatsQuery) -> dict[str, Any]:
         unread=query_args.unread,
         q=query_args.q,
     )
-    return _json(ChatPage(items=await _chat_outs(db, None, rows, reader), next=next_cursor))
+    return _chat_page(ChatPage(items=await _chat_outs(db, None, rows, reader), next=next_cursor))
 
 
 @bp.get("/api/accounts/<account>/chats/<chat_id>")
