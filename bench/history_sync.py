@@ -161,9 +161,7 @@ class ProcessSampler:
         self.failures = 0
 
     def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        out, _ = self.proc.communicate(timeout=60)
+        out, _ = self.proc.communicate(timeout=60)  # closes its stdin first
         data = json.loads(out.strip().splitlines()[-1])
         self.latencies_ms, self.failures = data["latencies_ms"], data["failures"]
 
@@ -197,7 +195,8 @@ def measure_appliance(args: argparse.Namespace, fake: Any) -> list[dict[str, Any
         (site / "appliance_bench_fakes.pth").write_text(f"{REPO / 'tests' / 'fakes'}\n")
         os.environ["APPLIANCE_FAKE_WHATSAPP_ADDR"] = fake.address  # appliancectl hands it on
         runs = []
-        for n, pause in enumerate(args.pauses):
+        plan = [(p, nice) for nice in args.nices for p in args.pauses]
+        for n, (pause, nice) in enumerate(plan):
             inst.configure(
                 {
                     "ENABLE_TEST_ROUTES": "true",
@@ -206,6 +205,7 @@ def measure_appliance(args: argparse.Namespace, fake: Any) -> list[dict[str, Any
                     "API_RATE_LIMIT_PER_MIN": "1000000",
                     "API_RATE_LIMIT_PER_ADDR_PER_MIN": "1000000",
                     **({"HISTORY_BATCH_PAUSE_MS": str(pause)} if pause is not None else {}),
+                    **({"HISTORY_MAP_NICE": str(nice)} if nice is not None else {}),
                 }
             )
             pids = inst.start()
@@ -213,7 +213,7 @@ def measure_appliance(args: argparse.Namespace, fake: Any) -> list[dict[str, Any
                 result = import_once(inst, fake, args, f"{ACCOUNT}{n}", pids)
             finally:
                 inst.stop()
-            runs.append({"pause_ms": pause, **result})
+            runs.append({"pause_ms": pause, "map_nice": nice, **result})
         return runs
     finally:
         inst.remove()
@@ -438,6 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         help="HISTORY_BATCH_PAUSE_MS values, comma-separated, each measured in turn in the "
         "same installation ('default': the appliance's own); the goals judge the first",
     )
+    parser.add_argument(
+        "--map-nice",
+        default="",
+        help="HISTORY_MAP_NICE values, comma-separated, each measured in turn (after "
+        "--pause-ms's values) in the same installation ('default': the appliance's own; "
+        "0 and 10 repeated interleave without and with the lowered priority)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--sample", help=argparse.SUPPRESS)  # PORT,PATH,INTERVAL: a child
     args = parser.parse_args(argv)
@@ -449,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     args.idle_s = args.idle_s or (2.0 if args.smoke else 10.0)
     args.pauses = [
         None if v.strip() in ("", "default") else int(v) for v in args.pause_ms.split(",")
+    ]
+    args.nices = [
+        None if v.strip() in ("", "default") else int(v) for v in args.map_nice.split(",")
     ]
     exit_on_sigterm()
     sys.path.insert(0, str(REPO))
@@ -464,9 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare SQLite {base['rate_per_s']}/s (the baseline)")
     for run in runs:
         pause = "default" if run["pause_ms"] is None else run["pause_ms"]
+        nice = "default" if run["map_nice"] is None else run["map_nice"]
         hz, idle = run["healthz"], run["healthz_idle"]
         print(
-            f"HISTORY_BATCH_PAUSE_MS {pause}: {run['messages']} messages in {run['chunks']} "
+            f"HISTORY_BATCH_PAUSE_MS {pause}, HISTORY_MAP_NICE {nice}: {run['messages']} "
+            f"messages in {run['chunks']} "
             f"chunks, {run['elapsed_s']} s = {run['rate_per_s']}/s through the worker, ratio "
             f"{round(run['rate_per_s'] / base['rate_per_s'], 3)} (goal >= 0.3); /healthz "
             f"during the import: {hz['samples']} samples, p50 {hz['p50_ms']} ms, p95 "

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from appliance.engines.web.connection import GO_GATE
-from appliance.engines.web.history import batches, chunk_key, own_jid_of
+from appliance.engines.web.history import batches, chunk_key, map_executor, own_jid_of
 from appliance.engines.web.names import (
     NameWatch,
     Picture,
@@ -130,7 +130,8 @@ class PhoneSync:
             return  # WhatsApp sent this chunk again
         own = own_jid_of(self._engine().client)
         started = time.perf_counter()
-        parts = await asyncio.to_thread(batches, data, own)
+        executor = map_executor(self._engine().history_map_nice)
+        parts = await asyncio.get_running_loop().run_in_executor(executor, batches, data, own)
         mapped = time.perf_counter()
         for batch in parts:
             await self._retried("a history chunk", functools.partial(self._host.on_history, batch))
