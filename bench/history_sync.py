@@ -11,9 +11,15 @@
    ``--chunk`` (5,000; smoke 1,000) messages, newest first, all pushed at once. The
    import ends when the account status's ``sync.messages`` reaches the total; its
    rate is messages / (last stored - first pushed).
-3. During the import a sampler asks ``GET /healthz`` every 20 ms (bounded by count and
-   time): p50 / p95 / max; the same for ``--idle-s`` before the import, so that the
-   machine's own load can be told from the import's.
+3. During the import a child process asks ``GET /healthz`` every 20 ms (bounded by
+   count and time): p50 / p95 / max (the goal); the same for ``--idle-s`` before the
+   import, so that the machine's own load can be told from the import's. Beside it, for
+   the diagnosis: the same from a thread of this process (as runs before 2026-12-02
+   measured; it shares the GIL with the fake WhatsApp), ``GET /readyz`` every 100 ms
+   (an IPC ping the worker's event loop answers, and a database read: the worker's
+   side), CPU seconds per second of every supervised process and of this one, the load
+   average, and the worker's per-chunk timings from its log (``map_ms``: protobuf to
+   batches on the mapping thread; ``store_ms``: the batches committed, pauses included).
 4. Baseline, in the same run: the same rows (messages with ``history = 1`` and their
    full-text trigger, chat upserts) inserted straight into a fresh database with the
    appliance's schema (migrations applied), Python's sqlite3, the same pragmas (WAL,
@@ -27,6 +33,7 @@ Output: a short human summary, then one line of JSON (the last line of stdout).
     .venv/bin/python bench/history_sync.py            # a few minutes
     .venv/bin/python bench/history_sync.py --smoke    # well under a minute after install
     .venv/bin/python bench/history_sync.py --pause-ms default,0   # with and without the pause
+    .venv/bin/python bench/history_sync.py --messages 20000 --map-nice 0,10,0,10  # A/B
 """
 
 from __future__ import annotations
