@@ -389,6 +389,7 @@ def baseline(args: argparse.Namespace) -> dict[str, Any]:
         conn.execute("PRAGMA foreign_keys=ON")
         now = time.time()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         for i in range(0, len(rows), BATCH):
             part = rows[i : i + BATCH]
             conn.execute("BEGIN IMMEDIATE")
@@ -423,10 +424,15 @@ def baseline(args: argparse.Namespace) -> dict[str, Any]:
                 )
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
         conn.close()
     return {
         "rows": len(rows),
         "elapsed_s": round(elapsed, 3),
+        # CPU too: on a machine whose load moves, the import and the baseline may run
+        # at different loads; rows per CPU second compares them without it.
+        "cpu_s": round(cpu_s, 3),
+        "load": round(os.getloadavg()[0], 2),
         "rate_per_s": round(len(rows) / elapsed, 1),
     }
 
