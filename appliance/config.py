@@ -153,6 +153,9 @@ class Settings(BaseModel):
     # History sync (web engine): the worker's pause after each imported batch (500
     # messages), so the API and other writers get the CPU and the write lock between two.
     history_batch_pause_ms: Annotated[int, Field(ge=0, le=10_000)] = 20
+    # ... and how much lower than the worker's the CPU priority (nice) of the thread that
+    # maps history chunks is (engines/web/history.py; 0 = the same).
+    history_map_nice: Annotated[int, Field(ge=0, le=19)] = 10
     # Scheduled backups by the worker (runbook/backup.md): a cron expression in UTC
     # ("" = none), the directory the archives go to, how many of them are kept.
     backup_schedule: str = ""

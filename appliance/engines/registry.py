@@ -153,6 +153,7 @@ def _web(context: EngineContext, account_id: str) -> Constructor:
         session_root=context.settings.sessions_dir,
         db=context.db,
         client_factory=_load(factory_path) if factory_path else None,
+        history_map_nice=context.settings.history_map_nice,
     )
 
 

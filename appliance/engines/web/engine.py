@@ -105,8 +105,10 @@ class WebEngine(PhoneSync, Engine):
         db: Database,
         client_factory: ClientFactory | None = None,
         media_downloader: MediaDownloader | None = None,
+        history_map_nice: int = 10,
     ) -> None:
         super().__init__(account_id, settings, engine_state, host)
+        self.history_map_nice = history_map_nice  # HISTORY_MAP_NICE (history.map_executor)
         self.session_dir = account_session_dir(Path(session_root), account_id)
         self.media_downloader = media_downloader
         self.connection = Connection(account_id, self, client_factory or default_client_factory)

@@ -21,7 +21,11 @@ downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from appliance.engines.web.phone import phone_message
@@ -165,3 +169,30 @@ def batches(data: Any, own_jid: str) -> list[HistoryBatch]:
 def own_jid_of(client: Any) -> str:
     me = getattr(client, "me", None)
     return jid_str(getattr(me, "JID", None))
+
+
+# -- the mapping's thread --------------------------------------------------------------------
+
+_EXECUTORS: dict[int, ThreadPoolExecutor] = {}
+
+
+def map_executor(nice: int) -> ThreadPoolExecutor:
+    """The one thread (per nice value) that turns history chunks into batches, its CPU
+    priority lowered by ``nice`` (HISTORY_MAP_NICE): the mapping is background work, and
+    the API processes (in the same scheduling group as the worker: supervisord's
+    session) should get the CPU first while a large history imports. Linux applies a
+    thread's nice value to that thread only."""
+    executor = _EXECUTORS.get(nice)
+    if executor is None:
+        executor = _EXECUTORS[nice] = ThreadPoolExecutor(
+            1, thread_name_prefix="history-map", initializer=_lower_priority, initargs=(nice,)
+        )
+    return executor
+
+
+def _lower_priority(nice: int) -> None:
+    if nice <= 0:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: as is
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
