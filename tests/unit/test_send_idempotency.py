@@ -10,7 +10,7 @@ from typing import Any
 from appliance.auth.permissions import Role
 from appliance.db.database import Database
 from tests.unit.conftest import OpenDb
-from tests.unit.test_read_api import A, ALICE, _account, _key, _served
+from tests.unit.test_read_api import ALICE, A, _account, _key, _served
 
 PATH = f"/api/accounts/{A}/messages"
 BODY = {"to": ALICE, "type": "text", "text": {"body": "hello"}}
