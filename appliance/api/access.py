@@ -13,7 +13,8 @@ the rest, so a new route cannot forget it:
 
 A route under /api, /auth or /docs with neither decorator is refused (403), and a
 test lists every route and its declaration. The principal is loaded from the
-database on each request, so role changes and revocations apply at once.
+database on each request (an API key's at most every half second per process:
+``key_cache.py``), so role changes and revocations apply within a second.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from quart import (
 )
 from quart_schema import document_response, security_scheme
 
+from appliance.api import key_cache
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.auth import store
@@ -169,11 +171,14 @@ async def load_principal(now: float, *, touch: bool = True) -> tuple[Principal, 
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("use Authorization: Bearer <API key>")
-        found = await store.api_key_principal(state.db, token.strip())
+        token = token.strip()
+        keys = key_cache.cache_for(state.db)
+        found = await keys.lookup(state.db, token)
         if found is None:
             raise Unauthenticated("invalid or revoked API key")
         key_principal, last_used = found
         if touch and (last_used is None or now - last_used > TOUCH_INTERVAL_S):
+            keys.used(token, now)
             async with state.db.write() as conn:
                 await store.mark_api_key_used(conn, key_principal.id, now)
         return key_principal, "bearer"
@@ -273,6 +278,12 @@ async def authorize_request() -> None:
 
 async def apply_browser_headers(response: Response) -> Response:
     """after_request: CORS for allowed origins, and security headers on everything."""
+    if request.method not in SAFE_METHODS and any(
+        part in request.path for part in key_cache.PRINCIPAL_PATHS
+    ):
+        db = state_of().db
+        if db is not None:  # a key or user changed here: this process knows at once
+            key_cache.cache_for(db).forget_all()
     settings = state_of().settings
     origin = request.headers.get("Origin")
     allowed = settings.cors_origin_list

@@ -50,6 +50,7 @@ from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.ipc.client import WorkerClient
 from appliance.observability import tracing
+from appliance.observability.access_log import write_access
 from appliance.observability.context import (
     child_traceparent,
     request_id_var,
@@ -163,13 +164,9 @@ def create_app(
             span.set_attribute("http.response.status_code", response.status_code)
             span.end()
         response.headers.setdefault("Cache-Control", "no-store")
-        if settings.access_log:
-            access_log.info(
-                "%s %s %s",
-                request.method,
-                request.path,
-                response.status_code,
-                extra={"status": response.status_code, "duration_ms": round(elapsed * 1000, 2)},
+        if settings.access_log:  # buffered when it goes to the process's own file
+            write_access(
+                request.method, request.path, response.status_code, round(elapsed * 1000, 2)
             )
         return response
 

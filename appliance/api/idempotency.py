@@ -11,6 +11,12 @@
 - Same key, different request: 422. Same key while the first is still running: 409.
 - A 5xx, or an error raised by the handler, forgets the key so the client can retry.
 Stored bodies are encrypted with the data key (they may hold a secret shown once).
+
+``@idempotent_in_transaction`` (the send route): the same contract, in one write
+transaction instead of three. The route looks the key up and stores its answer
+inside the transaction that does the work (``IdempotentWrite``), so the work and its
+record commit together or not at all: no in-flight state, and a concurrent retry
+waits for the first at SQLite's write lock and gets its answer replayed.
 """
 
 from __future__ import annotations
@@ -21,19 +27,21 @@ import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
 import aiosqlite
 from pydantic import BaseModel, Field
-from quart import Response, make_response, request
+from quart import Response, g, make_response, request
 from quart_schema import document_headers, document_response
 
 from appliance.api.access import principal
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.auth import store
-from appliance.errors import Conflict, InvalidInput, Unprocessable
+from appliance.crypto import DataCipher
+from appliance.errors import ClientError, Conflict, InvalidInput, Unprocessable
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -149,10 +157,124 @@ def idempotent(func: F) -> F:
         )
         return response
 
+    return _documented(wrapper)  # type: ignore[no-any-return]
+
+
+def _documented(wrapper: Any) -> Any:
     wrapper = document_headers(IdempotencyHeaders)(wrapper)
     wrapper = document_response(ErrorBody, 409)(wrapper)
     wrapper = document_response(ErrorBody, 422)(wrapper)
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A stored answer, still encrypted (decrypted outside the transaction)."""
+
+    status: int
+    content_type: str | None
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class IdempotentWrite:
+    """This request's Idempotency-Key, for a route that stores it in its own
+    transaction (``@idempotent_in_transaction``)."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    now: float
+    cipher: DataCipher  # the answer is stored encrypted, as @idempotent stores it
+
+    @property
+    def _context(self) -> bytes:
+        return f"{self.scope}|{self.key}".encode()
+
+    async def replay_in(self, conn: aiosqlite.Connection) -> Replay | None:
+        """Inside the route's transaction, before its work: the stored answer to replay,
+        or None (do the work, then ``record_in``). 422 for another request under this
+        key, 409 while a request of the per-request decorator (an older process during
+        a rolling restart) still holds it in flight."""
+        row = await store.idempotency_record(conn, self.scope, self.key, now=self.now)
+        if row is None:
+            return None
+        if row.fingerprint != self.fingerprint:
+            raise Unprocessable(f"this {HEADER} was used with a different request")
+        if row.state == "in_flight":
+            if row.created_at < self.now - ABANDONED_AFTER_S:
+                return None  # its process died mid-request; record_in replaces it
+            raise Conflict(f"a request with this {HEADER} is still being processed")
+        assert row.body is not None and row.status is not None  # a done record
+        return Replay(row.status, row.content_type, row.body)
+
+    async def record_in(
+        self, conn: aiosqlite.Connection, *, status: int, content_type: str, body: bytes
+    ) -> None:
+        """Inside the route's transaction, with its work: the answer to replay."""
+        await conn.execute(
+            "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, state, "
+            "status, content_type, body, created_at, expires_at) "
+            "VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?)",
+            (
+                self.scope,
+                self.key,
+                self.fingerprint,
+                status,
+                content_type,
+                self.cipher.encrypt(body, context=self._context),
+                self.now,
+                self.now + TTL_S,
+            ),
+        )
+
+    def response(self, replay: Replay) -> Response:
+        stored = self.cipher.decrypt(replay.sealed, context=self._context)
+        answer = Response(stored, status=replay.status, content_type=replay.content_type)
+        answer.headers[REPLAYED_HEADER] = "true"
+        return answer
+
+
+def idempotent_write() -> IdempotentWrite | None:
+    """The request's key for ``@idempotent_in_transaction`` routes; None without one."""
+    return g.get("idempotent_write")  # type: ignore[no-any-return]
+
+
+def idempotent_in_transaction(func: F) -> F:
+    """``@idempotent``'s contract for a route that calls ``idempotent_write()`` and
+    stores the key in the transaction of its work (one transaction, not three).
+
+    A request refused before that transaction (400, 404, 409 ...) stores nothing; if
+    its key already holds an answer to the same request, that answer is replayed
+    instead, as ``@idempotent`` would have done before running the route."""
+
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        raw = request.headers.get(HEADER)
+        if raw is None:
+            return await func(*args, **kwargs)
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)  # as_text=False
+        write = IdempotentWrite(
+            principal().key,
+            parse_key(raw),
+            fingerprint(request.method, request.path, body),
+            time.time(),
+            state_of().cipher,
+        )
+        g.idempotent_write = write
+        try:
+            return await func(*args, **kwargs)
+        except ClientError:
+            state = state_of()
+            assert state.db is not None
+            # Rare (a refused retry): a read of its own, in a transaction for its snapshot.
+            replay = await state.db.write_batched(write.replay_in, in_thread=True)
+            if replay is None:
+                raise
+            return write.response(replay)
+
+    return _documented(wrapper)  # type: ignore[no-any-return]
 
 
 _forgetting: set[asyncio.Task[None]] = set()

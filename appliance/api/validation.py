@@ -8,9 +8,15 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from quart import request
-from quart_schema import document_response, validate_querystring, validate_request
+from quart_schema import (
+    DataSource,
+    RequestSchemaValidationError,
+    document_response,
+    validate_querystring,
+)
+from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE
 
 from appliance.api.schemas import ErrorBody, ValidationErrorBody
 from appliance.errors import ClientError, InvalidInput
@@ -94,10 +100,14 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
     ``max_bytes`` caps the body below MAX_BODY_BYTES (413), for routes anyone may call.
     """
 
-    def decorator(func: F) -> F:
-        validated = validate_request(model)(func)
+    # quart-schema's validate_request builds a TypeAdapter (the model's whole core
+    # schema) on every request; one, built here, validates the same way.
+    adapter: TypeAdapter[BaseModel] = TypeAdapter(model)
 
-        @wraps(validated)
+    def decorator(func: F) -> F:
+        setattr(func, QUART_SCHEMA_REQUEST_ATTRIBUTE, (model, DataSource.JSON))  # the spec
+
+        @wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not request.is_json:
                 raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
@@ -108,11 +118,15 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
                     f"the body exceeds the limit of {max_bytes} bytes for this route"
                 )
             data = parse_json_body(raw)
-            # quart-schema reads request.get_json(): hand it what was parsed here, so the
-            # body is never parsed by a decoder without these checks.
+            # Code reading request.get_json() gets what was parsed here, so the body is
+            # never parsed by a decoder without these checks.
             request._cached_json[False] = data
             request._cached_json[True] = data
-            return await validated(*args, **kwargs)
+            try:
+                parsed = adapter.validate_python(data)
+            except (TypeError, ValidationError, ValueError) as error:
+                raise RequestSchemaValidationError(error) from None  # 400 with its issues
+            return await func(*args, data=parsed, **kwargs)
 
         wrapper = document_response(ValidationErrorBody, 400)(wrapper)
         wrapper = document_response(ErrorBody, 408)(wrapper)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 
 import httpx
 import pytest
 
+from appliance.api import key_cache
 from appliance.api.app import create_app
 from appliance.config import Paths, load_settings
 from appliance.secrets import load_secrets
@@ -345,11 +347,16 @@ def test_api_keys_listing_and_revocation(appliance: Appliance) -> None:
         listed = admin.get("/api/api-keys", params={"limit": 200}).json()["items"]
         entry = next(k for k in listed if k["id"] == created.json()["id"])
         assert "key" not in entry and entry["accounts"] == ["a1"] and entry["role"] == "agent"
-        with bearer(appliance, secret) as c:
-            assert c.get("/auth/me").status_code == 200
+        for _ in range(8):  # fresh connections: both API processes cache the key
+            with bearer(appliance, secret) as c:
+                assert c.get("/auth/me").status_code == 200
         assert admin.delete(f"/api/api-keys/{entry['id']}").status_code == 204
-        with bearer(appliance, secret) as c:
-            assert c.get("/auth/me").status_code == 401
+        # Each process reads a key at most every half second (api/key_cache.py): a
+        # second after the revocation no process lets it in, whichever answers.
+        time.sleep(2 * key_cache.TTL_S)
+        for _ in range(16):
+            with bearer(appliance, secret) as c:
+                assert c.get("/auth/me").status_code == 401
         audit = admin.get("/api/audit", params={"limit": 50}).json()["items"]
     actions = {a["action"] for a in audit}
     assert {"api_key.create", "api_key.revoke"} <= actions

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +70,75 @@ def test_without_a_log_directory_the_lines_stay_on_stdout(
     assert log_access_to_file(tmp_path / "missing", instance="api_00") is None
     logging.getLogger(ACCESS_LOGGER).info("GET /healthz 200")
     assert "GET /healthz 200" in stdout.getvalue()
+
+
+# -- buffered, cheap lines (write_access, BufferedRotatingHandler) -------------------------
+
+
+def test_write_access_is_the_same_json_buffered_until_the_timer(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    from appliance.observability import access_log
+    from appliance.observability.context import request_id_var
+
+    setup_logging("api", stream=io.StringIO())
+    path = log_access_to_file(tmp_path, instance="api_01")
+    assert path is not None
+    handler = logging.getLogger(ACCESS_LOGGER).handlers[0]
+    assert isinstance(handler, access_log.BufferedRotatingHandler)
+
+    async def main() -> None:
+        request_id_var.set("req-1")
+        access_log.write_access("POST", "/api/x", 202, 1.25)
+        logging.getLogger(ACCESS_LOGGER).info(
+            "%s %s %s", "GET", "/healthz", 200, extra={"status": 200, "duration_ms": 0.5}
+        )
+        assert path.read_text(encoding="utf-8") == ""  # still in memory
+        for _ in range(100):  # bounded: the timer is FLUSH_S
+            if path.read_text(encoding="utf-8").count("\n") == 2:
+                break
+            await asyncio.sleep(access_log.FLUSH_S / 5)
+
+    asyncio.run(main())
+    fast, logged = (orjson.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    assert fast["msg"] == "POST /api/x 202" and fast["status"] == 202
+    assert fast["duration_ms"] == 1.25 and fast["request_id"] == "req-1"
+    assert set(fast) == set(logged) | {"request_id"}  # the logger's line has no request id
+    for same in ("level", "role", "instance", "pid", "logger"):
+        assert fast[same] == logged[same]
+    assert fast["time"].endswith("Z") and len(fast["time"]) == len(logged["time"])
+
+
+def test_buffered_lines_rotate_by_size_and_reach_the_file_at_shutdown(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    from appliance.observability import access_log
+
+    setup_logging("api", stream=io.StringIO())
+    path = log_access_to_file(tmp_path, instance="api_00", max_bytes=2000, backups=2)
+    assert path is not None
+
+    async def main() -> None:
+        for n in range(100):
+            access_log.write_access("GET", f"/x/{n}", 200, 0.1)
+
+    asyncio.run(main())  # the loop ends before the timer: lines still buffered
+    handler = logging.getLogger(ACCESS_LOGGER).handlers[0]
+    logging.shutdown([weakref.ref(handler)])  # what the process's exit does to it
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["api_00.access.log", "api_00.access.log.1", "api_00.access.log.2"]
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    last = path.read_text(encoding="utf-8").splitlines()[-1]
+    assert orjson.loads(last)["msg"] == "GET /x/99 200"
+
+
+def test_a_moved_file_is_reopened(tmp_path: Path, restore_logging: None) -> None:
+    setup_logging("api", stream=io.StringIO())
+    path = log_access_to_file(tmp_path, instance="api_00")
+    assert path is not None
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.info("GET /before 200")
+    path.rename(tmp_path / "moved.log")  # logrotate, or an operator
+    access.info("GET /after 200")
+    assert "/before" in (tmp_path / "moved.log").read_text(encoding="utf-8")
+    assert "/after" in path.read_text(encoding="utf-8")

@@ -11,12 +11,12 @@ from typing import Any
 import aiosqlite
 import orjson
 from pydantic import BaseModel, Field, RootModel
-from quart import Blueprint, request
+from quart import Blueprint, Response, request
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, DataSource
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
-from appliance.api.idempotency import HEADER, idempotent, parse_key
+from appliance.api.idempotency import Replay, idempotent_in_transaction, idempotent_write
 from appliance.api.openapi import documented
 from appliance.api.schemas import Float, Strict
 from appliance.api.state import db as _db
@@ -36,6 +36,7 @@ from appliance.net import ssrf
 bp = Blueprint("messages", __name__)
 
 LINK_CHECK_TIMEOUT_S = 5.0  # resolving a media link's host at send time
+JSON = "application/json"
 
 
 class InboundAccepted(BaseModel):
@@ -105,12 +106,12 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @bp.post("/api/accounts/<account>/messages")
 @requires(Permission.MESSAGES_SEND)
-@idempotent
+@idempotent_in_transaction
 @_send_body
 @documented(SendAccepted, 202, errors=[404, 409, 422], tag="messages")
 async def send_message(
     account: str, data: SendMessageIn | QuickReplySendIn
-) -> tuple[SendAccepted, int]:
+) -> tuple[SendAccepted, int] | Response:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
 
     `{"type": "quick_reply", "quick_reply": {"id": ID, "variables": {...}}}` sends a
@@ -139,22 +140,41 @@ async def send_message(
     media = data.media
     if media is not None and media.link is not None:
         await check_media_link(f"{data.type}.link", media.link)
-    client_key = None
-    if request.headers.get(HEADER):
-        client_key = f"{principal().key}|{parse_key(request.headers[HEADER])}"
+    key = idempotent_write()
+    client_key = None if key is None else f"{key.scope}|{key.key}"
     now = time.time()
+    to = data.to
+    message = data
 
-    async def store_send(conn: aiosqlite.Connection) -> sends.Accepted:
+    async def store_send(conn: aiosqlite.Connection) -> sends.Accepted | Replay:
         # Shares a transaction with concurrent sends (group commit), and runs in the
         # database thread: one thread round trip for the batch, not one per statement.
-        return await sends.accept_send(
-            conn, account_id=account, to=data.to, message=data, client_key=client_key, now=now
+        # With an Idempotency-Key, its lookup and its stored answer are in this same
+        # transaction: the message and the key's record commit together or not at all.
+        if key is not None:
+            replay = await key.replay_in(conn)
+            if replay is not None:
+                return replay
+        accepted = await sends.accept_send(
+            conn, account_id=account, to=to, message=message, client_key=client_key, now=now
         )
+        if key is not None:
+            answer = SendAccepted(id=accepted.message_id, account_id=account, to=to)
+            await key.record_in(
+                conn, status=202, content_type=JSON, body=answer.model_dump_json().encode()
+            )
+        return accepted
 
-    accepted = await db.write_batched(store_send, in_thread=True)
-    if accepted.created:
+    outcome = await db.write_batched(store_send, in_thread=True)
+    if isinstance(outcome, Replay):
+        assert key is not None
+        return key.response(outcome)
+    if outcome.created:
         await poke("send")
-    return SendAccepted(id=accepted.message_id, account_id=account, to=data.to), 202
+    answer = SendAccepted(id=outcome.message_id, account_id=account, to=to)
+    if key is not None:  # the very bytes stored for a replay
+        return Response(answer.model_dump_json(), status=202, content_type=JSON)
+    return answer, 202
 
 
 async def _sandbox_account(account: str) -> None:
