@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +23,7 @@ from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.observability.metrics import BUILTIN_ALERTS
-from appliance.ops import alerts_store
+from appliance.ops import alerts_store, offline_store
 from appliance.ops.stored_secrets import Undecryptable, undecryptable
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class SecretsWatch:
 
     def _scan(self) -> list[Undecryptable]:
         path = self.settings.database_path
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        conn = offline_store.open_read_only(path, timeout_s=30)
         try:
             return undecryptable(conn, self.cipher)
         finally:
