@@ -25,6 +25,7 @@ from appliance.db.database import Database
 from appliance.observability.metrics import BUILTIN_ALERTS
 from appliance.ops import alerts_store, offline_store
 from appliance.ops.stored_secrets import Undecryptable, undecryptable
+from appliance.runtime import repeat
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,7 @@ class SecretsWatch:
         BUILTIN_ALERTS.labels(rule=RULE).set(0)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except Exception:
-                log.exception("stored secrets check failed")
-            await asyncio.sleep(CHECK_INTERVAL_S)
+        await repeat(self.check_once, CHECK_INTERVAL_S, log, "stored secrets check")
 
     def _scan(self) -> list[Undecryptable]:
         path = self.settings.database_path

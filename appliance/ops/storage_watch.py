@@ -31,6 +31,7 @@ from appliance.db.database import Database
 from appliance.errors import StorageFull
 from appliance.observability.metrics import BUILTIN_ALERTS
 from appliance.ops import alerts_store
+from appliance.runtime import repeat
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,7 @@ class StorageWatch:
 
     async def run_forever(self) -> None:
         await self.load()
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("storage watch pass failed")
-            await asyncio.sleep(self.settings.monitor_interval_s)
+        await repeat(self.tick, self.settings.monitor_interval_s, log, "storage watch pass")
 
     def _export(self) -> None:
         BUILTIN_ALERTS.labels(rule=RULE).set(1 if self.firing else 0)

@@ -15,7 +15,6 @@ gauges cannot drop a label); runbook/alerts.md says so.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -41,6 +40,7 @@ from appliance.observability.metrics import (
     WEBHOOK_DEAD,
 )
 from appliance.ops import alerts_store
+from appliance.runtime import repeat
 from appliance.webhooks import store as webhooks_store
 from appliance.webhooks.metrics import DELIVERIES
 
@@ -88,12 +88,7 @@ class Monitor:
 
     async def run_forever(self) -> None:
         await self.load()
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("monitor pass failed")
-            await asyncio.sleep(self.settings.monitor_interval_s)
+        await repeat(self.tick, self.settings.monitor_interval_s, log, "monitor pass")
 
     async def tick(self) -> None:
         now = self.clock()
