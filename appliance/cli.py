@@ -540,7 +540,7 @@ def check_installation(paths: Paths) -> list[str]:
         problems.append(f"database {db_path} does not exist yet (the worker creates it at start)")
         return problems
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        conn = offline_store.open_read_only(db_path)
         try:
             integrity = offline_store.integrity(conn)
             if integrity != "ok":
@@ -602,7 +602,7 @@ def _schema_version(db_path: Path) -> int | None:
     """The database's schema version (0: none yet), None when there is no database."""
     if not db_path.exists():
         return None
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    conn = offline_store.open_read_only(db_path)
     try:
         return read_schema_version(conn)
     except sqlite3.Error:
@@ -642,7 +642,7 @@ def _check_tls_exposure(settings: Settings) -> None:
 def _last_restore(db_path: Path) -> str | None:
     """The last restore of a backup (restore_epochs; runbook/restore.md), if any."""
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        conn = offline_store.open_read_only(db_path)
         try:
             last = offline_store.restore_epochs(conn, last_only=True)
         finally:
@@ -678,7 +678,7 @@ def storage_report(settings: Settings) -> list[str]:
     )
     lines = [f"database size {_human(db_bytes)} ({db_path}, with its WAL)"]
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        conn = offline_store.open_read_only(db_path)
         try:
             counts = [
                 f"{table} {offline_store.row_count(conn, table)}"

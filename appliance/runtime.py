@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from appliance.config import Paths, Settings, load_settings
@@ -36,3 +38,16 @@ def boot(role: str) -> Boot:
         # 78 (EX_CONFIG) tells supervisord's operator this is not a crash to retry away.
         sys.exit(78)
     return Boot(paths, settings, secrets)
+
+
+async def repeat(
+    step: Callable[[], Awaitable[object]], interval_s: float, logger: logging.Logger, what: str
+) -> None:
+    """Run ``step`` every ``interval_s`` seconds for ever; a failed pass is logged (as
+    "``what`` failed", with its traceback) and the next one runs as usual."""
+    while True:
+        try:
+            await step()
+        except Exception:
+            logger.exception("%s failed", what)
+        await asyncio.sleep(interval_s)

@@ -86,21 +86,22 @@ async def insert_rule(
         "INSERT INTO auto_reply_rules (id, account_id, name, priority, active, match_type, "
         "pattern, conditions, actions, cooldown_s, stop, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            rule.id,
-            account_id,
-            rule.name,
-            rule.priority,
-            int(rule.active),
-            rule.match_type,
-            rule.pattern,
-            _json(rule.conditions),
-            _json(rule.actions),
-            rule.cooldown_s,
-            int(rule.stop),
-            now,
-            now,
-        ),
+        (rule.id, account_id, *_stored(rule), now, now),
+    )
+
+
+def _stored(rule: Rule) -> tuple[Any, ...]:
+    """A rule's stored columns from ``name`` to ``stop``, in the table's order."""
+    return (
+        rule.name,
+        rule.priority,
+        int(rule.active),
+        rule.match_type,
+        rule.pattern,
+        _json(rule.conditions),
+        _json(rule.actions),
+        rule.cooldown_s,
+        int(rule.stop),
     )
 
 
@@ -112,20 +113,7 @@ async def replace_rule(
         "UPDATE auto_reply_rules SET name = ?, priority = ?, active = ?, match_type = ?, "
         "pattern = ?, conditions = ?, actions = ?, cooldown_s = ?, stop = ?, updated_at = ? "
         "WHERE id = ? AND account_id = ?",
-        (
-            rule.name,
-            rule.priority,
-            int(rule.active),
-            rule.match_type,
-            rule.pattern,
-            _json(rule.conditions),
-            _json(rule.actions),
-            rule.cooldown_s,
-            int(rule.stop),
-            now,
-            rule.id,
-            account_id,
-        ),
+        (*_stored(rule), now, rule.id, account_id),
     )
     return cur.rowcount == 1
 

@@ -22,7 +22,13 @@ from pydantic.json_schema import SkipJsonSchema
 
 from appliance.inbox import quick_replies, tags
 from appliance.inbox.actor import Actor as Actor  # the one actor type, re-exported
-from appliance.messaging.models import RECIPIENT_PATTERN, Context, MediaIdStr, recipient_jid
+from appliance.messaging.models import (
+    RECIPIENT_PATTERN,
+    Context,
+    MediaIdStr,
+    one_media_source,
+    recipient_jid,
+)
 from appliance.schemas_base import Bool, Strict
 
 MAX_NOTE_BODY = 4000
@@ -102,16 +108,6 @@ def _check_template(value: str | None) -> str | None:
     if value is not None:
         quick_replies.check_template(value)
     return value
-
-
-def _one_media_source(schema: dict[str, Any]) -> None:
-    """In the spec: exactly one of `link` and `id` (as QuickReplyMedia checks)."""
-    link = {"type": "string", "maxLength": 2048, "pattern": "^https?://"}
-    media_id = schema["properties"]["id"]["anyOf"][0]
-    schema["oneOf"] = [
-        {"required": ["link"], "properties": {"link": link, "id": {"type": "null"}}},
-        {"required": ["id"], "properties": {"id": media_id, "link": {"type": "null"}}},
-    ]
 
 
 def _body_or_media(schema: dict[str, Any]) -> None:
@@ -287,7 +283,7 @@ class NotificationsReadOut(BaseModel):
 
 
 class QuickReplyMedia(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_media_source)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_media_source)
 
     type: Literal["image", "document", "audio", "video"]
     link: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://")] | None = Field(

@@ -322,8 +322,9 @@ class Text(Strict):
     preview_url: Bool = False
 
 
-def _one_media_source(schema: dict[str, Any]) -> None:
-    """In the spec: exactly one of `link` (http or https) and `id`, as _one_source checks."""
+def one_media_source(schema: dict[str, Any]) -> None:
+    """In the spec: exactly one of `link` (http or https) and `id`, as _one_source checks
+    (also quick replies' media, inbox/models.py)."""
     link = {"type": "string", "maxLength": 2048, "pattern": "^https?://"}
     media_id = schema["properties"]["id"]["anyOf"][0]
     schema["oneOf"] = [
@@ -345,7 +346,7 @@ def _content_matches_type(schema: dict[str, Any]) -> None:
 
 
 class Media(Strict):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_media_source)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_media_source)
 
     link: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
         default=None,

@@ -559,3 +559,108 @@ async def search_messages(
             raise
         raise invalid_search() from None
     return _rowid_page("s", rows, limit)
+
+
+# -- the panel's conversation view (api/panel/conversation.py) -------------------------
+
+# The most messages one live refresh re-reads (the newest page and the older pages the
+# user has loaded since); beyond it the view starts again from the newest page.
+MAX_SHOWN = 600
+
+
+async def latest_reactions(
+    db: Database, account: str, chat_jid: str, message_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Per reacted-to message, each reactor's newest emoji ("" when they took it off);
+    a reactor is "out" for our side, else their jid (the chat's in a one-to-one chat)."""
+    ids = [i for i in message_ids if i]
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = await db.fetchall(
+        "SELECT reply_to, direction, sender_jid, content FROM messages "
+        f"WHERE account_id = ? AND chat_jid = ? AND type = 'reaction' AND reply_to IN ({marks}) "
+        # "+": sorting the few reactions found lets the reactions' own index
+        # (messages_reactions, migration 0033) answer, not a walk of the whole chat.
+        "ORDER BY +rowid",
+        (account, chat_jid, *ids),
+    )
+    latest: dict[str, dict[str, str]] = {}
+    for row in rows:
+        who = "out" if row["direction"] == "out" else (row["sender_jid"] or chat_jid)
+        part = orjson.loads(row["content"]).get("reaction") or {}
+        emoji = part.get("emoji") if isinstance(part, dict) else None
+        latest.setdefault(row["reply_to"], {})[who] = emoji if isinstance(emoji, str) else ""
+    return latest
+
+
+async def edited_at(db: Database, account: str, message_ids: Sequence[str]) -> dict[str, float]:
+    """When each of these messages was last edited (only the edited ones)."""
+    ids = [i for i in message_ids if i]
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = await db.fetchall(
+        f"SELECT id, edited_at FROM messages WHERE account_id = ? AND id IN ({marks}) "
+        "AND edited_at IS NOT NULL",
+        (account, *ids),
+    )
+    return {r["id"]: r["edited_at"] for r in rows}
+
+
+async def messages_since(
+    db: Database, account: str, chat_jid: str, since: int
+) -> tuple[list[MessageRow], str | None]:
+    """The chat's messages from the page position ``since`` (a rowid) to the newest,
+    newest first, with the cursor of what is older; None when there are too many (the
+    caller shows the newest page instead)."""
+    rows = await db.fetchall(
+        f"SELECT rowid AS cursor, {MESSAGE_COLS} FROM messages "
+        "WHERE account_id = ? AND chat_jid = ? AND rowid >= ? ORDER BY rowid DESC LIMIT ?",
+        (account, chat_jid, since, MAX_SHOWN + 1),
+    )
+    if not rows or len(rows) > MAX_SHOWN:
+        return [], None
+    page = [MessageRow.from_row(r) for r in rows]
+    older = await db.fetchone(
+        "SELECT 1 FROM messages WHERE account_id = ? AND chat_jid = ? AND rowid < ? LIMIT 1",
+        (account, chat_jid, since),
+    )
+    oldest = page[-1].cursor
+    return page, encode_cursor("m", oldest) if older is not None and oldest is not None else None
+
+
+async def chat_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
+    """The names the chat list shows for these chats (the team's name for the contact,
+    else the chat's, else the contact's WhatsApp name, as ``queries.chat_row``), in one
+    query for a page of search results; chats without a name are left out."""
+    wanted = sorted(set(jids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = await db.fetchall(
+        "SELECT c.jid, COALESCE(ct.display_name, c.name, ct.name) AS name FROM chats c "
+        "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
+        f"WHERE c.account_id = ? AND c.jid IN ({marks})",
+        (account, *wanted),
+    )
+    return {r["jid"]: r["name"] for r in rows if r["name"]}
+
+
+async def sender_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
+    """Group members' names as ``quick_replies_store.contact_name`` gives them (the
+    contact's WhatsApp name, else a chat's own), in two queries for a page of messages
+    rather than one per sender."""
+    wanted = sorted(set(jids))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    names: dict[str, str] = {}
+    for table in ("chats", "contacts"):  # the contact's name wins: read last
+        rows = await db.fetchall(
+            f"SELECT jid, name FROM {table} WHERE account_id = ? AND jid IN ({marks}) "
+            "AND name IS NOT NULL AND name != ''",
+            (account, *wanted),
+        )
+        names.update({r["jid"]: r["name"] for r in rows})
+    return names

@@ -98,7 +98,7 @@ def _is_sqlite(path: Path) -> bool:
 def snapshot_sqlite(source: Path, dest: Path, *, busy_timeout_ms: int = 30_000) -> None:
     """A consistent copy of a live SQLite database (any journal mode), as one file in
     rollback-journal mode, checked with ``PRAGMA integrity_check``."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000)
+    src = offline_store.open_read_only(source, timeout_s=busy_timeout_ms / 1000)
     try:
         dst = sqlite3.connect(str(dest))
         try:
@@ -115,7 +115,7 @@ def snapshot_sqlite(source: Path, dest: Path, *, busy_timeout_ms: int = 30_000) 
 
 
 def database_summary(db_path: Path) -> dict[str, Any]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = offline_store.open_read_only(db_path)
     try:
         tables = set(offline_store.table_names(conn))
         counts = {
@@ -324,7 +324,7 @@ def verify_and_extract(archive: Path, staging: Path) -> dict[str, Any]:
     if not db.exists():
         raise ArchiveError(f"{archive} holds no database")
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = offline_store.open_read_only(db)
         try:
             integrity = offline_store.integrity(conn)
             version = read_schema_version(conn)

@@ -11,12 +11,12 @@ version (install.sh names it when an upgrade failed and is rolled back).
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 
 from appliance.config import Paths, load_settings
 from appliance.db.migrate import latest_version, read_schema_version
 from appliance.errors import StartupError
+from appliance.ops import offline_store
 
 
 def pending_migration(paths: Paths) -> tuple[int, int] | None:
@@ -28,7 +28,7 @@ def pending_migration(paths: Paths) -> tuple[int, int] | None:
     db_path = settings.database_path
     if not db_path.exists():
         return None
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    conn = offline_store.open_read_only(db_path, timeout_s=30)
     try:
         version = read_schema_version(conn)
     finally:
@@ -44,7 +44,7 @@ def schema_version(paths: Paths) -> int:
     db_path = load_settings(paths).database_path
     if not db_path.exists():
         return 0
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    conn = offline_store.open_read_only(db_path, timeout_s=30)
     try:
         return read_schema_version(conn)
     finally:

@@ -20,14 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from croniter import croniter
 from prometheus_client import Counter, Gauge
 
 from appliance.config import Paths, Settings
 from appliance.db.database import Database
-from appliance.messaging.store import append_event
 from appliance.ops import alerts_store
 from appliance.ops.archive import write_backup
 
@@ -60,6 +58,9 @@ ARCHIVE_GLOB = "appliance-*.tar.gz"
 # The built-in alert (runbook/alerts.md's shape; its row in system_alerts).
 ALERT_RULE = "backup_failed"
 ALERT_SUMMARY = "a scheduled backup failed: see the worker log and BACKUP_DIR"
+ALERT = alerts_store.BuiltinAlert(
+    ALERT_RULE, "critical", ALERT_SUMMARY, "runbook/backup.md#scheduling"
+)
 # Sleep in steps so a clock change or a long suspend does not skip a run by hours.
 MAX_SLEEP_S = 60.0
 
@@ -168,62 +169,16 @@ class ScheduledBackups:
         details = {"dir": self.settings.backup_dir, "error": error}
         try:
             async with self.db.write() as conn:
-                open_alert = await alerts_store.open_alert(conn, ALERT_RULE, "")
-                if open_alert is not None:
-                    await alerts_store.set_details(conn, open_alert.id, details)
-                    return
-                alert_id = await alerts_store.raise_alert(
-                    conn,
-                    rule=ALERT_RULE,
-                    subject="",
-                    severity="critical",
-                    summary=ALERT_SUMMARY,
-                    details=details,
-                    at=now,
-                )
-                await append_event(
-                    conn,
-                    "system.alert",
-                    None,
-                    _alert_data(alert_id, "raised", now, None, details),
-                    now,
-                )
+                changed = await alerts_store.set_builtin(conn, ALERT, True, details, now)
         except Exception:
             log.exception("could not record the backup alert")
             return
-        if self.events_written is not None:
+        if changed is not None and self.events_written is not None:
             await self.events_written()
 
     async def _resolve(self) -> None:
         now = self.clock()
         async with self.db.write() as conn:
-            alert = await alerts_store.open_alert(conn, ALERT_RULE, "")
-            if alert is None:
-                return
-            await alerts_store.resolve_alert(conn, ALERT_RULE, "", now)
-            await append_event(
-                conn,
-                "system.alert",
-                None,
-                _alert_data(alert.id, "resolved", alert.raised_at, now, alert.details),
-                now,
-            )
-        if self.events_written is not None:
+            changed = await alerts_store.set_builtin(conn, ALERT, False, None, now)
+        if changed is not None and self.events_written is not None:
             await self.events_written()
-
-
-def _alert_data(
-    alert_id: int, state: str, raised_at: float, resolved_at: float | None, details: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "alert_id": alert_id,
-        "rule": ALERT_RULE,
-        "state": state,
-        "severity": "critical",
-        "summary": ALERT_SUMMARY,
-        "subject": "",
-        "raised_at": raised_at,
-        "resolved_at": resolved_at,
-        "details": details,
-        "runbook": "runbook/backup.md#scheduling",
-    }

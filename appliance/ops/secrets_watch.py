@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,10 +22,10 @@ from typing import Any
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
-from appliance.messaging.store import append_event
 from appliance.observability.metrics import BUILTIN_ALERTS
-from appliance.ops import alerts_store
+from appliance.ops import alerts_store, offline_store
 from appliance.ops.stored_secrets import Undecryptable, undecryptable
+from appliance.runtime import repeat
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,7 @@ RULE = "stored_secrets_undecryptable"
 SEVERITY = "critical"
 SUMMARY = "stored secrets cannot be decrypted with this data key: re-enter them"
 CHECK_INTERVAL_S = 600.0
+ALERT = alerts_store.BuiltinAlert(RULE, SEVERITY, SUMMARY, f"runbook/alerts.md#{RULE}")
 
 
 class SecretsWatch:
@@ -54,16 +54,11 @@ class SecretsWatch:
         BUILTIN_ALERTS.labels(rule=RULE).set(0)
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except Exception:
-                log.exception("stored secrets check failed")
-            await asyncio.sleep(CHECK_INTERVAL_S)
+        await repeat(self.check_once, CHECK_INTERVAL_S, log, "stored secrets check")
 
     def _scan(self) -> list[Undecryptable]:
         path = self.settings.database_path
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        conn = offline_store.open_read_only(path, timeout_s=30)
         try:
             return undecryptable(conn, self.cipher)
         finally:
@@ -76,58 +71,14 @@ class SecretsWatch:
             "affected": [item.what for item in found],
             "fix": [item.fix for item in found],
         }
-        changed = False
         async with self.db.write() as conn:
-            alert = await alerts_store.open_alert(conn, RULE, "")
-            if found and alert is None:
-                alert_id = await alerts_store.raise_alert(
-                    conn,
-                    rule=RULE,
-                    subject="",
-                    severity=SEVERITY,
-                    summary=SUMMARY,
-                    details=details,
-                    at=now,
-                )
-                await append_event(
-                    conn, "system.alert", None, _data(alert_id, "raised", now, None, details), now
-                )
-                changed = True
-            elif found and alert is not None and alert.details != details:
-                await alerts_store.set_details(conn, alert.id, details)
-            elif not found and alert is not None:
-                await alerts_store.resolve_alert(conn, RULE, "", now, details)
-                await append_event(
-                    conn,
-                    "system.alert",
-                    None,
-                    _data(alert.id, "resolved", alert.raised_at, now, details),
-                    now,
-                )
-                changed = True
+            changed = await alerts_store.set_builtin(conn, ALERT, bool(found), details, now)
         BUILTIN_ALERTS.labels(rule=RULE).set(1 if found else 0)
         if found:
             log.error(
                 "stored secrets cannot be decrypted with this data key",
                 extra={"rule": RULE, "affected": details["affected"]},
             )
-        if changed and self.events_written is not None:
+        if changed is not None and self.events_written is not None:
             await self.events_written()
         return found
-
-
-def _data(
-    alert_id: int, state: str, raised_at: float, resolved_at: float | None, details: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "alert_id": alert_id,
-        "rule": RULE,
-        "state": state,
-        "severity": SEVERITY,
-        "summary": SUMMARY,
-        "subject": "",
-        "raised_at": raised_at,
-        "resolved_at": resolved_at,
-        "details": details,
-        "runbook": f"runbook/alerts.md#{RULE}",
-    }

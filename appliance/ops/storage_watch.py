@@ -29,15 +29,16 @@ from appliance.config import Settings
 from appliance.db import storage
 from appliance.db.database import Database
 from appliance.errors import StorageFull
-from appliance.messaging.store import append_event
 from appliance.observability.metrics import BUILTIN_ALERTS
 from appliance.ops import alerts_store
+from appliance.runtime import repeat
 
 log = logging.getLogger(__name__)
 
 RULE = "storage_full"
 SEVERITY = "critical"
 SUMMARY = "the data directory's filesystem is full: writes are refused (503 storage_full)"
+ALERT = alerts_store.BuiltinAlert(RULE, SEVERITY, SUMMARY, f"runbook/alerts.md#{RULE}")
 RESERVE_NAME = "disk-reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
 FULL_BELOW_BYTES = 1024 * 1024
@@ -128,12 +129,7 @@ class StorageWatch:
 
     async def run_forever(self) -> None:
         await self.load()
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("storage watch pass failed")
-            await asyncio.sleep(self.settings.monitor_interval_s)
+        await repeat(self.tick, self.settings.monitor_interval_s, log, "storage watch pass")
 
     def _export(self) -> None:
         BUILTIN_ALERTS.labels(rule=RULE).set(1 if self.firing else 0)
@@ -179,50 +175,17 @@ class StorageWatch:
 
     async def _write_raise(self, now: float, details: dict[str, Any]) -> None:
         async with self.db.write() as conn:
-            alert_id = await alerts_store.raise_alert(
-                conn,
-                rule=RULE,
-                subject="",
-                severity=SEVERITY,
-                summary=SUMMARY,
-                details=details,
-                at=now,
-            )
-            await append_event(
-                conn, "system.alert", None, _data(alert_id, "raised", now, None, details), now
-            )
+            alert_id = await alerts_store.raise_builtin(conn, ALERT, details, now)
         self.open_id, self.raised_at = alert_id, now
 
     async def _resolve(self, now: float, details: dict[str, Any]) -> None:
         assert self.open_id is not None and self.raised_at is not None
         async with self.db.write() as conn:
-            await alerts_store.resolve_alert(conn, RULE, "", now, details)
-            await append_event(
-                conn,
-                "system.alert",
-                None,
-                _data(self.open_id, "resolved", self.raised_at, now, details),
-                now,
+            await alerts_store.resolve_builtin(
+                conn, ALERT, self.open_id, self.raised_at, now, details
             )
         log.info("alert resolved: %s", RULE, extra={"rule": RULE})
         self.open_id = self.raised_at = self.good_since = None
         self.firing = False
         if self.events_written is not None:
             await self.events_written()
-
-
-def _data(
-    alert_id: int, state: str, raised_at: float, resolved_at: float | None, details: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "alert_id": alert_id,
-        "rule": RULE,
-        "state": state,
-        "severity": SEVERITY,
-        "summary": SUMMARY,
-        "subject": "",
-        "raised_at": raised_at,
-        "resolved_at": resolved_at,
-        "details": details,
-        "runbook": f"runbook/alerts.md#{RULE}",
-    }

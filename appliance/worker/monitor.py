@@ -15,12 +15,10 @@ gauges cannot drop a label); runbook/alerts.md says so.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from appliance.config import Settings
 from appliance.db import queue
@@ -42,12 +40,12 @@ from appliance.observability.metrics import (
     WEBHOOK_DEAD,
 )
 from appliance.ops import alerts_store
+from appliance.runtime import repeat
 from appliance.webhooks import store as webhooks_store
 from appliance.webhooks.metrics import DELIVERIES
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPE = "system.alert"
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead", "disabled", "refused")
 
 
@@ -90,12 +88,7 @@ class Monitor:
 
     async def run_forever(self) -> None:
         await self.load()
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("monitor pass failed")
-            await asyncio.sleep(self.settings.monitor_interval_s)
+        await repeat(self.tick, self.settings.monitor_interval_s, log, "monitor pass")
 
     async def tick(self) -> None:
         now = self.clock()
@@ -172,29 +165,26 @@ class Monitor:
     async def _record(self, transitions: list[rules.Transition]) -> None:
         async with self.db.write() as conn:
             for t in transitions:
+                alert = alerts_store.BuiltinAlert(
+                    t.rule.name, t.rule.severity, t.rule.summary, f"runbook/alerts.md#{t.rule.name}"
+                )
+                account = (t.key or None) if _per_account(t) else None
                 if t.state == "raised":
-                    alert_id = await alerts_store.raise_alert(
-                        conn,
-                        rule=t.rule.name,
-                        subject=t.key,
-                        severity=t.rule.severity,
-                        summary=t.rule.summary,
-                        details=dict(t.details),
-                        at=t.at,
+                    alert_id = await alerts_store.raise_builtin(
+                        conn, alert, dict(t.details), t.at, subject=t.key, account=account
                     )
                     self.evaluator.active[(t.rule.name, t.key)].alert_id = alert_id
                 else:
-                    alert_id = t.alert_id or 0
-                    await alerts_store.resolve_alert(
-                        conn, t.rule.name, t.key, t.at, dict(t.details)
+                    await alerts_store.resolve_builtin(
+                        conn,
+                        alert,
+                        t.alert_id or 0,
+                        t.raised_at,
+                        t.at,
+                        dict(t.details),
+                        subject=t.key,
+                        account=account,
                     )
-                await store.append_event(
-                    conn,
-                    EVENT_TYPE,
-                    (t.key or None) if _per_account(t) else None,
-                    _event_data(t, alert_id),
-                    t.at,
-                )
         for t in transitions:
             level = logging.WARNING if t.state == "raised" else logging.INFO
             log.log(
@@ -207,18 +197,3 @@ class Monitor:
 
 def _per_account(t: rules.Transition) -> bool:
     return t.rule.name in (rules.ACCOUNT_LOGGED_OUT, rules.ACCOUNT_DISCONNECTED)
-
-
-def _event_data(t: rules.Transition, alert_id: int) -> dict[str, Any]:
-    return {
-        "alert_id": alert_id,
-        "rule": t.rule.name,
-        "state": t.state,
-        "severity": t.rule.severity,
-        "summary": t.rule.summary,
-        "subject": t.key,
-        "raised_at": t.raised_at,
-        "resolved_at": t.at if t.state == "resolved" else None,
-        "details": dict(t.details),
-        "runbook": f"runbook/alerts.md#{t.rule.name}",
-    }

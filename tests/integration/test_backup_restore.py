@@ -8,71 +8,45 @@ archive is refused and nothing changes."""
 
 from __future__ import annotations
 
-import sqlite3
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration._load import LOAD_ENV, LoopbackReceiver, connect_sandbox
+from tests.integration._load import query as _query
+from tests.integration._load import wait as _wait
 from tests.integration.conftest import (
     Appliance,
     bearer,
-    free_port,
     new_api_key,
     running_appliance,
 )
 
 pytestmark = pytest.mark.integration
 
-ENV = (
-    "WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32\n"
-    "API_RATE_LIMIT_PER_MIN=100000\n"
-    "API_RATE_LIMIT_PER_ADDR_PER_MIN=100000\n"
-    "SEND_CHAT_INTERVAL_MS=0\n"
-)
-FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
+ENV = LOAD_ENV
 LOAD_REQUESTS = 300  # per thread
 LOAD_LIMIT_S = 120
 
 
-class Receiver:
+class Receiver(LoopbackReceiver):
     """A webhook receiver on loopback that records every webhook-id it is sent."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.ids: list[int] = []
-        self.lock = threading.Lock()
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.ids.append(int(self.headers.get("webhook-id", "0")))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+    def record(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.ids.append(int(headers.get("webhook-id", "0")))
 
     def seen(self) -> set[int]:
         with self.lock:
             return set(self.ids)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -82,24 +56,6 @@ def receiver() -> Iterator[Receiver]:
         yield r
     finally:
         r.close()
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def _query(db: Path, sql: str, *params: object) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def _all_event_ids(c: httpx.Client, after: int = 0, limit_pages: int = 500) -> list[int]:
@@ -114,17 +70,7 @@ def _all_event_ids(c: httpx.Client, after: int = 0, limit_pages: int = 500) -> l
 
 
 def _connect(c: httpx.Client, app: Appliance, account: str) -> None:
-    response = c.post(
-        "/api/accounts", json={"id": account, "name": account, "engine_settings": FAST_SANDBOX}
-    )
-    assert response.status_code == 201, response.text
-    _wait(
-        lambda: _query(
-            app.db_path, "SELECT 1 FROM accounts WHERE id = ? AND state = 'connected'", account
-        ),
-        30,
-        "account connected",
-    )
+    connect_sandbox(c, app, account, 30)
 
 
 def _load(app: Appliance, key: str, stop: threading.Event, accepted: list[tuple[float, str, str]]):

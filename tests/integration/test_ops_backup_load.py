@@ -12,7 +12,6 @@ while the worker committed. Likewise every send answered 202 before the backup s
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -21,38 +20,22 @@ import httpx
 import pytest
 
 from appliance.ops.archive import verify_and_extract
+from tests.integration._load import FAST_SANDBOX, query
+from tests.integration._load import wait as _wait
 from tests.integration.conftest import bearer, new_api_key, running_appliance
 
 pytestmark = pytest.mark.integration
 
 ENV = "API_RATE_LIMIT_PER_MIN=100000\nAPI_RATE_LIMIT_PER_ADDR_PER_MIN=100000\n"
-FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
 RATE = 250.0  # inbound a second, injected by the worker
 SEND_RATE = 50.0  # sends a second, through the API from threads here
 SENDERS = 4  # a request can take longer than 1 / SEND_RATE under this load
 DURATION_S = 60.0  # the worker stops the load by itself after this
 
 
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
-
-
 def _message_ids(db: Path, direction: str) -> set[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = conn.execute(
-            "SELECT id FROM messages WHERE account_id = 'bl' AND direction = ?", (direction,)
-        ).fetchall()
-    finally:
-        conn.close()
-    return {r[0] for r in rows}
+    sql = "SELECT id FROM messages WHERE account_id = 'bl' AND direction = ?"
+    return {r[0] for r in query(db, sql, direction)}
 
 
 def _inbound_ids(db: Path) -> set[str]:

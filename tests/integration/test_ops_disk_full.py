@@ -21,12 +21,9 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +31,13 @@ import httpx
 import pytest
 import yaml
 
+from tests.integration._load import FAST_SANDBOX, LoopbackReceiver
+from tests.integration._load import query as _query
+from tests.integration._load import wait as _wait0
 from tests.integration.conftest import (
     REPO,
     Appliance,
     bearer,
-    free_port,
     new_api_key,
     running_appliance,
 )
@@ -58,33 +57,17 @@ ENV = (
     "MONITOR_INTERVAL_S=0.5\n"
     "ALERT_CLEAR_S=2\n"
 )
-FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
 
 
-class Receiver:
+class Receiver(LoopbackReceiver):
     """A webhook receiver on loopback keeping every envelope it is sent."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.bodies: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.bodies.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def record(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.bodies.append(json.loads(body))
 
     def alerts(self, rule: str, state: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -96,28 +79,9 @@ class Receiver:
                 and b["data"]["state"] == state
             ]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
-
-
-def _query(db: Path, sql: str, *params: object) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    return _wait0(predicate, timeout_s, what, every_s=0.25)
 
 
 def _free(path: Path) -> int:

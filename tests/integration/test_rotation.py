@@ -18,8 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Mapping
 
 import httpx
 import pytest
@@ -27,11 +26,13 @@ import pytest
 from appliance.crypto import DataCipher
 from appliance.ops.rotation import not_current
 from appliance.ops.stored_secrets import undecryptable
+from tests.integration._load import LOAD_ENV, LoopbackReceiver, connect_sandbox
+from tests.integration._load import query as _query
+from tests.integration._load import wait as _wait
 from tests.integration.conftest import (
     Appliance,
     admin_password,
     bearer,
-    free_port,
     login,
     new_api_key,
     running_appliance,
@@ -39,13 +40,7 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-ENV = (
-    "WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32\n"
-    "API_RATE_LIMIT_PER_MIN=100000\n"
-    "API_RATE_LIMIT_PER_ADDR_PER_MIN=100000\n"
-    "SEND_CHAT_INTERVAL_MS=0\n"
-)
-FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms": 100}
+ENV = LOAD_ENV
 HEADER_VALUE = "tok-rotation-0123456789"
 STORED_ANSWERS = 150
 # The load runs until the test stops it: it must outlast both rotations however slow the
@@ -55,53 +50,15 @@ LOAD_REQUESTS = 50_000
 LOAD_LIMIT_S = 900
 
 
-class Receiver:
+class Receiver(LoopbackReceiver):
     """A loopback webhook receiver recording each delivery's custom header value."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.values: list[str | None] = []
-        self.lock = threading.Lock()
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with receiver.lock:
-                    receiver.values.append(self.headers.get("X-Receiver-Token"))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def _query(db: Path, sql: str, *params: object) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    def record(self, headers: Mapping[str, str], body: bytes) -> None:
+        self.values.append(headers.get("X-Receiver-Token"))
 
 
 def _send(c: httpx.Client, i: int, key: str) -> httpx.Response:
@@ -202,17 +159,7 @@ def test_rotate_data_key_under_load_with_a_kill_in_the_middle(
 def _run(app: Appliance, receiver: Receiver) -> None:
     api_key = new_api_key(app, "ops", "admin")
     with bearer(app, api_key) as c:
-        created = c.post(
-            "/api/accounts", json={"id": "rk", "name": "rk", "engine_settings": FAST_SANDBOX}
-        )
-        assert created.status_code == 201, created.text
-        _wait(
-            lambda: _query(
-                app.db_path, "SELECT 1 FROM accounts WHERE id='rk' AND state='connected'"
-            ),
-            60,
-            "account connected",
-        )
+        connect_sandbox(c, app, "rk", 60)
         hook = c.post(
             "/api/webhooks",
             json={

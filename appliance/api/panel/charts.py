@@ -81,13 +81,19 @@ def _x_ticks(labels: Sequence[str], step_w: float) -> list[Tick]:
     ]
 
 
-def bars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]]) -> Chart:
-    """Grouped bars: one group per label, one bar per series (name, values)."""
+def _plot(
+    labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]]
+) -> tuple[float, list[Tick], float, float]:
+    """The scale's top, the y ticks, the plot's height and one label's width."""
     top = max((v for _, values in series for v in values), default=0)
     scale_max, y_ticks = _frame(top)
     plot_w = WIDTH - LEFT - 4
-    plot_h = HEIGHT - TOP - BOTTOM
-    step_w = plot_w / max(1, len(labels))
+    return scale_max, y_ticks, HEIGHT - TOP - BOTTOM, plot_w / max(1, len(labels))
+
+
+def bars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]]) -> Chart:
+    """Grouped bars: one group per label, one bar per series (name, values)."""
+    scale_max, y_ticks, plot_h, step_w = _plot(labels, series)
     bar_w = max(0.5, step_w * 0.8 / max(1, len(series)))
     out: list[Bar] = []
     for s, (name, values) in enumerate(series):
@@ -121,11 +127,7 @@ def bars(labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]]) -> 
 
 def lines(labels: Sequence[str], series: Sequence[tuple[str, Sequence[int]]]) -> Chart:
     """One polyline per series over the labels."""
-    top = max((v for _, values in series for v in values), default=0)
-    scale_max, y_ticks = _frame(top)
-    plot_w = WIDTH - LEFT - 4
-    plot_h = HEIGHT - TOP - BOTTOM
-    step_w = plot_w / max(1, len(labels))
+    scale_max, y_ticks, plot_h, step_w = _plot(labels, series)
     out: list[Line] = []
     for s, (name, values) in enumerate(series):
         points = " ".join(

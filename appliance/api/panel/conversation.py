@@ -2,9 +2,10 @@
 markers, group senders' names and pictures, older pages of messages, the composer's
 emoji list, attachments, quick-reply variables and our typing state.
 
-Reads are plain selects on ``messages`` (the columns the JSON API's rows do not carry:
-``edited_at``); pictures and the typing state go through the same worker call and
-action queue as ``GET .../pictures/{jid}`` and ``POST .../chats/{chat}/presence``.
+Its reads live in ``messaging/queries.py`` (``latest_reactions``, and ``edited_at``,
+``messages_since``, ``chat_names``, ``sender_names`` re-exported here with the same
+signatures); pictures and the typing state go through the same worker call and action
+queue as ``GET .../pictures/{jid}`` and ``POST .../chats/{chat}/presence``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
-import orjson
 from quart import Response, current_app, request
 from quart_schema import hide
 
@@ -35,15 +35,15 @@ from appliance.ipc import protocol
 from appliance.messaging import media
 from appliance.messaging.actions import accept_action
 from appliance.messaging.models import recipient_jid
-from appliance.messaging.queries import encode_cursor
-from appliance.messaging.rows import MessageRow
-from appliance.messaging.store import _MESSAGE_COLS as MESSAGE_COLS
+from appliance.messaging.queries import MAX_SHOWN as MAX_SHOWN
+from appliance.messaging.queries import chat_names as chat_names
+from appliance.messaging.queries import edited_at as edited_at
+from appliance.messaging.queries import latest_reactions
+from appliance.messaging.queries import messages_since as messages_since
+from appliance.messaging.queries import sender_names as sender_names
 
 log = logging.getLogger(__name__)
 
-# The most messages one live refresh re-reads (the newest page and the older pages the
-# user has loaded since); beyond it the view starts again from the newest page.
-MAX_SHOWN = 600
 # Our own compact emoji list for the composer (no CDN, no vendored data set).
 _EMOJI_LIST = (
     "😀 😁 😂 🤣 😊 😍 😘 😉 😎 🤔 😅 😢 😭 😡 😱 🙏 👍 👎 👏 🙌 👋 🤝 💪 👌 "
@@ -74,24 +74,7 @@ async def reactions_for(
 ) -> dict[str, list[tuple[str, int, str]]]:
     """Each message's current reactions: the newest one of each reactor counts (an empty
     emoji takes theirs off). ``names``: how to call a reactor (by jid); ``me``: our side."""
-    ids = [i for i in message_ids if i]
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = await db.fetchall(
-        "SELECT reply_to, direction, sender_jid, content FROM messages "
-        f"WHERE account_id = ? AND chat_jid = ? AND type = 'reaction' AND reply_to IN ({marks}) "
-        # "+": sorting the few reactions found lets the reactions' own index
-        # (messages_reactions, migration 0033) answer, not a walk of the whole chat.
-        "ORDER BY +rowid",
-        (account, chat_jid, *ids),
-    )
-    latest: dict[str, dict[str, str]] = {}
-    for row in rows:
-        who = "out" if row["direction"] == "out" else (row["sender_jid"] or chat_jid)
-        part = orjson.loads(row["content"]).get("reaction") or {}
-        emoji = part.get("emoji") if isinstance(part, dict) else None
-        latest.setdefault(row["reply_to"], {})[who] = emoji if isinstance(emoji, str) else ""
+    latest = await latest_reactions(db, account, chat_jid, message_ids)
     out: dict[str, list[tuple[str, int, str]]] = {}
     for target, by in latest.items():
         r = Reactions()
@@ -104,78 +87,6 @@ async def reactions_for(
         if r.counts:
             out[target] = r.items()
     return out
-
-
-async def edited_at(db: Database, account: str, message_ids: Sequence[str]) -> dict[str, float]:
-    """When each of these messages was last edited (only the edited ones)."""
-    ids = [i for i in message_ids if i]
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = await db.fetchall(
-        f"SELECT id, edited_at FROM messages WHERE account_id = ? AND id IN ({marks}) "
-        "AND edited_at IS NOT NULL",
-        (account, *ids),
-    )
-    return {r["id"]: r["edited_at"] for r in rows}
-
-
-async def messages_since(
-    db: Database, account: str, chat_jid: str, since: int
-) -> tuple[list[MessageRow], str | None]:
-    """The chat's messages from the page position ``since`` (a rowid) to the newest,
-    newest first, with the cursor of what is older; None when there are too many (the
-    caller shows the newest page instead)."""
-    rows = await db.fetchall(
-        f"SELECT rowid AS cursor, {MESSAGE_COLS} FROM messages "
-        "WHERE account_id = ? AND chat_jid = ? AND rowid >= ? ORDER BY rowid DESC LIMIT ?",
-        (account, chat_jid, since, MAX_SHOWN + 1),
-    )
-    if not rows or len(rows) > MAX_SHOWN:
-        return [], None
-    page = [MessageRow.from_row(r) for r in rows]
-    older = await db.fetchone(
-        "SELECT 1 FROM messages WHERE account_id = ? AND chat_jid = ? AND rowid < ? LIMIT 1",
-        (account, chat_jid, since),
-    )
-    oldest = page[-1].cursor
-    return page, encode_cursor("m", oldest) if older is not None and oldest is not None else None
-
-
-async def chat_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
-    """The names the chat list shows for these chats (the team's name for the contact,
-    else the chat's, else the contact's WhatsApp name, as ``queries.chat_row``), in one
-    query for a page of search results; chats without a name are left out."""
-    wanted = sorted(set(jids))
-    if not wanted:
-        return {}
-    marks = ",".join("?" * len(wanted))
-    rows = await db.fetchall(
-        "SELECT c.jid, COALESCE(ct.display_name, c.name, ct.name) AS name FROM chats c "
-        "LEFT JOIN contacts ct ON ct.account_id = c.account_id AND ct.jid = c.jid "
-        f"WHERE c.account_id = ? AND c.jid IN ({marks})",
-        (account, *wanted),
-    )
-    return {r["jid"]: r["name"] for r in rows if r["name"]}
-
-
-async def sender_names(db: Database, account: str, jids: Sequence[str]) -> dict[str, str]:
-    """Group members' names as ``quick_replies_store.contact_name`` gives them (the
-    contact's WhatsApp name, else a chat's own), in two queries for a page of messages
-    rather than one per sender."""
-    wanted = sorted(set(jids))
-    if not wanted:
-        return {}
-    marks = ",".join("?" * len(wanted))
-    names: dict[str, str] = {}
-    for table in ("chats", "contacts"):  # the contact's name wins: read last
-        rows = await db.fetchall(
-            f"SELECT jid, name FROM {table} WHERE account_id = ? AND jid IN ({marks}) "
-            "AND name IS NOT NULL AND name != ''",
-            (account, *wanted),
-        )
-        names.update({r["jid"]: r["name"] for r in rows})
-    return names
 
 
 def initials(name: str) -> str:

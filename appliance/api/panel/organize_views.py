@@ -6,6 +6,8 @@ Quick replies with media stay an API feature: the panel edits their text.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,26 +44,37 @@ MAX_ROWS = 500
 # -- tags --------------------------------------------------------------------------------
 
 
-async def _tags_page(
+async def _rows_page(
+    template: str,
+    nav: str,
+    rows_name: str,
+    rows: Callable[[str], Awaitable[list[Any]]],
     account: str | None,
     accounts: list[Any],
     errors: dict[str, str] | None = None,
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
-    tags: list[Any] = []
-    if account is not None:
-        tags, _next = await tags_store.list_tags(_db(), account, cursor=None, limit=MAX_ROWS)
+    """A screen listing the chosen account's ``rows`` (as ``rows_name``) above its form."""
+    found = [] if account is None else await rows(account)
     return await form_page(
-        "panel/tags.html",
-        nav="tags",
+        template,
+        nav=nav,
         account=account,
         accounts=accounts,
         errors=errors,
         values=values,
         status=status,
-        tags=tags,
+        **{rows_name: found},
     )
+
+
+async def _tag_rows(account: str) -> list[Any]:
+    tags, _next = await tags_store.list_tags(_db(), account, cursor=None, limit=MAX_ROWS)
+    return tags
+
+
+_tags_page = partial(_rows_page, "panel/tags.html", "tags", "tags", _tag_rows)
 
 
 @bp.get("/tags")
@@ -116,28 +129,16 @@ async def tag_update(account: str, tag_id: int) -> Response:
 # -- quick replies -----------------------------------------------------------------------
 
 
-async def _replies_page(
-    account: str | None,
-    accounts: list[Any],
-    errors: dict[str, str] | None = None,
-    values: dict[str, Any] | None = None,
-    status: int = 200,
-) -> Response:
-    replies: list[Any] = []
-    if account is not None:
-        replies, _next = await quick_replies_store.list_quick_replies(
-            _db(), account, q=None, cursor=None, limit=MAX_ROWS
-        )
-    return await form_page(
-        "panel/quick_replies.html",
-        nav="quick_replies",
-        account=account,
-        accounts=accounts,
-        errors=errors,
-        values=values,
-        status=status,
-        replies=replies,
+async def _reply_rows(account: str) -> list[Any]:
+    replies, _next = await quick_replies_store.list_quick_replies(
+        _db(), account, q=None, cursor=None, limit=MAX_ROWS
     )
+    return replies
+
+
+_replies_page = partial(
+    _rows_page, "panel/quick_replies.html", "quick_replies", "replies", _reply_rows
+)
 
 
 @bp.get("/quick-replies")

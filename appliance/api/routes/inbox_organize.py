@@ -13,7 +13,8 @@ and the live stream carry them like any other event. Sending a quick reply is
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import aiosqlite
 from pydantic import BaseModel, Field, StringConstraints
@@ -33,6 +34,7 @@ from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
 from appliance.errors import Forbidden, NotFound, Unprocessable
 from appliance.inbox import notes_store, quick_replies_store, tags_store
+from appliance.inbox.actor import Actor
 from appliance.inbox.models import (
     ContactTagsOut,
     NoteIn,
@@ -59,6 +61,7 @@ from appliance.messaging import store as messaging_store
 from appliance.messaging.models import AccountIdStr
 
 bp = Blueprint("inbox_organize", __name__)
+T = TypeVar("T")
 
 
 class NotificationQuery(PageQuery):
@@ -123,45 +126,44 @@ async def create_tag_audited(account: str, data: TagCreateIn) -> TagOut:
         return await create_tag_in(conn, account, data)
 
 
+async def _audited(
+    account: str,
+    action: str,
+    target: str,
+    change: Callable[[aiosqlite.Connection, Actor, float], Awaitable[T]],
+    details: Callable[[T], dict[str, Any]],
+) -> T:
+    """``change(conn, by, now)`` by the caller, audited as ``action`` on ``target`` with
+    ``details`` of what it returned, in one transaction."""
+    async with _db().write() as conn:
+        result = await change(conn, notes_store.actor_of(principal()), time.time())
+        await audit(conn, action, target=target, account=account, **details(result))
+    return result
+
+
 async def update_tag_audited(account: str, tag_id: int, data: TagUpdateIn) -> TagOut:
     """Rename or recolour a tag and audit it. NotFound, Conflict."""
-    async with _db().write() as conn:
-        tag_now, before = await tags_store.update_tag(
-            conn,
-            account,
-            tag_id,
-            name=data.name,
-            color=data.color,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
-        )
-        await audit(
-            conn,
-            "tag.update",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=tag_now.name,
-            before=before.name,
-            color=tag_now.color,
-        )
+    tag_now, _ = await _audited(
+        account,
+        "tag.update",
+        f"tag:{tag_id}",
+        lambda conn, by, now: tags_store.update_tag(
+            conn, account, tag_id, name=data.name, color=data.color, by=by, now=now
+        ),
+        lambda done: {"name": done[0].name, "before": done[1].name, "color": done[0].color},
+    )
     return tag_now
 
 
 async def delete_tag_audited(account: str, tag_id: int) -> None:
     """Delete a tag (taken off every chat and contact) and audit it. NotFound."""
-    async with _db().write() as conn:
-        gone = await tags_store.delete_tag(
-            conn, account, tag_id, by=notes_store.actor_of(principal()), now=time.time()
-        )
-        await audit(
-            conn,
-            "tag.delete",
-            target=f"tag:{tag_id}",
-            account=account,
-            name=gone.name,
-            chats=gone.chat_count,
-            contacts=gone.contact_count,
-        )
+    await _audited(
+        account,
+        "tag.delete",
+        f"tag:{tag_id}",
+        lambda conn, by, now: tags_store.delete_tag(conn, account, tag_id, by=by, now=now),
+        lambda gone: {"name": gone.name, "chats": gone.chat_count, "contacts": gone.contact_count},
+    )
 
 
 @bp.get("/api/accounts/<account>/tags")
@@ -515,39 +517,33 @@ async def update_quick_reply_audited(
     neither body nor media would stay."""
     await _check_link(data.media)
     changes = {name: getattr(data, name) for name in data.model_fields_set}
-    async with _db().write() as conn:
+
+    async def change(conn: aiosqlite.Connection, by: Actor, now: float) -> QuickReplyOut:
         await _check_media_id(conn, account, data.media)
-        changed = await quick_replies_store.update_quick_reply(
-            conn,
-            account,
-            reply_id,
-            changes,
-            by=notes_store.actor_of(principal()),
-            now=time.time(),
+        return await quick_replies_store.update_quick_reply(
+            conn, account, reply_id, changes, by=by, now=now
         )
-        await audit(
-            conn,
-            "quick_reply.update",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            fields=sorted(changes),
-        )
-    return changed
+
+    return await _audited(
+        account,
+        "quick_reply.update",
+        f"quick_reply:{reply_id}",
+        change,
+        lambda _: {"fields": sorted(changes)},
+    )
 
 
 async def delete_quick_reply_audited(account: str, reply_id: int) -> None:
     """Delete a quick reply and audit it (shared with the panel). NotFound."""
-    async with _db().write() as conn:
-        gone = await quick_replies_store.delete_quick_reply(
-            conn, account, reply_id, by=notes_store.actor_of(principal()), now=time.time()
-        )
-        await audit(
-            conn,
-            "quick_reply.delete",
-            target=f"quick_reply:{reply_id}",
-            account=account,
-            shortcut=gone.shortcut,
-        )
+    await _audited(
+        account,
+        "quick_reply.delete",
+        f"quick_reply:{reply_id}",
+        lambda conn, by, now: quick_replies_store.delete_quick_reply(
+            conn, account, reply_id, by=by, now=now
+        ),
+        lambda gone: {"shortcut": gone.shortcut},
+    )
 
 
 @bp.get("/api/accounts/<account>/quick-replies")
