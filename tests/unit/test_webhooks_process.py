@@ -219,3 +219,53 @@ def test_waits_for_the_worker_to_migrate(tmp_path: Path, monkeypatch: pytest.Mon
         await db.close()
 
     asyncio.run(main())
+
+
+class FakeSupervisor:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def stopProcess(self, name: str, wait: bool) -> bool:
+        self.calls.append(("stop", name))
+        return True
+
+    def startProcess(self, name: str, wait: bool) -> bool:
+        self.calls.append(("start", name))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("webhooks", [("stop", "webhooks"), ("start", "webhooks")]),
+        (
+            "all",
+            [
+                ("stop", "worker"),
+                ("start", "worker"),
+                ("stop", "webhooks"),
+                ("start", "webhooks"),
+                ("rolling", "api"),
+            ],
+        ),
+        ("worker", [("stop", "worker"), ("start", "worker")]),
+    ],
+)
+def test_appliancectl_restart_knows_the_webhooks_process(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    expected: list[tuple[str, str]],
+) -> None:
+    from appliance import cli
+
+    sup = FakeSupervisor()
+    monkeypatch.setattr(cli, "supervisord_pid", lambda _: 1234)
+    monkeypatch.setattr(cli, "proxy", lambda _: sup)
+    monkeypatch.setattr(
+        cli, "rolling_restart_api", lambda *_a, **_k: sup.calls.append(("rolling", "api"))
+    )
+    args = cli.build_parser().parse_args(["restart", target, "--wait", "0"])
+    assert cli.cmd_restart(None, _settings(tmp_path), args) == 0  # type: ignore[arg-type]
+    assert sup.calls == expected
