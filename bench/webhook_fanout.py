@@ -381,7 +381,7 @@ def inbound_only(inst: Installation, key: str, pids: dict[str, int], args) -> di
             db_scalar(inst, "SELECT last_event_id FROM webhook_cursor")
             >= db_scalar(inst, "SELECT MAX(id) FROM events")
         ),
-        30,
+        120,  # on a loaded machine the worker commits its backlog after the load ends
         "the fan-out cursor to reach the last event",
     )
     return {
