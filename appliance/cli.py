@@ -406,6 +406,8 @@ def cmd_restart(paths: Paths, settings: Settings, args: argparse.Namespace) -> i
     sup = proxy(settings.supervisor_socket)
     if args.target in ("worker", "all"):
         _restart_one(sup, "worker", sys.stdout)
+    if args.target in ("webhooks", "all"):  # webhook dispatching (appliance/webhooks/process.py)
+        _restart_one(sup, "webhooks", sys.stdout)
     if args.target in ("api", "all"):
         rolling_restart_api(settings)
     if args.wait > 0 and not _wait_ready(settings, args.wait):
@@ -1288,7 +1290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", help="installation prefix (default: found from this program)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    names_help = "only these processes: worker, api (all API processes), api:api_00, ..."
+    names_help = "only these processes: worker, webhooks, api (all API processes), api:api_00, ..."
     p = sub.add_parser(
         "start", help="start supervisord and every stopped process, wait until ready"
     )
@@ -1303,7 +1305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help=names_help)
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("restart", help="restart processes; API restarts are rolling")
-    p.add_argument("target", nargs="?", choices=("api", "worker", "all"), default="all")
+    p.add_argument("target", nargs="?", choices=("api", "worker", "webhooks", "all"), default="all")
     p.add_argument("--wait", type=float, default=60.0)
     p.set_defaults(func=cmd_restart)
     p = sub.add_parser(
@@ -1323,7 +1325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="processes and readiness; exit 0 only when all is well")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("tail", help="show log files (worker, api_00, alerts, supervisord)")
+    p = sub.add_parser(
+        "tail", help="show log files (worker, webhooks, api_00, alerts, supervisord)"
+    )
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--lines", type=int, default=50)
     p.add_argument("-f", "--follow", action="store_true")

@@ -4,7 +4,8 @@
 ``install.sh --prefix <tmp> --no-start``, ``API_PROCESSES=2`` appended to
 appliance.env, ``appliancectl start``, then a few seconds idle (10 s; smoke 2 s).
 Then, for supervisord and every process below it (the alerts event listener, the
-worker, the API processes, and anything they spawned), it reads:
+worker, the webhooks process, the scripts process, the API processes, and anything they
+spawned), it reads:
 
 * RSS  from /proc/<pid>/status (VmRSS): counts shared pages once per process, so
        the sum overstates what the tree costs;
@@ -64,7 +65,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if mem["rss_kb"] is None:
                 continue  # exited meanwhile, or a kernel thread
             processes.append({"name": _label(pid, names), "pid": pid, **mem})
-        # In the order supervisord starts them: itself, alerts, worker, API processes.
+        # supervisord first, then by name (alerts, api, scripts, webhooks, worker).
         processes.sort(key=lambda p: (p["name"] != "supervisord", p["name"]))
     finally:
         inst.remove()

@@ -81,6 +81,7 @@ FAST_SANDBOX = {"pairing_delay_ms": 50, "delivered_after_ms": 50, "read_after_ms
 SLACK_S = 2.0
 POLL_S = 0.5
 DEFAULT_MAX_CONCURRENCY = 4  # the appliance's default per endpoint
+WEBHOOKS = "webhooks:webhooks"  # the process that delivers (supervisord.conf)
 
 
 # -- the receiver (runs in its own process) ----------------------------------------------------
@@ -369,10 +370,10 @@ def load(inst: Installation, key: str, rate: float, duration: float) -> dict[str
 
 
 def inbound_only(inst: Installation, key: str, pids: dict[str, int], args) -> dict[str, Any]:
-    worker = pids["worker:worker"]
-    cpu0 = cpu_seconds(worker)
+    worker, hooks = pids["worker:worker"], pids[WEBHOOKS]
+    cpu0, hcpu0 = cpu_seconds(worker), cpu_seconds(hooks)
     run = load(inst, key, args.rate, args.duration)
-    cpu = cpu_seconds(worker) - cpu0
+    cpu, hcpu = cpu_seconds(worker) - cpu0, cpu_seconds(hooks) - hcpu0
     elapsed = run["ended"] - run["started"]
     # The fan-out cursor passes these events (no endpoint yet) before endpoints exist.
     wait_for(
@@ -380,7 +381,7 @@ def inbound_only(inst: Installation, key: str, pids: dict[str, int], args) -> di
             db_scalar(inst, "SELECT last_event_id FROM webhook_cursor")
             >= db_scalar(inst, "SELECT MAX(id) FROM events")
         ),
-        30,
+        120,  # on a loaded machine the worker commits its backlog after the load ends
         "the fan-out cursor to reach the last event",
     )
     return {
@@ -388,6 +389,8 @@ def inbound_only(inst: Installation, key: str, pids: dict[str, int], args) -> di
         "elapsed_s": round(elapsed, 2),
         "worker_cpu_s": round(cpu, 2),
         "worker_cpu_cores": round(cpu / elapsed, 2) if elapsed else None,
+        "webhooks_cpu_s": round(hcpu, 2),
+        "webhooks_cpu_cores": round(hcpu / elapsed, 2) if elapsed else None,
     }
 
 
@@ -412,10 +415,11 @@ def create_endpoints(inst: Installation, key: str, port: int, args) -> list[str]
 def fanout(
     inst: Installation, key: str, pids: dict[str, int], port: int, receiver_pid: int, args
 ) -> dict[str, Any]:
-    worker = pids["worker:worker"]
+    worker, hooks = pids["worker:worker"], pids[WEBHOOKS]
     before = receiver_count(port)
     ours = [*descendants(pids["supervisord"]), receiver_pid]
     cpu0, rcpu0 = cpu_seconds(worker), cpu_seconds(receiver_pid)
+    hcpu0 = cpu_seconds(hooks)
     ours0, machine0 = sum(cpu_seconds(p) for p in ours), machine_busy_s()
     run = load(inst, key, args.rate, args.duration)
     expected = run["committed"] * args.endpoints
@@ -429,6 +433,7 @@ def fanout(
         count = receiver_count(port) - before
     drained = time.time()
     cpu, rcpu = cpu_seconds(worker) - cpu0, cpu_seconds(receiver_pid) - rcpu0
+    hcpu = cpu_seconds(hooks) - hcpu0
     # CPU of everything else on the machine (this script's polling included): when it is
     # not small, the figures above are skewed by it.
     other = (machine_busy_s() - machine0) - (sum(cpu_seconds(p) for p in ours) - ours0)
@@ -478,6 +483,8 @@ def fanout(
         "wall_s": round(wall, 2),
         "worker_cpu_s": round(cpu, 2),
         "worker_cpu_cores": round(cpu / wall, 2) if wall else None,
+        "webhooks_cpu_s": round(hcpu, 2),
+        "webhooks_cpu_cores": round(hcpu / wall, 2) if wall else None,
         "receiver_cpu_cores": round(rcpu / wall, 2) if wall else None,
         "other_cpu_cores": round(max(0.0, other) / wall, 2) if wall else None,
     }
@@ -555,11 +562,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("  phase 1: inbound load, no endpoints", file=sys.stderr)
         alone = inbound_only(inst, key, pids, args)
         endpoint_ids = create_endpoints(inst, key, port, args)
-        time.sleep(0.5)  # the worker reloads its endpoints when poked; give it a moment
+        time.sleep(0.5)  # the webhooks process reloads its endpoints when told; a moment
         print(f"  phase 2: the same load into {len(endpoint_ids)} endpoints", file=sys.stderr)
         fan = fanout(inst, key, pids, port, receiver.pid, args)
-        # The worker stops (its backlog stays queued): it must not compete with the baseline.
-        supervisor_proxy(inst.supervisor_socket).stopProcess("worker:worker", True)
+        # The webhooks process and the worker stop (a backlog stays queued): they must not
+        # compete with the baseline.
+        sup = supervisor_proxy(inst.supervisor_socket)
+        sup.stopProcess(WEBHOOKS, True)
+        sup.stopProcess("worker:worker", True)
         print("  phase 3: baseline POSTs from one process", file=sys.stderr)
         base = baseline(inst, key, port, args, workdir, children)
     finally:
@@ -573,7 +583,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def derive(results: dict[str, Any]) -> dict[str, Any]:
     fan, alone, base = results["fanout"], results["inbound_only"], results["baseline"]
-    webhook_cpu = fan["worker_cpu_s"] - alone["worker_cpu_s"]
+    # Both processes' CPU beyond the inbound-only phase's (the worker's share: announcing
+    # events, answering the webhooks process's pokes).
+    webhook_cpu = (fan["worker_cpu_s"] + fan["webhooks_cpu_s"]) - (
+        alone["worker_cpu_s"] + alone["webhooks_cpu_s"]
+    )
     per_delivery_ms = webhook_cpu * 1000 / fan["deliveries"] if fan["deliveries"] else None
     base_ms = base["client_cpu_ms_per_post"]
     return {
@@ -585,6 +599,8 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         "throughput_ratio_baseline_over_appliance": _ratio(
             base["posts_per_s"], fan["deliveries_per_s"]
         ),
+        "worker_cores": fan["worker_cpu_cores"],
+        "webhooks_cores": fan["webhooks_cpu_cores"],
         "worker_cpu_ms_per_delivery": None
         if per_delivery_ms is None
         else round(per_delivery_ms, 3),
@@ -601,10 +617,12 @@ def print_summary(results: dict[str, Any], derived: dict[str, Any], args) -> Non
     fan, alone, base = results["fanout"], results["inbound_only"], results["baseline"]
     print(
         f"webhook_fanout: sandbox load {args.rate:g}/s for {args.duration:g} s into "
-        f"{args.endpoints} endpoints on one local receiver; 2 API processes, one worker"
+        f"{args.endpoints} endpoints on one local receiver; 2 API processes, one worker,"
+        " one webhooks process"
     )
     print(
-        f"  inbound only: {alone['committed']} committed, worker {alone['worker_cpu_cores']} cores"
+        f"  inbound only: {alone['committed']} committed, worker {alone['worker_cpu_cores']} cores,"
+        f" webhooks {alone['webhooks_cpu_cores']} cores"
     )
     print(
         f"  fan-out: {fan['deliveries']}/{fan['expected_deliveries']} deliveries"
@@ -618,7 +636,8 @@ def print_summary(results: dict[str, Any], derived: dict[str, Any], args) -> Non
         f" p95 per 10 s: {fan['latency_ms_p95_per_10s']}"
     )
     print(
-        f"  worker {fan['worker_cpu_cores']} cores (receiver {fan['receiver_cpu_cores']},"
+        f"  worker {fan['worker_cpu_cores']} cores, webhooks {fan['webhooks_cpu_cores']} cores"
+        f" (receiver {fan['receiver_cpu_cores']},"
         f" other processes {fan['other_cpu_cores']});"
         f" webhook CPU {derived['worker_cpu_ms_per_delivery']} ms per delivery"
     )

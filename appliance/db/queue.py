@@ -209,14 +209,24 @@ async def restore_order(conn: aiosqlite.Connection, queue: str) -> int:
     return cur.rowcount
 
 
-async def release_all_leases(conn: aiosqlite.Connection, now: float) -> int:
-    """At the start of the only claimer (the worker): leases held now belong to a
-    process that died, so their jobs are due again at once (the attempt counts)."""
+async def release_all_leases(
+    conn: aiosqlite.Connection,
+    now: float,
+    *,
+    queue: str | None = None,
+    except_queues: Sequence[str] = (),
+) -> int:
+    """At the start of a queue's only claimer: leases held now belong to a process that
+    died, so their jobs are due again at once (the attempt counts). ``queue`` limits it
+    to one queue; ``except_queues`` leaves out queues another process claims (the
+    worker leaves the webhook queue to the webhooks process, which releases its own)."""
+    skip = list(except_queues)
+    not_in = f" AND queue NOT IN ({', '.join('?' * len(skip))})" if skip else ""
     cur = await conn.execute(
         "UPDATE queue_jobs SET state = 'queued', run_at = ?, lease_token = NULL, "
         "lease_expires_at = NULL, last_error = 'claimer restarted', updated_at = ? "
-        "WHERE state = 'leased'",
-        (now, now),
+        "WHERE state = 'leased' AND (? IS NULL OR queue = ?)" + not_in,
+        (now, now, queue, queue, *skip),
     )
     return cur.rowcount
 

@@ -256,6 +256,8 @@ for _name, (_params, _result) in METHODS.items():
 
 # Notifications the worker publishes (method name = topic):
 #   "events": {"last_id": N}  new rows in the event log, up to id N
+#   "webhooks": {}            endpoints changed or deliveries were replayed (the API's
+#                             poke "webhooks", for the webhooks process)
 
 
 def encode(frame: dict[str, Any]) -> bytes:

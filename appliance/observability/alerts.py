@@ -22,7 +22,7 @@ log = logging.getLogger("appliance.alerts")
 # The programs of supervisord.conf (tests/unit/test_observability_metrics.py keeps the
 # list equal to it). Their restart and crash counters are exported as 0 from the start,
 # so rate() and increase() see the first one.
-PROGRAMS = ("scripts", "worker", "api")
+PROGRAMS = ("scripts", "worker", "webhooks", "api")
 
 
 def export_zero_counters() -> None:

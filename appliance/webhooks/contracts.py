@@ -10,6 +10,7 @@ API finds an endpoint's jobs by the ``<endpoint id>:`` prefix.
 
 from __future__ import annotations
 
+# Claimed only by the webhooks process (appliance/webhooks/process.py).
 WEBHOOK_QUEUE = "webhook"
 
 RESERVED_HEADERS = frozenset(

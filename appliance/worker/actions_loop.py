@@ -29,6 +29,7 @@ from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, re
 from appliance.engines.base import ActionError, EngineAction, InboundMessage
 from appliance.messaging import actions_store, store
 from appliance.messaging.actions import ACTION_QUEUE, ACTION_RETRY, PRESENCE_TTL_S, action_out
+from appliance.webhooks.contracts import WEBHOOK_QUEUE
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class ActionLoop:
     async def recover(self) -> None:
         """At the worker's start: leases held now belong to a worker that died."""
         async with self.db.write() as conn:
-            await release_all_leases(conn, time.time())
+            await release_all_leases(conn, time.time(), except_queues=(WEBHOOK_QUEUE,))
             await restore_order(conn, ACTION_QUEUE)
 
     def start(self) -> None:

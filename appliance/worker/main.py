@@ -41,7 +41,6 @@ from appliance.ops.secrets_watch import SecretsWatch
 from appliance.ops.storage_watch import StorageWatch
 from appliance.runtime import boot
 from appliance.secrets import Secrets
-from appliance.webhooks.dispatcher import Dispatcher
 from appliance.worker.actions_loop import ActionLoop
 from appliance.worker.contacts import block_contact
 from appliance.worker.inbox import InboxWorker
@@ -63,7 +62,6 @@ class Worker:
         self.rpc = RpcServer(settings.worker_socket)
         self.schema_version = 0
         self.messaging: MessagingService | None = None
-        self.dispatcher: Dispatcher | None = None
         self.scripts: ScriptRunner | None = None
         self.script_triggers: ScriptTriggers | None = None
         self.retention: RetentionJob | None = None
@@ -136,13 +134,8 @@ class Worker:
         )
         self.inbox.register(self.rpc)
         self.inbox.start()
-        self.dispatcher = Dispatcher(
-            self.db,
-            self.settings,
-            DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
-            on_events=self._events_from_dispatcher,
-        )
-        await self.dispatcher.start()
+        # Webhook dispatching runs in its own process (appliance/webhooks/process.py),
+        # woken by the "events" and "webhooks" publications below.
         self.retention = RetentionJob(
             self.db, self.settings, on_events=self._events_from_dispatcher
         )
@@ -196,8 +189,6 @@ class Worker:
             await self.actions.stop(self.settings.worker_drain_timeout_s / 4)
         if self.messaging is not None:
             await self.messaging.stop(self.settings.worker_drain_timeout_s / 2)
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(self.settings.worker_drain_timeout_s / 2)
         if self.script_triggers is not None:
             await self.script_triggers.stop(self.settings.worker_drain_timeout_s / 4)
         if self.scripts is not None:
@@ -216,9 +207,8 @@ class Worker:
         return protocol.PingResult(pong=True, pid=os.getpid())
 
     async def poke(self, params: protocol.PokeParams) -> protocol.PokeResult:
-        if params.topic == "webhooks":
-            if self.dispatcher is not None:
-                self.dispatcher.endpoints_changed()
+        if params.topic == "webhooks":  # to the webhooks process: endpoints changed
+            self.rpc.publish("webhooks", {})
         elif params.topic == "events":
             await self._events_from_dispatcher()
         elif params.topic == "schedules":
@@ -302,9 +292,7 @@ class Worker:
         return await picture_for(self.messaging, params)
 
     async def _publish_events(self, last_id: int) -> None:
-        self.rpc.publish("events", {"last_id": last_id})
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
+        self.rpc.publish("events", {"last_id": last_id})  # API streams, webhooks process
 
     async def _events_from_dispatcher(self) -> None:
         assert self.db is not None

@@ -40,6 +40,7 @@ from appliance.messaging.rows import MessageRow
 from appliance.net.ssrf import FetchFailed
 from appliance.observability import tracing
 from appliance.observability.metrics import SEND_ACCEPT_TO_SENT, SENDS
+from appliance.webhooks.contracts import WEBHOOK_QUEUE
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class SendLoop:
         """At the worker's start, before claiming: leases held now belong to a worker
         that died (their jobs are due again), and the per-chat order is re-derived."""
         async with self.db.write() as conn:
-            released = await release_all_leases(conn, time.time())
+            released = await release_all_leases(conn, time.time(), except_queues=(WEBHOOK_QUEUE,))
             await restore_order(conn, SEND_QUEUE)
         if released:
             log.info("re-queued sends leased by the previous worker", extra={"count": released})

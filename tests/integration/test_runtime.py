@@ -273,7 +273,7 @@ def test_metrics_need_the_token_and_cover_every_process(appliance: Appliance) ->
     families = {f.name: f for f in text_string_to_metric_families(ok.text)}
     pids = {s.labels["pid"] for s in families["appliance_process_start_time_seconds"].samples}
     roles = {s.labels["role"] for s in families["appliance_process_start_time_seconds"].samples}
-    assert len(pids) >= 4 and roles == {"api", "worker", "scripts"}
+    assert len(pids) >= 5 and roles == {"api", "worker", "webhooks", "scripts"}
     requests = families["appliance_http_requests"].samples
     assert any(s.labels.get("route") == "/healthz" and s.value >= 10 for s in requests)
     assert "appliance_http_request_duration_seconds" in families

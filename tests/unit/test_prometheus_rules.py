@@ -32,7 +32,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
     # and a rules test that silently skipped would prove nothing.
     assert PROMTOOL.exists(), f"{PROMTOOL} is missing: apt-get install prometheus (see .ci/run)"
     return subprocess.run(
-        [str(PROMTOOL), *args], cwd=RULES_DIR, capture_output=True, text=True, timeout=120
+        [str(PROMTOOL), *args], cwd=RULES_DIR, capture_output=True, text=True, timeout=600
     )
 
 

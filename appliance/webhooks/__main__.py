@@ -1,0 +1,3 @@
+from appliance.webhooks.process import main
+
+main()
