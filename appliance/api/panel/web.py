@@ -182,7 +182,8 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
     )
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
     await app.update_template_context(context)  # g, request, session, as Quart's
-    body = _templates(app).get_template(template).render(context)
+    with i18n.rendering():  # the request's language and zone, looked up once
+        body = _templates(app).get_template(template).render(context)
     return Response(body, status=status, content_type=HTML)
 
 
