@@ -40,8 +40,8 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -77,7 +77,7 @@ def measure(
     client: httpx.Client,
     urls: list[str],
     scale: Scale,
-    api_pids: list[int] = (),  # type: ignore[assignment]
+    api_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Wall time per request (p50/p95), and the API processes' CPU per request (their
     CPU time over the run from /proc, divided by the requests: a mean)."""
