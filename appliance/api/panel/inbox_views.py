@@ -335,6 +335,7 @@ async def _conversation(
             if view.sender and r.sender_jid:
                 view.sender_picture = extras.picture_url(account, r.sender_jid)
                 view.sender_initials = extras.initials(view.sender)
+            view.time = i18n.fmt_time(view.at)
             key = i18n.fmt_day(view.at)
             if not days or days[-1][0] != key:
                 days.append((key, []))

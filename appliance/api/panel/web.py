@@ -177,6 +177,7 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         timezone=i18n.timezone(),
         request_id=request_id_var.get(),
         status_names=STATUS_NAMES,
+        status_labels={k: _gettext(v) for k, v in STATUS_NAMES.items()},  # per chat in lists
         **i18n.template_globals(),
         **ctx,
     )
