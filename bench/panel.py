@@ -20,7 +20,12 @@ the time just before the API call (same machine, same clock).
 
 Goals (issue 15): p95 under 150 ms for pages; live latency p95 under 500 ms.
 
-    python bench/panel.py [--smoke | --full] [--source REV] [--check]
+``--database PATH`` copies a database seeded before (e.g. by ``bench/inbox_queries.py
+--keep-database``, the issue's full size) into the installation instead of seeding:
+newer migrations apply when the appliance starts, and the file given is never written
+(SQLite's backup API reads it). Its first account's first chats are measured.
+
+    python bench/panel.py [--smoke | --full | --database PATH] [--source REV] [--check]
 """
 
 from __future__ import annotations
@@ -30,18 +35,21 @@ import gzip
 import json
 import random
 import re
+import sqlite3
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Installation, exit_on_sigterm, source_revision
-from inbox_queries import Scale, seed
+from _common import Installation, cpu_seconds, exit_on_sigterm, source_revision
+from inbox_queries import Scale, reuse, seed
 
 GOAL_P95_MS = 150.0
 GOAL_LIVE_P95_MS = 500.0
@@ -65,7 +73,15 @@ FULL = Scale(accounts=20, chats=50_000, messages=2_000_000, users=100, requests=
              max_seconds=90)  # fmt: skip
 
 
-def measure(client: httpx.Client, urls: list[str], scale: Scale) -> dict[str, Any]:
+def measure(
+    client: httpx.Client,
+    urls: list[str],
+    scale: Scale,
+    api_pids: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Wall time per request (p50/p95), and the API processes' CPU per request (their
+    CPU time over the run from /proc, divided by the requests: a mean)."""
+    cpu0 = sum(cpu_seconds(p) for p in api_pids)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     size = 0
@@ -78,12 +94,14 @@ def measure(client: httpx.Client, urls: list[str], scale: Scale) -> dict[str, An
         latencies.append((time.perf_counter() - t0) * 1000)
         statuses[resp.status_code] = statuses.get(resp.status_code, 0) + 1
         size = len(resp.content)
+    cpu = sum(cpu_seconds(p) for p in api_pids) - cpu0
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
     return {
         "requests": len(latencies),
         "p50_ms": round(statistics.median(latencies), 2),
         "p95_ms": round(p95, 2),
+        "cpu_ms": round(cpu * 1000 / len(latencies), 2) if api_pids else None,
         "bytes": size,
         "statuses": statuses,
     }
@@ -163,6 +181,25 @@ def live_latency(base: str, password: str, samples: int, max_seconds: float) -> 
     }
 
 
+def _busy_chats(db_path: Path, account: str, limit: int) -> list[str]:
+    """The account's most recent chats (read-only), for the conversation pages."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT jid FROM chats WHERE account_id = ? ORDER BY last_message_at DESC LIMIT ?",
+            (account, limit),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _size(db_path: Path) -> dict[str, int]:
+    """How big a given database is (accounts, chats, messages), for the report."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as conn:
+        return {
+            t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("accounts", "chats", "messages")
+        }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     scale = SMOKE if args.smoke else FULL if args.full else DEFAULT
     rng = random.Random(15)
@@ -177,14 +214,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inst.stop()
         db_path = next(inst.prefix.rglob("appliance.db"))
         t0 = time.monotonic()
-        seeded = seed(db_path, scale, rng)
+        if args.database:  # the admin user of this installation is copied into it
+            seeded = reuse(Path(args.database), db_path, rng)
+        else:
+            seeded = seed(db_path, scale, rng)
         seed_s = time.monotonic() - t0
-        print(f"  seeded {scale.messages:,} messages in {seed_s:.0f} s", file=sys.stderr)
-        inst.start()
+        print(f"  database ready in {seed_s:.0f} s", file=sys.stderr)
+        processes = inst.start()
+        api_pids = [pid for name, pid in processes.items() if "api" in name]
         password = (inst.env_file.parent / "secrets" / "admin-password").read_text().strip()
         account = seeded["accounts"][0]
-        n = len(seeded["accounts"])
-        chats = [f"90555{c:07d}%40s.whatsapp.net" for c in range(0, min(scale.chats, 2000), n)]
+        if args.database:
+            chats = [quote(j, safe="") for j in _busy_chats(db_path, account, 200)]
+            scale = Scale(**{**scale.__dict__, **_size(db_path)})
+        else:
+            n = len(seeded["accounts"])
+            chats = [f"90555{c:07d}%40s.whatsapp.net" for c in range(0, min(scale.chats, 2000), n)]
         base = f"http://127.0.0.1:{inst.port}"
         with httpx.Client(base_url=base, timeout=30) as client:
             signed = client.post("/auth/login", json={"username": "admin", "password": password})
@@ -204,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results: dict[str, Any] = {}
             for name, urls in targets.items():
                 measure(client, urls[:3], Scale(**{**scale.__dict__, "requests": 3}))  # warm
-                results[name] = measure(client, urls, scale)
+                results[name] = measure(client, urls, scale, api_pids)
         live = live_latency(base, password, 10 if args.smoke else 40, scale.max_seconds)
         health = results["healthz"]["p50_ms"]
         for name in ("inbox page", "conversation page", "search"):
@@ -227,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny database, few requests (CI)")
     size.add_argument("--full", action="store_true", help="50,000 chats, 2,000,000 messages")
+    size.add_argument(
+        "--database",
+        metavar="PATH",
+        help="copy this seeded database (any schema the migrations upgrade) instead of seeding",
+    )
     parser.add_argument(
         "--source", help="install this git revision (e.g. HEAD~3) instead of the work tree"
     )
@@ -248,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         flag = "" if r.get("goal_met", True) else "  NOT met"
         print(
             f"  {name:<18} p50 {r['p50_ms']:>7.2f} ms  p95 {r['p95_ms']:>7.2f} ms  "
+            f"CPU {r['cpu_ms'] or 0:>6.2f} ms/req  "
             f"{r['bytes']:>7} bytes ({r['requests']} requests, {r['statuses']}){extra}{flag}"
         )
     live = out["live"]

@@ -16,6 +16,10 @@ The language is the user's preference, else the best match of the browser's
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,8 +71,38 @@ def browser_language() -> str:
     return best if best in LANGUAGES else DEFAULT_LANGUAGE
 
 
+@dataclass(frozen=True, slots=True)
+class _Rendering:
+    """What one page's rendering asks hundreds of times (every ``_()``, date and
+    number), worked out once: the request's language, catalog and zone, and today."""
+
+    language: str
+    translations: NullTranslations
+    zone: ZoneInfo
+    today: dt.date
+
+
+_RENDERING: ContextVar[_Rendering | None] = ContextVar("panel_rendering", default=None)
+
+
+@contextmanager
+def rendering() -> Iterator[None]:
+    """Within it (one template's rendering), language, catalog, zone and today are the
+    request's as they were on entry, read without a lookup of the request each time."""
+    lang, zone = language(), _zone()
+    today = dt.datetime.now(zone).date()
+    token = _RENDERING.set(_Rendering(lang, translations(lang), zone, today))
+    try:
+        yield
+    finally:
+        _RENDERING.reset(token)
+
+
 def language() -> str:
     """The language of this request (set by the panel's before-request hook)."""
+    now = _RENDERING.get()
+    if now is not None:
+        return now.language
     found = g.get("panel_language") if has_request_context() else None
     return found if isinstance(found, str) and found in LANGUAGES else browser_language()
 
@@ -78,15 +112,20 @@ def timezone() -> str:
     return found if isinstance(found, str) else DEFAULT_TIMEZONE
 
 
+def _catalog() -> NullTranslations:
+    now = _RENDERING.get()
+    return now.translations if now is not None else translations(language())
+
+
 def gettext(message: str, **variables: Any) -> str:
-    text = translations(language()).ugettext(message)
+    text = _catalog().ugettext(message)
     return text % variables if variables else text
 
 
 def ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
     """The plural form for ``n``; formatted with ``num`` (= n) and ``variables`` when
     variables are given (Jinja's ``{% trans count=... %}`` formats by itself)."""
-    text = translations(language()).ungettext(singular, plural, n)
+    text = _catalog().ungettext(singular, plural, n)
     return text % {"num": n, **variables} if variables else text
 
 
@@ -101,6 +140,9 @@ def _locale(language: str) -> Locale:
 
 
 def _zone() -> ZoneInfo:
+    now = _RENDERING.get()
+    if now is not None:
+        return now.zone
     try:
         return ZoneInfo(timezone())
     except (ZoneInfoNotFoundError, ValueError):
@@ -148,22 +190,35 @@ def fmt_day(ts: float | None, *, now: float | None = None) -> str:
     if ts is None:
         return ""
     day = local(ts).date()
-    today = local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
+    today = _today(now)
     if day == today:
         return _("Today")
     if day == today - dt.timedelta(days=1):
         return _("Yesterday")
-    return format_date(day, format="full", locale=_locale(language()))
+    return _full_date(day, language())
+
+
+@lru_cache(maxsize=1024)
+def _full_date(day: dt.date, language: str) -> str:
+    return format_date(day, format="full", locale=_locale(language))
+
+
+def _today(now: float | None) -> dt.date:
+    """The user's today (``now``: at that Unix time instead)."""
+    rendering = _RENDERING.get() if now is None else None
+    if rendering is not None:
+        return rendering.today
+    return local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
 
 
 def fmt_when(ts: float | None, *, now: float | None = None) -> str:
     """Short: the time when today, else the date (the chat list)."""
     if ts is None:
         return ""
-    day = local(ts).date()
-    today = local(now if now is not None else dt.datetime.now(dt.UTC).timestamp()).date()
-    if day == today:
-        return fmt_time(ts)
+    at = local(ts)
+    if at.date() == _today(now):
+        return _short_time(at.hour, at.minute, language())
+    day = at.date()
     return _short_date(day, language())
 
 

@@ -177,12 +177,14 @@ async def page(template: str, *, status: int = 200, nav: str | None = None, **ct
         timezone=i18n.timezone(),
         request_id=request_id_var.get(),
         status_names=STATUS_NAMES,
+        status_labels={k: _gettext(v) for k, v in STATUS_NAMES.items()},  # per chat in lists
         **i18n.template_globals(),
         **ctx,
     )
     app: Quart = current_app._get_current_object()  # type: ignore[attr-defined]
     await app.update_template_context(context)  # g, request, session, as Quart's
-    body = _templates(app).get_template(template).render(context)
+    with i18n.rendering():  # the request's language and zone, looked up once
+        body = _templates(app).get_template(template).render(context)
     return Response(body, status=status, content_type=HTML)
 
 
