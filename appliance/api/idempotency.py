@@ -212,20 +212,16 @@ class IdempotentWrite:
         self, conn: aiosqlite.Connection, *, status: int, content_type: str, body: bytes
     ) -> None:
         """Inside the route's transaction, with its work: the answer to replay."""
-        await conn.execute(
-            "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, state, "
-            "status, content_type, body, created_at, expires_at) "
-            "VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?)",
-            (
-                self.scope,
-                self.key,
-                self.fingerprint,
-                status,
-                content_type,
-                self.cipher.encrypt(body, context=self._context),
-                self.now,
-                self.now + TTL_S,
-            ),
+        await store.record_idempotency_answer(
+            conn,
+            self.scope,
+            self.key,
+            fingerprint=self.fingerprint,
+            status=status,
+            content_type=content_type,
+            body=self.cipher.encrypt(body, context=self._context),
+            now=self.now,
+            expires_at=self.now + TTL_S,
         )
 
     def response(self, replay: Replay) -> Response:

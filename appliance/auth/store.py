@@ -516,6 +516,28 @@ async def finish_idempotency_key(
     )
 
 
+async def record_idempotency_answer(
+    conn: aiosqlite.Connection,
+    principal: str,
+    key: str,
+    *,
+    fingerprint: str,
+    status: int,
+    content_type: str,
+    body: bytes,
+    now: float,
+    expires_at: float,
+) -> None:
+    """Store a finished answer in one step, in the transaction of the work it answers
+    (``body`` encrypted by the caller); replaces an abandoned in-flight record."""
+    await conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (principal, key, fingerprint, state, "
+        "status, content_type, body, created_at, expires_at) "
+        "VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?)",
+        (principal, key, fingerprint, status, content_type, body, now, expires_at),
+    )
+
+
 async def forget_idempotency_key(conn: aiosqlite.Connection, principal: str, key: str) -> None:
     """Drop an in-flight record (the request failed: the client may retry)."""
     await conn.execute(

@@ -425,6 +425,19 @@ async def end_due_snoozes(conn: aiosqlite.Connection, now: float, *, limit: int 
 # -- read positions ----------------------------------------------------------------------
 
 
+async def has_unread(db: ReadSource, account_id: str, jid: str, user_id: int) -> bool:
+    """Whether the chat has messages after the user's read position (a read: the write
+    in ``mark_read`` decides again under the writer's lock)."""
+    row = await fetchone_from(
+        db,
+        "SELECT COALESCE((SELECT MAX(seq) FROM messages WHERE account_id = ? AND chat_jid = ?), "
+        "0) AS newest, COALESCE((SELECT read_seq FROM chat_reads WHERE user_id = ? "
+        "AND account_id = ? AND chat_jid = ?), 0) AS read_seq",
+        [account_id, jid, user_id, account_id, jid],
+    )
+    return row is not None and int(row["newest"]) > int(row["read_seq"])
+
+
 async def mark_read(
     conn: aiosqlite.Connection, account_id: str, jid: str, user_id: int, now: float
 ) -> list[str]:

@@ -10,6 +10,7 @@ idempotency) are in ``actions.py``.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,25 @@ async def action_row(
         (account_id, action_id),
     )
     return None if row is None else ActionRow.from_row(row)
+
+
+async def chat_action_recent(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    jid: str,
+    types: Sequence[str],
+    since: float,
+) -> bool:
+    """Whether the chat has an action of these types still queued or updated after
+    ``since``."""
+    marks = ",".join("?" for _ in types)
+    row = await fetchone_from(
+        conn,
+        f"SELECT 1 FROM engine_actions WHERE account_id = ? AND chat_jid = ? "
+        f"AND type IN ({marks}) AND (status = 'queued' OR updated_at > ?) LIMIT 1",
+        (account_id, jid, *types, since),
+    )
+    return row is not None
 
 
 async def action_by_client_key(

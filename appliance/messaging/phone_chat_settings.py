@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import aiosqlite
 
 from appliance.db.database import Database
-from appliance.messaging.actions_store import change_chat, chat_state
+from appliance.messaging import queries
+from appliance.messaging.actions_store import change_chat, chat_action_recent, chat_state
 
 SETTLE_S = 120.0  # an action this recent: whatsmeow's store may not show it yet
 CHAT_ACTIONS = ("archive", "unarchive", "pin", "unpin", "mute", "unmute")
@@ -39,21 +40,11 @@ class PhoneChatSettings:
 
 async def watched_chats(db: Database, account_id: str, limit: int) -> list[str]:
     """The account's most recently active chats (the ones the phone is likely to touch)."""
-    rows = await db.fetchall(
-        "SELECT jid FROM chats WHERE account_id = ? ORDER BY last_message_at DESC, jid LIMIT ?",
-        (account_id, limit),
-    )
-    return [str(row[0]) for row in rows]
+    return await queries.recent_chat_jids(db, account_id, limit)
 
 
 async def _settling(conn: aiosqlite.Connection, account_id: str, jid: str, now: float) -> bool:
-    marks = ",".join("?" for _ in CHAT_ACTIONS)
-    cur = await conn.execute(
-        f"SELECT 1 FROM engine_actions WHERE account_id = ? AND chat_jid = ? "
-        f"AND type IN ({marks}) AND (status = 'queued' OR updated_at > ?) LIMIT 1",
-        (account_id, jid, *CHAT_ACTIONS, now - SETTLE_S),
-    )
-    return await cur.fetchone() is not None
+    return await chat_action_recent(conn, account_id, jid, CHAT_ACTIONS, now - SETTLE_S)
 
 
 async def apply(

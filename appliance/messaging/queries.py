@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from appliance.db.database import Database, fetchone_from
+from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
 from appliance.errors import InvalidInput
 from appliance.messaging.rows import ChatRow, ContactRow, MessageRow
 
@@ -664,3 +664,13 @@ async def sender_names(db: Database, account: str, jids: Sequence[str]) -> dict[
         )
         names.update({r["jid"]: r["name"] for r in rows})
     return names
+
+
+async def recent_chat_jids(db: ReadSource, account_id: str, limit: int) -> list[str]:
+    """The account's most recently active chats, newest first."""
+    rows = await fetchall_from(
+        db,
+        "SELECT jid FROM chats WHERE account_id = ? ORDER BY last_message_at DESC, jid LIMIT ?",
+        (account_id, limit),
+    )
+    return [str(row[0]) for row in rows]

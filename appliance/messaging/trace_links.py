@@ -1,7 +1,10 @@
 """The trace of a send, kept with its message (tracing on): a delivered or read receipt
 joins the send's trace even after a worker restart, when the in-memory link
 (``observability.tracing.remember``/``recall``) is gone. ``messages.traceparent``
-(migration 0034) stays NULL while tracing is off: nothing is written then."""
+(migration 0034) stays NULL while tracing is off: nothing is written then.
+
+This module is the store of that one column (its SQL stays here, as in the other stores):
+the send loop writes it, the receipt path reads it."""
 
 from __future__ import annotations
 

@@ -382,7 +382,7 @@ async def _mark_read(account: str, jid: str, user_id: int) -> None:
     """As POST .../chats/{chat}/read: the user's read position, and WhatsApp when the
     account's ``mark_read_by_users`` is on (best effort)."""
     db = _db()
-    if not await _has_unread(account, jid, user_id):
+    if not await inbox_store.has_unread(db, account, jid, user_id):
         return  # already read: no write transaction (most openings of a chat)
     async with db.write() as conn:
         ids = await inbox_store.mark_read(conn, account, jid, user_id, time.time())
@@ -396,18 +396,6 @@ async def _mark_read(account: str, jid: str, user_id: int) -> None:
             log.info(
                 "chat not marked read on WhatsApp", extra={"account_id": account, "error": str(exc)}
             )
-
-
-async def _has_unread(account: str, jid: str, user_id: int) -> bool:
-    """Whether the chat has messages after the user's read position (a read: the write
-    in ``inbox_store.mark_read`` decides again under the writer's lock)."""
-    row = await _db().fetchone(
-        "SELECT COALESCE((SELECT MAX(seq) FROM messages WHERE account_id = ? AND chat_jid = ?), "
-        "0) AS newest, COALESCE((SELECT read_seq FROM chat_reads WHERE user_id = ? "
-        "AND account_id = ? AND chat_jid = ?), 0) AS read_seq",
-        (account, jid, user_id, account, jid),
-    )
-    return row is not None and int(row["newest"]) > int(row["read_seq"])
 
 
 async def _events_after() -> int:
