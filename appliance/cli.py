@@ -1156,7 +1156,11 @@ class _RotationControl:
         return supervisord_pid(self.settings.run_dir) is not None
 
     def restart_worker(self) -> None:
-        _restart_one(proxy(self.settings.supervisor_socket), "worker", sys.stdout)
+        # The webhooks process decrypts endpoint header values with the data key too:
+        # left running, it would hold only the old key once the values move to the new.
+        sup = proxy(self.settings.supervisor_socket)
+        _restart_one(sup, "worker", sys.stdout)
+        _restart_one(sup, "webhooks", sys.stdout)
 
     def restart_api(self) -> None:
         rolling_restart_api(self.settings)

@@ -16,6 +16,7 @@ from appliance import __version__
 from appliance.api import health
 from appliance.api.access import SECURITY_SCHEMES, install_access_control, public
 from appliance.api.errors import install_error_handlers
+from appliance.api.keepalive import install_body_drain
 from appliance.api.live import EventBell
 from appliance.api.openapi import ApplianceOpenAPIProvider
 from appliance.api.panel import bp as panel_bp
@@ -180,6 +181,7 @@ def create_app(
 
     install_error_handlers(app)
     install_access_control(app)
+    install_body_drain(app)  # keep-alive after an early refusal (api/keepalive.py)
     blueprints: tuple[Blueprint, ...] = (health.bp, auth.bp, users.bp, api_keys.bp)
     blueprints += (audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)

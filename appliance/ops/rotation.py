@@ -8,8 +8,8 @@ the secrets directory, each step safe to repeat after a crash:
 2. ``data-key.previous`` gets the key in use, then ``data-key.next`` is renamed over
    ``data-key``. From here every process started reads both keys: the new one
    encrypts, both decrypt.
-3. The running processes restart (worker first, then the API one at a time), so none
-   is left holding only the old key.
+3. The running processes restart (worker and webhooks first, then the API one at a
+   time), so none is left holding only the old key.
 4. Every stored ciphertext is re-encrypted under the new key in bounded batches, each
    its own short transaction that writes a row only if it is unchanged since it was
    read (a concurrent writer already uses the new key). A crash here loses nothing:
@@ -64,7 +64,9 @@ class Control(Protocol):
 
     def running(self) -> bool: ...
 
-    def restart_worker(self) -> None: ...
+    def restart_worker(self) -> None:
+        """The worker and the webhooks process (both decrypt stored values)."""
+        ...
 
     def restart_api(self) -> None: ...
 

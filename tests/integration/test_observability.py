@@ -99,8 +99,8 @@ def test_new_metrics_are_exported_by_every_process(app: Appliance, admin: httpx.
     # CPU and memory of every process, one sample per pid.
     for name in ("appliance_process_cpu_seconds_total", "appliance_process_resident_memory_bytes"):
         roles = {s.labels["role"] for s in samples[name]}
-        assert roles == {"api", "worker", "scripts"}, (name, roles)
-        assert len({s.labels["pid"] for s in samples[name]}) >= 4
+        assert roles == {"api", "worker", "webhooks", "scripts"}, (name, roles)
+        assert len({s.labels["pid"] for s in samples[name]}) >= 5
         assert all(s.value > 0 for s in samples[name]), samples[name]
     # Restart and crash counters at 0 from the start, per program.
     for name in ("appliance_process_restarts_total", "appliance_process_crashes_total"):
