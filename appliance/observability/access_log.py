@@ -35,8 +35,7 @@ from typing import IO
 
 import orjson
 
-from appliance.observability.context import request_id_var, trace_id_of, traceparent_var
-from appliance.observability.logging import JsonFormatter
+from appliance.observability.logging import JsonFormatter, add_request_context
 
 ACCESS_LOGGER = "appliance.access"
 MAX_BYTES = 20 * 1024 * 1024
@@ -221,12 +220,7 @@ def write_access(method: str, path: str, status: int, duration_ms: float) -> Non
         "logger": ACCESS_LOGGER,
         "msg": f"{method} {path} {status}",
     }
-    request_id = request_id_var.get()
-    if request_id:
-        entry["request_id"] = request_id
-    trace_id = trace_id_of(traceparent_var.get())
-    if trace_id:
-        entry["trace_id"] = trace_id
+    add_request_context(entry)
     entry["status"] = status
     entry["duration_ms"] = duration_ms
     handler.add_line(orjson.dumps(entry).decode())

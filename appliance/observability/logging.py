@@ -31,18 +31,23 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        request_id = request_id_var.get()
-        if request_id:
-            entry["request_id"] = request_id
-        trace_id = trace_id_of(traceparent_var.get())
-        if trace_id:
-            entry["trace_id"] = trace_id
+        add_request_context(entry)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+def add_request_context(entry: dict[str, object]) -> None:
+    """The current request's id and trace id, when there are any (every JSON line)."""
+    request_id = request_id_var.get()
+    if request_id:
+        entry["request_id"] = request_id
+    trace_id = trace_id_of(traceparent_var.get())
+    if trace_id:
+        entry["trace_id"] = trace_id
 
 
 def setup_logging(role: str, level: str = "INFO", stream: object = None) -> None:
