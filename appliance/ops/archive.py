@@ -52,6 +52,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 # Beside the database: its WAL and shared memory (the snapshot replaces them), the
 # write lock file (empty, recreated by every process), the worker's disk reserve (zeros,
 # ops/storage_watch.py).
+# What a restore leaves at the top of a data directory that is a mount point of its own
+# (ops/restore.py swaps inside it): never part of a backup.
+RESTORE_LEFTOVERS = (".restore-", ".rollback-", ".failed-")
 SKIPPED_SUFFIXES = ("-wal", "-shm", "-journal", ".writelock", "disk-reserve", "disk-reserve.tmp")
 COUNTED_TABLES = (
     "accounts",
@@ -136,7 +139,12 @@ def _data_files(data_dir: Path, exclude: list[Path]) -> list[Path]:
     found = []
     for root, dirs, names in os.walk(data_dir):
         here = Path(root)
-        dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in exclude)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if (here / d).resolve() not in exclude
+            and not (here == data_dir and d.startswith(RESTORE_LEFTOVERS))
+        )
         for name in sorted(names):
             path = here / name
             if path == data_dir / "appliance.db" or name.endswith(SKIPPED_SUFFIXES):

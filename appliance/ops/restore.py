@@ -1,12 +1,15 @@
 """Restore a backup archive onto this installation, with a way back at every step.
 
-1. Extract into a staging directory beside the data directory, checking every file
-   against the manifest, then the database's ``integrity_check`` and schema version
-   (newer than this code: refused). Nothing of the installation is touched yet.
+1. Extract into a staging directory beside the data directory (inside it when it is
+   a mount point), checking every file against the manifest, then the database's
+   ``integrity_check`` and schema version (newer than this code: refused). Nothing
+   of the installation is touched yet.
 2. Stop the appliance; read the id sequences of the database being replaced.
 3. Swap: the data directory becomes ``<data>.rollback-<stamp>`` and the staged one
-   takes its place (two renames on one filesystem). Settings and secrets from the
-   archive replace the current ones only when asked, the current ones kept beside.
+   takes its place (two renames on one filesystem); a data directory that is a mount
+   point of its own is swapped inside itself instead (``DataSwap``). Settings and
+   secrets from the archive replace the current ones only when asked, the current
+   ones kept beside.
 4. Migrate, raise every id sequence to its floor (``ops.ids``) and record the restore
    epoch, then start and wait for ``/readyz``.
 5. On any failure after the swap: stop, put the old data (and settings, secrets) back,
@@ -32,7 +35,12 @@ from appliance.db.database import open_connection
 from appliance.db.migrate import migrate
 from appliance.errors import ApplianceError, SecretFileError
 from appliance.ops import offline_store
-from appliance.ops.archive import ArchiveError, _sha256_file, verify_and_extract
+from appliance.ops.archive import (
+    RESTORE_LEFTOVERS,
+    ArchiveError,
+    _sha256_file,
+    verify_and_extract,
+)
 from appliance.ops.crypt import Decryption, decrypt, is_encrypted
 from appliance.ops.ids import apply_floors, compute_floors
 from appliance.ops.offline_store import sequences
@@ -71,6 +79,83 @@ class RestoreReport:
     gap: int = 0
     epoch: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def is_own_filesystem(data_dir: Path) -> bool:
+    """The data directory is a filesystem of its own (a disk mounted there)."""
+    if not data_dir.exists():
+        return False
+    return os.path.ismount(data_dir) or data_dir.stat().st_dev != data_dir.parent.stat().st_dev
+
+
+def _move_entries(source: Path, dest: Path) -> None:
+    """Every top-level entry of ``source`` into ``dest`` (one filesystem: renames),
+    leaving a restore's own directories where they are."""
+    for entry in sorted(source.iterdir()):
+        if not entry.name.startswith(RESTORE_LEFTOVERS):
+            entry.rename(dest / entry.name)
+
+
+class DataSwap:
+    """Where a restore stages the archive, keeps the replaced data and puts failed data,
+    and how it swaps them, step by step so that any step can be undone.
+
+    A data directory on its parent's filesystem is swapped by renaming it whole. One
+    that is a mount point of its own (a disk mounted at /var/lib/appliance) cannot be
+    renamed (EBUSY) and nothing can be renamed onto it from outside (EXDEV): then the
+    staging, rollback and failed directories are made inside it, and its entries move.
+    """
+
+    def __init__(self, data_dir: Path, stamp: str, *, in_place: bool) -> None:
+        self.data_dir = data_dir
+        self.in_place = in_place
+        if in_place:
+            self.staging = data_dir / f".restore-{stamp}"
+            self.rollback = data_dir / f".rollback-{stamp}"
+            self.failed = data_dir / f".failed-{stamp}"
+        else:
+            self.staging = data_dir.parent / f".{data_dir.name}.restore-{stamp}"
+            self.rollback = data_dir.parent / f"{data_dir.name}.rollback-{stamp}"
+            self.failed = data_dir.parent / f"{data_dir.name}.failed-{stamp}"
+        # "none" -> "moving_out" -> "moved_out" -> "swapped"; what swap_back undoes.
+        self.phase = "none"
+        self.kept_previous = False
+
+    def swap_in(self, staged: Path) -> None:
+        """The staged data becomes the data directory; the previous one is kept."""
+        self.phase = "moving_out"
+        if self.in_place:
+            self.rollback.mkdir(mode=0o700)
+            self.kept_previous = True
+            _move_entries(self.data_dir, self.rollback)
+        elif self.data_dir.exists():
+            self.data_dir.rename(self.rollback)
+            self.kept_previous = True
+        self.phase = "moved_out"
+        if self.in_place:
+            _move_entries(staged, self.data_dir)
+        else:
+            staged.rename(self.data_dir)
+        self.phase = "swapped"
+
+    def swap_back(self) -> None:
+        """Undo ``swap_in`` from wherever it got to: restored data to ``failed``, the
+        previous data back in place."""
+        if self.phase == "none":
+            return
+        if self.in_place:
+            if self.phase != "moving_out":  # what is in the directory now was staged
+                self.failed.mkdir(mode=0o700)
+                _move_entries(self.data_dir, self.failed)
+            if self.kept_previous:
+                _move_entries(self.rollback, self.data_dir)
+                self.rollback.rmdir()
+        else:
+            if self.phase == "swapped":
+                self.data_dir.rename(self.failed)
+            if self.kept_previous:
+                self.rollback.rename(self.data_dir)
+        self.phase = "none"
 
 
 def _stamp(now: float) -> str:
@@ -176,7 +261,8 @@ def restore(
     now = time.time() if now is None else now
     stamp = _stamp(now)
     data_dir = settings.data_dir
-    staging = data_dir.parent / f".{data_dir.name}.restore-{stamp}"
+    swap = DataSwap(data_dir, stamp, in_place=is_own_filesystem(data_dir))
+    staging = swap.staging
     decrypted = data_dir.parent / f".{data_dir.name}.restore-{stamp}.tar.gz"
     try:
         plain = archive
@@ -209,9 +295,7 @@ def restore(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    rollback = data_dir.parent / f"{data_dir.name}.rollback-{stamp}"
     etc_rollback = paths.etc / f"rollback-{stamp}"
-    swapped = False
     moved_env = False
     moved_secrets: list[str] = []
     try:
@@ -222,11 +306,9 @@ def restore(
         )
         if owner is not None:
             _chown_tree(staging / "data", owner)
-        if data_dir.exists():
-            data_dir.rename(rollback)
-            report.rollback_dir = rollback
-        (staging / "data").rename(data_dir)
-        swapped = True
+        swap.swap_in(staging / "data")
+        if swap.kept_previous:
+            report.rollback_dir = swap.rollback
         archived_env = staging / "etc" / "appliance.env"
         if with_config or with_secrets:
             etc_rollback.mkdir(mode=0o700)
@@ -268,14 +350,11 @@ def restore(
         say(f"restore failed ({exc}); putting the previous data back")
         _roll_back(
             paths,
-            settings,
             control,
-            rollback=rollback if report.rollback_dir else None,
-            swapped=swapped,
+            swap,
             etc_rollback=etc_rollback,
             moved_env=moved_env,
             moved_secrets=moved_secrets,
-            stamp=stamp,
             was_running=was_running,
         )
         if isinstance(exc, RestoreFailed):
@@ -288,24 +367,17 @@ def restore(
 
 def _roll_back(
     paths: Paths,
-    settings: Settings,
     control: Control,
+    swap: DataSwap,
     *,
-    rollback: Path | None,
-    swapped: bool,
     etc_rollback: Path,
     moved_env: bool,
     moved_secrets: list[str],
-    stamp: str,
     was_running: bool,
 ) -> None:
     with contextlib.suppress(Exception):  # not running: nothing to stop
         control.stop()
-    data_dir = settings.data_dir
-    if swapped:
-        data_dir.rename(data_dir.parent / f"{data_dir.name}.failed-{stamp}")
-    if rollback is not None:
-        rollback.rename(data_dir)
+    swap.swap_back()
     if moved_env:
         _replace_file(paths.env_file, (etc_rollback / "appliance.env").read_bytes(), 0o640)
     for name in moved_secrets:

@@ -10,9 +10,11 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,13 @@ from appliance.config import Paths, Settings, load_settings
 from appliance.db.database import open_connection
 from appliance.db.migrate import latest_version, migrate
 from appliance.ops import ids
-from appliance.ops.archive import ArchiveError, verify_and_extract, write_backup
-from appliance.ops.restore import RestoreFailed, restore
+from appliance.ops.archive import (
+    RESTORE_LEFTOVERS,
+    ArchiveError,
+    verify_and_extract,
+    write_backup,
+)
+from appliance.ops.restore import DataSwap, RestoreFailed, is_own_filesystem, restore
 from appliance.secrets import SECRET_NAMES
 
 
@@ -37,7 +44,7 @@ def _migrate(db: Path) -> None:
     asyncio.run(run())
 
 
-def _install(root: Path) -> tuple[Paths, Settings]:
+def _install(root: Path, *, data_dir_exists: bool = False) -> tuple[Paths, Settings]:
     paths = Paths(root)
     paths.etc.mkdir(parents=True)
     paths.env_file.write_text("PORT=18080\nAPI_PROCESSES=2\n")
@@ -47,7 +54,7 @@ def _install(root: Path) -> tuple[Paths, Settings]:
         path.write_text(f"{name}-value-{root.name}-0123456789abcdef\n")
         os.chmod(path, 0o600)
     for directory in (paths.default_run_dir, paths.default_data_dir, paths.default_log_dir):
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=data_dir_exists)
     settings = load_settings(paths, environ={})
     _migrate(settings.database_path)
     settings.media_dir.mkdir()
@@ -362,3 +369,121 @@ def test_malformed_manifest_is_refused_before_anything_stops(
     with pytest.raises(ArchiveError, match="malformed"):
         restore(paths, settings, bad, control, say=lambda _: None)
     assert control.calls == []
+
+
+# -- a data directory that is a mount point of its own ------------------------------------
+
+
+def _mount_tmpfs(directory: Path) -> None:
+    """A real filesystem of its own at ``directory`` (root only); skipped with the
+    reason when this machine refuses the mount (tests run as an ordinary user)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"this machine refuses a tmpfs mount: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[tuple[Paths, Settings]]:
+    """An installation whose data directory is a disk mounted there (here a tmpfs)."""
+    root = tmp_path / "mounted"
+    data_dir = Paths(root).default_data_dir
+    data_dir.mkdir(parents=True)
+    _mount_tmpfs(data_dir)
+    try:
+        yield _install(root, data_dir_exists=True)
+    finally:
+        subprocess.run(["umount", str(data_dir)], check=True)
+
+
+def test_restore_into_a_mounted_data_directory_swaps_inside_it(
+    mounted: tuple[Paths, Settings], tmp_path: Path
+) -> None:
+    """A disk mounted at the data directory cannot be renamed (EBUSY) nor renamed onto
+    (EXDEV): the restore swaps inside it, and the mount stays."""
+    old_paths, old = _install(tmp_path / "old")
+    committed = _events(old.database_path, 40)
+    archive = write_backup(old_paths, old, tmp_path / "b.tar.gz").path
+    paths, settings = mounted
+    _events(settings.database_path, 3)
+    before = settings.data_dir.stat()
+    assert os.path.ismount(settings.data_dir) and is_own_filesystem(settings.data_dir)
+    report = restore(paths, settings, archive, FakeControl(), say=lambda _: None)
+    after = settings.data_dir.stat()
+    assert os.path.ismount(settings.data_dir)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    assert set(committed) <= set(_event_ids(settings.database_path))
+    assert (settings.media_dir / "acc_1" / "med_a").read_bytes() == (
+        old.media_dir / "acc_1" / "med_a"
+    ).read_bytes()
+    rollback = report.rollback_dir
+    assert rollback is not None and rollback.parent == settings.data_dir
+    assert rollback.name.startswith(".rollback-") and (rollback / "appliance.db").exists()
+    assert not [p for p in settings.data_dir.iterdir() if p.name.startswith(".restore-")]
+    # The rollback copy inside the data directory is never part of the next backup.
+    again = write_backup(paths, settings, tmp_path / "again.tar.gz").path
+    with tarfile.open(again) as tar:
+        names = tar.getnames()
+    assert "data/media/acc_1/med_a" in names
+    assert not [n for n in names if ".rollback-" in n]
+
+
+def test_failed_restore_into_a_mounted_data_directory_puts_the_old_data_back(
+    mounted: tuple[Paths, Settings], tmp_path: Path
+) -> None:
+    paths, settings = mounted
+    _events(settings.database_path, 7)
+    archive = write_backup(paths, settings, tmp_path / "b.tar.gz").path
+    _events(settings.database_path, 5)
+    before_ids = _event_ids(settings.database_path)
+    control = FakeControl(ready=False)
+    with pytest.raises(RestoreFailed):
+        restore(paths, settings, archive, control, ready_timeout_s=1, say=lambda _: None)
+    assert control.calls[-1] == "start" and os.path.ismount(settings.data_dir)
+    assert _event_ids(settings.database_path) == before_ids
+    names = [p.name for p in settings.data_dir.iterdir()]
+    assert len([n for n in names if n.startswith(".failed-")]) == 1
+    assert not [n for n in names if n.startswith((".rollback-", ".restore-"))]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(RESTORE_LEFTOVERS)
+    }
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_data_swap_undoes_every_step(tmp_path: Path, in_place: bool) -> None:
+    """swap_back puts the previous data back from wherever swap_in got to: done, or
+    stopped halfway through moving the previous data out."""
+    data = tmp_path / "data"
+    (data / "media").mkdir(parents=True)
+    (data / "appliance.db").write_bytes(b"old db")
+    (data / "media" / "m").write_bytes(b"old media")
+    previous = _tree(data)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "appliance.db").write_bytes(b"new db")
+    swap = DataSwap(data, "STAMP", in_place=in_place)
+    swap.swap_in(staged)
+    assert (data / "appliance.db").read_bytes() == b"new db"
+    assert _tree(swap.rollback) == previous
+    swap.swap_back()
+    assert _tree(data) == previous
+    assert _tree(swap.failed) == {"appliance.db": b"new db"}
+    assert not swap.rollback.exists()
+    if in_place:  # halfway: one entry moved out when the next rename failed
+        halfway = DataSwap(data, "HALF", in_place=True)
+        halfway.phase = "moving_out"
+        halfway.rollback.mkdir()
+        halfway.kept_previous = True
+        (data / "media").rename(halfway.rollback / "media")
+        halfway.swap_back()
+        assert _tree(data) == previous and not halfway.failed.exists()
