@@ -503,7 +503,7 @@ roll_back() {
   if [ -n "${PRE_UPGRADE:-}" ]; then
     # The old code restores (it verifies the archive first) and starts.
     "$CTL" --prefix "${ROOT:-/}" restore "$PRE_UPGRADE" --wait 90 \
-      || die "rolling back: restoring $PRE_UPGRADE failed too (see above); the data before that restore is in $(dirname "$DATA")/$(basename "$DATA").rollback-*. Try: $CTL restore $PRE_UPGRADE"
+      || die "rolling back: restoring $PRE_UPGRADE failed too (see above); the data before that restore is in $(dirname "$DATA")/$(basename "$DATA").rollback-* (in $DATA/.rollback-* when $DATA is a mount point). Try: $CTL restore $PRE_UPGRADE"
     say "the database is back at schema $FROM_SCHEMA from $PRE_UPGRADE"
   else
     "$CTL" --prefix "${ROOT:-/}" start --wait 90 \
