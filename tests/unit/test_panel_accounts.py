@@ -66,7 +66,7 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
         assert response.status_code == 200
         assert 'href="/panel/accounts/acc_a"' in text and "Shop" in text
         assert 'data-events-after="' in text
-        assert 'hx-trigger="panel:accounts from:body, panel:sync from:body"' in text
+        assert 'hx-trigger="panel:accounts from:body, panel:sync from:body throttle:1s"' in text
         assert 'href="/panel/accounts/new"' in text
         assert "<script>" not in text and " style=" not in text
         # A form per engine, generated from the engine's settings model.
