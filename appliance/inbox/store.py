@@ -327,6 +327,27 @@ async def change_chat(
     return True
 
 
+async def unassign_user(conn: aiosqlite.Connection, user_id: int, *, by: Actor, now: float) -> int:
+    """Give back every chat assigned to a user who is being deleted, each with its
+    ``chat.assigned`` event (reason ``user_deleted``); how many. Run before the user's
+    row goes: the foreign key's ON DELETE SET NULL would update the chats from inside
+    the DELETE, where SQLite applies the DELETE's conflict handling to the reports
+    trigger's INSERT OR IGNORE and fails on report_conversations' unique index."""
+    rows = await fetchall_from(
+        conn, "SELECT account_id, jid FROM chats WHERE assignee_id = ?", (user_id,)
+    )
+    for row in rows:
+        before = await conversation(conn, row["account_id"], row["jid"])
+        if before is None:
+            continue
+        after = replace(before, assignee_id=None)
+        await _write(conn, row["account_id"], row["jid"], before, after)
+        await _assign_event(
+            conn, row["account_id"], row["jid"], before, after, by, now, "user_deleted"
+        )
+    return len(rows)
+
+
 async def on_inbound(
     conn: aiosqlite.Connection,
     account_id: str,

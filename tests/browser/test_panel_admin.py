@@ -3,11 +3,17 @@ installation: one lean flow per screen group, each scanned with axe-core (no ser
 or critical violations) and saved as screenshots, light and dark.
 
 - Accounts and admin (the session's installation): create a sandbox account from the
-  engine's form, connect it and watch its state turn connected live; create a user
-  with a grant, an API key shown once and revoked, the audit log filtered; the
-  accounts list at 375 px.
-- Contacts, tags and quick replies (the session's installation): a tag and a quick
-  reply added, a CSV imported and its contact listed.
+  engine's form, connect it and watch its state turn connected live; a history sync's
+  progress appearing and finishing live (batches written by the web engine's own
+  import function: the sandbox has no history); create a user with a grant, an API
+  key shown once and revoked, the audit log filtered; the accounts list at 375 px;
+  the account deleted after its name is typed (a wrong name first).
+- Contacts, tags and quick replies (the session's installation): a tag with a palette
+  colour and one recoloured to a custom #rrggbb, shown in the chat list and the
+  contacts; a quick reply added, a CSV imported and its contact listed.
+- Deleting users (the webhooks' installation, where ``admin`` is surely the only
+  administrator): another user deleted after the confirmation; deleting ``admin``
+  refused with the last-administrator message.
 - Webhooks (an installation whose SSRF guard allows 127.0.0.1, OUTBOUND_ALLOW_NETWORKS:
   the session's refuses loopback receivers): an endpoint pointing at a receiver on
   127.0.0.1, its secret shown once, a test event whose delivery appears in the log
@@ -16,16 +22,21 @@ or critical violations) and saved as screenshots, light and dark.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
-from tests.browser.test_panel import WAIT_MS, _axe, _clean, _shot, _sign_in, _wait
+from appliance.messaging import history_store
+from tests.browser.test_panel import WAIT_MS, _axe, _clean, _inject, _shot, _sign_in, _wait
 from tests.integration.conftest import Appliance, admin_password, login, running_appliance
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -40,6 +51,57 @@ def _both_themes(page: Any, artefacts: Path, name: str) -> None:
     _axe(page, f"{name} (dark)")
     _shot(page, artefacts, f"{name}-en-dark")
     page.emulate_media(color_scheme="light")
+
+
+def _history_batch(app: Appliance, account: str, progress: int, *, last: bool) -> None:
+    """One batch of a history chunk written into the installation's database by the
+    web engine's own import function (what the worker does for a linked phone's
+    history), in a thread of its own (Playwright's sync API owns this one's loop)."""
+    chat = "905551230000@s.whatsapp.net"
+    batch = history_store.HistoryBatch(
+        chunk_key=f"browser-{account}-{progress}",
+        sync_type="RECENT",
+        chats=[history_store.ChatInfo(jid=chat, name="Old friend")],
+        messages=[
+            history_store.PhoneMessage(
+                id=f"HB{progress}-{i}",
+                chat_jid=chat,
+                direction="in",
+                type="text",
+                content={"type": "text", "text": {"body": f"from the phone {i}"}},
+                timestamp=1_700_000_000.0 + progress * 10 + i,
+                body=f"from the phone {i}",
+                sender_jid=chat,
+            )
+            for i in range(5)
+        ],
+        contacts=[],
+        last=last,
+        progress=progress,
+    )
+
+    async def write() -> None:
+        async with aiosqlite.connect(app.db_path, timeout=30, isolation_level=None) as conn:
+            conn.row_factory = sqlite3.Row
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute("BEGIN IMMEDIATE")
+            await history_store.import_history_batch(
+                conn, account, batch, history_store.HistoryLimit(), now=time.time()
+            )
+            await conn.commit()
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(write())
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors == [], errors
 
 
 def test_accounts_and_admin_screens(appliance: Appliance, page: Any, artefacts: Path) -> None:
@@ -61,8 +123,20 @@ def test_accounts_and_admin_screens(appliance: Appliance, page: Any, artefacts: 
     page.evaluate("window.__noReload = 1")
     page.locator('#account-state [data-state="connected"]').wait_for(timeout=WAIT_MS)
     _both_themes(page, artefacts, "account")
+    # History sync: the progress appears live (account.sync events), no reload.
+    assert page.locator("#account-sync progress").count() == 0
+    _history_batch(appliance, account, 35, last=False)
+    page.locator('#account-sync progress[value="35"]').wait_for(timeout=WAIT_MS)
+    assert "5 messages, 1 chat" in page.locator("#sync-totals").inner_text()
+    assert page.evaluate("window.__noReload") == 1
+    _both_themes(page, artefacts, "account-sync")
     page.goto(f"{appliance.base_url}/panel/accounts")
     page.locator(f'a[href="/panel/accounts/{account}"]').wait_for()
+    page.locator(f"#sync-{account}").wait_for(timeout=WAIT_MS)
+    page.evaluate("window.__noReload = 1")
+    _history_batch(appliance, account, 100, last=True)  # the last chunk: done
+    page.locator(f"#sync-{account}").wait_for(state="detached", timeout=WAIT_MS)
+    assert page.evaluate("window.__noReload") == 1
     _both_themes(page, artefacts, "accounts")
     page.set_viewport_size({"width": 375, "height": 800})
     width = page.evaluate("document.documentElement.scrollWidth")
@@ -99,6 +173,70 @@ def test_accounts_and_admin_screens(appliance: Appliance, page: Any, artefacts: 
     page.locator("#audit td code", has_text="api_key.revoke").first.wait_for()
     assert page.locator("#audit td code", has_text="user.create").count() == 0
     _both_themes(page, artefacts, "audit")
+
+    # Delete the account: the confirmation names it; a wrong name deletes nothing.
+    page.goto(f"{appliance.base_url}/panel/accounts/{account}")
+    page.click("#delete-account-link")
+    page.wait_for_url(f"**/panel/accounts/{account}/delete")
+    assert f"Delete the account Desk {suffix}" in page.locator("h1").inner_text()
+    page.fill("#f-confirm", "Desk")
+    page.click("#delete-account")
+    page.locator("#f-confirm-error").wait_for(timeout=WAIT_MS)
+    assert page.locator("#f-confirm").get_attribute("aria-invalid") == "true"
+    page.problems.clear()  # the browser logs the refused form's 400 itself
+    _both_themes(page, artefacts, "account-delete")
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, artefacts, "account-delete-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        assert api.get(f"/api/accounts/{account}").status_code == 200
+    page.fill("#f-confirm", f"Desk {suffix}")
+    page.click("#delete-account")
+    page.wait_for_url("**/panel/accounts?deleted=1")
+    page.locator("#deleted").wait_for()
+    assert page.locator(f'a[href="/panel/accounts/{account}"]').count() == 0
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        assert api.get(f"/api/accounts/{account}").status_code == 404
+    _clean(page)
+
+
+def test_delete_users_and_the_last_admin(hooks_app: Appliance, page: Any, artefacts: Path) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    with login(hooks_app, "admin", admin_password(hooks_app)) as api:
+        made = api.post(
+            "/api/users",
+            json={"username": f"temp{suffix}", "password": "temp-password-123", "role": "agent"},
+        )
+        assert made.status_code == 201, made.text
+        temp_id = made.json()["id"]
+        admins = [u for u in api.get("/api/users").json()["items"] if u["role"] == "admin"]
+        assert [u["username"] for u in admins if u["active"]] == ["admin"]
+        admin_id = next(u["id"] for u in admins if u["username"] == "admin")
+    _sign_in(page, hooks_app, "admin", admin_password(hooks_app))
+    page.goto(f"{hooks_app.base_url}/panel/users/{temp_id}")
+    page.click("#delete-user-link")
+    page.wait_for_url(f"**/panel/users/{temp_id}/delete")
+    assert f"temp{suffix}" in page.locator("h1").inner_text()
+    _both_themes(page, artefacts, "user-delete")
+    page.click("#delete-user")
+    page.wait_for_url("**/panel/users?deleted=1")
+    page.locator("#deleted").wait_for()
+    assert page.locator(f'a[href="/panel/users/{temp_id}"]').count() == 0
+    # The last active administrator: refused, said plainly; still signed in.
+    page.goto(f"{hooks_app.base_url}/panel/users/{admin_id}/delete")
+    page.click("#delete-user")
+    error = page.locator("#delete-error")
+    error.wait_for(timeout=WAIT_MS)
+    assert "admin is the last active administrator" in error.inner_text()
+    page.problems.clear()  # the browser logs the refused form's 409 itself
+    _both_themes(page, artefacts, "user-delete-last-admin")
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, artefacts, "user-delete-last-admin-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{hooks_app.base_url}/panel/users")
+    assert page.locator(f'a[href="/panel/users/{admin_id}"]').count() == 1
     _clean(page)
 
 
@@ -113,9 +251,27 @@ def test_contacts_tags_and_quick_replies_screens(
     _sign_in(page, appliance, "admin", admin_password(appliance))
     page.goto(f"{appliance.base_url}/panel/tags?account={account}")
     page.fill("#f-tag-name", "wholesale")
+    page.check('input[name="color"][value="#16a34a"]')  # a palette colour (Green)
     page.click("#create-tag")
     page.locator('#tags input[value="wholesale"]').wait_for()
+    assert page.locator('#tags li[data-tag="wholesale"]').get_attribute("data-color") == "#16a34a"
+    # A custom colour for another tag, then recoloured from its row.
+    page.fill("#f-tag-name", "returns")
+    page.check("#f-tag-custom")
+    page.fill("#f-tag-custom-color", "#a1b2c3")
+    page.click("#create-tag")
+    row = page.locator('#tags li[data-tag="returns"]')
+    row.wait_for()
+    assert row.get_attribute("data-color") == "#a1b2c3"
+    row.locator('input[type="color"]').fill("#7c2d12")
+    row.locator('button[type="submit"]:not([name="delete"])').click()
+    page.locator('#tags li[data-tag="returns"][data-color="#7c2d12"]').wait_for()
+    assert page.locator('#tags circle[fill="#7c2d12"]').count() == 1
     _both_themes(page, artefacts, "tags")
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, artefacts, "tags-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(f"{appliance.base_url}/panel/quick-replies?account={account}")
     page.fill("#f-qr-name", "Hello")
     page.fill("#f-qr-shortcut", "/hello")
@@ -137,7 +293,44 @@ def test_contacts_tags_and_quick_replies_screens(
     page.click("#import-form button[type=submit]")
     page.locator("#imported").wait_for()
     page.locator("#contacts td", has_text="Deniz").wait_for()
+    # Tag chips in their colours: the contact's, and the chat's in the inbox list and
+    # the conversation's side panel (a sandbox inbound makes the chat).
+    phone = "+905551239999"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        listed = api.get(f"/api/accounts/{account}/tags").json()["items"]
+        tag_ids = {t["name"]: t["id"] for t in listed}
+        assert api.post(f"/api/accounts/{account}/connect").status_code == 202
+
+        def connected() -> bool:
+            return api.get(f"/api/accounts/{account}/status").json()["state"] == "connected"
+
+        _wait(connected, "the account connected")
+        _inject(api, account, phone, "Is my refund on its way?", "Deniz")
+
+        def chat_made() -> bool:
+            return bool(api.get(f"/api/accounts/{account}/chats").json()["items"])
+
+        _wait(chat_made, "the inbound chat")
+        tagged = api.post(
+            f"/api/accounts/{account}/tagging",
+            json={"add": [tag_ids["returns"]], "chats": [phone], "contacts": [phone]},
+        )
+        assert tagged.status_code == 200, tagged.text
+    page.goto(f"{appliance.base_url}/panel/contacts?account={account}")
+    chip = page.locator("#contacts .tag", has_text="returns")
+    chip.wait_for()
+    assert chip.locator('circle[fill="#7c2d12"]').count() == 1
     _both_themes(page, artefacts, "contacts")
+    page.goto(f"{appliance.base_url}/panel/inbox?account={account}")
+    chip = page.locator("#chat-list .tag", has_text="returns")
+    chip.wait_for(timeout=WAIT_MS)
+    assert chip.get_attribute("data-color") == "#7c2d12"
+    assert chip.locator('circle[fill="#7c2d12"]').count() == 1
+    page.locator("#chat-list .chat a").first.click()
+    side = page.locator("#chat-tags .tag", has_text="returns")
+    side.wait_for(timeout=WAIT_MS)
+    assert side.locator('circle[fill="#7c2d12"]').count() == 1
+    _both_themes(page, artefacts, "inbox-tag-colours")
     _clean(page)
 
 

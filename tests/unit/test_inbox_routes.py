@@ -248,3 +248,42 @@ def test_conversation_routes(open_db: OpenDb, db_path: Path, tmp_path: Path) -> 
             await body(db)
 
     asyncio.run(main())
+
+
+def test_deleting_a_user_gives_their_chats_back(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    """DELETE /api/users/<id> of someone with an assigned chat: 204, the chat unassigned
+    with a chat.assigned event (reason user_deleted). It answered 500 before: the
+    foreign key's SET NULL ran the reports trigger inside the DELETE, where SQLite
+    applied the DELETE's conflict handling to its INSERT OR IGNORE."""
+
+    async def body(db: Database) -> None:
+        await _account(db, A)
+        ann_id, ann = await _person(db, "ann", Role.AGENT)
+        admin_id, admin = await _person(db, "root", Role.ADMIN)
+        await _inbound(db, A, ALICE, "IN1", 100.0)
+        app = _app(tmp_path / "etc-root")
+        state_of(app).db = db
+        client = app.test_client()
+        taken = await client.patch(
+            f"/api/accounts/{A}/chats/{ALICE}", headers=ann, json={"assignee_id": "me"}
+        )
+        assert taken.status_code == 200
+        gone = await client.delete(f"/api/users/{ann_id}", headers=admin)
+        assert gone.status_code == 204, await gone.get_data(as_text=True)
+        conv = await inbox.conversation(db, A, ALICE)
+        assert conv is not None and conv.assignee_id is None
+        events = await store.events_in_scope(
+            db, 0, 100, types=frozenset({"chat.assigned"}), accounts=None, unassigned=False
+        )
+        last = events[-1].data
+        assert last["reason"] == "user_deleted" and last["to"] is None
+        assert last["from"] == {"id": ann_id, "username": "ann"}
+        assert last["by"]["user_id"] == admin_id
+
+    async def run() -> None:
+        async with open_db(db_path) as db:
+            await body(db)
+
+    asyncio.run(run())

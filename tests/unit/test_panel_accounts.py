@@ -2,7 +2,8 @@
 and pairing-code calls): the list with live state, create for each engine from the
 engine's settings model (with the issues next to the fields), the settings edit
 (cloud secrets kept when left empty), connect, log out, the QR code and the pairing
-code, and what agents may not do."""
+code, the history sync's progress, deleting an account (its name typed again), and
+what agents may not do."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from appliance.auth import store as auth_store
 from appliance.db.database import Database
 from appliance.errors import Conflict
 from appliance.ipc import protocol
-from appliance.messaging import store
+from appliance.messaging import history_store, store
 from tests.unit.conftest import OpenDb
 from tests.unit.test_panel import A, _run, _sign_in
 
@@ -65,7 +66,7 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
         assert response.status_code == 200
         assert 'href="/panel/accounts/acc_a"' in text and "Shop" in text
         assert 'data-events-after="' in text
-        assert 'hx-trigger="panel:accounts from:body"' in text
+        assert 'hx-trigger="panel:accounts from:body, panel:sync from:body throttle:1s"' in text
         assert 'href="/panel/accounts/new"' in text
         assert "<script>" not in text and " style=" not in text
         # A form per engine, generated from the engine's settings model.
@@ -299,5 +300,137 @@ def test_agents_read_accounts_but_do_not_manage_them(
         assert refused.status_code == 403
         row = await store.account_row(db, A)
         assert row is not None and row.desired != "logged_out"
+        # Nor delete them: no link, the confirmation page and the post are refused.
+        assert 'id="delete-account-link"' not in page
+        assert (await agent.get(f"/panel/accounts/{A}/delete")).status_code == 403
+        refused = await agent.post(
+            f"/panel/accounts/{A}/delete", form={"csrf_token": csrf, "confirm": "Shop"}
+        )
+        assert refused.status_code == 403
+        assert await store.account_row(db, A) is not None
+        # The history sync's progress is theirs to read, like the state.
+        assert (await agent.get(f"/panel/accounts/{A}/sync")).status_code == 200
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+async def _history_batch(db: Database, progress: int, *, last: bool, messages: int) -> None:
+    """What the web engine's import writes for one batch of a history chunk (the
+    worker's call), with ``messages`` messages in one chat."""
+    chat = "905551119999@s.whatsapp.net"
+    batch = history_store.HistoryBatch(
+        chunk_key=f"recent-{progress}",
+        sync_type="RECENT",
+        chats=[history_store.ChatInfo(jid=chat, name="Deniz")],
+        messages=[
+            history_store.PhoneMessage(
+                id=f"H{progress}-{i}",
+                chat_jid=chat,
+                direction="in",
+                type="text",
+                content={"type": "text", "text": {"body": f"old {i}"}},
+                timestamp=1_700_000_000.0 + i,
+                body=f"old {i}",
+                sender_jid=chat,
+            )
+            for i in range(messages)
+        ],
+        contacts=[],
+        last=last,
+        progress=progress,
+    )
+    async with db.write() as conn:
+        await history_store.import_history_batch(
+            conn, A, batch, history_store.HistoryLimit(), now=1_700_000_100.0
+        )
+
+
+def test_history_sync_progress_shown_and_followed_live(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        status, _text, csrf = await _sign_in(admin, "admin1")
+        assert status == 303
+        # Before the first chunk: nothing shown, but the page listens for account.sync.
+        page = await (await admin.get(f"/panel/accounts/{A}")).get_data(as_text=True)
+        assert 'id="account-sync"' in page and "panel:sync from:body" in page
+        assert "History from the phone" not in page and "<progress" not in page
+        # A sync running: WhatsApp's percentage as a progress bar, the running totals.
+        await _history_batch(db, 40, last=False, messages=3)
+        fragment = await admin.get(f"/panel/accounts/{A}/sync", headers={"HX-Request": "true"})
+        text = await fragment.get_data(as_text=True)
+        assert fragment.status_code == 200
+        assert "History from the phone" in text and "Importing: 40 %" in text
+        assert 'max="100" value="40"' in text
+        assert "3 messages, 1 chat, 0 contact names" in text
+        listing = await (await admin.get("/panel/accounts/list")).get_data(as_text=True)
+        assert f'id="sync-{A}"' in listing and "History 40 %" in listing
+        page = await (await admin.get(f"/panel/accounts/{A}")).get_data(as_text=True)
+        assert 'value="40"' in page
+        # Done: no bar any more, the totals stay; the list shows nothing for it.
+        await _history_batch(db, 100, last=True, messages=1)
+        text = await (await admin.get(f"/panel/accounts/{A}/sync")).get_data(as_text=True)
+        assert "Imported" in text and "<progress" not in text
+        assert "4 messages, 2 chats" in text  # running totals, as the API's
+        listing = await (await admin.get("/panel/accounts/list")).get_data(as_text=True)
+        assert f'id="sync-{A}"' not in listing
+        # In Turkish.
+        await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
+        text = await (await admin.get(f"/panel/accounts/{A}/sync")).get_data(as_text=True)
+        assert "Telefondaki geçmiş" in text and "4 mesaj, 2 sohbet" in text
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+def test_delete_an_account_after_typing_its_name(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        worker = FakeWorker()
+        state_of(app).worker = worker  # type: ignore[assignment]
+        admin = app.test_client()
+        status, _text, csrf = await _sign_in(admin, "admin1")
+        assert status == 303
+        page = await (await admin.get(f"/panel/accounts/{A}")).get_data(as_text=True)
+        assert f'href="/panel/accounts/{A}/delete"' in page
+        # The confirmation names the account and what goes with it.
+        confirm = await admin.get(f"/panel/accounts/{A}/delete")
+        text = await confirm.get_data(as_text=True)
+        assert confirm.status_code == 200
+        assert "Delete the account Shop" in text and "chats, messages, contacts" in text
+        assert 'name="confirm"' in text and 'name="csrf_token"' in text
+        # A wrong name deletes nothing: 400, the reason next to the field.
+        wrong = await admin.post(
+            f"/panel/accounts/{A}/delete", form={"csrf_token": csrf, "confirm": "Sho"}
+        )
+        text = await wrong.get_data(as_text=True)
+        assert wrong.status_code == 400
+        assert 'id="f-confirm-error"' in text and 'aria-invalid="true"' in text
+        assert "Type the account&#39;s name, Shop, exactly as shown." in text
+        assert await store.account_row(db, A) is not None
+        # Without the CSRF token: refused, nothing deleted.
+        forged = await admin.post(f"/panel/accounts/{A}/delete", form={"confirm": "Shop"})
+        assert forged.status_code == 403
+        assert await store.account_row(db, A) is not None
+        # The name: deleted with its chats, audited, the worker told; back to the list.
+        done = await admin.post(
+            f"/panel/accounts/{A}/delete", form={"csrf_token": csrf, "confirm": " Shop "}
+        )
+        assert done.status_code == 303 and done.headers["Location"] == "/panel/accounts?deleted=1"
+        assert await store.account_row(db, A) is None
+        assert await db.scalar("SELECT COUNT(*) FROM chats WHERE account_id = ?", (A,)) == 0
+        assert await db.scalar("SELECT COUNT(*) FROM messages WHERE account_id = ?", (A,)) == 0
+        [entry] = [
+            e
+            for e in await auth_store.list_audit(db, before=None, limit=20)
+            if e.action == "account.delete"
+        ]
+        assert entry.target == f"account:{A}"
+        assert any(isinstance(c, protocol.PokeParams) for c in worker.calls), worker.calls
+        listing = await (await admin.get("/panel/accounts?deleted=1")).get_data(as_text=True)
+        assert "The account was deleted with its data." in listing
+        assert f'href="/panel/accounts/{A}"' not in listing
+        assert (await admin.get(f"/panel/accounts/{A}/delete")).status_code == 404
 
     _run(open_db, db_path, tmp_path, test)

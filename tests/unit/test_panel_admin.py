@@ -1,5 +1,5 @@
 """The panel's admin screens in the in-process app: users (create, role, grants,
-deactivate; the last admin stays one), API keys (the key shown once, revoke), the audit
+deactivate, delete; the last admin stays one), API keys (the key shown once, revoke), the audit
 log with filters; agents and managers get the 403 page."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from appliance.auth import store as auth_store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Role
 from appliance.db.database import Database
+from appliance.inbox import store as inbox_store
+from appliance.messaging import store
 from tests.unit.conftest import OpenDb
-from tests.unit.test_panel import PASSWORD, A, _run, _sign_in
+from tests.unit.test_panel import ALICE, PASSWORD, A, _run, _sign_in
 
 
 def test_users_keys_and_audit(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
@@ -116,6 +118,94 @@ def test_users_keys_and_audit(open_db: OpenDb, db_path: Path, tmp_path: Path) ->
     _run(open_db, db_path, tmp_path, test)
 
 
+async def _user_named(db: Database, name: str) -> auth_store.UserRow | None:
+    users = await auth_store.list_users(db, after=0, limit=100)
+    return next((u for u in users if u.username == name), None)
+
+
+def test_delete_a_user_and_the_last_admin_guard(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        status, _text, csrf = await _sign_in(admin, "admin1")
+        assert status == 303
+        agent = await _user_named(db, "agent1")
+        assert agent is not None
+        agent_client = app.test_client()
+        assert (await _sign_in(agent_client, "agent1"))[0] == 303
+        async with db.write() as conn:  # a chat assigned to them, and an API key of theirs
+            assigned = await inbox_store.change_chat(
+                conn,
+                A,
+                ALICE,
+                by=inbox_store.SYSTEM,
+                assigns_others=True,
+                now=2.0,
+                assignee_id=agent.id,
+            )
+            assert assigned
+            await auth_store.create_api_key(
+                conn,
+                name="theirs",
+                role=Role.AGENT,
+                all_accounts=False,
+                accounts=[A],
+                created_by="user:1",
+                owner_user_id=agent.id,
+                now=1.0,
+            )
+        # The user's page links to a confirmation naming them and what goes with them.
+        page = await (await admin.get(f"/panel/users/{agent.id}")).get_data(as_text=True)
+        assert f'href="/panel/users/{agent.id}/delete"' in page
+        confirm = await (await admin.get(f"/panel/users/{agent.id}/delete")).get_data(as_text=True)
+        assert "Delete the user agent1" in confirm and "become unassigned" in confirm
+        assert "This is you" not in confirm
+        done = await admin.post(f"/panel/users/{agent.id}/delete", form={"csrf_token": csrf})
+        assert done.status_code == 303 and done.headers["Location"] == "/panel/users?deleted=1"
+        assert await _user_named(db, "agent1") is None
+        assert (await agent_client.get("/panel/inbox")).status_code == 303  # signed out
+        # Their chat was given back first (the foreign key's SET NULL inside the DELETE
+        # failed on the reports trigger), with its event.
+        conv = await inbox_store.conversation(db, A, ALICE)
+        assert conv is not None and conv.assignee_id is None
+        [event] = [
+            e
+            for e in await store.events_in_scope(
+                db, 0, 500, types=frozenset({"chat.assigned"}), accounts=None, unassigned=False
+            )
+            if e.data.get("reason") == "user_deleted"
+        ]
+        assert event.data["from"] == {"id": agent.id, "username": "agent1"}
+        assert event.data["to"] is None and event.data["by"]["user_id"] == 1
+        [revoked] = await auth_store.list_api_keys(db, after=0, limit=10)
+        assert revoked.revoked_at is not None
+        actions = [e.action for e in await auth_store.list_audit(db, before=None, limit=20)]
+        assert "user.delete" in actions and "api_key.revoke" in actions
+        listing = await (await admin.get("/panel/users?deleted=1")).get_data(as_text=True)
+        assert "The user was deleted." in listing and "agent1" not in listing
+        assert (await admin.get(f"/panel/users/{agent.id}/delete")).status_code == 404
+        # The last active admin: refused (409), the reason on the page, nothing deleted.
+        me = await _user_named(db, "admin1")
+        assert me is not None
+        confirm = await (await admin.get(f"/panel/users/{me.id}/delete")).get_data(as_text=True)
+        assert "This is you: you will be signed out." in confirm
+        refused = await admin.post(f"/panel/users/{me.id}/delete", form={"csrf_token": csrf})
+        text = await refused.get_data(as_text=True)
+        assert refused.status_code == 409
+        assert 'id="delete-error"' in text
+        assert "admin1 is the last active administrator: make another user" in text
+        assert await _user_named(db, "admin1") is not None
+        assert (await admin.get("/panel/users")).status_code == 200  # still signed in
+        # In Turkish, the same guard.
+        await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
+        refused = await admin.post(f"/panel/users/{me.id}/delete", form={"csrf_token": csrf})
+        assert refused.status_code == 409
+        assert "son etkin yönetici" in await refused.get_data(as_text=True)
+
+    _run(open_db, db_path, tmp_path, test)
+
+
 def test_admin_screens_refused_to_agents_and_managers(
     open_db: OpenDb, db_path: Path, tmp_path: Path
 ) -> None:
@@ -149,6 +239,9 @@ def test_admin_screens_refused_to_agents_and_managers(
                 "/panel/users/2", form={"csrf_token": csrf, "role": "admin"}
             )
             assert promoted.status_code == 403
+            assert (await client.get("/panel/users/1/delete")).status_code == 403
+            deleted = await client.post("/panel/users/1/delete", form={"csrf_token": csrf})
+            assert deleted.status_code == 403
         assert not await auth_store.list_api_keys(db, after=0, limit=10)
         assert (await auth_store.get_user(db, 2)).role == Role.AGENT
 

@@ -27,6 +27,7 @@ from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_othe
 from appliance.api.routes.accounts import (
     _cloud_base_url_change,
     create_account_audited,
+    delete_account_audited,
     validate_engine_settings,
 )
 from appliance.api.state import db as _db
@@ -35,7 +36,7 @@ from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import ClientError, InvalidInput, IpcError
 from appliance.ipc import protocol
-from appliance.messaging import store
+from appliance.messaging import history_store, store
 from appliance.messaging.models import AccountSettings
 from appliance.messaging.rows import AccountRow
 
@@ -245,6 +246,7 @@ async def _list_ctx() -> dict[str, Any]:
     rows = await store.list_account_rows(_db(), visible_accounts())
     return {
         "accounts": rows,
+        "syncs": {r.id: await history_store.sync_status(_db(), r.id) for r in rows},
         "state_names": STATE_NAMES,
         "can_manage": principal().can(Permission.ACCOUNTS_MANAGE),
     }
@@ -363,6 +365,7 @@ async def _detail(
         errors=errors,
         other_errors=_other_errors(errors, engine_fields + account_fields),
         events_after=await store.last_event_id(_db()),
+        sync=await history_store.sync_status(_db(), row.id),
         **extra,
     )
 
@@ -381,6 +384,17 @@ async def account_state(account: str) -> Response:
     """The state line (refreshed on account.status events)."""
     row = await account_for(account)
     return await page("panel/account_state.html", account=row, state_names=STATE_NAMES)
+
+
+@bp.get("/accounts/<account>/sync")
+@requires(Permission.ACCOUNTS_READ)
+@hide
+async def account_sync(account: str) -> Response:
+    """The history sync's progress, as ``GET /api/accounts/<id>/status`` has it in
+    ``sync`` (refreshed on account.sync events; empty before the first chunk)."""
+    row = await account_for(account)
+    sync = await history_store.sync_status(_db(), account)
+    return await page("panel/account_sync.html", account=row, sync=sync)
 
 
 @bp.get("/accounts/<account>/qr")
@@ -503,3 +517,48 @@ async def account_settings(account: str) -> Response:
     assert updated is not None  # updated just now, in this transaction
     await poke("accounts")
     return await _detail(updated, saved=True)
+
+
+# -- delete ------------------------------------------------------------------------------
+
+
+def _same_name(typed: str, name: str) -> bool:
+    return " ".join(typed.split()) == " ".join(name.split())
+
+
+async def _delete_page(
+    row: AccountRow, typed: str = "", error: str | None = None, status: int = 200
+) -> Response:
+    return await page(
+        "panel/account_delete.html",
+        status=status,
+        nav="accounts",
+        account=row,
+        typed=typed,
+        error=error,
+    )
+
+
+@bp.get("/accounts/<account>/delete")
+@requires(Permission.ACCOUNTS_MANAGE)
+@hide
+async def account_delete_confirm(account: str) -> Response:
+    """The confirmation step: what goes with the account, and its name to type."""
+    return await _delete_page(await account_for(account))
+
+
+@bp.post("/accounts/<account>/delete")
+@requires(Permission.ACCOUNTS_MANAGE)
+@hide
+async def account_delete(account: str) -> Response:
+    """What DELETE /api/accounts/<id>?confirm=<id> does (the account with its chats,
+    messages, contacts, automations and media; audited ``account.delete``; the worker
+    stops it and ends a web account's link). The confirmation is the account's name
+    typed again; a wrong one deletes nothing (400, next to the field)."""
+    row = await account_for(account)
+    typed = (await _form()).get("confirm", "")
+    if not _same_name(typed, row.name):
+        error = _("Type the account's name, %(name)s, exactly as shown.", name=row.name)
+        return await _delete_page(row, typed=typed, error=error, status=400)
+    await delete_account_audited(account)
+    return see_other("/panel/accounts?deleted=1")

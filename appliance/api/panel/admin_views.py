@@ -1,5 +1,5 @@
-"""Admin screens: users (create, role, account grants, deactivate), API keys (create
-with the key shown once, revoke) and the audit log with filters.
+"""Admin screens: users (create, role, account grants, deactivate, delete), API keys
+(create with the key shown once, revoke) and the audit log with filters.
 
 The users list itself is ``setup_views.users`` (/panel/users); these routes add
 creating and editing. Each does what the matching JSON route does (api/routes/users.py,
@@ -21,7 +21,11 @@ from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.api_keys import create_key_for_caller, revoke_key_audited
 from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
-from appliance.api.routes.users import apply_user_update, create_user_audited
+from appliance.api.routes.users import (
+    apply_user_update,
+    create_user_audited,
+    delete_user_audited,
+)
 from appliance.api.state import db as _db
 from appliance.auth import store
 from appliance.auth.permissions import Permission, Role
@@ -135,6 +139,48 @@ async def user_update(user_id: int) -> Response:
         message = _("The last active administrator cannot be demoted or deactivated.")
         return await _user_page(user, {"role": message}, 409)
     return await _user_page(await store.get_user(_db(), user_id), saved=True)
+
+
+async def _user_delete_page(
+    user: store.UserRow, error: str | None = None, status: int = 200
+) -> Response:
+    return await page(
+        "panel/user_delete.html",
+        status=status,
+        nav="users",
+        u=user,
+        error=error,
+        is_me=principal().kind == "user" and principal().id == user.id,
+    )
+
+
+@bp.get("/users/<int:user_id>/delete")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_delete_confirm(user_id: int) -> Response:
+    """The confirmation step: who is deleted and what goes with them."""
+    return await _user_delete_page(await store.get_user(_db(), user_id))
+
+
+@bp.post("/users/<int:user_id>/delete")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_delete(user_id: int) -> Response:
+    """What DELETE /api/users/<id> does: their API keys revoked, their sessions ended,
+    audited ``user.delete``; the last active administrator is refused (409, said on
+    the page). Deleting oneself signs one out."""
+    user = await store.get_user(_db(), user_id)
+    me = principal().kind == "user" and principal().id == user_id
+    try:
+        await delete_user_audited(user_id)
+    except Conflict:
+        message = _(
+            "%(name)s is the last active administrator: make another user an "
+            "administrator first, then delete this one.",
+            name=user.username,
+        )
+        return await _user_delete_page(user, error=message, status=409)
+    return see_other("/panel/login" if me else "/panel/users?deleted=1")
 
 
 # -- API keys ----------------------------------------------------------------------------

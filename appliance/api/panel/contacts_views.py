@@ -1,4 +1,5 @@
-"""Contacts of an account: search by name or phone, each with its attributes; CSV export
+"""Contacts of an account: search by name or phone, each with its tags (in their
+colours) and attributes; CSV export
 and import (all rows or none, the bad lines named). The same stores and checks as
 ``api/routes/contacts.py``; editing a contact's name and attributes, blocking, and
 declaring attributes stay in the API for now.
@@ -21,6 +22,7 @@ from appliance.auth.permissions import Permission
 from appliance.errors import InvalidInput
 from appliance.inbox import contacts as logic
 from appliance.inbox import contacts_store as store
+from appliance.inbox import tags_store
 
 PAGE = 100
 MAX_IMPORT_BYTES = 1024 * 1024
@@ -32,6 +34,7 @@ async def _contacts_page(account: str | None, accounts: list[Any], **extra: Any)
     contacts: list[Any] = []
     next_cursor = None
     keys: list[str] = []
+    tagged: dict[str, list[Any]] = {}
     if account is not None:
         defs = {d.key: d.type for d in await store.attribute_defs(_db(), account)}
         keys = list(defs)
@@ -46,6 +49,7 @@ async def _contacts_page(account: str | None, accounts: list[Any], **extra: Any)
         except (ValueError, InvalidInput):
             rows, next_cursor = [], None  # a stale or forged cursor: the first page again
         contacts = [logic.contact_out(r, defs) for r in rows]
+        tagged = await tags_store.tags_of(_db(), account, [c.id for c in contacts], contacts=True)
     return await page(
         "panel/contacts.html",
         nav="contacts",
@@ -53,6 +57,7 @@ async def _contacts_page(account: str | None, accounts: list[Any], **extra: Any)
         accounts=accounts,
         contacts=contacts,
         attribute_keys=keys,
+        contact_tags=tagged,
         q=q,
         next_cursor=next_cursor,
         can_import=principal().can(Permission.ACCOUNTS_MANAGE),

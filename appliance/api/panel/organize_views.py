@@ -1,7 +1,8 @@
 """Tags and quick replies of an account, for managers and admins: list, create,
-rename or change, delete. Each route does what the matching route of
-``api/routes/inbox_organize.py`` does (permission, account grant, store, audit entry).
-Quick replies with media stay an API feature: the panel edits their text.
+rename or recolour (a palette colour or any #rrggbb), or change, delete. Each route
+does what the matching route of ``api/routes/inbox_organize.py`` does (permission,
+account grant, store, audit entry). Quick replies with media stay an API feature: the
+panel edits their text.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import (
+    N_,
     accounts_list,
     bp,
     chosen_account,
@@ -37,8 +39,29 @@ from appliance.auth.permissions import Permission
 from appliance.errors import Conflict
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
+from appliance.inbox.tags import PALETTE
 
 MAX_ROWS = 500
+
+# The palette's colours as people read them (appliance/inbox/tags.py PALETTE, in order).
+PALETTE_NAMES = dict(
+    zip(
+        PALETTE,
+        (
+            N_("Red"),
+            N_("Orange"),
+            N_("Amber"),
+            N_("Green"),
+            N_("Teal"),
+            N_("Blue"),
+            N_("Indigo"),
+            N_("Purple"),
+            N_("Pink"),
+            N_("Slate"),
+        ),
+        strict=True,
+    )
+)
 
 
 # -- tags --------------------------------------------------------------------------------
@@ -54,6 +77,7 @@ async def _rows_page(
     errors: dict[str, str] | None = None,
     values: dict[str, Any] | None = None,
     status: int = 200,
+    **extra: Any,
 ) -> Response:
     """A screen listing the chosen account's ``rows`` (as ``rows_name``) above its form."""
     found = [] if account is None else await rows(account)
@@ -66,6 +90,7 @@ async def _rows_page(
         values=values,
         status=status,
         **{rows_name: found},
+        **extra,
     )
 
 
@@ -74,7 +99,18 @@ async def _tag_rows(account: str) -> list[Any]:
     return tags
 
 
-_tags_page = partial(_rows_page, "panel/tags.html", "tags", "tags", _tag_rows)
+_tags_page = partial(
+    _rows_page, "panel/tags.html", "tags", "tags", _tag_rows, palette=PALETTE_NAMES
+)
+
+
+def _chosen_color(form: Any) -> str | None:
+    """The new tag's colour from the form: a palette colour, ``custom`` (then the
+    colour input's value), or nothing (the API picks one of the palette by the name)."""
+    choice = str(form.get("color", "")).strip()
+    if choice == "custom":
+        return str(form.get("custom_color", "")).strip()
+    return choice or None
 
 
 @bp.get("/tags")
@@ -91,15 +127,19 @@ async def tags() -> Response:
 async def tag_create(account: str) -> Response:
     await account_for(account)
     form = await request.form
-    values = {"name": form.get("name", "").strip()}
+    values: dict[str, Any] = {"name": form.get("name", "").strip()}
+    color = _chosen_color(form)
+    if color is not None:
+        values["color"] = color
     accounts = await accounts_list()
+    shown = {**values, "color": form.get("color", ""), "custom_color": form.get("custom_color")}
     try:
         await create_tag_audited(account, TagCreateIn.model_validate(values))
     except ValidationError as exc:
-        return await _tags_page(account, accounts, form_errors(exc), values, 400)
+        return await _tags_page(account, accounts, form_errors(exc), shown, 400)
     except Conflict:
         errors = {"name": _("A tag with this name exists.")}
-        return await _tags_page(account, accounts, errors, values, 409)
+        return await _tags_page(account, accounts, errors, shown, 409)
     return see_other(f"/panel/tags?account={account}")
 
 
@@ -107,7 +147,8 @@ async def tag_create(account: str) -> Response:
 @requires(Permission.TAGS_MANAGE)
 @hide
 async def tag_update(account: str, tag_id: int) -> Response:
-    """Rename, or delete with ``delete=1``."""
+    """Rename and recolour (``name``, ``color``: #rgb or #rrggbb), or delete with
+    ``delete=1``, as PATCH and DELETE /api/accounts/<id>/tags/<tag> do."""
     await account_for(account)
     form = await request.form
     accounts = await accounts_list()
@@ -115,10 +156,19 @@ async def tag_update(account: str, tag_id: int) -> Response:
         if form.get("delete"):
             await delete_tag_audited(account, tag_id)
         else:
-            data = TagUpdateIn.model_validate({"name": form.get("name", "").strip()})
+            change = {"name": form.get("name", "").strip()}
+            if form.get("color") is not None:
+                change["color"] = str(form.get("color", "")).strip()
+            data = TagUpdateIn.model_validate(change)
             await update_tag_audited(account, tag_id, data)
     except ValidationError as exc:
-        errors = {f"tag-{tag_id}": next(iter(form_errors(exc).values()), "")}
+        found = form_errors(exc)
+        errors = {
+            f"tag-{tag_id}": found.get("name", ""),
+            f"tag-{tag_id}-color": found.get("color", ""),
+        }
+        if not any(errors.values()):
+            errors[f"tag-{tag_id}"] = next(iter(found.values()), "")
         return await _tags_page(account, accounts, errors, status=400)
     except Conflict:
         errors = {f"tag-{tag_id}": _("A tag with this name exists.")}

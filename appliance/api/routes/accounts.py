@@ -209,13 +209,20 @@ async def delete_account(account: str, query_args: DeleteQuery) -> Response:
             "deleting an account removes its data; repeat its id in ?confirm=",
             issues=[{"path": "confirm", "message": "must equal the account id", "code": "confirm"}],
         )
+    await delete_account_audited(account)
+    return Response(status=204)
+
+
+async def delete_account_audited(account: str) -> None:
+    """Delete the account with its chats, messages, media and events, audited
+    ``account.delete``, and tell the worker (the API and the panel both call this;
+    the caller checked the grant and the confirmation). NotFound."""
     async with _db().write() as conn:
         # Its queued sends are acked by the worker when it finds their message gone.
         await store.delete_account(conn, account)
         await audit(conn, "account.delete", target=f"account:{account}")
     await media.delete_account_media(state_of().settings, account)
     await poke("accounts")
-    return Response(status=204)
 
 
 def _status(row: AccountRow | None) -> AccountStatus:

@@ -29,6 +29,7 @@ from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Permission, Role
 from appliance.errors import Conflict
+from appliance.inbox import store as inbox_store
 
 bp = Blueprint("users", __name__)
 
@@ -150,14 +151,26 @@ async def update_user(user_id: int, data: UserUpdateIn) -> UserOut:
 @responds(204, "Deleted; their sessions ended")
 @documented(errors=[404, 409], tag="users")
 async def delete_user(user_id: int) -> Response:
-    """Delete a user, end their sessions and revoke their API keys."""
+    """Delete a user, end their sessions and revoke their API keys; the chats assigned to
+    them become unassigned (`chat.assigned` with reason `user_deleted`)."""
+    await delete_user_audited(user_id)
+    return Response(status=204)
+
+
+async def delete_user_audited(user_id: int) -> None:
+    """Delete a user as the API and the panel both do: the last active admin stays,
+    their API keys are revoked (audited each), the chats assigned to them become
+    unassigned (``chat.assigned`` events), their sessions end with them, and
+    ``user.delete`` is audited. Conflict (the last active admin), NotFound."""
     async with _db().write() as conn:
         user = await store.locked_user(conn, user_id)
         await _guard_last_admin(conn, user, "delete")
-        await revoke_keys_of(conn, user_id, time.time(), "owner deleted")
+        now = time.time()
+        await revoke_keys_of(conn, user_id, now, "owner deleted")
+        by = await inbox_store.actor_of(conn, principal())
+        await inbox_store.unassign_user(conn, user_id, by=by, now=now)
         await store.delete_user(conn, user_id)
         await audit(conn, "user.delete", target=f"user:{user_id}", username=user.username)
-    return Response(status=204)
 
 
 @bp.post("/api/users/<int:user_id>/password")

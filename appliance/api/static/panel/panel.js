@@ -4,7 +4,8 @@
  *   the sign-in form;
  * - the live stream: the event websocket (/api/events/ws) with resume after a
  *   reconnect; each event becomes a DOM event on <body> that htmx elements listen to
- *   with hx-trigger="panel:messages from:body" (or panel:accounts);
+ *   with hx-trigger="panel:messages from:body" (or panel:accounts, or panel:sync for
+ *   the history sync's progress);
  * - the inbox's keyboard shortcuts and the composer's quick replies and reply-to.
  * No eval, no inline script: the CSP forbids both.
  */
@@ -103,6 +104,7 @@
           announce("panel:messages", ev);
         }
         if (type === "account.status") { announce("panel:accounts", ev); }
+        if (type === "account.sync") { announce("panel:sync", ev); }  // history sync progress
       };
       ws.onclose = function (e) {
         body.setAttribute("data-live", "closed");
