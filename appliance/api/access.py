@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 from quart import (
     Quart,
-    Response,
     current_app,
     g,
     has_websocket_context,
@@ -43,6 +42,7 @@ from appliance.api.state import state_of
 from appliance.auth import store
 from appliance.auth.permissions import Permission
 from appliance.auth.principal import Principal
+from appliance.config import Settings
 from appliance.errors import Forbidden, RateLimited, Unauthenticated
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -276,47 +276,70 @@ async def authorize_request() -> None:
     await rate_limit(who, now)
 
 
-async def apply_browser_headers(response: Response) -> Response:
-    """after_request: CORS for allowed origins, and security headers on everything."""
-    if request.method not in SAFE_METHODS and any(
-        part in request.path for part in key_cache.PRINCIPAL_PATHS
-    ):
-        db = state_of().db
-        if db is not None:  # a key or user changed here: this process knows at once
-            key_cache.cache_for(db).forget_all()
-    settings = state_of().settings
-    origin = request.headers.get("Origin")
-    allowed = settings.cors_origin_list
-    if origin and (origin.rstrip("/") in allowed or "*" in allowed):
-        if origin.rstrip("/") in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-            response.headers["Vary"] = "Origin"
-        else:  # "*" (local development only): any origin, never with credentials
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
-            response.headers["Access-Control-Allow-Headers"] = (
-                f"Authorization, Content-Type, Idempotency-Key, X-Request-ID, {CSRF_HEADER}"
-            )
-            response.headers["Access-Control-Max-Age"] = "600"
-    headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    if state_of().settings.https:  # direct TLS, or HTTPS at a proxy (runbook/tls.md)
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    if response.mimetype == "text/html":
-        headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+HTML_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
+CORS_ALLOW_HEADERS = f"Authorization, Content-Type, Idempotency-Key, X-Request-ID, {CSRF_HEADER}"
+
+Header = tuple[bytes, bytes]
+
+
+class BrowserHeaders:
+    """CORS for the allowed origins and the security headers of every answer, computed
+    once from the settings (``middleware.py`` adds them; a route's own security headers,
+    such as the panel's CSP, win)."""
+
+    def __init__(self, settings: Settings) -> None:
+        allowed = settings.cors_origin_list
+        # Compared with the Origin header's bytes (Quart reads headers as latin-1: an
+        # origin outside it could never match, and is left out).
+        self._listed = frozenset(o.encode("latin-1") for o in allowed if o != "*" and _latin1(o))
+        self._any = "*" in allowed
+        common: list[Header] = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+        if settings.https:  # direct TLS, or HTTPS at a proxy (runbook/tls.md)
+            common.append((b"strict-transport-security", b"max-age=31536000"))
+        self._html = (*common, (b"content-security-policy", HTML_CSP.encode()))
+        self._other = (*common, (b"content-security-policy", API_CSP.encode()))
+        self._preflight = (
+            (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
+            (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+            (b"access-control-max-age", b"600"),
         )
-    else:
-        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-    if settings.https:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-    return response
+
+    def security(self, html: bool) -> tuple[Header, ...]:
+        """Security headers of an answer (HTML or anything else)."""
+        return self._html if html else self._other
+
+    def cors(self, origin: bytes, method: str) -> list[Header]:
+        """CORS headers for a request from ``origin`` (none when it is not allowed)."""
+        if origin.rstrip(b"/") in self._listed:
+            headers = [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-credentials", b"true"),
+                (b"vary", b"Origin"),
+            ]
+        elif self._any:  # "*" (local development only): any origin, never with credentials
+            headers = [(b"access-control-allow-origin", b"*")]
+        else:
+            return []
+        if method == "OPTIONS":
+            headers += self._preflight
+        return headers
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _panel_form_csrf() -> str:
@@ -332,4 +355,3 @@ async def _panel_form_csrf() -> str:
 
 def install_access_control(app: Quart) -> None:
     app.before_request(authorize_request)
-    app.after_request(apply_browser_headers)

@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
-from quart import Blueprint, Quart, Response, g, request
+from quart import Blueprint, Quart, Response, request
 from quart.typing import ResponseTypes
 from quart_schema import Info, QuartSchema
 
 from appliance import __version__
 from appliance.api import health
-from appliance.api.access import SECURITY_SCHEMES, install_access_control, public
+from appliance.api.access import (
+    SECURITY_SCHEMES,
+    BrowserHeaders,
+    install_access_control,
+    public,
+)
 from appliance.api.errors import install_error_handlers
-from appliance.api.keepalive import install_body_drain
+from appliance.api.keepalive import drain_rest_of_body
 from appliance.api.live import EventBell
+from appliance.api.middleware import ROUTE_KEY, install_request_middleware
 from appliance.api.openapi import ApplianceOpenAPIProvider
 from appliance.api.panel import bp as panel_bp
 from appliance.api.ratelimit import RateLimiter
@@ -50,15 +56,7 @@ from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
 from appliance.ipc.client import WorkerClient
-from appliance.observability import tracing
-from appliance.observability.access_log import write_access
-from appliance.observability.context import (
-    child_traceparent,
-    request_id_var,
-    safe_request_id,
-    traceparent_var,
-)
-from appliance.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from appliance.observability.context import request_id_var
 from appliance.secrets import Secrets
 
 log = logging.getLogger(__name__)
@@ -86,6 +84,7 @@ def create_app(
         cipher=DataCipher(secrets.data_key, previous=secrets.previous_data_keys),
         bell=bell,
     )
+    quart_make_response = app.make_response  # before quart-schema wraps it
     QuartSchema(
         app,
         openapi_path="/openapi.json",
@@ -100,6 +99,17 @@ def create_app(
         security_schemes=SECURITY_SCHEMES,
         openapi_provider_class=ApplianceOpenAPIProvider,
     )
+    schema_make_response = app.make_response
+
+    async def make_response(result: Any) -> Any:
+        # quart-schema turns the models routes return into JSON; a Response (most
+        # routes, every error answer) it would hand back unchanged, after two model
+        # checks on every request.
+        if isinstance(result, Response):
+            return await quart_make_response(result)
+        return await schema_make_response(result)
+
+    app.make_response = make_response  # type: ignore[method-assign]
 
     @app.before_serving
     async def _open() -> None:
@@ -128,47 +138,15 @@ def create_app(
         if state.limiter is not None:
             await state.limiter.close()
 
-    @app.before_request
-    async def _begin() -> None:
-        g.started = time.perf_counter()
-        request_id_var.set(safe_request_id(request.headers.get("X-Request-ID")))
-        traceparent_var.set(child_traceparent(request.headers.get("traceparent")))
-        if tracing.enabled():  # a server span, child of the caller's traceparent if any
-            span = tracing.start_span(
-                f"{request.method} {request.path}",
-                parent=request.headers.get("traceparent") or "",
-                kind="server",
-                attributes={"http.request.method": request.method, "url.path": request.path},
-            )
-            if span is not None:
-                g.trace_span = span
-                traceparent_var.set(tracing.traceparent_of(span))
-
-    @app.teardown_request
-    async def _end_span(_: BaseException | None) -> None:
-        span = g.pop("trace_span", None)  # still open: the request failed before a response
-        if span is not None:
-            span.end()
-
     @app.after_request
     async def _finish(response: Response) -> Response:
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        rule = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        HTTP_REQUESTS.labels(request.method, rule, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, rule).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id_var.get() or ""
-        response.headers["traceparent"] = traceparent_var.get() or ""
-        span = g.pop("trace_span", None)
-        if span is not None:
-            span.update_name(f"{request.method} {rule}")
-            span.set_attribute("http.route", rule)
-            span.set_attribute("http.response.status_code", response.status_code)
-            span.end()
-        response.headers.setdefault("Cache-Control", "no-store")
-        if settings.access_log:  # buffered when it goes to the process's own file
-            write_access(
-                request.method, request.path, response.status_code, round(elapsed * 1000, 2)
-            )
+        # The rest of what every request gets is done around the app (middleware.py);
+        # this is what needs Quart's request: the route template matched, for the
+        # metrics, the span and the access line, and the rest of a small body.
+        rule = request.url_rule
+        if rule is not None:  # the scope is the middleware's (an ASGI TypedDict to mypy)
+            cast("dict[str, Any]", request.scope)[ROUTE_KEY] = rule.rule
+        await drain_rest_of_body()  # keep-alive after an early refusal (api/keepalive.py)
         return response
 
     @app.after_websocket
@@ -180,8 +158,9 @@ def create_app(
         return response
 
     install_error_handlers(app)
-    install_access_control(app)
-    install_body_drain(app)  # keep-alive after an early refusal (api/keepalive.py)
+    install_access_control(app)  # before_request: authenticate, authorise, rate limits
+    # Request id, trace context, browser headers, metrics and the access line.
+    install_request_middleware(app, BrowserHeaders(settings), access_log=settings.access_log)
     blueprints: tuple[Blueprint, ...] = (health.bp, auth.bp, users.bp, api_keys.bp)
     blueprints += (audit.bp, docs.bp)
     blueprints += (accounts.bp, messages.bp, chats.bp, media.bp, events.bp, webhooks.bp)

@@ -8,6 +8,10 @@ connection (httpx, requests, every pool) then sees it closed under its next requ
 "server disconnected without sending a response". Reading the rest of a small body
 before the answer leaves keeps the connection usable; a big or slow one is left
 alone (the connection closes, as before).
+
+``drain_rest_of_body`` runs in the app's after_request hook (``app.py``). A body that
+has already arrived whole (the route read it, or it came with the headers) costs one
+check: nothing is awaited then.
 """
 
 from __future__ import annotations
@@ -15,18 +19,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from quart import Quart, Response, request
+from quart import request
 
 READ_AT_MOST_BYTES = 1024 * 1024
 READ_WITHIN_S = 2.0
 
 
-def install_body_drain(app: Quart) -> None:
-    @app.after_request
-    async def _read_rest_of_body(response: Response) -> Response:
-        length = request.content_length
-        if length and length <= READ_AT_MOST_BYTES:
-            # Cached when the route already read it: then this costs nothing.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(request.get_data(), READ_WITHIN_S)
-        return response
+async def drain_rest_of_body() -> None:
+    """Read the rest of this request's body when it is small and not all here yet."""
+    if _arrived_whole(request.body):  # first: the usual case, no header lookup
+        return
+    length = request.content_length
+    if not length or length > READ_AT_MOST_BYTES:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(request.get_data(), READ_WITHIN_S)
+
+
+def _arrived_whole(body: object) -> bool:
+    """Quart's request body is complete (its ``Body._complete`` event is set). Without
+    that attribute (another Quart version) it is read as before: never wrongly skipped."""
+    complete = getattr(body, "_complete", None)
+    return isinstance(complete, asyncio.Event) and complete.is_set()

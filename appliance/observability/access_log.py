@@ -105,7 +105,10 @@ class BufferedRotatingHandler(logging.Handler):
 
     def add_line(self, line: str) -> None:
         """Queue one line (without its newline) for the file."""
-        data = line.encode() + b"\n"
+        self.add_bytes(line.encode() + b"\n")
+
+    def add_bytes(self, data: bytes) -> None:
+        """Queue one encoded line (with its newline) for the file."""
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(data)
             self._buffered += len(data)
@@ -184,12 +187,13 @@ class _Stamp:
 
 _stamp = _Stamp()
 _PID = os.getpid()
+_access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 def write_access(method: str, path: str, status: int, duration_ms: float) -> None:
     """One access line: to this process's buffered file when it has one, else through
     the access logger (stdout). The same JSON either way."""
-    logger = logging.getLogger(ACCESS_LOGGER)
+    logger = _access_logger
     handlers = logger.handlers
     handler = handlers[0] if len(handlers) == 1 else None
     if not isinstance(handler, BufferedRotatingHandler) or not isinstance(
@@ -223,4 +227,4 @@ def write_access(method: str, path: str, status: int, duration_ms: float) -> Non
     add_request_context(entry)
     entry["status"] = status
     entry["duration_ms"] = duration_ms
-    handler.add_line(orjson.dumps(entry).decode())
+    handler.add_bytes(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))

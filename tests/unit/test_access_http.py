@@ -1,5 +1,6 @@
-"""Browser headers (CORS, security headers) and the client address behind proxies,
-from appliance/api/access.py, in request contexts of the in-process app (never served)."""
+"""Browser headers (CORS, security headers: access.BrowserHeaders, added by
+api/middleware.py) on answers of the in-process app, and the client address behind
+proxies (access.client_addr) in its request contexts (never served)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from quart import Quart, Response
 
-from appliance.api.access import apply_browser_headers, client_addr, public
+from appliance.api.access import client_addr, public
 from appliance.api.app import create_app
 from appliance.config import Paths, load_settings
 from appliance.secrets import Secrets
@@ -25,12 +26,13 @@ def _app(tmp_path: Path, env: str = "") -> Quart:
     return create_app(load_settings(paths, environ={}), secrets)
 
 
-async def _browser_headers(app: Quart, origin: str | None, method: str = "GET") -> Any:
+async def _browser_headers(
+    app: Quart, origin: str | None, method: str = "GET", path: str = "/healthz"
+) -> Any:
     headers = {"Origin": origin} if origin else {}
-    async with app.test_request_context("/api/users", method=method, headers=headers):
-        return (
-            await apply_browser_headers(Response("{}", content_type="application/json"))
-        ).headers
+    response = await app.test_client().open(path, method=method, headers=headers)
+    await response.get_data()
+    return response.headers
 
 
 async def _addr(app: Quart, peer: str, xff: str | None = None) -> str:
@@ -81,8 +83,7 @@ def test_security_headers_on_every_answer(tmp_path: Path) -> None:
         assert headers["Referrer-Policy"] == "no-referrer"
         assert headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
         assert "Strict-Transport-Security" not in headers  # http public URL
-        async with app.test_request_context("/docs"):
-            html = (await apply_browser_headers(Response("<p>", content_type="text/html"))).headers
+        html = await _browser_headers(app, None, path="/")  # the landing page: HTML
         assert "script-src 'self'" in html["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in html["Content-Security-Policy"]
 
@@ -108,7 +109,7 @@ def test_cors_wildcard_accepted_by_config_takes_effect(tmp_path: Path) -> None:
         headers = await _browser_headers(app, "http://localhost:3000")
         assert "Access-Control-Allow-Origin" in headers, (
             "BUG: CORS_ORIGINS=* passes config validation (appliance/config.py "
-            "_no_wildcard_cors_in_public) but appliance/api/access.py apply_browser_headers "
+            "_no_wildcard_cors_in_public) but appliance/api/access.py BrowserHeaders "
             "compares the Origin literally with cors_origin_list, so '*' never matches any "
             "origin: the accepted setting has no effect"
         )

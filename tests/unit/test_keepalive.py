@@ -15,9 +15,9 @@ import time
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
-from quart import Quart
+from quart import Quart, Response
 
-from appliance.api.keepalive import install_body_drain
+from appliance.api.keepalive import drain_rest_of_body
 
 
 def _app(drain: bool) -> Quart:
@@ -31,8 +31,13 @@ def _app(drain: bool) -> Quart:
     async def index() -> str:
         return "served"
 
-    if drain:
-        install_body_drain(app)
+    if drain:  # as the appliance's after_request hook does (api/app.py)
+
+        @app.after_request
+        async def _drain(response: Response) -> Response:
+            await drain_rest_of_body()
+            return response
+
     return app
 
 
@@ -110,6 +115,23 @@ def test_an_early_refusal_keeps_the_connection_for_the_next_request() -> None:
 
 
 def test_without_the_drain_hypercorn_closes_that_connection() -> None:
-    # The reason for install_body_drain: if Hypercorn ever keeps such a connection by
+    # The reason for drain_rest_of_body: if Hypercorn ever keeps such a connection by
     # itself, this fails and the drain can go.
     assert not _second_request_answered(drain=False)
+
+
+def test_a_body_that_arrived_whole_is_not_waited_for() -> None:
+    from quart.wrappers.request import Body
+
+    from appliance.api.keepalive import _arrived_whole
+
+    async def main() -> None:
+        body = Body(expected_content_length=4, max_content_length=1024)
+        assert not _arrived_whole(body)  # the drain waits for it
+        body.append(b"abcd")
+        assert not _arrived_whole(body)
+        body.set_complete()
+        assert _arrived_whole(body)  # nothing left to read: no wait, no task
+        assert not _arrived_whole(object())  # another Quart: read as before
+
+    asyncio.run(main())
