@@ -308,25 +308,22 @@ class DurableQueue:
         leased, and only when it is due and not leased already (see the module doc)."""
         now = self.clock()
         lease = self.lease_s if lease_s is None else lease_s
-
-        async def claim(conn: aiosqlite.Connection) -> list[Job]:
-            jobs: list[Job] = []
+        jobs: list[Job] = []
+        async with self.db.write() as conn:
             await expire_leases(conn, now, queue=self.name)
-            due = await conn.execute_fetchall(CLAIM_SQL, (self.name, now, limit))
-            ids = [int(r[0]) for r in due]
+            async with conn.execute(CLAIM_SQL, (self.name, now, limit)) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
             for job_id in ids:
-                rows = await conn.execute_fetchall(
+                async with conn.execute(
                     "UPDATE queue_jobs SET state = 'leased', lease_token = ?, "
                     "lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
                     f"WHERE id = ? AND state = 'queued' RETURNING {_COLUMNS}",
                     (secrets.token_hex(16), now + lease, now, job_id),
-                )
-                jobs.extend(Job.from_row(row) for row in rows)
-            return jobs
-
-        # In the database thread, group-committed: one thread round trip for the whole
-        # claim, not three per job.
-        return await self.db.write_batched(claim, in_thread=True)
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    jobs.append(Job.from_row(row))
+        return jobs
 
     async def ack(self, job_id: int, token: str) -> None:
         """Mark done. Raises LeaseLost if ``token`` no longer holds the lease."""
