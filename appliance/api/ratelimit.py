@@ -6,7 +6,10 @@ module alone (not the appliance's database, not migrated, forgotten on reboot).
 The counters need no durability (a reboot may forget them), so the file uses
 ``synchronous=OFF``; WAL and a busy timeout make it safe across processes.
 
-- ``hit``: fixed one-window counters for /api requests per principal and per address.
+- ``hit``: fixed one-window counters for /api requests per principal and per address,
+  counted in memory per process and merged into the file at most every
+  ``FLUSH_INTERVAL_S`` (below): a request is answered without a write or a thread round
+  trip, at the price of a bounded overshoot across processes.
 - ``failures`` / ``record_failure`` / ``clear``: a sliding window of login failures.
 - ``reserve_failure`` / ``release``: take a failure slot *before* checking a password and
   give it back if the password was right, so parallel guesses cannot all be checked:
@@ -16,8 +19,10 @@ The counters need no durability (a reboot may forget them), so the file uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
-import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,8 +35,20 @@ from appliance.db.filelock import FileWriteLock, lock_path_for
 
 Counts = dict[tuple[str, int], int]  # (key, window) -> count
 
-# Requests counted in one statement at the most (3 parameters per key).
+# Requests (exact mode) or keys (a flush) counted in one statement at the most (3
+# parameters per key).
 BATCH_MAX = 500
+
+# How often, at the most, a process adds the requests it counted to the shared file (and
+# reads back everyone's totals for those keys). A request that finds nothing waiting
+# starts a flush at once; the ones arriving in the next interval wait for the following
+# one. Each process decides with the totals of its last flush plus its own requests since,
+# so a limit is exceeded by at most about what the processes accept for that key in one
+# interval (plus one flush's duration): with N processes taking r requests a second
+# each, about N x r x 0.1 s. runbook/access.md says so.
+FLUSH_INTERVAL_S = 0.1
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS counters (key TEXT NOT NULL, window INTEGER NOT NULL, "
@@ -42,8 +59,11 @@ _SCHEMA = (
 
 
 class RateLimiter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        """``flush_interval_s`` 0: every request is counted in the file before it is
+        answered (exact across processes, one write per batch of requests)."""
         self.path = path
+        self.flush_interval_s = flush_interval_s
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._file_lock: FileWriteLock | None = None
@@ -53,6 +73,14 @@ class RateLimiter:
             max_size=BATCH_MAX,
             closing_error="rate limiter closing",
         )
+        # Counted in memory (flush_interval_s > 0):
+        self._known: Counts = {}  # the file's totals (every process) at the last flush
+        self._flushing: Counts = {}  # this process's hits being added to the file now
+        self._unsent: Counter[tuple[str, int]] = Counter()  # ... and those added next
+        self._flusher: asyncio.Task[None] | None = None
+        self._last_flush = -math.inf  # monotonic start of the last flush
+        self._swept_window = -1  # old windows deleted from the file up to here
+        self._closing = asyncio.Event()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +94,15 @@ class RateLimiter:
         self._file_lock = FileWriteLock(lock_path_for(self.path))
 
     async def close(self) -> None:
+        self._closing.set()
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flusher), 5)
+            self._flusher.cancel()
         if self._conn is not None:
+            if self._unsent:  # the last requests' counts, for the other processes
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._flush_once(), 5)
             await self._conn.close()
         if self._file_lock is not None:
             self._file_lock.close()
@@ -98,20 +134,98 @@ class RateLimiter:
         """Count one request against several (key, limit) pairs; the longest wait among
         those over their limit, else None.
 
-        Requests arriving together are counted in one statement (one turn at the file's
-        write lock), each seeing the count it would have seen one at a time.
+        Counted in memory (see ``FLUSH_INTERVAL_S``): answered at once, each request
+        seeing the count it would have seen one at a time in this process; the file gets
+        them with the next flush. With ``flush_interval_s`` 0, requests arriving together
+        are counted in the file first, in one statement (one turn at its write lock).
         """
         window = int(now // window_s)
-        counts = await self._batcher.submit([(key, window) for key, _ in checks])
-        if random.random() < 0.001:  # now and then, forget old windows
-            async with self._writing():
-                await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
+        keys = [(key, window) for key, _ in checks]
+        if self.flush_interval_s <= 0:
+            counts = await self._batcher.submit(keys)
+            await self._sweep(window)
+        else:
+            counts = self._count_here(keys)
         if any(counts[(key, window)] > limit for key, limit in checks):
             return (window + 1) * window_s - now
         return None
 
+    def _count_here(self, keys: list[tuple[str, int]]) -> Counts:
+        """Count one request in memory: the count it would have seen had it been counted
+        in the file, as far as this process knows (the file's totals at its last flush,
+        plus its own requests since); the flush that adds it is started or scheduled."""
+        counts: Counts = {}
+        for k in keys:
+            self._unsent[k] += 1
+            counts[k] = self._known.get(k, 0) + self._flushing.get(k, 0) + self._unsent[k]
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon(), name="ratelimit-flush")
+        return counts
+
+    async def flush(self) -> None:
+        """Add the requests counted here so far to the file, and read back the totals of
+        every key this process knows (tests; close() adds the last ones)."""
+        await self._flush_once(refresh=True)
+
+    async def _flush_soon(self) -> None:
+        """While requests are counted here: flush them, at most every interval."""
+        while self._unsent and not self._closing.is_set():
+            wait = self._last_flush + self.flush_interval_s - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), wait)
+            try:
+                await self._flush_once()
+            except Exception:
+                # The run/ directory's file failed us: keep counting here, try again.
+                log.exception("rate limit counters not written; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), max(self.flush_interval_s, 1))
+
+    async def _flush_once(self, *, refresh: bool = False) -> None:
+        self._last_flush = time.monotonic()
+        sending, self._unsent = self._unsent, Counter()
+        for k, n in sending.items():
+            self._flushing[k] = self._flushing.get(k, 0) + n
+        increments = Counter(sending)
+        if refresh:  # adding 0 reads a key's total (after any flush under way: its lock)
+            for k in (*self._known, *self._flushing):
+                increments.setdefault(k, 0)
+        if not increments:
+            return
+        try:
+            totals = await self._increment(increments)
+        except BaseException:
+            for k, n in sending.items():  # counted again by the next flush
+                self._unsent[k] += n
+            raise
+        finally:
+            for k, n in sending.items():
+                left = self._flushing.get(k, 0) - n
+                if left > 0:
+                    self._flushing[k] = left
+                else:
+                    self._flushing.pop(k, None)
+        known = self._known
+        for k, n in totals.items():  # flushes may finish out of order: totals only grow
+            if n > known.get(k, -1):
+                known[k] = n
+        if totals:
+            newest = max(window for _, window in totals)
+            if len(known) > len(totals):  # forget what this process saw of old windows
+                self._known = {k: n for k, n in known.items() if k[1] >= newest - 1}
+            await self._sweep(newest)
+
+    async def _sweep(self, window: int) -> None:
+        """Once per window and process: delete the file's counters of old windows."""
+        if window <= self._swept_window:
+            return
+        self._swept_window = window
+        async with self._writing():
+            await self.conn.execute("DELETE FROM counters WHERE window < ?", (window - 2,))
+
     async def _count(self, batch: list[list[tuple[str, int]]]) -> list[Outcome[Counts]]:
-        totals = await self._increment(batch)
+        totals = await self._increment(Counter(k for keys in batch for k in keys))
         # Backwards through the batch: a request's count is the total minus the hits
         # that came after it.
         outcomes: list[Outcome[Counts]] = []
@@ -122,18 +236,24 @@ class RateLimiter:
         outcomes.reverse()
         return outcomes
 
-    async def _increment(self, batch: list[list[tuple[str, int]]]) -> Counts:
-        increments = Counter(k for keys in batch for k in keys)
-        values = ", ".join("(?, ?, ?)" for _ in increments)
-        params = [p for (key, window), n in increments.items() for p in (key, window, n)]
+    async def _increment(self, increments: Counter[tuple[str, int]]) -> Counts:
+        """Add counts to the file (one statement, one turn at its write lock); the new
+        totals of those keys. At most ``BATCH_MAX`` keys a statement."""
+        items = list(increments.items())
+        totals: Counts = {}
         async with self._writing():
-            rows = await self.conn.execute_fetchall(
-                f"INSERT INTO counters (key, window, count) VALUES {values} "
-                "ON CONFLICT (key, window) DO UPDATE SET count = count + excluded.count "
-                "RETURNING key, window, count",
-                params,
-            )
-        return {(row[0], int(row[1])): int(row[2]) for row in rows}
+            for start in range(0, len(items), BATCH_MAX):
+                chunk = items[start : start + BATCH_MAX]
+                values = ", ".join("(?, ?, ?)" for _ in chunk)
+                params = [p for (key, window), n in chunk for p in (key, window, n)]
+                rows = await self.conn.execute_fetchall(
+                    f"INSERT INTO counters (key, window, count) VALUES {values} "
+                    "ON CONFLICT (key, window) DO UPDATE SET count = count + excluded.count "
+                    "RETURNING key, window, count",
+                    params,
+                )
+                totals.update({(row[0], int(row[1])): int(row[2]) for row in rows})
+        return totals
 
     async def failures(self, key: str, *, window_s: float, now: float) -> tuple[int, float]:
         """Failures in the window and seconds until the oldest of them leaves it."""

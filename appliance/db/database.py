@@ -202,6 +202,8 @@ class Database:
         return self._batcher.task
 
     async def _write_batch(self, batch: list[_Job]) -> list[Outcome[Any]]:
+        if all(job.in_thread for job in batch):
+            return await self._write_batch_in_thread(batch)
         async with self.write() as conn:
             outcomes: list[Outcome[Any]] = []
             start = 0
@@ -217,12 +219,53 @@ class Database:
                 start = end
             return outcomes
 
-    async def _run_in_thread(self, jobs: list[_Job]) -> list[Outcome[Any]]:
+    async def _write_batch_in_thread(self, batch: list[_Job]) -> list[Outcome[Any]]:
+        """A batch of in-thread work only: BEGIN IMMEDIATE, the work and COMMIT in one
+        step of aiosqlite's thread (one round trip, not three). The transaction ends in
+        that step whatever happens (committed, or rolled back on an error), so a caller
+        cancelled meanwhile never leaves the connection inside it."""
+        async with self._write_lock:
+            if self._file_lock is not None:
+                await self._file_lock.acquire()
+            try:
+                outcomes = await self._run_in_thread(batch, transaction=True)
+            except BaseException as exc:
+                # Disk full (SQLITE_FULL, ENOSPC): rolled back in whole; 503 storage_full.
+                full = storage_full(exc)
+                if full is not None and full is not exc:
+                    raise full from exc
+                raise
+            finally:
+                if self._file_lock is not None:
+                    self._file_lock.release()
+        mark_written()
+        return outcomes
+
+    async def _run_in_thread(
+        self, jobs: list[_Job], *, transaction: bool = False
+    ) -> list[Outcome[Any]]:
+        """One step of aiosqlite's thread for ``jobs``, each in its savepoint; with
+        ``transaction``, inside its own BEGIN IMMEDIATE ... COMMIT (else the caller's)."""
+
         def run() -> list[Outcome[Any]]:
             thread_conn = ThreadConnection(self._writer._conn)
             return [_savepoint_in_thread(thread_conn, job) for job in jobs]
 
-        return await self._writer._execute(run)  # type: ignore[no-untyped-call,no-any-return]
+        def run_in_transaction() -> list[Outcome[Any]]:
+            raw = self._writer._conn
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes = run()
+                raw.execute("COMMIT")
+            except BaseException:
+                # OperationalError: no transaction was open (a failed COMMIT ended it).
+                with contextlib.suppress(sqlite3.OperationalError):
+                    raw.execute("ROLLBACK")
+                raise
+            return outcomes
+
+        step = run_in_transaction if transaction else run
+        return await self._writer._execute(step)  # type: ignore[no-untyped-call,no-any-return]
 
     @staticmethod
     async def _run_in_savepoint(

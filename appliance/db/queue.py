@@ -245,6 +245,16 @@ async def ack_in(
         raise LeaseLost(f"job {job_id} in queue {queue!r} is not leased with that token")
 
 
+async def has_unfinished_in(conn: aiosqlite.Connection, queue: str, order_key: str) -> bool:
+    """``DurableQueue.has_unfinished`` inside the caller's transaction (it sees its acks)."""
+    rows = await conn.execute_fetchall(
+        "SELECT 1 FROM queue_jobs WHERE queue = ? AND order_key = ? "
+        "AND order_key IS NOT NULL AND state IN ('queued', 'leased') LIMIT 1",
+        (queue, order_key),
+    )
+    return bool(list(rows))
+
+
 class DurableQueue:
     """One named queue. Every method is one short write or read transaction."""
 

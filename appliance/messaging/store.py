@@ -8,6 +8,7 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import aiosqlite
@@ -17,6 +18,7 @@ from appliance.db.database import Database, fetchone_from, update_by_id
 from appliance.errors import Conflict, NotFound
 from appliance.messaging.models import (
     CONTENT,
+    STORED_CONTENT,
     AccountOut,
     AccountSettings,
     Content,
@@ -155,6 +157,13 @@ async def account_row(
     sql = f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?"
     row = await _fetchone(db_or_conn, sql, (account_id,))
     return None if row is None else AccountRow.from_row(row)
+
+
+async def account_engine(conn: aiosqlite.Connection, account_id: str) -> str | None:
+    """The account's engine name, None when there is no such account (a send checks it
+    inside its own transaction, without reading the whole row)."""
+    row = await fetchone_from(conn, "SELECT engine FROM accounts WHERE id = ?", (account_id,))
+    return None if row is None else str(row[0])
 
 
 async def account_states(db: Database) -> list[tuple[str, str, str]]:
@@ -501,6 +510,39 @@ async def _touch_chat(
     )
 
 
+@lru_cache(maxsize=256)
+def _content_out(content_json: str) -> dict[str, Any]:
+    """``MessageOut.content`` as it dumps, from the stored JSON. A message's status
+    events repeat its content: parsed and typed once. Callers must not change it."""
+    return content_dict(STORED_CONTENT.validate_json(content_json))
+
+
+def message_event_data(row: MessageRow) -> dict[str, Any]:
+    """``message_out(row).model_dump(mode="json", by_alias=True)`` without the model: a
+    status event's payload (tests/unit/test_message_events.py checks they are equal)."""
+    out = row.direction == "out"
+    chat = row.chat_jid
+    return {
+        "id": row.id,
+        "account_id": row.account_id,
+        "chat_id": chat,
+        "direction": row.direction,
+        "from": None if out else (row.sender_jid or chat),
+        "to": chat if out else None,
+        "type": row.type,
+        "content": _content_out(row.content_json),
+        "status": row.status,
+        "error": row.error,
+        "reply_to": row.reply_to,
+        "timestamp": row.wa_timestamp,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "deleted_at": row.deleted_at,
+        "origin": row.origin,
+        "sender_name": row.sender_name,
+    }
+
+
 async def set_message_status(
     conn: aiosqlite.Connection,
     account_id: str,
@@ -510,15 +552,20 @@ async def set_message_status(
     now: float,
     error: str | None = None,
     event: bool = True,
-) -> MessageOut | None:
+) -> MessageRow | None:
     """Move an outbound message forward (never back); appends message.<status>.
 
-    Returns the message when it changed, else None (unknown, or already further on).
+    Returns the message as updated when it changed, else None (unknown, or already
+    further on).
     """
-    row = await message_row(conn, account_id, message_id)
-    if row is None or row.direction != "out":
+    found = await fetchone_from(
+        conn,
+        "SELECT direction, status FROM messages WHERE account_id = ? AND id = ?",
+        (account_id, message_id),
+    )
+    if found is None or found[0] != "out":
         return None
-    current = row.status
+    current = found[1]
     if current == "failed":
         return None
     if status == "failed":
@@ -526,15 +573,16 @@ async def set_message_status(
             return None
     elif STATUS_RANK[status] <= STATUS_RANK[current]:
         return None
-    await conn.execute(
-        "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE account_id = ? AND id = ?",
+    row = await fetchone_from(
+        conn,
+        "UPDATE messages SET status = ?, error = ?, updated_at = ? "
+        f"WHERE account_id = ? AND id = ? RETURNING {_MESSAGE_COLS}",
         (status, error, now, account_id, message_id),
     )
-    updated = await message_row(conn, account_id, message_id)
-    assert updated is not None  # updated just now, in this transaction
-    message = message_out(updated)
+    assert row is not None  # found just now, in this transaction
+    updated = MessageRow.from_row(row)
     if not event or status == "sending":
-        return message
+        return updated
     if status == "failed":
         steps = ["failed"]
     else:
@@ -545,10 +593,10 @@ async def set_message_status(
             for s in ("sent", "delivered", "read")
             if STATUS_RANK[current] < STATUS_RANK[s] <= STATUS_RANK[status]
         ]
-    payload = message.model_dump(mode="json", by_alias=True)
+    payload = message_event_data(updated)
     for step in steps:
         await append_event(conn, f"message.{step}", account_id, {**payload, "status": step}, now)
-    return message
+    return updated
 
 
 async def report_failure(

@@ -87,6 +87,7 @@ class MessagingService:
             automations_queued=self.automations.wake,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publishing: asyncio.Future[None] | None = None  # the next coalesced publish
 
     @property
     def runtimes(self) -> dict[str, AccountRuntime]:
@@ -134,7 +135,29 @@ class MessagingService:
         self.sends.wake()
 
     async def events_written(self) -> None:
-        await self.publish(await store.last_event_id(self.db))
+        """Tell the API processes and the webhooks process that events were committed;
+        returns once they were told. Coalesced: the sends, receipts and inbound commits
+        that finish together (one group commit) share one look-up of the newest id and
+        one publication, made on the event loop's next turn (a caller arriving after
+        that look-up started gets the next one, so its events are always covered)."""
+        waiting = self._publishing
+        if waiting is None:
+            waiting = self._publishing = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._spawn, self._publish_events(waiting))
+        await asyncio.shield(waiting)
+
+    async def _publish_events(self, done: asyncio.Future[None]) -> None:
+        self._publishing = None  # from here on, writers wait for the next publication
+        try:
+            await self.publish(await store.last_event_id(self.db))
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # each waiter raises it; none left is no "never retrieved"
+        else:
+            done.set_result(None)
+        finally:
+            if not done.done():  # cancelled: the worker is stopping
+                done.cancel()
 
     async def reconcile(self) -> None:
         await self.accounts.reconcile()

@@ -23,13 +23,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import aiosqlite
 
 from appliance.config import Settings
 from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
-from appliance.db.queue import DurableQueue, Job, ack_in, release_all_leases, restore_order
+from appliance.db.queue import (
+    DurableQueue,
+    Job,
+    ack_in,
+    has_unfinished_in,
+    release_all_leases,
+    restore_order,
+)
 from appliance.engines.base import Engine, OutboundMessage, SendError
 from appliance.errors import ClientError, NotFound
 from appliance.messaging import media as media_store
@@ -48,6 +56,11 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 60.0
 SEND_CLAIM_LIMIT = 32
 SEND_MAX_INFLIGHT = 64  # claimed sends (pacing, sending, recording) before claiming more
+
+# What became of a claimed send: given back to wait (retry, pacing, not connected);
+# finished (sent, failed for good, nothing to do); or sent, its transaction having seen
+# whether its chat has a next send ("next") or not ("last").
+Outcome = Literal["waiting", "finished", "next", "last"]
 
 
 class TokenBucket:
@@ -120,16 +133,16 @@ class SendLoop:
         self.claims.wake.set()
 
     async def _send_job(self, job: Job) -> None:
-        finished = False
+        outcome: Outcome = "waiting"
         try:
-            finished = await self._send_one(job)
+            outcome = await self._send_one(job)
         except Exception:
             log.exception("send failed unexpectedly", extra={"job": job.id})
             with contextlib.suppress(Exception):
                 await self.queue.nack(job.id, job.lease_token or "", error="internal error")
         # A finished send released its chat's next one (if any): claim it now rather
         # than at the next poll. A send given back (retry, pacing) still holds its chat.
-        if finished and await self._chat_has_next(job):
+        if outcome == "next" or (outcome == "finished" and await self._chat_has_next(job)):
             self.wake()
 
     async def _chat_has_next(self, job: Job) -> bool:
@@ -140,33 +153,32 @@ class SendLoop:
         except Exception:
             return True
 
-    async def _send_one(self, job: Job) -> bool:
-        """Hand one send to its engine; True when the job finished (sent, failed for good
-        or nothing to do), False when it was given back to wait (retry, pacing)."""
+    async def _send_one(self, job: Job) -> Outcome:
+        """Hand one send to its engine (see ``Outcome``)."""
         token = job.lease_token or ""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         row = await store.message_row(self.db, account_id, message_id)
         if row is None or row.status not in ("queued", "sending"):
             await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
-            return True
+            return "finished"
         runtime = self.accounts.get(account_id)
         if runtime is None or not runtime.connected or runtime.engine is None:
             await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
-            return False
+            return "waiting"
         chat = row.chat_jid
         interval = self.settings.send_chat_interval_ms / 1000
         wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="per-chat pacing")
-            return False
+            return "waiting"
         bucket = self._buckets.setdefault(
             account_id, TokenBucket(self.settings.send_account_rate_per_s)
         )
         wait = bucket.take()
         if wait > 0:
             await self.queue.release(job.id, token, delay_s=wait, note="account rate")
-            return False
+            return "waiting"
         self._last_sent[(account_id, chat)] = time.monotonic()
         # With tracing on, the send's span continues the trace of the request that queued it.
         with tracing.span(
@@ -178,7 +190,7 @@ class SendLoop:
             tracing.remember(f"{account_id}:{message_id}")  # its receipts join this trace
             return await self._hand_to_engine(job, runtime.engine, row)
 
-    async def _hand_to_engine(self, job: Job, engine: Engine, row: MessageRow) -> bool:
+    async def _hand_to_engine(self, job: Job, engine: Engine, row: MessageRow) -> Outcome:
         token = job.lease_token or ""
         account_id, message_id = row.account_id, row.id
         now = time.time()
@@ -203,16 +215,19 @@ class SendLoop:
                 job, f"engine error: {exc!r}", permanent=False, retry_after=None
             )
         now = time.time()
+        order_key = job.order_key
 
-        async def sent(conn: aiosqlite.Connection) -> None:
+        async def sent(conn: aiosqlite.Connection) -> bool:
             await store.set_message_status(conn, account_id, message_id, "sent", now=now)
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
+            # Whether this released the chat's next send (no read of its own after).
+            return order_key is None or await has_unfinished_in(conn, SEND_QUEUE, order_key)
 
-        await self.db.write_batched(sent, in_thread=True)
+        has_next = await self.db.write_batched(sent, in_thread=True)
         SENDS.labels(outcome="sent").inc()
         SEND_ACCEPT_TO_SENT.observe(max(0.0, now - row.created_at))
         await self.events_written()
-        return True
+        return "next" if has_next else "last"
 
     async def outbound(self, engine: Engine, row: MessageRow) -> OutboundMessage:
         """The message as the engine gets it; media as a stored file when the engine
@@ -261,8 +276,8 @@ class SendLoop:
 
     async def _send_failed(
         self, job: Job, reason: str, *, permanent: bool, retry_after: float | None
-    ) -> bool:
-        """Fail the message for good (True) or give the job back for a retry (False)."""
+    ) -> Outcome:
+        """Fail the message for good ("finished") or give the job back for a retry."""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
         if permanent or job.attempts >= job.max_attempts:
@@ -279,9 +294,9 @@ class SendLoop:
             await self.db.write_batched(failed, in_thread=True)
             SENDS.labels(outcome="failed").inc()
             await self.events_written()
-            return True
+            return "finished"
         await self.queue.nack(
             job.id, job.lease_token or "", error=reason, retry_after_s=retry_after
         )
         log.info("send will be retried", extra={"message_id": message_id, "reason": reason})
-        return False
+        return "waiting"

@@ -38,9 +38,9 @@ def test_concurrent_deliveries_share_transactions_in_arrival_order(
     trips: list[int] = []
     original = Database._run_in_thread
 
-    async def counted(self: Database, jobs: list[Any]) -> Any:
+    async def counted(self: Database, jobs: list[Any], **kwargs: Any) -> Any:
         trips.append(len(jobs))
-        return await original(self, jobs)
+        return await original(self, jobs, **kwargs)
 
     monkeypatch.setattr(Database, "_run_in_thread", counted)
 

@@ -115,3 +115,42 @@ def test_a_refused_send_stores_no_key_and_a_refused_retry_still_replays(
             assert await _count(db, "SELECT COUNT(*) FROM messages WHERE direction = 'out'") == 1
 
     asyncio.run(main())
+
+
+def test_a_send_to_an_unknown_or_ungranted_account_is_404_and_stores_nothing(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    """The account is read inside the send's transaction (not before it): absent, not
+    granted, deleted, with or without a key, it answers 404 and writes nothing."""
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await _account(db, A)
+            await _account(db, "acc_gone")
+            agent = {"Authorization": f"Bearer {await _key(db, Role.AGENT, A)}"}
+            admin = {"Authorization": f"Bearer {await _key(db, Role.ADMIN)}"}
+            async with _served(tmp_path, db) as app:
+                client = app.test_client()
+                cases = [
+                    ("/api/accounts/acc_nope/messages", admin),
+                    ("/api/accounts/acc_nope/messages", {**admin, "Idempotency-Key": "n-1"}),
+                    ("/api/accounts/acc_gone/messages", agent),  # exists, not granted
+                    ("/api/accounts/acc_gone/messages", {**agent, "Idempotency-Key": "n-2"}),
+                ]
+                for path, headers in cases:
+                    answer = await client.post(path, json=BODY, headers=headers)
+                    assert answer.status_code == 404, (path, await answer.get_data())
+                    error = await answer.get_json()
+                    assert error["error"] == "no such account" and error["requestId"]
+                async with db.write() as conn:
+                    await conn.execute("DELETE FROM accounts WHERE id = 'acc_gone'")
+                gone_path = "/api/accounts/acc_gone/messages"
+                gone = await client.post(gone_path, json=BODY, headers=admin)
+                assert gone.status_code == 404
+                ok = await client.post(PATH, json=BODY, headers=agent)
+                assert ok.status_code == 202
+            assert await _count(db, "SELECT COUNT(*) FROM messages WHERE direction = 'out'") == 1
+            assert await _count(db, "SELECT COUNT(*) FROM queue_jobs") == 1
+            assert await _count(db, "SELECT COUNT(*) FROM idempotency_keys") == 0
+
+    asyncio.run(main())

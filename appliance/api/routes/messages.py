@@ -25,7 +25,7 @@ from appliance.api.validation import json_body
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import Conflict, InvalidInput
+from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.inbox import quick_replies_store
 from appliance.inbox.models import QuickReplySendIn
 from appliance.ipc import protocol
@@ -111,7 +111,7 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
 @documented(SendAccepted, 202, errors=[404, 409, 422], tag="messages")
 async def send_message(
     account: str, data: SendMessageIn | QuickReplySendIn
-) -> tuple[SendAccepted, int] | Response:
+) -> Response:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
 
     `{"type": "quick_reply", "quick_reply": {"id": ID, "variables": {...}}}` sends a
@@ -130,16 +130,18 @@ async def send_message(
     make retries safe. `interactive` (reply buttons, lists) needs an engine that
     sends them (409 naming the engine otherwise; runbook/messaging.md).
     """
-    row = await account_for(account)
     db = state_of().db
     assert db is not None
+    link = None if isinstance(data, QuickReplySendIn) or data.media is None else data.media.link
+    if isinstance(data, QuickReplySendIn) or link is not None:
+        await account_for(account)  # 404 before rendering or resolving anything
+    elif not principal().sees_account(account):
+        raise NotFound("no such account")  # as account_for; its row is read in the batch
     if isinstance(data, QuickReplySendIn):
         data = await quick_replies_store.compose_send(db, account, data, agent=principal().name)
-    if data.type == "interactive" and not engines.capabilities(row.engine).interactive_messages:
-        raise Conflict(f"the {row.engine} engine cannot send interactive messages")
-    media = data.media
-    if media is not None and media.link is not None:
-        await check_media_link(f"{data.type}.link", media.link)
+        link = None if data.media is None else data.media.link
+    if link is not None:
+        await check_media_link(f"{data.type}.link", link)
     key = idempotent_write()
     client_key = None if key is None else f"{key.scope}|{key.key}"
     now = time.time()
@@ -155,6 +157,11 @@ async def send_message(
             replay = await key.replay_in(conn)
             if replay is not None:
                 return replay
+        engine = await store.account_engine(conn, account)
+        if engine is None:  # deleted meanwhile, or never was
+            raise NotFound("no such account")
+        if message.type == "interactive" and not engines.capabilities(engine).interactive_messages:
+            raise Conflict(f"the {engine} engine cannot send interactive messages")
         accepted = await sends.accept_send(
             conn, account_id=account, to=to, message=message, client_key=client_key, now=now
         )
@@ -172,9 +179,9 @@ async def send_message(
     if outcome.created:
         await poke("send")
     answer = SendAccepted(id=outcome.message_id, account_id=account, to=to)
-    if key is not None:  # the very bytes stored for a replay
-        return Response(answer.model_dump_json(), status=202, content_type=JSON)
-    return answer, 202
+    # With a key, the very bytes stored for a replay; without, the same encoding (faster
+    # than the generic conversion of a returned model).
+    return Response(answer.model_dump_json(), status=202, content_type=JSON)
 
 
 async def _sandbox_account(account: str) -> None:
