@@ -64,7 +64,6 @@ class OutcomeLog:
             closing_error="the webhooks process is stopping; outcome not recorded",
             linger_s=linger_s,
         )
-        self.batches = 0  # transactions that committed outcomes (tests, benchmarks)
 
     async def flush(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s``) for the outcomes handed in to be written."""
@@ -96,11 +95,9 @@ class OutcomeLog:
                 ),
                 return_exceptions=True,
             )
-            self.batches += 1
             return [
                 (None, _as_exception(r) if isinstance(r, BaseException) else None) for r in results
             ]
-        self.batches += 1
         return [(None, None)] * len(batch)
 
 
