@@ -1,10 +1,14 @@
 """Group commit's waiting room: callers that arrive while one batch is being written
 wait together and are served by the next batch (Database.write_batched, the rate
-limiter). No timer: under light load a batch is one caller and nobody waits longer."""
+limiter). No timer by default: under light load a batch is one caller and nobody
+waits longer. ``linger_s`` (the webhook outcomes) holds the first batch after an idle
+moment open that long, or until ``max_size`` callers wait, so that callers arriving
+a few milliseconds apart share one transaction too."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -22,10 +26,13 @@ class Batcher(Generic[I, R]):
         *,
         max_size: int,
         closing_error: str,
+        linger_s: float = 0.0,
     ) -> None:
         self._run = run
         self._max_size = max_size
         self._closing_error = closing_error
+        self._linger_s = linger_s
+        self._full = asyncio.Event()  # max_size callers wait (ends a linger early)
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -33,12 +40,18 @@ class Batcher(Generic[I, R]):
         """``item``'s outcome once its batch ran; a cancelled caller's item still runs."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        if len(self._pending) >= self._max_size:
+            self._full.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain())
         return await asyncio.shield(future)
 
     async def _drain(self) -> None:
         try:
+            if self._linger_s > 0 and len(self._pending) < self._max_size:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._linger_s)
             while self._pending:
                 batch = self._pending[: self._max_size]
                 self._pending = self._pending[self._max_size :]

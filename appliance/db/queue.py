@@ -30,7 +30,6 @@ Times are Unix seconds from an injectable clock so tests never sleep.
 from __future__ import annotations
 
 import random
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +59,12 @@ CLAIM_SQL = (
     "WHERE e.queue = j.queue AND e.order_key = j.order_key AND e.id < j.id "
     "AND e.order_key IS NOT NULL AND e.state IN ('queued', 'leased'))) "
     "ORDER BY j.run_at, j.id LIMIT ?"
+)
+# Lease those heads: a fresh random token per row (32 hex digits, as secrets.token_hex(16)).
+CLAIM_UPDATE_SQL = (
+    "UPDATE queue_jobs SET state = 'leased', lease_token = lower(hex(randomblob(16))), "
+    "lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
+    f"WHERE id IN ({CLAIM_SQL}) AND state = 'queued' RETURNING " + _COLUMNS
 )
 
 
@@ -255,6 +260,41 @@ async def has_unfinished_in(conn: aiosqlite.Connection, queue: str, order_key: s
     return bool(list(rows))
 
 
+async def ack_many_in(
+    conn: aiosqlite.Connection, queue: str, leases: Sequence[tuple[int, str, float]]
+) -> int:
+    """``ack_in`` for many (job id, token, now) in one statement of the caller's
+    transaction; a job whose lease is lost is left alone. Returns how many were acked."""
+    cur = await conn.executemany(
+        "UPDATE queue_jobs SET state = 'done', last_error = NULL, lease_token = NULL, "
+        "lease_expires_at = NULL, updated_at = ?3 "
+        "WHERE id = ?1 AND queue = ?4 AND state = 'leased' AND lease_token = ?2",
+        [(job_id, token, now, queue) for job_id, token, now in leases],
+    )
+    return max(0, cur.rowcount)
+
+
+async def retry_many_in(
+    conn: aiosqlite.Connection,
+    queue: str,
+    retries: Sequence[tuple[int, str, float, float, str]],
+) -> int:
+    """Give leased jobs back for a later attempt in one statement of the caller's
+    transaction: (job id, token, now, run_at, error) each, like ``nack`` with
+    ``retry_after_s`` for a job that has attempts left (the caller checked). A job whose
+    lease is lost is left alone. Returns how many were given back."""
+    cur = await conn.executemany(
+        "UPDATE queue_jobs SET state = 'queued', run_at = ?4, lease_token = NULL, "
+        "lease_expires_at = NULL, last_error = ?5, updated_at = ?3 "
+        "WHERE id = ?1 AND queue = ?6 AND state = 'leased' AND lease_token = ?2",
+        [
+            (job_id, token, now, run_at, error[:2000], queue)
+            for job_id, token, now, run_at, error in retries
+        ],
+    )
+    return max(0, cur.rowcount)
+
+
 class DurableQueue:
     """One named queue. Every method is one short write or read transaction."""
 
@@ -308,21 +348,15 @@ class DurableQueue:
         leased, and only when it is due and not leased already (see the module doc)."""
         now = self.clock()
         lease = self.lease_s if lease_s is None else lease_s
-        jobs: list[Job] = []
         async with self.db.write() as conn:
             await expire_leases(conn, now, queue=self.name)
-            async with conn.execute(CLAIM_SQL, (self.name, now, limit)) as cur:
-                ids = [int(r[0]) for r in await cur.fetchall()]
-            for job_id in ids:
-                async with conn.execute(
-                    "UPDATE queue_jobs SET state = 'leased', lease_token = ?, "
-                    "lease_expires_at = ?, attempts = attempts + 1, updated_at = ? "
-                    f"WHERE id = ? AND state = 'queued' RETURNING {_COLUMNS}",
-                    (secrets.token_hex(16), now + lease, now, job_id),
-                ) as cur:
-                    row = await cur.fetchone()
-                if row is not None:
-                    jobs.append(Job.from_row(row))
+            # One statement for the whole claim (one step of aiosqlite's thread, not one
+            # per job); each row gets its own random token.
+            rows = await conn.execute_fetchall(
+                CLAIM_UPDATE_SQL, (now + lease, now, self.name, now, limit)
+            )
+        jobs = [Job.from_row(row) for row in rows]
+        jobs.sort(key=lambda job: (job.run_at, job.id))
         return jobs
 
     async def ack(self, job_id: int, token: str) -> None:

@@ -98,6 +98,18 @@ async def event_rows_after(db: Database, after: int, limit: int) -> list[EventRo
     return [EventRow.from_row(r) for r in rows]
 
 
+async def event_rows_by_ids(db: Database, event_ids: Sequence[int]) -> list[EventRow]:
+    """The events with these ids (those that exist), in one query; at most 500 ids."""
+    if not event_ids:
+        return []
+    rows = await db.fetchall(
+        "SELECT id, type, account_id, created_at, data, traceparent FROM events "
+        f"WHERE id IN ({','.join('?' * len(event_ids))})",
+        tuple(event_ids),
+    )
+    return [EventRow.from_row(r) for r in rows]
+
+
 async def event_row(db: Database, event_id: int) -> EventRow | None:
     """One event."""
     row = await db.fetchone(

@@ -11,7 +11,14 @@ One POST (``client.DeliveryClient``) goes through the SSRF guard: the host is re
 and checked at each attempt, the connection goes to the checked address (kept alive
 for that host name and address), redirects are never followed, and only the first
 bytes of the answer are kept. An event's JSON body is encoded once for all of its
-endpoints (kept with the event in a small cache)."""
+endpoints (kept with the event in a small cache); the events that the deliveries of one
+claim need are read together, in one query.
+
+An endpoint's slot (its ``max_concurrency``) is held for the POST only: once answered,
+the outcome goes to the group commit of outcomes (``outcomes.py``) and the slot takes
+the next delivery. At most ``MAX_UNRECORDED`` answered outcomes per endpoint wait for
+that commit; a POST answered beyond them keeps its slot until there is room (see
+``repeats_at_a_kill``)."""
 
 from __future__ import annotations
 
@@ -23,25 +30,27 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-import aiosqlite
 import orjson
 
 from appliance import __version__
 from appliance.config import Settings
 from appliance.crypto import DataCipher
+from appliance.db.batching import Batcher
+from appliance.db.batching import Outcome as BatchOutcome
 from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
-from appliance.db.queue import DurableQueue, Job, ack_in
+from appliance.db.queue import DurableQueue, Job
 from appliance.messaging import store as messaging_store
 from appliance.messaging.rows import EventRow
 from appliance.observability import tracing
 from appliance.observability.context import child_traceparent
 from appliance.webhooks import store
 from appliance.webhooks.client import AttemptResult, DeliveryClient
-from appliance.webhooks.contracts import RESERVED_HEADERS, WEBHOOK_QUEUE
+from appliance.webhooks.contracts import RESERVED_HEADERS
 from appliance.webhooks.endpoints import Endpoints
 from appliance.webhooks.housekeeping import EndpointHealth
 from appliance.webhooks.metrics import ATTEMPT_LATENCY, DELIVERIES, EVENT_TO_DELIVERY
+from appliance.webhooks.outcomes import OutcomeLog
 from appliance.webhooks.signing import signature_header
 
 log = logging.getLogger(__name__)
@@ -49,24 +58,33 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"whatsapp-gateway-appliance/{__version__} (webhooks)"
 CLAIM_BATCH = 64  # jobs leased per claim
 MAX_INFLIGHT = 256  # delivery tasks (waiting for a slot, posting, recording) before claiming more
+MAX_UNRECORDED = 64  # per endpoint: answered outcomes waiting for their commit
 EVENT_CACHE = 4096  # events read for delivery, kept for the other endpoints of a fan-out
+EVENT_READ_BATCH = 500  # event ids read in one query
 MAX_RETRY_AFTER_S = 24 * 3600
 
 
 Poster = DeliveryClient  # the delivery HTTP client (client.py); the old name
 
 
-def repeats_at_a_kill(max_concurrency: int) -> int:
-    """How many deliveries to one endpoint a kill -9 of the worker can make it send twice.
+def repeats_at_a_kill(max_concurrency: int, unrecorded: int = MAX_UNRECORDED) -> int:
+    """How many deliveries to one endpoint a kill -9 of the webhooks process can make
+    it send twice: ``max_concurrency + MAX_UNRECORDED`` (4 + 64 by default).
 
     A delivery is repeated when it was POSTed but its outcome was not yet committed:
-    the restarted worker releases the dead worker's leases and sends it again. An
-    endpoint's slot (its ``max_concurrency`` semaphore) is held from the POST until the
-    outcome is committed, so at most ``max_concurrency`` deliveries per endpoint are in
-    that window. (Releasing the slot before the commit let every claimed task POST
-    while the single writer lagged: up to CLAIM_BATCH + MAX_INFLIGHT per kill.)
+    the restarted process releases the dead one's leases and sends it again. A
+    delivery holds its endpoint's slot (``max_concurrency``) while it POSTs, and once
+    answered, one of the endpoint's ``unrecorded`` permits until its outcome is
+    committed; it takes the permit before it lets the slot go. So at most
+    ``max_concurrency`` deliveries per endpoint are POSTing and at most ``unrecorded``
+    are answered and waiting for the commit. (Outcomes are committed in batches a few
+    milliseconds apart, so far fewer wait in practice; holding the slot until the
+    commit instead bounded repeats by ``max_concurrency`` alone, but made every
+    delivery wait for the cross-process write lock in its slot. Without any bound,
+    every claimed task POSTed while the writer lagged: up to CLAIM_BATCH + MAX_INFLIGHT
+    per kill.)
     """
-    return max_concurrency
+    return max_concurrency + unrecorded
 
 
 def retry_delay(
@@ -115,6 +133,8 @@ class Deliverer:
         poster: Poster,
         clock: Callable[[], float],
         rand: Callable[[], float],
+        unrecorded: int = MAX_UNRECORDED,
+        outcome_linger_s: float | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -133,8 +153,17 @@ class Deliverer:
             max_inflight=MAX_INFLIGHT,
             what="webhook deliveries",
         )
+        self.outcomes = OutcomeLog(db)
+        if outcome_linger_s is not None:
+            self.outcomes = OutcomeLog(db, linger_s=outcome_linger_s)
+        self.unrecorded = unrecorded
+        self._answered: dict[str, asyncio.Semaphore] = {}  # endpoint -> unrecorded permits
         # event id -> (event, its JSON body): encoded once for every endpoint
         self._events: OrderedDict[int, tuple[EventRow, bytes]] = OrderedDict()
+        # Misses of the same moment (the deliveries of one claim) are read in one query.
+        self._event_reads: Batcher[int, tuple[EventRow, bytes] | None] = Batcher(
+            self._read_events, max_size=EVENT_READ_BATCH, closing_error="stopping"
+        )
         self._secrets: dict[tuple[str, bytes], str] = {}  # (endpoint, encrypted) -> secret
         self._header_values: dict[tuple[str, str, str], str] = {}  # decrypted header values
 
@@ -173,24 +202,51 @@ class Deliverer:
                 "appliance.attempt": job.attempts,
             },
         ):
+            answered = self._answered_permits(endpoint.id)
             async with self.endpoints.slots(endpoint):
                 result = await self._attempt(endpoint, event, body)
-                # The slot is held until the outcome is committed: see repeats_at_a_kill().
+                # The slot goes to the next delivery once this one has room among the
+                # endpoint's outcomes waiting for their commit: see repeats_at_a_kill().
+                await answered.acquire()
+            try:
                 await self._record(job, endpoint, event, result)
+            except Exception:
+                # Its job stays leased: delivered again when the lease expires or at the
+                # next start (at least once).
+                log.exception(
+                    "recording a webhook delivery's outcome failed",
+                    extra={"endpoint_id": endpoint.id, "event_id": event.id},
+                )
+            finally:
+                answered.release()
+
+    def _answered_permits(self, endpoint_id: str) -> asyncio.Semaphore:
+        permits = self._answered.get(endpoint_id)
+        if permits is None:
+            permits = self._answered[endpoint_id] = asyncio.Semaphore(self.unrecorded)
+        return permits
 
     async def _event(self, event_id: int) -> tuple[EventRow, bytes] | None:
         """The event row and its body; events never change, so one read (and one JSON
         encoding) serves every endpoint."""
         cached = self._events.get(event_id)
         if cached is None:
-            event = await messaging_store.event_row(self.db, event_id)
-            if event is None:
-                return None
-            body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
-            cached = self._events[event_id] = (event, body)
-            while len(self._events) > EVENT_CACHE:
-                self._events.popitem(last=False)
+            return await self._event_reads.submit(event_id)
         return cached
+
+    async def _read_events(
+        self, event_ids: list[int]
+    ) -> list[BatchOutcome[tuple[EventRow, bytes] | None]]:
+        missing = sorted({i for i in event_ids if i not in self._events})
+        for event in await messaging_store.event_rows_by_ids(self.db, missing):
+            body = orjson.dumps(messaging_store.event_out(event).model_dump(mode="json"))
+            self._events[event.id] = (event, body)
+        found: list[BatchOutcome[tuple[EventRow, bytes] | None]] = [
+            (self._events.get(i), None) for i in event_ids
+        ]
+        while len(self._events) > EVENT_CACHE:
+            self._events.popitem(last=False)
+        return found
 
     async def _attempt(
         self, endpoint: store.Endpoint, event: EventRow, body: bytes
@@ -249,31 +305,20 @@ class Deliverer:
         if delay is None or job.attempts >= job.max_attempts:
             await self._finish(job, endpoint, result, "dead", f"{reason}; retries exhausted")
         else:
-            delivery_id: int = job.payload["delivery_id"]
-            next_attempt_at = now + delay
-
-            async def retry_later(conn: aiosqlite.Connection) -> None:
-                await store.record_attempt(
-                    conn,
-                    delivery_id,
-                    at=now,
-                    duration_ms=result.duration_ms,
-                    status=status,
-                    response=result.snippet,
-                    error=result.error,
-                )
-                await store.record_retry(
-                    conn,
-                    delivery_id,
-                    status=status,
-                    reason=reason,
-                    next_attempt_at=next_attempt_at,
-                    now=now,
-                )
-                await store.mark_failing(conn, endpoint.id, now)
-
-            await self.db.write_batched(retry_later, in_thread=True)
-            await self.queue.nack(job.id, job.lease_token or "", error=reason, retry_after_s=delay)
+            outcome = store.Outcome(
+                delivery_id=job.payload["delivery_id"],
+                endpoint_id=endpoint.id,
+                state="retry",
+                at=now,
+                attempted=True,
+                status=status,
+                duration_ms=result.duration_ms,
+                response=result.snippet,
+                attempt_error=result.error,
+                error=reason,
+                next_attempt_at=now + delay,
+            )
+            await self.outcomes.record(outcome, job.id, job.lease_token or "")
             DELIVERIES.labels(outcome="retry").inc()
         await self.health.disable_if_failing_too_long(endpoint.id, now)
 
@@ -285,34 +330,19 @@ class Deliverer:
         state: str,
         error: str | None,
     ) -> None:
-        now = self.clock()
-        delivery_id: int = job.payload["delivery_id"]
-
-        async def finish(conn: aiosqlite.Connection) -> None:
-            if result is not None:
-                await store.record_attempt(
-                    conn,
-                    delivery_id,
-                    at=now,
-                    duration_ms=result.duration_ms,
-                    status=result.status,
-                    response=result.snippet,
-                    error=result.error,
-                )
-            await store.finish_delivery(
-                conn,
-                delivery_id,
-                state=state,
-                attempted=result is not None,
-                status=result.status if result else None,
-                error=error,
-                now=now,
-            )
-            if state == "delivered":
-                await store.clear_failing(conn, endpoint.id)
-            with contextlib.suppress(Exception):
-                await ack_in(conn, WEBHOOK_QUEUE, job.id, job.lease_token or "", now)
-
-        # Group-committed with the other deliveries finishing at the same time.
-        await self.db.write_batched(finish, in_thread=True)  # one thread round trip
+        """The delivery ends ``state`` (delivered, dead), committed with the outcomes of
+        the same moment (outcomes.py) together with its job's ack."""
+        outcome = store.Outcome(
+            delivery_id=job.payload["delivery_id"],
+            endpoint_id=endpoint.id,
+            state=state,
+            at=self.clock(),
+            attempted=result is not None,
+            status=result.status if result else None,
+            duration_ms=result.duration_ms if result else 0.0,
+            response=result.snippet if result else None,
+            attempt_error=result.error if result else None,
+            error=error,
+        )
+        await self.outcomes.record(outcome, job.id, job.lease_token or "")
         DELIVERIES.labels(outcome=state).inc()

@@ -1,7 +1,8 @@
 """The webhook dispatcher in the worker, fed by the event log: it composes
 
 - fan-out (``fanout.py``): events -> delivery rows and queue jobs, behind a cursor;
-- delivery (``delivery.py``): claim, POST in an endpoint slot, record the outcome;
+- delivery (``delivery.py``): claim, POST in an endpoint slot, record the outcome
+  (``outcomes.py``: many deliveries' outcomes in one transaction);
 - housekeeping (``housekeeping.py``): disabling failing endpoints, retention, gauges;
 
 around one copy of the endpoints (``endpoints.py``). All SQL is in ``store.py`` (and
@@ -115,6 +116,7 @@ class Dispatcher:
         self._stopping = True
         self.fanout.wake.set()
         await self.delivery.claims.stop(timeout_s)
+        await self.delivery.outcomes.flush(timeout_s)  # outcomes of answered POSTs
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

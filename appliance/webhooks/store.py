@@ -363,6 +363,75 @@ async def finish_delivery(
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery's attempt (or its end without one) changes in these tables:
+    ``state`` delivered or dead (finished) or ``retry`` (pending, next attempt at
+    ``next_attempt_at``); the attempt's own fields when an attempt was made."""
+
+    delivery_id: int
+    endpoint_id: str
+    state: str  # delivered | dead | retry
+    at: float
+    attempted: bool
+    status: int | None = None
+    duration_ms: float = 0.0
+    response: str | None = None
+    attempt_error: str | None = None
+    error: str | None = None  # the delivery's last_error (a retry's reason)
+    next_attempt_at: float | None = None
+
+
+async def record_outcomes(conn: aiosqlite.Connection, outcomes: Sequence[Outcome]) -> None:
+    """Many deliveries' outcomes in a few statements of the caller's transaction: each
+    attempt's row, each delivery's state, the endpoints' failing marks. An attempt of a
+    delivery deleted meanwhile (its endpoint was) is not recorded, and fails nothing."""
+    attempts = [o for o in outcomes if o.attempted]
+    if attempts:
+        await conn.executemany(
+            "INSERT INTO webhook_attempts (delivery_id, at, duration_ms, status, response, error) "
+            "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS "
+            "(SELECT 1 FROM webhook_deliveries WHERE id = ?1)",
+            [
+                (o.delivery_id, o.at, o.duration_ms, o.status, o.response, o.attempt_error)
+                for o in attempts
+            ],
+        )
+    finished = [o for o in outcomes if o.state != "retry"]
+    if finished:
+        await conn.executemany(
+            "UPDATE webhook_deliveries SET state = ?1, attempts = attempts + ?2, "
+            "last_status = COALESCE(?3, last_status), last_error = ?4, next_attempt_at = NULL, "
+            "updated_at = ?5, delivered_at = CASE WHEN ?1 = 'delivered' THEN ?5 END "
+            "WHERE id = ?6",
+            [(o.state, int(o.attempted), o.status, o.error, o.at, o.delivery_id) for o in finished],
+        )
+    retries = [o for o in outcomes if o.state == "retry"]
+    if retries:
+        await conn.executemany(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = ?, "
+            "last_error = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            [
+                (o.status, (o.error or "")[:1000], o.next_attempt_at, o.at, o.delivery_id)
+                for o in retries
+            ],
+        )
+    # The endpoints' failing marks end as they would with one outcome after the other:
+    # a delivery clears the mark, a failed attempt sets it unless it is set.
+    marks: dict[str, tuple[bool, float | None]] = {}  # endpoint -> (cleared, failing since)
+    for o in outcomes:
+        cleared, since = marks.get(o.endpoint_id, (False, None))
+        if o.state == "delivered":
+            marks[o.endpoint_id] = (True, None)
+        elif o.state == "retry":
+            marks[o.endpoint_id] = (cleared, o.at if since is None else since)
+    for endpoint_id, (cleared, since) in marks.items():
+        if cleared:
+            await clear_failing(conn, endpoint_id)
+        if since is not None:
+            await mark_failing(conn, endpoint_id, since)
+
+
 async def mark_failing(conn: aiosqlite.Connection, endpoint_id: str, now: float) -> None:
     """The endpoint failed an attempt: it is failing since now unless it already was."""
     await conn.execute(

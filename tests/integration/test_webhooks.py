@@ -1073,9 +1073,10 @@ def test_kill_9_worker_during_2000_deliveries_loses_nothing(
         signed = int(mine[0].headers["webhook-timestamp"])
         assert any(signed <= k <= mine[-1].at for k in kills), (wid, signed, mine[-1].at, kills)
     # How many can be in flight at a kill follows from the dispatcher: an endpoint's slot
-    # is held from the POST until its outcome is committed, so at most max_concurrency
-    # deliveries per kill (before, answered attempts queued for the writer without a
-    # slot: 281 repeats over 4 kills on a busy 2-core machine).
+    # is held for the POST, and an answered delivery holds one of the endpoint's
+    # MAX_UNRECORDED permits until its outcome is committed, so at most max_concurrency
+    # + MAX_UNRECORDED deliveries per kill (without any bound, answered attempts queued
+    # for the writer: 281 repeats over 4 kills on a busy 2-core machine).
     assert extra <= len(kills) * repeats_at_a_kill(DRILL_CONCURRENCY), (extra, len(kills))
     # And the delivery log agrees: one delivered row per event, none pending or dead.
     states = _query(

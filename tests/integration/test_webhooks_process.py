@@ -2,8 +2,9 @@
 the worker: kill -9 of either loses no delivery.
 
 - kill -9 of the webhooks process during 1,000 deliveries: every event still arrives,
-  verified; a duplicate only for an attempt in flight at a kill, at most the
-  endpoint's max_concurrency per kill (as for the worker's drill in test_webhooks.py).
+  verified; a duplicate only for an attempt in flight at a kill (POSTed, its outcome
+  not yet committed), at most repeats_at_a_kill(max_concurrency) per kill: the POSTs in
+  the endpoint's slots plus the answered outcomes waiting for their group commit.
 - kill -9 of the worker (then kept stopped): deliveries already queued keep going out
   from the webhooks process, all of them, while the worker is down; after the worker
   is back, new events are delivered again.

@@ -82,3 +82,32 @@ def test_outcomes_must_match_the_batch() -> None:
             await batcher.submit(1)
 
     asyncio.run(main())
+
+
+def test_a_linger_gathers_callers_a_few_ms_apart_and_a_full_batch_ends_it() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[Outcome[int]]:
+        batches.append(items)
+        return [(n, None) for n in items]
+
+    async def main() -> None:
+        lingering: Batcher[int, int] = Batcher(
+            run, max_size=3, closing_error="closing", linger_s=60
+        )
+        first = asyncio.create_task(lingering.submit(1))
+        await asyncio.sleep(0.02)  # a caller a little later still shares the batch
+        second = asyncio.create_task(lingering.submit(2))
+        await asyncio.sleep(0.02)
+        assert batches == []  # still lingering
+        third = asyncio.create_task(lingering.submit(3))  # full: written at once
+        assert await asyncio.wait_for(asyncio.gather(first, second, third), 30) == [1, 2, 3]
+        assert batches == [[1, 2, 3]]
+        # Without a linger, a caller alone is written at once.
+        batches.clear()
+        plain: Batcher[int, int] = Batcher(run, max_size=3, closing_error="closing")
+        assert await plain.submit(4) == 4
+        assert await plain.submit(5) == 5
+        assert batches == [[4], [5]]
+
+    asyncio.run(main())

@@ -26,9 +26,11 @@ from appliance.db.queue import (
     DurableQueue,
     Enqueued,
     Job,
+    ack_many_in,
     backoff_delay,
     enqueue_in,
     enqueue_many_in,
+    retry_many_in,
 )
 from appliance.errors import DatabaseError, LeaseLost
 
@@ -1118,3 +1120,40 @@ def test_two_processes_never_claim_the_same_job(
             assert bystander == {"queued": 1, "leased": 0, "done": 0, "dead": 0}
 
     asyncio.run(check())
+
+
+def test_ack_and_retry_many_in_one_transaction_only_with_the_lease(env: Any) -> None:
+    """The webhook outcomes' batch: acks and retries of many jobs in one transaction,
+    each fenced by its lease token (a lost lease is left alone, the others go on)."""
+
+    async def body() -> None:
+        async with env() as (db, q, clock):
+            for n in range(4):
+                await q.enqueue(n)
+            a, b, c, d = await q.claim(limit=4)
+            async with db.write() as conn:
+                acked = await ack_many_in(
+                    conn, "q", [(a.id, a.lease_token, clock()), (b.id, "not-the-token", clock())]
+                )
+                again = await retry_many_in(
+                    conn,
+                    "q",
+                    [
+                        (c.id, c.lease_token, clock(), clock() + 42, "HTTP 500"),
+                        (d.id, "not-the-token", clock(), clock() + 42, "HTTP 500"),
+                    ],
+                )
+            assert (acked, again) == (1, 1)
+            states = {j.id: await q.get(j.id) for j in (a, b, c, d)}
+            assert states[a.id].state == "done"  # type: ignore[union-attr]
+            assert states[b.id].state == "leased"  # type: ignore[union-attr]
+            retried = states[c.id]
+            assert retried is not None and retried.state == "queued"
+            assert retried.run_at == pytest.approx(clock() + 42)
+            assert retried.last_error == "HTTP 500" and retried.lease_token is None
+            assert retried.attempts == 1  # the attempt counts
+            assert states[d.id].state == "leased"  # type: ignore[union-attr]
+            with pytest.raises(LeaseLost):  # the old lease of a retried job is void
+                await q.ack(c.id, c.lease_token)  # type: ignore[arg-type]
+
+    asyncio.run(body())

@@ -25,9 +25,11 @@ from appliance.api.routes.webhooks import EndpointIn, EndpointPatch
 from appliance.config import Settings
 from appliance.crypto import DataCipher
 from appliance.db.database import Database
+from appliance.db.queue import release_all_leases
 from appliance.messaging import store as messaging_store
 from appliance.webhooks import signing, store
-from appliance.webhooks.delivery import AttemptResult
+from appliance.webhooks.contracts import WEBHOOK_QUEUE
+from appliance.webhooks.delivery import MAX_UNRECORDED, AttemptResult
 from appliance.webhooks.dispatcher import (
     CLAIM_BATCH,
     MAX_RETRY_AFTER_S,
@@ -38,6 +40,7 @@ from appliance.webhooks.dispatcher import (
     repeats_at_a_kill,
     retry_delay,
 )
+from appliance.webhooks.outcomes import OutcomeLog
 from appliance.webhooks.signing import new_secret, sign, signature_header
 
 BODY = orjson.dumps(
@@ -470,6 +473,14 @@ class FakePoster:
         pass
 
 
+class SlowPoster(FakePoster):
+    """A FakePoster whose answers take 10 ms."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], **_: Any) -> AttemptResult:
+        await asyncio.sleep(0.01)
+        return await super().post(url, body, headers)
+
+
 def _answer(status: int | None, retry_after: str | None = None, error: str | None = None):
     return AttemptResult(status, retry_after, None, error, 2.0)
 
@@ -714,49 +725,202 @@ def test_a_delivery_whose_job_died_by_lease_expiry_ends_dead_and_replayable(
     _with_db(open_db, db_path, body)
 
 
-def test_a_slot_is_held_until_the_outcome_is_committed(
+async def _twenty_due(db: Database, tmp_path: Path, poster: FakePoster, clock: Clock) -> Dispatcher:
+    """A dispatcher (max_concurrency 2) with 20 deliveries to one endpoint fanned out."""
+    dispatcher, _, _ = await _setup(db, tmp_path, poster, clock, schedule="0,1")
+    async with db.write() as conn:
+        for n in range(19):
+            await messaging_store.append_event(conn, "message.received", "acc", {"n": n}, 1)
+    await dispatcher.fan_out_once()
+    assert dispatcher._endpoints["wh_unit"].max_concurrency == 2
+    return dispatcher
+
+
+def _lag_the_writer(db: Database) -> tuple[asyncio.Event, list[Any]]:
+    """Writes wait at the returned gate until it is set; the list holds the waiting ones."""
+    gate, waiting = asyncio.Event(), []
+    write_batched = db.write_batched
+
+    async def lagging_writer(work: Any, **options: Any) -> Any:
+        waiting.append(work)
+        await gate.wait()
+        return await write_batched(work, **options)
+
+    db.write_batched = lagging_writer  # type: ignore[method-assign]
+    return gate, waiting
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(600):  # bounded: 30 s
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _states(db: Database) -> list[tuple[Any, ...]]:
+    rows = await db.fetchall("SELECT state, COUNT(*) AS n FROM webhook_deliveries GROUP BY state")
+    return [tuple(r) for r in rows]
+
+
+def test_an_answered_post_frees_its_slot_and_waiting_outcomes_are_bounded(
     open_db: Callable[..., Any], db_path: Path, tmp_path: Path
 ) -> None:
-    """While the writer lags, no more deliveries are POSTed than the endpoint's slots:
-    a kill -9 at that moment repeats at most repeats_at_a_kill(max_concurrency) of them
-    (POSTed, outcome not committed). Before, every claimed task POSTed and then queued
-    for the writer (281 repeats over 4 kills in the integration drill)."""
+    """While the writer lags, an endpoint's slots keep POSTing (the slot is held for the
+    POST only), until ``unrecorded`` answered outcomes wait for their commit: then no
+    more. A kill -9 at that moment repeats at most repeats_at_a_kill(max_concurrency)
+    deliveries (POSTed, outcome not committed): the slots' POSTs plus the waiting ones."""
     poster, clock = FakePoster([]), Clock()
 
     async def body(db: Database) -> None:
-        dispatcher, _, _ = await _setup(db, tmp_path, poster, clock, schedule="0,1")
-        async with db.write() as conn:
-            for n in range(19):
-                await messaging_store.append_event(conn, "message.received", "acc", {"n": n}, 1)
-        await dispatcher.fan_out_once()
-        slots = dispatcher._endpoints["wh_unit"].max_concurrency
-        assert slots == 2
-        # The writer lags: outcomes wait at this gate instead of being committed.
-        gate, waiting = asyncio.Event(), []
-        write_batched = db.write_batched
-
-        async def lagging_writer(work: Any, **options: Any) -> Any:
-            waiting.append(work)
-            await gate.wait()
-            return await write_batched(work, **options)
-
-        db.write_batched = lagging_writer  # type: ignore[method-assign]
+        dispatcher = await _twenty_due(db, tmp_path, poster, clock)
+        dispatcher.delivery.unrecorded = 5  # of 64 by default: smaller than the 20 jobs
+        bound = repeats_at_a_kill(2, 5)
+        assert bound == 7 and repeats_at_a_kill(4) == 4 + MAX_UNRECORDED
+        gate, _ = _lag_the_writer(db)
         jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
         assert len(jobs) == 20
         tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
-        for _ in range(200):  # bounded: until the slots are taken
-            if len(waiting) >= slots:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # time enough for more POSTs, had the slots been freed
-        assert len(waiting) == slots  # outcomes waiting for the writer
-        assert len(poster.sent) == repeats_at_a_kill(slots) == slots  # POSTed, not recorded
+        await _until(lambda: len(poster.sent) >= bound, "the slots to POST past max_concurrency")
+        await asyncio.sleep(0.5)  # time enough for more POSTs, were they not bounded
+        assert len(poster.sent) == bound  # POSTed, outcome not committed
+        assert await _states(db) == [("pending", 20)]
         gate.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
         assert len(poster.sent) == 20
-        states = await db.fetchall(
-            "SELECT state, COUNT(*) AS n FROM webhook_deliveries GROUP BY state"
+        assert await _states(db) == [("delivered", 20)]
+
+    _with_db(open_db, db_path, body)
+
+
+def test_outcomes_of_many_deliveries_commit_in_one_transaction(
+    open_db: Callable[..., Any], db_path: Path, tmp_path: Path
+) -> None:
+    """Outcomes answered while a commit is under way are committed together: 20
+    deliveries (answered 10 ms apart, two at a time), each with its attempt row, its
+    delivery state and its job's ack, in two transactions (the first outcomes' and
+    everybody else's), counted by SQLite."""
+    poster, clock = SlowPoster([]), Clock()
+
+    async def body(db: Database) -> None:
+        dispatcher = await _twenty_due(db, tmp_path, poster, clock)
+        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
+        commits: list[str] = []
+        raw = db.writer._conn  # the sqlite3 connection: its trace shows every statement
+        await db.writer._execute(  # type: ignore[no-untyped-call]
+            raw.set_trace_callback, lambda sql: commits.append(sql) if sql == "COMMIT" else None
         )
-        assert [tuple(r) for r in states] == [("delivered", 20)]
+        gate, waiting = _lag_the_writer(db)
+        tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
+        await _until(lambda: len(poster.sent) == 20 and waiting, "every delivery POSTed")
+        await asyncio.sleep(0.1)
+        assert len(waiting) == 1  # the first batch is at the writer, the rest waits for it
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        await db.writer._execute(raw.set_trace_callback, None)  # type: ignore[no-untyped-call]
+        assert len(commits) == 2, commits
+        assert await _states(db) == [("delivered", 20)]
+        attempts = await db.scalar("SELECT COUNT(*) FROM webhook_attempts WHERE status = 200")
+        assert attempts == 20  # exactly one attempt row per POST
+        assert (await dispatcher.queue.counts())["done"] == 20
+
+    _with_db(open_db, db_path, body)
+
+
+def test_outcomes_lost_in_a_crash_leave_their_jobs_leased_and_they_are_delivered_again(
+    open_db: Callable[..., Any], db_path: Path, tmp_path: Path
+) -> None:
+    """Answered, but the process dies before the outcomes' commit: nothing of them is
+    written, their jobs stay leased, and the next start (which releases the dead
+    process's leases) delivers every one again. At least once, never lost."""
+    poster, clock = FakePoster([]), Clock()
+
+    async def body(db: Database) -> None:
+        dispatcher = await _twenty_due(db, tmp_path, poster, clock)
+        _lag_the_writer(db)  # never let through: the "crash" comes first
+        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
+        tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
+        await _until(lambda: len(poster.sent) == 20, "every delivery POSTed")
+        # The crash: this process's tasks end with nothing more written.
+        outcome_writer = dispatcher.delivery.outcomes._batcher.task
+        assert outcome_writer is not None
+        for task in (*tasks, outcome_writer):
+            task.cancel()
+        await asyncio.gather(*tasks, outcome_writer, return_exceptions=True)
+        assert await _states(db) == [("pending", 20)]
+        assert (await dispatcher.queue.counts())["leased"] == 20
+        assert await db.scalar("SELECT COUNT(*) FROM webhook_attempts") == 0
+        # The next start, with a database handle of its own.
+        async with open_db(db_path) as again:
+            async with again.write() as conn:
+                assert await release_all_leases(conn, clock(), queue=WEBHOOK_QUEUE) == 20
+            second = FakePoster([])
+            restarted = Dispatcher(
+                again,
+                _settings(tmp_path, webhook_retry_schedule_s="0,1"),
+                DataCipher(b"d" * 32),
+                on_events=_nothing,
+                poster=second,  # type: ignore[arg-type]
+                clock=clock,
+                rand=lambda: 0.5,
+            )
+            await restarted.reload_endpoints()
+            assert await _run_due(restarted) == 10
+            assert await _run_due(restarted) == 10
+            assert len(second.sent) == 20
+            assert {h["webhook-id"] for _, _, h in second.sent} == {
+                h["webhook-id"] for _, _, h in poster.sent
+            }
+            assert await _states(again) == [("delivered", 20)]
+            assert await again.scalar("SELECT COUNT(*) FROM webhook_attempts") == 20
+
+    _with_db(open_db, db_path, body)
+
+
+async def _nothing() -> None:
+    pass
+
+
+def test_an_outcome_that_cannot_be_written_fails_alone(
+    open_db: Callable[..., Any], db_path: Path, tmp_path: Path
+) -> None:
+    """A batch that fails is written again one outcome at a time: the others commit."""
+    poster, clock = FakePoster([]), Clock()
+
+    async def body(db: Database) -> None:
+        dispatcher = await _twenty_due(db, tmp_path, poster, clock)
+        jobs = await dispatcher.queue.claim(limit=3)
+        log = OutcomeLog(db, linger_s=0.05)
+
+        def outcome(job: Any, state: str) -> store.Outcome:
+            return store.Outcome(
+                delivery_id=job.payload["delivery_id"],
+                endpoint_id="wh_unit",
+                state=state,
+                at=clock(),
+                attempted=True,
+                status=200,
+                duration_ms=1.0,
+            )
+
+        results = await asyncio.gather(
+            *(
+                log.record(outcome(job, state), job.id, job.lease_token or "")
+                for job, state in zip(jobs, ["delivered", "bogus", "delivered"], strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], Exception) and "CHECK" in str(results[1])
+        rows = await db.fetchall("SELECT id, state FROM webhook_deliveries ORDER BY id")
+        states = {r["id"]: r["state"] for r in rows}
+        assert [states[j.payload["delivery_id"]] for j in jobs] == [
+            "delivered",
+            "pending",
+            "delivered",
+        ]
+        assert await db.scalar("SELECT COUNT(*) FROM webhook_attempts") == 2
+        still = await dispatcher.queue.get(jobs[1].id)
+        assert still is not None and still.state == "leased"  # delivered again later
 
     _with_db(open_db, db_path, body)
