@@ -13,7 +13,7 @@ from werkzeug.datastructures import MultiDict
 from appliance.api.panel.autoreply_views import apply_op, parse_rows, row_errors, rows_body
 from appliance.automations import auto_reply_store
 from appliance.db.database import Database
-from appliance.inbox import tags_store
+from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.actor import Actor
 from tests.unit.conftest import OpenDb
 from tests.unit.test_panel import A, _run, _sign_in
@@ -161,6 +161,41 @@ def test_a_rule_with_a_condition_and_a_tag_action(
         (record,) = await auto_reply_store.list_rules(db, A)
         assert [a.model_dump() for a in record.rule.actions] == [
             {"type": "set_status", "status": "snoozed", "snooze_s": 600}
+        ]
+        # A quick reply and an assignment, picked from the account's own.
+        async with db.write() as conn:
+            reply = await quick_replies_store.create_quick_reply(
+                conn,
+                A,
+                name="Thanks",
+                shortcut="/leadthanks",
+                body="Thank you!",
+                media=None,
+                created_by="user:1",
+                by=Actor(principal="user:1", name="t"),
+                now=1.0,
+            )
+        form = await (await admin.get(edit_url)).get_data(as_text=True)
+        assert f'<option value="{reply.id}">/leadthanks Thanks</option>' in form
+        admin_id = (await db.fetchone("SELECT id FROM users WHERE username = 'admin1'"))["id"]
+        assert f'<option value="{admin_id}">admin1</option>' in form
+        two = {
+            **good,
+            "actions": "2",
+            "a0_type": "quick_reply",
+            "a0_quick_reply": str(reply.id),
+            "a1_type": "assign",
+            "a1_user_id": str(admin_id),
+        }
+        assert (await admin.post(edit_url, form=two)).status_code == 303
+        (record,) = await auto_reply_store.list_rules(db, A)
+        assert [a.model_dump() for a in record.rule.actions] == [
+            {
+                "type": "quick_reply",
+                "quick_reply": {"id": reply.id, "variables": {}},
+                "quote": False,
+            },
+            {"type": "assign", "user_id": admin_id},
         ]
         # An agent may not (automations.manage, as the API).
         agent = app.test_client()
