@@ -109,7 +109,9 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.click("#create-rule")  # no tag chosen: the model's error next to the action
     page.locator("#f-ar-a0-error").wait_for()
     assert page.locator("#f-ar-a0-type").get_attribute("aria-invalid") == "true"
+    page.problems.clear()  # the browser logs the 400 itself
     page.select_option("#f-ar-a0-add", label="kargo")
+    page.locator("#ar-actions").scroll_into_view_if_needed()
     _both_themes(page, artefacts, "auto-reply-rows")
     page.click("#create-rule")
     page.locator("#auto-replies li.rule", has_text="Shipping").wait_for()
@@ -161,7 +163,16 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     shipping.get_by_role("link", name="Edit").click()
     page.locator("#f-ar-c0-type").wait_for()
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#ar-actions").scroll_into_view_if_needed()
     _both_themes(page, artefacts, "auto-reply-edit-phone")
+    page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+    page.reload()
+    page.get_by_role("button", name="Koşul ekle").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#ar-actions").scroll_into_view_if_needed()
+    _axe(page, "auto-reply edit (tr, phone)")
+    _shot(page, artefacts, "auto-reply-edit-tr-light-phone")
+    page.context.set_extra_http_headers({})
     page.goto(f"{base}/panel/auto-replies?account={account}")
     # The header is one row: the brand and the Menu button; the navigation opens below.
     brand = page.locator("header.top .brand").bounding_box()
