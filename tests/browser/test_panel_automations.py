@@ -7,7 +7,10 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
   Admin menu stays inside the screen.
 - Auto-replies: a rule made in the panel, the tester says it would fire and what it
   would send, then a simulated inbound message (the sandbox engine) gets that reply,
-  seen live in the conversation.
+  seen live in the conversation. A second rule with a condition (private chats) and a
+  tags action, made in the panel (a condition row added by a plain post, the model's
+  error next to the action row): an inbound message gets the tag on its chat; its
+  edit page at 375 px.
 - Scheduled messages: a recurring one shows its next three occurrences.
 - Scripts: a new script, its code saved from the editor (line numbers), a dry run
   with its log.
@@ -88,6 +91,41 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.goto(f"{base}/panel/auto-replies?account={account}")
     assert "fired 1 time" in page.locator("#auto-replies li.rule", has_text="Prices").inner_text()
 
+    # A rule with a condition and a non-text action, made in the panel: private chats
+    # asking about shipping get the "kargo" tag; the inbound shows it on the chat.
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        tag = api.post(f"/api/accounts/{account}/tags", json={"name": "kargo"})
+        assert tag.status_code == 201, tag.text
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    page.fill("#f-ar-name", "Shipping")
+    page.fill("#f-ar-pattern", "kargo")
+    page.click("#add-condition")  # a plain post: the form again, one condition row more
+    page.locator("#f-ar-c0-type").wait_for()
+    assert page.input_value("#f-ar-name") == "Shipping"
+    page.select_option("#f-ar-c0-type", "chat_type")
+    page.select_option("#f-ar-c0-chat", "private")
+    page.select_option("#f-ar-a0-type", "tags")
+    assert page.locator("#f-ar-reply").is_hidden()  # only the chosen type's fields
+    page.click("#create-rule")  # no tag chosen: the model's error next to the action
+    page.locator("#f-ar-a0-error").wait_for()
+    assert page.locator("#f-ar-a0-type").get_attribute("aria-invalid") == "true"
+    page.problems.clear()  # the browser logs the 400 itself
+    page.select_option("#f-ar-a0-add", label="kargo")
+    page.locator("#ar-actions").scroll_into_view_if_needed()
+    _both_themes(page, artefacts, "auto-reply-rows")
+    page.click("#create-rule")
+    page.locator("#auto-replies li.rule", has_text="Shipping").wait_for()
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        _inject(api, account, "+905551237002", "Kargom nerede? kargo takip", "Ece")
+    chat_url = f"{base}/panel/inbox/{account}/905551237002@s.whatsapp.net"
+
+    def _tagged() -> bool:
+        page.goto(chat_url)
+        return page.locator("#chat-tags .tag", has_text="kargo").count() > 0
+
+    _wait(_tagged, "the rule's tag on the chat")
+    _shot(page, artefacts, "auto-reply-tagged-chat-en-light")
+
     # Scheduled messages: a recurring one with its next occurrences.
     page.goto(f"{base}/panel/schedules?account={account}")
     page.fill("#f-sch-name", "Morning")
@@ -121,6 +159,21 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.goto(f"{base}/panel/auto-replies?account={account}")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
+    shipping = page.locator("#auto-replies li.rule", has_text="Shipping")
+    shipping.get_by_role("link", name="Edit").click()
+    page.locator("#f-ar-c0-type").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#ar-actions").scroll_into_view_if_needed()
+    _both_themes(page, artefacts, "auto-reply-edit-phone")
+    page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+    page.reload()
+    page.get_by_role("button", name="Koşul ekle").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#ar-actions").scroll_into_view_if_needed()
+    _axe(page, "auto-reply edit (tr, phone)")
+    _shot(page, artefacts, "auto-reply-edit-tr-light-phone")
+    page.context.set_extra_http_headers({})
+    page.goto(f"{base}/panel/auto-replies?account={account}")
     # The header is one row: the brand and the Menu button; the navigation opens below.
     brand = page.locator("header.top .brand").bounding_box()
     toggle = page.locator("#nav-toggle").bounding_box()

@@ -5,13 +5,19 @@ not, and what it would send. Each action is the API route's own body
 (``automation_common.api``), so checks, audit entries and ``auto_reply.changed``
 events are the API's.
 
-The panel edits a rule's match, its options and one text reply; rules with other
-actions (quick replies, tags, assignment, status, media) or conditions are made
-through the API, and the panel keeps their actions and conditions when it edits them.
+The form edits everything the API's model has: the match, the options, the conditions
+(chat type, first message, business hours, chat tags, status) and the actions (text
+reply, quick reply, tags, assignment, status with a snooze time), as numbered rows
+(``c0_type``, ``a0_type``, ...). Without JavaScript, "Add a condition" / "Add an action"
+/ "Remove" are submit buttons (``op``) that show the form again with one row more or
+less, nothing saved. An action the form cannot show (a media reply, a quick reply with
+variables) is kept as it is (``a<i>_keep``, its JSON, checked by the same model).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,8 +39,11 @@ from appliance.api.panel.web import (
 )
 from appliance.api.routes import auto_replies as routes
 from appliance.api.routes.auto_replies import AutoReplyTestIn, RuleIn, RuleOut, RulePatch
+from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
 from appliance.errors import ClientError
+from appliance.inbox import quick_replies_store, tags_store
+from appliance.inbox import store as inbox_store
 
 MATCH_TYPES = {
     "contains": N_("contains"),
@@ -58,6 +67,30 @@ ACTION_NAMES = {
     "assign": N_("Assign"),
     "set_status": N_("Set the status"),
 }
+CONDITION_NAMES = {
+    "chat_type": N_("Chat type"),
+    "first_message": N_("First message"),
+    "business_hours": N_("Business hours"),
+    "chat_tags": N_("Chat tags"),
+    "status": N_("Conversation status"),
+}
+MAX_ROWS = 10
+_CONDITION_FIELDS = {
+    "chat_type": ("chat",),
+    "first_message": ("idle_s",),
+    "business_hours": ("when",),
+    "chat_tags": ("required", "excluded"),
+    "status": ("statuses",),
+}
+_ACTION_FIELDS = {
+    "reply": ("text", "quote"),
+    "quick_reply": ("quick_reply", "quote"),
+    "tags": ("add", "remove"),
+    "assign": ("user_id",),
+    "set_status": ("status", "snooze_s"),
+}
+_LISTS = {"required", "excluded", "statuses", "add", "remove"}
+_NUMBERS = {"idle_s", "snooze_s", "user_id", "quick_reply"}
 
 
 def simple_reply(rule: RuleOut) -> str | None:
@@ -78,32 +111,212 @@ def _number(value: str, default: int) -> Any:
         return value
 
 
-async def _form_values() -> dict[str, Any]:
-    form = await request.form
+def _count(form: Mapping[str, Any], key: str, default: int) -> int:
+    try:
+        return max(0, min(MAX_ROWS, int(form.get(key, default))))
+    except (TypeError, ValueError):
+        return default
+
+
+def _getlist(form: Any, key: str) -> list[str]:
+    if hasattr(form, "getlist"):
+        return [str(v) for v in form.getlist(key)]
+    value = form.get(key)
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _row(form: Any, prefix: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"type": form.get(f"{prefix}_type", "")}
+    for name in fields:
+        key = f"{prefix}_{name}"
+        if name in _LISTS:
+            row[name] = _getlist(form, key)
+        elif name == "quote":
+            row[name] = bool(form.get(key))
+        else:
+            row[name] = str(form.get(key, "")).strip()
+    keep = form.get(f"{prefix}_keep")
+    if keep:
+        row["keep"] = keep
+    return row
+
+
+def parse_rows(form: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A posted form's condition and action rows (what the form shows again). A form
+    from before the rows (a ``reply`` field and no ``actions`` count) is one text reply."""
+    cond_fields = tuple(dict.fromkeys(f for fs in _CONDITION_FIELDS.values() for f in fs))
+    act_fields = tuple(dict.fromkeys(f for fs in _ACTION_FIELDS.values() for f in fs))
+    conditions = [_row(form, f"c{i}", cond_fields) for i in range(_count(form, "conditions", 0))]
+    if "actions" not in form and "reply" in form:
+        reply = str(form.get("reply", "")).strip()
+        return conditions, [{"type": "reply", "text": reply, "quote": False}]
+    actions = [_row(form, f"a{i}", act_fields) for i in range(_count(form, "actions", 1))]
+    return conditions, actions
+
+
+def _typed(row: dict[str, Any], fields: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A row as the API model's item: the fields of its type, numbers as numbers, empty
+    ones left out (the model says what is missing)."""
+    kind = row.get("type", "")
+    if row.get("keep"):
+        try:
+            kept: dict[str, Any] = json.loads(row["keep"])
+            return kept
+        except ValueError:
+            return {"type": kind, "keep": row["keep"]}  # refused by the model
+    item: dict[str, Any] = {"type": kind}
+    for name in fields.get(kind, ()):
+        value = row.get(name)
+        if name in _LISTS:
+            item[name] = [_number(v, 0) for v in value or []]
+        elif name == "quote":
+            item[name] = bool(value)
+        elif value in ("", None):
+            continue
+        elif name == "quick_reply":
+            item[name] = {"id": _number(str(value), 0)}
+        elif name in _NUMBERS:
+            item[name] = _number(str(value), 0)
+        else:
+            item[name] = value
+    return item
+
+
+def rows_body(conditions: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The API body's ``conditions`` and ``actions`` from the form's rows; a condition
+    row with no type chosen is no condition."""
     return {
+        "conditions": [_typed(r, _CONDITION_FIELDS) for r in conditions if r.get("type")],
+        "actions": [_typed(r, _ACTION_FIELDS) for r in actions],
+    }
+
+
+def apply_op(op: str, conditions: list[dict[str, Any]], actions: list[dict[str, Any]]) -> bool:
+    """Add or remove a row for the form's ``op`` button; False: no such op (save)."""
+    if op == "add_condition" and len(conditions) < MAX_ROWS:
+        conditions.append({"type": ""})
+    elif op == "add_action" and len(actions) < MAX_ROWS:
+        actions.append({"type": "reply"})
+    elif op.startswith("remove_condition:") and op.split(":")[1].isdigit():
+        index = int(op.split(":")[1])
+        if index < len(conditions):
+            del conditions[index]
+    elif op.startswith("remove_action:") and op.split(":")[1].isdigit():
+        index = int(op.split(":")[1])
+        if index < len(actions):
+            del actions[index]
+    elif op in ("add_condition", "add_action"):
+        pass  # at the most already
+    else:
+        return False
+    return True
+
+
+def rule_rows(rule: RuleOut) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A saved rule's conditions and actions as the form's rows."""
+    conditions = [
+        {
+            k: ([str(x) for x in v] if isinstance(v, list) and k != "statuses" else v)
+            for k, v in c.model_dump().items()
+        }
+        for c in rule.conditions
+    ]
+    for c in conditions:
+        if c.get("idle_s") is None:
+            c["idle_s"] = ""
+    actions: list[dict[str, Any]] = []
+    for a in rule.actions:
+        data = a.model_dump(mode="json")
+        if (a.type == "reply" and data.get("media")) or (
+            a.type == "quick_reply" and data["quick_reply"].get("variables")
+        ):
+            actions.append({"type": a.type, "keep": json.dumps(data)})
+            continue
+        row: dict[str, Any] = dict(data)
+        if a.type == "quick_reply":
+            row["quick_reply"] = str(data["quick_reply"]["id"])
+        for key in ("add", "remove"):
+            if key in row:
+                row[key] = [str(x) for x in row[key]]
+        for key in ("user_id", "snooze_s", "text"):
+            if key in row and row[key] is None:
+                row[key] = ""
+        if a.type == "assign" and row["user_id"] != "":
+            row["user_id"] = str(row["user_id"])
+        actions.append(row)
+    return conditions, actions
+
+
+async def _form_values() -> tuple[dict[str, Any], str]:
+    form = await request.form
+    conditions, actions = parse_rows(form)
+    values = {
         "name": form.get("name", "").strip(),
         "priority": _number(form.get("priority", ""), 100),
         "match_type": form.get("match_type", "contains"),
         "pattern": form.get("pattern", "").strip(),
-        "reply": form.get("reply", "").strip(),
         "cooldown_s": _number(form.get("cooldown_s", ""), 0),
         "stop": bool(form.get("stop")),
         "active": bool(form.get("active")),
+        "condition_rows": conditions,
+        "action_rows": actions,
     }
+    return values, str(form.get("op", ""))
 
 
-def _body(values: dict[str, Any], *, with_reply: bool) -> dict[str, Any]:
-    body = {k: v for k, v in values.items() if k != "reply"}
-    if with_reply:
-        body["actions"] = [{"type": "reply", "text": values["reply"] or None}]
+def _body(values: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in values.items() if k not in ("condition_rows", "action_rows")}
+    body.update(rows_body(values["condition_rows"], values["action_rows"]))
     return body
 
 
-def _errors(exc: ValidationError | ClientError) -> dict[str, str]:
-    errors = form_errors(exc, form_key="_form")
-    if "actions" in errors:
-        errors["reply"] = errors.pop("actions")
-    return errors
+def row_errors(errors: dict[str, str], values: dict[str, Any]) -> dict[str, str]:
+    """Full-path errors to the form's keys: a row's (``conditions.2``: the index among
+    the rows with a type), a list's (``actions``) or a field's (``name``)."""
+    chosen = [i for i, r in enumerate(values.get("condition_rows", [])) if r.get("type")]
+    out: dict[str, str] = {}
+    for path, message in errors.items():
+        parts = path.split(".")
+        if parts[0] in ("conditions", "actions") and len(parts) > 1 and parts[1].isdigit():
+            index = int(parts[1])
+            if parts[0] == "conditions":
+                index = chosen[index] if index < len(chosen) else index
+            out.setdefault(f"{parts[0]}.{index}", message)
+        else:
+            out.setdefault(parts[0], message)
+    return out
+
+
+def _errors(exc: ValidationError | ClientError, values: dict[str, Any]) -> dict[str, str]:
+    return row_errors(form_errors(exc, full_path=True, form_key="_form"), values)
+
+
+async def _pickers(account: str) -> dict[str, Any]:
+    db = _db()
+    tags, _t = await tags_store.list_tags(db, account, cursor=None, limit=200)
+    replies, _q = await quick_replies_store.list_quick_replies(
+        db, account, q=None, cursor=None, limit=200
+    )
+    return {
+        "tags": tags,
+        "quick_replies": replies,
+        "people": await inbox_store.assignees(db, account),
+        "condition_names": CONDITION_NAMES,
+        "action_names": ACTION_NAMES,
+    }
+
+
+def new_values() -> dict[str, Any]:
+    return {
+        "priority": 100,
+        "cooldown_s": 0,
+        "stop": True,
+        "active": True,
+        "condition_rows": [],
+        "action_rows": [{"type": "reply"}],
+    }
 
 
 async def _list_page(
@@ -123,12 +336,12 @@ async def _list_page(
         account=account,
         accounts=accounts,
         errors=errors,
-        values=values or {"priority": 100, "cooldown_s": 0, "stop": True, "active": True},
+        values=values or new_values(),
         status=status,
         rules=rules,
         match_types=MATCH_TYPES,
-        action_names=ACTION_NAMES,
         simple_reply=simple_reply,
+        **(await _pickers(account) if account is not None else {"action_names": ACTION_NAMES}),
         test=None,
         test_values={},
     )
@@ -146,14 +359,21 @@ async def auto_replies() -> Response:
 @requires(Permission.AUTOMATIONS_MANAGE)
 @hide
 async def auto_reply_create(account: str) -> Response:
-    values = await _form_values()
+    values, op = await _form_values()
+    if apply_op(op, values["condition_rows"], values["action_rows"]):
+        await api(routes.list_auto_replies)(account)  # the API's account check (404)
+        return await _list_page(account, await accounts_list(), values=values)
     try:
-        data = RuleIn.model_validate(_body(values, with_reply=True))
+        data = RuleIn.model_validate(_body(values))
         await api(routes.create_auto_reply)(account, data)
     except (ValidationError, ClientError) as exc:
         status = refusal_status(exc)
         return await _list_page(
-            account, await accounts_list(), errors=_errors(exc), values=values, status=status
+            account,
+            await accounts_list(),
+            errors=_errors(exc, values),
+            values=values,
+            status=status,
         )
     return see_other(f"/panel/auto-replies?account={account}")
 
@@ -166,15 +386,17 @@ async def _edit_page(
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
+    conditions, actions = rule_rows(rule)
     shown = values or {
         "name": rule.name,
         "priority": rule.priority,
         "match_type": rule.match_type,
         "pattern": rule.pattern,
-        "reply": simple_reply(rule) or "",
         "cooldown_s": rule.cooldown_s,
         "stop": rule.stop,
         "active": rule.active,
+        "condition_rows": conditions,
+        "action_rows": actions,
     }
     return await page(
         "panel/auto_reply.html",
@@ -182,11 +404,10 @@ async def _edit_page(
         nav="auto_replies",
         account=account,
         rule=rule,
-        editable_reply=simple_reply(rule) is not None,
         errors=errors or {},
         values=shown,
         match_types=MATCH_TYPES,
-        action_names=ACTION_NAMES,
+        **await _pickers(account),
     )
 
 
@@ -202,13 +423,17 @@ async def auto_reply(account: str, rule_id: str) -> Response:
 @hide
 async def auto_reply_update(account: str, rule_id: str) -> Response:
     rule: RuleOut = await api(routes.get_auto_reply)(account, rule_id)
-    values = await _form_values()
+    values, op = await _form_values()
+    if apply_op(op, values["condition_rows"], values["action_rows"]):
+        return await _edit_page(account, rule, values=values)
     try:
-        data = RulePatch.model_validate(_body(values, with_reply=simple_reply(rule) is not None))
+        data = RulePatch.model_validate(_body(values))
         await api(routes.update_auto_reply)(account, rule_id, data)
     except (ValidationError, ClientError) as exc:
         status = refusal_status(exc)
-        return await _edit_page(account, rule, errors=_errors(exc), values=values, status=status)
+        return await _edit_page(
+            account, rule, errors=_errors(exc, values), values=values, status=status
+        )
     return see_other(f"/panel/auto-replies?account={account}")
 
 
@@ -268,8 +493,8 @@ async def auto_reply_test(account: str) -> Response:
         accounts=await accounts_list(),
         rules=rules,
         errors={},
-        values={"priority": 100, "cooldown_s": 0, "stop": True, "active": True},
+        values=new_values(),
         match_types=MATCH_TYPES,
         simple_reply=simple_reply,
-        **ctx,
+        **{**await _pickers(account), **ctx},
     )
