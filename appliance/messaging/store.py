@@ -282,30 +282,33 @@ _MESSAGE_COLS = (
 )
 
 
-def message_out(row: MessageRow) -> MessageOut:
+def _message_fields(row: MessageRow, content: Any) -> dict[str, Any]:
+    """A message as the API shows it, by field name (``MessageOut``'s aliases)."""
     out = row.direction == "out"
     chat = row.chat_jid
-    return MessageOut.model_validate(
-        {
-            "id": row.id,
-            "account_id": row.account_id,
-            "chat_id": chat,
-            "direction": row.direction,
-            "from": None if out else (row.sender_jid or chat),
-            "to": chat if out else None,
-            "type": row.type,
-            "content": row.content,
-            "status": row.status,
-            "error": row.error,
-            "reply_to": row.reply_to,
-            "timestamp": row.wa_timestamp,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "deleted_at": row.deleted_at,
-            "origin": row.origin,
-            "sender_name": row.sender_name,
-        }
-    )
+    return {
+        "id": row.id,
+        "account_id": row.account_id,
+        "chat_id": chat,
+        "direction": row.direction,
+        "from": None if out else (row.sender_jid or chat),
+        "to": chat if out else None,
+        "type": row.type,
+        "content": content,
+        "status": row.status,
+        "error": row.error,
+        "reply_to": row.reply_to,
+        "timestamp": row.wa_timestamp,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "deleted_at": row.deleted_at,
+        "origin": row.origin,
+        "sender_name": row.sender_name,
+    }
+
+
+def message_out(row: MessageRow) -> MessageOut:
+    return MessageOut.model_validate(_message_fields(row, row.content))
 
 
 async def _fetchone(
@@ -532,27 +535,7 @@ def _content_out(content_json: str) -> dict[str, Any]:
 def message_event_data(row: MessageRow) -> dict[str, Any]:
     """``message_out(row).model_dump(mode="json", by_alias=True)`` without the model: a
     status event's payload (tests/unit/test_message_events.py checks they are equal)."""
-    out = row.direction == "out"
-    chat = row.chat_jid
-    return {
-        "id": row.id,
-        "account_id": row.account_id,
-        "chat_id": chat,
-        "direction": row.direction,
-        "from": None if out else (row.sender_jid or chat),
-        "to": chat if out else None,
-        "type": row.type,
-        "content": _content_out(row.content_json),
-        "status": row.status,
-        "error": row.error,
-        "reply_to": row.reply_to,
-        "timestamp": row.wa_timestamp,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "deleted_at": row.deleted_at,
-        "origin": row.origin,
-        "sender_name": row.sender_name,
-    }
+    return _message_fields(row, _content_out(row.content_json))
 
 
 async def set_message_status(
