@@ -21,6 +21,7 @@ from appliance.api.access import (
     public,
 )
 from appliance.api.errors import install_error_handlers
+from appliance.api.json_provider import install_json_provider
 from appliance.api.keepalive import drain_rest_of_body
 from appliance.api.live import EventBell
 from appliance.api.middleware import ROUTE_KEY, install_request_middleware
@@ -100,6 +101,7 @@ def create_app(
         openapi_provider_class=ApplianceOpenAPIProvider,
     )
     schema_make_response = app.make_response
+    install_json_provider(app)
 
     async def make_response(result: Any) -> Any:
         # quart-schema turns the models routes return into JSON; a Response (most
