@@ -18,6 +18,7 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.attributes_views import TYPE_NAMES
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.inbox_organize import update_quick_reply_audited
@@ -153,6 +154,9 @@ async def _contact_page(
         tags=tags,
         tagged={t.id for t in current} if "tags" not in values else set(values["tags"]),
         may_tag=who.can(Permission.TAGS_APPLY),
+        may_declare=who.can(Permission.ACCOUNTS_MANAGE),
+        types=TYPE_NAMES,
+        max_string=logic.MAX_STRING_LENGTH,
         action=contact_edit_url(account, jid),
     )
 
