@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from quart.datastructures import FileStorage
 
 from appliance.auth import store as auth_store
 from appliance.db.database import Database
-from appliance.inbox import quick_replies_store
+from appliance.inbox import quick_replies_store, retention_store
 from tests.unit.conftest import OpenDb
 from tests.unit.test_panel import ALICE, A, _run, _sign_in
 
@@ -176,3 +177,61 @@ def test_quick_replies_with_media_variables_and_preview(
 
     _run(open_db, db_path, tmp_path, test, env="MEDIA_MAX_BYTES=2097152\n")
 
+
+def test_account_message_age(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        status, _text, csrf = await _sign_in(admin, "admin1")
+        assert status == 303
+        page = await (await admin.get(f"/panel/accounts/{A}")).get_data(as_text=True)
+        assert 'id="retention-form"' in page and "Now: messages are kept for ever." in page
+        assert 'id="last-retention-run"' not in page  # no run yet
+        url = f"/panel/accounts/{A}/retention"
+        for days in ("0", "abc", "36501"):
+            bad = await admin.post(
+                url, form={"csrf_token": csrf, "keep": "days", "message_days": days}
+            )
+            text = await bad.get_data(as_text=True)
+            assert bad.status_code == 400 and 'id="f-message-days-error"' in text, days
+            assert f'value="{days}"' in text
+        assert (await retention_store.account_retention(db, A)).message_days is None
+        saved = await admin.post(
+            url, form={"csrf_token": csrf, "keep": "days", "message_days": "30"}
+        )
+        assert saved.status_code == 303
+        assert saved.headers["Location"] == f"/panel/accounts/{A}?retention=saved#retention"
+        assert (await retention_store.account_retention(db, A)).message_days == 30
+        audit = await auth_store.list_audit(db, before=None, limit=1)
+        assert audit[0].action == "retention.account_update"
+        async with db.write() as conn:
+            run = await retention_store.start_run(conn, "manual", time.time())
+            await retention_store.finish_run(
+                conn,
+                run,
+                deleted={"messages": 7, "media": 2},
+                batches=1,
+                error=None,
+                now=time.time(),
+            )
+        page = await (await admin.get(saved.headers["Location"].split("#")[0])).get_data(
+            as_text=True
+        )
+        assert 'id="retention-saved"' in page and "Now: messages are kept 30 days." in page
+        assert "messages deleted 7, media files 2" in page
+        forever = await admin.post(
+            url, form={"csrf_token": csrf, "keep": "forever", "message_days": "30"}
+        )
+        assert forever.status_code == 303
+        assert (await retention_store.account_retention(db, A)).message_days is None
+        # Agents see the age, not the form nor the runs; they cannot change it.
+        agent = app.test_client()
+        status, _text, agent_csrf = await _sign_in(agent, "agent1")
+        page = await (await agent.get(f"/panel/accounts/{A}")).get_data(as_text=True)
+        assert "Now: messages are kept for ever." in page
+        assert 'id="retention-form"' not in page and 'id="last-retention-run"' not in page
+        refused = await agent.post(
+            url, form={"csrf_token": agent_csrf, "keep": "days", "message_days": "5"}
+        )
+        assert refused.status_code == 403
+
+    _run(open_db, db_path, tmp_path, test)
