@@ -116,6 +116,18 @@ async def attribute_defs(source: ReadSource, account_id: str) -> list[AttributeD
     return [AttributeDef(r["key"], r["type"]) for r in rows]
 
 
+async def attribute_holders(source: ReadSource, account_id: str) -> dict[str, int]:
+    """How many of the account's contacts hold a value for each attribute key (what a
+    removal deletes, and why a retype is refused)."""
+    rows = await fetchall_from(
+        source,
+        "SELECT j.key AS key, COUNT(*) AS n FROM contacts, json_each(contacts.attributes) j "
+        "WHERE contacts.account_id = ? GROUP BY j.key",
+        (account_id,),
+    )
+    return {str(r["key"]): int(r["n"]) for r in rows}
+
+
 async def replace_attribute_defs(
     conn: aiosqlite.Connection, account_id: str, defs: Sequence[AttributeDef], now: float
 ) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from appliance.api.panel import (
     accounts_views,
     admin_views,
+    attributes_views,
     autoreply_views,
     contacts_views,
     conversation,
@@ -31,6 +32,7 @@ from appliance.api.panel.web import bp
 __all__ = [
     "accounts_views",
     "admin_views",
+    "attributes_views",
     "autoreply_views",
     "bp",
     "contacts_views",

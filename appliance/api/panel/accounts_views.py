@@ -1,5 +1,6 @@
 """Accounts: the list with live state, create for each engine, link a phone (QR code that
-follows WhatsApp's rotation, or a pairing code), connect, log out, and settings.
+follows WhatsApp's rotation, or a pairing code), connect, log out, settings, and how
+long the account keeps its messages (``PUT /api/accounts/<id>/retention``).
 
 Every route checks what the matching JSON route (``api/routes/accounts.py``) checks
 (permission, account grant) and does what it does through the same stores, audit
@@ -30,11 +31,14 @@ from appliance.api.routes.accounts import (
     delete_account_audited,
     validate_engine_settings,
 )
+from appliance.api.routes.retention import update_account_retention_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
 from appliance.errors import ClientError, InvalidInput, IpcError
+from appliance.inbox import retention_store
+from appliance.inbox.retention import MAX_DAYS, AccountRetentionIn
 from appliance.ipc import protocol
 from appliance.messaging import history_store, store
 from appliance.messaging.models import AccountSettings
@@ -366,6 +370,11 @@ async def _detail(
         other_errors=_other_errors(errors, engine_fields + account_fields),
         events_after=await store.last_event_id(_db()),
         sync=await history_store.sync_status(_db(), row.id),
+        **(
+            await _retention_context(
+                row.id, extra.pop("retention_values", None), extra.pop("retention_errors", None)
+            )
+        ),
         **extra,
     )
 
@@ -517,6 +526,58 @@ async def account_settings(account: str) -> Response:
     assert updated is not None  # updated just now, in this transaction
     await poke("accounts")
     return await _detail(updated, saved=True)
+
+
+# -- message age (retention) -------------------------------------------------------------
+
+
+async def _retention_context(
+    account: str, values: dict[str, str] | None, errors: dict[str, str] | None
+) -> dict[str, Any]:
+    """The account's message age as GET /api/accounts/<id>/retention answers it, and the
+    retention job's last run for those who may read the runs (``retention.manage``, as
+    GET /api/retention/runs)."""
+    current = await retention_store.account_retention(_db(), account)
+    last_run = None
+    if principal().can(Permission.RETENTION_MANAGE):
+        runs = await retention_store.list_runs(_db(), before=None, limit=1)
+        last_run = retention_store.run_out(runs[0]) if runs else None
+    shown = values or {
+        "keep": "forever" if current.message_days is None else "days",
+        "message_days": "" if current.message_days is None else str(current.message_days),
+    }
+    return {
+        "retention": current,
+        "retention_values": shown,
+        "retention_errors": errors or {},
+        "retention_saved": request.args.get("retention") == "saved",
+        "retention_max_days": MAX_DAYS,
+        "last_run": last_run,
+    }
+
+
+@bp.post("/accounts/<account>/retention")
+@requires(Permission.ACCOUNTS_MANAGE)
+@hide
+async def account_retention(account: str) -> Response:
+    """As PUT /api/accounts/<id>/retention: "for ever" (null) or a number of days."""
+    row = await account_for(account)
+    form = await _form()
+    keep = "forever" if form.get("keep") == "forever" else "days"
+    raw = form.get("message_days", "").strip()[:20]
+    values = {"keep": keep, "message_days": raw}
+    if keep == "days" and not raw.isdigit():
+        errors = {"message_days": _("Enter a whole number of days, or keep messages for ever.")}
+        return await _detail(row, status=400, retention_values=values, retention_errors=errors)
+    try:
+        data = AccountRetentionIn.model_validate(
+            {"message_days": int(raw) if keep == "days" else None}
+        )
+    except ValidationError as exc:
+        errors = form_errors(exc)
+        return await _detail(row, status=400, retention_values=values, retention_errors=errors)
+    await update_account_retention_audited(account, data)
+    return see_other(f"/panel/accounts/{row.id}?retention=saved#retention")
 
 
 # -- delete ------------------------------------------------------------------------------

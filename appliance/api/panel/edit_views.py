@@ -1,7 +1,8 @@
 """Editing a contact (the team's name for it, its declared attributes, its tags) and a
-quick reply (name, shortcut, text), as ``PATCH .../contacts/{contact}``,
-``POST .../tagging`` and ``PATCH .../quick-replies/{id}`` do: the same stores, the
-same checks, the same events and audit entries. Bad values are shown next to their
+quick reply (name, shortcut, text, media; a preview as ``.../render``), as
+``PATCH .../contacts/{contact}``, ``POST .../tagging``, ``PATCH .../quick-replies/{id}``
+and ``POST .../quick-replies/{id}/render`` do: the same stores, the same checks, the
+same events and audit entries. Bad values are shown next to their
 field (400), a shortcut in use next to the shortcut (409).
 """
 
@@ -18,19 +19,29 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.attributes_views import TYPE_NAMES
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import bp, form_errors, page, see_other
+from appliance.api.panel.reply_media import (
+    chosen_media,
+    kept_values,
+    media_view,
+    reply_media,
+    upload_context,
+)
+from appliance.api.panel.web import bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes.inbox_organize import update_quick_reply_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.errors import ClientError, Conflict, InvalidInput, NotFound
 from appliance.inbox import contacts as logic
 from appliance.inbox import contacts_store, notes_store, quick_replies_store, tags_store
-from appliance.inbox.models import QuickReplyUpdateIn
+from appliance.inbox.models import QuickReplyOut, QuickReplyRenderIn, QuickReplyUpdateIn
+from appliance.inbox.quick_replies import MAX_VARIABLE_VALUE
 from appliance.messaging.models import recipient_jid
 
 MAX_JID = 256
+PREVIEW_CONTACTS = 20  # phone numbers offered for a preview
 
 
 # -- quick replies -----------------------------------------------------------------------
@@ -47,27 +58,40 @@ async def quick_reply_edit(account: str, reply_id: int) -> Response:
     await account_for(account)
     reply = await quick_replies_store.get_quick_reply(_db(), account, reply_id)
     values = {"name": reply.name, "shortcut": reply.shortcut, "body": reply.body or ""}
-    return await _reply_page(account, reply_id, reply.media is not None, values, {})
+    return await _reply_page(account, reply, values, {})
 
 
 async def _reply_page(
     account: str,
-    reply_id: int,
-    has_media: bool,
+    reply: QuickReplyOut,
     values: dict[str, Any],
     errors: dict[str, str],
     status: int = 200,
+    **extra: Any,
 ) -> Response:
     return await page(
         "panel/quick_reply_edit.html",
         status=status,
         nav="quick_replies",
         account=account,
-        action=_reply_url(account, reply_id),
-        has_media=has_media,
+        reply=reply,
+        action=_reply_url(account, reply.id),
+        has_media=reply.media is not None,
+        media=media_view(account, reply.media),
         values=values,
         errors=errors,
+        phones=await _preview_phones(account),
+        **upload_context(),
+        **extra,
     )
+
+
+async def _preview_phones(account: str) -> list[str]:
+    """Numbers of the account's contacts the preview offers (its ``to``)."""
+    contacts, _next = await contacts_store.list_contacts(
+        _db(), account, contacts_store.ContactFilter(), limit=PREVIEW_CONTACTS
+    )
+    return [c["phone"] for c in contacts if c["phone"]]
 
 
 @bp.post("/accounts/<account>/quick-replies/<int:reply_id>/edit")
@@ -75,33 +99,117 @@ async def _reply_page(
 @hide
 async def quick_reply_update(account: str, reply_id: int) -> Response:
     """As PATCH /api/accounts/{id}/quick-replies/{reply}: name, shortcut and text (an
-    empty text removes it when the reply has media; media stays as it is)."""
+    empty text removes it when the reply has media); the media replaced by a file
+    chosen in the form (uploaded as POST .../media does), removed, or kept."""
     await account_for(account)
     current = await quick_replies_store.get_quick_reply(_db(), account, reply_id)
     form = await request.form
-    values = {
+    files = await request.files
+    values: dict[str, Any] = {
         "name": str(form.get("name", "")).strip(),
         "shortcut": str(form.get("shortcut", "")).strip(),
         "body": str(form.get("body", "")).strip(),
+        "remove_media": bool(form.get("remove_media")),
     }
     changes_in: dict[str, Any] = {"name": values["name"], "shortcut": values["shortcut"]}
     changes_in["body"] = values["body"] or None
-    has_media = current.media is not None
+    chosen = await chosen_media(account, form, files)
+    values.update(kept_values(chosen.record))
+    if chosen.error is not None:
+        return await _reply_page(account, current, values, {"media": chosen.error}, chosen.status)
+    if chosen.record is not None:
+        changes_in["media"] = reply_media(chosen.record)
+    elif values["remove_media"] and current.media is not None:
+        changes_in["media"] = None
+    has_media = chosen.record is not None or (
+        current.media is not None and not values["remove_media"]
+    )
     try:
         data = QuickReplyUpdateIn.model_validate(changes_in)
     except ValidationError as exc:
         errors = form_errors(exc, form_key="body")
-        return await _reply_page(account, reply_id, has_media, values, errors, 400)
+        return await _reply_page(account, current, values, errors, 400)
     if data.body is None and not has_media:
         errors = {"body": _("Write the text: a quick reply without media needs it.")}
-        return await _reply_page(account, reply_id, has_media, values, errors, 400)
+        return await _reply_page(account, current, values, errors, 400)
     try:
         await update_quick_reply_audited(account, reply_id, data)
     except Conflict:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
-        return await _reply_page(account, reply_id, has_media, values, errors, 409)
+        return await _reply_page(account, current, values, errors, 409)
+    except ClientError as exc:  # the media refused by the API's check (422)
+        return await _reply_page(account, current, values, {"media": exc.message}, exc.http_status)
     await poke("events")
     return see_other(f"/panel/quick-replies?account={quote(account, safe='')}")
+
+
+@bp.post("/accounts/<account>/quick-replies/<int:reply_id>/preview")
+@requires(Permission.MESSAGES_READ)
+@hide
+async def quick_reply_preview(account: str, reply_id: int) -> Response:
+    """As POST /api/accounts/{id}/quick-replies/{reply}/render: the content the reply
+    would send to a chat with these variables (the same ``compose``), or the API's
+    reasons next to the fields. Sends nothing."""
+    await account_for(account)
+    db = _db()
+    reply = await quick_replies_store.get_quick_reply(db, account, reply_id)
+    form = await request.form
+    to = str(form.get("to", "")).strip()[:MAX_JID]
+    variables = {
+        name: str(form.get(f"var.{name}", ""))[:MAX_VARIABLE_VALUE]
+        for name in reply.variables
+        if str(form.get(f"var.{name}", ""))
+    }
+    shown = {"to": to, **{f"var.{k}": v for k, v in variables.items()}}
+    errors: dict[str, str] = {}
+    rendered: dict[str, Any] | None = None
+    try:
+        data = QuickReplyRenderIn.model_validate({"to": to, "variables": variables})
+        message = await quick_replies_store.compose(
+            db,
+            account,
+            reply,
+            to=data.to,
+            agent=principal().name,
+            variables=data.variables,
+            extra={},
+        )
+    except ValidationError as exc:
+        errors = {("to" if k == "to" else "preview"): v for k, v in form_errors(exc).items()}
+    except InvalidInput as exc:
+        for key, message_text in form_errors(exc, full_path=True).items():
+            name = key.removeprefix("quick_reply.variables.")
+            errors[f"var.{name}" if name in reply.variables else "preview"] = message_text
+        errors = errors or {"preview": exc.message}
+    else:
+        content = message.model_dump(
+            mode="json", exclude_none=True, exclude={"to", "messaging_product"}
+        )
+        part = content.get(message.type, {})
+        rendered = {
+            "type": message.type,
+            "text": part.get("body") if message.type == "text" else part.get("caption"),
+            "media": media_view(account, reply.media) if message.type != "text" else None,
+        }
+    if is_htmx():  # htmx swaps 2xx answers only: the fragment says what was refused
+        status = 200
+    else:
+        status = 400 if errors else 200
+    if is_htmx():
+        return await page(
+            "panel/quick_reply_preview.html",
+            status=status,
+            account=account,
+            reply=reply,
+            preview=rendered,
+            preview_values=shown,
+            errors=errors,
+            phones=await _preview_phones(account),
+        )
+    values = {"name": reply.name, "shortcut": reply.shortcut, "body": reply.body or ""}
+    return await _reply_page(
+        account, reply, values, errors, status, preview=rendered, preview_values=shown
+    )
 
 
 # -- contacts ----------------------------------------------------------------------------
@@ -153,6 +261,9 @@ async def _contact_page(
         tags=tags,
         tagged={t.id for t in current} if "tags" not in values else set(values["tags"]),
         may_tag=who.can(Permission.TAGS_APPLY),
+        may_declare=who.can(Permission.ACCOUNTS_MANAGE),
+        types=TYPE_NAMES,
+        max_string=logic.MAX_STRING_LENGTH,
         action=contact_edit_url(account, jid),
     )
 

@@ -1,8 +1,8 @@
 """Tags and quick replies of an account, for managers and admins: list, create,
 rename or recolour (a palette colour or any #rrggbb), or change, delete. Each route
 does what the matching route of ``api/routes/inbox_organize.py`` does (permission,
-account grant, store, audit entry). Quick replies with media stay an API feature: the
-panel edits their text.
+account grant, store, audit entry). A quick reply's media is a file chosen in the form,
+stored through the media store as the API's upload stores it (``reply_media``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
+from appliance.api.panel.reply_media import chosen_media, kept_values, reply_media, upload_context
 from appliance.api.panel.web import (
     N_,
     accounts_list,
@@ -36,7 +37,7 @@ from appliance.api.routes.inbox_organize import (
 )
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
-from appliance.errors import Conflict
+from appliance.errors import ClientError, Conflict
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
 from appliance.inbox.tags import PALETTE
@@ -186,9 +187,25 @@ async def _reply_rows(account: str) -> list[Any]:
     return replies
 
 
-_replies_page = partial(
-    _rows_page, "panel/quick_replies.html", "quick_replies", "replies", _reply_rows
-)
+async def _replies_page(
+    account: str | None,
+    accounts: list[Any],
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status: int = 200,
+) -> Response:
+    return await _rows_page(
+        "panel/quick_replies.html",
+        "quick_replies",
+        "replies",
+        _reply_rows,
+        account,
+        accounts,
+        errors,
+        values,
+        status,
+        **upload_context(),
+    )
 
 
 @bp.get("/quick-replies")
@@ -203,21 +220,36 @@ async def quick_replies() -> Response:
 @requires(Permission.QUICK_REPLIES_MANAGE)
 @hide
 async def quick_reply_create(account: str) -> Response:
+    """As POST /api/accounts/{id}/quick-replies, with the file chosen in the form
+    uploaded first as POST .../media does (``reply_media``)."""
     await account_for(account)
     form = await request.form
-    values = {
+    files = await request.files
+    values: dict[str, Any] = {
         "name": form.get("name", "").strip(),
         "shortcut": form.get("shortcut", "").strip(),
         "body": form.get("body", "").strip() or None,
     }
     accounts = await accounts_list()
+    chosen = await chosen_media(account, form, files)
+    shown = {**values, **kept_values(chosen.record)}
+    if chosen.error is not None:
+        errors = {"media": chosen.error}
+        return await _replies_page(account, accounts, errors, shown, chosen.status)
+    body = {k: v for k, v in values.items() if v is not None}  # the API refuses a null
+    if chosen.record is not None:
+        body["media"] = reply_media(chosen.record)
     try:
-        await create_quick_reply_audited(account, QuickReplyIn.model_validate(values))
+        await create_quick_reply_audited(account, QuickReplyIn.model_validate(body))
     except ValidationError as exc:
-        return await _replies_page(account, accounts, form_errors(exc), values, 400)
+        errors = form_errors(exc, form_key="body")
+        return await _replies_page(account, accounts, errors, shown, 400)
     except Conflict:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
-        return await _replies_page(account, accounts, errors, values, 409)
+        return await _replies_page(account, accounts, errors, shown, 409)
+    except ClientError as exc:  # the media refused by the API's check (422)
+        errors = {"media": exc.message}
+        return await _replies_page(account, accounts, errors, shown, exc.http_status)
     return see_other(f"/panel/quick-replies?account={account}")
 
 

@@ -333,6 +333,14 @@ async def put_attribute_defs(account: str, data: AttributeDefs) -> dict[str, Any
     while contacts hold values for it.
     """
     await account_for(account)
+    await replace_attribute_defs_audited(account, data)
+    return _json(data)
+
+
+async def replace_attribute_defs_audited(account: str, data: AttributeDefs) -> list[str]:
+    """Declare exactly ``data.items`` for a granted account and audit it (shared with the
+    panel): InvalidInput naming bad or repeated keys, Conflict for a retyped key that
+    contacts hold values of. Answers the keys removed (their values went with them)."""
     defs = [AttributeDef(d.key, d.type) for d in data.items]
     logic.check_defs(defs)
     async with _db().write() as conn:
@@ -344,7 +352,7 @@ async def put_attribute_defs(account: str, data: AttributeDefs) -> dict[str, Any
             keys=[d.key for d in defs],
             removed=removed,
         )
-    return _json(data)
+    return removed
 
 
 # -- CSV ---------------------------------------------------------------------------------

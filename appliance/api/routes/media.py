@@ -2,7 +2,8 @@
 
 Uploads may be larger than the app-wide body limit (MAX_BODY_BYTES, 1 MiB): this
 route takes up to MEDIA_MAX_BYTES. The blueprint installs a request class that gives
-only ``POST /api/accounts/<account>/media`` the larger limit, and that keeps reading
+only ``POST /api/accounts/<account>/media`` (and the panel's quick-reply forms, which
+upload a file the same way: ``UPLOAD_PATH``) the larger limit, and that keeps reading
 (and dropping) an oversized body for a while before answering 413, so the client
 reads a JSON 413 instead of a connection reset.
 """
@@ -36,7 +37,11 @@ from appliance.messaging.media import MediaRecord, TooLarge
 
 bp = Blueprint("media", __name__)
 
-UPLOAD_PATH = re.compile(r"^/api/accounts/[^/]+/media$")
+# The uploads: the API's, and the web panel's quick-reply forms that carry a file
+# (stored through the same media store, with the same limit).
+UPLOAD_PATH = re.compile(
+    r"^/(api/accounts/[^/]+/media|panel/accounts/[^/]+/quick-replies(/[0-9]+/edit)?)$"
+)
 # Room for the multipart framing around a file of MEDIA_MAX_BYTES.
 MULTIPART_OVERHEAD = 64 * 1024
 # An oversized body is read and dropped up to this multiple of the limit, then cut off.

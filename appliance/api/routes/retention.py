@@ -107,6 +107,14 @@ async def put_account_retention(account: str, data: AccountRetentionIn) -> dict[
     messages still waiting to be sent are kept until they are sent or failed.
     """
     await account_for(account)
+    return (await update_account_retention_audited(account, data)).model_dump(mode="json")
+
+
+async def update_account_retention_audited(
+    account: str, data: AccountRetentionIn
+) -> AccountRetention:
+    """Set a granted account's message age with its audit entry: the API's PUT and the
+    panel's account page."""
     async with _db().write() as conn:
         await store.set_account_retention(conn, account, data.message_days, time.time())
         await audit(
@@ -115,8 +123,7 @@ async def put_account_retention(account: str, data: AccountRetentionIn) -> dict[
             target=f"account:{account}",
             message_days=data.message_days,
         )
-        updated = await store.account_retention(conn, account)
-    return updated.model_dump(mode="json")
+        return await store.account_retention(conn, account)
 
 
 @bp.post("/api/retention/run")

@@ -238,6 +238,8 @@
 
   /* -- quick replies' custom variables ---------------------------------------------- */
   function clearVariables() {
+    var note = $("qr-media");
+    if (note) { note.hidden = true; }
     var box = $("qr-vars");
     if (!box) { return; }
     box.hidden = true;
@@ -245,6 +247,13 @@
   }
   body.addEventListener("panel:qr-chosen", function (e) {
     clearVariables();
+    // A quick reply with media sends it too: say which (its kind and name).
+    var media = e.detail.getAttribute("data-media") || "";
+    var note = $("qr-media");
+    if (note && media) {
+      note.querySelector("span").textContent = media;
+      note.hidden = false;
+    }
     var names = (e.detail.getAttribute("data-variables") || "").split(",").filter(Boolean);
     var box = $("qr-vars");
     if (!box || !names.length) { return; }

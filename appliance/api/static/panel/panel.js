@@ -253,7 +253,11 @@
     } else if (e.key === "Enter" && !e.shiftKey) {
       var form = e.target.form;
       var media = document.getElementById("media-id");
-      if (form && (e.target.value.trim() || (media && media.value))) { e.preventDefault(); form.requestSubmit(); }
+      var reply = document.getElementById("quick-reply-id");  // a quick reply may be media only
+      if (form && (e.target.value.trim() || (media && media.value) || (reply && reply.value))) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
     } else if (e.key === "Escape") {
       // Close the suggestions, else cancel the reply, else leave the box (the
       // inbox's shortcuts work again: keyboard-only use).

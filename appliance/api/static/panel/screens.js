@@ -8,6 +8,8 @@
  *   it; Tab indents (two spaces) unless Escape was pressed just before, so the
  *   keyboard can always leave the editor.
  * - Script trigger: only the settings of the chosen trigger are shown.
+ * - A file input with data-max-bytes (the quick replies' media) refuses a file over the
+ *   limit before it is sent (the server says it too, but only after the upload).
  */
 (function () {
   "use strict";
@@ -74,4 +76,15 @@
     trigger.addEventListener("change", show);
     show();
   }
+
+  /* -- file size limits --------------------------------------------------------------- */
+  document.addEventListener("change", function (e) {
+    var input = e.target;
+    if (!input.matches || !input.matches("input[type=file][data-max-bytes]")) { return; }
+    var limit = parseInt(input.getAttribute("data-max-bytes"), 10);
+    var file = input.files && input.files[0];
+    var over = Boolean(file && limit && file.size > limit);
+    input.setCustomValidity(over ? input.getAttribute("data-too-large") || "" : "");
+    if (over) { input.reportValidity(); }
+  });
 })();
