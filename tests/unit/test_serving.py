@@ -14,8 +14,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+import uvloop
 from hypercorn.config import Config
 from quart import Quart
 
@@ -82,7 +85,13 @@ def _read_until_closed(
     return answer
 
 
-def test_a_tls_handshake_under_way_at_the_stop_is_finished_and_served(tmp_path: Path) -> None:
+# The API processes run on uvloop (appliance/api/main.py); asyncio's own loop too.
+@pytest.mark.parametrize(
+    "new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_tls_handshake_under_way_at_the_stop_is_finished_and_served(
+    tmp_path: Path, new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
     cert, key = make_cert(tmp_path)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -94,7 +103,7 @@ def test_a_tls_handshake_under_way_at_the_stop_is_finished_and_served(tmp_path: 
     config.graceful_timeout = 5.0
     config.accesslog = None
 
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     stop = asyncio.Event()
     server = threading.Thread(
         target=lambda: loop.run_until_complete(serve_with_drain(_app(), config, stop, drain_s=5.0)),
