@@ -268,6 +268,20 @@
     }
   });
 
+  /* htmx drops 4xx and 5xx answers. The panel's are meant to be read: a refused action
+     answers an error fragment (a 403, a 404 for something deleted meanwhile, a 429),
+     retargeted at the page's message area, or a form fragment with its errors. Swap
+     any HTML error answer; others (a proxy's plain text, an empty 502) stay dropped. */
+  body.addEventListener("htmx:beforeSwap", function (e) {
+    var xhr = e.detail.xhr;
+    if (!xhr || xhr.status < 400) { return; }
+    var type = xhr.getResponseHeader("Content-Type") || "";
+    if (type.indexOf("text/html") === 0 && xhr.responseText) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+
   /* A live refresh of the chat list keeps the user's place: as many chats as the list
      shows (the pages loaded with "More chats"), its scroll position, the focused chat.
      A change of filters starts again from the top. */
