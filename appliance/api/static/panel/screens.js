@@ -8,6 +8,9 @@
  *   it; Tab indents (two spaces) unless Escape was pressed just before, so the
  *   keyboard can always leave the editor.
  * - Script trigger: only the settings of the chosen trigger are shown.
+ * - A secret shown once (a form post's answer, [data-replace-url]): the history gets the
+ *   screen's own address instead of the post, so a reload shows the screen without the
+ *   secret and posts nothing again (no second rotation, no second key).
  */
 (function () {
   "use strict";
@@ -73,5 +76,11 @@
     };
     trigger.addEventListener("change", show);
     show();
+  }
+
+  /* -- a secret shown once: the screen's own address in the history ------------------- */
+  var once = document.querySelector("[data-replace-url]");
+  if (once && window.history && window.history.replaceState) {
+    window.history.replaceState(null, "", once.getAttribute("data-replace-url"));
   }
 })();
