@@ -181,7 +181,7 @@ async def user_password(user_id: int) -> Response:
     ended = await reset_password_audited(user_id, data)
     if principal().kind == "user" and principal().id == user_id:
         return see_other("/panel/login")  # their own sessions ended, this one too
-    return see_other(f"/panel/users/{user_id}?password=set&ended={ended}")
+    return see_other(f"/panel/users/{user_id}?password=set&ended={ended}#password-set")
 
 
 async def _user_delete_page(
