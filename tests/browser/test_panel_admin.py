@@ -17,7 +17,12 @@ or critical violations) and saved as screenshots, light and dark.
 - Webhooks (an installation whose SSRF guard allows 127.0.0.1, OUTBOUND_ALLOW_NETWORKS:
   the session's refuses loopback receivers): an endpoint pointing at a receiver on
   127.0.0.1, its secret shown once, a test event whose delivery appears in the log
-  with the receiver's answer.
+  with the receiver's answer; its secret rotated after the confirmation, the new one
+  shown once (gone on reload), and the next delivery's signatures checked by the
+  receiver with the new secret and, during the grace period, the old one.
+- A user's password set by an administrator (the session's installation): the two
+  fields differing is refused next to the field; then the user's open session ends,
+  the old password no longer signs in and the new one does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import aiosqlite
 import pytest
 
 from appliance.messaging import history_store
+from appliance.webhooks.signing import sign
 from tests.browser.test_panel import WAIT_MS, _axe, _clean, _inject, _shot, _sign_in, _wait
 from tests.integration.conftest import Appliance, admin_password, login, running_appliance
 
@@ -267,6 +273,16 @@ def test_contacts_tags_and_quick_replies_screens(
     row.locator('button[type="submit"]:not([name="delete"])').click()
     page.locator('#tags li[data-tag="returns"][data-color="#7c2d12"]').wait_for()
     assert page.locator('#tags circle[fill="#7c2d12"]').count() == 1
+    # The dot's ring: the theme's muted colour, so #7c2d12 shows on the dark theme too
+    # (read once the page's stylesheets are in: the row is parsed before they load).
+    page.wait_for_load_state("load")
+    dot = page.locator('#tags li[data-tag="returns"] svg.tag-dot')
+    light_ring = dot.evaluate("e => getComputedStyle(e).boxShadow")
+    page.emulate_media(color_scheme="dark")
+    dark_ring = dot.evaluate("e => getComputedStyle(e).boxShadow")
+    page.emulate_media(color_scheme="light")
+    assert "0px 0px 0px 1px" in light_ring and "0px 0px 0px 1px" in dark_ring
+    assert light_ring != dark_ring, light_ring
     _both_themes(page, artefacts, "tags")
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
@@ -336,16 +352,18 @@ def test_contacts_tags_and_quick_replies_screens(
 
 class _Receiver(BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []
+    posts: list[tuple[dict[str, str], bytes]] = []  # headers (lower-case names), body
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
-        self.rfile.read(length)
+        body = self.rfile.read(length)
         type(self).seen.append(dict(self.headers))
-        body = b"received, thanks"
+        type(self).posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        answer = b"received, thanks"
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(answer)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -424,4 +442,121 @@ def test_settings_screen(appliance: Appliance, page: Any, artefacts: Path) -> No
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     _shot(page, artefacts, "settings-en-light-phone")
     page.set_viewport_size({"width": 1280, "height": 900})
+    _clean(page)
+
+
+def test_rotate_a_webhook_secret(
+    hooks_app: Appliance, receiver: str, page: Any, artefacts: Path
+) -> None:
+    with login(hooks_app, "admin", admin_password(hooks_app)) as api:
+        made = api.post("/api/webhooks", json={"url": receiver, "description": "rotation"})
+        assert made.status_code == 201, made.text
+        endpoint_id, first = made.json()["id"], made.json()["secret"]
+    base = hooks_app.base_url
+    _sign_in(page, hooks_app, "admin", admin_password(hooks_app))
+    page.goto(f"{base}/panel/webhooks/{endpoint_id}")
+    page.click("#rotate-secret-link")
+    page.wait_for_url(f"**/panel/webhooks/{endpoint_id}/rotate-secret")
+    assert "24 hours" in page.locator("main").inner_text()  # what happens to the old one
+    _both_themes(page, artefacts, "webhook-rotate")
+    page.click("#rotate-secret")
+    secret = page.locator("#secret-value").inner_text().strip()
+    assert secret.startswith("whsec_") and secret != first
+    assert "with the previous secret too" in page.locator("#secret-grace").inner_text()
+    # The history holds the endpoint's own address, not the post: a reload rotates
+    # nothing and shows no secret.
+    _wait(lambda: page.url == f"{base}/panel/webhooks/{endpoint_id}", "the address replaced")
+    _both_themes(page, artefacts, "webhook-rotated")
+    page.set_viewport_size({"width": 375, "height": 800})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _shot(page, artefacts, "webhook-rotated-en-light-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.reload()
+    page.locator("#previous-secret").wait_for()
+    assert page.locator("#secret-value").count() == 0 and secret not in page.content()
+    with login(hooks_app, "admin", admin_password(hooks_app)) as api:
+        audit = api.get("/api/audit", params={"limit": 200}).json()["items"]
+        rotations = [
+            e
+            for e in audit
+            if e["action"] == "webhook.rotate_secret" and e["target"] == f"webhook:{endpoint_id}"
+        ]
+        assert len(rotations) == 1, rotations  # the reload rotated nothing
+    # A delivery after the rotation: the receiver verifies it with the new secret (and,
+    # for the grace period, the old one signs it too).
+    page.click("#send-test")
+    page.wait_for_url("**?sent=test")
+
+    def delivery() -> tuple[dict[str, str], bytes] | None:
+        return next((p for p in _Receiver.posts if endpoint_id.encode() in p[1]), None)
+
+    headers, body = _wait(delivery, "the test delivery at the receiver", timeout_s=90)
+    signatures = headers["webhook-signature"].split()
+    msg_id, timestamp = headers["webhook-id"], int(headers["webhook-timestamp"])
+    assert sign(secret, msg_id, timestamp, body) in signatures
+    assert sign(first, msg_id, timestamp, body) in signatures
+    assert len(signatures) == 2
+    _clean(page)
+
+
+def test_set_a_users_password(appliance: Appliance, page: Any, artefacts: Path) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    name, old, new = f"pw{suffix}", "old-password-123", "new-password-456"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post(
+            "/api/users",
+            json={"username": name, "password": old, "role": "agent", "all_accounts": True},
+        )
+        assert made.status_code == 201, made.text
+        user_id = made.json()["id"]
+    theirs = login(appliance, name, old)  # a session of theirs, open during the reset
+    with theirs:
+        assert theirs.get("/auth/me").status_code == 200
+        _sign_in(page, appliance, "admin", admin_password(appliance))
+        page.goto(f"{appliance.base_url}/panel/users/{user_id}")
+        effects = page.locator("#f-new-password-effects").inner_text()
+        assert "Every session of theirs ends" in effects and "API keys keep working" in effects
+        page.fill("#f-new-password", new)
+        page.fill("#f-new-password-again", new + "x")
+        page.click("#set-password")
+        page.locator("#f-new-password-again-error").wait_for(timeout=WAIT_MS)
+        assert page.locator("#f-new-password-again").get_attribute("aria-invalid") == "true"
+        page.problems.clear()  # the browser logs the refused form's 400 itself
+        page.locator("#password-form").scroll_into_view_if_needed()
+        _both_themes(page, artefacts, "user-password-error")
+        assert theirs.get("/auth/me").status_code == 200  # nothing changed yet
+        page.fill("#f-new-password", new)
+        page.fill("#f-new-password-again", new)
+        page.click("#set-password")
+        page.wait_for_url(f"**/panel/users/{user_id}?password=set*")
+        done = page.locator("#password-set")
+        done.wait_for(timeout=WAIT_MS)
+        assert f"{name} was signed out of 1 session" in done.inner_text()
+        assert new not in page.content()
+        _both_themes(page, artefacts, "user-password")
+        page.set_viewport_size({"width": 375, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.locator("#password-form").scroll_into_view_if_needed()
+        _shot(page, artefacts, "user-password-en-light-phone")
+        page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+        page.reload()
+        page.locator("#password-form").scroll_into_view_if_needed()
+        _axe(page, "user password (tr, phone)")
+        page.emulate_media(color_scheme="dark")
+        _shot(page, artefacts, "user-password-tr-dark-phone")
+        page.emulate_media(color_scheme="light")
+        page.context.set_extra_http_headers({})
+        page.set_viewport_size({"width": 1280, "height": 900})
+        assert theirs.get("/auth/me").status_code == 401  # their session ended
+    # They sign in with the new password, not the old one.
+    page.context.clear_cookies()
+    page.goto(f"{appliance.base_url}/panel/login")
+    page.fill("#username", name)
+    page.fill("#password", old)
+    page.click("#login-form button[type=submit]")
+    page.locator("#login-error", has_text="Wrong user name or password.").wait_for()
+    page.problems.clear()  # the browser logs the refused sign-in's 401 itself
+    _sign_in(page, appliance, name, new)
+    page.goto(f"{appliance.base_url}/panel/inbox")
+    assert name in page.locator("a.me").inner_text()
     _clean(page)

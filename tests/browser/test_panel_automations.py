@@ -11,6 +11,9 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
   tags action, made in the panel (a condition row added by a plain post, the model's
   error next to the action row): an inbound message gets the tag on its chat; its
   edit page at 375 px.
+- Durations: a rule made through the API (cooldown 5400 s, idle time 90 s, snooze
+  2 days) shows them as 90 minutes, 90 seconds and 2 days; the cooldown changed to
+  2 hours in the panel is 7200 s in the API and the rest unchanged; 375 px, Turkish.
 - Scheduled messages: a recurring one shows its next three occurrences.
 - Scripts: a new script, its code saved from the editor (line numbers), a dry run
   with its log.
@@ -205,4 +208,64 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     assert not page.locator("#nav-toggle").is_visible()  # desktop: the menu inline
     assert page.locator("nav.nav").is_visible()
     _shot(page, artefacts, "nav-en-light")
+    _clean(page)
+
+
+def test_auto_reply_durations_in_units(appliance: Appliance, page: Any, artefacts: Path) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    account = f"dur{suffix}"
+    rule = {
+        "name": "Away",
+        "match_type": "contains",
+        "pattern": "merhaba",
+        "cooldown_s": 5400,
+        "conditions": [{"type": "first_message", "idle_s": 90}],
+        "actions": [
+            {"type": "reply", "text": "We are away"},
+            {"type": "set_status", "status": "snoozed", "snooze_s": 172800},
+        ],
+    }
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post("/api/accounts", json={"id": account, "name": f"Durations {suffix}"})
+        assert made.status_code == 201, made.text
+        created = api.post(f"/api/accounts/{account}/auto-replies", json=rule)
+        assert created.status_code == 201, created.text
+        rule_id = created.json()["id"]
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    edit_url = f"{appliance.base_url}/panel/accounts/{account}/auto-replies/{rule_id}"
+    page.goto(edit_url)
+    # Each in the largest unit that divides it: 90 min, 90 s (no whole minute), 2 days.
+    assert page.input_value("#f-ar-cooldown") == "90"
+    assert page.input_value("#f-ar-cooldown-unit") == "min"
+    assert page.input_value("#f-ar-c0-idle") == "90"
+    assert page.input_value("#f-ar-c0-idle-unit") == "s"
+    assert page.input_value("#f-ar-a1-snooze") == "2"
+    assert page.input_value("#f-ar-a1-snooze-unit") == "d"
+    page.fill("#f-ar-cooldown", "2")
+    page.select_option("#f-ar-cooldown-unit", "h")
+    page.locator("#f-ar-cooldown").scroll_into_view_if_needed()
+    _both_themes(page, artefacts, "auto-reply-durations")
+    page.click("#save-rule")
+    page.wait_for_url(f"**/panel/auto-replies?account={account}")
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        saved = api.get(f"/api/accounts/{account}/auto-replies/{rule_id}").json()
+    assert saved["cooldown_s"] == 7200
+    assert saved["conditions"] == [{"type": "first_message", "idle_s": 90}]
+    assert saved["actions"][1]["snooze_s"] == 172800
+    # 375 px, in Turkish: the units translated, nothing wider than the phone.
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+    page.goto(edit_url)
+    assert page.input_value("#f-ar-cooldown") == "2"
+    assert page.locator("#f-ar-cooldown-unit option:checked").inner_text() == "saat"
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#ar-actions").scroll_into_view_if_needed()
+    _axe(page, "auto-reply durations (tr, phone)")
+    _shot(page, artefacts, "auto-reply-durations-tr-light-phone")
+    page.emulate_media(color_scheme="dark")
+    page.locator("#f-ar-cooldown").scroll_into_view_if_needed()
+    _shot(page, artefacts, "auto-reply-durations-tr-dark-phone")
+    page.emulate_media(color_scheme="light")
+    page.context.set_extra_http_headers({})
+    page.set_viewport_size({"width": 1280, "height": 900})
     _clean(page)

@@ -246,3 +246,101 @@ def test_admin_screens_refused_to_agents_and_managers(
         assert (await auth_store.get_user(db, 2)).role == Role.AGENT
 
     _run(open_db, db_path, tmp_path, test)
+
+
+def test_set_a_users_password(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """As POST /api/users/<id>/password: the API's length rule (and the two fields the
+    same) next to the fields with nothing changed; then the user's sessions end, the new
+    password signs in and the old one does not, audited ``password.reset``; one's own
+    goes through Preferences (a post signs one out); agents and managers get 403."""
+
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        _status, _text, csrf = await _sign_in(admin, "admin1")
+        agent = await _user_named(db, "agent1")
+        assert agent is not None
+        agent_client = app.test_client()
+        assert (await _sign_in(agent_client, "agent1"))[0] == 303
+        page = await (await admin.get(f"/panel/users/{agent.id}")).get_data(as_text=True)
+        assert f'action="/panel/users/{agent.id}/password"' in page
+        assert "Every session of theirs ends at once" in page and "10 to 256 characters" in page
+        url = f"/panel/users/{agent.id}/password"
+        short = await admin.post(
+            url, form={"csrf_token": csrf, "password": "short", "password_again": "short"}
+        )
+        text = await short.get_data(as_text=True)
+        assert short.status_code == 400 and 'id="f-new-password-error"' in text
+        assert "Use 10 to 256 characters." in text
+        differ = await admin.post(
+            url,
+            form={"csrf_token": csrf, "password": "new-password-1", "password_again": "other"},
+        )
+        text = await differ.get_data(as_text=True)
+        assert differ.status_code == 400 and 'id="f-new-password-again-error"' in text
+        assert "The two new passwords differ." in text
+        assert (await agent_client.get("/panel/inbox")).status_code == 200  # nothing changed
+        done = await admin.post(
+            url,
+            form={
+                "csrf_token": csrf,
+                "password": "new-password-1",
+                "password_again": "new-password-1",
+            },
+        )
+        assert done.status_code == 303  # to the user's page: a reload posts nothing
+        location = f"/panel/users/{agent.id}?password=set&ended=1#password-set"
+        assert done.headers["Location"] == location
+        shown = await admin.get(location.split("#")[0])  # a browser keeps the fragment
+        text = await shown.get_data(as_text=True)
+        assert 'id="password-set"' in text and "agent1 was signed out of 1 session" in text
+        assert "new-password-1" not in text
+        assert (await agent_client.get("/panel/inbox")).status_code == 303  # signed out
+        assert (await _sign_in(app.test_client(), "agent1"))[0] == 401  # the old one: no
+        assert (await _sign_in(app.test_client(), "agent1", "new-password-1"))[0] == 303
+        audited = await auth_store.list_audit(db, before=None, limit=20)
+        [entry] = [e for e in audited if e.action == "password.reset"]
+        assert entry.target == f"user:{agent.id}" and entry.actor_name == "admin1"
+        assert "new-password-1" not in str(entry)
+        # Turkish: the rule's message translated.
+        await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
+        short = await admin.post(url, form={"csrf_token": csrf, "password": "x"})
+        assert short.status_code == 400
+        assert "10 ile 256 arasında karakter" in await short.get_data(as_text=True)  # noqa: RUF001
+        await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "en"})
+        # One's own: the page points to Preferences; a post anyway signs one out.
+        me = await _user_named(db, "admin1")
+        assert me is not None
+        mine = await (await admin.get(f"/panel/users/{me.id}")).get_data(as_text=True)
+        assert 'href="/panel/preferences"' in mine and 'id="password-form"' not in mine
+        own = await admin.post(
+            f"/panel/users/{me.id}/password",
+            form={"csrf_token": csrf, "password": PASSWORD, "password_again": PASSWORD},
+        )
+        assert own.status_code == 303 and own.headers["Location"] == "/panel/login"
+        assert (await admin.get("/panel/users")).status_code == 303  # signed out
+        # Agents and managers: 403, nothing changed.
+        async with db.write() as conn:
+            await auth_store.create_user(
+                conn,
+                username="manager1",
+                password_hash=hash_password(PASSWORD),
+                role=Role.MANAGER,
+                all_accounts=True,
+                accounts=[],
+                now=1.0,
+            )
+        for name, password in (("agent1", "new-password-1"), ("manager1", PASSWORD)):
+            client = app.test_client()
+            _s, _t, their_csrf = await _sign_in(client, name, password)
+            refused = await client.post(
+                f"/panel/users/{me.id}/password",
+                form={
+                    "csrf_token": their_csrf,
+                    "password": "taken-over-1",
+                    "password_again": "taken-over-1",
+                },
+            )
+            assert refused.status_code == 403, name
+        assert (await _sign_in(app.test_client(), "admin1", "taken-over-1"))[0] == 401
+
+    _run(open_db, db_path, tmp_path, test)

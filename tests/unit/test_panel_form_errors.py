@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError, model_validator
 
-from appliance.api.panel.web import form_errors
+from appliance.api.panel.web import field_message, form_errors
+from appliance.api.validation import issues_from
 from appliance.errors import InvalidInput
 
 
@@ -56,3 +57,31 @@ def test_client_error_issues_and_message() -> None:
     bare = InvalidInput("the rule cannot run")
     assert form_errors(bare, form_key="_form") == {"_form": "the rule cannot run"}
     assert form_errors(bare) == {}
+
+
+class Snooze(BaseModel):
+    status: str
+    snooze_s: int | None = None
+
+    @model_validator(mode="after")
+    def _together(self) -> Snooze:
+        if (self.status == "snoozed") != (self.snooze_s is not None):
+            raise ValueError("snooze_s goes with status snoozed, and only with it")
+        return self
+
+
+def test_pydantic_value_error_prefix_is_dropped() -> None:
+    """pydantic words a validator's ValueError "Value error, ..."; a form shows the
+    message alone, whatever the language (the JSON API's issues keep it)."""
+    with pytest.raises(ValidationError) as caught:
+        Snooze.model_validate({"status": "snoozed"})
+    assert issues_from(caught.value)[0]["message"].startswith("Value error, ")
+    message = "snooze_s goes with status snoozed, and only with it"
+    assert form_errors(caught.value) == {"(body)": message}
+    assert form_errors(caught.value, form_key="_form") == {"_form": message}
+    issues = [{"path": "actions.0", "message": "Value error, give tag ids"}]
+    assert form_errors(issues, full_path=True) == {"actions.0": "give tag ids"}
+    assert form_errors(InvalidInput("Value error, no")) == {}
+    assert form_errors(InvalidInput("Value error, no"), form_key="f") == {"f": "no"}
+    assert field_message("Value error, x") == "x" and field_message("Value x") == "Value x"
+    assert field_message("Input should be a valid integer") == "Input should be a valid integer"

@@ -1,15 +1,18 @@
 """The panel's Webhooks screen in the in-process app: endpoints (create with the secret
 shown once, the API's issues next to the fields, edit with headers kept masked,
 disable, test, delete), the delivery log with each attempt's status and answer
-excerpt, replay of one delivery and of a range, and who may open it."""
+excerpt, replay of one delivery and of a range, rotating the signing secret, and who may
+open it."""
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from quart import Quart
 
+from appliance.api.state import state_of
 from appliance.auth import store as auth_store
 from appliance.db.database import Database
 from appliance.db.queue import enqueue_many_in
@@ -195,5 +198,72 @@ def test_webhooks_refused_to_agents_and_turkish(
         await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
         tr = await (await admin.get("/panel/webhooks")).get_data(as_text=True)
         assert "<h1>Webhook\u2019lar</h1>" in tr and "Uç noktay\u0131 ekle" in tr
+
+    _run(open_db, db_path, tmp_path, test, ENV)
+
+
+def test_rotate_the_signing_secret(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
+    """As POST /api/webhooks/<id>/rotate-secret, after a confirmation page that says what
+    happens to the current secret: the new one shown once (its page then stands for the
+    endpoint's own address), both secrets sign for 24 hours, audited; agents get 403."""
+
+    async def test(app: Quart, db: Database) -> None:
+        admin = app.test_client()
+        _status, _text, csrf = await _sign_in(admin, "admin1")
+        created = await admin.post(
+            "/panel/webhooks", form={"csrf_token": csrf, "url": "http://127.0.0.1:9/hook"}
+        )
+        first = re.search(r'id="secret-value">(whsec_[^<]+)<', await created.get_data(as_text=True))
+        assert created.status_code == 201 and first
+        [endpoint] = await store.all_endpoints(db)
+        page = await (await admin.get(f"/panel/webhooks/{endpoint.id}")).get_data(as_text=True)
+        assert f'href="/panel/webhooks/{endpoint.id}/rotate-secret"' in page
+        assert 'id="previous-secret"' not in page
+        # The confirmation: nothing rotated yet; it says what the old secret does.
+        confirm = await admin.get(f"/panel/webhooks/{endpoint.id}/rotate-secret")
+        text = await confirm.get_data(as_text=True)
+        assert confirm.status_code == 200 and "for 24 hours, with the current one too" in text
+        assert (await store.get_endpoint(db, endpoint.id)).previous_secret is None
+        rotated = await admin.post(
+            f"/panel/webhooks/{endpoint.id}/rotate-secret", form={"csrf_token": csrf}
+        )
+        text = await rotated.get_data(as_text=True)
+        assert rotated.status_code == 200, text
+        new = re.search(r'id="secret-value">(whsec_[^<]+)<', text)
+        assert new and new.group(1) != first.group(1)
+        assert f'data-replace-url="/panel/webhooks/{endpoint.id}"' in text
+        assert 'id="secret-grace"' in text and "with the previous secret too" in text
+        signing = (await store.get_endpoint(db, endpoint.id)).signing_secrets(
+            state_of(app).cipher, time.time()
+        )
+        assert signing == [new.group(1), first.group(1)]
+        audit = await auth_store.list_audit(db, before=None, limit=1)
+        assert audit[0].action == "webhook.rotate_secret"
+        assert audit[0].target == f"webhook:{endpoint.id}"
+        assert new.group(1) not in str(audit[0])
+        # Shown once: the endpoint's page has neither secret, and says the old one signs.
+        page = await (await admin.get(f"/panel/webhooks/{endpoint.id}")).get_data(as_text=True)
+        assert new.group(1) not in page and first.group(1) not in page
+        assert 'id="previous-secret"' in page
+        again = await (await admin.get(f"/panel/webhooks/{endpoint.id}/rotate-secret")).get_data(
+            as_text=True
+        )
+        assert "stops signing now" in again  # a second rotation drops the first secret
+        # Agents: 403 on both steps, nothing rotated.
+        agent = app.test_client()
+        _s, _t, agent_csrf = await _sign_in(agent, "agent1")
+        assert (await agent.get(f"/panel/webhooks/{endpoint.id}/rotate-secret")).status_code == 403
+        refused = await agent.post(
+            f"/panel/webhooks/{endpoint.id}/rotate-secret", form={"csrf_token": agent_csrf}
+        )
+        assert refused.status_code == 403
+        after = (await store.get_endpoint(db, endpoint.id)).signing_secrets(
+            state_of(app).cipher, time.time()
+        )
+        assert after == signing
+        missing = await admin.post(
+            "/panel/webhooks/wh_nope/rotate-secret", form={"csrf_token": csrf}
+        )
+        assert missing.status_code == 404
 
     _run(open_db, db_path, tmp_path, test, ENV)

@@ -1,5 +1,6 @@
-"""Admin screens: users (create, role, account grants, deactivate, delete), API keys
-(create with the key shown once, revoke) and the audit log with filters.
+"""Admin screens: users (create, role, account grants, deactivate, delete, set a new
+password), API keys (create with the key shown once, revoke) and the audit log with
+filters.
 
 The users list itself is ``setup_views.users`` (/panel/users); these routes add
 creating and editing. Each does what the matching JSON route does (api/routes/users.py,
@@ -20,14 +21,21 @@ from appliance.api.access import principal, requires
 from appliance.api.panel.i18n import _
 from appliance.api.panel.web import bp, form_errors, page, see_other
 from appliance.api.routes.api_keys import create_key_for_caller, revoke_key_audited
-from appliance.api.routes.models import ApiKeyCreateIn, UserCreateIn, UserUpdateIn
+from appliance.api.routes.models import (
+    ApiKeyCreateIn,
+    PasswordResetIn,
+    UserCreateIn,
+    UserUpdateIn,
+)
 from appliance.api.routes.users import (
     apply_user_update,
     create_user_audited,
     delete_user_audited,
+    reset_password_audited,
 )
 from appliance.api.state import db as _db
 from appliance.auth import store
+from appliance.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from appliance.auth.permissions import Permission, Role
 from appliance.errors import Conflict
 from appliance.messaging import store as messaging_store
@@ -106,6 +114,8 @@ async def _user_page(
         accounts=await _accounts(),
         errors=errors or {},
         is_me=principal().kind == "user" and principal().id == user.id,
+        min_password=MIN_PASSWORD_LENGTH,
+        max_password=MAX_PASSWORD_LENGTH,
         **extra,
     )
 
@@ -114,7 +124,12 @@ async def _user_page(
 @requires(Permission.USERS_MANAGE)
 @hide
 async def user_page(user_id: int) -> Response:
-    return await _user_page(await store.get_user(_db(), user_id))
+    ended = request.args.get("ended", "")
+    return await _user_page(
+        await store.get_user(_db(), user_id),
+        password_set=request.args.get("password") == "set",
+        ended_sessions=int(ended) if ended.isdigit() and len(ended) < 7 else 0,
+    )
 
 
 @bp.post("/users/<int:user_id>")
@@ -139,6 +154,34 @@ async def user_update(user_id: int) -> Response:
         message = _("The last active administrator cannot be demoted or deactivated.")
         return await _user_page(user, {"role": message}, 409)
     return await _user_page(await store.get_user(_db(), user_id), saved=True)
+
+
+@bp.post("/users/<int:user_id>/password")
+@requires(Permission.USERS_MANAGE)
+@hide
+async def user_password(user_id: int) -> Response:
+    """What POST /api/users/<id>/password does: the API's password rules, every session
+    of the user ends (their API keys stay), audited ``password.reset``. The new password
+    is typed twice here (the API takes it once). Setting one's own signs one out."""
+    user = await store.get_user(_db(), user_id)
+    form = await request.form
+    password = str(form.get("password", ""))
+    errors: dict[str, str] = {}
+    try:
+        data = PasswordResetIn.model_validate({"password": password})
+    except ValidationError:
+        errors["password"] = _(
+            "Use %(min)d to %(max)d characters.", min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH
+        )
+    else:
+        if password != form.get("password_again", ""):
+            errors["password_again"] = _("The two new passwords differ.")
+    if errors:
+        return await _user_page(user, password_errors=errors, status=400)
+    ended = await reset_password_audited(user_id, data)
+    if principal().kind == "user" and principal().id == user_id:
+        return see_other("/panel/login")  # their own sessions ended, this one too
+    return see_other(f"/panel/users/{user_id}?password=set&ended={ended}#password-set")
 
 
 async def _user_delete_page(

@@ -8,7 +8,8 @@ events are the API's.
 The form edits everything the API's model has: the match, the options, the conditions
 (chat type, first message, business hours, chat tags, status) and the actions (text
 reply, quick reply, tags, assignment, status with a snooze time), as numbered rows
-(``c0_type``, ``a0_type``, ...). Without JavaScript, "Add a condition" / "Add an action"
+(``c0_type``, ``a0_type``, ...); durations (cooldown, idle time, snooze) as a number
+and a unit (``durations``). Without JavaScript, "Add a condition" / "Add an action"
 / "Remove" are submit buttons (``op``) that show the form again with one row more or
 less, nothing saved. An action the form cannot show (a media reply, a quick reply with
 variables) is kept as it is (``a<i>_keep``, its JSON, checked by the same model).
@@ -25,6 +26,7 @@ from quart import Response, request
 from quart_schema import hide
 
 from appliance.api.access import requires
+from appliance.api.panel import durations
 from appliance.api.panel.automation_common import api, refusal_status
 from appliance.api.panel.web import (
     N_,
@@ -90,7 +92,8 @@ _ACTION_FIELDS = {
     "set_status": ("status", "snooze_s"),
 }
 _LISTS = {"required", "excluded", "statuses", "add", "remove"}
-_NUMBERS = {"idle_s", "snooze_s", "user_id", "quick_reply"}
+_NUMBERS = {"user_id", "quick_reply"}
+_DURATIONS = {"idle_s", "snooze_s"}  # a number and its unit (``<name>_unit``) in the form
 
 
 def simple_reply(rule: RuleOut) -> str | None:
@@ -137,6 +140,8 @@ def _row(form: Any, prefix: str, fields: tuple[str, ...]) -> dict[str, Any]:
             row[name] = bool(form.get(key))
         else:
             row[name] = str(form.get(key, "")).strip()
+        if name in _DURATIONS:  # no unit (a form from before the units): seconds
+            row[name + durations.UNIT_SUFFIX] = str(form.get(key + durations.UNIT_SUFFIX) or "s")
     keep = form.get(f"{prefix}_keep")
     if keep:
         row["keep"] = keep
@@ -177,6 +182,8 @@ def _typed(row: dict[str, Any], fields: Mapping[str, tuple[str, ...]]) -> dict[s
             continue
         elif name == "quick_reply":
             item[name] = {"id": _number(str(value), 0)}
+        elif name in _DURATIONS:
+            item[name] = durations.seconds(str(value), row.get(name + durations.UNIT_SUFFIX))
         elif name in _NUMBERS:
             item[name] = _number(str(value), 0)
         else:
@@ -224,8 +231,8 @@ def rule_rows(rule: RuleOut) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         for c in rule.conditions
     ]
     for c in conditions:
-        if c.get("idle_s") is None:
-            c["idle_s"] = ""
+        if "idle_s" in c:
+            c["idle_s"], c["idle_s_unit"] = durations.split(c["idle_s"])
     actions: list[dict[str, Any]] = []
     for a in rule.actions:
         data = a.model_dump(mode="json")
@@ -240,9 +247,11 @@ def rule_rows(rule: RuleOut) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         for key in ("add", "remove"):
             if key in row:
                 row[key] = [str(x) for x in row[key]]
-        for key in ("user_id", "snooze_s", "text"):
+        for key in ("user_id", "text"):
             if key in row and row[key] is None:
                 row[key] = ""
+        if "snooze_s" in row:
+            row["snooze_s"], row["snooze_s_unit"] = durations.split(row["snooze_s"])
         if a.type == "assign" and row["user_id"] != "":
             row["user_id"] = str(row["user_id"])
         actions.append(row)
@@ -257,7 +266,8 @@ async def _form_values() -> tuple[dict[str, Any], str]:
         "priority": _number(form.get("priority", ""), 100),
         "match_type": form.get("match_type", "contains"),
         "pattern": form.get("pattern", "").strip(),
-        "cooldown_s": _number(form.get("cooldown_s", ""), 0),
+        "cooldown_s": str(form.get("cooldown_s", "")).strip(),
+        "cooldown_s_unit": str(form.get("cooldown_s_unit") or "s"),
         "stop": bool(form.get("stop")),
         "active": bool(form.get("active")),
         "condition_rows": conditions,
@@ -267,7 +277,11 @@ async def _form_values() -> tuple[dict[str, Any], str]:
 
 
 def _body(values: dict[str, Any]) -> dict[str, Any]:
-    body = {k: v for k, v in values.items() if k not in ("condition_rows", "action_rows")}
+    """The API body of the form's values: the cooldown in seconds (empty: 0), the rows."""
+    form_only = ("condition_rows", "action_rows", "cooldown_s_unit")
+    body = {k: v for k, v in values.items() if k not in form_only}
+    cooldown = durations.seconds(values["cooldown_s"], values["cooldown_s_unit"])
+    body["cooldown_s"] = 0 if cooldown is None else cooldown
     body.update(rows_body(values["condition_rows"], values["action_rows"]))
     return body
 
@@ -303,6 +317,7 @@ async def _pickers(account: str) -> dict[str, Any]:
         "tags": tags,
         "quick_replies": replies,
         "people": await inbox_store.assignees(db, account),
+        "duration_units": durations.UNIT_NAMES,
         "condition_names": CONDITION_NAMES,
         "action_names": ACTION_NAMES,
     }
@@ -311,7 +326,8 @@ async def _pickers(account: str) -> dict[str, Any]:
 def new_values() -> dict[str, Any]:
     return {
         "priority": 100,
-        "cooldown_s": 0,
+        "cooldown_s": "0",
+        "cooldown_s_unit": durations.DEFAULT_UNIT,
         "stop": True,
         "active": True,
         "condition_rows": [],
@@ -387,12 +403,14 @@ async def _edit_page(
     status: int = 200,
 ) -> Response:
     conditions, actions = rule_rows(rule)
+    cooldown, cooldown_unit = durations.split(rule.cooldown_s)
     shown = values or {
         "name": rule.name,
         "priority": rule.priority,
         "match_type": rule.match_type,
         "pattern": rule.pattern,
-        "cooldown_s": rule.cooldown_s,
+        "cooldown_s": cooldown,
+        "cooldown_s_unit": cooldown_unit,
         "stop": rule.stop,
         "active": rule.active,
         "condition_rows": conditions,

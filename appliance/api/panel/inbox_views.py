@@ -25,7 +25,7 @@ from appliance.api.accounts_access import visible_accounts
 from appliance.api.panel import conversation as extras
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_, bp, is_htmx, page, see_other
+from appliance.api.panel.web import N_, bp, field_message, is_htmx, page, see_other
 from appliance.api.routes.chats import (
     ChatOut,
     _chat_jid,
@@ -552,7 +552,9 @@ async def send(account: str, chat_id: str) -> Response:
 def _send_error(exc: ClientError) -> str:
     issues = exc.extra.get("issues")
     if isinstance(issues, list) and issues:
-        details = "; ".join(str(i.get("message", "")) for i in issues if isinstance(i, dict))
+        details = "; ".join(
+            field_message(str(i.get("message", ""))) for i in issues if isinstance(i, dict)
+        )
         return f"{exc.message}: {details}"
     return exc.message
 
@@ -623,7 +625,7 @@ async def tag_chat(account: str, chat_id: str) -> Response:
                 try:
                     new_tag = TagCreateIn.model_validate({"name": add})
                 except ValidationError as exc:
-                    raise InvalidInput(issues_from(exc)[0]["message"]) from None
+                    raise InvalidInput(field_message(issues_from(exc)[0]["message"])) from None
                 tag_id = (await create_tag_in(conn, account, new_tag)).id  # audited as the API
             add_ids = [tag_id]
         remove_ids = [int(remove)] if remove.isdigit() else []

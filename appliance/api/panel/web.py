@@ -393,6 +393,20 @@ def install(app: Quart) -> None:
 bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
 
 
+# pydantic words a ValueError raised in a validator as "Value error, <its message>":
+# the JSON API's issues keep that, the panel shows the message alone (in every language).
+_PYDANTIC_PREFIXES = ("Value error, ",)
+
+
+def field_message(message: str) -> str:
+    """An API issue's message as a form shows it next to its field: without pydantic's
+    "Value error, " prefix."""
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def form_errors(
     source: ValidationError | ClientError | list[Any] | None,
     *,
@@ -404,10 +418,11 @@ def form_errors(
     ClientError carrying ``issues`` (a refusal from the API body or an engine's
     settings check), or such an ``issues`` list.
 
-    The field is the first part of an issue's path, or the whole path with
-    ``full_path``. With ``form_key``, an issue of the whole form (no path, or
-    ``(body)``) is put under that key, and a ClientError without issues gives its
-    message there (so a form always shows why it was refused)."""
+    The messages lose pydantic's "Value error, " prefix (``field_message``). The field
+    is the first part of an issue's path, or the whole path with ``full_path``. With
+    ``form_key``, an issue of the whole form (no path, or ``(body)``) is put under that
+    key, and a ClientError without issues gives its message there (so a form always
+    shows why it was refused)."""
     if isinstance(source, ValidationError):
         issues: Any = issues_from(source)
     elif isinstance(source, ClientError):
@@ -422,10 +437,10 @@ def form_errors(
         key = path if full_path else path.split(".")[0]
         if form_key is not None and (not path or path == "(body)"):
             key = form_key
-        out.setdefault(key, str(issue.get("message", "")))
+        out.setdefault(key, field_message(str(issue.get("message", ""))))
     if form_key is not None and not out and source is not None:
         if isinstance(source, ClientError):
-            out[form_key] = source.message
+            out[form_key] = field_message(source.message)
         elif isinstance(source, ValidationError):
             out[form_key] = str(source)
     return out

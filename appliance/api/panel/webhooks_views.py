@@ -1,5 +1,6 @@
 """Webhooks: endpoints (list, create with the signing secret shown once, edit, enable or
-disable, test, delete) and each endpoint's deliveries with every attempt's status and
+disable, test, rotate the secret after a confirmation with the new one shown once,
+delete) and each endpoint's deliveries with every attempt's status and
 answer excerpt, replay of one delivery or of a range.
 
 Every route checks what ``api/routes/webhooks.py`` checks (permission, endpoints
@@ -9,6 +10,7 @@ limited to the caller's accounts) and uses the same helpers, store and queue.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +20,7 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import accounts_list, bp, page, see_other
+from appliance.api.panel.web import accounts_list, bp, field_message, page, see_other
 from appliance.api.routes.webhooks import (
     WEBHOOK_EVENT_TYPES,
     EndpointIn,
@@ -29,6 +31,7 @@ from appliance.api.routes.webhooks import (
     delete_endpoint_audited,
     replay_finished,
     replay_one,
+    rotate_secret_audited,
     send_test_event,
     set_endpoint_enabled,
     update_endpoint_audited,
@@ -52,7 +55,7 @@ def _errors(issues: Any) -> dict[str, str]:
     for issue in issues if isinstance(issues, list) else []:
         if isinstance(issue, dict):
             path = str(issue.get("path", "")).split(".")[0]
-            out.setdefault(path, str(issue.get("message", "")))
+            out.setdefault(path, field_message(str(issue.get("message", ""))))
     return out
 
 
@@ -176,8 +179,15 @@ async def _detail(
         event_types=WEBHOOK_EVENT_TYPES,
         accounts=await accounts_list(),
         errors=errors or {},
+        previous_until=_previous_until(endpoint),
         **extra,
     )
+
+
+def _previous_until(endpoint: store.Endpoint) -> float | None:
+    """Until when the secret replaced by the last rotation still signs, if it does."""
+    until = endpoint.previous_expires_at
+    return until if endpoint.previous_secret is not None and (until or 0) > time.time() else None
 
 
 @bp.get("/webhooks/<endpoint_id>")
@@ -221,6 +231,35 @@ async def webhook_test(endpoint_id: str) -> Response:
     """A webhook.test event for this endpoint only, as POST /api/webhooks/<id>/test."""
     await send_test_event(endpoint_id)
     return see_other(f"/panel/webhooks/{endpoint_id}?sent=test")
+
+
+@bp.get("/webhooks/<endpoint_id>/rotate-secret")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_rotate_confirm(endpoint_id: str) -> Response:
+    """The confirmation step: what a rotation does to the current secret."""
+    endpoint = await _endpoint(endpoint_id)
+    return await page(
+        "panel/webhook_rotate.html",
+        nav="webhooks",
+        endpoint=endpoint,
+        grace_hours=store.ROTATION_GRACE_S // 3600,
+        previous_until=_previous_until(endpoint),
+    )
+
+
+@bp.post("/webhooks/<endpoint_id>/rotate-secret")
+@requires(Permission.WEBHOOKS_MANAGE)
+@hide
+async def webhook_rotate(endpoint_id: str) -> Response:
+    """What POST /api/webhooks/<id>/rotate-secret does; the answer shows the new secret
+    once (the page then puts its own address in the history, so a reload shows the
+    endpoint without it and rotates nothing)."""
+    rotated = await rotate_secret_audited(endpoint_id)
+    endpoint = await _endpoint(endpoint_id)
+    return await _detail(
+        endpoint, secret=rotated.secret, rotated_until=rotated.previous_valid_until
+    )
 
 
 @bp.post("/webhooks/<endpoint_id>/delete")

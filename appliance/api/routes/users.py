@@ -180,6 +180,14 @@ async def delete_user_audited(user_id: int) -> None:
 @documented(errors=[404], tag="users")
 async def reset_password(user_id: int, data: PasswordResetIn) -> Response:
     """Set another user's password; all their sessions end."""
+    await reset_password_audited(user_id, data)
+    return Response(status=204)
+
+
+async def reset_password_audited(user_id: int, data: PasswordResetIn) -> int:
+    """Set a user's password as the API and the panel both do: every session of theirs
+    ends (their API keys stay), audited ``password.reset`` with who did it and how many
+    sessions ended. NotFound. The number of sessions ended."""
     password_hash = await asyncio.to_thread(hash_password, data.password)
     async with _db().write() as conn:
         await store.locked_user(conn, user_id)
@@ -192,4 +200,4 @@ async def reset_password(user_id: int, data: PasswordResetIn) -> Response:
             by=principal().key,
             ended_sessions=ended,
         )
-    return Response(status=204)
+    return ended

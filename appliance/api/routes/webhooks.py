@@ -504,6 +504,14 @@ async def disable_endpoint(endpoint_id: str) -> EndpointOut:
 @documented(SecretOut, errors=[404], tag="webhooks")
 async def rotate_secret(endpoint_id: str) -> SecretOut:
     """A new signing secret, shown once; the previous one keeps signing for 24 hours."""
+    return await rotate_secret_audited(endpoint_id)
+
+
+async def rotate_secret_audited(endpoint_id: str) -> SecretOut:
+    """Rotate a visible endpoint's secret as the API and the panel both do: the new one
+    signs from now on, the one it replaces signs too (both signatures in
+    ``webhook-signature``) for ``ROTATION_GRACE_S``, an older previous one stops;
+    audited ``webhook.rotate_secret``, the webhooks process told. NotFound."""
     await _endpoint(endpoint_id)
     secret = new_secret()
     now = time.time()

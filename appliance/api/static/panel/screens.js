@@ -10,6 +10,9 @@
  * - Script trigger: only the settings of the chosen trigger are shown.
  * - A file input with data-max-bytes (the quick replies' media) refuses a file over the
  *   limit before it is sent (the server says it too, but only after the upload).
+ * - A secret shown once (a form post's answer, [data-replace-url]): the history gets the
+ *   screen's own address instead of the post, so a reload shows the screen without the
+ *   secret and posts nothing again (no second rotation, no second key).
  */
 (function () {
   "use strict";
@@ -87,4 +90,9 @@
     input.setCustomValidity(over ? input.getAttribute("data-too-large") || "" : "");
     if (over) { input.reportValidity(); }
   });
+  /* -- a secret shown once: the screen's own address in the history ------------------- */
+  var once = document.querySelector("[data-replace-url]");
+  if (once && window.history && window.history.replaceState) {
+    window.history.replaceState(null, "", once.getAttribute("data-replace-url"));
+  }
 })();
