@@ -17,7 +17,15 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
-from appliance.api.panel.web import N_, accounts_list, bp, chosen_account, form_page, see_other
+from appliance.api.panel.web import (
+    N_,
+    accounts_list,
+    bp,
+    chosen_account,
+    field_message,
+    form_page,
+    see_other,
+)
 from appliance.api.routes.contacts import AttributeDefs, replace_attribute_defs_audited
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
@@ -102,7 +110,7 @@ def _row_errors(issues: Any, fields: list[str], errors: dict[str, str]) -> dict[
         if not isinstance(issue, dict):
             continue
         parts = str(issue.get("path", "")).split(".")
-        message = str(issue.get("message", ""))
+        message = field_message(str(issue.get("message", "")))
         if len(parts) >= 3 and parts[0] == "items" and parts[1].isdigit():
             index = int(parts[1])
             if index < len(fields):

@@ -15,7 +15,7 @@ from quart_schema import hide
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import accounts_list, bp, chosen_account, page
+from appliance.api.panel.web import accounts_list, bp, chosen_account, field_message, page
 from appliance.api.routes.contacts import import_contacts_csv
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
@@ -93,7 +93,7 @@ async def contacts_import(account: str) -> Response:
     except InvalidInput as exc:
         issues = exc.extra.get("issues")
         lines = [
-            f"{i.get('path', '')}: {i.get('message', '')}"
+            f"{i.get('path', '')}: {field_message(str(i.get('message', '')))}"
             for i in (issues if isinstance(issues, list) else [])
             if isinstance(i, dict)
         ] or [exc.message]

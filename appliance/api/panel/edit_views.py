@@ -28,7 +28,7 @@ from appliance.api.panel.reply_media import (
     reply_media,
     upload_context,
 )
-from appliance.api.panel.web import bp, form_errors, is_htmx, page, see_other
+from appliance.api.panel.web import bp, field_message, form_errors, is_htmx, page, see_other
 from appliance.api.routes.inbox_organize import update_quick_reply_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
@@ -325,7 +325,7 @@ async def contact_update(account: str, contact: str) -> Response:
             for issue in issues if isinstance(issues, list) else []:
                 if isinstance(issue, dict):
                     path = str(issue.get("path", "")).removeprefix("attributes.")
-                    errors[f"attr.{path}"] = str(issue.get("message", ""))
+                    errors[f"attr.{path}"] = field_message(str(issue.get("message", "")))
             return await _contact_page(account, jid, values, errors or {"body": exc.message}, 400)
         await contacts_store.update_contact(
             conn,
