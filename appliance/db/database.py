@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -95,6 +96,33 @@ def _savepoint_in_thread(thread_conn: ThreadConnection, job: _Job) -> Outcome[An
         return None, exc
     raw.execute("RELEASE batched")
     return result, None
+
+
+def _in_thread(job: _Job) -> bool:
+    return job.in_thread
+
+
+def _settle_taken(
+    taken: list[tuple[_Job, asyncio.Future[Any]]], own: int, step: asyncio.Future[Any]
+) -> None:
+    """When a transaction's thread step ends: the outcomes of the callers it took in."""
+    if not taken:
+        return
+    if step.cancelled():
+        failure: Exception = RuntimeError("database closing; write not done")
+    elif (exc := step.exception()) is not None:
+        full = storage_full(exc)
+        if full is not None:
+            failure = full
+        elif isinstance(exc, Exception):
+            failure = exc
+        else:
+            failure = RuntimeError("database closing; write not done")
+    else:
+        Batcher.settle(taken, step.result()[own:])
+        mark_written()
+        return
+    Batcher.settle(taken, [(None, failure)] * len(taken))
 
 
 async def open_connection(
@@ -220,51 +248,75 @@ class Database:
             return outcomes
 
     async def _write_batch_in_thread(self, batch: list[_Job]) -> list[Outcome[Any]]:
-        """A batch of in-thread work only: BEGIN IMMEDIATE, the work and COMMIT in one
-        step of aiosqlite's thread (one round trip, not three). The transaction ends in
-        that step whatever happens (committed, or rolled back on an error), so a caller
-        cancelled meanwhile never leaves the connection inside it."""
+        """A batch of in-thread work only, in one step of aiosqlite's thread: the
+        cross-process write lock, BEGIN IMMEDIATE, the work, COMMIT and the lock's
+        release. The lock is held for the transaction alone (not for the event loop's
+        turns before and after it, which on a busy process were a good part of each
+        hold), and the in-thread callers who arrived while it was awaited join the
+        batch once it is held (``Batcher.take_more``): they share this commit instead
+        of waiting for the next one. The transaction ends in that step whatever happens
+        (committed, or rolled back on an error), so a caller cancelled meanwhile never
+        leaves the connection inside it; the callers taken in hear their outcome when
+        the step ends, even if this batch's own callers were told the database closed."""
         async with self._write_lock:
-            if self._file_lock is not None:
-                await self._file_lock.acquire()
+            taken: list[tuple[_Job, asyncio.Future[Any]]] = []
+            step = asyncio.ensure_future(self._run_in_thread(batch, transaction=True, taken=taken))
+            step.add_done_callback(functools.partial(_settle_taken, taken, len(batch)))
             try:
-                outcomes = await self._run_in_thread(batch, transaction=True)
+                outcomes = await asyncio.shield(step)
             except BaseException as exc:
                 # Disk full (SQLITE_FULL, ENOSPC): rolled back in whole; 503 storage_full.
                 full = storage_full(exc)
                 if full is not None and full is not exc:
                     raise full from exc
                 raise
-            finally:
-                if self._file_lock is not None:
-                    self._file_lock.release()
         mark_written()
-        return outcomes
+        return outcomes[: len(batch)]
 
     async def _run_in_thread(
-        self, jobs: list[_Job], *, transaction: bool = False
+        self,
+        jobs: list[_Job],
+        *,
+        transaction: bool = False,
+        taken: list[tuple[_Job, asyncio.Future[Any]]] | None = None,
     ) -> list[Outcome[Any]]:
         """One step of aiosqlite's thread for ``jobs``, each in its savepoint; with
-        ``transaction``, inside its own BEGIN IMMEDIATE ... COMMIT (else the caller's)."""
+        ``transaction``, inside its own BEGIN IMMEDIATE ... COMMIT under the
+        cross-process write lock (else the caller's transaction), joined by the in-thread
+        callers queued meanwhile, which it adds to ``taken`` (their outcomes follow
+        those of ``jobs``)."""
 
-        def run() -> list[Outcome[Any]]:
+        def run(all_jobs: list[_Job]) -> list[Outcome[Any]]:
             thread_conn = ThreadConnection(self._writer._conn)
-            return [_savepoint_in_thread(thread_conn, job) for job in jobs]
+            return [_savepoint_in_thread(thread_conn, job) for job in all_jobs]
 
         def run_in_transaction() -> list[Outcome[Any]]:
             raw = self._writer._conn
-            raw.execute("BEGIN IMMEDIATE")
+            if self._file_lock is not None:
+                self._file_lock.acquire_blocking()
             try:
-                outcomes = run()
-                raw.execute("COMMIT")
-            except BaseException:
-                # OperationalError: no transaction was open (a failed COMMIT ended it).
-                with contextlib.suppress(sqlite3.OperationalError):
-                    raw.execute("ROLLBACK")
-                raise
-            return outcomes
+                all_jobs = jobs
+                if taken is not None:
+                    taken.extend(self._batcher.take_more(BATCH_MAX - len(jobs), _in_thread))
+                    all_jobs = jobs + [job for job, _ in taken]
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    outcomes = run(all_jobs)
+                    raw.execute("COMMIT")
+                except BaseException:
+                    # OperationalError: no transaction was open (a failed COMMIT ended it).
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        raw.execute("ROLLBACK")
+                    raise
+                return outcomes
+            finally:
+                if self._file_lock is not None:
+                    self._file_lock.release()
 
-        step = run_in_transaction if transaction else run
+        def run_jobs() -> list[Outcome[Any]]:
+            return run(jobs)
+
+        step = run_in_transaction if transaction else run_jobs
         return await self._writer._execute(step)  # type: ignore[no-untyped-call,no-any-return]
 
     @staticmethod

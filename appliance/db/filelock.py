@@ -41,6 +41,11 @@ class FileWriteLock:
             waiting.add_done_callback(self._release_if_acquired)
             raise
 
+    def acquire_blocking(self) -> None:
+        """Wait for the lock in the calling thread (a database thread that holds it for
+        its transaction only, not for the event loop's turns around it)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
     def _release_if_acquired(self, waiting: asyncio.Future[None]) -> None:
         if not waiting.cancelled() and waiting.exception() is None:
             self.release()

@@ -348,13 +348,21 @@ class DurableQueue:
         leased, and only when it is due and not leased already (see the module doc)."""
         now = self.clock()
         lease = self.lease_s if lease_s is None else lease_s
-        async with self.db.write() as conn:
+
+        async def lease_due(conn: aiosqlite.Connection) -> list[Any]:
             await expire_leases(conn, now, queue=self.name)
-            # One statement for the whole claim (one step of aiosqlite's thread, not one
-            # per job); each row gets its own random token.
-            rows = await conn.execute_fetchall(
-                CLAIM_UPDATE_SQL, (now + lease, now, self.name, now, limit)
+            # One statement for the whole claim; each row gets its own random token.
+            return list(
+                await conn.execute_fetchall(
+                    CLAIM_UPDATE_SQL, (now + lease, now, self.name, now, limit)
+                )
             )
+
+        # Group-committed with the process's other writes (the send loop's status
+        # changes, say): no transaction, fsync and turn at the cross-process write lock
+        # of its own. A claim cancelled meanwhile (shutdown) may still commit: its jobs
+        # stay leased until the lease expires or the next start releases them.
+        rows = await self.db.write_batched(lease_due, in_thread=True)
         jobs = [Job.from_row(row) for row in rows]
         jobs.sort(key=lambda job: (job.run_at, job.id))
         return jobs

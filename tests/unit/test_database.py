@@ -1,18 +1,24 @@
 """Database.write under cancellation: a cancelled writer never leaves the connection
 inside a transaction (which would lock every other writer out); write_batched (group
 commit): shared transactions, a failing caller undone alone, a failed commit reported
-to every caller, nobody left waiting."""
+to every caller, nobody left waiting; the cross-process lock taken in the database
+thread for the transaction alone, joined by the callers who came while it was awaited."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from appliance.db.database import BATCH_MAX, Database
+from appliance.db.filelock import FileWriteLock, lock_path_for
 
 
 def test_cancel_at_any_point_leaves_no_open_transaction(tmp_path: Path) -> None:
@@ -174,6 +180,101 @@ def test_cancelling_the_flusher_never_leaves_a_caller_waiting(tmp_path: Path) ->
             assert all(isinstance(r, Exception) for r in results)
             assert not db.writer.in_transaction
             assert await db.scalar("SELECT COUNT(*) FROM t") == 0
+        finally:
+            await db.close()
+
+    asyncio.run(body())
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_callers_arriving_while_the_lock_is_awaited_share_its_transaction(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the cross-process write lock: the first in-thread caller's
+    batch waits for it in the database thread; the callers who arrive meanwhile join that
+    transaction once the lock is held (one BEGIN for all, each still in its savepoint),
+    instead of waiting for a commit of their own after it."""
+
+    async def body() -> None:
+        db = await _batched_db(tmp_path)
+        begins: list[str] = []
+        await db.writer._execute(  # in the connection's own thread
+            db.writer._conn.set_trace_callback,
+            lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None,
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(lock_path_for(tmp_path / "b.db"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+
+            def insert(n: int) -> Any:
+                async def work(conn: Any) -> int:
+                    await conn.execute("INSERT INTO t VALUES (?)", (n,))
+                    if n == 3:  # fails after its own insert: undone alone
+                        await conn.execute("INSERT INTO t VALUES (?)", (1,))
+                    return n
+
+                return asyncio.create_task(db.write_batched(work, in_thread=True))
+
+            first = insert(1)
+            await asyncio.sleep(0.2)  # its batch is cut and waits for the lock
+            later = [insert(n) for n in range(2, 6)]
+            await asyncio.sleep(0.2)
+            assert not first.done() and begins == []
+            assert holder.stdin is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            results = await asyncio.wait_for(
+                asyncio.gather(first, *later, return_exceptions=True), timeout=10
+            )
+            assert results[:2] == [1, 2] and results[3:] == [4, 5]
+            assert isinstance(results[2], sqlite3.IntegrityError)
+            assert len(begins) == 1  # one transaction for the five callers
+            rows = await db.fetchall("SELECT x FROM t ORDER BY x")
+            assert [r[0] for r in rows] == [1, 2, 4, 5]
+            assert not db.writer.in_transaction
+        finally:
+            holder.kill()
+            holder.wait(10)
+            await db.close()
+
+    asyncio.run(body())
+
+
+def test_the_lock_is_free_again_when_the_transaction_ends(tmp_path: Path) -> None:
+    """The in-thread transaction takes and gives back the cross-process lock itself: once
+    a caller has its answer, another process gets the lock at once."""
+
+    async def body() -> None:
+        db = await _batched_db(tmp_path)
+        try:
+
+            async def work(conn: Any) -> None:
+                await conn.execute("INSERT INTO t VALUES (1)")
+
+            await db.write_batched(work, in_thread=True)
+            other = FileWriteLock(lock_path_for(tmp_path / "b.db"))
+            try:
+                probe = os.open(other.path, os.O_RDWR)
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if still held
+                    fcntl.flock(probe, fcntl.LOCK_UN)
+                finally:
+                    os.close(probe)
+            finally:
+                other.close()
         finally:
             await db.close()
 

@@ -145,6 +145,32 @@ def test_claim_on_empty_queue_returns_nothing(env: Any) -> None:
     asyncio.run(body())
 
 
+def test_a_claim_shares_the_transaction_of_writes_made_with_it(env: Any) -> None:
+    """A claim is group-committed with the process's other writes (the send loop's
+    status changes, say): no transaction, fsync and cross-process lock turn of its own."""
+
+    async def body() -> None:
+        async with env() as (db, q, _clock):
+            await q.enqueue({"n": 1})
+            begins: list[str] = []
+            raw = db.writer._conn
+            await db.writer._execute(  # type: ignore[no-untyped-call]
+                raw.set_trace_callback, lambda sql: begins.append(sql) if "BEGIN" in sql else None
+            )
+
+            async def other(conn: Any) -> None:
+                await conn.execute("UPDATE queue_jobs SET updated_at = updated_at")
+
+            jobs, _ = await asyncio.gather(
+                q.claim(limit=5), db.write_batched(other, in_thread=True)
+            )
+            await db.writer._execute(raw.set_trace_callback, None)  # type: ignore[no-untyped-call]
+            assert [j.payload for j in jobs] == [{"n": 1}]
+            assert len(begins) == 1
+
+    asyncio.run(body())
+
+
 def test_claim_skips_job_not_yet_due(env: Any) -> None:
     async def body() -> None:
         async with env() as (_db, q, clock):

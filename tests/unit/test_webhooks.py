@@ -777,9 +777,9 @@ def test_an_answered_post_frees_its_slot_and_waiting_outcomes_are_bounded(
         dispatcher.delivery.unrecorded = 5  # of 64 by default: smaller than the 20 jobs
         bound = repeats_at_a_kill(2, 5)
         assert bound == 7 and repeats_at_a_kill(4) == 4 + MAX_UNRECORDED
-        gate, _ = _lag_the_writer(db)
-        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
+        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)  # (a write_batched too)
         assert len(jobs) == 20
+        gate, _ = _lag_the_writer(db)
         tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
         await _until(lambda: len(poster.sent) >= bound, "the slots to POST past max_concurrency")
         await asyncio.sleep(0.5)  # time enough for more POSTs, were they not bounded
@@ -837,8 +837,8 @@ def test_outcomes_lost_in_a_crash_leave_their_jobs_leased_and_they_are_delivered
 
     async def body(db: Database) -> None:
         dispatcher = await _twenty_due(db, tmp_path, poster, clock)
+        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)  # (a write_batched too)
         _lag_the_writer(db)  # never let through: the "crash" comes first
-        jobs = await dispatcher.queue.claim(limit=CLAIM_BATCH)
         tasks = [asyncio.create_task(dispatcher._deliver(job)) for job in jobs]
         await _until(lambda: len(poster.sent) == 20, "every delivery POSTed")
         # The crash: this process's tasks end with nothing more written.
