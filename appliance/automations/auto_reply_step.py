@@ -399,4 +399,4 @@ async def run(ctx: StepContext) -> StepResult:
     return StepResult("cooldown" if applied.decision.cooling else "no_match")
 
 
-STEP = Step(STEP_NAME, run)
+STEP = Step(STEP_NAME, run, wanted=rules_store.has_active_rules)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiosqlite
 import orjson
 from prometheus_client import Counter
 
@@ -99,7 +100,10 @@ def scripts_step(runner: ScriptRunner) -> Step:
         # The runner woke the send loop and announced its events itself.
         return StepResult(outcome)
 
-    return Step(STEP_NAME, run)
+    async def wanted(conn: aiosqlite.Connection, account_id: str) -> bool:
+        return await store.has_active_scripts(conn, account_id, "message")
+
+    return Step(STEP_NAME, run, wanted=wanted)
 
 
 # -- matching events -----------------------------------------------------------------------

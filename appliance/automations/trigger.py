@@ -6,7 +6,10 @@
   commit together, so a worker killed right after the commit still runs the message's
   automations when it starts again. The job's unique key is (account, message): a
   message is triggered once. Messages the account sends (API, automations, its phone)
-  are never enqueued, so an automation's reply cannot trigger automations.
+  are never enqueued, so an automation's reply cannot trigger automations. Nor are the
+  messages of an account without any active auto-reply rule or message script
+  (``AutomationTrigger.wanted``, asked in the inbound transaction): no step would do
+  anything for them, and a rule or script made later applies to later messages.
 - The worker's ``AutomationTrigger`` claims these jobs (appliance/db/claim_loop.py) and
   runs the ``steps`` in order. Jobs carry the order key of their (account, chat): a
   chat's messages are handled one at a time in arrival order (cooldowns and "first
@@ -37,7 +40,15 @@ from appliance.automations.trigger_store import record_step as record_step  # fo
 from appliance.automations.trigger_store import step_done as step_done
 from appliance.db.claim_loop import ClaimLoop
 from appliance.db.database import Database
-from appliance.db.queue import DurableQueue, Job, ack_in, enqueue_in, purge_in, restore_order
+from appliance.db.queue import (
+    DurableQueue,
+    Job,
+    ack_in,
+    enqueue_in,
+    has_unfinished_in,
+    purge_in,
+    restore_order,
+)
 from appliance.errors import LeaseLost
 from appliance.messaging import store as messaging_store
 from appliance.messaging.contracts import RetryPolicy
@@ -124,12 +135,16 @@ class StepResult:
 
 
 StepFn = Callable[[StepContext], Awaitable[StepResult]]
+# Whether a step may have something to do for an account's inbound messages (it has an
+# active rule or script), asked in the inbound commit's transaction.
+WantedFn = Callable[[aiosqlite.Connection, str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     run: StepFn
+    wanted: WantedFn | None = None  # None: always
 
 
 class AutomationTrigger:
@@ -186,6 +201,16 @@ class AutomationTrigger:
     def wake(self) -> None:
         self.claims.wake.set()
 
+    async def wanted(self, conn: aiosqlite.Connection, account_id: str) -> bool:
+        """Whether an inbound message of the account needs a trigger job: some step may
+        act on it (an active auto-reply rule or message script). Asked in the inbound
+        commit's transaction, once per delivery; without any, no job is queued (nothing
+        would run), and a rule or script made later applies to the messages after it."""
+        for step in self.steps:
+            if step.wanted is None or await step.wanted(conn, account_id):
+                return True
+        return False
+
     async def handle(self, job: Job) -> None:
         token = job.lease_token or ""
         try:
@@ -194,9 +219,15 @@ class AutomationTrigger:
             ):
                 await self._run(job)
             now = self.clock()
-            await self.db.write_batched(
-                lambda conn: ack_in(conn, AUTOMATION_QUEUE, job.id, token, now)
-            )
+
+            async def ack(conn: aiosqlite.Connection) -> bool:
+                # Whether the job released its chat's next one (seen inside the ack's
+                # transaction): the ack and the look-up in one step of the writer's thread.
+                await ack_in(conn, AUTOMATION_QUEUE, job.id, token, now)
+                key = job.order_key
+                return key is not None and await has_unfinished_in(conn, AUTOMATION_QUEUE, key)
+
+            released = await self.db.write_batched(ack, in_thread=True)
         except LeaseLost:
             log.warning("automation trigger lease lost", extra={"job": job.id})
             return
@@ -205,8 +236,7 @@ class AutomationTrigger:
             with contextlib.suppress(Exception):
                 await self.queue.nack(job.id, token, error=f"{type(exc).__name__}: {exc}"[:500])
             return
-        # The job finished and released its chat's next one, if any.
-        if job.order_key is not None and await self.queue.has_unfinished(job.order_key):
+        if released:  # the job finished and released its chat's next one
             self.wake()
 
     async def _run(self, job: Job) -> None:

@@ -6,7 +6,9 @@
   the message points at it; the files of duplicates are removed again.
 - Each new inbound message's automations (auto-replies, scripts) are queued in the
   same transaction (appliance/automations/trigger.py), so a crash right after the
-  commit loses none of them; the trigger loop is woken after the commit.
+  commit loses none of them; the trigger loop is woken after the commit. An account
+  without active rules or message scripts gets no trigger jobs (``automations_wanted``,
+  asked once per delivery in its transaction).
 - Committed new messages then run through the in-memory pipeline (mark as read).
 """
 
@@ -51,6 +53,7 @@ class Inbound:
         events_written: Callable[[], Awaitable[None]],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         automations_queued: Callable[[], None] = lambda: None,
+        automations_wanted: Callable[[aiosqlite.Connection, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -58,6 +61,8 @@ class Inbound:
         self.events_written = events_written
         self.spawn = spawn  # runs the pipeline in a task the service owns
         self.automations_queued = automations_queued  # wakes the trigger loop
+        # Whether the account's new messages get trigger jobs (None: always).
+        self.automations_wanted = automations_wanted
 
     async def commit(self, runtime: AccountRuntime, messages: list[InboundMessage]) -> list[bool]:
         """Store inbound messages (their media first, as files) and apply revokes, in one
@@ -85,11 +90,11 @@ class Inbound:
 
         async def work(
             conn: aiosqlite.Connection,
-        ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+        ) -> tuple[list[bool], list[MessageOut], set[Path], bool]:
             return await self._store(conn, account_id, staged, now, traces.ids)
 
         try:
-            results, new, kept = await self.db.write_batched(work, in_thread=True)
+            results, new, kept, automate = await self.db.write_batched(work, in_thread=True)
             orphans = [path for path in orphans if path not in kept]
         finally:
             # Files of duplicates, or of a transaction that did not commit.
@@ -98,8 +103,9 @@ class Inbound:
         traces.record("inbound.commit", commit_started)
         if any(results):
             await self.events_written()
-        if new:
+        if new and automate:
             self.automations_queued()
+        if new:
             ctx = PipelineContext(account_id, runtime.settings, runtime.engine)
             self.spawn(self._run_pipeline(ctx, new, traces.ids))
         return results
@@ -111,22 +117,27 @@ class Inbound:
         staged: list[tuple[InboundMessage, media_store.MediaRecord | None, Path | None]],
         now: float,
         traces: dict[str, str],
-    ) -> tuple[list[bool], list[MessageOut], set[Path]]:
+    ) -> tuple[list[bool], list[MessageOut], set[Path], bool]:
         """One delivery's rows in the caller's transaction: which were new, the new
-        messages, and the staged media files now pointed at (the rest are orphans).
+        messages, the staged media files now pointed at (the rest are orphans), and
+        whether the new messages got trigger jobs.
         ``traces``: each message's trace (tracing on), named by what it writes."""
         results: list[bool] = []
         new: list[MessageOut] = []
         kept: set[Path] = set()
+        wanted = self.automations_wanted
+        automate = wanted is None or await wanted(conn, account_id)
         for m, record, path in staged:
             with tracing.within(traces.get(m.id)):
-                applied, stored = await self._store_one(conn, account_id, m, record, now)
+                applied, stored = await self._store_one(
+                    conn, account_id, m, record, now, automate=automate
+                )
             results.append(applied)
             if stored is not None:
                 new.append(stored)
                 if record is not None and path is not None:
                     kept.add(path)
-        return results, new, kept
+        return results, new, kept, automate
 
     async def _store_one(
         self,
@@ -135,8 +146,11 @@ class Inbound:
         m: InboundMessage,
         record: media_store.MediaRecord | None,
         now: float,
+        *,
+        automate: bool = True,
     ) -> tuple[bool, MessageOut | None]:
-        """One message's rows: whether it changed anything, and the message when new."""
+        """One message's rows: whether it changed anything, and the message when new
+        (with its trigger job when ``automate``)."""
         if m.type == "revoke":
             await self._apply_revoke(conn, account_id, m, now)
             return True, None
@@ -162,7 +176,8 @@ class Inbound:
             return False, None
         # The conversation: reopen, what waits, auto-assignment.
         await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
-        await enqueue_trigger(conn, stored, now=now)
+        if automate:
+            await enqueue_trigger(conn, stored, now=now)
         if record is not None:
             await media_store.insert_media_row(conn, record)
         return True, stored

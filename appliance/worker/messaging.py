@@ -85,6 +85,7 @@ class MessagingService:
             events_written=self.events_written,
             spawn=self._spawn,
             automations_queued=self.automations.wake,
+            automations_wanted=self.automations.wanted,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: asyncio.Future[None] | None = None  # the next coalesced publish

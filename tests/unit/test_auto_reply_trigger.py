@@ -266,6 +266,37 @@ def test_a_job_run_again_never_sends_twice(tmp_path: Path, open_db: OpenDb, db_p
     _run(tmp_path, open_db, db_path, body)
 
 
+def test_only_accounts_with_active_automations_get_trigger_jobs(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async def jobs() -> list[str]:
+            rows = await h.db.fetchall(
+                "SELECT unique_key FROM queue_jobs WHERE queue = ? ORDER BY id",
+                (AUTOMATION_QUEUE,),
+            )
+            return [r["unique_key"] for r in rows]
+
+        await h.inbound("N1", "hello")  # no rule, no script: nothing would run
+        assert await jobs() == []
+        rule_id = await h.rule("hello")
+        await h.inbound("N2", "hello")
+        assert await jobs() == [trigger_job_key(ACCOUNT, "N2")]
+        assert await h.drain() == 1
+        assert [e["trigger_message_id"] for e in await h.fired_events()] == ["N2"]
+        record = await rules_store.get_rule(h.db, ACCOUNT, rule_id)
+        assert record is not None
+        async with h.db.write() as conn:  # deactivated: no jobs again
+            await rules_store.replace_rule(
+                conn, dataclasses.replace(record.rule, active=False), account_id=ACCOUNT, now=5.0
+            )
+        await h.inbound("N3", "hello")
+        assert await jobs() == [trigger_job_key(ACCOUNT, "N2")]
+        assert len(await h.replies()) == 1
+
+    _run(tmp_path, open_db, db_path, body)
+
+
 def test_sends_never_trigger_and_non_text_messages_are_skipped(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ sends of stored media handed over as files."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,59 @@ def test_a_revoke_that_overtakes_its_message_still_applies(
         assert row["deleted_at"] == 200.0
         received = await _events(db, "message.received")
         assert received[-1]["id"] == "T2" and received[-1]["deleted_at"] == 200.0
+
+    _run(tmp_path, open_db, db_path, body)
+
+
+def test_chat_and_contact_follow_each_inbound_message(
+    tmp_path: Path, open_db: OpenDb, db_path: Path
+) -> None:
+    """A new chat and contact are made by the first message; later ones move the chat's
+    last message and unread count (and bring an archived chat back), refresh the
+    contact, and change its name only when the message carries one."""
+
+    def named(message_id: str, name: str | None) -> InboundMessage:
+        return dataclasses.replace(_text(message_id), sender_name=name)
+
+    async def body(
+        db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
+    ) -> None:
+        async def chat() -> Any:
+            return await db.fetchone(
+                "SELECT unread_count, last_message_id, last_message_at, archived, name_search "
+                "FROM chats WHERE account_id = ? AND jid = ?",
+                (ACCOUNT, ALICE),
+            )
+
+        async def contact() -> Any:
+            return await db.fetchone(
+                "SELECT phone, name, updated_at FROM contacts WHERE account_id = ? AND jid = ?",
+                (ACCOUNT, ALICE),
+            )
+
+        await service.commit_inbound(runtime, [named("C1", "Ali")])
+        first = await chat()
+        assert (first["unread_count"], first["last_message_id"]) == (1, "C1")
+        assert first["name_search"] == "\x1f\x1fAli"
+        made = await contact()
+        assert (made["phone"], made["name"]) == ("+905551110001", "Ali")
+        async with db.write() as conn:
+            await conn.execute("UPDATE chats SET archived = 1 WHERE jid = ?", (ALICE,))
+        await service.commit_inbound(runtime, [named("C2", None), named("C3", None)])
+        later = await chat()
+        assert (later["unread_count"], later["last_message_id"], later["archived"]) == (
+            3,
+            "C3",
+            0,
+        )
+        assert later["last_message_at"] >= first["last_message_at"]
+        kept = await contact()
+        assert kept["name"] == "Ali" and kept["updated_at"] >= made["updated_at"]
+        await service.commit_inbound(runtime, [named("C4", "Ayşe")])
+        assert (await contact())["name"] == "Ayşe"
+        assert (await chat())["name_search"] == "\x1f\x1fAyşe"
+        assert await service.commit_inbound(runtime, [named("C4", "Ayşe")]) == [False]
+        assert (await chat())["unread_count"] == 4  # a redelivery changes nothing
 
     _run(tmp_path, open_db, db_path, body)
 

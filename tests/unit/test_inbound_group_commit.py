@@ -1,7 +1,8 @@
 """Inbound group commit (appliance/worker/inbound.py): deliveries that arrive while
 another is being written share its transaction, each in its own savepoint, in the
 order they arrived (so each chat keeps its order), with their events, conversations
-and automation jobs; a duplicate delivery stores nothing twice."""
+and automation jobs (only where the account has automations); a duplicate delivery
+stores nothing twice."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from appliance.automations import auto_reply_store as rules_store
+from appliance.automations.auto_reply_rules import ACTIONS, Rule
 from appliance.db.database import Database
 from appliance.engines.base import InboundMessage
 from tests.unit.conftest import OpenDb
@@ -32,8 +35,31 @@ def _text(message_id: str, chat: str) -> InboundMessage:
 CHATS = [f"90555100000{i}@s.whatsapp.net" for i in range(3)]
 
 
+async def _rule(db: Database) -> None:
+    """An active auto-reply rule: the account's new messages get trigger jobs."""
+    rule = Rule(
+        id=rules_store.new_rule_id(),
+        name="ping",
+        pattern="ping",
+        priority=100,
+        active=True,
+        match_type="contains",
+        cooldown_s=0,
+        stop=True,
+        conditions=[],
+        actions=ACTIONS.validate_python([{"type": "reply", "text": "pong"}]),
+    )
+    async with db.write() as conn:
+        await rules_store.insert_rule(conn, rule, account_id=ACCOUNT, now=1.0)
+
+
+@pytest.mark.parametrize("automations", [True, False])
 def test_concurrent_deliveries_share_transactions_in_arrival_order(
-    tmp_path: Path, open_db: OpenDb, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    open_db: OpenDb,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    automations: bool,
 ) -> None:
     trips: list[int] = []
     original = Database._run_in_thread
@@ -45,6 +71,8 @@ def test_concurrent_deliveries_share_transactions_in_arrival_order(
     monkeypatch.setattr(Database, "_run_in_thread", counted)
 
     async def body(db: Database, service: Any, runtime: Any, settings: Any) -> None:
+        if automations:
+            await _rule(db)
         deliveries = [
             [_text(f"M{d:02d}-{i}", CHATS[(d + i) % 3]) for i in range(5)] for d in range(20)
         ]
@@ -66,7 +94,8 @@ def test_concurrent_deliveries_share_transactions_in_arrival_order(
         )
         assert events[0]["n"] == 100
         jobs = await db.fetchall("SELECT COUNT(*) AS n FROM queue_jobs")
-        assert jobs[0]["n"] == 100  # one automation trigger per new message
+        # One automation trigger per new message; none where no rule or script would run.
+        assert jobs[0]["n"] == (100 if automations else 0)
         unread = await db.fetchall(
             "SELECT SUM(unread_count) AS n FROM chats WHERE account_id = ?", (ACCOUNT,)
         )
