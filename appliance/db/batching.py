@@ -78,13 +78,7 @@ class Batcher(Generic[I, R]):
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)  # type: ignore[arg-type]
+                self.settle(batch, outcomes)
         except BaseException:
             # Cancelled (shutdown): callers still queued must not wait forever.
             with self._taking:
