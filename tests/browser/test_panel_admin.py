@@ -465,7 +465,14 @@ def test_rotate_a_webhook_secret(
     assert "with the previous secret too" in page.locator("#secret-grace").inner_text()
     # The history holds the endpoint's own address, not the post: a reload rotates
     # nothing and shows no secret.
-    _wait(lambda: page.url == f"{base}/panel/webhooks/{endpoint_id}", "the address replaced")
+    # Asked of the browser: the sync API's page.url is a cached value that a
+    # history.replaceState after the last call does not update while we sleep.
+    page.wait_for_function(
+        "path => location.pathname === path",
+        arg=f"/panel/webhooks/{endpoint_id}",
+        timeout=WAIT_MS,
+    )
+    assert page.evaluate("location.href") == f"{base}/panel/webhooks/{endpoint_id}"
     _both_themes(page, artefacts, "webhook-rotated")
     page.set_viewport_size({"width": 375, "height": 800})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
