@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """The panel's Accounts screen in the in-process app (no worker: a fake answers the QR
 and pairing-code calls): the list with live state, create for each engine from the
 engine's settings model (with the issues next to the fields), the settings edit
@@ -16,7 +17,7 @@ from quart import Quart
 from appliance.api.state import state_of
 from appliance.auth import store as auth_store
 from appliance.db.database import Database
-from appliance.errors import Conflict
+from appliance.errors import Conflict, WorkerUnavailable
 from appliance.ipc import protocol
 from appliance.messaging import history_store, store
 from tests.unit.conftest import OpenDb
@@ -31,6 +32,7 @@ class FakeWorker:
     def __init__(self) -> None:
         self.calls: list[Any] = []
         self.qr = "PHN2Zz48L3N2Zz4="  # base64 of <svg></svg>
+        self.away = False  # pairing codes: the worker does not answer
 
     async def call(self, params: Any) -> Any:
         self.calls.append(params)
@@ -39,6 +41,8 @@ class FakeWorker:
                 raise Conflict("no QR code now")
             return protocol.WebQrResult(qr=self.qr)
         if isinstance(params, protocol.WebPairParams):
+            if self.away:
+                raise WorkerUnavailable("no connection to the worker")
             return protocol.WebPairResult(code="ABCD-EFGH")
         raise AssertionError(params)
 
@@ -173,6 +177,17 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
             isinstance(c, protocol.WebPairParams) and c.phone == "+905551234567"
             for c in worker.calls
         )
+        # No worker: said in the panel's words, not the IPC client's.
+        worker.away = True
+        away = await admin.post(
+            f"/panel/accounts/{account_id}/pairing-code",
+            form={"csrf_token": csrf, "phone": "+905551234567"},
+            headers={"HX-Request": "true"},
+        )
+        text = await away.get_data(as_text=True)
+        assert "The worker did not answer; try again in a moment." in text
+        assert "no connection to the worker" not in text
+        worker.away = False
         # Log out.
         response = await admin.post(
             f"/panel/accounts/{account_id}/logout", form={"csrf_token": csrf}
@@ -434,3 +449,4 @@ def test_delete_an_account_after_typing_its_name(
         assert (await admin.get(f"/panel/accounts/{A}/delete")).status_code == 404
 
     _run(open_db, db_path, tmp_path, test)
+
