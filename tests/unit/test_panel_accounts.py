@@ -450,3 +450,44 @@ def test_delete_an_account_after_typing_its_name(
 
     _run(open_db, db_path, tmp_path, test)
 
+
+class PingedWorker(FakeWorker):
+    """A worker that answers ping with the webhooks process's pids it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.webhooks_pids: list[int] = []
+
+    async def ping(self, *, timeout_s: float | None = None) -> protocol.PingResult:
+        return protocol.PingResult(pong=True, pid=1, webhooks_pids=self.webhooks_pids)
+
+
+def test_banner_says_when_webhook_deliveries_are_stopped(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    """/readyz's webhooks check in the banner: said to those who manage webhooks while
+    the webhooks process is not connected to the worker, in their language."""
+
+    async def test(app: Quart, db: Database) -> None:
+        worker = PingedWorker()
+        state_of(app).worker = worker  # type: ignore[assignment]
+        admin = app.test_client()
+        await _sign_in(admin, "admin1")
+        banner = await (await admin.get("/panel/banner")).get_data(as_text=True)
+        assert 'id="banner-webhooks"' in banner and "The worker is not answering" not in banner
+        assert "Webhook deliveries are stopped: the webhooks process is not running." in banner
+        agent = app.test_client()
+        await _sign_in(agent, "agent1")  # agents do not manage webhooks: not said to them
+        assert "banner-webhooks" not in await (await agent.get("/panel/banner")).get_data(
+            as_text=True
+        )
+        turkish = app.test_client()
+        tr = {"Accept-Language": "tr"}
+        await _sign_in(turkish, "admin1", **tr)
+        text = await (await turkish.get("/panel/banner", headers=tr)).get_data(as_text=True)
+        assert "Webhook teslimatları durdu" in text
+        worker.webhooks_pids = [4242]  # connected again
+        banner = await (await admin.get("/panel/banner")).get_data(as_text=True)
+        assert "banner-webhooks" not in banner
+
+    _run(open_db, db_path, tmp_path, test)
