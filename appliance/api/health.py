@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 import time
 from typing import Any
@@ -20,9 +21,11 @@ from appliance.db.migrate import latest_version, schema_version
 from appliance.db.storage import disk_check
 from appliance.errors import IpcError
 from appliance.ipc.protocol import PingResult
+from appliance.messaging import store as messaging_store
 from appliance.observability.metrics import exposition
 
 bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
 
 
 class Health(BaseModel):
@@ -157,5 +160,19 @@ async def metrics() -> Response:
         response = error_response(401, "metrics require Authorization: Bearer <metrics-token>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    body, content_type = await asyncio.to_thread(exposition)
+    accounts = await _existing_accounts()
+    body, content_type = await asyncio.to_thread(exposition, accounts)
     return Response(body, content_type=content_type)
+
+
+async def _existing_accounts() -> list[str] | None:
+    """The ids of the accounts that exist: the per-account gauges of deleted ones are
+    left out of the exposition. None (nothing left out) when the database cannot say."""
+    state = state_of()
+    if state.db is None:
+        return None
+    try:
+        return [account for account, _, _ in await messaging_store.account_states(state.db)]
+    except Exception as exc:  # a locked or damaged file: /metrics still answers
+        log.warning("metrics: accounts not read", extra={"error": type(exc).__name__})
+        return None
