@@ -31,6 +31,24 @@ OVERFLOWS = """() => {
   }
   return found;
 }"""
+
+# A filter form's labels that are neither beside their field on its line nor above it
+# (a label left at the end of one line, its field at the start of the next).
+ASTRAY_LABELS = """() => {
+  const found = [];
+  for (const label of document.querySelectorAll('main .filters-row label[for]')) {
+    const field = document.getElementById(label.htmlFor);
+    if (!field || label.classList.contains('visually-hidden')) continue;
+    const l = label.getBoundingClientRect(), f = field.getBoundingClientRect();
+    const beside = Math.abs((l.top + l.bottom) / 2 - (f.top + f.bottom) / 2) < 12
+      && l.right <= f.left + 1;
+    const above = l.bottom <= f.top + 4 && Math.abs(l.left - f.left) <= 2;
+    if (!beside && !above) found.push(label.htmlFor);
+  }
+  return found;
+}"""
+
+
 # Screens whose tables are stacked at phone width (table.stacked): none may scroll.
 STACKED = ("contact-attributes", "accounts", "users", "audit", "settings")
 
@@ -76,6 +94,7 @@ def test_every_screen_in_turkish_dark_at_phone_width(
     }
     wide: dict[str, int] = {}
     scrolled: dict[str, Any] = {}
+    labels: dict[str, list[str]] = {}
     for name, path in screens.items():
         page.goto(f"{appliance.base_url}{path}")
         page.locator("main").wait_for()
@@ -83,6 +102,9 @@ def test_every_screen_in_turkish_dark_at_phone_width(
         width = page.evaluate("document.documentElement.scrollWidth")
         if width > 375:
             wide[name] = width
+        astray = page.evaluate(ASTRAY_LABELS)
+        if astray:
+            labels[name] = astray
         inside = page.evaluate(OVERFLOWS)
         if inside:
             scrolled[name] = inside
@@ -91,4 +113,5 @@ def test_every_screen_in_turkish_dark_at_phone_width(
     # that must fit are listed in STACKED), kept for the review.
     (artefacts / "tour-scrolled-tables.json").write_text(json.dumps(scrolled, indent=1))
     assert wide == {}, wide
+    assert labels == {}, labels
     assert {name: scrolled[name] for name in STACKED if name in scrolled} == {}, scrolled
