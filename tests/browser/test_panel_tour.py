@@ -48,6 +48,12 @@ ASTRAY_LABELS = """() => {
   return found;
 }"""
 
+# Radio buttons and checkboxes stretched to a text field's height (their mark then sits
+# off their label's line).
+STRETCHED = """() => Array.from(
+  document.querySelectorAll('main input[type=radio], main input[type=checkbox]')
+).filter((i) => i.getBoundingClientRect().height > 24).map((i) => i.name || i.id)"""
+
 
 # Screens whose tables are stacked at phone width (table.stacked): none may scroll.
 STACKED = ("contact-attributes", "accounts", "users", "audit", "settings")
@@ -95,6 +101,7 @@ def test_every_screen_in_turkish_dark_at_phone_width(
     wide: dict[str, int] = {}
     scrolled: dict[str, Any] = {}
     labels: dict[str, list[str]] = {}
+    marks: dict[str, list[str]] = {}
     for name, path in screens.items():
         page.goto(f"{appliance.base_url}{path}")
         page.locator("main").wait_for()
@@ -105,6 +112,9 @@ def test_every_screen_in_turkish_dark_at_phone_width(
         astray = page.evaluate(ASTRAY_LABELS)
         if astray:
             labels[name] = astray
+        stretched = page.evaluate(STRETCHED)
+        if stretched:
+            marks[name] = stretched
         inside = page.evaluate(OVERFLOWS)
         if inside:
             scrolled[name] = inside
@@ -114,4 +124,5 @@ def test_every_screen_in_turkish_dark_at_phone_width(
     (artefacts / "tour-scrolled-tables.json").write_text(json.dumps(scrolled, indent=1))
     assert wide == {}, wide
     assert labels == {}, labels
+    assert marks == {}, marks
     assert {name: scrolled[name] for name in STACKED if name in scrolled} == {}, scrolled
