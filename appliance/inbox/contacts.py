@@ -32,11 +32,28 @@ from typing import Any, Literal, get_args
 import orjson
 from pydantic import BaseModel, Field
 
-from appliance.errors import InvalidInput
+from appliance.errors import Conflict, InvalidInput
 
 AttributeType = Literal["string", "number", "boolean", "date"]
 ATTRIBUTE_TYPES: tuple[str, ...] = get_args(AttributeType)
 AttributeValue = str | int | float | bool
+
+
+class AttributeTypeHeld(Conflict):
+    """A declared attribute's type cannot change while contacts hold a value for it.
+    The message is the API's (English, unchanged); the facts are kept apart so the
+    panel can say the same in the user's language."""
+
+    def __init__(self, key: str, old_type: str, new_type: str, holders: int) -> None:
+        super().__init__(
+            f"attribute {key!r} is a {old_type} held by {holders} contact(s); "
+            f"leave it out first (which removes those values) to make it a {new_type}"
+        )
+        self.key = key
+        self.old_type = old_type
+        self.new_type = new_type
+        self.holders = holders
+
 
 KEY_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 _KEY = re.compile(KEY_PATTERN)

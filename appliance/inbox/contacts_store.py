@@ -18,8 +18,8 @@ import aiosqlite
 import orjson
 
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
-from appliance.errors import Conflict, NotFound
-from appliance.inbox.contacts import AttributeDef, ImportRow, contact_out
+from appliance.errors import NotFound
+from appliance.inbox.contacts import AttributeDef, AttributeTypeHeld, ImportRow, contact_out
 from appliance.messaging.models import jid_phone
 from appliance.messaging.queries import decode_cursor, next_page
 from appliance.messaging.store import append_event
@@ -132,8 +132,8 @@ async def replace_attribute_defs(
     conn: aiosqlite.Connection, account_id: str, defs: Sequence[AttributeDef], now: float
 ) -> list[str]:
     """Declare exactly ``defs`` (in this order). A key left out is removed from every
-    contact; a key whose type changes is refused (Conflict) while a contact holds a
-    value for it. Answers the keys removed."""
+    contact; a key whose type changes is refused (``AttributeTypeHeld``, a Conflict)
+    while a contact holds a value for it. Answers the keys removed."""
     old = {d.key: d.type for d in await attribute_defs(conn, account_id)}
     new = {d.key: d.type for d in defs}
     for key, type_ in new.items():
@@ -146,10 +146,7 @@ async def replace_attribute_defs(
                 row = await cur.fetchone()
             holders = int(row[0]) if row else 0
             if holders:
-                raise Conflict(
-                    f"attribute {key!r} is a {old[key]} held by {holders} contact(s); "
-                    f"leave it out first (which removes those values) to make it a {type_}"
-                )
+                raise AttributeTypeHeld(key, old[key], type_, holders)
     removed = [k for k in old if k not in new]
     for key in removed:
         await conn.execute(

@@ -58,6 +58,10 @@ MAX_LOAD_DURATION_S = 600
 class PingResult(_Model):
     pong: bool
     pid: int
+    # The webhooks process's pid(s): the connections subscribed to "webhooks" (only the
+    # webhooks process subscribes to it); empty while none is connected. /readyz's
+    # ``webhooks`` check.
+    webhooks_pids: list[int] = []
 
 
 class PingParams(Request[PingResult]):

@@ -37,21 +37,28 @@ def peer_allowed(peer_uid: int, *, server_uid: int) -> bool:
     return peer_uid in (server_uid, 0)
 
 
-def peer_uid(sock: socket.socket | None) -> int | None:
-    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
     if sock is None:
         return None
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return int(pid), int(uid)
+
+
+def peer_uid(sock: socket.socket | None) -> int | None:
+    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    creds = peer_credentials(sock)
+    return None if creds is None else creds[1]
 
 
 class _Connection:
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, pid: int = 0) -> None:
         self.writer = writer
+        self.pid = pid  # the peer's, from SO_PEERCRED (0: not known)
         self.topics: set[str] = set()
 
     def send(self, frame: bytes) -> None:
@@ -84,6 +91,11 @@ class RpcServer:
     @property
     def subscriber_count(self) -> int:
         return sum(1 for c in self._connections if c.topics)
+
+    def subscriber_pids(self, topic: str) -> list[int]:
+        """The pids of the connected processes subscribed to ``topic`` (a process that
+        stopped or died has closed its connection, so it is not among them)."""
+        return sorted(c.pid for c in self._connections if topic in c.topics)
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,13 +140,14 @@ class RpcServer:
         raise AssertionError("handled in _dispatch")  # needs the connection
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid = peer_uid(writer.get_extra_info("socket"))
-        if uid is None or not peer_allowed(uid, server_uid=self.server_uid):
+        creds = peer_credentials(writer.get_extra_info("socket"))
+        uid = None if creds is None else creds[1]
+        if creds is None or not peer_allowed(creds[1], server_uid=self.server_uid):
             self.refused_peers += 1
             log.warning("refused an IPC connection from another user", extra={"peer_uid": uid})
             writer.close()
             return
-        conn = _Connection(writer)
+        conn = _Connection(writer, pid=creds[0])
         self._connections.add(conn)
         try:
             while True:

@@ -10,6 +10,8 @@ import contextlib
 import os
 import threading
 import time
+import warnings
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -19,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
@@ -143,6 +146,25 @@ ACCOUNT_DESIRED_CONNECTED = Gauge(
     ["account"],
     multiprocess_mode="mostrecent",
 )
+# The gauges with an ``account`` label (all set by the worker's monitor): an account's
+# label sets are removed when it is deleted (``forget_account``), and the exposition
+# leaves out those of accounts that no longer exist (``exposition(accounts=...)``).
+ACCOUNT_GAUGES = (SEND_QUEUE_DEPTH, SEND_QUEUE_OLDEST, ACCOUNT_STATE, ACCOUNT_DESIRED_CONNECTED)
+ACCOUNT_GAUGE_NAMES = frozenset(g._name for g in ACCOUNT_GAUGES)
+
+
+def forget_account(account: str) -> None:
+    """Remove a deleted account's label sets from the per-account gauges of this process.
+
+    prometheus-client cannot remove label sets in multiprocess mode (it warns, and the
+    values stay in this process's file): there the exposition leaves them out instead,
+    reading which accounts exist (``exposition``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Removal of labels", UserWarning)
+        for gauge in ACCOUNT_GAUGES:
+            gauge.remove_by_labels({"account": account})
+
+
 DISK_FREE = Gauge(
     "appliance_disk_free_bytes",
     "Free bytes (for unprivileged users) on the data directory's filesystem.",
@@ -223,10 +245,30 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def exposition() -> tuple[bytes, str]:
-    """The aggregate of every process, built fresh per scrape."""
+class _AccountsKept:
+    """A collector's families, the per-account gauges only for ``accounts``."""
+
+    def __init__(self, source: Any, accounts: Collection[str]) -> None:
+        self.source = source
+        self.accounts = frozenset(accounts)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name in ACCOUNT_GAUGE_NAMES:
+                family.samples = [
+                    s for s in family.samples if s.labels.get("account") in self.accounts
+                ]
+            yield family
+
+
+def exposition(accounts: Collection[str] | None = None) -> tuple[bytes, str]:
+    """The aggregate of every process, built fresh per scrape. Given ``accounts`` (the
+    ids that exist), the per-account gauges of any other account are left out: a
+    deleted account's last values stay in the worker's multiprocess file for good."""
+    source: Any = REGISTRY
     if multiprocess_enabled():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
+    if accounts is not None:
+        source = _AccountsKept(source, accounts)
+    return generate_latest(source), CONTENT_TYPE_LATEST

@@ -204,7 +204,9 @@ class Worker:
         log.info("worker stopped")
 
     async def ping(self, _: protocol.PingParams) -> protocol.PingResult:
-        return protocol.PingResult(pong=True, pid=os.getpid())
+        return protocol.PingResult(
+            pong=True, pid=os.getpid(), webhooks_pids=self.rpc.subscriber_pids("webhooks")
+        )
 
     async def poke(self, params: protocol.PokeParams) -> protocol.PokeResult:
         if params.topic == "webhooks":  # to the webhooks process: endpoints changed

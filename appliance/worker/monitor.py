@@ -38,6 +38,7 @@ from appliance.observability.metrics import (
     SEND_QUEUE_OLDEST,
     SENDS,
     WEBHOOK_DEAD,
+    forget_account,
 )
 from appliance.ops import alerts_store
 from appliance.runtime import repeat
@@ -127,12 +128,8 @@ class Monitor:
                 1 if desired == "connected" else 0
             )
             observations += rules.account_observations(account, state_now, desired)
-        for gone in self._accounts_seen - seen:
-            SEND_QUEUE_DEPTH.labels(account=gone).set(0)
-            SEND_QUEUE_OLDEST.labels(account=gone).set(0)
-            ACCOUNT_DESIRED_CONNECTED.labels(account=gone).set(0)
-            for state in ACCOUNT_STATES:
-                ACCOUNT_STATE.labels(account=gone, state=state).set(0)
+        for gone in self._accounts_seen - seen:  # deleted: its label sets go
+            forget_account(gone)
         self._accounts_seen = seen
         return observations
 

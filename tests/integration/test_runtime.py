@@ -15,7 +15,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Appliance, run_install, running_appliance
+from tests.integration.conftest import (
+    Appliance,
+    admin_password,
+    login,
+    run_install,
+    running_appliance,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +156,46 @@ def test_kill_9_worker_readyz_names_worker_then_recovers(appliance: Appliance) -
     # Every API process reconnects (with backoff): soon all of them answer 200.
     appliance.wait_ready(consecutive=10)
     assert appliance.pid_of("worker:worker") != old
+
+
+def test_stopped_webhooks_process_readyz_names_webhooks_then_recovers(
+    appliance: Appliance,
+) -> None:
+    """The webhooks process stopped through supervisord: /readyz answers 503 naming
+    ``webhooks`` (the same rule as the worker: any failing check is 503), the worker
+    still ok, and the panel's banner says deliveries are stopped; started again, both
+    clear."""
+    appliance.wait_ready()
+    with login(appliance, "admin", admin_password(appliance)) as panel:
+        assert "banner-webhooks" not in panel.get("/panel/banner").text
+        appliance.supervisor.stopProcess("webhooks:webhooks", True)
+        try:
+            body: dict = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                response = appliance.readyz()
+                body = response.json()
+                if response.status_code == 503 and "webhooks" in body["failing"]:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"readyz never named the webhooks process: {body}")
+            assert body["status"] == "not_ready" and body["failing"] == ["webhooks"], body
+            webhooks = body["checks"]["webhooks"]
+            assert webhooks["ok"] is False and webhooks["pids"] == [], webhooks
+            assert "deliveries are stopped" in webhooks["error"]
+            assert body["checks"]["worker"]["ok"] is True
+            banner = panel.get("/panel/banner")
+            assert banner.status_code == 200
+            assert 'id="banner-webhooks"' in banner.text
+            assert "Webhook deliveries are stopped" in banner.text
+        finally:
+            appliance.supervisor.startProcess("webhooks:webhooks", True)
+        pid = appliance.wait_running("webhooks:webhooks")
+        appliance.wait_ready(consecutive=5)
+        ready = appliance.readyz().json()
+        assert ready["checks"]["webhooks"] == {"ok": True, "pids": [pid]}, ready
+        assert "banner-webhooks" not in panel.get("/panel/banner").text
 
 
 def _request_loop(

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """The panel's Accounts screen in the in-process app (no worker: a fake answers the QR
 and pairing-code calls): the list with live state, create for each engine from the
 engine's settings model (with the issues next to the fields), the settings edit
@@ -16,7 +17,7 @@ from quart import Quart
 from appliance.api.state import state_of
 from appliance.auth import store as auth_store
 from appliance.db.database import Database
-from appliance.errors import Conflict
+from appliance.errors import Conflict, WorkerUnavailable
 from appliance.ipc import protocol
 from appliance.messaging import history_store, store
 from tests.unit.conftest import OpenDb
@@ -31,6 +32,7 @@ class FakeWorker:
     def __init__(self) -> None:
         self.calls: list[Any] = []
         self.qr = "PHN2Zz48L3N2Zz4="  # base64 of <svg></svg>
+        self.away = False  # pairing codes: the worker does not answer
 
     async def call(self, params: Any) -> Any:
         self.calls.append(params)
@@ -39,6 +41,8 @@ class FakeWorker:
                 raise Conflict("no QR code now")
             return protocol.WebQrResult(qr=self.qr)
         if isinstance(params, protocol.WebPairParams):
+            if self.away:
+                raise WorkerUnavailable("no connection to the worker")
             return protocol.WebPairResult(code="ABCD-EFGH")
         raise AssertionError(params)
 
@@ -173,6 +177,17 @@ def test_accounts_list_create_settings_link(open_db: OpenDb, db_path: Path, tmp_
             isinstance(c, protocol.WebPairParams) and c.phone == "+905551234567"
             for c in worker.calls
         )
+        # No worker: said in the panel's words, not the IPC client's.
+        worker.away = True
+        away = await admin.post(
+            f"/panel/accounts/{account_id}/pairing-code",
+            form={"csrf_token": csrf, "phone": "+905551234567"},
+            headers={"HX-Request": "true"},
+        )
+        text = await away.get_data(as_text=True)
+        assert "The worker did not answer; try again in a moment." in text
+        assert "no connection to the worker" not in text
+        worker.away = False
         # Log out.
         response = await admin.post(
             f"/panel/accounts/{account_id}/logout", form={"csrf_token": csrf}
@@ -432,5 +447,47 @@ def test_delete_an_account_after_typing_its_name(
         assert "The account was deleted with its data." in listing
         assert f'href="/panel/accounts/{A}"' not in listing
         assert (await admin.get(f"/panel/accounts/{A}/delete")).status_code == 404
+
+    _run(open_db, db_path, tmp_path, test)
+
+
+class PingedWorker(FakeWorker):
+    """A worker that answers ping with the webhooks process's pids it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.webhooks_pids: list[int] = []
+
+    async def ping(self, *, timeout_s: float | None = None) -> protocol.PingResult:
+        return protocol.PingResult(pong=True, pid=1, webhooks_pids=self.webhooks_pids)
+
+
+def test_banner_says_when_webhook_deliveries_are_stopped(
+    open_db: OpenDb, db_path: Path, tmp_path: Path
+) -> None:
+    """/readyz's webhooks check in the banner: said to those who manage webhooks while
+    the webhooks process is not connected to the worker, in their language."""
+
+    async def test(app: Quart, db: Database) -> None:
+        worker = PingedWorker()
+        state_of(app).worker = worker  # type: ignore[assignment]
+        admin = app.test_client()
+        await _sign_in(admin, "admin1")
+        banner = await (await admin.get("/panel/banner")).get_data(as_text=True)
+        assert 'id="banner-webhooks"' in banner and "The worker is not answering" not in banner
+        assert "Webhook deliveries are stopped: the webhooks process is not running." in banner
+        agent = app.test_client()
+        await _sign_in(agent, "agent1")  # agents do not manage webhooks: not said to them
+        assert "banner-webhooks" not in await (await agent.get("/panel/banner")).get_data(
+            as_text=True
+        )
+        turkish = app.test_client()
+        tr = {"Accept-Language": "tr"}
+        await _sign_in(turkish, "admin1", **tr)
+        text = await (await turkish.get("/panel/banner", headers=tr)).get_data(as_text=True)
+        assert "Webhook teslimatları durdu" in text
+        worker.webhooks_pids = [4242]  # connected again
+        banner = await (await admin.get("/panel/banner")).get_data(as_text=True)
+        assert "banner-webhooks" not in banner
 
     _run(open_db, db_path, tmp_path, test)

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """The panel's Contacts screen in the in-process app: search by name or phone, the CSV
 import (all rows or none, bad lines named; managers and admins only) and the export
 link."""
@@ -173,13 +174,36 @@ def test_contact_attributes_declared_retyped_removed(
         }
         listed = await (await admin.get(f"/panel/contacts?account={A}")).get_data(as_text=True)
         assert "<td>Yes</td>" in listed
-        # Retyping a held key: 409 with the API's message next to that row; nothing changed.
+        # Retyping a held key: 409 next to that row in the catalog's words (the API's
+        # facts: the key, its type, how many contacts hold it); nothing changed.
         retyped = [("key", "tier"), ("type", "number"), *declared[2:]]
         conflict = await admin.post(url, form=[("csrf_token", csrf), *retyped])
         text = await conflict.get_data(as_text=True)
         assert conflict.status_code == 409
-        assert 'id="attr-0-type-error">attribute &#39;tier&#39; is a string held by 1' in text
+        assert (
+            'id="attr-0-type-error">tier is of type Text and 1 contact holds a value for it: '
+            "remove it first (which deletes that value), save, then declare it again as "
+            "Number.</p>"
+        ) in text
+        assert "held by" not in text  # not the JSON API's English message
         assert (await contacts_store.attribute_defs(db, A))[0].type == "string"
+        # In Turkish, with the plural of two holders.
+        second = await admin.post(
+            f"/panel/accounts/{A}/contacts-import",
+            form={"csrf_token": csrf},
+            files=_csv("phone,name,tier\n+905551230002,Baran,silver\n"),
+        )
+        assert second.status_code == 200
+        turkish = app.test_client()
+        tr = {"Accept-Language": "tr"}
+        _status, _page, tr_csrf = await _sign_in(turkish, "admin1", **tr)
+        conflict = await turkish.post(url, form=[("csrf_token", tr_csrf), *retyped], headers=tr)
+        text = await conflict.get_data(as_text=True)
+        assert conflict.status_code == 409
+        assert (
+            'id="attr-0-type-error">tier türü Metin ve 2 kişide değeri var: önce kaldırın '
+            "(bu değerler silinir), kaydedin, sonra Sayı olarak yeniden tanımlayın.</p>"
+        ) in text, text
         # Removing it deletes the value from every contact, and says so.
         gone = await admin.post(url, form=[("csrf_token", csrf), *declared, ("remove", "tier")])
         assert gone.status_code == 303 and gone.headers["Location"].endswith("removed=tier")

@@ -7,6 +7,7 @@ schema."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -114,6 +115,20 @@ def test_wakes_on_the_workers_publications(tmp_path: Path) -> None:
         await _wait(lambda: len(poster.sent) == 1, 10, "the delivery")
         assert poster.sent[0][2]["webhook-id"] == str(event_id)
         assert proc.wakes >= 2
+
+    asyncio.run(_run(tmp_path, body))
+
+
+def test_the_worker_knows_the_webhooks_process_by_its_subscription(tmp_path: Path) -> None:
+    """What /readyz's ``webhooks`` check reads from the worker's ping: the pid of the
+    connection subscribed to ``webhooks`` while the process runs, none once it stopped."""
+
+    async def body(proc: WebhooksProcess, db: Database, server: RpcServer, poster: Any) -> None:
+        await proc.worker.wait_connected(10)
+        await _wait(lambda: server.subscriber_pids("webhooks") == [os.getpid()], 10, "the pid")
+        assert server.subscriber_pids("schedules") == []
+        await proc.worker.stop()  # as when the process stops or dies: the connection closes
+        await _wait(lambda: server.subscriber_pids("webhooks") == [], 10, "the pid gone")
 
     asyncio.run(_run(tmp_path, body))
 

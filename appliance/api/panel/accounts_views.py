@@ -465,8 +465,12 @@ async def account_pairing_code(account: str) -> Response:
         await audit(conn, "account.pairing_code", target=f"account:{account}")
     try:
         answer = await call(params)
-    except (IpcError, ClientError) as exc:
-        return await _pairing(row, error=_("No code now: %(reason)s", reason=str(exc)), phone=phone)
+    except IpcError:  # no worker: said in the user's language, not the IPC client's words
+        error = _("The worker did not answer; try again in a moment.")
+        return await _pairing(row, error=error, phone=phone)
+    except ClientError as exc:  # the engine's refusal, as WhatsApp or the worker put it
+        error = _("No code now: %(reason)s", reason=exc.message)
+        return await _pairing(row, error=error, phone=phone)
     return await _pairing(row, code=answer.code, phone=phone)
 
 

@@ -17,6 +17,7 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.i18n import _, ngettext
 from appliance.api.panel.web import (
     N_,
     accounts_list,
@@ -30,9 +31,9 @@ from appliance.api.routes.contacts import AttributeDefs, replace_attribute_defs_
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
-from appliance.errors import Conflict, InvalidInput
+from appliance.errors import InvalidInput
 from appliance.inbox import contacts_store
-from appliance.inbox.contacts import ATTRIBUTE_TYPES, MAX_ATTRIBUTE_DEFS
+from appliance.inbox.contacts import ATTRIBUTE_TYPES, MAX_ATTRIBUTE_DEFS, AttributeTypeHeld
 
 # The types as people read them (appliance/inbox/contacts.py ATTRIBUTE_TYPES).
 TYPE_NAMES = dict(
@@ -43,6 +44,21 @@ TYPE_NAMES = dict(
     )
 )
 MAX_KEY_FIELD = 100
+
+
+def retype_refused(exc: AttributeTypeHeld) -> str:
+    """The API's 409 for a retyped attribute that contacts hold, in the catalog's words
+    (the JSON API keeps its English message)."""
+    return ngettext(
+        "%(key)s is of type %(old)s and %(num)d contact holds a value for it: remove it "
+        "first (which deletes that value), save, then declare it again as %(new)s.",
+        "%(key)s is of type %(old)s and %(num)d contacts hold a value for it: remove it "
+        "first (which deletes those values), save, then declare it again as %(new)s.",
+        exc.holders,
+        key=exc.key,
+        old=_(TYPE_NAMES.get(exc.old_type, exc.old_type)),
+        new=_(TYPE_NAMES.get(exc.new_type, exc.new_type)),
+    )
 
 
 def attributes_url(account: str, **args: str) -> str:
@@ -152,14 +168,15 @@ async def contact_attributes_save(account: str) -> Response:
     except InvalidInput as exc:
         errors = _row_errors(exc.extra.get("issues"), fields, errors)
         return await _attributes_page(account, accounts, rows, errors, values, 400)
-    except Conflict as exc:
-        # A retyped key held by contacts: the API's message, next to that row's type.
+    except AttributeTypeHeld as exc:
+        # A retyped key held by contacts: said in the user's language, next to that row.
+        message = retype_refused(exc)
         for i, row in enumerate(rows):
-            if f"{row['key']!r}" in exc.message:
-                errors[f"row-{i}-type"] = exc.message
+            if row["key"] == exc.key and not row["remove"]:
+                errors[f"row-{i}-type"] = message
                 break
         else:
-            errors["body"] = exc.message
+            errors["body"] = message
         return await _attributes_page(account, accounts, rows, errors, values, 409)
     args = {"saved": "1"}
     if removed:

@@ -26,6 +26,7 @@ from werkzeug.exceptions import NotFound as HttpNotFound
 
 from appliance.api.access import principal
 from appliance.api.accounts_access import account_for, visible_accounts
+from appliance.api.health import webhooks_check
 from appliance.api.panel import i18n
 from appliance.api.panel.i18n import _
 from appliance.api.state import db as _db
@@ -34,7 +35,14 @@ from appliance.api.validation import issues_from
 from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.auth.principal import Principal
-from appliance.errors import ClientError, Forbidden, NotFound, RateLimited, Unauthenticated
+from appliance.errors import (
+    ClientError,
+    Forbidden,
+    IpcError,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from appliance.messaging import store as messaging_store
 from appliance.observability.context import request_id_var
 
@@ -364,22 +372,34 @@ def retry_message(retry_after_s: int, now: float) -> str:
     )
 
 
-# -- the banner: worker down, accounts disconnected --------------------------------------
+# -- the banner: worker down, webhooks stopped, accounts disconnected --------------------
 
 
 async def banner_state() -> dict[str, Any]:
     """What the banner shows: the worker's link and the accounts that should be
-    connected but are not (within the user's grants). ``/readyz`` reports the same
-    worker check; account.status events make the page reload this."""
+    connected but are not (within the user's grants), and whether webhook deliveries
+    are stopped (the webhooks process not connected to the worker). ``/readyz`` reports
+    the same worker and webhooks checks; account.status events make the page reload this."""
     state = state_of()
     worker_up = state.worker.connected
     who = principal()
+    # The webhooks process as /readyz's ``webhooks`` check sees it (the worker's ping
+    # answer), for those who manage webhooks; not known, and not said, while the worker
+    # is down.
+    webhooks_up = True
+    if worker_up and who.can(Permission.WEBHOOKS_MANAGE):
+        try:
+            pong = await state.worker.ping(timeout_s=state.settings.ready_worker_timeout_s)
+        except IpcError:
+            worker_up = False
+        else:
+            webhooks_up = webhooks_check(pong).ok
     down: list[str] = []
     if who.can(Permission.ACCOUNTS_READ):
         visible = None if who.role.value == "admin" or who.all_accounts else sorted(who.accounts)
         rows = await messaging_store.list_account_rows(_db(), visible)
         down = [r.name for r in rows if r.desired == "connected" and r.state != "connected"]
-    return {"worker_up": worker_up, "accounts_down": down}
+    return {"worker_up": worker_up, "webhooks_up": webhooks_up, "accounts_down": down}
 
 
 def install(app: Quart) -> None:
