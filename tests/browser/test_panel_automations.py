@@ -19,7 +19,8 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
   replying with an image made in the panel fires on an inbound message (the message
   sent is the image with its caption); a quick reply's variable filled in the rule's
   form (the API's 400 next to it, the tester's rendered text, the reply sent); a
-  schedule with an image due within the minute is sent as an image.
+  schedule with an image due within the minute is sent as an image, and a scheduled
+  quick reply with its variable as its rendered text.
 - Scripts: a new script, its code saved from the editor (line numbers), a dry run
   with its log.
 """
@@ -367,6 +368,8 @@ def test_automations_with_media_and_quick_replies(
     page.click("#create-rule")  # left empty: the API's 400 next to the field
     page.locator("#f-ar-a0-var-0-error", has_text="missing variable").wait_for()
     page.problems.clear()  # the browser logs the 400 itself
+    page.locator("#f-ar-a0-vars").scroll_into_view_if_needed()
+    _both_themes(page, artefacts, "auto-reply-quick-reply-variables")
     page.fill("#f-ar-a0-var-0", "X42")
     page.click("#create-rule")
     page.locator("#auto-replies li.rule", has_text="Codes").wait_for()
@@ -396,11 +399,27 @@ def test_automations_with_media_and_quick_replies(
     row.locator("img.qr-thumb").wait_for()
     row.locator(".next-run time").nth(2).wait_for()
     _both_themes(page, artefacts, "schedules-media")
+    # A scheduled quick reply with its variable (a plain post shows its field).
+    page.fill("#f-sch-name", "Code reminder")
+    page.fill("#f-sch-to", "+905551238004")
+    page.select_option("#f-sch-qr", label="/code Code (code)")
+    page.click("#f-sch-show-vars")
+    page.locator("#f-sch-var-0").fill("X43")
+    page.check('input[name="kind"][value="cron"]')
+    page.fill("#f-sch-cron", "* * * * *")
+    page.fill("#f-sch-zone", "UTC")
+    page.click("#create-schedule")
+    page.locator("#schedules li.schedule", has_text="code = X43").wait_for()
     jid3 = "905551238003@s.whatsapp.net"
     sent = _wait(lambda: _sent(appliance, account, jid3, "image"), "the scheduled image", 150)
     assert sent[0]["content"]["image"]["caption"] == "This week's offers"
-    row.get_by_role("button", name="Pause").click()  # no more sends every minute
-    page.locator("#schedules li.schedule", has_text="Offers").get_by_role(
-        "button", name="Resume"
-    ).wait_for()
+    jid4 = "905551238004@s.whatsapp.net"
+    coded = _wait(lambda: _sent(appliance, account, jid4, "text"), "the scheduled reply", 150)
+    assert coded[0]["content"]["text"]["body"] == "Your code is X43"
+    for name in ("Offers", "Code reminder"):  # no more sends every minute
+        item = page.locator("#schedules li.schedule", has_text=name)
+        item.get_by_role("button", name="Pause").click()
+        page.locator("#schedules li.schedule", has_text=name).get_by_role(
+            "button", name="Resume"
+        ).wait_for()
     _clean(page)

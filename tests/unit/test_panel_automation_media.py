@@ -118,6 +118,15 @@ def test_auto_reply_media_and_quick_reply_variables(
         page = await (await admin.get(f"/panel/auto-replies?account={A}")).get_data(as_text=True)
         assert f'class="qr-thumb" src="/api/accounts/{A}/media/{media["id"]}"' in page
         assert "Today&#39;s menu" in page
+        # The tester says it would send an image with this caption.
+        tested = await admin.post(
+            f"/panel/accounts/{A}/auto-reply-test",
+            form={"text": "the menu?"},
+            headers={"HX-Request": "true", "X-CSRF-Token": csrf},
+        )
+        text = await tested.get_data(as_text=True)
+        assert '<span class="pill would-send-kind">Image</span>' in text
+        assert '<q class="would-send break">Today&#39;s menu</q>' in text
         # Its edit page: the image shown and kept on save; the caption changed.
         edit_url = f"{url}/{record.rule.id}"
         edit = await (await admin.get(edit_url)).get_data(as_text=True)
