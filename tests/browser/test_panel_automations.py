@@ -15,6 +15,12 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
   2 days) shows them as 90 minutes, 90 seconds and 2 days; the cooldown changed to
   2 hours in the panel is 7200 s in the API and the rest unchanged; 375 px, Turkish.
 - Scheduled messages: a recurring one shows its next three occurrences.
+- Media and quick replies (``test_automations_with_media_and_quick_replies``): a rule
+  replying with an image made in the panel fires on an inbound message (the message
+  sent is the image with its caption); a quick reply's variable filled in the rule's
+  form (the API's 400 next to it, the tester's rendered text, the reply sent); a
+  schedule with an image due within the minute is sent as an image, and a scheduled
+  quick reply with its variable as its rendered text.
 - Scripts: a new script, its code saved from the editor (line numbers), a dry run
   with its log.
 """
@@ -268,4 +274,152 @@ def test_auto_reply_durations_in_units(appliance: Appliance, page: Any, artefact
     page.emulate_media(color_scheme="light")
     page.context.set_extra_http_headers({})
     page.set_viewport_size({"width": 1280, "height": 900})
+    _clean(page)
+
+
+def _sent(appliance: Appliance, account: str, jid: str, kind: str) -> list[dict[str, Any]]:
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        found = api.get(f"/api/accounts/{account}/chats/{jid}/messages")
+    if found.status_code != 200:  # no such chat yet
+        return []
+    return [m for m in found.json()["items"] if m["direction"] == "out" and m["type"] == kind]
+
+
+def test_automations_with_media_and_quick_replies(
+    appliance: Appliance, page: Any, artefacts: Path
+) -> None:
+    """An auto-reply with an image reply made in the panel fires on an inbound message
+    and sends the image with its caption; a quick reply with a variable filled in the
+    rule's form (the API's 400 next to the field), shown rendered by the tester and sent;
+    a schedule with an image, due within the minute, sent as an image."""
+    from tests.unit.test_panel_data import png
+
+    suffix = uuid.uuid4().hex[:6]
+    account = f"media{suffix}"
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        made = api.post(
+            "/api/accounts",
+            json={"id": account, "name": f"Media {suffix}", "engine_settings": FAST_SANDBOX},
+        )
+        assert made.status_code == 201, made.text
+        _wait(
+            lambda: api.get(f"/api/accounts/{account}/status").json()["state"] == "connected",
+            "the sandbox account to connect",
+        )
+        qr = api.post(
+            f"/api/accounts/{account}/quick-replies",
+            json={"name": "Code", "shortcut": "/code", "body": "Your code is {{code}}"},
+        )
+        assert qr.status_code == 201, qr.text
+    _sign_in(page, appliance, "admin", admin_password(appliance))
+    base = appliance.base_url
+
+    # 1. A reply with an image and its caption.
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    page.fill("#f-ar-name", "Menu")
+    page.fill("#f-ar-pattern", "menu")
+    page.fill("#f-ar-reply", "Today's menu")
+    page.set_input_files(
+        "#f-ar-a0-media", files=[{"name": "menu.png", "mimeType": "image/png", "buffer": png(48)}]
+    )
+    page.click("#create-rule")
+    rule = page.locator("#auto-replies li.rule", has_text="Menu")
+    rule.locator("img.qr-thumb").wait_for()
+    assert "Today's menu" in rule.inner_text()
+    rule.scroll_into_view_if_needed()
+    _shot(page, artefacts, "auto-replies-media-en-light")
+    rule.get_by_role("link", name="Edit").click()
+    page.locator("#f-ar-a0-current img.qr-thumb").wait_for()
+    _wait(lambda: page.evaluate("document.querySelector('#f-ar-a0-current img').naturalWidth")
+          == 48, "the thumbnail drawn")  # fmt: skip
+    page.evaluate("document.getElementById('f-ar-reply').scrollIntoView({block: 'start'})")
+    _both_themes(page, artefacts, "auto-reply-media")
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+    page.reload()
+    page.locator("#f-ar-a0-current").scroll_into_view_if_needed()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _axe(page, "auto-reply media (tr, phone)")
+    _shot(page, artefacts, "auto-reply-media-tr-light-phone")
+    page.emulate_media(color_scheme="dark")
+    _shot(page, artefacts, "auto-reply-media-tr-dark-phone")
+    page.emulate_media(color_scheme="light")
+    page.context.set_extra_http_headers({})
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.click("#save-rule")  # saved again as it is: the image kept
+    page.wait_for_url(f"**/panel/auto-replies?account={account}")
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        _inject(api, account, "+905551238001", "Menu please", "Deniz")
+    jid = "905551238001@s.whatsapp.net"
+    (image,) = _wait(lambda: _sent(appliance, account, jid, "image"), "the image reply")
+    assert image["content"]["image"]["caption"] == "Today's menu"
+    assert image["content"]["image"]["id"].startswith("med_")
+    page.goto(f"{base}/panel/inbox/{account}/{jid}")
+    page.locator("#messages .msg.out img.media").wait_for(timeout=WAIT_MS)
+
+    # 2. A quick reply with a variable: asked in the rule's form, rendered by the tester.
+    page.goto(f"{base}/panel/auto-replies?account={account}")
+    page.fill("#f-ar-name", "Codes")
+    page.fill("#f-ar-pattern", "kod")
+    page.select_option("#f-ar-a0-type", "quick_reply")
+    page.select_option("#f-ar-a0-qr", label="/code Code (code)")
+    page.click("#f-ar-a0-show-vars")  # a plain post: the form again with its variable
+    page.locator("#f-ar-a0-var-0").wait_for()
+    page.click("#create-rule")  # left empty: the API's 400 next to the field
+    page.locator("#f-ar-a0-var-0-error", has_text="missing variable").wait_for()
+    page.problems.clear()  # the browser logs the 400 itself
+    page.locator("#f-ar-a0-vars").scroll_into_view_if_needed()
+    _both_themes(page, artefacts, "auto-reply-quick-reply-variables")
+    page.fill("#f-ar-a0-var-0", "X42")
+    page.click("#create-rule")
+    page.locator("#auto-replies li.rule", has_text="Codes").wait_for()
+    page.fill("#f-test-text", "kod?")
+    page.click("#run-test")
+    page.locator("#test-result .fired-name", has_text="Codes").wait_for()
+    assert "Your code is X42" in page.locator("#test-result q.would-send").inner_text()
+    with login(appliance, "admin", admin_password(appliance)) as api:
+        _inject(api, account, "+905551238002", "kod lazim", "Ece")
+    jid2 = "905551238002@s.whatsapp.net"
+    (text,) = _wait(lambda: _sent(appliance, account, jid2, "text"), "the quick reply")
+    assert text["content"]["text"]["body"] == "Your code is X42"
+
+    # 3. A schedule with an image, due within the minute, sent as an image.
+    page.goto(f"{base}/panel/schedules?account={account}")
+    page.fill("#f-sch-name", "Offers")
+    page.fill("#f-sch-to", "+905551238003")
+    page.fill("#f-sch-text", "This week's offers")
+    page.set_input_files(
+        "#f-sch-media", files=[{"name": "offers.png", "mimeType": "image/png", "buffer": png(32)}]
+    )
+    page.check('input[name="kind"][value="cron"]')
+    page.fill("#f-sch-cron", "* * * * *")
+    page.fill("#f-sch-zone", "UTC")
+    page.click("#create-schedule")
+    row = page.locator("#schedules li.schedule", has_text="Offers")
+    row.locator("img.qr-thumb").wait_for()
+    row.locator(".next-run time").nth(2).wait_for()
+    _both_themes(page, artefacts, "schedules-media")
+    # A scheduled quick reply with its variable (a plain post shows its field).
+    page.fill("#f-sch-name", "Code reminder")
+    page.fill("#f-sch-to", "+905551238004")
+    page.select_option("#f-sch-qr", label="/code Code (code)")
+    page.click("#f-sch-show-vars")
+    page.locator("#f-sch-var-0").fill("X43")
+    page.check('input[name="kind"][value="cron"]')
+    page.fill("#f-sch-cron", "* * * * *")
+    page.fill("#f-sch-zone", "UTC")
+    page.click("#create-schedule")
+    page.locator("#schedules li.schedule", has_text="code = X43").wait_for()
+    jid3 = "905551238003@s.whatsapp.net"
+    sent = _wait(lambda: _sent(appliance, account, jid3, "image"), "the scheduled image", 150)
+    assert sent[0]["content"]["image"]["caption"] == "This week's offers"
+    jid4 = "905551238004@s.whatsapp.net"
+    coded = _wait(lambda: _sent(appliance, account, jid4, "text"), "the scheduled reply", 150)
+    assert coded[0]["content"]["text"]["body"] == "Your code is X43"
+    for name in ("Offers", "Code reminder"):  # no more sends every minute
+        item = page.locator("#schedules li.schedule", has_text=name)
+        item.get_by_role("button", name="Pause").click()
+        page.locator("#schedules li.schedule", has_text=name).get_by_role(
+            "button", name="Resume"
+        ).wait_for()
     _clean(page)

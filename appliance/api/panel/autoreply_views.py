@@ -11,14 +11,21 @@ reply, quick reply, tags, assignment, status with a snooze time), as numbered ro
 (``c0_type``, ``a0_type``, ...); durations (cooldown, idle time, snooze) as a number
 and a unit (``durations``). Without JavaScript, "Add a condition" / "Add an action"
 / "Remove" are submit buttons (``op``) that show the form again with one row more or
-less, nothing saved. An action the form cannot show (a media reply, a quick reply with
-variables) is kept as it is (``a<i>_keep``, its JSON, checked by the same model).
+less, nothing saved. A ``reply`` action carries text, or media with the text as its
+caption: a file chosen in its row is stored through the media store as the API's upload
+stores it (``reply_media``: the same limits, the store's reason next to the field); a
+saved one is kept (``a<i>_media_id`` or ``a<i>_media_link``), replaced by another file
+or removed. A ``quick_reply`` action shows the chosen quick reply's custom variables as
+fields (``a<i>_var.<name>``; "Show its variables" is an ``op`` that only shows the form
+again); the API's 400 for an unknown or missing one is shown next to its field. A form
+from before (``a<i>_keep``, an action's JSON) is still read, checked by the same model.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +35,14 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.panel import durations
 from appliance.api.panel.automation_common import api, refusal_status
+from appliance.api.panel.reply_media import (
+    FILE_FIELD,
+    KIND_NAMES,
+    chosen_media,
+    media_view,
+    reply_media,
+    upload_context,
+)
 from appliance.api.panel.web import (
     N_,
     accounts_list,
@@ -94,6 +109,11 @@ _ACTION_FIELDS = {
 _LISTS = {"required", "excluded", "statuses", "add", "remove"}
 _NUMBERS = {"user_id", "quick_reply"}
 _DURATIONS = {"idle_s", "snooze_s"}  # a number and its unit (``<name>_unit``) in the form
+# A reply row's media: an uploaded file (id) or a link set through the API, its kind and
+# file name; ``media_remove`` drops it.
+_MEDIA_KEYS = ("media_id", "media_type", "media_name", "media_link")
+VAR_PREFIX = "_var."  # a quick reply row's custom variable: ``a0_var.<name>``
+MAX_VARIABLES = 50
 
 
 def simple_reply(rule: RuleOut) -> str | None:
@@ -142,10 +162,35 @@ def _row(form: Any, prefix: str, fields: tuple[str, ...]) -> dict[str, Any]:
             row[name] = str(form.get(key, "")).strip()
         if name in _DURATIONS:  # no unit (a form from before the units): seconds
             row[name + durations.UNIT_SUFFIX] = str(form.get(key + durations.UNIT_SUFFIX) or "s")
+    for key in _MEDIA_KEYS:
+        value = str(form.get(f"{prefix}_{key}", "")).strip()[:2048]
+        if value:
+            row[key] = value
+    if form.get(f"{prefix}_media_remove"):
+        row["media_remove"] = True
+    start = prefix + VAR_PREFIX
+    names = [k for k in form if isinstance(k, str) and k.startswith(start)]
+    if names:
+        row["variables"] = {k[len(start) :]: str(form.get(k, "")) for k in names[:MAX_VARIABLES]}
     keep = form.get(f"{prefix}_keep")
     if keep:
         row["keep"] = keep
     return row
+
+
+def row_media(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A reply row's media as the API's ``ReplyMedia`` (without the caption), or None
+    (none, or removed)."""
+    if row.get("media_remove") or not (row.get("media_id") or row.get("media_link")):
+        return None
+    media: dict[str, Any] = {"type": row.get("media_type") or "document"}
+    if row.get("media_id"):
+        media["id"] = row["media_id"]
+    else:
+        media["link"] = row["media_link"]
+    if media["type"] == "document" and row.get("media_name"):
+        media["filename"] = str(row["media_name"])[:255]
+    return media
 
 
 def parse_rows(form: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -172,6 +217,11 @@ def _typed(row: dict[str, Any], fields: Mapping[str, tuple[str, ...]]) -> dict[s
         except ValueError:
             return {"type": kind, "keep": row["keep"]}  # refused by the model
     item: dict[str, Any] = {"type": kind}
+    media = row_media(row) if kind == "reply" else None
+    if media is not None:  # the text is its caption
+        if row.get("text"):
+            media["caption"] = row["text"]
+        return {"type": kind, "media": media, "quote": bool(row.get("quote"))}
     for name in fields.get(kind, ()):
         value = row.get(name)
         if name in _LISTS:
@@ -181,7 +231,11 @@ def _typed(row: dict[str, Any], fields: Mapping[str, tuple[str, ...]]) -> dict[s
         elif value in ("", None):
             continue
         elif name == "quick_reply":
-            item[name] = {"id": _number(str(value), 0)}
+            ref: dict[str, Any] = {"id": _number(str(value), 0)}
+            variables = {k: v for k, v in (row.get("variables") or {}).items() if v != ""}
+            if variables:  # empty ones left out: the API names those missing
+                ref["variables"] = variables
+            item[name] = ref
         elif name in _DURATIONS:
             item[name] = durations.seconds(str(value), row.get(name + durations.UNIT_SUFFIX))
         elif name in _NUMBERS:
@@ -214,8 +268,8 @@ def apply_op(op: str, conditions: list[dict[str, Any]], actions: list[dict[str, 
         index = int(op.split(":")[1])
         if index < len(actions):
             del actions[index]
-    elif op in ("add_condition", "add_action"):
-        pass  # at the most already
+    elif op in ("add_condition", "add_action", "variables"):
+        pass  # at the most already; "variables": the chosen quick replies' fields shown
     else:
         return False
     return True
@@ -236,14 +290,17 @@ def rule_rows(rule: RuleOut) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     actions: list[dict[str, Any]] = []
     for a in rule.actions:
         data = a.model_dump(mode="json")
-        if (a.type == "reply" and data.get("media")) or (
-            a.type == "quick_reply" and data["quick_reply"].get("variables")
-        ):
-            actions.append({"type": a.type, "keep": json.dumps(data)})
-            continue
         row: dict[str, Any] = dict(data)
+        media = row.pop("media", None)
+        if a.type == "reply" and media:
+            row["text"] = media.get("caption") or ""
+            row["media_type"] = media["type"]
+            row["media_id" if media.get("id") else "media_link"] = media.get("id") or media["link"]
+            if media.get("filename"):
+                row["media_name"] = media["filename"]
         if a.type == "quick_reply":
             row["quick_reply"] = str(data["quick_reply"]["id"])
+            row["variables"] = dict(data["quick_reply"].get("variables") or {})
         for key in ("add", "remove"):
             if key in row:
                 row[key] = [str(x) for x in row[key]]
@@ -258,9 +315,59 @@ def rule_rows(rule: RuleOut) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return conditions, actions
 
 
-async def _form_values() -> tuple[dict[str, Any], str]:
+async def rows_media(
+    account: str, form: Any, files: Any, actions: list[dict[str, Any]]
+) -> tuple[dict[str, str], int]:
+    """Each reply row's file: a new one stored through the media store (replacing what
+    the row had), a kept one checked to be there still. The refusals by row
+    (``actions.<i>.media``) and the status to answer with."""
+    errors: dict[str, str] = {}
+    status = 400
+    for i, row in enumerate(actions):
+        if row.get("type") != "reply" or row.get("keep"):
+            continue
+        upload = files.get(f"a{i}_{FILE_FIELD}")
+        new = upload is not None and bool(upload.filename)
+        if not new and not row.get("media_id"):
+            continue  # no file, or a link: nothing to store or look up
+        chosen = await chosen_media(account, form, files, prefix=f"a{i}_")
+        if chosen.error is not None:
+            errors[f"actions.{i}.media"] = chosen.error
+            status = chosen.status
+        elif chosen.record is not None:
+            if new:  # replaces what the row had
+                row.pop("media_remove", None)
+                row.pop("media_link", None)
+            part = reply_media(chosen.record)
+            row["media_id"], row["media_type"] = part["id"], part["type"]
+            row["media_name"] = chosen.record.filename or ""
+    return errors, status
+
+
+def _row_media_view(account: str) -> Any:
+    """The template's view of a reply row's media (thumbnail, name or link)."""
+
+    def view(row: Mapping[str, Any]) -> dict[str, Any] | None:
+        media = row_media({**row, "media_remove": False})
+        if media is None:
+            return None
+        item = SimpleNamespace(
+            id=media.get("id"),
+            link=media.get("link"),
+            filename=row.get("media_name") or None,
+            type=media["type"],
+        )
+        return media_view(account, item)
+
+    return view
+
+
+async def _form_values(account: str) -> tuple[dict[str, Any], str, dict[str, str], int]:
+    """The form's values, its ``op``, and the refusals of its files (with a status)."""
     form = await request.form
+    files = await request.files
     conditions, actions = parse_rows(form)
+    media_errors, media_status = await rows_media(account, form, files, actions)
     values = {
         "name": form.get("name", "").strip(),
         "priority": _number(form.get("priority", ""), 100),
@@ -273,7 +380,7 @@ async def _form_values() -> tuple[dict[str, Any], str]:
         "condition_rows": conditions,
         "action_rows": actions,
     }
-    return values, str(form.get("op", ""))
+    return values, str(form.get("op", "")), media_errors, media_status
 
 
 def _body(values: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +404,16 @@ def row_errors(errors: dict[str, str], values: dict[str, Any]) -> dict[str, str]
             index = int(parts[1])
             if parts[0] == "conditions":
                 index = chosen[index] if index < len(chosen) else index
-            out.setdefault(f"{parts[0]}.{index}", message)
+            rest = parts[2:]
+            tag = rest[0] if rest else ""
+            if tag in _ACTION_FIELDS and (tag != "quick_reply" or rest[1:2] == ["quick_reply"]):
+                rest = rest[1:]  # the model's path names the union's tag first
+            if parts[0] == "actions" and rest[:2] == ["quick_reply", "variables"] and rest[2:]:
+                out.setdefault(f"actions.{index}.var.{'.'.join(rest[2:])}", message)
+            elif parts[0] == "actions" and rest[:1] == ["media"] and rest[1:2] != ["caption"]:
+                out.setdefault(f"actions.{index}.media", message)
+            else:
+                out.setdefault(f"{parts[0]}.{index}", message)
         else:
             out.setdefault(parts[0], message)
     return out
@@ -316,6 +432,10 @@ async def _pickers(account: str) -> dict[str, Any]:
     return {
         "tags": tags,
         "quick_replies": replies,
+        "quick_reply_by_id": {q.id: q for q in replies},
+        "row_media_view": _row_media_view(account),
+        "kind_names": KIND_NAMES,
+        **upload_context(),
         "people": await inbox_store.assignees(db, account),
         "duration_units": durations.UNIT_NAMES,
         "condition_names": CONDITION_NAMES,
@@ -375,10 +495,14 @@ async def auto_replies() -> Response:
 @requires(Permission.AUTOMATIONS_MANAGE)
 @hide
 async def auto_reply_create(account: str) -> Response:
-    values, op = await _form_values()
+    await api(routes.list_auto_replies)(account)  # the API's account check (404)
+    values, op, media_errors, media_status = await _form_values(account)
     if apply_op(op, values["condition_rows"], values["action_rows"]):
-        await api(routes.list_auto_replies)(account)  # the API's account check (404)
-        return await _list_page(account, await accounts_list(), values=values)
+        return await _list_page(account, await accounts_list(), values=values, errors=media_errors)
+    if media_errors:
+        return await _list_page(
+            account, await accounts_list(), errors=media_errors, values=values, status=media_status
+        )
     try:
         data = RuleIn.model_validate(_body(values))
         await api(routes.create_auto_reply)(account, data)
@@ -441,9 +565,13 @@ async def auto_reply(account: str, rule_id: str) -> Response:
 @hide
 async def auto_reply_update(account: str, rule_id: str) -> Response:
     rule: RuleOut = await api(routes.get_auto_reply)(account, rule_id)
-    values, op = await _form_values()
+    values, op, media_errors, media_status = await _form_values(account)
     if apply_op(op, values["condition_rows"], values["action_rows"]):
-        return await _edit_page(account, rule, values=values)
+        return await _edit_page(account, rule, values=values, errors=media_errors)
+    if media_errors:
+        return await _edit_page(
+            account, rule, errors=media_errors, values=values, status=media_status
+        )
     try:
         data = RulePatch.model_validate(_body(values))
         await api(routes.update_auto_reply)(account, rule_id, data)
@@ -499,6 +627,7 @@ async def auto_reply_test(account: str) -> Response:
         "test_values": test_values,
         "outcomes": OUTCOMES,
         "action_names": ACTION_NAMES,
+        "kind_names": KIND_NAMES,
     }
     status = 400 if errors else 200
     if is_htmx():

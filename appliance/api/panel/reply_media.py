@@ -1,4 +1,5 @@
-"""A quick reply's media in the panel's forms: the file chosen in the form, stored
+"""Media in the panel's forms (a quick reply's, an auto-reply's ``reply`` action, a
+scheduled message's): the file chosen in the form, stored
 through the media store as ``POST /api/accounts/{id}/media`` stores it (the same
 MEDIA_MAX_BYTES limit, the same types judged from the bytes, the same messages), or the
 one an earlier try of the same form uploaded (``media_id``, so a form shown again for
@@ -52,9 +53,11 @@ def reply_media(record: media.MediaRecord) -> dict[str, Any]:
     return part
 
 
-async def chosen_media(account: str, form: Any, files: Any) -> Chosen:
-    """The file the form carries (stored now), else the one kept from an earlier try."""
-    upload = files.get(FILE_FIELD)
+async def chosen_media(account: str, form: Any, files: Any, prefix: str = "") -> Chosen:
+    """The file the form carries (stored now), else the one kept from an earlier try.
+    ``prefix`` names the fields of one of several media fields in a form (an auto-reply's
+    action rows: ``a0_media_file``, ``a0_media_id``)."""
+    upload = files.get(prefix + FILE_FIELD)
     if upload is not None and upload.filename:  # no file chosen: an empty part
         if not principal().can(Permission.MESSAGES_SEND):  # the API's upload needs it
             raise Forbidden("uploading media needs messages.send")
@@ -70,7 +73,7 @@ async def chosen_media(account: str, form: Any, files: Any) -> Chosen:
         except ClientError as exc:  # too large, a type WhatsApp cannot carry, empty
             return Chosen(error=exc.message, status=exc.http_status)
         return Chosen(record)
-    kept = str(form.get("media_id", "")).strip()[:100]
+    kept = str(form.get(prefix + "media_id", "")).strip()[:100]
     if kept:
         try:
             return Chosen(await media.get_media(_db(), account, kept))
@@ -79,22 +82,26 @@ async def chosen_media(account: str, form: Any, files: Any) -> Chosen:
     return Chosen()
 
 
-def media_view(account: str, item: QuickReplyMedia | None) -> dict[str, Any] | None:
-    """How a quick reply's media is shown: an uploaded image as a thumbnail from the
-    appliance's own media store, others by kind and name; a link as text (never loaded
-    into the page: CSP and privacy)."""
+def media_view(
+    account: str, item: QuickReplyMedia | Any | None, kind: str | None = None
+) -> dict[str, Any] | None:
+    """How media is shown (a quick reply's, an auto-reply's, a schedule's message's:
+    anything with ``id``, ``link``, ``filename`` and a ``type``, or ``kind`` given): an
+    uploaded image as a thumbnail from the appliance's own media store, others by kind
+    and name; a link as text (never loaded into the page: CSP and privacy)."""
     if item is None:
         return None
+    kind = kind or item.type
     url = None
     if item.id is not None:
         url = f"/api/accounts/{quote(account, safe='')}/media/{quote(item.id, safe='')}"
     return {
-        "type": item.type,
-        "kind": _(KIND_NAMES.get(item.type, item.type)),
+        "type": kind,
+        "kind": _(KIND_NAMES.get(kind, kind)),
         "url": url,
         "link": item.link,
         "filename": item.filename,
-        "thumbnail": url if item.type == "image" else None,
+        "thumbnail": url if kind == "image" else None,
     }
 
 
@@ -106,7 +113,7 @@ def kept_values(record: media.MediaRecord | None) -> dict[str, Any]:
 
 
 def upload_context() -> dict[str, Any]:
-    """What the quick-reply forms show of media: the upload limit, how media is shown,
+    """What the forms with a media field show of media: the upload limit, how media is shown,
     the built-in variables."""
     limit = state_of().settings.media_max_bytes
     return {

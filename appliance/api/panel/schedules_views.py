@@ -3,12 +3,16 @@ the API): the list with each schedule's next occurrences, a new one (once at a t
 the user's timezone, or recurring on a cron expression in a zone), pause, resume and
 cancel (delete). Each action is the API route's own body (``automation_common.api``):
 the same timing rules, checks, audit entries, ``schedule.*`` events and worker poke.
-Quick-reply bodies, media and lists of more than a few recipients: the API.
+The message is a text, a file with the text as its caption (stored through the media
+store as the API's upload stores it, ``reply_media``), or a quick reply of the account
+with its custom variables (``var.<name>``, shown for the chosen one; "Show its
+variables" only shows the form again), as the API's ``message`` or ``quick_reply``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +23,14 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.panel import i18n
 from appliance.api.panel.automation_common import api, lines, refusal_status
+from appliance.api.panel.reply_media import (
+    KIND_NAMES,
+    chosen_media,
+    kept_values,
+    media_view,
+    reply_media,
+    upload_context,
+)
 from appliance.api.panel.web import (
     accounts_list,
     bp,
@@ -29,11 +41,17 @@ from appliance.api.panel.web import (
 )
 from appliance.api.routes import schedules as routes
 from appliance.api.routes.schedules import ListQuery, OccurrenceQuery, ScheduleIn, ScheduleOut
+from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
 from appliance.errors import ClientError
+from appliance.inbox import quick_replies_store
 
 MAX_SHOWN = 200
 NEXT_SHOWN = 3
+MAX_QUICK_REPLIES = 200
+MAX_VARIABLES = 50
+VAR_PREFIX = "var."
+MEDIA_KINDS = ("image", "document", "audio", "video", "sticker")
 
 
 def _unix(rfc3339: str | None) -> float | None:
@@ -78,6 +96,11 @@ async def _page(
     values: dict[str, Any] | None = None,
     status: int = 200,
 ) -> Response:
+    replies: list[Any] = []
+    if account is not None:
+        replies, _next = await quick_replies_store.list_quick_replies(
+            _db(), account, q=None, cursor=None, limit=MAX_QUICK_REPLIES
+        )
     return await form_page(
         "panel/schedules.html",
         nav="schedules",
@@ -87,6 +110,11 @@ async def _page(
         values=values or {"kind": "once", "timezone": i18n.timezone()},
         status=status,
         schedules=await _rows(account) if account is not None else [],
+        schedule_media=schedule_media,
+        quick_replies=replies,
+        quick_reply_by_id={q.id: q for q in replies},
+        kind_names=KIND_NAMES,
+        **upload_context(),
     )
 
 
@@ -98,12 +126,34 @@ async def schedules() -> Response:
     return await _page(account, accounts)
 
 
+def _message(values: dict[str, Any]) -> dict[str, Any] | None:
+    """The API's ``message``: the file with the text as its caption, or the text."""
+    if values.get("media_id"):
+        part = {"id": values["media_id"]}
+        if values.get("media_type") == "document" and values.get("media_name"):
+            part["filename"] = str(values["media_name"])[:255]
+        if values["text"]:
+            part["caption"] = values["text"]
+        kind = str(values.get("media_type") or "document")
+        return {"type": kind, kind: part}
+    if values["text"]:
+        return {"type": "text", "text": {"body": values["text"]}}
+    return None
+
+
 def _body(values: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": values["name"],
         "to": lines(values["to"]),
-        "message": {"type": "text", "text": {"body": values["text"]}} if values["text"] else None,
+        "message": _message(values),
     }
+    if values.get("quick_reply"):
+        chosen = values["quick_reply"]
+        ref: dict[str, Any] = {"id": int(chosen) if chosen.isdigit() else chosen}
+        variables = {k: v for k, v in values.get("variables", {}).items() if v != ""}
+        if variables:  # empty ones left out: the API names those missing
+            ref["variables"] = variables
+        body["quick_reply"] = ref
     if values["kind"] == "cron":
         body.update(cron=values["cron"] or None, timezone=values["timezone"] or None)
     else:
@@ -117,25 +167,73 @@ def _body(values: dict[str, Any]) -> dict[str, Any]:
 @requires(Permission.AUTOMATIONS_MANAGE)
 @hide
 async def schedule_create(account: str) -> Response:
+    await api(routes.list_schedules)(account, ListQuery(limit=1))  # the API's account check
     form = await request.form
-    values = {
+    files = await request.files
+    values: dict[str, Any] = {
         key: form.get(key, "").strip()
-        for key in ("name", "to", "text", "kind", "at", "cron", "timezone")
+        for key in ("name", "to", "text", "kind", "at", "cron", "timezone", "quick_reply")
     }
+    names = [k for k in form if isinstance(k, str) and k.startswith(VAR_PREFIX)]
+    values["variables"] = {
+        k[len(VAR_PREFIX) :]: str(form.get(k, "")) for k in names[:MAX_VARIABLES]
+    }
+    chosen = await chosen_media(account, form, files)
+    values.update(kept_values(chosen.record))
+    if chosen.record is not None:
+        values["media_type"] = reply_media(chosen.record)["type"]
+    if chosen.error is not None:
+        return await _page(
+            account,
+            await accounts_list(),
+            errors={"media": chosen.error},
+            values=values,
+            status=chosen.status,
+        )
+    if form.get("op") == "variables":  # the chosen quick reply's fields, nothing saved
+        return await _page(account, await accounts_list(), values=values)
     try:
         data = ScheduleIn.model_validate(_body(values))
         made: tuple[ScheduleOut, int] = await api(routes.create_schedule)(account, data)
     except (ValidationError, ClientError) as exc:
         status = refusal_status(exc)
-        errors = form_errors(exc, form_key="_form")
-        if "message" in errors:
-            errors["text"] = errors.pop("message")
-        if not values["text"] and "_form" in errors and "message" in errors["_form"]:
-            errors["text"] = errors.pop("_form")
+        errors = _errors(exc, values)
         return await _page(
             account, await accounts_list(), errors=errors, values=values, status=status
         )
     return see_other(f"/panel/schedules?account={account}#schedule-{made[0].id}")
+
+
+def _errors(exc: ValidationError | ClientError, values: dict[str, Any]) -> dict[str, str]:
+    """The API's issues by form field: a quick reply's variable by its own field
+    (``var.<name>``), a stored file's by the file field, the message's by the text."""
+    errors: dict[str, str] = {}
+    for path, message in form_errors(exc, full_path=True, form_key="_form").items():
+        parts = path.split(".")
+        if parts[:2] == ["quick_reply", "variables"] and len(parts) > 2:
+            key = VAR_PREFIX + ".".join(parts[2:])
+        elif parts[0] == "message" and values.get("media_id") and "caption" not in parts:
+            key = "media"
+        elif parts[0] == "message":
+            key = "text"
+        else:
+            key = parts[0]
+        errors.setdefault(key, message)
+    no_body = not values["text"] and not values.get("media_id") and not values.get("quick_reply")
+    if no_body and "message" in errors.get("_form", ""):
+        errors["text"] = errors.pop("_form")
+    return errors
+
+
+def schedule_media(account: str, s: ScheduleOut) -> dict[str, Any] | None:
+    """How a schedule's media message is shown (thumbnail, name or link), else None."""
+    message = s.message or {}
+    kind = message.get("type")
+    part = message.get(kind) if kind in MEDIA_KINDS else None
+    if not isinstance(part, dict):
+        return None
+    item = SimpleNamespace(id=part.get("id"), link=part.get("link"), filename=part.get("filename"))
+    return media_view(account, item, kind=str(kind))
 
 
 @bp.post("/accounts/<account>/schedules/<schedule_id>/<any(pause, resume, cancel):action>")

@@ -2,10 +2,10 @@
 
 Uploads may be larger than the app-wide body limit (MAX_BODY_BYTES, 1 MiB): this
 route takes up to MEDIA_MAX_BYTES. The blueprint installs a request class that gives
-only ``POST /api/accounts/<account>/media`` (and the panel's quick-reply forms, which
-upload a file the same way: ``UPLOAD_PATH``) the larger limit, and that keeps reading
-(and dropping) an oversized body for a while before answering 413, so the client
-reads a JSON 413 instead of a connection reset.
+only ``POST /api/accounts/<account>/media`` (and the panel's quick-reply, auto-reply
+and schedule forms, which upload a file the same way: ``UPLOAD_PATH``) the larger
+limit, and that keeps reading (and dropping) an oversized body for a while before
+answering 413, so the client reads a JSON 413 instead of a connection reset.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ from appliance.messaging.media import MediaRecord, TooLarge
 
 bp = Blueprint("media", __name__)
 
-# The uploads: the API's, and the web panel's quick-reply forms that carry a file
-# (stored through the same media store, with the same limit).
+# The uploads: the API's, and the web panel's forms that carry a file (quick replies,
+# auto-replies' reply actions, scheduled messages), stored through the same media store,
+# with the same limit.
 UPLOAD_PATH = re.compile(
-    r"^/(api/accounts/[^/]+/media|panel/accounts/[^/]+/quick-replies(/[0-9]+/edit)?)$"
+    r"^/(api/accounts/[^/]+/media|panel/accounts/[^/]+/"
+    r"(quick-replies(/[0-9]+/edit)?|auto-replies(/[^/]+)?|schedules))$"
 )
 # Room for the multipart framing around a file of MEDIA_MAX_BYTES.
 MULTIPART_OVERHEAD = 64 * 1024
