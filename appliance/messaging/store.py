@@ -648,6 +648,27 @@ async def start_sending(
     return None if row is None else MessageRow.from_row(row)
 
 
+async def mark_sent(
+    conn: aiosqlite.Connection, account_id: str, message_id: str, *, now: float
+) -> MessageRow | None:
+    """``set_message_status(..., "sent")`` for the send loop, in one statement instead of a
+    read and an update: an outbound message still queued or sending becomes sent, with its
+    ``message.sent`` event. None (nothing changed) when it is gone, failed, or a receipt
+    overtook the send's own confirmation (its events were written then)."""
+    found = await fetchone_from(
+        conn,
+        "UPDATE messages SET status = 'sent', error = NULL, updated_at = ? "
+        "WHERE account_id = ? AND id = ? AND direction = 'out' "
+        f"AND status IN ('queued', 'sending') RETURNING {_MESSAGE_COLS}",
+        (now, account_id, message_id),
+    )
+    if found is None:
+        return None
+    row = MessageRow.from_row(found)
+    await append_event(conn, "message.sent", account_id, message_event_data(row), now)
+    return row
+
+
 async def report_failure(
     conn: aiosqlite.Connection, account_id: str, message_id: str, error: str, *, now: float
 ) -> bool:

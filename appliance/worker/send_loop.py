@@ -233,7 +233,7 @@ class SendLoop:
         order_key = job.order_key
 
         async def sent(conn: aiosqlite.Connection) -> bool:
-            await store.set_message_status(conn, account_id, message_id, "sent", now=now)
+            await store.mark_sent(conn, account_id, message_id, now=now)
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
             # Whether this released the chat's next send (no read of its own after).
             return order_key is None or await has_unfinished_in(conn, SEND_QUEUE, order_key)

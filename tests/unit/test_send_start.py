@@ -90,3 +90,42 @@ def test_a_send_creates_or_updates_its_chat(open_db: OpenDb, db_path: Path) -> N
             assert chat is not None and tuple(chat) == ("M2", 200.0, 3, 0, 100.0)
 
     asyncio.run(main())
+
+
+def test_mark_sent_is_set_message_status_sent(open_db: OpenDb, db_path: Path) -> None:
+    """The send loop's ``store.mark_sent`` changes and writes exactly what
+    ``set_message_status(..., "sent")`` does, for each state a message can be in."""
+
+    async def main() -> None:
+        async with open_db(db_path) as db:
+            await _account(db, A)
+            results: dict[str, list[object]] = {}
+            for way in ("old", "new"):
+                async with db.write() as conn:
+                    for state in ("queued", "sending", "delivered", "failed"):
+                        message_id = f"{way}-{state}"
+                        await _send(conn, message_id, 100.0)
+                        if state != "queued":
+                            await store.set_message_status(
+                                conn, A, message_id, state, now=101.0, error="e"
+                            )
+                        if way == "old":
+                            await store.set_message_status(conn, A, message_id, "sent", now=102.0)
+                        else:
+                            await store.mark_sent(conn, A, message_id, now=102.0)
+                rows = await db.fetchall(
+                    "SELECT status, error, updated_at FROM messages WHERE id LIKE ? ORDER BY seq",
+                    (f"{way}-%",),
+                )
+                events = await db.fetchall(
+                    "SELECT type, created_at, data FROM events WHERE data LIKE ? ORDER BY id",
+                    (f'%"{way}-%',),
+                )
+                results[way] = [
+                    [tuple(r) for r in rows],
+                    [(e["type"], e["created_at"], e["data"].replace(way, "X")) for e in events],
+                ]
+            assert results["new"] == results["old"]
+            assert ("sent", None, 102.0) in results["new"][0]  # the queued one, at least
+
+    asyncio.run(main())
