@@ -387,7 +387,7 @@ async def insert_outbound(
             origin,
         ),
     )
-    await _touch_chat(conn, account_id, chat_jid, message_id, now, unread=False)
+    await _touch_chat_outbound(conn, account_id, chat_jid, message_id, now)
 
 
 async def media_exists(
@@ -467,6 +467,20 @@ async def _touch_chat_inbound(
     )
     if cur.rowcount == 0:
         await _touch_chat(conn, account_id, jid, message_id, now, unread=True)
+
+
+async def _touch_chat_outbound(
+    conn: aiosqlite.Connection, account_id: str, jid: str, message_id: str, now: float
+) -> None:
+    """``_touch_chat(..., unread=False)``, cheaper for a known chat (a send nearly always
+    goes to a chat stored before): an UPDATE, the upsert only when it changed nothing."""
+    cur = await conn.execute(
+        "UPDATE chats SET last_message_id = ?, last_message_at = ?, archived = 0 "
+        "WHERE account_id = ? AND jid = ?",
+        (message_id, now, account_id, jid),
+    )
+    if cur.rowcount == 0:
+        await _touch_chat(conn, account_id, jid, message_id, now, unread=False)
 
 
 async def _touch_contact_inbound(
@@ -613,6 +627,46 @@ async def set_message_status(
     for step in steps:
         await append_event(conn, f"message.{step}", account_id, {**payload, "status": step}, now)
     return updated
+
+
+async def start_sending(
+    conn: aiosqlite.Connection, account_id: str, message_id: str, *, now: float
+) -> MessageRow | None:
+    """``set_message_status(..., "sending")`` for the send loop, and the message's row, in
+    one statement: an outbound message still queued becomes sending (one already sending,
+    from an attempt before a crash, stays as it is); None when it is gone or further on
+    (sent, failed: nothing to send). No event: ``sending`` has none."""
+    row = await fetchone_from(
+        conn,
+        "UPDATE messages SET status = 'sending', "
+        "error = CASE WHEN status = 'queued' THEN NULL ELSE error END, "
+        "updated_at = CASE WHEN status = 'queued' THEN ? ELSE updated_at END "
+        "WHERE account_id = ? AND id = ? AND direction = 'out' "
+        f"AND status IN ('queued', 'sending') RETURNING {_MESSAGE_COLS}",
+        (now, account_id, message_id),
+    )
+    return None if row is None else MessageRow.from_row(row)
+
+
+async def mark_sent(
+    conn: aiosqlite.Connection, account_id: str, message_id: str, *, now: float
+) -> MessageRow | None:
+    """``set_message_status(..., "sent")`` for the send loop, in one statement instead of a
+    read and an update: an outbound message still queued or sending becomes sent, with its
+    ``message.sent`` event. None (nothing changed) when it is gone, failed, or a receipt
+    overtook the send's own confirmation (its events were written then)."""
+    found = await fetchone_from(
+        conn,
+        "UPDATE messages SET status = 'sent', error = NULL, updated_at = ? "
+        "WHERE account_id = ? AND id = ? AND direction = 'out' "
+        f"AND status IN ('queued', 'sending') RETURNING {_MESSAGE_COLS}",
+        (now, account_id, message_id),
+    )
+    if found is None:
+        return None
+    row = MessageRow.from_row(found)
+    await append_event(conn, "message.sent", account_id, message_event_data(row), now)
+    return row
 
 
 async def report_failure(

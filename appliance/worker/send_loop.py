@@ -158,15 +158,21 @@ class SendLoop:
         token = job.lease_token or ""
         account_id = job.payload["account_id"]
         message_id = job.payload["message_id"]
-        row = await store.message_row(self.db, account_id, message_id)
-        if row is None or row.status not in ("queued", "sending"):
-            await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
-            return "finished"
+        chat = job.payload.get("chat")
         runtime = self.accounts.get(account_id)
-        if runtime is None or not runtime.connected or runtime.engine is None:
-            await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
-            return "waiting"
-        chat = row.chat_jid
+        engine = None if runtime is None or not runtime.connected else runtime.engine
+        if engine is None or not isinstance(chat, str):
+            # The message read first: one gone or sent already is acked even while its
+            # account is not connected. (Connected, the message is read by the write
+            # that marks it sending, in _hand_to_engine.)
+            row = await store.message_row(self.db, account_id, message_id)
+            if row is None or row.status not in ("queued", "sending"):
+                await self.queue.ack(job.id, token)  # deleted, or already sent before a crash
+                return "finished"
+            if engine is None:
+                await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
+                return "waiting"
+            chat = row.chat_jid
         interval = self.settings.send_chat_interval_ms / 1000
         wait = self._last_sent.get((account_id, chat), 0.0) + interval - time.monotonic()
         if wait > 0:
@@ -188,20 +194,29 @@ class SendLoop:
             attributes={"appliance.account_id": account_id, "appliance.message_id": message_id},
         ):
             tracing.remember(f"{account_id}:{message_id}")  # its receipts join this trace
-            return await self._hand_to_engine(job, runtime.engine, row)
+            return await self._hand_to_engine(job, engine)
 
-    async def _hand_to_engine(self, job: Job, engine: Engine, row: MessageRow) -> Outcome:
+    async def _hand_to_engine(self, job: Job, engine: Engine) -> Outcome:
         token = job.lease_token or ""
-        account_id, message_id = row.account_id, row.id
+        account_id = job.payload["account_id"]
+        message_id = job.payload["message_id"]
         now = time.time()
         traceparent = tracing.stored_traceparent()  # the send span's (tracing on), kept
 
-        async def sending(conn: aiosqlite.Connection) -> None:
-            await store.set_message_status(conn, account_id, message_id, "sending", now=now)
+        async def sending(conn: aiosqlite.Connection) -> MessageRow | None:
+            # The message marked sending and read in one statement; one gone or sent
+            # already (before a crash) is acked instead.
+            found = await store.start_sending(conn, account_id, message_id, now=now)
+            if found is None:
+                await ack_in(conn, SEND_QUEUE, job.id, token, now)
+                return None
             if traceparent:  # for receipts after a restart (messaging/trace_links.py)
                 await trace_links.keep(conn, account_id, message_id, traceparent)
+            return found
 
-        await self.db.write_batched(sending, in_thread=True)
+        row = await self.db.write_batched(sending, in_thread=True)
+        if row is None:
+            return "finished"
         try:
             outbound = await self.outbound(engine, row)
             with tracing.span("engine.send", kind="client"):
@@ -218,7 +233,7 @@ class SendLoop:
         order_key = job.order_key
 
         async def sent(conn: aiosqlite.Connection) -> bool:
-            await store.set_message_status(conn, account_id, message_id, "sent", now=now)
+            await store.mark_sent(conn, account_id, message_id, now=now)
             await ack_in(conn, SEND_QUEUE, job.id, token, now)
             # Whether this released the chat's next send (no read of its own after).
             return order_key is None or await has_unfinished_in(conn, SEND_QUEUE, order_key)

@@ -46,7 +46,7 @@ async def _send(db: Database, service: MessagingService) -> str:
     row = await store.message_row(db, ACCOUNT, accepted.message_id)
     assert row is not None
     with tracing.span("send"):
-        assert await service.sends._hand_to_engine(job, _FileEngine(), row)
+        assert await service.sends._hand_to_engine(job, _FileEngine())
     return accepted.message_id
 
 
