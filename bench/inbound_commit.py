@@ -70,6 +70,8 @@ async def appliance_run(directory: Path, sync: str, total: int, per_tick: int) -
     settings = _settings(directory / "root", sync)
     db = await Database.open(directory / "appliance.db", synchronous=sync)
     await migrate(db.writer)
+    if hasattr(db, "keep_temp_in_memory"):  # as the worker does (older revisions: not)
+        await db.keep_temp_in_memory()
     async with db.write() as conn:
         await store.create_account(
             conn,
@@ -135,6 +137,8 @@ async def burst_run(directory: Path, sync: str, total: int, per_tick: int) -> di
     settings = _settings(directory / "root2", sync)
     db = await Database.open(directory / "burst.db", synchronous=sync)
     await migrate(db.writer)
+    if hasattr(db, "keep_temp_in_memory"):  # as the worker does (older revisions: not)
+        await db.keep_temp_in_memory()
     async with db.write() as conn:
         await store.create_account(
             conn,

@@ -167,6 +167,15 @@ class Database:
         )
         return cls(writer, reader, FileWriteLock(lock_path_for(path)))
 
+    async def keep_temp_in_memory(self) -> None:
+        """``PRAGMA temp_store=MEMORY`` on the writer: the statement journals of its
+        transactions (each group-committed caller's savepoint keeps the pages it changes
+        until it is released) stay in memory instead of spilling past 64 KiB into temp
+        files (``/var/tmp/etilqs_*``), written on every inbound batch. For after the
+        migrations: their index builds may need more temporary space than memory
+        should hold."""
+        await self._writer.execute("PRAGMA temp_store=MEMORY")
+
     async def close(self) -> None:
         await self._reader.close()
         await self._writer.close()

@@ -7,6 +7,7 @@ The rules themselves are plain functions in ``conversations.py``.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -355,41 +356,53 @@ async def on_inbound(
     message_id: str,
     *,
     now: float,
+    chat: sqlite3.Row | None = None,
 ) -> None:
     """After an inbound message is stored (same transaction): reopen a resolved or
     snoozed chat, note what waits, and auto-assign a new or reopened chat when the
-    account's ``auto_assign`` setting is on (read here, so a change applies at once)."""
-    row = await fetchone_from(
-        conn,
-        f"SELECT {_CONV_COLS}, c.created_at, a.settings FROM chats c "
-        "JOIN accounts a ON a.id = c.account_id WHERE c.account_id = ? AND c.jid = ?",
-        (account_id, jid),
-    )
-    if row is None:
-        return
-    before = Conversation.from_row(row)
+    account's ``auto_assign`` setting is on (read here, so a change applies at once).
+
+    ``chat``: the chat's conversation columns and ``created_at`` as the caller's update
+    of the chat returned them, ``last_inbound_seq`` set there already
+    (``messaging.store.receive_inbound``); without it they are read and set here."""
+    settings_json: str | None = None
+    if chat is None:
+        row = await fetchone_from(
+            conn,
+            f"SELECT {_CONV_COLS}, c.created_at, a.settings FROM chats c "
+            "JOIN accounts a ON a.id = c.account_id WHERE c.account_id = ? AND c.jid = ?",
+            (account_id, jid),
+        )
+        if row is None:
+            return
+        chat, settings_json = row, row["settings"]
+        await conn.execute(
+            "UPDATE chats SET last_inbound_seq = (SELECT seq FROM messages "
+            "WHERE account_id = ? AND id = ?) WHERE account_id = ? AND jid = ?",
+            (account_id, message_id, account_id, jid),
+        )
+    before = Conversation.from_row(chat)
     after, reason = rules.on_inbound(before, now=now)
-    settings = orjson.loads(row["settings"] or "{}")
-    await conn.execute(
-        "UPDATE chats SET last_inbound_seq = (SELECT seq FROM messages "
-        "WHERE account_id = ? AND id = ?) WHERE account_id = ? AND jid = ?",
-        (account_id, message_id, account_id, jid),
-    )
-    new_chat = row["created_at"] == now and before.opened_at == now
-    if (
-        settings.get("auto_assign")
-        and after.assignee_id is None
-        and (new_chat or reason == "reopened")
-    ):
-        chosen = await _round_robin(conn, account_id, int(settings.get("auto_assign_limit") or 0))
-        if chosen is not None:
-            after = replace(after, assignee_id=chosen)
-            await conn.execute(
-                "INSERT INTO inbox_assignment_state (account_id, last_user_id, updated_at) "
-                "VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
-                "last_user_id = excluded.last_user_id, updated_at = excluded.updated_at",
-                (account_id, chosen, now),
+    new_chat = chat["created_at"] == now and before.opened_at == now
+    if after.assignee_id is None and (new_chat or reason == "reopened"):
+        if settings_json is None:  # only now: most inbound messages need no settings
+            found = await fetchone_from(
+                conn, "SELECT settings FROM accounts WHERE id = ?", (account_id,)
             )
+            settings_json = None if found is None else found["settings"]
+        settings = orjson.loads(settings_json or "{}")
+        if settings.get("auto_assign"):
+            chosen = await _round_robin(
+                conn, account_id, int(settings.get("auto_assign_limit") or 0)
+            )
+            if chosen is not None:
+                after = replace(after, assignee_id=chosen)
+                await conn.execute(
+                    "INSERT INTO inbox_assignment_state (account_id, last_user_id, updated_at) "
+                    "VALUES (?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
+                    "last_user_id = excluded.last_user_id, updated_at = excluded.updated_at",
+                    (account_id, chosen, now),
+                )
     await _write(conn, account_id, jid, before, after)
     await _status_event(conn, account_id, jid, before, after, SYSTEM, now, reason)
     await _assign_event(conn, account_id, jid, before, after, SYSTEM, now, "auto_assign")

@@ -416,14 +416,8 @@ async def insert_inbound(
     """Store an inbound message once; None if this WhatsApp id was already stored. A
     revoke that overtook the message (``message_revocations``) makes it start out
     deleted."""
-    row = await fetchone_from(
+    stored = await _insert_inbound(
         conn,
-        "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
-        "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at, "
-        "sender_name, deleted_at) VALUES (?1, ?2, ?3, 'in', ?4, ?5, ?6, ?7, ?8, ?9, "
-        "'received', ?10, ?11, ?11, ?12, (SELECT revoked_at FROM message_revocations "
-        "WHERE account_id = ?1 AND message_id = ?2)) "
-        f"ON CONFLICT (account_id, id) DO NOTHING RETURNING {_MESSAGE_COLS}",
         (
             account_id,
             message_id,
@@ -438,16 +432,98 @@ async def insert_inbound(
             now,
             sender_name,
         ),
+        inbox=False,
+    )
+    return None if stored is None else stored.message
+
+
+@dataclass(frozen=True, slots=True)
+class InboundStored:
+    """An inbound message just stored by ``receive_inbound``."""
+
+    message: MessageOut
+    # The chat's conversation columns (``CHAT_CONVERSATION_COLS``) as this message's
+    # update of the chat left them; None when this message created the chat.
+    chat: sqlite3.Row | None
+
+
+# What ``receive_inbound``'s update of a known chat returns: the conversation columns
+# (migration 0014) and when the chat was created, for ``inbox.store.on_inbound``.
+CHAT_CONVERSATION_COLS = (
+    "status, snoozed_until, assignee_id, opened_at, waiting_since, first_response_at, "
+    "resolved_at, created_at"
+)
+
+
+async def receive_inbound(
+    conn: aiosqlite.Connection,
+    *,
+    account_id: str,
+    message_id: str,
+    chat_jid: str,
+    sender_jid: str,
+    sender_name: str | None,
+    type_: str,
+    body: str | None,
+    content: dict[str, Any],
+    reply_to: str | None,
+    media_id: str | None,
+    wa_timestamp: float,
+    now: float,
+) -> InboundStored | None:
+    """``insert_inbound`` for the worker's inbound path, which runs
+    ``inbox.store.on_inbound`` next: a known chat's one update also sets
+    ``last_inbound_seq`` (the inbox's unread mark) and returns the chat's conversation
+    columns, so that the inbox neither reads the chat again nor updates it a second
+    time. A new chat (the upsert) leaves both to ``on_inbound`` as before."""
+    return await _insert_inbound(
+        conn,
+        (
+            account_id,
+            message_id,
+            chat_jid,
+            sender_jid,
+            type_,
+            body,
+            _json(content),
+            reply_to,
+            media_id,
+            wa_timestamp,
+            now,
+            sender_name,
+        ),
+        inbox=True,
+    )
+
+
+async def _insert_inbound(
+    conn: aiosqlite.Connection, params: tuple[Any, ...], *, inbox: bool
+) -> InboundStored | None:
+    """The message row (``params`` in the INSERT's order), its chat, contact and
+    ``message.received`` event; None if the WhatsApp id was stored before."""
+    row = await fetchone_from(
+        conn,
+        "INSERT INTO messages (account_id, id, chat_jid, direction, sender_jid, type, body, "
+        "content, reply_to, media_id, status, wa_timestamp, created_at, updated_at, "
+        "sender_name, deleted_at) VALUES (?1, ?2, ?3, 'in', ?4, ?5, ?6, ?7, ?8, ?9, "
+        "'received', ?10, ?11, ?11, ?12, (SELECT revoked_at FROM message_revocations "
+        "WHERE account_id = ?1 AND message_id = ?2)) "
+        f"ON CONFLICT (account_id, id) DO NOTHING RETURNING {_MESSAGE_COLS}, seq",
+        params,
     )
     if row is None:
         return None
-    await _touch_chat_inbound(conn, account_id, chat_jid, message_id, now)
+    account_id, message_id, chat_jid, sender_jid = params[:4]
+    now, sender_name = params[10], params[11]
+    chat = await _touch_chat_inbound(
+        conn, account_id, chat_jid, message_id, now, seq=row["seq"] if inbox else None
+    )
     await _touch_contact_inbound(conn, account_id, sender_jid, sender_name, now)
     message = message_out(MessageRow.from_row(row))
     await append_event(
         conn, "message.received", account_id, message.model_dump(mode="json", by_alias=True), now
     )
-    return message
+    return InboundStored(message, chat)
 
 
 # An inbound message is nearly always in a chat and from a contact stored before: an
@@ -457,16 +533,36 @@ async def insert_inbound(
 
 
 async def _touch_chat_inbound(
-    conn: aiosqlite.Connection, account_id: str, jid: str, message_id: str, now: float
-) -> None:
-    """``_touch_chat(..., unread=True)``, cheaper for a known chat."""
-    cur = await conn.execute(
+    conn: aiosqlite.Connection,
+    account_id: str,
+    jid: str,
+    message_id: str,
+    now: float,
+    *,
+    seq: int | None = None,
+) -> sqlite3.Row | None:
+    """``_touch_chat(..., unread=True)``, cheaper for a known chat. With ``seq`` (the
+    message's ``messages.seq``), a known chat's ``last_inbound_seq`` is set to it too and
+    its ``CHAT_CONVERSATION_COLS`` are returned; None otherwise (and for a new chat)."""
+    if seq is None:
+        cur = await conn.execute(
+            "UPDATE chats SET last_message_id = ?, last_message_at = ?, "
+            "unread_count = unread_count + 1, archived = 0 WHERE account_id = ? AND jid = ?",
+            (message_id, now, account_id, jid),
+        )
+        if cur.rowcount == 0:
+            await _touch_chat(conn, account_id, jid, message_id, now, unread=True)
+        return None
+    row = await fetchone_from(
+        conn,
         "UPDATE chats SET last_message_id = ?, last_message_at = ?, "
-        "unread_count = unread_count + 1, archived = 0 WHERE account_id = ? AND jid = ?",
-        (message_id, now, account_id, jid),
+        "unread_count = unread_count + 1, archived = 0, last_inbound_seq = ? "
+        f"WHERE account_id = ? AND jid = ? RETURNING {CHAT_CONVERSATION_COLS}",
+        (message_id, now, seq, account_id, jid),
     )
-    if cur.rowcount == 0:
+    if row is None:
         await _touch_chat(conn, account_id, jid, message_id, now, unread=True)
+    return row
 
 
 async def _touch_chat_outbound(

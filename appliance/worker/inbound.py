@@ -157,7 +157,7 @@ class Inbound:
         if m.type == "edit":  # an edit made by the sender (or on our phone)
             await apply_edit(conn, account_id, m, now)
             return True, None
-        stored = await store.insert_inbound(
+        stored = await store.receive_inbound(
             conn,
             account_id=account_id,
             message_id=m.id,
@@ -174,13 +174,16 @@ class Inbound:
         )
         if stored is None:
             return False, None
-        # The conversation: reopen, what waits, auto-assignment.
-        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now)
+        # The conversation: reopen, what waits, auto-assignment (the chat's columns as
+        # the message's update of it returned them).
+        await inbox_store.on_inbound(
+            conn, account_id, m.chat_jid, m.id, now=now, chat=stored.chat
+        )
         if automate:
-            await enqueue_trigger(conn, stored, now=now)
+            await enqueue_trigger(conn, stored.message, now=now)
         if record is not None:
             await media_store.insert_media_row(conn, record)
-        return True, stored
+        return True, stored.message
 
     async def _stage_media(
         self, account_id: str, message: InboundMessage

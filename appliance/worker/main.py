@@ -83,6 +83,7 @@ class Worker:
             cipher=DataCipher(self.secrets.data_key, previous=self.secrets.previous_data_keys),
         )
         self.schema_version = await current_version(self.db.writer)
+        await self.db.keep_temp_in_memory()  # after the migrations (its docstring)
         if applied:
             log.info("applied migrations", extra={"versions": applied})
         await self._bootstrap_admin()

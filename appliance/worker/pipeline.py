@@ -53,18 +53,28 @@ class PipelineTask:
 class Pipeline:
     def __init__(self, tasks: list[PipelineTask]) -> None:
         self.tasks = list(tasks)
+        # Each task's metric children, looked up once (a run is per inbound message).
+        self._metrics = {
+            task.name: (
+                PIPELINE_OUTCOMES.labels(task=task.name, outcome="ok"),
+                PIPELINE_OUTCOMES.labels(task=task.name, outcome="error"),
+                PIPELINE_DURATION.labels(task=task.name),
+            )
+            for task in self.tasks
+        }
 
     async def run(self, ctx: PipelineContext, message: MessageOut) -> dict[str, str]:
         """Run every task in order; returns each task's outcome."""
         outcomes = {}
         for task in self.tasks:
+            ok, error, duration = self._metrics[task.name]
             start = time.perf_counter()
             try:
                 with tracing.span(f"pipeline {task.name}"):
                     await task.run(ctx, message)
-                outcome = "ok"
+                outcome, counter = "ok", ok
             except Exception:
-                outcome = "error"
+                outcome, counter = "error", error
                 log.exception(
                     "pipeline task failed",
                     extra={
@@ -73,8 +83,8 @@ class Pipeline:
                         "message_id": message.id,
                     },
                 )
-            PIPELINE_OUTCOMES.labels(task=task.name, outcome=outcome).inc()
-            PIPELINE_DURATION.labels(task=task.name).observe(time.perf_counter() - start)
+            counter.inc()
+            duration.observe(time.perf_counter() - start)
             outcomes[task.name] = outcome
         return outcomes
 

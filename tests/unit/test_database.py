@@ -279,3 +279,31 @@ def test_the_lock_is_free_again_when_the_transaction_ends(tmp_path: Path) -> Non
             await db.close()
 
     asyncio.run(body())
+
+
+def test_temp_kept_in_memory_on_the_writer_only_when_asked(tmp_path: Path) -> None:
+    """The worker asks for it after its migrations (statement journals of big group
+    commits stay off the disk); until then, and on the reader, SQLite's default."""
+
+    async def body() -> None:
+        db = await Database.open(tmp_path / "t.db")
+        try:
+            assert await db.scalar("PRAGMA temp_store") == 0
+            async with db.write() as conn:
+                assert tuple(await (await conn.execute("PRAGMA temp_store")).fetchone()) == (0,)
+                await conn.execute("CREATE TABLE t (x TEXT)")
+            await db.keep_temp_in_memory()
+
+            def insert(n: int) -> Any:
+                # ~5 KB a row: the batch's savepoints outgrow the 64 KiB spill threshold.
+                return lambda conn: conn.execute("INSERT INTO t VALUES (?)", ("x" * 5000 + str(n),))
+
+            await asyncio.gather(*(db.write_batched(insert(n), in_thread=True) for n in range(40)))
+            async with db.write() as conn:
+                assert tuple(await (await conn.execute("PRAGMA temp_store")).fetchone()) == (2,)
+            assert await db.scalar("PRAGMA temp_store") == 0
+            assert await db.scalar("SELECT COUNT(*) FROM t") == 40
+        finally:
+            await db.close()
+
+    asyncio.run(body())

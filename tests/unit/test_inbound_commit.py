@@ -225,7 +225,7 @@ def test_a_failed_commit_leaves_no_file(
     async def body(
         db: Database, service: MessagingService, runtime: AccountRuntime, settings: Settings
     ) -> None:
-        monkeypatch.setattr(store, "insert_inbound", boom)
+        monkeypatch.setattr(store, "receive_inbound", boom)
         with pytest.raises(RuntimeError):
             await service.commit_inbound(runtime, [_image("IMG2", _png())])
         assert _media_files(settings) == []

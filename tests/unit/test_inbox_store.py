@@ -73,27 +73,51 @@ async def _user(
     return user_id
 
 
+# Both ways of running the conversation after an inbound message: ``on_inbound``
+# reading the chat itself (``insert_inbound``, tools and tests), or given the columns the
+# message's own update of the chat returned (``receive_inbound``, the worker's path).
+# Every test here runs both ways and must see the same.
+_PATH = {"returned": False}
+
+
+@pytest.fixture(autouse=True, params=["read", "returned"])
+def _inbound_path(request: pytest.FixtureRequest) -> None:
+    _PATH["returned"] = request.param == "returned"
+
+
 async def _inbound(db: Database, account: str, chat: str, now: float) -> str:
     """As the worker commits an inbound message: the row, then the conversation."""
     message_id = f"IN{next(_ids):06d}"
+    fields: dict[str, Any] = {
+        "account_id": account,
+        "message_id": message_id,
+        "chat_jid": chat,
+        "sender_jid": chat,
+        "sender_name": None,
+        "type_": "text",
+        "body": "hello",
+        "content": {"type": "text", "text": {"body": "hello"}},
+        "reply_to": None,
+        "media_id": None,
+        "wa_timestamp": now,
+        "now": now,
+    }
     async with db.write() as conn:
-        stored = await store.insert_inbound(
-            conn,
-            account_id=account,
-            message_id=message_id,
-            chat_jid=chat,
-            sender_jid=chat,
-            sender_name=None,
-            type_="text",
-            body="hello",
-            content={"type": "text", "text": {"body": "hello"}},
-            reply_to=None,
-            media_id=None,
-            wa_timestamp=now,
-            now=now,
-        )
-        assert stored is not None
-        await inbox.on_inbound(conn, account, chat, message_id, now=now)
+        if _PATH["returned"]:
+            received = await store.receive_inbound(conn, **fields)
+            assert received is not None
+            await inbox.on_inbound(conn, account, chat, message_id, now=now, chat=received.chat)
+        else:
+            stored = await store.insert_inbound(conn, **fields)
+            assert stored is not None
+            await inbox.on_inbound(conn, account, chat, message_id, now=now)
+    seq = await db.scalar(
+        "SELECT seq FROM messages WHERE account_id = ? AND id = ?", (account, message_id)
+    )
+    marked = await db.scalar(
+        "SELECT last_inbound_seq FROM chats WHERE account_id = ? AND jid = ?", (account, chat)
+    )
+    assert marked == seq  # the chat's unread mark is this message, either way
     return message_id
 
 
