@@ -59,6 +59,13 @@ def _refused(page: Any, status: int) -> None:
     page.problems[:] = [p for p in page.problems if f"status of {status}" not in p]
 
 
+def _drop_refused_preview(page: Any) -> None:
+    """The preview refused for its missing variable (a 400 by design) is logged by the
+    browser; the sync API delivers that console line whenever it next talks to the
+    driver, so it is dropped (that line only) wherever it may have arrived."""
+    page.problems[:] = [p for p in page.problems if not ("status of 400" in p and "/preview)" in p)]
+
+
 def _no_problems(page: Any, stage: str) -> None:
     """No console error (a CSP refusal would be one) so far, naming the stage."""
     assert page.problems == [], (stage, page.url, page.problems)
@@ -179,6 +186,7 @@ def test_quick_reply_with_media_sent_from_the_composer(
     page.click("#preview-button")
     page.locator("#preview-result", has_text="Our catalogue, Deniz Kaya 2027").wait_for()
     assert page.locator("#preview-result img.qr-thumb").count() == 1
+    _drop_refused_preview(page)
     _no_problems(page, "the preview")
     page.locator("#preview-result").scroll_into_view_if_needed()
     _both_themes(page, artefacts, "quick-reply-preview")
@@ -193,6 +201,7 @@ def test_quick_reply_with_media_sent_from_the_composer(
     box.press("Enter")
     page.locator("#qr-media", has_text="with an image").wait_for(state="visible")
     page.locator("#qr-var-season").fill("2027")
+    _drop_refused_preview(page)  # its console line may be delivered this late
     _no_problems(page, "the quick reply chosen")
     _axe(page, "quick reply with media in the composer")
     _shot(page, artefacts, "composer-quick-reply-media-en-light")
