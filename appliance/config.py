@@ -115,6 +115,9 @@ class Settings(BaseModel):
     worker_drain_timeout_s: Annotated[float, Field(gt=0, le=300)] = 15.0
     ipc_timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
     ready_worker_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    # /readyz's webhooks check fails when the webhooks process, still connected, has sent
+    # nothing for this long (it sends a heartbeat every second while its event loop runs).
+    webhooks_silent_after_s: Annotated[float, Field(ge=2, le=600)] = 15.0
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 5000
     enable_test_routes: bool = False

@@ -39,10 +39,13 @@ class WebhooksCheck(BaseModel):
     """The webhooks process (``[program:webhooks]``): connected to the worker, as the
     worker reports it in its ``ping`` answer (runbook/readyz.md)."""
 
-    ok: bool = Field(description="The webhooks process is connected to the worker")
+    ok: bool = Field(
+        description="The webhooks process is connected to the worker and heard from lately"
+    )
     pids: list[int] = Field(description="Its process id (empty when it is not running)")
     error: str | None = Field(
-        default=None, description="Why not: not connected, or not known (the worker is down)"
+        default=None,
+        description="Why not: not connected, silent (hung), or not known (the worker is down)",
     )
 
 
@@ -95,6 +98,10 @@ async def _check_database() -> dict[str, Any]:
 
 WEBHOOKS_UNKNOWN = "not known: the worker is not answering"
 WEBHOOKS_DOWN = "the webhooks process is not connected to the worker: deliveries are stopped"
+WEBHOOKS_SILENT = (
+    "the webhooks process is connected but silent (no heartbeat within"
+    " WEBHOOKS_SILENT_AFTER_S): it may hang, deliveries may be stopped"
+)
 
 
 def webhooks_check(pong: PingResult | None) -> WebhooksCheck:
@@ -104,6 +111,8 @@ def webhooks_check(pong: PingResult | None) -> WebhooksCheck:
         return WebhooksCheck(ok=False, pids=[], error=WEBHOOKS_UNKNOWN)
     if not pong.webhooks_pids:
         return WebhooksCheck(ok=False, pids=[], error=WEBHOOKS_DOWN)
+    if set(pong.webhooks_pids) <= set(pong.webhooks_silent_pids):
+        return WebhooksCheck(ok=False, pids=list(pong.webhooks_pids), error=WEBHOOKS_SILENT)
     return WebhooksCheck(ok=True, pids=list(pong.webhooks_pids))
 
 

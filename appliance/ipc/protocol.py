@@ -62,6 +62,9 @@ class PingResult(_Model):
     # webhooks process subscribes to it); empty while none is connected. /readyz's
     # ``webhooks`` check.
     webhooks_pids: list[int] = []
+    # Of those, the ones not heard from within WEBHOOKS_SILENT_AFTER_S (the process sends a
+    # ``ping`` notification every second while its event loop runs): connected but hung.
+    webhooks_silent_pids: list[int] = []
 
 
 class PingParams(Request[PingResult]):

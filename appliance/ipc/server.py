@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class _Connection:
         self.writer = writer
         self.pid = pid  # the peer's, from SO_PEERCRED (0: not known)
         self.topics: set[str] = set()
+        self.last_heard = time.monotonic()  # when its last frame arrived
 
     def send(self, frame: bytes) -> None:
         if not self.writer.is_closing():
@@ -92,10 +94,18 @@ class RpcServer:
     def subscriber_count(self) -> int:
         return sum(1 for c in self._connections if c.topics)
 
-    def subscriber_pids(self, topic: str) -> list[int]:
+    def subscriber_pids(self, topic: str, *, heard_within_s: float | None = None) -> list[int]:
         """The pids of the connected processes subscribed to ``topic`` (a process that
-        stopped or died has closed its connection, so it is not among them)."""
-        return sorted(c.pid for c in self._connections if topic in c.topics)
+        stopped or died has closed its connection, so it is not among them). With
+        ``heard_within_s``, only those that sent a frame that recently: a process whose
+        event loop hangs keeps its connection open but goes silent."""
+        now = time.monotonic()
+        return sorted(
+            c.pid
+            for c in self._connections
+            if topic in c.topics
+            and (heard_within_s is None or now - c.last_heard <= heard_within_s)
+        )
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +170,7 @@ class RpcServer:
                     break
                 if not line:
                     break
+                conn.last_heard = time.monotonic()
                 task = asyncio.create_task(self._dispatch(conn, line))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)

@@ -143,13 +143,17 @@ class WebhooksProcess:
 
     async def _watch_worker(self) -> None:
         """Read the endpoints again after each (re)connection to the worker (changes
-        announced while disconnected were lost) and every ENDPOINT_RELOAD_S."""
+        announced while disconnected were lost) and every ENDPOINT_RELOAD_S; send the
+        worker a heartbeat every WATCH_S."""
         assert self.dispatcher is not None
         was_connected = False
         last_reload = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_S)
             connected = self.worker.connected
+            # The heartbeat: the worker reports a connected process that stays silent
+            # (its event loop hung) to /readyz. A ping notification gets no answer.
+            self.worker.notify(protocol.PingParams())
             due = time.monotonic() - last_reload >= ENDPOINT_RELOAD_S
             if (connected and not was_connected) or due:
                 last_reload = time.monotonic()

@@ -205,8 +205,15 @@ class Worker:
         log.info("worker stopped")
 
     async def ping(self, _: protocol.PingParams) -> protocol.PingResult:
+        connected = self.rpc.subscriber_pids("webhooks")
+        heard = self.rpc.subscriber_pids(
+            "webhooks", heard_within_s=self.settings.webhooks_silent_after_s
+        )
         return protocol.PingResult(
-            pong=True, pid=os.getpid(), webhooks_pids=self.rpc.subscriber_pids("webhooks")
+            pong=True,
+            pid=os.getpid(),
+            webhooks_pids=connected,
+            webhooks_silent_pids=[pid for pid in connected if pid not in heard],
         )
 
     async def poke(self, params: protocol.PokeParams) -> protocol.PokeResult:

@@ -198,6 +198,37 @@ def test_stopped_webhooks_process_readyz_names_webhooks_then_recovers(
         assert "banner-webhooks" not in panel.get("/panel/banner").text
 
 
+def test_hung_webhooks_process_readyz_says_silent_then_recovers(appliance: Appliance) -> None:
+    """A webhooks process that hangs (SIGSTOP: its event loop runs nothing) keeps its
+    connection to the worker but stops its heartbeat: /readyz answers 503 naming
+    ``webhooks`` as silent, with its pid, within WEBHOOKS_SILENT_AFTER_S (15 s by
+    default); resumed, it is heard again and the check clears."""
+    appliance.wait_ready()
+    pid = appliance.wait_running("webhooks:webhooks")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        body: dict = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = appliance.readyz()
+            body = response.json()
+            if response.status_code == 503 and "webhooks" in body["failing"]:
+                break
+            time.sleep(0.25)
+        else:
+            raise AssertionError(f"readyz never said the webhooks process is silent: {body}")
+        assert body["failing"] == ["webhooks"], body
+        webhooks = body["checks"]["webhooks"]
+        assert webhooks["ok"] is False and webhooks["pids"] == [pid], webhooks
+        assert "silent" in webhooks["error"], webhooks
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    appliance.wait_ready(consecutive=5)
+    ready = appliance.readyz().json()
+    assert ready["checks"]["webhooks"] == {"ok": True, "pids": [pid]}, ready
+    assert appliance.pid_of("webhooks:webhooks") == pid  # the same process, not a restart
+
+
 def _request_loop(
     appliance: Appliance,
     stop: threading.Event,

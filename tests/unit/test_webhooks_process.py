@@ -133,6 +133,39 @@ def test_the_worker_knows_the_webhooks_process_by_its_subscription(tmp_path: Pat
     asyncio.run(_run(tmp_path, body))
 
 
+def test_a_silent_webhooks_process_is_told_from_a_connected_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process sends the worker a heartbeat every WATCH_S; one whose loop stops
+    running it (hung) keeps its connection but falls out of the recently heard, and
+    /readyz's webhooks check says it is silent."""
+    from appliance.api.health import WEBHOOKS_SILENT, webhooks_check
+
+    monkeypatch.setattr(process_module, "WATCH_S", 0.05)
+
+    async def body(proc: WebhooksProcess, db: Database, server: RpcServer, poster: Any) -> None:
+        me = [os.getpid()]
+        await proc.worker.wait_connected(10)
+        await _wait(lambda: server.subscriber_pids("webhooks") == me, 10, "the pid")
+        for _ in range(10):  # heard all along, well past the 0.5 s window
+            await asyncio.sleep(0.1)
+            assert server.subscriber_pids("webhooks", heard_within_s=0.5) == me
+        assert proc._watch is not None
+        proc._watch.cancel()  # what a hung event loop looks like from the worker's side
+        await asyncio.gather(proc._watch, return_exceptions=True)
+        await _wait(
+            lambda: server.subscriber_pids("webhooks", heard_within_s=0.5) == [], 10, "silence"
+        )
+        assert server.subscriber_pids("webhooks") == me  # still connected
+        pong = protocol.PingResult(pong=True, pid=1, webhooks_pids=me, webhooks_silent_pids=me)
+        check = webhooks_check(pong)
+        assert (check.ok, check.pids, check.error) == (False, me, WEBHOOKS_SILENT)
+        heard = protocol.PingResult(pong=True, pid=1, webhooks_pids=me)
+        assert webhooks_check(heard).ok is True
+
+    asyncio.run(_run(tmp_path, body))
+
+
 def test_delivers_without_any_wake_up_and_reads_endpoints_on_reconnect(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
