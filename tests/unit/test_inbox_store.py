@@ -465,3 +465,46 @@ def test_availability_and_assignees(open_db: OpenDb, db_path: Path) -> None:
         assert [(r["username"], r["available"], r["active_chats"]) for r in rows] == [("ann", 1, 0)]
 
     _run(open_db, db_path, body)
+
+
+def test_a_reply_writes_its_chat_row_only_when_the_chat_waits(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    """Migration 0038: a reply to a chat that waits for nobody writes its row once (its
+    last message), not a second time for a first response it cannot be; the first reply
+    to a waiting chat still answers it."""
+
+    async def body(db: Database) -> None:
+        await _account(db, A)
+        await _inbound(db, A, ALICE, 100.0)
+        await db.writer.execute("CREATE TEMP TABLE chat_writes (jid TEXT)")
+        await db.writer.execute(
+            "CREATE TEMP TRIGGER count_chat_writes AFTER UPDATE ON main.chats "
+            "BEGIN INSERT INTO chat_writes VALUES (new.jid); END"
+        )
+        await db.writer.commit()
+
+        async def writes() -> int:
+            cursor = await db.writer.execute("SELECT COUNT(*) FROM chat_writes")
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = await writes()
+        await _outbound(db, A, ALICE, 130.0)
+        chat = await _chat(db, A, ALICE)
+        assert (chat["first_response_at"], chat["waiting_since"]) == (130.0, None)
+        assert await writes() - before == 2  # its last message, then the answer
+        answered = await writes()
+        await _outbound(db, A, ALICE, 140.0)
+        await _outbound(db, A, ALICE, 150.0, origin="phone")
+        assert await writes() - answered == 2  # one write per reply
+        chat = await _chat(db, A, ALICE)
+        assert (chat["first_response_at"], chat["waiting_since"]) == (130.0, None)
+        await _inbound(db, A, ALICE, 200.0)
+        assert (await _chat(db, A, ALICE))["waiting_since"] == 200.0
+        await _outbound(db, A, ALICE, 210.0)
+        chat = await _chat(db, A, ALICE)
+        assert (chat["first_response_at"], chat["waiting_since"]) == (130.0, None)
+
+    _run(open_db, db_path, body)
