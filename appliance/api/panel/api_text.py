@@ -119,7 +119,9 @@ def _literal_size(template: str) -> int:
 
 @cache
 def _pydantic_patterns() -> dict[str, re.Pattern[str]]:
-    """pydantic's English message of each error type above, as a pattern."""
+    """pydantic's English message of each error type above, as a pattern. The templates
+    come from pydantic_core's private ``list_all_errors`` (not re-exported);
+    tests/unit/test_panel_api_text.py fails if it moves or a type is renamed."""
     return {
         e["type"]: pattern_of(e["message_template_python"])
         for e in list_all_errors()
