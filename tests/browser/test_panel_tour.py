@@ -129,9 +129,10 @@ def test_every_screen_in_turkish_dark_at_phone_width(
     page.click("#create-quick-reply")
     refused = page.locator("#f-qr-shortcut-error")
     refused.wait_for()
-    assert refused.inner_text().startswith("kısayol / ile başlar"), refused.inner_text()
+    # pydantic's pattern rule, its pattern carried into the Turkish sentence
+    assert refused.inner_text().endswith("' kalıbına uymalı"), refused.inner_text()
     assert page.locator("#f-qr-shortcut").get_attribute("aria-invalid") == "true"
-    assert "shortcut is" not in page.locator("main").inner_text()
+    assert "String should match" not in page.locator("main").inner_text()
     _shot(page, artefacts, "tour-quick-reply-refused-tr-dark-phone")
     # the browser logs the form's 400 itself
     page.problems[:] = [p for p in page.problems if "status of 400" not in p]
