@@ -30,6 +30,15 @@ any of them into the standard error shape.
 from __future__ import annotations
 
 
+def N_(template: str, /, **values: object) -> str:
+    """A refusal's message, marked for the web panel's catalogs: ``template`` with its
+    ``{name}`` fields filled from ``values``. The result is a plain str, the same English
+    the API has always answered; the panel translates it by matching it against the
+    template (``appliance/api/panel/api_text.py``). Keep the template a literal (the
+    extractor reads it) and put every changing part in a field."""
+    return template.format(**values) if values else template
+
+
 class ApplianceError(Exception):
     """Base of every deliberate error."""
 

@@ -19,7 +19,7 @@ import orjson
 from appliance.auth.permissions import Role
 from appliance.auth.principal import Principal
 from appliance.db.database import Database, ReadSource, fetchall_from
-from appliance.errors import Conflict, NotFound
+from appliance.errors import N_, Conflict, NotFound
 
 API_KEY_PREFIX = "apk_"
 
@@ -89,7 +89,7 @@ async def create_user(
         ) as cur:
             row = await cur.fetchone()
     except sqlite3.IntegrityError:
-        raise Conflict(f"a user named {username!r} already exists") from None
+        raise Conflict(N_("a user named {name} already exists", name=repr(username))) from None
     assert row is not None
     await _set_grants(conn, "user_grants", "user_id", row[0], accounts)
     return int(row[0])

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BeforeValidator, Field, StringConstraints, TypeAdapter, model_validator
 
 from appliance.automations import text_match
+from appliance.errors import N_
 from appliance.inbox.conversations import Status
 from appliance.inbox.models import QuickReplyRef
 from appliance.messaging.models import (
@@ -93,10 +94,10 @@ class ChatTagsCondition(Strict):
     @model_validator(mode="after")
     def _something(self) -> ChatTagsCondition:
         if not self.required and not self.excluded:
-            raise ValueError("give required and/or excluded tag ids")
+            raise ValueError(N_("give required and/or excluded tag ids"))
         both = sorted(set(self.required) & set(self.excluded))
         if both:
-            raise ValueError(f"tags both required and excluded: {both}")
+            raise ValueError(N_("tags both required and excluded: {tags}", tags=both))
         return self
 
 
@@ -137,7 +138,7 @@ class ReplyAction(Strict):
     @model_validator(mode="after")
     def _one_body(self) -> ReplyAction:
         if (self.text is None) == (self.media is None):
-            raise ValueError("a reply needs exactly one of text or media")
+            raise ValueError(N_("a reply needs exactly one of text or media"))
         return self
 
     def content(self, trigger_message_id: str) -> MessageContent:
@@ -172,10 +173,10 @@ class TagsAction(Strict):
     @model_validator(mode="after")
     def _something(self) -> TagsAction:
         if not self.add and not self.remove:
-            raise ValueError("give tag ids to add and/or remove")
+            raise ValueError(N_("give tag ids to add and/or remove"))
         both = sorted(set(self.add) & set(self.remove))
         if both:
-            raise ValueError(f"tags both added and removed: {both}")
+            raise ValueError(N_("tags both added and removed: {tags}", tags=both))
         return self
 
 
@@ -201,7 +202,7 @@ class SetStatusAction(Strict):
     @model_validator(mode="after")
     def _snooze(self) -> SetStatusAction:
         if (self.status == "snoozed") != (self.snooze_s is not None):
-            raise ValueError("snooze_s goes with status snoozed, and only with it")
+            raise ValueError(N_("snooze_s goes with status snoozed, and only with it"))
         return self
 
 

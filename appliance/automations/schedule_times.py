@@ -39,6 +39,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
 
+from appliance.errors import N_
+
 MissedPolicy = Literal["skip", "run_once"]
 MISSED_POLICIES: tuple[MissedPolicy, ...] = ("skip", "run_once")
 
@@ -103,11 +105,13 @@ def parse_instant(text: str, path: str = "at") -> datetime:
         if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$", text):
             raise TimingError(
                 path,
-                "the time has no zone offset: add Z (UTC) or +hh:mm / -hh:mm, "
-                "e.g. 2026-03-29T09:00:00+02:00",
+                N_(
+                    "the time has no zone offset: add Z (UTC) or +hh:mm / -hh:mm, "
+                    "e.g. 2026-03-29T09:00:00+02:00"
+                ),
             )
         raise TimingError(
-            path, "must be an RFC 3339 date-time with an offset, e.g. 2026-03-29T09:00:00+02:00"
+            path, N_("must be an RFC 3339 date-time with an offset, e.g. 2026-03-29T09:00:00+02:00")
         )
     fraction = match.group(7) or ""
     # Python keeps microseconds: a longer fraction is cut (not rounded).
@@ -117,22 +121,26 @@ def parse_instant(text: str, path: str = "at") -> datetime:
     try:
         value = datetime.fromisoformat(normalized)
     except ValueError:
-        raise TimingError(path, "not a valid date or time (month, day, hour ...)") from None
+        raise TimingError(path, N_("not a valid date or time (month, day, hour ...)")) from None
     try:
         return value.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-        raise TimingError(path, "out of the range of dates") from None
+        raise TimingError(path, N_("out of the range of dates")) from None
 
 
 def parse_zone(name: str, path: str = "timezone") -> ZoneInfo:
     """An IANA zone by name (``Europe/Berlin``, ``UTC``)."""
     if not _ZONE_NAME.match(name) or len(name) > 64:
-        raise TimingError(path, f"{name!r} is not an IANA time zone name such as Europe/Berlin")
+        raise TimingError(
+            path,
+            N_("{name} is not an IANA time zone name such as Europe/Berlin", name=repr(name)),
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise TimingError(
-            path, f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
+            path,
+            N_("unknown time zone {name}; use an IANA name such as Europe/Berlin", name=repr(name)),
         ) from None
 
 
@@ -143,21 +151,23 @@ def parse_cron(expression: str, timezone: str) -> Cron:
     if len(fields) != 5:
         raise TimingError(
             "cron",
-            "needs exactly 5 fields: minute hour day-of-month month day-of-week, "
-            "e.g. '0 9 * * mon-fri'",
+            N_(
+                "needs exactly 5 fields: minute hour day-of-month month day-of-week, "
+                "e.g. '0 9 * * mon-fri'"
+            ),
         )
     if any(_RANDOM_OR_HASHED.search(f) for f in fields):
         # croniter picks those at parse time: the API and the worker would disagree.
-        raise TimingError("cron", "random (R) and hashed (H) fields are not supported")
+        raise TimingError("cron", N_("random (R) and hashed (H) fields are not supported"))
     try:
         parsed = croniter(" ".join(fields), datetime(2000, 1, 1))
     except (CroniterBadCronError, CroniterError, ValueError, KeyError) as exc:
-        raise TimingError("cron", f"not a valid cron expression: {exc}") from None
+        raise TimingError("cron", N_("not a valid cron expression: {reason}", reason=exc)) from None
     hours = parsed.expanded[1]
     every_hour = hours == ["*"] or sorted(int(h) for h in hours) == list(range(24))
     cron = Cron(" ".join(fields), zone, every_hour)
     if next_after(cron, datetime(2000, 1, 1, tzinfo=UTC)) is None:
-        raise TimingError("cron", "the expression never matches a date")
+        raise TimingError("cron", N_("the expression never matches a date"))
     return cron
 
 

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from appliance.automations.schedule_times import parse_cron
+from appliance.errors import N_
 from appliance.ipc.scripts_protocol import MAX_CODE_CHARS, LogLine
 from appliance.messaging.models import EVENT_TYPES, RECIPIENT_PATTERN, recipient_jid
 from appliance.schemas_base import Bool, Strict
@@ -45,7 +46,13 @@ def compile_filter_regex(pattern: str) -> Any:
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
-        raise ValueError(f"regex {pattern!r} is not valid or not supported (RE2): {exc}") from None
+        raise ValueError(
+            N_(
+                "regex {pattern} is not valid or not supported (RE2): {reason}",
+                pattern=repr(pattern),
+                reason=exc,
+            )
+        ) from None
 
 
 class TriggerFilter(Strict):
@@ -141,17 +148,22 @@ class ScriptIn(Strict):
         for i, name in enumerate(value):
             if name not in TRIGGER_EVENT_TYPES:
                 raise ValueError(
-                    f"event_types.{i}: {name[:60]!r} is not an event type scripts can be "
-                    f"triggered by ({', '.join(TRIGGER_EVENT_TYPES)})"
+                    N_(
+                        "event_types.{index}: {name} is not an event type scripts can be "
+                        "triggered by ({known})",
+                        index=i,
+                        name=repr(name[:60]),
+                        known=", ".join(TRIGGER_EVENT_TYPES),
+                    )
                 )
         return sorted(set(value))
 
     @model_validator(mode="after")
     def _trigger_fields(self) -> ScriptIn:
         if (self.trigger == "schedule") != (self.schedule is not None):
-            raise ValueError("schedule is required for the schedule trigger and only for it")
+            raise ValueError(N_("schedule is required for the schedule trigger and only for it"))
         if (self.trigger == "event") != bool(self.event_types):
-            raise ValueError("event_types is required for the event trigger and only for it")
+            raise ValueError(N_("event_types is required for the event trigger and only for it"))
         return self
 
 

@@ -32,7 +32,7 @@ from typing import Any, Literal, get_args
 import orjson
 from pydantic import BaseModel, Field
 
-from appliance.errors import Conflict, InvalidInput
+from appliance.errors import N_, Conflict, InvalidInput
 
 AttributeType = Literal["string", "number", "boolean", "date"]
 ATTRIBUTE_TYPES: tuple[str, ...] = get_args(AttributeType)
@@ -82,11 +82,15 @@ class AttributeDef:
 def check_key(key: str) -> None:
     if not _KEY.match(key):
         raise AttributeValueError(
-            "an attribute key is 1 to 64 characters: a lower-case letter, then lower-case "
-            "letters, digits or _"
+            N_(
+                "an attribute key is 1 to 64 characters: a lower-case letter, then lower-case "
+                "letters, digits or _"
+            )
         )
     if key in RESERVED_KEYS:
-        raise AttributeValueError(f"{key!r} is a column of its own, not an attribute key")
+        raise AttributeValueError(
+            N_("{key} is a column of its own, not an attribute key", key=repr(key))
+        )
 
 
 def check_defs(defs: Sequence[AttributeDef]) -> None:
@@ -112,7 +116,7 @@ def check_defs(defs: Sequence[AttributeDef]) -> None:
             )
         seen.add(d.key)
     if issues:
-        raise InvalidInput("invalid attribute definitions; see issues", issues=issues)
+        raise InvalidInput(N_("invalid attribute definitions; see issues"), issues=issues)
 
 
 # -- values --------------------------------------------------------------------------------
@@ -121,29 +125,31 @@ def check_defs(defs: Sequence[AttributeDef]) -> None:
 def _number(value: float | int) -> int | float:
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise AttributeValueError("must be a finite number")
+            raise AttributeValueError(N_("must be a finite number"))
         if value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
             return int(value)
     elif abs(value) > MAX_SAFE_INTEGER:
-        raise AttributeValueError(f"must be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER}")
+        raise AttributeValueError(
+            N_("must be between -{limit} and {limit}", limit=MAX_SAFE_INTEGER)
+        )
     return value
 
 
 def _date(text: str) -> str:
     if not _DATE.match(text):
-        raise AttributeValueError("must be a date written YYYY-MM-DD")
+        raise AttributeValueError(N_("must be a date written YYYY-MM-DD"))
     try:
         date.fromisoformat(text)
     except ValueError:
-        raise AttributeValueError("must be a date written YYYY-MM-DD (no such day)") from None
+        raise AttributeValueError(N_("must be a date written YYYY-MM-DD (no such day)")) from None
     return text
 
 
 def _string(text: str) -> str:
     if len(text) > MAX_STRING_LENGTH:
-        raise AttributeValueError(f"at most {MAX_STRING_LENGTH} characters")
+        raise AttributeValueError(N_("at most {limit} characters", limit=MAX_STRING_LENGTH))
     if any(ord(c) < 32 and c not in "\t\n" for c in text):
-        raise AttributeValueError("control characters are not allowed")
+        raise AttributeValueError(N_("control characters are not allowed"))
     return text
 
 
@@ -152,21 +158,21 @@ def coerce_json(type_: str, value: Any) -> AttributeValue:
     AttributeValueError when it does not fit. No conversions: ``"5"`` is not a number."""
     if type_ == "string":
         if not isinstance(value, str):
-            raise AttributeValueError("must be a string")
+            raise AttributeValueError(N_("must be a string"))
         return _string(value)
     if type_ == "number":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise AttributeValueError("must be a number")
+            raise AttributeValueError(N_("must be a number"))
         return _number(value)
     if type_ == "boolean":
         if not isinstance(value, bool):
-            raise AttributeValueError("must be true or false")
+            raise AttributeValueError(N_("must be true or false"))
         return value
     if type_ == "date":
         if not isinstance(value, str):
-            raise AttributeValueError("must be a date written YYYY-MM-DD")
+            raise AttributeValueError(N_("must be a date written YYYY-MM-DD"))
         return _date(value)
-    raise AttributeValueError(f"unknown attribute type {type_!r}")
+    raise AttributeValueError(N_("unknown attribute type {type}", type=repr(type_)))
 
 
 def parse_cell(type_: str, text: str) -> AttributeValue:
@@ -176,16 +182,16 @@ def parse_cell(type_: str, text: str) -> AttributeValue:
     if type_ == "number":
         stripped = text.strip()
         if not _NUMBER.match(stripped):
-            raise AttributeValueError("must be a number such as 42 or 4.5")
+            raise AttributeValueError(N_("must be a number such as 42 or 4.5"))
         return _number(float(stripped) if any(c in stripped for c in ".eE") else int(stripped))
     if type_ == "boolean":
         lowered = text.strip().lower()
         if lowered not in ("true", "false"):
-            raise AttributeValueError("must be true or false")
+            raise AttributeValueError(N_("must be true or false"))
         return lowered == "true"
     if type_ == "date":
         return _date(text.strip())
-    raise AttributeValueError(f"unknown attribute type {type_!r}")
+    raise AttributeValueError(N_("unknown attribute type {type}", type=repr(type_)))
 
 
 def format_cell(value: Any) -> str:
@@ -224,7 +230,7 @@ def apply_attributes(
         except AttributeValueError as exc:
             issues.append({"path": path, "message": str(exc), "code": f"invalid_{defs[key]}"})
     if issues:
-        raise InvalidInput("invalid attributes; see issues", issues=issues)
+        raise InvalidInput(N_("invalid attributes; see issues"), issues=issues)
     return result
 
 
@@ -232,9 +238,9 @@ def clean_display_name(name: str) -> str | None:
     """A display name as stored: trimmed, None when empty; ValueError when unfit."""
     name = name.strip()
     if len(name) > MAX_DISPLAY_NAME_LENGTH:
-        raise ValueError(f"at most {MAX_DISPLAY_NAME_LENGTH} characters")
+        raise ValueError(N_("at most {limit} characters", limit=MAX_DISPLAY_NAME_LENGTH))
     if any(ord(c) < 32 for c in name):
-        raise ValueError("control characters are not allowed")
+        raise ValueError(N_("control characters are not allowed"))
     return name or None
 
 
@@ -242,7 +248,7 @@ def phone_jid(phone: str) -> str:
     """The WhatsApp jid of an E.164 number; ValueError when it is not one."""
     phone = phone.strip()
     if not _E164.match(phone):
-        raise ValueError("must be an E.164 phone number such as +905551112233")
+        raise ValueError(N_("must be an E.164 phone number such as +905551112233"))
     return f"{phone[1:]}@s.whatsapp.net"
 
 
@@ -280,16 +286,18 @@ def parse_import(
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise _malformed("not UTF-8 text", line, "encoding") from None
+        raise _malformed(N_("not UTF-8 text"), line, "encoding") from None
     if "\x00" in text:
-        raise _malformed("NUL bytes in the text", text[: text.index("\x00")].count("\n") + 1)
+        raise _malformed(N_("NUL bytes in the text"), text[: text.index("\x00")].count("\n") + 1)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise _malformed(f"bad CSV quoting ({exc})", reader.line_num or 1) from None
+        raise _malformed(
+            N_("bad CSV quoting ({reason})", reason=exc), reader.line_num or 1
+        ) from None
     if header is None or not any(cell.strip() for cell in header):
-        raise _malformed("empty file: the first line names the columns (phone,name,...)", 1)
+        raise _malformed(N_("empty file: the first line names the columns (phone,name,...)"), 1)
     columns = [c.strip() for c in header]
     types = {d.key: d.type for d in defs}
     header_issues: list[str] = []
@@ -315,7 +323,7 @@ def parse_import(
         try:
             record = next(reader, None)
         except csv.Error as exc:
-            raise _malformed(f"bad CSV quoting ({exc})", start) from None
+            raise _malformed(N_("bad CSV quoting ({reason})", reason=exc), start) from None
         if record is None:
             break
         next_line = reader.line_num + 1
@@ -323,7 +331,9 @@ def parse_import(
             continue  # a blank line
         count += 1
         if count > max_rows:
-            raise _malformed(f"more than {max_rows} rows; split the file", start, "too_many")
+            raise _malformed(
+                N_("more than {limit} rows; split the file", limit=max_rows), start, "too_many"
+            )
         if len(record) != len(columns):
             issues.append(
                 _line_issue(
@@ -376,7 +386,11 @@ def parse_import(
         lines = sorted({int(i["path"].split(".")[0].removeprefix("line ")) for i in issues})
         shown = ", ".join(str(n) for n in lines[:20]) + (", ..." if len(lines) > 20 else "")
         raise InvalidInput(
-            f"{len(lines)} row(s) are invalid, on line(s) {shown}; nothing was imported",
+            N_(
+                "{count} row(s) are invalid, on line(s) {lines}; nothing was imported",
+                count=len(lines),
+                lines=shown,
+            ),
             issues=issues,
         )
     return rows

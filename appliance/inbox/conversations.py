@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from appliance.errors import N_
+
 Status = Literal["open", "pending", "resolved", "snoozed"]
 STATUSES: tuple[Status, ...] = ("open", "pending", "resolved", "snoozed")
 # Statuses that count against an agent's auto-assignment limit.
@@ -93,16 +95,16 @@ def set_status(
     MAX_SNOOZE_S ahead) and refused with any other status.
     """
     if status not in STATUSES:
-        raise RuleError(f"unknown status {status!r}", "status")
+        raise RuleError(N_("unknown status {status}", status=repr(status)), "status")
     if status == "snoozed":
         if snoozed_until is None:
-            raise RuleError("a snoozed chat needs snoozed_until", "snoozed_until")
+            raise RuleError(N_("a snoozed chat needs snoozed_until"), "snoozed_until")
         if snoozed_until <= now:
-            raise RuleError("snoozed_until must be in the future", "snoozed_until")
+            raise RuleError(N_("snoozed_until must be in the future"), "snoozed_until")
         if snoozed_until > now + MAX_SNOOZE_S:
-            raise RuleError("snoozed_until is more than a year ahead", "snoozed_until")
+            raise RuleError(N_("snoozed_until is more than a year ahead"), "snoozed_until")
     elif snoozed_until is not None:
-        raise RuleError("snoozed_until goes only with status snoozed", "snoozed_until")
+        raise RuleError(N_("snoozed_until goes only with status snoozed"), "snoozed_until")
     if conv.status == "resolved" and status != "resolved":
         conv = _reopened(conv, now)  # a new conversation begins
     fields: dict[str, Any] = {

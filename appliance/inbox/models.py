@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from appliance.errors import N_
 from appliance.inbox import quick_replies, tags
 from appliance.inbox.actor import Actor as Actor  # the one actor type, re-exported
 from appliance.messaging.models import (
@@ -96,7 +97,7 @@ def _no_nulls(model: BaseModel, names: tuple[str, ...]) -> None:
     """Fields the spec says are never null (absent means the default) refuse null."""
     for name in names:
         if name in model.model_fields_set and getattr(model, name) is None:
-            raise ValueError(f"leave {name} out instead of sending null")
+            raise ValueError(N_("leave {name} out instead of sending null", name=name))
 
 
 def _is_recipient(value: str) -> str:
@@ -178,7 +179,7 @@ class TagUpdateIn(Strict):
     def _something(self) -> TagUpdateIn:
         _no_nulls(self, ("name", "color"))
         if self.name is None and self.color is None:
-            raise ValueError("give name and/or color")
+            raise ValueError(N_("give name and/or color"))
         return self
 
 
@@ -296,7 +297,7 @@ class QuickReplyMedia(Strict):
     def _one_source(self) -> QuickReplyMedia:
         if (self.link is None) == (self.id is None):
             raise ValueError(
-                "give exactly one of link (an http(s) URL) or id (an uploaded media id)"
+                N_("give exactly one of link (an http(s) URL) or id (an uploaded media id)")
             )
         return self
 
@@ -316,7 +317,7 @@ class QuickReplyIn(Strict):
     def _something(self) -> QuickReplyIn:
         _no_nulls(self, ("body", "media"))
         if self.body is None and self.media is None:
-            raise ValueError("give a body, media, or both")
+            raise ValueError(N_("give a body, media, or both"))
         return self
 
 
@@ -340,7 +341,7 @@ class QuickReplyUpdateIn(Strict):
     @model_validator(mode="after")
     def _something(self) -> QuickReplyUpdateIn:
         if not self.model_fields_set:
-            raise ValueError("give at least one field to change")
+            raise ValueError(N_("give at least one field to change"))
         _no_nulls(self, ("name", "shortcut"))
         return self
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from appliance.errors import N_
+
 BUILTINS = ("contact.name", "agent.name", "chat.phone")
 MAX_VARIABLES = 50
 MAX_VARIABLE_VALUE = 1024
@@ -62,8 +64,10 @@ def clean_shortcut(raw: str) -> str:
         shortcut = "/" + shortcut
     if not _SHORTCUT.fullmatch(shortcut):
         raise ValueError(
-            "a shortcut is / and 1 to 32 letters, digits, _ or -, starting with a letter "
-            "or digit, e.g. /price"
+            N_(
+                "a shortcut is / and 1 to 32 letters, digits, _ or -, starting with a letter "
+                "or digit, e.g. /price"
+            )
         )
     return shortcut
 
@@ -79,7 +83,11 @@ def check_template(body: str) -> list[Placeholder]:
     for p in found:
         if "." in p.name and p.name not in BUILTINS:
             raise ValueError(
-                f"unknown variable {{{{{p.name}}}}}; the built-in ones are " + ", ".join(BUILTINS)
+                N_(
+                    "unknown variable {variable}; the built-in ones are {builtins}",
+                    variable="{{" + p.name + "}}",
+                    builtins=", ".join(BUILTINS),
+                )
             )
     return found
 

@@ -16,7 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from appliance.db.database import Database, ReadSource, fetchone_from
-from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from appliance.errors import N_, Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import quick_replies
 from appliance.inbox.actor import Actor
 from appliance.inbox.models import QuickReplyMedia, QuickReplyOut, QuickReplySendIn
@@ -153,7 +153,7 @@ async def update_quick_reply(
         **changes,
     }
     if merged["body"] is None and merged["media"] is None:
-        raise Conflict("a quick reply keeps a body or media; it cannot lose both")
+        raise Conflict(N_("a quick reply keeps a body or media; it cannot lose both"))
     try:
         async with conn.execute(
             "UPDATE quick_replies SET name = ?, shortcut = ?, body = ?, media = ?, updated_at = ? "
@@ -281,7 +281,9 @@ async def compose(
             }
             for e in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
-        raise InvalidInput("the quick reply renders to an invalid message", issues=issues) from None
+        raise InvalidInput(
+            N_("the quick reply renders to an invalid message"), issues=issues
+        ) from None
 
 
 async def compose_send(
@@ -292,7 +294,7 @@ async def compose_send(
     try:
         reply = await get_quick_reply(db, account_id, data.quick_reply.id)
     except NotFound:
-        message = f"no quick reply {data.quick_reply.id} in this account"
+        message = N_("no quick reply {id} in this account", id=data.quick_reply.id)
         raise Unprocessable(
             message, issues=[{"path": "quick_reply.id", "message": message, "code": "unknown"}]
         ) from None

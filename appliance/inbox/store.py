@@ -17,7 +17,7 @@ import orjson
 
 from appliance.auth.principal import Principal
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
-from appliance.errors import Forbidden, NotFound, Unprocessable
+from appliance.errors import N_, Forbidden, NotFound, Unprocessable
 from appliance.inbox import conversations as rules
 from appliance.inbox.actor import SYSTEM as SYSTEM  # re-exported: callers say inbox_store.SYSTEM
 from appliance.inbox.actor import Actor as Actor
@@ -317,7 +317,9 @@ async def change_chat(
                 "else needs the conversations.assign permission"
             )
         if assignee_id is not None and not await can_work_account(conn, account_id, assignee_id):
-            message = f"user {assignee_id} does not exist, is inactive or lacks this account"
+            message = N_(
+                "user {id} does not exist, is inactive or lacks this account", id=assignee_id
+            )
             raise Unprocessable(
                 message, issues=[{"path": "assignee_id", "message": message, "code": "unknown"}]
             )

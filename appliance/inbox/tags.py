@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import zlib
 
+from appliance.errors import N_
+
 MAX_TAG_NAME = 60
 # No C0/C1 control characters, and something besides white space (U+FEFF is white
 # space in the spec's regex dialect and not in Python's, so it is refused outright).
@@ -40,12 +42,12 @@ _COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
 def clean_tag_name(raw: str) -> str:
     """The name as stored; ValueError (with a message for the caller) if it cannot be one."""
     if len(raw) > MAX_TAG_NAME:
-        raise ValueError(f"a tag name is at most {MAX_TAG_NAME} characters")
+        raise ValueError(N_("a tag name is at most {limit} characters", limit=MAX_TAG_NAME))
     if not _TAG_NAME.fullmatch(raw):
-        raise ValueError("a tag name needs a visible character and no control characters")
+        raise ValueError(N_("a tag name needs a visible character and no control characters"))
     name = " ".join(raw.split())
     if not name:  # only white space the pattern's dialect does not count as such
-        raise ValueError("a tag name needs a visible character")
+        raise ValueError(N_("a tag name needs a visible character"))
     return name
 
 
@@ -57,7 +59,7 @@ def tag_key(name: str) -> str:
 def normalize_color(raw: str) -> str:
     """``#rgb`` or ``#rrggbb`` (any case) as lower-case ``#rrggbb``; ValueError if neither."""
     if not _COLOR.match(raw):
-        raise ValueError("a colour is #rgb or #rrggbb, e.g. #16a34a")
+        raise ValueError(N_("a colour is #rgb or #rrggbb, e.g. #16a34a"))
     digits = raw[1:].lower()
     if len(digits) == 3:
         digits = "".join(d * 2 for d in digits)

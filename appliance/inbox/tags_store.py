@@ -17,7 +17,7 @@ import aiosqlite
 import orjson
 
 from appliance.db.database import Database, ReadSource, fetchall_from, fetchone_from
-from appliance.errors import Conflict, NotFound, Unprocessable
+from appliance.errors import N_, Conflict, NotFound, Unprocessable
 from appliance.inbox import tags
 from appliance.inbox.actor import Actor
 from appliance.inbox.models import TagOut, TagRef
@@ -216,7 +216,9 @@ async def create_tag(
         ) as cur:
             row = await cur.fetchone()
     except sqlite3.IntegrityError:
-        raise Conflict(f"this account already has a tag called {name!r}") from None
+        raise Conflict(
+            N_("this account already has a tag called {name}", name=repr(name))
+        ) from None
     assert row is not None
     tag = await get_tag(conn, account_id, int(row[0]))
     await append_event(
@@ -246,7 +248,9 @@ async def update_tag(
             (new_name, tags.tag_key(new_name), new_color, now, account_id, tag_id),
         )
     except sqlite3.IntegrityError:
-        raise Conflict(f"this account already has a tag called {new_name!r}") from None
+        raise Conflict(
+            N_("this account already has a tag called {name}", name=repr(new_name))
+        ) from None
     tag = await get_tag(conn, account_id, tag_id)
     old = TagRef(id=before.id, name=before.name, color=before.color)
     await append_event(
@@ -346,7 +350,7 @@ async def apply_tags(
             )
     if issues:
         raise Unprocessable(
-            "some tags, chats or contacts are not in this account; see issues", issues=issues
+            N_("some tags, chats or contacts are not in this account; see issues"), issues=issues
         )
     changed: list[int] = []
     for spec, jids in ((_CHATS, chats), (_CONTACTS, contacts)):

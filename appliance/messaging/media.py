@@ -37,7 +37,7 @@ import aiosqlite
 from appliance.config import Settings
 from appliance.db.database import Database
 from appliance.db.storage import storage_full
-from appliance.errors import ClientError, InvalidInput, NotFound
+from appliance.errors import N_, ClientError, InvalidInput, NotFound
 from appliance.messaging.store import new_media_id
 from appliance.net import ssrf
 from appliance.net.ssrf import TooLarge
@@ -153,13 +153,16 @@ def _ftyp(data: bytes) -> str:
     if major[:3] in (b"3gp", b"3g2", b"3ge", b"3gg", b"3gs", b"3gr"):
         return "video/3gpp"
     if major == b"qt  ":
-        raise UnsupportedMedia("unsupported media type: QuickTime video (convert it to MP4)")
+        raise UnsupportedMedia(N_("unsupported media type: QuickTime video (convert it to MP4)"))
     if major in _HEIF_BRANDS:
-        raise UnsupportedMedia("unsupported media type: a HEIF/AVIF image (convert it to JPEG)")
+        raise UnsupportedMedia(N_("unsupported media type: a HEIF/AVIF image (convert it to JPEG)"))
     if brands & _MP4_VIDEO_BRANDS:
         return "video/mp4"
     raise UnsupportedMedia(
-        f"unsupported media type: an ISO media file of brand {major.decode('latin-1')!r}"
+        N_(
+            "unsupported media type: an ISO media file of brand {brand}",
+            brand=repr(major.decode("latin-1")),
+        )
     )
 
 
@@ -173,9 +176,9 @@ def _office_zip(data: bytes) -> str:
                 with archive.open("[Content_Types].xml") as fh:
                     types = fh.read(1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
-        raise UnsupportedMedia("unsupported media type: a damaged ZIP archive") from None
+        raise UnsupportedMedia(N_("unsupported media type: a damaged ZIP archive")) from None
     except NotImplementedError:  # an unknown compression method
-        raise UnsupportedMedia("unsupported media type: a ZIP archive") from None
+        raise UnsupportedMedia(N_("unsupported media type: a ZIP archive")) from None
     mains = (
         (b"wordprocessingml.document.main+xml", "word/document.xml", DOCX),
         (b"spreadsheetml.sheet.main+xml", "xl/workbook.xml", XLSX),
@@ -191,14 +194,16 @@ def _office_zip(data: bytes) -> str:
                 return content_type
     if "mimetype" in names and any(n.startswith("META-INF/") for n in names):
         raise UnsupportedMedia(
-            "unsupported media type: an OpenDocument or EPUB file (save it as PDF or Office)"
+            N_("unsupported media type: an OpenDocument or EPUB file (save it as PDF or Office)")
         )
     if types:
         raise UnsupportedMedia(
-            "unsupported media type: an Office file that is not a document, workbook or "
-            "presentation (macro-enabled and template files are refused)"
+            N_(
+                "unsupported media type: an Office file that is not a document, workbook or "
+                "presentation (macro-enabled and template files are refused)"
+            )
         )
-    raise UnsupportedMedia("unsupported media type: a ZIP archive")
+    raise UnsupportedMedia(N_("unsupported media type: a ZIP archive"))
 
 
 def _ole2(data: bytes) -> str:
@@ -211,8 +216,10 @@ def _ole2(data: bytes) -> str:
         if stream.encode("utf-16-le") in data:
             return content_type
     raise UnsupportedMedia(
-        "unsupported media type: an OLE2 compound file that is not a Word, Excel or "
-        "PowerPoint document (e.g. an installer or an Outlook message)"
+        N_(
+            "unsupported media type: an OLE2 compound file that is not a Word, Excel or "
+            "PowerPoint document (e.g. an installer or an Outlook message)"
+        )
     )
 
 
@@ -282,7 +289,9 @@ def sniff(data: bytes) -> str:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "image/webp"
     if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        raise UnsupportedMedia("unsupported media type: WAV audio (convert it to MP3 or Ogg/Opus)")
+        raise UnsupportedMedia(
+            N_("unsupported media type: WAV audio (convert it to MP3 or Ogg/Opus)")
+        )
     if head.startswith(b"%PDF-"):
         return "application/pdf"
     if head[4:8] == b"ftyp":
@@ -291,7 +300,7 @@ def sniff(data: bytes) -> str:
         if b"OpusHead" in data[:512]:
             return "audio/ogg"
         raise UnsupportedMedia(
-            "unsupported media type: an Ogg file without Opus audio (WhatsApp takes Ogg/Opus)"
+            N_("unsupported media type: an Ogg file without Opus audio (WhatsApp takes Ogg/Opus)")
         )
     if head.startswith(b"#!AMR\n"):
         return "audio/amr"
@@ -305,12 +314,14 @@ def sniff(data: bytes) -> str:
         return _ole2(data)
     for magic, what in _KNOWN_UNSUPPORTED:
         if head.startswith(magic):
-            raise UnsupportedMedia(f"unsupported media type: {what}")
+            raise UnsupportedMedia(N_("unsupported media type: {what}", what=what))
     if _is_text(data):
         return "text/plain"
     raise UnsupportedMedia(
-        f"unsupported media type: the content is not a known format; supported are "
-        f"{SUPPORTED_NAMES}"
+        N_(
+            "unsupported media type: the content is not a known format; supported are {supported}",
+            supported=SUPPORTED_NAMES,
+        )
     )
 
 
@@ -404,12 +415,16 @@ def check_size(settings: Settings, data: bytes) -> None:
     limit = settings.media_max_bytes
     if len(data) > limit:
         raise TooLarge(
-            f"the file is {len(data)} bytes; the limit is {limit} bytes (MEDIA_MAX_BYTES)",
+            N_(
+                "the file is {size} bytes; the limit is {limit} bytes (MEDIA_MAX_BYTES)",
+                size=len(data),
+                limit=limit,
+            ),
             limit=limit,
         )
     if not data:
         raise InvalidInput(
-            "the file is empty",
+            N_("the file is empty"),
             issues=[{"path": "(body)", "message": "empty file", "code": "empty"}],
         )
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from appliance.engines import registry as engines
+from appliance.errors import N_
 from appliance.schemas_base import Bool, Int, Strict, number_only
 
 if TYPE_CHECKING:
@@ -121,8 +122,10 @@ def recipient_jid(value: str) -> str:
     if _JID.match(value):
         return value
     raise ValueError(
-        "must be an E.164 phone number such as +905551112233, or a chat id such as "
-        "905551112233@s.whatsapp.net or 120363025246125244@g.us"
+        N_(
+            "must be an E.164 phone number such as +905551112233, or a chat id such as "
+            "905551112233@s.whatsapp.net or 120363025246125244@g.us"
+        )
     )
 
 
@@ -149,7 +152,7 @@ class OpeningHours(Strict):
     @model_validator(mode="after")
     def _ordered(self) -> OpeningHours:
         if self.end <= self.start:
-            raise ValueError("end must be after start (split an interval that spans midnight)")
+            raise ValueError(N_("end must be after start (split an interval that spans midnight)"))
         return self
 
 
@@ -176,7 +179,9 @@ def check_timezone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: e.g. a directory
-        raise ValueError(f"unknown IANA timezone {value!r}, e.g. Europe/Istanbul or UTC") from None
+        raise ValueError(
+            N_("unknown IANA timezone {name}, e.g. Europe/Istanbul or UTC", name=repr(value))
+        ) from None
     return value
 
 
@@ -362,10 +367,10 @@ class Media(Strict):
     def _one_source(self) -> Media:
         if (self.link is None) == (self.id is None):
             raise ValueError(
-                "give exactly one of link (an http(s) URL) or id (an uploaded media id)"
+                N_("give exactly one of link (an http(s) URL) or id (an uploaded media id)")
             )
         if self.link is not None and not self.link.startswith(("http://", "https://")):
-            raise ValueError("link must be an http:// or https:// URL")
+            raise ValueError(N_("link must be an http:// or https:// URL"))
         return self
 
 
@@ -712,9 +717,9 @@ class MessageContent(Strict):
         parts = CONTENT_PARTS
         given = [p for p in parts if getattr(self, p) is not None]
         if given != [self.type]:
-            raise ValueError(f"type {self.type!r} needs exactly the field {self.type!r}")
+            raise ValueError(N_("type {type} needs exactly the field {type}", type=repr(self.type)))
         if self.sticker is not None and (self.sticker.caption or self.sticker.filename):
-            raise ValueError("a sticker has no caption or filename")
+            raise ValueError(N_("a sticker has no caption or filename"))
         return self
 
     @property

@@ -16,7 +16,7 @@ from typing import Literal
 import aiosqlite
 
 from appliance.db.queue import enqueue_in
-from appliance.errors import Unprocessable
+from appliance.errors import N_, Unprocessable
 from appliance.messaging import store
 from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_job_key, send_order_key
 from appliance.messaging.models import (
@@ -73,14 +73,14 @@ async def accept_send(
         ("reaction.message_id", content.reaction if isinstance(content, ReactionContent) else None),
     ):
         if ref is not None and await store.message_row(conn, account_id, ref.message_id) is None:
-            raise _unknown(path, f"no message {ref.message_id!r} in this account")
+            raise _unknown(path, N_("no message {id} in this account", id=repr(ref.message_id)))
     if (
         isinstance(content, InteractiveContent)
         and isinstance(content.interactive, InteractiveList)
         and content.interactive.rows > MAX_LIST_ROWS
     ):
         raise Unprocessable(
-            f"a list has at most {MAX_LIST_ROWS} rows in all",
+            N_("a list has at most {limit} rows in all", limit=MAX_LIST_ROWS),
             issues=[
                 {
                     "path": "interactive.action.sections",
@@ -92,7 +92,9 @@ async def accept_send(
     media = content.media
     media_id = media.id if media is not None else None
     if media_id is not None and not await store.media_exists(conn, account_id, media_id):
-        raise _unknown(f"{content.type}.id", f"no uploaded media {media_id!r} in this account")
+        raise _unknown(
+            f"{content.type}.id", N_("no uploaded media {id} in this account", id=repr(media_id))
+        )
     chat = recipient_jid(to)
     message_id = store.new_message_id()
     await store.insert_outbound(

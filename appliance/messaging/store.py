@@ -15,7 +15,7 @@ import aiosqlite
 import orjson
 
 from appliance.db.database import Database, fetchone_from, update_by_id
-from appliance.errors import Conflict, NotFound
+from appliance.errors import N_, Conflict, NotFound
 from appliance.messaging.models import (
     CONTENT,
     STORED_CONTENT,
@@ -160,7 +160,7 @@ async def create_account(
             (account_id, name, engine, _json(engine_settings), _json(settings), now, now),
         )
     except sqlite3.IntegrityError:
-        raise Conflict(f"an account with id {account_id!r} already exists") from None
+        raise Conflict(N_("an account with id {id} already exists", id=repr(account_id))) from None
 
 
 async def account_row(

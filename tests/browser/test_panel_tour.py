@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """Every panel screen in Turkish, dark, at 375 px, in Debian's chromium against the
 session's real installation: an administrator of its own (so the other flows keep
 their language) opens each screen with some content on it; nothing is wider than the
@@ -119,6 +120,22 @@ def test_every_screen_in_turkish_dark_at_phone_width(
         if inside:
             scrolled[name] = inside
         _shot(page, artefacts, f"tour-{name}-tr-dark-phone")
+    # A refused form: the API's message next to its field, in Turkish (api_text), not
+    # in the API's English.
+    page.goto(f"{appliance.base_url}/panel/quick-replies?account={account}")
+    page.fill("#f-qr-name", "Fiyat")
+    page.fill("#f-qr-shortcut", "fiyat listesi")
+    page.fill("#f-qr-body", "Fiyat listemiz ektedir.")
+    page.click("#create-quick-reply")
+    refused = page.locator("#f-qr-shortcut-error")
+    refused.wait_for()
+    # pydantic's pattern rule, its pattern carried into the Turkish sentence
+    assert refused.inner_text().endswith("' kalıbına uymalı"), refused.inner_text()
+    assert page.locator("#f-qr-shortcut").get_attribute("aria-invalid") == "true"
+    assert "String should match" not in page.locator("main").inner_text()
+    _shot(page, artefacts, "tour-quick-reply-refused-tr-dark-phone")
+    # the browser logs the form's 400 itself
+    page.problems[:] = [p for p in page.problems if "status of 400" not in p]
     # Tables that scroll sideways inside their wrapper (allowed for wide logs; those
     # that must fit are listed in STACKED), kept for the review.
     (artefacts / "tour-scrolled-tables.json").write_text(json.dumps(scrolled, indent=1))

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """Durations in the auto-reply form (cooldown, a first message's idle time, a snooze):
 a number and a unit read into the API's seconds, a saved value shown in the largest
 unit that divides it and read back exactly, and in Turkish the model's messages
@@ -151,13 +152,15 @@ def test_a_rule_saved_in_units_and_edited_back(
         text = await bad.get_data(as_text=True)
         assert bad.status_code == 400 and 'id="f-ar-cooldown-error"' in text
         assert 'value="0,5"' in text and '<option value="s" selected>seconds</option>' in text
-        # In Turkish: the units translated, the model's message without "Value error, ".
+        # In Turkish: the units translated, the model's message in Turkish (api_text),
+        # without "Value error, ".
         await admin.post("/panel/preferences", form={"csrf_token": csrf, "language": "tr"})
         no_time = {**form, "a1_snooze_s": ""}
         refused = await admin.post(edit_url, form=no_time)
         text = await refused.get_data(as_text=True)
         assert refused.status_code == 400
-        assert "snooze_s goes with status snoozed" in text and "Value error" not in text
+        assert "snooze_s yalnızca snoozed durumuyla birlikte verilir" in text
+        assert "Value error" not in text and "goes with status" not in text
         assert ">dakika</option>" in text and ">gün</option>" in text
 
     _run(open_db, db_path, tmp_path, test)

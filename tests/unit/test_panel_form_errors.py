@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError, model_validator
 
-from appliance.api.panel.web import field_message, form_errors
+from appliance.api.panel.api_text import api_text
+from appliance.api.panel.web import form_errors
 from appliance.api.validation import issues_from
 from appliance.errors import InvalidInput
 
@@ -83,5 +84,5 @@ def test_pydantic_value_error_prefix_is_dropped() -> None:
     assert form_errors(issues, full_path=True) == {"actions.0": "give tag ids"}
     assert form_errors(InvalidInput("Value error, no")) == {}
     assert form_errors(InvalidInput("Value error, no"), form_key="f") == {"f": "no"}
-    assert field_message("Value error, x") == "x" and field_message("Value x") == "Value x"
-    assert field_message("Input should be a valid integer") == "Input should be a valid integer"
+    assert api_text("Value error, x") == "x" and api_text("Value x") == "Value x"
+    assert api_text("Input should be a valid integer") == "Input should be a valid integer"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 
@@ -38,6 +39,8 @@ STATEMENT = re.compile(r"\{%.*?%\}", re.S)
 EXPRESSION = re.compile(r"\{\{.*?\}\}", re.S)
 LETTER = re.compile(r"[^\W\d_]")
 PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]")
+# The API's N_() messages: str.format fields (api_text.py fills them from the English).
+FIELD = re.compile(r"\{(\w+)\}")
 
 
 class _Text(HTMLParser):
@@ -93,10 +96,10 @@ def test_templates_have_no_untranslated_text() -> None:
 
 
 def _extracted() -> set[str | tuple[str, ...]]:
-    method_map = [
-        ("appliance/api/panel/**.py", "python"),
-        ("appliance/api/templates/panel/**.html", "jinja2"),
-    ]
+    # What scripts/panel-i18n extracts: babel.cfg's sections (the panel, and the API's
+    # N_() refusals in every module), with its keywords.
+    with (PANEL / "babel.cfg").open(encoding="utf-8") as f:
+        method_map, _options = parse_mapping_cfg(f)
     keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
     found: set[str | tuple[str, ...]] = set()
     for _file, _line, message, _comments, _context in extract_from_dir(
@@ -126,9 +129,11 @@ def test_catalogs_hold_every_message_translated_and_compiled() -> None:
             if language != "en":  # English is the source: an empty msgstr is the msgid
                 assert all(strings), f"{language}: untranslated {message.id!r}"
             wanted = set(PLACEHOLDER.findall(str(message.id)))
+            fields = set(FIELD.findall(str(message.id)))
             for s in strings:
                 if s:
                     assert set(PLACEHOLDER.findall(s)) == wanted, (language, message.id, s)
+                    assert set(FIELD.findall(s)) == fields, (language, message.id, s)
         # The compiled catalog (what the panel loads) says the same as the .po (entries
         # equal to their msgid, or empty, mean the same to gettext either way).
         with (folder / "messages.mo").open("rb") as f:

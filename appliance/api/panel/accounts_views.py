@@ -23,8 +23,9 @@ from quart_schema import hide
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.audit import audit
+from appliance.api.panel.api_text import api_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_, bp, form_errors, is_htmx, page, see_other
+from appliance.api.panel.web import bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes.accounts import (
     _cloud_base_url_change,
     create_account_audited,
@@ -36,7 +37,7 @@ from appliance.api.state import db as _db
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import ClientError, InvalidInput, IpcError
+from appliance.errors import N_, ClientError, InvalidInput, IpcError
 from appliance.inbox import retention_store
 from appliance.inbox.retention import MAX_DAYS, AccountRetentionIn
 from appliance.ipc import protocol
@@ -469,7 +470,7 @@ async def account_pairing_code(account: str) -> Response:
         error = _("The worker did not answer; try again in a moment.")
         return await _pairing(row, error=error, phone=phone)
     except ClientError as exc:  # the engine's refusal, as WhatsApp or the worker put it
-        error = _("No code now: %(reason)s", reason=exc.message)
+        error = _("No code now: %(reason)s", reason=api_text(exc.message))
         return await _pairing(row, error=error, phone=phone)
     return await _pairing(row, code=answer.code, phone=phone)
 

@@ -17,13 +17,12 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.api_text import issue_text
 from appliance.api.panel.i18n import _, ngettext
 from appliance.api.panel.web import (
-    N_,
     accounts_list,
     bp,
     chosen_account,
-    field_message,
     form_page,
     see_other,
 )
@@ -31,7 +30,7 @@ from appliance.api.routes.contacts import AttributeDefs, replace_attribute_defs_
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
-from appliance.errors import InvalidInput
+from appliance.errors import N_, InvalidInput
 from appliance.inbox import contacts_store
 from appliance.inbox.contacts import ATTRIBUTE_TYPES, MAX_ATTRIBUTE_DEFS, AttributeTypeHeld
 
@@ -126,7 +125,7 @@ def _row_errors(issues: Any, fields: list[str], errors: dict[str, str]) -> dict[
         if not isinstance(issue, dict):
             continue
         parts = str(issue.get("path", "")).split(".")
-        message = field_message(str(issue.get("message", "")))
+        message = issue_text(issue)
         if len(parts) >= 3 and parts[0] == "items" and parts[1].isdigit():
             index = int(parts[1])
             if index < len(fields):

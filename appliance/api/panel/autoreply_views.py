@@ -44,7 +44,6 @@ from appliance.api.panel.reply_media import (
     upload_context,
 )
 from appliance.api.panel.web import (
-    N_,
     accounts_list,
     bp,
     chosen_account,
@@ -58,7 +57,7 @@ from appliance.api.routes import auto_replies as routes
 from appliance.api.routes.auto_replies import AutoReplyTestIn, RuleIn, RuleOut, RulePatch
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError
+from appliance.errors import N_, ClientError
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
 

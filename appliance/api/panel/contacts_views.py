@@ -14,8 +14,9 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.api_text import api_text, issue_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import accounts_list, bp, chosen_account, field_message, page
+from appliance.api.panel.web import accounts_list, bp, chosen_account, page
 from appliance.api.routes.contacts import import_contacts_csv
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
@@ -93,10 +94,10 @@ async def contacts_import(account: str) -> Response:
     except InvalidInput as exc:
         issues = exc.extra.get("issues")
         lines = [
-            f"{i.get('path', '')}: {field_message(str(i.get('message', '')))}"
+            f"{i.get('path', '')}: {issue_text(i)}"
             for i in (issues if isinstance(issues, list) else [])
             if isinstance(i, dict)
-        ] or [exc.message]
+        ] or [api_text(exc.message)]
         return await _import_error(account, accounts, lines[:20])
     return await _contacts_page(account, accounts, imported=result.model_dump())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from appliance.api.panel.web import N_
+from appliance.errors import N_
 
 UNITS: dict[str, int] = {"s": 1, "min": 60, "h": 3600, "d": 86400}
 UNIT_NAMES: dict[str, str] = {

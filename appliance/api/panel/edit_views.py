@@ -19,6 +19,7 @@ from quart_schema import hide
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.api_text import api_text, issue_text
 from appliance.api.panel.attributes_views import TYPE_NAMES
 from appliance.api.panel.i18n import _
 from appliance.api.panel.reply_media import (
@@ -28,7 +29,7 @@ from appliance.api.panel.reply_media import (
     reply_media,
     upload_context,
 )
-from appliance.api.panel.web import bp, field_message, form_errors, is_htmx, page, see_other
+from appliance.api.panel.web import bp, form_errors, is_htmx, page, see_other
 from appliance.api.routes.inbox_organize import update_quick_reply_audited
 from appliance.api.state import db as _db
 from appliance.api.worker_rpc import poke
@@ -138,7 +139,9 @@ async def quick_reply_update(account: str, reply_id: int) -> Response:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
         return await _reply_page(account, current, values, errors, 409)
     except ClientError as exc:  # the media refused by the API's check (422)
-        return await _reply_page(account, current, values, {"media": exc.message}, exc.http_status)
+        return await _reply_page(
+            account, current, values, {"media": api_text(exc.message)}, exc.http_status
+        )
     await poke("events")
     return see_other(f"/panel/quick-replies?account={quote(account, safe='')}")
 
@@ -180,7 +183,7 @@ async def quick_reply_preview(account: str, reply_id: int) -> Response:
         for key, message_text in form_errors(exc, full_path=True).items():
             name = key.removeprefix("quick_reply.variables.")
             errors[f"var.{name}" if name in reply.variables else "preview"] = message_text
-        errors = errors or {"preview": exc.message}
+        errors = errors or {"preview": api_text(exc.message)}
     else:
         content = message.model_dump(
             mode="json", exclude_none=True, exclude={"to", "messaging_product"}
@@ -294,7 +297,7 @@ async def contact_update(account: str, contact: str) -> Response:
     try:
         display_name = logic.clean_display_name(values["display_name"])
     except ValueError as exc:
-        errors["display_name"] = str(exc)
+        errors["display_name"] = api_text(str(exc))
         display_name = None
     changes: dict[str, Any] = {}
     for key, type_ in defs.items():
@@ -303,7 +306,7 @@ async def contact_update(account: str, contact: str) -> Response:
         try:
             changes[key] = logic.parse_cell(type_, text) if text else None
         except ValueError as exc:
-            errors[f"attr.{key}"] = str(exc)
+            errors[f"attr.{key}"] = api_text(str(exc))
     wanted: set[int] = set()
     may_tag = who.can(Permission.TAGS_APPLY)
     if may_tag:
@@ -325,8 +328,10 @@ async def contact_update(account: str, contact: str) -> Response:
             for issue in issues if isinstance(issues, list) else []:
                 if isinstance(issue, dict):
                     path = str(issue.get("path", "")).removeprefix("attributes.")
-                    errors[f"attr.{path}"] = field_message(str(issue.get("message", "")))
-            return await _contact_page(account, jid, values, errors or {"body": exc.message}, 400)
+                    errors[f"attr.{path}"] = issue_text(issue)
+            return await _contact_page(
+                account, jid, values, errors or {"body": api_text(exc.message)}, 400
+            )
         await contacts_store.update_contact(
             conn,
             account,

@@ -24,8 +24,9 @@ from appliance.api.access import principal, requires
 from appliance.api.accounts_access import visible_accounts
 from appliance.api.panel import conversation as extras
 from appliance.api.panel import i18n
+from appliance.api.panel.api_text import api_text, issue_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_, bp, field_message, is_htmx, page, see_other
+from appliance.api.panel.web import bp, is_htmx, page, see_other
 from appliance.api.routes.chats import (
     ChatOut,
     _chat_jid,
@@ -39,7 +40,7 @@ from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError, InvalidInput, IpcError, NotFound
+from appliance.errors import N_, ClientError, InvalidInput, IpcError, NotFound
 from appliance.inbox import notes_store, quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
 from appliance.inbox.models import QuickReplySendIn, TagCreateIn
@@ -552,11 +553,9 @@ async def send(account: str, chat_id: str) -> Response:
 def _send_error(exc: ClientError) -> str:
     issues = exc.extra.get("issues")
     if isinstance(issues, list) and issues:
-        details = "; ".join(
-            field_message(str(i.get("message", ""))) for i in issues if isinstance(i, dict)
-        )
-        return f"{exc.message}: {details}"
-    return exc.message
+        details = "; ".join(issue_text(i) for i in issues if isinstance(i, dict))
+        return f"{api_text(exc.message)}: {details}"
+    return api_text(exc.message)
 
 
 @bp.post("/inbox/<account>/<path:chat_id>/status")
@@ -625,7 +624,7 @@ async def tag_chat(account: str, chat_id: str) -> Response:
                 try:
                     new_tag = TagCreateIn.model_validate({"name": add})
                 except ValidationError as exc:
-                    raise InvalidInput(field_message(issues_from(exc)[0]["message"])) from None
+                    raise InvalidInput(issue_text(issues_from(exc)[0])) from None
                 tag_id = (await create_tag_in(conn, account, new_tag)).id  # audited as the API
             add_ids = [tag_id]
         remove_ids = [int(remove)] if remove.isdigit() else []

@@ -17,10 +17,10 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for
+from appliance.api.panel.api_text import api_text
 from appliance.api.panel.i18n import _
 from appliance.api.panel.reply_media import chosen_media, kept_values, reply_media, upload_context
 from appliance.api.panel.web import (
-    N_,
     accounts_list,
     bp,
     chosen_account,
@@ -37,7 +37,7 @@ from appliance.api.routes.inbox_organize import (
 )
 from appliance.api.state import db as _db
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError, Conflict
+from appliance.errors import N_, ClientError, Conflict
 from appliance.inbox import quick_replies_store, tags_store
 from appliance.inbox.models import QuickReplyIn, TagCreateIn, TagUpdateIn
 from appliance.inbox.tags import PALETTE
@@ -248,7 +248,7 @@ async def quick_reply_create(account: str) -> Response:
         errors = {"shortcut": _("A quick reply with this shortcut exists.")}
         return await _replies_page(account, accounts, errors, shown, 409)
     except ClientError as exc:  # the media refused by the API's check (422)
-        errors = {"media": exc.message}
+        errors = {"media": api_text(exc.message)}
         return await _replies_page(account, accounts, errors, shown, exc.http_status)
     return see_other(f"/panel/quick-replies?account={account}")
 

@@ -14,12 +14,12 @@ from typing import Any
 from urllib.parse import quote
 
 from appliance.api.access import principal
+from appliance.api.panel.api_text import api_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.auth.permissions import Permission
-from appliance.errors import ClientError, Forbidden, NotFound
+from appliance.errors import N_, ClientError, Forbidden, NotFound
 from appliance.inbox.models import QuickReplyMedia
 from appliance.inbox.quick_replies import BUILTINS
 from appliance.messaging import media
@@ -71,7 +71,7 @@ async def chosen_media(account: str, form: Any, files: Any, prefix: str = "") ->
                 source_url=None,
             )
         except ClientError as exc:  # too large, a type WhatsApp cannot carry, empty
-            return Chosen(error=exc.message, status=exc.http_status)
+            return Chosen(error=api_text(exc.message), status=exc.http_status)
         return Chosen(record)
     kept = str(form.get(prefix + "media_id", "")).strip()[:100]
     if kept:

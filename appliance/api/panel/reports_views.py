@@ -16,10 +16,13 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.panel import charts
+from appliance.api.panel.api_text import issue_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import N_, bp, field_message, page
+from appliance.api.panel.web import bp, page
 from appliance.api.state import db as _db
+from appliance.api.validation import issues_from
 from appliance.auth.permissions import Permission
+from appliance.errors import N_
 from appliance.messaging import store as messaging_store
 from appliance.reports import service
 from appliance.reports.models import ReportQuery, query_problems
@@ -60,7 +63,7 @@ def _query(account_tz: str) -> tuple[ReportQuery | None, dict[str, str], list[st
     try:
         q = ReportQuery.model_validate(form)
     except ValidationError as exc:
-        return None, form, [field_message(str(e.get("msg", ""))) for e in exc.errors()][:5]
+        return None, form, [issue_text(i) for i in issues_from(exc)][:5]
     problems = query_problems(q)
     if problems:
         return None, form, [p["message"] for p in problems]

@@ -18,7 +18,7 @@ from quart_schema import hide
 from appliance.api.access import requires
 from appliance.api.panel import i18n
 from appliance.api.panel.automation_common import api, lines, refusal_status
-from appliance.api.panel.web import N_, bp, chosen_account, form_errors, is_htmx, page, see_other
+from appliance.api.panel.web import bp, chosen_account, form_errors, is_htmx, page, see_other
 from appliance.api.routes import scripts as routes
 from appliance.api.routes.scripts import RunsQuery
 from appliance.auth.permissions import Permission
@@ -29,7 +29,7 @@ from appliance.automations.scripts_models import (
     ScriptOut,
     ScriptRunOut,
 )
-from appliance.errors import ClientError, IpcError
+from appliance.errors import N_, ClientError, IpcError
 
 RUNS_SHOWN = 20
 TRIGGERS = {

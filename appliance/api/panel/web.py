@@ -28,6 +28,7 @@ from appliance.api.access import principal
 from appliance.api.accounts_access import account_for, visible_accounts
 from appliance.api.health import webhooks_check
 from appliance.api.panel import i18n
+from appliance.api.panel.api_text import api_text, issue_text
 from appliance.api.panel.i18n import _
 from appliance.api.state import db as _db
 from appliance.api.state import state_of
@@ -36,6 +37,7 @@ from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.auth.principal import Principal
 from appliance.errors import (
+    N_,
     ClientError,
     Forbidden,
     IpcError,
@@ -56,12 +58,6 @@ PANEL_CSP = (
     "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'; object-src 'none'"
 )
-
-
-def N_(message: str) -> str:
-    """Marks a message for the catalog without translating it now (babel's extractor
-    knows ``N_``); translate it where it is shown, with ``_(...)``."""
-    return message
 
 
 @dataclass(frozen=True)
@@ -349,8 +345,8 @@ async def _rate_limited(exc: RateLimited) -> Response:
 @bp.errorhandler(ClientError)
 async def _client_error(exc: ClientError) -> Response:
     # A well-formed request the rules refused (409, 422, ...): the message is safe to
-    # show, in the API's words (English) under a translated title.
-    return await error_page(exc.http_status, _("That did not work"), exc.message)
+    # show, in the user's language when the catalogs know it (api_text).
+    return await error_page(exc.http_status, _("That did not work"), api_text(exc.message))
 
 
 def retry_message(retry_after_s: int, now: float) -> str:
@@ -413,20 +409,6 @@ def install(app: Quart) -> None:
 bp.record_once(lambda setup: install(setup.app))  # type: ignore[arg-type]  # a Quart app
 
 
-# pydantic words a ValueError raised in a validator as "Value error, <its message>":
-# the JSON API's issues keep that, the panel shows the message alone (in every language).
-_PYDANTIC_PREFIXES = ("Value error, ",)
-
-
-def field_message(message: str) -> str:
-    """An API issue's message as a form shows it next to its field: without pydantic's
-    "Value error, " prefix."""
-    for prefix in _PYDANTIC_PREFIXES:
-        if message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
-
-
 def form_errors(
     source: ValidationError | ClientError | list[Any] | None,
     *,
@@ -438,7 +420,8 @@ def form_errors(
     ClientError carrying ``issues`` (a refusal from the API body or an engine's
     settings check), or such an ``issues`` list.
 
-    The messages lose pydantic's "Value error, " prefix (``field_message``). The field
+    The messages are in the user's language (``api_text``, which also drops pydantic's
+    "Value error, " prefix). The field
     is the first part of an issue's path, or the whole path with ``full_path``. With
     ``form_key``, an issue of the whole form (no path, or ``(body)``) is put under that
     key, and a ClientError without issues gives its message there (so a form always
@@ -457,10 +440,10 @@ def form_errors(
         key = path if full_path else path.split(".")[0]
         if form_key is not None and (not path or path == "(body)"):
             key = form_key
-        out.setdefault(key, field_message(str(issue.get("message", ""))))
+        out.setdefault(key, issue_text(issue))
     if form_key is not None and not out and source is not None:
         if isinstance(source, ClientError):
-            out[form_key] = field_message(source.message)
+            out[form_key] = api_text(source.message)
         elif isinstance(source, ValidationError):
             out[form_key] = str(source)
     return out

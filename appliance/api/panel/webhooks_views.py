@@ -19,8 +19,9 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.panel import i18n
+from appliance.api.panel.api_text import api_text, issue_text
 from appliance.api.panel.i18n import _
-from appliance.api.panel.web import accounts_list, bp, field_message, page, see_other
+from appliance.api.panel.web import accounts_list, bp, page, see_other
 from appliance.api.routes.webhooks import (
     WEBHOOK_EVENT_TYPES,
     EndpointIn,
@@ -55,7 +56,7 @@ def _errors(issues: Any) -> dict[str, str]:
     for issue in issues if isinstance(issues, list) else []:
         if isinstance(issue, dict):
             path = str(issue.get("path", "")).split(".")[0]
-            out.setdefault(path, field_message(str(issue.get("message", ""))))
+            out.setdefault(path, issue_text(issue))
     return out
 
 
@@ -292,6 +293,6 @@ async def webhook_replay_range(endpoint_id: str) -> Response:
     try:
         since, until = _ts(form.get("since", "")), _ts(form.get("until", ""))
     except InvalidInput as exc:
-        return await _detail(endpoint, errors={"since": exc.message}, status=400)
+        return await _detail(endpoint, errors={"since": api_text(exc.message)}, status=400)
     replayed = await replay_finished(endpoint_id, state, since, until)
     return await _detail(endpoint, replayed=replayed)

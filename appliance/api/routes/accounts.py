@@ -22,7 +22,7 @@ from appliance.api.worker_rpc import call, poke
 from appliance.auth import store as auth_store
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import Forbidden, InvalidInput, NotFound
+from appliance.errors import N_, Forbidden, InvalidInput, NotFound
 from appliance.ipc import protocol
 from appliance.messaging import history_store, media, store
 from appliance.messaging.models import (
@@ -50,17 +50,17 @@ def validate_engine_settings(engine: str, settings: dict[str, Any]) -> dict[str,
     spec = engines.get(engine)
     if spec is None:
         raise InvalidInput(
-            f"the {engine} engine is not available in this version",
+            N_("the {engine} engine is not available in this version", engine=engine),
             issues=[{"path": "engine", "message": "not available", "code": "unsupported"}],
         )
     try:
         return spec.validate_settings(settings, state_of().cipher)
     except ValidationError as exc:
         issues = [{**i, "path": f"engine_settings.{i['path']}"} for i in issues_from(exc)]
-        raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
+        raise InvalidInput(N_("invalid engine_settings; see issues"), issues=issues) from None
     except ValueError as exc:
         issues = [{"path": "engine_settings", "message": str(exc), "code": "invalid"}]
-        raise InvalidInput("invalid engine_settings; see issues", issues=issues) from None
+        raise InvalidInput(N_("invalid engine_settings; see issues"), issues=issues) from None
 
 
 def _cloud_base_url_change(
@@ -82,9 +82,12 @@ def _cloud_base_url_change(
             f"({Permission.ACCOUNTS_ENDPOINT.value}): the account's access token is sent there"
         )
     if missing:
-        message = "changing engine_settings.base_url needs the secrets entered again"
+        message = N_("changing engine_settings.base_url needs the secrets entered again")
         raise InvalidInput(
-            f"{message}: {', '.join(missing)}",
+            N_(
+                "changing engine_settings.base_url needs the secrets entered again: {names}",
+                names=", ".join(missing),
+            ),
             issues=[
                 {"path": f"engine_settings.{name}", "message": message, "code": "required"}
                 for name in missing
@@ -206,7 +209,7 @@ async def delete_account(account: str, query_args: DeleteQuery) -> Response:
     await account_for(account)
     if query_args.confirm != account:
         raise InvalidInput(
-            "deleting an account removes its data; repeat its id in ?confirm=",
+            N_("deleting an account removes its data; repeat its id in ?confirm="),
             issues=[{"path": "confirm", "message": "must equal the account id", "code": "confirm"}],
         )
     await delete_account_audited(account)

@@ -55,7 +55,7 @@ from appliance.automations.auto_reply_rules import (
 )
 from appliance.automations.auto_reply_step import error_text, gather_facts, quick_reply_content
 from appliance.db.database import Database
-from appliance.errors import ClientError, Conflict, InvalidInput, NotFound, Unprocessable
+from appliance.errors import N_, ClientError, Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import quick_replies, quick_replies_store, tags_store
 from appliance.inbox import store as inbox_store
 from appliance.inbox.conversations import Status
@@ -106,7 +106,9 @@ _CONDITIONS_DOC = (
 
 def _few_sends(actions: list[AnyAction] | None) -> list[AnyAction] | None:
     if actions is not None and sum(a.type in SEND_ACTIONS for a in actions) > MAX_SENDS:
-        raise ValueError(f"a rule sends at most {MAX_SENDS} messages (reply, quick_reply)")
+        raise ValueError(
+            N_("a rule sends at most {limit} messages (reply, quick_reply)", limit=MAX_SENDS)
+        )
     return actions
 
 
@@ -352,10 +354,12 @@ async def _check_references(account: str, conditions: list[Any], actions: list[A
         if isinstance(action, QuickReplyAction):
             variable_issues += await _check_quick_reply(db, account, n, action, issues)
     if issues:
-        raise Unprocessable("the rule names things not in this account; see issues", issues=issues)
+        raise Unprocessable(
+            N_("the rule names things not in this account; see issues"), issues=issues
+        )
     if variable_issues:
         raise InvalidInput(
-            "a quick reply's variables do not fit it; see issues", issues=variable_issues
+            N_("a quick reply's variables do not fit it; see issues"), issues=variable_issues
         )
 
 
@@ -397,7 +401,7 @@ async def _check_media(account: str, actions: list[AnyAction]) -> None:
         elif media.id is not None and not await messaging_store.media_exists(
             _db(), account, media.id
         ):
-            message = f"no uploaded media {media.id!r} in this account"
+            message = N_("no uploaded media {id} in this account", id=repr(media.id))
             path = f"actions.{n}.media.id"
             raise Unprocessable(
                 message, issues=[{"path": path, "message": message, "code": "unknown"}]
@@ -498,7 +502,12 @@ async def create_auto_reply(account: str, data: RuleIn) -> tuple[RuleOut, int]:
     now = time.time()
     async with _db().write() as conn:
         if await store.count_rules(conn, account) >= store.MAX_RULES_PER_ACCOUNT:
-            raise Conflict(f"an account has at most {store.MAX_RULES_PER_ACCOUNT} auto-reply rules")
+            raise Conflict(
+                N_(
+                    "an account has at most {limit} auto-reply rules",
+                    limit=store.MAX_RULES_PER_ACCOUNT,
+                )
+            )
         await store.insert_rule(conn, rule, account_id=account, now=now)
         record = await store.get_rule(conn, account, rule.id)
         assert record is not None
@@ -542,7 +551,7 @@ async def update_auto_reply(account: str, rule_id: str, data: RulePatch) -> Rule
     try:
         checked = RuleIn.model_validate(merged)
     except ValidationError as exc:
-        raise InvalidInput("invalid rule; see issues", issues=issues_from(exc)) from None
+        raise InvalidInput(N_("invalid rule; see issues"), issues=issues_from(exc)) from None
     if data.actions is not None:
         await _check_media(account, checked.actions)
     if data.actions is not None or data.conditions is not None:

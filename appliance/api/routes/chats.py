@@ -33,7 +33,7 @@ from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.database import Database
 from appliance.engines import registry as engines
-from appliance.errors import InvalidInput, NotFound, Unprocessable
+from appliance.errors import N_, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import page as inbox_page
 from appliance.inbox import store as inbox_store
 from appliance.inbox import tags_store
@@ -195,10 +195,10 @@ class ChatUpdateIn(Strict):
     @model_validator(mode="after")
     def _something(self) -> ChatUpdateIn:
         if not self.model_fields_set:
-            raise ValueError("give at least one of archived, unread_count, status, assignee_id")
+            raise ValueError(N_("give at least one of archived, unread_count, status, assignee_id"))
         nullable = {"assignee_id"}
         if any(getattr(self, n) is None for n in self.model_fields_set - nullable):
-            raise ValueError("leave a field out instead of sending null")
+            raise ValueError(N_("leave a field out instead of sending null"))
         return self
 
 
@@ -467,14 +467,14 @@ async def update_chat(account: str, chat_id: str, data: ChatUpdateIn) -> dict[st
         conversation["snoozed_until"] = data.snoozed_until
     elif data.snoozed_until is not None:  # well-formed, refused by the rules: 422
         raise Unprocessable(
-            "snoozed_until goes with status snoozed",
+            N_("snoozed_until goes with status snoozed"),
             issues=[{"path": "snoozed_until", "message": "give status too", "code": "refused"}],
         )
     if "assignee_id" in data.model_fields_set:
         target = actor.user_id if data.assignee_id == "me" else data.assignee_id
         if data.assignee_id == "me" and target is None:
             raise InvalidInput(
-                "this API key has no owner to assign to",
+                N_("this API key has no owner to assign to"),
                 issues=[{"path": "assignee_id", "message": "no owner", "code": "invalid"}],
             )
         conversation["assignee_id"] = target

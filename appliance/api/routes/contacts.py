@@ -28,7 +28,7 @@ from appliance.api.validation import UnsupportedMediaType, json_body, query
 from appliance.api.worker_rpc import call, poke
 from appliance.auth.permissions import Permission
 from appliance.engines import registry as engines
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.errors import N_, Conflict, InvalidInput, NotFound
 from appliance.inbox import contacts as logic
 from appliance.inbox import contacts_store as store
 from appliance.inbox import tags_store
@@ -99,7 +99,7 @@ class ContactUpdateIn(Strict):
     @classmethod
     def _bounded(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and len(value) > MAX_ATTRIBUTE_DEFS:
-            raise ValueError(f"at most {MAX_ATTRIBUTE_DEFS} attributes")
+            raise ValueError(N_("at most {limit} attributes", limit=MAX_ATTRIBUTE_DEFS))
         return value
 
 
@@ -209,7 +209,7 @@ async def update_contact(account: str, contact: str, data: ContactUpdateIn) -> d
     fields = data.model_fields_set
     if not fields:
         raise InvalidInput(
-            "give display_name and/or attributes",
+            N_("give display_name and/or attributes"),
             issues=[{"path": "(body)", "message": "nothing to change", "code": "empty"}],
         )
     display_name = None
@@ -218,7 +218,7 @@ async def update_contact(account: str, contact: str, data: ContactUpdateIn) -> d
             display_name = logic.clean_display_name(data.display_name)
         except ValueError as exc:
             raise InvalidInput(
-                "invalid display_name",
+                N_("invalid display_name"),
                 issues=[{"path": "display_name", "message": str(exc), "code": "invalid"}],
             ) from None
     db = _db()
@@ -257,7 +257,7 @@ async def _block(account: str, contact: str, blocked: bool) -> dict[str, Any]:
     row = await account_for(account)
     engine = row["engine"]
     if not engines.capabilities(engine).block_contacts:
-        raise Conflict(f"the {engine} engine cannot block or unblock contacts")
+        raise Conflict(N_("the {engine} engine cannot block or unblock contacts", engine=engine))
     jid = _contact_jid(contact)
     if not jid.endswith("@s.whatsapp.net"):
         raise NotFound("no such person: name a phone number (+E.164) or its jid")
@@ -384,7 +384,10 @@ async def import_contacts(account: str) -> dict[str, Any]:
     await account_for(account)
     if request.mimetype not in CSV_TYPES:
         raise UnsupportedMediaType(
-            "send the file as the body with Content-Type: text/csv (or application/octet-stream)"
+            N_(
+                "send the file as the body with Content-Type: text/csv "
+                "(or application/octet-stream)"
+            )
         )
     data = await request.get_data(as_text=False)
     assert isinstance(data, bytes)  # as_text=False

@@ -32,7 +32,7 @@ from appliance.api.schemas import ErrorBody, QueryBool
 from appliance.api.state import db as _db
 from appliance.api.validation import json_body, query
 from appliance.auth.permissions import Permission
-from appliance.errors import Forbidden, NotFound, Unprocessable
+from appliance.errors import N_, Forbidden, NotFound, Unprocessable
 from appliance.inbox import notes_store, quick_replies_store, tags_store
 from appliance.inbox.actor import Actor
 from appliance.inbox.models import (
@@ -474,7 +474,7 @@ async def _check_media_id(conn: Any, account: str, media: QuickReplyMedia | None
     if media is None or media.id is None:
         return
     if not await messaging_store.media_exists(conn, account, media.id):
-        message = f"no uploaded media {media.id!r} in this account"
+        message = N_("no uploaded media {id} in this account", id=repr(media.id))
         raise Unprocessable(
             message, issues=[{"path": "media.id", "message": message, "code": "unknown"}]
         )

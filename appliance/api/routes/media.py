@@ -31,7 +31,7 @@ from appliance.api.state import db as _db
 from appliance.api.state import state_of
 from appliance.api.validation import query
 from appliance.auth.permissions import Permission
-from appliance.errors import InvalidInput
+from appliance.errors import N_, InvalidInput
 from appliance.messaging import media
 from appliance.messaging.media import MediaRecord, TooLarge
 
@@ -184,7 +184,7 @@ async def _read_upload(filename: str | None) -> tuple[bytes, str | None]:
         upload = files.get("file")
         if upload is None:
             raise InvalidInput(
-                "send the file in a multipart field named 'file'",
+                N_("send the file in a multipart field named 'file'"),
                 issues=[{"path": "file", "message": "missing file field", "code": "missing"}],
             )
         return upload.stream.read(), filename or upload.filename

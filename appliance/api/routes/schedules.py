@@ -51,7 +51,7 @@ from appliance.automations.schedule_times import (
     parse_zone,
     upcoming,
 )
-from appliance.errors import Conflict, InvalidInput, NotFound, Unprocessable
+from appliance.errors import N_, Conflict, InvalidInput, NotFound, Unprocessable
 from appliance.inbox import quick_replies_store
 from appliance.inbox.models import QuickReplyRef
 from appliance.messaging import store as messaging_store
@@ -107,12 +107,14 @@ MISSED_DESCRIPTION = (
 def _recipients(value: str | list[str]) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not items:
-        raise ValueError("give at least one recipient")
+        raise ValueError(N_("give at least one recipient"))
     seen: dict[str, str] = {}
     for item in items:
         chat = recipient_jid(item)
         if chat in seen:
-            raise ValueError(f"{item!r} names the same chat as {seen[chat]!r}")
+            raise ValueError(
+                N_("{item} names the same chat as {other}", item=repr(item), other=repr(seen[chat]))
+            )
         seen[chat] = item
     return items
 
@@ -158,13 +160,13 @@ class ScheduleIn(Strict):
     @model_validator(mode="after")
     def _one_timing(self) -> ScheduleIn:
         if (self.message is None) == (self.quick_reply is None):
-            raise ValueError("give either message or quick_reply")
+            raise ValueError(N_("give either message or quick_reply"))
         if (self.at is None) == (self.cron is None):
-            raise ValueError("give either at (one-time) or cron with timezone (recurring)")
+            raise ValueError(N_("give either at (one-time) or cron with timezone (recurring)"))
         if self.cron is not None and self.timezone is None:
-            raise ValueError("cron needs timezone, an IANA name such as Europe/Berlin")
+            raise ValueError(N_("cron needs timezone, an IANA name such as Europe/Berlin"))
         if self.at is not None and self.timezone is not None:
-            raise ValueError("timezone goes with cron; at carries its own offset")
+            raise ValueError(N_("timezone goes with cron; at carries its own offset"))
         return self
 
 
@@ -193,9 +195,9 @@ class SchedulePatch(Strict):
     @model_validator(mode="after")
     def _one_timing(self) -> SchedulePatch:
         if self.message is not None and self.quick_reply is not None:
-            raise ValueError("give either message or quick_reply, not both")
+            raise ValueError(N_("give either message or quick_reply, not both"))
         if self.at is not None and (self.cron is not None or self.timezone is not None):
-            raise ValueError("give either at, or cron and/or timezone, not both")
+            raise ValueError(N_("give either at, or cron and/or timezone, not both"))
         return self
 
 
@@ -342,10 +344,10 @@ def _first_run(timing: Timing, now: float) -> float:
     """When a schedule made or resumed now first runs; a one-time in the past is a 400."""
     at = first_due(timing, store.from_unix(now))
     if isinstance(timing, Once) and timing.at.timestamp() < now:
-        message = "the time is in the past"
+        message = N_("the time is in the past")
         raise InvalidInput(message, issues=[{"path": "at", "message": message, "code": "past"}])
     if at is None:
-        message = "the expression has no occurrence left"
+        message = N_("the expression has no occurrence left")
         raise InvalidInput(message, issues=[{"path": "cron", "message": message, "code": "never"}])
     return store.to_unix(at)
 
@@ -365,14 +367,14 @@ async def _check_content(account: str, message: MessageContent) -> None:
             ref is not None
             and await messaging_store.message_row(db, account, ref.message_id) is None
         ):
-            text = f"no message {ref.message_id!r} in this account"
+            text = N_("no message {id} in this account", id=repr(ref.message_id))
             raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
     if (
         media is not None
         and media.id is not None
         and not await messaging_store.media_exists(db, account, media.id)
     ):
-        text = f"no uploaded media {media.id!r} in this account"
+        text = N_("no uploaded media {id} in this account", id=repr(media.id))
         path = f"message.{message.type}.id"
         raise Unprocessable(text, issues=[{"path": path, "message": text, "code": "unknown"}])
 
@@ -384,7 +386,7 @@ async def _check_quick_reply(account: str, ref: QuickReplyRef, first_to: str) ->
     try:
         reply = await quick_replies_store.get_quick_reply(db, account, ref.id)
     except NotFound:
-        text = f"no quick reply {ref.id} in this account"
+        text = N_("no quick reply {id} in this account", id=ref.id)
         raise Unprocessable(
             text, issues=[{"path": "quick_reply.id", "message": text, "code": "unknown"}]
         ) from None
@@ -531,7 +533,7 @@ async def update_schedule(account: str, schedule_id: str, data: SchedulePatch) -
             cron = data.cron or current.cron
             zone = data.timezone or current.timezone
             if cron is None or zone is None:
-                message = "a one-time schedule becomes recurring with both cron and timezone"
+                message = N_("a one-time schedule becomes recurring with both cron and timezone")
                 raise InvalidInput(
                     message, issues=[{"path": "cron", "message": message, "code": "missing"}]
                 )
@@ -585,7 +587,7 @@ async def pause_schedule(account: str, schedule_id: str) -> ScheduleOut:
     async with _db().write() as conn:
         current = await store.get_schedule(conn, account, schedule_id)
         if current.state == "completed":
-            raise Conflict("the schedule has completed; there is nothing left to pause")
+            raise Conflict(N_("the schedule has completed; there is nothing left to pause"))
         if current.state == "active":
             await store.update_schedule(
                 conn,
@@ -618,14 +620,16 @@ async def resume_schedule(account: str, schedule_id: str) -> ScheduleOut:
     async with _db().write() as conn:
         current = await store.get_schedule(conn, account, schedule_id)
         if current.state == "completed":
-            raise Conflict("the schedule has completed; give it a new time with PATCH")
+            raise Conflict(N_("the schedule has completed; give it a new time with PATCH"))
         if current.state == "paused":
             timing = current.timing
             if isinstance(timing, Once) and timing.at.timestamp() < now:
-                raise Conflict("its time has passed while paused; give it a new `at` with PATCH")
+                raise Conflict(
+                    N_("its time has passed while paused; give it a new `at` with PATCH")
+                )
             first = first_due(timing, store.from_unix(now))
             if first is None:
-                raise Conflict("the expression has no occurrence left")
+                raise Conflict(N_("the expression has no occurrence left"))
             await store.update_schedule(
                 conn,
                 schedule_id,

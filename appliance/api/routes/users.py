@@ -28,16 +28,24 @@ from appliance.api.validation import json_body, query
 from appliance.auth import store
 from appliance.auth.passwords import hash_password
 from appliance.auth.permissions import Permission, Role
-from appliance.errors import Conflict
+from appliance.errors import N_, Conflict
 from appliance.inbox import store as inbox_store
 
 bp = Blueprint("users", __name__)
 
 
+# One sentence per action (not the verb put into one), so each language words it whole.
+_LAST_ADMIN = {
+    "demote": N_("cannot demote the last active admin; make another admin first"),
+    "deactivate": N_("cannot deactivate the last active admin; make another admin first"),
+    "delete": N_("cannot delete the last active admin; make another admin first"),
+}
+
+
 async def _guard_last_admin(conn: aiosqlite.Connection, user: store.UserRow, action: str) -> None:
     """The last active admin can be neither deleted, deactivated nor demoted."""
     if await store.is_last_active_admin(conn, user):
-        raise Conflict(f"cannot {action} the last active admin; make another admin first")
+        raise Conflict(_LAST_ADMIN[action])
 
 
 async def revoke_keys_of(conn: Any, user_id: int, now: float, reason: str) -> None:

@@ -30,7 +30,7 @@ from appliance.api.validation import json_body, query
 from appliance.api.worker_rpc import poke
 from appliance.auth.permissions import Permission
 from appliance.db.queue import DurableQueue, delete_prefix_in
-from appliance.errors import InvalidInput, NotFound
+from appliance.errors import N_, InvalidInput, NotFound
 from appliance.messaging import store as messaging_store
 from appliance.messaging.models import EVENT_TYPES
 from appliance.net import ssrf
@@ -105,7 +105,11 @@ def _check_events(value: list[str]) -> list[str]:
     unknown = [v for v in value if v not in WEBHOOK_EVENT_TYPES]
     if unknown or not value:
         raise ValueError(
-            f"unknown event types {unknown}; use ['*'] or some of {list(WEBHOOK_EVENT_TYPES)}"
+            N_(
+                "unknown event types {unknown}; use ['*'] or some of {known}",
+                unknown=unknown,
+                known=list(WEBHOOK_EVENT_TYPES),
+            )
         )
     return sorted(set(value))
 
@@ -113,11 +117,15 @@ def _check_events(value: list[str]) -> list[str]:
 def _check_headers(value: dict[str, str]) -> dict[str, str]:
     for name, header in value.items():
         if not _HEADER_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid header name")
+            raise ValueError(N_("{name} is not a valid header name", name=repr(name)))
         if name.lower() in RESERVED_HEADERS:
-            raise ValueError(f"{name!r} is set by the appliance and cannot be overridden")
+            raise ValueError(
+                N_("{name} is set by the appliance and cannot be overridden", name=repr(name))
+            )
         if len(header) > 1024 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in header):
-            raise ValueError(f"the value of {name!r} is too long or has control characters")
+            raise ValueError(
+                N_("the value of {name} is too long or has control characters", name=repr(name))
+            )
     return value
 
 
@@ -293,7 +301,7 @@ def _accounts_for_caller(accounts: list[str] | None) -> list[str] | None:
     outside = sorted(set(accounts) - set(mine))
     if outside:
         raise InvalidInput(
-            "accounts outside your grants",
+            N_("accounts outside your grants"),
             issues=[{"path": "accounts", "message": f"not granted: {outside}", "code": "grant"}],
         )
     return accounts
@@ -318,9 +326,11 @@ def _headers_to_store(
         name for name, value in given.items() if value == store.HEADER_MASK and name not in stored
     ]
     if unknown:
-        message = f"{store.HEADER_MASK} keeps a stored value, and this header has none"
+        message = N_(
+            "{mask} keeps a stored value, and this header has none", mask=store.HEADER_MASK
+        )
         raise InvalidInput(
-            f"headers {unknown} have no stored value to keep; send their values",
+            N_("headers {names} have no stored value to keep; send their values", names=unknown),
             issues=[
                 {"path": f"headers.{n}", "message": message, "code": "masked"} for n in unknown
             ],

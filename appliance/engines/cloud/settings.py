@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from appliance.crypto import DataCipher
+from appliance.errors import N_
 from appliance.schemas_base import Strict
 
 MASK = "****"
@@ -57,7 +58,7 @@ class CloudSettings(Strict):
     def _http_url(cls, value: str) -> str:
         value = value.rstrip("/")
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
-            raise ValueError("must be an http:// or https:// URL without query")
+            raise ValueError(N_("must be an http:// or https:// URL without query"))
         return value
 
     @model_validator(mode="after")
@@ -65,7 +66,7 @@ class CloudSettings(Strict):
         for name in ("access_token", "app_secret"):
             value = getattr(self, name)
             if (value is None or value.startswith(MASK)) and getattr(self, f"{name}_enc") is None:
-                raise ValueError(f"{name} is required")
+                raise ValueError(N_("{name} is required", name=name))
         return self
 
 
@@ -122,7 +123,9 @@ def store_settings(raw: dict[str, Any], cipher: DataCipher) -> dict[str, Any]:
             try:
                 value = _decrypt(cipher, out[f"{name}_enc"], context)
             except Exception:
-                raise ValueError(f"{name}_enc is not a value stored by this appliance") from None
+                raise ValueError(
+                    N_("{name}_enc is not a value stored by this appliance", name=name)
+                ) from None
         out[name] = mask(value)
     return out
 
