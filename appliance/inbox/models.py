@@ -63,13 +63,17 @@ Recipient = Annotated[
     StringConstraints(max_length=64, pattern=RECIPIENT_PATTERN),
     Field(description="E.164 number (+905551112233) or chat id (...@s.whatsapp.net, ...@g.us)"),
 ]
+# The pattern is checked by quick_replies.clean_shortcut (the models' validators), whose
+# refusal says what a shortcut is (and is translated on the panel's pages); a pattern
+# constraint here would refuse first with the bare regular expression.
 Shortcut = Annotated[
     str,
-    StringConstraints(pattern=r"^/?[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"),
+    StringConstraints(max_length=64),
     Field(
         description="/ and 1 to 32 letters, digits, _ or - (a missing / is added; stored "
         "lower-case)",
         examples=["/price"],
+        json_schema_extra={"pattern": r"^/?[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"},
     ),
 ]
 QuickReplyName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]

@@ -214,3 +214,18 @@ def test_quick_reply_models() -> None:
     for bad_ref in ({"id": 0}, {"id": 1, "variables": {"1x": "v"}}, {"id": 1, "variables": []}):
         with pytest.raises(ValidationError):
             QuickReplySendIn.model_validate({**send, "quick_reply": bad_ref})
+
+
+@pytest.mark.parametrize("shortcut", ["fiyat listesi", "/-price", "/" + "a" * 33, "/fiyat!"])
+def test_a_bad_shortcut_is_refused_in_words_not_with_the_pattern(shortcut: str) -> None:
+    """The refusal is clean_shortcut's sentence (the panel translates it), not pydantic's
+    "String should match pattern ..."; the spec still publishes the pattern."""
+    from appliance.inbox.models import QuickReplyIn, QuickReplyUpdateIn
+
+    for model, body in ((QuickReplyIn, {"name": "n", "body": "b"}), (QuickReplyUpdateIn, {})):
+        with pytest.raises(ValidationError) as refused:
+            model.model_validate({**body, "shortcut": shortcut})
+        (error,) = refused.value.errors()
+        assert error["loc"] == ("shortcut",) and error["type"] == "value_error"
+        assert "a shortcut is / and 1 to 32 letters" in error["msg"]
+    assert QuickReplyIn.model_json_schema()["properties"]["shortcut"]["pattern"]
