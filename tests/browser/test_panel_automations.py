@@ -14,7 +14,9 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
 - Durations: a rule made through the API (cooldown 5400 s, idle time 90 s, snooze
   2 days) shows them as 90 minutes, 90 seconds and 2 days; the cooldown changed to
   2 hours in the panel is 7200 s in the API and the rest unchanged; 375 px, Turkish.
-- Scheduled messages: a recurring one shows its next three occurrences.
+- Scheduled messages: a recurring one shows its next three occurrences; its detail
+  page (five), its edit form (a new text, once at a new time: the detail page shows
+  the new next occurrence), both at 375 px (the form in Turkish).
 - Media and quick replies (``test_automations_with_media_and_quick_replies``): a rule
   replying with an image made in the panel fires on an inbound message (the message
   sent is the image with its caption); a quick reply's variable filled in the rule's
@@ -27,6 +29,7 @@ or critical violations) and saved as screenshots, light and dark, 1280 and 375 p
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,46 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.click("#create-schedule")
     page.locator("#schedules .next-run time").nth(2).wait_for()
     _both_themes(page, artefacts, "schedules")
+
+    # Its detail page, then its edit form: a new text and a one-time time; the detail
+    # page shows the new next occurrence. At 375 px nothing is wider than the phone.
+    row = page.locator("#schedules li.schedule", has_text="Morning")
+    row.get_by_role("link", name="Morning", exact=True).click()
+    page.locator("#schedule-facts").wait_for()
+    assert page.locator("#schedule-next time").count() == 5
+    assert "Good morning!" in page.locator("#schedule-sends").inner_text()
+    _both_themes(page, artefacts, "schedule-detail")
+    page.click("#edit-schedule")
+    page.locator("#schedule-edit").wait_for()
+    assert page.input_value("#f-sch-text") == "Good morning!"
+    assert page.input_value("#f-sch-cron") == "0 9 * * *"
+    page.fill("#f-sch-text", "Good morning, team!")
+    page.check('input[name="kind"][value="once"]')
+    day = dt.date.today() + dt.timedelta(days=2)
+    page.fill("#f-sch-at", f"{day}T10:45")
+    _both_themes(page, artefacts, "schedule-edit")
+    page.click("#save-schedule")
+    page.locator("#schedule-facts").wait_for()
+    assert "Good morning, team!" in page.locator("#schedule-sends").inner_text()
+    upcoming = page.locator("#schedule-next time")
+    assert upcoming.count() == 1 and "10:45" in upcoming.inner_text(), upcoming.all_inner_texts()
+    assert "Once" in page.locator("#schedule-when").inner_text()
+    _shot(page, artefacts, "schedule-detail-edited-en-light")
+    detail_url = page.url
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.reload()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    _axe(page, "schedule detail (phone)")
+    _shot(page, artefacts, "schedule-detail-en-light-phone")
+    page.context.set_extra_http_headers({"Accept-Language": "tr-TR,tr;q=0.9"})
+    page.goto(f"{detail_url}/edit")
+    page.get_by_role("button", name="Kaydet").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.locator("#f-sch-missed").scroll_into_view_if_needed()
+    _axe(page, "schedule edit (tr, phone)")
+    _shot(page, artefacts, "schedule-edit-tr-light-phone")
+    page.context.set_extra_http_headers({})
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # Scripts: create, write code in the editor, save, dry run.
     page.goto(f"{base}/panel/scripts?account={account}")

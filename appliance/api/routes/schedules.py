@@ -494,18 +494,15 @@ async def get_schedule(account: str, schedule_id: str) -> ScheduleOut:
     return schedule_out(await store.get_schedule(_db(), account, schedule_id))
 
 
-@bp.patch("/api/accounts/<account>/schedules/<schedule_id>")
-@requires(Permission.AUTOMATIONS_MANAGE)
-@json_body(SchedulePatch)
-@document_response(ScheduleOut, 200)
-@document_response(ErrorBody, 404)
-@document_response(ErrorBody, 422)
-@tag(["schedules"])
-async def update_schedule(account: str, schedule_id: str, data: SchedulePatch) -> ScheduleOut:
-    """Change a schedule. A new time or expression takes effect from now (the next run
-    is computed again); a completed one-time schedule given a new time is active again.
-    A paused schedule stays paused."""
-    await account_for(account)
+async def update_schedule_audited(
+    account: str, schedule_id: str, data: SchedulePatch
+) -> ScheduleOut:
+    """Change a schedule (the fields ``data`` sets), with its ``schedule.update`` audit
+    entry and ``schedule.updated`` event in the same transaction, then poke the worker:
+    the PATCH route's body, shared with the panel's edit form so both leave the same
+    trail (the caller checked the grant). InvalidInput for a refused time, expression,
+    link or quick reply's variables; Unprocessable for unknown media, reply targets or
+    quick reply; NotFound."""
     current = await store.get_schedule(_db(), account, schedule_id)
     fields: dict[str, Any] = {}
     if data.name is not None:
@@ -553,6 +550,21 @@ async def update_schedule(account: str, schedule_id: str, data: SchedulePatch) -
         await _event(conn, "schedule.updated", schedule, fields=sorted(fields))
     await poke("schedules")
     return schedule_out(schedule)
+
+
+@bp.patch("/api/accounts/<account>/schedules/<schedule_id>")
+@requires(Permission.AUTOMATIONS_MANAGE)
+@json_body(SchedulePatch)
+@document_response(ScheduleOut, 200)
+@document_response(ErrorBody, 404)
+@document_response(ErrorBody, 422)
+@tag(["schedules"])
+async def update_schedule(account: str, schedule_id: str, data: SchedulePatch) -> ScheduleOut:
+    """Change a schedule. A new time or expression takes effect from now (the next run
+    is computed again); a completed one-time schedule given a new time is active again.
+    A paused schedule stays paused."""
+    await account_for(account)
+    return await update_schedule_audited(account, schedule_id, data)
 
 
 @bp.delete("/api/accounts/<account>/schedules/<schedule_id>")
