@@ -147,8 +147,9 @@ ACCOUNT_DESIRED_CONNECTED = Gauge(
     multiprocess_mode="mostrecent",
 )
 # The gauges with an ``account`` label (all set by the worker's monitor): an account's
-# label sets are removed when it is deleted (``forget_account``), and the exposition
-# leaves out those of accounts that no longer exist (``exposition(accounts=...)``).
+# label sets are removed when it is deleted (``forget_account``). The exposition leaves
+# out every series labelled with an account that no longer exists, in any family (these
+# gauges, the auto-replies' counters, whatever a service adds): ``exposition(accounts=...)``.
 ACCOUNT_GAUGES = (SEND_QUEUE_DEPTH, SEND_QUEUE_OLDEST, ACCOUNT_STATE, ACCOUNT_DESIRED_CONNECTED)
 ACCOUNT_GAUGE_NAMES = frozenset(g._name for g in ACCOUNT_GAUGES)
 
@@ -246,7 +247,10 @@ def multiprocess_enabled() -> bool:
 
 
 class _AccountsKept:
-    """A collector's families, the per-account gauges only for ``accounts``."""
+    """A collector's families, each sample with an ``account`` label only for
+    ``accounts``. Keyed on the label, not on a list of families: a counter of a service
+    (``automations``' auto-reply counters) is not known here, and observability
+    imports nothing of the appliance."""
 
     def __init__(self, source: Any, accounts: Collection[str]) -> None:
         self.source = source
@@ -254,16 +258,17 @@ class _AccountsKept:
 
     def collect(self) -> Iterator[Metric]:
         for family in self.source.collect():
-            if family.name in ACCOUNT_GAUGE_NAMES:
-                family.samples = [
-                    s for s in family.samples if s.labels.get("account") in self.accounts
-                ]
+            family.samples = [
+                s
+                for s in family.samples
+                if "account" not in s.labels or s.labels["account"] in self.accounts
+            ]
             yield family
 
 
 def exposition(accounts: Collection[str] | None = None) -> tuple[bytes, str]:
     """The aggregate of every process, built fresh per scrape. Given ``accounts`` (the
-    ids that exist), the per-account gauges of any other account are left out: a
+    ids that exist), every series labelled with any other account is left out: a
     deleted account's last values stay in the worker's multiprocess file for good."""
     source: Any = REGISTRY
     if multiprocess_enabled():

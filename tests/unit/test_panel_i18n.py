@@ -153,3 +153,22 @@ def _meaning(catalog: Any) -> dict[Any, Any]:
         if value and value != key and (isinstance(value, str) or any(value)):
             out[key] = value
     return out
+
+
+def test_turkish_says_oznitelik_for_attribute() -> None:
+    """A contact's attribute is an "öznitelik" in Turkish; "özellik" (a feature) read as
+    something else on the attribute screens and the import, so no message about
+    attributes may use it."""
+    with (TRANSLATIONS / "tr" / "LC_MESSAGES" / "messages.po").open("rb") as f:
+        catalog = read_po(f)
+    about_attributes = [m for m in catalog if m.id and "attribute" in str(m.id).lower()]
+    assert len(about_attributes) >= 10
+    wrong = [
+        str(m.id)
+        for m in about_attributes
+        if "özellik" in str(m.string).casefold() or "ozellik" in str(m.string).casefold()
+    ]
+    assert wrong == [], wrong
+    # "öznitel": the stem, also before a suffix that softens its k ("özniteliği").
+    unnamed = [str(m.id) for m in about_attributes if "öznitel" not in str(m.string).casefold()]
+    assert unnamed == [], unnamed

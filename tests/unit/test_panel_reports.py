@@ -1,18 +1,23 @@
+# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """The panel's Reports screen in the in-process app: the default range shows today's
 message in the SVG charts (no inline style or script), each report links its CSV,
 the CSV link works with the session, bad dates are a 400 page with the reason, and
-agents get the 403 page and no menu entry."""
+agents get the 403 page and no menu entry. In Turkish the durations, the dates of the
+axes and the numbers are Turkish; the wide tables are stacked on phones."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import time
 from pathlib import Path
 
+from babel.dates import format_skeleton
 from quart import Quart
 
 from appliance.db.database import Database
 from tests.unit.conftest import OpenDb
-from tests.unit.test_panel import A, _run, _sign_in
+from tests.unit.test_panel import ALICE, A, _run, _sign_in
 
 
 def test_reports_screen(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
@@ -44,6 +49,36 @@ def test_reports_screen(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         assert turkish.status_code == 200
         text = await turkish.get_data(as_text=True)
         assert "Raporlar" in text and 'value="Asia/Kolkata"' in text
+        # A conversation answered in 9 s and resolved a minute later, today: the
+        # response times in the user's language, the table stacked on phones.
+        now = time.time()
+        async with db.write() as conn:
+            await conn.execute(
+                "INSERT INTO report_conversations (account_id, chat_jid, opened_at, "
+                "first_wait_at, first_response_at, resolved_at, assignee_id) "
+                "VALUES (?, ?, ?, NULL, ?, ?, NULL)",
+                (A, ALICE, now - 100, now - 91, now - 31),
+            )
+        english = await (await admin.get(f"/panel/reports?account={A}")).get_data(as_text=True)
+        times = english[english.index('id="response-times"') : english.index('id="report-busiest"')]
+        assert "0 min 09 s" in times and "1 min 09 s" in times
+        assert '<table class="list stacked" id="response-times">' in english
+        assert 'data-label="First response, median"' in times
+        today = dt.datetime.now(dt.UTC).date()
+        assert format_skeleton("MMMd", today, locale="en") in english
+        tr = await admin.get(f"/panel/reports?account={A}", headers={"Accept-Language": "tr"})
+        tr_text = await tr.get_data(as_text=True)
+        tr_times = tr_text[
+            tr_text.index('id="response-times"') : tr_text.index('id="report-busiest"')
+        ]
+        assert "0 dk 09 sn" in tr_times and "1 dk 09 sn" in tr_times
+        assert " min " not in tr_times and 'data-label="İlk yanıt, medyan"' in tr_times
+        assert format_skeleton("MMMd", today, locale="tr") in tr_text
+        for table in ("response-times", "top-chats", "report-tag-table"):
+            assert f'<table class="list stacked" id="{table}">' in tr_text, table
+        # The axes' labels are outside the stretched plot (their size stays put).
+        plots = re.findall(r'<svg class="chart-plot".*?</svg>', tr_text, flags=re.S)
+        assert len(plots) == 4 and not any("<text" in p for p in plots)
         # Bad input: the form again with the reason, status 400.
         bad = await admin.get(f"/panel/reports?account={A}&start=2026-02-01&end=2026-01-01")
         assert bad.status_code == 400

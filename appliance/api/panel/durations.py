@@ -1,6 +1,9 @@
 """Durations in forms: a number and a unit (seconds, minutes, hours, days) where the API
 takes seconds (an auto-reply's cooldown, a first message's idle time, a snooze).
 
+``show`` writes a measured duration for reading (the reports' response times) in the
+user's language: "4 min 09 s", "4 dk 09 sn" in Turkish.
+
 ``split`` shows a stored number of seconds in the largest unit that divides it, so a
 saved value comes back exactly (5400 s is 90 minutes, 90 s stays 90 seconds);
 ``seconds`` turns what was typed back into the API's seconds. A form posted without a
@@ -12,6 +15,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from appliance.api.panel.i18n import _, fmt_number
 from appliance.errors import N_
 
 UNITS: dict[str, int] = {"s": 1, "min": 60, "h": 3600, "d": 86400}
@@ -65,3 +69,21 @@ def seconds(number: str, unit: str | None) -> Any:
     if abs(total) > TOO_LONG_S or total != total.to_integral_value():
         return float(total)  # refused: beyond every limit, or a fraction of a second
     return int(total)
+
+
+def show(seconds: float | None) -> str:
+    """A duration in its two largest units, the second on two digits ("0 min 09 s",
+    "2 h 05 min", "3 d 04 h"); "-" for none (nothing measured)."""
+    if seconds is None:
+        return "-"
+    total = max(0, round(seconds))
+    # The smaller unit is worked out before the call: babel's extractor skips a
+    # message whose arguments are f-strings.
+    if total < 3600:
+        secs = str(total % 60).zfill(2)
+        return _("%(minutes)s min %(seconds)s s", minutes=total // 60, seconds=secs)
+    if total < 86400:
+        mins = str(total % 3600 // 60).zfill(2)
+        return _("%(hours)s h %(minutes)s min", hours=total // 3600, minutes=mins)
+    hours = str(total % 86400 // 3600).zfill(2)
+    return _("%(days)s d %(hours)s h", days=fmt_number(total // 86400), hours=hours)

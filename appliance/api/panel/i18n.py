@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel import Locale
-from babel.dates import format_date, format_datetime, format_time
+from babel.dates import format_date, format_datetime, format_skeleton, format_time
 from babel.numbers import format_decimal
 from babel.support import NullTranslations, Translations
 from quart import g, has_request_context, request
@@ -203,6 +203,17 @@ def _full_date(day: dt.date, language: str) -> str:
     return format_date(day, format="full", locale=_locale(language))
 
 
+def fmt_month_day(day: dt.date) -> str:
+    """A day without its year, as the language writes it ("Nov 4", "4 Kas"): the
+    reports' date axis and tooltips."""
+    return _month_day(day, language())
+
+
+@lru_cache(maxsize=1024)
+def _month_day(day: dt.date, language: str) -> str:
+    return format_skeleton("MMMd", day, locale=_locale(language))
+
+
 def _today(now: float | None) -> dt.date:
     """The user's today (``now``: at that Unix time instead)."""
     rendering = _RENDERING.get() if now is None else None
@@ -241,6 +252,7 @@ def template_globals() -> dict[str, Any]:
         "fmt_day": fmt_day,
         "fmt_when": fmt_when,
         "fmt_number": fmt_number,
+        "fmt_month_day": fmt_month_day,
         "day_key": day_key,
         "LANGUAGES": LANGUAGES,
     }

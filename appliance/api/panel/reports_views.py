@@ -15,9 +15,9 @@ from quart_schema import hide
 
 from appliance.api.access import requires
 from appliance.api.accounts_access import account_for, visible_accounts
-from appliance.api.panel import charts
+from appliance.api.panel import charts, durations
 from appliance.api.panel.api_text import issue_text
-from appliance.api.panel.i18n import _
+from appliance.api.panel.i18n import _, fmt_month_day
 from appliance.api.panel.web import bp, page
 from appliance.api.state import db as _db
 from appliance.api.validation import issues_from
@@ -39,15 +39,6 @@ REPORT_TITLES = {
     "automations": N_("Automations"),
     "webhooks": N_("Webhooks"),
 }
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = round(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def _query(account_tz: str) -> tuple[ReportQuery | None, dict[str, str], list[str]]:
@@ -91,7 +82,7 @@ async def reports() -> Response:
     db = _db()
     got = {name: await kind.build(db, scope) for name, kind in service.KINDS.items()}
     msgs, convs = got["messages"], got["conversations"]
-    labels = [d.date.isoformat()[5:] for d in msgs.days]
+    labels = [fmt_month_day(d.date) for d in msgs.days]
     weekdays = [_(w) for w in WEEKDAY_NAMES]
     grid = [[0] * 24 for _w in range(7)]
     for cell in got["busiest_hours"].cells:
@@ -116,14 +107,13 @@ async def reports() -> Response:
             ],
         ),
         "conversations_chart": charts.lines(
-            [d.date.isoformat()[5:] for d in convs.days],
+            [fmt_month_day(d.date) for d in convs.days],
             [
                 (_("New"), [d.new for d in convs.days]),
                 (_("Resolved"), [d.resolved for d in convs.days]),
             ],
         ),
-        "heat_cells": charts.heatmap(grid, weekdays),
-        "weekdays": weekdays,
-        "duration": _duration,
+        "heat": charts.heatmap(grid, weekdays),
+        "duration": durations.show,
     }
     return await page("panel/reports.html", nav="reports", **ctx)
