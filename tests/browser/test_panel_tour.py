@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001  (Turkish text: the dotless i is meant)
 """Every panel screen in Turkish, dark, at 375 px, in Debian's chromium against the
 session's real installation: an administrator of its own (so the other flows keep
 their language) opens each screen with some content on it; nothing is wider than the
