@@ -116,7 +116,14 @@ class RequestMiddleware:
                     span.end()
                     span = None
                 if self.access_log:  # buffered when it goes to the process's own file
-                    write_access(method, path, status, round(elapsed * 1000, 2))
+                    write_access(
+                        method,
+                        path,
+                        status,
+                        round(elapsed * 1000, 2),
+                        request_id=request_id,
+                        trace_id=traceparent[3:35],  # ours: 00-<trace id>-<span id>-<flags>
+                    )
             await send(message)
 
         try:
