@@ -1,7 +1,8 @@
 """Authentication, authorisation, CSRF and rate limits for every route.
 
-A route declares what it needs with one decorator, and a before-request hook does
-the rest, so a new route cannot forget it:
+A route declares what it needs with one decorator, and ``authorize_request`` (run
+before every view by ``ApplianceQuart``, ``quart_app.py``) does the rest, so a new
+route cannot forget it:
 
     @bp.get("/api/users")
     @requires(Permission.USERS_MANAGE)

@@ -57,7 +57,7 @@ async def run(bind: str) -> None:
         config.certfile = ctx.settings.tls_cert_file
         config.keyfile = ctx.settings.tls_key_file
     config.graceful_timeout = ctx.settings.api_graceful_timeout_s
-    config.accesslog = None  # our after_request hook logs each request as JSON
+    config.accesslog = None  # our middleware logs each request as JSON (middleware.py)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 5.0
 
