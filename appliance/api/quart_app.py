@@ -13,7 +13,8 @@ What runs, and in which order, is Quart's: url value preprocessors, then the acc
 check (it was the first app-level ``before_request``), then the blueprints'
 ``before_request`` hooks; after the view, ``after_this_request`` functions, the
 blueprints' ``after_request`` hooks and the app's, then ``finish`` (it was the only
-app-level ``after_request`` hook, so the last to run), then the session. A view's
+app-level ``after_request`` hook, so the last to run), then the session; at the end
+the ``teardown_request`` hooks, innermost blueprint first. A view's
 ``Response`` is used as it is (Quart's ``make_response`` returns it unchanged). Hooks
 registered later with ``before_request`` / ``after_request`` still run. Websockets keep
 Quart's own dispatch.
@@ -27,7 +28,7 @@ from typing import Any
 from quart import Quart, Response
 from quart.ctx import RequestContext
 from quart.globals import request_ctx
-from quart.signals import request_finished
+from quart.signals import request_finished, request_tearing_down
 from quart.typing import ResponseReturnValue, ResponseTypes
 from quart.wrappers import Request
 from werkzeug.exceptions import HTTPException
@@ -148,3 +149,18 @@ class ApplianceQuart(Quart):
         if session is not None and not self.session_interface.is_null_session(session):
             await self.ensure_async(self.session_interface.save_session)(self, session, response)
         return response
+
+    async def do_teardown_request(
+        self, exc: BaseException | None, request_context: RequestContext | None = None
+    ) -> None:
+        request = (request_context or request_ctx).request
+        _, after = self._names(request)
+        funcs = self.teardown_request_funcs
+        for name in after:
+            for function in reversed(funcs.get(name, ())):
+                await self._as_async(function)(exc)
+        await request_tearing_down.send_async(
+            self,
+            _sync_wrapper=self.ensure_async,  # type: ignore[arg-type]
+            exc=exc,
+        )

@@ -68,8 +68,20 @@ def _build(cls: type[Quart], events: list[str], *, refuse: str = "") -> Quart:
         events.append("app after")
         return response
 
+    @app.teardown_request
+    async def _app_teardown(exc: BaseException | None) -> None:
+        events.append("app teardown")
+
     outer = Blueprint("outer", __name__)
     inner = Blueprint("inner", __name__)
+
+    @outer.teardown_request
+    def _outer_teardown(exc: BaseException | None) -> None:
+        events.append("outer teardown")
+
+    @inner.teardown_request
+    async def _inner_teardown(exc: BaseException | None) -> None:
+        events.append("inner teardown")
 
     @outer.before_request
     async def _outer_before() -> None:
@@ -165,11 +177,14 @@ def test_hooks_and_views_run_with_their_results() -> None:
         "outer after",
         "app after",
         "finish outer.inner.view 201",
+        "inner teardown",
+        "outer teardown",
+        "app teardown",
     ]
     events.clear()
     status, body, headers = _call(app, "/out/in/x/4?stop=1")  # a hook answers: no view
     assert (status, body, headers["X-Inner"]) == (409, b"stopped by a hook", "yes")
-    assert "view 4" not in events and events[-1] == "finish outer.inner.view 409"
+    assert "view 4" not in events and events[-4] == "finish outer.inner.view 409"
 
 
 def test_a_refusal_of_the_access_check_skips_every_hook_and_the_view() -> None:
@@ -184,6 +199,9 @@ def test_a_refusal_of_the_access_check_skips_every_hook_and_the_view() -> None:
         "outer after",
         "app after",
         "finish outer.inner.view 403",
+        "inner teardown",
+        "outer teardown",
+        "app teardown",
     ]
 
 
@@ -197,11 +215,12 @@ def test_unmatched_and_automatic_options_answers_still_pass_both_steps() -> None
         "app before",
         "app after",
         "finish None 404",
+        "app teardown",
     ]
     events.clear()
     status, _, headers = _call(app, "/out/in/x/1", method="OPTIONS")
     assert status == 200 and "GET" in headers["Allow"]
-    assert "view 1" not in events and events[-1] == "finish outer.inner.view 200"
+    assert "view 1" not in events and events[-4] == "finish outer.inner.view 200"
 
 
 def test_a_views_response_skips_make_response_and_anything_else_goes_through_it() -> None:
@@ -234,7 +253,7 @@ def test_what_is_cached_grows_with_the_routes_not_the_requests() -> None:
     assert app._before_names["outer.inner.view"] == (None, "outer", "outer.inner")
     assert app._after_names["outer.inner.view"] == ("outer.inner", "outer", None)
     # views and registered hooks: the after_this_request closures (one per request) are not kept
-    assert len(app._async) == 2 + 3 + 3
+    assert len(app._async) == 2 + 3 + 3 + 3  # views, before, after, teardown
     assert events.count("after this request") == 3
 
 
