@@ -26,6 +26,11 @@ Output: a short human summary, then one line of JSON (the last line of stdout).
     python bench/request_overhead.py            # 4 rounds x 3000 requests per case
     python bench/request_overhead.py --smoke    # 2 rounds x 200
     python bench/request_overhead.py --profile  # and cProfile's top functions (appliance)
+    python bench/request_overhead.py --no-freeze  # without gc.freeze() after the warm-up
+
+After the warm-up the start-up heap is frozen (``gc.freeze()``, as API processes do
+once they serve: ``runtime.freeze_startup_heap``), for both apps since they share the
+process; ``--no-freeze`` measures without it.
 """
 
 from __future__ import annotations
@@ -197,6 +202,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for app in apps.values():  # warm-up: imports, caches, first files
             for case in cases:
                 loop.run_until_complete(_round(app, case, args.warmup))
+        if args.freeze:  # as an API process does once it serves (api/main.py)
+            from appliance.runtime import freeze_startup_heap
+
+            freeze_startup_heap()
         gc.callbacks.append(on_gc)
         for r in range(args.rounds):
             order = list(apps) if r % 2 == 0 else list(reversed(apps))
@@ -240,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="also an unauthenticated POST")
     parser.add_argument("--access-log", choices=("file", "stdout", "off"), default="file")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument(
+        "--no-freeze",
+        dest="freeze",
+        action="store_false",
+        help="leave the start-up heap in the collected generations (API processes freeze it)",
+    )
     args = parser.parse_args(argv)
     if args.requests is None:
         args.requests = 200 if args.smoke else 3000
@@ -262,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(profile)
     print(
         f"request_overhead: in-process ASGI calls, {args.rounds} rounds x {args.requests}"
-        f" requests per case, access log {args.access_log}, uvloop"
+        f" requests per case, access log {args.access_log}, uvloop,"
+        f" start-up heap {'frozen' if args.freeze else 'not frozen'}"
     )
     for case in result["appliance"]:
         app = result["appliance"][case]["cpu_us_per_request"]
@@ -277,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "request_overhead",
         "smoke": args.smoke,
         "access_log": args.access_log,
+        "gc_freeze": args.freeze,
         "rounds": args.rounds,
         "requests": args.requests,
         "results": result,

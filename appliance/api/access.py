@@ -1,7 +1,8 @@
 """Authentication, authorisation, CSRF and rate limits for every route.
 
-A route declares what it needs with one decorator, and a before-request hook does
-the rest, so a new route cannot forget it:
+A route declares what it needs with one decorator, and ``authorize_request`` (run
+before every view by ``ApplianceQuart``, ``quart_app.py``) does the rest, so a new
+route cannot forget it:
 
     @bp.get("/api/users")
     @requires(Permission.USERS_MANAGE)
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from quart import (
     Quart,
+    Request,
     current_app,
     g,
     has_websocket_context,
@@ -37,6 +39,7 @@ from quart import (
 from quart_schema import document_response, security_scheme
 
 from appliance.api import key_cache
+from appliance.api.quart_app import ApplianceQuart
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.auth import store
@@ -241,15 +244,21 @@ async def rate_limit(who: Principal | None, now: float) -> None:
         raise RateLimited("too many requests; slow down", retry_after_s=int(wait) + 1)
 
 
-async def authorize_request() -> None:
-    """before_request: authenticate, check the route's declaration, CSRF, rate limits."""
-    if request.routing_exception is not None or request.url_rule is None:
+async def authorize_request(req: Request | None = None) -> None:
+    """Before the view: authenticate, check the route's declaration, CSRF, rate limits.
+
+    ``ApplianceQuart`` calls it with the request (no context-local lookups on the way);
+    as a plain ``before_request`` hook it reads Quart's ``request``."""
+    if req is None:
+        req = request
+    rule = req.url_rule
+    if req.routing_exception is not None or rule is None:
         return  # 404 / 405 answer as they are
-    if not request.path.startswith(PROTECTED_PREFIXES):
+    if not req.path.startswith(PROTECTED_PREFIXES):
         return
-    if request.method == "OPTIONS":
+    if req.method == "OPTIONS":
         return  # CORS preflight; answered without side effects
-    func = current_app.view_functions[request.endpoint]  # type: ignore[index]
+    func = current_app.view_functions[rule.endpoint]
     requirement = route_requirement(func)
     now = time.time()
     if requirement == "public":
@@ -267,8 +276,8 @@ async def authorize_request() -> None:
     who, method = loaded
     g.principal = who
     g.auth_method = method
-    if method == "cookie" and request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "") or await _panel_form_csrf()
+    if method == "cookie" and req.method not in SAFE_METHODS:
+        sent = req.headers.get(CSRF_HEADER, "") or await _panel_form_csrf()
         if not (who.csrf_token and hmac.compare_digest(sent.encode(), who.csrf_token.encode())):
             raise Forbidden(f"missing or wrong {CSRF_HEADER} header for this session")
     if requirement != "authenticated" and not who.can(Permission(requirement)):
@@ -354,4 +363,7 @@ async def _panel_form_csrf() -> str:
 
 
 def install_access_control(app: Quart) -> None:
-    app.before_request(authorize_request)
+    if isinstance(app, ApplianceQuart):
+        app.authorize_step = authorize_request  # first, as the first before_request hook was
+    else:
+        app.before_request(authorize_request)

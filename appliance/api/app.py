@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from quart import Blueprint, Quart, Response, request
+from quart import Blueprint, Quart, Request, Response, request
 from quart.typing import ResponseTypes
 from quart_schema import Info, QuartSchema
 
@@ -27,6 +27,7 @@ from appliance.api.live import EventBell
 from appliance.api.middleware import ROUTE_KEY, install_request_middleware
 from appliance.api.openapi import ApplianceOpenAPIProvider
 from appliance.api.panel import bp as panel_bp
+from appliance.api.quart_app import ApplianceQuart
 from appliance.api.ratelimit import RateLimiter
 from appliance.api.routes import (
     accounts,
@@ -66,8 +67,8 @@ access_log = logging.getLogger("appliance.access")
 
 def create_app(
     settings: Settings, secrets: Secrets, *, worker: WorkerClient | None = None
-) -> Quart:
-    app = Quart(__name__)
+) -> ApplianceQuart:
+    app = ApplianceQuart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.request_body_timeout_s  # then 408
     app.config["JSON_SORT_KEYS"] = False
@@ -140,16 +141,16 @@ def create_app(
         if state.limiter is not None:
             await state.limiter.close()
 
-    @app.after_request
-    async def _finish(response: Response) -> Response:
+    async def finish(req: Request, response: ResponseTypes) -> None:
         # The rest of what every request gets is done around the app (middleware.py);
         # this is what needs Quart's request: the route template matched, for the
         # metrics, the span and the access line, and the rest of a small body.
-        rule = request.url_rule
+        rule = req.url_rule
         if rule is not None:  # the scope is the middleware's (an ASGI TypedDict to mypy)
-            cast("dict[str, Any]", request.scope)[ROUTE_KEY] = rule.rule
-        await drain_rest_of_body()  # keep-alive after an early refusal (api/keepalive.py)
-        return response
+            cast("dict[str, Any]", req.scope)[ROUTE_KEY] = rule.rule
+        await drain_rest_of_body(req)  # keep-alive after an early refusal (api/keepalive.py)
+
+    app.finish_step = finish  # after every after_request hook (api/quart_app.py)
 
     @app.after_websocket
     async def _finish_websocket(response: ResponseTypes | None) -> ResponseTypes | None:

@@ -9,7 +9,8 @@ connection (httpx, requests, every pool) then sees it closed under its next requ
 before the answer leaves keeps the connection usable; a big or slow one is left
 alone (the connection closes, as before).
 
-``drain_rest_of_body`` runs in the app's after_request hook (``app.py``). A body that
+``drain_rest_of_body`` runs in the app's finish step (``app.py``, after the
+``after_request`` hooks). A body that
 has already arrived whole (the route read it, or it came with the headers) costs one
 check: nothing is awaited then.
 """
@@ -19,21 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from quart import request
+from quart import Request, request
 
 READ_AT_MOST_BYTES = 1024 * 1024
 READ_WITHIN_S = 2.0
 
 
-async def drain_rest_of_body() -> None:
-    """Read the rest of this request's body when it is small and not all here yet."""
-    if _arrived_whole(request.body):  # first: the usual case, no header lookup
+async def drain_rest_of_body(req: Request | None = None) -> None:
+    """Read the rest of this request's body (``req``, else Quart's current request)
+    when it is small and not all here yet."""
+    if req is None:
+        req = request
+    if _arrived_whole(req.body):  # first: the usual case, no header lookup
         return
-    length = request.content_length
+    length = req.content_length
     if not length or length > READ_AT_MOST_BYTES:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(request.get_data(), READ_WITHIN_S)
+        await asyncio.wait_for(req.get_data(), READ_WITHIN_S)
 
 
 def _arrived_whole(body: object) -> bool:

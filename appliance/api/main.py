@@ -25,7 +25,7 @@ from appliance.api.state import state_of
 from appliance.observability.access_log import log_access_to_file
 from appliance.observability.metrics import mark_started
 from appliance.ops.tls import tls_problems
-from appliance.runtime import boot
+from appliance.runtime import boot, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ async def run(bind: str) -> None:
     if ctx.settings.access_log and ctx.settings.access_log_file:
         log_access_to_file(ctx.settings.log_dir)  # not through supervisord's pipe
     app = create_app(ctx.settings, ctx.secrets)
+
+    @app.before_serving
+    async def _freeze() -> None:  # after create_app's own: database, limiter, worker link
+        app.url_map.update()  # werkzeug builds its matcher at the first request otherwise
+        freeze_startup_heap()  # runbook/performance.md: healthz round 6
+
     config = Config()
     config.bind = [bind]
     if ctx.settings.tls:
@@ -51,7 +57,7 @@ async def run(bind: str) -> None:
         config.certfile = ctx.settings.tls_cert_file
         config.keyfile = ctx.settings.tls_key_file
     config.graceful_timeout = ctx.settings.api_graceful_timeout_s
-    config.accesslog = None  # our after_request hook logs each request as JSON
+    config.accesslog = None  # our middleware logs each request as JSON (middleware.py)
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = 5.0
 

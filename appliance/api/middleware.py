@@ -17,9 +17,10 @@ read once, from the ASGI scope, and the answer's are appended to the
 traceparent) are set before Quart runs, so Quart's handler task, the error handlers
 (404 and 405 in the error shape) and the logs see them as before.
 
-What needs Quart's request stays in Quart: ``access.authorize_request``
-(``before_request``: the route's declaration, the principal, CSRF, rate limits) and one
-``after_request`` hook in ``app.py`` that notes the matched route template in the scope
+What needs Quart's request stays in Quart, as two direct steps of ``ApplianceQuart``'s
+dispatch (``quart_app.py``): ``access.authorize_request`` before the view (the route's
+declaration, the principal, CSRF, rate limits) and ``finish`` in ``app.py`` after the
+``after_request`` hooks, which notes the matched route template in the scope
 (``ROUTE_KEY``; ``<unmatched>`` for a 404 or 405) and reads the rest of a small body
 (``keepalive.py``). Websocket handshakes and the lifespan pass straight through
 (``routes/events.py`` sets their request id itself).
@@ -44,7 +45,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The scope key under which the after_request hook leaves the matched route template.
+# The scope key under which the finish step (app.py) leaves the matched route template.
 ROUTE_KEY = "appliance.route"
 UNMATCHED = "<unmatched>"
 NO_STORE = (b"cache-control", b"no-store")
@@ -116,7 +117,14 @@ class RequestMiddleware:
                     span.end()
                     span = None
                 if self.access_log:  # buffered when it goes to the process's own file
-                    write_access(method, path, status, round(elapsed * 1000, 2))
+                    write_access(
+                        method,
+                        path,
+                        status,
+                        round(elapsed * 1000, 2),
+                        request_id=request_id,
+                        trace_id=traceparent[3:35],  # ours: 00-<trace id>-<span id>-<flags>
+                    )
             await send(message)
 
         try:

@@ -190,9 +190,21 @@ _PID = os.getpid()
 _access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
-def write_access(method: str, path: str, status: int, duration_ms: float) -> None:
+def write_access(
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    *,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+) -> None:
     """One access line: to this process's buffered file when it has one, else through
-    the access logger (stdout). The same JSON either way."""
+    the access logger (stdout). The same JSON either way.
+
+    ``request_id`` and ``trace_id``, when the caller has them at hand (the request
+    middleware made them), save reading them back from the context variables; they
+    must be what those hold."""
     logger = _access_logger
     handlers = logger.handlers
     handler = handlers[0] if len(handlers) == 1 else None
@@ -224,7 +236,12 @@ def write_access(method: str, path: str, status: int, duration_ms: float) -> Non
         "logger": ACCESS_LOGGER,
         "msg": f"{method} {path} {status}",
     }
-    add_request_context(entry)
+    if request_id is None:
+        add_request_context(entry)
+    else:
+        entry["request_id"] = request_id
+        if trace_id:
+            entry["trace_id"] = trace_id
     entry["status"] = status
     entry["duration_ms"] = duration_ms
     handler.add_bytes(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))

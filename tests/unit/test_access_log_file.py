@@ -109,6 +109,38 @@ def test_write_access_is_the_same_json_buffered_until_the_timer(
     assert fast["time"].endswith("Z") and len(fast["time"]) == len(logged["time"])
 
 
+def test_ids_given_to_write_access_make_the_line_the_context_would(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    from appliance.observability import access_log
+    from appliance.observability.context import request_id_var, request_ids, traceparent_var
+
+    setup_logging("api", stream=io.StringIO())
+    path = log_access_to_file(tmp_path, instance="api_02")
+    assert path is not None
+    request_id, traceparent = request_ids(None, None)
+
+    async def main() -> None:
+        request_id_var.set(request_id)
+        traceparent_var.set(traceparent)
+        access_log.write_access("GET", "/healthz", 200, 0.3)  # read from the context
+        request_id_var.set(None)
+        traceparent_var.set(None)
+        access_log.write_access(
+            "GET", "/healthz", 200, 0.3, request_id=request_id, trace_id=traceparent[3:35]
+        )
+
+    asyncio.run(main())
+    logging.getLogger(ACCESS_LOGGER).handlers[0].flush()
+    from_context, given = (
+        orjson.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+    )
+    assert from_context["request_id"] == given["request_id"] == request_id
+    assert from_context["trace_id"] == given["trace_id"] == traceparent.split("-")[1]
+    del from_context["time"], given["time"]
+    assert list(given.items()) == list(from_context.items())  # same fields, same order
+
+
 def test_buffered_lines_rotate_by_size_and_reach_the_file_at_shutdown(
     tmp_path: Path, restore_logging: None
 ) -> None:
