@@ -64,6 +64,9 @@ def test_reports_screen(open_db: OpenDb, db_path: Path, tmp_path: Path) -> None:
         assert "0 min 09 s" in times and "1 min 09 s" in times
         assert '<table class="list stacked" id="response-times">' in english
         assert 'data-label="First response, median"' in times
+        # each column's header names its group (two "Median" columns said neither)
+        header = times[times.index("<thead>") : times.index("</thead>")]
+        assert ">First response, p90</th>" in header and ">Resolution, median</th>" in header
         today = dt.datetime.now(dt.UTC).date()
         assert format_skeleton("MMMd", today, locale="en") in english
         tr = await admin.get(f"/panel/reports?account={A}", headers={"Accept-Language": "tr"})
