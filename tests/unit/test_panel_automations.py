@@ -6,6 +6,7 @@ field with a 400, agents get the 403 page, managers may not open scripts."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -220,6 +221,17 @@ def test_scheduled_messages(open_db: OpenDb, db_path: Path, tmp_path: Path) -> N
         assert [s.id for s in left] == [schedule.id]
         types = await _event_types(db)
         assert {"schedule.created", "schedule.paused", "schedule.deleted"} <= set(types)
+        # every audit entry of a schedule names its account, as create always did
+        audited = await db.fetchall(
+            "SELECT action, details FROM audit_log WHERE action LIKE 'schedule.%'"
+        )
+        assert {r["action"] for r in audited} >= {
+            "schedule.create",
+            "schedule.pause",
+            "schedule.resume",
+            "schedule.delete",
+        }
+        assert all(json.loads(r["details"])["account"] == A for r in audited), audited
 
     _run(open_db, db_path, tmp_path, test)
 

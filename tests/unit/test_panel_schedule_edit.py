@@ -258,7 +258,7 @@ def test_detail_page_and_edit_form(open_db: OpenDb, db_path: Path, tmp_path: Pat
         assert after.content["text"]["body"] == "Good morning, team"
         assert (after.name, after.missed, after.recipients) == (s.name, s.missed, s.recipients)
         (entry,) = await _audit(db, "schedule.update")
-        assert entry["target"] == f"schedule:{s.id}"
+        assert (entry["target"], entry["account"]) == (f"schedule:{s.id}", A)
         assert set(entry["fields"]) >= {"content", "kind", "at", "cron", "timezone"}
         assert "name" not in entry["fields"] and "recipients" not in entry["fields"]
         (event,) = await _updated_events(db)

@@ -545,7 +545,11 @@ async def update_schedule_audited(
             await store.update_schedule(conn, schedule_id, now, **fields)
         schedule = await store.get_schedule(conn, account, schedule_id)
         await audit(
-            conn, "schedule.update", target=f"schedule:{schedule_id}", fields=sorted(fields)
+            conn,
+            "schedule.update",
+            target=f"schedule:{schedule_id}",
+            account=account,
+            fields=sorted(fields),
         )
         await _event(conn, "schedule.updated", schedule, fields=sorted(fields))
     await poke("schedules")
@@ -579,7 +583,7 @@ async def delete_schedule(account: str, schedule_id: str) -> Response:
     async with _db().write() as conn:
         schedule = await store.get_schedule(conn, account, schedule_id)
         await store.delete_schedule(conn, account, schedule_id)
-        await audit(conn, "schedule.delete", target=f"schedule:{schedule_id}")
+        await audit(conn, "schedule.delete", target=f"schedule:{schedule_id}", account=account)
         await _event(conn, "schedule.deleted", schedule)
     await poke("schedules")
     return Response(status=204)
@@ -610,7 +614,7 @@ async def pause_schedule(account: str, schedule_id: str) -> ScheduleOut:
                 next_run_at=None,
             )
             schedule = await store.get_schedule(conn, account, schedule_id)
-            await audit(conn, "schedule.pause", target=f"schedule:{schedule_id}")
+            await audit(conn, "schedule.pause", target=f"schedule:{schedule_id}", account=account)
             await _event(conn, "schedule.paused", schedule, reason="paused by a user")
         else:
             schedule = current
@@ -651,7 +655,7 @@ async def resume_schedule(account: str, schedule_id: str) -> ScheduleOut:
                 next_run_at=store.to_unix(first),
             )
             schedule = await store.get_schedule(conn, account, schedule_id)
-            await audit(conn, "schedule.resume", target=f"schedule:{schedule_id}")
+            await audit(conn, "schedule.resume", target=f"schedule:{schedule_id}", account=account)
             await _event(conn, "schedule.resumed", schedule)
         else:
             schedule = current
