@@ -113,6 +113,9 @@ def test_automations_screens(appliance: Appliance, page: Any, artefacts: Path) -
     page.fill("#f-ar-pattern", "kargo")
     page.click("#add-condition")  # a plain post: the form again, one condition row more
     page.locator("#f-ar-c0-type").wait_for()
+    # The new page's stylesheets hide the other types' fields (CSS :has, no script): the
+    # row can be in the DOM before screens.css has loaded (CI saw the field still shown).
+    page.wait_for_load_state("load")
     assert page.input_value("#f-ar-name") == "Shipping"
     page.select_option("#f-ar-c0-type", "chat_type")
     page.select_option("#f-ar-c0-chat", "private")

@@ -113,14 +113,17 @@ class Appliance:
             time.sleep(0.1)
         raise AssertionError(f"not ready after {timeout_s}s: {getattr(last, 'text', last)}")
 
-    def wait_running(self, name: str, timeout_s: float = 30) -> int:
+    def wait_running(self, name: str, timeout_s: float = 30, *, replacing: int = 0) -> int:
+        """The pid of ``name`` once RUNNING; with ``replacing``, of a process other than
+        that one: right after a kill, supervisord may not have reaped it yet and still
+        reports the dead pid as RUNNING."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             info = self.supervisor.getProcessInfo(name)
-            if info["statename"] == "RUNNING":
+            if info["statename"] == "RUNNING" and int(info["pid"]) != replacing:
                 return int(info["pid"])
             time.sleep(0.1)
-        raise AssertionError(f"{name} not RUNNING after {timeout_s}s")
+        raise AssertionError(f"{name} not RUNNING (as a new process) after {timeout_s}s")
 
     def metrics_token(self) -> str:
         return (self.secrets / "metrics-token").read_text().strip()

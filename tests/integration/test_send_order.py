@@ -214,7 +214,7 @@ def test_sends_to_a_chat_reach_whatsapp_in_accept_order_through_retries_and_kill
         )
 
     _wait(settled, 300, "every send to leave the queue", 0.5)
-    assert app.wait_running("worker:worker") != worker_before  # supervisord restarted it
+    app.wait_running("worker:worker", replacing=worker_before)  # supervisord restarted it
 
     statuses = {
         r["id"]: r["status"]

@@ -700,10 +700,11 @@ def test_a_worker_killed_during_the_hand_over_sends_again_and_loses_nothing(
         message_id = _send(admin, "w1", _text(CAROL, text))
         _sent_where(fake, "w1", lambda s: s.message == {"conversation": text})
         assert _message(admin, "w1", message_id)["status"] == "sending"
-        os.kill(app.pid_of("worker:worker"), signal.SIGKILL)
+        killed = app.pid_of("worker:worker")
+        os.kill(killed, signal.SIGKILL)
     finally:
         fake.delay_sends("w1", 0)
-    app.wait_running("worker:worker")
+    app.wait_running("worker:worker", replacing=killed)
     _wait_status(app, admin, "w1", message_id, "sent", timeout_s=30)
     copies = [s for s in fake.sent("w1") if s.message == {"conversation": text}]
     assert len(copies) == 2 and copies[0].id != copies[1].id

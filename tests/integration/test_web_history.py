@@ -222,11 +222,12 @@ def _history_sync(
     fake.push_history("h2", chunks[1])
     _wait(lambda: fake.history_pending("h2") == 0, 60, "two chunks imported", app)
     fake.push_history("h2", chunks[2])
-    os.kill(app.pid_of("worker:worker"), signal.SIGKILL)  # in the middle of the sync
+    killed = app.pid_of("worker:worker")
+    os.kill(killed, signal.SIGKILL)  # in the middle of the sync
     fake.push_history("h2", chunks[3])
     fake.push_history("h2", chunks[1])  # WhatsApp sends a chunk again
     fake.push_history("h2", chunks[4])
-    app.wait_running("worker:worker")
+    app.wait_running("worker:worker", replacing=killed)
     _wait(lambda: fake.history_pending("h2") == 0, 90, "every chunk acknowledged", app)
 
     for chat in (ALICE_JID, CAROL_JID, GROUP):
