@@ -182,21 +182,19 @@ def test_detail_page_and_edit_form(open_db: OpenDb, db_path: Path, tmp_path: Pat
         manager = app.test_client()
         _status, _text, csrf = await _sign_in(manager, "manager1")
         url = f"/panel/accounts/{A}/schedules"
-        made = await manager.post(
-            url,
-            form={
-                "csrf_token": csrf,
-                "name": "Morning",
-                "to": "+905551110001",
-                "text": "Good morning",
-                "kind": "cron",
-                "cron": "0 9 * * *",
-                "timezone": ZONE,
-                "missed": "run_once",
-                "grace_s": "10",
-                "grace_s_unit": "min",
-            },
-        )
+        created = {
+            "csrf_token": csrf,
+            "name": "Morning",
+            "to": "+905551110001",
+            "text": "Good morning",
+            "kind": "cron",
+            "cron": "0 9 * * *",
+            "timezone": ZONE,
+            "missed": "run_once",
+            "grace_s": "10",
+            "grace_s_unit": "min",
+        }
+        made = await manager.post(url, form=created)
         assert made.status_code == 303, await made.get_data(as_text=True)
         (s,) = await schedules_store.list_schedules(db, A, after=None, limit=10)
         assert (s.missed, s.grace_s) == ("run_once", 600.0)  # the create form's policy
@@ -214,18 +212,7 @@ def test_detail_page_and_edit_form(open_db: OpenDb, db_path: Path, tmp_path: Pat
         assert 'name="name" value="Morning"' in form and ">Good morning</textarea>" in form
         assert 'id="f-sch-missed-run-once" aria-describedby="f-sch-missed-help" checked' in form
         assert 'id="f-sch-grace" name="grace_s" inputmode="decimal" value="10"' in form
-        typed = {
-            "csrf_token": csrf,
-            "name": "Morning",
-            "to": "+905551110001",
-            "text": "Good morning",
-            "kind": "cron",
-            "cron": "0 9 * * *",
-            "timezone": ZONE,
-            "missed": "run_once",
-            "grace_s": "10",
-            "grace_s_unit": "min",
-        }
+        typed = dict(created)  # the edit form as shown: the values it was created with
         # Saved unchanged: nothing sent to the API, no audit entry.
         same = await manager.post(f"{detail}/edit", form=typed)
         assert (same.status_code, same.headers["Location"]) == (303, detail)
