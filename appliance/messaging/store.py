@@ -646,13 +646,19 @@ async def _touch_chat(
     *,
     unread: bool,
 ) -> None:
+    # A new chat is written whole: opened now, its search names from its contact (what
+    # the chats_opened and chats_name_search_insert triggers would otherwise add with
+    # two more writes of the row; migration 0039).
     await conn.execute(
         "INSERT INTO chats (account_id, jid, is_group, unread_count, last_message_id, "
-        "last_message_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "last_message_at, created_at, opened_at, name_search) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6, ("
+        "SELECT COALESCE(ct.display_name, '') || char(31) || char(31) || COALESCE(ct.name, '') "
+        "FROM (SELECT 1) LEFT JOIN contacts ct ON ct.account_id = ?1 AND ct.jid = ?2)) "
         "ON CONFLICT (account_id, jid) DO UPDATE SET last_message_id = excluded.last_message_id, "
         "last_message_at = excluded.last_message_at, "
         "unread_count = unread_count + excluded.unread_count, archived = 0",
-        (account_id, jid, int(jid.endswith("@g.us")), int(unread), message_id, now, now),
+        (account_id, jid, int(jid.endswith("@g.us")), int(unread), message_id, now),
     )
 
 

@@ -508,3 +508,62 @@ def test_a_reply_writes_its_chat_row_only_when_the_chat_waits(
         assert (chat["first_response_at"], chat["waiting_since"]) == (130.0, None)
 
     _run(open_db, db_path, body)
+
+
+def test_a_chat_created_by_a_message_is_written_once(open_db: OpenDb, db_path: Path) -> None:
+    """Migration 0039: a message to or from a new number inserts its chat whole (opened,
+    with its search names): no UPDATE of the row after the INSERT, and the same row and
+    report conversation as an INSERT that leaves both to the triggers."""
+    bob = "905551110002@s.whatsapp.net"
+    carol = "905551110003@s.whatsapp.net"
+    dave = "905551110004@s.whatsapp.net"
+
+    async def body(db: Database) -> None:
+        await _account(db, A)
+        async with db.write() as conn:
+            for jid in (ALICE, bob, dave):  # contacts known before their chats exist
+                await conn.execute(
+                    "INSERT INTO contacts (account_id, jid, name, display_name, updated_at) "
+                    "VALUES (?, ?, ?, ?, 1.0)",
+                    (A, jid, f"wa {jid[:12]}", f"shown {jid[:12]}"),
+                )
+        await db.writer.execute("CREATE TEMP TABLE chat_writes (jid TEXT)")
+        await db.writer.execute(
+            "CREATE TEMP TRIGGER count_chat_writes AFTER UPDATE ON main.chats "
+            "BEGIN INSERT INTO chat_writes VALUES (new.jid); END"
+        )
+        await db.writer.commit()
+        await _outbound(db, A, ALICE, 100.0)  # a send to a new number
+        await _inbound(db, A, bob, 100.0)  # a first message from one
+        await _outbound(db, A, carol, 100.0)  # no contact yet
+        cursor = await db.writer.execute("SELECT jid FROM chat_writes")  # the writer's temp
+        written_again = [r["jid"] for r in await cursor.fetchall()]
+        # The inbound chat is updated afterwards by the inbox (it now waits); not the sends'.
+        assert ALICE not in written_again and carol not in written_again
+        async with db.write() as conn:  # as before 0039: the triggers fill both columns
+            await conn.execute(
+                "INSERT INTO chats (account_id, jid, is_group, unread_count, last_message_id, "
+                "last_message_at, created_at) VALUES (?, ?, 0, 0, 'M', 100.0, 100.0)",
+                (A, dave),
+            )
+        columns = "opened_at, name_search, created_at, unread_count, archived"
+        rows = await db.fetchall(f"SELECT jid, {columns} FROM chats WHERE account_id = ?", (A,))
+        chats = {r["jid"]: tuple(r)[1:] for r in rows}
+        assert chats[ALICE][0] == chats[dave][0] == 100.0
+        sep = "\x1f"
+        assert chats[ALICE][1] == f"shown {ALICE[:12]}{sep}{sep}wa {ALICE[:12]}"
+        assert chats[dave][1] == f"shown {dave[:12]}{sep}{sep}wa {dave[:12]}"
+        assert chats[carol][1] == f"{sep}{sep}"
+        assert chats[ALICE][2:] == chats[dave][2:]
+        reports = {
+            r["chat_jid"]: tuple(r)[1:]
+            for r in await db.fetchall(
+                "SELECT chat_jid, opened_at, first_wait_at, first_response_at, resolved_at, "
+                "assignee_id FROM report_conversations WHERE account_id = ?",
+                (A,),
+            )
+        }
+        assert reports[ALICE] == reports[carol] == reports[dave] == (100.0, None, None, None, None)
+        assert reports[bob][0] == 100.0
+
+    _run(open_db, db_path, body)
