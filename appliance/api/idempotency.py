@@ -37,6 +37,7 @@ from quart import Response, g, make_response, request
 from quart_schema import document_headers, document_response
 
 from appliance.api.access import principal
+from appliance.api.body import body_bytes
 from appliance.api.schemas import ErrorBody
 from appliance.api.state import state_of
 from appliance.auth import store
@@ -92,8 +93,7 @@ def idempotent(func: F) -> F:
         state = state_of()
         assert state.db is not None
         scope = principal().key
-        body = await request.get_data(as_text=False)
-        assert isinstance(body, bytes)  # as_text=False
+        body = await body_bytes()
         print_ = fingerprint(request.method, request.path, body)
         now = time.time()
 
@@ -249,8 +249,7 @@ def idempotent_in_transaction(func: F) -> F:
         raw = request.headers.get(HEADER)
         if raw is None:
             return await func(*args, **kwargs)
-        body = await request.get_data(as_text=False)
-        assert isinstance(body, bytes)  # as_text=False
+        body = await body_bytes()
         write = IdempotentWrite(
             principal().key,
             parse_key(raw),

@@ -22,6 +22,8 @@ import contextlib
 
 from quart import Request, request
 
+from appliance.api.body import arrived_whole
+
 READ_AT_MOST_BYTES = 1024 * 1024
 READ_WITHIN_S = 2.0
 
@@ -31,7 +33,7 @@ async def drain_rest_of_body(req: Request | None = None) -> None:
     when it is small and not all here yet."""
     if req is None:
         req = request
-    if _arrived_whole(req.body):  # first: the usual case, no header lookup
+    if arrived_whole(req.body):  # first: the usual case, no header lookup
         return
     length = req.content_length
     if not length or length > READ_AT_MOST_BYTES:
@@ -39,9 +41,3 @@ async def drain_rest_of_body(req: Request | None = None) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(req.get_data(), READ_WITHIN_S)
 
-
-def _arrived_whole(body: object) -> bool:
-    """Quart's request body is complete (its ``Body._complete`` event is set). Without
-    that attribute (another Quart version) it is read as before: never wrongly skipped."""
-    complete = getattr(body, "_complete", None)
-    return isinstance(complete, asyncio.Event) and complete.is_set()

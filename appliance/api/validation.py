@@ -18,6 +18,7 @@ from quart_schema import (
 )
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE
 
+from appliance.api.body import body_bytes
 from appliance.api.schemas import ErrorBody, ValidationErrorBody
 from appliance.errors import ClientError, InvalidInput
 
@@ -111,8 +112,7 @@ def json_body(model: type[BaseModel], *, max_bytes: int | None = None) -> Callab
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             if not request.is_json:
                 raise UnsupportedMediaType("send the body as JSON (Content-Type: application/json)")
-            raw = await request.get_data(as_text=False)
-            assert isinstance(raw, bytes)  # as_text=False
+            raw = await body_bytes()
             if max_bytes is not None and len(raw) > max_bytes:
                 raise PayloadTooLarge(
                     f"the body exceeds the limit of {max_bytes} bytes for this route"

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 
+import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart, Response
@@ -123,15 +124,60 @@ def test_without_the_drain_hypercorn_closes_that_connection() -> None:
 def test_a_body_that_arrived_whole_is_not_waited_for() -> None:
     from quart.wrappers.request import Body
 
-    from appliance.api.keepalive import _arrived_whole
+    from appliance.api.body import arrived_whole
 
     async def main() -> None:
         body = Body(expected_content_length=4, max_content_length=1024)
-        assert not _arrived_whole(body)  # the drain waits for it
+        assert not arrived_whole(body)  # the drain waits for it
         body.append(b"abcd")
-        assert not _arrived_whole(body)
+        assert not arrived_whole(body)
         body.set_complete()
-        assert _arrived_whole(body)  # nothing left to read: no wait, no task
-        assert not _arrived_whole(object())  # another Quart: read as before
+        assert arrived_whole(body)  # nothing left to read: no wait, no task
+        assert not arrived_whole(object())  # another Quart: read as before
+
+    asyncio.run(main())
+
+
+def test_body_bytes_reads_a_whole_body_at_once_and_others_as_quart_does() -> None:
+    """``body_bytes`` gives what ``get_data`` gives: at once (no task) for a body here
+    whole; through Quart while it is still arriving, or when it must raise."""
+    from quart.wrappers.request import Body
+
+    from appliance.api.body import body_bytes
+
+    class FakeRequest:
+        def __init__(self, body: Body) -> None:
+            self.body = body
+            self.reads = 0
+
+        async def get_data(self, as_text: bool = False) -> bytes:
+            self.reads += 1
+            return await self.body  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        whole = Body(expected_content_length=4, max_content_length=1024)
+        whole.append(b"abcd")
+        whole.set_complete()
+        req = FakeRequest(whole)
+        assert await body_bytes(req) == b"abcd"  # type: ignore[arg-type]
+        assert await body_bytes(req) == b"abcd"  # type: ignore[arg-type]
+        assert req.reads == 0
+
+        arriving = Body(expected_content_length=4, max_content_length=1024)
+        req = FakeRequest(arriving)
+        read = asyncio.ensure_future(body_bytes(req))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert not read.done()  # it waits for the rest, as get_data does
+        arriving.append(b"wxyz")
+        arriving.set_complete()
+        assert await read == b"wxyz" and req.reads == 1
+
+        too_big = Body(expected_content_length=None, max_content_length=2)
+        too_big.append(b"abc")  # over the limit: Quart raises 413 on reading it
+        too_big.set_complete()
+        req = FakeRequest(too_big)
+        with pytest.raises(Exception) as raised:
+            await body_bytes(req)  # type: ignore[arg-type]
+        assert getattr(raised.value, "code", None) == 413 and req.reads == 1
 
     asyncio.run(main())

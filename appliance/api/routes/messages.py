@@ -11,11 +11,12 @@ from typing import Any
 import aiosqlite
 import orjson
 from pydantic import BaseModel, Field, RootModel
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 from quart_schema.validation import QUART_SCHEMA_REQUEST_ATTRIBUTE, DataSource
 
 from appliance.api.access import principal, requires
 from appliance.api.accounts_access import account_for
+from appliance.api.body import body_bytes
 from appliance.api.idempotency import Replay, idempotent_in_transaction, idempotent_write
 from appliance.api.openapi import documented
 from appliance.api.schemas import Float, Strict
@@ -95,8 +96,7 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(as_message)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        raw = await request.get_data(as_text=False)
-        assert isinstance(raw, bytes)  # as_text=False
+        raw = await body_bytes()
         chosen = as_quick_reply if _names_quick_reply(raw) else as_message
         return await chosen(*args, **kwargs)
 
