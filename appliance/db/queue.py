@@ -413,7 +413,8 @@ class DurableQueue:
         """Give the job back untried (not ready yet: pacing, account offline): the
         attempt it was claimed with does not count."""
         now = self.clock()
-        async with self.db.write() as conn:
+
+        async def give_back(conn: aiosqlite.Connection) -> None:
             await self._leased_row(conn, job_id, token)
             await conn.execute(
                 "UPDATE queue_jobs SET state = 'queued', attempts = MAX(0, attempts - 1), "
@@ -421,6 +422,9 @@ class DurableQueue:
                 "updated_at = ? WHERE id = ?",
                 (now + delay_s, note, now, job_id),
             )
+
+        # Group-committed: a claimed batch given back (pacing) shares its commits.
+        await self.db.write_batched(give_back, in_thread=True)
 
     async def extend(self, job_id: int, token: str, lease_s: float | None = None) -> float:
         """Heartbeat a long job: push its lease expiry out. Returns the new expiry."""

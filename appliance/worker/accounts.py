@@ -57,6 +57,8 @@ class AccountServices(Protocol):
 
     def wake_sender(self) -> None: ...
 
+    def account_connected(self, account_id: str) -> None: ...
+
 
 def make_engine(row: AccountRow, host: AccountRuntime, db: Database) -> Engine:
     service = host.service
@@ -266,7 +268,7 @@ class AccountRuntime:
         phone = await self.engine.connect()
         await self._set_state("connected", None, phone)
         self.connected = True
-        self.service.wake_sender()
+        self.service.account_connected(self.account_id)
         serving = asyncio.create_task(self.engine.run_until_closed())
         changed = asyncio.create_task(self._desired_changed.wait())
         try:

@@ -39,7 +39,7 @@ from appliance.messaging.rows import MessageRow
 from appliance.worker.accounts import AccountRuntime, Accounts, make_engine
 from appliance.worker.inbound import Inbound
 from appliance.worker.pipeline import Pipeline, default_pipeline
-from appliance.worker.send_loop import SEND_CLAIM_LIMIT, SEND_TIMEOUT_S, SendLoop, TokenBucket
+from appliance.worker.send_loop import SEND_CLAIM_LIMIT, SEND_TIMEOUT_S, SendLoop, SendSlots
 
 if TYPE_CHECKING:
     from appliance.engines.web import WebEngine
@@ -50,7 +50,7 @@ __all__ = [
     "SEND_TIMEOUT_S",
     "AccountRuntime",
     "MessagingService",
-    "TokenBucket",
+    "SendSlots",
     "make_engine",
     "send_order_key",
 ]
@@ -134,6 +134,10 @@ class MessagingService:
 
     def wake_sender(self) -> None:
         self.sends.wake()
+
+    def account_connected(self, account_id: str) -> None:
+        """Its sends that waited for the connection are due now (and the loop woken)."""
+        self._spawn(self.sends.account_connected(account_id))
 
     async def events_written(self) -> None:
         """Tell the API processes and the webhooks process that events were committed;
