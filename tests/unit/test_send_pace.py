@@ -94,6 +94,26 @@ async def _queue_sends(db: Database, count: int) -> None:
             )  # fmt: skip
 
 
+def _loop_counting_releases(
+    db: Database, settings: Settings, accounts: Any
+) -> tuple[SendLoop, list[str]]:
+    """A send loop whose queue notes every job it gives back (the note: why)."""
+
+    async def events_written() -> None:
+        pass
+
+    loop = SendLoop(db, settings, accounts, events_written=events_written)
+    released: list[str] = []
+    release = loop.queue.release
+
+    async def counted_release(job_id: int, token: str, **given: Any) -> None:
+        released.append(given["note"])
+        await release(job_id, token, **given)
+
+    loop.queue.release = counted_release  # type: ignore[method-assign]
+    return loop, released
+
+
 def test_a_backlog_waits_for_the_account_rate_given_back_once_per_send(
     tmp_path: Path, open_db: OpenDb, db_path: Path
 ) -> None:
@@ -105,19 +125,8 @@ def test_a_backlog_waits_for_the_account_rate_given_back_once_per_send(
         async with open_db(db_path) as db:
             await _queue_sends(db, count)
 
-            async def events_written() -> None:
-                pass
-
             accounts: Any = _Accounts(engine)
-            loop = SendLoop(db, settings, accounts, events_written=events_written)
-            released: list[str] = []
-            release = loop.queue.release
-
-            async def counted_release(job_id: int, token: str, **given: Any) -> None:
-                released.append(given["note"])
-                await release(job_id, token, **given)
-
-            loop.queue.release = counted_release  # type: ignore[method-assign]
+            loop, released = _loop_counting_releases(db, settings, accounts)
             started = time.monotonic()
             loop.claims.start()
             try:
@@ -151,20 +160,9 @@ def test_sends_of_an_account_offline_wait_for_it_and_go_when_it_connects(
         async with open_db(db_path) as db:
             await _queue_sends(db, count)
 
-            async def events_written() -> None:
-                pass
-
             accounts: Any = _Accounts(engine)
             accounts.runtime.connected = False
-            loop = SendLoop(db, settings, accounts, events_written=events_written)
-            released: list[str] = []
-            release = loop.queue.release
-
-            async def counted_release(job_id: int, token: str, **given: Any) -> None:
-                released.append(given["note"])
-                await release(job_id, token, **given)
-
-            loop.queue.release = counted_release  # type: ignore[method-assign]
+            loop, released = _loop_counting_releases(db, settings, accounts)
             loop.claims.start()
             try:
                 async with asyncio.timeout(20):
