@@ -5,9 +5,12 @@ event (and the webhook deliveries it fans out to) are rows in the database. So t
 worker keeps ``RESERVE_BYTES`` of the data directory's filesystem in a file of its
 own, ``disk-reserve``. When the filesystem is full (less than ``FULL_BELOW_BYTES``
 free, or a write of the worker itself failed with ``SQLITE_FULL``/``ENOSPC`` lately) it
-raises the alert; if that write fails too, it deletes the reserve and writes it again.
-Then the event, its webhooks and ``appliance_builtin_alerts_firing{rule="storage_full"}``
-say so while API requests still answer 503 ``storage_full``.
+raises the alert, deleting the reserve in the same transaction: the room it frees is
+for the alert's row and for what delivers it (the webhooks process's fan-out, lease
+and outcome are writes too). Then the event, its webhooks and
+``appliance_builtin_alerts_firing{rule="storage_full"}`` say so while API requests
+still answer 503 ``storage_full``. Other writers may use that room too once the row is
+committed (runbook/disk-full.md says so).
 
 The alert resolves once ``/readyz``'s disk check would pass again (at least
 ``storage.MIN_FREE_BYTES`` free) for ``ALERT_CLEAR_S``; the reserve is put back once
@@ -24,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import aiosqlite
 
 from appliance.config import Settings
 from appliance.db import storage
@@ -156,27 +161,32 @@ class StorageWatch:
         self._export()
 
     async def _raise(self, now: float, details: dict[str, Any]) -> None:
-        details = {**details, "reserve_released": False}
         try:
             await self._write_raise(now, details)
         except StorageFull:
-            if not await asyncio.to_thread(self.reserve.release):
-                log.error("storage_full alert not written: no room and no reserve left")
-                return  # the gauge says so; the next pass tries again
-            details["reserve_released"] = True
-            try:
-                await self._write_raise(now, details)
-            except StorageFull:
-                log.error("storage_full alert not written even from the reserve")
-                return
+            log.error("storage_full alert not written: no room, even with the reserve gone")
+            return  # the gauge says so; the next pass tries again
         log.warning("alert raised: %s", RULE, extra={"rule": RULE, "severity": SEVERITY})
         if self.events_written is not None:
             await self.events_written()
 
     async def _write_raise(self, now: float, details: dict[str, Any]) -> None:
+        # The reserve goes even when the alert's own row would fit: the row is only the
+        # start. The webhooks process has yet to fan it out, lease the delivery and
+        # record its outcome, each a write of its own, and with the reserve kept it
+        # could wait for room for good. Released inside the transaction, under the
+        # write lock: no other writer (of any process) takes the room before the row.
         async with self.db.write() as conn:
-            alert_id = await alerts_store.raise_builtin(conn, ALERT, details, now)
+            released = await asyncio.to_thread(self.reserve.release)
+            alert_id = await self._insert_raise(
+                conn, now, {**details, "reserve_released": released}
+            )
         self.open_id, self.raised_at = alert_id, now
+
+    async def _insert_raise(
+        self, conn: aiosqlite.Connection, now: float, details: dict[str, Any]
+    ) -> int:
+        return await alerts_store.raise_builtin(conn, ALERT, details, now)
 
     async def _resolve(self, now: float, details: dict[str, Any]) -> None:
         assert self.open_id is not None and self.raised_at is not None

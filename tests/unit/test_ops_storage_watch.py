@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from prometheus_client import REGISTRY
 
 from appliance.config import Paths, load_settings
@@ -26,10 +27,12 @@ class FullUntilReleased(StorageWatch):
     """A filesystem with no room left but the reserve's (the real one: the tmpfs of
     tests/integration/test_ops_disk_full.py)."""
 
-    async def _write_raise(self, now: float, details: dict[str, Any]) -> None:
+    async def _insert_raise(
+        self, conn: aiosqlite.Connection, now: float, details: dict[str, Any]
+    ) -> int:
         if self.reserve.present():
             raise StorageFull("storage is full: the database cannot write; nothing was stored")
-        await super()._write_raise(now, details)
+        return await super()._insert_raise(conn, now, details)
 
 
 def _gauge() -> float:
@@ -108,3 +111,32 @@ def test_the_reserve_gives_way_when_it_cannot_be_written(tmp_path: Path) -> None
     assert reserve.ensure() and reserve.present()
     assert oct(reserve.path.stat().st_mode & 0o777) == "0o600"
     assert reserve.release() and not reserve.release()
+
+
+def test_the_reserve_is_released_even_when_the_alert_row_fits(
+    tmp_path: Path, open_db: OpenDb
+) -> None:
+    """Found by tests/integration/test_ops_disk_full.py on a loaded machine: the row fit
+    in the last few KiB, the reserve was kept, and the webhooks process could never fan
+    the alert out (each try refused for want of room): no webhook until the disk was
+    freed by hand."""
+    settings = load_settings(Paths(tmp_path), environ={})
+    settings.data_dir.mkdir(parents=True)
+    free = {"bytes": 100 * MiB}
+
+    async def body() -> None:
+        async with open_db(settings.database_path) as db:
+            watch = StorageWatch(
+                db, settings, free=lambda _: free["bytes"], reserve_bytes=64 * 1024
+            )
+            await watch.load()
+            await watch.tick()
+            reserve = settings.data_dir / RESERVE_NAME
+            assert reserve.is_file()
+            free["bytes"] = FULL_BELOW_BYTES - 1
+            await watch.tick()
+            alert = await alerts_store.open_alert(db, "storage_full", "")
+            assert alert is not None and alert.details["reserve_released"] is True
+            assert not reserve.exists()
+
+    asyncio.run(body())
