@@ -72,6 +72,10 @@ class StorageFull(ApplianceError):
     whole, nothing half-written; answered 503 ``storage_full`` (runbook/disk-full.md)."""
 
     http_status = 503
+    # Every loop of every process fails its passes while the disk is full, often with
+    # the logs on that same disk: one line each, not a traceback (db/storage.py logs
+    # the first refusal and the recovery).
+    log_traceback = False
 
 
 class IpcError(ApplianceError):

@@ -36,7 +36,11 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            exc = record.exc_info[1]
+            if getattr(exc, "log_traceback", True):
+                entry["exc"] = self.formatException(record.exc_info)
+            else:  # an expected condition (errors.StorageFull): its message says it all
+                entry["error"] = f"{type(exc).__name__}: {exc}"
         return orjson.dumps(entry, default=str).decode()
 
 
