@@ -426,6 +426,16 @@ class DurableQueue:
         # Group-committed: a claimed batch given back (pacing) shares its commits.
         await self.db.write_batched(give_back, in_thread=True)
 
+    async def due_now(self, order_prefix: str, note: str) -> int:
+        """Jobs given back with ``note`` whose order key starts with ``order_prefix``
+        (an account's chats: ``<account>:``) are due now; how many."""
+        now = self.clock()
+
+        async def due(conn: aiosqlite.Connection) -> int:
+            return await due_now_in(conn, self.name, order_prefix, note, now)
+
+        return await self.db.write_batched(due, in_thread=True)
+
     async def extend(self, job_id: int, token: str, lease_s: float | None = None) -> float:
         """Heartbeat a long job: push its lease expiry out. Returns the new expiry."""
         now = self.clock()
@@ -564,6 +574,22 @@ class DurableQueue:
 
 # Keys or ids bound in one IN (...): well under SQLite's variable limit (32766).
 _KEYS_PER_STATEMENT = 500
+
+
+async def due_now_in(
+    conn: aiosqlite.Connection, queue: str, order_prefix: str, note: str, now: float
+) -> int:
+    """``DurableQueue.due_now`` in the caller's transaction. A range on the order key
+    (its index), not LIKE: ``order_prefix`` up to the same text with its last
+    character's successor."""
+    upper = order_prefix[:-1] + chr(ord(order_prefix[-1]) + 1)
+    cur = await conn.execute(
+        "UPDATE queue_jobs SET run_at = ?, updated_at = ? WHERE queue = ? "
+        "AND order_key >= ? AND order_key < ? AND order_key IS NOT NULL "
+        "AND state = 'queued' AND run_at > ? AND last_error = ?",
+        (now, now, queue, order_prefix, upper, now, note),
+    )
+    return max(0, cur.rowcount)
 
 
 def _like_prefix(prefix: str) -> str:

@@ -10,7 +10,8 @@ claim_loop.py) and hands each action to its account's engine (``Engine.perform``
   states, revokes and edits go out under their ``send_id``, which an engine never sends
   twice (appliance/messaging/actions.py).
 - A permanent failure, or the last attempt, makes it ``failed`` with ``action.failed``.
-- An account that is not connected gets its actions back later (not an attempt).
+- An account that is not connected gets its actions back until it connects (not an
+  attempt; appliance/worker/offline.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from appliance.engines.base import ActionError, EngineAction, InboundMessage
 from appliance.messaging import actions_store, store
 from appliance.messaging.actions import ACTION_QUEUE, ACTION_RETRY, PRESENCE_TTL_S, action_out
 from appliance.webhooks.contracts import WEBHOOK_QUEUE
+from appliance.worker import offline
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,11 @@ class ActionLoop:
     def wake(self) -> None:
         self.claims.wake.set()
 
+    async def account_connected(self, account_id: str) -> None:
+        """Its actions given back while it was not connected are due now
+        (appliance/worker/offline.py)."""
+        await offline.due_again(self.queue, account_id, self.wake)
+
     async def _job(self, job: Job) -> None:
         finished = False
         try:
@@ -164,7 +171,7 @@ class ActionLoop:
             )
         runtime = self.accounts.get(account_id)
         if runtime is None or not runtime.connected or runtime.engine is None:
-            await self.queue.release(job.id, token, delay_s=2.0, note="account not connected")
+            await offline.give_back(self.queue, job, self.accounts, self.wake)
             return False
         action = EngineAction(
             id=row.id,

@@ -126,6 +126,7 @@ class Worker:
             self.db, messaging.accounts, events_written=messaging.events_written
         )
         await self.actions.recover()
+        messaging.connected_listeners.append(self.actions.account_connected)
         self.actions.start()
         self.inbox = InboxWorker(
             self.db,

@@ -89,6 +89,8 @@ class MessagingService:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: asyncio.Future[None] | None = None  # the next coalesced publish
+        # Told when an account connects, after the sends (the action loop's).
+        self.connected_listeners: list[Callable[[str], Coroutine[Any, Any, None]]] = []
 
     @property
     def runtimes(self) -> dict[str, AccountRuntime]:
@@ -136,8 +138,11 @@ class MessagingService:
         self.sends.wake()
 
     def account_connected(self, account_id: str) -> None:
-        """Its sends that waited for the connection are due now (and the loop woken)."""
+        """Its sends (and the work of ``connected_listeners``, the actions) that waited
+        for the connection are due now, their loops woken."""
         self._spawn(self.sends.account_connected(account_id))
+        for listener in self.connected_listeners:
+            self._spawn(listener(account_id))
 
     async def events_written(self) -> None:
         """Tell the API processes and the webhooks process that events were committed;

@@ -42,13 +42,14 @@ from appliance.engines.base import Engine, OutboundMessage, SendError
 from appliance.errors import ClientError, NotFound
 from appliance.messaging import media as media_store
 from appliance.messaging import store, trace_links
-from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY, send_order_key
+from appliance.messaging.contracts import SEND_QUEUE, SEND_RETRY
 from appliance.messaging.models import Media, ReceivedContent
 from appliance.messaging.rows import MessageRow
 from appliance.net.ssrf import FetchFailed
 from appliance.observability import tracing
 from appliance.observability.metrics import SEND_ACCEPT_TO_SENT, SENDS
 from appliance.webhooks.contracts import WEBHOOK_QUEUE
+from appliance.worker import offline
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT_S = 60.0
 SEND_CLAIM_LIMIT = 32
 SEND_MAX_INFLIGHT = 64  # claimed sends (pacing, sending, recording) before claiming more
-OFFLINE_RECHECK_S = 60.0  # a send whose account is not connected waits this long, at most
-NOT_CONNECTED = "account not connected"
 SLOT_EARLY_S = 0.05  # a booked send claimed this much before its slot still goes
 BOOKED_MAX = 100_000  # sends waiting for their account's rate, remembered with their slots
 BOOKED_STALE_S = 600.0  # a booked send not back this long after its slot is forgotten
@@ -145,24 +144,8 @@ class SendLoop:
 
     async def account_connected(self, account_id: str) -> None:
         """The sends of ``account_id`` given back while it was not connected are due
-        now, then the loop is woken. (Its order keys all start with ``<account>:``, and
-        account ids cannot contain ':'.)"""
-        prefix = send_order_key(account_id, "")
-        now = time.time()
-
-        async def due_now(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE queue_jobs SET run_at = ?, updated_at = ? WHERE queue = ? "
-                "AND order_key >= ? AND order_key < ? AND order_key IS NOT NULL "
-                "AND state = 'queued' AND run_at > ? AND last_error = ?",
-                (now, now, SEND_QUEUE, prefix, prefix[:-1] + ";", now, NOT_CONNECTED),
-            )
-
-        try:
-            await self.db.write_batched(due_now, in_thread=True)
-        except Exception:  # they still come due by themselves, OFFLINE_RECHECK_S at most
-            log.exception("could not make the sends of a connected account due")
-        self.wake()
+        now, then the loop is woken (appliance/worker/offline.py)."""
+        await offline.due_again(self.queue, account_id, self.wake)
 
     async def _send_job(self, job: Job) -> None:
         outcome: Outcome = "waiting"
@@ -205,12 +188,7 @@ class SendLoop:
                 # Looked at again when the account connects (account_connected), or in a
                 # while: a backlog of an account offline for hours is not claimed and
                 # given back every few seconds meanwhile.
-                await self.queue.release(
-                    job.id, token, delay_s=OFFLINE_RECHECK_S, note=NOT_CONNECTED
-                )
-                runtime = self.accounts.get(account_id)
-                if runtime is not None and runtime.connected:  # connected meanwhile
-                    await self.account_connected(account_id)
+                await offline.give_back(self.queue, job, self.accounts, self.wake)
                 return "waiting"
             chat = row.chat_jid
         interval = self.settings.send_chat_interval_ms / 1000

@@ -375,6 +375,76 @@ def test_an_expired_typing_indicator_is_dropped_not_sent_late(
     _run(open_db, db_path, body)
 
 
+def test_actions_of_an_account_offline_wait_for_it_and_run_when_it_connects(
+    open_db: OpenDb, db_path: Path
+) -> None:
+    """Not connected: each action is given back once for a minute (before: every two
+    seconds, a write each, for as long as the account stayed offline); it runs as soon
+    as the account connects (``account_connected``), not at the minute's recheck."""
+
+    async def body(db: Database) -> None:
+        await _accounts(db)
+        await _inbound(db, SANDBOX, ALICE, "hello")
+        async with db.write() as conn:
+            accepted = [
+                await accept_action(
+                    conn,
+                    account_id=SANDBOX,
+                    engine="sandbox",
+                    supported=registry.capabilities("sandbox").actions,
+                    chat_jid=ALICE,
+                    type_=type_,  # type: ignore[arg-type]
+                    params=None,
+                )
+                for type_ in ("archive", "pin")
+            ]
+        engine = SandboxEngine(SANDBOX, {}, {}, SimpleNamespace(settings={}), db=db)
+
+        async def nothing() -> None:
+            return None
+
+        accounts = _Accounts(engine)
+        accounts.runtime.connected = False
+        loop = ActionLoop(db, accounts, events_written=nothing)  # type: ignore[arg-type]
+        released: list[str] = []
+        release = loop.queue.release
+
+        async def counted_release(job_id: int, token: str, **given: Any) -> None:
+            released.append(given["note"])
+            await release(job_id, token, **given)
+
+        loop.queue.release = counted_release  # type: ignore[method-assign]
+        loop.start()
+
+        async def given_back() -> bool:
+            return len(released) >= 1
+
+        async def both_done() -> bool:
+            rows = [await actions_store.action_row(db, SANDBOX, a.action.id) for a in accepted]
+            return all(r is not None and r.status == "done" for r in rows)
+
+        try:
+            await _until(given_back, "the first action to be given back")
+            await asyncio.sleep(2.5)  # the old recheck came every 2 s
+            # One chat: its second action waits behind the first, in the queue.
+            assert released == ["account not connected"]
+            due = await db.fetchall(
+                "SELECT run_at, last_error FROM queue_jobs WHERE queue = ? AND state = 'queued'"
+                " ORDER BY id",
+                (ACTION_QUEUE,),
+            )
+            assert len(due) == 2 and due[0][1] == "account not connected"
+            assert due[0][0] > time.time() + 50
+            accounts.runtime.connected = True
+            await loop.account_connected(SANDBOX)
+            await _until(both_done, "both actions to run once connected", timeout_s=10)
+        finally:
+            await loop.stop(5)
+        assert released == ["account not connected"]
+
+    _run(open_db, db_path, body)
+
+
 def test_inbox_archive_and_read_queue_whatsapp_actions_when_the_account_says_so(
     open_db: OpenDb, db_path: Path, tmp_path: Path
 ) -> None:
