@@ -207,6 +207,12 @@ def test_detail_page_and_edit_form(open_db: OpenDb, db_path: Path, tmp_path: Pat
         assert "<code>0 9 * * *</code> (Europe/Istanbul)" in facts
         assert "Send once, for the latest missed occurrence" in facts
         assert len(re.findall(r"<time>", facts.split('id="schedule-next"', 1)[1])) == 5
+        # The times are in the user's zone, which may not be the schedule's: said.
+        zone_note = (
+            '<p class="muted small" id="times-zone">'
+            "Times are shown in Europe/Istanbul, your time zone."
+        )
+        assert zone_note in page and zone_note in listed
         form = await (await manager.get(f"{detail}/edit")).get_data(as_text=True)
         assert f'action="{detail}/edit"' in form
         assert 'name="name" value="Morning"' in form and ">Good morning</textarea>" in form
@@ -222,8 +228,10 @@ def test_detail_page_and_edit_form(open_db: OpenDb, db_path: Path, tmp_path: Pat
             ("timezone", "Europe/Nowhere", "f-sch-zone-error"),
             ("cron", "61 9 * * *", "f-sch-cron-error"),
             ("to", "", "f-sch-to-error"),
+            ("grace_s", "", "f-sch-grace-error"),  # emptied while "skip" needs it
         ):
-            refused = await manager.post(f"{detail}/edit", form={**typed, field: value})
+            form_typed = {**typed, "missed": "skip"} if field == "grace_s" else typed
+            refused = await manager.post(f"{detail}/edit", form={**form_typed, field: value})
             body = await refused.get_data(as_text=True)
             assert refused.status_code == 400, (field, body)
             assert f'id="{error_id}"' in body, field

@@ -213,6 +213,11 @@ def timing_body(values: dict[str, Any], zone: str | None = None) -> dict[str, An
     grace = durations.seconds(values.get("grace_s", ""), values.get("grace_s_unit"))
     if grace is not None:
         body["grace_s"] = grace
+    elif values.get("missed") == "skip":
+        # Emptied while it decides what is skipped: handed to the API's model, which
+        # refuses it next to the field. Left out, it would mean "unchanged" on the edit
+        # page and "the default" on the new one, neither what the form showed.
+        body["grace_s"] = ""
     return body
 
 
