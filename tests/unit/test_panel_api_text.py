@@ -106,6 +106,23 @@ def test_our_templated_message_translated_with_its_values() -> None:
     }
 
 
+def test_schemas_base_messages_are_translated_too() -> None:
+    """appliance/schemas_base.py cannot mark its messages (a layer below errors.N_);
+    api_text's SCHEMAS_BASE does, so a number field given a word or left empty (the
+    schedule form's grace time) is refused in Turkish too."""
+    from appliance.api.panel.api_text import SCHEMAS_BASE
+    from appliance.schemas_base import number_only
+
+    with pytest.raises(ValueError) as caught:
+        number_only("")
+    said = str(caught.value)
+    assert said in SCHEMAS_BASE
+    assert _in("tr", lambda: api_text("Value error, " + said, "value_error")) == (
+        "bir sayı olmalı"
+    )
+    assert _in("en", lambda: api_text(said)) == "must be a JSON number"
+
+
 def test_unknown_message_passes_through_unchanged() -> None:
     for message in ("the moon is not a phone", "Value error, 42 is not a colour"):
         shown = _in("tr", lambda m=message: api_text(m))

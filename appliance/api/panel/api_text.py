@@ -81,6 +81,11 @@ PYDANTIC: dict[str, str] = {
     ),
 }
 
+# Ours, raised where ``errors.N_`` cannot be imported (appliance/schemas_base.py, a layer
+# below it), marked here so the catalogs hold them: a number field left empty or given a
+# word shows "must be a JSON number" in its user's language.
+SCHEMAS_BASE = (N_("must be a JSON number"), N_("use true or false"))
+
 # pydantic lists choices as "'a', 'b' or 'c'": the "or" is the language's.
 _CHOICE_OR = N_("or")
 _CHOICES = {"literal_error", "enum"}
