@@ -40,4 +40,3 @@ async def drain_rest_of_body(req: Request | None = None) -> None:
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(req.get_data(), READ_WITHIN_S)
-

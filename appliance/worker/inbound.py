@@ -176,9 +176,7 @@ class Inbound:
             return False, None
         # The conversation: reopen, what waits, auto-assignment (the chat's columns as
         # the message's update of it returned them).
-        await inbox_store.on_inbound(
-            conn, account_id, m.chat_jid, m.id, now=now, chat=stored.chat
-        )
+        await inbox_store.on_inbound(conn, account_id, m.chat_jid, m.id, now=now, chat=stored.chat)
         if automate:
             await enqueue_trigger(conn, stored.message, now=now)
         if record is not None:

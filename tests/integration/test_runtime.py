@@ -43,8 +43,7 @@ def _rows(db_path) -> set[str]:
     finally:
         conn.close()
     return {
-        line.split(",", 1)[0] if line.startswith(_UPDATED_BY_THE_WORKER) else line
-        for line in lines
+        line.split(",", 1)[0] if line.startswith(_UPDATED_BY_THE_WORKER) else line for line in lines
     }
 
 

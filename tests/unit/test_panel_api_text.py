@@ -117,9 +117,7 @@ def test_schemas_base_messages_are_translated_too() -> None:
         number_only("")
     said = str(caught.value)
     assert said in SCHEMAS_BASE
-    assert _in("tr", lambda: api_text("Value error, " + said, "value_error")) == (
-        "bir sayı olmalı"
-    )
+    assert _in("tr", lambda: api_text("Value error, " + said, "value_error")) == ("bir sayı olmalı")
     assert _in("en", lambda: api_text(said)) == "must be a JSON number"
 
 

@@ -109,9 +109,7 @@ def _send_body(func: Callable[..., Any]) -> Callable[..., Any]:
 @idempotent_in_transaction
 @_send_body
 @documented(SendAccepted, 202, errors=[404, 409, 422], tag="messages")
-async def send_message(
-    account: str, data: SendMessageIn | QuickReplySendIn
-) -> Response:
+async def send_message(account: str, data: SendMessageIn | QuickReplySendIn) -> Response:
     """Queue a message. Answers 202 once it is stored, even while the worker is down.
 
     `{"type": "quick_reply", "quick_reply": {"id": ID, "variables": {...}}}` sends a
