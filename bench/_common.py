@@ -152,6 +152,14 @@ def _stat_fields(pid: int) -> list[str]:
     return raw[raw.rindex(")") + 2 :].split()
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent's pid (None once ``pid`` has exited)."""
+    try:
+        return int(_stat_fields(pid)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it, found by walking /proc parent links."""
     children: dict[int, list[int]] = {}

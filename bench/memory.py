@@ -36,6 +36,7 @@ from _common import (
     descendants,
     exit_on_sigterm,
     memory_kb,
+    parent_pid,
     source_revision,
 )
 
@@ -43,9 +44,15 @@ GOAL_MB = 200.0
 
 
 def _label(pid: int, names: dict[int, str]) -> str:
+    """Supervisor's name for a program; for a process a program started (the scripts
+    process's pre-started runners), its parent's name and its module."""
     if pid in names:
         return names[pid]
-    return f"pid {pid}: {cmdline(pid)[:60]}"
+    line = cmdline(pid)
+    what = line.split(" -m ", 1)[1].split()[0] if " -m " in line else line[:60]
+    what = what.removeprefix("appliance.")
+    parent = names.get(parent_pid(pid) or 0)
+    return f"{parent} > {what}" if parent is not None else f"pid {pid}: {what}"
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,14 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         f"memory: installed appliance, API_PROCESSES={args.api_processes}, "
         f"after {args.idle:g} s idle (MB = MiB)"
     )
-    print(f"  {'process':<22} {'pid':>7}  {'RSS':>7}  {'PSS':>7}  {'USS':>7}")
+    print(f"  {'process':<34} {'pid':>7}  {'RSS':>7}  {'PSS':>7}  {'USS':>7}")
     for p in res["processes"]:
         print(
-            f"  {p['name']:<22} {p['pid']:>7}  {mb(p['rss_kb'])}  {mb(p['pss_kb'])}"
+            f"  {p['name']:<34} {p['pid']:>7}  {mb(p['rss_kb'])}  {mb(p['pss_kb'])}"
             f"  {mb(p['uss_kb'])}"
         )
     print(
-        f"  {'total':<22} {'':>7}  {mb(total['rss_kb'])}  {mb(total['pss_kb'])}"
+        f"  {'total':<34} {'':>7}  {mb(total['rss_kb'])}  {mb(total['pss_kb'])}"
         f"  {mb(total['uss_kb'])}"
     )
     verdicts = {}

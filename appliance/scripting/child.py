@@ -3,6 +3,7 @@
 Started by the scripts process (``pool.py``) as ``python -m appliance.scripting.child``
 and spoken to over its stdin/stdout, one JSON object per line:
 
+    child  -> parent {"ready": true}                  (once, when V8 is loaded)
     parent -> child  {"run": RunParams}
     child  -> parent {"log": LogLine}                 (as they happen)
     child  -> parent {"host": {"n", "fn", "args"}}    (a host API call of the run)
@@ -19,7 +20,7 @@ Limits the child enforces itself: the heap (V8's hard memory limit; the child ex
 after hitting it), the CPU time of each run (``RLIMIT_CPU``: the kernel stops the
 child with SIGXCPU), the address space of the whole child (``RLIMIT_AS``, so an
 ArrayBuffer outside the V8 heap cannot take the machine's memory). The wall clock and
-the host-call limits are the parent's: it kills the child, and starts another.
+the host-call limits are the parent's: it kills the child (the next run starts another).
 """
 
 from __future__ import annotations
@@ -284,6 +285,9 @@ def main() -> None:
 
     with MiniRacer() as warm:  # load and start V8 now, not in the first run
         warm.eval("1")
+    # The pool hands no run over before this line (pool.READY): start-up is not the run's.
+    sys.stdout.write('{"ready":true}\n')
+    sys.stdout.flush()
     asyncio.run(_main())
 
 

@@ -4,7 +4,13 @@ Each run takes a child (``child.py``) for itself. The parent enforces what the c
 cannot be trusted to enforce on itself while a script is running: the wall clock
 (including time spent awaiting promises and host calls) and the number and size of
 host calls. Hitting one kills the child; so does a child that stops answering. A
-killed or crashed child is replaced; the run ends with an error saying which limit.
+killed or crashed child is not reused; the run ends with an error saying which limit.
+
+Children are started when runs need them (at most ``size`` at once) and stopped after
+``IDLE_STOP_S`` unused: an appliance whose scripts never run keeps none (each holds
+about 45 MB). A new child says it is ready (``READY``, once V8 is loaded) before a run
+is handed to it, so its start-up (a few hundred ms) never counts against the run's
+wall clock.
 """
 
 from __future__ import annotations
@@ -30,8 +36,15 @@ from appliance.ipc.scripts_protocol import (
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+IDLE_STOP_S = 300.0  # a child unused this long is stopped
+SPAWN_TIMEOUT_S = 30.0  # from start to READY
+READY = b'{"ready":true}'  # a child's first line, once it can take a run
 # Host call relay: (run params, call number, fn, args) -> ("ok", value) or ("error", message)
 HostRelay = Callable[[HostCallParams], Awaitable[tuple[bool, Any]]]
+
+
+class SandboxUnavailable(Exception):
+    """A child could not be started."""
 
 
 class _Child:
@@ -54,26 +67,45 @@ class _Child:
 
 
 class ChildPool:
-    def __init__(self, size: int, *, memory_mb: int, max_runs_per_child: int = 1000) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        memory_mb: int,
+        max_runs_per_child: int = 1000,
+        idle_stop_s: float = IDLE_STOP_S,
+    ) -> None:
         self.size = size
         self.memory_mb = memory_mb
         self.max_runs_per_child = max_runs_per_child
-        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self.idle_stop_s = idle_stop_s
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[_Child, float]] = []  # (child, idle since); last used last
         self._all: set[_Child] = set()
+        self._reaper: asyncio.Task[None] | None = None
         self.in_flight = 0
         self.total = 0
         self.spawned = 0
 
     async def start(self) -> None:
-        for _ in range(self.size):
-            await self._idle.put(await self._spawn())
+        """Nothing is started before a run needs it; idle children are stopped from now."""
+        self._reaper = asyncio.create_task(self._reap_forever())
 
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         for child in list(self._all):
             child.kill()
         for child in list(self._all):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(child.proc.wait(), 5)
+
+    @property
+    def children(self) -> int:
+        """Children alive now (running a script or idle)."""
+        return sum(1 for child in self._all if child.alive)
 
     async def _spawn(self) -> _Child:
         env = dict(os.environ)
@@ -91,33 +123,78 @@ class ChildPool:
         child = _Child(proc)
         self._all.add(child)
         self.spawned += 1
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), SPAWN_TIMEOUT_S)
+        except (TimeoutError, ValueError):
+            line = b""
+        except BaseException:  # cancelled: the run that wanted it is gone
+            child.kill()
+            self._all.discard(child)
+            raise
+        if line.strip() != READY:
+            await self._discard(child)
+            raise SandboxUnavailable(
+                f"the script sandbox did not start (exit code {proc.returncode})"
+                if proc.returncode is not None
+                else f"the script sandbox did not start within {SPAWN_TIMEOUT_S:g} s"
+            )
         return child
 
-    async def _release(self, child: _Child, reusable: bool) -> None:
-        if reusable and child.alive and child.runs < self.max_runs_per_child:
-            await self._idle.put(child)
-            return
+    async def _take(self) -> _Child:
+        """An idle child (the one used last: the others may then go idle long enough to
+        be stopped), else a new one."""
+        while self._idle:
+            child, _since = self._idle.pop()
+            if child.alive:
+                return child
+            await self._discard(child)  # died while idle
+        return await self._spawn()
+
+    async def _discard(self, child: _Child) -> None:
         child.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(child.proc.wait(), 5)
         self._all.discard(child)
-        await self._idle.put(await self._spawn())
+
+    async def _release(self, child: _Child, reusable: bool) -> None:
+        if reusable and child.alive and child.runs < self.max_runs_per_child:
+            self._idle.append((child, time.monotonic()))
+            return
+        await self._discard(child)
+
+    def _unused(self, now: float) -> list[_Child]:
+        """Idle children unused for ``idle_stop_s``, taken off the idle list."""
+        keep = [(c, since) for c, since in self._idle if now - since < self.idle_stop_s]
+        gone = [c for c, since in self._idle if now - since >= self.idle_stop_s]
+        self._idle = keep
+        return gone
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.5, min(self.idle_stop_s / 4, 60.0)))
+            for child in self._unused(time.monotonic()):
+                await self._discard(child)
 
     async def run(self, params: RunParams, relay: HostRelay) -> RunResult:
-        child = await self._idle.get()
-        if not child.alive:  # died while idle
-            self._all.discard(child)
-            child = await self._spawn()
-        self.in_flight += 1
-        self.total += 1
-        child.runs += 1
-        reusable = False
-        try:
-            result, reusable = await _drive(child, params, relay)
-            return result
-        finally:
-            self.in_flight -= 1
-            await self._release(child, reusable)
+        async with self._slots:
+            self.in_flight += 1
+            self.total += 1
+            try:
+                try:
+                    child = await self._take()
+                except SandboxUnavailable as exc:
+                    log.error("%s", exc)
+                    return RunResult(outcome="error", error=str(exc), limit="crash")
+                child.runs += 1
+                reusable = False
+                try:
+                    result, reusable = await _drive(child, params, relay)
+                    return result
+                finally:
+                    await self._release(child, reusable)
+            finally:
+                self.in_flight -= 1
 
 
 async def _drive(child: _Child, params: RunParams, relay: HostRelay) -> tuple[RunResult, bool]:

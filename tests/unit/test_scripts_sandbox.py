@@ -267,3 +267,46 @@ def test_two_runs_at_once_on_two_children() -> None:
         assert fast.outcome == "ok"
 
     run_all(body, size=2)
+
+
+def test_children_start_when_needed_say_ready_first_and_stop_when_unused() -> None:
+    """An idle appliance keeps no sandbox (each ~45 MB): a child starts for a run, its
+    start-up is not counted against the run's wall clock (the child says it is ready
+    first), it serves the next run while used, and is stopped once unused for
+    ``idle_stop_s``."""
+
+    async def main() -> None:
+        pool = ChildPool(2, memory_mb=768, idle_stop_s=1.0)
+        await pool.start()
+        host = FakeHost()
+        tight = Limits(**{**LIMITS.model_dump(), "wall_s": 0.15})
+
+        async def run(n: int, limits: Limits = LIMITS) -> RunResult:
+            params = RunParams(
+                run_id=f"run_{n}",
+                script_id="scr_test",
+                code="log('ran');",
+                trigger={"id": "m1", "chat_id": "1@s.whatsapp.net", "body": "hi"},
+                limits=limits,
+            )
+            return await pool.run(params, host)
+
+        try:
+            assert pool.children == 0  # nothing before a run
+            # V8's start-up takes longer than this run may (0.15 s): the run still fits.
+            first = await run(1, tight)
+            assert first.outcome == "ok", first
+            assert (pool.children, pool.spawned) == (1, 1)
+            second = await run(2)
+            assert second.outcome == "ok" and pool.spawned == 1  # the same child
+            deadline = time.monotonic() + 20
+            while pool.children and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert pool.children == 0  # stopped, unused for idle_stop_s
+            third = await run(3)
+            assert third.outcome == "ok" and pool.spawned == 2  # started again
+        finally:
+            await pool.stop()
+        assert pool.children == 0
+
+    asyncio.run(main())
