@@ -20,6 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) and no i
 
 from appliance.db.database import Database  # noqa: E402
 from appliance.db.migrate import migrate  # noqa: E402
+from appliance.db.queue import DurableQueue  # noqa: E402
 
 OpenDb = Callable[..., AbstractAsyncContextManager[Database]]
 
@@ -65,3 +66,16 @@ async def key_owner(conn: Any) -> int:
         accounts=[],
         now=0.0,
     )
+
+
+def count_releases(queue: DurableQueue) -> list[str]:
+    """The notes (why) of every job ``queue`` gives back from now on, in order."""
+    released: list[str] = []
+    release = queue.release
+
+    async def counted_release(job_id: int, token: str, **given: Any) -> None:
+        released.append(given["note"])
+        await release(job_id, token, **given)
+
+    queue.release = counted_release  # type: ignore[method-assign]
+    return released

@@ -27,7 +27,7 @@ from appliance.messaging.actions import (
     capability_table,
 )
 from appliance.worker.actions_loop import ActionLoop, apply_edit
-from tests.unit.conftest import OpenDb
+from tests.unit.conftest import OpenDb, count_releases
 from tests.unit.test_read_api import _inbound, _key, _outbound, _served
 
 SANDBOX, CLOUD = "acc_sb", "acc_cl"
@@ -406,14 +406,7 @@ def test_actions_of_an_account_offline_wait_for_it_and_run_when_it_connects(
         accounts = _Accounts(engine)
         accounts.runtime.connected = False
         loop = ActionLoop(db, accounts, events_written=nothing)  # type: ignore[arg-type]
-        released: list[str] = []
-        release = loop.queue.release
-
-        async def counted_release(job_id: int, token: str, **given: Any) -> None:
-            released.append(given["note"])
-            await release(job_id, token, **given)
-
-        loop.queue.release = counted_release  # type: ignore[method-assign]
+        released = count_releases(loop.queue)
         loop.start()
 
         async def given_back() -> bool:

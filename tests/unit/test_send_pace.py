@@ -16,7 +16,7 @@ from appliance.engines.base import Engine, OutboundMessage
 from appliance.messaging import sends, store
 from appliance.messaging.models import SendMessageIn
 from appliance.worker.send_loop import SendLoop, SendSlots
-from tests.unit.conftest import OpenDb
+from tests.unit.conftest import OpenDb, count_releases
 
 ACCOUNT = "acc_pace"
 
@@ -103,15 +103,7 @@ def _loop_counting_releases(
         pass
 
     loop = SendLoop(db, settings, accounts, events_written=events_written)
-    released: list[str] = []
-    release = loop.queue.release
-
-    async def counted_release(job_id: int, token: str, **given: Any) -> None:
-        released.append(given["note"])
-        await release(job_id, token, **given)
-
-    loop.queue.release = counted_release  # type: ignore[method-assign]
-    return loop, released
+    return loop, count_releases(loop.queue)
 
 
 def test_a_backlog_waits_for_the_account_rate_given_back_once_per_send(
