@@ -13,17 +13,13 @@ import logging
 from collections.abc import Callable
 
 from appliance.db.queue import DurableQueue, Job
+from appliance.messaging.contracts import send_order_key
 from appliance.worker.accounts import Accounts
 
 log = logging.getLogger(__name__)
 
 OFFLINE_RECHECK_S = 60.0  # a job whose account is not connected waits this long, at most
 NOT_CONNECTED = "account not connected"
-
-
-def account_order_prefix(account_id: str) -> str:
-    """The start of every order key of the account's chats (account ids cannot hold ':')."""
-    return f"{account_id}:"
 
 
 async def give_back(
@@ -45,7 +41,9 @@ async def due_again(queue: DurableQueue, account_id: str, wake: Callable[[], Non
     """The account connected: its jobs given back meanwhile are due now; ``wake`` the
     loop that claims them."""
     try:
-        await queue.due_now(account_order_prefix(account_id), NOT_CONNECTED)
+        # The start of every order key of the account's chats: a chat's key with no chat
+        # (actions.action_order_key has the same form as send_order_key).
+        await queue.due_now(send_order_key(account_id, ""), NOT_CONNECTED)
     except Exception:  # they still come due by themselves, OFFLINE_RECHECK_S at most
         log.exception(
             "could not make the %s jobs of a connected account due",
